@@ -1,0 +1,151 @@
+"""The translator variants: shapes, reference parameter counts, learning, persistence."""
+
+import pytest
+import torch
+
+from translator.config import ConfigError, make_config, parse_overrides
+from translator.nets.common import count_parameters
+from translator.variants import VARIANTS, build_variant, get_variant
+
+# Small but faithful configs so every variant runs in seconds on a CPU.
+TINY = {
+    "autoencoder": {"nf": 8},
+    "pix2pix": {"netG": "unet_32", "ngf": 8, "ndf": 8},
+    "cyclegan": {"ngf": 8, "ndf": 8, "n_blocks": 2},
+    "dualgan": {"netG": "unet_32", "ngf": 8, "ndf": 8},
+    "nafnet": {"width": 8},
+}
+# The reconstruction-type loss each variant reports, which must fall when it overfits.
+FIT_LOSS = {"autoencoder": "loss", "pix2pix": "loss_G_L1", "cyclegan": "loss_cycle",
+            "dualgan": "loss_cycle", "nafnet": "l1"}
+
+
+def batch_for(variant, n=2, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 3, 4, 4, generator=g) * 2 - 1
+    x = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+    y = -0.8 * x.roll(1, dims=-1)  # a learnable, deterministic mapping of smooth images
+    return {"input": x, "target": y} if variant.paired else {"a": x, "b": y}
+
+
+def test_registry_lists_all_five_variants_and_rejects_unknown():
+    assert set(VARIANTS) == {"autoencoder", "pix2pix", "cyclegan", "dualgan", "nafnet"}
+    with pytest.raises(ValueError, match="unknown variant 'vae'"):
+        get_variant("vae")
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_generator_keeps_shape_and_range(name, batch_size):
+    v = build_variant(name, TINY[name])
+    v.eval()
+    x = torch.rand(batch_size, 3, 32, 32) * 2 - 1
+    y = v.translate(x)
+    assert y.shape == x.shape
+    if name != "nafnet":  # tanh output; nafnet adds a residual to its input
+        assert y.abs().max() <= 1.0
+    if not v.paired:
+        assert v.translate(x, reverse=True).shape == x.shape
+
+
+def test_param_counts_match_reference_implementations():
+    p2p_256 = build_variant("pix2pix")
+    p2p_128 = build_variant("pix2pix", {"netG": "unet_128"})
+    cyc = build_variant("cyclegan")
+    gopro = build_variant("nafnet", {"preset": "gopro"})
+    counts = {
+        "pix2pix G unet_256": count_parameters(p2p_256.nets["G"]),
+        "pix2pix G unet_128": count_parameters(p2p_128.nets["G"]),
+        "pix2pix D (6 in, batch norm)": count_parameters(p2p_256.nets["D"]),
+        "cyclegan G resnet_9blocks": count_parameters(cyc.nets["G_A"]),
+        "cyclegan D (3 in, instance norm)": count_parameters(cyc.nets["D_A"]),
+        "nafnet gopro (width 64)": count_parameters(gopro.nets["G"]),
+        "nafnet tiny": count_parameters(build_variant("nafnet").nets["G"]),
+    }
+    for label, n in counts.items():
+        print(f"{label:36s} {n:>12,d}")
+    assert counts["pix2pix G unet_256"] == 54_413_955
+    assert counts["pix2pix G unet_128"] == 41_828_995
+    assert counts["pix2pix D (6 in, batch norm)"] == 2_768_705
+    assert counts["cyclegan G resnet_9blocks"] == 11_378_179
+    assert counts["cyclegan D (3 in, instance norm)"] == 2_764_737
+    assert counts["nafnet tiny"] < 2_000_000 < 60_000_000 < counts["nafnet gopro (width 64)"]
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_one_training_step_updates_every_network(name):
+    torch.manual_seed(0)
+    v = build_variant(name, TINY[name])
+    before = {k: [p.detach().clone() for p in net.parameters()] for k, net in v.networks().items()}
+    logs = v.training_step(batch_for(v))
+    assert logs and all(isinstance(x, float) for x in logs.values())
+    for k, net in v.networks().items():
+        changed = any(not torch.equal(a, b) for a, b in zip(before[k], net.parameters()))
+        assert changed, f"{name}: network {k} did not change"
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_overfits_a_tiny_fixed_batch(name):
+    torch.manual_seed(0)
+    cfg = dict(TINY[name])
+    if name in ("pix2pix", "dualgan"):
+        cfg["dropout"] = False  # a fixed batch must be fit exactly
+    if name == "dualgan":
+        cfg["lr"] = 5e-4
+    v = build_variant(name, cfg)
+    batch = batch_for(v, n=2, size=32)
+    key = FIT_LOSS[name]
+    first = v.training_step(batch)[key]
+    for _ in range(199):
+        last = v.training_step(batch)[key]
+    print(f"{name}: {key} {first:.4f} -> {last:.4f}")
+    assert last < 0.5 * first
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_state_dict_round_trip_gives_identical_outputs(name):
+    torch.manual_seed(0)
+    a = build_variant(name, TINY[name])
+    a.training_step(batch_for(a))
+    b = build_variant(name, TINY[name])
+    b.load_state_dict(a.state_dict())
+    a.eval(), b.eval()
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    assert torch.equal(a.translate(x), b.translate(x))
+    assert b.step == a.step == 1
+
+
+def test_nafnet_any_size_and_identity_at_init():
+    v = build_variant("nafnet", TINY["nafnet"])
+    v.eval()
+    x = torch.rand(1, 3, 37, 53) * 2 - 1
+    y = v.translate(x)
+    assert y.shape == x.shape
+    # beta/gamma start at zero, so an untrained net is close to the identity: the output is
+    # input + ending(conv of features) and only the ending conv contributes.
+    assert (y - x).abs().mean() < 0.5
+
+
+def test_config_overrides_are_typed_and_validated():
+    cfg = make_config(get_variant("nafnet").Config, parse_overrides(["width=32", "enc_blocks=1,2", "lr=1e-4"]))
+    assert cfg.width == 32 and cfg.enc_blocks == [1, 2] and cfg.lr == 1e-4
+    with pytest.raises(ConfigError, match="unknown setting 'widht'"):
+        make_config(get_variant("nafnet").Config, {"widht": "3"})
+    with pytest.raises(ConfigError, match="lr must be float"):
+        make_config(get_variant("nafnet").Config, {"lr": "fast"})
+    with pytest.raises(ValueError, match="unknown U-Net"):
+        build_variant("pix2pix", {"netG": "unet_100"})
+
+
+def test_lr_schedules():
+    v = build_variant("pix2pix", TINY["pix2pix"])
+    v.set_total_steps(4)
+    lrs = []
+    for _ in range(4):
+        v.training_step(batch_for(v, n=1))
+        lrs.append(v.opts["G"].param_groups[0]["lr"])
+    assert lrs[0] == pytest.approx(2e-4) and lrs[-1] == pytest.approx(0.0)
+    n = build_variant("nafnet", TINY["nafnet"])
+    n.set_total_steps(2)
+    n.training_step(batch_for(n, n=1))
+    assert n.opts["G"].param_groups[0]["lr"] == pytest.approx(0.5e-3)

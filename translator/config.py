@@ -1,0 +1,74 @@
+"""Typed variant configs: plain dataclasses, overridable from `key=value` strings (`--set`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """An unknown key or a value of the wrong type in a variant config."""
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else [v for v in text.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return [_coerce(v, args[0] if args else str, key) for v in value]
+    if annotation is bool:
+        if isinstance(value, str):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return bool(value)
+    if annotation in (int, float, str):
+        try:
+            if annotation is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return annotation(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} must be {annotation.__name__}, got {value!r}") from None
+    return value
+
+
+def make_config(cls: type, overrides: dict[str, Any] | None = None):
+    """Build `cls` from its defaults plus `overrides` (values may be strings from the CLI)."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in (overrides or {}).items():
+        if key not in fields:
+            raise ConfigError(f"unknown setting {key!r}; known: {', '.join(sorted(fields))}")
+        values[key] = _coerce(value, hints[key], key)
+    cfg = cls(**values)
+    validate = getattr(cfg, "validate", None)
+    if validate:
+        validate()
+    return cfg
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, str]:
+    """`["lr=1e-3", "width=32"]` -> `{"lr": "1e-3", "width": "32"}`."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"expected key=value, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out

@@ -1,0 +1,1 @@
+"""Network building blocks, one module per family (BasicSR/junyanz style)."""

@@ -1,0 +1,111 @@
+"""Tiled inference: run a fully-convolutional generator on images of any size (1x1 to 8K).
+
+The image is padded to the network's multiple, cut into overlapping tiles, the tiles are run
+in batches, and overlaps are blended with a window that ramps linearly across the overlap, so
+seams vanish; the result is cropped back to exactly the input size. `split` and `merge` are
+exposed separately so a server can batch tiles from many requests together.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class TilePlan:
+    height: int  # original size
+    width: int
+    padded_h: int
+    padded_w: int
+    tile_h: int
+    tile_w: int
+    positions: list[tuple[int, int]]  # (top, left) of each tile in the padded image
+    overlap: int
+
+
+def _pad(x: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
+    if not ph and not pw:
+        return x
+    h, w = x.shape[-2:]
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
+def _starts(length: int, tile: int, stride: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return starts
+
+
+def split(image: torch.Tensor, tile: int = 512, overlap: int = 32, multiple: int = 1):
+    """1xCxHxW -> (N x C x th x tw tiles, plan)."""
+    if image.dim() != 4 or image.shape[0] != 1:
+        raise ValueError("split expects one image as a 1xCxHxW tensor")
+    h, w = image.shape[-2:]
+    tile = max(multiple, tile // multiple * multiple)
+    overlap = min(overlap, tile // 2)
+    ph = (-h) % multiple
+    pw = (-w) % multiple
+    padded = _pad(image, ph, pw)
+    H, W = h + ph, w + pw
+    th, tw = min(tile, H), min(tile, W)
+    stride_h, stride_w = max(1, th - overlap), max(1, tw - overlap)
+    positions = [(t, l) for t in _starts(H, th, stride_h) for l in _starts(W, tw, stride_w)]
+    tiles = torch.cat([padded[..., t:t + th, l:l + tw] for t, l in positions], 0)
+    return tiles, TilePlan(h, w, H, W, th, tw, positions, overlap)
+
+
+def _ramp(n: int, overlap: int, ramp_start: bool, ramp_end: bool, device) -> torch.Tensor:
+    """Blend weights along one tile axis. Where the edge touches a neighbour tile, the first
+    quarter of the overlap is ~0 (a conv's zero padding spoils a tile's outermost pixels) and
+    the rest rises linearly to 1; an edge on the image border keeps weight 1."""
+    w = torch.ones(n, device=device)
+    if overlap <= 0 or n <= 2 * overlap:
+        return w
+    margin = overlap // 4
+    i = torch.arange(overlap, device=device, dtype=torch.float32)
+    edge = ((i - margin + 1) / (overlap - 2 * margin + 1)).clamp(1e-6, 1.0)
+    if ramp_start:
+        w[:overlap] = edge
+    if ramp_end:
+        w[-overlap:] = edge.flip(0)
+    return w
+
+
+def merge(tiles: torch.Tensor, plan: TilePlan) -> torch.Tensor:
+    """Blend processed tiles back into one 1xCxHxW image of the original size."""
+    c, dev = tiles.shape[1], tiles.device
+    out = torch.zeros(1, c, plan.padded_h, plan.padded_w, device=dev, dtype=torch.float32)
+    weight = torch.zeros(1, 1, plan.padded_h, plan.padded_w, device=dev, dtype=torch.float32)
+    th, tw, ov = plan.tile_h, plan.tile_w, plan.overlap
+    for tile, (t, l) in zip(tiles.float(), plan.positions):
+        wy = _ramp(th, ov, t > 0, t + th < plan.padded_h, dev)
+        wx = _ramp(tw, ov, l > 0, l + tw < plan.padded_w, dev)
+        window = torch.outer(wy, wx)
+        out[0, :, t:t + th, l:l + tw] += tile * window
+        weight[0, 0, t:t + th, l:l + tw] += window
+    return (out / weight)[..., : plan.height, : plan.width]
+
+
+@torch.inference_mode()
+def enhance(forward: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, tile: int = 512,
+            overlap: int = 32, multiple: int = 1, batch_size: int = 4) -> torch.Tensor:
+    """Run `forward` (NCHW -> NCHW, e.g. a generator) over `image` (1xCxHxW) of any size."""
+    tiles, plan = split(image, tile, overlap, multiple)
+    outputs = [forward(tiles[i:i + batch_size]).float() for i in range(0, len(tiles), batch_size)]
+    return merge(torch.cat(outputs, 0), plan)
+
+
+def count_tiles(height: int, width: int, tile: int = 512, overlap: int = 32, multiple: int = 1) -> int:
+    tile = max(multiple, tile // multiple * multiple)
+    H, W = math.ceil(height / multiple) * multiple, math.ceil(width / multiple) * multiple
+    th, tw = min(tile, H), min(tile, W)
+    ov = min(overlap, tile // 2)
+    return len(_starts(H, th, max(1, th - ov))) * len(_starts(W, tw, max(1, tw - ov)))

@@ -1,0 +1,177 @@
+"""What every variant shares: device/AMP handling, LR schedules, optimiser steps, state dicts.
+
+A variant subclass declares its `Config`, builds its networks and optimisers, and writes
+`train_step(batch)` (its own G/D updates). Everything else lives here once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from translator.config import make_config
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The plain module inside a DDP/compile wrapper."""
+    while hasattr(module, "module"):
+        module = module.module
+    return module
+
+
+def lr_factor(policy: str, step: int, total: int | None, decay_start: float) -> float:
+    """Multiplier on the base LR: `constant`, `linear` (constant, then linear to zero from
+    `decay_start` of the run: the pix2pix/CycleGAN schedule) or `cosine` (NAFNet)."""
+    if policy == "constant" or not total:
+        return 1.0
+    progress = min(step / total, 1.0)
+    if policy == "linear":
+        if progress <= decay_start:
+            return 1.0
+        return max(0.0, 1.0 - (progress - decay_start) / (1.0 - decay_start))
+    if policy == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown lr_policy {policy!r}")
+
+
+class Variant:
+    name: ClassVar[str] = ""
+    paired: ClassVar[bool] = True  # paired batches {"input","target"}; unpaired {"a","b"}
+    Config: ClassVar[type]
+    generator_key: ClassVar[str] = "G"
+    reverse_key: ClassVar[str | None] = None  # unpaired: the B->A generator
+
+    def __init__(self, config, device: str | torch.device = "cpu", amp: str | None = None):
+        self.config = config
+        self.device = torch.device(device)
+        if amp not in (None, "bf16", "fp16"):
+            raise ValueError(f"amp must be bf16, fp16 or None, got {amp!r}")
+        self.amp = amp if self.device.type == "cuda" else None
+        self.nets: dict[str, nn.Module] = {k: v.to(self.device) for k, v in self.build_networks().items()}
+        self.opts: dict[str, torch.optim.Optimizer] = self.build_optimizers()
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
+        self.step = 0
+        self.total_steps: int | None = None
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: Any = None, **kwargs) -> Variant:
+        if config is None or isinstance(config, dict):
+            config = make_config(cls.Config, config)
+        return cls(config, **kwargs)
+
+    def build_networks(self) -> dict[str, nn.Module]:
+        raise NotImplementedError
+
+    def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        raise NotImplementedError
+
+    # ---- the interface jobs use -------------------------------------------------------------
+    def networks(self) -> dict[str, nn.Module]:
+        return self.nets
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return self.opts
+
+    def wrap_networks(self, wrap) -> None:
+        """Replace each network by `wrap(net)` (e.g. DDP); optimisers keep the same params."""
+        self.nets = {k: wrap(v) for k, v in self.nets.items()}
+
+    @property
+    def generator(self) -> nn.Module:
+        return unwrap(self.nets[self.generator_key])
+
+    @property
+    def reverse_generator(self) -> nn.Module | None:
+        return unwrap(self.nets[self.reverse_key]) if self.reverse_key else None
+
+    @property
+    def multiple(self) -> int:
+        """Input height/width must be a multiple of this (tiling pads for you)."""
+        return int(getattr(self.generator, "multiple", 1))
+
+    def set_total_steps(self, total: int | None) -> None:
+        """Lets `linear`/`cosine` LR policies know where the run ends."""
+        self.total_steps = total
+        self._apply_lr()
+
+    def _apply_lr(self) -> None:
+        cfg = self.config
+        factor = lr_factor(cfg.lr_policy, self.step, self.total_steps, getattr(cfg, "decay_start", 0.5))
+        for opt in self.opts.values():
+            for group in opt.param_groups:
+                group.setdefault("initial_lr", group["lr"])
+                group["lr"] = group["initial_lr"] * factor
+
+    def train(self, mode: bool = True) -> None:
+        for net in self.nets.values():
+            net.train(mode)
+
+    def eval(self) -> None:
+        self.train(False)
+
+    def autocast(self):
+        if self.amp is None:
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def optimize(self, opt_name: str, loss: torch.Tensor) -> None:
+        opt = self.opts[opt_name]
+        opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(opt)
+        self.scaler.update()
+
+    def set_requires_grad(self, names: list[str], flag: bool) -> None:
+        for name in names:
+            for p in self.nets[name].parameters():
+                p.requires_grad_(flag)
+
+    def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One optimisation step (all of the variant's G/D updates) -> float losses."""
+        self.train()
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        with self.autocast():
+            logs = self.train_step(batch)
+        self.step += 1
+        self._apply_lr()
+        return {k: float(v) for k, v in logs.items()}
+
+    @torch.no_grad()
+    def translate(self, x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+        net = self.reverse_generator if reverse else self.generator
+        with self.autocast():
+            return net(x.to(self.device)).float()
+
+    # ---- persistence ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "variant": self.name,
+            "config": dataclasses.asdict(self.config),
+            "step": self.step,
+            "nets": {k: unwrap(v).state_dict() for k, v in self.nets.items()},
+            "opts": {k: v.state_dict() for k, v in self.opts.items()},
+            "scaler": self.scaler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], with_optimizers: bool = True) -> None:
+        if state.get("variant", self.name) != self.name:
+            raise ValueError(f"checkpoint is a {state['variant']!r}, not a {self.name!r}")
+        for key, sd in state["nets"].items():
+            unwrap(self.nets[key]).load_state_dict(sd)
+        if with_optimizers:
+            for key, sd in state.get("opts", {}).items():
+                self.opts[key].load_state_dict(sd)
+            if state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state.get("step", 0))
+        self._apply_lr()

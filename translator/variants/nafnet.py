@@ -1,0 +1,74 @@
+"""`nafnet` (Chen et al. 2022): a light modern restoration net, the default for enhancement.
+
+Presets: `tiny` (CPU-friendly, the default), `width32` and `gopro` (the paper's GoPro config)
+for GPU clusters. L1 loss (or the paper's PSNR loss), AdamW 1e-3 betas (0.9, 0.9), cosine decay.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from translator.losses import psnr_loss
+from translator.nets.nafnet import NAFNet
+from translator.variants.base import Variant
+
+PRESETS = {
+    "tiny": dict(width=16, enc_blocks=[1, 1, 1, 1], middle_blocks=1, dec_blocks=[1, 1, 1, 1]),
+    "width32": dict(width=32, enc_blocks=[1, 1, 1, 28], middle_blocks=1, dec_blocks=[1, 1, 1, 1]),
+    "gopro": dict(width=64, enc_blocks=[1, 1, 1, 28], middle_blocks=1, dec_blocks=[1, 1, 1, 1]),
+}
+
+
+@dataclass
+class NAFNetConfig:
+    preset: str = "tiny"  # tiny | width32 | gopro; explicit sizes below override it
+    width: int | None = None
+    enc_blocks: list[int] | None = None
+    middle_blocks: int | None = None
+    dec_blocks: list[int] | None = None
+    loss: str = "l1"  # l1 | psnr
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.9
+    lr_policy: str = "cosine"
+    batch_size: int = 16
+    image_size: int = 64
+
+    def validate(self):
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown nafnet preset {self.preset!r}: use {', '.join(PRESETS)}")
+        if self.loss not in ("l1", "psnr"):
+            raise ValueError("loss must be l1 or psnr")
+
+    def architecture(self) -> dict:
+        arch = dict(PRESETS[self.preset])
+        for key in arch:
+            if getattr(self, key) is not None:
+                arch[key] = getattr(self, key)
+        return arch
+
+
+class NAFNetVariant(Variant):
+    name = "nafnet"
+    paired = True
+    Config = NAFNetConfig
+
+    def build_networks(self):
+        return {"G": NAFNet(3, **self.config.architecture())}
+
+    def build_optimizers(self):
+        c = self.config
+        return {"G": torch.optim.AdamW(self.nets["G"].parameters(), lr=c.lr, betas=(c.beta1, c.beta2),
+                                       weight_decay=c.weight_decay)}
+
+    def train_step(self, batch):
+        fake = self.nets["G"](batch["input"]).float()
+        target = batch["target"].float()
+        l1 = F.l1_loss(fake, target)
+        loss = l1 if self.config.loss == "l1" else psnr_loss(fake, target)
+        self.optimize("G", loss)
+        return {"loss": loss.detach(), "l1": l1.detach()}

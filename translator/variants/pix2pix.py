@@ -1,0 +1,69 @@
+"""`pix2pix` (Isola et al. 2017): U-Net generator + 70x70 PatchGAN on (input, output) pairs,
+vanilla GAN loss + 100 x L1, D loss halved, Adam 2e-4/0.5, constant then linear LR decay."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from translator.losses import gan_loss
+from translator.nets.patchgan import PatchDiscriminator
+from translator.nets.unet import UnetGenerator, unet_depth
+from translator.variants.base import Variant
+
+
+@dataclass
+class Pix2PixConfig:
+    netG: str = "unet_256"  # unet_256 | unet_128 | unet_64 | unet_32
+    ngf: int = 64
+    ndf: int = 64
+    n_layers_D: int = 3
+    norm: str = "batch"
+    dropout: bool = True
+    gan_mode: str = "vanilla"
+    lambda_l1: float = 100.0
+    lr: float = 2e-4
+    beta1: float = 0.5
+    lr_policy: str = "linear"
+    decay_start: float = 0.5
+    batch_size: int = 1
+    image_size: int = 256
+
+    def validate(self):
+        unet_depth(self.netG)
+
+
+class Pix2Pix(Variant):
+    name = "pix2pix"
+    paired = True
+    Config = Pix2PixConfig
+
+    def build_networks(self):
+        c = self.config
+        return {
+            "G": UnetGenerator(3, 3, unet_depth(c.netG), c.ngf, c.norm, c.dropout),
+            "D": PatchDiscriminator(6, c.ndf, c.n_layers_D, c.norm),
+        }
+
+    def build_optimizers(self):
+        c = self.config
+        adam = lambda net: torch.optim.Adam(net.parameters(), lr=c.lr, betas=(c.beta1, 0.999))  # noqa: E731
+        return {"G": adam(self.nets["G"]), "D": adam(self.nets["D"])}
+
+    def train_step(self, batch):
+        real_a, real_b = batch["input"], batch["target"]
+        G, D, mode = self.nets["G"], self.nets["D"], self.config.gan_mode
+        fake_b = G(real_a)
+        # D: real pairs -> 1, generated pairs -> 0; halved so D learns slower than G.
+        self.set_requires_grad(["D"], True)
+        loss_d = 0.5 * (gan_loss(D(torch.cat([real_a, fake_b.detach()], 1)), False, mode)
+                        + gan_loss(D(torch.cat([real_a, real_b], 1)), True, mode))
+        self.optimize("D", loss_d)
+        # G: fool D, stay close to the target.
+        self.set_requires_grad(["D"], False)
+        loss_gan = gan_loss(D(torch.cat([real_a, fake_b], 1)), True, mode)
+        loss_l1 = F.l1_loss(fake_b.float(), real_b.float())
+        self.optimize("G", loss_gan + self.config.lambda_l1 * loss_l1)
+        return {"loss_D": loss_d.detach(), "loss_G_GAN": loss_gan.detach(), "loss_G_L1": loss_l1.detach()}
