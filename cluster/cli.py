@@ -1,0 +1,62 @@
+"""The root `img2img` command: mounts each package's Typer sub-app.
+
+User mistakes (`Img2ImgError` and the translator's validation errors) print as one
+`Error: ...` line with exit code 1; nothing else is caught, so real bugs keep their traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from cluster.cli_utils import console
+
+app = typer.Typer(
+    name="img2img",
+    help="Train, track and serve image-to-image translators on Ray, MLflow and S3.\n\n"
+         "Start here: `img2img stack up`, then `img2img demo`.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool):
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"img2img {version('img2img-platform')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug detail to stderr."),
+):
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:  # connection retries are reported by our own one-line errors
+        logging.getLogger("urllib3").setLevel(logging.ERROR)
+
+
+def _mount() -> None:
+    from cluster.stack_cli import stack_app
+
+    app.add_typer(stack_app, name="stack")
+    for module in ("jobs.cli", "serving.cli"):
+        try:
+            mod = __import__(module, fromlist=["register"])
+        except ModuleNotFoundError as e:
+            if e.name == module:
+                continue  # that package has no CLI yet
+            raise
+        mod.register(app)
+
+
+_mount()
+
+if __name__ == "__main__":
+    sys.exit(app())

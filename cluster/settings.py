@@ -1,0 +1,99 @@
+"""All configuration in one typed object: environment (`IMG2IMG_*`), then `.env`, then defaults
+that describe the embedded local stack. Standard variables (`AWS_ACCESS_KEY_ID`,
+`AWS_SECRET_ACCESS_KEY`, `MLFLOW_TRACKING_URI`) are respected. Secrets are `SecretStr`, so they
+never appear in reprs, logs or MLflow params.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+CREDENTIALS_FILE = "credentials.json"
+
+
+def _alias(name: str, *fallbacks: str) -> AliasChoices:
+    return AliasChoices(f"IMG2IMG_{name}", *fallbacks)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IMG2IMG_", env_file=".env", extra="ignore",
+                                      populate_by_name=True)
+
+    state_dir: Path = Field(default=Path("~/.local/state/img2img"),
+                            description="pids, logs, service data of the embedded stack")
+    s3_endpoint: str = Field("127.0.0.1:9000", description="S3 host:port (MinIO in production)")
+    s3_access_key: SecretStr | None = Field(None, validation_alias=_alias("S3_ACCESS_KEY", "AWS_ACCESS_KEY_ID"))
+    s3_secret_key: SecretStr | None = Field(None, validation_alias=_alias("S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY"))
+    s3_secure: bool = Field(False, description="https to the S3 endpoint")
+    s3_region: str = "us-east-1"
+    bucket: str = Field("img2img", description="bucket for datasets, checkpoints and MLflow artifacts")
+    mlflow_uri: str = Field("http://127.0.0.1:5000", validation_alias=_alias("MLFLOW_URI", "MLFLOW_TRACKING_URI"))
+    ray_address: str = Field("http://127.0.0.1:8265", description="Ray dashboard / Jobs API")
+    ray_num_cpus: int = Field(4, description="logical CPUs of the embedded Ray head")
+    serve_url: str = Field("http://127.0.0.1:8000", description="Ray Serve HTTP endpoint")
+    serve_api_key: SecretStr | None = Field(None, description="required on /enhance when set")
+
+    # ---- derived values -----------------------------------------------------------------
+    @property
+    def state_path(self) -> Path:
+        return self.state_dir.expanduser().resolve()
+
+    @property
+    def s3_hostport(self) -> str:
+        """`host:port` whatever form the endpoint was given in."""
+        ep = self.s3_endpoint
+        return urlparse(ep).netloc if "://" in ep else ep.rstrip("/")
+
+    @property
+    def s3_is_secure(self) -> bool:
+        return self.s3_endpoint.startswith("https://") or self.s3_secure
+
+    @property
+    def s3_url(self) -> str:
+        return f"{'https' if self.s3_is_secure else 'http'}://{self.s3_hostport}"
+
+    def s3_keys(self) -> tuple[str, str] | None:
+        """(access, secret) from the environment, else the pair `stack up` generated."""
+        if self.s3_access_key and self.s3_secret_key:
+            return self.s3_access_key.get_secret_value(), self.s3_secret_key.get_secret_value()
+        path = self.state_path / CREDENTIALS_FILE
+        if path.exists():
+            data = json.loads(path.read_text())
+            return data["access_key"], data["secret_key"]
+        return None
+
+    def is_local(self, url_or_hostport: str) -> bool:
+        host = urlparse(url_or_hostport if "://" in url_or_hostport else f"x://{url_or_hostport}").hostname
+        return host in LOCAL_HOSTS
+
+    def port_of(self, url_or_hostport: str) -> int:
+        return urlparse(url_or_hostport if "://" in url_or_hostport else f"x://{url_or_hostport}").port
+
+    @property
+    def ray_token_path(self) -> Path:
+        return self.state_path / "ray" / "auth_token"
+
+    def ray_env(self) -> dict[str, str]:
+        """Environment a Ray client needs to talk to our cluster (token auth stays on)."""
+        env = {}
+        if "RAY_AUTH_TOKEN" not in os.environ and self.ray_token_path.exists():
+            env["RAY_AUTH_MODE"] = "token"
+            env["RAY_AUTH_TOKEN_PATH"] = str(self.ray_token_path)
+        return env
+
+    def ray_auth_headers(self) -> dict[str, str]:
+        token = os.environ.get("RAY_AUTH_TOKEN")
+        if not token and self.ray_token_path.exists():
+            token = self.ray_token_path.read_text().strip()
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def get_settings(**overrides) -> Settings:
+    return Settings(**overrides)

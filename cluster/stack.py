@@ -1,0 +1,355 @@
+"""The embedded stack: SeaweedFS (S3 API), an MLflow server and a Ray head, as real processes
+on 127.0.0.1 under `IMG2IMG_STATE_DIR`.
+
+Ports users talk to come from the settings; internal ports are chosen free once and recorded
+in `stack.json`, so two stacks with different state dirs run side by side. Services whose
+settings point to another host (a real MinIO, a remote MLflow or Ray) are only checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from cluster.errors import Img2ImgError
+from cluster.settings import CREDENTIALS_FILE, Settings, get_settings
+
+log = logging.getLogger(__name__)
+SERVICES = ("s3", "mlflow", "ray")
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class ServiceStatus:
+    name: str
+    url: str
+    pid: int | None
+    healthy: bool
+    managed: bool  # started by this stack (vs. pointed elsewhere)
+    detail: str = ""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def _write_secret(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+
+
+def _http_ok(url: str, headers: dict | None = None, timeout: float = 2.0) -> bool:
+    try:
+        req = urllib.request.Request(url, headers=headers or {})
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status == 200
+    except Exception:
+        return False
+
+
+class Stack:
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or get_settings()
+        self.root = self.settings.state_path
+        self.logs = self.root / "logs"
+        self.state_file = self.root / "stack.json"
+
+    # ---- recorded state ---------------------------------------------------------------------
+    def _load(self) -> dict:
+        return json.loads(self.state_file.read_text()) if self.state_file.exists() else {"ports": {}, "pids": {}}
+
+    def _save(self, state: dict) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.state_file)
+
+    def _ports(self, state: dict, names: list[str]) -> dict[str, int]:
+        """Internal ports: reuse the recorded ones while free, else pick new free ones."""
+        ports = state.setdefault("ports", {})
+        for name in names:
+            if name not in ports or not port_free(ports[name]):
+                ports[name] = free_port()
+        return {n: ports[n] for n in names}
+
+    @property
+    def ray_temp_dir(self) -> Path:
+        # Short and unique per state dir: Ray's unix socket paths must stay under 107 bytes.
+        digest = hashlib.sha1(str(self.root).encode()).hexdigest()[:10]
+        return Path("/tmp") / f"img2img-ray-{digest}"
+
+    # ---- health -----------------------------------------------------------------------------
+    def s3_healthy(self) -> bool:
+        from cluster.storage import Storage
+
+        try:
+            Storage(self.settings, retries=0).client.list_buckets()
+            return True
+        except Exception:
+            return False
+
+    def mlflow_healthy(self) -> bool:
+        return _http_ok(self.settings.mlflow_uri.rstrip("/") + "/health")
+
+    def ray_healthy(self) -> bool:
+        return _http_ok(self.settings.ray_address.rstrip("/") + "/api/version", self.settings.ray_auth_headers())
+
+    def _wait(self, name: str, check: Callable[[], bool], proc: subprocess.Popen | None, timeout: float) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if check():
+                return
+            if proc is not None and proc.poll() is not None and name != "ray":
+                break
+            time.sleep(0.5)
+        raise Img2ImgError(f"{name} did not come up within {timeout:.0f}s; last log lines:\n{self.tail(name, 15)}")
+
+    # ---- start ------------------------------------------------------------------------------
+    def _spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        logf = open(self.logs / f"{name}.log", "ab")
+        full_env = {**os.environ, **env, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+        return subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=full_env, start_new_session=True, cwd=self.root)
+
+    def _ensure_keys(self) -> tuple[str, str]:
+        keys = self.settings.s3_keys()
+        if keys is None:
+            keys = ("img2img-" + secrets.token_hex(6), secrets.token_urlsafe(30))
+            _write_secret(self.root / CREDENTIALS_FILE, json.dumps({"access_key": keys[0], "secret_key": keys[1]}))
+        return keys
+
+    def _start_s3(self, state: dict) -> int:
+        access, secret = self._ensure_keys()
+        data = self.root / "s3"
+        data.mkdir(parents=True, exist_ok=True)
+        identities = {"identities": [{"name": "img2img", "credentials": [{"accessKey": access, "secretKey": secret}],
+                                      "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+        _write_secret(self.root / "s3-identities.json", json.dumps(identities))
+        (data / "mini.options").unlink(missing_ok=True)  # it would re-apply an old start's flags
+        p = self._ports(state, ["master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc",
+                                "s3_grpc", "admin", "admin_grpc"])
+        cmd = [str(BIN / "weed"), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+               f"-s3.port={self.settings.port_of(self.settings.s3_hostport)}", f"-s3.port.grpc={p['s3_grpc']}",
+               f"-s3.config={self.root / 's3-identities.json'}", f"-master.port={p['master']}",
+               f"-master.port.grpc={p['master_grpc']}", f"-volume.port={p['volume']}",
+               f"-volume.port.grpc={p['volume_grpc']}", f"-filer.port={p['filer']}",
+               f"-filer.port.grpc={p['filer_grpc']}", f"-admin.port={p['admin']}",
+               f"-admin.port.grpc={p['admin_grpc']}", "-master.telemetry=false", "-webdav=false",
+               "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0"]
+        return self._spawn("s3", cmd, {}).pid
+
+    def _start_mlflow(self) -> int:
+        access, secret = self.settings.s3_keys()
+        db = self.root / "mlflow" / "mlflow.db"
+        db.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1",
+               "--port", str(self.settings.port_of(self.settings.mlflow_uri)),
+               "--backend-store-uri", f"sqlite:///{db}",
+               "--artifacts-destination", f"s3://{self.settings.bucket}/mlflow-artifacts", "--workers", "1"]
+        env = {"MLFLOW_S3_ENDPOINT_URL": self.settings.s3_url, "AWS_ACCESS_KEY_ID": access,
+               "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": self.settings.s3_region}
+        return self._spawn("mlflow", cmd, env).pid
+
+    def _start_ray(self, state: dict) -> None:
+        token = self.settings.ray_token_path
+        if not token.exists():
+            _write_secret(token, secrets.token_hex(32))
+        p = self._ports(state, ["gcs", "client", "agent", "agent_grpc", "metrics", "runtime_env", "node_manager",
+                                "object_manager"])
+        cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={p['gcs']}",
+               "--dashboard-host=127.0.0.1", f"--dashboard-port={self.settings.port_of(self.settings.ray_address)}",
+               "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={self.ray_temp_dir}",
+               f"--num-cpus={self.settings.ray_num_cpus}", f"--ray-client-server-port={p['client']}",
+               f"--dashboard-agent-listen-port={p['agent']}", f"--dashboard-agent-grpc-port={p['agent_grpc']}",
+               f"--metrics-export-port={p['metrics']}", f"--runtime-env-agent-port={p['runtime_env']}",
+               f"--node-manager-port={p['node_manager']}", f"--object-manager-port={p['object_manager']}",
+               "--object-store-memory=1500000000", *self._worker_port_range()]
+        env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+        env.update(self._service_env())
+        proc = self._spawn("ray", cmd, env)
+        try:
+            rc = proc.wait(timeout=180)
+        except subprocess.TimeoutExpired:
+            raise Img2ImgError(f"`ray start` hung; last log lines:\n{self.tail('ray', 15)}") from None
+        if rc != 0:
+            raise Img2ImgError(f"`ray start` failed (exit {rc}); last log lines:\n{self.tail('ray', 15)}")
+
+    def _worker_port_range(self) -> list[str]:
+        """A worker port block per stack (Ray's default 10002-19999 clashes with the ports the
+        settings name, and with a second stack); ephemeral ports (32768+) are never in it."""
+        s = self.settings
+        taken = {s.port_of(u) for u in (s.s3_hostport, s.mlflow_uri, s.ray_address, s.serve_url)}
+        seed = int(hashlib.sha1(str(self.root).encode()).hexdigest(), 16)
+        for i in range(48):
+            low = 20000 + ((seed + i) % 48) * 256
+            if not any(low <= port < low + 256 for port in taken):
+                return [f"--min-worker-port={low}", f"--max-worker-port={low + 255}"]
+        return []
+
+    def _service_env(self) -> dict[str, str]:
+        """What jobs on the cluster need to reach the stores (inherited by Ray workers)."""
+        s = self.settings
+        env = {"IMG2IMG_S3_ENDPOINT": s.s3_endpoint, "IMG2IMG_MLFLOW_URI": s.mlflow_uri,
+               "IMG2IMG_BUCKET": s.bucket, "IMG2IMG_STATE_DIR": str(self.root),
+               "IMG2IMG_S3_SECURE": str(s.s3_secure).lower()}
+        return env
+
+    def up(self, progress: Callable[[str], None] = lambda msg: None) -> list[ServiceStatus]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        state = self._load()
+        s = self.settings
+        if s.is_local(s.s3_endpoint) and not self.s3_healthy():
+            progress("starting S3 store (SeaweedFS)")
+            state["pids"]["s3"] = self._start_s3(state)
+            self._save(state)
+            self._wait("s3", self.s3_healthy, None, 60)
+        progress("checking S3 bucket")
+        from cluster.storage import Storage
+
+        if s.is_local(s.s3_endpoint):
+            Storage(s).ensure_bucket()
+        else:
+            Storage(s).check()
+        if s.is_local(s.mlflow_uri) and not self.mlflow_healthy():
+            progress("starting MLflow server")
+            state["pids"]["mlflow"] = self._start_mlflow()
+            self._save(state)
+            self._wait("mlflow", self.mlflow_healthy, None, 120)
+        if s.is_local(s.ray_address) and not self.ray_healthy():
+            progress("starting Ray head")
+            self._start_ray(state)
+            state["ray_temp_dir"] = str(self.ray_temp_dir)
+            self._save(state)
+            self._wait("ray", self.ray_healthy, None, 60)
+        statuses = self.status()
+        bad = [st.name for st in statuses if not st.healthy]
+        if bad:
+            raise Img2ImgError(f"not healthy: {', '.join(bad)} (see `img2img stack status`)")
+        return statuses
+
+    # ---- stop -------------------------------------------------------------------------------
+    def _ray_processes(self) -> list[psutil.Process]:
+        marker = str(self.ray_temp_dir)
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            try:
+                if any(marker in part for part in (proc.info["cmdline"] or [])):
+                    found.append(proc)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return found
+
+    @staticmethod
+    def _terminate(procs: list[psutil.Process], timeout: float = 15) -> None:
+        for p in procs:
+            try:
+                p.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=timeout)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+    def _group(self, pid: int | None) -> list[psutil.Process]:
+        """The process and its descendants, if the pid is still ours (started in state dir)."""
+        if not pid:
+            return []
+        try:
+            proc = psutil.Process(pid)
+            if Path(proc.cwd()) != self.root:
+                return []  # the pid was reused by someone else
+            return [proc, *proc.children(recursive=True)]
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return []
+
+    def down(self, progress: Callable[[str], None] = lambda msg: None) -> list[str]:
+        """Stop only what this stack started; data stays in the state dir."""
+        state = self._load()
+        stopped = []
+        ray_procs = self._ray_processes()
+        if ray_procs:
+            progress("stopping Ray head")
+            self._terminate(ray_procs)
+            stopped.append("ray")
+        for name in ("mlflow", "s3"):
+            procs = self._group(state["pids"].get(name))
+            if procs:
+                progress(f"stopping {name}")
+                try:
+                    os.killpg(procs[0].pid, signal.SIGTERM)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                self._terminate(procs, timeout=15)
+                stopped.append(name)
+            state["pids"].pop(name, None)
+        if self.state_file.exists():
+            self._save(state)
+        return stopped
+
+    # ---- status / logs -----------------------------------------------------------------------
+    def status(self) -> list[ServiceStatus]:
+        s, state = self.settings, self._load()
+        out = []
+        for name, url, healthy in (("s3", s.s3_url, self.s3_healthy),
+                                   ("mlflow", s.mlflow_uri, self.mlflow_healthy),
+                                   ("ray", s.ray_address, self.ray_healthy)):
+            managed = s.is_local(url)
+            pid = state["pids"].get(name)
+            if name == "ray":
+                procs = [p for p in self._ray_processes() if "gcs_server" in " ".join(p.cmdline())]
+                pid = procs[0].pid if procs else None
+            elif not self._group(pid):
+                pid = None
+            out.append(ServiceStatus(name, url, pid, healthy(), managed,
+                                     "embedded" if managed else "external (checked, not started)"))
+        return out
+
+    def log_path(self, name: str) -> Path:
+        if name not in SERVICES:
+            raise Img2ImgError(f"unknown service {name!r}; choose one of: {', '.join(SERVICES)}")
+        return self.logs / f"{name}.log"
+
+    def tail(self, name: str, lines: int = 50) -> str:
+        path = self.log_path(name)
+        if not path.exists():
+            return f"(no log at {path})"
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+        if name == "ray":  # the head's own logs live in its session dir
+            session = self.ray_temp_dir / "session_latest" / "logs"
+            for extra in ("gcs_server.err", "raylet.err", "dashboard.log"):
+                if (session / extra).exists():
+                    text += [f"--- {extra}"] + (session / extra).read_text(errors="replace").splitlines()[-lines // 3:]
+        return "\n".join(text)

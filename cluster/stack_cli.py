@@ -1,0 +1,69 @@
+"""`img2img stack up|down|status|logs`: the embedded S3 store, MLflow server and Ray head."""
+
+from __future__ import annotations
+
+import typer
+
+from cluster.cli_utils import console, handle_errors, table
+from cluster.settings import get_settings
+from cluster.stack import SERVICES, Stack
+
+stack_app = typer.Typer(help="Start, stop and inspect the embedded stack (S3 store, MLflow, Ray head).",
+                        no_args_is_help=True)
+
+
+def _print_status(statuses) -> None:
+    rows = [[s.name, s.url, s.pid or "-", "[green]yes[/]" if s.healthy else "[red]no[/]", s.detail]
+            for s in statuses]
+    console.print(table("img2img stack", ["service", "url", "pid", "healthy", "mode"], rows))
+
+
+@stack_app.command()
+@handle_errors
+def up():
+    """Start every local service that is not running yet and wait until each is healthy.
+
+    Example: `IMG2IMG_STATE_DIR=/tmp/i2i img2img stack up`
+    """
+    stack = Stack(get_settings())
+    with console.status("starting the stack") as spinner:
+        statuses = stack.up(progress=lambda msg: spinner.update(msg))
+    _print_status(statuses)
+    console.print(f"State, logs and data: {stack.root}")
+
+
+@stack_app.command()
+@handle_errors
+def down():
+    """Stop the services this stack started (data stays; `up` brings it back).
+
+    Example: `img2img stack down`
+    """
+    stack = Stack(get_settings())
+    with console.status("stopping the stack") as spinner:
+        stopped = stack.down(progress=lambda msg: spinner.update(msg))
+    console.print(f"Stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+
+
+@stack_app.command()
+@handle_errors
+def status():
+    """Show each service: url, pid, health, embedded or external.
+
+    Example: `img2img stack status`
+    """
+    statuses = Stack(get_settings()).status()
+    _print_status(statuses)
+    if not all(s.healthy for s in statuses):
+        raise typer.Exit(1)
+
+
+@stack_app.command()
+@handle_errors
+def logs(service: str = typer.Argument(..., help=f"one of {', '.join(SERVICES)}"),
+         lines: int = typer.Option(50, "--lines", "-n", help="how many lines from the end")):
+    """Print the end of a service's log.
+
+    Example: `img2img stack logs mlflow -n 100`
+    """
+    console.print(Stack(get_settings()).tail(service, lines), markup=False, highlight=False)

@@ -1,0 +1,145 @@
+"""Object-store access through the MinIO SDK (works against MinIO, SeaweedFS or any S3).
+
+Every failure a user can cause (wrong keys, unreachable endpoint, missing bucket) becomes one
+`Img2ImgError` line naming the endpoint, never the secret.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+import urllib3
+from minio import Minio
+from minio.deleteobjects import DeleteObject
+from minio.error import S3Error
+
+from cluster.errors import Img2ImgError
+from cluster.settings import Settings, get_settings
+
+AUTH_CODES = {"SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "InvalidToken"}
+
+
+@dataclass
+class ObjectInfo:
+    key: str
+    size: int
+    modified: datetime | None
+
+
+class Storage:
+    def __init__(self, settings: Settings | None = None, bucket: str | None = None, retries: int = 2):
+        self.settings = settings or get_settings()
+        self.bucket = bucket or self.settings.bucket
+        self.endpoint = self.settings.s3_url
+        keys = self.settings.s3_keys()
+        if keys is None:
+            raise Img2ImgError(
+                f"no S3 credentials for {self.endpoint}: set IMG2IMG_S3_ACCESS_KEY and "
+                "IMG2IMG_S3_SECRET_KEY, or run `img2img stack up` to create the local store")
+        http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=3, read=120),
+                                   retries=urllib3.Retry(total=retries, backoff_factor=0.2))
+        self.client = Minio(self.settings.s3_hostport, access_key=keys[0], secret_key=keys[1],
+                            secure=self.settings.s3_is_secure, region=self.settings.s3_region,
+                            http_client=http)
+
+    @contextlib.contextmanager
+    def errors(self, what: str = "") -> Iterator[None]:
+        """Translate SDK/network failures into one readable line."""
+        try:
+            yield
+        except S3Error as e:
+            if e.code in AUTH_CODES:
+                raise Img2ImgError(f"S3 at {self.endpoint} refused the credentials ({e.code}): "
+                                   "check IMG2IMG_S3_ACCESS_KEY / IMG2IMG_S3_SECRET_KEY") from None
+            if e.code == "NoSuchBucket":
+                raise Img2ImgError(f"bucket {self.bucket!r} does not exist at {self.endpoint} "
+                                   "(`img2img stack up` creates it locally)") from None
+            if e.code == "NoSuchKey":
+                raise Img2ImgError(f"{what or 'object'} not found in s3://{self.bucket} at {self.endpoint}") from None
+            raise Img2ImgError(f"S3 at {self.endpoint}: {e.code}: {e.message}") from None
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            if isinstance(e, Img2ImgError):
+                raise
+            raise Img2ImgError(f"cannot reach S3 at {self.endpoint} ({type(e).__name__}); "
+                               "is it running? (`img2img stack up` starts the local one)") from None
+
+    # ---- buckets --------------------------------------------------------------------------
+    def ensure_bucket(self) -> None:
+        with self.errors():
+            if not self.client.bucket_exists(self.bucket):
+                self.client.make_bucket(self.bucket)
+
+    def check(self) -> None:
+        """Raise unless the endpoint answers, accepts the keys and has the bucket."""
+        with self.errors():
+            exists = self.client.bucket_exists(self.bucket)
+        if not exists:
+            raise Img2ImgError(f"bucket {self.bucket!r} does not exist at {self.endpoint} "
+                               "(`img2img stack up` creates it locally)")
+
+    # ---- objects ------------------------------------------------------------------------------
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        with self.errors(key):
+            self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+
+    def put_file(self, key: str, path: str, content_type: str = "application/octet-stream") -> None:
+        with self.errors(key):
+            self.client.fput_object(self.bucket, key, path, content_type=content_type)
+
+    def get_bytes(self, key: str) -> bytes:
+        with self.errors(key):
+            resp = self.client.get_object(self.bucket, key)
+            try:
+                return resp.read()
+            finally:
+                resp.close()
+                resp.release_conn()
+
+    def exists(self, key: str) -> bool:
+        try:
+            with self.errors(key):
+                self.client.stat_object(self.bucket, key)
+            return True
+        except Img2ImgError as e:
+            if "not found" in str(e):
+                return False
+            raise
+
+    def list(self, prefix: str = "", recursive: bool = True) -> list[ObjectInfo]:
+        with self.errors(prefix):
+            return [ObjectInfo(o.object_name, o.size or 0, o.last_modified)
+                    for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=recursive)]
+
+    def delete(self, key: str) -> None:
+        with self.errors(key):
+            self.client.remove_object(self.bucket, key)
+
+    def delete_prefix(self, prefix: str) -> int:
+        keys = [o.key for o in self.list(prefix)]
+        with self.errors(prefix):
+            errors = list(self.client.remove_objects(self.bucket, (DeleteObject(k) for k in keys)))
+        if errors:
+            raise Img2ImgError(f"could not delete {len(errors)} objects under {prefix}")
+        return len(keys)
+
+
+def arrow_filesystem(settings: Settings | None = None):
+    """A pyarrow S3FileSystem on the same endpoint and keys (for Ray Data / Ray Train).
+
+    pyarrow ignores AWS_ENDPOINT_URL, so the endpoint is passed explicitly; paths given to it
+    are `bucket/key`, without `s3://`.
+    """
+    from pyarrow import fs
+
+    settings = settings or get_settings()
+    keys = settings.s3_keys()
+    if keys is None:
+        raise Img2ImgError(f"no S3 credentials for {settings.s3_url}")
+    return fs.S3FileSystem(endpoint_override=settings.s3_hostport,
+                           scheme="https" if settings.s3_is_secure else "http",
+                           access_key=keys[0], secret_key=keys[1], region=settings.s3_region,
+                           connect_timeout=5, request_timeout=60)
