@@ -1,0 +1,332 @@
+"""`img2img data ingest`: images -> Parquet shards of PNG pairs + a manifest, on the object store.
+
+The work is planned up front as a deterministic list of rows (file, crop, copy, seed), cut into
+shards, and the shards are built in parallel processes. Every finished shard leaves a progress
+marker; a re-run with the same inputs and options skips shards already written and verified,
+so a killed ingest resumes without duplicates. The manifest is written last: readers never see
+a half-written dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import random
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from cluster.errors import Img2ImgError
+from cluster.settings import Settings
+from cluster.storage import Storage
+from jobs.manifest import PAIRED_KINDS, Manifest, Shard, dataset_prefix, manifest_key, verify_shard
+from jobs.sources import SourceFile, list_sample, list_source
+from translator import degrade, images
+
+log = logging.getLogger(__name__)
+MAX_PIXELS = 100_000_000  # larger files are skipped as decompression bombs
+
+
+@dataclass
+class IngestOptions:
+    name: str
+    kind: str = "synth"  # synth | aligned | unaligned
+    degrade: str | None = "gaussian:1.5"
+    copies: int = 1
+    direction: str = "AtoB"
+    size: int | None = 256
+    crops: int = 0
+    val_fraction: float = 0.1
+    seed: int = 0
+    shard_rows: int = 256
+
+    def validate(self) -> None:
+        if self.kind not in PAIRED_KINDS:
+            raise Img2ImgError(f"unknown kind {self.kind!r}: use synth, aligned or unaligned")
+        if self.kind == "synth":
+            if not self.degrade:
+                raise Img2ImgError("--kind synth needs --degrade SPEC, e.g. gaussian:1.5")
+            degrade.parse(self.degrade)
+        if self.direction not in ("AtoB", "BtoA"):
+            raise Img2ImgError("--direction must be AtoB or BtoA")
+        if not 0 <= self.val_fraction < 1:
+            raise Img2ImgError("--val-fraction must be in [0, 1)")
+        if self.copies < 1 or self.shard_rows < 1 or self.crops < 0:
+            raise Img2ImgError("--copies and --shard-rows must be >= 1, --crops >= 0")
+        if self.size is not None and self.size < 8:
+            raise Img2ImgError("--size must be at least 8 pixels")
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise Img2ImgError(f"bad dataset name {self.name!r}")
+
+
+@dataclass
+class Row:
+    key: str
+    files: tuple[SourceFile, ...]  # one file, or (A, B) for aligned folders
+    crop: int = 0
+    copy: int = 0
+    domain: str | None = None
+
+
+@dataclass
+class ShardPlan:
+    split: str
+    index: int
+    rows: list[Row]
+    domain: str | None = None
+
+    @property
+    def path(self) -> str:
+        stem = f"{self.domain}-{self.index:05d}" if self.domain else f"shard-{self.index:05d}"
+        return f"{self.split}/{stem}.parquet"
+
+
+@dataclass
+class IngestResult:
+    manifest: Manifest
+    written: int = 0
+    reused: int = 0
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+def stable_seed(*parts) -> int:
+    return int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:8], "little")
+
+
+# ---- planning ---------------------------------------------------------------------------------
+def _split_keys(keys: list[str], fraction: float, seed: int) -> set[str]:
+    """The keys that go to validation: a seeded choice of whole source files (no leakage)."""
+    if fraction <= 0 or len(keys) < 2:
+        return set()
+    order = sorted(keys)
+    random.Random(seed).shuffle(order)
+    return set(order[: max(1, round(len(keys) * fraction))])
+
+
+def plan_rows(files: list[SourceFile], opts: IngestOptions) -> dict[tuple[str, str | None], list[Row]]:
+    """(split, domain) -> rows, in a deterministic order."""
+    out: dict[tuple[str, str | None], list[Row]] = {}
+    n_crops = max(1, opts.crops)
+    if opts.kind == "unaligned":
+        for domain in ("a", "b"):
+            train = [f for f in files if f.key.split("/")[0].lower() == f"train{domain}"]
+            test = [f for f in files if f.key.split("/")[0].lower() == f"test{domain}"]
+            if not train:
+                raise Img2ImgError(f"--kind unaligned needs trainA/ and trainB/ folders (no train{domain.upper()}/)")
+            val_keys = set() if test else _split_keys([f.key for f in train], opts.val_fraction, opts.seed)
+            for f in train + test:
+                split = "val" if f in test or f.key in val_keys else "train"
+                for c in range(n_crops):
+                    out.setdefault((split, domain), []).append(Row(f"{f.key}#{c}", (f,), c, 0, domain))
+        return out
+    if opts.kind == "aligned" and any(f.key.split("/")[0] in ("A", "B") for f in files):
+        a = {f.key.split("/", 1)[1]: f for f in files if f.key.split("/")[0] == "A"}
+        b = {f.key.split("/", 1)[1]: f for f in files if f.key.split("/")[0] == "B"}
+        names = sorted(set(a) & set(b))  # matched by file name, never by position
+        if not names:
+            raise Img2ImgError("A/ and B/ folders share no file names")
+        groups = {n: (a[n], b[n]) for n in names}
+    else:
+        groups = {f.key: (f,) for f in files}
+    val_keys = _split_keys(list(groups), opts.val_fraction, opts.seed)
+    copies = opts.copies if opts.kind == "synth" else 1
+    for key, fs in groups.items():
+        split = "val" if key in val_keys else "train"
+        for c in range(n_crops):
+            for k in range(copies):
+                out.setdefault((split, None), []).append(Row(f"{key}#{c}#{k}", fs, c, k))
+    return out
+
+
+def unmatched(files: list[SourceFile], opts: IngestOptions) -> list[dict[str, str]]:
+    if opts.kind != "aligned":
+        return []
+    a = {f.key.split("/", 1)[1] for f in files if f.key.split("/")[0] == "A"}
+    b = {f.key.split("/", 1)[1] for f in files if f.key.split("/")[0] == "B"}
+    return [{"file": f"A/{n}" if n in a else f"B/{n}", "reason": "no partner with the same name"}
+            for n in sorted(a ^ b)]
+
+
+def plan_shards(files: list[SourceFile], opts: IngestOptions) -> list[ShardPlan]:
+    shards = []
+    for (split, domain), rows in sorted(plan_rows(files, opts).items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+        for i in range(0, len(rows), opts.shard_rows):
+            shards.append(ShardPlan(split, i // opts.shard_rows, rows[i:i + opts.shard_rows], domain))
+    return shards
+
+
+# ---- building one shard (runs in a worker process) --------------------------------------------
+def _fit(img: Image.Image, size: int | None, crops: int, crop: int, seed: int) -> tuple[int, int, int, int] | None:
+    """The box (in a resized image) to cut: centre crop, or the crop-th random crop."""
+    if size is None:
+        return None
+    w, h = img.size
+    if crops == 0:
+        return ((w - size) // 2, (h - size) // 2, (w - size) // 2 + size, (h - size) // 2 + size)
+    rng = random.Random(seed)
+    left, top = rng.randint(0, w - size), rng.randint(0, h - size)
+    return (left, top, left + size, top + size)
+
+
+def _resize_for(img: Image.Image, size: int | None, crops: int) -> Image.Image:
+    """Shorter side to `size` (centre-crop mode), or only up to `size` when cutting random crops."""
+    if size is None:
+        return img
+    w, h = img.size
+    short = min(w, h)
+    if crops == 0 or short < size:
+        scale = size / short
+        return img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BICUBIC,
+                          reducing_gap=3.0)
+    return img
+
+
+def _load(f: SourceFile, settings: Settings, cache: dict) -> Image.Image:
+    if f.key not in cache:
+        data = f.read(settings)
+        img = images.open_image(data)
+        if img.width * img.height > MAX_PIXELS:
+            raise ValueError(f"{img.width}x{img.height} is over the {MAX_PIXELS // 1_000_000} MP limit")
+        cache[f.key] = images.to_rgb(img)
+    return cache[f.key]
+
+
+def _row_images(row: Row, opts: IngestOptions, settings: Settings, cache: dict) -> list[Image.Image]:
+    seed = stable_seed(opts.seed, row.key)
+    if len(row.files) == 2:  # aligned A/ B/ folders
+        a, b = (_load(f, settings, cache) for f in row.files)
+        b = b.resize(a.size, Image.Resampling.BICUBIC) if b.size != a.size else b
+        pair = [a, b]
+    else:
+        img = _load(row.files[0], settings, cache)
+        if opts.kind == "aligned":  # A|B side by side in one file
+            half = img.width // 2
+            pair = [img.crop((0, 0, half, img.height)), img.crop((half, 0, 2 * half, img.height))]
+        else:
+            pair = [img]
+    if opts.kind == "aligned" and opts.direction == "BtoA":
+        pair.reverse()
+    pair = [_resize_for(im, opts.size, opts.crops) for im in pair]
+    box = _fit(pair[0], opts.size, opts.crops, row.crop, seed)
+    pair = [im.crop(box) if box else im for im in pair]
+    if opts.kind == "synth":
+        clean = images.to_array(pair[0])
+        pair = [images.from_array(degrade.apply(opts.degrade, clean, seed)), pair[0]]
+    return pair
+
+
+def _png(img: Image.Image) -> bytes:
+    return images.encode(img, "PNG", compress_level=6)
+
+
+def build_shard(settings: Settings, opts: IngestOptions, plan: ShardPlan, fingerprint: str) -> tuple[Shard, list]:
+    storage = Storage(settings)
+    cache: dict = {}
+    keys, cols_a, cols_b, skipped = [], [], [], []
+    bad: set[str] = set()
+    for row in plan.rows:
+        if any(f.key in bad for f in row.files):
+            continue
+        try:
+            imgs = _row_images(row, opts, settings, cache)
+        except Exception as e:  # unreadable, truncated, too large: skip the file, keep going
+            for f in row.files:
+                bad.add(f.key)
+            skipped.append({"file": row.files[0].key, "reason": f"{type(e).__name__}: {e}"[:200]})
+            continue
+        keys.append(row.key)
+        cols_a.append(_png(imgs[0]))
+        cols_b.append(_png(imgs[1]) if len(imgs) > 1 else None)
+    if plan.domain:
+        table = pa.table({"key": keys, "domain": [plan.domain] * len(keys), "image": pa.array(cols_a, pa.binary())})
+    else:
+        table = pa.table({"key": keys, "input": pa.array(cols_a, pa.binary()), "target": pa.array(cols_b, pa.binary())})
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="none", row_group_size=64)
+    data = buf.getvalue()
+    shard = Shard(plan.path, len(keys), hashlib.sha256(data).hexdigest(), len(data), plan.domain)
+    prefix = dataset_prefix(opts.name)
+    storage.put_bytes(prefix + plan.path, data)
+    marker = {"fingerprint": fingerprint, "shard": asdict(shard), "skipped": skipped}
+    storage.put_bytes(f"{prefix}_ingest/{plan.path.replace('/', '-')}.json", json.dumps(marker).encode())
+    return shard, skipped
+
+
+# ---- the whole ingest ---------------------------------------------------------------------------
+def _fingerprint(files: list[SourceFile], opts: IngestOptions) -> str:
+    data = json.dumps({"opts": asdict(opts), "files": [f.key for f in files]}, sort_keys=True)
+    return hashlib.sha256(data.encode()).hexdigest()
+
+
+def _resumable(storage: Storage, opts: IngestOptions, fingerprint: str, plans: list[ShardPlan]) -> dict[str, tuple]:
+    """Shards a previous, interrupted run of the same ingest finished and that still verify."""
+    prefix = dataset_prefix(opts.name)
+    markers = [o.key for o in storage.list(prefix + "_ingest/")]
+    done = {}
+    for key in markers:
+        marker = json.loads(storage.get_bytes(key))
+        if marker["fingerprint"] != fingerprint:
+            storage.delete_prefix(prefix)  # a different ingest left this: start clean
+            return {}
+        shard = Shard(**marker["shard"])
+        if verify_shard(storage, opts.name, shard) is None:
+            done[shard.path] = (shard, marker["skipped"])
+    wanted = {p.path for p in plans}
+    return {k: v for k, v in done.items() if k in wanted}
+
+
+def ingest(src: str | None, opts: IngestOptions, settings: Settings, overwrite: bool = False,
+           workers: int = 2, progress: Callable[[int, int], None] = lambda done, total: None) -> IngestResult:
+    opts.validate()
+    storage = Storage(settings)
+    storage.check()
+    if storage.exists(manifest_key(opts.name)):
+        if not overwrite:
+            raise Img2ImgError(f"dataset {opts.name!r} already exists; pass --overwrite to replace it")
+        storage.delete_prefix(dataset_prefix(opts.name))
+    files = list_sample() if src is None else list_source(src, settings)
+    plans = plan_shards(files, opts)
+    fingerprint = _fingerprint(files, opts)
+    done = _resumable(storage, opts, fingerprint, plans)
+    total = sum(len(p.rows) for p in plans)
+    finished = sum(len(p.rows) for p in plans if p.path in done)
+    progress(finished, total)
+    results = dict(done)
+    todo = [p for p in plans if p.path not in done]
+    if todo:
+        with ProcessPoolExecutor(max_workers=max(1, min(workers, len(todo)))) as pool:
+            futures = {pool.submit(build_shard, settings, opts, p, fingerprint): p for p in todo}
+            for fut in as_completed(futures):
+                results[futures[fut].path] = fut.result()
+                finished += len(futures[fut].rows)
+                progress(finished, total)
+    splits: dict[str, list[Shard]] = {}
+    skipped = unmatched(files, opts)
+    seen = set()
+    for p in plans:
+        shard, skips = results[p.path]
+        splits.setdefault(p.split, []).append(shard)
+        for s in skips:
+            if s["file"] not in seen:
+                seen.add(s["file"])
+                skipped.append(s)
+    manifest = Manifest(
+        name=opts.name, kind=PAIRED_KINDS[opts.kind], source_kind=opts.kind,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        source=src or "sample:scikit-image", image_size=opts.size,
+        degradation=opts.degrade if opts.kind == "synth" else None, seed=opts.seed,
+        options={k: v for k, v in asdict(opts).items() if k not in ("name",)},
+        splits=splits, skipped=skipped)
+    if not any(manifest.counts.values()):
+        raise Img2ImgError(f"no image could be read from {src or 'the sample set'}; skipped: "
+                           + "; ".join(f"{s['file']} ({s['reason']})" for s in skipped[:5]))
+    storage.put_bytes(manifest_key(opts.name), manifest.to_json().encode(), "application/json")
+    storage.delete_prefix(dataset_prefix(opts.name) + "_ingest/")
+    return IngestResult(manifest, written=len(todo), reused=len(done), skipped=skipped)

@@ -1,0 +1,122 @@
+"""The dataset manifest: what a dataset on the object store holds, and how to check it.
+
+    datasets/<name>/manifest.json             written last: its presence means "complete"
+    datasets/<name>/<split>/shard-00000.parquet   paired:   key, input, target (PNG bytes)
+    datasets/<name>/<split>/a-00000.parquet       unpaired: key, domain, image (one domain a shard)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from cluster.errors import Img2ImgError
+from cluster.storage import Storage
+
+SCHEMA_VERSION = 1
+PAIRED_KINDS = {"synth": "paired", "aligned": "paired", "unaligned": "unpaired"}
+
+
+def dataset_prefix(name: str) -> str:
+    return f"datasets/{name}/"
+
+
+def manifest_key(name: str) -> str:
+    return f"datasets/{name}/manifest.json"
+
+
+@dataclass
+class Shard:
+    path: str  # relative to the dataset prefix
+    rows: int
+    sha256: str
+    bytes: int
+    domain: str | None = None  # unpaired shards hold one domain each
+
+
+@dataclass
+class Manifest:
+    name: str
+    kind: str  # paired | unpaired
+    source_kind: str  # synth | aligned | unaligned
+    created: str
+    source: str
+    image_size: int | None
+    degradation: str | None
+    seed: int
+    options: dict[str, Any] = field(default_factory=dict)
+    splits: dict[str, list[Shard]] = field(default_factory=dict)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {split: sum(s.rows for s in shards) for split, shards in self.splits.items()}
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(s.bytes for shards in self.splits.values() for s in shards)
+
+    @property
+    def sha256(self) -> str:
+        """Identity of the dataset's content (logged with every training run)."""
+        digest = hashlib.sha256()
+        for split in sorted(self.splits):
+            for s in self.splits[split]:
+                digest.update(f"{split}/{s.path}:{s.sha256}".encode())
+        return digest.hexdigest()
+
+    def shards(self, split: str, domain: str | None = None) -> list[Shard]:
+        if split not in self.splits:
+            raise Img2ImgError(f"dataset {self.name!r} has no {split!r} split (it has: {', '.join(self.splits)})")
+        return [s for s in self.splits[split] if domain is None or s.domain == domain]
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["counts"] = self.counts
+        data["sha256"] = self.sha256
+        return json.dumps(data, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        data = json.loads(text)
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise Img2ImgError(f"manifest schema {data.get('schema_version')} is not supported (want {SCHEMA_VERSION})")
+        data.pop("counts", None)
+        data.pop("sha256", None)
+        data["splits"] = {k: [Shard(**s) for s in v] for k, v in data["splits"].items()}
+        return cls(**data)
+
+
+def read_manifest(storage: Storage, name: str) -> Manifest:
+    if not storage.exists(manifest_key(name)):
+        raise Img2ImgError(f"dataset {name!r} not found in s3://{storage.bucket} at {storage.endpoint} "
+                           "(see `img2img data ls`)")
+    return Manifest.from_json(storage.get_bytes(manifest_key(name)).decode())
+
+
+def list_manifests(storage: Storage) -> list[Manifest]:
+    out = []
+    for obj in storage.list("datasets/", recursive=True):
+        if obj.key.endswith("/manifest.json") and obj.key.count("/") == 2:
+            out.append(Manifest.from_json(storage.get_bytes(obj.key).decode()))
+    return sorted(out, key=lambda m: m.name)
+
+
+def verify_shard(storage: Storage, name: str, shard: Shard) -> str | None:
+    """None if the shard's bytes, sha256 and row count match the manifest, else the problem."""
+    key = dataset_prefix(name) + shard.path
+    if not storage.exists(key):
+        return "missing"
+    data = storage.get_bytes(key)
+    if hashlib.sha256(data).hexdigest() != shard.sha256:
+        return "sha256 mismatch"
+    rows = pq.ParquetFile(io.BytesIO(data)).metadata.num_rows
+    if rows != shard.rows:
+        return f"{rows} rows, manifest says {shard.rows}"
+    return None
