@@ -7,5 +7,8 @@ import typer
 
 def register(app: typer.Typer) -> None:
     from jobs.data_cli import data_app
+    from jobs.train_cli import jobs_app, train
 
     app.add_typer(data_app, name="data")
+    app.command("train")(train)
+    app.add_typer(jobs_app, name="jobs")

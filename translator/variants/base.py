@@ -131,6 +131,11 @@ class Variant:
         self.scaler.step(opt)
         self.scaler.update()
 
+    def frozen(self, name: str) -> nn.Module:
+        """A network used only as a fixed critic in this update (e.g. D in the G step): called
+        without its DDP wrapper, since no gradient of it is to be synchronised."""
+        return unwrap(self.nets[name])
+
     def set_requires_grad(self, names: list[str], flag: bool) -> None:
         for name in names:
             for p in self.nets[name].parameters():

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
 import torch
+import torch.nn.functional as F
 
 from translator.losses import ImagePool, gan_loss
 from translator.nets.patchgan import PatchDiscriminator
@@ -67,7 +67,8 @@ class CycleGAN(Variant):
         if c.lambda_identity > 0:
             loss_idt = (F.l1_loss(n["G_A"](real_b), real_b) * c.lambda_b
                         + F.l1_loss(n["G_B"](real_a), real_a) * c.lambda_a) * c.lambda_identity
-        loss_gan = gan_loss(n["D_A"](fake_b), True, mode) + gan_loss(n["D_B"](fake_a), True, mode)
+        loss_gan = (gan_loss(self.frozen("D_A")(fake_b), True, mode)
+                    + gan_loss(self.frozen("D_B")(fake_a), True, mode))
         loss_cycle = F.l1_loss(rec_a, real_a) * c.lambda_a + F.l1_loss(rec_b, real_b) * c.lambda_b
         self.optimize("G", loss_gan + loss_cycle + loss_idt)
         # Discriminators, on fakes drawn from the history pools.

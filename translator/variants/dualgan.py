@@ -79,7 +79,7 @@ class DualGAN(Variant):
         # Generators: raise the critics' scores and reconstruct each domain through the pair.
         self.set_requires_grad(["D_A", "D_B"], False)
         fake_b, fake_a = n["G_A"](real_a), n["G_B"](real_b)
-        loss_gan = -n["D_A"](fake_b).mean() - n["D_B"](fake_a).mean()
+        loss_gan = -self.frozen("D_A")(fake_b).mean() - self.frozen("D_B")(fake_a).mean()
         loss_rec = (F.l1_loss(n["G_B"](fake_b), real_a) * c.lambda_a
                     + F.l1_loss(n["G_A"](fake_a), real_b) * c.lambda_b)
         self.optimize("G", loss_gan + loss_rec)

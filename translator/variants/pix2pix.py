@@ -63,7 +63,7 @@ class Pix2Pix(Variant):
         self.optimize("D", loss_d)
         # G: fool D, stay close to the target.
         self.set_requires_grad(["D"], False)
-        loss_gan = gan_loss(D(torch.cat([real_a, fake_b], 1)), True, mode)
+        loss_gan = gan_loss(self.frozen("D")(torch.cat([real_a, fake_b], 1)), True, mode)
         loss_l1 = F.l1_loss(fake_b.float(), real_b.float())
         self.optimize("G", loss_gan + self.config.lambda_l1 * loss_l1)
         return {"loss_D": loss_d.detach(), "loss_G_GAN": loss_gan.detach(), "loss_G_L1": loss_l1.detach()}

@@ -1,0 +1,102 @@
+"""Stream a dataset from the object store into Ray Data (and from there into Ray Train).
+
+Shards are read straight from S3 through a pyarrow filesystem built from the settings; PNG
+decoding and random crop/flip augmentation run in `map_batches`, beside training, so nothing
+is downloaded in full first.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from cluster.errors import Img2ImgError
+from cluster.settings import Settings, get_settings
+from cluster.storage import Storage, arrow_filesystem
+from jobs.manifest import Manifest, dataset_prefix, read_manifest
+
+
+def _decode(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.uint8)
+
+
+class DecodeBatch:
+    """numpy batch of PNG bytes -> float32 NCHW in [-1, 1], cropped to `image_size`.
+
+    Training (augment=True): a random crop and a random horizontal flip, the same for the input
+    and target of a pair. Validation: a centre crop.
+    """
+
+    def __init__(self, columns: list[str], image_size: int | None, augment: bool):
+        self.columns, self.image_size, self.augment = columns, image_size, augment
+        self.rng = None  # created per call: a pickled generator would repeat the same crops
+
+    def _box(self, h: int, w: int) -> tuple[int, int, int, int]:
+        s = self.image_size
+        if s is None:
+            return 0, 0, h, w
+        if h < s or w < s:
+            raise ValueError(f"stored images are {h}x{w}, smaller than --image-size {s}")
+        if self.augment:
+            top, left = int(self.rng.integers(0, h - s + 1)), int(self.rng.integers(0, w - s + 1))
+        else:
+            top, left = (h - s) // 2, (w - s) // 2
+        return top, left, s, s
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.rng = np.random.default_rng()
+        out: dict[str, list] = {c: [] for c in self.columns}
+        for i in range(len(batch["key"])):
+            decoded = [_decode(batch[c][i]) for c in self.columns]
+            top, left, h, w = self._box(*decoded[0].shape[:2])
+            flip = self.augment and self.rng.random() < 0.5
+            for c, arr in zip(self.columns, decoded):
+                arr = arr[top:top + h, left:left + w]
+                if flip:
+                    arr = arr[:, ::-1]
+                out[c].append(arr.transpose(2, 0, 1))
+        result = {c: np.stack(v).astype(np.float32) / 127.5 - 1.0 for c, v in out.items()}
+        result["key"] = np.asarray(batch["key"])
+        return result
+
+
+def check_shards(storage: Storage, manifest: Manifest, split: str, domain: str | None = None) -> list[str]:
+    """Object paths of a split's shards, after checking each one's size against the manifest
+    (cheap; `img2img data verify` recomputes the full checksums)."""
+    sizes = {o.key: o.size for o in storage.list(dataset_prefix(manifest.name) + f"{split}/")}
+    paths = []
+    for shard in manifest.shards(split, domain):
+        key = dataset_prefix(manifest.name) + shard.path
+        if sizes.get(key) != shard.bytes:
+            found = "missing" if key not in sizes else f"{sizes[key]} bytes, manifest says {shard.bytes}"
+            raise Img2ImgError(f"shard {shard.path} of dataset {manifest.name!r} does not match its manifest "
+                               f"({found}); run `img2img data verify {manifest.name}`")
+        if shard.rows:
+            paths.append(f"{storage.bucket}/{key}")
+    if not paths:
+        raise Img2ImgError(f"dataset {manifest.name!r} has no rows in split {split!r}"
+                           + (f" for domain {domain}" if domain else ""))
+    return paths
+
+
+def load_dataset(name: str, split: str = "train", settings: Settings | None = None, *,
+                 image_size: int | None = None, augment: bool | None = None, domain: str | None = None,
+                 batch_size: int = 16):
+    """-> ray.data.Dataset of {"key", "input", "target"} (paired) or {"key", "image"} for one
+    domain ("a" or "b") of an unpaired dataset; images float32 NCHW in [-1, 1]."""
+    import ray.data
+
+    settings = settings or get_settings()
+    storage = Storage(settings)
+    manifest = read_manifest(storage, name)
+    if manifest.kind == "unpaired" and domain not in ("a", "b"):
+        raise Img2ImgError(f"dataset {name!r} is unpaired: load domain 'a' or 'b'")
+    if manifest.kind == "paired" and domain is not None:
+        raise Img2ImgError(f"dataset {name!r} is paired: it has no domains")
+    paths = check_shards(storage, manifest, split, domain)
+    columns = ["input", "target"] if manifest.kind == "paired" else ["image"]
+    ds = ray.data.read_parquet(paths, filesystem=arrow_filesystem(settings), columns=["key", *columns])
+    decode = DecodeBatch(columns, image_size, split == "train" if augment is None else augment)
+    return ds.map_batches(decode, batch_format="numpy", batch_size=batch_size)

@@ -1,0 +1,65 @@
+"""A training request as plain, JSON-serialisable data: what the CLI submits and the job reads."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from cluster.errors import Img2ImgError
+from translator.config import make_config
+from translator.variants import DEFAULT_VARIANT, get_variant
+
+
+@dataclass
+class TrainSpec:
+    dataset: str
+    variant: str = DEFAULT_VARIANT
+    config: dict = field(default_factory=dict)  # variant hyper-parameter overrides (--set)
+    workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    epochs: int = 10
+    max_steps: int | None = None
+    time_budget_s: float | None = None  # stop at the first epoch end past this (demo, benchmarks)
+    batch_size: int | None = None  # per worker; default from the variant config
+    image_size: int | None = None  # training crop; default from the variant config
+    lr: float | None = None
+    experiment: str = "img2img"
+    model_name: str | None = None  # registered model; default: the dataset name
+    resume: str | None = None  # MLflow run id whose last checkpoint to continue from
+    keep_checkpoints: int = 2
+    max_failures: int = 2
+    log_every: int = 10
+    seed: int = 0
+    run_id: str | None = None  # the MLflow run, created at submission
+    fail_at_step: int | None = None  # test hook: rank 0 raises once at this step
+
+    def validate(self) -> None:
+        try:
+            self.variant_config()
+        except ValueError as e:
+            raise Img2ImgError(str(e)) from None
+        if self.workers < 1:
+            raise Img2ImgError("--workers must be at least 1")
+        if self.cpus_per_worker <= 0:
+            raise Img2ImgError("--cpus-per-worker must be positive")
+        if self.epochs < 1 or (self.max_steps is not None and self.max_steps < 1):
+            raise Img2ImgError("--epochs and --max-steps must be at least 1")
+
+    def variant_config(self):
+        overrides = dict(self.config)
+        for key in ("lr", "batch_size", "image_size"):
+            if getattr(self, key) is not None:
+                overrides[key] = getattr(self, key)
+        return make_config(get_variant(self.variant).Config, overrides)
+
+    @property
+    def registered_name(self) -> str:
+        return self.model_name or self.dataset
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainSpec:
+        return cls(**json.loads(text))

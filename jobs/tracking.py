@@ -1,0 +1,69 @@
+"""MLflow: the run of a training job, its metrics and images, and the model it registers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+
+class RunLogger:
+    """Logs into one existing MLflow run through the tracking server (artifacts are proxied by
+    the server, so workers need no object-store keys for this)."""
+
+    def __init__(self, tracking_uri: str, run_id: str):
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri)
+        self.run_id = run_id
+
+    def metrics(self, values: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+
+    def image(self, image: Image.Image, artifact_file: str) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / Path(artifact_file).name
+            image.save(path)
+            self.client.log_artifact(self.run_id, str(path), str(Path(artifact_file).parent))
+
+    def text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+
+def model_signature():
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    # Any batch, any height/width (a multiple of the network's stride): float32 NCHW in [-1, 1].
+    spec = Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1))])
+    return ModelSignature(inputs=spec, outputs=spec)
+
+
+def log_generator(generator, multiple: int, variant: str, config: dict, registered_name: str | None):
+    """Log the generator as an MLflow pytorch model (pickled, so any input size works: mlflow 3's
+    default pt2 export would fix H x W), with the translator code beside it."""
+    import mlflow.pytorch
+    import numpy as np
+
+    import translator
+
+    size = max(multiple, 32)
+    example = np.zeros((1, 3, size, size), dtype=np.float32)
+    generator = generator.cpu().eval()
+    info = mlflow.pytorch.log_model(
+        generator, name="model", serialization_format="pickle", signature=model_signature(),
+        input_example=example, code_paths=[str(Path(translator.__file__).parent)],
+        registered_model_name=registered_name, await_registration_for=60,
+        metadata={"variant": variant, "multiple": multiple, "config": json.dumps(config)},
+    )
+    return info
