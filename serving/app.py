@@ -1,0 +1,134 @@
+"""The Ray Serve application `enhancer`: a FastAPI ingress over an autoscaling deployment.
+
+Each replica loads the registered model named in its user_config once, warms it up, and
+serves POST /enhance, GET /healthz and GET /model. Tiles of concurrent requests are batched
+together through `@serve.batch`. A new user_config (a promotion, `serve deploy` again) loads
+the new model beside the old one and swaps it in; requests already running finish on the old.
+"""
+
+
+import asyncio
+import hashlib
+import hmac
+import logging
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from ray import serve
+
+from serving import codec
+from serving.model import LoadedModel, load
+from translator import tiling
+
+log = logging.getLogger("img2img.serve")
+api = FastAPI(title="img2img enhancer", description="Image enhancement with a registered img2img model.")
+DEFAULTS = {"max_pixels": 16_000_000, "tile": 512, "overlap": 32, "max_batch_size": 8, "batch_wait_timeout_s": 0.01}
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+@serve.deployment(name="Enhancer", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=16)
+@serve.ingress(api)
+class Enhancer:
+    def __init__(self):
+        self.model: LoadedModel | None = None
+        self.load_error = "no model configured yet"
+        self.cfg = dict(DEFAULTS)
+
+    def reconfigure(self, config: dict) -> None:
+        cfg = {**DEFAULTS, **config}
+        self.run_tiles.set_max_batch_size(int(cfg["max_batch_size"]))
+        self.run_tiles.set_batch_wait_timeout_s(float(cfg["batch_wait_timeout_s"]))
+        current = self.model
+        if current is None or (current.name, current.version) != (cfg["model_name"], str(cfg["model_version"])):
+            try:
+                new = load(cfg["tracking_uri"], cfg["model_name"], str(cfg["model_version"]))
+                new.enhance(torch.zeros(1, 3, 64, 64))  # warm-up: first real request is not slow
+                self.model, self.load_error = new, None
+                log.info("serving %s v%s (%s)", new.name, new.version, new.variant)
+            except Exception as e:  # keep serving the old model (or 503) instead of dying
+                self.load_error = f"could not load {cfg.get('model_name')} v{cfg.get('model_version')}: {e}"
+                log.exception("model load failed")
+        self.cfg = cfg
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def run_tiles(self, items: list[tuple[LoadedModel, torch.Tensor]]) -> list[torch.Tensor]:
+        """Tiles from concurrent requests, run together (grouped by model and tile shape)."""
+        out: list[torch.Tensor | None] = [None] * len(items)
+        groups: dict[tuple, list[int]] = {}
+        for i, (model, tile) in enumerate(items):
+            groups.setdefault((id(model), tuple(tile.shape)), []).append(i)
+
+        def run():
+            with torch.inference_mode():
+                for idx in groups.values():
+                    model = items[idx[0]][0]
+                    batch = torch.cat([items[i][1] for i in idx]).to(model.device)
+                    result = model.generator(batch).float().cpu()
+                    for j, i in enumerate(idx):
+                        out[i] = result[j:j + 1]
+
+        await asyncio.to_thread(run)
+        return out
+
+    def _authorised(self, request: Request) -> bool:
+        want = self.cfg.get("api_key_sha256")
+        if not want:
+            return True
+        auth = request.headers.get("authorization", "")
+        key = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
+        return hmac.compare_digest(hashlib.sha256(key.encode()).hexdigest(), want)
+
+    async def _body(self, request: Request) -> bytes:
+        ctype = request.headers.get("content-type", "")
+        if ctype.startswith("multipart/form-data"):
+            form = await request.form()
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise codec.RequestError(400, "multipart request without a 'file' field")
+            return await upload.read()
+        if ctype and not (ctype.startswith("image/") or ctype.startswith("application/octet-stream")):
+            raise codec.RequestError(415, f"content type {ctype!r} is not an image: send image/* or multipart 'file'")
+        return await request.body()
+
+    @api.post("/enhance")
+    async def enhance(self, request: Request, format: str = "png", tile: int | None = None,
+                      overlap: int | None = None):
+        if not self._authorised(request):
+            return error(401, "missing or wrong API key (Authorization: Bearer KEY)")
+        model = self.model  # requests in flight keep the model they started with
+        if model is None:
+            return error(503, f"model not loaded: {self.load_error}")
+        tile = tile or self.cfg["tile"]
+        overlap = self.cfg["overlap"] if overlap is None else overlap
+        if not 16 <= tile <= 4096 or not 0 <= overlap < tile // 2:
+            return error(400, "tile must be 16-4096 and overlap in [0, tile/2)")
+        try:
+            body = await self._body(request)
+            decoded = await asyncio.to_thread(codec.decode, body, int(self.cfg["max_pixels"]))
+            tiles, plan = tiling.split(decoded.tensor, tile, overlap, model.multiple)
+            outs = await asyncio.gather(*(self.run_tiles((model, tiles[i:i + 1])) for i in range(len(tiles))))
+            merged = tiling.merge(torch.cat(outs), plan)
+            data, media = await asyncio.to_thread(codec.encode, merged, decoded, format)
+        except codec.RequestError as e:
+            return error(e.status, e.message)
+        headers = {"X-Model-Name": model.name, "X-Model-Version": model.version, "X-Model-Variant": model.variant}
+        return Response(content=data, media_type=media, headers=headers)
+
+    @api.get("/healthz")
+    async def healthz(self):
+        if self.model is None:
+            return error(503, f"model not loaded: {self.load_error}")
+        return {"status": "ok", "model": self.model.name, "version": self.model.version}
+
+    @api.get("/model")
+    async def model_info(self):
+        if self.model is None:
+            return error(503, f"model not loaded: {self.load_error}")
+        return {**self.model.info(), "load_error": self.load_error}
+
+
+app = Enhancer.bind()

@@ -1,0 +1,134 @@
+"""`img2img serve deploy|reload|status|rm` and `img2img enhance`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from cluster.cli_utils import console, handle_errors, table
+from cluster.errors import Img2ImgError
+from cluster.settings import get_settings
+
+serve_app = typer.Typer(help="Deploy, reload, inspect and remove the Ray Serve enhancement endpoint.",
+                        no_args_is_help=True)
+
+
+@serve_app.command()
+@handle_errors
+def deploy(
+    model: str = typer.Option(..., "--model", "-m", help="NAME@champion, NAME@alias or NAME/VERSION"),
+    min_replicas: int = typer.Option(1, help="autoscaling lower bound"),
+    max_replicas: int = typer.Option(2, help="autoscaling upper bound"),
+    target_ongoing_requests: float = typer.Option(2.0, help="requests per replica the autoscaler aims for"),
+    max_batch_size: int = typer.Option(8, help="tiles batched together across requests (1 = off)"),
+    batch_wait_ms: float = typer.Option(10, help="how long a batch waits to fill"),
+    num_cpus: float = typer.Option(0.5, help="CPUs reserved per replica"),
+    tile: int = typer.Option(512, help="default tile size for large images"),
+    overlap: int = typer.Option(32, help="default tile overlap"),
+    max_megapixels: float = typer.Option(16.0, help="larger uploads get 413"),
+):
+    """Deploy (or update) the `enhancer` app serving a registered model; waits until it answers.
+
+    Example: `img2img serve deploy --model photos@champion --max-replicas 2`
+    """
+    from serving.deploy import deploy as do_deploy
+
+    with console.status("deploying the enhancer (first start takes ~30 s)"):
+        out = do_deploy(get_settings(), model, min_replicas=min_replicas, max_replicas=max_replicas,
+                        target_ongoing_requests=target_ongoing_requests, max_batch_size=max_batch_size,
+                        batch_wait_ms=batch_wait_ms, num_cpus=num_cpus, tile=tile, overlap=overlap,
+                        max_pixels=int(max_megapixels * 1_000_000))
+    console.print(f"Serving {out['model']} v{out['version']} at {out['url']}/enhance")
+    console.print(f"Try: curl -s --data-binary @photo.jpg -H 'Content-Type: image/jpeg' {out['url']}/enhance -o out.png")
+
+
+@serve_app.command()
+@handle_errors
+def reload(model: str = typer.Option(..., "--model", "-m", help="NAME@champion or NAME/VERSION")):
+    """Swap the served model without downtime (after `models promote` or `rollback`).
+
+    Example: `img2img serve reload --model photos@champion`
+    """
+    from serving.deploy import redeploy_model
+
+    with console.status("loading the model into the running replicas"):
+        out = redeploy_model(get_settings(), model)
+    console.print(f"Now serving {out['model']} v{out['version']}")
+
+
+@serve_app.command()
+@handle_errors
+def status():
+    """Show the app: status, replicas, autoscaling, model version, URL.
+
+    Example: `img2img serve status`
+    """
+    from serving.deploy import status as get_status
+
+    st = get_status(get_settings())
+    if st is None:
+        raise Img2ImgError("no enhancer app is deployed (`img2img serve deploy --model NAME@champion`)")
+    a = st["autoscaling"]
+    rows = [["enhancer/Enhancer", st["status"], st["replicas"],
+             f"{a.get('min_replicas')}-{a.get('max_replicas')} @ {a.get('target_ongoing_requests')}",
+             f"{st['model']} v{st['version']}", st["url"]]]
+    console.print(table("serve", ["deployment", "status", "replicas", "autoscaling", "model", "url"], rows))
+
+
+@serve_app.command()
+@handle_errors
+def rm():
+    """Remove the enhancer app (other Serve apps stay).
+
+    Example: `img2img serve rm`
+    """
+    from serving.deploy import remove
+
+    console.print("Removed the enhancer app." if remove(get_settings()) else "No enhancer app was deployed.")
+
+
+@handle_errors
+def enhance(
+    files: list[Path] = typer.Argument(..., help="images to enhance"),
+    out: Path = typer.Option(Path("enhanced"), "-o", "--out", help="output folder"),
+    url: str = typer.Option(None, help="endpoint (default: IMG2IMG_SERVE_URL)"),
+    fmt: str = typer.Option("png", "--format", help="png | jpeg | webp"),
+    parallel: int = typer.Option(4, help="requests in flight"),
+    local: bool = typer.Option(False, "--local", help="run the model here, without Serve"),
+    model: str = typer.Option(None, "--model", "-m", help="with --local: NAME@champion or NAME/VERSION"),
+):
+    """Enhance images through the endpoint (or in-process with --local).
+
+    Example: `img2img enhance blurry/*.jpg -o sharp/`
+    """
+    settings = get_settings()
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise Img2ImgError(f"no such file: {missing[0]}")
+    with Progress(TextColumn("enhance"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as bar:
+        task = bar.add_task("enhance", total=len(files))
+        done = lambda o: bar.advance(task)  # noqa: E731
+        if local:
+            from serving.local import enhance_locally
+
+            if not model:
+                raise Img2ImgError("--local needs --model NAME@champion")
+            results = enhance_locally(settings, model, files, out, fmt, on_done=done)
+        else:
+            from serving.client import enhance_files
+
+            key = settings.serve_api_key.get_secret_value() if settings.serve_api_key else None
+            results = enhance_files(files, out, url or settings.serve_url, fmt, key, parallel, on_done=done)
+    failed = [r for r in results if r.error]
+    for r in results:
+        console.print(f"{r.source} -> {r.output or 'FAILED: ' + str(r.error)}", markup=False)
+    if failed:
+        raise Img2ImgError(f"{len(failed)} of {len(results)} image(s) failed")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(serve_app, name="serve")
+    app.command("enhance")(enhance)

@@ -1,0 +1,31 @@
+"""`img2img enhance --local`: the registered model in this process, no Serve involved."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cluster.settings import Settings
+from serving import codec
+from serving.client import Outcome, output_path
+from serving.model import load, resolve
+
+
+def enhance_locally(settings: Settings, model: str, files: list[Path], out_dir: Path, fmt: str = "png",
+                    on_done=lambda o: None, max_pixels: int = 16_000_000) -> list[Outcome]:
+    name, version = resolve(settings.mlflow_uri, model)
+    loaded = load(settings.mlflow_uri, name, version)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for src in files:
+        try:
+            decoded = codec.decode(src.read_bytes(), max_pixels)
+            data, _ = codec.encode(loaded.enhance(decoded.tensor), decoded, fmt)
+            dest = output_path(src, out_dir, fmt)
+            dest.with_suffix(dest.suffix + ".part").write_bytes(data)
+            dest.with_suffix(dest.suffix + ".part").replace(dest)
+            outcome = Outcome(src, dest, None, f"{name} v{version}")
+        except (codec.RequestError, OSError) as e:
+            outcome = Outcome(src, None, getattr(e, "message", str(e)))
+        on_done(outcome)
+        results.append(outcome)
+    return results

@@ -1,0 +1,71 @@
+"""Loading a registered generator from MLflow and running it on one image (tiled)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from translator import tiling
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    generator: torch.nn.Module
+    name: str
+    version: str
+    variant: str
+    multiple: int
+    metrics: dict = field(default_factory=dict)
+    loaded_at: float = field(default_factory=time.time)
+    device: str = "cpu"
+
+    def info(self) -> dict:
+        return {"name": self.name, "version": self.version, "variant": self.variant, "multiple": self.multiple,
+                "metrics": self.metrics, "device": self.device,
+                "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at))}
+
+    @torch.inference_mode()
+    def enhance(self, image: torch.Tensor, tile: int = 512, overlap: int = 32) -> torch.Tensor:
+        forward = lambda x: self.generator(x.to(self.device)).float().cpu()  # noqa: E731
+        return tiling.enhance(forward, image, tile=tile, overlap=overlap, multiple=self.multiple)
+
+
+def resolve(tracking_uri: str, model: str) -> tuple[str, str]:
+    """`NAME@alias`, `NAME/VERSION` or `NAME` (= NAME@champion) -> (name, concrete version)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from cluster.errors import Img2ImgError
+
+    client = MlflowClient(tracking_uri)
+    model = model.removeprefix("models:/")
+    try:
+        if "/" in model:
+            name, version = model.split("/", 1)
+            client.get_model_version(name, version)
+            return name, version
+        name, _, alias = model.partition("@")
+        return name, str(client.get_model_version_by_alias(name, alias or "champion").version)
+    except MlflowException as e:
+        raise Img2ImgError(f"no model {model!r} in the registry at {tracking_uri}: "
+                           f"{str(e).splitlines()[0][:200]}") from None
+
+
+def load(tracking_uri: str, name: str, version: str, device: str | None = None) -> LoadedModel:
+    import mlflow
+    import mlflow.pytorch
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    mv = MlflowClient(tracking_uri).get_model_version(name, version)
+    generator = mlflow.pytorch.load_model(f"models:/{name}/{version}", map_location=device).eval()
+    tags = dict(mv.tags or {})
+    metrics = {k: float(v) for k, v in tags.items() if k.startswith("val_")}
+    return LoadedModel(generator, name, str(version), tags.get("variant", "unknown"),
+                       int(tags.get("multiple", getattr(generator, "multiple", 1))), metrics, device=device)
