@@ -90,8 +90,11 @@ class Settings(BaseSettings):
 
     def ray_auth_headers(self) -> dict[str, str]:
         token = os.environ.get("RAY_AUTH_TOKEN")
+        path = os.environ.get("RAY_AUTH_TOKEN_PATH")
         if not token and self.ray_token_path.exists():
             token = self.ray_token_path.read_text().strip()
+        elif not token and path and os.path.exists(path):
+            token = open(path).read().strip()
         return {"Authorization": f"Bearer {token}"} if token else {}
 
 

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,13 +67,20 @@ def _write_secret(path: Path, text: str) -> None:
     os.chmod(path, 0o600)
 
 
-def _http_ok(url: str, headers: dict | None = None, timeout: float = 2.0) -> bool:
+def _http_status(url: str, headers: dict | None = None, timeout: float = 2.0) -> int | None:
+    """HTTP status of a GET, or None when nothing answers."""
     try:
         req = urllib.request.Request(url, headers=headers or {})
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status == 200
+            return resp.status
+    except urllib.error.HTTPError as e:
+        return e.code
     except Exception:
-        return False
+        return None
+
+
+def _http_ok(url: str, headers: dict | None = None, timeout: float = 2.0) -> bool:
+    return _http_status(url, headers, timeout) == 200
 
 
 class Stack:
@@ -99,6 +107,11 @@ class Stack:
             if name not in ports or not port_free(ports[name]):
                 ports[name] = free_port()
         return {n: ports[n] for n in names}
+
+    def gcs_address(self) -> str | None:
+        """`host:port` of the embedded Ray head's GCS (for `ray.init` from this machine)."""
+        port = self._load().get("ports", {}).get("gcs")
+        return f"127.0.0.1:{port}" if port else None
 
     @property
     def ray_temp_dir(self) -> Path:
@@ -245,7 +258,11 @@ class Stack:
             state["pids"]["mlflow"] = self._start_mlflow()
             self._save(state)
             self._wait("mlflow", self.mlflow_healthy, None, 120)
-        if s.is_local(s.ray_address) and not self.ray_healthy():
+        ray_status = _http_status(s.ray_address.rstrip("/") + "/api/version", s.ray_auth_headers())
+        if ray_status in (401, 403):
+            raise Img2ImgError(f"a Ray cluster at {s.ray_address} wants a token this stack does not have: "
+                               "set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to its token")
+        if s.is_local(s.ray_address) and ray_status != 200:
             progress("starting Ray head")
             self._start_ray(state)
             state["ray_temp_dir"] = str(self.ray_temp_dir)

@@ -97,6 +97,6 @@ def load_dataset(name: str, split: str = "train", settings: Settings | None = No
         raise Img2ImgError(f"dataset {name!r} is paired: it has no domains")
     paths = check_shards(storage, manifest, split, domain)
     columns = ["input", "target"] if manifest.kind == "paired" else ["image"]
-    ds = ray.data.read_parquet(paths, filesystem=arrow_filesystem(settings), columns=["key", *columns])
+    ds = ray.data.read_parquet(paths, filesystem=arrow_filesystem(settings)).select_columns(["key", *columns])
     decode = DecodeBatch(columns, image_size, split == "train" if augment is None else augment)
     return ds.map_batches(decode, batch_format="numpy", batch_size=batch_size)

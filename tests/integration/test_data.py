@@ -1,0 +1,225 @@
+"""Datasets on the real embedded store: ingest every kind, inspect, verify, resume, stream."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cluster.errors import Img2ImgError
+from cluster.storage import Storage
+from jobs.manifest import dataset_prefix, read_manifest
+
+pytestmark = pytest.mark.integration
+
+
+def photo(seed, size=(80, 64), mode="RGB"):
+    rng = np.random.default_rng(seed)
+    arr = (np.kron(rng.random((size[1] // 8, size[0] // 8, 3)), np.ones((8, 8, 1))) * 255).astype(np.uint8)
+    return Image.fromarray(arr).convert(mode)
+
+
+@pytest.fixture(scope="module")
+def messy_folder(tmp_path_factory):
+    """Real-world files: good ones in many modes, plus corrupt and truncated ones."""
+    root = tmp_path_factory.mktemp("messy")
+    (root / "sub").mkdir()
+    photo(1).save(root / "rgb.png")
+    photo(2).save(root / "photo.jpg", quality=90)
+    photo(3, mode="L").save(root / "gray.png")
+    photo(4, mode="RGBA").save(root / "alpha.png")
+    photo(5, mode="CMYK").save(root / "sub" / "cmyk.tif")
+    Image.fromarray((np.asarray(photo(6, mode="L"), dtype=np.uint16) * 257)).save(root / "sixteen.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo(7, size=(96, 64)).save(root / "rotated.jpg", exif=exif)
+    photo(8).save(root / "sub" / "pic.webp")
+    (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    good = io.BytesIO()
+    photo(9).save(good, "PNG")
+    (root / "truncated.png").write_bytes(good.getvalue()[: len(good.getvalue()) // 2])
+    return root
+
+
+def test_ingest_sample_photos_show_verify_ls(stack, cli, tmp_path):
+    r = cli("data", "ingest", "--sample", "--name", "sample", "--size", "64", "--crops", "2", "--shard-rows", "8")
+    assert r.exit_code == 0, r.output
+    m = read_manifest(Storage(stack), "sample")
+    assert m.kind == "paired" and m.degradation == "gaussian:1.5"
+    assert m.counts["train"] + m.counts["val"] == 15 * 2 and m.counts["val"] >= 2
+    assert all(s.rows <= 8 for s in m.splits["train"])
+    r = cli("data", "show", "sample", "--preview", tmp_path / "p.png")
+    assert r.exit_code == 0 and Image.open(tmp_path / "p.png").width > 64 * 2
+    assert cli("data", "verify", "sample").exit_code == 0
+    assert "sample" in cli("data", "ls").output
+
+
+def test_ingest_handles_real_world_files_and_skips_broken_ones(stack, cli, messy_folder):
+    r = cli("data", "ingest", messy_folder, "--name", "messy", "--size", "48", "--degrade",
+            "mix(gaussian:2,resize:4)", "--copies", "2", "--val-fraction", "0.25")
+    assert r.exit_code == 0, r.output
+    assert "Skipped 2 file(s)" in r.output and "corrupt.png" in r.output and "truncated.png" in r.output
+    m = read_manifest(Storage(stack), "messy")
+    assert sum(m.counts.values()) == 8 * 2  # 8 readable photos x 2 degraded copies
+    assert {s["file"] for s in m.skipped} == {"corrupt.png", "truncated.png"}
+
+
+def test_exif_rotation_and_16bit_are_respected(stack, messy_folder):
+    import pyarrow.parquet as pq
+
+    s = Storage(stack)
+    m = read_manifest(s, "messy")
+    rows = [r for split in m.splits.values() for sh in split
+            for r in pq.read_table(io.BytesIO(s.get_bytes(dataset_prefix("messy") + sh.path))).to_pylist()]
+    sixteen = next(r for r in rows if r["key"].startswith("sixteen.png"))
+    target = np.asarray(Image.open(io.BytesIO(sixteen["target"])))
+    assert 20 < target.mean() < 235  # scaled from 16 bit, not clipped to white
+    assert all(Image.open(io.BytesIO(r["input"])).size == (48, 48) for r in rows)
+
+
+def test_existing_name_is_refused_unless_overwrite(stack, cli, messy_folder):
+    r = cli("data", "ingest", messy_folder, "--name", "messy", "--size", "48")
+    assert r.exit_code == 1 and "already exists" in r.output
+    r = cli("data", "ingest", messy_folder, "--name", "messy", "--size", "48", "--overwrite")
+    assert r.exit_code == 0
+    assert sum(read_manifest(Storage(stack), "messy").counts.values()) == 8
+
+
+def test_aligned_side_by_side_and_folders_matched_by_name(stack, cli, tmp_path):
+    sbs = tmp_path / "sbs"
+    sbs.mkdir()
+    for i in range(4):
+        a, b = photo(i, (64, 64)), photo(100 + i, (64, 64))
+        both = Image.new("RGB", (128, 64))
+        both.paste(a, (0, 0))
+        both.paste(b, (64, 0))
+        both.save(sbs / f"{i}.png")
+    r = cli("data", "ingest", sbs, "--name", "facades", "--kind", "aligned", "--direction", "BtoA", "--size", "32",
+            "--val-fraction", "0")
+    assert r.exit_code == 0, r.output
+    m = read_manifest(Storage(stack), "facades")
+    assert m.counts == {"train": 4}
+    folders = tmp_path / "ab"
+    (folders / "A").mkdir(parents=True)
+    (folders / "B").mkdir()
+    for name in ("x.png", "y.png", "z.png"):
+        photo(hash(name) % 100, (40, 40)).save(folders / "A" / name)
+    for name in ("z.png", "y.png", "only_b.png"):
+        photo(hash(name) % 100 + 1, (40, 40)).save(folders / "B" / name)
+    r = cli("data", "ingest", folders, "--name", "abpairs", "--kind", "aligned", "--size", "32", "--val-fraction", "0")
+    assert r.exit_code == 0, r.output
+    m = read_manifest(Storage(stack), "abpairs")
+    assert m.counts == {"train": 2}  # y and z matched by name; x and only_b have no partner
+    assert {s["file"] for s in m.skipped} == {"A/x.png", "B/only_b.png"}
+
+
+def test_unaligned_domains(stack, cli, tmp_path):
+    root = tmp_path / "horse2zebra"
+    for folder, n in (("trainA", 5), ("trainB", 3), ("testA", 2), ("testB", 1)):
+        (root / folder).mkdir(parents=True)
+        for i in range(n):
+            photo(i + len(folder) * 10, (40, 40)).save(root / folder / f"{i}.png")
+    r = cli("data", "ingest", root, "--name", "h2z", "--kind", "unaligned", "--size", "32")
+    assert r.exit_code == 0, r.output
+    m = read_manifest(Storage(stack), "h2z")
+    assert m.kind == "unpaired"
+    assert sum(s.rows for s in m.shards("train", "a")) == 5 and sum(s.rows for s in m.shards("val", "b")) == 1
+
+
+def test_bad_ingest_options_fail_clearly(stack, cli, tmp_path):
+    r = cli("data", "ingest", "--sample", "--name", "x", "--degrade", "blur:3")
+    assert r.exit_code == 1 and "unknown degradation 'blur:3'" in r.output
+    r = cli("data", "ingest", tmp_path / "nope", "--name", "x")
+    assert r.exit_code == 1 and "does not exist" in r.output
+    r = cli("data", "show", "never-ingested")
+    assert r.exit_code == 1 and "not found" in r.output
+
+
+def test_verify_catches_a_tampered_shard(stack, cli, messy_folder):
+    cli("data", "ingest", messy_folder, "--name", "tamper", "--size", "32")
+    s = Storage(stack)
+    shard = read_manifest(s, "tamper").splits["train"][0]
+    key = dataset_prefix("tamper") + shard.path
+    data = bytearray(s.get_bytes(key))
+    data[len(data) // 2] ^= 0xFF
+    s.put_bytes(key, bytes(data))
+    r = cli("data", "verify", "tamper")
+    assert r.exit_code == 1 and "sha256 mismatch" in r.output
+    s.put_bytes(key, bytes(data) + b"junk")  # size changes too: the stream refuses it up front
+    from jobs.data import load_dataset
+
+    with pytest.raises(Img2ImgError, match="does not match its manifest"):
+        load_dataset("tamper", "train", stack)
+
+
+def test_killed_ingest_resumes_to_the_same_dataset(stack, cli, tmp_path):
+    src = tmp_path / "many"
+    src.mkdir()
+    for i in range(40):
+        photo(i, (64, 64)).save(src / f"{i:02d}.png")
+    args = [str(src), "--name", "resumed", "--size", "32", "--copies", "3", "--shard-rows", "4", "--workers", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "data", "ingest", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    s = Storage(stack)
+    deadline = time.time() + 60
+    while len(s.list(dataset_prefix("resumed") + "_ingest/")) < 3 and time.time() < deadline:
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    assert not s.exists(dataset_prefix("resumed") + "manifest.json"), "killed too late to test resuming"
+    r = cli("data", "ingest", *args)
+    assert r.exit_code == 0, r.output
+    assert "reused from an interrupted run" in r.output and " 0 reused" not in r.output
+    r = cli("data", "ingest", *[a if a != "resumed" else "fresh" for a in args])
+    resumed, fresh = read_manifest(s, "resumed"), read_manifest(s, "fresh")
+    assert resumed.counts == fresh.counts == {"train": 108, "val": 12}
+    shas = lambda m: [(sh.path, sh.sha256) for split in m.splits.values() for sh in split]  # noqa: E731
+    assert shas(resumed) == shas(fresh)  # identical content, no duplicates
+    assert not s.list(dataset_prefix("resumed") + "_ingest/")
+
+
+@pytest.fixture(scope="module")
+def ray_client(stack):
+    import ray
+
+    from cluster.stack import Stack
+
+    os.environ.update(stack.ray_env())
+    ray.init(address=Stack(stack).gcs_address(), log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_stream_shapes_ranges_and_each_pair_once_per_epoch_across_two_workers(stack, cli, ray_client):
+    import ray
+
+    from jobs.data import load_dataset
+
+    ds = load_dataset("sample", "train", stack, image_size=32, batch_size=4)
+    batch = ds.take_batch(4)
+    assert batch["input"].shape == (4, 3, 32, 32) and batch["target"].dtype == np.float32
+    assert -1.0 <= batch["input"].min() and batch["input"].max() <= 1.0
+    n = read_manifest(Storage(stack), "sample").counts["train"]
+
+    @ray.remote(num_cpus=0.5)
+    def consume(split):
+        return [k for b in split.iter_batches(batch_size=4, batch_format="numpy") for k in b["key"]]
+
+    for _epoch in range(2):
+        splits = ds.streaming_split(2, equal=False)
+        keys = [k for ks in ray.get([consume.remote(s) for s in splits]) for k in ks]
+        assert len(keys) == n and len(set(keys)) == n
+
+
+def test_unpaired_stream_yields_one_domain(stack, ray_client):
+    from jobs.data import load_dataset
+
+    batch = load_dataset("h2z", "train", stack, image_size=32, domain="b").take_batch(3)
+    assert set(batch) == {"key", "image"} and batch["image"].shape == (3, 3, 32, 32)
+    with pytest.raises(Img2ImgError, match="unpaired"):
+        load_dataset("h2z", "train", stack)

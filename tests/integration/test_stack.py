@@ -1,0 +1,115 @@
+"""The embedded stack: real SeaweedFS, MLflow server and Ray head, started by the fixture."""
+
+import time
+
+import pytest
+
+from cluster.errors import Img2ImgError
+from cluster.settings import get_settings
+from cluster.stack import Stack
+from cluster.storage import Storage
+
+pytestmark = pytest.mark.integration
+
+
+def test_status_shows_every_service_healthy(stack, cli):
+    result = cli("stack", "status")
+    assert result.exit_code == 0, result.output
+    for service in ("s3", "mlflow", "ray"):
+        assert service in result.output
+    assert "no" not in [line.split("│")[4].strip() for line in result.output.splitlines() if line.count("│") > 5]
+
+
+def test_generated_keys_are_private(stack):
+    creds = stack.state_path / "credentials.json"
+    assert creds.exists() and (creds.stat().st_mode & 0o777) == 0o600
+    assert (stack.ray_token_path.stat().st_mode & 0o777) == 0o600
+
+
+def test_s3_round_trip_through_storage(stack):
+    s = Storage(stack)
+    s.put_bytes("tests/hello.txt", b"hello")
+    assert s.get_bytes("tests/hello.txt") == b"hello"
+    assert [o.key for o in s.list("tests/")] == ["tests/hello.txt"]
+    s.delete_prefix("tests/")
+    assert not s.exists("tests/hello.txt")
+
+
+def test_wrong_keys_are_refused_with_a_clear_error(stack):
+    bad = get_settings(s3_access_key="nobody", s3_secret_key="wrong-secret-value")
+    with pytest.raises(Img2ImgError) as e:
+        Storage(bad).check()
+    assert stack.s3_url in str(e.value) and "credentials" in str(e.value)
+    assert "wrong-secret-value" not in str(e.value)
+
+
+def test_missing_bucket_and_dead_endpoint_are_clear(stack):
+    with pytest.raises(Img2ImgError, match="bucket 'no-such-bucket' does not exist"):
+        Storage(stack, bucket="no-such-bucket").check()
+    dead = get_settings(s3_endpoint="127.0.0.1:1")
+    with pytest.raises(Img2ImgError, match="cannot reach S3 at http://127.0.0.1:1"):
+        Storage(dead, retries=0).check()
+
+
+def test_cli_prints_one_line_errors(stack, cli, monkeypatch):
+    monkeypatch.setenv("IMG2IMG_S3_ENDPOINT", "127.0.0.1:1")
+    result = cli("data", "ls")
+    assert result.exit_code == 1
+    assert result.output.strip().startswith("Error: cannot reach S3")
+    assert "Traceback" not in result.output
+
+
+def test_mlflow_run_artifact_lands_in_the_bucket(stack, tmp_path):
+    import mlflow
+
+    mlflow.set_tracking_uri(stack.mlflow_uri)
+    mlflow.set_experiment("stack-test")
+    (tmp_path / "note.txt").write_text("artifact")
+    with mlflow.start_run() as run:
+        mlflow.log_metric("x", 1.0)
+        mlflow.log_artifact(str(tmp_path / "note.txt"))
+    keys = [o.key for o in Storage(stack).list("mlflow-artifacts/")]
+    assert any(k.endswith(f"{run.info.run_id}/artifacts/note.txt") for k in keys), keys
+
+
+def test_trivial_job_through_the_jobs_api(stack):
+    from jobs.submit import job_client
+
+    client = job_client(stack)
+    job = client.submit_job(entrypoint="python -c \"import ray; ray.init(); print('cpus', ray.cluster_resources()['CPU'])\"")
+    deadline = time.time() + 120
+    while str(client.get_job_status(job)).split(".")[-1] not in ("SUCCEEDED", "FAILED", "STOPPED"):
+        assert time.time() < deadline
+        time.sleep(1)
+    assert str(client.get_job_status(job)).endswith("SUCCEEDED")
+    assert "cpus 8.0" in client.get_job_logs(job)
+
+
+def test_up_is_idempotent(stack):
+    st = Stack(stack)
+    before = {x.name: x.pid for x in st.status()}
+    st.up()  # everything already healthy: nothing restarts
+    assert {x.name: x.pid for x in st.status()} == before
+
+
+def test_second_stack_side_by_side_down_up_keeps_data(stack, tmp_path, monkeypatch):
+    """A second state dir and S3 port beside the session stack: its `up` starts only its own
+    store (MLflow and Ray answer already), `down` stops only that, and data survives."""
+    from tests.conftest import free_port
+
+    other = get_settings(state_dir=tmp_path / "state2", s3_endpoint=f"127.0.0.1:{free_port()}")
+    st = Stack(other)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    with pytest.raises(Img2ImgError, match="wants a token"):
+        st.up()  # the session's Ray answers, but this state dir has no token for it
+    monkeypatch.setenv("RAY_AUTH_TOKEN", stack.ray_token_path.read_text())
+    st.up()
+    Storage(other).put_bytes("tests/keep.txt", b"survives")
+    assert st.down() == ["s3"]
+    assert not st.s3_healthy()
+    assert Stack(stack).mlflow_healthy() and Stack(stack).ray_healthy()  # the session stack is untouched
+    st.up()
+    try:
+        assert Storage(other).get_bytes("tests/keep.txt") == b"survives"
+    finally:
+        st.down()
