@@ -46,7 +46,7 @@ def _mount() -> None:
     from cluster.stack_cli import stack_app
 
     app.add_typer(stack_app, name="stack")
-    for module in ("jobs.cli", "serving.cli"):
+    for module in ("jobs.cli", "serving.cli", "img2img_demo.cli"):
         try:
             mod = __import__(module, fromlist=["register"])
         except ModuleNotFoundError as e:

@@ -46,6 +46,25 @@ def job_client(settings: Settings):
         raise Img2ImgError(f"Ray at {settings.ray_address} refused the connection: {str(e).splitlines()[0]}") from None
 
 
+def cluster_resources(settings: Settings) -> dict[str, float]:
+    """Total resources of the cluster's live nodes, from the dashboard."""
+    import httpx
+
+    try:
+        r = httpx.get(settings.ray_address.rstrip("/") + "/nodes", params={"view": "summary"},
+                      headers=settings.ray_auth_headers(), timeout=10)
+        nodes = r.json()["data"]["summary"]
+    except Exception:
+        return {}
+    total: dict[str, float] = {}
+    for node in nodes:
+        raylet = node.get("raylet") or {}
+        if raylet.get("state") == "ALIVE":
+            for k, v in (raylet.get("resourcesTotal") or {}).items():
+                total[k] = total.get(k, 0.0) + float(v)
+    return total
+
+
 def code_version() -> str:
     from importlib.metadata import version
 
@@ -104,6 +123,10 @@ def runtime_env(settings: Settings) -> dict:
 def submit(spec: TrainSpec, settings: Settings) -> dict:
     manifest = preflight(spec, settings)
     client = job_client(settings)
+    resources = cluster_resources(settings)
+    if spec.use_gpu and resources and resources.get("GPU", 0) < spec.workers:
+        raise Img2ImgError(f"--gpu asks for {spec.workers} GPU worker(s) but the cluster at {settings.ray_address} "
+                           f"has {int(resources.get('GPU', 0))} GPU(s); use --cpu or add GPU nodes")
     spec.run_id, url = start_run(spec, settings, manifest)
     entrypoint = f"python -m jobs.train --spec {shlex.quote(spec.to_json())}"
     metadata = {"img2img": "train", "variant": spec.variant, "dataset": spec.dataset, "run_id": spec.run_id}

@@ -1,0 +1,92 @@
+"""Datasets and trained models shared by the integration tests (built once per session)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+@pytest.fixture(scope="session")
+def blur_dataset(stack):
+    """Sample photos -> 4 random 64px crops each, Gaussian sigma 1.5 (paired, small)."""
+    from cluster.settings import get_settings
+    from jobs.ingest import IngestOptions, ingest
+
+    opts = IngestOptions(name="blur", degrade="gaussian:1.5", size=64, crops=4, val_fraction=0.2, shard_rows=32)
+    ingest(None, opts, get_settings())
+    return "blur"
+
+
+@pytest.fixture(scope="session")
+def unpaired_dataset(stack, tmp_path_factory):
+    """Two small domains: sample-photo crops (A) and their colour-inverted versions (B)."""
+    from cluster.settings import get_settings
+    from jobs.ingest import IngestOptions, ingest
+    from jobs.sources import list_sample
+
+    root = tmp_path_factory.mktemp("unpaired")
+    for folder in ("trainA", "trainB", "testA", "testB"):
+        (root / folder).mkdir()
+    for i, f in enumerate(list_sample()[:8]):
+        img = Image.open(f.location).convert("RGB").resize((48, 48))
+        split = "test" if i >= 6 else "train"
+        img.save(root / f"{split}A" / f"{i}.png")
+        Image.fromarray(255 - np.asarray(img)).save(root / f"{split}B" / f"{i}.png")
+    ingest(str(root), IngestOptions(name="h2z-tiny", kind="unaligned", size=32, crops=4), get_settings())
+    return "h2z-tiny"
+
+
+def wait_job(client, job_id: str, timeout: float = 900) -> str:
+    deadline = time.time() + timeout
+    while (status := str(client.get_job_status(job_id)).split(".")[-1]) not in ("SUCCEEDED", "FAILED", "STOPPED"):
+        if time.time() > deadline:
+            client.stop_job(job_id)
+            raise TimeoutError(f"job {job_id} still {status} after {timeout}s")
+        time.sleep(2)
+    return status
+
+
+TINY = {
+    "autoencoder": dict(config={"nf": 16}, image_size=64, batch_size=8, lr=1e-3, epochs=5, fail_at_step=7),
+    "pix2pix": dict(config={"netG": "unet_64", "ngf": 8, "ndf": 8}, image_size=64, batch_size=4, max_steps=4),
+    "cyclegan": dict(config={"ngf": 8, "ndf": 8, "n_blocks": 2, "pool_size": 4}, image_size=32, batch_size=2,
+                     max_steps=4),
+    "dualgan": dict(config={"netG": "unet_32", "ngf": 8, "ndf": 8}, image_size=32, batch_size=2, max_steps=4),
+}
+
+
+@pytest.fixture(scope="session")
+def trained(stack, blur_dataset, unpaired_dataset):
+    """The four classic variants trained through the Jobs API with 2 CPU workers each, side by
+    side (`nafnet` is trained by the demo fixture).
+    -> {variant: {"job_id", "run_id", "status", "logs"}}."""
+    from cluster.settings import get_settings
+    from jobs.spec import TrainSpec
+    from jobs.submit import job_client, submit
+
+    settings = get_settings()
+    submitted = {}
+    for variant, kw in TINY.items():
+        dataset = unpaired_dataset if variant in ("cyclegan", "dualgan") else blur_dataset
+        spec = TrainSpec(dataset=dataset, variant=variant, workers=2, cpus_per_worker=0.5,
+                         model_name=f"test-{variant}", experiment="integration", **kw)
+        submitted[variant] = submit(spec, settings)
+    client = job_client(settings)
+    out = {}
+    for variant, sub in submitted.items():
+        status = wait_job(client, sub["job_id"])
+        out[variant] = {**sub, "status": status, "logs": client.get_job_logs(sub["job_id"])}
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_run(stack, tmp_path_factory):
+    """`img2img demo --quick`: the whole path once; the serving tests use its endpoint."""
+    from cluster.settings import get_settings
+    from img2img_demo.run import run_demo
+
+    out = tmp_path_factory.mktemp("demo") / "demo-output"
+    return run_demo(get_settings(), quick=True, out_dir=out, say=lambda msg: None)

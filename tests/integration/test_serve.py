@@ -1,0 +1,195 @@
+"""The Ray Serve endpoint on the session's Ray head, serving a model from the real registry
+(the one the quick demo trained and promoted), plus registry promotion logic."""
+
+import asyncio
+import io
+
+import httpx
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from cluster.errors import Img2ImgError
+from jobs import registry
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def endpoint(stack, demo_run):
+    return stack.serve_url
+
+
+def png(img, fmt="PNG", **kw):
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def post(url, body, ctype="image/png", **kw):
+    return httpx.post(url + "/enhance", content=body, headers={"Content-Type": ctype}, timeout=120, **kw)
+
+
+def test_enhance_a_real_photo_same_size_and_sharper(endpoint, demo_run):
+    from cluster.settings import get_settings
+    from img2img_demo.run import DEGRADE, _held_out_photos, _photo, _score
+    from translator import degrade, images
+
+    path = _held_out_photos(get_settings(), demo_run.dataset)[0]
+    clean = _photo(path, 200)[:, :301]  # an odd width on purpose
+    blurred = degrade.apply(DEGRADE, clean, seed=7)
+    r = post(endpoint, png(images.from_array(blurred)))
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert r.headers["x-model-variant"] == "nafnet" and r.headers["x-model-version"] == demo_run.version
+    out = images.to_array(Image.open(io.BytesIO(r.content)))
+    assert out.shape == clean.shape
+    assert _score(out, clean)[0] > _score(blurred, clean)[0]
+
+
+def test_multipart_formats_and_odd_modes(endpoint):
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8))
+    r = httpx.post(endpoint + "/enhance", files={"file": ("a.png", png(rgb), "image/png")}, params={"format": "jpeg"},
+                   timeout=60)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    rgba = rgb.convert("RGBA")
+    rgba.putalpha(128)
+    out = Image.open(io.BytesIO(post(endpoint, png(rgba)).content))
+    assert out.mode == "RGBA" and out.getpixel((0, 0))[3] == 128 and out.size == (50, 40)
+    gray16 = Image.fromarray((rng.integers(0, 65535, (30, 20))).astype(np.uint16))
+    out = Image.open(io.BytesIO(post(endpoint, png(gray16)).content))
+    assert out.mode == "L" and out.size == (20, 30)
+    cmyk = rgb.convert("CMYK")
+    assert post(endpoint, png(cmyk, "JPEG"), "image/jpeg").status_code == 200
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = Image.open(io.BytesIO(post(endpoint, png(rgb, "JPEG", exif=exif), "image/jpeg").content))
+    assert out.size == (40, 50)  # rotated as displayed
+    tiny = Image.new("RGB", (1, 1), "red")
+    assert Image.open(io.BytesIO(post(endpoint, png(tiny)).content)).size == (1, 1)
+
+
+@pytest.mark.parametrize("body, ctype, status", [
+    (b"", "image/png", 400),
+    (b"definitely not an image", "image/png", 415),
+    (None, "image/png", 400),  # truncated PNG
+    (b"hello", "text/plain", 415),
+    (None, "image/bmp", 413),  # 20000 x 1000 = 20 MP > 16 MP
+])
+def test_bad_input_gets_json_errors_and_the_replica_survives(endpoint, body, ctype, status):
+    if body is None and status == 400:
+        body = png(Image.new("RGB", (64, 64), "blue"))[:60]
+    if body is None and status == 413:
+        body = png(Image.new("1", (20000, 1000)), "BMP")
+    r = post(endpoint, body, ctype)
+    assert r.status_code == status
+    assert "error" in r.json()
+    assert httpx.get(endpoint + "/healthz", timeout=30).status_code == 200
+
+
+def test_model_endpoint_and_query_validation(endpoint, demo_run):
+    info = httpx.get(endpoint + "/model", timeout=30).json()
+    assert info["name"] == demo_run.model and info["variant"] == "nafnet" and "val_psnr" in info["metrics"]
+    r = post(endpoint, png(Image.new("RGB", (8, 8))), params={"tile": 3})
+    assert r.status_code == 400
+    r = post(endpoint, png(Image.new("RGB", (8, 8))), params={"format": "gif"})
+    assert r.status_code == 400
+
+
+def test_concurrent_clients_are_served(endpoint):
+    img = png(Image.fromarray(np.random.default_rng(1).integers(0, 255, (300, 260, 3), dtype=np.uint8)))
+
+    async def burst():
+        async with httpx.AsyncClient(timeout=180) as client:
+            rs = await asyncio.gather(*(client.post(endpoint + "/enhance", content=img,
+                                                    headers={"Content-Type": "image/png"},
+                                                    params={"tile": 128, "overlap": 16}) for _ in range(12)))
+        return [r.status_code for r in rs]
+
+    assert asyncio.run(burst()) == [200] * 12
+
+
+def test_status_shows_autoscaling_and_version(stack, cli, demo_run):
+    r = cli("serve", "status")
+    assert r.exit_code == 0, r.output
+    assert "RUNNING" in r.output and "1-2 @ 2.0" in r.output and f"v{demo_run.version}" in r.output
+
+
+def test_api_key_required_when_configured(stack, cli, demo_run, monkeypatch):
+    monkeypatch.setenv("IMG2IMG_SERVE_API_KEY", "s3cret-key-for-tests")
+    from cluster.settings import get_settings
+    from serving.deploy import deploy
+
+    try:
+        deploy(get_settings(), f"{demo_run.model}@champion", wait_s=120)
+        body = png(Image.new("RGB", (16, 16)))
+        assert post(stack.serve_url, body).status_code == 401
+        assert post(stack.serve_url, body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        ok = post(stack.serve_url, body, headers={"Authorization": "Bearer s3cret-key-for-tests"})
+        assert ok.status_code == 200
+    finally:
+        monkeypatch.delenv("IMG2IMG_SERVE_API_KEY")
+        deploy(get_settings(), f"{demo_run.model}@champion", wait_s=120)
+
+
+def _new_version(stack, model, tags):
+    import mlflow
+
+    mlflow.set_tracking_uri(stack.mlflow_uri)
+    client = MlflowClient(stack.mlflow_uri)
+    v1 = client.get_model_version(model, "1")
+    mv = mlflow.register_model(f"runs:/{v1.run_id}/model", model)
+    for k, v in {**v1.tags, **tags}.items():
+        client.set_model_version_tag(model, mv.version, k, v)
+    return str(mv.version)
+
+
+def test_promote_rollback_refusal_and_reload(stack, cli, demo_run):
+    model = demo_run.model
+    champion = registry.alias_version(stack, model, "champion")
+    best = float(MlflowClient(stack.mlflow_uri).get_model_version(model, champion).tags["val_psnr"])
+    worse = _new_version(stack, model, {"val_psnr": f"{best - 1:.4f}"})
+    with pytest.raises(Img2ImgError, match=r"worse than champion .*pass --force"):
+        registry.promote(stack, model, worse)
+    r = cli("models", "promote", model, worse)
+    assert r.exit_code == 1 and f"{best - 1:.3f}" in r.output and f"{best:.3f}" in r.output
+    r = cli("models", "promote", model, worse, "--force")
+    assert r.exit_code == 0
+    assert registry.alias_version(stack, model, "champion") == worse
+    assert registry.alias_version(stack, model, "previous") == champion
+    # The running endpoint swaps to the new champion without being redeployed from scratch.
+    r = cli("serve", "reload", "--model", f"{model}@champion")
+    assert r.exit_code == 0, r.output
+    assert httpx.get(stack.serve_url + "/model", timeout=30).json()["version"] == worse
+    r = cli("models", "rollback", model)
+    assert r.exit_code == 0
+    assert registry.alias_version(stack, model, "champion") == champion
+    assert registry.alias_version(stack, model, "previous") == worse
+    r = cli("models", "promote", model, "--best")
+    assert r.exit_code == 0 and registry.alias_version(stack, model, "champion") == champion
+    cli("serve", "reload", "--model", f"{model}@champion")
+    assert httpx.get(stack.serve_url + "/model", timeout=30).json()["version"] == champion
+    listing = cli("models", "ls", model).output
+    assert "champion" in listing and "previous" in listing
+
+
+def test_enhance_cli_writes_outputs_and_reports_failures(stack, cli, demo_run, tmp_path):
+    good = tmp_path / "good.png"
+    Image.new("RGB", (33, 21), "green").save(good)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+    r = cli("enhance", good, "-o", tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    assert Image.open(tmp_path / "out" / "good.enhanced.png").size == (33, 21)
+    r = cli("enhance", good, bad, "-o", tmp_path / "out2")
+    assert r.exit_code == 1 and "1 of 2 image(s) failed" in r.output and "415" in r.output
+    r = cli("enhance", good, "--local", "--model", f"{demo_run.model}@champion", "-o", tmp_path / "local")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "local" / "good.enhanced.png").exists()
+    assert not list((tmp_path / "out").glob("*.part"))
+
+
+def test_unknown_model_is_refused_before_deploying(stack, cli):
+    r = cli("serve", "deploy", "--model", "no-such-model@champion")
+    assert r.exit_code == 1 and "no model 'no-such-model@champion'" in r.output

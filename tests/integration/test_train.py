@@ -1,0 +1,106 @@
+"""Training through the Ray Jobs API on the real stack: every variant, checkpoints, MLflow
+runs and registered versions, learning, resume, recovery from a worker failure, bad options."""
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from cluster.storage import Storage
+
+pytestmark = pytest.mark.integration
+VARIANTS = ["autoencoder", "pix2pix", "cyclegan", "dualgan"]
+
+
+def versions_of(stack, variant):
+    return MlflowClient(stack.mlflow_uri).search_model_versions(f"name='test-{variant}'")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_variant_trains_registers_and_checkpoints(stack, trained, variant):
+    job = trained[variant]
+    assert job["status"] == "SUCCEEDED", job["logs"][-3000:]
+    (version,) = versions_of(stack, variant)
+    tags = version.tags
+    assert tags["variant"] == variant and tags["run_id"] == job["run_id"]
+    assert float(tags["val_psnr"]) > 5
+    keys = [o.key for o in Storage(stack).list(f"checkpoints/{job['run_id']}/")]
+    assert any("/checkpoint_" in k and k.endswith("state.pt") for k in keys)
+    run = MlflowClient(stack.mlflow_uri).get_run(job["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["variant"] == variant and run.data.params["workers"] == "2"
+    assert "dataset_sha256" in run.data.params
+    artifacts = [a.path for a in MlflowClient(stack.mlflow_uri).list_artifacts(job["run_id"], "samples")]
+    assert artifacts and artifacts[0].endswith(".png")
+
+
+def test_registered_model_predicts_any_size(stack, trained):
+    import mlflow.pyfunc
+    import numpy as np
+
+    mlflow.set_tracking_uri(stack.mlflow_uri)
+    model = mlflow.pyfunc.load_model("models:/test-autoencoder/1")
+    for h, w in ((32, 48), (80, 64)):
+        out = model.predict(np.zeros((1, 3, h, w), dtype=np.float32))
+        assert np.asarray(out).shape == (1, 3, h, w)
+
+
+def test_nafnet_beats_the_blurred_input(stack, demo_run):
+    """The default variant, trained by the quick demo for about a minute of CPU time."""
+    version = MlflowClient(stack.mlflow_uri).get_model_version(demo_run.model, demo_run.version)
+    assert version.tags["variant"] == "nafnet"
+    gain = float(version.tags["val_psnr"]) - float(version.tags["val_input_psnr"])
+    print(f"nafnet: val PSNR {version.tags['val_psnr']} vs blurred input {version.tags['val_input_psnr']}")
+    assert gain > 0.2
+
+
+def test_autoencoder_val_psnr_rises_and_it_survived_a_worker_failure(stack, trained):
+    job = trained["autoencoder"]
+    assert "injected failure at step 7" in job["logs"]
+    history = MlflowClient(stack.mlflow_uri).get_metric_history(job["run_id"], "val_psnr")
+    values = [m.value for m in sorted(history, key=lambda m: m.step)]
+    assert len(values) >= 3 and values[-1] > values[0]
+
+
+def test_resume_continues_from_the_checkpoint_step(stack, trained):
+    from jobs.spec import TrainSpec
+    from jobs.submit import job_client, submit
+    from tests.integration.conftest import wait_job
+
+    first = trained["pix2pix"]
+    spec = TrainSpec(dataset="blur", variant="pix2pix", workers=2, cpus_per_worker=0.5, image_size=64, batch_size=4,
+                     config={"netG": "unet_64", "ngf": 8, "ndf": 8}, max_steps=6, resume=first["run_id"],
+                     model_name="test-resume", experiment="integration")
+    sub = submit(spec, stack)
+    status = wait_job(job_client(stack), sub["job_id"])
+    assert status == "SUCCEEDED", job_client(stack).get_job_logs(sub["job_id"])[-3000:]
+    steps = [m.step for m in MlflowClient(stack.mlflow_uri).get_metric_history(sub["run_id"], "val_psnr")]
+    assert min(steps) > 4 and max(steps) == 6
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--variant", "vae"], "unknown variant 'vae'"),
+    (["--dataset", "no-such-data"], "dataset 'no-such-data' not found"),
+    (["--variant", "cyclegan"], "needs a unpaired (two domains) dataset"),
+    (["--set", "widht=3"], "unknown setting 'widht'"),
+    (["--set", "lr=fast"], "lr must be float"),
+    (["--gpu"], "GPU"),
+    (["--workers", "0"], "--workers must be at least 1"),
+])
+def test_bad_options_fail_before_submission(stack, blur_dataset, cli, args, message):
+    base = {"--dataset": "blur"}
+    argv = ["train"]
+    if "--dataset" not in args:
+        argv += ["--dataset", base["--dataset"]]
+    result = cli(*argv, *args)
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_jobs_cli_lists_and_shows(stack, trained, cli):
+    r = cli("jobs", "ls")
+    assert r.exit_code == 0 and "SUCCEEDED" in r.output and "cyclegan" in r.output
+    r = cli("jobs", "status", trained["pix2pix"]["job_id"])
+    assert r.exit_code == 0 and "SUCCEEDED" in r.output
+    r = cli("jobs", "logs", trained["pix2pix"]["job_id"])
+    assert r.exit_code == 0 and "pix2pix" in r.output
+    r = cli("jobs", "status", "raysubmit_nope")
+    assert r.exit_code == 1 and "no job" in r.output
