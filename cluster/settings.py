@@ -88,6 +88,15 @@ class Settings(BaseSettings):
             env["RAY_AUTH_TOKEN_PATH"] = str(self.ray_token_path)
         return env
 
+    def apply_ray_env(self) -> None:
+        """Put `ray_env()` into this process's environment. Ray caches its auth mode when it is
+        first imported, so refresh that cache too (what Ray itself does when it enables tokens)."""
+        import sys
+
+        os.environ.update(self.ray_env())
+        if "ray._raylet" in sys.modules:
+            sys.modules["ray._raylet"].Config.initialize("")
+
     def ray_auth_headers(self) -> dict[str, str]:
         token = os.environ.get("RAY_AUTH_TOKEN")
         path = os.environ.get("RAY_AUTH_TOKEN_PATH")

@@ -49,6 +49,7 @@ def _ensure_dataset(settings: Settings, name: str, quick: bool, say) -> None:
         say(f"dataset {name} exists: reusing it")
         return
     say(f"ingesting the sample photos as {name} ({DEGRADE})")
+    # Random 96 px crops at the photos' own resolution: the scale the held-out photos are enhanced at.
     opts = IngestOptions(name=name, degrade=DEGRADE, size=96, crops=8 if quick else 24, val_fraction=0.2, seed=0)
     ingest(None, opts, settings)
 
@@ -86,10 +87,11 @@ def _held_out_photos(settings: Settings, dataset: str) -> list[Path]:
     return [Path(f.location) for f in list_sample() if f.key in keys]
 
 
-def _photo(path: Path, short_side: int = 256) -> np.ndarray:
+def _photo(path: Path, max_side: int | None = None) -> np.ndarray:
+    """A photo at its own resolution (the scale training crops were cut at), optionally shrunk."""
     img = images.to_rgb(Image.open(path))
-    scale = short_side / min(img.size)
-    img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.BICUBIC)
+    if max_side and max(img.size) > max_side:
+        img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return images.to_array(img)
 
 
@@ -149,7 +151,7 @@ def run_demo(settings: Settings, variant: str = "nafnet", quick: bool = False, o
     Stack(settings).up(progress=say)
     dataset = "demo-photos-quick" if quick else "demo-photos"
     _ensure_dataset(settings, dataset, quick, say)
-    model = _ensure_model(settings, dataset, variant, budget_s or (60 if quick else 300), say)
+    model = _ensure_model(settings, dataset, variant, budget_s or (90 if quick else 300), say)
     version, previous = promote(settings, model, best=True)
     say(f"promoted {model} v{version} to champion")
     say("deploying the Serve endpoint `enhancer`")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import subprocess
 import urllib.request
@@ -34,7 +33,7 @@ def require_mlflow(settings: Settings) -> None:
 
 def job_client(settings: Settings):
     """A JobSubmissionClient for the configured cluster, with Ray's auth token found for you."""
-    os.environ.update(settings.ray_env())
+    settings.apply_ray_env()
     if not _reachable(settings.ray_address.rstrip("/") + "/api/version", settings.ray_auth_headers()):
         raise Img2ImgError(f"cannot reach the Ray Jobs API at {settings.ray_address}; is it running? "
                            "(`img2img stack up`)")

@@ -76,8 +76,8 @@ def run(spec: TrainSpec, settings: Settings | None = None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from jobs.train_loop import STATE_FILE, train_loop_per_worker
     from jobs.tracking import log_generator
+    from jobs.train_loop import STATE_FILE, train_loop_per_worker
 
     settings = settings or get_settings()
     spec.validate()

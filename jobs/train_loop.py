@@ -86,8 +86,8 @@ def validate(variant, paired: bool, world: int, max_samples: int = 4):
                 sums["in_ssim"] += float(ssim(base, ref).sum())
             else:  # cycle consistency: x -> other domain -> back
                 rev = stream == "val_b"
-                mid = tiling.enhance(lambda t: forward(t, rev), x, multiple=variant.multiple)
-                out = tiling.enhance(lambda t: forward(t, not rev), mid, multiple=variant.multiple)
+                mid = tiling.enhance(lambda t, r=rev: forward(t, r), x, multiple=variant.multiple)
+                out = tiling.enhance(lambda t, r=rev: forward(t, not r), mid, multiple=variant.multiple)
                 ref, y = to_unit(x), mid
             sums["psnr"] += float(psnr(to_unit(out), ref).sum())
             sums["ssim"] += float(ssim(to_unit(out), ref).sum())

@@ -1,7 +1,6 @@
 """Datasets on the real embedded store: ingest every kind, inspect, verify, resume, stream."""
 
 import io
-import json
 import os
 import subprocess
 import sys
@@ -34,7 +33,7 @@ def messy_folder(tmp_path_factory):
     photo(3, mode="L").save(root / "gray.png")
     photo(4, mode="RGBA").save(root / "alpha.png")
     photo(5, mode="CMYK").save(root / "sub" / "cmyk.tif")
-    Image.fromarray((np.asarray(photo(6, mode="L"), dtype=np.uint16) * 257)).save(root / "sixteen.png")
+    Image.fromarray(np.asarray(photo(6, mode="L"), dtype=np.uint16) * 257).save(root / "sixteen.png")
     exif = Image.Exif()
     exif[0x0112] = 6
     photo(7, size=(96, 64)).save(root / "rotated.jpg", exif=exif)
@@ -189,7 +188,7 @@ def ray_client(stack):
 
     from cluster.stack import Stack
 
-    os.environ.update(stack.ray_env())
+    stack.apply_ray_env()
     ray.init(address=Stack(stack).gcs_address(), log_to_driver=False)
     yield
     ray.shutdown()

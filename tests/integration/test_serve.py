@@ -37,7 +37,7 @@ def test_enhance_a_real_photo_same_size_and_sharper(endpoint, demo_run):
     from translator import degrade, images
 
     path = _held_out_photos(get_settings(), demo_run.dataset)[0]
-    clean = _photo(path, 200)[:, :301]  # an odd width on purpose
+    clean = _photo(path)[:, :301]  # an odd width on purpose
     blurred = degrade.apply(DEGRADE, clean, seed=7)
     r = post(endpoint, png(images.from_array(blurred)))
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"

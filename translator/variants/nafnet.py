@@ -6,7 +6,7 @@ for GPU clusters. L1 loss (or the paper's PSNR loss), AdamW 1e-3 betas (0.9, 0.9
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F

@@ -1,0 +1,177 @@
+"""Restoration quality on held-out photos: nafnet (trained through the platform) vs the blurred
+input, unsharp masking, Wiener deconvolution and Richardson-Lucy with the TRUE kernel, and the
+article's autoencoder; then a nafnet trained on a mix of blurs, scored per degradation.
+
+Usage: python benchmarks/quality.py [--minutes 10,30] [--mix-minutes 10]
+Training runs are real platform jobs (2 CPU workers); the 30-minute model resumes the 10-minute
+run (`--resume`), so the budgets are cumulative.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import report, settings_with_stack  # noqa: E402
+
+SIGMA = 1.5
+MIX = "mix(random_gaussian:0.5-3,resize:4)"
+TEST_SIZE = 256
+
+
+# ---- classical baselines (know the true Gaussian kernel) -------------------------------------
+def _psf(sigma: float) -> np.ndarray:
+    from translator.degrade import gaussian_kernel
+
+    k = gaussian_kernel(sigma)
+    return np.outer(k, k)
+
+
+def wiener(img: np.ndarray, sigma: float, k: float) -> np.ndarray:
+    psf = _psf(sigma)
+    pad = psf.shape[0] * 2
+    p = np.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode="symmetric")
+    kernel = np.zeros(p.shape[:2])
+    r = psf.shape[0] // 2
+    kernel[: psf.shape[0], : psf.shape[1]] = psf
+    kernel = np.roll(kernel, (-r, -r), axis=(0, 1))
+    H = np.fft.fft2(kernel)[..., None]
+    out = np.real(np.fft.ifft2(np.conj(H) / (np.abs(H) ** 2 + k) * np.fft.fft2(p, axes=(0, 1)), axes=(0, 1)))
+    return np.clip(out[pad:-pad, pad:-pad], 0, 1).astype(np.float32)
+
+
+def richardson_lucy(img: np.ndarray, sigma: float, iterations: int = 30) -> np.ndarray:
+    from skimage.restoration import richardson_lucy as rl
+
+    psf = _psf(sigma)
+    pad = psf.shape[0]
+    p = np.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode="symmetric")
+    out = np.stack([rl(p[..., c], psf, num_iter=iterations, clip=True) for c in range(3)], -1)
+    return out[pad:-pad, pad:-pad].astype(np.float32)
+
+
+def unsharp(img: np.ndarray) -> np.ndarray:
+    from skimage.filters import unsharp_mask
+
+    return unsharp_mask(img, radius=2.0, amount=1.0, channel_axis=-1).astype(np.float32)
+
+
+# ---- data and scoring -------------------------------------------------------------------------
+def held_out_photos(settings, dataset: str) -> list[np.ndarray]:
+    """256x256 centre crops, at native resolution, of the photos in the dataset's val split."""
+    from img2img_demo.run import _held_out_photos
+
+    out = []
+    for path in _held_out_photos(settings, dataset):
+        from PIL import Image
+
+        from translator import images
+
+        img = images.to_array(images.to_rgb(Image.open(path)))
+        h, w = img.shape[:2]
+        s = min(TEST_SIZE, h, w)
+        out.append(img[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s])
+    return out
+
+
+def score(outputs: list[np.ndarray], cleans: list[np.ndarray]) -> tuple[float, float]:
+    import torch
+
+    from translator.metrics import psnr, ssim
+
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None]  # noqa: E731
+    ps = [float(psnr(t(o), t(c))) for o, c in zip(outputs, cleans)]
+    ss = [float(ssim(t(o), t(c))) for o, c in zip(outputs, cleans)]
+    return float(np.mean(ps)), float(np.mean(ss))
+
+
+def model_fn(settings, name: str, version: str):
+    import torch
+
+    from serving.model import load
+
+    m = load(settings.mlflow_uri, name, version)
+
+    def run(img: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(img).permute(2, 0, 1)[None] * 2 - 1
+        return ((m.enhance(x)[0].permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1)
+
+    return run
+
+
+def train(settings, dataset: str, variant: str, minutes: float, model_name: str, resume: str | None = None):
+    from mlflow.tracking import MlflowClient
+
+    from jobs.spec import TrainSpec
+    from jobs.submit import job_client, submit, wait
+
+    spec = TrainSpec(dataset=dataset, variant=variant, workers=2, cpus_per_worker=1.0, epochs=100_000,
+                     time_budget_s=minutes * 60, image_size=64, model_name=model_name, experiment="quality",
+                     resume=resume)
+    out = submit(spec, settings)
+    if wait(job_client(settings), out["job_id"], follow=False) != "SUCCEEDED":
+        raise RuntimeError(f"training {variant} failed: img2img jobs logs {out['job_id']}")
+    versions = MlflowClient(settings.mlflow_uri).search_model_versions(f"name='{model_name}'")
+    version = next(v for v in versions if v.run_id == out["run_id"])
+    return out["run_id"], str(version.version)
+
+
+def ensure(settings, name: str, degrade: str) -> None:
+    from cluster.storage import Storage
+    from jobs.ingest import IngestOptions, ingest
+    from jobs.manifest import manifest_key
+
+    if not Storage(settings).exists(manifest_key(name)):
+        ingest(None, IngestOptions(name=name, degrade=degrade, size=64, crops=32, val_fraction=0.25, seed=0), settings)
+
+
+def main() -> None:
+    from translator import degrade
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--minutes", default="10,30", help="cumulative nafnet budgets")
+    parser.add_argument("--mix-minutes", type=float, default=10)
+    args = parser.parse_args()
+    budgets = [float(m) for m in args.minutes.split(",")]
+    settings = settings_with_stack()
+    ensure(settings, "quality-g15", f"gaussian:{SIGMA}")
+    ensure(settings, "quality-mix", MIX)
+    cleans = held_out_photos(settings, "quality-g15")
+    blurred = [degrade.apply(f"gaussian:{SIGMA}", c, seed=i) for i, c in enumerate(cleans)]
+    rows = [["blurred input", "-", *score(blurred, cleans)],
+            ["unsharp mask (radius 2, amount 1)", "-", *score([unsharp(b) for b in blurred], cleans)]]
+    best_k = max((1e-4, 3e-4, 1e-3, 3e-3, 1e-2), key=lambda k: score([wiener(b, SIGMA, k) for b in blurred], cleans)[0])
+    rows.append([f"Wiener, true kernel (K={best_k:g}, best of 5)", "-",
+                 *score([wiener(b, SIGMA, best_k) for b in blurred], cleans)])
+    rows.append(["Richardson-Lucy, true kernel, 30 it", "-", *score([richardson_lucy(b, SIGMA) for b in blurred], cleans)])
+    _, ae_version = train(settings, "quality-g15", "autoencoder", budgets[0], "quality-autoencoder")
+    run = model_fn(settings, "quality-autoencoder", ae_version)
+    rows.append(["autoencoder (article seed)", f"{budgets[0]:g} min", *score([run(b) for b in blurred], cleans)])
+    run_id, done = None, 0.0
+    for total in budgets:
+        run_id, version = train(settings, "quality-g15", "nafnet", total - done, "quality-nafnet", resume=run_id)
+        done = total
+        run = model_fn(settings, "quality-nafnet", version)
+        rows.append(["nafnet-tiny", f"{total:g} min", *score([run(b) for b in blurred], cleans)])
+    report("quality_gaussian", f"Deblurring held-out photos ({len(cleans)} x {TEST_SIZE}px), Gaussian sigma {SIGMA}",
+           ["method", "CPU budget (2 workers)", "PSNR dB", "SSIM"], rows,
+           notes="Wiener/RL are given the true kernel; the networks only see example pairs.")
+    _, mix_version = train(settings, "quality-mix", "nafnet", args.mix_minutes, "quality-nafnet-mix")
+    run = model_fn(settings, "quality-nafnet-mix", mix_version)
+    mix_rows = []
+    for spec in ("gaussian:1.5", "gaussian:2.5", "resize:4"):
+        degraded = [degrade.apply(spec, c, seed=i) for i, c in enumerate(cleans)]
+        sigma = float(spec.split(":")[1]) if spec.startswith("gaussian") else None
+        wien = score([wiener(d, sigma, best_k) for d in degraded], cleans)[0] if sigma else float("nan")
+        mix_rows.append([spec, *score(degraded, cleans), *score([run(d) for d in degraded], cleans), wien])
+    report("quality_mix", f"nafnet trained {args.mix_minutes:g} min on {MIX}, scored per degradation",
+           ["degradation", "input PSNR", "input SSIM", "nafnet PSNR", "nafnet SSIM", "Wiener (true kernel) PSNR"],
+           mix_rows)
+
+
+if __name__ == "__main__":
+    main()
