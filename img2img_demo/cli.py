@@ -13,8 +13,8 @@ from cluster.settings import get_settings
 @handle_errors
 def demo(
     variant: str = typer.Option("nafnet", help="nafnet (default) | autoencoder | pix2pix"),
-    quick: bool = typer.Option(False, "--quick", help="small dataset and a 90 s training budget (CI)"),
-    budget: float = typer.Option(None, help="training budget in seconds (default 300, quick 90)"),
+    quick: bool = typer.Option(False, "--quick", help="small dataset and a 2-minute training budget (CI)"),
+    budget: float = typer.Option(None, help="training budget in seconds (default 300, quick 120)"),
     out: Path = typer.Option(Path("demo-output"), "--out", "-o", help="where the grids and report go"),
 ):
     """The whole path on the embedded stack: stack up -> ingest -> train -> promote -> deploy -> enhance.

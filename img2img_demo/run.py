@@ -50,7 +50,7 @@ def _ensure_dataset(settings: Settings, name: str, quick: bool, say) -> None:
         return
     say(f"ingesting the sample photos as {name} ({DEGRADE})")
     # Random 96 px crops at the photos' own resolution: the scale the held-out photos are enhanced at.
-    opts = IngestOptions(name=name, degrade=DEGRADE, size=96, crops=8 if quick else 24, val_fraction=0.2, seed=0)
+    opts = IngestOptions(name=name, degrade=DEGRADE, size=96, crops=32 if quick else 64, val_fraction=0.2, seed=0)
     ingest(None, opts, settings)
 
 
@@ -151,7 +151,7 @@ def run_demo(settings: Settings, variant: str = "nafnet", quick: bool = False, o
     Stack(settings).up(progress=say)
     dataset = "demo-photos-quick" if quick else "demo-photos"
     _ensure_dataset(settings, dataset, quick, say)
-    model = _ensure_model(settings, dataset, variant, budget_s or (90 if quick else 300), say)
+    model = _ensure_model(settings, dataset, variant, budget_s or (120 if quick else 300), say)
     version, previous = promote(settings, model, best=True)
     say(f"promoted {model} v{version} to champion")
     say("deploying the Serve endpoint `enhancer`")

@@ -114,7 +114,7 @@ def _save_checkpoint(variant, epoch: int, metrics: dict, spec: dict):
     return ray.train.Checkpoint.from_directory(tmp)
 
 
-def _fail_once(spec: dict, settings_env: dict) -> None:
+def _fail_once(spec: dict) -> None:
     """Test hook for FailureConfig: rank 0 dies once at `fail_at_step` (marker in the store)."""
     from cluster.settings import get_settings
     from cluster.storage import Storage
@@ -158,7 +158,7 @@ def train_loop_per_worker(cfg: dict) -> None:
         t0, seen, logs = time.time(), 0, {}
         for batch in train_batches(paired, batch_size):
             if spec.get("fail_at_step") and rank == 0 and variant.step == spec["fail_at_step"]:
-                _fail_once(spec, {})
+                _fail_once(spec)
             logs = variant.training_step(batch)
             seen += batch_size
             if logger and variant.step % spec["log_every"] == 0:

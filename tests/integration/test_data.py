@@ -2,6 +2,7 @@
 
 import io
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -163,12 +164,13 @@ def test_killed_ingest_resumes_to_the_same_dataset(stack, cli, tmp_path):
         photo(i, (64, 64)).save(src / f"{i:02d}.png")
     args = [str(src), "--name", "resumed", "--size", "32", "--copies", "3", "--shard-rows", "4", "--workers", "1"]
     proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "data", "ingest", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy(),
+                            start_new_session=True)
     s = Storage(stack)
     deadline = time.time() + 60
     while len(s.list(dataset_prefix("resumed") + "_ingest/")) < 3 and time.time() < deadline:
         time.sleep(0.1)
-    proc.kill()
+    os.killpg(proc.pid, signal.SIGKILL)  # the CLI and its worker processes, like a crash
     proc.wait()
     assert not s.exists(dataset_prefix("resumed") + "manifest.json"), "killed too late to test resuming"
     r = cli("data", "ingest", *args)

@@ -100,16 +100,16 @@ def test_second_stack_side_by_side_down_up_keeps_data(stack, tmp_path, monkeypat
     other = get_settings(state_dir=tmp_path / "state2", s3_endpoint=f"127.0.0.1:{free_port()}")
     st = Stack(other)
     monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
-    with pytest.raises(Img2ImgError, match="wants a token"):
-        st.up()  # the session's Ray answers, but this state dir has no token for it
-    monkeypatch.setenv("RAY_AUTH_TOKEN", stack.ray_token_path.read_text())
-    st.up()
-    Storage(other).put_bytes("tests/keep.txt", b"survives")
-    assert st.down() == ["s3"]
-    assert not st.s3_healthy()
-    assert Stack(stack).mlflow_healthy() and Stack(stack).ray_healthy()  # the session stack is untouched
-    st.up()
     try:
+        with pytest.raises(Img2ImgError, match="wants a token"):
+            st.up()  # the session's Ray answers, but this state dir has no token for it
+        monkeypatch.setenv("RAY_AUTH_TOKEN", stack.ray_token_path.read_text())
+        st.up()
+        Storage(other).put_bytes("tests/keep.txt", b"survives")
+        assert st.down() == ["s3"]
+        assert not st.s3_healthy()
+        assert Stack(stack).mlflow_healthy() and Stack(stack).ray_healthy()  # the session stack is untouched
+        st.up()
         assert Storage(other).get_bytes("tests/keep.txt") == b"survives"
     finally:
         st.down()

@@ -79,6 +79,10 @@ class NAFNet(nn.Module):
             c //= 2
             self.decoders.append(nn.Sequential(*[NAFBlock(c) for _ in range(n)]))
         self.multiple = 2 ** len(enc_blocks)
+        # Zero-init the last conv: the untrained net is exactly the identity (output = input), so
+        # early training can only move away from the input where that lowers the loss.
+        nn.init.zeros_(self.ending.weight)
+        nn.init.zeros_(self.ending.bias)
 
     def forward(self, inp):
         h, w = inp.shape[-2:]
