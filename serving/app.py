@@ -10,6 +10,7 @@ the new model beside the old one and swaps it in; requests already running finis
 import asyncio
 import hashlib
 import hmac
+import json
 import logging
 
 import torch
@@ -37,6 +38,7 @@ class Enhancer:
         self.model: LoadedModel | None = None
         self.load_error = "no model configured yet"
         self.cfg = dict(DEFAULTS)
+        self.config_id = ""
 
     def reconfigure(self, config: dict) -> None:
         cfg = {**DEFAULTS, **config}
@@ -53,6 +55,8 @@ class Enhancer:
                 self.load_error = f"could not load {cfg.get('model_name')} v{cfg.get('model_version')}: {e}"
                 log.exception("model load failed")
         self.cfg = cfg
+        # Lets `img2img serve deploy` see when this exact config has been applied.
+        self.config_id = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def run_tiles(self, items: list[tuple[LoadedModel, torch.Tensor]]) -> list[torch.Tensor]:
@@ -128,7 +132,8 @@ class Enhancer:
     async def model_info(self):
         if self.model is None:
             return error(503, f"model not loaded: {self.load_error}")
-        return {**self.model.info(), "load_error": self.load_error}
+        return {**self.model.info(), "load_error": self.load_error, "config_id": self.config_id,
+                "api_key_required": bool(self.cfg.get("api_key_sha256"))}
 
 
 app = Enhancer.bind()

@@ -4,6 +4,7 @@ does), so it works the same against the local head and a remote cluster."""
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from urllib.parse import urlparse
 
@@ -30,6 +31,13 @@ def _request(settings: Settings, method: str, **kwargs) -> dict:
     if resp.status_code >= 400:
         raise Img2ImgError(f"Ray Serve API answered {resp.status_code}: {resp.text[:300]}")
     return resp.json() if resp.content else {}
+
+
+def _put(settings: Settings, apps: list[dict]) -> None:
+    """Declare the cluster's Serve apps (the API replaces them all, so callers pass every app)."""
+    url = urlparse(settings.serve_url)
+    _request(settings, "PUT", json={"http_options": {"host": url.hostname, "port": url.port or 80},
+                                    "applications": apps})
 
 
 def _other_apps(settings: Settings) -> list[dict]:
@@ -64,22 +72,26 @@ def deploy(settings: Settings, model: str = "", *, min_replicas: int = 1, max_re
            "deployments": [{"name": DEPLOYMENT, "user_config": user_config, "autoscaling_config": autoscaling,
                             "max_ongoing_requests": max(16, max_batch_size * 2),
                             "ray_actor_options": {"num_cpus": num_cpus}}]}
-    url = urlparse(settings.serve_url)
-    config = {"http_options": {"host": url.hostname, "port": url.port or 80},
-              "applications": [*_other_apps(settings), app]}
-    _request(settings, "PUT", json=config)
+    _put(settings, [*_other_apps(settings), app])
     if wait_s:
-        wait_for_model(settings, name, version, wait_s)
+        wait_for_model(settings, name, version, wait_s, config_id(user_config))
     return {"model": name, "version": version, "url": settings.serve_url, "autoscaling": autoscaling}
 
 
-def wait_for_model(settings: Settings, name: str, version: str, timeout: float) -> None:
+def config_id(user_config: dict) -> str:
+    """Same digest the replica reports in GET /model once it has applied this config."""
+    return hashlib.sha256(json.dumps(user_config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def wait_for_model(settings: Settings, name: str, version: str, timeout: float, cid: str | None = None) -> None:
     deadline = time.time() + timeout
     last = ""
     while time.time() < deadline:
         try:
             r = httpx.get(settings.serve_url.rstrip("/") + "/model", timeout=5)
-            if r.status_code == 200 and r.json().get("version") == str(version) and r.json().get("name") == name:
+            info = r.json() if r.status_code == 200 else {}
+            if (info.get("version") == str(version) and info.get("name") == name
+                    and (cid is None or info.get("config_id") == cid)):
                 return
             last = r.text[:200]
         except httpx.HTTPError as e:
@@ -110,9 +122,7 @@ def redeploy_model(settings: Settings, model: str, wait_s: float = 300) -> dict:
                 if d.get("name") == DEPLOYMENT:
                     d.setdefault("user_config", {}).update(model_name=name, model_version=version)
         apps.append(cfg)
-    url = urlparse(settings.serve_url)
-    config = {"http_options": {"host": url.hostname, "port": url.port or 80}, "applications": apps}
-    _request(settings, "PUT", json=config)
+    _put(settings, apps)
     if wait_s:
         wait_for_model(settings, name, version, wait_s)
     return {"model": name, "version": version}
@@ -138,9 +148,7 @@ def remove(settings: Settings) -> bool:
     if status(settings) is None:
         return False
     if others:
-        url = urlparse(settings.serve_url)
-        _request(settings, "PUT", json={"http_options": {"host": url.hostname, "port": url.port or 80},
-                                         "applications": others})
+        _put(settings, others)
     else:
         _request(settings, "DELETE")
     return True

@@ -33,12 +33,12 @@ def post(url, body, ctype="image/png", **kw):
 
 def test_enhance_a_real_photo_same_size_and_sharper(endpoint, demo_run):
     from cluster.settings import get_settings
-    from img2img_demo.run import DEGRADE, _held_out_photos, _photo, _score
+    from img2img_demo.run import _held_out_photos, _photo, _score, dataset_degradation
     from translator import degrade, images
 
     path = _held_out_photos(get_settings(), demo_run.dataset)[0]
     clean = _photo(path)[:, :301]  # an odd width on purpose
-    blurred = degrade.apply(DEGRADE, clean, seed=7)
+    blurred = degrade.apply(dataset_degradation(get_settings(), demo_run.dataset), clean, seed=7)
     r = post(endpoint, png(images.from_array(blurred)))
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     assert r.headers["x-model-variant"] == "nafnet" and r.headers["x-model-version"] == demo_run.version
