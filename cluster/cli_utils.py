@@ -40,7 +40,7 @@ def handle_errors(fn):
 def table(title: str, columns: list[str], rows: list[list]) -> Table:
     t = Table(title=title, title_justify="left")
     for c in columns:
-        t.add_column(c)
+        t.add_column(c, overflow="fold")
     for r in rows:
         t.add_row(*["" if v is None else str(v) for v in r])
     return t

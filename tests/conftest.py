@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+os.environ["COLUMNS"] = "200"  # CLI tables in full, whatever terminal runs the tests
+
 
 def free_port() -> int:
     with socket.socket() as s:

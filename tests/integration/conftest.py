@@ -60,24 +60,24 @@ TINY = {
 
 @pytest.fixture(scope="session")
 def trained(stack, blur_dataset, unpaired_dataset):
-    """The four classic variants trained through the Jobs API with 2 CPU workers each, side by
-    side (`nafnet` is trained by the demo fixture).
+    """The four classic variants trained through the Jobs API with 2 CPU workers each
+    (`nafnet` is trained by the demo fixture).
     -> {variant: {"job_id", "run_id", "status", "logs"}}."""
     from cluster.settings import get_settings
     from jobs.spec import TrainSpec
     from jobs.submit import job_client, submit
 
     settings = get_settings()
-    submitted = {}
+    client = job_client(settings)
+    out = {}
+    # One after another: on 2 cores, concurrent jobs thrash (and their Ray Data executors can
+    # starve each other of CPUs) far beyond the sum of their run times.
     for variant, kw in TINY.items():
         dataset = unpaired_dataset if variant in ("cyclegan", "dualgan") else blur_dataset
         spec = TrainSpec(dataset=dataset, variant=variant, workers=2, cpus_per_worker=0.5,
                          model_name=f"test-{variant}", experiment="integration", **kw)
-        submitted[variant] = submit(spec, settings)
-    client = job_client(settings)
-    out = {}
-    for variant, sub in submitted.items():
-        status = wait_job(client, sub["job_id"])
+        sub = submit(spec, settings)
+        status = wait_job(client, sub["job_id"], timeout=300)
         out[variant] = {**sub, "status": status, "logs": client.get_job_logs(sub["job_id"])}
     return out
 

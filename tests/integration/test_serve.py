@@ -27,8 +27,9 @@ def png(img, fmt="PNG", **kw):
     return buf.getvalue()
 
 
-def post(url, body, ctype="image/png", **kw):
-    return httpx.post(url + "/enhance", content=body, headers={"Content-Type": ctype}, timeout=120, **kw)
+def post(url, body, ctype="image/png", headers=None, **kw):
+    return httpx.post(url + "/enhance", content=body, headers={"Content-Type": ctype, **(headers or {})},
+                      timeout=120, **kw)
 
 
 def test_enhance_a_real_photo_same_size_and_sharper(endpoint, demo_run):
