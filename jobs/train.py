@@ -40,17 +40,15 @@ def checkpoint_prefix(settings: Settings, run_id: str) -> str:
     return f"{settings.bucket}/checkpoints/{run_id}"
 
 
-def latest_checkpoint(settings: Settings, run_id: str):
-    """The newest checkpoint Ray Train stored for an earlier run (for --resume)."""
-    import ray.train
-
+def latest_checkpoint(settings: Settings, run_id: str) -> str:
+    """Path (`bucket/checkpoints/RUN/checkpoint_...`) of the newest checkpoint an earlier run
+    stored (for --resume; the workers open it with the store's filesystem)."""
     storage = Storage(settings)
     dirs = sorted({o.key.split("/")[2] for o in storage.list(f"checkpoints/{run_id}/")
                    if o.key.split("/")[2].startswith("checkpoint_") and o.key.endswith("state.pt")})
     if not dirs:
         raise Img2ImgError(f"run {run_id} has no checkpoint to resume from")
-    return ray.train.Checkpoint(path=f"{checkpoint_prefix(settings, run_id)}/{dirs[-1]}",
-                                filesystem=arrow_filesystem(settings))
+    return f"{checkpoint_prefix(settings, run_id)}/{dirs[-1]}"
 
 
 def datasets_for(spec: TrainSpec, manifest: Manifest, settings: Settings, image_size: int) -> dict:
@@ -101,7 +99,8 @@ def run(spec: TrainSpec, settings: Settings | None = None):
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"spec": json.loads(spec.to_json()), "variant_config": cfg.__dict__, "paired": paired,
-                           "total_steps": total_steps, "tracking_uri": settings.mlflow_uri},
+                           "total_steps": total_steps, "tracking_uri": settings.mlflow_uri,
+                           "resume_path": resume_from},
         scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=spec.use_gpu,
                                      resources_per_worker={"CPU": spec.cpus_per_worker}),
         run_config=RunConfig(
@@ -110,7 +109,6 @@ def run(spec: TrainSpec, settings: Settings | None = None):
                                                checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=spec.max_failures)),
         datasets=datasets_for(spec, manifest, settings, cfg.image_size),
-        resume_from_checkpoint=resume_from,
     )
     result = trainer.fit()
     best = max(result.best_checkpoints, key=lambda cm: cm[1].get(METRIC, float("-inf")))

@@ -142,7 +142,11 @@ def train_loop_per_worker(cfg: dict) -> None:
                             amp="bf16" if device.type == "cuda" else None)
     variant.set_total_steps(total_steps)
     start_epoch = 0
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = ray.train.get_checkpoint()  # this run's own latest (after a worker failure)
+    if checkpoint is None and cfg.get("resume_path"):  # --resume: another run's latest
+        from cluster.storage import arrow_filesystem
+
+        checkpoint = ray.train.Checkpoint(path=cfg["resume_path"], filesystem=arrow_filesystem())
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=False)
