@@ -40,6 +40,8 @@ def main(
                         format="%(levelname)s %(name)s: %(message)s")
     if not verbose:  # connection retries are reported by our own one-line errors
         logging.getLogger("urllib3").setLevel(logging.ERROR)
+        for name in ("ray", "ray.dashboard.modules.dashboard_sdk", "ray._private.runtime_env.packaging"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _mount() -> None:
