@@ -21,7 +21,8 @@ def main() -> int:
     tables = sorted((HERE / "out").glob("*.md"))
     machine = ""
     for j in sorted((HERE / "out").glob("*.json")):
-        machine = json.loads(j.read_text())["machine"]
+        data = json.loads(j.read_text())
+        machine = data.get("machine", machine) if isinstance(data, dict) else machine
     text = ["# Benchmark results\n", f"Machine: {machine}. Written {time.strftime('%Y-%m-%d %H:%M')} by "
             "`make bench` (each table also in `benchmarks/out/` as JSON).\n"]
     text += [t.read_text() for t in tables]
