@@ -3,12 +3,14 @@ so re-running is cheap and Ctrl-C leaves nothing half-written."""
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
@@ -60,7 +62,10 @@ def _ensure_dataset(settings: Settings, name: str, quick: bool, say) -> None:
 
 def _ensure_model(settings: Settings, dataset: str, variant: str, budget_s: float, say) -> str:
     model = f"{dataset}-{variant}"
-    existing = [v for v in versions(settings, None) if v.name == model]
+    try:
+        existing = versions(settings, model)
+    except Img2ImgError:  # not registered yet
+        existing = []
     if existing:
         say(f"model {model} already has {len(existing)} version(s): reusing them (delete the model to retrain)")
         return model
@@ -80,10 +85,6 @@ def _ensure_model(settings: Settings, dataset: str, variant: str, budget_s: floa
 def _held_out_photos(settings: Settings, dataset: str) -> list[Path]:
     """The sample photos whose crops went to the validation split (never trained on)."""
     m = read_manifest(Storage(settings), dataset)
-    import io
-
-    import pyarrow.parquet as pq
-
     keys = set()
     for shard in m.splits.get("val", []):
         data = Storage(settings).get_bytes(f"datasets/{dataset}/{shard.path}")
@@ -115,7 +116,7 @@ def enhance_held_out(settings: Settings, dataset: str, result: DemoResult, say) 
         clean = _photo(path)
         blurred = degrade.apply(spec, clean, seed=1000 + i)
         data, _ = enhance_bytes(settings.serve_url, images.encode(images.from_array(blurred), "PNG"), "image/png")
-        enhanced = images.to_array(Image.open(__import__("io").BytesIO(data)))
+        enhanced = images.to_array(Image.open(io.BytesIO(data)))
         if enhanced.shape != clean.shape:
             raise Img2ImgError(f"the endpoint returned {enhanced.shape[:2]} for a {clean.shape[:2]} image")
         bp, bs = _score(blurred, clean)
@@ -162,7 +163,7 @@ def run_demo(settings: Settings, variant: str = "nafnet", quick: bool = False, o
     dataset = "demo-photos-quick" if quick else "demo-photos"
     _ensure_dataset(settings, dataset, quick, say)
     model = _ensure_model(settings, dataset, variant, budget_s or (120 if quick else 300), say)
-    version, previous = promote(settings, model, best=True)
+    version, _ = promote(settings, model, best=True)
     say(f"promoted {model} v{version} to champion")
     say("deploying the Serve endpoint `enhancer`")
     deploy(settings, f"{model}@champion", min_replicas=1, max_replicas=2)
