@@ -54,10 +54,18 @@ def richardson_lucy(img: np.ndarray, sigma: float, iterations: int = 30) -> np.n
     return out[pad:-pad, pad:-pad].astype(np.float32)
 
 
-def unsharp(img: np.ndarray) -> np.ndarray:
-    from skimage.filters import unsharp_mask
+def unsharp(img: np.ndarray, radius: float = 2.0, amount: float = 1.0) -> np.ndarray:
+    """img + amount * (img - gaussian(img)). Written out because skimage 0.26's unsharp_mask
+    returns NaN/garbage on float32 RGB input."""
+    from translator import degrade
 
-    return unsharp_mask(img, radius=2.0, amount=1.0, channel_axis=-1).astype(np.float32)
+    return np.clip(img + amount * (img - degrade.apply(f"gaussian:{radius}", img, seed=0)), 0, 1).astype(np.float32)
+
+
+def to_8bit(img: np.ndarray) -> np.ndarray:
+    """Round to 8-bit levels, as the platform's PNG datasets and any real photo are: without it
+    a tiny-K Wiener filter inverts a noise-free float blur almost exactly, which no user sees."""
+    return (np.round(img * 255) / 255).astype(np.float32)
 
 
 # ---- data and scoring -------------------------------------------------------------------------
@@ -141,7 +149,7 @@ def main() -> None:
     ensure(settings, "quality-g15", f"gaussian:{SIGMA}")
     ensure(settings, "quality-mix", MIX)
     cleans = held_out_photos(settings, "quality-g15")
-    blurred = [degrade.apply(f"gaussian:{SIGMA}", c, seed=i) for i, c in enumerate(cleans)]
+    blurred = [to_8bit(degrade.apply(f"gaussian:{SIGMA}", c, seed=i)) for i, c in enumerate(cleans)]
     rows = [["blurred input", "-", *score(blurred, cleans)],
             ["unsharp mask (radius 2, amount 1)", "-", *score([unsharp(b) for b in blurred], cleans)]]
     best_k = max((1e-4, 3e-4, 1e-3, 3e-3, 1e-2), key=lambda k: score([wiener(b, SIGMA, k) for b in blurred], cleans)[0])
@@ -164,7 +172,7 @@ def main() -> None:
     run = model_fn(settings, "quality-nafnet-mix", mix_version)
     mix_rows = []
     for spec in ("gaussian:1.5", "gaussian:2.5", "resize:4"):
-        degraded = [degrade.apply(spec, c, seed=i) for i, c in enumerate(cleans)]
+        degraded = [to_8bit(degrade.apply(spec, c, seed=i)) for i, c in enumerate(cleans)]
         sigma = float(spec.split(":")[1]) if spec.startswith("gaussian") else None
         wien = score([wiener(d, sigma, best_k) for d in degraded], cleans)[0] if sigma else float("nan")
         mix_rows.append([spec, *score(degraded, cleans), *score([run(d) for d in degraded], cleans), wien])

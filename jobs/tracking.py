@@ -49,6 +49,17 @@ def model_signature():
     return ModelSignature(inputs=spec, outputs=spec)
 
 
+def model_requirements() -> list[str]:
+    """What the logged model needs, pinned to this job's versions (without torch's local `+cpu`
+    label, which no index serves). Given explicitly because mlflow's inference imports the
+    model in a subprocess: seconds of every job on a small machine."""
+    import numpy as np
+    from mlflow.pytorch import get_default_pip_requirements
+
+    pinned = [r.split("+")[0] for r in get_default_pip_requirements()]  # torch, cloudpickle
+    return [*pinned, f"numpy=={np.__version__}"]
+
+
 def log_generator(generator, multiple: int, variant: str, config: dict, registered_name: str | None):
     """Log the generator as an MLflow pytorch model (pickled, so any input size works: mlflow 3's
     default pt2 export would fix H x W), with the translator code beside it."""
@@ -63,6 +74,7 @@ def log_generator(generator, multiple: int, variant: str, config: dict, register
     info = mlflow.pytorch.log_model(
         generator, name="model", serialization_format="pickle", signature=model_signature(),
         input_example=example, code_paths=[str(Path(translator.__file__).parent)],
+        pip_requirements=model_requirements(),
         registered_model_name=registered_name, await_registration_for=60,
         metadata={"variant": variant, "multiple": multiple, "config": json.dumps(config)},
     )
