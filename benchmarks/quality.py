@@ -143,7 +143,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--minutes", default="10,30", help="cumulative nafnet budgets")
     parser.add_argument("--mix-minutes", type=float, default=10)
+    parser.add_argument("--parts", default="autoencoder,nafnet,mix",
+                        help="which trained rows to produce (the classical rows always run: seconds)")
+    parser.add_argument("--tag", default="", help="suffix for the result tables' names, e.g. a re-run")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    suffix = f"_{args.tag}" if args.tag else ""
     budgets = [float(m) for m in args.minutes.split(",")]
     settings = settings_with_stack()
     ensure(settings, "quality-g15", f"gaussian:{SIGMA}")
@@ -156,18 +161,21 @@ def main() -> None:
     rows.append([f"Wiener, true kernel (K={best_k:g}, best of 5)", "-",
                  *score([wiener(b, SIGMA, best_k) for b in blurred], cleans)])
     rows.append(["Richardson-Lucy, true kernel, 30 it", "-", *score([richardson_lucy(b, SIGMA) for b in blurred], cleans)])
-    _, ae_version = train(settings, "quality-g15", "autoencoder", budgets[0], "quality-autoencoder")
-    run = model_fn(settings, "quality-autoencoder", ae_version)
-    rows.append(["autoencoder (article seed)", f"{budgets[0]:g} min", *score([run(b) for b in blurred], cleans)])
+    if "autoencoder" in parts:
+        _, ae_version = train(settings, "quality-g15", "autoencoder", budgets[0], "quality-autoencoder")
+        run = model_fn(settings, "quality-autoencoder", ae_version)
+        rows.append(["autoencoder (article seed)", f"{budgets[0]:g} min", *score([run(b) for b in blurred], cleans)])
     run_id, done = None, 0.0
-    for total in budgets:
+    for total in budgets if "nafnet" in parts else []:
         run_id, version = train(settings, "quality-g15", "nafnet", total - done, "quality-nafnet", resume=run_id)
         done = total
         run = model_fn(settings, "quality-nafnet", version)
         rows.append(["nafnet-tiny", f"{total:g} min", *score([run(b) for b in blurred], cleans)])
-    report("quality_gaussian", f"Deblurring held-out photos ({len(cleans)} x {TEST_SIZE}px), Gaussian sigma {SIGMA}",
+    report(f"quality_gaussian{suffix}", f"Deblurring held-out photos ({len(cleans)} x {TEST_SIZE}px), Gaussian sigma {SIGMA}",
            ["method", "CPU budget (2 workers)", "PSNR dB", "SSIM"], rows,
            notes="Wiener/RL are given the true kernel; the networks only see example pairs.")
+    if "mix" not in parts:
+        return
     _, mix_version = train(settings, "quality-mix", "nafnet", args.mix_minutes, "quality-nafnet-mix")
     run = model_fn(settings, "quality-nafnet-mix", mix_version)
     mix_rows = []
@@ -176,7 +184,7 @@ def main() -> None:
         sigma = float(spec.split(":")[1]) if spec.startswith("gaussian") else None
         wien = score([wiener(d, sigma, best_k) for d in degraded], cleans)[0] if sigma else float("nan")
         mix_rows.append([spec, *score(degraded, cleans), *score([run(d) for d in degraded], cleans), wien])
-    report("quality_mix", f"nafnet trained {args.mix_minutes:g} min on {MIX}, scored per degradation",
+    report(f"quality_mix{suffix}", f"nafnet trained {args.mix_minutes:g} min on {MIX}, scored per degradation",
            ["degradation", "input PSNR", "input SSIM", "nafnet PSNR", "nafnet SSIM", "Wiener (true kernel) PSNR"],
            mix_rows)
 

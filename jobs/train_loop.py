@@ -44,21 +44,40 @@ def train_batches(paired: bool, batch_size: int):
     return ({"a": x["image"], "b": y["image"]} for x, y in zip(a, b))
 
 
+def _reduce_device() -> torch.device:
+    """NCCL (Ray Train's GPU backend) reduces only CUDA tensors; gloo only CPU ones."""
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def _all_reduce(values: dict[str, float], world: int) -> dict[str, float]:
+    """Sum of each value over the workers."""
     if world == 1:
         return values
     keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=_reduce_device())
     torch.distributed.all_reduce(t)
-    return dict(zip(keys, t.tolist()))
+    return dict(zip(keys, t.cpu().tolist()))
 
 
 def _any_worker(flag: bool, world: int) -> bool:
     if world == 1:
         return flag
-    t = torch.tensor([1.0 if flag else 0.0])
+    t = torch.tensor([1.0 if flag else 0.0], device=_reduce_device())
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
     return bool(t.item())
+
+
+def budget_total_steps(step: int, epoch_steps: int, epoch_secs: float, secs_left: float, planned: int) -> int:
+    """The step at which a time budget runs out at the last epoch's pace (validation included).
+
+    A time-budgeted run (`--time-budget`) never reaches its epoch count, so a cosine/linear LR
+    schedule over that count would stay near its peak to the end; re-aiming the schedule at the
+    budget every epoch lets the LR anneal as the budget closes. Never beyond `planned`."""
+    if epoch_steps <= 0 or epoch_secs <= 0:
+        return planned
+    return max(step + 1, min(planned, step + int(max(0.0, secs_left) * epoch_steps / epoch_secs)))
 
 
 @torch.no_grad()
@@ -159,7 +178,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     batch_size = variant.config.batch_size
     deadline = time.time() + spec["time_budget_s"] if spec.get("time_budget_s") else None
     for epoch in range(start_epoch, spec["epochs"]):
-        t0, seen, logs = time.time(), 0, {}
+        t0, seen, logs, first_step = time.time(), 0, {}, variant.step
         for batch in train_batches(paired, batch_size):
             if spec.get("fail_at_step") and rank == 0 and variant.step == spec["fail_at_step"]:
                 _fail_once(spec)
@@ -182,5 +201,9 @@ def train_loop_per_worker(cfg: dict) -> None:
         ray.train.report(metrics, checkpoint=ckpt)
         done = bool(spec.get("max_steps") and variant.step >= spec["max_steps"])
         out_of_time = deadline is not None and time.time() > deadline
+        if deadline is not None:  # the same horizon on every worker, or DDP replicas drift apart
+            aim = budget_total_steps(variant.step, variant.step - first_step, time.time() - t0,
+                                     deadline - time.time(), total_steps)
+            variant.set_total_steps(round(_all_reduce({"aim": float(aim)}, world)["aim"] / world))
         if _any_worker(done or out_of_time, world):
             break
