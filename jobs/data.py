@@ -81,7 +81,7 @@ def check_shards(storage: Storage, manifest: Manifest, split: str, domain: str |
     return paths
 
 
-def _read_parquet(paths: list[str], filesystem):
+def read_parquet_v1(paths: list[str], filesystem):
     """ray.data.read_parquet through Ray Data's V1 parquet reader.
 
     Ray 2.60's default (DataSourceV2) lists files and reads footers on EVERY epoch with a pool
@@ -114,6 +114,6 @@ def load_dataset(name: str, split: str = "train", settings: Settings | None = No
         raise Img2ImgError(f"dataset {name!r} is paired: it has no domains")
     paths = check_shards(storage, manifest, split, domain)
     columns = ["input", "target"] if manifest.kind == "paired" else ["image"]
-    ds = _read_parquet(paths, arrow_filesystem(settings)).select_columns(["key", *columns])
+    ds = read_parquet_v1(paths, arrow_filesystem(settings)).select_columns(["key", *columns])
     decode = DecodeBatch(columns, image_size, split == "train" if augment is None else augment)
     return ds.map_batches(decode, batch_format="numpy", batch_size=batch_size)
