@@ -191,7 +191,7 @@ def train_loop_per_worker(cfg: dict) -> None:
         throughput = _all_reduce({"samples": float(seen), "secs": time.time() - t0}, world)
         metrics, samples = validate(variant, paired, world)
         metrics.update({f"train_{k}": v for k, v in logs.items()})
-        metrics.update(epoch=epoch, step=variant.step,
+        metrics.update(epoch=epoch, step=variant.step, lr=variant.lr,
                        samples_per_s=throughput["samples"] / max(throughput["secs"] / world, 1e-9))
         if logger:
             logger.metrics({k: v for k, v in metrics.items() if k not in ("epoch", "step")}, variant.step)

@@ -98,6 +98,12 @@ class Variant:
         """Input height/width must be a multiple of this (tiling pads for you)."""
         return int(getattr(self.generator, "multiple", 1))
 
+    @property
+    def lr(self) -> float:
+        """The first optimiser's learning rate now (what the LR policy has set)."""
+        opt = next(iter(self.opts.values()), None)
+        return float(opt.param_groups[0]["lr"]) if opt is not None else 0.0
+
     def set_total_steps(self, total: int | None) -> None:
         """Lets `linear`/`cosine` LR policies know where the run ends."""
         self.total_steps = total
