@@ -69,17 +69,6 @@ def _any_worker(flag: bool, world: int) -> bool:
     return bool(t.item())
 
 
-def budget_total_steps(step: int, epoch_steps: int, epoch_secs: float, secs_left: float, planned: int) -> int:
-    """The step at which a time budget runs out at the last epoch's pace (validation included).
-
-    A time-budgeted run (`--time-budget`) never reaches its epoch count, so a cosine/linear LR
-    schedule over that count would stay near its peak to the end; re-aiming the schedule at the
-    budget every epoch lets the LR anneal as the budget closes. Never beyond `planned`."""
-    if epoch_steps <= 0 or epoch_secs <= 0:
-        return planned
-    return max(step + 1, min(planned, step + int(max(0.0, secs_left) * epoch_steps / epoch_secs)))
-
-
 @torch.no_grad()
 def validate(variant, paired: bool, world: int, max_samples: int = 4):
     """Mean PSNR/SSIM over this worker's val shard, summed across workers, plus sample rows."""
@@ -178,7 +167,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     batch_size = variant.config.batch_size
     deadline = time.time() + spec["time_budget_s"] if spec.get("time_budget_s") else None
     for epoch in range(start_epoch, spec["epochs"]):
-        t0, seen, logs, first_step = time.time(), 0, {}, variant.step
+        t0, seen, logs = time.time(), 0, {}
         for batch in train_batches(paired, batch_size):
             if spec.get("fail_at_step") and rank == 0 and variant.step == spec["fail_at_step"]:
                 _fail_once(spec)
@@ -201,9 +190,5 @@ def train_loop_per_worker(cfg: dict) -> None:
         ray.train.report(metrics, checkpoint=ckpt)
         done = bool(spec.get("max_steps") and variant.step >= spec["max_steps"])
         out_of_time = deadline is not None and time.time() > deadline
-        if deadline is not None:  # the same horizon on every worker, or DDP replicas drift apart
-            aim = budget_total_steps(variant.step, variant.step - first_step, time.time() - t0,
-                                     deadline - time.time(), total_steps)
-            variant.set_total_steps(round(_all_reduce({"aim": float(aim)}, world)["aim"] / world))
         if _any_worker(done or out_of_time, world):
             break

@@ -50,10 +50,6 @@ def test_nafnet_beats_the_blurred_input(stack, demo_run):
     gain = float(version.tags["val_psnr"]) - float(version.tags["val_input_psnr"])
     print(f"nafnet: val PSNR {version.tags['val_psnr']} vs blurred input {version.tags['val_input_psnr']}")
     assert gain > 0.1
-    # A time-budgeted run anneals its LR to the budget's end (not to an epoch count it never reaches).
-    lrs = [m.value for m in sorted(MlflowClient(stack.mlflow_uri).get_metric_history(version.run_id, "lr"),
-                                   key=lambda m: m.step)]
-    assert len(lrs) >= 3 and lrs[-1] < 0.5 * lrs[0], lrs
 
 
 def test_autoencoder_val_psnr_rises_and_it_survived_a_worker_failure(stack, trained):
