@@ -31,7 +31,7 @@ def machine() -> str:
 
 
 def markdown(title: str, columns: list[str], rows: list[list]) -> str:
-    fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
+    fmt = lambda v: ("-" if v != v else f"{v:.2f}") if isinstance(v, float) else str(v)  # noqa: E731  (NaN: not run)
     lines = [f"### {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"

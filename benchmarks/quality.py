@@ -173,7 +173,9 @@ def main() -> None:
         rows.append(["nafnet-tiny", f"{total:g} min", *score([run(b) for b in blurred], cleans)])
     report(f"quality_gaussian{suffix}", f"Deblurring held-out photos ({len(cleans)} x {TEST_SIZE}px), Gaussian sigma {SIGMA}",
            ["method", "CPU budget (2 workers)", "PSNR dB", "SSIM"], rows,
-           notes="Wiener/RL are given the true kernel; the networks only see example pairs.")
+           notes="Inputs are rounded to 8 bits, like the platform's PNG datasets. Wiener and Richardson-Lucy are "
+                 "given the TRUE kernel (and Wiener's K is picked on these very photos); the networks only see "
+                 "example pairs. Each longer nafnet budget resumes the previous run.")
     if "mix" not in parts:
         return
     _, mix_version = train(settings, "quality-mix", "nafnet", args.mix_minutes, "quality-nafnet-mix")

@@ -50,13 +50,13 @@ def model_signature():
 
 
 def model_requirements() -> list[str]:
-    """What the logged model needs, pinned to this job's versions (without torch's local `+cpu`
-    label, which no index serves). Given explicitly because mlflow's inference imports the
-    model in a subprocess: seconds of every job on a small machine."""
+    """What the logged model needs, pinned to this job's versions. Given explicitly because
+    mlflow's inference imports the model in a subprocess: seconds of every job on a small machine."""
     import numpy as np
     from mlflow.pytorch import get_default_pip_requirements
 
-    pinned = [r.split("+")[0] for r in get_default_pip_requirements()]  # torch, cloudpickle
+    # torch without its local `+cpu` label (no index serves it), and cloudpickle
+    pinned = [r.split("+")[0] for r in get_default_pip_requirements()]
     return [*pinned, f"numpy=={np.__version__}"]
 
 
