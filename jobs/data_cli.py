@@ -30,7 +30,8 @@ def ingest(
     src: str = typer.Argument(None, help="local folder or s3://bucket/prefix (omit with --sample)"),
     name: str = typer.Option(..., "--name", "-n", help="dataset name"),
     kind: str = typer.Option("synth", help="synth (clean photos -> degraded pairs) | aligned | unaligned"),
-    degrade: str = typer.Option("gaussian:1.5", help="synth degradation spec, e.g. 'mix(gaussian:3,resize:4)'"),
+    degrade: str = typer.Option("gaussian:1.5", help="synth degradation spec: gaussian:S, random_gaussian:LO-HI, resize:F, noise:STD, jpeg:Q, gray, "
+                                 "edges[:S], holes:FRACTION, scratches:N, mix(a,b,..), chain(a,b,..); e.g. 'mix(gaussian:3,resize:4)'"),
     copies: int = typer.Option(1, help="synth: degraded versions per photo"),
     direction: str = typer.Option("AtoB", help="aligned: which side is the input (AtoB | BtoA)"),
     size: int = typer.Option(256, help="resize shorter side then centre-crop to SIZE x SIZE (0 = keep size)"),

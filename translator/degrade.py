@@ -5,6 +5,10 @@
     resize:4                  down by 4 (area), back up bicubic
     noise:10                  additive Gaussian noise, std in 0-255 units
     jpeg:30                   JPEG re-encode at quality 30
+    gray                      colour -> luminance (ITU-R BT.601), for colourisation
+    edges / edges:1.5         a line drawing: black lines on white from the blurred gradient
+    holes:0.2                 random rectangles covering ~20% of the image filled with white
+    scratches:12              12 thin random white strokes (damaged-photo restoration)
     mix(a,b,...)              one of them, chosen at random per image
     chain(a,b,...)            all of them, in order
 
@@ -19,7 +23,7 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 
 class DegradationError(ValueError):
@@ -125,13 +129,95 @@ class Chain:
         return image
 
 
+# BT.601 luma weights, as PIL's "L" conversion uses.
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+HOLE_VALUE = 1.0  # holes and scratches are filled with white, like missing paper or emulsion
+
+
+def luminance(image: np.ndarray) -> np.ndarray:
+    """HxWx3 float in [0, 1] -> HxW float32 luma (BT.601 weights)."""
+    return (image[..., :3].astype(np.float32) @ LUMA).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Gray:
+    """Colour -> grey (luma copied to the 3 channels); the target stays colour (colourisation)."""
+
+    def __call__(self, image, rng):
+        return np.repeat(luminance(image)[..., None], 3, axis=-1)
+
+
+@dataclass(frozen=True)
+class Edges:
+    """A photo -> a line drawing: the gradient magnitude of the luma blurred by `sigma` pixels,
+    scaled by its 95th percentile (so line density does not depend on contrast) and mapped to black
+    lines on white. Deterministic: no randomness. (A soft Canny without hysteresis, as in the
+    edges2* datasets of pix2pix, Isola et al. 2017, which used HED/Canny edges.)"""
+
+    sigma: float = 1.0
+
+    def __call__(self, image, rng):
+        lum = gaussian_blur(luminance(image)[..., None], self.sigma)[..., 0]
+        gy, gx = np.gradient(lum.astype(np.float64))
+        mag = np.hypot(gx, gy)
+        scale = float(np.percentile(mag, 95)) + 1e-6
+        ink = np.clip((mag / scale - 0.35) / 0.65, 0.0, 1.0)  # faint texture stays white
+        return np.repeat((1.0 - ink).astype(np.float32)[..., None], 3, axis=-1)
+
+
+@dataclass(frozen=True)
+class Holes:
+    """Random axis-aligned rectangles (each 5-25% of the side) filled with white until at least
+    `fraction` of the pixels are covered (inpainting / damaged-photo restoration)."""
+
+    fraction: float
+
+    def __call__(self, image, rng):
+        h, w = image.shape[:2]
+        mask = np.zeros((h, w), dtype=bool)
+        for _ in range(1000):  # bounded: each rectangle adds area, so this ends long before
+            if mask.mean() >= self.fraction:
+                break
+            rh = max(1, int(h * rng.uniform(0.05, 0.25)))
+            rw = max(1, int(w * rng.uniform(0.05, 0.25)))
+            y, x = int(rng.integers(0, h - rh + 1)), int(rng.integers(0, w - rw + 1))
+            mask[y:y + rh, x:x + rw] = True
+        out = image.copy()
+        out[mask] = HOLE_VALUE
+        return out
+
+
+@dataclass(frozen=True)
+class Scratches:
+    """`count` thin white strokes (1-3 px wide bent polylines, each segment ~1/12 of the side), like scratches on
+    an old print."""
+
+    count: int
+
+    def __call__(self, image, rng):
+        h, w = image.shape[:2]
+        canvas = Image.new("L", (w, h), 0)
+        draw = ImageDraw.Draw(canvas)
+        for _ in range(self.count):
+            x, y = float(rng.uniform(0, w)), float(rng.uniform(0, h))
+            points = [(x, y)]
+            for _ in range(int(rng.integers(1, 4))):  # short bent strokes, up to ~1/6 of the side each
+                x, y = x + float(rng.normal(0, w / 12)), y + float(rng.normal(0, h / 12))
+                points.append((x, y))
+            draw.line(points, fill=255, width=int(rng.integers(1, 4)))
+        mask = np.asarray(canvas) > 0
+        out = image.copy()
+        out[mask] = HOLE_VALUE
+        return out
+
+
 def _number(text: str, spec: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise DegradationError(f"bad number {text!r} in degradation {spec!r}") from None
-    if value <= 0:
-        raise DegradationError(f"degradation {spec!r} needs a positive number")
+    if not (value > 0 and np.isfinite(value)):  # nan and inf too: a kernel of infinite radius never ends
+        raise DegradationError(f"degradation {spec!r} needs a positive, finite number")
     return value
 
 
@@ -157,9 +243,23 @@ def _leaf(token: str):
         if not 1 <= q <= 100:
             raise DegradationError(f"jpeg quality must be 1-100, got {token!r}")
         return Jpeg(q)
+    if name == "gray" and not arg:
+        return Gray()
+    if name == "edges":
+        return Edges(_number(arg, token) if arg else 1.0)
+    if name == "holes":
+        fraction = _number(arg, token)
+        if not fraction < 1:
+            raise DegradationError(f"holes needs a fraction between 0 and 1, got {token!r}")
+        return Holes(fraction)
+    if name == "scratches":
+        n = _number(arg, token)
+        if not (n.is_integer() and n <= 1000):
+            raise DegradationError(f"scratches needs a whole number of strokes (1-1000), got {token!r}")
+        return Scratches(int(n))
     raise DegradationError(
         f"unknown degradation {token!r}; use gaussian:S, random_gaussian:LO-HI, resize:F, noise:STD, "
-        "jpeg:Q, mix(...), chain(...)")
+        "jpeg:Q, gray, edges[:S], holes:FRACTION, scratches:N, mix(...), chain(...)")
 
 
 def _split_args(body: str, spec: str) -> list[str]:

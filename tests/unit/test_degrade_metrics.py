@@ -66,3 +66,57 @@ def test_metrics_are_per_image():
     x = torch.rand(3, 3, 32, 32)
     assert psnr(x, x.clone().clamp(0, 1) * 0.9).shape == (3,)
     assert torch.allclose(ssim(x, x), torch.ones(3, dtype=torch.float64))
+
+
+# ---- the other translations: colourisation, sketches, damaged photos --------------------------
+
+@pytest.mark.parametrize("spec", ["gray", "edges", "edges:2", "holes:0.2", "scratches:8",
+                                  "chain(gray,noise:5)", "mix(holes:0.1,scratches:4)"])
+def test_translation_specs_keep_size_range_and_are_seeded(spec):
+    img = photo(64, 48)
+    a, b = degrade.apply(spec, img, seed=3), degrade.apply(spec, img, seed=3)
+    assert a.shape == img.shape and a.dtype == np.float32
+    assert np.array_equal(a, b)
+    assert 0.0 <= a.min() and a.max() <= 1.0 + 1e-6
+    assert np.abs(a - img).mean() > 1e-3
+
+
+def test_gray_is_luminance_in_every_channel():
+    img = photo()
+    out = degrade.apply("gray", img, seed=0)
+    assert np.allclose(out[..., 0], out[..., 1]) and np.allclose(out[..., 1], out[..., 2])
+    expected = img @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    assert np.abs(out[..., 0] - expected).max() < 1e-5
+
+
+def test_edges_draw_black_lines_on_white_where_the_photo_has_edges():
+    img = np.zeros((64, 64, 3), np.float32)
+    img[:, 32:] = 1.0  # one vertical edge
+    out = degrade.apply("edges", img, seed=0)
+    assert out[:, :24].min() == 1.0 and out[:, 40:].min() == 1.0  # flat areas stay white paper
+    assert out[:, 30:34].min() < 0.05  # the edge is a dark line
+    # the same photo at other seeds gives the same drawing: edges have no randomness
+    assert np.array_equal(out, degrade.apply("edges", img, seed=99))
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.3, 0.6])
+def test_holes_cover_at_least_the_fraction_with_white(fraction):
+    img = photo(96, 96) * 0.9  # no white pixels before
+    out = degrade.apply(f"holes:{fraction}", img, seed=1)
+    covered = (out == 1.0).all(-1).mean()
+    assert fraction <= covered < fraction + 0.25
+    assert np.array_equal(out[out != 1.0], img[out != 1.0])  # the rest is untouched
+
+
+def test_scratches_are_thin_and_more_strokes_damage_more():
+    img = photo(128, 128) * 0.9
+    few = (degrade.apply("scratches:2", img, seed=5) == 1.0).all(-1).mean()
+    many = (degrade.apply("scratches:40", img, seed=5) == 1.0).all(-1).mean()
+    assert 0 < few < many < 0.5
+
+
+@pytest.mark.parametrize("spec", ["holes:1.5", "holes:0", "scratches:2.5", "scratches:5000", "gray:3",
+                                  "edges:-1", "gaussian:inf", "gaussian:nan", "edges:x"])
+def test_bad_translation_specs_are_refused(spec):
+    with pytest.raises(degrade.DegradationError):
+        degrade.parse(spec)
