@@ -8,11 +8,12 @@ import typer
 
 from cluster.cli_utils import console, handle_errors
 from cluster.settings import get_settings
+from translator.catalog import DEFAULT_VARIANT, variant_names
 
 
 @handle_errors
 def demo(
-    variant: str = typer.Option("nafnet", help="nafnet (default) | autoencoder | pix2pix"),
+    variant: str = typer.Option(DEFAULT_VARIANT, help=" | ".join(variant_names(paired=True))),
     quick: bool = typer.Option(False, "--quick", help="small dataset and a 2-minute training budget (CI)"),
     budget: float = typer.Option(None, help="training budget in seconds (default 300, quick 120)"),
     out: Path = typer.Option(Path("demo-output"), "--out", "-o", help="where the grids and report go"),

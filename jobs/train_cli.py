@@ -7,6 +7,7 @@ import typer
 from cluster.cli_utils import console, handle_errors, table
 from cluster.errors import Img2ImgError
 from cluster.settings import get_settings
+from translator.catalog import DEFAULT_VARIANT, variant_names
 
 jobs_app = typer.Typer(help="List, inspect, follow and stop training jobs on the Ray cluster.",
                        no_args_is_help=True)
@@ -15,7 +16,7 @@ jobs_app = typer.Typer(help="List, inspect, follow and stop training jobs on the
 @handle_errors
 def train(
     dataset: str = typer.Option(..., "--dataset", "-d", help="dataset name (see `img2img data ls`)"),
-    variant: str = typer.Option("nafnet", help="nafnet | autoencoder | pix2pix | cyclegan | dualgan"),
+    variant: str = typer.Option(DEFAULT_VARIANT, help=" | ".join(variant_names())),
     workers: int = typer.Option(2, help="data-parallel Ray Train workers"),
     gpu: bool = typer.Option(False, "--gpu/--cpu", help="one GPU per worker, bf16 autocast"),
     cpus_per_worker: float = typer.Option(1.0, help="CPUs reserved per worker (fractions allowed)"),

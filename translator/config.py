@@ -13,6 +13,43 @@ class ConfigError(ValueError):
     """An unknown key or a value of the wrong type in a variant config."""
 
 
+LR_POLICIES = ("constant", "linear", "cosine")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """The fields every variant's config has: the training job and the LR schedule read them.
+
+    A variant's config subclasses this (a plain dataclass), overrides the defaults that differ
+    and adds its own hyper-parameters; every field is settable from the CLI with `--set key=value`.
+
+    - `lr`: base learning rate of every optimiser (the schedule multiplies it);
+    - `beta1`: Adam's first-moment decay (0.5 for the GANs, as in pix2pix/CycleGAN);
+    - `lr_policy`: `constant`, `linear` (constant, then linear to 0 from `decay_start` of the run,
+      the pix2pix/CycleGAN schedule) or `cosine` (NAFNet);
+    - `decay_start`: fraction of the run in [0, 1) after which `linear` decays;
+    - `batch_size`: samples per optimisation step PER WORKER (data-parallel: the global batch is
+      `batch_size x workers`);
+    - `image_size`: side in pixels of the square training crops (the job random-crops to it).
+    """
+
+    lr: float = 2e-4
+    beta1: float = 0.5
+    lr_policy: str = "constant"
+    decay_start: float = 0.5
+    batch_size: int = 1
+    image_size: int = 256
+
+    def validate(self) -> None:
+        """Raise ValueError for values no variant can train with; subclasses extend it."""
+        if self.lr_policy not in LR_POLICIES:
+            raise ValueError(f"lr_policy must be one of {', '.join(LR_POLICIES)}, got {self.lr_policy!r}")
+        if not 0 <= self.decay_start < 1:
+            raise ValueError(f"decay_start must be in [0, 1), got {self.decay_start}")
+        if not (self.lr > 0 and self.batch_size >= 1 and self.image_size >= 8):
+            raise ValueError("lr must be > 0, batch_size >= 1 and image_size >= 8")
+
+
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)

@@ -7,12 +7,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from translator.config import TrainConfig
 from translator.nets.dcgan import EncoderDecoder
 from translator.variants.base import Variant
 
 
 @dataclass
-class AutoencoderConfig:
+class AutoencoderConfig(TrainConfig):
     nf: int = 64  # filters of the first encoder conv (64-128-256-512)
     loss: str = "l2"  # l2 as in the article, or l1
     lr: float = 2e-4
@@ -22,6 +23,7 @@ class AutoencoderConfig:
     image_size: int = 64
 
     def validate(self):
+        super().validate()
         if self.loss not in ("l1", "l2"):
             raise ValueError("loss must be l1 or l2")
 

@@ -40,6 +40,32 @@ def lr_factor(policy: str, step: int, total: int | None, decay_start: float) -> 
 
 
 class Variant:
+    """The contract between a translator variant and everything that trains or serves it.
+
+    A variant is one file (see `autoencoder.py`, the smallest) that declares:
+
+    - `name`: its registry key (`translator.variants.VARIANTS`), also the `variant` tag in MLflow;
+    - `paired`: True -> batches are `{"input": x, "target": y}` (x degraded, y clean);
+      False -> unpaired batches `{"a": x, "b": y}` from the two domains. Every tensor is float32
+      NCHW, shape (batch_size, 3, image_size, image_size), values in [-1, 1];
+    - `Config`: a dataclass subclassing `translator.config.TrainConfig` (which brings `lr`, `beta1`,
+      `lr_policy`, `decay_start`, `batch_size`, `image_size`); `validate()` raises ValueError;
+    - `build_networks() -> {key: nn.Module}`: every network; the job DDP-wraps each one;
+    - `build_optimizers() -> {key: Optimizer}` over those networks' parameters;
+    - `train_step(batch) -> {loss_name: 0-dim tensor}`: ALL its updates for one step (e.g. D then
+      G), each through `self.optimize(opt_key, loss)`; a network used only as a fixed critic is
+      called through `self.frozen(key)` (DDP would wait for gradients that never come);
+    - `generator_key` (default "G"): the inference network, A->B; unpaired variants also set
+      `reverse_key`, the B->A generator. A generator maps (N, 3, H, W) in [-1, 1] to the same shape
+      and range; its optional attribute `multiple` says H and W must be multiples of it (tiled
+      inference pads for you).
+
+    The base class gives the rest once: device and AMP, the LR schedule (`set_total_steps`),
+    `training_step` (moves the batch, autocasts, counts steps, returns floats), `translate`,
+    and `state_dict()/load_state_dict()` (networks, optimisers, scaler, step) for checkpoints.
+    Source of the pattern: junyanz/pytorch-CycleGAN-and-pix2pix `BaseModel`.
+    """
+
     name: ClassVar[str] = ""
     paired: ClassVar[bool] = True  # paired batches {"input","target"}; unpaired {"a","b"}
     Config: ClassVar[type]
@@ -61,17 +87,22 @@ class Variant:
     # ---- construction -------------------------------------------------------------------
     @classmethod
     def from_config(cls, config: Any = None, **kwargs) -> Variant:
+        """Build from a `Config`, a dict of overrides (strings are coerced) or None (defaults).
+        Raises `ConfigError`/ValueError for unknown keys or invalid values."""
         if config is None or isinstance(config, dict):
             config = make_config(cls.Config, config)
         return cls(config, **kwargs)
 
     def build_networks(self) -> dict[str, nn.Module]:
+        """Every network of the variant, by key (built on CPU; moved to the device for you)."""
         raise NotImplementedError
 
     def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """One optimiser per update (e.g. "G", "D") over `self.nets`' parameters, at `config.lr`."""
         raise NotImplementedError
 
-    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """All updates of one step on a batch already on the device -> detached 0-dim losses."""
         raise NotImplementedError
 
     # ---- the interface jobs use -------------------------------------------------------------
@@ -159,6 +190,7 @@ class Variant:
 
     @torch.no_grad()
     def translate(self, x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+        """(N, 3, H, W) in [-1, 1] -> the generator's (or, `reverse`, the B->A one's) float32 output."""
         net = self.reverse_generator if reverse else self.generator
         with self.autocast():
             return net(x.to(self.device)).float()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from translator.config import TrainConfig
 from translator.losses import ImagePool, gan_loss
 from translator.nets.patchgan import PatchDiscriminator
 from translator.nets.resnet import ResnetGenerator
@@ -15,7 +16,7 @@ from translator.variants.base import Variant
 
 
 @dataclass
-class CycleGANConfig:
+class CycleGANConfig(TrainConfig):
     ngf: int = 64
     ndf: int = 64
     n_blocks: int = 9

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from translator.config import TrainConfig
 from translator.losses import gradient_penalty
 from translator.nets.patchgan import PatchDiscriminator
 from translator.nets.unet import UnetGenerator, unet_depth
@@ -16,7 +17,7 @@ from translator.variants.base import Variant
 
 
 @dataclass
-class DualGANConfig:
+class DualGANConfig(TrainConfig):
     netG: str = "unet_256"
     ngf: int = 64
     ndf: int = 64
@@ -35,6 +36,7 @@ class DualGANConfig:
     image_size: int = 256
 
     def validate(self):
+        super().validate()
         unet_depth(self.netG)
 
 

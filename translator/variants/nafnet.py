@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from translator.config import TrainConfig
 from translator.losses import psnr_loss
 from translator.nets.nafnet import NAFNet
 from translator.variants.base import Variant
@@ -23,7 +24,7 @@ PRESETS = {
 
 
 @dataclass
-class NAFNetConfig:
+class NAFNetConfig(TrainConfig):
     preset: str = "tiny"  # tiny | width32 | gopro; explicit sizes below override it
     width: int | None = None
     enc_blocks: list[int] | None = None
@@ -39,6 +40,7 @@ class NAFNetConfig:
     image_size: int = 64
 
     def validate(self):
+        super().validate()
         if self.preset not in PRESETS:
             raise ValueError(f"unknown nafnet preset {self.preset!r}: use {', '.join(PRESETS)}")
         if self.loss not in ("l1", "psnr"):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from translator.config import TrainConfig
 from translator.losses import gan_loss
 from translator.nets.patchgan import PatchDiscriminator
 from translator.nets.unet import UnetGenerator, unet_depth
@@ -15,7 +16,7 @@ from translator.variants.base import Variant
 
 
 @dataclass
-class Pix2PixConfig:
+class Pix2PixConfig(TrainConfig):
     netG: str = "unet_256"  # unet_256 | unet_128 | unet_64 | unet_32
     ngf: int = 64
     ndf: int = 64
@@ -32,6 +33,7 @@ class Pix2PixConfig:
     image_size: int = 256
 
     def validate(self):
+        super().validate()
         unet_depth(self.netG)
 
 
