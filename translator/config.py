@@ -31,6 +31,9 @@ class TrainConfig:
     - `batch_size`: samples per optimisation step PER WORKER (data-parallel: the global batch is
       `batch_size x workers`);
     - `image_size`: side in pixels of the square training crops (the job random-crops to it).
+
+    The defaults are the pix2pix/CycleGAN papers' (Adam 2e-4, beta1 0.5, batch 1, 256 px crops);
+    a variant's config restates only what differs.
     """
 
     lr: float = 2e-4

@@ -16,9 +16,6 @@ from translator.variants.base import Variant
 class AutoencoderConfig(TrainConfig):
     nf: int = 64  # filters of the first encoder conv (64-128-256-512)
     loss: str = "l2"  # l2 as in the article, or l1
-    lr: float = 2e-4
-    beta1: float = 0.5
-    lr_policy: str = "constant"
     batch_size: int = 64
     image_size: int = 64
 

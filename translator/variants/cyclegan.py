@@ -27,12 +27,7 @@ class CycleGANConfig(TrainConfig):
     lambda_b: float = 10.0
     lambda_identity: float = 0.5
     pool_size: int = 50
-    lr: float = 2e-4
-    beta1: float = 0.5
     lr_policy: str = "linear"
-    decay_start: float = 0.5
-    batch_size: int = 1
-    image_size: int = 256
 
 
 class CycleGAN(Variant):

@@ -31,9 +31,6 @@ class DualGANConfig(TrainConfig):
     lambda_a: float = 500.0
     lambda_b: float = 500.0
     lr: float = 5e-5
-    lr_policy: str = "constant"
-    batch_size: int = 1
-    image_size: int = 256
 
     def validate(self):
         super().validate()

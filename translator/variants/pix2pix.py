@@ -25,12 +25,7 @@ class Pix2PixConfig(TrainConfig):
     dropout: bool = True
     gan_mode: str = "vanilla"
     lambda_l1: float = 100.0
-    lr: float = 2e-4
-    beta1: float = 0.5
     lr_policy: str = "linear"
-    decay_start: float = 0.5
-    batch_size: int = 1
-    image_size: int = 256
 
     def validate(self):
         super().validate()
