@@ -114,9 +114,10 @@ def events(before: Snapshot | None, now: Snapshot) -> list[str]:
         out.append(f"worker group restarted (start {now.starts}); {where}")
     elif now.starts == 1 and before.starts == 0 and now.restored not in (None, "none"):
         out.append(f"resumed from the checkpoint at step {now.restored}")
-    if now.phase != before.phase and now.phase in ("training", "registering"):
-        out.append({"training": "workers started: training", "registering": "training done: registering the model"}
-                   [now.phase])
+    phases = {"starting": "job started: starting the workers", "training": "workers started: training",
+              "registering": "training done: registering the model"}
+    if now.phase != before.phase and now.phase in phases:
+        out.append(phases[now.phase])
     return out
 
 

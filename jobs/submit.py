@@ -134,7 +134,10 @@ def runtime_env(settings: Settings) -> dict:
     root = Path(__file__).resolve().parent.parent
     env = {"IMG2IMG_S3_ENDPOINT": settings.s3_endpoint, "IMG2IMG_S3_SECURE": str(settings.s3_secure).lower(),
            "IMG2IMG_BUCKET": settings.bucket, "IMG2IMG_MLFLOW_URI": settings.mlflow_uri,
-           "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1",
+           # Ray Train's own actors (PlacementGroupCleaner) query the state API with no address;
+           # without this they scan the machine and fail when another Ray runs beside ours.
+           "RAY_API_SERVER_ADDRESS": settings.ray_address}
     return {"py_modules": [str(root / p) for p in PACKAGES], "env_vars": env}
 
 

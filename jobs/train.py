@@ -145,7 +145,7 @@ def run(spec: TrainSpec, settings: Settings | None = None):
     mlflow.set_tracking_uri(settings.mlflow_uri)
     run_id = spec.run_id
     resume_from = check_resume(spec, settings, plan)
-    _set_phase(settings, run_id, "training")
+    _set_phase(settings, run_id, "starting")  # rank 0 sets "training" once the workers run
     datasets = datasets_for(spec, manifest, settings, cfg.image_size)
     split = [k for k in datasets if k.startswith("train") or plan.split_val]
     trainer = TorchTrainer(

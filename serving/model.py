@@ -56,6 +56,26 @@ def resolve(tracking_uri: str, model: str) -> tuple[str, str]:
                            f"{str(e).splitlines()[0][:200]}") from None
 
 
+def _load_generator(uri: str, device: str):
+    """mlflow.pytorch.load_model into a temp dir that is removed once the network is in memory
+    (left to itself, mlflow leaves a full copy of the model in the temp dir on every load).
+    The model's pickled code paths are already importable here (`translator`), so dropping
+    the copy and its sys.path entry is safe."""
+    import sys
+    import tempfile
+
+    import mlflow.pytorch
+
+    import translator  # noqa: F401  (imported from our code, never from the model's copy)
+
+    with tempfile.TemporaryDirectory(prefix="img2img-model-") as tmp:
+        path_before = list(sys.path)
+        try:
+            return mlflow.pytorch.load_model(uri, dst_path=tmp, map_location=device).eval()
+        finally:
+            sys.path[:] = [p for p in sys.path if not p.startswith(tmp)] or path_before
+
+
 def load(tracking_uri: str, name: str, version: str, device: str | None = None) -> LoadedModel:
     import mlflow
     import mlflow.pytorch
@@ -64,7 +84,7 @@ def load(tracking_uri: str, name: str, version: str, device: str | None = None) 
     mlflow.set_tracking_uri(tracking_uri)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     mv = MlflowClient(tracking_uri).get_model_version(name, version)
-    generator = mlflow.pytorch.load_model(f"models:/{name}/{version}", map_location=device).eval()
+    generator = _load_generator(f"models:/{name}/{version}", device)
     tags = dict(mv.tags or {})
     metrics = {k: float(v) for k, v in tags.items() if k.startswith("val_")}
     return LoadedModel(generator, name, str(version), tags.get("variant", "unknown"),
