@@ -68,12 +68,16 @@ def train(
         console.print(f"Follow it with: img2img jobs status {out['job_id']} --follow", highlight=False)
         return
     client = job_client(settings)
-    if verbose:
-        status = wait(client, out["job_id"], follow=True)
-        message = ""
-    else:
-        snap = follow_progress(client, settings, out["job_id"], out["run_id"])
-        status, message = snap.status, snap.message
+    try:
+        if verbose:
+            status, message = wait(client, out["job_id"], follow=True), ""
+        else:
+            snap = follow_progress(client, settings, out["job_id"], out["run_id"])
+            status, message = snap.status, snap.message
+    except KeyboardInterrupt:
+        console.print(f"\nStopped following; the job keeps running. Stop it with: img2img jobs stop {out['job_id']}",
+                      highlight=False)
+        raise typer.Exit(130) from None
     if status != "SUCCEEDED":
         reason = f": {message.strip().splitlines()[-1][:300]}" if message and message.strip() else ""
         raise Img2ImgError(f"job {out['job_id']} {status}{reason}; see `img2img jobs logs {out['job_id']}`")
