@@ -12,7 +12,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from jobs.tracking import TAG_PHASE, TAG_RESTORED, TAG_STARTS, TAG_TIME_BUDGET, TAG_TOTAL_STEPS
+from jobs.tracking import (
+    TAG_PHASE,
+    TAG_RESTORED,
+    TAG_STARTS,
+    TAG_TIME_BUDGET,
+    TAG_TOTAL_STEPS,
+    TAG_TRAINING_SINCE,
+)
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 LOSS_KEYS = ("train_loss", "train_loss_G_L1", "train_loss_cycle", "train_loss_G_GAN")
@@ -95,8 +102,8 @@ def read(tracking_uri: str, run_id: str, status: str = "RUNNING", message: str =
     if snap.total_steps and rate and snap.step > rate[1]:
         steps_per_s = (snap.step - rate[1]) / max(time.time() - rate[0], 1e-9)
         snap.eta_s = (snap.total_steps - snap.step) / steps_per_s
-    if budget is not None:
-        left = max(budget - snap.elapsed_s, 0.0)
+    if budget is not None and TAG_TRAINING_SINCE in tags:
+        left = max(budget - (time.time() - float(tags[TAG_TRAINING_SINCE])), 0.0)
         snap.eta_s = left if snap.eta_s is None else min(snap.eta_s, left)
     snap.extra = {k: v for k, v in m.items() if k in ("steps_run", "epochs_run", "samples_run", "time_fit_s",
                                                        "time_job_s", "time_bookkeeping_s", "time_train_s")}

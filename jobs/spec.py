@@ -20,7 +20,7 @@ class TrainSpec:
     cpus_per_worker: float = 1.0
     epochs: int = 10
     max_steps: int | None = None
-    time_budget_s: float | None = None  # stop at the first epoch end past this (demo, benchmarks)
+    time_budget_s: float | None = None  # seconds of training (from the workers' start); stops at the next step
     batch_size: int | None = None  # per worker; default from the variant config
     image_size: int | None = None  # training crop; default from the variant config
     lr: float | None = None

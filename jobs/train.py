@@ -152,7 +152,7 @@ def run(spec: TrainSpec, settings: Settings | None = None):
         train_loop_per_worker,
         train_loop_config={"spec": json.loads(spec.to_json()), "variant_config": cfg.__dict__, "paired": paired,
                            "plan": plan.to_dict(), "cadence": dataclasses.asdict(cadence),
-                           "tracking_uri": settings.mlflow_uri, "resume_path": resume_from, "started_at": started},
+                           "tracking_uri": settings.mlflow_uri, "resume_path": resume_from},
         scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=spec.use_gpu,
                                      resources_per_worker={"CPU": spec.cpus_per_worker}),
         run_config=RunConfig(

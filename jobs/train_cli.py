@@ -22,7 +22,8 @@ def train(
     cpus_per_worker: float = typer.Option(1.0, help="CPUs reserved per worker (fractions allowed)"),
     epochs: int = typer.Option(10, help="passes over the training split"),
     max_steps: int = typer.Option(None, help="stop after this many optimiser steps"),
-    time_budget: float = typer.Option(None, help="stop at the first epoch end after this many seconds"),
+    time_budget: float = typer.Option(None, help="stop after this many seconds of training (then validate, "
+                                      "checkpoint and register)"),
     batch_size: int = typer.Option(None, help="per-worker batch size (default: the variant's)"),
     image_size: int = typer.Option(None, help="training crop size (default: the variant's)"),
     lr: float = typer.Option(None, help="learning rate (default: the variant's)"),

@@ -197,7 +197,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     DDP needs it), validating and checkpointing at the cadence and once at the end.
 
     cfg: {"spec": TrainSpec dict, "plan": TrainPlan dict, "cadence": Cadence dict, "paired",
-    "variant_config", "tracking_uri", "resume_path", "started_at" (job start, epoch seconds)}.
+    "variant_config", "tracking_uri", "resume_path"}.
     """
     import ray.train
     import ray.train.torch
@@ -230,7 +230,8 @@ def train_loop_per_worker(cfg: dict) -> None:
     if logger:
         record_start(logger, variant.step if checkpoint else None)
     batch_size, samples_per_step = variant.config.batch_size, plan["batch_size"] * world
-    deadline = cfg["started_at"] + spec["time_budget_s"] if spec.get("time_budget_s") else None
+    # --time-budget counts training time, from when the workers start (not the job's start-up).
+    deadline = time.time() + spec["time_budget_s"] if spec.get("time_budget_s") else None
     t_train = t_book = 0.0
     last_book = last_log = time.time()
     window_t, window_steps = time.time(), 0
