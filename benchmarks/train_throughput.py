@@ -81,20 +81,20 @@ def bookkeeping_share(settings, dataset: str, cadence: str, steps: int = BOOKKEE
             "fit": m["time_fit_s"], "job": m["time_job_s"]}
 
 
-def bookkeeping(settings, dataset: str = "bench-paired") -> None:
+def bookkeeping(settings, dataset: str = "bench-paired", steps: int = BOOKKEEPING_STEPS) -> None:
     """Issue 12.3: the share of a job spent validating/checkpointing, before (every epoch, the
     old behaviour) and after (the default cadence)."""
     from jobs.plan import DEFAULT_CADENCE_S
 
     rows = []
     for label, cadence in (("before: every epoch", "epoch"), (f"after: auto ({DEFAULT_CADENCE_S:.0f} s)", "auto")):
-        r = bookkeeping_share(settings, dataset, cadence)
+        r = bookkeeping_share(settings, dataset, cadence, steps)
         rows.append([label, r["steps"], r["validations"], r["book"], r["fit"], r["job"],
                      f"{100 * r['book'] / r['fit']:.1f}%", f"{100 * (r['job'] - r['train']) / r['job']:.1f}%"])
     report("train_bookkeeping", "Bookkeeping share of a training job (autoencoder, 2 workers, 64 px, CPU)",
            ["cadence", "steps", "validations+checkpoints", "bookkeeping s", "fit s", "job s",
             "bookkeeping / fit", "everything but steps / job"], rows,
-           notes=f"{BOOKKEEPING_STEPS} steps of batch 16 per worker on bench-paired; timings are the job's own "
+           notes=f"{steps} steps of batch 16 per worker on bench-paired; timings are the job's own "
                  "MLflow metrics (time_bookkeeping_s, time_train_s, time_fit_s, time_job_s).")
 
 
@@ -124,7 +124,8 @@ def main() -> None:
                 Image.open(f.location).convert("RGB").save(root / ("trainA" if i % 2 else "trainB") / f"{i}.png")
             ingest(str(root), IngestOptions(name=name, kind="unaligned", size=64, crops=16), settings)
     if "--bookkeeping" in sys.argv:
-        bookkeeping(settings)
+        bookkeeping(settings, steps=int(sys.argv[sys.argv.index("--steps") + 1]) if "--steps" in sys.argv
+                    else BOOKKEEPING_STEPS)
         return
     rows = []
     for variant, case in CASES.items():

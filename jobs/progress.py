@@ -50,6 +50,7 @@ class Snapshot:
     starts: int = 0
     restored: str | None = None
     message: str = ""
+    error: str | None = None  # the job's own one-line reason when it failed (MLflow tag `error`)
     extra: dict = field(default_factory=dict)
 
     def line(self) -> str:
@@ -98,6 +99,7 @@ def read(tracking_uri: str, run_id: str, status: str = "RUNNING", message: str =
     snap.elapsed_s = max(0.0, end - run.info.start_time / 1000) if run.info.start_time else 0.0
     snap.starts = int(tags.get(TAG_STARTS, "0"))
     snap.restored = tags.get(TAG_RESTORED)
+    snap.error = tags.get("error")
     budget = float(tags[TAG_TIME_BUDGET]) if TAG_TIME_BUDGET in tags else None
     if snap.total_steps and rate and snap.step > rate[1]:
         steps_per_s = (snap.step - rate[1]) / max(time.time() - rate[0], 1e-9)

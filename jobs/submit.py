@@ -203,11 +203,11 @@ def wait(client, job_id: str, follow: bool, echo=None) -> str:
 
 def follow_progress(client, settings: Settings, job_id: str, run_id: str, say=None, live: bool | None = None):
     """The live progress display of a job until it ends (see jobs.progress). -> last Snapshot."""
-    from jobs.progress import follow
+    from jobs.progress import follow, strip_ansi
 
     def job_status() -> tuple[str, str]:
         info = client.get_job_info(job_id)
-        return str(info.status).split(".")[-1], info.message or ""
+        return str(info.status).split(".")[-1], strip_ansi(info.message or "")
 
     return follow(settings.mlflow_uri, run_id, job_status, say=say, live=live)
 
@@ -243,7 +243,12 @@ def job_info(client, job_id: str) -> dict:
         info = client.get_job_info(job_id)
     except Exception:
         raise Img2ImgError(f"no job {job_id!r} on this cluster (see `img2img jobs ls`)") from None
-    return {"job_id": job_id, "status": str(info.status).split(".")[-1], "message": info.message,
+    from jobs.progress import strip_ansi
+
+    # Ray's message on failure embeds 20,000 characters of coloured log: keep its last lines.
+    lines = [ln for ln in strip_ansi(info.message or "").splitlines() if ln.strip()]
+    message = lines[0] if len(lines) <= 1 else "\n".join([lines[0].split(",")[0] + ":", *lines[-3:]])
+    return {"job_id": job_id, "status": str(info.status).split(".")[-1], "message": message,
             **(info.metadata or {})}
 
 
@@ -256,6 +261,8 @@ def job_summary(client, settings: Settings, job_id: str) -> dict:
         try:
             snap = read(settings.mlflow_uri, info["run_id"], info["status"], info.get("message") or "")
             info["progress"] = snap.line()
+            if snap.error:
+                info["error"] = snap.error
             for k, v in snap.extra.items():
                 info[k] = round(v, 2)
         except Exception:

@@ -211,17 +211,21 @@ def run(spec: TrainSpec, settings: Settings | None = None):
 
 
 def _root_cause(e: BaseException) -> str:
-    """The innermost error's first line (Ray wraps worker errors in several layers)."""
-    seen = e
-    while seen.__cause__ is not None or getattr(seen, "error", None) is not None:
-        nxt = seen.__cause__ or getattr(seen, "error", None)
-        if not isinstance(nxt, BaseException) or nxt is seen:
+    """`ExcType: message` of the innermost error Ray wraps (a worker's or the controller's),
+    one line, e.g. `EmptyShardError: worker 0 got no rows ...`."""
+    import re
+
+    inner: BaseException = e
+    for _ in range(5):
+        failures = getattr(inner, "worker_failures", None)
+        nxt = (next(iter(failures.values()), None) if failures else None) or getattr(inner, "controller_failure", None)
+        nxt = nxt or inner.__cause__
+        if not isinstance(nxt, BaseException) or nxt is inner:
             break
-        seen = nxt
-    text = str(seen).strip().splitlines()
-    lines = [ln for ln in text if ln.strip()]
-    msg = next((ln for ln in reversed(lines) if "Error" in ln or "error" in ln), lines[-1] if lines else "")
-    return msg.strip()[:400] or type(seen).__name__
+        inner = nxt
+    matches = re.findall(r"^\s*([\w.]*(?:Error|Exception|Exit)\b:? .*)$", str(inner), flags=re.M)
+    line = matches[-1] if matches else f"{type(inner).__name__}: {str(inner).strip().splitlines()[0] if str(inner).strip() else ''}"
+    return line.strip()[:400]
 
 
 def _set_phase(settings: Settings, run_id: str | None, phase: str) -> None:

@@ -74,7 +74,7 @@ def train(
             status, message = wait(client, out["job_id"], follow=True), ""
         else:
             snap = follow_progress(client, settings, out["job_id"], out["run_id"])
-            status, message = snap.status, snap.message
+            status, message = snap.status, snap.error or snap.message
     except KeyboardInterrupt:
         console.print(f"\nStopped following; the job keeps running. Stop it with: img2img jobs stop {out['job_id']}",
                       highlight=False)
