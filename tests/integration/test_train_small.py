@@ -115,7 +115,7 @@ def test_plans_for_1_3_13_rows_and_3_vs_40(stack, small_sets):
      "dataset 'rows-1' has 1 training rows but --workers 2 needs at least one per worker; use --workers 1"),
     (["--dataset", "a3-b40", "--variant", "cyclegan", "--workers", "4"],
      "has 3 training images in domain A but --workers 4 needs at least one per worker; use --workers 3"),
-    (["--dataset", "rows-3", "--workers", "100"], "= 100 CPUs, but the cluster at"),
+    (["--dataset", "rows-13", "--workers", "9"], "--workers 9 x --cpus-per-worker 1 = 9 CPUs, but the cluster at"),
     (["--dataset", "rows-3", "--resume", "nosuchrun"], "run 'nosuchrun' has no checkpoint to resume from"),
     (["--dataset", "rows-3", "--checkpoint-every", "often"], "--checkpoint-every 'often' is not a cadence"),
     (["--dataset", "rows-3", "--time-budget", "0"], "--time-budget must be a positive number"),
@@ -148,6 +148,11 @@ def test_3_rows_1_val_row_2_workers_trains_what_it_reports_with_live_progress(st
                      r"input\)", out), out[-2000:]
     assert "\x1b[" not in out and "Execution plan" not in out and "TrainingReport" not in out
     run_id = re.search(r"runs/([0-9a-f]{32})", out)[1]
+    job_id = re.search(r"Submitted job (raysubmit_\w+)", out)[1]
+    logs = cli("jobs", "logs", job_id).output
+    assert "jobs.train" in logs and "\x1b[" not in logs  # raw logs stay available, without colour codes
+    # other stacks run on this machine: the job must talk to its own cluster only
+    assert "Found multiple active Ray instances" not in logs
     ml = MlflowClient(stack.mlflow_uri)
     run = ml.get_run(run_id)
     assert run.info.status == "FINISHED"
