@@ -14,6 +14,7 @@ from jobs.spec import TrainSpec
 
 PACKAGES = ("cluster", "jobs", "translator", "serving")
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+WORKER_START_TIMEOUT_S = 120
 
 
 def _reachable(url: str, headers: dict | None = None) -> bool:
@@ -137,7 +138,10 @@ def runtime_env(settings: Settings) -> dict:
            "PYTHONUNBUFFERED": "1",
            # Ray Train's own actors (PlacementGroupCleaner) query the state API with no address;
            # without this they scan the machine and fail when another Ray runs beside ours.
-           "RAY_API_SERVER_ADDRESS": settings.ray_address}
+           "RAY_API_SERVER_ADDRESS": settings.ray_address,
+           # Starting the worker group may take this long (a busy small machine needs over a
+           # minute); the job retries it twice (see jobs.train), then fails with Ray's reason.
+           "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(WORKER_START_TIMEOUT_S)}
     return {"py_modules": [str(root / p) for p in PACKAGES], "env_vars": env}
 
 
