@@ -95,7 +95,7 @@ def read(tracking_uri: str, run_id: str, status: str = "RUNNING", message: str =
         snap.loss, snap.loss_name = m[loss_key], loss_key.removeprefix("train_")
     snap.val_psnr, snap.val_gain_db = m.get("val_psnr"), m.get("val_gain_db")
     snap.samples_per_s = m.get("samples_per_s")
-    end = (run.info.end_time or 0) / 1000 if status in TERMINAL else time.time()
+    end = run.info.end_time / 1000 if status in TERMINAL and run.info.end_time else time.time()
     snap.elapsed_s = max(0.0, end - run.info.start_time / 1000) if run.info.start_time else 0.0
     snap.starts = int(tags.get(TAG_STARTS, "0"))
     snap.restored = tags.get(TAG_RESTORED)
