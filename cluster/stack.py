@@ -234,13 +234,20 @@ class Stack:
                "--object-store-memory=1500000000", *self._worker_port_range()]
         env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
         env.update(self._service_env())
-        proc = self._spawn("ray", cmd, env)
-        try:
-            rc = proc.wait(timeout=180)
-        except subprocess.TimeoutExpired:
-            raise Img2ImgError(f"`ray start` hung; last log lines:\n{self.tail('ray', 15)}") from None
-        if rc != 0:
-            raise Img2ImgError(f"`ray start` failed (exit {rc}); last log lines:\n{self.tail('ray', 15)}")
+        for attempt in (1, 2):
+            proc = self._spawn("ray", cmd, env)
+            try:
+                rc = proc.wait(timeout=180)
+            except subprocess.TimeoutExpired:
+                raise Img2ImgError(f"`ray start` hung; last log lines:\n{self.tail('ray', 15)}") from None
+            if rc == 0:
+                return
+            # On an overloaded machine the raylet can give up waiting for its dashboard agent
+            # ("node timed out during startup"): clear what this attempt left and try once more.
+            self._terminate(self._ray_processes())
+            if attempt == 2 or "timed out during startup" not in self.tail("ray", 30):
+                raise Img2ImgError(f"`ray start` failed (exit {rc}); last log lines:\n{self.tail('ray', 15)}")
+            log.warning("`ray start` timed out during startup; retrying once")
 
     def _worker_port_range(self) -> list[str]:
         """A worker port block per stack (Ray's default 10002-19999 clashes with the ports the
