@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -128,3 +130,43 @@ def print_json(data: Any) -> None:
 def records(keys: Sequence[str], rows: Sequence[Sequence]) -> list[dict[str, Any]]:
     """Rows -> list of dicts with the given stable keys (for `--json`)."""
     return [dict(zip(keys, r)) for r in rows]
+
+
+# ---- output paths: checked before any work starts ------------------------------------------
+def _writable_folder(folder: Path, what: str) -> None:
+    if not folder.exists():
+        raise Img2ImgError(f"{what}: folder {folder} does not exist; create it first or choose another path")
+    if not folder.is_dir():
+        raise Img2ImgError(f"{what}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise Img2ImgError(f"{what}: folder {folder} is not writable; choose another path")
+
+
+def check_output_file(path, what: str, suffixes: Sequence[str] = ()) -> None:
+    """Raise Img2ImgError unless `path` can be written: its folder exists and is writable, it is
+    not a folder, and (if `suffixes` are given) its suffix is one of them."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise Img2ImgError(f"{what}: {path} is a folder; give a file name such as {path / 'preview.png'}")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise Img2ImgError(f"{what}: {path.name} must end in {' or '.join(suffixes)}")
+    _writable_folder(path.parent, what)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise Img2ImgError(f"{what}: {path} exists and is not writable")
+
+
+def check_output_dir(path, what: str) -> None:
+    """Raise Img2ImgError unless `path` is (or can be created as) a writable folder: the nearest
+    existing ancestor must be a writable folder."""
+    path = Path(path).expanduser()
+    if path.exists():
+        _writable_folder(path, what)
+        return
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise Img2ImgError(f"{what}: cannot create {path}: {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise Img2ImgError(f"{what}: cannot create {path}: folder {parent} is not writable")
+
