@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cluster.cli_utils import console, handle_errors, table
+from cluster.cli_utils import console, handle_errors, json_option, print_json, print_table, records
 from cluster.errors import Img2ImgError
 from cluster.settings import get_settings
 from translator.catalog import DEFAULT_VARIANT, variant_names
@@ -66,28 +66,36 @@ def train(
 
 @jobs_app.command("ls")
 @handle_errors
-def ls():
+def ls(as_json: bool = json_option()):
     """List training jobs: id, status, variant, dataset, started, duration.
 
-    Example: `img2img jobs ls`
+    Example: `img2img jobs ls --json`
     """
     from jobs.submit import job_client, job_rows
 
     rows = job_rows(job_client(get_settings()))
-    console.print(table("training jobs", ["id", "status", "variant", "dataset", "started", "duration"], rows))
+    columns = ["id", "status", "variant", "dataset", "started", "duration"]
+    if as_json:
+        print_json(records(columns, rows))
+        return
+    print_table("training jobs", columns, rows, ids=["id", "status", "variant", "dataset"])
 
 
 @jobs_app.command()
 @handle_errors
-def status(job_id: str):
+def status(job_id: str, as_json: bool = json_option()):
     """Show one job's status, message and MLflow run.
 
-    Example: `img2img jobs status raysubmit_abc123`
+    Example: `img2img jobs status raysubmit_abc123 --json`
     """
     from jobs.submit import job_client, job_info
 
-    for k, v in job_info(job_client(get_settings()), job_id).items():
-        console.print(f"{k:>10}: {v}", markup=False)
+    info = job_info(job_client(get_settings()), job_id)
+    if as_json:
+        print_json(info)
+        return
+    for k, v in info.items():
+        console.print(f"{k:>10}: {v}", markup=False, highlight=False)
 
 
 @jobs_app.command()

@@ -69,6 +69,12 @@ def _any_worker(flag: bool, world: int) -> bool:
     return bool(t.item())
 
 
+# Column captions of the MLflow sample grids: unpaired rows come from domain A (then B), each
+# translated to the other domain and back (cycle consistency).
+SAMPLE_LABELS = {"paired": ["input", "output", "target"],
+                 "unpaired": ["input (A or B)", "translated", "translated back"]}
+
+
 @torch.no_grad()
 def validate(variant, paired: bool, world: int, max_samples: int = 4):
     """Mean PSNR/SSIM over this worker's val shard, summed across workers, plus sample rows."""
@@ -100,8 +106,9 @@ def validate(variant, paired: bool, world: int, max_samples: int = 4):
             sums["psnr"] += float(psnr(to_unit(out), ref).sum())
             sums["ssim"] += float(ssim(to_unit(out), ref).sum())
             sums["n"] += 1
-            if len(samples) < max_samples:
-                samples.append([images.to_pil(x), images.to_pil(out), images.to_pil(y)])
+            if len(samples) < max_samples:  # columns: see SAMPLE_LABELS
+                row = [x, out, y] if paired else [x, y, out]
+                samples.append([images.to_pil(t) for t in row])
     total = _all_reduce(sums, world)
     n = max(total["n"], 1.0)
     metrics = {"val_psnr": total["psnr"] / n, "val_ssim": total["ssim"] / n}
@@ -185,7 +192,8 @@ def train_loop_per_worker(cfg: dict) -> None:
         if logger:
             logger.metrics({k: v for k, v in metrics.items() if k not in ("epoch", "step")}, variant.step)
             if samples:
-                logger.image(images.grid(samples), f"samples/epoch_{epoch:03d}.png")
+                labels = SAMPLE_LABELS["paired" if paired else "unpaired"]
+                logger.image(images.grid(samples, labels=labels), f"samples/epoch_{epoch:03d}.png")
         ckpt = _save_checkpoint(variant, epoch, metrics, spec) if rank == 0 else None
         ray.train.report(metrics, checkpoint=ckpt)
         done = bool(spec.get("max_steps") and variant.step >= spec["max_steps"])

@@ -87,7 +87,7 @@ def grid(rows: list[list[Image.Image]], pad: int = 4, labels: list[str] | None =
     if labels and any(labels):
         header = max(font.getbbox(t)[3] for t in labels if t) + pad
         for c, text in enumerate(labels[:ncols]):  # a caption never runs into the next column
-            widths[c] = max(widths[c], int(font.getlength(text)) if text else 0)
+            widths[c] = max(widths[c], int(font.getlength(text)) + pad if text else 0)
     w = sum(widths) + pad * (ncols + 1)
     canvas = Image.new("RGB", (w, header + sum(heights) + pad * (len(rows) + 1)), "white")
     draw = ImageDraw.Draw(canvas)
