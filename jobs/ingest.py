@@ -69,11 +69,13 @@ class IngestOptions:
         if self.direction not in ("AtoB", "BtoA"):
             raise Img2ImgError("--direction must be AtoB or BtoA")
         if not 0 <= self.val_fraction < 1:
-            raise Img2ImgError("--val-fraction must be in [0, 1)")
-        if self.copies < 1 or self.shard_rows < 1 or self.crops < 0:
-            raise Img2ImgError("--copies and --shard-rows must be >= 1, --crops >= 0")
+            raise Img2ImgError(f"--val-fraction must be at least 0 and below 1 (got {self.val_fraction})")
+        for flag, value, low in (("--copies", self.copies, 1), ("--shard-rows", self.shard_rows, 1),
+                                 ("--crops", self.crops, 0)):
+            if value < low:
+                raise Img2ImgError(f"{flag} must be at least {low} (got {value})")
         if self.size is not None and self.size < 8:
-            raise Img2ImgError("--size must be at least 8 pixels")
+            raise Img2ImgError(f"--size must be at least 8 pixels, or 0 to keep the size (got {self.size})")
         if not NAME_RULE.fullmatch(self.name or ""):
             raise Img2ImgError(f"bad dataset name {self.name!r}: use 1-64 letters, digits, '.', '_' or '-', "
                                "starting with a letter or digit")

@@ -188,7 +188,7 @@ def job_info(client, job_id: str) -> dict:
     try:
         info = client.get_job_info(job_id)
     except Exception:
-        raise Img2ImgError(f"no job {job_id!r} on this cluster (see `img2img jobs ls`)") from None
+        raise Img2ImgError(f"no job {job_id!r} on this cluster; list them with: img2img jobs ls") from None
     return {"job_id": job_id, "status": str(info.status).split(".")[-1], "message": info.message,
             **(info.metadata or {})}
 
