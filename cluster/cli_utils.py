@@ -98,7 +98,7 @@ def _needed_width(columns: list[str], cells: list[list[str]], ids: set[str]) -> 
             total += max(_plain_len(v) for v in values) + 2
         else:
             words = [w for v in values for w in Text.from_markup(v).plain.split()]
-            total += min(max((len(w) for w in words), default=1), 16) + 2
+            total += min(max((len(w) for w in words), default=1), 10) + 2
     return total
 
 
