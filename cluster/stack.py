@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import re
 import secrets
 import signal
@@ -193,16 +194,32 @@ class Stack:
         _write_secret(self.root / "s3-identities.json", json.dumps(identities))
         (data / "mini.options").unlink(missing_ok=True)  # it would re-apply an old start's flags
         p = self._ports(state, ["master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc",
-                                "s3_grpc", "admin", "admin_grpc"])
+                                "s3_grpc"])
+        p["admin"] = self._admin_port(state)
         cmd = [str(BIN / "weed"), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                f"-s3.port={self.settings.port_of(self.settings.s3_hostport)}", f"-s3.port.grpc={p['s3_grpc']}",
                f"-s3.config={self.root / 's3-identities.json'}", f"-master.port={p['master']}",
                f"-master.port.grpc={p['master_grpc']}", f"-volume.port={p['volume']}",
                f"-volume.port.grpc={p['volume_grpc']}", f"-filer.port={p['filer']}",
                f"-filer.port.grpc={p['filer_grpc']}", f"-admin.port={p['admin']}",
-               f"-admin.port.grpc={p['admin_grpc']}", "-master.telemetry=false", "-webdav=false",
+               "-master.telemetry=false", "-webdav=false",
                "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0"]
         return self._spawn("s3", cmd, {}).pid
+
+    def _admin_port(self, state: dict) -> int:
+        """The admin port of `weed mini`, such that admin + 10000 is free too: its maintenance
+        worker dials the admin's gRPC at that offset whatever -admin.port.grpc says, and logs
+        'connection refused' every few seconds when nothing listens there."""
+        ports = state.setdefault("ports", {})
+        port = ports.get("admin")
+        rng = random.Random()
+        for _ in range(200):
+            if port and port + 10000 <= 65535 and port_free(port) and port_free(port + 10000):
+                ports["admin"] = port
+                ports.pop("admin_grpc", None)
+                return port
+            port = rng.randrange(33000, 55000)
+        raise Img2ImgError("no free pair of ports (P, P+10000) for the S3 store's admin service")
 
     def _start_mlflow(self) -> int:
         access, secret = self.settings.s3_keys()

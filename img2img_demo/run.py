@@ -125,7 +125,8 @@ def enhance_held_out(settings: Settings, dataset: str, result: DemoResult, say) 
         ep, es = _score(enhanced, clean)
         result.rows.append({"photo": path.name, "blurred_psnr": bp, "enhanced_psnr": ep, "blurred_ssim": bs,
                             "enhanced_ssim": es})
-        grid = images.grid([[images.from_array(blurred), images.from_array(enhanced), images.from_array(clean)]])
+        grid = images.grid([[images.from_array(blurred), images.from_array(enhanced), images.from_array(clean)]],
+                           labels=["blurred (input)", "enhanced (output)", "original (target)"])
         tmp = result.out_dir / f".{path.stem}.png"
         grid.save(tmp, "PNG")
         tmp.replace(result.out_dir / f"{path.stem}.png")

@@ -23,7 +23,7 @@ from cluster.storage import Storage, arrow_filesystem
 from jobs.manifest import Manifest, read_manifest
 from jobs.plan import Cadence, TrainPlan, make_plan
 from jobs.spec import TrainSpec
-from translator.variants import get_variant
+from translator.variants import VARIANTS, get_variant
 
 log = logging.getLogger("img2img.train")
 METRIC = "val_psnr"
@@ -33,8 +33,10 @@ def check_dataset(spec: TrainSpec, storage: Storage) -> Manifest:
     manifest = read_manifest(storage, spec.dataset)
     paired = get_variant(spec.variant).paired
     if paired != (manifest.kind == "paired"):
-        want = "paired (input/target)" if paired else "unpaired (two domains)"
-        raise Img2ImgError(f"variant {spec.variant!r} needs a {want} dataset, but {spec.dataset!r} is {manifest.kind}")
+        want = "a paired dataset (input/target)" if paired else "an unpaired dataset (two domains, --kind unaligned)"
+        other = " or ".join(n for n, v in VARIANTS.items() if v.paired == (manifest.kind == "paired"))
+        raise Img2ImgError(f"variant {spec.variant!r} trains on {want}, but {spec.dataset!r} is {manifest.kind}; "
+                           f"use {other} with it, or another dataset")
     if "train" not in manifest.splits or not manifest.counts.get("train"):
         raise Img2ImgError(f"dataset {spec.dataset!r} has no training rows")
     return manifest

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cluster.cli_utils import console, handle_errors, table
+from cluster.cli_utils import console, handle_errors, json_option, print_json, print_table, records
 from cluster.errors import Img2ImgError
 from cluster.settings import get_settings
 from translator.catalog import DEFAULT_VARIANT, variant_names
@@ -87,29 +87,37 @@ def train(
 
 @jobs_app.command("ls")
 @handle_errors
-def ls():
+def ls(as_json: bool = json_option()):
     """List training jobs: id, status, variant, dataset, started, duration.
 
-    Example: `img2img jobs ls`
+    Example: `img2img jobs ls --json`
     """
     from jobs.submit import job_client, job_rows
 
     rows = job_rows(job_client(get_settings()))
-    console.print(table("training jobs", ["id", "status", "variant", "dataset", "started", "duration"], rows))
+    columns = ["id", "status", "variant", "dataset", "started", "duration"]
+    if as_json:
+        print_json(records(columns, rows))
+        return
+    print_table("training jobs", columns, rows, ids=["id", "status", "variant", "dataset"])
 
 
 @jobs_app.command()
 @handle_errors
-def status(job_id: str, follow: bool = typer.Option(False, "--follow", "-f", help="live progress until it ends")):
+def status(job_id: str, follow: bool = typer.Option(False, "--follow", "-f", help="live progress until it ends"),
+           as_json: bool = json_option()):
     """Show one job's status, progress (step, epoch, loss, val PSNR, samples/s, elapsed, ETA) and MLflow run.
 
-    Example: `img2img jobs status raysubmit_abc123 --follow`
+    Example: `img2img jobs status raysubmit_abc123 --follow` (or `--json` for scripts)
     """
     from jobs.submit import follow_progress, job_client, job_summary
 
     settings = get_settings()
     client = job_client(settings)
     info = job_summary(client, settings, job_id)
+    if as_json:
+        print_json(info)
+        return
     for k, v in info.items():
         console.print(f"{k:>18}: {v}", markup=False, highlight=False, soft_wrap=True)
     if follow and info["status"] not in ("SUCCEEDED", "FAILED", "STOPPED") and info.get("run_id"):

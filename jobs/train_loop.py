@@ -101,6 +101,12 @@ def _any_worker(flags: list[bool], world: int) -> list[bool]:
     return [bool(v) for v in t.cpu().tolist()]
 
 
+# Column captions of the MLflow sample grids: unpaired rows come from domain A (then B), each
+# translated to the other domain and back (cycle consistency).
+SAMPLE_LABELS = {"paired": ["input", "output", "target"],
+                 "unpaired": ["input (A or B)", "translated", "translated back"]}
+
+
 @torch.no_grad()
 def validate(variant, paired: bool, world: int, max_samples: int = 4, split: bool = True):
     """Mean PSNR/SSIM (dB / [0, 1]) over the validation rows, plus sample rows for a grid.
@@ -136,7 +142,8 @@ def validate(variant, paired: bool, world: int, max_samples: int = 4, split: boo
             sums["ssim"] += float(ssim(to_unit(out), ref).sum())
             sums["n"] += 1
             if len(samples) < max_samples:
-                samples.append([images.to_pil(x), images.to_pil(out), images.to_pil(y)])
+                row = [x, out, y] if paired else [x, y, out]  # columns: see SAMPLE_LABELS
+                samples.append([images.to_pil(t) for t in row])
     total = _all_reduce(sums, world) if split else sums
     if total["n"] == 0:
         raise EmptyShardError("validation saw no rows: the val split is empty on every worker")
@@ -265,7 +272,8 @@ def train_loop_per_worker(cfg: dict) -> None:
         if logger:
             logger.metrics({**metrics, "epoch": step / steps_per_epoch}, step)
             if samples:
-                logger.image(images.grid(samples), f"samples/step_{step:06d}.png")
+                labels = SAMPLE_LABELS["paired" if paired else "unpaired"]
+                logger.image(images.grid(samples, labels=labels), f"samples/step_{step:06d}.png")
         _report(variant, metrics, spec, rank, step // steps_per_epoch)
         t_book += time.time() - t0
         last_book, window_t, window_steps = time.time(), time.time(), 0

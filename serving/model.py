@@ -36,24 +36,38 @@ class LoadedModel:
 
 
 def resolve(tracking_uri: str, model: str) -> tuple[str, str]:
-    """`NAME@alias`, `NAME/VERSION` or `NAME` (= NAME@champion) -> (name, concrete version)."""
+    """`NAME@alias`, `NAME/VERSION` or `NAME` (= NAME@champion) -> (name, concrete version).
+
+    Raises Img2ImgError saying which part is missing: the model, the version, or the alias
+    (with the command that sets `champion`)."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from cluster.errors import Img2ImgError
+    from cluster.errors import Img2ImgError, no_registered_model
 
     client = MlflowClient(tracking_uri)
     model = model.removeprefix("models:/")
-    try:
-        if "/" in model:
-            name, version = model.split("/", 1)
-            client.get_model_version(name, version)
-            return name, version
+    if "/" in model:
+        name, version = model.split("/", 1)
+    else:
         name, _, alias = model.partition("@")
-        return name, str(client.get_model_version_by_alias(name, alias or "champion").version)
-    except MlflowException as e:
-        raise Img2ImgError(f"no model {model!r} in the registry at {tracking_uri}: "
-                           f"{str(e).splitlines()[0][:200]}") from None
+        version, alias = None, alias or "champion"
+    try:
+        registered = client.get_registered_model(name)
+    except MlflowException:
+        raise no_registered_model(name) from None
+    if version is not None:
+        have = sorted((str(v.version) for v in client.search_model_versions(f"name='{name}'")), key=int)
+        if version not in have:
+            raise Img2ImgError(f"model {name!r} has no version {version!r} (it has: {', '.join(have) or 'none'})")
+        return name, version
+    aliases = dict(registered.aliases or {})
+    if alias not in aliases:
+        if alias == "champion":
+            raise Img2ImgError(f"model {name!r} has no champion yet; promote a version with: "
+                               f"img2img models promote {name} --best")
+        raise Img2ImgError(f"model {name!r} has no alias {alias!r} (its aliases: {', '.join(sorted(aliases)) or 'none'})")
+    return name, str(aliases[alias])
 
 
 def _load_generator(uri: str, device: str):
