@@ -1,7 +1,7 @@
 """The Ray Serve application `enhancer`: a FastAPI ingress over an autoscaling deployment.
 
 Each replica loads the registered model named in its user_config once, warms it up, and
-serves POST /enhance, GET /healthz and GET /model. Tiles of concurrent requests are batched
+serves POST /enhance, GET /healthz, GET /model and the web page (GET /, from serving/web). Tiles of concurrent requests are batched
 together through `@serve.batch`. A new user_config (a promotion, `serve deploy` again) loads
 the new model beside the old one and swaps it in; requests already running finish on the old.
 """
@@ -12,6 +12,8 @@ import hashlib
 import hmac
 import json
 import logging
+from functools import cache
+from pathlib import Path
 
 import torch
 from fastapi import FastAPI, Request
@@ -27,8 +29,33 @@ api = FastAPI(title="img2img enhancer", description="Image enhancement with a re
 DEFAULTS = {"max_pixels": 16_000_000, "tile": 512, "overlap": 32, "max_batch_size": 8, "batch_wait_timeout_s": 0.01}
 
 
+WEB_DIR = Path(__file__).with_name("web")
+# The page's files, by name (no path from the URL ever reaches the file system).
+WEB_FILES = {"index.html": "text/html; charset=utf-8", "style.css": "text/css; charset=utf-8",
+             "app.js": "text/javascript; charset=utf-8", "icon.svg": "image/svg+xml"}
+# The page talks only to this origin: no CDN, no third-party anything.
+WEB_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+               "Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; connect-src 'self'; "
+                                          "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"}
+
+
 def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
+
+
+@cache
+def web_file(name: str) -> bytes:
+    return (WEB_DIR / name).read_bytes()
+
+
+def web_response(name: str) -> Response:
+    if name not in WEB_FILES:
+        return error(404, f"no page file {name!r}")
+    try:
+        body = web_file(name)
+    except OSError:  # a broken install; the API itself still works
+        return error(500, f"the web page file {name} is missing from the installed package")
+    return Response(body, media_type=WEB_FILES[name], headers=WEB_HEADERS)
 
 
 @serve.deployment(name="Enhancer", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=16)
@@ -121,6 +148,15 @@ class Enhancer:
             return error(e.status, e.message)
         headers = {"X-Model-Name": model.name, "X-Model-Version": model.version, "X-Model-Variant": model.variant}
         return Response(content=data, media_type=media, headers=headers)
+
+    @api.get("/", include_in_schema=False)
+    async def page(self):
+        """The before/after web page (needs no API key: it holds none; it asks for one when needed)."""
+        return web_response("index.html")
+
+    @api.get("/web/{name}", include_in_schema=False)
+    async def page_file(self, name: str):
+        return web_response(name)
 
     @api.get("/healthz")
     async def healthz(self):

@@ -1,0 +1,369 @@
+// The enhancer's web page: send a photo to POST /enhance, compare before/after.
+// Plain browser JavaScript, no build step, no library, nothing fetched from elsewhere.
+"use strict";
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const KEY_STORE = "img2img-api-key"; // sessionStorage only: gone when the tab closes
+  const ZOOMS = [0.125, 0.25, 0.5, 1, 2, 4, 8];
+  const TITLES = {
+    400: "The endpoint refused the request",
+    401: "API key needed",
+    403: "API key refused",
+    413: "Photo too large",
+    415: "Not an image the endpoint can read",
+    500: "The endpoint failed",
+    502: "The endpoint is unreachable",
+    503: "Model not available",
+    504: "Timed out",
+  };
+  const HINTS = {
+    401: "Enter the endpoint's API key above, then the photo is sent again.",
+    413: "Try a smaller photo: the limit is the deployment's --max-megapixels.",
+    415: "Send a photo: PNG, JPEG, WebP, TIFF or BMP.",
+    503: "The model is loading or failed to load; try again in a moment (`img2img serve status`).",
+    504: "The photo took too long to enhance; try a smaller one.",
+  };
+  const state = {
+    file: null, name: "photo", beforeUrl: null, afterUrl: null, w: 0, h: 0,
+    zoom: 1, fit: true, pos: 50, xhr: null, timer: null, pending: null,
+  };
+
+  // ---- API key (only when the endpoint asks for one) ----
+  const getKey = () => sessionStorage.getItem(KEY_STORE) || "";
+  function authHeaders() {
+    const key = getKey();
+    return key ? { Authorization: "Bearer " + key } : {};
+  }
+  function showKeyForm(why) {
+    $("key-why").textContent = why;
+    $("key-form").hidden = false;
+    $("api-key").value = getKey();
+    $("api-key").focus();
+  }
+  $("key-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const key = $("api-key").value.trim();
+    if (!key) {
+      showError("API key needed", "Type the key into the field first.");
+      return;
+    }
+    sessionStorage.setItem(KEY_STORE, key);
+    $("key-form").hidden = true;
+    clearError();
+    setStatus("API key set for this tab.");
+    if (state.pending) enhance(state.pending);
+  });
+  $("key-forget").addEventListener("click", () => {
+    sessionStorage.removeItem(KEY_STORE);
+    $("api-key").value = "";
+    setStatus("API key forgotten.");
+  });
+
+  // ---- Messages ----
+  function setStatus(text) {
+    $("status").textContent = text;
+  }
+  function clearError() {
+    $("error").hidden = true;
+    $("error").replaceChildren();
+  }
+  function showError(title, detail) {
+    const strong = document.createElement("strong");
+    strong.textContent = title;
+    const p = document.createElement("span");
+    p.textContent = detail;
+    $("error").replaceChildren(strong, p);
+    $("error").hidden = false;
+  }
+  function errorText(body) {
+    try {
+      const parsed = JSON.parse(body);
+      return String(parsed.error || parsed.detail || body);
+    } catch {
+      return body || "(no details)";
+    }
+  }
+  function apiError(status, body) {
+    const msg = errorText(body);
+    const title = `${status} ${TITLES[status] || "Unexpected answer from the endpoint"}`;
+    showError(title, HINTS[status] ? `${msg}. ${HINTS[status]}` : msg);
+    setStatus(`Failed: ${title}`);
+    if (status === 401 || status === 403) {
+      showKeyForm(getKey() ? "The endpoint refused this API key: check it and try again."
+        : "This endpoint needs an API key.");
+    }
+  }
+
+  // ---- The served model (GET /model) ----
+  function metricText(key, value) {
+    if (typeof value !== "number") return String(value);
+    if (/psnr/i.test(key)) return value.toFixed(2) + " dB";
+    if (/ssim/i.test(key)) return value.toFixed(4);
+    return Number(value.toPrecision(4)).toString();
+  }
+  function metricName(key) {
+    const base = key.replace(/^val_/, "");
+    const known = { psnr: "PSNR", ssim: "SSIM", l1: "L1", loss: "loss" };
+    return (known[base] || base.replace(/_/g, " ")) + (key.startsWith("val_") ? " (val)" : "");
+  }
+  function renderModel(info) {
+    const extra = [info.variant, info.runtime, info.device].filter(Boolean).join(", ");
+    $("model-summary").textContent = `Model ${info.name} v${info.version}` + (extra ? ` (${extra})` : "");
+    const rank = (k) => (/psnr/i.test(k) ? 0 : /ssim/i.test(k) ? 1 : 2);
+    const rows = Object.entries(info.metrics || {})
+      .sort(([a], [b]) => rank(a) - rank(b) || a.localeCompare(b));
+    $("model-metrics").replaceChildren(...rows.map(([k, v]) => {
+      const div = document.createElement("div");
+      const dt = document.createElement("dt");
+      const dd = document.createElement("dd");
+      dt.textContent = metricName(k);
+      dd.textContent = metricText(k, v);
+      div.append(dt, dd);
+      return div;
+    }));
+    const dirs = (Array.isArray(info.directions) ? info.directions : [])
+      .map((d) => (typeof d === "string" ? d : d && d.name)).filter(Boolean);
+    const select = $("direction");
+    if (dirs.length > 1) {
+      const keep = select.value;
+      select.replaceChildren(...dirs.map((d) => new Option(d, d)));
+      if (dirs.includes(keep)) select.value = keep;
+    }
+    $("direction-box").hidden = dirs.length < 2;
+  }
+  async function loadModel() {
+    let r;
+    try {
+      r = await fetch("model", { cache: "no-store", headers: authHeaders() });
+    } catch (e) {
+      $("model-summary").textContent = "Cannot reach the endpoint.";
+      showError("Endpoint unreachable", `GET /model failed (${e.message}); is it deployed? (img2img serve status)`);
+      return;
+    }
+    const body = await r.text();
+    if (!r.ok) {
+      $("model-summary").textContent = `No model: ${errorText(body)}`;
+      apiError(r.status, body);
+      if (r.status === 503) setTimeout(loadModel, 5000); // loading: ask again
+      return;
+    }
+    const info = JSON.parse(body);
+    renderModel(info);
+    if (info.api_key_required && !getKey()) showKeyForm("This endpoint needs an API key.");
+  }
+
+  // ---- Sending a photo ----
+  function stem(name) {
+    const base = (name || "").replace(/\.[^.]*$/, "").replace(/[^\w.-]+/g, "_").replace(/^[._]+/, "");
+    return base || "photo";
+  }
+  function stopTimer() {
+    clearInterval(state.timer);
+    state.timer = null;
+    $("progress").hidden = true;
+  }
+  function enhance(file) {
+    if (state.xhr) state.xhr.abort();
+    clearError();
+    state.pending = null;
+    const params = new URLSearchParams({ format: $("format").value });
+    if (!$("direction-box").hidden) params.set("direction", $("direction").value);
+    const xhr = new XMLHttpRequest();
+    state.xhr = xhr;
+    xhr.open("POST", "enhance?" + params);
+    xhr.responseType = "blob";
+    xhr.setRequestHeader("Content-Type", file.type || "application/octet-stream");
+    for (const [k, v] of Object.entries(authHeaders())) xhr.setRequestHeader(k, v);
+    const t0 = performance.now();
+    const bar = $("progress-bar");
+    let phase = "Uploading";
+    bar.value = 0;
+    $("progress").hidden = false;
+    setStatus(`Uploading ${file.name || "photo"} (${(file.size / 1024).toFixed(0)} KiB)…`);
+    const tick = () => {
+      $("elapsed").textContent = `${phase}: ${((performance.now() - t0) / 1000).toFixed(1)} s`;
+    };
+    tick();
+    clearInterval(state.timer);
+    state.timer = setInterval(tick, 100);
+    xhr.upload.onprogress = (e) => {
+      if (e.lengthComputable && phase === "Uploading") bar.value = (100 * e.loaded) / e.total;
+    };
+    xhr.upload.onload = () => {
+      phase = "Enhancing";
+      bar.removeAttribute("value"); // indeterminate: the endpoint does not report progress
+      setStatus("Enhancing on the endpoint…");
+    };
+    xhr.onload = async () => {
+      if (state.xhr !== xhr) return;
+      state.xhr = null;
+      stopTimer();
+      const secs = (performance.now() - t0) / 1000;
+      $("elapsed").textContent = "";
+      if (xhr.status === 200) {
+        await showResult(file, xhr.response, secs, xhr.getResponseHeader("X-Model-Name"),
+          xhr.getResponseHeader("X-Model-Version"));
+      } else {
+        if (xhr.status === 401 || xhr.status === 403) state.pending = file;
+        apiError(xhr.status, await xhr.response.text());
+      }
+    };
+    xhr.onerror = () => {
+      if (state.xhr !== xhr) return;
+      state.xhr = null;
+      stopTimer();
+      $("elapsed").textContent = "";
+      showError("Endpoint unreachable", "The request failed before any answer came back; is the endpoint running? (img2img serve status)");
+      setStatus("Failed: no answer.");
+    };
+    xhr.send(file);
+  }
+
+  function loadImage(img, url) {
+    return new Promise((resolve) => {
+      img.onload = () => resolve(true);
+      img.onerror = () => resolve(false);
+      img.src = url;
+    });
+  }
+  async function showResult(file, blob, secs, modelName, modelVersion) {
+    for (const u of [state.beforeUrl, state.afterUrl]) if (u) URL.revokeObjectURL(u);
+    state.beforeUrl = URL.createObjectURL(file);
+    state.afterUrl = URL.createObjectURL(blob);
+    const [beforeOk, afterOk] = await Promise.all([
+      loadImage($("before-img"), state.beforeUrl), loadImage($("after-img"), state.afterUrl)]);
+    if (!afterOk) {
+      showError("Unreadable result", `The endpoint answered ${blob.type || "an unknown type"}, which this browser cannot show.`);
+      setStatus("Failed: unreadable result.");
+      return;
+    }
+    $("before-side").src = state.beforeUrl;
+    $("after-side").src = state.afterUrl;
+    const after = $("after-img");
+    const before = $("before-img");
+    state.w = after.naturalWidth;
+    state.h = after.naturalHeight;
+    const ext = { "image/jpeg": "jpg", "image/webp": "webp", "image/png": "png" }[blob.type] || "png";
+    state.name = stem(file.name);
+    $("download").href = state.afterUrl;
+    $("download").download = `${state.name}-enhanced.${ext}`;
+    const by = modelName ? ` by ${modelName} v${modelVersion}` : "";
+    const orig = beforeOk ? `${before.naturalWidth} × ${before.naturalHeight} px`
+      : "not shown (this browser cannot display its format)";
+    $("sizes").textContent = `Original ${orig}; enhanced ${state.w} × ${state.h} px${by}, ` +
+      `${(blob.size / 1024).toFixed(0)} KiB, in ${secs.toFixed(1)} s.`;
+    $("result").hidden = false;
+    state.fit = true;
+    setPos(50);
+    applyZoom();
+    setStatus(`Done in ${secs.toFixed(1)} s. Drag the divider to compare.`);
+  }
+
+  // ---- Picking, dropping, pasting ----
+  $("file").addEventListener("change", () => {
+    const f = $("file").files[0];
+    if (f) enhance(f);
+    $("file").value = ""; // the same file again is a new pick
+  });
+  const drop = $("drop");
+  document.addEventListener("dragover", (e) => {
+    e.preventDefault(); // otherwise the browser opens the dropped file itself
+    drop.classList.add("over");
+  });
+  document.addEventListener("dragleave", (e) => {
+    if (!e.relatedTarget) drop.classList.remove("over");
+  });
+  document.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    const f = e.dataTransfer && e.dataTransfer.files[0];
+    if (f) enhance(f);
+    else showError("Nothing to enhance", "The dropped item is not a file.");
+  });
+  document.addEventListener("paste", (e) => {
+    if (e.target instanceof HTMLInputElement) return; // pasting the API key
+    const f = e.clipboardData && [...e.clipboardData.files][0];
+    if (f) {
+      enhance(f.name && f.name !== "image.png" ? f : new File([f], "pasted.png", { type: f.type }));
+    } else {
+      showError("Nothing to enhance", "The clipboard holds no image: copy a photo, then paste here.");
+    }
+  });
+
+  // ---- Before/after divider ----
+  const compare = $("compare");
+  const divider = $("divider");
+  function setPos(p) {
+    state.pos = Math.min(100, Math.max(0, p));
+    compare.style.setProperty("--pos", state.pos + "%");
+    const n = Math.round(state.pos);
+    divider.setAttribute("aria-valuenow", String(n));
+    divider.setAttribute("aria-valuetext", `${n}% original, ${100 - n}% enhanced`);
+  }
+  function posFromPointer(e) {
+    const r = compare.getBoundingClientRect();
+    setPos((100 * (e.clientX - r.left)) / r.width);
+  }
+  compare.addEventListener("pointerdown", (e) => {
+    compare.setPointerCapture(e.pointerId);
+    posFromPointer(e);
+    divider.focus({ preventScroll: true });
+  });
+  compare.addEventListener("pointermove", (e) => {
+    if (compare.hasPointerCapture(e.pointerId)) posFromPointer(e);
+  });
+  divider.addEventListener("keydown", (e) => {
+    const step = e.shiftKey ? 10 : 1;
+    const moves = {
+      ArrowLeft: -step, ArrowDown: -step, ArrowRight: step, ArrowUp: step, PageDown: -10, PageUp: 10,
+    };
+    if (e.key in moves) setPos(state.pos + moves[e.key]);
+    else if (e.key === "Home") setPos(0);
+    else if (e.key === "End") setPos(100);
+    else return;
+    e.preventDefault();
+  });
+
+  // ---- View: compare or side by side; zoom at real pixels ----
+  const sideBySide = () => $("mode").getAttribute("aria-pressed") === "true";
+  $("mode").addEventListener("click", () => {
+    $("mode").setAttribute("aria-pressed", String(!sideBySide()));
+    $("compare").hidden = sideBySide();
+    $("sidebyside").hidden = !sideBySide();
+    applyZoom();
+  });
+  function fitZoom() {
+    const avail = $("viewport").clientWidth - 16;
+    const across = sideBySide() && avail >= 700 ? 2 : 1;
+    return Math.min(1, (avail - (across - 1) * 8) / (across * state.w));
+  }
+  function applyZoom() {
+    if (!state.w) return;
+    if (state.fit) state.zoom = fitZoom();
+    const w = Math.max(1, Math.round(state.w * state.zoom));
+    const h = Math.max(1, Math.round(state.h * state.zoom));
+    compare.style.width = w + "px";
+    compare.style.height = h + "px";
+    for (const id of ["before-side", "after-side"]) {
+      $(id).style.width = w + "px";
+      $(id).style.height = h + "px";
+    }
+    $("viewport").classList.toggle("pixelated", state.zoom > 1);
+    $("zoom-level").textContent = `${Math.round(state.zoom * 100)}%${state.fit ? " (fit)" : ""}`;
+  }
+  function zoomTo(z) {
+    state.fit = false;
+    state.zoom = z;
+    applyZoom();
+  }
+  $("zoom-in").addEventListener("click", () => zoomTo(ZOOMS.find((z) => z > state.zoom + 1e-6) || 8));
+  $("zoom-out").addEventListener("click", () => zoomTo([...ZOOMS].reverse().find((z) => z < state.zoom - 1e-6) || 0.125));
+  $("zoom-1").addEventListener("click", () => zoomTo(1));
+  $("zoom-fit").addEventListener("click", () => {
+    state.fit = true;
+    applyZoom();
+  });
+  window.addEventListener("resize", () => state.fit && applyZoom());
+
+  loadModel();
+})();
