@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: install demo test test-unit bench lint up down clean
+.PHONY: install browser demo test test-unit bench lint up down clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,16 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/img2img demo
 
-test: install
+# The web page test drives Debian's headless Chromium; as root (CI) this installs it where missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "The browser test needs Chromium: sudo apt-get install -y chromium" >&2; exit 1; \
+	fi
+
+test: install browser
 	$(PY) -m pytest tests -q
 
 test-unit: install

@@ -36,6 +36,7 @@ def demo(
     console.print(f"MLflow UI:       {settings.mlflow_uri}")
     console.print(f"Ray dashboard:   {settings.ray_address}")
     console.print(f"Endpoint:        {settings.serve_url}/enhance")
+    console.print(f"Web page:        {settings.serve_url}/  (drop a photo, compare before/after)")
     console.print("Next, try:")
     console.print(f"  curl -s --data-binary @photo.jpg -H 'Content-Type: image/jpeg' {settings.serve_url}/enhance -o sharp.png")
     console.print("  img2img enhance my_photos/*.jpg -o sharp/")

@@ -48,6 +48,7 @@ def deploy(
                         batch_wait_ms=batch_wait_ms, num_cpus=num_cpus, tile=tile, overlap=overlap,
                         max_pixels=int(max_megapixels * 1_000_000))
     console.print(f"Serving {out['model']} v{out['version']} at {out['url']}/enhance")
+    console.print(f"Web page (drop a photo, compare before/after): {out['url']}/")
     console.print(f"Try: curl -s --data-binary @photo.jpg -H 'Content-Type: image/jpeg' {out['url']}/enhance -o out.png")
 
 
@@ -81,13 +82,15 @@ def status(as_json: bool = json_option()):
     if as_json:
         print_json({"deployment": "enhancer/Enhancer", "status": st["status"], "replicas": st["replicas"],
                     "autoscaling": {k: a.get(k) for k in ("min_replicas", "max_replicas", "target_ongoing_requests")},
-                    "model": st["model"], "version": st["version"], "url": st["url"]})
+                    "model": st["model"], "version": st["version"], "url": st["url"],
+                    "page": st["url"] + "/"})
         return
     rows = [["enhancer/Enhancer", st["status"], st["replicas"],
              f"{a.get('min_replicas')}-{a.get('max_replicas')} @ {a.get('target_ongoing_requests')}",
              f"{st['model']} v{st['version']}", st["url"]]]
     print_table("serve", ["deployment", "status", "replicas", "autoscaling", "model", "url"], rows,
                 ids=["deployment", "status", "model", "url"])
+    console.print(f"Web page: {st['url']}/")
 
 
 @serve_app.command()

@@ -87,7 +87,7 @@
     const msg = errorText(body);
     const title = `${status} ${TITLES[status] || "Unexpected answer from the endpoint"}`;
     showError(title, HINTS[status] ? `${msg}. ${HINTS[status]}` : msg);
-    setStatus(`Failed: ${title}`);
+    setStatus(`Failed (${status}).`);
     if (status === 401 || status === 403) {
       showKeyForm(getKey() ? "The endpoint refused this API key: check it and try again."
         : "This endpoint needs an API key.");
@@ -165,6 +165,7 @@
   function enhance(file) {
     if (state.xhr) state.xhr.abort();
     clearError();
+    $("result").hidden = true; // the one shown belongs to the previous photo
     state.pending = null;
     const params = new URLSearchParams({ format: $("format").value });
     if (!$("direction-box").hidden) params.set("direction", $("direction").value);
