@@ -95,23 +95,28 @@
   }
 
   // ---- The served model (GET /model) ----
+  // Registry tags val_psnr, val_input_psnr, val_gain_db, ... -> "PSNR 33.26 dB", "input PSNR ...".
   function metricText(key, value) {
     if (typeof value !== "number") return String(value);
-    if (/psnr/i.test(key)) return value.toFixed(2) + " dB";
+    if (/gain/i.test(key)) return (value >= 0 ? "+" : "") + value.toFixed(2) + " dB";
+    if (/psnr|_db$/i.test(key)) return value.toFixed(2) + " dB";
     if (/ssim/i.test(key)) return value.toFixed(4);
     return Number(value.toPrecision(4)).toString();
   }
   function metricName(key) {
-    const base = key.replace(/^val_/, "");
-    const known = { psnr: "PSNR", ssim: "SSIM", l1: "L1", loss: "loss" };
-    return (known[base] || base.replace(/_/g, " ")) + (key.startsWith("val_") ? " (val)" : "");
+    const words = { psnr: "PSNR", ssim: "SSIM", l1: "L1", lpips: "LPIPS", db: "", gain: "PSNR gain" };
+    return key.replace(/^val_/, "").split("_").map((w) => (w in words ? words[w] : w))
+      .filter(Boolean).join(" ");
+  }
+  function metricRank(key) {
+    return ["val_psnr", "val_ssim", "val_gain_db"].indexOf(key) + 1 || (/input/.test(key) ? 5 : 4);
   }
   function renderModel(info) {
     const extra = [info.variant, info.runtime, info.device].filter(Boolean).join(", ");
-    $("model-summary").textContent = `Model ${info.name} v${info.version}` + (extra ? ` (${extra})` : "");
-    const rank = (k) => (/psnr/i.test(k) ? 0 : /ssim/i.test(k) ? 1 : 2);
+    $("model-summary").textContent = `Model ${info.name} v${info.version}` + (extra ? ` (${extra})` : "") +
+      (Object.keys(info.metrics || {}).length ? "; on its validation set:" : "");
     const rows = Object.entries(info.metrics || {})
-      .sort(([a], [b]) => rank(a) - rank(b) || a.localeCompare(b));
+      .sort(([a], [b]) => metricRank(a) - metricRank(b) || a.localeCompare(b));
     $("model-metrics").replaceChildren(...rows.map(([k, v]) => {
       const div = document.createElement("div");
       const dt = document.createElement("dt");

@@ -8,6 +8,7 @@ import os
 import shutil
 from urllib.parse import urlparse
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -78,7 +79,8 @@ def natural_size(page, selector):
 
 def test_page_enhances_a_photo_and_compares_before_after(open_page, demo_run, stack, cli, tmp_path):
     page = open_page()
-    assert "PSNR (val)" in page.inner_text("#model-metrics")
+    champion = httpx.get(stack.serve_url + "/model", timeout=30).json()
+    assert f"PSNR {champion['metrics']['val_psnr']:.2f} dB" in page.inner_text("#model-metrics")
     assert page.is_hidden("#key-form")  # no key configured on this deployment
     src, (w, h) = photo(tmp_path, demo_run)
     page.set_input_files("#file", src)
@@ -103,6 +105,12 @@ def test_page_enhances_a_photo_and_compares_before_after(open_page, demo_run, st
     assert divider.get_attribute("aria-valuenow") == "0"
     page.keyboard.press("PageUp")
     assert divider.get_attribute("aria-valuenow") == "10"
+    box = page.locator("#compare").bounding_box()  # and with the mouse
+    page.mouse.move(box["x"] + 5, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.75, box["y"] + box["height"] / 2, steps=5)
+    page.mouse.up()
+    assert 70 <= int(divider.get_attribute("aria-valuenow")) <= 80
 
     # Real pixels and zoom: 100% shows one image pixel per CSS pixel, + doubles it.
     page.click("#zoom-1")
@@ -112,7 +120,8 @@ def test_page_enhances_a_photo_and_compares_before_after(open_page, demo_run, st
     page.screenshot(path=tmp_path / "desktop-zoom-200.png")
     page.click("#zoom-fit")
     divider.focus()
-    for _ in range(4):
+    page.keyboard.press("Home")
+    for _ in range(5):
         page.keyboard.press("PageUp")  # back to the middle for the screenshot
 
     page.click("#mode")
@@ -187,3 +196,24 @@ def test_page_asks_for_the_api_key_when_one_is_set(open_page, stack, demo_run, m
     finally:
         monkeypatch.delenv("IMG2IMG_SERVE_API_KEY")
         deploy(get_settings(), f"{demo_run.model}@champion", wait_s=120)
+
+
+def test_page_takes_a_dropped_or_pasted_photo(open_page, demo_run, tmp_path):
+    import base64
+
+    page = open_page()
+    src, size = photo(tmp_path, demo_run, "dropped.png", (97, 65))
+    b64 = base64.b64encode(src.read_bytes()).decode()
+    make = """([b64, name]) => { const dt = new DataTransfer();
+        const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        dt.items.add(new File([bytes], name, {type: 'image/png'})); return dt; }"""
+    page.dispatch_event("#drop", "drop", {"dataTransfer": page.evaluate_handle(make, [b64, "dropped.png"])})
+    page.wait_for_selector("#result:not([hidden])")
+    assert natural_size(page, "#after-img") == size
+    assert page.get_attribute("#download", "download") == "dropped-enhanced.png"
+    page.evaluate("""([b64]) => { const dt = new DataTransfer();
+        const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        dt.items.add(new File([bytes], 'image.png', {type: 'image/png'}));
+        document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: dt})); }""", [b64])
+    page.wait_for_selector("#download[download='pasted-enhanced.png']")
+    assert natural_size(page, "#after-img") == size
