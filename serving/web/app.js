@@ -10,7 +10,9 @@
     401: "API key needed",
     403: "API key refused",
     413: "Photo too large",
+    408: "Timed out",
     415: "Not an image the endpoint can read",
+    429: "The endpoint is busy",
     500: "The endpoint failed",
     502: "The endpoint is unreachable",
     503: "Model not available",
@@ -21,6 +23,8 @@
     413: "Try a smaller photo: the limit is the deployment's --max-megapixels.",
     415: "Send a photo: PNG, JPEG, WebP, TIFF or BMP.",
     503: "The model is loading or failed to load; try again in a moment (`img2img serve status`).",
+    408: "The photo took too long to enhance; try a smaller one.",
+    429: "Too many requests at once; try again in a moment.",
     504: "The photo took too long to enhance; try a smaller one.",
   };
   const state = {
