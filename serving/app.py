@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import json
 import logging
-from functools import cache
 from pathlib import Path
 
 import torch
@@ -43,16 +42,11 @@ def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-@cache
-def web_file(name: str) -> bytes:
-    return (WEB_DIR / name).read_bytes()
-
-
 def web_response(name: str) -> Response:
     if name not in WEB_FILES:
         return error(404, f"no page file {name!r}")
     try:
-        body = web_file(name)
+        body = (WEB_DIR / name).read_bytes()  # small files; read each time so an edit shows at once
     except OSError:  # a broken install; the API itself still works
         return error(500, f"the web page file {name} is missing from the installed package")
     return Response(body, media_type=WEB_FILES[name], headers=WEB_HEADERS)
