@@ -203,6 +203,7 @@
       phase = "Enhancing";
       bar.removeAttribute("value"); // indeterminate: the endpoint does not report progress
       setStatus("Enhancing on the endpoint…");
+      tick();
     };
     xhr.onload = async () => {
       if (state.xhr !== xhr) return;
@@ -291,7 +292,7 @@
     else showError("Nothing to enhance", "The dropped item is not a file.");
   });
   document.addEventListener("paste", (e) => {
-    if (e.target instanceof HTMLInputElement) return; // pasting the API key
+    if (e.target instanceof HTMLInputElement && e.target.type !== "file") return; // e.g. the API key
     const f = e.clipboardData && [...e.clipboardData.files][0];
     if (f) {
       enhance(f.name && f.name !== "image.png" ? f : new File([f], "pasted.png", { type: f.type }));

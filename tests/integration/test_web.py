@@ -5,6 +5,7 @@ it); Playwright's own browser downloads are never used."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from urllib.parse import urlparse
 
@@ -83,8 +84,14 @@ def test_page_enhances_a_photo_and_compares_before_after(open_page, demo_run, st
     assert f"PSNR {champion['metrics']['val_psnr']:.2f} dB" in page.inner_text("#model-metrics")
     assert page.is_hidden("#key-form")  # no key configured on this deployment
     src, (w, h) = photo(tmp_path, demo_run)
+    page.evaluate("""() => { window.seen = []; const text = (id) => document.getElementById(id).textContent;
+        new MutationObserver(() => window.seen.push(text('status') + ' | ' + text('elapsed')))
+            .observe(document.querySelector('main'), {subtree: true, childList: true, characterData: true}); }""")
     page.set_input_files("#file", src)
     page.wait_for_selector("#result:not([hidden])")
+    seen = page.evaluate("window.seen")  # progress: uploading, then enhancing, with the time running
+    assert any(re.search(r"Uploading.*\| Uploading: \d+\.\d s", t) for t in seen), seen
+    assert any(re.search(r"Enhancing.*\| Enhancing: \d+\.\d s", t) for t in seen), seen
     assert page.is_hidden("#error")
     assert natural_size(page, "#after-img") == natural_size(page, "#before-img") == (w, h)
     assert f"by {demo_run.model} v{demo_run.version}" in page.inner_text("#sizes")
