@@ -81,7 +81,8 @@ def natural_size(page, selector):
 def test_page_enhances_a_photo_and_compares_before_after(open_page, demo_run, stack, cli, tmp_path):
     page = open_page()
     champion = httpx.get(stack.serve_url + "/model", timeout=30).json()
-    assert f"PSNR {champion['metrics']['val_psnr']:.2f} dB" in page.inner_text("#model-metrics")
+    metrics = " ".join(page.inner_text("#model-metrics").split())
+    assert f"PSNR {champion['metrics']['val_psnr']:.2f} dB" in metrics, metrics
     assert page.is_hidden("#key-form")  # no key configured on this deployment
     src, (w, h) = photo(tmp_path, demo_run)
     page.evaluate("""() => { window.seen = []; const text = (id) => document.getElementById(id).textContent;
