@@ -1,6 +1,8 @@
-"""`img2img models ls|promote|rollback`: the MLflow model registry."""
+"""`img2img models ls|promote|rollback|export`: the MLflow model registry."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
@@ -75,3 +77,32 @@ def rollback(name: str):
     new, old = do_rollback(settings, name)
     console.print(f"{name}: champion rolled back to v{new} (v{old} is now previous)")
     console.print(f"Swap it into the running endpoint with: img2img serve reload --model {name}@champion")
+
+
+@models_app.command()
+@handle_errors
+def export(
+    model: str = typer.Argument(..., help="NAME@champion, NAME@alias, NAME/VERSION or NAME"),
+    fmt: str = typer.Option("onnx", "--format", "-f", help="onnx | torchscript"),
+    out: Path = typer.Option(None, "-o", "--out", help="output file (default: ./NAME-vVERSION.onnx or .pt)"),
+    tolerance: float = typer.Option(1e-3, help="refuse the export above this max abs difference "
+                                               "from PyTorch ([-1, 1] scale)"),
+    no_log: bool = typer.Option(False, "--no-log", help="do not log the file to the registry"),
+):
+    """Export a registered generator to ONNX or TorchScript (dynamic batch, height and width),
+    checked against PyTorch on three input sizes, and log the file to the model version.
+
+    Example: `img2img models export photos@champion --format onnx -o photos.onnx`
+    """
+    from jobs.export import export_model
+
+    with console.status(f"exporting {model} to {fmt} and checking it against PyTorch"):
+        r = export_model(get_settings(), model, fmt, out, tolerance, log_to_registry=not no_log)
+    sizes = ", ".join(f"{k}: {v:.1e}" for k, v in r["per_size"].items())
+    console.print(f"Exported {r['name']} v{r['version']} to {r['path']} ({r['format']}, dynamic batch/height/width)",
+                  markup=False)
+    console.print(f"Max abs difference from PyTorch: {r['max_abs_diff']:.1e} (tolerance {r['tolerance']:.0e}; "
+                  f"per NxHxW input: {sizes})", markup=False)
+    if r["artifact"]:
+        console.print(f"Logged as artifact {r['artifact']} of run {r['run_id'][:12]} "
+                      f"(tag export_{r['format']} on v{r['version']})", markup=False)

@@ -20,11 +20,23 @@ from ray import serve
 
 from serving import codec
 from serving.model import LoadedModel, load
+from serving.runtime import threads_for
 from translator import tiling
 
 log = logging.getLogger("img2img.serve")
 api = FastAPI(title="img2img enhancer", description="Image enhancement with a registered img2img model.")
-DEFAULTS = {"max_pixels": 16_000_000, "tile": 512, "overlap": 32, "max_batch_size": 8, "batch_wait_timeout_s": 0.01}
+DEFAULTS = {"max_pixels": 16_000_000, "tile": 512, "overlap": 32, "max_batch_size": 8, "batch_wait_timeout_s": 0.01,
+            "runtime": "torch", "threads": None, "memory_format": "channels_last", "precision": "auto"}
+RUNTIME_KEYS = ("model_name", "model_version", "runtime", "threads", "memory_format", "precision")
+
+
+def _reserved_cpus() -> float | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_assigned_resources().get("CPU")
+    except Exception:  # outside a Ray worker
+        return None
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -39,18 +51,24 @@ class Enhancer:
         self.load_error = "no model configured yet"
         self.cfg = dict(DEFAULTS)
         self.config_id = ""
+        self.model_key: tuple = ()
+        self.initial_threads = torch.get_num_threads()  # what Ray's worker env gave torch
 
     def reconfigure(self, config: dict) -> None:
         cfg = {**DEFAULTS, **config}
         self.run_tiles.set_max_batch_size(int(cfg["max_batch_size"]))
         self.run_tiles.set_batch_wait_timeout_s(float(cfg["batch_wait_timeout_s"]))
         current = self.model
-        if current is None or (current.name, current.version) != (cfg["model_name"], str(cfg["model_version"])):
+        key = tuple(str(cfg.get(k)) for k in RUNTIME_KEYS)  # what the loaded model was built from
+        if current is None or key != self.model_key:
             try:
-                new = load(cfg["tracking_uri"], cfg["model_name"], str(cfg["model_version"]))
+                # Intra-op threads match the CPUs this replica reserved (floor, at least 1).
+                threads = int(cfg["threads"] or threads_for(_reserved_cpus()))
+                new = load(cfg["tracking_uri"], cfg["model_name"], str(cfg["model_version"]), runtime=cfg["runtime"],
+                           threads=threads, memory_format=cfg["memory_format"], precision=cfg["precision"])
                 new.enhance(torch.zeros(1, 3, 64, 64))  # warm-up: first real request is not slow
-                self.model, self.load_error = new, None
-                log.info("serving %s v%s (%s)", new.name, new.version, new.variant)
+                self.model, self.model_key, self.load_error = new, key, None
+                log.info("serving %s v%s (%s) on %s", new.name, new.version, new.variant, new.runtime.info())
             except Exception as e:  # keep serving the old model (or 503) instead of dying
                 self.load_error = f"could not load {cfg.get('model_name')} v{cfg.get('model_version')}: {e}"
                 log.exception("model load failed")
@@ -59,19 +77,18 @@ class Enhancer:
         self.config_id = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def run_tiles(self, items: list[tuple[LoadedModel, torch.Tensor]]) -> list[torch.Tensor]:
-        """Tiles from concurrent requests, run together (grouped by model and tile shape)."""
+    async def run_tiles(self, items: list[tuple[LoadedModel, torch.Tensor, bool]]) -> list[torch.Tensor]:
+        """Tiles from concurrent requests, run together (grouped by model, tile shape, precision)."""
         out: list[torch.Tensor | None] = [None] * len(items)
         groups: dict[tuple, list[int]] = {}
-        for i, (model, tile) in enumerate(items):
-            groups.setdefault((id(model), tuple(tile.shape)), []).append(i)
+        for i, (model, tile, precise) in enumerate(items):
+            groups.setdefault((id(model), tuple(tile.shape), precise), []).append(i)
 
         def run():
             with torch.inference_mode():
-                for idx in groups.values():
+                for (_, _, precise), idx in groups.items():
                     model = items[idx[0]][0]
-                    batch = torch.cat([items[i][1] for i in idx]).to(model.device)
-                    result = model.generator(batch).float().cpu()
+                    result = model.forward(torch.cat([items[i][1] for i in idx]), precise)
                     for j, i in enumerate(idx):
                         out[i] = result[j:j + 1]
 
@@ -114,12 +131,17 @@ class Enhancer:
             body = await self._body(request)
             decoded = await asyncio.to_thread(codec.decode, body, int(self.cfg["max_pixels"]))
             tiles, plan = tiling.split(decoded.tensor, tile, overlap, model.multiple)
-            outs = await asyncio.gather(*(self.run_tiles((model, tiles[i:i + 1])) for i in range(len(tiles))))
+            precise = decoded.high_bit  # 16-bit images stay fp32
+            outs = await asyncio.gather(*(self.run_tiles((model, tiles[i:i + 1], precise))
+                                          for i in range(len(tiles))))
             merged = tiling.merge(torch.cat(outs), plan)
             data, media = await asyncio.to_thread(codec.encode, merged, decoded, format)
         except codec.RequestError as e:
             return error(e.status, e.message)
-        headers = {"X-Model-Name": model.name, "X-Model-Version": model.version, "X-Model-Variant": model.variant}
+        rt = model.runtime
+        headers = {"X-Model-Name": model.name, "X-Model-Version": model.version, "X-Model-Variant": model.variant,
+                   "X-Model-Runtime": rt.name, "X-Model-Threads": str(rt.threads),
+                   "X-Model-Precision": "fp32" if precise else rt.precision}
         return Response(content=data, media_type=media, headers=headers)
 
     @api.get("/healthz")
@@ -133,6 +155,7 @@ class Enhancer:
         if self.model is None:
             return error(503, f"model not loaded: {self.load_error}")
         return {**self.model.info(), "load_error": self.load_error, "config_id": self.config_id,
+                "initial_torch_threads": self.initial_threads, "reserved_cpus": _reserved_cpus(),
                 "api_key_required": bool(self.cfg.get("api_key_sha256"))}
 
 

@@ -35,10 +35,15 @@ def deploy(
     tile: int = typer.Option(512, help="default tile size for large images"),
     overlap: int = typer.Option(32, help="default tile overlap"),
     max_megapixels: float = typer.Option(16.0, help="larger uploads get 413"),
+    runtime: str = typer.Option("torch", help="torch | onnx (ONNX Runtime; CUDA provider on a GPU)"),
+    threads: int = typer.Option(None, help="intra-op threads per replica (default: floor(--num-cpus), min 1)"),
+    memory_format: str = typer.Option("channels_last", help="torch only: channels_last | contiguous"),
+    precision: str = typer.Option("auto", help="torch only: auto (bf16 where native, faster and within one "
+                                               "8-bit level of fp32) | fp32 | bf16"),
 ):
     """Deploy (or update) the `enhancer` app serving a registered model; waits until it answers.
 
-    Example: `img2img serve deploy --model photos@champion --max-replicas 2`
+    Example: `img2img serve deploy --model photos@champion --max-replicas 2 --runtime onnx`
     """
     from serving.deploy import deploy as do_deploy
 
@@ -46,8 +51,10 @@ def deploy(
         out = do_deploy(get_settings(), model, min_replicas=min_replicas, max_replicas=max_replicas,
                         target_ongoing_requests=target_ongoing_requests, max_batch_size=max_batch_size,
                         batch_wait_ms=batch_wait_ms, num_cpus=num_cpus, tile=tile, overlap=overlap,
-                        max_pixels=int(max_megapixels * 1_000_000))
-    console.print(f"Serving {out['model']} v{out['version']} at {out['url']}/enhance")
+                        max_pixels=int(max_megapixels * 1_000_000), runtime=runtime, threads=threads,
+                        memory_format=memory_format, precision=precision)
+    console.print(f"Serving {out['model']} v{out['version']} at {out['url']}/enhance "
+                  f"({out['runtime']}, {out['threads']} thread(s) per replica)")
     console.print(f"Try: curl -s --data-binary @photo.jpg -H 'Content-Type: image/jpeg' {out['url']}/enhance -o out.png")
 
 
@@ -111,10 +118,13 @@ def enhance(
     parallel: int = typer.Option(4, help="requests in flight"),
     local: bool = typer.Option(False, "--local", help="run the model here, without Serve"),
     model: str = typer.Option(None, "--model", "-m", help="with --local: NAME@champion or NAME/VERSION"),
+    runtime: str = typer.Option("torch", help="with --local: torch | onnx"),
+    threads: int = typer.Option(None, help="with --local: intra-op threads (default: all CPUs)"),
 ):
     """Enhance images through the endpoint (or in-process with --local).
 
-    Example: `img2img enhance blurry/*.jpg -o sharp/`
+    Example: `img2img enhance blurry/*.jpg -o sharp/`  or
+    `img2img enhance blurry/*.jpg --local --model photos@champion --runtime onnx`
     """
     from serving.codec import FORMATS
 
@@ -142,7 +152,8 @@ def enhance(
         if local:
             from serving.local import enhance_locally
 
-            results = enhance_locally(settings, model, files, out, fmt, on_done=done)
+            results = enhance_locally(settings, model, files, out, fmt, on_done=done, runtime=runtime,
+                                      threads=threads)
         else:
             from serving.client import enhance_files
 

@@ -24,8 +24,9 @@ class RequestError(Exception):
 
 
 class DecodedImage:
-    def __init__(self, tensor: torch.Tensor, alpha: Image.Image | None, gray: bool):
+    def __init__(self, tensor: torch.Tensor, alpha: Image.Image | None, gray: bool, high_bit: bool = False):
         self.tensor, self.alpha, self.gray = tensor, alpha, gray
+        self.high_bit = high_bit  # more than 8 bits per channel: the model runs in fp32
 
 
 def decode(body: bytes, max_pixels: int) -> DecodedImage:
@@ -49,7 +50,7 @@ def decode(body: bytes, max_pixels: int) -> DecodedImage:
         raise RequestError(400, f"broken or truncated image: {e}") from None
     gray = img.mode in GRAY_MODES
     rgb, alpha = images.split_alpha(img)
-    return DecodedImage(images.to_tensor(rgb), alpha, gray)
+    return DecodedImage(images.to_tensor(rgb), alpha, gray, img.mode in images.HIGH_BIT_MODES)
 
 
 def encode(out: torch.Tensor, src: DecodedImage, fmt: str = "png") -> tuple[bytes, str]:

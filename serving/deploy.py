@@ -52,17 +52,30 @@ def _other_apps(settings: Settings) -> list[dict]:
 def deploy(settings: Settings, model: str = "", *, min_replicas: int = 1, max_replicas: int = 2,
            target_ongoing_requests: float = 2.0, max_batch_size: int = 8, batch_wait_ms: float = 10,
            num_cpus: float = 0.5, tile: int = 512, overlap: int = 32, max_pixels: int = 16_000_000,
-           upscale_delay_s: float = 5, downscale_delay_s: float = 30, wait_s: float = 300) -> dict:
+           upscale_delay_s: float = 5, downscale_delay_s: float = 30, wait_s: float = 300,
+           runtime: str = "torch", threads: int | None = None, memory_format: str = "channels_last",
+           precision: str = "auto") -> dict:
+    """Deploy the enhancer app serving `model`. `runtime` torch | onnx; `threads` per replica
+    (default: floor(num_cpus), at least 1); `memory_format` and `precision` apply to torch."""
     from serving.model import resolve
+    from serving.runtime import MEMORY_FORMATS, PRECISIONS, RUNTIMES, threads_for
 
     if not model:
         raise Img2ImgError("give --model NAME@champion (or NAME/VERSION)")
     if not 1 <= min_replicas <= max_replicas:
         raise Img2ImgError("need 1 <= --min-replicas <= --max-replicas")
+    for option, value, allowed in (("--runtime", runtime, RUNTIMES), ("--memory-format", memory_format, MEMORY_FORMATS),
+                                   ("--precision", precision, PRECISIONS)):
+        if value not in allowed:
+            raise Img2ImgError(f"{option} must be {' or '.join(allowed)}, got {value!r}")
+    if num_cpus <= 0 or (threads is not None and threads < 1):
+        raise Img2ImgError("--num-cpus must be > 0 and --threads >= 1")
     name, version = resolve(settings.mlflow_uri, model)
     user_config = {"model_name": name, "model_version": version, "tracking_uri": settings.mlflow_uri,
                    "tile": tile, "overlap": overlap, "max_pixels": max_pixels, "max_batch_size": max_batch_size,
-                   "batch_wait_timeout_s": batch_wait_ms / 1000.0}
+                   "batch_wait_timeout_s": batch_wait_ms / 1000.0, "runtime": runtime,
+                   "threads": threads or threads_for(num_cpus), "memory_format": memory_format,
+                   "precision": precision}
     if settings.serve_api_key:  # only a hash travels; the key itself never leaves the client
         user_config["api_key_sha256"] = hashlib.sha256(settings.serve_api_key.get_secret_value().encode()).hexdigest()
     autoscaling = {"min_replicas": min_replicas, "max_replicas": max_replicas,
@@ -75,7 +88,8 @@ def deploy(settings: Settings, model: str = "", *, min_replicas: int = 1, max_re
     _put(settings, [*_other_apps(settings), app])
     if wait_s:
         wait_for_model(settings, name, version, wait_s, config_id(user_config))
-    return {"model": name, "version": version, "url": settings.serve_url, "autoscaling": autoscaling}
+    return {"model": name, "version": version, "url": settings.serve_url, "autoscaling": autoscaling,
+            "runtime": runtime, "threads": user_config["threads"]}
 
 
 def config_id(user_config: dict) -> str:

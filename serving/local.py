@@ -11,15 +11,24 @@ from serving.model import load, resolve
 
 
 def enhance_locally(settings: Settings, model: str, files: list[Path], out_dir: Path, fmt: str = "png",
-                    on_done=lambda o: None, max_pixels: int = 16_000_000) -> list[Outcome]:
+                    on_done=lambda o: None, max_pixels: int = 16_000_000, runtime: str = "torch",
+                    threads: int | None = None) -> list[Outcome]:
+    """Enhance `files` into `out_dir` with the registered `model` on `runtime` (torch | onnx)."""
+    from cluster.errors import Img2ImgError
+    from serving.runtime import RUNTIMES
+
+    if runtime not in RUNTIMES:
+        raise Img2ImgError(f"--runtime must be {' or '.join(RUNTIMES)}, got {runtime!r}")
+    if threads is not None and threads < 1:
+        raise Img2ImgError("--threads must be >= 1")
     name, version = resolve(settings.mlflow_uri, model)
-    loaded = load(settings.mlflow_uri, name, version)
+    loaded = load(settings.mlflow_uri, name, version, runtime=runtime, threads=threads)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for src in files:
         try:
             decoded = codec.decode(src.read_bytes(), max_pixels)
-            data, _ = codec.encode(loaded.enhance(decoded.tensor), decoded, fmt)
+            data, _ = codec.encode(loaded.enhance(decoded.tensor, precise=decoded.high_bit), decoded, fmt)
             dest = output_path(src, out_dir, fmt)
             dest.with_suffix(dest.suffix + ".part").write_bytes(data)
             dest.with_suffix(dest.suffix + ".part").replace(dest)

@@ -1,4 +1,5 @@
-"""Loading a registered generator from MLflow and running it on one image (tiled)."""
+"""Loading a registered generator from MLflow and running it on one image (tiled), on the
+runtime chosen for this machine (serving/runtime.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from serving.runtime import Runtime, build
 from translator import tiling
 
 log = logging.getLogger(__name__)
@@ -23,16 +25,27 @@ class LoadedModel:
     metrics: dict = field(default_factory=dict)
     loaded_at: float = field(default_factory=time.time)
     device: str = "cpu"
+    runtime: Runtime | None = None
+
+    def __post_init__(self):
+        if self.runtime is None:  # plain fp32 PyTorch, as the generator came
+            self.runtime = build(self.generator, self.multiple, "torch", torch.get_num_threads(), self.device,
+                                 "contiguous", "fp32")
 
     def info(self) -> dict:
         return {"name": self.name, "version": self.version, "variant": self.variant, "multiple": self.multiple,
-                "metrics": self.metrics, "device": self.device,
+                "metrics": self.metrics, "device": self.runtime.device, **self.runtime.info(),
                 "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at))}
 
+    def forward(self, batch: torch.Tensor, precise: bool = False) -> torch.Tensor:
+        """N x 3 x H x W float32 in [-1, 1] -> the same, float32 on the CPU. `precise`: always
+        fp32 (16-bit images), whatever precision the runtime chose."""
+        return self.runtime.run(batch, precise)
+
     @torch.inference_mode()
-    def enhance(self, image: torch.Tensor, tile: int = 512, overlap: int = 32) -> torch.Tensor:
-        forward = lambda x: self.generator(x.to(self.device)).float().cpu()  # noqa: E731
-        return tiling.enhance(forward, image, tile=tile, overlap=overlap, multiple=self.multiple)
+    def enhance(self, image: torch.Tensor, tile: int = 512, overlap: int = 32, precise: bool = False) -> torch.Tensor:
+        return tiling.enhance(lambda x: self.forward(x, precise), image, tile=tile, overlap=overlap,
+                              multiple=self.multiple)
 
 
 def resolve(tracking_uri: str, model: str) -> tuple[str, str]:
@@ -70,7 +83,11 @@ def resolve(tracking_uri: str, model: str) -> tuple[str, str]:
     return name, str(aliases[alias])
 
 
-def load(tracking_uri: str, name: str, version: str, device: str | None = None) -> LoadedModel:
+def load(tracking_uri: str, name: str, version: str, device: str | None = None, runtime: str = "torch",
+         threads: int | None = None, memory_format: str = "channels_last", precision: str = "auto") -> LoadedModel:
+    """Version `version` of registered model `name`, ready on `runtime` (torch | onnx) with
+    `threads` intra-op threads (None: all CPUs). onnx uses the export logged by
+    `img2img models export` when there is one, else exports (and parity-checks) here."""
     import mlflow
     import mlflow.pytorch
     from mlflow.tracking import MlflowClient
@@ -81,5 +98,10 @@ def load(tracking_uri: str, name: str, version: str, device: str | None = None) 
     generator = mlflow.pytorch.load_model(f"models:/{name}/{version}", map_location=device).eval()
     tags = dict(mv.tags or {})
     metrics = {k: float(v) for k, v in tags.items() if k.startswith("val_")}
-    return LoadedModel(generator, name, str(version), tags.get("variant", "unknown"),
-                       int(tags.get("multiple", getattr(generator, "multiple", 1))), metrics, device=device)
+    multiple = int(tags.get("multiple", getattr(generator, "multiple", 1)))
+    onnx_file = None
+    if runtime == "onnx" and tags.get("export_onnx"):
+        onnx_file = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=tags["export_onnx"])
+    rt = build(generator, multiple, runtime, threads, device, memory_format, precision, onnx_file)
+    return LoadedModel(generator, name, str(version), tags.get("variant", "unknown"), multiple, metrics,
+                       device=device, runtime=rt)
