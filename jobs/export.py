@@ -14,23 +14,33 @@ from cluster.settings import Settings
 
 
 def resolve(settings: Settings, model: str) -> tuple[str, str]:
-    """`NAME@alias`, `NAME/VERSION` or `NAME` (= NAME@champion) -> (name, version)."""
+    """`NAME@alias`, `NAME/VERSION` or `NAME` (= NAME@champion) -> (name, version); the same
+    wording as serving's resolve for a missing model, version or alias (jobs cannot import it)."""
     from mlflow.exceptions import MlflowException
 
-    from jobs.registry import client
+    from cluster.errors import no_registered_model
+    from jobs.registry import alias_version, client
 
     c = client(settings)
     model = model.removeprefix("models:/")
+    name, sep, version = model.partition("/")
+    name, _, alias = name.partition("@")
     try:
-        if "/" in model:
-            name, version = model.split("/", 1)
+        c.get_registered_model(name)
+    except MlflowException:
+        raise no_registered_model(name) from None
+    if sep:
+        try:
             c.get_model_version(name, version)
-            return name, version
-        name, _, alias = model.partition("@")
-        return name, str(c.get_model_version_by_alias(name, alias or "champion").version)
-    except MlflowException as e:
-        raise Img2ImgError(f"no model {model!r} in the registry at {settings.mlflow_uri}: "
-                           f"{str(e).splitlines()[0][:200]}") from None
+        except MlflowException:
+            raise Img2ImgError(f"model {name!r} has no version {version!r}") from None
+        return name, version
+    alias = alias or "champion"
+    found = alias_version(settings, name, alias)
+    if found is None:
+        hint = f"; promote a version with: img2img models promote {name} --best" if alias == "champion" else ""
+        raise Img2ImgError(f"model {name!r} has no alias {alias!r}{hint}")
+    return name, found
 
 
 def export_model(settings: Settings, model: str, fmt: str = "onnx", out: Path | None = None,
