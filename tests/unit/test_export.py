@@ -63,3 +63,9 @@ def test_export_above_tolerance_is_refused_and_leaves_no_file(tmp_path):
 def test_unknown_format_is_refused(tmp_path):
     with pytest.raises(export.ExportError, match="unknown export format 'tflite'"):
         export.export(torch.nn.Identity(), "tflite", tmp_path / "x")
+
+
+def test_cli_refuses_an_unknown_format_in_one_line(cli, tmp_path):
+    r = cli("models", "export", "photos@champion", "--format", "tflite", "-o", tmp_path / "x")
+    assert r.exit_code == 1
+    assert "Error: --format must be onnx or torchscript, got 'tflite'" in r.output and "Traceback" not in r.output
