@@ -75,8 +75,10 @@ def in_process(m, body: bytes, n: int, tile: int) -> tuple[list[float], float]:
 
 def _row(size, path, runtime, batching, c, lat, rate, base):
     p50 = percentile(lat, 50)
-    return [f"{size}x{size}", path, runtime, batching, c, p50 * 1e3, percentile(lat, 95) * 1e3, rate,
-            p50 / base if base else float("nan")]
+    row = [f"{size}x{size}", path, runtime, batching, c, p50 * 1e3, percentile(lat, 95) * 1e3, rate,
+           p50 / base if base else float("nan")]
+    print("  ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in row), flush=True)  # progress
+    return row
 
 
 def main() -> None:
