@@ -24,7 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import percentile, report, settings_with_stack  # noqa: E402
 
 SIZES = (256, 1024)
-REQUESTS = {(256, 1): 8, (256, 16): 32, (1024, 1): 3, (1024, 16): 16}  # (size, concurrency) -> requests
+# (size, concurrency) -> requests. Small, so the whole matrix fits in ~20 minutes on 2 busy cores;
+# a 1024x1024 run at concurrency 16 sends 8 requests, so at most 8 are in flight (the table says so):
+# one compute-bound replica's throughput does not depend on the queue depth beyond that.
+REQUESTS = {(256, 1): 5, (256, 16): 16, (1024, 1): 2, (1024, 16): 8}
 LEVELS = (1, 16)
 TILES = (256, 512, 1024)
 CPUS = 2  # per replica for the new configurations (this machine has 2 cores)
@@ -75,7 +78,7 @@ def in_process(m, body: bytes, n: int, tile: int) -> tuple[list[float], float]:
 
 def _row(size, path, runtime, batching, c, lat, rate, base):
     p50 = percentile(lat, 50)
-    row = [f"{size}x{size}", path, runtime, batching, c, p50 * 1e3, percentile(lat, 95) * 1e3, rate,
+    row = [f"{size}x{size}", path, runtime, batching, min(c, len(lat) or c), p50 * 1e3, percentile(lat, 95) * 1e3, rate,
            p50 / base if base else float("nan")]
     print("  ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in row), flush=True)  # progress
     return row
@@ -120,7 +123,7 @@ def main() -> None:
     m = load(settings.mlflow_uri, name, version, threads=CPUS, runtime="torch")
     tile_p50 = {}
     for tile in TILES:
-        lat, rate = in_process(m, bodies[1024], 2, tile)
+        lat, rate = in_process(m, bodies[1024], 1, tile)
         tile_p50[tile] = percentile(lat, 50)
         rows.append(_row(1024, f"in-process, tile {tile}", f"torch channels_last {m.runtime.precision}", "-", 1, lat,
                          rate, base[1024]))
@@ -139,7 +142,7 @@ def main() -> None:
         ("torch NCHW fp32, 1 CPU (today)", dict(runtime="torch", memory_format="contiguous", precision="fp32",
                                                num_cpus=1, tile=256), ("on",)),
         ("torch NCHW fp32", dict(runtime="torch", memory_format="contiguous", precision="fp32", num_cpus=CPUS,
-                                 tile=best_tile), ("off", "on")),
+                                 tile=best_tile), ("off",)),
         ("torch channels_last auto", dict(runtime="torch", memory_format="channels_last", precision="auto",
                                           num_cpus=CPUS, tile=best_tile), ("off", "on")),
         ("onnx", dict(runtime="onnx", num_cpus=CPUS, tile=best_tile), ("off", "on")),
@@ -147,22 +150,27 @@ def main() -> None:
     serve_today: dict = {}
     for label, kw, batchings in serve_configs:
         for batching in batchings:
-            deploy(settings, args.model, min_replicas=1, max_replicas=1, max_batch_size=8 if batching == "on" else 1,
-                   wait_s=600, **kw)
-            info = httpx.get(settings.serve_url + "/model", timeout=30).json()
-            desc = f"{label} [{info.get('runtime')} {info.get('memory_format')} {info.get('precision')}, " \
-                   f"{info.get('threads')} thr, tile {kw['tile']}]"
-            for size in SIZES:
-                asyncio.run(_load(settings.serve_url, bodies[size], 1, 1))  # warm-up
-                for c in LEVELS:
-                    lat, rate, _ = asyncio.run(_load(settings.serve_url, bodies[size], REQUESTS[(size, c)], c))
-                    rows.append(_row(size, "Serve", desc, batching, c, lat, rate, base[size]))
-                    if label.endswith("(today)"):
-                        serve_today[(size, c)] = rate
+            try:  # a failed configuration (e.g. a replica killed by a memory-starved machine) is noted, not fatal
+                deploy(settings, args.model, min_replicas=1, max_replicas=1,
+                       max_batch_size=8 if batching == "on" else 1, wait_s=600, **kw)
+                info = httpx.get(settings.serve_url + "/model", timeout=30).json()
+                desc = f"{label} [{info.get('runtime')} {info.get('memory_format')} {info.get('precision')}, " \
+                       f"{info.get('threads')} thr, tile {kw['tile']}]"
+                for size in SIZES:
+                    asyncio.run(_load(settings.serve_url, bodies[size], 1, 1))  # warm-up
+                    for c in LEVELS:
+                        lat, rate, _ = asyncio.run(_load(settings.serve_url, bodies[size], REQUESTS[(size, c)], c))
+                        rows.append(_row(size, "Serve", desc, batching, c, lat, rate, base[size]))
+                        if label.endswith("(today)"):
+                            serve_today[(size, c)] = rate
+            except Exception as e:
+                notes.append(f"{label}, batching {batching}: FAILED ({type(e).__name__}: {str(e)[:150]})")
+                print(notes[-1], flush=True)
 
     serve_rows = [r for r in rows if r[1] == "Serve" and "(today)" not in r[2]]
     best256 = min((r for r in serve_rows if r[0] == "256x256" and r[4] == 1), key=lambda r: r[5])
-    best1024 = max((r for r in serve_rows if r[0] == "1024x1024" and r[4] == 16), key=lambda r: r[7])
+    best1024 = max((r for r in serve_rows if r[0] == "1024x1024" and r[4] > 1), key=lambda r: r[7])
+    serve_today.setdefault((1024, 16), float("nan"))
     notes.append(f"target 1: best Serve p50 at 256x256, c=1: {best256[5]:.0f} ms = {best256[8]:.2f} x today's "
                  f"in-process p50 ({base[256] * 1e3:.0f} ms) [target <= 0.6] ({best256[2]}, batching {best256[3]})")
     notes.append(f"target 2: best Serve images/s at 1024x1024, c=16: {best1024[7]:.3f} = "
@@ -172,8 +180,8 @@ def main() -> None:
            ["input", "path", "runtime", "batching", "concurrency", "p50 ms", "p95 ms", "images/s",
             "p50 / today's in-process p50"],
            rows, notes="Measured in one run on a machine shared with other jobs: absolute times are noisy, compare "
-                       "rows of this table with each other. At concurrency 16 the p50 includes queueing on one "
-                       "replica.\n\n" + "\n".join(f"- {n}" for n in notes))
+                       "rows of this table with each other. At concurrency > 1 the p50 includes queueing on one "
+                       "replica; the concurrency column is the number actually in flight.\n\n" + "\n".join(f"- {n}" for n in notes))
 
 
 if __name__ == "__main__":
