@@ -9,6 +9,9 @@ torch NCHW / torch channels_last + auto precision / ONNX Runtime on 2 CPUs, batc
 at concurrency 1 and 16. Also reports the torch threads a replica gets from Ray at num_cpus 0.5.
 
 Usage: python benchmarks/serve_latency.py [--model NAME@champion]  (default: the demo's model)
+       python benchmarks/serve_latency.py --interleaved [--size 256] [--rounds 5]
+           in-process runtimes only, run round-robin (one request each per round), so machine-wide
+           contention hits every runtime alike: the ratios survive a busy shared machine.
 """
 
 from __future__ import annotations
@@ -84,6 +87,43 @@ def _row(size, path, runtime, batching, c, lat, rate, base):
     return row
 
 
+def interleaved(settings, model: str, size: int, rounds: int) -> None:
+    """In-process runtimes round-robin on one input size: p50 / min per runtime and ratios."""
+    import torch
+
+    from serving.model import load, resolve
+    from serving.runtime import cpu_has_native_bf16
+
+    name, version = resolve(settings.mlflow_uri, model)
+    body = _image(size)
+    configs = {"torch NCHW fp32 (today)": dict(runtime="torch", memory_format="contiguous", precision="fp32"),
+               "torch channels_last fp32": dict(runtime="torch", memory_format="channels_last", precision="fp32")}
+    if cpu_has_native_bf16():
+        configs["torch channels_last bf16"] = dict(runtime="torch", memory_format="channels_last", precision="bf16")
+    configs["onnx (ONNX Runtime CPU)"] = dict(runtime="onnx")
+    rows = []
+    for threads in (1, CPUS):
+        models = {k: load(settings.mlflow_uri, name, version, threads=threads, **kw) for k, kw in configs.items()}
+        lat: dict[str, list[float]] = {k: [] for k in configs}
+        for m in models.values():
+            m.enhance(torch.zeros(1, 3, 64, 64))  # warm-up
+        for r in range(rounds):
+            for label, m in models.items():
+                torch.set_num_threads(threads)  # each load set it; all runs here use `threads`
+                lat[label] += in_process(m, body, 1, tile=512)[0]
+            print(f"threads {threads}: round {r + 1}/{rounds}", flush=True)
+        base = percentile(lat["torch NCHW fp32 (today)"], 50)
+        for label, values in lat.items():
+            p50 = percentile(values, 50)
+            rows.append([f"{size}x{size}", label, threads, p50 * 1e3, min(values) * 1e3, p50 / base,
+                         base / p50])
+    report(f"serve_latency_interleaved_{size}", f"In-process runtimes round-robin ({model}, {size}x{size}, "
+           f"{rounds} rounds, PNG codec included)",
+           ["input", "runtime", "threads", "p50 ms", "min ms", "p50 / NCHW fp32 p50", "speed-up"], rows,
+           notes="Each round runs every runtime once, one after the other, so load from other jobs on this "
+                 "shared machine hits all of them alike; absolute times are noisy, the ratios are the result.")
+
+
 def main() -> None:
     import httpx
     import torch
@@ -94,8 +134,13 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="demo-photos-nafnet@champion")
+    parser.add_argument("--interleaved", action="store_true", help="in-process runtimes round-robin only")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     settings = settings_with_stack()
+    if args.interleaved:
+        return interleaved(settings, args.model, args.size, args.rounds)
     name, version = resolve(settings.mlflow_uri, args.model)
     bodies = {s: _image(s) for s in SIZES}
     rows, notes = [], []
