@@ -137,6 +137,8 @@ def main() -> None:
     parser.add_argument("--interleaved", action="store_true", help="in-process runtimes round-robin only")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--quick", action="store_true",
+                        help="in-process baseline only, tile 512, Serve: today vs the new defaults vs onnx (1 CPU)")
     args = parser.parse_args()
     settings = settings_with_stack()
     if args.interleaved:
@@ -154,6 +156,8 @@ def main() -> None:
                                                          precision="bf16")))
     configs += [("torch channels_last auto", dict(runtime="torch", memory_format="channels_last", precision="auto")),
                 ("onnx (ONNX Runtime CPU)", dict(runtime="onnx"))]
+    if args.quick:
+        configs = configs[:1]
     for label, kw in configs:
         m = load(settings.mlflow_uri, name, version, threads=CPUS, **kw)
         if kw.get("precision") == "auto":
@@ -167,12 +171,12 @@ def main() -> None:
     # Tile size at 1024x1024 for the auto torch runtime (the default candidate).
     m = load(settings.mlflow_uri, name, version, threads=CPUS, runtime="torch")
     tile_p50 = {}
-    for tile in TILES:
+    for tile in () if args.quick else TILES:
         lat, rate = in_process(m, bodies[1024], 1, tile)
         tile_p50[tile] = percentile(lat, 50)
         rows.append(_row(1024, f"in-process, tile {tile}", f"torch channels_last {m.runtime.precision}", "-", 1, lat,
                          rate, base[1024]))
-    best_tile = min(tile_p50, key=tile_p50.get)
+    best_tile = min(tile_p50, key=tile_p50.get) if tile_p50 else 512
     notes.append(f"fastest tile at 1024x1024: {best_tile} ({', '.join(f'{t}: {v * 1e3:.0f} ms' for t, v in tile_p50.items())})")
     del m
 
@@ -192,6 +196,12 @@ def main() -> None:
                                           num_cpus=CPUS, tile=best_tile), ("off", "on")),
         ("onnx", dict(runtime="onnx", num_cpus=CPUS, tile=best_tile), ("off", "on")),
     ]
+    if args.quick:
+        serve_configs = [serve_configs[0],
+                         ("torch channels_last auto, 1 CPU (new default)",
+                          dict(runtime="torch", memory_format="channels_last", precision="auto", num_cpus=1,
+                               tile=512), ("off",)),
+                         ("onnx, 1 CPU", dict(runtime="onnx", num_cpus=1, tile=512), ("off",))]
     serve_today: dict = {}
     for label, kw, batchings in serve_configs:
         for batching in batchings:

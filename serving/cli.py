@@ -29,7 +29,8 @@ def deploy(
     min_replicas: int = typer.Option(1, help="autoscaling lower bound"),
     max_replicas: int = typer.Option(2, help="autoscaling upper bound"),
     target_ongoing_requests: float = typer.Option(2.0, help="requests per replica the autoscaler aims for"),
-    max_batch_size: int = typer.Option(8, help="tiles batched together across requests (1 = off)"),
+    max_batch_size: int = typer.Option(1, help="tiles batched together across requests (1 = off: measured "
+                                               "slower on CPU; try 8 on a GPU)"),
     batch_wait_ms: float = typer.Option(10, help="how long a batch waits to fill"),
     num_cpus: float = typer.Option(0.5, help="CPUs reserved per replica"),
     tile: int = typer.Option(512, help="default tile size for large images"),

@@ -50,7 +50,7 @@ def _other_apps(settings: Settings) -> list[dict]:
 
 
 def deploy(settings: Settings, model: str = "", *, min_replicas: int = 1, max_replicas: int = 2,
-           target_ongoing_requests: float = 2.0, max_batch_size: int = 8, batch_wait_ms: float = 10,
+           target_ongoing_requests: float = 2.0, max_batch_size: int = 1, batch_wait_ms: float = 10,
            num_cpus: float = 0.5, tile: int = 512, overlap: int = 32, max_pixels: int = 16_000_000,
            upscale_delay_s: float = 5, downscale_delay_s: float = 30, wait_s: float = 300,
            runtime: str = "torch", threads: int | None = None, memory_format: str = "channels_last",
