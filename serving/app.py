@@ -26,7 +26,7 @@ from translator import tiling
 log = logging.getLogger("img2img.serve")
 api = FastAPI(title="img2img enhancer", description="Image enhancement with a registered img2img model.")
 DEFAULTS = {"max_pixels": 16_000_000, "tile": 512, "overlap": 32, "max_batch_size": 1, "batch_wait_timeout_s": 0.01,
-            "runtime": "torch", "threads": None, "memory_format": "channels_last", "precision": "auto"}
+            "runtime": "auto", "threads": None, "memory_format": "channels_last", "precision": "auto"}
 RUNTIME_KEYS = ("model_name", "model_version", "runtime", "threads", "memory_format", "precision")
 
 

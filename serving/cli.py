@@ -36,7 +36,7 @@ def deploy(
     tile: int = typer.Option(512, help="default tile size for large images"),
     overlap: int = typer.Option(32, help="default tile overlap"),
     max_megapixels: float = typer.Option(16.0, help="larger uploads get 413"),
-    runtime: str = typer.Option("torch", help="torch | onnx (ONNX Runtime; CUDA provider on a GPU)"),
+    runtime: str = typer.Option("auto", help="auto (onnx on CPU: measured fastest; torch on GPU) | torch | onnx"),
     threads: int = typer.Option(None, help="intra-op threads per replica (default: floor(--num-cpus), min 1)"),
     memory_format: str = typer.Option("channels_last", help="torch only: channels_last | contiguous"),
     precision: str = typer.Option("auto", help="torch only: auto (bf16 where native, faster and within one "
@@ -119,7 +119,7 @@ def enhance(
     parallel: int = typer.Option(4, help="requests in flight"),
     local: bool = typer.Option(False, "--local", help="run the model here, without Serve"),
     model: str = typer.Option(None, "--model", "-m", help="with --local: NAME@champion or NAME/VERSION"),
-    runtime: str = typer.Option("torch", help="with --local: torch | onnx"),
+    runtime: str = typer.Option("auto", help="with --local: auto (onnx on CPU, torch on GPU) | torch | onnx"),
     threads: int = typer.Option(None, help="with --local: intra-op threads (default: all CPUs)"),
 ):
     """Enhance images through the endpoint (or in-process with --local).

@@ -53,9 +53,9 @@ def deploy(settings: Settings, model: str = "", *, min_replicas: int = 1, max_re
            target_ongoing_requests: float = 2.0, max_batch_size: int = 1, batch_wait_ms: float = 10,
            num_cpus: float = 0.5, tile: int = 512, overlap: int = 32, max_pixels: int = 16_000_000,
            upscale_delay_s: float = 5, downscale_delay_s: float = 30, wait_s: float = 300,
-           runtime: str = "torch", threads: int | None = None, memory_format: str = "channels_last",
+           runtime: str = "auto", threads: int | None = None, memory_format: str = "channels_last",
            precision: str = "auto") -> dict:
-    """Deploy the enhancer app serving `model`. `runtime` torch | onnx; `threads` per replica
+    """Deploy the enhancer app serving `model`. `runtime` auto (onnx on CPU, torch on GPU) | torch | onnx; `threads` per replica
     (default: floor(num_cpus), at least 1); `memory_format` and `precision` apply to torch."""
     from serving.model import resolve
     from serving.runtime import MEMORY_FORMATS, PRECISIONS, RUNTIMES, threads_for

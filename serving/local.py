@@ -11,9 +11,9 @@ from serving.model import load, resolve
 
 
 def enhance_locally(settings: Settings, model: str, files: list[Path], out_dir: Path, fmt: str = "png",
-                    on_done=lambda o: None, max_pixels: int = 16_000_000, runtime: str = "torch",
+                    on_done=lambda o: None, max_pixels: int = 16_000_000, runtime: str = "auto",
                     threads: int | None = None) -> list[Outcome]:
-    """Enhance `files` into `out_dir` with the registered `model` on `runtime` (torch | onnx)."""
+    """Enhance `files` into `out_dir` with the registered `model` on `runtime` (auto | torch | onnx)."""
     from cluster.errors import Img2ImgError
     from serving.runtime import RUNTIMES
 

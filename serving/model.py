@@ -83,10 +83,10 @@ def resolve(tracking_uri: str, model: str) -> tuple[str, str]:
     return name, str(aliases[alias])
 
 
-def load(tracking_uri: str, name: str, version: str, device: str | None = None, runtime: str = "torch",
+def load(tracking_uri: str, name: str, version: str, device: str | None = None, runtime: str = "auto",
          threads: int | None = None, memory_format: str = "channels_last", precision: str = "auto") -> LoadedModel:
     """Version `version` of registered model `name`, ready on `runtime` (torch | onnx) with
-    `threads` intra-op threads (None: all CPUs). onnx uses the export logged by
+    `threads` intra-op threads (None: all CPUs); auto = onnx on CPU, torch on GPU. onnx uses the export logged by
     `img2img models export` when there is one, else exports (and parity-checks) here."""
     import mlflow
     import mlflow.pytorch
@@ -100,7 +100,7 @@ def load(tracking_uri: str, name: str, version: str, device: str | None = None, 
     metrics = {k: float(v) for k, v in tags.items() if k.startswith("val_")}
     multiple = int(tags.get("multiple", getattr(generator, "multiple", 1)))
     onnx_file = None
-    if runtime == "onnx" and tags.get("export_onnx"):
+    if runtime in ("onnx", "auto") and device == "cpu" and tags.get("export_onnx"):
         onnx_file = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=tags["export_onnx"])
     rt = build(generator, multiple, runtime, threads, device, memory_format, precision, onnx_file)
     return LoadedModel(generator, name, str(version), tags.get("variant", "unknown"), multiple, metrics,

@@ -1,4 +1,6 @@
-"""How a loaded generator runs on this machine: `torch` or `onnx` (ONNX Runtime).
+"""How a loaded generator runs on this machine: `torch` or `onnx` (ONNX Runtime); `auto` is
+onnx on a CPU (the fastest in benchmarks/serve_latency.py's side-by-side runs on 2 cores: 2.2-2.9x
+today's NCHW fp32 at 256 and 1024 px, ahead of channels_last bf16) and torch on a GPU.
 
 torch runs channels_last by default (NAFNet's LayerNorm2d permutes to NHWC and back, which
 channels_last makes free) and, with `precision="auto"`, under bf16 autocast only where the
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-RUNTIMES = ("torch", "onnx")
+RUNTIMES = ("auto", "torch", "onnx")
 MEMORY_FORMATS = ("channels_last", "contiguous")
 PRECISIONS = ("auto", "fp32", "bf16")
 ONE_8BIT_LEVEL = 2.0 / 255.0
@@ -177,10 +179,12 @@ def onnx_runtime(generator: torch.nn.Module, multiple: int, threads: int, device
 def build(generator: torch.nn.Module, multiple: int, runtime: str = "torch", threads: int | None = None,
           device: str = "cpu", memory_format: str = "channels_last", precision: str = "auto",
           onnx_file: Path | None = None) -> Runtime:
-    """A Runtime of kind `runtime` (torch | onnx) with `threads` intra-op threads (None: all CPUs).
-    Raises ValueError for an unknown runtime, memory format or precision."""
+    """A Runtime of kind `runtime` (auto | torch | onnx) with `threads` intra-op threads (None: all
+    CPUs). Raises ValueError for an unknown runtime, memory format or precision."""
     if runtime not in RUNTIMES:
-        raise ValueError(f"runtime must be torch or onnx, got {runtime!r}")
+        raise ValueError(f"runtime must be auto, torch or onnx, got {runtime!r}")
+    if runtime == "auto":  # the measured best per device; GPU defaults await the GPU check
+        runtime = "torch" if device.startswith("cuda") else "onnx"
     threads = threads or threads_for(None)
     if runtime == "onnx":
         if device == "cpu":

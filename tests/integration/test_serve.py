@@ -209,6 +209,9 @@ def test_export_logged_to_registry_then_served_with_onnx_runtime(stack, cli, dem
     model = f"{demo_run.model}@champion"
     rng = np.random.default_rng(5)
     body = png(Image.fromarray(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)).filter(ImageFilter.BLUR))
+    assert post(stack.serve_url, body).headers["x-model-runtime"] == "onnx"  # auto on a CPU
+    r = cli("serve", "deploy", "--model", model, "--runtime", "torch")
+    assert r.exit_code == 0, r.output
     torch_reply = post(stack.serve_url, body)
     assert torch_reply.headers["x-model-runtime"] == "torch"
     r = cli("models", "export", model, "--format", "onnx", "-o", tmp_path / "g.onnx")
@@ -242,4 +245,4 @@ def test_export_logged_to_registry_then_served_with_onnx_runtime(stack, cli, dem
     local = np.asarray(Image.open(tmp_path / "o" / "in.enhanced.png"), dtype=int)
     assert np.abs(local - a).max() <= 1
     r = cli("enhance", tmp_path / "in.png", "--local", "--model", model, "--runtime", "tensorrt")
-    assert r.exit_code == 1 and "--runtime must be torch or onnx" in r.output
+    assert r.exit_code == 1 and "--runtime must be auto or torch or onnx" in r.output

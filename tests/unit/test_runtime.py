@@ -66,16 +66,20 @@ def test_every_runtime_matches_plain_pytorch(nafnet, kw):
     assert (rt.run(x, precise=True) - want).abs().max() <= 1e-4  # 16-bit images: always fp32
 
 
+def test_auto_runtime_is_onnx_on_cpu(nafnet):
+    assert runtime.build(*nafnet, "auto", threads=1).name == "onnx"
+
+
 def test_unknown_runtime_options_are_refused(nafnet):
     generator, multiple = nafnet
-    with pytest.raises(ValueError, match="runtime must be torch or onnx"):
+    with pytest.raises(ValueError, match="runtime must be auto, torch or onnx"):
         runtime.build(generator, multiple, "tensorrt")
     with pytest.raises(ValueError, match="memory format"):
         runtime.build(generator, multiple, "torch", memory_format="nhwc")
 
 
 @pytest.mark.parametrize("kw, message", [
-    (dict(runtime="tensorrt"), "--runtime must be torch or onnx"),
+    (dict(runtime="tensorrt"), "--runtime must be auto or torch or onnx"),
     (dict(memory_format="nhwc"), "--memory-format must be channels_last or contiguous"),
     (dict(precision="fp8"), "--precision must be auto or fp32 or bf16"),
     (dict(threads=0), "--threads >= 1"),
