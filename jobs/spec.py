@@ -31,6 +31,9 @@ class TrainSpec:
     max_failures: int = 2
     log_every: int = 10
     seed: int = 0
+    init_from: str | None = None  # --init-from: a registered model (NAME@alias | NAME/VERSION) to start from
+    init_path: str | None = None  # its checkpoint in the store (resolved before submission)
+    parent: str | None = None  # NAME/VERSION of that model (lineage)
     run_id: str | None = None  # the MLflow run, created at submission
     fail_at_step: int | None = None  # test hook: rank 0 raises once at this step
 

@@ -102,7 +102,7 @@ def run(spec: TrainSpec, settings: Settings | None = None):
         train_loop_per_worker,
         train_loop_config={"spec": json.loads(spec.to_json()), "variant_config": cfg.__dict__, "paired": paired,
                            "total_steps": total_steps, "tracking_uri": settings.mlflow_uri,
-                           "resume_path": resume_from},
+                           "resume_path": resume_from, "init_path": spec.init_path},
         scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=spec.use_gpu,
                                      resources_per_worker={"CPU": spec.cpus_per_worker}),
         run_config=RunConfig(
@@ -112,7 +112,11 @@ def run(spec: TrainSpec, settings: Settings | None = None):
             failure_config=FailureConfig(max_failures=spec.max_failures)),
         datasets=datasets_for(spec, manifest, settings, cfg.image_size),
     )
+    import time
+
+    t_fit = time.time()
     result = trainer.fit()
+    train_seconds = time.time() - t_fit
     best = max(result.best_checkpoints, key=lambda cm: cm[1].get(METRIC, float("-inf")))
     checkpoint, metrics = best
     import torch
@@ -132,9 +136,16 @@ def run(spec: TrainSpec, settings: Settings | None = None):
         client = MlflowClient(settings.mlflow_uri)
         tags = {"variant": spec.variant, "dataset": spec.dataset, "dataset_sha256": manifest.sha256,
                 "run_id": run_id, "multiple": str(variant.multiple), "step": str(variant.step)}
-        tags.update({k: f"{v:.4f}" for k, v in metrics.items() if k.startswith("val_")})
+        # unpaired variants validate by cycle consistency: tag those as cycle metrics
+        tags.update({(k if paired else k.replace("val_", "val_cycle_", 1)): f"{v:.4f}"
+                     for k, v in metrics.items() if k.startswith("val_")})
         for k, v in tags.items():
             client.set_model_version_tag(spec.registered_name, str(version), k, v)
+        from jobs.tracking import finish_registration
+
+        for warning in finish_registration(client, spec, manifest, version, metrics, train_seconds, paired):
+            log.warning(warning)
+            print(f"WARNING: {warning}", flush=True)
     print(json.dumps({"run_id": run_id, "registered_model": spec.registered_name, "version": version,
                       "metrics": {k: v for k, v in metrics.items() if k.startswith("val_")}}))
     return version, metrics

@@ -141,6 +141,12 @@ def _fail_once(spec: dict) -> None:
         raise RuntimeError(f"injected failure at step {spec['fail_at_step']} (test hook)")
 
 
+def _arrow_fs():
+    from cluster.storage import arrow_filesystem
+
+    return arrow_filesystem()
+
+
 def train_loop_per_worker(cfg: dict) -> None:
     import ray.train
     import ray.train.torch
@@ -168,6 +174,19 @@ def train_loop_per_worker(cfg: dict) -> None:
         variant.load_state_dict(state["variant"])
         start_epoch = state["epoch"] + 1
         log.info("resumed from epoch %d, step %d", state["epoch"], variant.step)
+    elif cfg.get("init_path"):  # --init-from: a registered model's weights, fresh optimisers and schedule
+        init = ray.train.Checkpoint(path=cfg["init_path"], filesystem=_arrow_fs())
+        with init.as_directory() as d:
+            state = torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=False)
+        variant.load_state_dict(state["variant"], with_optimizers=False)
+        variant.step = 0
+        variant.set_total_steps(total_steps)
+        init_metrics, _ = validate(variant, paired, world)  # step 0: the parent's quality on this val set
+        if rank == 0 and spec["run_id"]:
+            from jobs.tracking import RunLogger
+
+            RunLogger(cfg["tracking_uri"], spec["run_id"]).metrics(init_metrics, 0)
+        log.info("initialised from %s: %s", cfg["init_path"], init_metrics)
     if world > 1:
         variant.wrap_networks(ray.train.torch.prepare_model)
     logger = RunLogger(cfg["tracking_uri"], spec["run_id"]) if rank == 0 and spec["run_id"] else None
