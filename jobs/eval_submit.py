@@ -80,10 +80,14 @@ def evaluate(settings: Settings, ref: str, dataset: str, split: str = "val", lim
     ssim, input_psnr, input_ssim, gain_db} or {cycle_psnr, cycle_ssim}, "run_id", ...}; PSNR and
     gain in dB, SSIM in [0, 1]. `progress(done, total)` is called as images are scored.
     Raises Img2ImgError if the request is refused or the job fails."""
+    import logging
+
     from jobs.submit import job_client, runtime_env, wait
 
     spec = prepare(settings, ref, dataset, split, limit, **kw)
     client = job_client(settings)
+    for chatty in ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk"):  # upload, websocket
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     entrypoint = f"python -m jobs.evaluate --spec {shlex.quote(spec.to_json())}"
     metadata = {"img2img": "eval", "model": f"{spec.model}/{spec.version}", "dataset": dataset}
     try:

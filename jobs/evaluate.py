@@ -106,8 +106,12 @@ class Scorer:
         self.device = torch.device("cuda" if self.spec.use_gpu and torch.cuda.is_available() else "cpu")
         torch.set_num_threads(max(1, int(self.spec.cpus_per_worker)))
         if self.spec.kind == "paired":  # the registered model itself
+            import mlflow
             import mlflow.pytorch
 
+            from cluster.settings import get_settings
+
+            mlflow.set_tracking_uri(get_settings().mlflow_uri)  # an actor does not inherit the driver's
             net = mlflow.pytorch.load_model(self.spec.model_uri, map_location=self.device).eval()
             self.forward = lambda x: net(x.to(self.device)).float()
             self.reverse = None
@@ -190,7 +194,7 @@ def _grid(rows: list[dict], key: str, n: int = 2):
 
     ranked = sorted(rows, key=lambda r: r[key], reverse=True)
     picked = ranked[:n] + [r for r in ranked[-n:] if r not in ranked[:n]]
-    return images.grid([[Image.open(io.BytesIO(bytes.fromhex(t))) for t in r["thumbs"]] for r in picked])
+    return images.grid([[Image.open(io.BytesIO(bytes.fromhex(t))) for t in json.loads(r["thumbs"])] for r in picked])
 
 
 def _csv(rows: list[dict], keys) -> str:
@@ -246,8 +250,8 @@ def run(spec: EvalSpec, settings=None, echo=print) -> dict:
         "dataset_sha256": spec.dataset_sha256, "split": spec.split, "limit": spec.limit, "images": len(rows),
         "tile": spec.tile, "overlap": spec.overlap, "device": "gpu" if spec.use_gpu else "cpu"}.items()])
     logger.metrics({**means, "images": len(rows), "seconds": seconds}, 0)
-    logger.text(_csv(rows, keys), "per_image.csv")
-    logger.image(_grid(rows, keys[0]), "best_worst.png")
+    logger.text(_csv(rows, keys), "eval/per_image.csv")
+    logger.image(_grid(rows, keys[0]), "eval/best_worst.png")
     client.set_terminated(run_id)
     summary = {"model": spec.model, "version": spec.version, "variant": spec.variant, "dataset": spec.dataset,
                "split": spec.split, "dataset_sha256": spec.dataset_sha256, "kind": spec.kind, "images": len(rows),
@@ -270,6 +274,11 @@ def main(argv: list[str] | None = None) -> int:
         run(EvalSpec.from_json(args.spec))
     except Img2ImgError as e:
         print(f"{MARK} error {e}", flush=True)
+        return 1
+    except Exception as e:  # the client shows this line; the traceback stays in the job's log
+        log.exception("evaluation failed")
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        print(f"{MARK} error evaluation failed: {type(e).__name__}: {first}", flush=True)
         return 1
     return 0
 
