@@ -242,27 +242,26 @@ def promote(settings: Settings, name: str, version: str | None = None, best: boo
     candidate = max(ranked, key=lambda v: _score(score[v.version], metric)) if best else by_version[str(version)]
     decision = Decision(name, candidate.version, current, dataset, split, metric,
                         {v: score[v] for v in score if v in (candidate.version, current)})
+    reasons = []
     gain = score[candidate.version].get("gain_db")
     if gain is not None and gain < 0:
-        why = (f"v{candidate.version} makes images worse than its input on {dataset}/{split} "
-               f"(gain {gain:+.2f} dB)")
-        if not force:
-            raise Img2ImgError(f"{why}; pass --force to promote it anyway")
-        decision.warnings.append(f"promoted although {why}")
+        reasons.append(f"v{candidate.version} makes images worse than its input on {dataset}/{split} "
+                       f"(gain {gain:+.2f} dB)")
+    if current is not None and current != candidate.version and current in score:
+        new, old = _score(score[candidate.version], metric), _score(score[current], metric)
+        if new is not None and old is not None and new < old:
+            reasons.append(f"v{candidate.version} has {metric} {new:.3f} on {dataset}/{split}, worse than "
+                           f"champion v{current} ({old:.3f})")
+    if reasons and not force:
+        raise Img2ImgError(f"{'; '.join(reasons)}; pass --force to promote it anyway")
+    decision.warnings += [f"promoted although {why}" for why in reasons]
     if current == candidate.version:
         decision.changed = False
         return decision
-    if current is not None and current in score:
-        new, old = _score(score[candidate.version], metric), _score(score[current], metric)
-        if new is not None and old is not None and new < old:
-            why = (f"v{candidate.version} has {metric} {new:.3f} on {dataset}/{split}, worse than champion "
-                   f"v{current} ({old:.3f})")
-            if not force:
-                raise Img2ImgError(f"{why}; pass --force to promote it anyway")
-            decision.warnings.append(f"promoted although {why}")
     c = client(settings)
     if current is not None:
-        history = [v for v in _history(model_tags(settings, name)) if v != current] + [current]
+        history = [v for v in _history(model_tags(settings, name)) if v not in (current, candidate.version)]
+        history.append(current)
         c.set_registered_model_tag(name, HISTORY, json.dumps(history))
         c.set_registered_model_alias(name, PREVIOUS, current)
     c.set_registered_model_alias(name, CHAMPION, candidate.version)
