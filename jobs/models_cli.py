@@ -79,10 +79,16 @@ def promote(
 
     Example: `img2img models promote photos 3`  or  `img2img models promote photos --best`
     """
+    from jobs.registry import Refused
     from jobs.registry import promote as do_promote
 
     settings = get_settings()
-    d = do_promote(settings, name, version, best=best, metric=metric, force=force, evaluate=_evaluator(settings))
+    try:
+        d = do_promote(settings, name, version, best=best, metric=metric, force=force,
+                       evaluate=_evaluator(settings))
+    except Refused as e:
+        _print_scores(e.decision)  # both numbers, side by side, then the one-line reason
+        raise
     _print_scores(d)
     for w in d.warnings:
         err_console.print(f"[bold yellow]Warning:[/] {w}", highlight=False)

@@ -78,6 +78,14 @@ class Decision:
     changed: bool = True
 
 
+class Refused(Img2ImgError):
+    """The gate refused a candidate; `decision` holds the scores it compared."""
+
+    def __init__(self, message: str, decision: Decision):
+        super().__init__(message)
+        self.decision = decision
+
+
 def client(settings: Settings):
     from mlflow.tracking import MlflowClient
 
@@ -191,9 +199,13 @@ def scores(settings: Settings, name: str, candidates: list[VersionInfo], evaluat
     from jobs.manifest import read_manifest
 
     where = eval_set(settings, name)
-    if where is None:
-        raise Img2ImgError(f"model {name!r} has no evaluation set; set one with "
-                           f"`img2img models set-eval {name} --dataset DATASET`")
+    if where is None:  # registered before evaluation sets existed: the first version's dataset
+        first = min(versions(settings, name), key=lambda v: int(v.version), default=None)
+        if first is None or not first.tags.get("dataset"):
+            raise Img2ImgError(f"model {name!r} has no evaluation set; set one with "
+                               f"`img2img models set-eval {name} --dataset DATASET`")
+        set_eval_set(settings, name, first.tags["dataset"], "val")
+        where = (first.tags["dataset"], "val")
     dataset, split = where
     sha = read_manifest(Storage(settings), dataset).sha256
     out = {}
@@ -241,7 +253,7 @@ def promote(settings: Settings, name: str, version: str | None = None, best: boo
         raise Img2ImgError(f"no version of {name!r} has {metric} on {dataset}/{split}")
     candidate = max(ranked, key=lambda v: _score(score[v.version], metric)) if best else by_version[str(version)]
     decision = Decision(name, candidate.version, current, dataset, split, metric,
-                        {v: score[v] for v in score if v in (candidate.version, current)})
+                        {v: score[v] for v in score if best or v in (candidate.version, current)})
     reasons = []
     gain = score[candidate.version].get("gain_db")
     if gain is not None and gain < 0:
@@ -253,7 +265,7 @@ def promote(settings: Settings, name: str, version: str | None = None, best: boo
             reasons.append(f"v{candidate.version} has {metric} {new:.3f} on {dataset}/{split}, worse than "
                            f"champion v{current} ({old:.3f})")
     if reasons and not force:
-        raise Img2ImgError(f"{'; '.join(reasons)}; pass --force to promote it anyway")
+        raise Refused(f"{'; '.join(reasons)}; pass --force to promote it anyway", decision)
     decision.warnings += [f"promoted although {why}" for why in reasons]
     if current == candidate.version:
         decision.changed = False

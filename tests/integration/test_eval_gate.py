@@ -137,3 +137,19 @@ def test_rollback_walks_back_through_former_champions(stack, cli, gate_model):
         assert r.exit_code == 0 and registry.alias_version(stack, MODEL, "champion") == expected, r.output
     r = cli("models", "rollback", MODEL)
     assert r.exit_code == 1 and "no former champion" in r.output
+
+
+def test_unpaired_models_are_scored_by_cycle_metrics_and_flags_are_shown(stack, cli, trained, unpaired_dataset):
+    r = cli("eval", "test-cyclegan/1", "--dataset", unpaired_dataset, "--json")
+    assert r.exit_code == 0, r.output
+    out, _ = json.JSONDecoder().raw_decode(r.output[r.output.index("{"):])
+    assert set(out["metrics"]) == {"cycle_psnr", "cycle_ssim"} and out["metrics"]["cycle_psnr"] > 5
+    r = cli("eval", "test-pix2pix/1", "--dataset", unpaired_dataset)
+    assert r.exit_code == 1 and "reverse generator" in r.output
+    # A version worse than its input is flagged in the registry and in the listing.
+    auto = registry.resolve(stack, "test-autoencoder/1")
+    worse = float(auto.tags["val_gain_db"]) < 0
+    assert (auto.tags.get("worse_than_input") == "true") == worse
+    assert ("WORSE THAN INPUT" in cli("models", "ls", "test-autoencoder").output) == worse
+    assert ("WARNING" in trained["autoencoder"]["logs"] and "WORSE than its input" in trained["autoencoder"]["logs"]) \
+        == worse
