@@ -57,3 +57,45 @@ def test_architecture_difference_is_named():
     assert diff and "shape" in diff and "parent" in diff
     with pytest.raises(Img2ImgError, match="unknown setting"):
         architecture("nafnet", {"no_such_key": 1})
+
+
+def _png(seed, size=24):
+    import numpy as np
+    from PIL import Image
+
+    from translator import images
+
+    return images.encode(Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size, size + 8, 3),
+                                                                              dtype=np.uint8)))
+
+
+@pytest.mark.parametrize("kind", ["paired", "unpaired"])
+def test_scorer_rows(kind):
+    """The evaluation actor's scoring of one batch (model built here instead of loaded)."""
+    import json
+
+    import numpy as np
+
+    from jobs.evaluate import CYCLE_KEYS, PAIRED_KEYS, EvalSpec, Scorer
+    from translator.variants import build_variant
+
+    variant = build_variant("cyclegan", {"ngf": 4, "ndf": 4, "n_blocks": 1})
+    variant.eval()
+    scorer = Scorer.__new__(Scorer)
+    scorer.spec = EvalSpec(model="m", version="1", dataset="d", kind=kind, multiple=variant.multiple)
+    scorer.forward = lambda x: variant.translate(x)
+    scorer.reverse = lambda x: variant.translate(x, reverse=True)
+    if kind == "paired":
+        batch = {"key": np.array(["a", "b"]), "input": np.array([_png(1), _png(2)], dtype=object),
+                 "target": np.array([_png(1), _png(3)], dtype=object)}
+    else:
+        batch = {"key": np.array(["a", "b"]), "domain": np.array(["a", "b"]),
+                 "image": np.array([_png(1), _png(2)], dtype=object)}
+    rows = scorer(batch)
+    assert list(rows["key"]) == ["a", "b"] and list(rows["height"]) == [24, 24] and list(rows["width"]) == [32, 32]
+    for k in PAIRED_KEYS if kind == "paired" else CYCLE_KEYS:
+        assert np.isfinite(rows[k]).all()
+    if kind == "paired":
+        assert rows["input_psnr"][0] > 90  # input == target: no error
+        assert rows["gain_db"][1] == pytest.approx(rows["psnr"][1] - rows["input_psnr"][1])
+    assert len(json.loads(rows["thumbs"][0])) == 3
