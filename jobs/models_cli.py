@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import typer
 
-from cluster.cli_utils import console, err_console, handle_errors, table
+from cluster.cli_utils import (
+    console,
+    err_console,
+    handle_errors,
+    json_option,
+    print_json,
+    print_table,
+    table,
+)
 from cluster.settings import get_settings
 
 models_app = typer.Typer(help="List registered models, promote a version to champion, roll back, "
@@ -26,26 +34,36 @@ def _row(v, where):
     note = "WORSE THAN INPUT" if v.worse_than_input else ""
     return [v.name, v.version, v.tags.get("variant", "-"), v.tags.get("dataset", "-"), _num(val("psnr")),
             _num(val("ssim"), "ssim"), _num(val("gain_db"), "gain"), _num(cycle), _num(score),
-            v.tags.get("parent", "-"), ",".join(v.aliases), note, v.run_id[:12], v.created]
+            v.tags.get("parent", "-"), ",".join(v.aliases), note, v.run_id, v.created]
 
 
 @models_app.command("ls")
 @handle_errors
-def ls(name: str = typer.Argument(None, help="one registered model (default: all)")):
+def ls(name: str = typer.Argument(None, help="one registered model (default: all)"),
+       as_json: bool = json_option()):
     """Registered models and versions: variant, training dataset, own-val PSNR/SSIM/gain (paired),
     cycle PSNR (unpaired), PSNR on the model's evaluation set, parent (fine-tuned from), aliases.
 
-    Example: `img2img models ls photos`
+    Example: `img2img models ls photos --json`
     """
     from jobs.registry import eval_set, versions
 
     settings = get_settings()
     found = versions(settings, name)
     where = {n: eval_set(settings, n) for n in {v.name for v in found}}
+    if as_json:
+        print_json([{"model": v.name, "version": v.version, "variant": v.tags.get("variant"),
+                     "dataset": v.tags.get("dataset"), "val_psnr": v.metric("val_psnr") if v.paired else None,
+                     "val_ssim": v.metric("val_ssim") if v.paired else None, "val_gain_db": v.metric("val_gain_db"),
+                     "val_cycle_psnr": v.metric("val_cycle_psnr"), "parent": v.tags.get("parent"),
+                     "worse_than_input": v.worse_than_input, "eval_set": where[v.name],
+                     "eval": v.eval_result(*where[v.name]) if where[v.name] else None,
+                     "aliases": v.aliases, "run_id": v.run_id, "created": v.created} for v in found])
+        return
     rows = [_row(v, where[v.name]) for v in found]
-    console.print(table("registered models", ["model", "version", "variant", "dataset", "val PSNR", "val SSIM",
-                                              "gain dB", "cycle PSNR", "eval PSNR", "parent", "aliases", "note",
-                                              "run", "created"], rows))
+    print_table("registered models", ["model", "version", "variant", "dataset", "val PSNR", "val SSIM", "gain dB",
+                                      "cycle PSNR", "eval PSNR", "parent", "aliases", "note", "run", "created"], rows,
+                ids=["model", "version", "variant", "dataset", "parent", "aliases", "run"])
     for n, w in sorted(where.items()):
         if w:
             console.print(f"{n}: eval PSNR is on {w[0]}/{w[1]} (`img2img models set-eval {n} --dataset D` changes it)")

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from cluster.errors import Img2ImgError
+from cluster.errors import Img2ImgError, no_registered_model
 from cluster.settings import Settings
 
 CHAMPION, PREVIOUS = "champion", "previous"
@@ -101,7 +101,7 @@ def _registered(c, name: str):
     try:
         return c.get_registered_model(name)
     except MlflowException:
-        raise Img2ImgError(f"no registered model {name!r} (see `img2img models ls`)") from None
+        raise no_registered_model(name) from None
 
 
 def versions(settings: Settings, name: str | None = None) -> list[VersionInfo]:
@@ -236,7 +236,7 @@ def promote(settings: Settings, name: str, version: str | None = None, best: boo
         raise Img2ImgError(f"--metric must be psnr, ssim or gain_db, got {metric!r}")
     all_versions = versions(settings, name)
     if not all_versions:
-        raise Img2ImgError(f"model {name!r} has no versions yet")
+        raise Img2ImgError(f"model {name!r} has no versions yet; train one with: img2img train --model-name {name} ...")
     by_version = {v.version: v for v in all_versions}
     current = alias_version(settings, name, CHAMPION)
     if best:
@@ -246,7 +246,7 @@ def promote(settings: Settings, name: str, version: str | None = None, best: boo
             raise Img2ImgError(f"model {name!r} has no version {version} (it has {', '.join(by_version)})")
         pool = [by_version[str(version)]] + ([by_version[current]] if current and current != str(version) else [])
     else:
-        raise Img2ImgError("give a VERSION or --best")
+        raise Img2ImgError(f"say which version to promote: img2img models promote {name} VERSION, or --best")
     dataset, split, score = scores(settings, name, pool, evaluate)
     ranked = [v for v in pool if _score(score[v.version], metric) is not None]
     if not ranked:
@@ -287,6 +287,9 @@ def rollback(settings: Settings, name: str) -> tuple[str, str | None, list[str]]
     existing = {v.version for v in versions(settings, name)}
     current = alias_version(settings, name, CHAMPION)
     history = [v for v in _history(model_tags(settings, name)) if v in existing and v != current]
+    if current is None:
+        raise Img2ImgError(f"model {name!r} has no champion yet, so nothing to roll back; promote one with: "
+                           f"img2img models promote {name} --best")
     if not history:
         raise Img2ImgError(f"model {name!r} has no former champion to roll back to"
                            + (f" (v{current} is the first)" if current else ""))
