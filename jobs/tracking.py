@@ -60,22 +60,30 @@ def model_requirements() -> list[str]:
     return [*pinned, f"numpy=={np.__version__}"]
 
 
-def log_generator(generator, multiple: int, variant: str, config: dict, registered_name: str | None):
+def log_generator(generator, multiple: int, variant: str, config: dict, registered_name: str | None,
+                  reverse=None):
     """Log the generator as an MLflow pytorch model (pickled, so any input size works: mlflow 3's
-    default pt2 export would fix H x W), with the translator code beside it."""
+    default pt2 export would fix H x W), with the translator code beside it.
+
+    An unpaired variant passes its B->A generator as `reverse`: both are logged as one
+    `TwoWayGenerator` (forward = A->B, as before), so the endpoint can serve either direction."""
     import mlflow.pytorch
     import numpy as np
 
     import translator
+    from translator.nets.twoway import TwoWayGenerator
 
     size = max(multiple, 32)
     example = np.zeros((1, 3, size, size), dtype=np.float32)
     generator = generator.cpu().eval()
+    if reverse is not None:
+        generator = TwoWayGenerator(generator, reverse.cpu().eval()).eval()
     info = mlflow.pytorch.log_model(
         generator, name="model", serialization_format="pickle", signature=model_signature(),
         input_example=example, code_paths=[str(Path(translator.__file__).parent)],
         pip_requirements=model_requirements(),
         registered_model_name=registered_name, await_registration_for=60,
-        metadata={"variant": variant, "multiple": multiple, "config": json.dumps(config)},
+        metadata={"variant": variant, "multiple": multiple, "config": json.dumps(config),
+                  "directions": "AtoB,BtoA" if reverse is not None else "AtoB"},
     )
     return info

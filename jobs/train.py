@@ -122,7 +122,8 @@ def run(spec: TrainSpec, settings: Settings | None = None):
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({f"best_{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
         mlflow.set_tags({"checkpoint": checkpoint.path, "best_epoch": metrics.get("epoch")})
-        info = log_generator(variant.generator, variant.multiple, spec.variant, cfg.__dict__, spec.registered_name)
+        info = log_generator(variant.generator, variant.multiple, spec.variant, cfg.__dict__, spec.registered_name,
+                             reverse=variant.reverse_generator)
     version = info.registered_model_version
     if version is not None:
         from mlflow.tracking import MlflowClient
