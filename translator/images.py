@@ -129,7 +129,7 @@ class Picture:
     frames: int = 1
 
 
-def _high_bit(data: bytes, img: Image.Image) -> bool:
+def is_high_bit(data: bytes, img: Image.Image) -> bool:
     """16-bit PNG (IHDR bit depth at byte 24) or a TIFF with more than 8 integer bits a sample:
     files Pillow would read as 8-bit RGB(A), so they are decoded with OpenCV instead."""
     if data[:8] == PNG_SIGNATURE and len(data) > 25:
@@ -162,7 +162,8 @@ def _metadata(img: Image.Image) -> tuple[bytes | None, bytes | None, int]:
     icc = img.info.get("icc_profile") or None
     exif = None
     if img.format != "TIFF":  # a TIFF's "EXIF" is its own image directory: not metadata to copy
-        tags = img.getexif()
+        tags = Image.Exif()
+        tags.load(img.getexif().tobytes())  # a copy: the image's own EXIF still orients it
         if ORIENTATION in tags:
             del tags[ORIENTATION]
         if len(tags):
@@ -197,7 +198,7 @@ def read_picture(data: bytes, img: Image.Image | None = None) -> Picture:
     """Encoded image bytes -> Picture (see there). Pass `img` when the caller already opened the
     bytes with Pillow (to check its size first). Raises what Pillow raises for unreadable data."""
     img = img if img is not None else Image.open(io.BytesIO(data))
-    if _high_bit(data, img):
+    if is_high_bit(data, img):
         pic = _decode_high_bit(data, img)
         if pic is not None:
             return pic
