@@ -208,3 +208,15 @@ def remove(settings: Settings) -> bool:
     else:
         _request(settings, "DELETE")
     return True
+
+
+def replica_pids(settings: Settings) -> list[int]:
+    """Process ids of the enhancer's live replicas (for fault-injection tests and benchmarks),
+    from the dashboard's state API; [] when none."""
+    r = httpx.get(settings.ray_address.rstrip("/") + "/api/v0/actors",
+                  params={"detail": "true", "limit": 10000, "filter_keys": "state", "filter_predicates": "=",
+                          "filter_values": "ALIVE"},
+                  headers=settings.ray_auth_headers(), timeout=30)
+    rows = ((r.json().get("data") or {}).get("result") or {}).get("result") or []
+    return [int(a["pid"]) for a in rows
+            if str(a.get("class_name", "")).startswith(f"ServeReplica:{APP_NAME}:{DEPLOYMENT}") and a.get("pid")]
