@@ -135,9 +135,9 @@ def is_high_bit(data: bytes, img: Image.Image) -> bool:
     if data[:8] == PNG_SIGNATURE and len(data) > 25:
         return data[24] == 16
     if img.format == "TIFF":
-        bits = img.tag_v2.get(258, (8,))
-        bits = bits if isinstance(bits, tuple) else (bits,)
-        return max(bits) > 8 and img.tag_v2.get(339, 1) in (1, (1,))  # SampleFormat 1 = unsigned int
+        bits, fmt = img.tag_v2.get(258, (8,)), img.tag_v2.get(339, (1,))  # BitsPerSample, SampleFormat
+        bits, fmt = (v if isinstance(v, tuple) else (v,) for v in (bits, fmt))
+        return max(bits) > 8 and set(fmt) == {1}  # 1 = unsigned integer
     return img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 

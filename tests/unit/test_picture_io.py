@@ -59,6 +59,9 @@ def test_16bit_tiff_in_16bit_tiff_out_and_16bit_png_from_it():
         assert np.array_equal(tf.asarray(), arr) and tf.pages[0].tags["InterColorProfile"].value == SRGB
     _, out = roundtrip(buf.getvalue(), "png")
     assert np.array_equal(read16(out), arr)
+    bgr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)  # OpenCV's TIFF writer tags SampleFormat per channel
+    _, out = roundtrip(cv2.imencode(".tiff", bgr)[1].tobytes(), "tiff")
+    assert np.array_equal(tifffile.imread(io.BytesIO(out)), arr)
 
 
 def test_8bit_stays_8bit_exactly():
