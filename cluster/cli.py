@@ -10,8 +10,21 @@ import logging
 import sys
 
 import typer
+import typer.core
 
 from cluster.cli_utils import console
+
+
+def _no_flag_type(display_type_rich):
+    """Typer 0.2x labels every flag `<bool>` in `--help`; a flag takes no value, so show none."""
+
+    def patched(self, ctx):
+        return None if getattr(self, "is_flag", False) else display_type_rich(self, ctx)
+
+    return patched
+
+
+typer.core.TyperOption.display_type_rich = _no_flag_type(typer.core.TyperOption.display_type_rich)
 
 app = typer.Typer(
     name="img2img",

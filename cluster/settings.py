@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -39,6 +39,17 @@ class Settings(BaseSettings):
     ray_num_cpus: int = Field(4, description="logical CPUs of the embedded Ray head")
     serve_url: str = Field("http://127.0.0.1:8000", description="Ray Serve HTTP endpoint")
     serve_api_key: SecretStr | None = Field(None, description="required on /enhance when set")
+
+    @model_validator(mode="after")
+    def _keys_come_in_pairs(self) -> Settings:
+        # One key alone would silently fall back to the generated pair and hide the mistake.
+        if bool(self.s3_access_key) != bool(self.s3_secret_key):
+            have, lack = (("secret", "access") if self.s3_secret_key else ("access", "secret"))
+            names = {"access": "IMG2IMG_S3_ACCESS_KEY or AWS_ACCESS_KEY_ID",
+                     "secret": "IMG2IMG_S3_SECRET_KEY or AWS_SECRET_ACCESS_KEY"}
+            raise ValueError(f"the S3 {have} key is set but the {lack} key is not: set {names[lack]} too, "
+                             "or unset both to use the pair `img2img stack up` generated")
+        return self
 
     # ---- derived values -----------------------------------------------------------------
     @property
@@ -108,4 +119,15 @@ class Settings(BaseSettings):
 
 
 def get_settings(**overrides) -> Settings:
-    return Settings(**overrides)
+    """The settings from the environment and `.env`; a bad value raises Img2ImgError naming it."""
+    from cluster.errors import Img2ImgError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            where = ".".join(str(x) for x in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"IMG2IMG_{where.upper()}: {msg}" if where else msg)
+        raise Img2ImgError("configuration error: " + "; ".join(problems)) from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cluster.cli_utils import console, handle_errors, table
+from cluster.cli_utils import console, handle_errors, json_option, print_json, print_table
 from cluster.settings import get_settings
 from cluster.stack import SERVICES, Stack
 
@@ -12,10 +12,14 @@ stack_app = typer.Typer(help="Start, stop and inspect the embedded stack (S3 sto
                         no_args_is_help=True)
 
 
-def _print_status(statuses) -> None:
+def _print_status(statuses, as_json: bool = False) -> None:
+    if as_json:
+        print_json([{"service": s.name, "url": s.url, "pid": s.pid, "healthy": s.healthy, "managed": s.managed,
+                     "mode": s.detail} for s in statuses])
+        return
     rows = [[s.name, s.url, s.pid or "-", "[green]yes[/]" if s.healthy else "[red]no[/]", s.detail]
             for s in statuses]
-    console.print(table("img2img stack", ["service", "url", "pid", "healthy", "mode"], rows))
+    print_table("img2img stack", ["service", "url", "pid", "healthy", "mode"], rows, ids=["service", "url"])
 
 
 @stack_app.command()
@@ -47,13 +51,13 @@ def down():
 
 @stack_app.command()
 @handle_errors
-def status():
-    """Show each service: url, pid, health, embedded or external.
+def status(as_json: bool = json_option()):
+    """Show each service: url, pid, health, embedded or external (exit 1 if one is unhealthy).
 
-    Example: `img2img stack status`
+    Example: `img2img stack status --json`
     """
     statuses = Stack(get_settings()).status()
-    _print_status(statuses)
+    _print_status(statuses, as_json)
     if not all(s.healthy for s in statuses):
         raise typer.Exit(1)
 

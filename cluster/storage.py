@@ -56,8 +56,7 @@ class Storage:
                 raise Img2ImgError(f"S3 at {self.endpoint} refused the credentials ({e.code}): "
                                    "check IMG2IMG_S3_ACCESS_KEY / IMG2IMG_S3_SECRET_KEY") from None
             if e.code == "NoSuchBucket":
-                raise Img2ImgError(f"bucket {self.bucket!r} does not exist at {self.endpoint} "
-                                   "(`img2img stack up` creates it locally)") from None
+                raise Img2ImgError(self._no_bucket()) from None
             if e.code == "NoSuchKey":
                 raise Img2ImgError(f"{what or 'object'} not found in s3://{self.bucket} at {self.endpoint}") from None
             raise Img2ImgError(f"S3 at {self.endpoint}: {e.code}: {e.message}") from None
@@ -78,8 +77,13 @@ class Storage:
         with self.errors():
             exists = self.client.bucket_exists(self.bucket)
         if not exists:
-            raise Img2ImgError(f"bucket {self.bucket!r} does not exist at {self.endpoint} "
-                               "(`img2img stack up` creates it locally)")
+            raise Img2ImgError(self._no_bucket())
+
+    def _no_bucket(self) -> str:
+        if self.bucket != self.settings.bucket:  # a source bucket the user named: stack up won't make it
+            return f"bucket {self.bucket!r} does not exist at {self.endpoint}; check the bucket name"
+        return (f"bucket {self.bucket!r} (IMG2IMG_BUCKET) does not exist at {self.endpoint}; "
+                "`img2img stack up` creates it on the local store, create it yourself on another one")
 
     # ---- objects ------------------------------------------------------------------------------
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cluster.cli_utils import console, handle_errors
+from cluster.cli_utils import check_output_dir, console, handle_errors
 from cluster.settings import get_settings
 from translator.catalog import DEFAULT_VARIANT, variant_names
 
@@ -24,6 +24,7 @@ def demo(
     """
     from img2img_demo.run import run_demo
 
+    check_output_dir(out, "--out")  # before minutes of training, not after
     settings = get_settings()
     result = run_demo(settings, variant=variant, quick=quick, out_dir=out, budget_s=budget,
                       say=lambda msg: console.print(f"[bold cyan]>[/] {msg}", highlight=False))

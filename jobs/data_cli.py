@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cluster.cli_utils import console, handle_errors, table
+from cluster.cli_utils import (
+    check_output_file,
+    console,
+    err_console,
+    handle_errors,
+    json_option,
+    print_json,
+    print_table,
+)
+from cluster.errors import Img2ImgError
 from cluster.settings import get_settings
 from cluster.storage import Storage
 
@@ -47,72 +57,135 @@ def ingest(
 
     Example: `img2img data ingest --sample --name photos --degrade 'mix(gaussian:1.5,resize:4)' --crops 8 --size 96`
     """
-    from cluster.errors import Img2ImgError
-    from jobs.ingest import IngestOptions
-    from jobs.ingest import ingest as run_ingest
+    from jobs.ingest import IngestOptions, prepare, run
 
-    if (src is None) == (not sample):
-        raise Img2ImgError("give a SRC folder / s3:// prefix, or --sample (not both)")
+    if src is None and not sample:
+        raise Img2ImgError("give a SRC folder or s3://bucket/prefix, or --sample for the bundled photos")
+    if src is not None and sample:
+        raise Img2ImgError("give either a SRC or --sample, not both")
     opts = IngestOptions(name=name, kind=kind, degrade=degrade if kind == "synth" else None, copies=copies,
                          direction=direction, size=size or None, crops=crops, val_fraction=val_fraction,
                          seed=seed, shard_rows=shard_rows)
+    settings = get_settings()
+    with console.status("checking the source and planning shards"):
+        plan = prepare(src, opts, settings, overwrite=overwrite)  # every user mistake surfaces here
     with Progress(TextColumn("ingest {task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=False) as bar:
-        task = bar.add_task(name, total=None)
-        result = run_ingest(src, opts, get_settings(), overwrite=overwrite, workers=workers,
-                            progress=lambda done, total: bar.update(task, completed=done, total=total))
+        task = bar.add_task(name, total=plan.total_rows)
+        result = run(plan, settings, workers=workers,
+                     progress=lambda done, total: bar.update(task, completed=done, total=total))
     m = result.manifest
     counts = ", ".join(f"{k} {v}" for k, v in m.counts.items())
     console.print(f"Dataset [bold]{m.name}[/] ({m.kind}): {counts} rows, {_size(m.total_bytes)}; "
                   f"{result.written} shards written, {result.reused} reused from an interrupted run.")
-    if result.skipped:
-        console.print(f"[yellow]Skipped {len(result.skipped)} file(s):[/]")
-        for s in result.skipped:
-            console.print(f"  {s['file']}: {s['reason']}", markup=False)
+    _print_skipped(result.skipped)
+
+
+def _print_skipped(skipped: list[dict[str, str]]) -> None:
+    if skipped:
+        console.print(f"[yellow]Skipped {len(skipped)} file(s):[/]")
+        _print_skipped_list(skipped)
 
 
 @data_app.command("ls")
 @handle_errors
-def ls():
+def ls(as_json: bool = json_option()):
     """List datasets: name, kind, rows per split, size, created.
 
-    Example: `img2img data ls`
+    Example: `img2img data ls --json`
     """
     from jobs.manifest import list_manifests
 
+    manifests = list_manifests(Storage(get_settings()))
+    if as_json:
+        print_json([{"name": m.name, "kind": m.kind, "source_kind": m.source_kind, "counts": m.counts,
+                     "bytes": m.total_bytes, "degradation": m.degradation, "skipped": len(m.skipped),
+                     "created": m.created} for m in manifests])
+        return
     rows = [[m.name, m.kind, ", ".join(f"{k} {v}" for k, v in m.counts.items()), _size(m.total_bytes),
-             m.degradation or "-", m.created] for m in list_manifests(Storage(get_settings()))]
-    console.print(table("datasets", ["name", "kind", "rows", "size", "degradation", "created"], rows))
+             m.degradation or "-", m.created] for m in manifests]
+    print_table("datasets", ["name", "kind", "rows", "size", "degradation", "created"], rows,
+                ids=["name", "kind", "degradation"])
 
 
 @data_app.command()
 @handle_errors
-def show(name: str, preview: Path = typer.Option(None, help="write a PNG grid of a few pairs here")):
-    """Summarise a dataset's manifest; optionally write a preview grid of pairs.
+def show(name: str,
+         preview: Path = typer.Option(None, help="write a PNG grid of a few pairs (or A / B images) here"),
+         as_json: bool = json_option()):
+    """Summarise a dataset's manifest (splits, shards, direction, skipped files); optionally
+    write a labelled preview grid.
 
     Example: `img2img data show photos --preview pairs.png`
     """
-    import pyarrow.parquet as pq
+    from jobs.manifest import read_manifest
 
-    from jobs.manifest import dataset_prefix, read_manifest
-    from translator import images
-
+    if preview is not None:  # before any work: a bad path must not cost a download
+        check_output_file(preview, "--preview", suffixes=(".png",))
     storage = Storage(get_settings())
     m = read_manifest(storage, name)
-    console.print(f"[bold]{m.name}[/]  kind={m.kind} ({m.source_kind})  source={m.source}")
-    console.print(f"created {m.created}  size={m.image_size}  degradation={m.degradation}  seed={m.seed}")
-    console.print(f"sha256 {m.sha256}")
-    rows = [[split, s.path, s.rows, _size(s.bytes), s.sha256[:12]] for split, shards in m.splits.items() for s in shards]
-    console.print(table("shards", ["split", "path", "rows", "size", "sha256"], rows))
-    if m.skipped:
-        console.print(f"{len(m.skipped)} source file(s) were skipped at ingest.")
-    if preview:
-        shard = next(s for shards in m.splits.values() for s in shards if s.rows)
-        t = pq.read_table(io.BytesIO(storage.get_bytes(dataset_prefix(name) + shard.path))).slice(0, 4).to_pylist()
-        cols = ["input", "target"] if m.kind == "paired" else ["image"]
-        grid = images.grid([[images.to_rgb(images.open_image(r[c])) for c in cols] for r in t])
-        grid.save(preview)
-        console.print(f"Preview written to {preview}")
+    direction = m.options.get("direction") if m.source_kind == "aligned" else None
+    if as_json:
+        data = json.loads(m.to_json())
+        data["direction"] = direction
+        print_json(data)
+    else:
+        console.print(f"[bold]{m.name}[/]  kind={m.kind} ({m.source_kind})  source={m.source}", highlight=False)
+        console.print(f"created {m.created}  size={m.image_size}  degradation={m.degradation}  seed={m.seed}"
+                      + (f"  direction={direction} (input is the {direction[0]} side)" if direction else ""),
+                      highlight=False)
+        console.print(f"sha256 {m.sha256}", highlight=False)
+        rows = [[split, s.path, s.rows, _size(s.bytes), s.sha256[:12]] for split, shards in m.splits.items()
+                for s in shards]
+        print_table("shards", ["split", "path", "rows", "size", "sha256 (start)"], rows, ids=["split", "path"])
+        if m.skipped:
+            console.print(f"{len(m.skipped)} source file(s) were skipped at ingest:")
+            _print_skipped_list(m.skipped)
+    if preview is not None:
+        _write_preview(storage, m, preview)
+        (err_console if as_json else console).print(f"Preview written to {preview}", highlight=False)
+
+
+def _print_skipped_list(skipped: list[dict[str, str]]) -> None:
+    for s in skipped:
+        console.print(f"  {s['file']}: {s['reason']}", markup=False, highlight=False)
+
+
+def _write_preview(storage: Storage, m, path: Path, n: int = 4) -> None:
+    """Up to `n` rows: input | target for paired sets, A | B (one image of each domain a row)
+    for unpaired ones; every column labelled."""
+    import pyarrow.parquet as pq
+
+    from jobs.manifest import dataset_prefix
+    from translator import images
+
+    def first_rows(domain: str | None, column_names: list[str]) -> list[dict]:
+        out: list[dict] = []
+        for shards in m.splits.values():
+            for s in shards:
+                if s.rows and (domain is None or s.domain == domain) and len(out) < n:
+                    data = storage.get_bytes(dataset_prefix(m.name) + s.path)
+                    out += pq.read_table(io.BytesIO(data), columns=column_names).slice(0, n - len(out)).to_pylist()
+        return out
+
+    def img(png: bytes):
+        return images.to_rgb(images.open_image(png))
+
+    if m.kind == "paired":
+        rows = [[img(r["input"]), img(r["target"])] for r in first_rows(None, ["input", "target"])]
+        direction = m.options.get("direction") if m.source_kind == "aligned" else None
+        labels = (["input", "target"] if not direction else
+                  [f"input ({direction[0]})", f"target ({direction[-1]})"])
+    else:
+        a = [img(r["image"]) for r in first_rows("a", ["image"])]
+        b = [img(r["image"]) for r in first_rows("b", ["image"])]
+        rows = [[x, y] for x, y in zip(a, b)]
+        labels = ["domain A", "domain B"]
+    if not rows:
+        raise Img2ImgError(f"dataset {m.name!r} has no rows to preview")
+    tmp = path.with_name(f".{path.name}.part")
+    images.grid(rows, labels=labels).save(tmp, "PNG")
+    tmp.replace(path)  # never leave a half-written preview
 
 
 @data_app.command()
@@ -122,7 +195,6 @@ def verify(name: str):
 
     Example: `img2img data verify photos`
     """
-    from cluster.errors import Img2ImgError
     from jobs.manifest import read_manifest, verify_shard
 
     storage = Storage(get_settings())

@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import random
+import re
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -28,11 +29,22 @@ from cluster.errors import Img2ImgError
 from cluster.settings import Settings
 from cluster.storage import Storage
 from jobs.manifest import PAIRED_KINDS, Manifest, Shard, dataset_prefix, manifest_key, verify_shard
-from jobs.sources import SourceFile, list_sample, list_source
+from jobs.sources import SourceFile, list_sample, scan_source
 from translator import degrade, images
 
 log = logging.getLogger(__name__)
 MAX_PIXELS = 100_000_000  # larger files are skipped as decompression bombs
+NAME_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+ALIGNED_LAYOUTS = ("side-by-side A|B images (width twice the height) in any folders; "
+                   "A/ + B/ folders holding files of the same names; "
+                   "trainA/ + trainB/ (optionally testA/ + testB/ for validation) holding files of the same names")
+# (input folder, target folder, split) of the aligned folder layouts, lower-cased
+PAIR_FOLDERS = (("a", "b", "train"), ("traina", "trainb", "train"), ("testa", "testb", "val"),
+                ("vala", "valb", "val"))
+
+
+class SkipFile(Exception):
+    """A source file that is readable but not usable (the message is the reason recorded)."""
 
 
 @dataclass
@@ -58,13 +70,16 @@ class IngestOptions:
         if self.direction not in ("AtoB", "BtoA"):
             raise Img2ImgError("--direction must be AtoB or BtoA")
         if not 0 <= self.val_fraction < 1:
-            raise Img2ImgError("--val-fraction must be in [0, 1)")
-        if self.copies < 1 or self.shard_rows < 1 or self.crops < 0:
-            raise Img2ImgError("--copies and --shard-rows must be >= 1, --crops >= 0")
+            raise Img2ImgError(f"--val-fraction must be at least 0 and below 1 (got {self.val_fraction})")
+        for flag, value, low in (("--copies", self.copies, 1), ("--shard-rows", self.shard_rows, 1),
+                                 ("--crops", self.crops, 0)):
+            if value < low:
+                raise Img2ImgError(f"{flag} must be at least {low} (got {value})")
         if self.size is not None and self.size < 8:
-            raise Img2ImgError("--size must be at least 8 pixels")
-        if not self.name or "/" in self.name or self.name.startswith("."):
-            raise Img2ImgError(f"bad dataset name {self.name!r}")
+            raise Img2ImgError(f"--size must be at least 8 pixels, or 0 to keep the size (got {self.size})")
+        if not NAME_RULE.fullmatch(self.name or ""):
+            raise Img2ImgError(f"bad dataset name {self.name!r}: use 1-64 letters, digits, '.', '_' or '-', "
+                               "starting with a letter or digit")
 
 
 @dataclass
@@ -111,32 +126,83 @@ def _split_keys(keys: list[str], fraction: float, seed: int) -> set[str]:
     return set(order[: max(1, round(len(keys) * fraction))])
 
 
+def _top(f: SourceFile) -> str:
+    return f.key.split("/")[0].lower() if "/" in f.key else ""
+
+
+def _aligned_folders(files: list[SourceFile]) -> tuple[dict[str, tuple[str, tuple]], list[dict[str, str]]] | None:
+    """Aligned pairs from A/+B/ or trainA/+trainB/ (+ testA/+testB/) folders, matched by file
+    name -> ({name: (split, (input file, target file))}, skips), or None when the source has
+    none of those folders (side-by-side A|B images)."""
+    tops = {_top(f) for f in files}
+    present = [p for p in PAIR_FOLDERS if p[0] in tops or p[1] in tops]
+    if not present:
+        return None
+    shown = {_top(f): f.key.split("/")[0] for f in files}  # folder names as the user spelled them
+    for a, b, _ in present:
+        if a not in tops or b not in tops:
+            have, missing = (a, b) if a in tops else (b, a)
+            missing = missing[:-1] + missing[-1].upper()  # traina -> trainA
+            raise Img2ImgError(f"--kind aligned: found folder {shown[have]}/ but no {missing}/ beside it; "
+                               f"accepted layouts: {ALIGNED_LAYOUTS}")
+    if not any(split == "train" for *_, split in present):
+        raise Img2ImgError(f"--kind aligned: found only test/val folders; accepted layouts: {ALIGNED_LAYOUTS}")
+    groups: dict[str, tuple[str, tuple]] = {}
+    skipped = []
+    folders = {x for a, b, _ in present for x in (a, b)}
+    for f in files:
+        if _top(f) not in folders:
+            skipped.append({"file": f.key, "reason": "outside the paired folders "
+                                                     f"({', '.join(sorted(shown[x] + '/' for x in folders))})"})
+    for a, b, split in present:
+        side_a = {f.key.split("/", 1)[1]: f for f in files if _top(f) == a}
+        side_b = {f.key.split("/", 1)[1]: f for f in files if _top(f) == b}
+        for n in sorted(set(side_a) ^ set(side_b)):
+            f, other = (side_a[n], b) if n in side_a else (side_b[n], a)
+            skipped.append({"file": f.key, "reason": f"no file of the same name in {shown[other]}/"})
+        for n in sorted(set(side_a) & set(side_b)):  # matched by file name, never by position
+            groups[f"{side_a[n].key.split('/')[0]}/{n}"] = (split, (side_a[n], side_b[n]))
+    if not groups:
+        raise Img2ImgError("--kind aligned: the paired folders share no file names (pairs are matched by name); "
+                           f"accepted layouts: {ALIGNED_LAYOUTS}")
+    return groups, skipped
+
+
+def _unaligned_domains(files: list[SourceFile]) -> dict[str, tuple[list[SourceFile], list[SourceFile]]]:
+    """domain ('a'/'b') -> (train files, test files) from trainA/ trainB/ [testA/ testB/]."""
+    out = {}
+    for domain in ("a", "b"):
+        train = [f for f in files if _top(f) == f"train{domain}"]
+        test = [f for f in files if _top(f) == f"test{domain}"]
+        if not train:
+            found = sorted({f.key.split("/")[0] + "/" for f in files if "/" in f.key}) or ["no folders"]
+            raise Img2ImgError(f"--kind unaligned needs folders trainA/ and trainB/ (optionally testA/ and "
+                               f"testB/ for validation); there is no train{domain.upper()}/ (found: {', '.join(found)})")
+        out[domain] = (train, test)
+    return out
+
+
 def plan_rows(files: list[SourceFile], opts: IngestOptions) -> dict[tuple[str, str | None], list[Row]]:
     """(split, domain) -> rows, in a deterministic order."""
     out: dict[tuple[str, str | None], list[Row]] = {}
     n_crops = max(1, opts.crops)
     if opts.kind == "unaligned":
-        for domain in ("a", "b"):
-            train = [f for f in files if f.key.split("/")[0].lower() == f"train{domain}"]
-            test = [f for f in files if f.key.split("/")[0].lower() == f"test{domain}"]
-            if not train:
-                raise Img2ImgError(f"--kind unaligned needs trainA/ and trainB/ folders (no train{domain.upper()}/)")
+        for domain, (train, test) in _unaligned_domains(files).items():
             val_keys = set() if test else _split_keys([f.key for f in train], opts.val_fraction, opts.seed)
             for f in train + test:
                 split = "val" if f in test or f.key in val_keys else "train"
                 for c in range(n_crops):
                     out.setdefault((split, domain), []).append(Row(f"{f.key}#{c}", (f,), c, 0, domain))
         return out
-    if opts.kind == "aligned" and any(f.key.split("/")[0] in ("A", "B") for f in files):
-        a = {f.key.split("/", 1)[1]: f for f in files if f.key.split("/")[0] == "A"}
-        b = {f.key.split("/", 1)[1]: f for f in files if f.key.split("/")[0] == "B"}
-        names = sorted(set(a) & set(b))  # matched by file name, never by position
-        if not names:
-            raise Img2ImgError("A/ and B/ folders share no file names")
-        groups = {n: (a[n], b[n]) for n in names}
+    folders = _aligned_folders(files) if opts.kind == "aligned" else None
+    if folders is not None:
+        named = folders[0]
+        groups = {k: fs for k, (_, fs) in named.items()}
+        held_out = {k for k, (split, _) in named.items() if split == "val"}
+        val_keys = held_out or _split_keys(list(groups), opts.val_fraction, opts.seed)
     else:
         groups = {f.key: (f,) for f in files}
-    val_keys = _split_keys(list(groups), opts.val_fraction, opts.seed)
+        val_keys = _split_keys(list(groups), opts.val_fraction, opts.seed)
     copies = opts.copies if opts.kind == "synth" else 1
     for key, fs in groups.items():
         split = "val" if key in val_keys else "train"
@@ -147,12 +213,14 @@ def plan_rows(files: list[SourceFile], opts: IngestOptions) -> dict[tuple[str, s
 
 
 def unmatched(files: list[SourceFile], opts: IngestOptions) -> list[dict[str, str]]:
-    if opts.kind != "aligned":
-        return []
-    a = {f.key.split("/", 1)[1] for f in files if f.key.split("/")[0] == "A"}
-    b = {f.key.split("/", 1)[1] for f in files if f.key.split("/")[0] == "B"}
-    return [{"file": f"A/{n}" if n in a else f"B/{n}", "reason": "no partner with the same name"}
-            for n in sorted(a ^ b)]
+    """Files the layout leaves out, each with the reason (no partner, outside the folders)."""
+    if opts.kind == "aligned":
+        folders = _aligned_folders(files)
+        return folders[1] if folders else []
+    if opts.kind == "unaligned":
+        return [{"file": f.key, "reason": "outside trainA/, trainB/, testA/, testB/"} for f in files
+                if _top(f) not in ("traina", "trainb", "testa", "testb")]
+    return []
 
 
 def plan_shards(files: list[SourceFile], opts: IngestOptions) -> list[ShardPlan]:
@@ -240,8 +308,11 @@ def _row_images(row: Row, opts: IngestOptions, settings: Settings, cache: dict) 
         img = _load(row.files[0], settings, cache)
         if opts.kind == "aligned":  # A|B side by side in one file
             w, h = _size(img)
-            half = w // 2
-            pair = [_crop(img, (0, 0, half, h)), _crop(img, (half, 0, 2 * half, h))]
+            if abs(w - 2 * h) > 1:
+                raise SkipFile(f"{w}x{h} is not an A|B side-by-side pair (width must be twice the height, "
+                               "within 1 px)")
+            half = w // 2  # an odd width drops the middle (seam) column, so A and B stay aligned
+            pair = [_crop(img, (0, 0, half, h)), _crop(img, (w - half, 0, w, h))]
         else:
             pair = [img]
     if opts.kind == "aligned" and opts.direction == "BtoA":
@@ -276,10 +347,11 @@ def build_shard(settings: Settings, opts: IngestOptions, plan: ShardPlan, finger
             continue
         try:
             imgs = _row_images(row, opts, settings, cache)
-        except Exception as e:  # unreadable, truncated, too large: skip the file, keep going
+        except Exception as e:  # unreadable, truncated, too large, not a pair: skip the file, keep going
             for f in row.files:
                 bad.add(f.key)
-            skipped.append({"file": row.files[0].key, "reason": f"{type(e).__name__}: {e}"[:200]})
+            reason = str(e) if isinstance(e, SkipFile) else f"{type(e).__name__}: {e}"
+            skipped.append({"file": row.files[0].key, "reason": reason[:200]})
             continue
         keys.append(row.key)
         cols_a.append(_png(imgs[0]))
@@ -322,20 +394,48 @@ def _resumable(storage: Storage, opts: IngestOptions, fingerprint: str, plans: l
     return {k: v for k, v in done.items() if k in wanted}
 
 
-def ingest(src: str | None, opts: IngestOptions, settings: Settings, overwrite: bool = False,
-           workers: int = 2, progress: Callable[[int, int], None] = lambda done, total: None) -> IngestResult:
+@dataclass
+class IngestPlan:
+    """A validated ingest, ready to run: nothing has been written yet."""
+    src: str | None
+    opts: IngestOptions
+    files: list[SourceFile]
+    plans: list[ShardPlan]
+    skipped: list[dict[str, str]]  # left out while listing / matching, each with its reason
+    overwrite: bool = False
+
+    @property
+    def total_rows(self) -> int:
+        return sum(len(p.rows) for p in self.plans)
+
+
+def prepare(src: str | None, opts: IngestOptions, settings: Settings, overwrite: bool = False) -> IngestPlan:
+    """Check everything a user can get wrong (options, store, name, source, layout) and plan the
+    shards, writing nothing: a CLI shows progress only after this passed."""
     opts.validate()
     storage = Storage(settings)
     storage.check()
-    if storage.exists(manifest_key(opts.name)):
-        if not overwrite:
-            raise Img2ImgError(f"dataset {opts.name!r} already exists; pass --overwrite to replace it")
-        storage.delete_prefix(dataset_prefix(opts.name))
-    files = list_sample() if src is None else list_source(src, settings)
+    if storage.exists(manifest_key(opts.name)) and not overwrite:
+        raise Img2ImgError(f"dataset {opts.name!r} already exists; pass --overwrite to replace it")
+    if src is None:
+        files, skipped = list_sample(), []
+    else:
+        files, skipped = scan_source(src, settings)
     plans = plan_shards(files, opts)
+    return IngestPlan(src, opts, files, plans, skipped + unmatched(files, opts), overwrite)
+
+
+def run(plan: IngestPlan, settings: Settings, workers: int = 2,
+        progress: Callable[[int, int], None] = lambda done, total: None) -> IngestResult:
+    """Build the planned shards in `workers` processes (resuming an interrupted run of the
+    same ingest), then write the manifest."""
+    src, opts, files, plans = plan.src, plan.opts, plan.files, plan.plans
+    storage = Storage(settings)
+    if plan.overwrite and storage.exists(manifest_key(opts.name)):
+        storage.delete_prefix(dataset_prefix(opts.name))
     fingerprint = _fingerprint(files, opts)
     done = _resumable(storage, opts, fingerprint, plans)
-    total = sum(len(p.rows) for p in plans)
+    total = plan.total_rows
     finished = sum(len(p.rows) for p in plans if p.path in done)
     progress(finished, total)
     results = dict(done)
@@ -348,8 +448,8 @@ def ingest(src: str | None, opts: IngestOptions, settings: Settings, overwrite: 
                 finished += len(futures[fut].rows)
                 progress(finished, total)
     splits: dict[str, list[Shard]] = {}
-    skipped = unmatched(files, opts)
-    seen = set()
+    skipped = list(plan.skipped)
+    seen = {s["file"] for s in skipped}
     for p in plans:
         shard, skips = results[p.path]
         splits.setdefault(p.split, []).append(shard)
@@ -365,8 +465,15 @@ def ingest(src: str | None, opts: IngestOptions, settings: Settings, overwrite: 
         options={k: v for k, v in asdict(opts).items() if k not in ("name",)},
         splits=splits, skipped=skipped)
     if not any(manifest.counts.values()):
-        raise Img2ImgError(f"no image could be read from {src or 'the sample set'}; skipped: "
+        raise Img2ImgError(f"no image could be used from {src or 'the sample set'}; skipped: "
                            + "; ".join(f"{s['file']} ({s['reason']})" for s in skipped[:5]))
     storage.put_bytes(manifest_key(opts.name), manifest.to_json().encode(), "application/json")
     storage.delete_prefix(dataset_prefix(opts.name) + "_ingest/")
     return IngestResult(manifest, written=len(todo), reused=len(done), skipped=skipped)
+
+
+def ingest(src: str | None, opts: IngestOptions, settings: Settings, overwrite: bool = False,
+           workers: int = 2, progress: Callable[[int, int], None] = lambda done, total: None) -> IngestResult:
+    """`prepare` then `run`: images under `src` (a folder, s3://bucket/prefix, or None for the
+    sample photos) -> dataset `opts.name` on the object store. Raises Img2ImgError on bad input."""
+    return run(prepare(src, opts, settings, overwrite), settings, workers, progress)

@@ -95,8 +95,8 @@ class Manifest:
 
 def read_manifest(storage: Storage, name: str) -> Manifest:
     if not storage.exists(manifest_key(name)):
-        raise Img2ImgError(f"dataset {name!r} not found in s3://{storage.bucket} at {storage.endpoint} "
-                           "(see `img2img data ls`)")
+        raise Img2ImgError(f"dataset {name!r} not found in s3://{storage.bucket} at {storage.endpoint}; "
+                           "list them with: img2img data ls")
     return Manifest.from_json(storage.get_bytes(manifest_key(name)).decode())
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cluster.cli_utils import console, handle_errors, table
+from cluster.cli_utils import console, handle_errors, json_option, print_json, print_table
 from cluster.settings import get_settings
 
 models_app = typer.Typer(help="List registered models, promote a version to champion, roll back.",
@@ -18,18 +18,27 @@ def _fmt(v, key):
 
 @models_app.command("ls")
 @handle_errors
-def ls(name: str = typer.Argument(None, help="one registered model (default: all)")):
+def ls(name: str = typer.Argument(None, help="one registered model (default: all)"),
+       as_json: bool = json_option()):
     """Registered models and versions with variant, dataset, val PSNR/SSIM, gain, aliases.
 
-    Example: `img2img models ls photos`
+    Example: `img2img models ls photos --json`
     """
     from jobs.registry import versions
 
+    found = versions(get_settings(), name)
+    if as_json:
+        print_json([{"model": v.name, "version": v.version, "variant": v.tags.get("variant"),
+                     "dataset": v.tags.get("dataset"), "val_psnr": v.metric("val_psnr"),
+                     "val_ssim": v.metric("val_ssim"), "val_gain_db": v.metric("val_gain_db"),
+                     "aliases": v.aliases, "run_id": v.run_id, "created": v.created} for v in found])
+        return
     rows = [[v.name, v.version, v.tags.get("variant", "-"), v.tags.get("dataset", "-"), _fmt(v, "val_psnr"),
-             _fmt(v, "val_ssim"), _fmt(v, "val_gain_db"), ",".join(v.aliases), v.run_id[:12], v.created]
-            for v in versions(get_settings(), name)]
-    console.print(table("registered models", ["model", "version", "variant", "dataset", "val PSNR", "val SSIM",
-                                              "gain dB", "aliases", "run", "created"], rows))
+             _fmt(v, "val_ssim"), _fmt(v, "val_gain_db"), ",".join(v.aliases), v.run_id, v.created]
+            for v in found]
+    print_table("registered models", ["model", "version", "variant", "dataset", "val PSNR", "val SSIM",
+                                      "gain dB", "aliases", "run", "created"], rows,
+                ids=["model", "version", "variant", "dataset", "aliases", "run"])
 
 
 @models_app.command()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from cluster.errors import Img2ImgError
+from cluster.errors import Img2ImgError, no_registered_model
 from cluster.settings import Settings
 
 CHAMPION, PREVIOUS = "champion", "previous"
@@ -48,7 +48,7 @@ def versions(settings: Settings, name: str | None = None) -> list[VersionInfo]:
         try:
             model = c.get_registered_model(n)
         except MlflowException:
-            raise Img2ImgError(f"no registered model {n!r} (see `img2img models ls`)") from None
+            raise no_registered_model(n) from None
         aliases: dict[str, list[str]] = {}
         for alias, v in (model.aliases or {}).items():
             aliases.setdefault(str(v), []).append(alias)
@@ -73,7 +73,7 @@ def promote(settings: Settings, name: str, version: str | None = None, best: boo
     """Point `champion` at a version (or the best by `metric`) -> (new, previous champion)."""
     all_versions = versions(settings, name)
     if not all_versions:
-        raise Img2ImgError(f"model {name!r} has no versions yet")
+        raise Img2ImgError(f"model {name!r} has no versions yet; train one with: img2img train --model-name {name} ...")
     by_version = {v.version: v for v in all_versions}
     if best:
         scored = [v for v in all_versions if v.metric(metric) is not None]
@@ -85,7 +85,7 @@ def promote(settings: Settings, name: str, version: str | None = None, best: boo
             raise Img2ImgError(f"model {name!r} has no version {version} (it has {', '.join(by_version)})")
         candidate = by_version[str(version)]
     else:
-        raise Img2ImgError("give a VERSION or --best")
+        raise Img2ImgError(f"say which version to promote: img2img models promote {name} VERSION, or --best")
     current = alias_version(settings, name, CHAMPION)
     if current == candidate.version:
         return candidate.version, alias_version(settings, name, PREVIOUS)
@@ -103,9 +103,14 @@ def promote(settings: Settings, name: str, version: str | None = None, best: boo
 
 def rollback(settings: Settings, name: str) -> tuple[str, str]:
     """Swap `champion` and `previous` -> (new champion, demoted version)."""
+    versions(settings, name)  # an unknown name is reported as such, not as "no previous champion"
     current, previous = alias_version(settings, name, CHAMPION), alias_version(settings, name, PREVIOUS)
-    if previous is None or current is None:
-        raise Img2ImgError(f"model {name!r} has no previous champion to roll back to")
+    if current is None:
+        raise Img2ImgError(f"model {name!r} has no champion yet, so nothing to roll back; promote one with: "
+                           f"img2img models promote {name} --best")
+    if previous is None:
+        raise Img2ImgError(f"model {name!r} has no previous champion to roll back to (only one version "
+                           "was ever promoted)")
     c = client(settings)
     c.set_registered_model_alias(name, CHAMPION, previous)
     c.set_registered_model_alias(name, PREVIOUS, current)

@@ -41,24 +41,59 @@ def list_sample() -> list[SourceFile]:
     return [SourceFile(name, str(root / name)) for name in SAMPLE_PHOTOS if (root / name).exists()]
 
 
-def list_source(src: str, settings: Settings) -> list[SourceFile]:
-    """Every image file under `src` (recursive), sorted by key so plans are deterministic."""
+def scan_source(src: str, settings: Settings) -> tuple[list[SourceFile], list[dict[str, str]]]:
+    """(image files under `src`, recursive and sorted by key, so plans are deterministic;
+    the files left out, each as {"file", "reason"}: not an image by its suffix, or hidden).
+
+    Hidden files and folders (a name starting with a dot: `.ipynb_checkpoints/`, `.DS_Store`,
+    macOS `._photo.jpg`) are never data; a hidden folder is listed once and not descended into.
+
+    Raises Img2ImgError if the folder / bucket does not exist or holds no image.
+    """
+    keys: list[tuple[str, str]] = []  # (key relative to src, location)
+    bucket = None
     if src.startswith("s3://"):
         bucket, _, prefix = src[5:].partition("/")
+        if not bucket:
+            raise Img2ImgError(f"{src!r} names no bucket: use s3://BUCKET/PREFIX")
         prefix = prefix.rstrip("/") + "/" if prefix else ""
-        objects = Storage(settings, bucket=bucket).list(prefix)
-        files = [SourceFile(o.key[len(prefix):], o.key, bucket) for o in objects
-                 if Path(o.key).suffix.lower() in IMAGE_SUFFIXES]
+        storage = Storage(settings, bucket=bucket)
+        storage.check()
+        keys = [(o.key[len(prefix):], o.key) for o in storage.list(prefix)]
     else:
         root = Path(src).expanduser()
-        if not root.is_dir():
+        if not root.exists():
             raise Img2ImgError(f"source folder {src} does not exist")
-        files = []
-        for dirpath, _, names in os.walk(root):
-            for n in names:
-                p = Path(dirpath) / n
-                if p.suffix.lower() in IMAGE_SUFFIXES:
-                    files.append(SourceFile(p.relative_to(root).as_posix(), str(p)))
+        if not root.is_dir():
+            raise Img2ImgError(f"source {src} is a file; give the folder that holds the images")
+        hidden_dirs = []
+        for dirpath, dirnames, names in os.walk(root):
+            for d in sorted(d for d in dirnames if d.startswith(".")):
+                hidden_dirs.append((Path(dirpath) / d).relative_to(root).as_posix() + "/")
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # do not descend
+            keys += [((Path(dirpath) / n).relative_to(root).as_posix(), str(Path(dirpath) / n)) for n in names]
+        keys += [(d, "") for d in hidden_dirs]
+    files, skipped, hidden = [], [], set()
+    for key, location in keys:
+        parts = key.split("/")
+        at = next((i for i, part in enumerate(parts) if part.startswith(".")), None)
+        if at is not None:  # a hidden folder is reported once, not file by file
+            folder = at < len(parts) - 1
+            name = "/".join(parts[:at + 1]) + ("/" if folder else "")
+            if name not in hidden:
+                hidden.add(name)
+                skipped.append({"file": name, "reason": f"hidden {'folder' if folder else 'file'} "
+                                                        "(name starts with a dot)"})
+        elif Path(key).suffix.lower() not in IMAGE_SUFFIXES:
+            skipped.append({"file": key, "reason": f"not an image file (suffix {Path(key).suffix or 'none'!r})"})
+        else:
+            files.append(SourceFile(key, location, bucket))
     if not files:
-        raise Img2ImgError(f"no images found under {src}")
-    return sorted(files, key=lambda f: f.key)
+        raise Img2ImgError(f"no images found under {src} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}; "
+                           "hidden files and folders are skipped)")
+    return sorted(files, key=lambda f: f.key), sorted(skipped, key=lambda s: s["file"])
+
+
+def list_source(src: str, settings: Settings) -> list[SourceFile]:
+    """Every image file under `src` (see `scan_source`)."""
+    return scan_source(src, settings)[0]

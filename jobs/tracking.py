@@ -39,6 +39,31 @@ class RunLogger:
         self.client.log_text(self.run_id, text, artifact_file)
 
 
+# Tags the job keeps on its MLflow run: the source of truth for `train --follow`,
+# `jobs status` and the demo's live display (no parsing of Ray's log text).
+TAG_PHASE = "img2img.phase"  # planned | training | registering | done | failed | stopped
+TAG_TOTAL_STEPS = "img2img.total_steps"
+TAG_STEPS_PER_EPOCH = "img2img.steps_per_epoch"
+TAG_STARTS = "img2img.worker_starts"  # 1 on the first start; each worker-group restart adds one
+TAG_RESTORED = "img2img.restored_step"  # the step of the checkpoint the latest start restored
+TAG_TIME_BUDGET = "img2img.time_budget_s"
+TAG_TRAINING_SINCE = "img2img.training_since"  # epoch seconds when the workers first started training
+
+
+def record_start(logger: RunLogger, restored_step: int | None) -> None:
+    """Rank 0, at every (re)start of the worker group: count the start, note what was restored."""
+    run = logger.client.get_run(logger.run_id)
+    starts = int(run.data.tags.get(TAG_STARTS, "0")) + 1
+    logger.client.set_tag(logger.run_id, TAG_STARTS, str(starts))
+    if TAG_TRAINING_SINCE not in run.data.tags:
+        logger.client.set_tag(logger.run_id, TAG_TRAINING_SINCE, f"{time.time():.1f}")
+    logger.client.set_tag(logger.run_id, TAG_PHASE, "training")
+    if restored_step is not None:
+        logger.client.set_tag(logger.run_id, TAG_RESTORED, str(restored_step))
+    elif starts > 1:
+        logger.client.set_tag(logger.run_id, TAG_RESTORED, "none")
+
+
 def model_signature():
     import numpy as np
     from mlflow.models import ModelSignature

@@ -7,7 +7,14 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cluster.cli_utils import console, handle_errors, table
+from cluster.cli_utils import (
+    check_output_dir,
+    console,
+    handle_errors,
+    json_option,
+    print_json,
+    print_table,
+)
 from cluster.errors import Img2ImgError
 from cluster.settings import get_settings
 
@@ -64,21 +71,27 @@ def reload(model: str = typer.Option(..., "--model", "-m", help="NAME@champion o
 
 @serve_app.command()
 @handle_errors
-def status():
+def status(as_json: bool = json_option()):
     """Show the app: status, replicas, autoscaling, model version, URL.
 
-    Example: `img2img serve status`
+    Example: `img2img serve status --json`
     """
     from serving.deploy import status as get_status
 
     st = get_status(get_settings())
     if st is None:
-        raise Img2ImgError("no enhancer app is deployed (`img2img serve deploy --model NAME@champion`)")
+        raise Img2ImgError("no enhancer app is deployed; deploy one with: img2img serve deploy --model NAME@champion")
     a = st["autoscaling"]
+    if as_json:
+        print_json({"deployment": "enhancer/Enhancer", "status": st["status"], "replicas": st["replicas"],
+                    "autoscaling": {k: a.get(k) for k in ("min_replicas", "max_replicas", "target_ongoing_requests")},
+                    "model": st["model"], "version": st["version"], "url": st["url"]})
+        return
     rows = [["enhancer/Enhancer", st["status"], st["replicas"],
              f"{a.get('min_replicas')}-{a.get('max_replicas')} @ {a.get('target_ongoing_requests')}",
              f"{st['model']} v{st['version']}", st["url"]]]
-    console.print(table("serve", ["deployment", "status", "replicas", "autoscaling", "model", "url"], rows))
+    print_table("serve", ["deployment", "status", "replicas", "autoscaling", "model", "url"], rows,
+                ids=["deployment", "status", "model", "url"])
     if st.get("request_timeout_s") is not None:
         console.print(f"request time limit {st['request_timeout_s']:.0f} s; graceful shutdown "
                       f"{st.get('graceful_shutdown_timeout_s') or 20:.0f} s")
@@ -117,10 +130,25 @@ def enhance(
         raise Img2ImgError(f"--direction must be AtoB or BtoA, not {direction!r}")
     if retries < 0:
         raise Img2ImgError("--retries must be >= 0")
+    from serving.codec import FORMATS
+
     settings = get_settings()
-    missing = [f for f in files if not f.is_file()]
-    if missing:
-        raise Img2ImgError(f"no such file: {missing[0]}")
+    for f in files:  # every mistake is reported before the first request, once
+        if f.is_dir():
+            raise Img2ImgError(f"{f} is a folder; give the image files in it, e.g. {f}/*.jpg")
+        if not f.exists():
+            raise Img2ImgError(f"no such file: {f}")
+    if fmt.lower() not in FORMATS:
+        raise Img2ImgError(f"unsupported --format {fmt!r}: use png, jpeg, webp or tiff")
+    if model and not local:
+        raise Img2ImgError("--model goes with --local; the endpoint serves the model it was deployed with")
+    if local and not model:
+        raise Img2ImgError("--local needs --model NAME@champion (or NAME/VERSION)")
+    check_output_dir(out, "-o/--out")
+    if local:
+        from serving.model import resolve
+
+        resolve(settings.mlflow_uri, model)  # an unknown model or alias fails here, before any progress
     with Progress(TextColumn("enhance"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as bar:
         task = bar.add_task("enhance", total=len(files))
@@ -128,8 +156,6 @@ def enhance(
         if local:
             from serving.local import enhance_locally
 
-            if not model:
-                raise Img2ImgError("--local needs --model NAME@champion")
             results = enhance_locally(settings, model, files, out, fmt, on_done=done, direction=direction)
         else:
             from serving.client import RetryPolicy, enhance_files

@@ -160,7 +160,7 @@ def redeploy_model(settings: Settings, model: str, wait_s: float = 300) -> dict:
     """Swap the served model, keeping the running app's other options (user_config update)."""
     st = status(settings)
     if not st:
-        raise Img2ImgError("no enhancer app is deployed (`img2img serve deploy` first)")
+        raise Img2ImgError("no enhancer app is deployed; deploy one with: img2img serve deploy --model NAME@champion")
     from serving.model import resolve
 
     name, version = resolve(settings.mlflow_uri, model)

@@ -70,30 +70,64 @@ class LoadedModel:
 
 
 def resolve(tracking_uri: str, model: str) -> tuple[str, str]:
-    """`NAME@alias`, `NAME/VERSION` or `NAME` (= NAME@champion) -> (name, concrete version)."""
+    """`NAME@alias`, `NAME/VERSION` or `NAME` (= NAME@champion) -> (name, concrete version).
+
+    Raises Img2ImgError saying which part is missing: the model, the version, or the alias
+    (with the command that sets `champion`)."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from cluster.errors import Img2ImgError
+    from cluster.errors import Img2ImgError, no_registered_model
     from cluster.services import bound_mlflow_calls, require
 
     bound_mlflow_calls()
     require("MLflow", tracking_uri, "/health")
     client = MlflowClient(tracking_uri)
     model = model.removeprefix("models:/")
-    try:
-        if "/" in model:
-            name, version = model.split("/", 1)
-            client.get_model_version(name, version)
-            return name, version
+    if "/" in model:
+        name, version = model.split("/", 1)
+    else:
         name, _, alias = model.partition("@")
-        return name, str(client.get_model_version_by_alias(name, alias or "champion").version)
+        version, alias = None, alias or "champion"
+    try:
+        registered = client.get_registered_model(name)
     except MlflowException as e:
         if e.error_code in ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE") or "Max retries" in str(e):
             raise Img2ImgError(f"MLflow at {tracking_uri} failed while looking up {model!r} "
                                f"({e.error_code}); is it healthy? (`img2img stack status`)") from None
-        raise Img2ImgError(f"no model {model!r} in the registry at {tracking_uri}: "
-                           f"{str(e).splitlines()[0][:200]}") from None
+        raise no_registered_model(name) from None
+    if version is not None:
+        have = sorted((str(v.version) for v in client.search_model_versions(f"name='{name}'")), key=int)
+        if version not in have:
+            raise Img2ImgError(f"model {name!r} has no version {version!r} (it has: {', '.join(have) or 'none'})")
+        return name, version
+    aliases = dict(registered.aliases or {})
+    if alias not in aliases:
+        if alias == "champion":
+            raise Img2ImgError(f"model {name!r} has no champion yet; promote a version with: "
+                               f"img2img models promote {name} --best")
+        raise Img2ImgError(f"model {name!r} has no alias {alias!r} (its aliases: {', '.join(sorted(aliases)) or 'none'})")
+    return name, str(aliases[alias])
+
+
+def _load_generator(uri: str, device: str):
+    """mlflow.pytorch.load_model into a temp dir that is removed once the network is in memory
+    (left to itself, mlflow leaves a full copy of the model in the temp dir on every load).
+    The model's pickled code paths are already importable here (`translator`), so dropping
+    the copy and its sys.path entry is safe."""
+    import sys
+    import tempfile
+
+    import mlflow.pytorch
+
+    import translator  # noqa: F401  (imported from our code, never from the model's copy)
+
+    with tempfile.TemporaryDirectory(prefix="img2img-model-") as tmp:
+        path_before = list(sys.path)
+        try:
+            return mlflow.pytorch.load_model(uri, dst_path=tmp, map_location=device).eval()
+        finally:
+            sys.path[:] = [p for p in sys.path if not p.startswith(tmp)] or path_before
 
 
 def load(tracking_uri: str, name: str, version: str, device: str | None = None) -> LoadedModel:
@@ -108,7 +142,7 @@ def load(tracking_uri: str, name: str, version: str, device: str | None = None) 
     mlflow.set_tracking_uri(tracking_uri)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     mv = MlflowClient(tracking_uri).get_model_version(name, version)
-    generator = mlflow.pytorch.load_model(f"models:/{name}/{version}", map_location=device).eval()
+    generator = _load_generator(f"models:/{name}/{version}", device)
     tags = dict(mv.tags or {})
     metrics = {k: float(v) for k, v in tags.items() if k.startswith("val_")}
     return LoadedModel(generator, name, str(version), tags.get("variant", "unknown"),

@@ -77,17 +77,37 @@ def encode(img: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
     return buf.getvalue()
 
 
-def grid(rows: list[list[Image.Image]], pad: int = 4) -> Image.Image:
-    """Rows of images -> one white-padded image (sample grids, previews, demo output)."""
-    w = max(sum(im.width for im in row) + pad * (len(row) + 1) for row in rows)
+def grid(rows: list[list[Image.Image]], pad: int = 4, labels: list[str] | None = None) -> Image.Image:
+    """Rows of images -> one white-padded RGB image (sample grids, previews, demo output).
+
+    `labels`: one caption per column (e.g. input / output / target, or A / B), drawn above it in
+    black; the header is left out when None. Images of a column may differ in size.
+    """
+    from PIL import ImageDraw, ImageFont
+
+    ncols = max(len(row) for row in rows)
+    widths = [max(row[c].width for row in rows if c < len(row)) for c in range(ncols)]
     heights = [max(im.height for im in row) for row in rows]
-    canvas = Image.new("RGB", (w, sum(heights) + pad * (len(rows) + 1)), "white")
-    y = pad
+    font = ImageFont.load_default()
+    header = 0
+    if labels and any(labels):
+        header = max(font.getbbox(t)[3] for t in labels if t) + pad
+        for c, text in enumerate(labels[:ncols]):  # a caption never runs into the next column
+            widths[c] = max(widths[c], int(font.getlength(text)) + pad if text else 0)
+    w = sum(widths) + pad * (ncols + 1)
+    canvas = Image.new("RGB", (w, header + sum(heights) + pad * (len(rows) + 1)), "white")
+    draw = ImageDraw.Draw(canvas)
+    x = pad
+    for c, cw in enumerate(widths):
+        if labels and c < len(labels) and labels[c]:
+            draw.text((x, pad), labels[c], fill="black", font=font)
+        x += cw + pad
+    y = pad + header
     for row, h in zip(rows, heights):
         x = pad
-        for im in row:
+        for im, cw in zip(row, widths):
             canvas.paste(im.convert("RGB"), (x, y))
-            x += im.width + pad
+            x += cw + pad
         y += h + pad
     return canvas
 

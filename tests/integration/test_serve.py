@@ -3,6 +3,7 @@
 
 import asyncio
 import io
+import json
 
 import httpx
 import numpy as np
@@ -115,6 +116,9 @@ def test_status_shows_autoscaling_and_version(stack, cli, demo_run):
     r = cli("serve", "status")
     assert r.exit_code == 0, r.output
     assert "RUNNING" in r.output and "1-2 @ 2.0" in r.output and f"v{demo_run.version}" in r.output
+    data = json.loads(cli("serve", "status", "--json").stdout)
+    assert data["status"] == "RUNNING" and data["version"] == str(demo_run.version) and data["url"] == stack.serve_url
+    assert data["autoscaling"] == {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2.0}
 
 
 def test_api_key_required_when_configured(stack, cli, demo_run, monkeypatch):
@@ -193,4 +197,4 @@ def test_enhance_cli_writes_outputs_and_reports_failures(stack, cli, demo_run, t
 
 def test_unknown_model_is_refused_before_deploying(stack, cli):
     r = cli("serve", "deploy", "--model", "no-such-model@champion")
-    assert r.exit_code == 1 and "no model 'no-such-model@champion'" in r.output
+    assert r.exit_code == 1 and "no registered model 'no-such-model'; list them with: img2img models ls" in r.output

@@ -79,7 +79,7 @@ def test_resume_continues_from_the_checkpoint_step(stack, trained):
 @pytest.mark.parametrize("args, message", [
     (["--variant", "vae"], "unknown variant 'vae'"),
     (["--dataset", "no-such-data"], "dataset 'no-such-data' not found"),
-    (["--variant", "cyclegan"], "needs a unpaired (two domains) dataset"),
+    (["--variant", "cyclegan"], "trains on an unpaired dataset"),
     (["--set", "widht=3"], "unknown setting 'widht'"),
     (["--set", "lr=fast"], "lr must be float"),
     (["--gpu"], "GPU"),
