@@ -1,5 +1,7 @@
 """Training samples/s per variant: the Ray Train job (2 DDP workers, and 1) vs a bare
-single-process PyTorch loop over the same model and in-memory data (ratio = Ray overhead)."""
+single-process PyTorch loop over the same model and in-memory data (ratio = Ray overhead).
+Then (alone with `--bookkeeping`) the share of a job spent validating and checkpointing,
+every epoch (before issue 12) vs the default cadence."""
 
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ def ray_job(settings, dataset: str, variant: str, config: dict, batch: int, work
     from jobs.submit import job_client, submit, wait
 
     spec = TrainSpec(dataset=dataset, variant=variant, config=config, workers=workers, cpus_per_worker=1.0,
-                     batch_size=batch, image_size=64, epochs=2, experiment="benchmarks",
+                     batch_size=batch, image_size=64, epochs=2, checkpoint_every="epoch", experiment="benchmarks",
                      model_name=f"bench-{variant}", keep_checkpoints=1)
     out = submit(spec, settings)
     status = wait(job_client(settings), out["job_id"], follow=False)
@@ -53,6 +55,47 @@ def ray_job(settings, dataset: str, variant: str, config: dict, batch: int, work
         raise RuntimeError(f"{variant} job {status}")
     history = MlflowClient(settings.mlflow_uri).get_metric_history(out["run_id"], "samples_per_s")
     return max(m.value for m in history)  # the second epoch: workers warm
+
+
+BOOKKEEPING_STEPS = 96
+
+
+def bookkeeping_share(settings, dataset: str, cadence: str, steps: int = BOOKKEEPING_STEPS) -> dict[str, float]:
+    """One autoencoder job on `dataset`; -> the job's own timings (MLflow metrics it logs):
+    validation + checkpoint + MLflow time vs the fit and the whole job."""
+    from mlflow.tracking import MlflowClient
+
+    from jobs.spec import TrainSpec
+    from jobs.submit import job_client, submit, wait
+
+    spec = TrainSpec(dataset=dataset, variant="autoencoder", workers=2, cpus_per_worker=1.0, batch_size=16,
+                     image_size=64, max_steps=steps, epochs=10_000, checkpoint_every=cadence,
+                     experiment="benchmarks", model_name="bench-bookkeeping", keep_checkpoints=1)
+    out = submit(spec, settings)
+    status = wait(job_client(settings), out["job_id"], follow=False)
+    if status != "SUCCEEDED":
+        raise RuntimeError(f"bookkeeping job ({cadence}) {status}")
+    m = MlflowClient(settings.mlflow_uri).get_run(out["run_id"]).data.metrics
+    return {"validations": len(MlflowClient(settings.mlflow_uri).get_metric_history(out["run_id"], "val_psnr")),
+            "steps": m["steps_run"], "book": m["time_bookkeeping_s"], "train": m["time_train_s"],
+            "fit": m["time_fit_s"], "job": m["time_job_s"]}
+
+
+def bookkeeping(settings, dataset: str = "bench-paired", steps: int = BOOKKEEPING_STEPS) -> None:
+    """Issue 12.3: the share of a job spent validating/checkpointing, before (every epoch, the
+    old behaviour) and after (the default cadence)."""
+    from jobs.plan import DEFAULT_CADENCE_S
+
+    rows = []
+    for label, cadence in (("before: every epoch", "epoch"), (f"after: auto ({DEFAULT_CADENCE_S:.0f} s)", "auto")):
+        r = bookkeeping_share(settings, dataset, cadence, steps)
+        rows.append([label, r["steps"], r["validations"], r["book"], r["fit"], r["job"],
+                     f"{100 * r['book'] / r['fit']:.1f}%", f"{100 * (r['job'] - r['train']) / r['job']:.1f}%"])
+    report("train_bookkeeping", "Bookkeeping share of a training job (autoencoder, 2 workers, 64 px, CPU)",
+           ["cadence", "steps", "validations+checkpoints", "bookkeeping s", "fit s", "job s",
+            "bookkeeping / fit", "everything but steps / job"], rows,
+           notes=f"{steps} steps of batch 16 per worker on bench-paired; timings are the job's own "
+                 "MLflow metrics (time_bookkeeping_s, time_train_s, time_fit_s, time_job_s).")
 
 
 def main() -> None:
@@ -80,6 +123,10 @@ def main() -> None:
             for i, f in enumerate(list_sample()):
                 Image.open(f.location).convert("RGB").save(root / ("trainA" if i % 2 else "trainB") / f"{i}.png")
             ingest(str(root), IngestOptions(name=name, kind="unaligned", size=64, crops=16), settings)
+    if "--bookkeeping" in sys.argv:
+        bookkeeping(settings, steps=int(sys.argv[sys.argv.index("--steps") + 1]) if "--steps" in sys.argv
+                    else BOOKKEEPING_STEPS)
+        return
     rows = []
     for variant, case in CASES.items():
         dataset = "bench-paired" if variant in ("nafnet", "autoencoder", "pix2pix") else "bench-unpaired"
@@ -88,6 +135,7 @@ def main() -> None:
         two = ray_job(settings, dataset, variant, case["config"], case["batch"], 2)
         one = ray_job(settings, dataset, variant, case["config"], case["batch"], 1) if variant in ("nafnet", "autoencoder") else float("nan")
         rows.append([variant, bare, bare2, one, two, two / bare2])
+    bookkeeping(settings)
     report("train_throughput", "Training throughput (samples/s, 64 px, CPU)",
            ["variant", "bare loop 1 thread", "bare loop 2 threads", "Ray Train 1 worker", "Ray Train 2 workers",
             "Ray 2w / bare 2t"], rows,

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import random
+import re
 import secrets
 import signal
 import socket
@@ -115,10 +116,31 @@ class Stack:
         return f"127.0.0.1:{port}" if port else None
 
     @property
+    def tmp_dir(self) -> Path:
+        """TMPDIR of every process the stack starts (SeaweedFS's logs and unix sockets, MLflow's
+        and the jobs' temp files): under the state dir, emptied by `stack down`."""
+        return self.root / "tmp"
+
+    @property
     def ray_temp_dir(self) -> Path:
-        # Short and unique per state dir: Ray's unix socket paths must stay under 107 bytes.
+        """The running head's temp dir as recorded at its start (older stacks used /tmp), else
+        where a new head would put it."""
+        recorded = self._load().get("ray_temp_dir")
+        return Path(recorded) if recorded else self._new_ray_temp_dir()
+
+    def _new_ray_temp_dir(self) -> Path:
+        # Under the state dir when the path is short enough: Ray's unix socket paths
+        # (TEMP/session_<date>_<pid>/sockets/plasma_store) must stay under 107 bytes. Otherwise a
+        # short dir in /tmp, unique per state dir, which `stack down` removes.
+        inside = self.root / "ray-tmp"
+        if len(str(inside)) <= 40:
+            return inside
         digest = hashlib.sha1(str(self.root).encode()).hexdigest()[:10]
         return Path("/tmp") / f"img2img-ray-{digest}"
+
+    @property
+    def ray_logs_kept(self) -> Path:
+        return self.logs / "ray-session"
 
     # ---- health -----------------------------------------------------------------------------
     def s3_healthy(self) -> bool:
@@ -150,7 +172,9 @@ class Stack:
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
         self.logs.mkdir(parents=True, exist_ok=True)
         logf = open(self.logs / f"{name}.log", "ab")
-        full_env = {**os.environ, **env, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        full_env = {**os.environ, **env, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                    "TMPDIR": str(self.tmp_dir)}
         return subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=full_env, start_new_session=True, cwd=self.root)
 
@@ -213,6 +237,8 @@ class Stack:
         token = self.settings.ray_token_path
         if not token.exists():
             _write_secret(token, secrets.token_hex(32))
+        state["ray_temp_dir"] = str(self._new_ray_temp_dir())
+        self._save(state)
         p = self._ports(state, ["gcs", "client", "agent", "agent_grpc", "metrics", "runtime_env", "node_manager",
                                 "object_manager"])
         cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={p['gcs']}",
@@ -225,13 +251,20 @@ class Stack:
                "--object-store-memory=1500000000", *self._worker_port_range()]
         env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
         env.update(self._service_env())
-        proc = self._spawn("ray", cmd, env)
-        try:
-            rc = proc.wait(timeout=180)
-        except subprocess.TimeoutExpired:
-            raise Img2ImgError(f"`ray start` hung; last log lines:\n{self.tail('ray', 15)}") from None
-        if rc != 0:
-            raise Img2ImgError(f"`ray start` failed (exit {rc}); last log lines:\n{self.tail('ray', 15)}")
+        for attempt in (1, 2):
+            proc = self._spawn("ray", cmd, env)
+            try:
+                rc = proc.wait(timeout=180)
+            except subprocess.TimeoutExpired:
+                raise Img2ImgError(f"`ray start` hung; last log lines:\n{self.tail('ray', 15)}") from None
+            if rc == 0:
+                return
+            # On an overloaded machine the raylet can give up waiting for its dashboard agent
+            # ("node timed out during startup"): clear what this attempt left and try once more.
+            self._terminate(self._ray_processes())
+            if attempt == 2 or "timed out during startup" not in self.tail("ray", 30):
+                raise Img2ImgError(f"`ray start` failed (exit {rc}); last log lines:\n{self.tail('ray', 15)}")
+            log.warning("`ray start` timed out during startup; retrying once")
 
     def _worker_port_range(self) -> list[str]:
         """A worker port block per stack (Ray's default 10002-19999 clashes with the ports the
@@ -250,7 +283,10 @@ class Stack:
         s = self.settings
         env = {"IMG2IMG_S3_ENDPOINT": s.s3_endpoint, "IMG2IMG_MLFLOW_URI": s.mlflow_uri,
                "IMG2IMG_BUCKET": s.bucket, "IMG2IMG_STATE_DIR": str(self.root),
-               "IMG2IMG_S3_SECURE": str(s.s3_secure).lower()}
+               "IMG2IMG_S3_SECURE": str(s.s3_secure).lower(),
+               # Ray's internals that look the cluster up with no address must find THIS one
+               # (else: "Found multiple active Ray instances" with two stacks side by side).
+               "RAY_API_SERVER_ADDRESS": s.ray_address}
         return env
 
     def up(self, progress: Callable[[str], None] = lambda msg: None) -> list[ServiceStatus]:
@@ -282,7 +318,6 @@ class Stack:
         if s.is_local(s.ray_address) and ray_status != 200:
             progress("starting Ray head")
             self._start_ray(state)
-            state["ray_temp_dir"] = str(self.ray_temp_dir)
             self._save(state)
             self._wait("ray", self.ray_healthy, None, 60)
         statuses = self.status()
@@ -293,11 +328,12 @@ class Stack:
 
     # ---- stop -------------------------------------------------------------------------------
     def _ray_processes(self) -> list[psutil.Process]:
-        marker = str(self.ray_temp_dir)
+        # The temp dir as a whole path component (not a suffix of another stack's path).
+        marker = re.compile(r"(^|[=\s,])" + re.escape(str(self.ray_temp_dir)) + r"(/|$|[\s,])")
         found = []
         for proc in psutil.process_iter(["cmdline"]):
             try:
-                if any(marker in part for part in (proc.info["cmdline"] or [])):
+                if any(marker.search(part) for part in (proc.info["cmdline"] or [])):
                     found.append(proc)
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
@@ -351,7 +387,26 @@ class Stack:
             state["pids"].pop(name, None)
         if self.state_file.exists():
             self._save(state)
+        self._clean_temp()
         return stopped
+
+    def _clean_temp(self) -> None:
+        """Once the services are stopped: keep Ray's last session logs under logs/, remove its
+        temp dir (sockets, runtime envs, spilled objects) and the stack's TMPDIR."""
+        import shutil
+
+        if self._ray_processes():
+            return  # something of ours still runs: leave its files alone
+        session_logs = self.ray_temp_dir / "session_latest" / "logs"
+        if session_logs.is_dir():
+            shutil.rmtree(self.ray_logs_kept, ignore_errors=True)
+            self.logs.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(session_logs, self.ray_logs_kept, symlinks=True, ignore_dangling_symlinks=True,
+                            dirs_exist_ok=True)
+        shutil.rmtree(self.ray_temp_dir, ignore_errors=True)
+        state = self._load()
+        if not any(self._group(state.get("pids", {}).get(n)) for n in ("mlflow", "s3")):
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
     # ---- status / logs -----------------------------------------------------------------------
     def status(self) -> list[ServiceStatus]:
@@ -381,8 +436,10 @@ class Stack:
         if not path.exists():
             return f"(no log at {path})"
         text = path.read_text(errors="replace").splitlines()[-lines:]
-        if name == "ray":  # the head's own logs live in its session dir
+        if name == "ray":  # the head's own logs live in its session dir (kept under logs/ by `down`)
             session = self.ray_temp_dir / "session_latest" / "logs"
+            if not session.is_dir():
+                session = self.ray_logs_kept
             for extra in ("gcs_server.err", "raylet.err", "dashboard.log"):
                 if (session / extra).exists():
                     text += [f"--- {extra}"] + (session / extra).read_text(errors="replace").splitlines()[-lines // 3:]

@@ -18,12 +18,13 @@ from cluster.errors import Img2ImgError
 from cluster.settings import Settings
 from cluster.stack import Stack
 from cluster.storage import Storage
+from jobs.eval_submit import evaluate
 from jobs.ingest import IngestOptions, ingest
 from jobs.manifest import manifest_key, read_manifest
 from jobs.registry import promote, versions
 from jobs.sources import list_sample
 from jobs.spec import TrainSpec
-from jobs.submit import job_client, submit, wait
+from jobs.submit import follow_progress, job_client, submit
 from serving.client import enhance_bytes
 from serving.deploy import deploy
 from translator import degrade, images
@@ -70,13 +71,15 @@ def _ensure_model(settings: Settings, dataset: str, variant: str, budget_s: floa
         say(f"model {model} already has {len(existing)} version(s): reusing them (delete the model to retrain)")
         return model
     spec = TrainSpec(dataset=dataset, variant=variant, workers=2, cpus_per_worker=1.0, epochs=10_000,
-                     time_budget_s=budget_s, model_name=model, experiment="demo", image_size=64)
+                     time_budget_s=budget_s, model_name=model, experiment="demo", image_size=64,
+                     checkpoint_every="30s")  # a few validations to watch in a 2-5 minute run
     if variant == "pix2pix":  # the 256-deep U-Net is made for 256 px; 64 px crops need unet_64
         spec.config = {"netG": "unet_64", "ngf": 32, "ndf": 32}
         spec.batch_size = 8
     out = submit(spec, settings)
     say(f"training {variant} for ~{budget_s:.0f}s: job {out['job_id']}, MLflow run {out['run_url']}")
-    status = wait(job_client(settings), out["job_id"], follow=False)
+    snap = follow_progress(job_client(settings), settings, out["job_id"], out["run_id"], say=say)
+    status = snap.status
     if status != "SUCCEEDED":
         raise Img2ImgError(f"training job {out['job_id']} {status}; see `img2img jobs logs {out['job_id']}`")
     return model
@@ -164,7 +167,12 @@ def run_demo(settings: Settings, variant: str = "nafnet", quick: bool = False, o
     dataset = "demo-photos-quick" if quick else "demo-photos"
     _ensure_dataset(settings, dataset, quick, say)
     model = _ensure_model(settings, dataset, variant, budget_s or (120 if quick else 300), say)
-    version, _ = promote(settings, model, best=True)
+    # The demo shows whatever it trained (even a model worse than its input): forced, with the reason said.
+    decision = promote(settings, model, best=True, force=True,
+                       evaluate=lambda ref, ds, split: evaluate(settings, ref, ds, split))
+    version = decision.new
+    for warning in decision.warnings:
+        say(f"WARNING: {warning}")
     say(f"promoted {model} v{version} to champion")
     say("deploying the Serve endpoint `enhancer`")
     deploy(settings, f"{model}@champion", min_replicas=1, max_replicas=2)

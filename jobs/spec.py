@@ -20,7 +20,7 @@ class TrainSpec:
     cpus_per_worker: float = 1.0
     epochs: int = 10
     max_steps: int | None = None
-    time_budget_s: float | None = None  # stop at the first epoch end past this (demo, benchmarks)
+    time_budget_s: float | None = None  # seconds of training (from the workers' start); stops at the next step
     batch_size: int | None = None  # per worker; default from the variant config
     image_size: int | None = None  # training crop; default from the variant config
     lr: float | None = None
@@ -30,7 +30,11 @@ class TrainSpec:
     keep_checkpoints: int = 2
     max_failures: int = 2
     log_every: int = 10
+    checkpoint_every: str = "auto"  # validate + checkpoint cadence: steps ("200"), "5m", "30s", "epoch", "auto"
     seed: int = 0
+    init_from: str | None = None  # --init-from: a registered model (NAME@alias | NAME/VERSION) to start from
+    init_path: str | None = None  # its checkpoint in the store (resolved before submission)
+    parent: str | None = None  # NAME/VERSION of that model (lineage)
     run_id: str | None = None  # the MLflow run, created at submission
     fail_at_step: int | None = None  # test hook: rank 0 raises once at this step
 
@@ -45,6 +49,11 @@ class TrainSpec:
             raise Img2ImgError("--cpus-per-worker must be positive")
         if self.epochs < 1 or (self.max_steps is not None and self.max_steps < 1):
             raise Img2ImgError("--epochs and --max-steps must be at least 1")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise Img2ImgError(f"--time-budget must be a positive number of seconds, got {self.time_budget_s:g}")
+        from jobs.plan import Cadence
+
+        Cadence.parse(self.checkpoint_every)
 
     def variant_config(self):
         overrides = dict(self.config)

@@ -14,6 +14,7 @@ from jobs.spec import TrainSpec
 
 PACKAGES = ("cluster", "jobs", "translator", "serving")
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+WORKER_START_TIMEOUT_S = 120
 
 
 def _reachable(url: str, headers: dict | None = None) -> bool:
@@ -76,15 +77,26 @@ def code_version() -> str:
     return f"{version('img2img-platform')}" + (f"+{sha}" if sha else "")
 
 
-def preflight(spec: TrainSpec, settings: Settings):
-    """Everything that can be refused before anything is submitted."""
-    from jobs.train import check_dataset
+def preflight(spec: TrainSpec, settings: Settings, resources: dict[str, float] | None = None):
+    """Everything that can be refused before anything is submitted: the options, the dataset
+    against the rows/workers/batch arithmetic, the cluster's resources, the --resume target.
+    -> (manifest, plan)."""
+    from jobs.train import check_dataset, check_resources, check_resume, plan_for
 
+    if spec.init_from:  # before validate(): the parent's config fills what the user left unset
+        from jobs.finetune import resolve_init
+
+        resolve_init(spec, settings)
     spec.validate()
-    return check_dataset(spec, Storage(settings))
+    manifest = check_dataset(spec, Storage(settings))
+    plan = plan_for(spec, manifest)
+    if resources is not None:
+        check_resources(spec, resources, settings.ray_address)
+    check_resume(spec, settings, plan)
+    return manifest, plan
 
 
-def start_run(spec: TrainSpec, settings: Settings, manifest) -> tuple[str, str]:
+def start_run(spec: TrainSpec, settings: Settings, manifest, plan=None) -> tuple[str, str]:
     """Create the MLflow run up front (so its URL can be shown now) and log the params."""
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -96,7 +108,8 @@ def start_run(spec: TrainSpec, settings: Settings, manifest) -> tuple[str, str]:
     exp_id = exp.experiment_id if exp else client.create_experiment(spec.experiment)
     run = client.create_run(exp_id, run_name=f"{spec.variant}-{spec.dataset}",
                             tags={"variant": spec.variant, "dataset": spec.dataset,
-                                  **({"resumed_from": spec.resume} if spec.resume else {})})
+                                  **({"resumed_from": spec.resume} if spec.resume else {}),
+                                  **({"parent": spec.parent} if spec.parent else {})})
     cfg = spec.variant_config().__dict__
     params = {"variant": spec.variant, "dataset": spec.dataset, "dataset_sha256": manifest.sha256,
               "workers": spec.workers, "device": "gpu" if spec.use_gpu else "cpu",
@@ -105,7 +118,19 @@ def start_run(spec: TrainSpec, settings: Settings, manifest) -> tuple[str, str]:
     params.update({f"cfg.{k}": v for k, v in cfg.items()})
     from mlflow.entities import Param
 
+    if plan is not None:
+        params.update(steps_per_epoch=plan.steps_per_epoch, total_steps=plan.total_steps,
+                      checkpoint_every=spec.checkpoint_every, time_budget_s=spec.time_budget_s)
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    if plan is not None:
+        from jobs.tracking import TAG_PHASE, TAG_STEPS_PER_EPOCH, TAG_TIME_BUDGET, TAG_TOTAL_STEPS
+
+        tags = {TAG_PHASE: "submitted", TAG_TOTAL_STEPS: str(plan.total_steps),
+                TAG_STEPS_PER_EPOCH: str(plan.steps_per_epoch)}
+        if spec.time_budget_s:
+            tags[TAG_TIME_BUDGET] = str(spec.time_budget_s)
+        for k, v in tags.items():
+            client.set_tag(run.info.run_id, k, v)
     url = f"{settings.mlflow_uri.rstrip('/')}/#/experiments/{exp_id}/runs/{run.info.run_id}"
     return run.info.run_id, url
 
@@ -115,18 +140,22 @@ def runtime_env(settings: Settings) -> dict:
     root = Path(__file__).resolve().parent.parent
     env = {"IMG2IMG_S3_ENDPOINT": settings.s3_endpoint, "IMG2IMG_S3_SECURE": str(settings.s3_secure).lower(),
            "IMG2IMG_BUCKET": settings.bucket, "IMG2IMG_MLFLOW_URI": settings.mlflow_uri,
-           "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1",
+           # Ray Train's own actors (PlacementGroupCleaner) query the state API with no address;
+           # without this they scan the machine and fail when another Ray runs beside ours.
+           "RAY_API_SERVER_ADDRESS": settings.ray_address,
+           # Starting the worker group may take this long (a busy small machine needs over a
+           # minute); the job retries it twice (see jobs.train), then fails with Ray's reason.
+           "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(WORKER_START_TIMEOUT_S)}
     return {"py_modules": [str(root / p) for p in PACKAGES], "env_vars": env}
 
 
 def submit(spec: TrainSpec, settings: Settings) -> dict:
-    manifest = preflight(spec, settings)
+    """Check the request (see `preflight`), create its MLflow run, submit the job.
+    -> {"job_id", "run_id", "run_url", "plan": TrainPlan}. Raises Img2ImgError when refused."""
     client = job_client(settings)
-    resources = cluster_resources(settings)
-    if spec.use_gpu and resources and resources.get("GPU", 0) < spec.workers:
-        raise Img2ImgError(f"--gpu asks for {spec.workers} GPU worker(s) but the cluster at {settings.ray_address} "
-                           f"has {int(resources.get('GPU', 0))} GPU(s); use --cpu or add GPU nodes")
-    spec.run_id, url = start_run(spec, settings, manifest)
+    manifest, plan = preflight(spec, settings, cluster_resources(settings))
+    spec.run_id, url = start_run(spec, settings, manifest, plan)
     entrypoint = f"python -m jobs.train --spec {shlex.quote(spec.to_json())}"
     metadata = {"img2img": "train", "variant": spec.variant, "dataset": spec.dataset, "run_id": spec.run_id}
     try:
@@ -136,7 +165,7 @@ def submit(spec: TrainSpec, settings: Settings) -> dict:
 
         MlflowClient(settings.mlflow_uri).set_terminated(spec.run_id, status="FAILED")
         raise Img2ImgError(f"Ray refused the job: {str(e).splitlines()[0]}") from None
-    return {"job_id": job_id, "run_id": spec.run_id, "run_url": url}
+    return {"job_id": job_id, "run_id": spec.run_id, "run_url": url, "plan": plan}
 
 
 def run_local(spec: TrainSpec, settings: Settings) -> dict:
@@ -145,8 +174,8 @@ def run_local(spec: TrainSpec, settings: Settings) -> dict:
 
     from jobs.train import run
 
-    manifest = preflight(spec, settings)
-    spec.run_id, url = start_run(spec, settings, manifest)
+    manifest, plan = preflight(spec, settings)
+    spec.run_id, url = start_run(spec, settings, manifest, plan)
     ray.init(address="local", num_cpus=max(2, int(spec.workers * spec.cpus_per_worker) + 1),
              include_dashboard=False, log_to_driver=True)
     try:
@@ -156,29 +185,63 @@ def run_local(spec: TrainSpec, settings: Settings) -> dict:
     return {"job_id": None, "run_id": spec.run_id, "run_url": url, "version": version}
 
 
-def wait(client, job_id: str, follow: bool, echo=print) -> str:
+def _status(client, job_id: str) -> str:
+    return str(client.get_job_status(job_id)).split(".")[-1]
+
+
+def wait(client, job_id: str, follow: bool, echo=None) -> str:
+    """Wait for a job to end; follow=True streams its raw logs meanwhile (colour codes removed
+    when not on a terminal). -> the terminal status."""
     import asyncio
     import time
 
+    from jobs.progress import write_raw
+
     if follow:
+        echo = echo or write_raw
+
         async def _tail():
             async for chunk in client.tail_job_logs(job_id):
-                echo(chunk, end="")
+                echo(chunk)
 
         asyncio.run(_tail())
-    while (status := str(client.get_job_status(job_id)).split(".")[-1]) not in TERMINAL:
+    while (status := _status(client, job_id)) not in TERMINAL:
         time.sleep(1)
     return status
 
 
+def follow_progress(client, settings: Settings, job_id: str, run_id: str, say=None, live: bool | None = None):
+    """The live progress display of a job until it ends (see jobs.progress). -> last Snapshot."""
+    from jobs.progress import follow, strip_ansi
+
+    def job_status() -> tuple[str, str]:
+        info = client.get_job_info(job_id)
+        return str(info.status).split(".")[-1], strip_ansi(info.message or "")
+
+    return follow(settings.mlflow_uri, run_id, job_status, say=say, live=live)
+
+
+def _elapsed(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else (f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
+
+
 def job_rows(client) -> list[list]:
+    """[id, status, variant, dataset, started, duration] of every training job, newest first;
+    a running job's duration is its elapsed time so far (`12s so far`)."""
+    import time
     from datetime import datetime
 
     rows = []
     jobs = [j for j in client.list_jobs() if (j.metadata or {}).get("img2img") == "train"]
     for j in sorted(jobs, key=lambda j: j.start_time or 0, reverse=True):
         start = datetime.fromtimestamp(j.start_time / 1000).strftime("%Y-%m-%d %H:%M:%S") if j.start_time else ""
-        dur = f"{((j.end_time or 0) - j.start_time) / 1000:.0f}s" if j.start_time and j.end_time else ""
+        if j.start_time and j.end_time:
+            dur = _elapsed((j.end_time - j.start_time) / 1000)
+        elif j.start_time:
+            dur = f"{_elapsed(time.time() - j.start_time / 1000)} so far"
+        else:
+            dur = ""
         rows.append([j.submission_id, str(j.status).split(".")[-1], j.metadata.get("variant"),
                      j.metadata.get("dataset"), start, dur])
     return rows
@@ -188,9 +251,59 @@ def job_info(client, job_id: str) -> dict:
     try:
         info = client.get_job_info(job_id)
     except Exception:
-        raise Img2ImgError(f"no job {job_id!r} on this cluster; list them with: img2img jobs ls") from None
-    return {"job_id": job_id, "status": str(info.status).split(".")[-1], "message": info.message,
+        raise Img2ImgError(f"no job {job_id!r} on this cluster ; list them with: img2img jobs ls") from None
+    from jobs.progress import strip_ansi
+
+    # Ray's message on failure embeds 20,000 characters of coloured log: keep its last lines.
+    lines = [ln for ln in strip_ansi(info.message or "").splitlines() if ln.strip()]
+    message = lines[0] if len(lines) <= 1 else "\n".join([lines[0].split(",")[0] + ":", *lines[-3:]])
+    return {"job_id": job_id, "status": str(info.status).split(".")[-1], "message": message,
             **(info.metadata or {})}
 
 
-__all__ = ["submit", "run_local", "job_client", "wait", "job_rows", "job_info"]
+def job_summary(client, settings: Settings, job_id: str) -> dict:
+    """job_info plus the progress line read from the job's MLflow run (when it has one)."""
+    info = job_info(client, job_id)
+    if info.get("run_id"):
+        from jobs.progress import read
+
+        try:
+            snap = read(settings.mlflow_uri, info["run_id"], info["status"], info.get("message") or "")
+            info["progress"] = snap.line()
+            if snap.error:
+                info["error"] = snap.error
+            for k, v in snap.extra.items():
+                info[k] = round(v, 2)
+        except Exception:
+            info["progress"] = "(MLflow run not readable)"
+    return info
+
+
+def stop(client, settings: Settings, job_id: str, wait_s: float = 30) -> str:
+    """Stop a job. -> "stopped", or "already SUCCEEDED/FAILED/STOPPED" when it had ended.
+    Its MLflow run ends KILLED (the driver marks it on SIGTERM; done here too in case the
+    driver was killed before it could)."""
+    import time
+
+    info = job_info(client, job_id)
+    if info["status"] in TERMINAL:
+        return f"already {info['status']}"
+    client.stop_job(job_id)
+    deadline = time.time() + wait_s
+    while _status(client, job_id) not in TERMINAL and time.time() < deadline:
+        time.sleep(0.5)
+    if info.get("run_id"):
+        try:
+            from mlflow.tracking import MlflowClient
+
+            ml = MlflowClient(settings.mlflow_uri)
+            if ml.get_run(info["run_id"]).info.status in ("RUNNING", "SCHEDULED"):
+                ml.set_tag(info["run_id"], "stopped", "stopped by the user")
+                ml.set_terminated(info["run_id"], status="KILLED")
+        except Exception:
+            pass
+    return "stopped"
+
+
+__all__ = ["submit", "run_local", "job_client", "wait", "follow_progress", "job_rows", "job_info", "job_summary",
+           "stop"]

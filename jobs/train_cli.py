@@ -16,13 +16,15 @@ jobs_app = typer.Typer(help="List, inspect, follow and stop training jobs on the
 @handle_errors
 def train(
     dataset: str = typer.Option(..., "--dataset", "-d", help="dataset name (see `img2img data ls`)"),
-    variant: str = typer.Option(DEFAULT_VARIANT, help=" | ".join(variant_names())),
+    variant: str = typer.Option(None, help=" | ".join(variant_names())
+                                + f" (default: {DEFAULT_VARIANT}, or the --init-from model's)"),
     workers: int = typer.Option(2, help="data-parallel Ray Train workers"),
     gpu: bool = typer.Option(False, "--gpu/--cpu", help="one GPU per worker, bf16 autocast"),
     cpus_per_worker: float = typer.Option(1.0, help="CPUs reserved per worker (fractions allowed)"),
     epochs: int = typer.Option(10, help="passes over the training split"),
     max_steps: int = typer.Option(None, help="stop after this many optimiser steps"),
-    time_budget: float = typer.Option(None, help="stop at the first epoch end after this many seconds"),
+    time_budget: float = typer.Option(None, help="stop after this many seconds of training (then validate, "
+                                      "checkpoint and register)"),
     batch_size: int = typer.Option(None, help="per-worker batch size (default: the variant's)"),
     image_size: int = typer.Option(None, help="training crop size (default: the variant's)"),
     lr: float = typer.Option(None, help="learning rate (default: the variant's)"),
@@ -30,37 +32,63 @@ def train(
     experiment: str = typer.Option("img2img", help="MLflow experiment"),
     model_name: str = typer.Option(None, help="registered model name (default: the dataset name)"),
     resume: str = typer.Option(None, help="MLflow run id whose last checkpoint to continue from"),
+    init_from: str = typer.Option(None, "--init-from", help="start from a registered model's weights: "
+                                  "NAME@alias or NAME/VERSION (same variant and architecture)"),
     max_failures: int = typer.Option(2, help="worker failures to recover from (from the last checkpoint)"),
-    follow: bool = typer.Option(False, "--follow", "-f", help="stream the job's logs until it ends"),
+    checkpoint_every: str = typer.Option("auto", help="validate + checkpoint every N steps ('200'), every "
+                                         "duration ('5m', '30s') or 'epoch'; 'auto' = every 2 minutes; "
+                                         "always once at the end"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="show live progress until the job ends"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="with --follow: the job's raw logs instead"),
     local: bool = typer.Option(False, "--local", help="run here on a throwaway local Ray (debugging)"),
 ):
     """Submit a training job of a translator variant to the Ray cluster.
 
     Example: `img2img train --dataset photos --variant nafnet --workers 2 --epochs 5 --follow`
+
+    Fine-tune: `img2img train --dataset my-photos --init-from photos@champion --epochs 3 --lr 2e-4`
     """
     from jobs.spec import TrainSpec
-    from jobs.submit import job_client, run_local, submit, wait
+    from jobs.submit import follow_progress, job_client, run_local, submit, wait
     from translator.config import parse_overrides
 
-    spec = TrainSpec(dataset=dataset, variant=variant, config=parse_overrides(set_), workers=workers,
+    spec = TrainSpec(dataset=dataset, variant=variant or ("" if init_from else DEFAULT_VARIANT),
+                     config=parse_overrides(set_), workers=workers,
                      use_gpu=gpu, cpus_per_worker=cpus_per_worker, epochs=epochs, max_steps=max_steps,
                      time_budget_s=time_budget, batch_size=batch_size, image_size=image_size, lr=lr,
-                     experiment=experiment, model_name=model_name, resume=resume, max_failures=max_failures)
+                     experiment=experiment, model_name=model_name, resume=resume, max_failures=max_failures,
+                     checkpoint_every=checkpoint_every, init_from=init_from)
     settings = get_settings()
     if local:
         out = run_local(spec, settings)
         console.print(f"Done: run {out['run_id']}, registered {spec.registered_name} v{out['version']}")
         return
     out = submit(spec, settings)
-    console.print(f"Submitted job [bold]{out['job_id']}[/] ({variant} on {dataset}, {workers} workers)")
-    console.print(f"MLflow run: {out['run_url']}")
+    plan = out["plan"]
+    console.print(f"Submitted job [bold]{out['job_id']}[/] ({spec.variant} on {dataset}, {workers} workers"
+                  + (f", from {spec.parent}" if spec.parent else "") + "): "
+                  f"{plan.total_steps} steps of batch {plan.batch_size} per worker, "
+                  f"{plan.steps_per_epoch} steps per epoch", highlight=False)
+    for note in plan.notes():
+        console.print(f"Note: {note}", markup=False, highlight=False)
+    console.print(f"MLflow run: {out['run_url']}", highlight=False)
     if not follow:
-        console.print(f"Follow it with: img2img jobs logs {out['job_id']} --follow")
+        console.print(f"Follow it with: img2img jobs status {out['job_id']} --follow", highlight=False)
         return
-    status = wait(job_client(settings), out["job_id"], follow=True,
-                  echo=lambda s, end="": console.print(s, end=end, markup=False, highlight=False))
+    client = job_client(settings)
+    try:
+        if verbose:
+            status, message = wait(client, out["job_id"], follow=True), ""
+        else:
+            snap = follow_progress(client, settings, out["job_id"], out["run_id"])
+            status, message = snap.status, snap.error or snap.message
+    except KeyboardInterrupt:
+        console.print(f"\nStopped following; the job keeps running. Stop it with: img2img jobs stop {out['job_id']}",
+                      highlight=False)
+        raise typer.Exit(130) from None
     if status != "SUCCEEDED":
-        raise Img2ImgError(f"job {out['job_id']} {status}; see `img2img jobs logs {out['job_id']}`")
+        reason = f": {message.strip().splitlines()[-1][:300]}" if message and message.strip() else ""
+        raise Img2ImgError(f"job {out['job_id']} {status}{reason}; see `img2img jobs logs {out['job_id']}`")
     console.print(f"Job {out['job_id']} SUCCEEDED")
 
 
@@ -83,49 +111,58 @@ def ls(as_json: bool = json_option()):
 
 @jobs_app.command()
 @handle_errors
-def status(job_id: str, as_json: bool = json_option()):
-    """Show one job's status, message and MLflow run.
+def status(job_id: str, follow: bool = typer.Option(False, "--follow", "-f", help="live progress until it ends"),
+           as_json: bool = json_option()):
+    """Show one job's status, progress (step, epoch, loss, val PSNR, samples/s, elapsed, ETA) and MLflow run.
 
-    Example: `img2img jobs status raysubmit_abc123 --json`
+    Example: `img2img jobs status raysubmit_abc123 --follow` (or `--json` for scripts)
     """
-    from jobs.submit import job_client, job_info
+    from jobs.submit import follow_progress, job_client, job_summary
 
-    info = job_info(job_client(get_settings()), job_id)
+    settings = get_settings()
+    client = job_client(settings)
+    info = job_summary(client, settings, job_id)
     if as_json:
         print_json(info)
         return
     for k, v in info.items():
-        console.print(f"{k:>10}: {v}", markup=False, highlight=False)
+        console.print(f"{k:>18}: {v}", markup=False, highlight=False, soft_wrap=True)
+    if follow and info["status"] not in ("SUCCEEDED", "FAILED", "STOPPED") and info.get("run_id"):
+        follow_progress(client, settings, job_id, info["run_id"])
 
 
 @jobs_app.command()
 @handle_errors
 def logs(job_id: str, follow: bool = typer.Option(False, "--follow", "-f", help="keep streaming until it ends")):
-    """Print a job's logs.
+    """Print a job's raw logs (unwrapped; colour codes removed when not on a terminal).
 
     Example: `img2img jobs logs raysubmit_abc123 --follow`
     """
+    from jobs.progress import write_raw
     from jobs.submit import job_client, job_info, wait
 
     client = job_client(get_settings())
     job_info(client, job_id)
     if follow:
-        wait(client, job_id, follow=True, echo=lambda s, end="": console.print(s, end=end, markup=False,
-                                                                              highlight=False))
+        wait(client, job_id, follow=True)
     else:
-        console.print(client.get_job_logs(job_id), markup=False, highlight=False)
+        write_raw(client.get_job_logs(job_id))
 
 
 @jobs_app.command()
 @handle_errors
 def stop(job_id: str):
-    """Stop a running job.
+    """Stop a running job (its MLflow run ends KILLED).
 
     Example: `img2img jobs stop raysubmit_abc123`
     """
-    from jobs.submit import job_client, job_info
+    from jobs.submit import job_client
+    from jobs.submit import stop as stop_job
 
-    client = job_client(get_settings())
-    job_info(client, job_id)
-    client.stop_job(job_id)
-    console.print(f"Stop requested for {job_id}")
+    settings = get_settings()
+    outcome = stop_job(job_client(settings), settings, job_id)
+    if outcome == "stopped":
+        console.print(f"Stopped {job_id}", highlight=False)
+    else:
+        console.print(f"Job {job_id} had {outcome.replace('already ', 'already ended: ')}; nothing to stop",
+                      highlight=False)

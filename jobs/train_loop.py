@@ -31,16 +31,47 @@ def _torch_batches(iterator, columns, batch_size, shuffle_buffer):
         yield {c: torch.from_numpy(np.ascontiguousarray(batch[c])) for c in columns}
 
 
-def train_batches(paired: bool, batch_size: int):
-    """One epoch of training batches for this worker: {"input","target"} or {"a","b"}."""
+class EmptyShardError(RuntimeError):
+    """A worker's pass over its shard of a training stream produced no rows."""
+
+
+def cycle_batches(iterator, columns: list[str], batch_size: int, stream: str, rank: int):
+    """Endless full batches from a worker's shard, repeating it (each pass is a new Ray Data
+    epoch: a fresh shuffle and fresh random crops) and carrying the rows a pass leaves over into
+    the next batch, so a shard smaller than one batch still trains. Raises EmptyShardError if a
+    whole pass yields no rows (the job then fails instead of looping).
+    -> {column: float32 tensor (batch_size, C, H, W)}"""
+    pending: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+    have = 0
+    while True:
+        rows_this_pass = 0
+        for batch in iterator.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=False,
+                                           local_shuffle_buffer_size=batch_size * 4):
+            n = len(batch[columns[0]])
+            rows_this_pass += n
+            for c in columns:
+                pending[c].append(batch[c])
+            have += n
+            while have >= batch_size:
+                joined = {c: np.concatenate(pending[c]) for c in columns}
+                yield {c: torch.from_numpy(np.ascontiguousarray(joined[c][:batch_size])) for c in columns}
+                pending = {c: [joined[c][batch_size:]] for c in columns}
+                have -= batch_size
+        if rows_this_pass == 0:
+            raise EmptyShardError(f"worker {rank} got no rows of {stream!r} in a whole pass: the dataset has fewer "
+                                  "rows than workers; resubmit with fewer --workers")
+
+
+def train_batches(paired: bool, batch_size: int, rank: int = 0):
+    """Endless training batches for this worker: {"input","target"} or {"a","b"}."""
     import ray.train
 
-    buffer = batch_size * 4
     if paired:
-        return _torch_batches(ray.train.get_dataset_shard("train"), ["input", "target"], batch_size, buffer)
-    # Unpaired: two independent streams, each shuffled anew every epoch -> random A/B pairs.
-    a = _torch_batches(ray.train.get_dataset_shard("train_a"), ["image"], batch_size, buffer)
-    b = _torch_batches(ray.train.get_dataset_shard("train_b"), ["image"], batch_size, buffer)
+        return cycle_batches(ray.train.get_dataset_shard("train"), ["input", "target"], batch_size, "train", rank)
+    # Unpaired: two independent streams, each reshuffled on every pass -> random A/B pairs; the
+    # smaller domain simply cycles more often (CycleGAN's `index % len(A)`).
+    a = cycle_batches(ray.train.get_dataset_shard("train_a"), ["image"], batch_size, "train_a", rank)
+    b = cycle_batches(ray.train.get_dataset_shard("train_b"), ["image"], batch_size, "train_b", rank)
     return ({"a": x["image"], "b": y["image"]} for x, y in zip(a, b))
 
 
@@ -61,12 +92,13 @@ def _all_reduce(values: dict[str, float], world: int) -> dict[str, float]:
     return dict(zip(keys, t.cpu().tolist()))
 
 
-def _any_worker(flag: bool, world: int) -> bool:
+def _any_worker(flags: list[bool], world: int) -> list[bool]:
+    """Each flag OR-ed over the workers (one collective), so all take the same branch."""
     if world == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=_reduce_device())
+        return flags
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=_reduce_device())
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return bool(t.item())
+    return [bool(v) for v in t.cpu().tolist()]
 
 
 # Column captions of the MLflow sample grids: unpaired rows come from domain A (then B), each
@@ -76,8 +108,11 @@ SAMPLE_LABELS = {"paired": ["input", "output", "target"],
 
 
 @torch.no_grad()
-def validate(variant, paired: bool, world: int, max_samples: int = 4):
-    """Mean PSNR/SSIM over this worker's val shard, summed across workers, plus sample rows."""
+def validate(variant, paired: bool, world: int, max_samples: int = 4, split: bool = True):
+    """Mean PSNR/SSIM (dB / [0, 1]) over the validation rows, plus sample rows for a grid.
+
+    split=True: each worker holds a shard, sums are all-reduced; split=False: every worker
+    holds all rows (fewer val rows than workers) and computes the same means alone."""
     import ray.train
 
     variant.eval()
@@ -106,11 +141,13 @@ def validate(variant, paired: bool, world: int, max_samples: int = 4):
             sums["psnr"] += float(psnr(to_unit(out), ref).sum())
             sums["ssim"] += float(ssim(to_unit(out), ref).sum())
             sums["n"] += 1
-            if len(samples) < max_samples:  # columns: see SAMPLE_LABELS
-                row = [x, out, y] if paired else [x, y, out]
+            if len(samples) < max_samples:
+                row = [x, out, y] if paired else [x, y, out]  # columns: see SAMPLE_LABELS
                 samples.append([images.to_pil(t) for t in row])
-    total = _all_reduce(sums, world)
-    n = max(total["n"], 1.0)
+    total = _all_reduce(sums, world) if split else sums
+    if total["n"] == 0:
+        raise EmptyShardError("validation saw no rows: the val split is empty on every worker")
+    n = total["n"]
     metrics = {"val_psnr": total["psnr"] / n, "val_ssim": total["ssim"] / n}
     if paired:
         metrics.update(val_input_psnr=total["in_psnr"] / n, val_input_ssim=total["in_ssim"] / n)
@@ -118,15 +155,16 @@ def validate(variant, paired: bool, world: int, max_samples: int = 4):
     return metrics, samples
 
 
-def _save_checkpoint(variant, epoch: int, metrics: dict, spec: dict):
+def _write_checkpoint(directory: str, variant, epoch: int, metrics: dict, spec: dict):
+    """state.pt + meta.json in `directory` (a temp dir the caller removes once Ray Train has
+    uploaded it to the store)."""
     import ray.train
 
-    tmp = tempfile.mkdtemp(prefix="img2img-ckpt-")
-    torch.save({"variant": variant.state_dict(), "epoch": epoch}, Path(tmp) / STATE_FILE)
+    torch.save({"variant": variant.state_dict(), "epoch": epoch}, Path(directory) / STATE_FILE)
     meta = {"variant": spec["variant"], "epoch": epoch, "step": variant.step, "metrics": metrics,
             "config": dataclasses.asdict(variant.config), "dataset": spec["dataset"]}
-    (Path(tmp) / "meta.json").write_text(json.dumps(meta, indent=2))
-    return ray.train.Checkpoint.from_directory(tmp)
+    (Path(directory) / "meta.json").write_text(json.dumps(meta, indent=2))
+    return ray.train.Checkpoint.from_directory(directory)
 
 
 def _fail_once(spec: dict) -> None:
@@ -141,13 +179,40 @@ def _fail_once(spec: dict) -> None:
         raise RuntimeError(f"injected failure at step {spec['fail_at_step']} (test hook)")
 
 
+def _report(variant, metrics: dict, spec: dict, rank: int, epoch: int) -> None:
+    """ray.train.report with a checkpoint written by rank 0 into a temp dir that is removed as
+    soon as Ray Train has persisted it (report uploads synchronously)."""
+    import ray.train
+
+    if rank != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory(prefix="img2img-ckpt-") as tmp:
+        ray.train.report(metrics, checkpoint=_write_checkpoint(tmp, variant, epoch, metrics, spec))
+
+
+def _due(cadence: dict, step: int, steps_per_epoch: int, since_s: float) -> bool:
+    if cadence.get("steps"):
+        return step % cadence["steps"] == 0
+    if cadence.get("epoch"):
+        return step % steps_per_epoch == 0
+    return since_s >= cadence["seconds"]
+
+
 def train_loop_per_worker(cfg: dict) -> None:
+    """One Ray Train worker: train `plan.total_steps` optimiser steps (the same on every worker,
+    DDP needs it), validating and checkpointing at the cadence and once at the end.
+
+    cfg: {"spec": TrainSpec dict, "plan": TrainPlan dict, "cadence": Cadence dict, "paired",
+    "variant_config", "tracking_uri", "resume_path", "init_path"}.
+    """
     import ray.train
     import ray.train.torch
 
-    from jobs.tracking import RunLogger
+    from jobs.tracking import RunLogger, record_start
 
-    spec, paired, total_steps = cfg["spec"], cfg["paired"], cfg["total_steps"]
+    spec, paired, plan, cadence = cfg["spec"], cfg["paired"], cfg["plan"], cfg["cadence"]
+    total_steps, steps_per_epoch = plan["total_steps"], plan["steps_per_epoch"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(spec["cpus_per_worker"])))
@@ -156,47 +221,80 @@ def train_loop_per_worker(cfg: dict) -> None:
     variant = build_variant(spec["variant"], cfg["variant_config"], device=device,
                             amp="bf16" if device.type == "cuda" else None)
     variant.set_total_steps(total_steps)
-    start_epoch = 0
     checkpoint = ray.train.get_checkpoint()  # this run's own latest (after a worker failure)
-    if checkpoint is None and cfg.get("resume_path"):  # --resume: another run's latest
-        from cluster.storage import arrow_filesystem
+    from cluster.storage import arrow_filesystem
 
+    if checkpoint is None and cfg.get("resume_path"):  # --resume: another run's latest
         checkpoint = ray.train.Checkpoint(path=cfg["resume_path"], filesystem=arrow_filesystem())
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=False)
         variant.load_state_dict(state["variant"])
-        start_epoch = state["epoch"] + 1
-        log.info("resumed from epoch %d, step %d", state["epoch"], variant.step)
+        log.info("restored checkpoint at step %d", variant.step)
+    elif cfg.get("init_path"):  # --init-from: a registered model's weights, fresh optimisers and schedule
+        init = ray.train.Checkpoint(path=cfg["init_path"], filesystem=arrow_filesystem())
+        with init.as_directory() as d:
+            state = torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=False)
+        variant.load_state_dict(state["variant"], with_optimizers=False)
+        variant.step = 0
+        variant.set_total_steps(total_steps)
+        # step 0: the parent's quality on this run's val set
+        init_metrics, _ = validate(variant, paired, world, split=plan["split_val"])
+        if rank == 0 and spec["run_id"]:
+            RunLogger(cfg["tracking_uri"], spec["run_id"]).metrics(init_metrics, 0)
+        log.info("initialised from %s: %s", cfg["init_path"], init_metrics)
     if world > 1:
         variant.wrap_networks(ray.train.torch.prepare_model)
     logger = RunLogger(cfg["tracking_uri"], spec["run_id"]) if rank == 0 and spec["run_id"] else None
-    batch_size = variant.config.batch_size
+    if logger:
+        record_start(logger, variant.step if checkpoint else None)
+    batch_size, samples_per_step = variant.config.batch_size, plan["batch_size"] * world
+    # --time-budget counts training time, from when the workers start (not the job's start-up).
     deadline = time.time() + spec["time_budget_s"] if spec.get("time_budget_s") else None
-    for epoch in range(start_epoch, spec["epochs"]):
-        t0, seen, logs = time.time(), 0, {}
-        for batch in train_batches(paired, batch_size):
-            if spec.get("fail_at_step") and rank == 0 and variant.step == spec["fail_at_step"]:
-                _fail_once(spec)
-            logs = variant.training_step(batch)
-            seen += batch_size
-            if logger and variant.step % spec["log_every"] == 0:
-                logger.metrics({f"train_{k}": v for k, v in logs.items()}, variant.step)
-            if spec.get("max_steps") and variant.step >= spec["max_steps"]:
-                break
-        throughput = _all_reduce({"samples": float(seen), "secs": time.time() - t0}, world)
-        metrics, samples = validate(variant, paired, world)
+    t_train = t_book = 0.0
+    last_book = last_log = time.time()
+    window_t, window_steps = time.time(), 0
+    logs: dict = {}
+    batches = train_batches(paired, batch_size, rank)
+    reported = False
+    while variant.step < total_steps:
+        if spec.get("fail_at_step") and rank == 0 and variant.step == spec["fail_at_step"]:
+            _fail_once(spec)
+        t0 = time.time()
+        logs = variant.training_step(next(batches))
+        t_train += time.time() - t0
+        window_steps += 1
+        step = variant.step
+        now = time.time()
+        rate = window_steps * samples_per_step / max(now - window_t, 1e-9)
+        if logger and (step % spec["log_every"] == 0 or now - last_log > 5 or step == total_steps):
+            logger.metrics({**{f"train_{k}": v for k, v in logs.items()}, "step": step, "epoch": step / steps_per_epoch,
+                            "samples": step * samples_per_step, "samples_per_s": rate}, step)
+            last_log = now
+        due, out_of_time = _any_worker([_due(cadence, step, steps_per_epoch, now - last_book),
+                                        deadline is not None and now > deadline], world)
+        last = step >= total_steps or out_of_time
+        if not (due or last):
+            continue
+        t0 = time.time()
+        metrics, samples = validate(variant, paired, world, split=plan["split_val"])
         metrics.update({f"train_{k}": v for k, v in logs.items()})
-        metrics.update(epoch=epoch, step=variant.step, lr=variant.lr,
-                       samples_per_s=throughput["samples"] / max(throughput["secs"] / world, 1e-9))
+        metrics.update(epoch=step // steps_per_epoch, step=step, samples=step * samples_per_step, lr=variant.lr,
+                       samples_per_s=rate)
         if logger:
-            logger.metrics({k: v for k, v in metrics.items() if k not in ("epoch", "step")}, variant.step)
+            logger.metrics({**metrics, "epoch": step / steps_per_epoch}, step)
             if samples:
                 labels = SAMPLE_LABELS["paired" if paired else "unpaired"]
-                logger.image(images.grid(samples, labels=labels), f"samples/epoch_{epoch:03d}.png")
-        ckpt = _save_checkpoint(variant, epoch, metrics, spec) if rank == 0 else None
-        ray.train.report(metrics, checkpoint=ckpt)
-        done = bool(spec.get("max_steps") and variant.step >= spec["max_steps"])
-        out_of_time = deadline is not None and time.time() > deadline
-        if _any_worker(done or out_of_time, world):
+                logger.image(images.grid(samples, labels=labels), f"samples/step_{step:06d}.png")
+        _report(variant, metrics, spec, rank, step // steps_per_epoch)
+        t_book += time.time() - t0
+        last_book, window_t, window_steps = time.time(), time.time(), 0
+        reported = True
+        if last:
             break
+    if not reported:  # restored at or past the last step: still hand Ray Train a checkpoint
+        metrics, _ = validate(variant, paired, world, split=plan["split_val"])
+        metrics.update(epoch=variant.step // steps_per_epoch, step=variant.step, samples=0, lr=variant.lr)
+        _report(variant, metrics, spec, rank, variant.step // steps_per_epoch)
+    if logger:
+        logger.metrics({"time_train_s": t_train, "time_bookkeeping_s": t_book}, variant.step)

@@ -4,6 +4,12 @@ Each replica loads the registered model named in its user_config once, warms it 
 serves POST /enhance, GET /healthz and GET /model. Tiles of concurrent requests are batched
 together through `@serve.batch`. A new user_config (a promotion, `serve deploy` again) loads
 the new model beside the old one and swaps it in; requests already running finish on the old.
+
+Every request has a time limit (`request_timeout_s`, sized by `img2img serve deploy` from the
+pixel limit and the speed each replica measures when it loads the model): past it the answer is
+a JSON 504 with Retry-After, never a dropped connection. Planned replica stops (downscale,
+redeploy, `serve rm`) wait `graceful_shutdown_timeout_s`, longer than that limit, so accepted
+requests finish. Unpaired models serve `?direction=AtoB|BtoA`.
 """
 
 
@@ -18,6 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 
+from cluster.errors import Img2ImgError
 from serving import codec
 from serving.model import LoadedModel, load
 from serving.runtime import threads_for
@@ -26,8 +33,10 @@ from translator import tiling
 log = logging.getLogger("img2img.serve")
 api = FastAPI(title="img2img enhancer", description="Image enhancement with a registered img2img model.")
 DEFAULTS = {"max_pixels": 16_000_000, "tile": 512, "overlap": 32, "max_batch_size": 1, "batch_wait_timeout_s": 0.01,
-            "runtime": "auto", "threads": None, "memory_format": "channels_last", "precision": "auto"}
+            "runtime": "auto", "threads": None, "memory_format": "channels_last", "precision": "auto",
+            "request_timeout_s": 600}
 RUNTIME_KEYS = ("model_name", "model_version", "runtime", "threads", "memory_format", "precision")
+RETRY_AFTER_S = 5
 
 
 def _reserved_cpus() -> float | None:
@@ -40,7 +49,8 @@ def _reserved_cpus() -> float | None:
 
 
 def error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status in (503, 504) else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 @serve.deployment(name="Enhancer", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=16)
@@ -66,7 +76,7 @@ class Enhancer:
                 threads = int(cfg["threads"] or threads_for(_reserved_cpus()))
                 new = load(cfg["tracking_uri"], cfg["model_name"], str(cfg["model_version"]), runtime=cfg["runtime"],
                            threads=threads, memory_format=cfg["memory_format"], precision=cfg["precision"])
-                new.enhance(torch.zeros(1, 3, 64, 64))  # warm-up: first real request is not slow
+                new.measure_speed()  # warms up too; the speed sizes request time limits
                 self.model, self.model_key, self.load_error = new, key, None
                 log.info("serving %s v%s (%s) on %s", new.name, new.version, new.variant, new.runtime.info())
             except Exception as e:  # keep serving the old model (or 503) instead of dying
@@ -77,18 +87,19 @@ class Enhancer:
         self.config_id = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def run_tiles(self, items: list[tuple[LoadedModel, torch.Tensor, bool]]) -> list[torch.Tensor]:
-        """Tiles from concurrent requests, run together (grouped by model, tile shape, precision)."""
+    async def run_tiles(self, items: list[tuple[LoadedModel, object, torch.Tensor, bool]]) -> list[torch.Tensor]:
+        """Tiles from concurrent requests, run together (grouped by runtime, tile shape and
+        precision: `precise` tiles of 16-bit images always run fp32)."""
         out: list[torch.Tensor | None] = [None] * len(items)
         groups: dict[tuple, list[int]] = {}
-        for i, (model, tile, precise) in enumerate(items):
-            groups.setdefault((id(model), tuple(tile.shape), precise), []).append(i)
+        for i, (_, net, tile, precise) in enumerate(items):
+            groups.setdefault((id(net), tuple(tile.shape), precise), []).append(i)
 
         def run():
             with torch.inference_mode():
                 for (_, _, precise), idx in groups.items():
-                    model = items[idx[0]][0]
-                    result = model.forward(torch.cat([items[i][1] for i in idx]), precise)
+                    net = items[idx[0]][1]
+                    result = net.run(torch.cat([items[i][2] for i in idx]), precise)
                     for j, i in enumerate(idx):
                         out[i] = result[j:j + 1]
 
@@ -117,7 +128,7 @@ class Enhancer:
 
     @api.post("/enhance")
     async def enhance(self, request: Request, format: str = "png", tile: int | None = None,
-                      overlap: int | None = None):
+                      overlap: int | None = None, direction: str = "AtoB"):
         if not self._authorised(request):
             return error(401, "missing or wrong API key (Authorization: Bearer KEY)")
         model = self.model  # requests in flight keep the model they started with
@@ -128,21 +139,39 @@ class Enhancer:
         if not 16 <= tile <= 4096 or not 0 <= overlap < tile // 2:
             return error(400, "tile must be 16-4096 and overlap in [0, tile/2)")
         try:
-            body = await self._body(request)
-            decoded = await asyncio.to_thread(codec.decode, body, int(self.cfg["max_pixels"]))
-            tiles, plan = tiling.split(decoded.tensor, tile, overlap, model.multiple)
-            precise = decoded.high_bit  # 16-bit images stay fp32
-            outs = await asyncio.gather(*(self.run_tiles((model, tiles[i:i + 1], precise))
-                                          for i in range(len(tiles))))
-            merged = tiling.merge(torch.cat(outs), plan)
-            data, media = await asyncio.to_thread(codec.encode, merged, decoded, format)
+            net = model.net(direction)
+        except Img2ImgError as e:
+            return error(400, str(e))
+        limit = float(self.cfg["request_timeout_s"])
+        try:
+            data, media, decoded = await asyncio.wait_for(
+                self._process(request, model, net, format, tile, overlap), timeout=limit)
         except codec.RequestError as e:
             return error(e.status, e.message)
-        rt = model.runtime
+        except TimeoutError:
+            return error(504, f"the image took longer than this endpoint's {limit:.0f} s limit; "
+                              "retry later or send a smaller image")
+        except Exception as e:  # a bug or a dying worker: JSON 500 (clients retry it), never a bare drop
+            log.exception("enhance failed")
+            return error(500, f"internal error: {type(e).__name__}")
         headers = {"X-Model-Name": model.name, "X-Model-Version": model.version, "X-Model-Variant": model.variant,
-                   "X-Model-Runtime": rt.name, "X-Model-Threads": str(rt.threads),
-                   "X-Model-Precision": "fp32" if precise else rt.precision}
+                   "X-Model-Runtime": net.name, "X-Model-Threads": str(net.threads),
+                   "X-Model-Precision": "fp32" if decoded.high_bit else net.precision,
+                   "X-Direction": direction, "X-Input-Frames": str(decoded.frames),
+                   "X-Bit-Depth": str(decoded.bits if media in ("image/png", "image/tiff") else 8)}
         return Response(content=data, media_type=media, headers=headers)
+
+    async def _process(self, request: Request, model: LoadedModel, net, fmt: str, tile: int,
+                       overlap: int) -> tuple[bytes, str, codec.DecodedImage]:
+        body = await self._body(request)
+        decoded = await asyncio.to_thread(codec.decode, body, int(self.cfg["max_pixels"]))
+        tiles, plan = tiling.split(decoded.tensor, tile, overlap, model.multiple)
+        precise = decoded.high_bit  # 16-bit images stay fp32
+        outs = await asyncio.gather(*(self.run_tiles((model, net, tiles[i:i + 1], precise))
+                                      for i in range(len(tiles))))
+        merged = tiling.merge(torch.cat(outs), plan)
+        data, media = await asyncio.to_thread(codec.encode, merged, decoded, fmt)
+        return data, media, decoded
 
     @api.get("/healthz")
     async def healthz(self):
@@ -156,7 +185,8 @@ class Enhancer:
             return error(503, f"model not loaded: {self.load_error}")
         return {**self.model.info(), "load_error": self.load_error, "config_id": self.config_id,
                 "initial_torch_threads": self.initial_threads, "reserved_cpus": _reserved_cpus(),
-                "api_key_required": bool(self.cfg.get("api_key_sha256"))}
+                "api_key_required": bool(self.cfg.get("api_key_sha256")), "max_pixels": int(self.cfg["max_pixels"]),
+                "request_timeout_s": float(self.cfg["request_timeout_s"])}
 
 
 app = Enhancer.bind()

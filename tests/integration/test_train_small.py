@@ -1,0 +1,204 @@
+"""Training off the happy path on the real stack: datasets smaller than a batch, a 1-row val
+split, unpaired domains of 3 vs 40 images, requests the cluster can never run, live progress,
+stopping, and no temporary files left behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+pytestmark = pytest.mark.integration
+AE = ["--variant", "autoencoder", "--set", "nf=8", "--image-size", "32", "--batch-size", "4",
+      "--cpus-per-worker", "0.5"]
+
+
+def _photos(n: int, seed: int = 0) -> list[Image.Image]:
+    from jobs.sources import list_sample
+
+    files = list_sample()
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        img = Image.open(files[i % len(files)].location).convert("RGB").resize((48, 48))
+        out.append(Image.fromarray(np.roll(np.asarray(img), int(rng.integers(0, 48)), axis=1)))
+    return out
+
+
+def _ingest_paired(root: Path, name: str, files: int, val_fraction: float) -> str:
+    from cluster.settings import get_settings
+    from jobs.ingest import IngestOptions, ingest
+
+    folder = root / name
+    folder.mkdir()
+    for i, img in enumerate(_photos(files)):
+        img.save(folder / f"{i:02d}.png")
+    ingest(str(folder), IngestOptions(name=name, size=32, val_fraction=val_fraction), get_settings())
+    return name
+
+
+@pytest.fixture(scope="session")
+def small_sets(stack, tmp_path_factory):
+    """Paired sets with 1, 3 and 13 training rows (1 val row each), and unpaired 3 vs 40."""
+    from cluster.settings import get_settings
+    from jobs.ingest import IngestOptions, ingest
+
+    root = tmp_path_factory.mktemp("small")
+    sets = {1: _ingest_paired(root, "rows-1", 2, 0.5), 3: _ingest_paired(root, "rows-3", 4, 0.25),
+            13: _ingest_paired(root, "rows-13", 14, 1 / 14)}
+    un = root / "a3-b40"
+    for folder, n in (("trainA", 3), ("trainB", 40), ("testA", 1), ("testB", 1)):
+        (un / folder).mkdir(parents=True)
+        for i, img in enumerate(_photos(n, seed=len(folder) + n)):
+            (Image.fromarray(255 - np.asarray(img)) if folder.endswith("B") else img).save(un / folder / f"{i}.png")
+    ingest(str(un), IngestOptions(name="a3-b40", kind="unaligned", size=32), get_settings())
+    sets["unpaired"] = "a3-b40"
+    return sets
+
+
+@pytest.fixture
+def private_tmp(monkeypatch, tmp_path):
+    """This process's temp files go to a private dir (other processes on the machine write
+    /tmp too), so "nothing left behind" can be checked exactly."""
+    d = tmp_path / "tmp"
+    d.mkdir()
+    monkeypatch.setenv("TMPDIR", str(d))
+    monkeypatch.setattr(tempfile, "tempdir", str(d))
+    return d
+
+
+def _leftovers(*dirs: Path) -> set[str]:
+    """Temp files of ours: checkpoint dirs and MLflow model copies (a dir holding an MLmodel).
+    In /tmp, shared with other processes of this machine, only checkpoints of our own
+    dataset ("rows-3") count."""
+    found = set()
+    for d in dirs:
+        for entry in d.iterdir() if d.is_dir() else []:
+            try:
+                if d == Path("/tmp"):
+                    meta = entry / "meta.json"
+                    if entry.name.startswith("img2img-ckpt-") and meta.exists() and '"rows-3"' in meta.read_text():
+                        found.add(str(entry))
+                elif entry.name.startswith("img2img-") or (entry.is_dir() and any(entry.glob("**/MLmodel"))):
+                    found.add(str(entry))
+            except OSError:  # someone else's file, vanished or unreadable
+                continue
+    return found
+
+
+def test_plans_for_1_3_13_rows_and_3_vs_40(stack, small_sets):
+    """The arithmetic the job will run, computed from the real manifests before submission."""
+    from jobs.plan import MIN_STEPS_PER_EPOCH
+    from jobs.spec import TrainSpec
+    from jobs.submit import preflight
+
+    for rows in (1, 3, 13):
+        spec = TrainSpec(dataset=small_sets[rows], variant="autoencoder", workers=1, batch_size=16, epochs=3)
+        _, plan = preflight(spec, stack)
+        assert plan.rows == {"train": rows} and plan.val_rows == 1
+        assert plan.steps_per_epoch == MIN_STEPS_PER_EPOCH and plan.total_steps == 3 * MIN_STEPS_PER_EPOCH
+    spec = TrainSpec(dataset="a3-b40", variant="cyclegan", workers=1, batch_size=2, epochs=1, max_steps=5)
+    _, plan = preflight(spec, stack)
+    assert plan.rows == {"train_a": 3, "train_b": 40}
+    assert plan.steps_per_epoch == 20 and plan.total_steps == 5  # --max-steps first
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "rows-1", "--workers", "2"],
+     "dataset 'rows-1' has 1 training rows but --workers 2 needs at least one per worker; use --workers 1"),
+    (["--dataset", "a3-b40", "--variant", "cyclegan", "--workers", "4"],
+     "has 3 training images in domain A but --workers 4 needs at least one per worker; use --workers 3"),
+    (["--dataset", "rows-13", "--workers", "9"], "--workers 9 x --cpus-per-worker 1 = 9 CPUs, but the cluster at"),
+    (["--dataset", "rows-3", "--resume", "nosuchrun"], "run 'nosuchrun' has no checkpoint to resume from"),
+    (["--dataset", "rows-3", "--checkpoint-every", "often"], "--checkpoint-every 'often' is not a cadence"),
+    (["--dataset", "rows-3", "--time-budget", "0"], "--time-budget must be a positive number"),
+])
+def test_impossible_requests_are_refused_before_submission(stack, small_sets, cli, args, message):
+    from jobs.submit import job_client
+
+    before = len(job_client(stack).list_jobs())
+    result = cli("train", *args)
+    assert result.exit_code == 1, result.output
+    assert message in " ".join(result.output.split()) and "Traceback" not in result.output
+    assert len(job_client(stack).list_jobs()) == before  # nothing reached the cluster
+
+
+def test_3_rows_1_val_row_2_workers_trains_what_it_reports_with_live_progress(stack, small_sets, cli,
+                                                                               private_tmp):
+    """3 rows over 2 workers (1 each, batch 4: the rows repeat), 1 val row (validated by both
+    workers), --max-steps 10 before --epochs 5: the job runs and reports exactly 10 steps,
+    --follow shows progress lines (not Ray's logs), and no temp files are left behind."""
+    from cluster.stack import Stack
+
+    stack_tmp = Stack(stack).tmp_dir
+    before = _leftovers(stack_tmp, Path("/tmp"))
+    result = cli("train", "--dataset", "rows-3", *AE, "--workers", "2", "--epochs", "5", "--max-steps", "10",
+                 "--checkpoint-every", "5", "--follow")
+    out = result.output
+    assert result.exit_code == 0, out[-3000:]
+    assert "SUCCEEDED" in out and "repeats them" in out
+    assert re.search(r"step 10/10 \(100%\) \| epoch 1\.2 \| loss [0-9.]+ \| val PSNR [0-9.]+ dB \([+-][0-9.]+ dB vs "
+                     r"input\)", out), out[-2000:]
+    assert "\x1b[" not in out and "Execution plan" not in out and "TrainingReport" not in out
+    run_id = re.search(r"runs/([0-9a-f]{32})", out)[1]
+    job_id = re.search(r"Submitted job (raysubmit_\w+)", out)[1]
+    logs = cli("jobs", "logs", job_id).output
+    assert "jobs.train" in logs and "\x1b[" not in logs  # raw logs stay available, without colour codes
+    # other stacks run on this machine: the job must talk to its own cluster only
+    assert "Found multiple active Ray instances" not in logs
+    ml = MlflowClient(stack.mlflow_uri)
+    run = ml.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    m = run.data.metrics
+    assert (m["steps_run"], m["epochs_run"], m["samples_run"]) == (10, 10 / 8, 10 * 4 * 2)
+    assert [x.step for x in ml.get_metric_history(run_id, "val_psnr")] == [5, 10]
+    assert 0 < m["time_bookkeeping_s"] < m["time_fit_s"]
+    # a load like `serve deploy`/`reload`/`enhance --local` do, then nothing of ours is left over
+    from serving.model import load
+
+    version = ml.search_model_versions("name='rows-3'")[0].version
+    load(stack.mlflow_uri, "rows-3", str(version))
+    assert _leftovers(stack_tmp, Path("/tmp"), private_tmp) - before == set()
+
+
+def test_unpaired_3_vs_40_trains_on_one_worker(stack, small_sets):
+    from jobs.spec import TrainSpec
+    from jobs.submit import job_client, submit
+    from tests.integration.conftest import wait_job
+
+    spec = TrainSpec(dataset="a3-b40", variant="cyclegan", workers=1, cpus_per_worker=0.5, image_size=32,
+                     batch_size=2, max_steps=6, config={"ngf": 8, "ndf": 8, "n_blocks": 2, "pool_size": 4},
+                     model_name="test-a3-b40", experiment="integration")
+    sub = submit(spec, stack)
+    status = wait_job(job_client(stack), sub["job_id"], timeout=600)
+    assert status == "SUCCEEDED", job_client(stack).get_job_logs(sub["job_id"])[-3000:]
+    m = MlflowClient(stack.mlflow_uri).get_run(sub["run_id"]).data.metrics
+    assert (m["steps_run"], m["samples_run"], m["epochs_run"]) == (6, 12, 6 / 20)
+
+
+def test_stop_running_job_ends_its_run_killed_and_stop_again_says_so(stack, small_sets, cli):
+    from jobs.spec import TrainSpec
+    from jobs.submit import job_client, submit
+
+    spec = TrainSpec(dataset="rows-13", variant="autoencoder", workers=1, cpus_per_worker=0.5, image_size=32,
+                     batch_size=4, config={"nf": 8}, epochs=10_000, experiment="integration", model_name="test-stop")
+    sub = submit(spec, stack)
+    client = job_client(stack)
+    deadline = time.time() + 120
+    while str(client.get_job_status(sub["job_id"])).split(".")[-1] == "PENDING" and time.time() < deadline:
+        time.sleep(1)
+    r = cli("jobs", "ls")
+    assert re.search(r"RUNNING.*so far", " ".join(r.output.split())), r.output
+    r = cli("jobs", "stop", sub["job_id"])
+    assert r.exit_code == 0 and f"Stopped {sub['job_id']}" in r.output
+    assert MlflowClient(stack.mlflow_uri).get_run(sub["run_id"]).info.status == "KILLED"
+    r = cli("jobs", "stop", sub["job_id"])
+    assert r.exit_code == 0 and "had already ended: STOPPED; nothing to stop" in " ".join(r.output.split())
+    assert os.environ.get("IMG2IMG_STATE_DIR")  # the stack under test, not a user's

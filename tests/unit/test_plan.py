@@ -1,0 +1,79 @@
+"""The rows/workers/batch arithmetic of a training request (jobs.plan): what any dataset size
+trains, and the one-line refusals of what cannot run."""
+
+import pytest
+
+from cluster.errors import Img2ImgError
+from jobs.plan import DEFAULT_CADENCE_S, MIN_STEPS_PER_EPOCH, Cadence, make_plan
+
+
+def test_the_issue_case_13_rows_2_workers_batch_16_trains_300_steps():
+    plan = make_plan({"train": 13}, workers=2, batch_size=16, epochs=10, max_steps=300, val_rows=3)
+    assert plan.rows_per_worker == {"train": 6}
+    assert plan.steps_per_epoch == MIN_STEPS_PER_EPOCH
+    assert plan.total_steps == min(300, 10 * MIN_STEPS_PER_EPOCH)  # whichever comes first
+    assert plan.repeats["train"] == -(-MIN_STEPS_PER_EPOCH * 16 // 6)  # ceil: rows repeat within the epoch
+    assert any("repeats" in note for note in plan.notes())
+
+
+@pytest.mark.parametrize("rows", [1, 3, 13])
+def test_tiny_sets_train_every_step_they_promise(rows):
+    plan = make_plan({"train": rows}, workers=1, batch_size=8, epochs=2, max_steps=None, val_rows=1)
+    assert plan.total_steps == 2 * plan.steps_per_epoch >= 2 * MIN_STEPS_PER_EPOCH
+    assert plan.epochs == 2
+
+
+def test_max_steps_and_epochs_stop_at_whichever_comes_first():
+    big = make_plan({"train": 6400}, workers=2, batch_size=16, epochs=10, max_steps=40, val_rows=10)
+    assert big.steps_per_epoch == 200 and big.total_steps == 40 and big.epochs == 1
+    assert big.stop_reason == "max-steps"
+    small = make_plan({"train": 6400}, workers=2, batch_size=16, epochs=1, max_steps=1000, val_rows=10)
+    assert small.total_steps == 200 and small.stop_reason == "epochs"
+
+
+def test_large_set_needs_no_repeat():
+    plan = make_plan({"train": 1000}, workers=2, batch_size=16, epochs=1, max_steps=None, val_rows=10)
+    assert plan.steps_per_epoch == 31  # 500 rows per worker // 16; the 4 left over start the next epoch
+    assert plan.repeats["train"] == 1 and plan.notes() == []
+
+
+def test_unpaired_epoch_is_a_pass_over_the_larger_domain():
+    plan = make_plan({"train_a": 3, "train_b": 40}, workers=1, batch_size=2, epochs=1, max_steps=None, val_rows=1)
+    assert plan.steps_per_epoch == 20
+    assert plan.repeats == {"train_a": 14, "train_b": 1}
+
+
+@pytest.mark.parametrize("rows, workers, message", [
+    ({"train": 1}, 2, "has 1 training rows but --workers 2 needs at least one per worker; use --workers 1"),
+    ({"train_a": 3, "train_b": 40}, 4, "3 training images in domain A but --workers 4"),
+    ({"train": 0}, 1, "has 0 training rows"),
+])
+def test_fewer_rows_than_workers_is_refused_with_the_numbers_and_the_fix(rows, workers, message):
+    with pytest.raises(Img2ImgError, match=message.replace("(", r"\(")):
+        make_plan(rows, workers=workers, batch_size=4, epochs=1, max_steps=None, val_rows=5, dataset="dataset 'x'")
+
+
+def test_no_validation_rows_is_refused():
+    with pytest.raises(Img2ImgError, match="no validation rows.*--val-fraction"):
+        make_plan({"train": 10}, workers=1, batch_size=4, epochs=1, max_steps=None, val_rows=0)
+
+
+def test_one_val_row_is_validated_by_every_worker_unsplit():
+    plan = make_plan({"train": 10}, workers=2, batch_size=4, epochs=1, max_steps=None, val_rows=1)
+    assert not plan.split_val
+    assert make_plan({"train": 10}, workers=2, batch_size=4, epochs=1, max_steps=None, val_rows=2).split_val
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("200", Cadence(steps=200)), ("30s", Cadence(seconds=30)), ("5m", Cadence(seconds=300)),
+    ("1h", Cadence(seconds=3600)), ("epoch", Cadence(epoch=True)), ("auto", Cadence(seconds=DEFAULT_CADENCE_S)),
+    (None, Cadence(seconds=DEFAULT_CADENCE_S)),
+])
+def test_cadence_parses(text, expected):
+    assert Cadence.parse(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0", "5x", "-3", "often", "0m"])
+def test_bad_cadence_is_one_line_error(text):
+    with pytest.raises(Img2ImgError, match="--checkpoint-every"):
+        Cadence.parse(text)
