@@ -49,6 +49,9 @@ def main(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug detail to stderr."),
 ):
+    from cluster.services import bound_mlflow_calls
+
+    bound_mlflow_calls()  # interactive commands fail in seconds, not after minutes of MLflow retries
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if not verbose:  # connection retries are reported by our own one-line errors

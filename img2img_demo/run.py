@@ -18,6 +18,7 @@ from cluster.errors import Img2ImgError
 from cluster.settings import Settings
 from cluster.stack import Stack
 from cluster.storage import Storage
+from jobs.eval_submit import evaluate
 from jobs.ingest import IngestOptions, ingest
 from jobs.manifest import manifest_key, read_manifest
 from jobs.registry import promote, versions
@@ -166,7 +167,12 @@ def run_demo(settings: Settings, variant: str = "nafnet", quick: bool = False, o
     dataset = "demo-photos-quick" if quick else "demo-photos"
     _ensure_dataset(settings, dataset, quick, say)
     model = _ensure_model(settings, dataset, variant, budget_s or (120 if quick else 300), say)
-    version, _ = promote(settings, model, best=True)
+    # The demo shows whatever it trained (even a model worse than its input): forced, with the reason said.
+    decision = promote(settings, model, best=True, force=True,
+                       evaluate=lambda ref, ds, split: evaluate(settings, ref, ds, split))
+    version = decision.new
+    for warning in decision.warnings:
+        say(f"WARNING: {warning}")
     say(f"promoted {model} v{version} to champion")
     say("deploying the Serve endpoint `enhancer`")
     deploy(settings, f"{model}@champion", min_replicas=1, max_replicas=2)

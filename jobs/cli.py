@@ -7,6 +7,7 @@ import typer
 
 def register(app: typer.Typer) -> None:
     from jobs.data_cli import data_app
+    from jobs.eval_cli import eval_
     from jobs.models_cli import models_app
     from jobs.train_cli import jobs_app, train
 
@@ -14,3 +15,4 @@ def register(app: typer.Typer) -> None:
     app.command("train")(train)
     app.add_typer(jobs_app, name="jobs")
     app.add_typer(models_app, name="models")
+    app.command("eval")(eval_)

@@ -19,7 +19,13 @@ from jobs.manifest import Manifest, dataset_prefix, read_manifest
 
 
 def _decode(png: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.uint8)
+    """PNG bytes -> HxWx3 float32 in [0, 1]: 8-bit shards as before, 16-bit ones (from 16-bit
+    sources) with their full precision."""
+    if png[24:25] == b"\x10":  # IHDR bit depth 16
+        from translator.images import read_picture
+
+        return read_picture(png).pixels
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32) / 255.0
 
 
 class DecodeBatch:
@@ -57,7 +63,7 @@ class DecodeBatch:
                 if flip:
                     arr = arr[:, ::-1]
                 out[c].append(arr.transpose(2, 0, 1))
-        result = {c: np.stack(v).astype(np.float32) / 127.5 - 1.0 for c, v in out.items()}
+        result = {c: np.stack(v).astype(np.float32) * 2.0 - 1.0 for c, v in out.items()}
         result["key"] = np.asarray(batch["key"])
         return result
 

@@ -20,6 +20,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
@@ -231,11 +232,36 @@ def plan_shards(files: list[SourceFile], opts: IngestOptions) -> list[ShardPlan]
 
 
 # ---- building one shard (runs in a worker process) --------------------------------------------
-def _fit(img: Image.Image, size: int | None, crops: int, crop: int, seed: int) -> tuple[int, int, int, int] | None:
+# A source image is a PIL RGB image (8-bit sources, as always) or, for a 16-bit source, an
+# HxWx3 float32 array in [0, 1] (normalised by its value range), so its 16 bits reach the
+# stored PNG instead of being cut to 8 here.
+Picture = Image.Image | np.ndarray
+
+
+def _size(img: Picture) -> tuple[int, int]:
+    return img.size if isinstance(img, Image.Image) else (img.shape[1], img.shape[0])
+
+
+def _resize(img: Picture, size: tuple[int, int], reducing_gap: float | None = None) -> Picture:
+    if isinstance(img, Image.Image):
+        return img.resize(size, Image.Resampling.BICUBIC, reducing_gap=reducing_gap)
+    chans = [np.asarray(Image.fromarray(img[..., c], mode="F").resize(size, Image.Resampling.BICUBIC))
+             for c in range(img.shape[2])]
+    return np.clip(np.stack(chans, -1), 0.0, 1.0)
+
+
+def _crop(img: Picture, box: tuple[int, int, int, int]) -> Picture:
+    if isinstance(img, Image.Image):
+        return img.crop(box)
+    left, top, right, bottom = box
+    return img[top:bottom, left:right]
+
+
+def _fit(img: Picture, size: int | None, crops: int, crop: int, seed: int) -> tuple[int, int, int, int] | None:
     """The box (in a resized image) to cut: centre crop, or the crop-th random crop."""
     if size is None:
         return None
-    w, h = img.size
+    w, h = _size(img)
     if crops == 0:
         return ((w - size) // 2, (h - size) // 2, (w - size) // 2 + size, (h - size) // 2 + size)
     rng = random.Random(seed)
@@ -243,26 +269,30 @@ def _fit(img: Image.Image, size: int | None, crops: int, crop: int, seed: int) -
     return (left, top, left + size, top + size)
 
 
-def _resize_for(img: Image.Image, size: int | None, crops: int) -> Image.Image:
+def _resize_for(img: Picture, size: int | None, crops: int) -> Picture:
     """Shorter side to `size` (centre-crop mode), or only up to `size` when cutting random crops."""
     if size is None:
         return img
-    w, h = img.size
+    w, h = _size(img)
     short = min(w, h)
     if crops == 0 or short < size:
         scale = size / short
-        return img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BICUBIC,
-                          reducing_gap=3.0)
+        return _resize(img, (max(size, round(w * scale)), max(size, round(h * scale))), reducing_gap=3.0)
     return img
 
 
-def _load(f: SourceFile, settings: Settings, cache: dict) -> Image.Image:
+def _load(f: SourceFile, settings: Settings, cache: dict) -> Picture:
     if f.key not in cache:
         data = f.read(settings)
-        img = images.open_image(data)
+        img = Image.open(io.BytesIO(data))
         if img.width * img.height > MAX_PIXELS:
             raise ValueError(f"{img.width}x{img.height} is over the {MAX_PIXELS // 1_000_000} MP limit")
-        cache[f.key] = images.to_rgb(img)
+        pic = images.read_picture(data, img) if images.is_high_bit(data, img) else None
+        if pic is not None and pic.bits == 16:
+            cache[f.key] = pic.pixels
+        else:
+            img.load()
+            cache[f.key] = images.to_rgb(img)
     return cache[f.key]
 
 
@@ -270,32 +300,41 @@ def _row_images(row: Row, opts: IngestOptions, settings: Settings, cache: dict) 
     seed = stable_seed(opts.seed, row.key)
     if len(row.files) == 2:  # aligned A/ B/ folders
         a, b = (_load(f, settings, cache) for f in row.files)
-        b = b.resize(a.size, Image.Resampling.BICUBIC) if b.size != a.size else b
+        if isinstance(a, np.ndarray) != isinstance(b, np.ndarray):  # one 16-bit file: both go float
+            a, b = (images.to_array(x) if isinstance(x, Image.Image) else x for x in (a, b))
+        b = _resize(b, _size(a)) if _size(b) != _size(a) else b
         pair = [a, b]
     else:
         img = _load(row.files[0], settings, cache)
         if opts.kind == "aligned":  # A|B side by side in one file
-            w, h = img.size
+            w, h = _size(img)
             if abs(w - 2 * h) > 1:
                 raise SkipFile(f"{w}x{h} is not an A|B side-by-side pair (width must be twice the height, "
                                "within 1 px)")
             half = w // 2  # an odd width drops the middle (seam) column, so A and B stay aligned
-            pair = [img.crop((0, 0, half, h)), img.crop((w - half, 0, w, h))]
+            pair = [_crop(img, (0, 0, half, h)), _crop(img, (w - half, 0, w, h))]
         else:
             pair = [img]
     if opts.kind == "aligned" and opts.direction == "BtoA":
         pair.reverse()
     pair = [_resize_for(im, opts.size, opts.crops) for im in pair]
     box = _fit(pair[0], opts.size, opts.crops, row.crop, seed)
-    pair = [im.crop(box) if box else im for im in pair]
+    pair = [_crop(im, box) if box else im for im in pair]
     if opts.kind == "synth":
-        clean = images.to_array(pair[0])
-        pair = [images.from_array(degrade.apply(opts.degrade, clean, seed)), pair[0]]
+        if isinstance(pair[0], np.ndarray):
+            pair = [degrade.apply(opts.degrade, pair[0], seed), pair[0]]
+        else:
+            clean = images.to_array(pair[0])
+            pair = [images.from_array(degrade.apply(opts.degrade, clean, seed)), pair[0]]
     return pair
 
 
-def _png(img: Image.Image) -> bytes:
-    return images.encode(img, "PNG", compress_level=6)
+def _png(img: Picture) -> bytes:
+    """8-bit RGB PNG for 8-bit sources; 16-bit RGB PNG (full 0-65535 range) for 16-bit ones."""
+    if isinstance(img, Image.Image):
+        return images.encode(img, "PNG", compress_level=6)
+    arr = np.ascontiguousarray(img, dtype=np.float32)
+    return images.write_picture(arr, images.Picture(arr, bits=16, scale=65535), "png")[0]
 
 
 def build_shard(settings: Settings, opts: IngestOptions, plan: ShardPlan, fingerprint: str) -> tuple[Shard, list]:

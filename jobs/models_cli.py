@@ -1,44 +1,87 @@
-"""`img2img models ls|promote|rollback`: the MLflow model registry."""
+"""`img2img models ls|promote|rollback|set-eval|export`: the MLflow model registry."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
-from cluster.cli_utils import console, handle_errors, json_option, print_json, print_table
+from cluster.cli_utils import (
+    console,
+    err_console,
+    handle_errors,
+    json_option,
+    print_json,
+    print_table,
+    table,
+)
 from cluster.settings import get_settings
 
-models_app = typer.Typer(help="List registered models, promote a version to champion, roll back.",
-                         no_args_is_help=True)
+models_app = typer.Typer(help="List registered models, promote a version to champion, roll back, "
+                              "choose the evaluation set.", no_args_is_help=True)
 
 
-def _fmt(v, key):
-    x = v.metric(key)
-    return "-" if x is None else f"{x:.4f}" if "ssim" in key else f"{x:.2f}"
+def _num(x, key="psnr"):
+    return "-" if x is None else f"{x:.4f}" if "ssim" in key else f"{x:+.2f}" if "gain" in key else f"{x:.2f}"
+
+
+def _row(v, where):
+    """One `models ls` row. Unpaired variants' val numbers are cycle metrics: their own column."""
+    paired = v.paired
+    val = lambda k: v.metric(f"val_{k}") if paired else None  # noqa: E731
+    cycle = v.metric("val_cycle_psnr") if v.metric("val_cycle_psnr") is not None else (
+        None if paired else v.metric("val_psnr"))
+    ev = v.eval_result(*where) if where else None
+    score = None if ev is None else ev.get("psnr", ev.get("cycle_psnr"))
+    note = "WORSE THAN INPUT" if v.worse_than_input else ""
+    return [v.name, v.version, v.tags.get("variant", "-"), v.tags.get("dataset", "-"), _num(val("psnr")),
+            _num(val("ssim"), "ssim"), _num(val("gain_db"), "gain"), _num(cycle), _num(score),
+            v.tags.get("parent", "-"), ",".join(v.aliases), note, v.run_id, v.created]
 
 
 @models_app.command("ls")
 @handle_errors
 def ls(name: str = typer.Argument(None, help="one registered model (default: all)"),
        as_json: bool = json_option()):
-    """Registered models and versions with variant, dataset, val PSNR/SSIM, gain, aliases.
+    """Registered models and versions: variant, training dataset, own-val PSNR/SSIM/gain (paired),
+    cycle PSNR (unpaired), PSNR on the model's evaluation set, parent (fine-tuned from), aliases.
 
     Example: `img2img models ls photos --json`
     """
-    from jobs.registry import versions
+    from jobs.registry import eval_set, versions
 
-    found = versions(get_settings(), name)
+    settings = get_settings()
+    found = versions(settings, name)
+    where = {n: eval_set(settings, n) for n in {v.name for v in found}}
     if as_json:
         print_json([{"model": v.name, "version": v.version, "variant": v.tags.get("variant"),
-                     "dataset": v.tags.get("dataset"), "val_psnr": v.metric("val_psnr"),
-                     "val_ssim": v.metric("val_ssim"), "val_gain_db": v.metric("val_gain_db"),
+                     "dataset": v.tags.get("dataset"), "val_psnr": v.metric("val_psnr") if v.paired else None,
+                     "val_ssim": v.metric("val_ssim") if v.paired else None, "val_gain_db": v.metric("val_gain_db"),
+                     "val_cycle_psnr": v.metric("val_cycle_psnr"), "parent": v.tags.get("parent"),
+                     "worse_than_input": v.worse_than_input, "eval_set": where[v.name],
+                     "eval": v.eval_result(*where[v.name]) if where[v.name] else None,
                      "aliases": v.aliases, "run_id": v.run_id, "created": v.created} for v in found])
         return
-    rows = [[v.name, v.version, v.tags.get("variant", "-"), v.tags.get("dataset", "-"), _fmt(v, "val_psnr"),
-             _fmt(v, "val_ssim"), _fmt(v, "val_gain_db"), ",".join(v.aliases), v.run_id, v.created]
-            for v in found]
-    print_table("registered models", ["model", "version", "variant", "dataset", "val PSNR", "val SSIM",
-                                      "gain dB", "aliases", "run", "created"], rows,
-                ids=["model", "version", "variant", "dataset", "aliases", "run"])
+    rows = [_row(v, where[v.name]) for v in found]
+    print_table("registered models", ["model", "version", "variant", "dataset", "val PSNR", "val SSIM", "gain dB",
+                                      "cycle PSNR", "eval PSNR", "parent", "aliases", "note", "run", "created"], rows,
+                ids=["model", "version", "variant", "dataset", "parent", "aliases", "run"])
+    for n, w in sorted(where.items()):
+        if w:
+            console.print(f"{n}: eval PSNR is on {w[0]}/{w[1]} (`img2img models set-eval {n} --dataset D` changes it)")
+
+
+def _evaluator(settings):
+    """Runs the evaluation jobs the gate needs, with a progress bar each."""
+    from jobs.eval_cli import progress_bar
+    from jobs.eval_submit import evaluate
+
+    def run(ref, dataset, split):
+        err_console.print(f"{ref} has no result on {dataset}/{split} yet: evaluating it on the cluster")
+        with progress_bar(f"evaluating {ref} on {dataset}/{split}") as progress:
+            return evaluate(settings, ref, dataset, split, progress=progress)
+
+    return run
 
 
 @models_app.command()
@@ -46,32 +89,108 @@ def ls(name: str = typer.Argument(None, help="one registered model (default: all
 def promote(
     name: str,
     version: str = typer.Argument(None, help="version to promote (or use --best)"),
-    best: bool = typer.Option(False, "--best", help="promote the best version by --metric"),
-    metric: str = typer.Option("val_psnr", help="metric tag to compare (higher is better)"),
-    force: bool = typer.Option(False, "--force", help="promote even if worse than the champion"),
+    best: bool = typer.Option(False, "--best", help="promote the best version on the evaluation set"),
+    metric: str = typer.Option("psnr", help="psnr | ssim | gain_db on the evaluation set (higher is better)"),
+    force: bool = typer.Option(False, "--force", help="promote even if worse than the champion or the input"),
 ):
-    """Set the alias `champion` on a version; the old champion becomes `previous`.
+    """Set the alias `champion` on a version, after scoring it and the champion on the model's
+    evaluation set (stored results are reused; missing ones are computed on the cluster).
+    Refuses a candidate worse than the champion, or worse than its input, unless --force.
 
-    Example: `img2img models promote photos --best`
+    Example: `img2img models promote photos 3`  or  `img2img models promote photos --best`
     """
+    from jobs.registry import Refused
     from jobs.registry import promote as do_promote
 
     settings = get_settings()
-    new, old = do_promote(settings, name, version, best=best, metric=metric, force=force)
-    console.print(f"{name}: champion is now v{new}" + (f" (previous: v{old})" if old else ""))
+    try:
+        d = do_promote(settings, name, version, best=best, metric=metric, force=force,
+                       evaluate=_evaluator(settings))
+    except Refused as e:
+        _print_scores(e.decision)  # both numbers, side by side, then the one-line reason
+        raise
+    _print_scores(d)
+    for w in d.warnings:
+        err_console.print(f"[bold yellow]Warning:[/] {w}", highlight=False)
+    if not d.changed:
+        console.print(f"{name}: v{d.new} already is the champion")
+        return
+    console.print(f"{name}: champion is now v{d.new}" + (f" (previous: v{d.previous})" if d.previous else ""))
     console.print(f"Swap it into the running endpoint with: img2img serve reload --model {name}@champion")
+
+
+def _print_scores(d) -> None:
+    rows = []
+    for v, m in sorted(d.scores.items(), key=lambda kv: int(kv[0])):
+        role = "candidate" if v == d.new else "champion" if v == d.previous else ""
+        if "cycle_psnr" in m:
+            rows.append([f"v{v}", role, f"{m['cycle_psnr']:.2f} (cycle)", _num(m.get("cycle_ssim"), "ssim"), "-"])
+        else:
+            rows.append([f"v{v}", role, _num(m.get("psnr")), _num(m.get("ssim"), "ssim"),
+                         _num(m.get("gain_db"), "gain")])
+    if rows:
+        console.print(table(f"{d.name} on {d.dataset}/{d.split}", ["version", "role", "PSNR dB", "SSIM",
+                                                                   "gain dB"], rows))
 
 
 @models_app.command()
 @handle_errors
 def rollback(name: str):
-    """Move `champion` back to the `previous` version.
+    """Move `champion` back to the previous champion; repeated rollbacks go further back.
 
     Example: `img2img models rollback photos`
     """
     from jobs.registry import rollback as do_rollback
 
     settings = get_settings()
-    new, old = do_rollback(settings, name)
-    console.print(f"{name}: champion rolled back to v{new} (v{old} is now previous)")
+    new, old, left = do_rollback(settings, name)
+    console.print(f"{name}: champion rolled back to v{new}" + (f" (from v{old})" if old else ""))
+    console.print("Former champions left to roll back to: " + (", ".join(f"v{v}" for v in reversed(left))
+                                                               if left else "none"))
     console.print(f"Swap it into the running endpoint with: img2img serve reload --model {name}@champion")
+
+
+@models_app.command()
+@handle_errors
+def export(
+    model: str = typer.Argument(..., help="NAME@champion, NAME@alias, NAME/VERSION or NAME"),
+    fmt: str = typer.Option("onnx", "--format", "-f", help="onnx | torchscript"),
+    out: Path = typer.Option(None, "-o", "--out", help="output file (default: ./NAME-vVERSION.onnx or .pt)"),
+    tolerance: float = typer.Option(1e-3, help="refuse the export above this max abs difference "
+                                               "from PyTorch ([-1, 1] scale)"),
+    no_log: bool = typer.Option(False, "--no-log", help="do not log the file to the registry"),
+):
+    """Export a registered generator to ONNX or TorchScript (dynamic batch, height and width),
+    checked against PyTorch on three input sizes, and log the file to the model version.
+
+    Example: `img2img models export photos@champion --format onnx -o photos.onnx`
+    """
+    from jobs.export import export_model
+
+    with console.status(f"exporting {model} to {fmt} and checking it against PyTorch"):
+        r = export_model(get_settings(), model, fmt, out, tolerance, log_to_registry=not no_log)
+    sizes = ", ".join(f"{k}: {v:.1e}" for k, v in r["per_size"].items())
+    console.print(f"Exported {r['name']} v{r['version']} to {r['path']} ({r['format']}, dynamic batch/height/width)",
+                  markup=False)
+    console.print(f"Max abs difference from PyTorch: {r['max_abs_diff']:.1e} (tolerance {r['tolerance']:.0e}; "
+                  f"per NxHxW input: {sizes})", markup=False)
+    if r["artifact"]:
+        console.print(f"Logged as artifact {r['artifact']} of run {r['run_id'][:12]} "
+                      f"(tag export_{r['format']} on v{r['version']})", markup=False)
+
+
+@models_app.command("set-eval")
+@handle_errors
+def set_eval(
+    name: str,
+    dataset: str = typer.Option(..., "--dataset", "-d", help="dataset to evaluate every version on"),
+    split: str = typer.Option("val", help="val | train | all"),
+):
+    """Choose the evaluation set the promotion gate scores the model's versions on.
+
+    Example: `img2img models set-eval photos --dataset my-photos --split val`
+    """
+    from jobs.registry import set_eval_set
+
+    set_eval_set(get_settings(), name, dataset, split)
+    console.print(f"{name}: versions are now compared on {dataset}/{split}")

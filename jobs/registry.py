@@ -1,18 +1,26 @@
-"""The MLflow model registry: list versions, promote a version to `champion`, roll back.
+"""The MLflow model registry: list versions, resolve `NAME@alias` / `NAME/VERSION`, the promotion
+gate, rollback through the history of champions.
 
-Promotion keeps the previous champion under the alias `previous` and refuses a candidate that
-is worse than the current champion on the chosen metric unless forced.
+Every registered model has one evaluation set (registered-model tags `eval_dataset`,
+`eval_split`; set at first registration to the training dataset's val split). The gate scores
+the candidate and the champion on it (stored `eval.<dataset>.*` version tags are reused while the
+dataset's checksum is unchanged; otherwise an evaluation job runs) and refuses a worse candidate,
+or one whose output is worse than its input, unless forced. Former champions are kept in the
+registered-model tag `champion_history` (oldest first), so each rollback goes one further back.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from cluster.errors import Img2ImgError, no_registered_model
 from cluster.settings import Settings
 
 CHAMPION, PREVIOUS = "champion", "previous"
+EVAL_DATASET, EVAL_SPLIT, HISTORY = "eval_dataset", "eval_split", "champion_history"
 
 
 @dataclass
@@ -23,10 +31,59 @@ class VersionInfo:
     aliases: list[str]
     run_id: str
     created: str
+    description: str = ""
 
     def metric(self, key: str) -> float | None:
         value = self.tags.get(key)
-        return float(value) if value not in (None, "") else None
+        try:
+            return float(value) if value not in (None, "") else None
+        except ValueError:
+            return None
+
+    @property
+    def paired(self) -> bool:
+        """False for unpaired variants (their `val_*` numbers are cycle metrics)."""
+        from translator.variants import VARIANTS
+
+        cls = VARIANTS.get(self.tags.get("variant", ""))
+        return cls.paired if cls else True
+
+    @property
+    def worse_than_input(self) -> bool:
+        gain = self.metric("val_gain_db")
+        return self.tags.get("worse_than_input") == "true" or (gain is not None and gain < 0)
+
+    def eval_result(self, dataset: str, split: str, sha256: str | None = None) -> dict | None:
+        """The stored evaluation on `dataset`/`split` -> {"psnr": .., ...} (None if missing or
+        computed on another version of the dataset)."""
+        prefix = f"eval.{dataset}."
+        if self.tags.get(prefix + "split") != split or (sha256 and self.tags.get(prefix + "sha256") != sha256):
+            return None
+        out = {k[len(prefix):]: self.metric(k) for k in self.tags if k.startswith(prefix)}
+        return {k: v for k, v in out.items() if v is not None} or None
+
+
+@dataclass
+class Decision:
+    """What `promote` did: the new champion, the one it replaced, the scores it compared."""
+
+    name: str
+    new: str
+    previous: str | None
+    dataset: str | None = None
+    split: str | None = None
+    metric: str | None = None
+    scores: dict[str, dict] = field(default_factory=dict)  # version -> eval metrics
+    warnings: list[str] = field(default_factory=list)
+    changed: bool = True
+
+
+class Refused(Img2ImgError):
+    """The gate refused a candidate; `decision` holds the scores it compared."""
+
+    def __init__(self, message: str, decision: Decision):
+        super().__init__(message)
+        self.decision = decision
 
 
 def client(settings: Settings):
@@ -38,24 +95,28 @@ def client(settings: Settings):
     return MlflowClient(settings.mlflow_uri)
 
 
-def versions(settings: Settings, name: str | None = None) -> list[VersionInfo]:
+def _registered(c, name: str):
     from mlflow.exceptions import MlflowException
 
+    try:
+        return c.get_registered_model(name)
+    except MlflowException:
+        raise no_registered_model(name) from None
+
+
+def versions(settings: Settings, name: str | None = None) -> list[VersionInfo]:
     c = client(settings)
     names = [name] if name else [m.name for m in c.search_registered_models()]
     out = []
     for n in names:
-        try:
-            model = c.get_registered_model(n)
-        except MlflowException:
-            raise no_registered_model(n) from None
+        model = _registered(c, n)
         aliases: dict[str, list[str]] = {}
         for alias, v in (model.aliases or {}).items():
             aliases.setdefault(str(v), []).append(alias)
         for mv in c.search_model_versions(f"name='{n}'"):
             created = datetime.fromtimestamp(mv.creation_timestamp / 1000).strftime("%Y-%m-%d %H:%M")
             out.append(VersionInfo(n, str(mv.version), dict(mv.tags or {}), sorted(aliases.get(str(mv.version), [])),
-                                   mv.run_id, created))
+                                   mv.run_id, created, mv.description or ""))
     return sorted(out, key=lambda v: (v.name, int(v.version)))
 
 
@@ -68,50 +129,175 @@ def alias_version(settings: Settings, name: str, alias: str) -> str | None:
         return None
 
 
+def parse_ref(ref: str) -> tuple[str, str | None, str | None]:
+    """`NAME@alias` -> (NAME, None, alias); `NAME/VERSION` -> (NAME, VERSION, None)."""
+    if "@" in ref:
+        name, _, alias = ref.partition("@")
+        if name and alias:
+            return name, None, alias
+    elif "/" in ref:
+        name, _, version = ref.rpartition("/")
+        if name and version.isdigit():
+            return name, version, None
+    raise Img2ImgError(f"expected a registered model as NAME@alias or NAME/VERSION (e.g. photos@champion), got {ref!r}")
+
+
+def resolve(settings: Settings, ref: str) -> VersionInfo:
+    """`NAME@alias` or `NAME/VERSION` -> that registered version."""
+    name, version, alias = parse_ref(ref)
+    by_version = {v.version: v for v in versions(settings, name)}
+    if alias is not None:
+        version = alias_version(settings, name, alias)
+        if version is None:
+            raise Img2ImgError(f"model {name!r} has no alias {alias!r}")
+    if version not in by_version:
+        have = ", ".join(by_version) or "none"
+        raise Img2ImgError(f"model {name!r} has no version {version} (it has {have})")
+    return by_version[version]
+
+
+def model_tags(settings: Settings, name: str) -> dict:
+    return dict(_registered(client(settings), name).tags or {})
+
+
+def eval_set(settings: Settings, name: str) -> tuple[str, str] | None:
+    """The model's evaluation set -> (dataset, split), or None if it has none."""
+    tags = model_tags(settings, name)
+    return (tags[EVAL_DATASET], tags.get(EVAL_SPLIT, "val")) if tags.get(EVAL_DATASET) else None
+
+
+def set_eval_set(settings: Settings, name: str, dataset: str, split: str = "val") -> None:
+    """Make `dataset`/`split` the yardstick of `name`'s promotion gate (checked to exist)."""
+    from cluster.storage import Storage
+    from jobs.manifest import read_manifest
+
+    c = client(settings)
+    _registered(c, name)
+    manifest = read_manifest(Storage(settings), dataset)
+    if split not in ("val", "train", "all"):
+        raise Img2ImgError(f"--split must be val, train or all, got {split!r}")
+    if split != "all" and not manifest.counts.get(split):
+        raise Img2ImgError(f"dataset {dataset!r} has no rows in split {split!r}; pick another --split")
+    c.set_registered_model_tag(name, EVAL_DATASET, dataset)
+    c.set_registered_model_tag(name, EVAL_SPLIT, split)
+
+
+def _history(tags: dict) -> list[str]:
+    try:
+        return [str(v) for v in json.loads(tags.get(HISTORY, "[]"))]
+    except ValueError:
+        return []
+
+
+Evaluate = Callable[[str, str, str], dict]  # (NAME/VERSION, dataset, split) -> eval summary
+
+
+def scores(settings: Settings, name: str, candidates: list[VersionInfo], evaluate: Evaluate | None):
+    """Each version's metrics on the model's evaluation set: stored ones where the dataset's
+    checksum still matches, else by running `evaluate` -> (dataset, split, {version: metrics})."""
+    from cluster.storage import Storage
+    from jobs.manifest import read_manifest
+
+    where = eval_set(settings, name)
+    if where is None:  # registered before evaluation sets existed: the first version's dataset
+        first = min(versions(settings, name), key=lambda v: int(v.version), default=None)
+        if first is None or not first.tags.get("dataset"):
+            raise Img2ImgError(f"model {name!r} has no evaluation set; set one with "
+                               f"`img2img models set-eval {name} --dataset DATASET`")
+        set_eval_set(settings, name, first.tags["dataset"], "val")
+        where = (first.tags["dataset"], "val")
+    dataset, split = where
+    sha = read_manifest(Storage(settings), dataset).sha256
+    out = {}
+    for v in candidates:
+        result = v.eval_result(dataset, split, sha)
+        if result is None:
+            if evaluate is None:
+                raise Img2ImgError(f"{name} v{v.version} has no evaluation on {dataset}/{split}")
+            result = evaluate(f"{name}/{v.version}", dataset, split)["metrics"]
+        out[v.version] = result
+    return dataset, split, out
+
+
+def _score(metrics: dict, metric: str) -> float | None:
+    return metrics.get(metric, metrics.get(f"cycle_{metric}"))
+
+
 def promote(settings: Settings, name: str, version: str | None = None, best: bool = False,
-            metric: str = "val_psnr", force: bool = False) -> tuple[str, str | None]:
-    """Point `champion` at a version (or the best by `metric`) -> (new, previous champion)."""
+            metric: str = "psnr", force: bool = False, evaluate: Evaluate | None = None) -> Decision:
+    """Point `champion` at `version` (or, with `best`, at the best version on the evaluation set).
+
+    Candidate and champion are scored on the model's evaluation set (`metric`: psnr, ssim or
+    gain_db; higher is better; unpaired models by their cycle metric). Refuses, unless `force`,
+    a candidate scoring below the champion or one whose output is worse than its input.
+    Raises Img2ImgError with the reason. The replaced champion is pushed onto the history.
+    """
+    if metric not in ("psnr", "ssim", "gain_db"):
+        raise Img2ImgError(f"--metric must be psnr, ssim or gain_db, got {metric!r}")
     all_versions = versions(settings, name)
     if not all_versions:
         raise Img2ImgError(f"model {name!r} has no versions yet; train one with: img2img train --model-name {name} ...")
     by_version = {v.version: v for v in all_versions}
+    current = alias_version(settings, name, CHAMPION)
     if best:
-        scored = [v for v in all_versions if v.metric(metric) is not None]
-        if not scored:
-            raise Img2ImgError(f"no version of {name!r} has the metric {metric!r}")
-        candidate = max(scored, key=lambda v: v.metric(metric))
+        pool = all_versions
     elif version is not None:
         if str(version) not in by_version:
             raise Img2ImgError(f"model {name!r} has no version {version} (it has {', '.join(by_version)})")
-        candidate = by_version[str(version)]
+        pool = [by_version[str(version)]] + ([by_version[current]] if current and current != str(version) else [])
     else:
         raise Img2ImgError(f"say which version to promote: img2img models promote {name} VERSION, or --best")
-    current = alias_version(settings, name, CHAMPION)
-    if current == candidate.version:
-        return candidate.version, alias_version(settings, name, PREVIOUS)
-    if current is not None and not force:
-        new, old = candidate.metric(metric), by_version[current].metric(metric)
+    dataset, split, score = scores(settings, name, pool, evaluate)
+    ranked = [v for v in pool if _score(score[v.version], metric) is not None]
+    if not ranked:
+        raise Img2ImgError(f"no version of {name!r} has {metric} on {dataset}/{split}")
+    candidate = max(ranked, key=lambda v: _score(score[v.version], metric)) if best else by_version[str(version)]
+    decision = Decision(name, candidate.version, current, dataset, split, metric,
+                        {v: score[v] for v in score if best or v in (candidate.version, current)})
+    reasons = []
+    gain = score[candidate.version].get("gain_db")
+    if gain is not None and gain < 0:
+        reasons.append(f"v{candidate.version} makes images worse than its input on {dataset}/{split} "
+                       f"(gain {gain:+.2f} dB)")
+    if current is not None and current != candidate.version and current in score:
+        new, old = _score(score[candidate.version], metric), _score(score[current], metric)
         if new is not None and old is not None and new < old:
-            raise Img2ImgError(f"version {candidate.version} has {metric} {new:.3f}, worse than champion "
-                               f"v{current} ({old:.3f}); pass --force to promote it anyway")
+            reasons.append(f"v{candidate.version} has {metric} {new:.3f} on {dataset}/{split}, worse than "
+                           f"champion v{current} ({old:.3f})")
+    if reasons and not force:
+        raise Refused(f"{'; '.join(reasons)}; pass --force to promote it anyway", decision)
+    decision.warnings += [f"promoted although {why}" for why in reasons]
+    if current == candidate.version:
+        decision.changed = False
+        return decision
     c = client(settings)
     if current is not None:
+        history = [v for v in _history(model_tags(settings, name)) if v not in (current, candidate.version)]
+        history.append(current)
+        c.set_registered_model_tag(name, HISTORY, json.dumps(history))
         c.set_registered_model_alias(name, PREVIOUS, current)
     c.set_registered_model_alias(name, CHAMPION, candidate.version)
-    return candidate.version, current
+    return decision
 
 
-def rollback(settings: Settings, name: str) -> tuple[str, str]:
-    """Swap `champion` and `previous` -> (new champion, demoted version)."""
-    versions(settings, name)  # an unknown name is reported as such, not as "no previous champion"
-    current, previous = alias_version(settings, name, CHAMPION), alias_version(settings, name, PREVIOUS)
+def rollback(settings: Settings, name: str) -> tuple[str, str | None, list[str]]:
+    """Move `champion` to the most recent former champion (which leaves the history, so the next
+    rollback goes one further back) -> (new champion, demoted version, history left)."""
+    c = client(settings)
+    existing = {v.version for v in versions(settings, name)}
+    current = alias_version(settings, name, CHAMPION)
+    history = [v for v in _history(model_tags(settings, name)) if v in existing and v != current]
     if current is None:
         raise Img2ImgError(f"model {name!r} has no champion yet, so nothing to roll back; promote one with: "
                            f"img2img models promote {name} --best")
-    if previous is None:
-        raise Img2ImgError(f"model {name!r} has no previous champion to roll back to (only one version "
-                           "was ever promoted)")
-    c = client(settings)
-    c.set_registered_model_alias(name, CHAMPION, previous)
-    c.set_registered_model_alias(name, PREVIOUS, current)
-    return previous, current
+    if not history:
+        raise Img2ImgError(f"model {name!r} has no former champion to roll back to"
+                           + (f" (v{current} is the first)" if current else ""))
+    target = history.pop()
+    c.set_registered_model_tag(name, HISTORY, json.dumps(history))
+    c.set_registered_model_alias(name, CHAMPION, target)
+    if history:
+        c.set_registered_model_alias(name, PREVIOUS, history[-1])
+    else:
+        c.delete_registered_model_alias(name, PREVIOUS)
+    return target, current, history

@@ -32,6 +32,9 @@ class TrainSpec:
     log_every: int = 10
     checkpoint_every: str = "auto"  # validate + checkpoint cadence: steps ("200"), "5m", "30s", "epoch", "auto"
     seed: int = 0
+    init_from: str | None = None  # --init-from: a registered model (NAME@alias | NAME/VERSION) to start from
+    init_path: str | None = None  # its checkpoint in the store (resolved before submission)
+    parent: str | None = None  # NAME/VERSION of that model (lineage)
     run_id: str | None = None  # the MLflow run, created at submission
     fail_at_step: int | None = None  # test hook: rank 0 raises once at this step
 

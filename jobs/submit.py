@@ -83,6 +83,10 @@ def preflight(spec: TrainSpec, settings: Settings, resources: dict[str, float] |
     -> (manifest, plan)."""
     from jobs.train import check_dataset, check_resources, check_resume, plan_for
 
+    if spec.init_from:  # before validate(): the parent's config fills what the user left unset
+        from jobs.finetune import resolve_init
+
+        resolve_init(spec, settings)
     spec.validate()
     manifest = check_dataset(spec, Storage(settings))
     plan = plan_for(spec, manifest)
@@ -104,7 +108,8 @@ def start_run(spec: TrainSpec, settings: Settings, manifest, plan=None) -> tuple
     exp_id = exp.experiment_id if exp else client.create_experiment(spec.experiment)
     run = client.create_run(exp_id, run_name=f"{spec.variant}-{spec.dataset}",
                             tags={"variant": spec.variant, "dataset": spec.dataset,
-                                  **({"resumed_from": spec.resume} if spec.resume else {})})
+                                  **({"resumed_from": spec.resume} if spec.resume else {}),
+                                  **({"parent": spec.parent} if spec.parent else {})})
     cfg = spec.variant_config().__dict__
     params = {"variant": spec.variant, "dataset": spec.dataset, "dataset_sha256": manifest.sha256,
               "workers": spec.workers, "device": "gpu" if spec.use_gpu else "cpu",

@@ -85,22 +85,129 @@ def model_requirements() -> list[str]:
     return [*pinned, f"numpy=={np.__version__}"]
 
 
-def log_generator(generator, multiple: int, variant: str, config: dict, registered_name: str | None):
+def log_generator(generator, multiple: int, variant: str, config: dict, registered_name: str | None,
+                  reverse=None):
     """Log the generator as an MLflow pytorch model (pickled, so any input size works: mlflow 3's
-    default pt2 export would fix H x W), with the translator code beside it."""
+    default pt2 export would fix H x W), with the translator code beside it.
+
+    An unpaired variant passes its B->A generator as `reverse`: both are logged as one
+    `TwoWayGenerator` (forward = A->B, as before), so the endpoint can serve either direction."""
     import mlflow.pytorch
     import numpy as np
 
     import translator
+    from translator.nets.twoway import TwoWayGenerator
 
     size = max(multiple, 32)
     example = np.zeros((1, 3, size, size), dtype=np.float32)
     generator = generator.cpu().eval()
+    if reverse is not None:
+        generator = TwoWayGenerator(generator, reverse.cpu().eval()).eval()
     info = mlflow.pytorch.log_model(
         generator, name="model", serialization_format="pickle", signature=model_signature(),
         input_example=example, code_paths=[str(Path(translator.__file__).parent)],
         pip_requirements=model_requirements(),
         registered_model_name=registered_name, await_registration_for=60,
-        metadata={"variant": variant, "multiple": multiple, "config": json.dumps(config)},
+        metadata={"variant": variant, "multiple": multiple, "config": json.dumps(config),
+                  "directions": "AtoB,BtoA" if reverse is not None else "AtoB"},
     )
     return info
+
+
+def eval_tags(summary: dict) -> dict[str, str]:
+    """An evaluation summary (see jobs.evaluate.run) -> model-version tags `eval.<dataset>.*`:
+    the mean metrics (PSNR/gain in dB, SSIM in [0, 1]; unpaired: cycle_psnr, cycle_ssim), and
+    what they were computed on (split, dataset sha256, image count, MLflow run)."""
+    prefix = f"eval.{summary['dataset']}."
+    tags = {prefix + k: f"{v:.4f}" for k, v in summary["metrics"].items()}
+    tags.update({prefix + "split": summary["split"], prefix + "sha256": summary["dataset_sha256"],
+                 prefix + "images": str(summary["images"]), prefix + "run_id": summary.get("run_id") or "",
+                 prefix + "source": summary.get("source", "eval")})
+    return tags
+
+
+def _fmt_metrics(m: dict) -> str:
+    parts = []  # only the metric keys; m may hold split, sha256, ... too
+    for k in ("psnr", "ssim", "input_psnr", "gain_db", "cycle_psnr", "cycle_ssim"):
+        if m.get(k) is not None:
+            v = float(m[k])
+            parts.append(f"{k} {v:+.2f} dB" if k == "gain_db" else f"{k} {v:.4f}" if "ssim" in k
+                         else f"{k} {v:.2f} dB")
+    return ", ".join(parts)
+
+
+def model_card(name: str, version: str, tags: dict, params: dict) -> str:
+    """The short markdown card kept in a registered version's description: variant, config,
+    dataset (name, sha256, degradation), parent, steps, training time, device, validation and
+    evaluation results, and a warning if the model makes images worse than its input."""
+    cfg = {k[4:]: v for k, v in sorted(params.items()) if k.startswith("cfg.")}
+    cycle = tags.get("val_cycle_psnr") is not None
+    val = {k[4:]: tags[k] for k in tags if k.startswith("val_") and k[4:] in
+           ("psnr", "ssim", "input_psnr", "gain_db", "cycle_psnr", "cycle_ssim")}
+    lines = [f"### {name} v{version}: {tags.get('variant', '?')}",
+             f"- config: {json.dumps(cfg)}" if cfg else "",
+             f"- dataset: {tags.get('dataset', '?')} (sha256 {tags.get('dataset_sha256', '?')[:12]}, "
+             f"degradation {tags.get('degradation') or 'none/unpaired'})",
+             f"- fine-tuned from: {tags['parent']}" if tags.get("parent") else "",
+             f"- steps: {tags.get('step', '?')}, training time: {tags.get('train_seconds', '?')} s, "
+             f"device: {params.get('device', '?')} x {params.get('workers', '?')} worker(s)",
+             f"- own validation{' (cycle)' if cycle else ''}: {_fmt_metrics(val)}" if val else ""]
+    evals = sorted({k.split(".")[1] for k in tags if k.startswith("eval.") and k.count(".") >= 2})
+    for ds in evals:
+        m = {k.split(".", 2)[2]: tags[k] for k in tags if k.startswith(f"eval.{ds}.")}
+        lines.append(f"- eval on {ds}/{m.get('split', '?')} ({m.get('images', '?')} images, sha256 "
+                     f"{m.get('sha256', '?')[:12]}): {_fmt_metrics(m)}")
+    if tags.get("worse_than_input") == "true":
+        lines.append("- WARNING: its output is worse than its input on its validation set")
+    return "\n".join(line for line in lines if line)
+
+
+def write_model_card(client, name: str, version: str) -> str:
+    """(Re)write the model card of a registered version from its tags and its run's params."""
+    mv = client.get_model_version(name, version)
+    try:
+        params = client.get_run(mv.run_id).data.params if mv.run_id else {}
+    except Exception:  # the run may be gone; the card still has the tags
+        params = {}
+    card = model_card(name, str(version), dict(mv.tags or {}), dict(params))
+    client.update_model_version(name, version, description=card)
+    return card
+
+
+def finish_registration(client, spec, manifest, version, metrics: dict, train_seconds: float, paired: bool) -> list[str]:
+    """After training registered `version`: record the dataset's degradation, the training time,
+    the parent (--init-from), whether it is worse than its input; give a new registered model
+    its evaluation set (the training dataset's val split) and, if the version was validated on
+    exactly that set, store those numbers as its evaluation; write the model card.
+    -> warnings to print at the end of the job."""
+    name, version = spec.registered_name, str(version)
+    warnings = []
+    tags = {"degradation": manifest.degradation or "", "train_seconds": f"{train_seconds:.0f}"}
+    if getattr(spec, "parent", None):
+        tags["parent"] = spec.parent
+    gain = metrics.get("val_gain_db")
+    if paired and gain is not None and gain < 0:
+        tags["worse_than_input"] = "true"
+        warnings.append(f"{name} v{version} makes images WORSE than its input on the validation set "
+                        f"(gain {gain:+.2f} dB: {metrics['val_psnr']:.2f} dB vs {metrics['val_input_psnr']:.2f} dB "
+                        "for the input); `models promote` will refuse it without --force")
+    model_tags = client.get_registered_model(name).tags or {}
+    if not model_tags.get("eval_dataset"):
+        client.set_registered_model_tag(name, "eval_dataset", spec.dataset)
+        client.set_registered_model_tag(name, "eval_split", "val")
+        model_tags = {"eval_dataset": spec.dataset, "eval_split": "val"}
+    if (model_tags.get("eval_dataset") == spec.dataset and model_tags.get("eval_split", "val") == "val"
+            and manifest.counts.get("val")):
+        # Training validated the best checkpoint on the full val images through the same tiled
+        # path and metrics as `img2img eval`: the same numbers, no second pass needed.
+        keys = ("psnr", "ssim", "input_psnr", "input_ssim", "gain_db") if paired else ("psnr", "ssim")
+        means = {(k if paired else f"cycle_{k}"): float(metrics[f"val_{k}"]) for k in keys if f"val_{k}" in metrics}
+        tags.update(eval_tags({"dataset": spec.dataset, "split": "val", "dataset_sha256": manifest.sha256,
+                               "images": manifest.counts["val"], "metrics": means,
+                               "run_id": spec.run_id, "source": "training"}))
+    for k, v in tags.items():
+        client.set_model_version_tag(name, version, k, v)
+    if getattr(spec, "parent", None):
+        client.set_tag(spec.run_id, "parent", spec.parent)
+    write_model_card(client, name, version)
+    return warnings

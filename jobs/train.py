@@ -154,7 +154,7 @@ def run(spec: TrainSpec, settings: Settings | None = None):
         train_loop_per_worker,
         train_loop_config={"spec": json.loads(spec.to_json()), "variant_config": cfg.__dict__, "paired": paired,
                            "plan": plan.to_dict(), "cadence": dataclasses.asdict(cadence),
-                           "tracking_uri": settings.mlflow_uri, "resume_path": resume_from},
+                           "tracking_uri": settings.mlflow_uri, "resume_path": resume_from, "init_path": spec.init_path},
         scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=spec.use_gpu,
                                      resources_per_worker={"CPU": spec.cpus_per_worker}),
         run_config=RunConfig(
@@ -172,7 +172,7 @@ def run(spec: TrainSpec, settings: Settings | None = None):
         result = trainer.fit()
     except Exception as e:
         raise Img2ImgError(f"training failed: {_root_cause(e)}") from None
-    t_fit = time.time() - t_fit
+    t_fit = train_seconds = time.time() - t_fit
     _set_phase(settings, run_id, "registering")
     best = max(result.best_checkpoints, key=lambda cm: cm[1].get(METRIC, float("-inf")))
     checkpoint, metrics = best
@@ -185,7 +185,8 @@ def run(spec: TrainSpec, settings: Settings | None = None):
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({f"best_{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
         mlflow.set_tags({"checkpoint": checkpoint.path, "best_epoch": metrics.get("epoch")})
-        info = log_generator(variant.generator, variant.multiple, spec.variant, cfg.__dict__, spec.registered_name)
+        info = log_generator(variant.generator, variant.multiple, spec.variant, cfg.__dict__, spec.registered_name,
+                             reverse=variant.reverse_generator)
     version = info.registered_model_version
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
@@ -194,9 +195,16 @@ def run(spec: TrainSpec, settings: Settings | None = None):
         client = MlflowClient(settings.mlflow_uri)
         tags = {"variant": spec.variant, "dataset": spec.dataset, "dataset_sha256": manifest.sha256,
                 "run_id": run_id, "multiple": str(variant.multiple), "step": str(variant.step)}
-        tags.update({k: f"{v:.4f}" for k, v in metrics.items() if k.startswith("val_")})
+        # unpaired variants validate by cycle consistency: tag those as cycle metrics
+        tags.update({(k if paired else k.replace("val_", "val_cycle_", 1)): f"{v:.4f}"
+                     for k, v in metrics.items() if k.startswith("val_")})
         for k, v in tags.items():
             client.set_model_version_tag(spec.registered_name, str(version), k, v)
+        from jobs.tracking import finish_registration
+
+        for warning in finish_registration(client, spec, manifest, version, metrics, train_seconds, paired):
+            log.warning(warning)
+            print(f"WARNING: {warning}", flush=True)
     last = result.metrics or {}
     ran = {"steps": int(last.get("step", 0)), "epochs": float(last.get("step", 0)) / plan.steps_per_epoch,
            "samples": int(last.get("samples", 0))}

@@ -16,7 +16,8 @@ jobs_app = typer.Typer(help="List, inspect, follow and stop training jobs on the
 @handle_errors
 def train(
     dataset: str = typer.Option(..., "--dataset", "-d", help="dataset name (see `img2img data ls`)"),
-    variant: str = typer.Option(DEFAULT_VARIANT, help=" | ".join(variant_names())),
+    variant: str = typer.Option(None, help=" | ".join(variant_names())
+                                + f" (default: {DEFAULT_VARIANT}, or the --init-from model's)"),
     workers: int = typer.Option(2, help="data-parallel Ray Train workers"),
     gpu: bool = typer.Option(False, "--gpu/--cpu", help="one GPU per worker, bf16 autocast"),
     cpus_per_worker: float = typer.Option(1.0, help="CPUs reserved per worker (fractions allowed)"),
@@ -31,6 +32,8 @@ def train(
     experiment: str = typer.Option("img2img", help="MLflow experiment"),
     model_name: str = typer.Option(None, help="registered model name (default: the dataset name)"),
     resume: str = typer.Option(None, help="MLflow run id whose last checkpoint to continue from"),
+    init_from: str = typer.Option(None, "--init-from", help="start from a registered model's weights: "
+                                  "NAME@alias or NAME/VERSION (same variant and architecture)"),
     max_failures: int = typer.Option(2, help="worker failures to recover from (from the last checkpoint)"),
     checkpoint_every: str = typer.Option("auto", help="validate + checkpoint every N steps ('200'), every "
                                          "duration ('5m', '30s') or 'epoch'; 'auto' = every 2 minutes; "
@@ -42,16 +45,19 @@ def train(
     """Submit a training job of a translator variant to the Ray cluster.
 
     Example: `img2img train --dataset photos --variant nafnet --workers 2 --epochs 5 --follow`
+
+    Fine-tune: `img2img train --dataset my-photos --init-from photos@champion --epochs 3 --lr 2e-4`
     """
     from jobs.spec import TrainSpec
     from jobs.submit import follow_progress, job_client, run_local, submit, wait
     from translator.config import parse_overrides
 
-    spec = TrainSpec(dataset=dataset, variant=variant, config=parse_overrides(set_), workers=workers,
+    spec = TrainSpec(dataset=dataset, variant=variant or ("" if init_from else DEFAULT_VARIANT),
+                     config=parse_overrides(set_), workers=workers,
                      use_gpu=gpu, cpus_per_worker=cpus_per_worker, epochs=epochs, max_steps=max_steps,
                      time_budget_s=time_budget, batch_size=batch_size, image_size=image_size, lr=lr,
                      experiment=experiment, model_name=model_name, resume=resume, max_failures=max_failures,
-                     checkpoint_every=checkpoint_every)
+                     checkpoint_every=checkpoint_every, init_from=init_from)
     settings = get_settings()
     if local:
         out = run_local(spec, settings)
@@ -59,7 +65,8 @@ def train(
         return
     out = submit(spec, settings)
     plan = out["plan"]
-    console.print(f"Submitted job [bold]{out['job_id']}[/] ({variant} on {dataset}, {workers} workers): "
+    console.print(f"Submitted job [bold]{out['job_id']}[/] ({spec.variant} on {dataset}, {workers} workers"
+                  + (f", from {spec.parent}" if spec.parent else "") + "): "
                   f"{plan.total_steps} steps of batch {plan.batch_size} per worker, "
                   f"{plan.steps_per_epoch} steps per epoch", highlight=False)
     for note in plan.notes():

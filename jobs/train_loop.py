@@ -204,7 +204,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     DDP needs it), validating and checkpointing at the cadence and once at the end.
 
     cfg: {"spec": TrainSpec dict, "plan": TrainPlan dict, "cadence": Cadence dict, "paired",
-    "variant_config", "tracking_uri", "resume_path"}.
+    "variant_config", "tracking_uri", "resume_path", "init_path"}.
     """
     import ray.train
     import ray.train.torch
@@ -222,15 +222,27 @@ def train_loop_per_worker(cfg: dict) -> None:
                             amp="bf16" if device.type == "cuda" else None)
     variant.set_total_steps(total_steps)
     checkpoint = ray.train.get_checkpoint()  # this run's own latest (after a worker failure)
-    if checkpoint is None and cfg.get("resume_path"):  # --resume: another run's latest
-        from cluster.storage import arrow_filesystem
+    from cluster.storage import arrow_filesystem
 
+    if checkpoint is None and cfg.get("resume_path"):  # --resume: another run's latest
         checkpoint = ray.train.Checkpoint(path=cfg["resume_path"], filesystem=arrow_filesystem())
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=False)
         variant.load_state_dict(state["variant"])
         log.info("restored checkpoint at step %d", variant.step)
+    elif cfg.get("init_path"):  # --init-from: a registered model's weights, fresh optimisers and schedule
+        init = ray.train.Checkpoint(path=cfg["init_path"], filesystem=arrow_filesystem())
+        with init.as_directory() as d:
+            state = torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=False)
+        variant.load_state_dict(state["variant"], with_optimizers=False)
+        variant.step = 0
+        variant.set_total_steps(total_steps)
+        # step 0: the parent's quality on this run's val set
+        init_metrics, _ = validate(variant, paired, world, split=plan["split_val"])
+        if rank == 0 and spec["run_id"]:
+            RunLogger(cfg["tracking_uri"], spec["run_id"]).metrics(init_metrics, 0)
+        log.info("initialised from %s: %s", cfg["init_path"], init_metrics)
     if world > 1:
         variant.wrap_networks(ray.train.torch.prepare_model)
     logger = RunLogger(cfg["tracking_uri"], spec["run_id"]) if rank == 0 and spec["run_id"] else None

@@ -4,6 +4,12 @@ Each replica loads the registered model named in its user_config once, warms it 
 serves POST /enhance, GET /healthz, GET /model and the web page (GET /, from serving/web). Tiles of concurrent requests are batched
 together through `@serve.batch`. A new user_config (a promotion, `serve deploy` again) loads
 the new model beside the old one and swaps it in; requests already running finish on the old.
+
+Every request has a time limit (`request_timeout_s`, sized by `img2img serve deploy` from the
+pixel limit and the speed each replica measures when it loads the model): past it the answer is
+a JSON 504 with Retry-After, never a dropped connection. Planned replica stops (downscale,
+redeploy, `serve rm`) wait `graceful_shutdown_timeout_s`, longer than that limit, so accepted
+requests finish. Unpaired models serve `?direction=AtoB|BtoA`.
 """
 
 
@@ -19,13 +25,28 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 
+from cluster.errors import Img2ImgError
 from serving import codec
 from serving.model import LoadedModel, load
+from serving.runtime import threads_for
 from translator import tiling
 
 log = logging.getLogger("img2img.serve")
 api = FastAPI(title="img2img enhancer", description="Image enhancement with a registered img2img model.")
-DEFAULTS = {"max_pixels": 16_000_000, "tile": 512, "overlap": 32, "max_batch_size": 8, "batch_wait_timeout_s": 0.01}
+DEFAULTS = {"max_pixels": 16_000_000, "tile": 512, "overlap": 32, "max_batch_size": 1, "batch_wait_timeout_s": 0.01,
+            "runtime": "auto", "threads": None, "memory_format": "channels_last", "precision": "auto",
+            "request_timeout_s": 600}
+RUNTIME_KEYS = ("model_name", "model_version", "runtime", "threads", "memory_format", "precision")
+RETRY_AFTER_S = 5
+
+
+def _reserved_cpus() -> float | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_assigned_resources().get("CPU")
+    except Exception:  # outside a Ray worker
+        return None
 
 
 WEB_DIR = Path(__file__).with_name("web")
@@ -39,7 +60,8 @@ WEB_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
 
 
 def error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status in (503, 504) else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def web_response(name: str) -> Response:
@@ -60,18 +82,24 @@ class Enhancer:
         self.load_error = "no model configured yet"
         self.cfg = dict(DEFAULTS)
         self.config_id = ""
+        self.model_key: tuple = ()
+        self.initial_threads = torch.get_num_threads()  # what Ray's worker env gave torch
 
     def reconfigure(self, config: dict) -> None:
         cfg = {**DEFAULTS, **config}
         self.run_tiles.set_max_batch_size(int(cfg["max_batch_size"]))
         self.run_tiles.set_batch_wait_timeout_s(float(cfg["batch_wait_timeout_s"]))
         current = self.model
-        if current is None or (current.name, current.version) != (cfg["model_name"], str(cfg["model_version"])):
+        key = tuple(str(cfg.get(k)) for k in RUNTIME_KEYS)  # what the loaded model was built from
+        if current is None or key != self.model_key:
             try:
-                new = load(cfg["tracking_uri"], cfg["model_name"], str(cfg["model_version"]))
-                new.enhance(torch.zeros(1, 3, 64, 64))  # warm-up: first real request is not slow
-                self.model, self.load_error = new, None
-                log.info("serving %s v%s (%s)", new.name, new.version, new.variant)
+                # Intra-op threads match the CPUs this replica reserved (floor, at least 1).
+                threads = int(cfg["threads"] or threads_for(_reserved_cpus()))
+                new = load(cfg["tracking_uri"], cfg["model_name"], str(cfg["model_version"]), runtime=cfg["runtime"],
+                           threads=threads, memory_format=cfg["memory_format"], precision=cfg["precision"])
+                new.measure_speed()  # warms up too; the speed sizes request time limits
+                self.model, self.model_key, self.load_error = new, key, None
+                log.info("serving %s v%s (%s) on %s", new.name, new.version, new.variant, new.runtime.info())
             except Exception as e:  # keep serving the old model (or 503) instead of dying
                 self.load_error = f"could not load {cfg.get('model_name')} v{cfg.get('model_version')}: {e}"
                 log.exception("model load failed")
@@ -80,19 +108,19 @@ class Enhancer:
         self.config_id = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def run_tiles(self, items: list[tuple[LoadedModel, torch.Tensor]]) -> list[torch.Tensor]:
-        """Tiles from concurrent requests, run together (grouped by model and tile shape)."""
+    async def run_tiles(self, items: list[tuple[LoadedModel, object, torch.Tensor, bool]]) -> list[torch.Tensor]:
+        """Tiles from concurrent requests, run together (grouped by runtime, tile shape and
+        precision: `precise` tiles of 16-bit images always run fp32)."""
         out: list[torch.Tensor | None] = [None] * len(items)
         groups: dict[tuple, list[int]] = {}
-        for i, (model, tile) in enumerate(items):
-            groups.setdefault((id(model), tuple(tile.shape)), []).append(i)
+        for i, (_, net, tile, precise) in enumerate(items):
+            groups.setdefault((id(net), tuple(tile.shape), precise), []).append(i)
 
         def run():
             with torch.inference_mode():
-                for idx in groups.values():
-                    model = items[idx[0]][0]
-                    batch = torch.cat([items[i][1] for i in idx]).to(model.device)
-                    result = model.generator(batch).float().cpu()
+                for (_, _, precise), idx in groups.items():
+                    net = items[idx[0]][1]
+                    result = net.run(torch.cat([items[i][2] for i in idx]), precise)
                     for j, i in enumerate(idx):
                         out[i] = result[j:j + 1]
 
@@ -121,7 +149,7 @@ class Enhancer:
 
     @api.post("/enhance")
     async def enhance(self, request: Request, format: str = "png", tile: int | None = None,
-                      overlap: int | None = None):
+                      overlap: int | None = None, direction: str = "AtoB"):
         if not self._authorised(request):
             return error(401, "missing or wrong API key (Authorization: Bearer KEY)")
         model = self.model  # requests in flight keep the model they started with
@@ -132,16 +160,39 @@ class Enhancer:
         if not 16 <= tile <= 4096 or not 0 <= overlap < tile // 2:
             return error(400, "tile must be 16-4096 and overlap in [0, tile/2)")
         try:
-            body = await self._body(request)
-            decoded = await asyncio.to_thread(codec.decode, body, int(self.cfg["max_pixels"]))
-            tiles, plan = tiling.split(decoded.tensor, tile, overlap, model.multiple)
-            outs = await asyncio.gather(*(self.run_tiles((model, tiles[i:i + 1])) for i in range(len(tiles))))
-            merged = tiling.merge(torch.cat(outs), plan)
-            data, media = await asyncio.to_thread(codec.encode, merged, decoded, format)
+            net = model.net(direction)
+        except Img2ImgError as e:
+            return error(400, str(e))
+        limit = float(self.cfg["request_timeout_s"])
+        try:
+            data, media, decoded = await asyncio.wait_for(
+                self._process(request, model, net, format, tile, overlap), timeout=limit)
         except codec.RequestError as e:
             return error(e.status, e.message)
-        headers = {"X-Model-Name": model.name, "X-Model-Version": model.version, "X-Model-Variant": model.variant}
+        except TimeoutError:
+            return error(504, f"the image took longer than this endpoint's {limit:.0f} s limit; "
+                              "retry later or send a smaller image")
+        except Exception as e:  # a bug or a dying worker: JSON 500 (clients retry it), never a bare drop
+            log.exception("enhance failed")
+            return error(500, f"internal error: {type(e).__name__}")
+        headers = {"X-Model-Name": model.name, "X-Model-Version": model.version, "X-Model-Variant": model.variant,
+                   "X-Model-Runtime": net.name, "X-Model-Threads": str(net.threads),
+                   "X-Model-Precision": "fp32" if decoded.high_bit else net.precision,
+                   "X-Direction": direction, "X-Input-Frames": str(decoded.frames),
+                   "X-Bit-Depth": str(decoded.bits if media in ("image/png", "image/tiff") else 8)}
         return Response(content=data, media_type=media, headers=headers)
+
+    async def _process(self, request: Request, model: LoadedModel, net, fmt: str, tile: int,
+                       overlap: int) -> tuple[bytes, str, codec.DecodedImage]:
+        body = await self._body(request)
+        decoded = await asyncio.to_thread(codec.decode, body, int(self.cfg["max_pixels"]))
+        tiles, plan = tiling.split(decoded.tensor, tile, overlap, model.multiple)
+        precise = decoded.high_bit  # 16-bit images stay fp32
+        outs = await asyncio.gather(*(self.run_tiles((model, net, tiles[i:i + 1], precise))
+                                      for i in range(len(tiles))))
+        merged = tiling.merge(torch.cat(outs), plan)
+        data, media = await asyncio.to_thread(codec.encode, merged, decoded, fmt)
+        return data, media, decoded
 
     @api.get("/", include_in_schema=False)
     async def page(self):
@@ -163,7 +214,9 @@ class Enhancer:
         if self.model is None:
             return error(503, f"model not loaded: {self.load_error}")
         return {**self.model.info(), "load_error": self.load_error, "config_id": self.config_id,
-                "api_key_required": bool(self.cfg.get("api_key_sha256"))}
+                "initial_torch_threads": self.initial_threads, "reserved_cpus": _reserved_cpus(),
+                "api_key_required": bool(self.cfg.get("api_key_sha256")), "max_pixels": int(self.cfg["max_pixels"]),
+                "request_timeout_s": float(self.cfg["request_timeout_s"])}
 
 
 app = Enhancer.bind()

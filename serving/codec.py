@@ -1,5 +1,11 @@
 """Request bytes -> image tensor and back, with the checks that keep a replica alive:
-empty, not an image, truncated, too many pixels (decompression bombs) each get their status."""
+empty, not an image, truncated, too many pixels (decompression bombs) each get their status.
+
+The output is written like the input (`translator.images.write_picture`): same size, grey or
+colour, alpha, ICC profile, EXIF (orientation applied), and 16-bit PNG/TIFF in -> 16-bit out in
+the input's value range. Multi-frame files (animated GIF, multi-page TIFF) are processed as their
+first frame; `frames` says how many there were (the endpoint puts it in `X-Input-Frames`).
+"""
 
 from __future__ import annotations
 
@@ -11,9 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from translator import images
 
-FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "jpg": ("JPEG", "image/jpeg"),
-           "webp": ("WEBP", "image/webp")}
-GRAY_MODES = {"L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "1"}
+FORMATS = images.WRITE_FORMATS
 
 
 class RequestError(Exception):
@@ -24,11 +28,28 @@ class RequestError(Exception):
 
 
 class DecodedImage:
-    def __init__(self, tensor: torch.Tensor, alpha: Image.Image | None, gray: bool):
-        self.tensor, self.alpha, self.gray = tensor, alpha, gray
+    """A decoded request: `tensor` 1x3xHxW float32 in [-1, 1] and the `picture` it came from."""
+
+    def __init__(self, picture: images.Picture):
+        self.picture = picture
+        self.tensor = images.picture_tensor(picture)
+
+    @property
+    def frames(self) -> int:
+        return self.picture.frames
+
+    @property
+    def bits(self) -> int:
+        return self.picture.bits
+
+    @property
+    def high_bit(self) -> bool:
+        """More than 8 bits per channel: the model runs in fp32 (bf16 would lose levels)."""
+        return self.picture.bits > 8
 
 
 def decode(body: bytes, max_pixels: int) -> DecodedImage:
+    """Raises RequestError: 400 empty/truncated, 413 over `max_pixels`, 415 not an image."""
     if not body:
         raise RequestError(400, "empty request body: send an image")
     try:
@@ -38,29 +59,21 @@ def decode(body: bytes, max_pixels: int) -> DecodedImage:
             if img.width * img.height > max_pixels:
                 raise RequestError(413, f"image is {img.width}x{img.height} = {img.width * img.height / 1e6:.1f} MP, "
                                         f"over the {max_pixels / 1e6:.1f} MP limit")
-            img.load()
+            picture = images.read_picture(body, img)
     except RequestError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise RequestError(413, f"image has too many pixels (limit {max_pixels / 1e6:.1f} MP)") from None
     except UnidentifiedImageError:
         raise RequestError(415, "not an image Pillow can read (send PNG, JPEG, WebP, TIFF, BMP...)") from None
-    except (OSError, SyntaxError, ValueError) as e:
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise RequestError(400, f"broken or truncated image: {e}") from None
-    gray = img.mode in GRAY_MODES
-    rgb, alpha = images.split_alpha(img)
-    return DecodedImage(images.to_tensor(rgb), alpha, gray)
+    return DecodedImage(picture)
 
 
 def encode(out: torch.Tensor, src: DecodedImage, fmt: str = "png") -> tuple[bytes, str]:
+    """Network output (1x3xHxW in [-1, 1]) -> (bytes, media type) written like `src`.
+    Raises RequestError 400 for an unknown format."""
     if fmt.lower() not in FORMATS:
-        raise RequestError(400, f"unknown format {fmt!r}: use png, jpeg or webp")
-    pil_fmt, media = FORMATS[fmt.lower()]
-    img = images.to_pil(out)
-    if src.gray:
-        img = img.convert("L")
-    if src.alpha is not None and pil_fmt != "JPEG":
-        img = img.convert("LA" if src.gray else "RGB")
-        img.putalpha(src.alpha)
-    kwargs = {"quality": 95} if pil_fmt in ("JPEG", "WEBP") else {}
-    return images.encode(img, pil_fmt, **kwargs), media
+        raise RequestError(400, f"unknown format {fmt!r}: use png, jpeg, webp or tiff")
+    return images.write_picture(images.tensor_pixels(out), src.picture, fmt)

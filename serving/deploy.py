@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from urllib.parse import urlparse
 
@@ -14,6 +15,27 @@ from cluster.errors import Img2ImgError
 from cluster.settings import Settings
 
 APP_NAME, DEPLOYMENT = "enhancer", "Enhancer"
+# Requests share a replica's CPUs (up to max_ongoing_requests at once), so the longest one takes
+# a few times what it takes alone; the limit is never under a minute.
+SLOWDOWN, MIN_REQUEST_TIMEOUT_S, DEFAULT_REQUEST_TIMEOUT_S = 3.0, 60.0, 600.0
+SHUTDOWN_MARGIN_S = 15.0  # a planned stop outlasts the request limit by this much
+
+
+def time_limits(max_pixels: int, seconds_per_megapixel: float | None,
+                request_timeout_s: float | None = None) -> tuple[float, float]:
+    """-> (request_timeout_s, graceful_shutdown_timeout_s), in seconds.
+
+    The longest request a deployment accepts is `max_pixels` at the replica's measured speed
+    (seconds per megapixel on its device), times SLOWDOWN for concurrent requests. Requests past
+    the limit get a JSON 504; a planned replica stop waits SHUTDOWN_MARGIN_S longer than the
+    limit, so every accepted request finishes or is answered before the replica goes away."""
+    if request_timeout_s is None:
+        if seconds_per_megapixel is None:
+            request_timeout_s = DEFAULT_REQUEST_TIMEOUT_S
+        else:
+            longest = max_pixels / 1e6 * seconds_per_megapixel
+            request_timeout_s = max(MIN_REQUEST_TIMEOUT_S, math.ceil(SLOWDOWN * longest))
+    return float(request_timeout_s), float(request_timeout_s + SHUTDOWN_MARGIN_S)
 
 
 def _api(settings: Settings) -> str:
@@ -50,19 +72,36 @@ def _other_apps(settings: Settings) -> list[dict]:
 
 
 def deploy(settings: Settings, model: str = "", *, min_replicas: int = 1, max_replicas: int = 2,
-           target_ongoing_requests: float = 2.0, max_batch_size: int = 8, batch_wait_ms: float = 10,
+           target_ongoing_requests: float = 2.0, max_batch_size: int = 1, batch_wait_ms: float = 10,
            num_cpus: float = 0.5, tile: int = 512, overlap: int = 32, max_pixels: int = 16_000_000,
-           upscale_delay_s: float = 5, downscale_delay_s: float = 30, wait_s: float = 300) -> dict:
+           upscale_delay_s: float = 5, downscale_delay_s: float = 30, wait_s: float = 300,
+           runtime: str = "auto", threads: int | None = None, memory_format: str = "channels_last",
+           precision: str = "auto", request_timeout_s: float | None = None) -> dict:
+    """Deploy the enhancer app serving `model`. `runtime` auto (onnx on CPU, torch on GPU) | torch | onnx;
+    `threads` per replica (default: floor(num_cpus), at least 1); `memory_format` and `precision`
+    apply to torch. `request_timeout_s` (default: sized from the replica's measured speed) bounds a
+    request; planned replica stops wait that long plus a margin."""
     from serving.model import resolve
+    from serving.runtime import MEMORY_FORMATS, PRECISIONS, RUNTIMES, threads_for
 
     if not model:
         raise Img2ImgError("give --model NAME@champion (or NAME/VERSION)")
     if not 1 <= min_replicas <= max_replicas:
         raise Img2ImgError("need 1 <= --min-replicas <= --max-replicas")
+    for option, value, allowed in (("--runtime", runtime, RUNTIMES), ("--memory-format", memory_format, MEMORY_FORMATS),
+                                   ("--precision", precision, PRECISIONS)):
+        if value not in allowed:
+            raise Img2ImgError(f"{option} must be {' or '.join(allowed)}, got {value!r}")
+    if num_cpus <= 0 or (threads is not None and threads < 1):
+        raise Img2ImgError("--num-cpus must be > 0 and --threads >= 1")
     name, version = resolve(settings.mlflow_uri, model)
     user_config = {"model_name": name, "model_version": version, "tracking_uri": settings.mlflow_uri,
                    "tile": tile, "overlap": overlap, "max_pixels": max_pixels, "max_batch_size": max_batch_size,
-                   "batch_wait_timeout_s": batch_wait_ms / 1000.0}
+                   "batch_wait_timeout_s": batch_wait_ms / 1000.0, "runtime": runtime,
+                   "threads": threads or threads_for(num_cpus), "memory_format": memory_format,
+                   "precision": precision}
+    limit, grace = time_limits(max_pixels, None, request_timeout_s)  # sized again once a replica measured its speed
+    user_config["request_timeout_s"] = limit
     if settings.serve_api_key:  # only a hash travels; the key itself never leaves the client
         user_config["api_key_sha256"] = hashlib.sha256(settings.serve_api_key.get_secret_value().encode()).hexdigest()
     autoscaling = {"min_replicas": min_replicas, "max_replicas": max_replicas,
@@ -71,11 +110,40 @@ def deploy(settings: Settings, model: str = "", *, min_replicas: int = 1, max_re
     app = {"name": APP_NAME, "route_prefix": "/", "import_path": "serving.app:app",
            "deployments": [{"name": DEPLOYMENT, "user_config": user_config, "autoscaling_config": autoscaling,
                             "max_ongoing_requests": max(16, max_batch_size * 2),
+                            "graceful_shutdown_timeout_s": grace, "graceful_shutdown_wait_loop_s": 1,
                             "ray_actor_options": {"num_cpus": num_cpus}}]}
     _put(settings, [*_other_apps(settings), app])
+    limits = {"request_timeout_s": limit, "graceful_shutdown_timeout_s": grace}
     if wait_s:
         wait_for_model(settings, name, version, wait_s, config_id(user_config))
-    return {"model": name, "version": version, "url": settings.serve_url, "autoscaling": autoscaling}
+        if request_timeout_s is None:
+            limits = size_time_limits(settings, wait_s)
+    return {"model": name, "version": version, "url": settings.serve_url, "autoscaling": autoscaling,
+            "runtime": runtime, "threads": user_config["threads"], **limits}
+
+
+def size_time_limits(settings: Settings, wait_s: float = 120) -> dict:
+    """Re-size the running deployment's request limit and graceful shutdown from the speed its
+    replica measured (GET /model) -> the limits now in force. A lightweight update: replicas
+    keep running; only their user_config and shutdown timeout change."""
+    try:
+        info = httpx.get(settings.serve_url.rstrip("/") + "/model", timeout=10).json()
+    except (httpx.HTTPError, ValueError):
+        info = {}
+    state = _request(settings, "GET")
+    apps = [a["deployed_app_config"] for a in (state.get("applications") or {}).values() if a.get("deployed_app_config")]
+    dep = next((d for a in apps if a.get("name") == APP_NAME for d in a.get("deployments", [])
+                if d.get("name") == DEPLOYMENT), None)
+    if dep is None:
+        raise Img2ImgError("no enhancer app is deployed (`img2img serve deploy` first)")
+    uc = dep.setdefault("user_config", {})
+    limit, grace = time_limits(int(uc.get("max_pixels", 16_000_000)), info.get("seconds_per_megapixel"))
+    if (uc.get("request_timeout_s"), dep.get("graceful_shutdown_timeout_s")) != (limit, grace):
+        uc["request_timeout_s"], dep["graceful_shutdown_timeout_s"] = limit, grace
+        _put(settings, apps)
+        wait_for_model(settings, uc["model_name"], str(uc["model_version"]), wait_s, config_id(uc))
+    return {"request_timeout_s": limit, "graceful_shutdown_timeout_s": grace,
+            "seconds_per_megapixel": info.get("seconds_per_megapixel")}
 
 
 def config_id(user_config: dict) -> str:
@@ -125,6 +193,7 @@ def redeploy_model(settings: Settings, model: str, wait_s: float = 300) -> dict:
     _put(settings, apps)
     if wait_s:
         wait_for_model(settings, name, version, wait_s)
+        return {"model": name, "version": version, **size_time_limits(settings, wait_s)}
     return {"model": name, "version": version}
 
 
@@ -140,7 +209,9 @@ def status(settings: Settings) -> dict | None:
     return {"status": app.get("status"), "message": app.get("message", ""), "deployment_status": dep.get("status"),
             "replicas": len(replicas), "autoscaling": cfg.get("autoscaling_config", {}),
             "model": cfg.get("user_config", {}).get("model_name"),
-            "version": cfg.get("user_config", {}).get("model_version"), "url": settings.serve_url}
+            "version": cfg.get("user_config", {}).get("model_version"), "url": settings.serve_url,
+            "request_timeout_s": cfg.get("user_config", {}).get("request_timeout_s"),
+            "graceful_shutdown_timeout_s": cfg.get("graceful_shutdown_timeout_s")}
 
 
 def remove(settings: Settings) -> bool:
@@ -152,3 +223,15 @@ def remove(settings: Settings) -> bool:
     else:
         _request(settings, "DELETE")
     return True
+
+
+def replica_pids(settings: Settings) -> list[int]:
+    """Process ids of the enhancer's live replicas (for fault-injection tests and benchmarks),
+    from the dashboard's state API; [] when none."""
+    r = httpx.get(settings.ray_address.rstrip("/") + "/api/v0/actors",
+                  params={"detail": "true", "limit": 10000, "filter_keys": "state", "filter_predicates": "=",
+                          "filter_values": "ALIVE"},
+                  headers=settings.ray_auth_headers(), timeout=30)
+    rows = ((r.json().get("data") or {}).get("result") or {}).get("result") or []
+    return [int(a["pid"]) for a in rows
+            if str(a.get("class_name", "")).startswith(f"ServeReplica:{APP_NAME}:{DEPLOYMENT}") and a.get("pid")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cluster.errors import Img2ImgError
 from cluster.settings import Settings
 from serving import codec
 from serving.client import Outcome, output_path
@@ -11,19 +12,36 @@ from serving.model import load, resolve
 
 
 def enhance_locally(settings: Settings, model: str, files: list[Path], out_dir: Path, fmt: str = "png",
-                    on_done=lambda o: None, max_pixels: int = 16_000_000) -> list[Outcome]:
+                    on_done=lambda o: None, max_pixels: int = 16_000_000, direction: str = "AtoB",
+                    runtime: str = "auto", threads: int | None = None) -> list[Outcome]:
+    """Enhance `files` into `out_dir` with the registered `model` on `runtime` (auto | torch | onnx):
+    the same outputs as the endpoint (bit depth, alpha, ICC profile, EXIF kept), one Outcome per file.
+    Raises Img2ImgError before any file when MLflow is unreachable, the model is unknown, it does
+    not offer `direction`, or the runtime options are wrong."""
+    from serving.runtime import RUNTIMES
+
+    if fmt.lower() not in codec.FORMATS:
+        raise Img2ImgError(f"unknown format {fmt!r}: use png, jpeg, webp or tiff")
+    if runtime not in RUNTIMES:
+        raise Img2ImgError(f"--runtime must be {' or '.join(RUNTIMES)}, got {runtime!r}")
+    if threads is not None and threads < 1:
+        raise Img2ImgError("--threads must be >= 1")
     name, version = resolve(settings.mlflow_uri, model)
-    loaded = load(settings.mlflow_uri, name, version)
+    loaded = load(settings.mlflow_uri, name, version, runtime=runtime, threads=threads)
+    loaded.net(direction)  # refuse a direction the model lacks before touching any file
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for src in files:
         try:
             decoded = codec.decode(src.read_bytes(), max_pixels)
-            data, _ = codec.encode(loaded.enhance(decoded.tensor), decoded, fmt)
+            data, _ = codec.encode(loaded.enhance(decoded.tensor, precise=decoded.high_bit, direction=direction),
+                                   decoded, fmt)
             dest = output_path(src, out_dir, fmt)
             dest.with_suffix(dest.suffix + ".part").write_bytes(data)
             dest.with_suffix(dest.suffix + ".part").replace(dest)
-            outcome = Outcome(src, dest, None, f"{name} v{version}")
+            frames = decoded.frames
+            outcome = Outcome(src, dest, None, f"{name} v{version}",
+                              note=f"first frame of {frames}" if frames > 1 else "")
         except (codec.RequestError, OSError) as e:
             outcome = Outcome(src, None, getattr(e, "message", str(e)))
         on_done(outcome)

@@ -1,4 +1,5 @@
-"""Loading a registered generator from MLflow and running it on one image (tiled)."""
+"""Loading a registered generator from MLflow and running it on one image (tiled), on the
+runtime chosen for this machine (serving/runtime.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from serving.runtime import Runtime, build
 from translator import tiling
 
 log = logging.getLogger(__name__)
+UNPAIRED = {"cyclegan", "dualgan"}
 
 
 @dataclass
@@ -23,16 +26,70 @@ class LoadedModel:
     metrics: dict = field(default_factory=dict)
     loaded_at: float = field(default_factory=time.time)
     device: str = "cpu"
+    runtime: Runtime | None = None
+
+    def __post_init__(self):
+        if self.runtime is None:  # plain fp32 PyTorch, as the generator came
+            self.runtime = build(self.generator, self.multiple, "torch", torch.get_num_threads(), self.device,
+                                 "contiguous", "fp32")
+
+    seconds_per_megapixel: float | None = None
+    reverse_runtime: Runtime | None = None  # B->A of two-way models, built on first use
 
     def info(self) -> dict:
         return {"name": self.name, "version": self.version, "variant": self.variant, "multiple": self.multiple,
-                "metrics": self.metrics, "device": self.device,
+                "metrics": self.metrics, "device": self.runtime.device, **self.runtime.info(),
+                "directions": self.directions, "seconds_per_megapixel": self.seconds_per_megapixel,
                 "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at))}
 
+    @property
+    def directions(self) -> list[str]:
+        """['AtoB'] for paired models; ['AtoB', 'BtoA'] for unpaired ones logged with both generators."""
+        return ["AtoB", "BtoA"] if hasattr(self.generator, "BtoA") else ["AtoB"]
+
+    def net(self, direction: str = "AtoB") -> Runtime:
+        """The runtime for a direction (A->B on the chosen runtime; B->A on PyTorch with the same
+        memory format and precision). Raises Img2ImgError when the model does not offer it."""
+        from cluster.errors import Img2ImgError
+
+        if direction not in ("AtoB", "BtoA"):
+            raise Img2ImgError(f"direction must be AtoB or BtoA, not {direction!r}")
+        if direction not in self.directions:
+            why = ("it was registered with its A->B generator only" if self.variant in UNPAIRED
+                   else "it is a paired model")
+            raise Img2ImgError(f"{self.name} v{self.version} ({self.variant}) cannot translate {direction}: {why}")
+        if direction == "AtoB":
+            return self.runtime
+        if self.reverse_runtime is None:
+            rt = self.runtime
+            self.reverse_runtime = build(self.generator.BtoA, self.multiple, "torch", rt.threads, self.device,
+                                         rt.memory_format, rt.precision)
+        return self.reverse_runtime
+
+    def forward(self, batch: torch.Tensor, precise: bool = False, direction: str = "AtoB") -> torch.Tensor:
+        """N x 3 x H x W float32 in [-1, 1] -> the same, float32 on the CPU. `precise`: always
+        fp32 (16-bit images), whatever precision the runtime chose."""
+        return self.net(direction).run(batch, precise)
+
     @torch.inference_mode()
-    def enhance(self, image: torch.Tensor, tile: int = 512, overlap: int = 32) -> torch.Tensor:
-        forward = lambda x: self.generator(x.to(self.device)).float().cpu()  # noqa: E731
-        return tiling.enhance(forward, image, tile=tile, overlap=overlap, multiple=self.multiple)
+    def enhance(self, image: torch.Tensor, tile: int = 512, overlap: int = 32, precise: bool = False,
+                direction: str = "AtoB") -> torch.Tensor:
+        """1 x 3 x H x W in [-1, 1], any H x W (tiled) -> the same shape and range."""
+        net = self.net(direction)
+        return tiling.enhance(lambda x: net.run(x, precise), image, tile=tile, overlap=overlap,
+                              multiple=self.multiple)
+
+    def measure_speed(self, size: int = 256, runs: int = 2) -> float:
+        """Seconds per megapixel of one image on this device (best of `runs`, after a warm-up run)."""
+        image = torch.zeros(1, 3, size, size)
+        self.enhance(image, tile=size)
+        best = float("inf")
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            self.enhance(image, tile=size)
+            best = min(best, time.perf_counter() - t0)
+        self.seconds_per_megapixel = best / (size * size / 1e6)
+        return self.seconds_per_megapixel
 
 
 def resolve(tracking_uri: str, model: str) -> tuple[str, str]:
@@ -44,7 +101,10 @@ def resolve(tracking_uri: str, model: str) -> tuple[str, str]:
     from mlflow.tracking import MlflowClient
 
     from cluster.errors import Img2ImgError, no_registered_model
+    from cluster.services import bound_mlflow_calls, require
 
+    bound_mlflow_calls()
+    require("MLflow", tracking_uri, "/health")
     client = MlflowClient(tracking_uri)
     model = model.removeprefix("models:/")
     if "/" in model:
@@ -54,7 +114,10 @@ def resolve(tracking_uri: str, model: str) -> tuple[str, str]:
         version, alias = None, alias or "champion"
     try:
         registered = client.get_registered_model(name)
-    except MlflowException:
+    except MlflowException as e:
+        if e.error_code in ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE") or "Max retries" in str(e):
+            raise Img2ImgError(f"MLflow at {tracking_uri} failed while looking up {model!r} "
+                               f"({e.error_code}); is it healthy? (`img2img stack status`)") from None
         raise no_registered_model(name) from None
     if version is not None:
         have = sorted((str(v.version) for v in client.search_model_versions(f"name='{name}'")), key=int)
@@ -90,16 +153,29 @@ def _load_generator(uri: str, device: str):
             sys.path[:] = [p for p in sys.path if not p.startswith(tmp)] or path_before
 
 
-def load(tracking_uri: str, name: str, version: str, device: str | None = None) -> LoadedModel:
+def load(tracking_uri: str, name: str, version: str, device: str | None = None, runtime: str = "auto",
+         threads: int | None = None, memory_format: str = "channels_last", precision: str = "auto") -> LoadedModel:
+    """Version `version` of registered model `name`, ready on `runtime` (torch | onnx) with
+    `threads` intra-op threads (None: all CPUs); auto = onnx on CPU, torch on GPU. onnx uses the export logged by
+    `img2img models export` when there is one, else exports (and parity-checks) here."""
     import mlflow
     import mlflow.pytorch
     from mlflow.tracking import MlflowClient
 
+    from cluster.services import bound_mlflow_calls, require
+
+    bound_mlflow_calls()
+    require("MLflow", tracking_uri, "/health")
     mlflow.set_tracking_uri(tracking_uri)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     mv = MlflowClient(tracking_uri).get_model_version(name, version)
     generator = _load_generator(f"models:/{name}/{version}", device)
     tags = dict(mv.tags or {})
     metrics = {k: float(v) for k, v in tags.items() if k.startswith("val_")}
-    return LoadedModel(generator, name, str(version), tags.get("variant", "unknown"),
-                       int(tags.get("multiple", getattr(generator, "multiple", 1))), metrics, device=device)
+    multiple = int(tags.get("multiple", getattr(generator, "multiple", 1)))
+    onnx_file = None
+    if runtime in ("onnx", "auto") and device == "cpu" and tags.get("export_onnx"):
+        onnx_file = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=tags["export_onnx"])
+    rt = build(generator, multiple, runtime, threads, device, memory_format, precision, onnx_file)
+    return LoadedModel(generator, name, str(version), tags.get("variant", "unknown"), multiple, metrics,
+                       device=device, runtime=rt)

@@ -2,11 +2,17 @@
 
 EXIF orientation is applied; L/LA/P/RGBA/CMYK/I;16/I/F become RGB (16-bit is scaled, not
 clipped); alpha is returned separately so callers can put it back.
+
+`read_picture` / `write_picture` keep a whole picture: 16-bit samples (OpenCV decodes 16-bit
+colour PNG/TIFF, which Pillow reads as 8-bit), the value range, alpha, the ICC profile and EXIF.
 """
 
 from __future__ import annotations
 
 import io
+import struct
+import zlib
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -104,3 +110,213 @@ def grid(rows: list[list[Image.Image]], pad: int = 4, labels: list[str] | None =
             x += cw + pad
         y += h + pad
     return canvas
+
+
+# ---- whole pictures: bit depth, colour profile and metadata kept end to end ----------------------
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ORIENTATION = 0x0112
+TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+             5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+             8: Image.Transpose.ROTATE_90}
+WRITE_FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "jpg": ("JPEG", "image/jpeg"),
+                 "webp": ("WEBP", "image/webp"), "tiff": ("TIFF", "image/tiff"), "tif": ("TIFF", "image/tiff")}
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, what Pillow's convert("L") uses
+
+
+@dataclass
+class Picture:
+    """A decoded image and what it takes to write a result back like it.
+
+    pixels: HxWx3 float32 in [0, 1] (grey sources repeated on 3 channels), EXIF orientation applied.
+    alpha: HxW integer array (uint8 or uint16) as stored in the source, or None; never processed.
+    gray: the source had one colour channel (the output gets one too).
+    bits: 8 or 16, the sample depth of the source (16-bit PNG/TIFF in -> 16-bit PNG/TIFF out).
+    scale: the code value 1.0 stands for: 255 for 8-bit; for 16-bit sources the smallest 2**k - 1
+        (k >= 8) covering the image's largest value, so 12-bit sensor data stored in a 16-bit PNG
+        (0-4095) is normalised to the full [0, 1] and written back in 0-4095, not crushed.
+    icc_profile: the embedded ICC profile bytes, or None.
+    exif: EXIF bytes (TIFF layout, no `Exif\\0\\0` prefix) minus the orientation tag, or None.
+    frames: frames/pages in the file; only the first is decoded (animated GIF, multi-page TIFF).
+    """
+
+    pixels: np.ndarray
+    alpha: np.ndarray | None = None
+    gray: bool = False
+    bits: int = 8
+    scale: int = 255
+    icc_profile: bytes | None = None
+    exif: bytes | None = None
+    frames: int = 1
+
+
+def is_high_bit(data: bytes, img: Image.Image) -> bool:
+    """16-bit PNG (IHDR bit depth at byte 24) or a TIFF with more than 8 integer bits a sample:
+    files Pillow would read as 8-bit RGB(A), so they are decoded with OpenCV instead."""
+    if data[:8] == PNG_SIGNATURE and len(data) > 25:
+        return data[24] == 16
+    if img.format == "TIFF":
+        bits, fmt = img.tag_v2.get(258, (8,)), img.tag_v2.get(339, (1,))  # BitsPerSample, SampleFormat
+        bits, fmt = (v if isinstance(v, tuple) else (v,) for v in (bits, fmt))
+        return max(bits) > 8 and set(fmt) == {1}  # 1 = unsigned integer
+    return img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _code_scale(values: np.ndarray) -> int:
+    top = int(values.max()) if values.size else 0
+    return 2 ** max(8, min(16, top.bit_length())) - 1
+
+
+def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation to an HxW or HxWxC array (per channel through Pillow's 'F' mode,
+    so it matches `ImageOps.exif_transpose` exactly)."""
+    method = TRANSPOSE.get(orientation)
+    if method is None:
+        return arr
+    chans = arr[..., None] if arr.ndim == 2 else arr
+    out = [np.asarray(Image.fromarray(chans[..., c].astype(np.float32), mode="F").transpose(method))
+           for c in range(chans.shape[-1])]
+    return np.stack(out, -1).astype(arr.dtype).reshape(out[0].shape + arr.shape[2:])
+
+
+def _metadata(img: Image.Image) -> tuple[bytes | None, bytes | None, int]:
+    icc = img.info.get("icc_profile") or None
+    exif = None
+    if img.format != "TIFF":  # a TIFF's "EXIF" is its own image directory: not metadata to copy
+        tags = Image.Exif()
+        tags.load(img.getexif().tobytes())  # a copy: the image's own EXIF still orients it
+        if ORIENTATION in tags:
+            del tags[ORIENTATION]
+        if len(tags):
+            exif = tags.tobytes().removeprefix(b"Exif\x00\x00")
+    return icc, exif, int(getattr(img, "n_frames", 1) or 1)
+
+
+def _decode_high_bit(data: bytes, img: Image.Image) -> Picture | None:
+    import cv2  # only for 16-bit colour: Pillow has no 16-bit RGB mode
+
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.dtype not in (np.uint8, np.uint16):
+        return None
+    orientation = img.getexif().get(ORIENTATION, 1) if img.format != "TIFF" else 1
+    arr = _orient(arr, orientation)
+    alpha = None
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        alpha, arr = arr[..., 3].copy(), cv2.cvtColor(arr, cv2.COLOR_BGRA2RGB)
+    elif arr.ndim == 3 and arr.shape[2] == 3:
+        arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+    elif arr.ndim == 3 and arr.shape[2] == 2:  # grey + alpha
+        alpha, arr = arr[..., 1].copy(), arr[..., 0]
+    gray = arr.ndim == 2
+    bits = 16 if arr.dtype == np.uint16 else 8
+    scale = _code_scale(arr) if bits == 16 else 255
+    rgb = np.repeat(arr[..., None], 3, -1) if gray else arr
+    icc, exif, frames = _metadata(img)
+    return Picture(rgb.astype(np.float32) / scale, alpha, gray, bits, scale, icc, exif, frames)
+
+
+def read_picture(data: bytes, img: Image.Image | None = None) -> Picture:
+    """Encoded image bytes -> Picture (see there). Pass `img` when the caller already opened the
+    bytes with Pillow (to check its size first). Raises what Pillow raises for unreadable data."""
+    img = img if img is not None else Image.open(io.BytesIO(data))
+    if is_high_bit(data, img):
+        pic = _decode_high_bit(data, img)
+        if pic is not None:
+            return pic
+    img.load()
+    icc, exif, frames = _metadata(img)
+    if img.mode in HIGH_BIT_MODES and img.mode != "F":  # 16/32-bit grey that Pillow reads itself
+        arr = np.asarray(ImageOps.exif_transpose(img) or img).astype(np.int64).clip(0, 65535)
+        scale = _code_scale(arr)
+        rgb = np.repeat(arr[..., None].astype(np.float32) / scale, 3, -1)
+        return Picture(rgb, None, True, 16, scale, icc, exif, frames)
+    gray = img.mode in ("L", "LA", "F", "1")
+    rgb, alpha = split_alpha(img)
+    return Picture(np.asarray(rgb, dtype=np.float32) / 255.0, None if alpha is None else np.asarray(alpha),
+                   gray, 8, 255, icc, exif, frames)
+
+
+def _profile_fits(icc: bytes | None, gray: bool) -> bytes | None:
+    """The profile, if its colour space (ICC header bytes 16-20) matches the output's; a CMYK
+    source's profile would mis-colour the RGB result, so it is dropped."""
+    if not icc or len(icc) < 20:
+        return None
+    return icc if icc[16:20] == (b"GRAY" if gray else b"RGB ") else None
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+
+def _add_png_chunks(png: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
+    """Insert iCCP/eXIf chunks right after IHDR (8-byte signature + 25-byte IHDR chunk)."""
+    extra = b""
+    if icc:
+        extra += _png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(icc))
+    if exif:
+        extra += _png_chunk(b"eXIf", exif)
+    return png[:33] + extra + png[33:]
+
+
+def _write_16(codes: np.ndarray, alpha: np.ndarray | None, fmt: str, icc: bytes | None,
+              exif: bytes | None) -> bytes:
+    import cv2
+
+    if alpha is not None:
+        alpha = alpha.astype(np.uint16) if alpha.dtype == np.uint16 else alpha.astype(np.uint16) * 257
+    if fmt == "TIFF":
+        import tifffile
+
+        arr = codes if alpha is None else np.dstack([codes, alpha])
+        buf = io.BytesIO()
+        tifffile.imwrite(buf, arr, photometric="minisblack" if codes.ndim == 2 else "rgb",
+                         extrasamples=None if alpha is None else ("unassalpha",), iccprofile=icc,
+                         compression="zlib")
+        return buf.getvalue()
+    if codes.ndim == 3:
+        codes = cv2.cvtColor(codes, cv2.COLOR_RGB2BGR)
+        if alpha is not None:
+            codes = np.dstack([codes, alpha])
+    elif alpha is not None:  # OpenCV writes no grey+alpha PNG: expand to BGRA
+        codes = np.dstack([codes, codes, codes, alpha])
+    ok, png = cv2.imencode(".png", codes)
+    if not ok:
+        raise ValueError("could not encode a 16-bit PNG")
+    return _add_png_chunks(png.tobytes(), icc, exif)
+
+
+def write_picture(pixels: np.ndarray, like: Picture, fmt: str = "png") -> tuple[bytes, str]:
+    """HxWx3 float pixels in [0, 1] (e.g. a network's output for `like`) -> (encoded bytes, media
+    type), written like the source: grey stays grey, alpha is put back, the ICC profile and EXIF
+    (minus orientation, already applied) are carried, and a 16-bit source gives 16-bit PNG/TIFF
+    in its own value range (`like.scale`). JPEG and WebP are 8-bit by nature.
+    Raises KeyError for a format other than png, jpeg, webp, tiff."""
+    pil_fmt, media = WRITE_FORMATS[fmt.lower()]
+    pixels = np.clip(pixels, 0.0, 1.0)
+    if like.gray:
+        pixels = pixels @ LUMA
+    icc = _profile_fits(like.icc_profile, like.gray)
+    if like.bits == 16 and pil_fmt in ("PNG", "TIFF"):
+        codes = (pixels * like.scale + 0.5).astype(np.uint16)
+        return _write_16(codes, like.alpha, pil_fmt, icc, like.exif if pil_fmt == "PNG" else None), media
+    img = Image.fromarray((pixels * 255.0 + 0.5).astype(np.uint8), mode="L" if like.gray else "RGB")
+    if like.alpha is not None and pil_fmt != "JPEG":
+        alpha = like.alpha if like.alpha.dtype == np.uint8 else (like.alpha >> 8).astype(np.uint8)
+        img.putalpha(Image.fromarray(alpha, mode="L"))
+    kwargs: dict = {"quality": 95} if pil_fmt in ("JPEG", "WEBP") else {}
+    if icc:
+        kwargs["icc_profile"] = icc
+    if like.exif:
+        kwargs["exif"] = b"Exif\x00\x00" + like.exif if pil_fmt in ("JPEG", "WEBP") else like.exif
+    return encode(img, pil_fmt, **kwargs), media
+
+
+def picture_tensor(pic: Picture) -> torch.Tensor:
+    """Picture -> 1x3xHxW float32 in [-1, 1] (the network's input)."""
+    return torch.from_numpy(np.ascontiguousarray(pic.pixels)).permute(2, 0, 1).unsqueeze(0) * 2 - 1
+
+
+def tensor_pixels(x: torch.Tensor) -> np.ndarray:
+    """1x3xHxW or 3xHxW in [-1, 1] -> HxWx3 float32 in [0, 1] (for `write_picture`)."""
+    if x.dim() == 4:
+        x = x[0]
+    return ((x.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()

@@ -73,6 +73,7 @@ def test_models_ls_json_has_stable_keys(stack, cli, registered):
     data = json.loads(r.stdout)
     assert [d["version"] for d in data] == [v for v, _ in registered]
     assert set(data[0]) == {"model", "version", "variant", "dataset", "val_psnr", "val_ssim", "val_gain_db",
+                            "val_cycle_psnr", "parent", "worse_than_input", "eval_set", "eval",
                             "aliases", "run_id", "created"}
     assert data[1]["val_psnr"] == 26.25 and data[1]["run_id"] == registered[1][1] and data[0]["aliases"] == []
 
@@ -97,7 +98,21 @@ def test_model_without_champion_hints_to_promote(stack, cli, registered, tmp_pat
     assert not (tmp_path / "out").exists()  # nothing written, nothing half-written
 
 
-def test_promote_suggests_the_reload_command_on_one_line(stack, cli, registered, monkeypatch):
+def test_promote_suggests_the_reload_command_on_one_line(stack, cli, registered, blur_dataset, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from cluster.storage import Storage
+    from jobs.manifest import read_manifest
+    from jobs.tracking import eval_tags
+
+    # The gate compares versions on the model's evaluation set: give these weightless versions results on it.
+    sha = read_manifest(Storage(stack), blur_dataset).sha256
+    client = MlflowClient(stack.mlflow_uri)
+    client.set_registered_model_tag(LONG_MODEL, "eval_dataset", blur_dataset)
+    for (version, _), psnr in zip(registered, (25.5, 26.25)):
+        for k, v in eval_tags({"dataset": blur_dataset, "split": "val", "dataset_sha256": sha, "images": 1,
+                               "metrics": {"psnr": psnr}}).items():
+            client.set_model_version_tag(LONG_MODEL, version, k, v)
     monkeypatch.setenv("COLUMNS", "80")
     r = cli("models", "promote", LONG_MODEL, "--best")
     assert r.exit_code == 0, r.output

@@ -135,7 +135,7 @@ def test_enhance_input_mistakes_are_named_once_before_progress(cli, tmp_path):
     Image.new("RGB", (8, 8)).save(img)
     cases = [((tmp_path,), f"{tmp_path} is a folder; give the image files in it"),
              ((tmp_path / "nope.png",), "no such file"),
-             ((img, img, "--format", "gif"), "unsupported --format 'gif': use png, jpeg or webp"),
+             ((img, img, "--format", "gif"), "unsupported --format 'gif': use png, jpeg, webp or tiff"),
              ((img, "--local"), "--local needs --model"),
              ((img, "--model", "photos"), "--model goes with --local")]
     for args, message in cases:

@@ -13,16 +13,19 @@ from torch import nn
 
 
 class LayerNorm2d(nn.Module):
-    """LayerNorm over the channel axis of an NCHW tensor."""
+    """LayerNorm over the channel axis of an NCHW tensor (N x C x H x W, any float dtype)."""
 
     def __init__(self, channels: int, eps: float = 1e-6):
         super().__init__()
+        # A static normalized_shape: `x.shape[1:2]` would be traced as a shape op, which the
+        # TorchScript-based ONNX exporter cannot turn into layer_norm's int list.
+        self.normalized_shape = (channels,)
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
         self.eps = eps
 
     def forward(self, x):
-        x = F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias, self.eps)
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
         return x.permute(0, 3, 1, 2)
 
 

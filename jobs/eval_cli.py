@@ -1,0 +1,65 @@
+"""`img2img eval`: score a registered model on a dataset, on the cluster."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+
+import typer
+
+from cluster.cli_utils import console, err_console, handle_errors, table
+
+
+@contextmanager
+def progress_bar(description: str):
+    """A rich progress bar over images (on stderr, so --json output stays clean) ->
+    a `progress(done, total)` callback."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console, transient=True) as bar:
+        task = bar.add_task(description, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def metrics_rows(summary: dict) -> list[list[str]]:
+    """An eval summary -> table rows (metric, output, input, gain) for the console."""
+    m = summary["metrics"]
+    if "psnr" in m:
+        return [["PSNR (dB)", f"{m['psnr']:.2f}", f"{m['input_psnr']:.2f}", f"{m['gain_db']:+.2f}"],
+                ["SSIM", f"{m['ssim']:.4f}", f"{m['input_ssim']:.4f}", f"{m['ssim'] - m['input_ssim']:+.4f}"]]
+    return [["cycle PSNR (dB)", f"{m['cycle_psnr']:.2f}", "-", "-"],
+            ["cycle SSIM", f"{m['cycle_ssim']:.4f}", "-", "-"]]
+
+
+@handle_errors
+def eval_(
+    model: str = typer.Argument(..., help="registered model: NAME@alias or NAME/VERSION"),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="dataset name (see `img2img data ls`)"),
+    split: str = typer.Option("val", help="val | train | all"),
+    limit: int = typer.Option(None, help="score only the first N images (not stored as the version's result)"),
+    workers: int = typer.Option(1, help="model replicas (Ray Data actors), each loads the model once"),
+    cpus_per_worker: float = typer.Option(1.0, help="CPUs per replica"),
+    gpu: bool = typer.Option(None, "--gpu/--cpu", help="one GPU per replica (default: if the cluster has one)"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+):
+    """Score a registered model on a dataset (full images, tiled), on the cluster: PSNR and SSIM
+    of the output and of the input against the target, and the gain; unpaired datasets by cycle
+    PSNR/SSIM. Logs an MLflow evaluation run and tags the version `eval.<dataset>.*`.
+
+    Example: `img2img eval photos@champion --dataset photos --split val`
+    """
+    from cluster.settings import get_settings
+    from jobs.eval_submit import evaluate
+
+    with progress_bar(f"evaluating {model} on {dataset}/{split}") as progress:
+        summary = evaluate(get_settings(), model, dataset, split, limit, progress=progress, workers=workers,
+                           cpus_per_worker=cpus_per_worker, gpu=gpu)
+    if as_json:
+        console.print_json(json.dumps(summary))
+        return
+    title = (f"{summary['model']} v{summary['version']} ({summary['variant']}) on {summary['dataset']}/"
+             f"{summary['split']}: {summary['images']} images in {summary['seconds']:.0f}s")
+    console.print(table(title, ["metric", "output", "input", "gain"], metrics_rows(summary)))
+    console.print(f"MLflow evaluation run: {summary['run_id']}"
+                  + ("" if summary.get("limit") else f" (tags eval.{summary['dataset']}.* set on the version)"))

@@ -1,0 +1,117 @@
+"""Client side of `img2img eval`: check the request, submit the evaluation job through the Ray
+Jobs API, follow its progress from the job's log, and return its summary. The images never come
+to this machine: the job reads them from the object store on the cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shlex
+from collections.abc import Callable
+
+from cluster.errors import Img2ImgError
+from cluster.settings import Settings
+from jobs.evaluate import MARK, EvalSpec
+
+SPLITS = ("val", "train", "all")
+
+
+def prepare(settings: Settings, ref: str, dataset: str, split: str = "val", limit: int | None = None,
+            workers: int = 1, cpus_per_worker: float = 1.0, gpu: bool | None = None) -> EvalSpec:
+    """Everything that can be refused before submitting: the model, the dataset and split, and
+    whether the model can score that kind of dataset. Raises Img2ImgError."""
+    from cluster.storage import Storage
+    from jobs.manifest import read_manifest
+    from jobs.registry import client, resolve
+    from jobs.submit import cluster_resources
+    from translator.variants import VARIANTS
+
+    if split not in SPLITS:
+        raise Img2ImgError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if limit is not None and limit < 1:
+        raise Img2ImgError("--limit must be at least 1")
+    if workers < 1 or cpus_per_worker <= 0:
+        raise Img2ImgError("--workers must be at least 1 and --cpus-per-worker positive")
+    v = resolve(settings, ref)
+    manifest = read_manifest(Storage(settings), dataset)
+    splits = [s for s in (manifest.splits if split == "all" else [split]) if manifest.counts.get(s)]
+    if not splits:
+        raise Img2ImgError(f"dataset {dataset!r} has no rows in split {split!r} "
+                           f"(it has {', '.join(f'{s}: {n}' for s, n in manifest.counts.items()) or 'none'})")
+    variant = v.tags.get("variant", "")
+    cls = VARIANTS.get(variant)
+    checkpoint = None
+    if manifest.kind != "paired":
+        if cls is None or cls.reverse_key is None:
+            raise Img2ImgError(f"{dataset!r} is unpaired: it can only be scored by cycle consistency, which needs "
+                               f"a reverse generator; {v.name}/{v.version} is a {variant or 'unknown'} model "
+                               "without one (cyclegan and dualgan have one)")
+        checkpoint = client(settings).get_run(v.run_id).data.tags.get("checkpoint")
+        bucket, _, key = (checkpoint or "").partition("/")
+        if not key or not Storage(settings).exists(f"{key}/state.pt"):
+            raise Img2ImgError(f"the reverse generator of {v.name}/{v.version} was in its training checkpoint, "
+                               f"which is not in the object store any more ({checkpoint or 'none recorded'})")
+    if gpu is None:
+        gpu = cluster_resources(settings).get("GPU", 0) >= 1
+    return EvalSpec(model=v.name, version=v.version, dataset=dataset, split=split, limit=limit, variant=variant,
+                    multiple=int(v.tags.get("multiple", 1) or 1), model_uri=f"models:/{v.name}/{v.version}",
+                    checkpoint=checkpoint, kind=manifest.kind, dataset_sha256=manifest.sha256, splits=splits,
+                    workers=workers, cpus_per_worker=cpus_per_worker, use_gpu=bool(gpu))
+
+
+def _follow(client, job_id: str, on_line: Callable[[str], None]) -> None:
+    async def tail():
+        buffer = ""
+        async for chunk in client.tail_job_logs(job_id):
+            buffer += chunk
+            *lines, buffer = buffer.split("\n")
+            for line in lines:
+                on_line(line)
+        if buffer:
+            on_line(buffer)
+
+    asyncio.run(tail())
+
+
+def evaluate(settings: Settings, ref: str, dataset: str, split: str = "val", limit: int | None = None,
+             progress: Callable[[int, int], None] | None = None, **kw) -> dict:
+    """Score registered model `ref` (NAME@alias | NAME/VERSION) on `dataset`/`split` on the
+    cluster -> the summary: {"model", "version", "dataset", "split", "images", "metrics": {psnr,
+    ssim, input_psnr, input_ssim, gain_db} or {cycle_psnr, cycle_ssim}, "run_id", ...}; PSNR and
+    gain in dB, SSIM in [0, 1]. `progress(done, total)` is called as images are scored.
+    Raises Img2ImgError if the request is refused or the job fails."""
+    import logging
+
+    from jobs.submit import job_client, runtime_env, wait
+
+    spec = prepare(settings, ref, dataset, split, limit, **kw)
+    client = job_client(settings)
+    for chatty in ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk"):  # upload, websocket
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    entrypoint = f"python -m jobs.evaluate --spec {shlex.quote(spec.to_json())}"
+    metadata = {"img2img": "eval", "model": f"{spec.model}/{spec.version}", "dataset": dataset}
+    try:
+        job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env(settings), metadata=metadata)
+    except Exception as e:
+        raise Img2ImgError(f"Ray refused the evaluation job: {str(e).splitlines()[0]}") from None
+    found: dict = {}
+
+    def on_line(line: str) -> None:
+        if not line.startswith(MARK):
+            return
+        kind, _, rest = line[len(MARK):].strip().partition(" ")
+        if kind == "progress" and progress:
+            done, _, total = rest.partition("/")
+            progress(int(done), int(total))
+        elif kind == "result":
+            found["result"] = json.loads(rest)
+        elif kind == "error":
+            found["error"] = rest
+
+    _follow(client, job_id, on_line)
+    status = wait(client, job_id, follow=False)
+    if "error" in found:
+        raise Img2ImgError(found["error"])
+    if status != "SUCCEEDED" or "result" not in found:
+        raise Img2ImgError(f"evaluation job {job_id} {status}; see `img2img jobs logs {job_id}`")
+    return {**found["result"], "job_id": job_id}

@@ -1,0 +1,193 @@
+"""How a loaded generator runs on this machine: `torch` or `onnx` (ONNX Runtime); `auto` is
+onnx on a CPU (the fastest in benchmarks/serve_latency.py's side-by-side runs on 2 cores: 2.2-2.9x
+today's NCHW fp32 at 256 and 1024 px, ahead of channels_last bf16) and torch on a GPU.
+
+torch runs channels_last by default (NAFNet's LayerNorm2d permutes to NHWC and back, which
+channels_last makes free) and, with `precision="auto"`, under bf16 autocast only where the
+CPU has native bf16 (avx512_bf16 / AMX, read from the CPU flags, never assumed) or on CUDA,
+and only when a measurement on the loaded model shows bf16 faster and within one 8-bit level
+(2/255 on the [-1, 1] scale) of fp32. `precise=True` calls (16-bit images) always run fp32.
+
+onnx exports the generator (translator.export, parity-checked) and runs it on ONNX Runtime:
+the CUDA provider when a GPU is present, else the CPU provider.
+
+Threads: torch's intra-op pool is process-wide; a replica that reserves N CPUs sets it to
+max(1, floor(N)), and ONNX Runtime's session gets the same number.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+RUNTIMES = ("auto", "torch", "onnx")
+MEMORY_FORMATS = ("channels_last", "contiguous")
+PRECISIONS = ("auto", "fp32", "bf16")
+ONE_8BIT_LEVEL = 2.0 / 255.0
+BF16_MIN_SPEEDUP = 1.1  # bf16 must be at least this much faster to be chosen
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 natively (avx512_bf16 or AMX-BF16) and torch's kernels
+    use those instructions (its CPU capability is AVX512 or better); emulated bf16 is slower."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags()) and capability.startswith("AVX512")
+
+
+def threads_for(num_cpus: float | None) -> int:
+    """Intra-op threads for a process reserving `num_cpus` CPUs (None: all of this machine's)."""
+    if num_cpus is None:
+        return os.cpu_count() or 1
+    return max(1, int(math.floor(num_cpus)))
+
+
+def _sample(size: int = 256) -> torch.Tensor:
+    from translator.export import _sample
+
+    return _sample(1, size, size, 3, seed=11)
+
+
+@dataclass
+class Runtime:
+    """A generator ready to run: `run(batch, precise)` takes N x 3 x H x W float32 in [-1, 1]
+    (H, W multiples of the net's stride; tiling pads) and returns float32 NCHW on the CPU."""
+
+    name: str
+    threads: int
+    device: str
+    memory_format: str = "contiguous"
+    precision: str = "fp32"
+    run_fast: Callable[[torch.Tensor], torch.Tensor] | None = None
+    run_fp32: Callable[[torch.Tensor], torch.Tensor] | None = None
+    check: dict = field(default_factory=dict)  # how the precision was chosen (ms, max abs diff)
+
+    def run(self, batch: torch.Tensor, precise: bool = False) -> torch.Tensor:
+        return (self.run_fp32 if precise else self.run_fast)(batch)
+
+    def info(self) -> dict:
+        return {"runtime": self.name, "threads": self.threads, "memory_format": self.memory_format,
+                "precision": self.precision, "precision_check": self.check}
+
+
+def _torch_runner(generator: torch.nn.Module, device: str, memory_format: str, bf16: bool):
+    fmt = torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
+
+    @torch.inference_mode()
+    def run(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device).contiguous(memory_format=fmt)
+        if bf16:
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+                y = generator(x)
+        else:
+            y = generator(x)
+        return y.float().cpu().contiguous()
+
+    return run
+
+
+def _best_ms(fns: list[Callable], x: torch.Tensor, reps: int = 3) -> list[float]:
+    """Fastest of `reps` runs of each fn, interleaved, so a busy machine slows both alike."""
+    for fn in fns:
+        fn(x)  # warm-up (oneDNN primitive creation)
+    best = [math.inf] * len(fns)
+    for _ in range(reps):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn(x)
+            best[i] = min(best[i], (time.perf_counter() - t0) * 1e3)
+    return best
+
+
+def choose_bf16(fp32: Callable, bf16: Callable, sample: torch.Tensor) -> tuple[bool, dict]:
+    """bf16 if it is >= BF16_MIN_SPEEDUP x faster than fp32 on `sample` and its output stays
+    within one 8-bit level (2/255 on [-1, 1]) of fp32 -> (use bf16, the measurement)."""
+    ms32, ms16 = _best_ms([fp32, bf16], sample)
+    diff = float((fp32(sample) - bf16(sample)).abs().max())
+    use = ms16 * BF16_MIN_SPEEDUP <= ms32 and diff <= ONE_8BIT_LEVEL
+    return use, {"fp32_ms": round(ms32, 1), "bf16_ms": round(ms16, 1), "bf16_max_abs_diff": round(diff, 5),
+                 "sample": f"{sample.shape[-2]}x{sample.shape[-1]}"}
+
+
+def torch_runtime(generator: torch.nn.Module, threads: int, device: str = "cpu",
+                  memory_format: str = "channels_last", precision: str = "auto",
+                  sample: torch.Tensor | None = None) -> Runtime:
+    """The generator on PyTorch. `precision` auto | fp32 | bf16 (bf16 forced: no checks)."""
+    if memory_format not in MEMORY_FORMATS:
+        raise ValueError(f"memory format must be one of {', '.join(MEMORY_FORMATS)}, got {memory_format!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if device == "cpu":
+        torch.set_num_threads(threads)
+    fmt = torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
+    generator = generator.to(device=device, memory_format=fmt).eval()
+    fp32 = _torch_runner(generator, device, memory_format, bf16=False)
+    bf16 = _torch_runner(generator, device, memory_format, bf16=True)
+    chosen, check = precision, {}
+    if precision == "auto":
+        native = device.startswith("cuda") or cpu_has_native_bf16()
+        if native:
+            use, check = choose_bf16(fp32, bf16, sample if sample is not None else _sample())
+        else:
+            use, check = False, {"skipped": "no native bf16 on this CPU"}
+        chosen = "bf16" if use else "fp32"
+    return Runtime("torch", threads, device, memory_format, chosen, bf16 if chosen == "bf16" else fp32, fp32, check)
+
+
+def onnx_runtime(generator: torch.nn.Module, multiple: int, threads: int, device: str = "cpu",
+                 onnx_file: Path | None = None) -> Runtime:
+    """The generator on ONNX Runtime: from `onnx_file` (an export logged to the registry) or
+    exported here (parity-checked against PyTorch first; see translator.export)."""
+    from translator import export
+
+    if onnx_file is None:
+        with tempfile.TemporaryDirectory() as d:
+            result = export.export(generator.cpu(), "onnx", Path(d) / "model.onnx", multiple)
+            data = result.path.read_bytes()
+        check = {"exported_here": True, "max_abs_diff": result.max_abs_diff}
+    else:
+        data, check = Path(onnx_file).read_bytes(), {"exported_here": False}
+    session = export.onnx_session(data, threads, device)
+    check["providers"] = session.get_providers()
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        out = session.run([export.OUTPUT], {export.INPUT: x.float().contiguous().numpy()})[0]
+        return torch.from_numpy(out)
+
+    return Runtime("onnx", threads, "cuda" if "CUDAExecutionProvider" in check["providers"] else "cpu",
+                   "contiguous", "fp32", run, run, check)
+
+
+def build(generator: torch.nn.Module, multiple: int, runtime: str = "torch", threads: int | None = None,
+          device: str = "cpu", memory_format: str = "channels_last", precision: str = "auto",
+          onnx_file: Path | None = None) -> Runtime:
+    """A Runtime of kind `runtime` (auto | torch | onnx) with `threads` intra-op threads (None: all
+    CPUs). Raises ValueError for an unknown runtime, memory format or precision."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be auto, torch or onnx, got {runtime!r}")
+    if runtime == "auto":  # the measured best per device; GPU defaults await the GPU check
+        runtime = "torch" if device.startswith("cuda") else "onnx"
+    threads = threads or threads_for(None)
+    if runtime == "onnx":
+        if device == "cpu":
+            torch.set_num_threads(threads)  # tiling and the codec still use torch
+        return onnx_runtime(generator, multiple, threads, device, onnx_file)
+    return torch_runtime(generator, threads, device, memory_format, precision)

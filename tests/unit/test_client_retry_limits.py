@@ -1,0 +1,108 @@
+"""The client's retry policy against a small real HTTP server that fails like a dying replica,
+the sizing of request limits and graceful shutdown, and failing fast on a service that is down."""
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from cluster.errors import Img2ImgError
+from serving.client import RetryPolicy, enhance_bytes, enhance_files
+from serving.deploy import SHUTDOWN_MARGIN_S, time_limits
+
+FAST = RetryPolicy(attempts=4, backoff_s=0.01, max_wait_s=0.05)
+
+
+class Flaky(BaseHTTPRequestHandler):
+    """Answers each POST with the next status of `script` (then 200 forever)."""
+
+    script: list[int] = []
+    calls: list[int] = []
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        status = self.script.pop(0) if self.script else 200
+        self.calls.append(status)
+        body = b"enhanced" if status == 200 else b'{"error": "replica died"}'
+        self.send_response(status)
+        if status == 503:
+            self.send_header("Retry-After", "0")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    Flaky.calls = []
+    yield f"http://127.0.0.1:{httpd.server_port}"
+    httpd.shutdown()
+
+
+def test_5xx_answers_are_retried_until_success(server):
+    Flaky.script = [500, 502, 503]
+    data, _ = enhance_bytes(server, b"img", policy=FAST)
+    assert data == b"enhanced" and Flaky.calls == [500, 502, 503, 200]
+
+
+def test_client_errors_are_not_retried(server):
+    Flaky.script = [415]
+    with pytest.raises(Img2ImgError, match="415"):
+        enhance_bytes(server, b"img", policy=FAST)
+    assert Flaky.calls == [415]
+
+
+def test_retries_are_bounded_and_reported_per_file(server, tmp_path: Path):
+    Flaky.script = [500] * 10
+    src = tmp_path / "a.png"
+    src.write_bytes(b"img")
+    [outcome] = enhance_files([src], tmp_path / "out", server, policy=FAST, parallel=1)
+    assert outcome.error and "after 4 attempts" in outcome.error and outcome.retried == ["500", "500", "500"]
+    assert len(Flaky.calls) == 4 and not list((tmp_path / "out").iterdir())
+    Flaky.script = [503]
+    [outcome] = enhance_files([src], tmp_path / "out", server, policy=FAST, parallel=1)
+    assert outcome.output.read_bytes() == b"enhanced" and outcome.attempts == 2
+    assert "retried after 503" in outcome.describe()
+
+
+def test_an_unreachable_endpoint_is_named_within_seconds():
+    t0 = time.monotonic()
+    with pytest.raises(Img2ImgError, match=r"cannot reach the endpoint at http://127.0.0.1:9 .*after 4 attempts"):
+        enhance_bytes("http://127.0.0.1:9", b"img", policy=FAST)
+    assert time.monotonic() - t0 < 10
+
+
+def test_an_unreachable_mlflow_is_named_within_seconds():
+    from serving.model import resolve
+
+    t0 = time.monotonic()
+    with pytest.raises(Img2ImgError, match=r"^cannot reach MLflow at http://127.0.0.1:9;"):
+        resolve("http://127.0.0.1:9", "photos@champion")
+    assert time.monotonic() - t0 < 15
+
+
+def test_time_limits_cover_the_longest_accepted_request():
+    # 16 MP at 3.5 s/MP = 56 s alone; limit covers 3x that; shutdown outlasts the limit
+    limit, grace = time_limits(16_000_000, 3.5)
+    assert limit >= 3 * 56 and grace == limit + SHUTDOWN_MARGIN_S
+    assert time_limits(1_000_000, 0.001)[0] == 60  # never under a minute
+    assert time_limits(16_000_000, 3.5, request_timeout_s=30) == (30, 30 + SHUTDOWN_MARGIN_S)
+
+
+def test_two_way_generator_serves_both_directions():
+    import torch
+
+    from translator.nets.twoway import TwoWayGenerator
+
+    g = TwoWayGenerator(torch.nn.Identity(), torch.nn.Hardtanh(-0.5, 0.5))
+    x = torch.ones(1, 3, 4, 4)
+    assert torch.equal(g(x), x) and torch.equal(g.direction("BtoA")(x), x * 0.5)
+    with pytest.raises(ValueError):
+        g.direction("sideways")

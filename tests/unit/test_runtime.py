@@ -1,0 +1,92 @@
+"""Runtimes for a loaded generator: torch (memory format, precision chosen by measurement) and
+ONNX Runtime give the same images; threads follow the reserved CPUs; bad options are refused."""
+
+import pytest
+import torch
+
+from cluster.errors import Img2ImgError
+from serving import runtime
+from tests.unit.test_export import trained_generator
+from translator import export
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """Runtimes set the process's intra-op threads; give the other tests theirs back."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def nafnet():
+    v = trained_generator("nafnet")
+    return v.generator, v.multiple
+
+
+def test_threads_follow_reserved_cpus():
+    assert runtime.threads_for(0.5) == 1  # a fractional CPU still gets one thread
+    assert runtime.threads_for(1) == 1 and runtime.threads_for(2.7) == 2
+    assert runtime.threads_for(None) >= 1
+
+
+def test_bf16_detection_reads_the_cpu_flags(monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2", "fma"})
+    assert runtime.cpu_has_native_bf16() is False
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    assert runtime.cpu_has_native_bf16() == torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def test_bf16_is_chosen_only_when_faster_and_within_one_8bit_level():
+    x = torch.zeros(1, 3, 16, 16)
+    fast_exact = lambda t: t
+    slow = lambda t: (torch.ones(20_000, 200) @ torch.ones(200, 200), t)[1]
+    off_by_two_levels = lambda t: t + 2 * runtime.ONE_8BIT_LEVEL
+    assert runtime.choose_bf16(slow, fast_exact, x)[0] is True
+    assert runtime.choose_bf16(fast_exact, slow, x)[0] is False  # bf16 slower: stay fp32
+    use, check = runtime.choose_bf16(slow, off_by_two_levels, x)
+    assert use is False and check["bf16_max_abs_diff"] > runtime.ONE_8BIT_LEVEL
+
+
+@pytest.mark.parametrize("kw", [dict(runtime="torch", memory_format="contiguous", precision="fp32"),
+                                dict(runtime="torch", memory_format="channels_last", precision="fp32"),
+                                dict(runtime="torch", memory_format="channels_last", precision="auto"),
+                                dict(runtime="onnx")])
+def test_every_runtime_matches_plain_pytorch(nafnet, kw):
+    generator, multiple = nafnet
+    x = export._sample(2, 48, 64, 3, seed=3)
+    with torch.inference_mode():
+        want = generator.float().to(memory_format=torch.contiguous_format)(x)
+    rt = runtime.build(generator, multiple, threads=1, **kw)
+    assert rt.threads == 1 and rt.info()["runtime"] == kw["runtime"]
+    got = rt.run(x)
+    assert got.dtype == torch.float32 and got.shape == x.shape and got.is_contiguous()
+    limit = runtime.ONE_8BIT_LEVEL if rt.precision == "bf16" else 1e-4
+    assert (got - want).abs().max() <= limit
+    assert (rt.run(x, precise=True) - want).abs().max() <= 1e-4  # 16-bit images: always fp32
+
+
+def test_auto_runtime_is_onnx_on_cpu(nafnet):
+    assert runtime.build(*nafnet, "auto", threads=1).name == "onnx"
+
+
+def test_unknown_runtime_options_are_refused(nafnet):
+    generator, multiple = nafnet
+    with pytest.raises(ValueError, match="runtime must be auto, torch or onnx"):
+        runtime.build(generator, multiple, "tensorrt")
+    with pytest.raises(ValueError, match="memory format"):
+        runtime.build(generator, multiple, "torch", memory_format="nhwc")
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(runtime="tensorrt"), "--runtime must be auto or torch or onnx"),
+    (dict(memory_format="nhwc"), "--memory-format must be channels_last or contiguous"),
+    (dict(precision="fp8"), "--precision must be auto or fp32 or bf16"),
+    (dict(threads=0), "--threads >= 1"),
+])
+def test_deploy_refuses_bad_runtime_options_before_touching_the_cluster(kw, message):
+    from cluster.settings import get_settings
+    from serving.deploy import deploy
+
+    with pytest.raises(Img2ImgError, match=message):
+        deploy(get_settings(), "photos@champion", **kw)
