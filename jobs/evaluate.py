@@ -132,7 +132,7 @@ class Scorer:
         from translator.metrics import psnr, ssim, to_unit
 
         def tensor(png: bytes):
-            return torch.from_numpy(_decode(png).transpose(2, 0, 1).copy()).unsqueeze(0).float() / 127.5 - 1
+            return torch.from_numpy(_decode(png).transpose(2, 0, 1).copy()).unsqueeze(0).float() * 2 - 1  # [0, 1] -> [-1, 1]
 
         def score(out, ref):
             p = float(psnr(to_unit(out), to_unit(ref))[0])
