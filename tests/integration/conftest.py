@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import time
 
 import numpy as np
@@ -37,6 +38,19 @@ def unpaired_dataset(stack, tmp_path_factory):
         Image.fromarray(255 - np.asarray(img)).save(root / f"{split}B" / f"{i}.png")
     ingest(str(root), IngestOptions(name="h2z-tiny", kind="unaligned", size=32, crops=4), get_settings())
     return "h2z-tiny"
+
+
+@pytest.fixture(scope="module")
+def endpoint(stack, demo_run):
+    """The Serve endpoint URL, serving the quick demo's nafnet."""
+    return stack.serve_url
+
+
+def encoded(img, fmt="PNG", **kw) -> bytes:
+    """A PIL image saved to bytes in `fmt` (save keyword arguments pass through)."""
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
 
 
 def wait_job(client, job_id: str, timeout: float = 900) -> str:

@@ -13,19 +13,11 @@ from PIL import Image, ImageFilter
 
 from cluster.errors import Img2ImgError
 from jobs import registry
+from tests.integration.conftest import encoded as png
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def endpoint(stack, demo_run):
-    return stack.serve_url
-
-
-def png(img, fmt="PNG", **kw):
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kw)
-    return buf.getvalue()
 
 
 def post(url, body, ctype="image/png", headers=None, **kw):

@@ -16,20 +16,12 @@ import pytest
 from PIL import Image, ImageCms
 
 from benchmarks.bad_inputs import bad_inputs
+from tests.integration.conftest import encoded
 
 pytestmark = pytest.mark.integration
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
-@pytest.fixture(scope="module")
-def endpoint(stack, demo_run):
-    return stack.serve_url
-
-
-def encoded(img, fmt="PNG", **kw):
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kw)
-    return buf.getvalue()
 
 
 def post(url, body, ctype="image/png", **kw):
