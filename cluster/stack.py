@@ -36,6 +36,9 @@ SERVICES = ("s3", "mlflow", "ray")
 BIN = Path(sys.executable).parent
 
 
+RAY_COMMAND = re.compile(r"(^|[/\s])ray(::|\.|/)")  # `ray::Agent`, `-m ray.x`, `.../ray/...`
+
+
 @dataclass
 class ServiceStatus:
     name: str
@@ -328,12 +331,17 @@ class Stack:
 
     # ---- stop -------------------------------------------------------------------------------
     def _ray_processes(self) -> list[psutil.Process]:
+        """Every process of this stack's Ray head: by its temp dir, or a Ray command run in the state dir."""
         # The temp dir as a whole path component (not a suffix of another stack's path).
         marker = re.compile(r"(^|[=\s,])" + re.escape(str(self.ray_temp_dir)) + r"(/|$|[\s,])")
         found = []
-        for proc in psutil.process_iter(["cmdline"]):
+        for proc in psutil.process_iter(["cmdline", "cwd"]):
             try:
-                if any(marker.search(part) for part in (proc.info["cmdline"] or [])):
+                cmdline = proc.info["cmdline"] or []
+                # Ray's agents retitle themselves (`ray::DashboardAgent`) and its client server
+                # names no temp dir: a Ray process is ours when it runs in this stack's state dir.
+                in_root = proc.info["cwd"] == str(self.root) and RAY_COMMAND.search(" ".join(cmdline))
+                if in_root or any(marker.search(part) for part in cmdline):
                     found.append(proc)
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue

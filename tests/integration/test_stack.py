@@ -113,3 +113,38 @@ def test_second_stack_side_by_side_down_up_keeps_data(stack, tmp_path, monkeypat
         assert Storage(other).get_bytes("tests/keep.txt") == b"survives"
     finally:
         st.down()
+
+
+def test_down_leaves_no_process_of_the_stack_behind(stack, tmp_path, monkeypatch):
+    """A whole second stack (store, MLflow, Ray head) up then down: no process runs in its state
+    dir afterwards, Ray's retitled agents (`ray::DashboardAgent`, ...) included."""
+    import psutil
+
+    from tests.conftest import stack_env
+
+    env = stack_env(tmp_path / "state3")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    other = get_settings()
+    st = Stack(other)
+    try:
+        st.up()
+        assert st.ray_healthy()
+    finally:
+        st.down()
+    root = str(st.root)
+
+    def ours():
+        left = []
+        for p in psutil.process_iter(["cwd", "cmdline"]):
+            if p.info["cwd"] == root:
+                left.append(" ".join(p.info["cmdline"] or [])[:80])
+        return left
+
+    deadline = time.time() + 10
+    while ours() and time.time() < deadline:
+        time.sleep(0.5)
+    assert ours() == []
+    assert stack.mlflow_uri != other.mlflow_uri and Stack(stack).ray_healthy()  # the session stack runs on
