@@ -47,6 +47,8 @@ class Snapshot:
     samples_per_s: float | None = None
     elapsed_s: float = 0.0
     eta_s: float | None = None
+    budget_s: float | None = None  # --time-budget, when it (not the step count) ends the run
+    budget_used_s: float | None = None  # training time spent of that budget
     starts: int = 0
     restored: str | None = None
     message: str = ""
@@ -56,7 +58,11 @@ class Snapshot:
     def line(self) -> str:
         """One plain line: `step 40/120 (33%) | epoch 5.0 | loss 0.0312 | val PSNR 27.10 dB (+1.42) | ...`."""
         parts = [f"{self.status.lower()}/{self.phase}"]
-        if self.total_steps:
+        if self.budget_s and self.budget_used_s is not None:
+            # the time budget ends this run first: a step total it will never reach would mislead
+            used = min(self.budget_used_s / self.budget_s, 1.0)
+            parts.append(f"step {self.step} ({100 * used:.0f}% of the {_hms(self.budget_s)} time budget)")
+        elif self.total_steps:
             parts.append(f"step {self.step}/{self.total_steps} ({100 * self.step / self.total_steps:.0f}%)")
         else:
             parts.append(f"step {self.step}")
@@ -105,7 +111,11 @@ def read(tracking_uri: str, run_id: str, status: str = "RUNNING", message: str =
         steps_per_s = (snap.step - rate[1]) / max(time.time() - rate[0], 1e-9)
         snap.eta_s = (snap.total_steps - snap.step) / steps_per_s
     if budget is not None and TAG_TRAINING_SINCE in tags:
-        left = max(budget - (time.time() - float(tags[TAG_TRAINING_SINCE])), 0.0)
+        used = (end if status in TERMINAL else time.time()) - float(tags[TAG_TRAINING_SINCE])
+        left = max(budget - used, 0.0)
+        reached = bool(snap.total_steps) and snap.step >= snap.total_steps
+        if not reached and (snap.eta_s is None or left < snap.eta_s):  # the budget, not the step count, ends it
+            snap.budget_s, snap.budget_used_s = budget, max(used, 0.0)
         snap.eta_s = left if snap.eta_s is None else min(snap.eta_s, left)
     snap.extra = {k: v for k, v in m.items() if k in ("steps_run", "epochs_run", "samples_run", "time_fit_s",
                                                        "time_job_s", "time_bookkeeping_s", "time_train_s")}

@@ -36,3 +36,13 @@ def test_raw_logs_lose_colour_codes_off_a_terminal():
     out = io.StringIO()
     write_raw(text, out)
     assert out.getvalue() == strip_ansi(text)  # and not wrapped
+
+
+def test_a_binding_time_budget_replaces_the_unreachable_step_total():
+    # `demo` plans 240000 steps and a 5-minute budget: "step 103/240000 (0%)" would mislead
+    snap = Snapshot(status="RUNNING", phase="training", step=103, total_steps=240000, budget_s=300,
+                    budget_used_s=99, eta_s=201)
+    line = snap.line()
+    assert "step 103 (33% of the 5:00 time budget)" in line and "240000" not in line and "ETA 3:21" in line
+    done = Snapshot(status="SUCCEEDED", phase="done", step=900, total_steps=240000, budget_s=300, budget_used_s=301)
+    assert "step 900 (100% of the 5:00 time budget)" in done.line()
