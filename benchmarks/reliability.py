@@ -11,7 +11,7 @@
 
 Runs against the configured stack (started if it is the embedded one) and a registered model.
 Usage: python benchmarks/reliability.py [--model NAME@champion] [--duration 60] [--kill-at 20]
-       [--repeats 100] [--concurrency 32]
+       [--repeats 100] [--concurrency 32] [--long-mp 12] [--only downscale ...]
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from benchmarks.bad_inputs import bad_inputs  # noqa: E402
 from benchmarks.common import percentile, report, settings_with_stack  # noqa: E402
 
 NAN = float("nan")
+SCENARIOS = ("steady", "kill", "downscale", "bad-input", "store-restart")  # the table's rows, in order
 
 
 def _png(h: int, w: int, seed: int = 0) -> bytes:
@@ -109,15 +110,17 @@ def load(settings, duration: float, concurrency: int, retrying: bool, kill_at: f
             "retried_kinds": dict(Counter(retried)), "killed": killed}
 
 
-def forced_downscale(settings, model: str) -> dict:
-    """Two long requests (one on each of 2 replicas), then the deployment is cut to 1 replica."""
+def forced_downscale(settings, model: str, megapixels: float = 12.0) -> dict:
+    """Two long requests (one on each of 2 replicas), then the deployment is cut to 1 replica.
+    The photos are `megapixels` MP (4:3) so each request outlasts Serve's default 20 s grace."""
     import httpx
 
     from serving.deploy import deploy
 
     out = deploy(settings, model, min_replicas=2, max_replicas=2, wait_s=300)
     _wait_replicas(settings, 2)
-    big = _png(1500, 2000, seed=1)
+    height = int(round((megapixels * 1e6 * 3 / 4) ** 0.5))
+    big = _png(height, int(round(height * 4 / 3)), seed=1)
     results: dict = {}
 
     def one(i: int):
@@ -137,7 +140,7 @@ def forced_downscale(settings, model: str) -> dict:
     _wait_replicas(settings, 1, timeout=300)
     return {"statuses": [results[i][0] for i in sorted(results)],
             "seconds": [round(results[i][1], 1) for i in sorted(results)],
-            "graceful_shutdown_timeout_s": out["graceful_shutdown_timeout_s"],
+            "graceful_shutdown_timeout_s": out["graceful_shutdown_timeout_s"], "megapixels": megapixels,
             "request_timeout_s": out["request_timeout_s"]}
 
 
@@ -223,6 +226,9 @@ def main() -> None:
     parser.add_argument("--kill-at", type=float, default=20)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=100)
+    parser.add_argument("--long-mp", type=float, default=12.0, help="size of the downscale scenario's photos")
+    parser.add_argument("--only", choices=sorted(SCENARIOS), action="append",
+                        help="run these scenarios; the table keeps the other rows of the last full run")
     args = parser.parse_args()
     settings = settings_with_stack()
     from serving.deploy import deploy
@@ -230,40 +236,60 @@ def main() -> None:
     deploy(settings, args.model, min_replicas=2, max_replicas=2, wait_s=300)
     _wait_replicas(settings, 2)
     c, d = args.concurrency, args.duration
-    rows = []
-    steady = load(settings, d, c, retrying=False)
-    print("steady:", steady, flush=True)
-    rows.append([f"{d:.0f} s at c={c}, 256 px, 2 replicas, plain client", str(steady["statuses"]), steady["p50_ms"],
-                 steady["p95_ms"], steady["rate"], steady["failures"]])
-    _wait_replicas(settings, 2)
-    killed = load(settings, d, c, retrying=True, kill_at=args.kill_at)
-    print("kill:", killed, flush=True)
-    rows.append([f"same, 1 of 2 replicas SIGKILLed at {args.kill_at:.0f} s, retrying client",
-                 f"{killed['statuses']}; retried {killed['retried']} {killed['retried_kinds']}",
-                 killed["p50_ms"], killed["p95_ms"], killed["rate"], killed["failures"]])
-    down = forced_downscale(settings, args.model)
-    print("downscale:", down, flush=True)
-    rows.append(["2 long requests (3 MP) while forced from 2 replicas to 1",
-                 f"statuses {down['statuses']} after {down['seconds']} s; graceful shutdown "
-                 f"{down['graceful_shutdown_timeout_s']:.0f} s", NAN, NAN, NAN,
-                 sum(s != 200 for s in down["statuses"])])
-    bad = bad_input_storm(settings, args.repeats)
-    print("bad input:", bad, flush=True)
-    rows.append([f"12 bad-input classes x {args.repeats}", f"{bad['classes']}; replica restarts "
-                 f"{bad['replica_restarts']}; wrong status: {bad['unexpected'] or 'none'}", NAN, NAN, NAN, bad["5xx"]])
-    ingest = store_restart_mid_ingest(settings)
-    print("ingest:", ingest, flush=True)
-    rows.append(["object store stopped mid-ingest, restarted, same command re-run",
-                 f"first run exit {ingest['first_run']['exit']} {ingest['first_run']['seconds_after_stop']} s after "
-                 f"the stop ({ingest['first_run']['message']!r}); re-run exit {ingest['rerun_exit']}; checksum "
-                 f"{'identical' if ingest['same_checksum'] else 'DIFFERENT'} to an uninterrupted ingest; "
-                 f"{ingest['rows']} rows, {ingest['duplicate_rows']} duplicates", NAN, NAN, NAN,
-                 int(not ingest["same_checksum"]) + ingest["duplicate_rows"]])
+    only = set(args.only or SCENARIOS)
+    rows = _previous_rows() if args.only else {}
+    if "steady" in only:
+        steady = load(settings, d, c, retrying=False)
+        print("steady:", steady, flush=True)
+        rows["steady"] = [f"{d:.0f} s at c={c}, 256 px, 2 replicas, plain client", str(steady["statuses"]),
+                          steady["p50_ms"], steady["p95_ms"], steady["rate"], steady["failures"]]
+    if "kill" in only:
+        _wait_replicas(settings, 2)
+        killed = load(settings, d, c, retrying=True, kill_at=args.kill_at)
+        print("kill:", killed, flush=True)
+        rows["kill"] = [f"same, 1 of 2 replicas SIGKILLed at {args.kill_at:.0f} s, retrying client",
+                        f"{killed['statuses']}; retried {killed['retried']} {killed['retried_kinds']}",
+                        killed["p50_ms"], killed["p95_ms"], killed["rate"], killed["failures"]]
+    if "downscale" in only:
+        down = forced_downscale(settings, args.model, args.long_mp)
+        print("downscale:", down, flush=True)
+        rows["downscale"] = [f"2 long requests ({args.long_mp:g} MP) while forced from 2 replicas to 1",
+                             f"statuses {down['statuses']} after {down['seconds']} s; graceful shutdown "
+                             f"{down['graceful_shutdown_timeout_s']:.0f} s (Serve's default: 20 s)", NAN, NAN, NAN,
+                             sum(s != 200 for s in down["statuses"])]
+    if "bad-input" in only:
+        bad = bad_input_storm(settings, args.repeats)
+        print("bad input:", bad, flush=True)
+        rows["bad-input"] = [f"12 bad-input classes x {args.repeats}", f"{bad['classes']}; replica restarts "
+                             f"{bad['replica_restarts']}; wrong status: {bad['unexpected'] or 'none'}", NAN, NAN,
+                             NAN, bad["5xx"]]
+    if "store-restart" in only:
+        ingest = store_restart_mid_ingest(settings)
+        print("ingest:", ingest, flush=True)
+        rows["store-restart"] = [
+            "object store stopped mid-ingest, restarted, same command re-run",
+            f"first run exit {ingest['first_run']['exit']} {ingest['first_run']['seconds_after_stop']} s after "
+            f"the stop ({ingest['first_run']['message']!r}); re-run exit {ingest['rerun_exit']}; checksum "
+            f"{'identical' if ingest['same_checksum'] else 'DIFFERENT'} to an uninterrupted ingest; "
+            f"{ingest['rows']} rows, {ingest['duplicate_rows']} duplicates", NAN, NAN, NAN,
+            int(not ingest["same_checksum"]) + ingest["duplicate_rows"]]
     deploy(settings, args.model)  # back to the standard 1-2 replica deployment
     notes = (f"Model {args.model}; duration {d:.0f} s (the issue's full run is 60 s at c=32, kill at 20 s, "
              f"100 repeats). 'failures' = requests the client saw fail (after retries where it retries).")
     report("reliability", "Reliability: load, replica loss, planned downscale, bad input, store restart",
-           ["scenario", "outcome", "p50 ms", "p95 ms", "images/s", "failures"], rows, notes)
+           ["scenario", "outcome", "p50 ms", "p95 ms", "images/s", "failures"],
+           [rows[k] for k in SCENARIOS if k in rows], notes)
+
+
+def _previous_rows() -> dict:
+    """The last run's rows by scenario (for --only), from benchmarks/out/reliability.json."""
+    import json
+
+    path = Path(__file__).resolve().parent / "out" / "reliability.json"
+    if not path.exists():
+        return {}
+    rows = json.loads(path.read_text()).get("rows", [])
+    return {k: r for k, r in zip(SCENARIOS, rows)} if len(rows) == len(SCENARIOS) else {}
 
 
 if __name__ == "__main__":
