@@ -32,6 +32,7 @@ class TrainSpec:
     log_every: int = 10
     checkpoint_every: str = "auto"  # validate + checkpoint cadence: steps ("200"), "5m", "30s", "epoch", "auto"
     seed: int = 0
+    precision: str = "auto"  # auto: bf16 + channels_last on CUDA and on CPUs with native bf16, else fp32; fp32; bf16
     init_from: str | None = None  # --init-from: a registered model (NAME@alias | NAME/VERSION) to start from
     init_path: str | None = None  # its checkpoint in the store (resolved before submission)
     parent: str | None = None  # NAME/VERSION of that model (lineage)
@@ -51,6 +52,8 @@ class TrainSpec:
             raise Img2ImgError("--epochs and --max-steps must be at least 1")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise Img2ImgError(f"--time-budget must be a positive number of seconds, got {self.time_budget_s:g}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise Img2ImgError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
         from jobs.plan import Cadence
 
         Cadence.parse(self.checkpoint_every)

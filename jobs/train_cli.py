@@ -38,6 +38,8 @@ def train(
     checkpoint_every: str = typer.Option("auto", help="validate + checkpoint every N steps ('200'), every "
                                          "duration ('5m', '30s') or 'epoch'; 'auto' = every 2 minutes; "
                                          "always once at the end"),
+    precision: str = typer.Option("auto", help="auto: bf16 autocast + channels_last on GPUs and on CPUs "
+                                  "with native bf16 (about 1.6x the samples/s), fp32 elsewhere; fp32; bf16"),
     follow: bool = typer.Option(False, "--follow", "-f", help="show live progress until the job ends"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="with --follow: the job's raw logs instead"),
     local: bool = typer.Option(False, "--local", help="run here on a throwaway local Ray (debugging)"),
@@ -57,7 +59,7 @@ def train(
                      use_gpu=gpu, cpus_per_worker=cpus_per_worker, epochs=epochs, max_steps=max_steps,
                      time_budget_s=time_budget, batch_size=batch_size, image_size=image_size, lr=lr,
                      experiment=experiment, model_name=model_name, resume=resume, max_failures=max_failures,
-                     checkpoint_every=checkpoint_every, init_from=init_from)
+                     checkpoint_every=checkpoint_every, init_from=init_from, precision=precision)
     settings = get_settings()
     if local:
         out = run_local(spec, settings)

@@ -19,6 +19,7 @@ import torch
 
 from translator import images, tiling
 from translator.metrics import psnr, ssim, to_unit
+from translator.precision import training_precision
 from translator.variants import build_variant
 
 log = logging.getLogger(__name__)
@@ -218,8 +219,9 @@ def train_loop_per_worker(cfg: dict) -> None:
     torch.set_num_threads(max(1, int(spec["cpus_per_worker"])))
     torch.manual_seed(spec["seed"] + rank)
     device = ray.train.torch.get_device()
-    variant = build_variant(spec["variant"], cfg["variant_config"], device=device,
-                            amp="bf16" if device.type == "cuda" else None)
+    amp, channels_last = training_precision(spec.get("precision", "auto"), device.type)
+    variant = build_variant(spec["variant"], cfg["variant_config"], device=device, amp=amp,
+                            channels_last=channels_last)
     variant.set_total_steps(total_steps)
     checkpoint = ray.train.get_checkpoint()  # this run's own latest (after a worker failure)
     from cluster.storage import arrow_filesystem
@@ -248,6 +250,8 @@ def train_loop_per_worker(cfg: dict) -> None:
     logger = RunLogger(cfg["tracking_uri"], spec["run_id"]) if rank == 0 and spec["run_id"] else None
     if logger:
         record_start(logger, variant.step if checkpoint else None)
+        logger.client.set_tag(logger.run_id, "precision",
+                              f"{amp or 'fp32'}{' channels_last' if channels_last else ''}")
     batch_size, samples_per_step = variant.config.batch_size, plan["batch_size"] * world
     # --time-budget counts training time, from when the workers start (not the job's start-up).
     deadline = time.time() + spec["time_budget_s"] if spec.get("time_budget_s") else None

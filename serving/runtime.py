@@ -27,30 +27,13 @@ from pathlib import Path
 
 import torch
 
+from translator.precision import cpu_flags, cpu_has_native_bf16  # noqa: F401  (re-exported)
+
 RUNTIMES = ("auto", "torch", "onnx")
 MEMORY_FORMATS = ("channels_last", "contiguous")
 PRECISIONS = ("auto", "fp32", "bf16")
 ONE_8BIT_LEVEL = 2.0 / 255.0
 BF16_MIN_SPEEDUP = 1.1  # bf16 must be at least this much faster to be chosen
-
-
-def cpu_flags() -> set[str]:
-    """The CPU feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 natively (avx512_bf16 or AMX-BF16) and torch's kernels
-    use those instructions (its CPU capability is AVX512 or better); emulated bf16 is slower."""
-    capability = torch.backends.cpu.get_cpu_capability()
-    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags()) and capability.startswith("AVX512")
 
 
 def threads_for(num_cpus: float | None) -> int:

@@ -7,7 +7,7 @@ import torch
 from cluster.errors import Img2ImgError
 from serving import runtime
 from tests.unit.test_export import trained_generator
-from translator import export
+from translator import export, precision
 
 
 @pytest.fixture(autouse=True)
@@ -31,10 +31,10 @@ def test_threads_follow_reserved_cpus():
 
 
 def test_bf16_detection_reads_the_cpu_flags(monkeypatch):
-    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2", "fma"})
-    assert runtime.cpu_has_native_bf16() is False
-    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
-    assert runtime.cpu_has_native_bf16() == torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "fma"})
+    assert precision.cpu_has_native_bf16() is False
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    assert precision.cpu_has_native_bf16() == torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 def test_bf16_is_chosen_only_when_faster_and_within_one_8bit_level():

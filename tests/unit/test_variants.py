@@ -84,15 +84,21 @@ def test_one_training_step_updates_every_network(name):
         assert changed, f"{name}: network {k} did not change"
 
 
-@pytest.mark.parametrize("name", list(VARIANTS))
-def test_overfits_a_tiny_fixed_batch(name):
+# bf16 + channels_last is what training uses on CPUs with native bf16 (emulated, so slower, on
+# other CPUs: the maths is the same). The two-generator GANs run it in the checkpoint test below
+# (one step each); fitting them twice would add half a minute to the suite.
+FAST = [(n, False) for n in VARIANTS] + [(n, True) for n in ("autoencoder", "pix2pix", "nafnet")]
+
+
+@pytest.mark.parametrize("name, fast", FAST, ids=[f"{n}-{'bf16-channels_last' if f else 'fp32'}" for n, f in FAST])
+def test_overfits_a_tiny_fixed_batch(name, fast):
     torch.manual_seed(0)
     cfg = dict(TINY[name])
     if name in ("pix2pix", "dualgan"):
         cfg["dropout"] = False  # a fixed batch must be fit exactly
     if name == "dualgan":
         cfg["lr"] = 5e-4
-    v = build_variant(name, cfg)
+    v = build_variant(name, cfg, amp="bf16" if fast else None, channels_last=fast)
     batch = batch_for(v, n=2, size=32)
     key = FIT_LOSS[name]
     first = v.training_step(batch)[key]
@@ -113,6 +119,33 @@ def test_state_dict_round_trip_gives_identical_outputs(name):
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     assert torch.equal(a.translate(x), b.translate(x))
     assert b.step == a.step == 1
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_a_bf16_channels_last_checkpoint_loads_into_a_plain_fp32_variant(name):
+    """Trained fast on a bf16 CPU, evaluated and served anywhere: the weights are fp32 either way."""
+    torch.manual_seed(0)
+    a = build_variant(name, TINY[name], amp="bf16", channels_last=True)
+    a.training_step(batch_for(a))
+    b = build_variant(name, TINY[name])
+    b.load_state_dict(a.state_dict())
+    for key, net in a.nets.items():
+        for (pname, pa), pb in zip(net.state_dict().items(), b.nets[key].state_dict().values()):
+            assert pa.dtype == pb.dtype and torch.equal(pa, pb), pname
+    out = a.translate(torch.rand(1, 3, 32, 32) * 2 - 1)
+    assert out.dtype == torch.float32 and out.is_contiguous()
+
+
+def test_training_precision_is_detected_not_assumed():
+    from translator.precision import training_precision
+
+    assert training_precision("auto", "cpu", native_bf16=True) == ("bf16", True)
+    assert training_precision("auto", "cpu", native_bf16=False) == (None, False)
+    assert training_precision("auto", "cuda", native_bf16=False) == ("bf16", False)
+    assert training_precision("fp32", "cpu", native_bf16=True) == (None, False)
+    assert training_precision("bf16", "cpu", native_bf16=False) == ("bf16", True)
+    with pytest.raises(ValueError, match="precision must be auto, fp32 or bf16"):
+        training_precision("fp8", "cpu")
 
 
 def test_nafnet_any_size_and_identity_at_init():

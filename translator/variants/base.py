@@ -72,13 +72,20 @@ class Variant:
     generator_key: ClassVar[str] = "G"
     reverse_key: ClassVar[str | None] = None  # unpaired: the B->A generator
 
-    def __init__(self, config, device: str | torch.device = "cpu", amp: str | None = None):
+    def __init__(self, config, device: str | torch.device = "cpu", amp: str | None = None,
+                 channels_last: bool = False):
+        """amp: None (fp32), "bf16" (CUDA, or a CPU with native bf16: the caller checks
+        `translator.precision.cpu_has_native_bf16`, emulated bf16 is slower) or "fp16" (CUDA only;
+        ignored on a CPU). channels_last: networks and batches in NHWC memory order (NAFNet's
+        LayerNorm2d permutes to NHWC, which this makes free; with bf16 it is the fast CPU path)."""
         self.config = config
         self.device = torch.device(device)
         if amp not in (None, "bf16", "fp16"):
             raise ValueError(f"amp must be bf16, fp16 or None, got {amp!r}")
-        self.amp = amp if self.device.type == "cuda" else None
-        self.nets: dict[str, nn.Module] = {k: v.to(self.device) for k, v in self.build_networks().items()}
+        self.amp = amp if self.device.type == "cuda" or amp == "bf16" else None
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.nets: dict[str, nn.Module] = {k: v.to(self.device, memory_format=self.memory_format)
+                                           for k, v in self.build_networks().items()}
         self.opts: dict[str, torch.optim.Optimizer] = self.build_optimizers()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         self.step = 0
@@ -181,7 +188,7 @@ class Variant:
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """One optimisation step (all of the variant's G/D updates) -> float losses."""
         self.train()
-        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        batch = {k: v.to(self.device, non_blocking=True, memory_format=self.memory_format) for k, v in batch.items()}
         with self.autocast():
             logs = self.train_step(batch)
         self.step += 1
@@ -193,7 +200,7 @@ class Variant:
         """(N, 3, H, W) in [-1, 1] -> the generator's (or, `reverse`, the B->A one's) float32 output."""
         net = self.reverse_generator if reverse else self.generator
         with self.autocast():
-            return net(x.to(self.device)).float()
+            return net(x.to(self.device, memory_format=self.memory_format)).float().contiguous()
 
     # ---- persistence ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
