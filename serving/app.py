@@ -36,7 +36,7 @@ api = FastAPI(title="img2img enhancer", description="Image enhancement with a re
 DEFAULTS = {"max_pixels": 16_000_000, "tile": 512, "overlap": 32, "max_batch_size": 1, "batch_wait_timeout_s": 0.01,
             "runtime": "auto", "threads": None, "memory_format": "channels_last", "precision": "auto",
             "request_timeout_s": 600}
-RUNTIME_KEYS = ("model_name", "model_version", "runtime", "threads", "memory_format", "precision")
+RUNTIME_KEYS = ("model_name", "model_version", "model_run_id", "runtime", "threads", "memory_format", "precision")
 RETRY_AFTER_S = 5
 
 

@@ -81,7 +81,7 @@ def deploy(settings: Settings, model: str = "", *, min_replicas: int = 1, max_re
     `threads` per replica (default: floor(num_cpus), at least 1); `memory_format` and `precision`
     apply to torch. `request_timeout_s` (default: sized from the replica's measured speed) bounds a
     request; planned replica stops wait that long plus a margin."""
-    from serving.model import resolve
+    from serving.model import resolve, version_run_id
     from serving.runtime import MEMORY_FORMATS, PRECISIONS, RUNTIMES, threads_for
 
     if not model:
@@ -96,6 +96,7 @@ def deploy(settings: Settings, model: str = "", *, min_replicas: int = 1, max_re
         raise Img2ImgError("--num-cpus must be > 0 and --threads >= 1")
     name, version = resolve(settings.mlflow_uri, model)
     user_config = {"model_name": name, "model_version": version, "tracking_uri": settings.mlflow_uri,
+                   "model_run_id": version_run_id(settings.mlflow_uri, name, version),
                    "tile": tile, "overlap": overlap, "max_pixels": max_pixels, "max_batch_size": max_batch_size,
                    "batch_wait_timeout_s": batch_wait_ms / 1000.0, "runtime": runtime,
                    "threads": threads or threads_for(num_cpus), "memory_format": memory_format,
@@ -176,7 +177,7 @@ def redeploy_model(settings: Settings, model: str, wait_s: float = 300) -> dict:
     st = status(settings)
     if not st:
         raise Img2ImgError("no enhancer app is deployed; deploy one with: img2img serve deploy --model NAME@champion")
-    from serving.model import resolve
+    from serving.model import resolve, version_run_id
 
     name, version = resolve(settings.mlflow_uri, model)
     state = _request(settings, "GET")
@@ -188,7 +189,9 @@ def redeploy_model(settings: Settings, model: str, wait_s: float = 300) -> dict:
         if app_name == APP_NAME:
             for d in cfg.get("deployments", []):
                 if d.get("name") == DEPLOYMENT:
-                    d.setdefault("user_config", {}).update(model_name=name, model_version=version)
+                    d.setdefault("user_config", {}).update(
+                        model_name=name, model_version=version,
+                        model_run_id=version_run_id(settings.mlflow_uri, name, version))
         apps.append(cfg)
     _put(settings, apps)
     if wait_s:

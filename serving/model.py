@@ -133,6 +133,14 @@ def resolve(tracking_uri: str, model: str) -> tuple[str, str]:
     return name, str(aliases[alias])
 
 
+def version_run_id(tracking_uri: str, name: str, version: str) -> str:
+    """The MLflow run that produced `name` v`version`: part of a deployment's identity, since a
+    model deleted and registered again reuses version numbers for different weights."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri).get_model_version(name, str(version)).run_id or ""
+
+
 def _load_generator(uri: str, device: str):
     """mlflow.pytorch.load_model into a temp dir that is removed once the network is in memory
     (left to itself, mlflow leaves a full copy of the model in the temp dir on every load).

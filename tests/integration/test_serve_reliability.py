@@ -13,6 +13,7 @@ import cv2
 import httpx
 import numpy as np
 import pytest
+from mlflow.tracking import MlflowClient
 from PIL import Image, ImageCms
 
 from benchmarks.bad_inputs import bad_inputs
@@ -139,6 +140,44 @@ def test_killed_replica_loses_no_request_and_both_directions_are_served(stack, t
                             direction="BtoA")
     assert killed and [r.error for r in results if r.error] == []
     assert all(r.output.exists() for r in results)
+
+
+def _register_tiny_autoencoder(stack, name: str, seed: int) -> str:
+    """A tiny random-weight autoencoder registered as `name` (different weights per seed)."""
+    import mlflow
+    import torch
+
+    from jobs.tracking import log_generator
+    from translator.variants import get_variant
+
+    torch.manual_seed(seed)
+    variant = get_variant("autoencoder").from_config({"nf": 4})
+    mlflow.set_tracking_uri(stack.mlflow_uri)
+    mlflow.set_experiment("integration")
+    with mlflow.start_run():
+        info = log_generator(variant.generator, variant.multiple, "autoencoder", {}, name)
+    version = str(info.registered_model_version)
+    MlflowClient(stack.mlflow_uri).set_model_version_tag(name, version, "variant", "autoencoder")
+    return version
+
+
+def test_a_deleted_and_reregistered_model_is_not_served_stale(stack):
+    """Deleting a registered model and registering it again reuses version 1 for other weights:
+    `serve deploy` must load the new weights, not keep the replica's old ones."""
+    from cluster.settings import get_settings
+    from serving.deploy import deploy
+
+    settings, name = get_settings(), "test-reregistered"
+    body = encoded(Image.fromarray(np.random.default_rng(4).integers(0, 256, (48, 48, 3), dtype=np.uint8)))
+    outputs = []
+    for seed in (1, 2):
+        assert _register_tiny_autoencoder(stack, name, seed) == "1"
+        deploy(settings, f"{name}/1", min_replicas=1, max_replicas=1, wait_s=240)
+        r = post(stack.serve_url, body)
+        assert r.status_code == 200 and r.headers["x-model-version"] == "1"
+        outputs.append(r.content)
+        MlflowClient(stack.mlflow_uri).delete_registered_model(name)
+    assert outputs[0] != outputs[1]
 
 
 def test_planned_replica_stop_lets_a_long_request_finish(stack, demo_run):
