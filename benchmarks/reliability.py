@@ -175,7 +175,7 @@ def bad_input_storm(settings, repeats: int) -> dict:
 
 
 def _ingest_cmd(name: str) -> list[str]:
-    return [sys.executable, "-m", "cluster.cli", "data", "ingest", "--sample", "--name", name, "--size", "96",
+    return [sys.executable, "-m", "img2img_cli", "data", "ingest", "--sample", "--name", name, "--size", "96",
             "--crops", "12", "--shard-rows", "8", "--workers", "1"]
 
 

@@ -54,7 +54,7 @@ def cli():
     """Run `img2img ARGS...` in-process; returns the click Result."""
     from typer.testing import CliRunner
 
-    from cluster.cli import app
+    from img2img_cli.app import app
 
     runner = CliRunner()
 

@@ -163,7 +163,7 @@ def test_killed_ingest_resumes_to_the_same_dataset(stack, cli, tmp_path):
     for i in range(40):
         photo(i, (64, 64)).save(src / f"{i:02d}.png")
     args = [str(src), "--name", "resumed", "--size", "32", "--copies", "3", "--shard-rows", "4", "--workers", "1"]
-    proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "data", "ingest", *args],
+    proc = subprocess.Popen([sys.executable, "-m", "img2img_cli", "data", "ingest", *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy(),
                             start_new_session=True)
     s = Storage(stack)

@@ -11,8 +11,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from cluster import cli_utils
-from cluster.cli import app
 from cluster.errors import Img2ImgError
+from img2img_cli.app import app
 
 IDS = ["raysubmit_aBcDeFgHiJkLmNoPqRsT", "photos-with-a-rather-long-dataset-name",
        "0123456789abcdef0123456789abcdef", "http://127.0.0.1:18265/enhance"]

@@ -1,4 +1,5 @@
-"""The root `img2img` command: mounts each package's Typer sub-app.
+"""The root `img2img` command: mounts each package's Typer sub-app (plain imports: this is the
+only module that depends on every package).
 
 User mistakes (`Img2ImgError` and the translator's validation errors) print as one
 `Error: ...` line with exit code 1; nothing else is caught, so real bugs keep their traceback.
@@ -13,6 +14,10 @@ import typer
 import typer.core
 
 from cluster.cli_utils import console
+from cluster.stack_cli import stack_app
+from img2img_demo.cli import register as register_demo
+from jobs.cli import register as register_jobs
+from serving.cli import register as register_serving
 
 
 def _no_flag_type(display_type_rich):
@@ -60,21 +65,10 @@ def main(
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _mount() -> None:
-    from cluster.stack_cli import stack_app
-
-    app.add_typer(stack_app, name="stack")
-    for module in ("jobs.cli", "serving.cli", "img2img_demo.cli"):
-        try:
-            mod = __import__(module, fromlist=["register"])
-        except ModuleNotFoundError as e:
-            if e.name == module:
-                continue  # that package has no CLI yet
-            raise
-        mod.register(app)
-
-
-_mount()
+app.add_typer(stack_app, name="stack")
+register_jobs(app)
+register_serving(app)
+register_demo(app)
 
 if __name__ == "__main__":
     sys.exit(app())
