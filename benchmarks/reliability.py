@@ -46,14 +46,16 @@ def _png(h: int, w: int, seed: int = 0) -> bytes:
 
 
 def _wait_replicas(settings, n: int, timeout: float = 180) -> list[int]:
+    from cluster.services import poll_until
     from serving.deploy import replica_pids
 
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+    def settled() -> list[int] | None:
         pids = replica_pids(settings)
-        if len(pids) == n:
-            return pids
-        time.sleep(2)
+        return pids if len(pids) == n else None
+
+    pids = poll_until(settled, timeout, interval_s=2)
+    if pids:
+        return pids
     raise RuntimeError(f"the enhancer did not reach {n} replicas within {timeout:.0f} s")
 
 

@@ -5,12 +5,16 @@ could not be reached, within seconds."""
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import httpx
 
 from cluster.errors import Img2ImgError
 from cluster.settings import Settings
 
+T = TypeVar("T")
 PROBE_TIMEOUT_S = 3.0
 # MLflow's own HTTP client retries 7 times with backoff factor 2 and a 120 s timeout (minutes
 # against a stopped server); interactive commands use these bounds unless the user set others.
@@ -24,13 +28,34 @@ def bound_mlflow_calls() -> None:
         os.environ.setdefault(key, value)
 
 
+def poll_until(check: Callable[[], T], timeout_s: float, interval_s: float = 0.5) -> T | None:
+    """Call `check()` every `interval_s` seconds until it returns something truthy (returned) or
+    `timeout_s` seconds have passed (-> None; `check` runs at least once). An exception from
+    `check` propagates at once: that is how a caller gives up early (e.g. a failed deployment)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() + interval_s > deadline:
+            return None
+        time.sleep(interval_s)
+
+
+def http_status(url: str, headers: dict | None = None, timeout: float = PROBE_TIMEOUT_S) -> int | None:
+    """Status code of a GET of `url`, or None when nothing answers within `timeout` seconds."""
+    try:
+        return httpx.get(url, headers=headers or {}, timeout=timeout).status_code
+    except httpx.HTTPError:
+        return None
+
+
 def reachable(url: str, headers: dict | None = None, timeout: float = PROBE_TIMEOUT_S, tries: int = 2) -> bool:
     """True when something answers HTTP at `url` (any status below 500), within `tries` x `timeout`."""
     for _ in range(max(1, tries)):
-        try:
-            return httpx.get(url, headers=headers or {}, timeout=timeout).status_code < 500
-        except httpx.HTTPError:
-            continue
+        status = http_status(url, headers, timeout)
+        if status is not None:
+            return status < 500
     return False
 
 

@@ -108,6 +108,15 @@ class Settings(BaseSettings):
         if "ray._raylet" in sys.modules:
             sys.modules["ray._raylet"].Config.initialize("")
 
+    def job_env(self) -> dict[str, str]:
+        """The non-secret settings every process on the cluster needs to reach the stores (Ray
+        workers, jobs): IMG2IMG_* variables (keys stay on the cluster: never put them here), and
+        the Ray address its internals use when they look the cluster up with no address (else:
+        "Found multiple active Ray instances" with two stacks side by side)."""
+        return {"IMG2IMG_S3_ENDPOINT": self.s3_endpoint, "IMG2IMG_S3_SECURE": str(self.s3_secure).lower(),
+                "IMG2IMG_BUCKET": self.bucket, "IMG2IMG_MLFLOW_URI": self.mlflow_uri,
+                "RAY_API_SERVER_ADDRESS": self.ray_address}
+
     def ray_auth_headers(self) -> dict[str, str]:
         token = os.environ.get("RAY_AUTH_TOKEN")
         path = os.environ.get("RAY_AUTH_TOKEN_PATH")

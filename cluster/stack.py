@@ -19,9 +19,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +26,8 @@ from pathlib import Path
 import psutil
 
 from cluster.errors import Img2ImgError
+from cluster.files import write_atomic
+from cluster.services import http_status, poll_until
 from cluster.settings import CREDENTIALS_FILE, Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -66,26 +65,11 @@ def port_free(port: int) -> bool:
 
 def _write_secret(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(path, 0o600)
-
-
-def _http_status(url: str, headers: dict | None = None, timeout: float = 2.0) -> int | None:
-    """HTTP status of a GET, or None when nothing answers."""
-    try:
-        req = urllib.request.Request(url, headers=headers or {})
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except Exception:
-        return None
+    write_atomic(path, text, mode=0o600)
 
 
 def _http_ok(url: str, headers: dict | None = None, timeout: float = 2.0) -> bool:
-    return _http_status(url, headers, timeout) == 200
+    return http_status(url, headers, timeout) == 200
 
 
 class Stack:
@@ -101,9 +85,7 @@ class Stack:
 
     def _save(self, state: dict) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2))
-        tmp.replace(self.state_file)
+        write_atomic(self.state_file, json.dumps(state, indent=2))
 
     def _ports(self, state: dict, names: list[str]) -> dict[str, int]:
         """Internal ports: reuse the recorded ones while free, else pick new free ones."""
@@ -162,13 +144,14 @@ class Stack:
         return _http_ok(self.settings.ray_address.rstrip("/") + "/api/version", self.settings.ray_auth_headers())
 
     def _wait(self, name: str, check: Callable[[], bool], proc: subprocess.Popen | None, timeout: float) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
+        def state() -> str | None:
             if check():
-                return
-            if proc is not None and proc.poll() is not None and name != "ray":
-                break
-            time.sleep(0.5)
+                return "up"
+            died = proc is not None and proc.poll() is not None and name != "ray"
+            return "died" if died else None
+
+        if poll_until(state, timeout) == "up":
+            return
         raise Img2ImgError(f"{name} did not come up within {timeout:.0f}s; last log lines:\n{self.tail(name, 15)}")
 
     # ---- start ------------------------------------------------------------------------------
@@ -283,14 +266,7 @@ class Stack:
 
     def _service_env(self) -> dict[str, str]:
         """What jobs on the cluster need to reach the stores (inherited by Ray workers)."""
-        s = self.settings
-        env = {"IMG2IMG_S3_ENDPOINT": s.s3_endpoint, "IMG2IMG_MLFLOW_URI": s.mlflow_uri,
-               "IMG2IMG_BUCKET": s.bucket, "IMG2IMG_STATE_DIR": str(self.root),
-               "IMG2IMG_S3_SECURE": str(s.s3_secure).lower(),
-               # Ray's internals that look the cluster up with no address must find THIS one
-               # (else: "Found multiple active Ray instances" with two stacks side by side).
-               "RAY_API_SERVER_ADDRESS": s.ray_address}
-        return env
+        return {**self.settings.job_env(), "IMG2IMG_STATE_DIR": str(self.root)}
 
     def up(self, progress: Callable[[str], None] = lambda msg: None) -> list[ServiceStatus]:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -314,7 +290,7 @@ class Stack:
             state["pids"]["mlflow"] = self._start_mlflow()
             self._save(state)
             self._wait("mlflow", self.mlflow_healthy, None, 120)
-        ray_status = _http_status(s.ray_address.rstrip("/") + "/api/version", s.ray_auth_headers())
+        ray_status = http_status(s.ray_address.rstrip("/") + "/api/version", s.ray_auth_headers())
         if ray_status in (401, 403):
             raise Img2ImgError(f"a Ray cluster at {s.ray_address} wants a token this stack does not have: "
                                "set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to its token")

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from cluster.errors import Img2ImgError
+from cluster.files import write_atomic
 from cluster.settings import Settings
 from cluster.stack import Stack
 from cluster.storage import Storage
@@ -128,9 +129,7 @@ def enhance_held_out(settings: Settings, dataset: str, result: DemoResult, say) 
                             "enhanced_ssim": es})
         grid = images.grid([[images.from_array(blurred), images.from_array(enhanced), images.from_array(clean)]],
                            labels=["blurred (input)", "enhanced (output)", "original (target)"])
-        tmp = result.out_dir / f".{path.stem}.png"
-        grid.save(tmp, "PNG")
-        tmp.replace(result.out_dir / f"{path.stem}.png")
+        write_atomic(result.out_dir / f"{path.stem}.png", lambda tmp, g=grid: g.save(tmp, "PNG"))
         say(f"{path.name}: blurred {bp:.2f} dB -> enhanced {ep:.2f} dB")
 
 
@@ -153,10 +152,7 @@ def write_report(result: DemoResult, variant: str, settings: Settings) -> Path:
                "detail through its bottleneck; try the default `nafnet`, or train longer.")
     lines += ["", verdict, ""]
     path = result.out_dir / "report.md"
-    tmp = path.with_suffix(".md.part")
-    tmp.write_text("\n".join(lines))
-    tmp.replace(path)
-    return path
+    return write_atomic(path, "\n".join(lines))
 
 
 def run_demo(settings: Settings, variant: str = "nafnet", quick: bool = False, out_dir: Path = Path("demo-output"),

@@ -19,6 +19,7 @@ from cluster.cli_utils import (
     print_table,
 )
 from cluster.errors import Img2ImgError
+from cluster.files import write_atomic
 from cluster.settings import get_settings
 from cluster.storage import Storage
 
@@ -183,9 +184,8 @@ def _write_preview(storage: Storage, m, path: Path, n: int = 4) -> None:
         labels = ["domain A", "domain B"]
     if not rows:
         raise Img2ImgError(f"dataset {m.name!r} has no rows to preview")
-    tmp = path.with_name(f".{path.name}.part")
-    images.grid(rows, labels=labels).save(tmp, "PNG")
-    tmp.replace(path)  # never leave a half-written preview
+    grid = images.grid(rows, labels=labels)
+    write_atomic(path, lambda tmp: grid.save(tmp, "PNG"))  # never leave a half-written preview
 
 
 @data_app.command()

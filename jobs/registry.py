@@ -89,7 +89,7 @@ class Refused(Img2ImgError):
 def client(settings: Settings):
     from mlflow.tracking import MlflowClient
 
-    from jobs.submit import require_mlflow
+    from cluster.services import require_mlflow
 
     require_mlflow(settings)
     return MlflowClient(settings.mlflow_uri)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import shlex
 import subprocess
-import urllib.request
 from pathlib import Path
 
 from cluster.errors import Img2ImgError
+from cluster.services import poll_until, require, require_mlflow
 from cluster.settings import Settings
 from cluster.storage import Storage
 from jobs.spec import TrainSpec
@@ -17,27 +17,10 @@ TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 WORKER_START_TIMEOUT_S = 120
 
 
-def _reachable(url: str, headers: dict | None = None) -> bool:
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=3):
-            return True
-    except urllib.error.HTTPError as e:
-        return e.code < 500
-    except Exception:
-        return False
-
-
-def require_mlflow(settings: Settings) -> None:
-    if not _reachable(settings.mlflow_uri.rstrip("/") + "/health"):
-        raise Img2ImgError(f"cannot reach MLflow at {settings.mlflow_uri}; is it running? (`img2img stack up`)")
-
-
 def job_client(settings: Settings):
     """A JobSubmissionClient for the configured cluster, with Ray's auth token found for you."""
     settings.apply_ray_env()
-    if not _reachable(settings.ray_address.rstrip("/") + "/api/version", settings.ray_auth_headers()):
-        raise Img2ImgError(f"cannot reach the Ray Jobs API at {settings.ray_address}; is it running? "
-                           "(`img2img stack up`)")
+    require("the Ray Jobs API", settings.ray_address, "/api/version", settings.ray_auth_headers())
     from ray.job_submission import JobSubmissionClient
 
     try:
@@ -138,12 +121,9 @@ def start_run(spec: TrainSpec, settings: Settings, manifest, plan=None) -> tuple
 def runtime_env(settings: Settings) -> dict:
     """Our code travels with the job; only non-secret settings do (keys stay on the cluster)."""
     root = Path(__file__).resolve().parent.parent
-    env = {"IMG2IMG_S3_ENDPOINT": settings.s3_endpoint, "IMG2IMG_S3_SECURE": str(settings.s3_secure).lower(),
-           "IMG2IMG_BUCKET": settings.bucket, "IMG2IMG_MLFLOW_URI": settings.mlflow_uri,
-           "PYTHONUNBUFFERED": "1",
-           # Ray Train's own actors (PlacementGroupCleaner) query the state API with no address;
-           # without this they scan the machine and fail when another Ray runs beside ours.
-           "RAY_API_SERVER_ADDRESS": settings.ray_address,
+    # job_env's RAY_API_SERVER_ADDRESS: Ray Train's own actors (PlacementGroupCleaner) query the
+    # state API with no address; without it they scan the machine and fail beside another Ray.
+    env = {**settings.job_env(), "PYTHONUNBUFFERED": "1",
            # Starting the worker group may take this long (a busy small machine needs over a
            # minute); the job retries it twice (see jobs.train), then fails with Ray's reason.
            "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(WORKER_START_TIMEOUT_S)}
@@ -283,15 +263,12 @@ def stop(client, settings: Settings, job_id: str, wait_s: float = 30) -> str:
     """Stop a job. -> "stopped", or "already SUCCEEDED/FAILED/STOPPED" when it had ended.
     Its MLflow run ends KILLED (the driver marks it on SIGTERM; done here too in case the
     driver was killed before it could)."""
-    import time
 
     info = job_info(client, job_id)
     if info["status"] in TERMINAL:
         return f"already {info['status']}"
     client.stop_job(job_id)
-    deadline = time.time() + wait_s
-    while _status(client, job_id) not in TERMINAL and time.time() < deadline:
-        time.sleep(0.5)
+    poll_until(lambda: _status(client, job_id) in TERMINAL, wait_s)
     if info.get("run_id"):
         try:
             from mlflow.tracking import MlflowClient

@@ -18,6 +18,7 @@ import httpx
 import tenacity
 
 from cluster.errors import Img2ImgError
+from cluster.files import write_atomic
 
 MEDIA = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
          ".tif": "image/tiff", ".tiff": "image/tiff", ".bmp": "image/bmp", ".gif": "image/gif"}
@@ -158,9 +159,7 @@ def enhance_files(files: list[Path], out_dir: Path, url: str, fmt: str = "png", 
             r = post_enhance(client, url, src.read_bytes(), MEDIA.get(src.suffix.lower(), "application/octet-stream"),
                              _params(fmt, direction), _auth(api_key), policy, retried)
             dest = output_path(src, out_dir, fmt)
-            tmp = dest.with_suffix(dest.suffix + ".part")
-            tmp.write_bytes(r.content)
-            tmp.replace(dest)  # never leave a half-written output
+            write_atomic(dest, r.content)  # never leave a half-written output
         except (Img2ImgError, OSError) as e:
             return Outcome(src, None, str(e), attempts=len(retried) + 1, retried=retried)
         frames = int(r.headers.get("x-input-frames", "1") or 1)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import time
 from urllib.parse import urlparse
 
 import httpx
 
 from cluster.errors import Img2ImgError
+from cluster.services import poll_until
 from cluster.settings import Settings
 
 APP_NAME, DEPLOYMENT = "enhancer", "Enhancer"
@@ -153,22 +153,28 @@ def config_id(user_config: dict) -> str:
 
 
 def wait_for_model(settings: Settings, name: str, version: str, timeout: float, cid: str | None = None) -> None:
-    deadline = time.time() + timeout
+    """Return once GET /model reports `name` v`version` (and, given `cid`, that exact config);
+    raise Img2ImgError when the app fails to deploy or `timeout` seconds pass."""
     last = ""
-    while time.time() < deadline:
+
+    def served() -> bool:
+        nonlocal last
         try:
             r = httpx.get(settings.serve_url.rstrip("/") + "/model", timeout=5)
             info = r.json() if r.status_code == 200 else {}
             if (info.get("version") == str(version) and info.get("name") == name
                     and (cid is None or info.get("config_id") == cid)):
-                return
+                return True
             last = r.text[:200]
         except httpx.HTTPError as e:
             last = type(e).__name__
-        state = (status(settings) or {}).get("status")
-        if state in ("DEPLOY_FAILED",):
-            raise Img2ImgError(f"Serve app failed to deploy: {status(settings).get('message', '')[:300]}")
-        time.sleep(1)
+        app = status(settings) or {}
+        if app.get("status") == "DEPLOY_FAILED":
+            raise Img2ImgError(f"Serve app failed to deploy: {app.get('message', '')[:300]}")
+        return False
+
+    if poll_until(served, timeout, interval_s=1):
+        return
     raise Img2ImgError(f"the endpoint did not serve {name} v{version} within {timeout:.0f}s (last: {last})")
 
 

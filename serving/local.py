@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cluster.errors import Img2ImgError
+from cluster.files import write_atomic
 from cluster.settings import Settings
 from serving import codec
 from serving.client import Outcome, output_path
@@ -37,8 +38,7 @@ def enhance_locally(settings: Settings, model: str, files: list[Path], out_dir: 
             data, _ = codec.encode(loaded.enhance(decoded.tensor, precise=decoded.high_bit, direction=direction),
                                    decoded, fmt)
             dest = output_path(src, out_dir, fmt)
-            dest.with_suffix(dest.suffix + ".part").write_bytes(data)
-            dest.with_suffix(dest.suffix + ".part").replace(dest)
+            write_atomic(dest, data)
             frames = decoded.frames
             outcome = Outcome(src, dest, None, f"{name} v{version}",
                               note=f"first frame of {frames}" if frames > 1 else "")
