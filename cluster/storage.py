@@ -90,10 +90,6 @@ class Storage:
         with self.errors(key):
             self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type)
 
-    def put_file(self, key: str, path: str, content_type: str = "application/octet-stream") -> None:
-        with self.errors(key):
-            self.client.fput_object(self.bucket, key, path, content_type=content_type)
-
     def get_bytes(self, key: str) -> bytes:
         with self.errors(key):
             resp = self.client.get_object(self.bucket, key)

@@ -92,8 +92,3 @@ def scan_source(src: str, settings: Settings) -> tuple[list[SourceFile], list[di
         raise Img2ImgError(f"no images found under {src} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}; "
                            "hidden files and folders are skipped)")
     return sorted(files, key=lambda f: f.key), sorted(skipped, key=lambda s: s["file"])
-
-
-def list_source(src: str, settings: Settings) -> list[SourceFile]:
-    """Every image file under `src` (see `scan_source`)."""
-    return scan_source(src, settings)[0]

@@ -116,9 +116,6 @@ class Variant:
     def networks(self) -> dict[str, nn.Module]:
         return self.nets
 
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return self.opts
-
     def wrap_networks(self, wrap) -> None:
         """Replace each network by `wrap(net)` (e.g. DDP); optimisers keep the same params."""
         self.nets = {k: wrap(v) for k, v in self.nets.items()}
