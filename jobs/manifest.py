@@ -100,6 +100,33 @@ def read_manifest(storage: Storage, name: str) -> Manifest:
     return Manifest.from_json(storage.get_bytes(manifest_key(name)).decode())
 
 
+def check_dataset(storage: Storage, name: str, variant: str) -> Manifest:
+    """The manifest of dataset `name`, checked to suit `variant` (paired variants train on paired
+    datasets, unpaired on unpaired) and to have training rows. Raises Img2ImgError naming the
+    variants that would suit it, or when the dataset is missing or has no training rows."""
+    from translator.variants import VARIANTS, get_variant
+
+    manifest = read_manifest(storage, name)
+    paired = get_variant(variant).paired
+    if paired != (manifest.kind == "paired"):
+        want = "a paired dataset (input/target)" if paired else "an unpaired dataset (two domains, --kind unaligned)"
+        other = " or ".join(n for n, v in VARIANTS.items() if v.paired == (manifest.kind == "paired"))
+        raise Img2ImgError(f"variant {variant!r} trains on {want}, but {name!r} is {manifest.kind}; "
+                           f"use {other} with it, or another dataset")
+    if "train" not in manifest.splits or not manifest.counts.get("train"):
+        raise Img2ImgError(f"dataset {name!r} has no training rows")
+    return manifest
+
+
+def stream_rows(manifest: Manifest, split: str) -> dict[str, int]:
+    """Rows per stream of a split: {"train": n} (paired) or {"train_a": n, "train_b": m}
+    (unpaired: one stream a domain); 0 for a split the dataset lacks."""
+    if manifest.kind == "paired":
+        return {split: manifest.counts.get(split, 0)}
+    return {f"{split}_{d}": sum(s.rows for s in manifest.shards(split, d)) if split in manifest.splits else 0
+            for d in "ab"}
+
+
 def list_manifests(storage: Storage) -> list[Manifest]:
     out = []
     for obj in storage.list("datasets/", recursive=True):

@@ -9,7 +9,6 @@ from pathlib import Path
 from cluster.errors import Img2ImgError
 from cluster.services import poll_until, require, require_mlflow
 from cluster.settings import Settings
-from cluster.storage import Storage
 from jobs.spec import TrainSpec
 
 PACKAGES = ("cluster", "jobs", "translator", "serving")
@@ -61,22 +60,18 @@ def code_version() -> str:
 
 
 def preflight(spec: TrainSpec, settings: Settings, resources: dict[str, float] | None = None):
-    """Everything that can be refused before anything is submitted: the options, the dataset
-    against the rows/workers/batch arithmetic, the cluster's resources, the --resume target.
+    """Everything that can be refused before anything is submitted (`jobs.train.plan_job`, the
+    driver's own planning step): the options, the dataset against the rows/workers/batch
+    arithmetic, the cluster's `resources` (None: not checked), the --resume target.
     -> (manifest, plan)."""
-    from jobs.train import check_dataset, check_resources, check_resume, plan_for
+    from jobs.train import plan_job
 
     if spec.init_from:  # before validate(): the parent's config fills what the user left unset
         from jobs.finetune import resolve_init
 
         resolve_init(spec, settings)
-    spec.validate()
-    manifest = check_dataset(spec, Storage(settings))
-    plan = plan_for(spec, manifest)
-    if resources is not None:
-        check_resources(spec, resources, settings.ray_address)
-    check_resume(spec, settings, plan)
-    return manifest, plan
+    job = plan_job(spec, settings, resources, settings.ray_address)
+    return job.manifest, job.plan
 
 
 def start_run(spec: TrainSpec, settings: Settings, manifest, plan=None) -> tuple[str, str]:

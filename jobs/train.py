@@ -1,6 +1,7 @@
 """The Ray job driver: `python -m jobs.train --spec JSON` (what `img2img train` submits).
 
-Checks the request against the cluster and the dataset, runs a TorchTrainer, then logs the
+Three steps: `plan_job` checks the request against the dataset and the cluster (the same
+function refuses it at submission), `build_trainer` makes the TorchTrainer, `register` logs the
 best checkpoint's generator to MLflow and registers it as a new version of the model, tagged
 with variant, dataset, run id and validation metrics.
 """
@@ -8,46 +9,36 @@ with variant, dataset, run id and validation metrics.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.errors import Img2ImgError
 from cluster.settings import Settings, get_settings
 from cluster.storage import Storage, arrow_filesystem
-from jobs.manifest import Manifest, read_manifest
+from jobs.manifest import Manifest, check_dataset, stream_rows
 from jobs.plan import Cadence, TrainPlan, make_plan
 from jobs.spec import TrainSpec
-from translator.variants import VARIANTS, get_variant
+from translator.variants import get_variant
 
 log = logging.getLogger("img2img.train")
 METRIC = "val_psnr"
 
 
-def check_dataset(spec: TrainSpec, storage: Storage) -> Manifest:
-    manifest = read_manifest(storage, spec.dataset)
-    paired = get_variant(spec.variant).paired
-    if paired != (manifest.kind == "paired"):
-        want = "a paired dataset (input/target)" if paired else "an unpaired dataset (two domains, --kind unaligned)"
-        other = " or ".join(n for n, v in VARIANTS.items() if v.paired == (manifest.kind == "paired"))
-        raise Img2ImgError(f"variant {spec.variant!r} trains on {want}, but {spec.dataset!r} is {manifest.kind}; "
-                           f"use {other} with it, or another dataset")
-    if "train" not in manifest.splits or not manifest.counts.get("train"):
-        raise Img2ImgError(f"dataset {spec.dataset!r} has no training rows")
-    return manifest
+@dataclass
+class JobPlan:
+    """What the planning step settled before anything trains: the dataset's manifest, the step
+    arithmetic, the validate/checkpoint cadence, and the checkpoint `--resume` continues from."""
 
-
-def stream_rows(manifest: Manifest, split: str) -> dict[str, int]:
-    """Rows per stream of a split: {"train": n} (paired) or {"train_a": n, "train_b": m}."""
-    if manifest.kind == "paired":
-        return {split: manifest.counts.get(split, 0)}
-    return {f"{split}_{d}": sum(s.rows for s in manifest.shards(split, d)) if split in manifest.splits else 0
-            for d in "ab"}
+    manifest: Manifest
+    plan: TrainPlan
+    cadence: Cadence
+    resume_from: str | None
 
 
 def plan_for(spec: TrainSpec, manifest: Manifest) -> TrainPlan:
@@ -55,6 +46,20 @@ def plan_for(spec: TrainSpec, manifest: Manifest) -> TrainPlan:
     val = [n for n in stream_rows(manifest, "val").values() if n > 0]
     return make_plan(stream_rows(manifest, "train"), spec.workers, spec.variant_config().batch_size, spec.epochs,
                      spec.max_steps, min(val) if val else 0, dataset=f"dataset {spec.dataset!r}")
+
+
+def plan_job(spec: TrainSpec, settings: Settings, resources: dict[str, float] | None = None,
+             where: str = "") -> JobPlan:
+    """The planning step, the same at submission (`jobs.submit.preflight`) and in the driver:
+    the options, the dataset against the variant and the rows/workers/batch arithmetic, the
+    cluster's `resources` (the one CPU/GPU capacity check; None skips it), the --resume target.
+    Raises Img2ImgError with the fix when the request can never run."""
+    spec.validate()
+    manifest = check_dataset(Storage(settings), spec.dataset, spec.variant)
+    plan = plan_for(spec, manifest)
+    if resources is not None:
+        check_resources(spec, resources, where or settings.ray_address)
+    return JobPlan(manifest, plan, Cadence.parse(spec.checkpoint_every), check_resume(spec, settings, plan))
 
 
 def check_resources(spec: TrainSpec, resources: dict[str, float], where: str) -> None:
@@ -120,45 +125,29 @@ def datasets_for(spec: TrainSpec, manifest: Manifest, settings: Settings, image_
     return out
 
 
-def run(spec: TrainSpec, settings: Settings | None = None):
-    import mlflow
-    import ray
-    import ray.train
+def build_trainer(spec: TrainSpec, settings: Settings, job: JobPlan):
+    """Trainer construction: a TorchTrainer running `train_loop_per_worker` on `spec.workers`
+    workers over the dataset's streams, keeping the `keep_checkpoints` best by val PSNR in the
+    store under checkpoints/<run id>/."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from jobs.tracking import log_generator
-    from jobs.train_loop import STATE_FILE, train_loop_per_worker
+    from jobs.train_loop import WorkerJob, train_loop_per_worker
 
-    settings = settings or get_settings()
-    started = time.time()
-    spec.validate()
-    storage = Storage(settings)
-    manifest = check_dataset(spec, storage)
-    plan = plan_for(spec, manifest)
-    cadence = Cadence.parse(spec.checkpoint_every)
-    if not ray.is_initialized():
-        # Our own cluster only: the Jobs API puts its GCS address in RAY_ADDRESS; without an
-        # explicit address ray.init() scans the machine and fails when another stack runs beside.
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
-    check_resources(spec, ray.cluster_resources(), "this Ray cluster")
     cfg = spec.variant_config()
-    paired = get_variant(spec.variant).paired
-    mlflow.set_tracking_uri(settings.mlflow_uri)
-    run_id = spec.run_id
-    resume_from = check_resume(spec, settings, plan)
-    _set_phase(settings, run_id, "starting")  # rank 0 sets "training" once the workers run
-    datasets = datasets_for(spec, manifest, settings, cfg.image_size)
-    split = [k for k in datasets if k.startswith("train") or plan.split_val]
-    trainer = TorchTrainer(
+    datasets = datasets_for(spec, job.manifest, settings, cfg.image_size)
+    split = [k for k in datasets if k.startswith("train") or job.plan.split_val]
+    worker_job = WorkerJob(spec=spec, plan=job.plan, cadence=job.cadence, variant_config=dict(cfg.__dict__),
+                           paired=get_variant(spec.variant).paired, tracking_uri=settings.mlflow_uri,
+                           resume_path=job.resume_from)
+    return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"spec": json.loads(spec.to_json()), "variant_config": cfg.__dict__, "paired": paired,
-                           "plan": plan.to_dict(), "cadence": dataclasses.asdict(cadence),
-                           "tracking_uri": settings.mlflow_uri, "resume_path": resume_from, "init_path": spec.init_path},
+        train_loop_config=worker_job.to_loop_config(),
         scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=spec.use_gpu,
                                      resources_per_worker={"CPU": spec.cpus_per_worker}),
         run_config=RunConfig(
-            name=run_id, storage_path=f"{settings.bucket}/checkpoints", storage_filesystem=arrow_filesystem(settings),
+            name=spec.run_id, storage_path=f"{settings.bucket}/checkpoints",
+            storage_filesystem=arrow_filesystem(settings),
             checkpoint_config=CheckpointConfig(num_to_keep=spec.keep_checkpoints, checkpoint_score_attribute=METRIC,
                                                checkpoint_score_order="max"),
             # controller_failure_limit bounds how often Ray retries STARTING the worker group
@@ -167,56 +156,83 @@ def run(spec: TrainSpec, settings: Settings | None = None):
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=split),
     )
-    t_fit = time.time()
-    try:
-        result = trainer.fit()
-    except Exception as e:
-        raise Img2ImgError(f"training failed: {_root_cause(e)}") from None
-    t_fit = train_seconds = time.time() - t_fit
-    _set_phase(settings, run_id, "registering")
-    best = max(result.best_checkpoints, key=lambda cm: cm[1].get(METRIC, float("-inf")))
-    checkpoint, metrics = best
-    import torch
 
+
+def register(spec: TrainSpec, settings: Settings, job: JobPlan, result, fit_s: float, started: float):
+    """Registration: log the best checkpoint's generator to the run and register it as a new
+    version of `spec.registered_name`, tagged with variant, dataset, run id and validation
+    metrics (unpaired: `val_cycle_*`); then log what ran (steps, epochs, samples, times).
+    -> (version or None, the best checkpoint's metrics)."""
+    import mlflow
+    import torch
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from jobs.tracking import finish_registration, log_generator
+    from jobs.train_loop import STATE_FILE
+
+    cfg = spec.variant_config()
+    paired = get_variant(spec.variant).paired
+    checkpoint, metrics = max(result.best_checkpoints, key=lambda cm: cm[1].get(METRIC, float("-inf")))
     with checkpoint.as_directory() as d:
         state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
     variant = get_variant(spec.variant).from_config(cfg)
     variant.load_state_dict(state["variant"], with_optimizers=False)
-    with mlflow.start_run(run_id=run_id):
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    with mlflow.start_run(run_id=spec.run_id):
         mlflow.log_metrics({f"best_{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
         mlflow.set_tags({"checkpoint": checkpoint.path, "best_epoch": metrics.get("epoch")})
         info = log_generator(variant.generator, variant.multiple, spec.variant, cfg.__dict__, spec.registered_name,
                              reverse=variant.reverse_generator)
     version = info.registered_model_version
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
+    client = MlflowClient(settings.mlflow_uri)
     if version is not None:
-        client = MlflowClient(settings.mlflow_uri)
-        tags = {"variant": spec.variant, "dataset": spec.dataset, "dataset_sha256": manifest.sha256,
-                "run_id": run_id, "multiple": str(variant.multiple), "step": str(variant.step)}
+        tags = {"variant": spec.variant, "dataset": spec.dataset, "dataset_sha256": job.manifest.sha256,
+                "run_id": spec.run_id, "multiple": str(variant.multiple), "step": str(variant.step)}
         # unpaired variants validate by cycle consistency: tag those as cycle metrics
         tags.update({(k if paired else k.replace("val_", "val_cycle_", 1)): f"{v:.4f}"
                      for k, v in metrics.items() if k.startswith("val_")})
         for k, v in tags.items():
             client.set_model_version_tag(spec.registered_name, str(version), k, v)
-        from jobs.tracking import finish_registration
-
-        for warning in finish_registration(client, spec, manifest, version, metrics, train_seconds, paired):
+        for warning in finish_registration(client, spec, job.manifest, version, metrics, fit_s, paired):
             log.warning(warning)
             print(f"WARNING: {warning}", flush=True)
     last = result.metrics or {}
-    ran = {"steps": int(last.get("step", 0)), "epochs": float(last.get("step", 0)) / plan.steps_per_epoch,
+    ran = {"steps": int(last.get("step", 0)), "epochs": float(last.get("step", 0)) / job.plan.steps_per_epoch,
            "samples": int(last.get("samples", 0))}
-    client = MlflowClient(settings.mlflow_uri)
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, ran["steps"]) for k, v in
-                                      {"steps_run": ran["steps"], "epochs_run": ran["epochs"],
-                                       "samples_run": ran["samples"], "time_fit_s": t_fit,
-                                       "time_job_s": time.time() - started}.items()])
-    _set_phase(settings, run_id, "done")
-    print(json.dumps({"run_id": run_id, "registered_model": spec.registered_name, "version": version, **ran,
+    client.log_batch(spec.run_id, metrics=[Metric(k, float(v), now, ran["steps"]) for k, v in
+                                           {"steps_run": ran["steps"], "epochs_run": ran["epochs"],
+                                            "samples_run": ran["samples"], "time_fit_s": fit_s,
+                                            "time_job_s": time.time() - started}.items()])
+    print(json.dumps({"run_id": spec.run_id, "registered_model": spec.registered_name, "version": version, **ran,
                       "metrics": {k: v for k, v in metrics.items() if k.startswith("val_")}}))
+    return version, metrics
+
+
+def run(spec: TrainSpec, settings: Settings | None = None):
+    """The whole job: plan (refusing what can never run), train, register. -> (version, metrics).
+    Raises Img2ImgError with one line for any refusal or training failure."""
+    import ray
+
+    settings = settings or get_settings()
+    started = time.time()
+    if not ray.is_initialized():
+        # Our own cluster only: the Jobs API puts its GCS address in RAY_ADDRESS; without an
+        # explicit address ray.init() scans the machine and fails when another stack runs beside.
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
+    job = plan_job(spec, settings, ray.cluster_resources(), "this Ray cluster")
+    _set_phase(settings, spec.run_id, "starting")  # rank 0 sets "training" once the workers run
+    trainer = build_trainer(spec, settings, job)
+    t_fit = time.time()
+    try:
+        result = trainer.fit()
+    except Exception as e:
+        raise Img2ImgError(f"training failed: {_root_cause(e)}") from None
+    fit_s = time.time() - t_fit
+    _set_phase(settings, spec.run_id, "registering")
+    version, metrics = register(spec, settings, job, result, fit_s, started)
+    _set_phase(settings, spec.run_id, "done")
     return version, metrics
 
 

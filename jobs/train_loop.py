@@ -12,11 +12,15 @@ import json
 import logging
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from jobs.plan import Cadence, TrainPlan
+from jobs.spec import TrainSpec
 from translator import images, tiling
 from translator.metrics import psnr, ssim, to_unit
 from translator.precision import training_precision
@@ -24,6 +28,35 @@ from translator.variants import build_variant
 
 log = logging.getLogger(__name__)
 STATE_FILE = "state.pt"
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """Everything a worker is told by the driver, typed. It crosses to the workers as plain data
+    (`to_loop_config()`, Ray Train's train_loop_config) and is rebuilt there (`from_loop_config`).
+
+    variant_config: the variant's Config fields ({name: value}); paired: the variant trains on
+    input/target pairs (else two unpaired domains); tracking_uri: MLflow, where rank 0 logs;
+    resume_path: `bucket/checkpoints/RUN/checkpoint_...` that --resume continues from."""
+
+    spec: TrainSpec
+    plan: TrainPlan
+    cadence: Cadence
+    variant_config: dict[str, Any]
+    paired: bool
+    tracking_uri: str
+    resume_path: str | None = None
+
+    def to_loop_config(self) -> dict[str, Any]:
+        return {"spec": dataclasses.asdict(self.spec), "plan": self.plan.to_dict(),
+                "cadence": dataclasses.asdict(self.cadence), "variant_config": dict(self.variant_config),
+                "paired": self.paired, "tracking_uri": self.tracking_uri, "resume_path": self.resume_path}
+
+    @classmethod
+    def from_loop_config(cls, cfg: dict[str, Any]) -> WorkerJob:
+        return cls(spec=TrainSpec(**cfg["spec"]), plan=TrainPlan(**cfg["plan"]), cadence=Cadence(**cfg["cadence"]),
+                   variant_config=cfg["variant_config"], paired=cfg["paired"], tracking_uri=cfg["tracking_uri"],
+                   resume_path=cfg.get("resume_path"))
 
 
 def _torch_batches(iterator, columns, batch_size, shuffle_buffer):
@@ -156,31 +189,31 @@ def validate(variant, paired: bool, world: int, max_samples: int = 4, split: boo
     return metrics, samples
 
 
-def _write_checkpoint(directory: str, variant, epoch: int, metrics: dict, spec: dict):
+def _write_checkpoint(directory: str, variant, epoch: int, metrics: dict, spec: TrainSpec):
     """state.pt + meta.json in `directory` (a temp dir the caller removes once Ray Train has
     uploaded it to the store)."""
     import ray.train
 
     torch.save({"variant": variant.state_dict(), "epoch": epoch}, Path(directory) / STATE_FILE)
-    meta = {"variant": spec["variant"], "epoch": epoch, "step": variant.step, "metrics": metrics,
-            "config": dataclasses.asdict(variant.config), "dataset": spec["dataset"]}
+    meta = {"variant": spec.variant, "epoch": epoch, "step": variant.step, "metrics": metrics,
+            "config": dataclasses.asdict(variant.config), "dataset": spec.dataset}
     (Path(directory) / "meta.json").write_text(json.dumps(meta, indent=2))
     return ray.train.Checkpoint.from_directory(directory)
 
 
-def _fail_once(spec: dict) -> None:
+def _fail_once(spec: TrainSpec) -> None:
     """Test hook for FailureConfig: rank 0 dies once at `fail_at_step` (marker in the store)."""
     from cluster.settings import get_settings
     from cluster.storage import Storage
 
     storage = Storage(get_settings())
-    marker = f"checkpoints/{spec['run_id']}/_failed_once"
+    marker = f"checkpoints/{spec.run_id}/_failed_once"
     if not storage.exists(marker):
         storage.put_bytes(marker, b"1")
-        raise RuntimeError(f"injected failure at step {spec['fail_at_step']} (test hook)")
+        raise RuntimeError(f"injected failure at step {spec.fail_at_step} (test hook)")
 
 
-def _report(variant, metrics: dict, spec: dict, rank: int, epoch: int) -> None:
+def _report(variant, metrics: dict, spec: TrainSpec, rank: int, epoch: int) -> None:
     """ray.train.report with a checkpoint written by rank 0 into a temp dir that is removed as
     soon as Ray Train has persisted it (report uploads synchronously)."""
     import ray.train
@@ -192,69 +225,71 @@ def _report(variant, metrics: dict, spec: dict, rank: int, epoch: int) -> None:
         ray.train.report(metrics, checkpoint=_write_checkpoint(tmp, variant, epoch, metrics, spec))
 
 
-def _due(cadence: dict, step: int, steps_per_epoch: int, since_s: float) -> bool:
-    if cadence.get("steps"):
-        return step % cadence["steps"] == 0
-    if cadence.get("epoch"):
+def _due(cadence: Cadence, step: int, steps_per_epoch: int, since_s: float) -> bool:
+    """Whether validation + a checkpoint are due after optimiser step `step`, `since_s` seconds
+    after the last ones."""
+    if cadence.steps:
+        return step % cadence.steps == 0
+    if cadence.epoch:
         return step % steps_per_epoch == 0
-    return since_s >= cadence["seconds"]
+    return since_s >= cadence.seconds
 
 
 def train_loop_per_worker(cfg: dict) -> None:
     """One Ray Train worker: train `plan.total_steps` optimiser steps (the same on every worker,
     DDP needs it), validating and checkpointing at the cadence and once at the end.
 
-    cfg: {"spec": TrainSpec dict, "plan": TrainPlan dict, "cadence": Cadence dict, "paired",
-    "variant_config", "tracking_uri", "resume_path", "init_path"}.
+    cfg: `WorkerJob.to_loop_config()`.
     """
     import ray.train
     import ray.train.torch
 
     from jobs.tracking import RunLogger, record_start
 
-    spec, paired, plan, cadence = cfg["spec"], cfg["paired"], cfg["plan"], cfg["cadence"]
-    total_steps, steps_per_epoch = plan["total_steps"], plan["steps_per_epoch"]
+    job = WorkerJob.from_loop_config(cfg)
+    spec, paired, plan, cadence = job.spec, job.paired, job.plan, job.cadence
+    total_steps, steps_per_epoch = plan.total_steps, plan.steps_per_epoch
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(max(1, int(spec["cpus_per_worker"])))
-    torch.manual_seed(spec["seed"] + rank)
+    torch.set_num_threads(max(1, int(spec.cpus_per_worker)))
+    torch.manual_seed(spec.seed + rank)
     device = ray.train.torch.get_device()
-    amp, channels_last = training_precision(spec.get("precision", "auto"), device.type)
-    variant = build_variant(spec["variant"], cfg["variant_config"], device=device, amp=amp,
+    amp, channels_last = training_precision(spec.precision, device.type)
+    variant = build_variant(spec.variant, job.variant_config, device=device, amp=amp,
                             channels_last=channels_last)
     variant.set_total_steps(total_steps)
     checkpoint = ray.train.get_checkpoint()  # this run's own latest (after a worker failure)
     from cluster.storage import arrow_filesystem
 
-    if checkpoint is None and cfg.get("resume_path"):  # --resume: another run's latest
-        checkpoint = ray.train.Checkpoint(path=cfg["resume_path"], filesystem=arrow_filesystem())
+    if checkpoint is None and job.resume_path:  # --resume: another run's latest
+        checkpoint = ray.train.Checkpoint(path=job.resume_path, filesystem=arrow_filesystem())
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=False)
         variant.load_state_dict(state["variant"])
         log.info("restored checkpoint at step %d", variant.step)
-    elif cfg.get("init_path"):  # --init-from: a registered model's weights, fresh optimisers and schedule
-        init = ray.train.Checkpoint(path=cfg["init_path"], filesystem=arrow_filesystem())
+    elif spec.init_path:  # --init-from: a registered model's weights, fresh optimisers and schedule
+        init = ray.train.Checkpoint(path=spec.init_path, filesystem=arrow_filesystem())
         with init.as_directory() as d:
             state = torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=False)
         variant.load_state_dict(state["variant"], with_optimizers=False)
         variant.step = 0
         variant.set_total_steps(total_steps)
         # step 0: the parent's quality on this run's val set
-        init_metrics, _ = validate(variant, paired, world, split=plan["split_val"])
-        if rank == 0 and spec["run_id"]:
-            RunLogger(cfg["tracking_uri"], spec["run_id"]).metrics(init_metrics, 0)
-        log.info("initialised from %s: %s", cfg["init_path"], init_metrics)
+        init_metrics, _ = validate(variant, paired, world, split=plan.split_val)
+        if rank == 0 and spec.run_id:
+            RunLogger(job.tracking_uri, spec.run_id).metrics(init_metrics, 0)
+        log.info("initialised from %s: %s", spec.init_path, init_metrics)
     if world > 1:
         variant.wrap_networks(ray.train.torch.prepare_model)
-    logger = RunLogger(cfg["tracking_uri"], spec["run_id"]) if rank == 0 and spec["run_id"] else None
+    logger = RunLogger(job.tracking_uri, spec.run_id) if rank == 0 and spec.run_id else None
     if logger:
         record_start(logger, variant.step if checkpoint else None)
         logger.client.set_tag(logger.run_id, "precision",
                               f"{amp or 'fp32'}{' channels_last' if channels_last else ''}")
-    batch_size, samples_per_step = variant.config.batch_size, plan["batch_size"] * world
+    batch_size, samples_per_step = variant.config.batch_size, plan.batch_size * world
     # --time-budget counts training time, from when the workers start (not the job's start-up).
-    deadline = time.time() + spec["time_budget_s"] if spec.get("time_budget_s") else None
+    deadline = time.time() + spec.time_budget_s if spec.time_budget_s else None
     t_train = t_book = 0.0
     last_book = last_log = time.time()
     window_t, window_steps = time.time(), 0
@@ -262,7 +297,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     batches = train_batches(paired, batch_size, rank)
     reported = False
     while variant.step < total_steps:
-        if spec.get("fail_at_step") and rank == 0 and variant.step == spec["fail_at_step"]:
+        if spec.fail_at_step and rank == 0 and variant.step == spec.fail_at_step:
             _fail_once(spec)
         t0 = time.time()
         logs = variant.training_step(next(batches))
@@ -271,7 +306,7 @@ def train_loop_per_worker(cfg: dict) -> None:
         step = variant.step
         now = time.time()
         rate = window_steps * samples_per_step / max(now - window_t, 1e-9)
-        if logger and (step % spec["log_every"] == 0 or now - last_log > 5 or step == total_steps):
+        if logger and (step % spec.log_every == 0 or now - last_log > 5 or step == total_steps):
             logger.metrics({**{f"train_{k}": v for k, v in logs.items()}, "step": step, "epoch": step / steps_per_epoch,
                             "samples": step * samples_per_step, "samples_per_s": rate}, step)
             last_log = now
@@ -281,7 +316,7 @@ def train_loop_per_worker(cfg: dict) -> None:
         if not (due or last):
             continue
         t0 = time.time()
-        metrics, samples = validate(variant, paired, world, split=plan["split_val"])
+        metrics, samples = validate(variant, paired, world, split=plan.split_val)
         metrics.update({f"train_{k}": v for k, v in logs.items()})
         metrics.update(epoch=step // steps_per_epoch, step=step, samples=step * samples_per_step, lr=variant.lr,
                        samples_per_s=rate)
@@ -297,7 +332,7 @@ def train_loop_per_worker(cfg: dict) -> None:
         if last:
             break
     if not reported:  # restored at or past the last step: still hand Ray Train a checkpoint
-        metrics, _ = validate(variant, paired, world, split=plan["split_val"])
+        metrics, _ = validate(variant, paired, world, split=plan.split_val)
         metrics.update(epoch=variant.step // steps_per_epoch, step=variant.step, samples=0, lr=variant.lr)
         _report(variant, metrics, spec, rank, variant.step // steps_per_epoch)
     if logger:
