@@ -16,7 +16,6 @@ requests finish. Unpaired models serve `?direction=AtoB|BtoA`.
 import asyncio
 import hashlib
 import hmac
-import json
 import logging
 from pathlib import Path
 
@@ -28,14 +27,14 @@ from ray import serve
 from cluster.errors import Img2ImgError
 from serving import codec
 from serving.model import LoadedModel, load
+from serving.options import DEFAULTS as OPTIONS
+from serving.options import config_id
 from serving.runtime import threads_for
 from translator import tiling
 
 log = logging.getLogger("img2img.serve")
 api = FastAPI(title="img2img enhancer", description="Image enhancement with a registered img2img model.")
-DEFAULTS = {"max_pixels": 16_000_000, "tile": 512, "overlap": 32, "max_batch_size": 1, "batch_wait_timeout_s": 0.01,
-            "runtime": "auto", "threads": None, "memory_format": "channels_last", "precision": "auto",
-            "request_timeout_s": 600}
+DEFAULTS = OPTIONS.user_config()  # what a user_config leaves out
 RUNTIME_KEYS = ("model_name", "model_version", "model_run_id", "runtime", "threads", "memory_format", "precision")
 RETRY_AFTER_S = 5
 
@@ -74,7 +73,7 @@ def web_response(name: str) -> Response:
     return Response(body, media_type=WEB_FILES[name], headers=WEB_HEADERS)
 
 
-@serve.deployment(name="Enhancer", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=16)
+@serve.deployment(name="Enhancer", ray_actor_options={"num_cpus": OPTIONS.num_cpus}, max_ongoing_requests=16)
 @serve.ingress(api)
 class Enhancer:
     def __init__(self):
@@ -105,9 +104,9 @@ class Enhancer:
                 log.exception("model load failed")
         self.cfg = cfg
         # Lets `img2img serve deploy` see when this exact config has been applied.
-        self.config_id = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+        self.config_id = config_id(config)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=OPTIONS.max_batch_size, batch_wait_timeout_s=OPTIONS.batch_wait_timeout_s)
     async def run_tiles(self, items: list[tuple[LoadedModel, object, torch.Tensor, bool]]) -> list[torch.Tensor]:
         """Tiles from concurrent requests, run together (grouped by runtime, tile shape and
         precision: `precise` tiles of 16-bit images always run fp32)."""

@@ -17,6 +17,7 @@ from cluster.cli_utils import (
 )
 from cluster.errors import Img2ImgError
 from cluster.settings import get_settings
+from serving.options import DEFAULTS
 
 serve_app = typer.Typer(help="Deploy, reload, inspect and remove the Ray Serve enhancement endpoint.",
                         no_args_is_help=True)
@@ -29,17 +30,17 @@ def deploy(
     min_replicas: int = typer.Option(1, help="autoscaling lower bound"),
     max_replicas: int = typer.Option(2, help="autoscaling upper bound"),
     target_ongoing_requests: float = typer.Option(2.0, help="requests per replica the autoscaler aims for"),
-    max_batch_size: int = typer.Option(1, help="tiles batched together across requests (1 = off: measured "
+    max_batch_size: int = typer.Option(DEFAULTS.max_batch_size, help="tiles batched together across requests (1 = off: measured "
                                                "slower on CPU; try 8 on a GPU)"),
-    batch_wait_ms: float = typer.Option(10, help="how long a batch waits to fill"),
-    num_cpus: float = typer.Option(0.5, help="CPUs reserved per replica"),
-    tile: int = typer.Option(512, help="default tile size for large images"),
-    overlap: int = typer.Option(32, help="default tile overlap"),
-    max_megapixels: float = typer.Option(16.0, help="larger uploads get 413"),
-    runtime: str = typer.Option("auto", help="auto (onnx on CPU: measured fastest; torch on GPU) | torch | onnx"),
+    batch_wait_ms: float = typer.Option(DEFAULTS.batch_wait_timeout_s * 1000, help="how long a batch waits to fill"),
+    num_cpus: float = typer.Option(DEFAULTS.num_cpus, help="CPUs reserved per replica"),
+    tile: int = typer.Option(DEFAULTS.tile, help="default tile size for large images"),
+    overlap: int = typer.Option(DEFAULTS.overlap, help="default tile overlap"),
+    max_megapixels: float = typer.Option(DEFAULTS.max_pixels / 1e6, help="larger uploads get 413"),
+    runtime: str = typer.Option(DEFAULTS.runtime, help="auto (onnx on CPU: measured fastest; torch on GPU) | torch | onnx"),
     threads: int = typer.Option(None, help="intra-op threads per replica (default: floor(--num-cpus), min 1)"),
-    memory_format: str = typer.Option("channels_last", help="torch only: channels_last | contiguous"),
-    precision: str = typer.Option("auto", help="torch only: auto (bf16 where native, faster and within one "
+    memory_format: str = typer.Option(DEFAULTS.memory_format, help="torch only: channels_last | contiguous"),
+    precision: str = typer.Option(DEFAULTS.precision, help="torch only: auto (bf16 where native, faster and within one "
                                                "8-bit level of fp32) | fp32 | bf16"),
     request_timeout: float = typer.Option(None, help="seconds before a request is answered 504 "
                                           "(default: sized from the pixel limit and the measured model speed)"),
@@ -129,7 +130,7 @@ def enhance(
     parallel: int = typer.Option(4, help="requests in flight"),
     local: bool = typer.Option(False, "--local", help="run the model here, without Serve"),
     model: str = typer.Option(None, "--model", "-m", help="with --local: NAME@champion or NAME/VERSION"),
-    runtime: str = typer.Option("auto", help="with --local: auto (onnx on CPU, torch on GPU) | torch | onnx"),
+    runtime: str = typer.Option(DEFAULTS.runtime, help="with --local: auto (onnx on CPU, torch on GPU) | torch | onnx"),
     threads: int = typer.Option(None, help="with --local: intra-op threads (default: all CPUs)"),
     direction: str = typer.Option("AtoB", help="AtoB | BtoA (BtoA: unpaired cyclegan/dualgan models only)"),
     retries: int = typer.Option(5, help="retries per image after a connection error or HTTP 500/502/503/504"),

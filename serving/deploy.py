@@ -4,8 +4,8 @@ does), so it works the same against the local head and a remote cluster."""
 from __future__ import annotations
 
 import hashlib
-import json
 import math
+from dataclasses import replace
 from urllib.parse import urlparse
 
 import httpx
@@ -13,11 +13,12 @@ import httpx
 from cluster.errors import Img2ImgError
 from cluster.services import poll_until
 from cluster.settings import Settings
+from serving.options import DEFAULTS, ServeOptions, config_id
 
 APP_NAME, DEPLOYMENT = "enhancer", "Enhancer"
 # Requests share a replica's CPUs (up to max_ongoing_requests at once), so the longest one takes
 # a few times what it takes alone; the limit is never under a minute.
-SLOWDOWN, MIN_REQUEST_TIMEOUT_S, DEFAULT_REQUEST_TIMEOUT_S = 3.0, 60.0, 600.0
+SLOWDOWN, MIN_REQUEST_TIMEOUT_S, DEFAULT_REQUEST_TIMEOUT_S = 3.0, 60.0, DEFAULTS.request_timeout_s
 SHUTDOWN_MARGIN_S = 15.0  # a planned stop outlasts the request limit by this much
 
 
@@ -72,37 +73,32 @@ def _other_apps(settings: Settings) -> list[dict]:
 
 
 def deploy(settings: Settings, model: str = "", *, min_replicas: int = 1, max_replicas: int = 2,
-           target_ongoing_requests: float = 2.0, max_batch_size: int = 1, batch_wait_ms: float = 10,
-           num_cpus: float = 0.5, tile: int = 512, overlap: int = 32, max_pixels: int = 16_000_000,
+           target_ongoing_requests: float = 2.0, max_batch_size: int = DEFAULTS.max_batch_size,
+           batch_wait_ms: float = DEFAULTS.batch_wait_timeout_s * 1000, num_cpus: float = DEFAULTS.num_cpus,
+           tile: int = DEFAULTS.tile, overlap: int = DEFAULTS.overlap, max_pixels: int = DEFAULTS.max_pixels,
            upscale_delay_s: float = 5, downscale_delay_s: float = 30, wait_s: float = 300,
-           runtime: str = "auto", threads: int | None = None, memory_format: str = "channels_last",
-           precision: str = "auto", request_timeout_s: float | None = None) -> dict:
+           runtime: str = DEFAULTS.runtime, threads: int | None = None, memory_format: str = DEFAULTS.memory_format,
+           precision: str = DEFAULTS.precision, request_timeout_s: float | None = None) -> dict:
     """Deploy the enhancer app serving `model`. `runtime` auto (onnx on CPU, torch on GPU) | torch | onnx;
     `threads` per replica (default: floor(num_cpus), at least 1); `memory_format` and `precision`
     apply to torch. `request_timeout_s` (default: sized from the replica's measured speed) bounds a
     request; planned replica stops wait that long plus a margin."""
     from serving.model import resolve, version_run_id
-    from serving.runtime import MEMORY_FORMATS, PRECISIONS, RUNTIMES, threads_for
+    from serving.runtime import threads_for
 
     if not model:
         raise Img2ImgError("give --model NAME@champion (or NAME/VERSION)")
     if not 1 <= min_replicas <= max_replicas:
         raise Img2ImgError("need 1 <= --min-replicas <= --max-replicas")
-    for option, value, allowed in (("--runtime", runtime, RUNTIMES), ("--memory-format", memory_format, MEMORY_FORMATS),
-                                   ("--precision", precision, PRECISIONS)):
-        if value not in allowed:
-            raise Img2ImgError(f"{option} must be {' or '.join(allowed)}, got {value!r}")
-    if num_cpus <= 0 or (threads is not None and threads < 1):
-        raise Img2ImgError("--num-cpus must be > 0 and --threads >= 1")
+    options = ServeOptions(tile=tile, overlap=overlap, max_pixels=max_pixels, max_batch_size=max_batch_size,
+                           batch_wait_timeout_s=batch_wait_ms / 1000.0, num_cpus=num_cpus, runtime=runtime,
+                           threads=threads, memory_format=memory_format, precision=precision)
+    options.check()
     name, version = resolve(settings.mlflow_uri, model)
-    user_config = {"model_name": name, "model_version": version, "tracking_uri": settings.mlflow_uri,
-                   "model_run_id": version_run_id(settings.mlflow_uri, name, version),
-                   "tile": tile, "overlap": overlap, "max_pixels": max_pixels, "max_batch_size": max_batch_size,
-                   "batch_wait_timeout_s": batch_wait_ms / 1000.0, "runtime": runtime,
-                   "threads": threads or threads_for(num_cpus), "memory_format": memory_format,
-                   "precision": precision}
     limit, grace = time_limits(max_pixels, None, request_timeout_s)  # sized again once a replica measured its speed
-    user_config["request_timeout_s"] = limit
+    options = replace(options, threads=threads or threads_for(num_cpus), request_timeout_s=limit)
+    user_config = {"model_name": name, "model_version": version, "tracking_uri": settings.mlflow_uri,
+                   "model_run_id": version_run_id(settings.mlflow_uri, name, version), **options.user_config()}
     if settings.serve_api_key:  # only a hash travels; the key itself never leaves the client
         user_config["api_key_sha256"] = hashlib.sha256(settings.serve_api_key.get_secret_value().encode()).hexdigest()
     autoscaling = {"min_replicas": min_replicas, "max_replicas": max_replicas,
@@ -138,18 +134,13 @@ def size_time_limits(settings: Settings, wait_s: float = 120) -> dict:
     if dep is None:
         raise Img2ImgError("no enhancer app is deployed (`img2img serve deploy` first)")
     uc = dep.setdefault("user_config", {})
-    limit, grace = time_limits(int(uc.get("max_pixels", 16_000_000)), info.get("seconds_per_megapixel"))
+    limit, grace = time_limits(int(uc.get("max_pixels", DEFAULTS.max_pixels)), info.get("seconds_per_megapixel"))
     if (uc.get("request_timeout_s"), dep.get("graceful_shutdown_timeout_s")) != (limit, grace):
         uc["request_timeout_s"], dep["graceful_shutdown_timeout_s"] = limit, grace
         _put(settings, apps)
         wait_for_model(settings, uc["model_name"], str(uc["model_version"]), wait_s, config_id(uc))
     return {"request_timeout_s": limit, "graceful_shutdown_timeout_s": grace,
             "seconds_per_megapixel": info.get("seconds_per_megapixel")}
-
-
-def config_id(user_config: dict) -> str:
-    """Same digest the replica reports in GET /model once it has applied this config."""
-    return hashlib.sha256(json.dumps(user_config, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def wait_for_model(settings: Settings, name: str, version: str, timeout: float, cid: str | None = None) -> None:

@@ -10,11 +10,12 @@ from cluster.settings import Settings
 from serving import codec
 from serving.client import Outcome, output_path
 from serving.model import load, resolve
+from serving.options import DEFAULTS
 
 
 def enhance_locally(settings: Settings, model: str, files: list[Path], out_dir: Path, fmt: str = "png",
-                    on_done=lambda o: None, max_pixels: int = 16_000_000, direction: str = "AtoB",
-                    runtime: str = "auto", threads: int | None = None) -> list[Outcome]:
+                    on_done=lambda o: None, max_pixels: int = DEFAULTS.max_pixels, direction: str = "AtoB",
+                    runtime: str = DEFAULTS.runtime, threads: int | None = None) -> list[Outcome]:
     """Enhance `files` into `out_dir` with the registered `model` on `runtime` (auto | torch | onnx):
     the same outputs as the endpoint (bit depth, alpha, ICC profile, EXIF kept), one Outcome per file.
     Raises Img2ImgError before any file when MLflow is unreachable, the model is unknown, it does

@@ -27,11 +27,9 @@ from pathlib import Path
 
 import torch
 
+from serving.options import MEMORY_FORMATS, PRECISIONS, RUNTIMES
 from translator.precision import cpu_flags, cpu_has_native_bf16  # noqa: F401  (re-exported)
 
-RUNTIMES = ("auto", "torch", "onnx")
-MEMORY_FORMATS = ("channels_last", "contiguous")
-PRECISIONS = ("auto", "fp32", "bf16")
 ONE_8BIT_LEVEL = 2.0 / 255.0
 BF16_MIN_SPEEDUP = 1.1  # bf16 must be at least this much faster to be chosen
 

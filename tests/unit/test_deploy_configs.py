@@ -39,6 +39,12 @@ def test_serve_configs_name_real_code_and_options(label, config):
     assert dep["name"] == Enhancer.name
     known = set(DEFAULTS) | {"model_name", "model_version", "tracking_uri", "api_key_sha256"}
     assert set(dep["user_config"]) <= known, set(dep["user_config"]) - known
+    if label == "serving/config.yaml":  # spells out the defaults: the same values as the options type
+        from serving.options import DEFAULTS as OPTIONS
+
+        options = {k: v for k, v in dep["user_config"].items() if k in DEFAULTS}
+        assert options == {k: v for k, v in OPTIONS.user_config().items() if k in options}
+        assert dep["ray_actor_options"]["num_cpus"] == OPTIONS.num_cpus
     a = dep["autoscaling_config"]
     assert 1 <= a["min_replicas"] <= a["max_replicas"]
 

@@ -1,0 +1,68 @@
+"""The options of a deployed enhancer, in one place: their defaults (read by `serve deploy`, the
+replica, `enhance --local`; serving/config.yaml and the KubeRay RayService manifest spell the same
+keys), their checks, and the digest a replica reports once it has applied a config."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from cluster.errors import Img2ImgError
+
+RUNTIMES = ("auto", "torch", "onnx")
+MEMORY_FORMATS = ("channels_last", "contiguous")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How a replica serves. All but `num_cpus` travel in the deployment's user_config (so they
+    change without restarting replicas); `num_cpus` is the replica's Ray reservation.
+
+    tile / overlap: default tile edge and overlap in pixels for large images (a request may
+    override them; 16 <= tile <= 4096, 0 <= overlap < tile/2). max_pixels: larger uploads get 413.
+    max_batch_size / batch_wait_timeout_s: tiles of concurrent requests run together, up to this
+    many, waiting at most this many seconds to fill a batch (1 = off: measured slower on CPU).
+    runtime: auto (onnx on CPU, torch on GPU) | torch | onnx. threads: intra-op threads per replica
+    (None: floor(num_cpus), at least 1). memory_format, precision: torch only.
+    request_timeout_s: seconds before a request is answered 504 (`serve deploy` sizes it from the
+    replica's measured speed)."""
+
+    tile: int = 512
+    overlap: int = 32
+    max_pixels: int = 16_000_000
+    max_batch_size: int = 1
+    batch_wait_timeout_s: float = 0.01
+    num_cpus: float = 0.5
+    runtime: str = "auto"
+    threads: int | None = None
+    memory_format: str = "channels_last"
+    precision: str = "auto"
+    request_timeout_s: float = 600.0
+
+    def check(self) -> None:
+        """Raise Img2ImgError naming the option (as the CLI spells it) and its allowed values."""
+        for option, value, allowed in (("--runtime", self.runtime, RUNTIMES),
+                                       ("--memory-format", self.memory_format, MEMORY_FORMATS),
+                                       ("--precision", self.precision, PRECISIONS)):
+            if value not in allowed:
+                raise Img2ImgError(f"{option} must be {' or '.join(allowed)}, got {value!r}")
+        if self.num_cpus <= 0 or (self.threads is not None and self.threads < 1):
+            raise Img2ImgError("--num-cpus must be > 0 and --threads >= 1")
+
+    def user_config(self) -> dict[str, Any]:
+        """The options a replica reads from its user_config (everything but `num_cpus`)."""
+        out = asdict(self)
+        out.pop("num_cpus")
+        return out
+
+
+DEFAULTS = ServeOptions()
+
+
+def config_id(user_config: dict[str, Any]) -> str:
+    """16-hex digest of a user_config: the replica reports it (GET /model) once it has applied
+    that config, and `serve deploy` waits for the digest of what it sent."""
+    return hashlib.sha256(json.dumps(user_config, sort_keys=True).encode()).hexdigest()[:16]
