@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import json
 from pathlib import Path
 
 import typer
@@ -19,7 +17,6 @@ from cluster.cli_utils import (
     print_table,
 )
 from cluster.errors import Img2ImgError
-from cluster.files import write_atomic
 from cluster.settings import get_settings
 from cluster.storage import Storage
 
@@ -119,17 +116,16 @@ def show(name: str,
 
     Example: `img2img data show photos --preview pairs.png`
     """
+    from jobs.datasets import describe, direction_of, write_preview
     from jobs.manifest import read_manifest
 
     if preview is not None:  # before any work: a bad path must not cost a download
         check_output_file(preview, "--preview", suffixes=(".png",))
     storage = Storage(get_settings())
     m = read_manifest(storage, name)
-    direction = m.options.get("direction") if m.source_kind == "aligned" else None
+    direction = direction_of(m)
     if as_json:
-        data = json.loads(m.to_json())
-        data["direction"] = direction
-        print_json(data)
+        print_json(describe(m))
     else:
         console.print(f"[bold]{m.name}[/]  kind={m.kind} ({m.source_kind})  source={m.source}", highlight=False)
         console.print(f"created {m.created}  size={m.image_size}  degradation={m.degradation}  seed={m.seed}"
@@ -143,49 +139,13 @@ def show(name: str,
             console.print(f"{len(m.skipped)} source file(s) were skipped at ingest:")
             _print_skipped_list(m.skipped)
     if preview is not None:
-        _write_preview(storage, m, preview)
+        write_preview(storage, m, preview)
         (err_console if as_json else console).print(f"Preview written to {preview}", highlight=False)
 
 
 def _print_skipped_list(skipped: list[dict[str, str]]) -> None:
     for s in skipped:
         console.print(f"  {s['file']}: {s['reason']}", markup=False, highlight=False)
-
-
-def _write_preview(storage: Storage, m, path: Path, n: int = 4) -> None:
-    """Up to `n` rows: input | target for paired sets, A | B (one image of each domain a row)
-    for unpaired ones; every column labelled."""
-    import pyarrow.parquet as pq
-
-    from jobs.manifest import dataset_prefix
-    from translator import images
-
-    def first_rows(domain: str | None, column_names: list[str]) -> list[dict]:
-        out: list[dict] = []
-        for shards in m.splits.values():
-            for s in shards:
-                if s.rows and (domain is None or s.domain == domain) and len(out) < n:
-                    data = storage.get_bytes(dataset_prefix(m.name) + s.path)
-                    out += pq.read_table(io.BytesIO(data), columns=column_names).slice(0, n - len(out)).to_pylist()
-        return out
-
-    def img(png: bytes):
-        return images.to_rgb(images.open_image(png))
-
-    if m.kind == "paired":
-        rows = [[img(r["input"]), img(r["target"])] for r in first_rows(None, ["input", "target"])]
-        direction = m.options.get("direction") if m.source_kind == "aligned" else None
-        labels = (["input", "target"] if not direction else
-                  [f"input ({direction[0]})", f"target ({direction[-1]})"])
-    else:
-        a = [img(r["image"]) for r in first_rows("a", ["image"])]
-        b = [img(r["image"]) for r in first_rows("b", ["image"])]
-        rows = [[x, y] for x, y in zip(a, b)]
-        labels = ["domain A", "domain B"]
-    if not rows:
-        raise Img2ImgError(f"dataset {m.name!r} has no rows to preview")
-    grid = images.grid(rows, labels=labels)
-    write_atomic(path, lambda tmp: grid.save(tmp, "PNG"))  # never leave a half-written preview
 
 
 @data_app.command()
@@ -195,15 +155,10 @@ def verify(name: str):
 
     Example: `img2img data verify photos`
     """
-    from jobs.manifest import read_manifest, verify_shard
+    from jobs.datasets import verify_dataset
 
-    storage = Storage(get_settings())
-    m = read_manifest(storage, name)
-    problems = [(s.path, err) for shards in m.splits.values() for s in shards
-                if (err := verify_shard(storage, name, s))]
-    if problems:
-        raise Img2ImgError(f"dataset {name!r} is damaged: " + "; ".join(f"{p}: {e}" for p, e in problems))
-    console.print(f"Dataset {name}: all {sum(len(v) for v in m.splits.values())} shards verified.")
+    n = verify_dataset(Storage(get_settings()), name)
+    console.print(f"Dataset {name}: all {n} shards verified.")
 
 
 @data_app.command()
@@ -213,12 +168,12 @@ def rm(name: str, yes: bool = typer.Option(False, "--yes", "-y", help="do not as
 
     Example: `img2img data rm photos -y`
     """
-    from jobs.manifest import dataset_prefix, manifest_key, read_manifest
+    from jobs.datasets import delete_dataset
+    from jobs.manifest import read_manifest
 
     storage = Storage(get_settings())
-    read_manifest(storage, name)
+    read_manifest(storage, name)  # a wrong name fails before the question
     if not yes:
         typer.confirm(f"Delete dataset {name}?", abort=True)
-    storage.delete(manifest_key(name))
-    n = storage.delete_prefix(dataset_prefix(name))
-    console.print(f"Deleted dataset {name} ({n + 1} objects).")
+    n = delete_dataset(storage, name)
+    console.print(f"Deleted dataset {name} ({n} objects).")

@@ -20,7 +20,7 @@ def enhance_locally(settings: Settings, model: str, files: list[Path], out_dir: 
     the same outputs as the endpoint (bit depth, alpha, ICC profile, EXIF kept), one Outcome per file.
     Raises Img2ImgError before any file when MLflow is unreachable, the model is unknown, it does
     not offer `direction`, or the runtime options are wrong."""
-    from serving.runtime import RUNTIMES
+    from serving.options import RUNTIMES
 
     if fmt.lower() not in codec.FORMATS:
         raise Img2ImgError(f"unknown format {fmt!r}: use png, jpeg, webp or tiff")

@@ -157,6 +157,46 @@ def test_verify_catches_a_tampered_shard(stack, cli, messy_folder):
         load_dataset("tamper", "train", stack)
 
 
+def test_show_verify_rm_as_library_functions(stack, tmp_path):
+    """What `data show|verify|rm` do, called directly (the CLI only prints the results)."""
+    from jobs.datasets import delete_dataset, describe, verify_dataset, write_preview
+    from jobs.manifest import list_manifests
+
+    s = Storage(stack)
+    m = read_manifest(s, "messy")
+    info = describe(m)
+    assert info["counts"] == m.counts and info["sha256"] == m.sha256 and info["direction"] is None
+    out = write_preview(s, m, tmp_path / "grid.png")
+    assert Image.open(out).width > 48 * 2 and os.listdir(tmp_path) == ["grid.png"]  # no temp file left
+    shards = sum(len(v) for v in m.splits.values())
+    assert verify_dataset(s, "messy") == shards
+
+    class DiesAfterTheManifest(Storage):  # a delete interrupted between the manifest and the shards
+        def delete_prefix(self, prefix):
+            raise OSError("interrupted")
+
+    with pytest.raises(OSError):
+        delete_dataset(DiesAfterTheManifest(stack), "messy")
+    assert "messy" not in [x.name for x in list_manifests(s)]  # readers never see a half-deleted set
+    with pytest.raises(Img2ImgError, match="not found"):
+        verify_dataset(s, "messy")
+    pairs = read_manifest(s, "abpairs")
+    assert delete_dataset(s, "abpairs") == sum(len(v) for v in pairs.splits.values()) + 1
+    assert not s.list(dataset_prefix("abpairs"))
+
+
+def test_data_rm_deletes_the_whole_dataset(stack, cli):
+    from jobs.datasets import describe
+
+    facades = read_manifest(Storage(stack), "facades")
+    assert describe(facades)["direction"] == "BtoA"
+    r = cli("data", "rm", "facades", "-y")
+    assert r.exit_code == 0 and f"({len(facades.splits['train']) + 1} objects)" in r.output, r.output
+    assert not Storage(stack).list(dataset_prefix("facades"))
+    r = cli("data", "rm", "facades", "-y")
+    assert r.exit_code == 1 and "not found" in r.output
+
+
 def test_killed_ingest_resumes_to_the_same_dataset(stack, cli, tmp_path):
     src = tmp_path / "many"
     src.mkdir()
