@@ -223,13 +223,33 @@ def _score(metrics: dict, metric: str) -> float | None:
     return metrics.get(metric, metrics.get(f"cycle_{metric}"))
 
 
+def promotion_objections(candidate: str, champion: str | None, score: dict[str, dict], metric: str,
+                         where: str) -> list[str]:
+    """The promotion rule (pure): why `candidate` should not become champion, [] when nothing
+    stands against it. `score`: {version: metrics on the evaluation set `where`}; `metric`
+    (psnr | ssim | gain_db, higher is better; unpaired models by their cycle_ metric).
+    Objections: the candidate's output is worse than its input (gain_db < 0); it scores below
+    the current `champion` on `metric` (a tie is no objection)."""
+    reasons = []
+    gain = score[candidate].get("gain_db")
+    if gain is not None and gain < 0:
+        reasons.append(f"v{candidate} makes images worse than its input on {where} (gain {gain:+.2f} dB)")
+    if champion is not None and champion != candidate and champion in score:
+        new, old = _score(score[candidate], metric), _score(score[champion], metric)
+        if new is not None and old is not None and new < old:
+            reasons.append(f"v{candidate} has {metric} {new:.3f} on {where}, worse than champion v{champion} "
+                           f"({old:.3f})")
+    return reasons
+
+
 def promote(settings: Settings, name: str, version: str | None = None, best: bool = False,
             metric: str = "psnr", force: bool = False, evaluate: Evaluate | None = None) -> Decision:
     """Point `champion` at `version` (or, with `best`, at the best version on the evaluation set).
 
     Candidate and champion are scored on the model's evaluation set (`metric`: psnr, ssim or
     gain_db; higher is better; unpaired models by their cycle metric). Refuses, unless `force`,
-    a candidate scoring below the champion or one whose output is worse than its input.
+    a candidate scoring below the champion or one whose output is worse than its input
+    (`promotion_objections`).
     Raises Img2ImgError with the reason. The replaced champion is pushed onto the history.
     """
     if metric not in ("psnr", "ssim", "gain_db"):
@@ -254,16 +274,7 @@ def promote(settings: Settings, name: str, version: str | None = None, best: boo
     candidate = max(ranked, key=lambda v: _score(score[v.version], metric)) if best else by_version[str(version)]
     decision = Decision(name, candidate.version, current, dataset, split, metric,
                         {v: score[v] for v in score if best or v in (candidate.version, current)})
-    reasons = []
-    gain = score[candidate.version].get("gain_db")
-    if gain is not None and gain < 0:
-        reasons.append(f"v{candidate.version} makes images worse than its input on {dataset}/{split} "
-                       f"(gain {gain:+.2f} dB)")
-    if current is not None and current != candidate.version and current in score:
-        new, old = _score(score[candidate.version], metric), _score(score[current], metric)
-        if new is not None and old is not None and new < old:
-            reasons.append(f"v{candidate.version} has {metric} {new:.3f} on {dataset}/{split}, worse than "
-                           f"champion v{current} ({old:.3f})")
+    reasons = promotion_objections(candidate.version, current, score, metric, f"{dataset}/{split}")
     if reasons and not force:
         raise Refused(f"{'; '.join(reasons)}; pass --force to promote it anyway", decision)
     decision.warnings += [f"promoted although {why}" for why in reasons]

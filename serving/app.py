@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from fastapi import FastAPI, Request
@@ -46,6 +47,29 @@ def _reserved_cpus() -> float | None:
         return ray.get_runtime_context().get_assigned_resources().get("CPU")
     except Exception:  # outside a Ray worker
         return None
+
+
+def group_tiles(items: list[tuple[Any, Any, torch.Tensor, bool]]) -> dict[tuple, list[int]]:
+    """Which of a batch's items can run as one forward pass: (id(runtime), tile shape, precise)
+    -> item indices in arrival order. `precise` tiles (of 16-bit images) always run fp32, so they
+    never share a pass with the others; every index lands in exactly one group."""
+    groups: dict[tuple, list[int]] = {}
+    for i, (_, net, tile, precise) in enumerate(items):
+        groups.setdefault((id(net), tuple(tile.shape), precise), []).append(i)
+    return groups
+
+
+def run_grouped(items: list[tuple[Any, Any, torch.Tensor, bool]]) -> list[torch.Tensor]:
+    """Run a batch of (model, runtime, tile (1, C, H, W), precise) items, one `runtime.run` per
+    group of `group_tiles` -> each item's own output (1, C, H', W'), in the items' order."""
+    out: list[torch.Tensor | None] = [None] * len(items)
+    with torch.inference_mode():
+        for (_, _, precise), idx in group_tiles(items).items():
+            net = items[idx[0]][1]
+            result = net.run(torch.cat([items[i][2] for i in idx]), precise)
+            for j, i in enumerate(idx):
+                out[i] = result[j:j + 1]
+    return out
 
 
 WEB_DIR = Path(__file__).with_name("web")
@@ -108,23 +132,8 @@ class Enhancer:
 
     @serve.batch(max_batch_size=OPTIONS.max_batch_size, batch_wait_timeout_s=OPTIONS.batch_wait_timeout_s)
     async def run_tiles(self, items: list[tuple[LoadedModel, object, torch.Tensor, bool]]) -> list[torch.Tensor]:
-        """Tiles from concurrent requests, run together (grouped by runtime, tile shape and
-        precision: `precise` tiles of 16-bit images always run fp32)."""
-        out: list[torch.Tensor | None] = [None] * len(items)
-        groups: dict[tuple, list[int]] = {}
-        for i, (_, net, tile, precise) in enumerate(items):
-            groups.setdefault((id(net), tuple(tile.shape), precise), []).append(i)
-
-        def run():
-            with torch.inference_mode():
-                for (_, _, precise), idx in groups.items():
-                    net = items[idx[0]][1]
-                    result = net.run(torch.cat([items[i][2] for i in idx]), precise)
-                    for j, i in enumerate(idx):
-                        out[i] = result[j:j + 1]
-
-        await asyncio.to_thread(run)
-        return out
+        """Tiles from concurrent requests, run together (see `run_grouped`)."""
+        return await asyncio.to_thread(run_grouped, items)
 
     def _authorised(self, request: Request) -> bool:
         want = self.cfg.get("api_key_sha256")

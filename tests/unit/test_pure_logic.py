@@ -1,0 +1,229 @@
+"""The pure logic of jobs/ and serving/, without services: how ingest splits sources, how
+training crops pairs, how the endpoint batches tiles, when a promotion is refused, and the small
+shared helpers (atomic writes, polling, the job environment)."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cluster.errors import Img2ImgError
+from jobs.ingest import IngestOptions, plan_rows, plan_shards
+from jobs.sources import SourceFile
+
+
+def _files(keys):
+    return [SourceFile(k, f"/src/{k}") for k in keys]
+
+
+def _splits(rows_by_split):
+    """{source key: {splits its rows went to}} (row keys are SOURCE#crop#copy)."""
+    out: dict[str, set[str]] = {}
+    for (split, _), rows in rows_by_split.items():
+        for row in rows:
+            out.setdefault(row.key.split("#")[0], set()).add(split)
+    return out
+
+
+# ---- ingest: split planning ------------------------------------------------------------------
+def test_split_keeps_every_crop_and_copy_of_a_source_on_one_side():
+    files = _files([f"photo{i:02d}.png" for i in range(40)])
+    opts = IngestOptions(name="d", copies=3, crops=4, val_fraction=0.25, seed=7)
+    rows = plan_rows(files, opts)
+    where = _splits(rows)
+    assert all(len(s) == 1 for s in where.values())  # no source leaks into both splits
+    val = {k for k, s in where.items() if s == {"val"}}
+    assert len(val) == 10  # 25% of the 40 sources, whole
+    assert len(rows[("val", None)]) == 10 * 4 * 3 and len(rows[("train", None)]) == 30 * 4 * 3
+
+
+def test_split_is_deterministic_per_seed_and_independent_of_listing_order():
+    keys = [f"photo{i:02d}.png" for i in range(40)]
+    opts = IngestOptions(name="d", val_fraction=0.2, seed=3)
+    a = _splits(plan_rows(_files(keys), opts))
+    b = _splits(plan_rows(_files(list(reversed(keys))), opts))
+    assert a == b
+    other = _splits(plan_rows(_files(keys), IngestOptions(name="d", val_fraction=0.2, seed=4)))
+    assert {k for k, s in a.items() if s == {"val"}} != {k for k, s in other.items() if s == {"val"}}
+    shards = [(p.split, p.path, [r.key for r in p.rows]) for p in plan_shards(_files(keys), opts)]
+    assert shards == [(p.split, p.path, [r.key for r in p.rows]) for p in plan_shards(_files(keys), opts)]
+
+
+def test_aligned_folders_split_by_name_and_test_folders_are_validation():
+    names = [f"{i}.png" for i in range(10)]
+    files = _files([f"A/{n}" for n in names] + [f"B/{n}" for n in names])
+    rows = plan_rows(files, IngestOptions(name="d", kind="aligned", val_fraction=0.3, seed=1))
+    pairs = [r for split_rows in rows.values() for r in split_rows]
+    assert all(len(r.files) == 2 and r.files[0].key[2:] == r.files[1].key[2:] for r in pairs)  # A/x with B/x
+    assert len(rows[("val", None)]) == 3 and len(rows[("train", None)]) == 7
+    held = _files([f"trainA/{n}" for n in names[:6]] + [f"trainB/{n}" for n in names[:6]]
+                  + [f"testA/{n}" for n in names[6:]] + [f"testB/{n}" for n in names[6:]])
+    rows = plan_rows(held, IngestOptions(name="d", kind="aligned", val_fraction=0.5, seed=1))
+    assert sorted(r.key.split("#")[0] for r in rows[("val", None)]) == sorted(f"testA/{n}" for n in names[6:])
+
+
+def test_unaligned_domains_split_each_domain_alone():
+    files = _files([f"trainA/a{i}.png" for i in range(10)] + [f"trainB/b{i}.png" for i in range(5)])
+    rows = plan_rows(files, IngestOptions(name="d", kind="unaligned", val_fraction=0.2, seed=0))
+    assert {k: len(v) for k, v in rows.items()} == {("train", "a"): 8, ("val", "a"): 2, ("train", "b"): 4,
+                                                   ("val", "b"): 1}
+    assert all(len(s) == 1 for s in _splits(rows).values())
+
+
+# ---- training data: paired crops -------------------------------------------------------------
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_paired_crops_cut_and_flip_input_and_target_alike():
+    from jobs.data import DecodeBatch
+
+    h, w, s = 24, 40, 16
+    # red counts rows, green columns: every pixel unique, so a crop's position and a flip show
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    src = np.stack([rows * 10, cols * 6, (rows + cols) % 7 * 30], axis=-1).astype(np.uint8)
+    target = 255 - src  # maps to exactly -input in [-1, 1]
+    n = 64
+    batch = {"key": np.array([f"k{i}" for i in range(n)]), "input": np.array([_png(src)] * n, dtype=object),
+             "target": np.array([_png(target)] * n, dtype=object)}
+    out = DecodeBatch(["input", "target"], s, augment=True)(batch)
+    assert out["input"].shape == out["target"].shape == (n, 3, s, s) and out["input"].dtype == np.float32
+    np.testing.assert_allclose(out["target"], -out["input"], atol=1e-6)  # same crop, same flip
+    full = src.astype(np.float32) / 255 * 2 - 1
+    boxes, flips = set(), set()
+    for x in out["input"].transpose(0, 2, 3, 1):
+        found = [(t, l, f) for t in range(h - s + 1) for l in range(w - s + 1) for f in (False, True)
+                 if np.allclose((full[t:t + s, l:l + s, :][:, ::-1] if f else full[t:t + s, l:l + s, :]), x)]
+        assert len(found) == 1  # a real window of the source, flipped or not
+        boxes.add(found[0][:2])
+        flips.add(found[0][2])
+    assert flips == {False, True} and len(boxes) > 8  # random crops and flips, not one fixed cut
+    val = DecodeBatch(["input", "target"], s, augment=False)(batch)
+    np.testing.assert_allclose(val["input"][0].transpose(1, 2, 0), full[4:20, 12:28], atol=1e-6)  # centre crop
+
+
+# ---- serving: tiles of concurrent requests batched ---------------------------------------------
+class _Runtime:
+    """Stands in for a model runtime: records each forward pass, output = 2 * input."""
+
+    def __init__(self):
+        self.passes: list[tuple[int, bool]] = []
+
+    def run(self, x: torch.Tensor, precise: bool) -> torch.Tensor:
+        self.passes.append((x.shape[0], precise))
+        return x * 2
+
+
+def test_tile_batches_group_by_runtime_shape_and_precision_and_answer_each_request():
+    from serving.app import group_tiles, run_grouped
+
+    fast, other = _Runtime(), _Runtime()
+    tiles = [torch.full((1, 3, 8, 8), float(i)) for i in range(7)]
+    items = [(None, fast, tiles[0], False), (None, fast, tiles[1], False), (None, fast, tiles[2], True),
+             (None, other, tiles[3], False), (None, fast, torch.full((1, 3, 8, 16), 4.0), False),
+             (None, fast, tiles[5], False), (None, other, tiles[6], False)]
+    groups = group_tiles(items)
+    assert sorted(i for idx in groups.values() for i in idx) == list(range(len(items)))  # each exactly once
+    assert sorted(groups.values()) == [[0, 1, 5], [2], [3, 6], [4]]
+    outs = run_grouped(items)
+    for (_, _, tile, _), out in zip(items, outs):
+        assert torch.equal(out, tile * 2)  # every request gets its own tile's output back
+    assert sorted(fast.passes) == [(1, False), (1, True), (3, False)] and other.passes == [(2, False)]
+
+
+# ---- registry: the promotion rule ------------------------------------------------------------
+def test_promotion_rule():
+    from jobs.registry import promotion_objections
+
+    score = {"1": {"psnr": 30.0, "gain_db": 1.0}, "2": {"psnr": 29.5, "gain_db": 0.5},
+             "3": {"psnr": 31.0, "gain_db": -0.2}, "4": {"psnr": 30.0, "gain_db": 1.0}}
+    assert promotion_objections("1", None, score, "psnr", "blur/val") == []  # first champion
+    assert promotion_objections("4", "1", score, "psnr", "blur/val") == []  # a tie is no objection
+    assert promotion_objections("1", "1", score, "psnr", "blur/val") == []
+    [worse] = promotion_objections("2", "1", score, "psnr", "blur/val")
+    assert worse == "v2 has psnr 29.500 on blur/val, worse than champion v1 (30.000)"
+    [harm] = promotion_objections("3", "1", score, "psnr", "blur/val")  # better PSNR, but harms its input
+    assert "worse than its input" in harm and "-0.20 dB" in harm
+    assert len(promotion_objections("3", "1", score, "gain_db", "blur/val")) == 2
+    cycle = {"5": {"cycle_psnr": 20.0}, "6": {"cycle_psnr": 21.0}}  # unpaired: cycle metrics, no gain
+    assert promotion_objections("6", "5", cycle, "psnr", "h2z/val") == []
+    assert "worse than champion v6" in promotion_objections("5", "6", cycle, "psnr", "h2z/val")[0]
+
+
+# ---- shared helpers --------------------------------------------------------------------------
+def test_write_atomic_leaves_the_old_file_or_the_whole_new_one(tmp_path):
+    from cluster.files import write_atomic
+
+    path = tmp_path / "out.png"
+    write_atomic(path, b"old")
+    with pytest.raises(ZeroDivisionError):
+        write_atomic(path, lambda tmp: (tmp.write_bytes(b"half"), 1 / 0))
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["out.png"]  # no temp file left
+    write_atomic(path, "secret", mode=0o600)
+    assert path.read_text() == "secret" and (path.stat().st_mode & 0o777) == 0o600
+
+
+def test_poll_until_returns_the_first_truthy_value_or_none_at_the_deadline():
+    from cluster.services import poll_until
+
+    calls = []
+    assert poll_until(lambda: calls.append(1) or (len(calls) >= 3 and "ready"), 5, interval_s=0.01) == "ready"
+    assert len(calls) == 3
+    t0 = time.monotonic()
+    assert poll_until(lambda: None, 0.2, interval_s=0.05) is None
+    assert time.monotonic() - t0 < 2
+
+    def failed():
+        raise Img2ImgError("deploy failed")
+
+    with pytest.raises(Img2ImgError, match="deploy failed"):  # a check gives up early by raising
+        poll_until(failed, 5)
+
+
+def test_job_environment_carries_no_secret():
+    from cluster.settings import Settings
+
+    s = Settings(s3_access_key="AK-not-logged", s3_secret_key="SK-not-logged", serve_api_key="KEY-not-logged",
+                 s3_endpoint="store:9000", mlflow_uri="http://mlflow:5000", ray_address="http://ray:8265")
+    env = s.job_env()
+    assert env["IMG2IMG_S3_ENDPOINT"] == "store:9000" and env["IMG2IMG_MLFLOW_URI"] == "http://mlflow:5000"
+    assert env["RAY_API_SERVER_ADDRESS"] == "http://ray:8265"
+    assert not any("not-logged" in v for v in env.values())
+
+
+def test_workers_get_the_typed_job_the_driver_planned():
+    import pickle
+
+    from jobs.plan import Cadence, make_plan
+    from jobs.spec import TrainSpec
+    from jobs.train_loop import WorkerJob
+
+    spec = TrainSpec(dataset="blur", run_id="r1", time_budget_s=30.0, fail_at_step=7, config={"width": 8})
+    job = WorkerJob(spec=spec, plan=make_plan({"train": 40}, 2, 4, 3, None, 4), cadence=Cadence.parse("5m"),
+                    variant_config=dict(spec.variant_config().__dict__), paired=True, tracking_uri="http://m",
+                    resume_path="bucket/checkpoints/r0/checkpoint_000001")
+    wire = pickle.loads(pickle.dumps(job.to_loop_config()))  # what Ray Train hands each worker
+    assert all(isinstance(v, (dict, bool, str)) for v in wire.values())  # plain data on the wire
+    again = WorkerJob.from_loop_config(wire)
+    assert again == job and again.spec.time_budget_s == 30.0 and again.cadence.seconds == 300
+
+
+def test_serve_options_refuse_bad_values_naming_the_flag():
+    from serving.options import DEFAULTS, ServeOptions, config_id
+
+    DEFAULTS.check()
+    for kw, flag in (({"runtime": "tensorrt"}, "--runtime"), ({"memory_format": "nhwc"}, "--memory-format"),
+                     ({"precision": "fp16"}, "--precision"), ({"num_cpus": 0}, "--num-cpus"),
+                     ({"threads": 0}, "--threads")):
+        with pytest.raises(Img2ImgError, match=flag):
+            ServeOptions(**kw).check()
+    assert "num_cpus" not in DEFAULTS.user_config()
+    assert config_id({"a": 1, "b": 2}) == config_id({"b": 2, "a": 1}) != config_id({"a": 1, "b": 3})
