@@ -73,6 +73,44 @@ TINY = {
 }
 
 
+def untrained_val_psnr(settings, dataset: str, variant: str, **spec_kw) -> float:
+    """Mean val PSNR (dB) of `variant` as training starts it (rank 0's seed, untrained), scored as
+    the training loop's validation does: paired output vs target; unpaired by cycle consistency
+    (A -> B -> A and B -> A -> B vs the image). The bar a trained version must clear."""
+    import pyarrow.parquet as pq
+    import torch
+
+    from cluster.storage import Storage
+    from jobs.data import _decode
+    from jobs.manifest import dataset_prefix, read_manifest
+    from jobs.spec import TrainSpec
+    from translator import tiling
+    from translator.metrics import psnr, to_unit
+    from translator.variants import build_variant
+
+    spec = TrainSpec(dataset=dataset, variant=variant, **spec_kw)
+    torch.manual_seed(spec.seed)  # what rank 0 does before building the variant
+    model = build_variant(variant, spec.variant_config().__dict__)
+    model.eval()
+    tensor = lambda png: torch.from_numpy(_decode(png).transpose(2, 0, 1).copy())[None] * 2 - 1  # noqa: E731
+    storage = Storage(settings)
+    scores = []
+    with torch.no_grad():
+        for shard in read_manifest(storage, dataset).splits["val"]:
+            table = pq.read_table(io.BytesIO(storage.get_bytes(dataset_prefix(dataset) + shard.path)))
+            for row in table.to_pylist():
+                if shard.domain is None:
+                    x, ref = tensor(row["input"]), tensor(row["target"])
+                    out = tiling.enhance(lambda t: model.translate(t), x, tile=512, overlap=32, multiple=model.multiple)
+                else:
+                    rev = shard.domain == "b"
+                    x = ref = tensor(row["image"])
+                    mid = tiling.enhance(lambda t, r=rev: model.translate(t, reverse=r), x, multiple=model.multiple)
+                    out = tiling.enhance(lambda t, r=rev: model.translate(t, reverse=not r), mid, multiple=model.multiple)
+                scores.append(float(psnr(to_unit(out), to_unit(ref)).sum()))
+    return sum(scores) / len(scores)
+
+
 @pytest.fixture(scope="session")
 def trained(stack, blur_dataset, unpaired_dataset):
     """The four classic variants trained through the Jobs API with 2 CPU workers each
