@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from cluster.errors import Img2ImgError
+from translator import OVERLAP, TILE
 
 log = logging.getLogger("img2img.eval")
 MARK = "[img2img-eval]"  # prefix of the lines the client parses from the job's log
@@ -54,8 +55,8 @@ class EvalSpec:
     workers: int = 1  # Scorer actors
     cpus_per_worker: float = 1.0
     use_gpu: bool = False
-    tile: int = 512
-    overlap: int = 32
+    tile: int = TILE
+    overlap: int = OVERLAP
     experiment: str = "img2img-eval"
 
     def to_json(self) -> str:

@@ -163,7 +163,7 @@ def validate(variant, paired: bool, world: int, max_samples: int = 4, split: boo
             x = batch[cols[0]].to(variant.device)
             if paired:
                 y = batch["target"].to(variant.device)
-                out = tiling.enhance(forward, x, tile=512, overlap=32, multiple=variant.multiple)
+                out = tiling.enhance(forward, x, tile=tiling.TILE, overlap=tiling.OVERLAP, multiple=variant.multiple)
                 ref, base = to_unit(y), to_unit(x)
                 sums["in_psnr"] += float(psnr(base, ref).sum())
                 sums["in_ssim"] += float(ssim(base, ref).sum())

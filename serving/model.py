@@ -72,7 +72,7 @@ class LoadedModel:
         return self.net(direction).run(batch, precise)
 
     @torch.inference_mode()
-    def enhance(self, image: torch.Tensor, tile: int = 512, overlap: int = 32, precise: bool = False,
+    def enhance(self, image: torch.Tensor, tile: int = tiling.TILE, overlap: int = tiling.OVERLAP, precise: bool = False,
                 direction: str = "AtoB") -> torch.Tensor:
         """1 x 3 x H x W in [-1, 1], any H x W (tiled) -> the same shape and range."""
         net = self.net(direction)

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from cluster.errors import Img2ImgError
+from translator import OVERLAP, TILE
 
 RUNTIMES = ("auto", "torch", "onnx")
 MEMORY_FORMATS = ("channels_last", "contiguous")
@@ -30,8 +31,8 @@ class ServeOptions:
     request_timeout_s: seconds before a request is answered 504 (`serve deploy` sizes it from the
     replica's measured speed)."""
 
-    tile: int = 512
-    overlap: int = 32
+    tile: int = TILE
+    overlap: int = OVERLAP
     max_pixels: int = 16_000_000
     max_batch_size: int = 1
     batch_wait_timeout_s: float = 0.01

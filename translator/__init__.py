@@ -2,3 +2,8 @@
 image conversion and tiled inference. Nothing here knows about Ray, MLflow or object storage."""
 
 __version__ = "0.1.0"
+
+# Tile edge and overlap (pixels) wherever full images are run: validation, `img2img eval`, the
+# endpoint (serving/options.py) and --local; one pair, so every path scores the same way. Here,
+# not in tiling.py, so the CLI can read them without importing torch.
+TILE, OVERLAP = 512, 32

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from translator import OVERLAP, TILE
+
 
 @dataclass
 class TilePlan:
@@ -44,7 +46,7 @@ def _starts(length: int, tile: int, stride: int) -> list[int]:
     return starts
 
 
-def split(image: torch.Tensor, tile: int = 512, overlap: int = 32, multiple: int = 1):
+def split(image: torch.Tensor, tile: int = TILE, overlap: int = OVERLAP, multiple: int = 1):
     """1xCxHxW -> (N x C x th x tw tiles, plan)."""
     if image.dim() != 4 or image.shape[0] != 1:
         raise ValueError("split expects one image as a 1xCxHxW tensor")
@@ -95,15 +97,15 @@ def merge(tiles: torch.Tensor, plan: TilePlan) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def enhance(forward: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, tile: int = 512,
-            overlap: int = 32, multiple: int = 1, batch_size: int = 4) -> torch.Tensor:
+def enhance(forward: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, tile: int = TILE,
+            overlap: int = OVERLAP, multiple: int = 1, batch_size: int = 4) -> torch.Tensor:
     """Run `forward` (NCHW -> NCHW, e.g. a generator) over `image` (1xCxHxW) of any size."""
     tiles, plan = split(image, tile, overlap, multiple)
     outputs = [forward(tiles[i:i + batch_size]).float() for i in range(0, len(tiles), batch_size)]
     return merge(torch.cat(outputs, 0), plan)
 
 
-def count_tiles(height: int, width: int, tile: int = 512, overlap: int = 32, multiple: int = 1) -> int:
+def count_tiles(height: int, width: int, tile: int = TILE, overlap: int = OVERLAP, multiple: int = 1) -> int:
     tile = max(multiple, tile // multiple * multiple)
     H, W = math.ceil(height / multiple) * multiple, math.ceil(width / multiple) * multiple
     th, tw = min(tile, H), min(tile, W)
