@@ -86,11 +86,13 @@ def untrained_val_psnr(settings, dataset: str, variant: str, **spec_kw) -> float
     from jobs.spec import TrainSpec
     from translator import tiling
     from translator.metrics import psnr, to_unit
+    from translator.precision import training_precision
     from translator.variants import build_variant
 
     spec = TrainSpec(dataset=dataset, variant=variant, **spec_kw)
-    torch.manual_seed(spec.seed)  # what rank 0 does before building the variant
-    model = build_variant(variant, spec.variant_config().__dict__)
+    torch.manual_seed(spec.seed)  # what rank 0 does before building the variant, at the same precision
+    amp, channels_last = training_precision(spec.precision, "cpu")
+    model = build_variant(variant, spec.variant_config().__dict__, amp=amp, channels_last=channels_last)
     model.eval()
     tensor = lambda png: torch.from_numpy(_decode(png).transpose(2, 0, 1).copy())[None] * 2 - 1  # noqa: E731
     storage = Storage(settings)
