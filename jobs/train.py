@@ -195,6 +195,10 @@ def run(spec: TrainSpec, settings: Settings | None = None):
         client = MlflowClient(settings.mlflow_uri)
         tags = {"variant": spec.variant, "dataset": spec.dataset, "dataset_sha256": manifest.sha256,
                 "run_id": run_id, "multiple": str(variant.multiple), "step": str(variant.step)}
+        if manifest.degradation:  # what the model learned to undo, and so its task (GET /model shows it)
+            from translator.tasks import task_for_spec
+
+            tags.update({"degradation": manifest.degradation, "task": task_for_spec(manifest.degradation)})
         # unpaired variants validate by cycle consistency: tag those as cycle metrics
         tags.update({(k if paired else k.replace("val_", "val_cycle_", 1)): f"{v:.4f}"
                      for k, v in metrics.items() if k.startswith("val_")})

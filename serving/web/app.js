@@ -115,10 +115,19 @@
   function metricRank(key) {
     return ["val_psnr", "val_ssim", "val_gain_db"].indexOf(key) + 1 || (/input/.test(key) ? 5 : 4);
   }
+  const TASK_TEXT = {
+    deblur: "deblurring", restore: "restoring damaged photos", colorize: "colourising grey photos",
+    sketch: "turning line drawings into photos", "colorize+restore": "colourising and restoring damaged grey photos",
+  };
   function renderModel(info) {
     const extra = [info.variant, info.runtime, info.device].filter(Boolean).join(", ");
     $("model-summary").textContent = `Model ${info.name} v${info.version}` + (extra ? ` (${extra})` : "") +
       (Object.keys(info.metrics || {}).length ? "; on its validation set:" : "");
+    // The task the model was trained for, from its training set's degradation spec (GET /model).
+    const task = TASK_TEXT[info.task] || info.task;
+    $("model-task").textContent = task ? `Trained for: ${task}` +
+      (info.degradation ? ` (inputs made with ${info.degradation})` : "") : "";
+    $("model-task").hidden = !task;
     const rows = Object.entries(info.metrics || {})
       .sort(([a], [b]) => metricRank(a) - metricRank(b) || a.localeCompare(b));
     $("model-metrics").replaceChildren(...rows.map(([k, v]) => {
