@@ -121,13 +121,12 @@
   };
   function renderModel(info) {
     const extra = [info.variant, info.runtime, info.device].filter(Boolean).join(", ");
-    $("model-summary").textContent = `Model ${info.name} v${info.version}` + (extra ? ` (${extra})` : "") +
-      (Object.keys(info.metrics || {}).length ? "; on its validation set:" : "");
     // The task the model was trained for, from its training set's degradation spec (GET /model).
     const task = TASK_TEXT[info.task] || info.task;
-    $("model-task").textContent = task ? `Trained for: ${task}` +
-      (info.degradation ? ` (inputs made with ${info.degradation})` : "") : "";
-    $("model-task").hidden = !task;
+    const trained = task ? `, trained for ${task}` + (info.degradation ? ` (inputs made with ${info.degradation})` : "")
+      : "";
+    $("model-summary").textContent = `Model ${info.name} v${info.version}` + (extra ? ` (${extra})` : "") + trained +
+      (Object.keys(info.metrics || {}).length ? "; on its validation set:" : "");
     const rows = Object.entries(info.metrics || {})
       .sort(([a], [b]) => metricRank(a) - metricRank(b) || a.localeCompare(b));
     $("model-metrics").replaceChildren(...rows.map(([k, v]) => {
