@@ -54,7 +54,6 @@ def grid_row(settings, result) -> list:
 def main() -> None:
     from img2img_demo.run import run_demo
     from img2img_demo.tasks import DEMO_TASKS, demo_task
-    from translator import images
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", default=",".join(DEMO_TASKS), help="comma-separated demo tasks")
@@ -74,12 +73,19 @@ def main() -> None:
         m = result.mean
         spec = task.quick_spec if args.quick else task.spec
         rows.append([task.name, task.variant, f"`{spec}`", f"{budget:g} s", len(result.rows),
-                     m["input_psnr"], m["input_ssim"], m["output_psnr"], m["output_ssim"],
-                     m["output_psnr"] - m["input_psnr"], m["output_ssim"] - m["input_ssim"], f"{time.time() - t0:.0f} s"])
+                     m["input_psnr"], f"{m['input_ssim']:.4f}", m["output_psnr"], f"{m['output_ssim']:.4f}",
+                     m["output_psnr"] - m["input_psnr"], f"{m['output_ssim'] - m['input_ssim']:+.4f}",
+                     f"{time.time() - t0:.0f} s"])
         grid_rows.append(grid_row(settings, result))
         labels.append(f"{task.name}: {result.rows[0]['photo']}")
         print(f"[{task.name}] input {m['input_psnr']:.2f} dB / {m['input_ssim']:.4f} -> output "
               f"{m['output_psnr']:.2f} dB / {m['output_ssim']:.4f}", flush=True)
+        write(args, budget, rows, grid_rows, labels)  # after every task: a long run stopped early keeps its rows
+
+
+def write(args, budget: float, rows: list, grid_rows: list, labels: list) -> None:
+    from translator import images
+
     suffix = f"_{args.tag}" if args.tag else ""
     OUT.mkdir(exist_ok=True)
     grid_file = OUT / f"tasks_grid{suffix}.png"
@@ -90,7 +96,8 @@ def main() -> None:
            notes=(f"Rows of the grid `out/{grid_file.name}` (256 px centre crops, one held-out photo per task: "
                   f"{'; '.join(labels)}): input | output | original. Scores are over the whole held-out photos at "
                   "their own resolution through POST /enhance, exactly as `img2img demo --task T` reports them; "
-                  "colorize scores only the colour photos (a grey photo stays itself)."))
+                  "colorize scores only the colour photos (a grey photo stays itself).\n\n"
+                  f"![input | output | original per task](out/{grid_file.name})"))
 
 
 if __name__ == "__main__":
