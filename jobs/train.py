@@ -189,6 +189,10 @@ def register(spec: TrainSpec, settings: Settings, job: JobPlan, result, fit_s: f
     if version is not None:
         tags = {"variant": spec.variant, "dataset": spec.dataset, "dataset_sha256": job.manifest.sha256,
                 "run_id": spec.run_id, "multiple": str(variant.multiple), "step": str(variant.step)}
+        if job.manifest.degradation:  # what the model learned to undo, and so its task (GET /model shows it)
+            from translator.tasks import task_for_spec
+
+            tags.update({"degradation": job.manifest.degradation, "task": task_for_spec(job.manifest.degradation)})
         # unpaired variants validate by cycle consistency: tag those as cycle metrics
         tags.update({(k if paired else k.replace("val_", "val_cycle_", 1)): f"{v:.4f}"
                      for k, v in metrics.items() if k.startswith("val_")})

@@ -11,6 +11,7 @@ import torch
 
 from serving.runtime import Runtime, build
 from translator import tiling
+from translator.tasks import task_for_spec
 
 log = logging.getLogger(__name__)
 UNPAIRED = {"cyclegan", "dualgan"}
@@ -34,10 +35,12 @@ class LoadedModel:
                                  "contiguous", "fp32")
 
     seconds_per_megapixel: float | None = None
+    degradation: str | None = None  # the training set's degradation spec (registry tag), None if not synthesised
     reverse_runtime: Runtime | None = None  # B->A of two-way models, built on first use
 
     def info(self) -> dict:
-        return {"name": self.name, "version": self.version, "variant": self.variant, "multiple": self.multiple,
+        return {"name": self.name, "version": self.version, "variant": self.variant,
+                "task": task_for_spec(self.degradation), "degradation": self.degradation, "multiple": self.multiple,
                 "metrics": self.metrics, "device": self.runtime.device, **self.runtime.info(),
                 "directions": self.directions, "seconds_per_megapixel": self.seconds_per_megapixel,
                 "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at))}
@@ -186,4 +189,4 @@ def load(tracking_uri: str, name: str, version: str, device: str | None = None, 
         onnx_file = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=tags["export_onnx"])
     rt = build(generator, multiple, runtime, threads, device, memory_format, precision, onnx_file)
     return LoadedModel(generator, name, str(version), tags.get("variant", "unknown"), multiple, metrics,
-                       device=device, runtime=rt)
+                       device=device, runtime=rt, degradation=tags.get("degradation"))

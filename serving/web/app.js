@@ -115,9 +115,17 @@
   function metricRank(key) {
     return ["val_psnr", "val_ssim", "val_gain_db"].indexOf(key) + 1 || (/input/.test(key) ? 5 : 4);
   }
+  const TASK_TEXT = {
+    deblur: "deblurring", restore: "restoring damaged photos", colorize: "colourising grey photos",
+    sketch: "turning line drawings into photos", "colorize+restore": "colourising and restoring damaged grey photos",
+  };
   function renderModel(info) {
     const extra = [info.variant, info.runtime, info.device].filter(Boolean).join(", ");
-    $("model-summary").textContent = `Model ${info.name} v${info.version}` + (extra ? ` (${extra})` : "") +
+    // The task the model was trained for, from its training set's degradation spec (GET /model).
+    const task = TASK_TEXT[info.task] || info.task;
+    const trained = task ? `, trained for ${task}` + (info.degradation ? ` (inputs made with ${info.degradation})` : "")
+      : "";
+    $("model-summary").textContent = `Model ${info.name} v${info.version}` + (extra ? ` (${extra})` : "") + trained +
       (Object.keys(info.metrics || {}).length ? "; on its validation set:" : "");
     const rows = Object.entries(info.metrics || {})
       .sort(([a], [b]) => metricRank(a) - metricRank(b) || a.localeCompare(b));

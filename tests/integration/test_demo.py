@@ -29,3 +29,39 @@ def test_demo_reuses_what_exists(demo_run, stack, tmp_path):
     again = run_demo(stack, quick=True, out_dir=tmp_path / "again", say=lambda m: None)
     assert again.version == demo_run.version  # no retraining, same champion
     assert time.time() - t0 < 120
+
+
+def test_colorize_demo_runs_the_whole_path_and_says_its_task(stack, tmp_path):
+    """`img2img demo --task colorize` at the tiniest size: grey -> colour with pix2pix, through
+    ingest, a real training job, promotion, deployment and POST /enhance; GET /model says colorize."""
+    import httpx
+    import numpy as np
+    from mlflow.tracking import MlflowClient
+
+    from img2img_demo.run import run_demo
+    from serving.deploy import redeploy_model, status
+
+    before = status(stack)  # the endpoint the serving tests share: put its model back afterwards
+    try:
+        result = run_demo(stack, task="colorize", quick=True, budget_s=15, crops=4, out_dir=tmp_path / "colorize",
+                          say=lambda m: None)
+        assert result.dataset == "demo-colorize-quick" and result.model == "demo-colorize-quick-pix2pix"
+        assert result.rows and not result.skipped  # colour photos only: a grey one has nothing to colourise
+        report = (tmp_path / "colorize" / "report.md").read_text()
+        assert "colorize with pix2pix" in report and "| grey PSNR | colourised PSNR |" in report
+        for row in result.rows:
+            assert np.isfinite(row["input_psnr"]) and row["input_psnr"] < 60  # grey really differs from colour
+            assert row["output_psnr"] != row["input_psnr"]  # the network changed something
+            grid = Image.open(tmp_path / "colorize" / (row["photo"].rsplit(".", 1)[0] + ".png"))
+            assert grid.width > 3 * 200 and row["photo"] in report
+        assert ("improves the degraded photos" in report) != ("makes the photos worse" in report)
+        assert "after 0.25 minutes of CPU training" in report
+
+        info = httpx.get(stack.serve_url + "/model", timeout=30).json()
+        assert (info["name"], info["version"]) == (result.model, result.version)
+        assert info["task"] == "colorize" and info["degradation"] == "gray"
+        tags = MlflowClient(stack.mlflow_uri).get_model_version(result.model, result.version).tags
+        assert tags["task"] == "colorize" and tags["degradation"] == "gray"
+    finally:
+        if before and before.get("model"):
+            redeploy_model(stack, f"{before['model']}/{before['version']}")

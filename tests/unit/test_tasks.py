@@ -1,0 +1,82 @@
+"""Which task a degradation spec trains for (GET /model and the web page show it), and the
+demo's `--task` choices."""
+
+import numpy as np
+import pytest
+
+from img2img_demo.tasks import DEFAULT_TASK, DEMO_TASKS, demo_task
+from translator import degrade
+from translator.tasks import TASKS, task_for_spec
+
+
+@pytest.mark.parametrize("spec, task", [
+    ("gaussian:1.5", "deblur"),
+    ("random_gaussian:0.5-3", "deblur"),
+    ("mix(gaussian:1.5,resize:4)", "deblur"),
+    ("noise:10", "restore"),
+    ("jpeg:30", "restore"),
+    ("chain(gaussian:1,noise:5,jpeg:40)", "restore"),  # blur among other damage: restoration
+    ("holes:0.2", "restore"),
+    ("scratches:12", "restore"),
+    ("mix(holes:0.1,scratches:8)", "restore"),
+    ("gray", "colorize"),
+    ("chain(gray,scratches:8)", "colorize+restore"),  # an old damaged black-and-white print
+    ("edges", "sketch"),
+    ("edges:2", "sketch"),
+    ("chain(gaussian:1,edges)", "sketch"),  # a drawing keeps nothing else to undo
+    (" mix( gray , gray ) ", "colorize"),
+])
+def test_spec_names_its_task(spec, task):
+    assert task_for_spec(spec) == task
+
+
+@pytest.mark.parametrize("spec", [None, "", "   "])
+def test_no_spec_no_task(spec):
+    assert task_for_spec(spec) is None  # a dataset the user brought as pairs: nothing to derive
+
+
+@pytest.mark.parametrize("spec", ["watercolour:3", "mix(gaussian:1.5", "gaussian:-1"])
+def test_unknown_spec_is_shown_as_it_is(spec):
+    assert task_for_spec(spec) == spec  # never raises: GET /model must answer whatever a tag holds
+
+
+def test_every_demo_task_trains_what_its_spec_names():
+    assert set(DEMO_TASKS) == set(TASKS) and DEFAULT_TASK == "deblur"
+    for name, task in DEMO_TASKS.items():
+        assert task_for_spec(task.spec) == name and task_for_spec(task.quick_spec) == name
+        # the spec changes a colour photo (else the demo would have nothing to score)
+        photo = np.random.default_rng(0).random((48, 48, 3)).astype(np.float32)
+        assert not np.array_equal(degrade.apply(task.quick_spec, photo, seed=0), photo)
+
+
+def test_demo_names_never_collide_and_deblur_keeps_its_own():
+    names = [t.dataset(q) for t in DEMO_TASKS.values() for q in (False, True)]
+    assert len(set(names)) == len(names)
+    assert demo_task("deblur").dataset(False) == "demo-photos" and demo_task("deblur").dataset(True) == "demo-photos-quick"
+    assert {demo_task("colorize").variant, demo_task("sketch").variant} == {"pix2pix"}
+    assert {demo_task("deblur").variant, demo_task("restore").variant} == {"nafnet"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task", "paint"], "Error: unknown task 'paint'; use one of: deblur, colorize, sketch, restore"),
+    (["--task", "colorize", "--variant", "cyclegan"], "Error: unknown variant 'cyclegan' for the demo"),
+    (["--budget", "0"], "Error: --budget must be a positive number of seconds"),
+])
+def test_demo_refuses_a_bad_choice_in_one_line_before_starting(cli, tmp_path, monkeypatch, args, message):
+    monkeypatch.setenv("IMG2IMG_STATE_DIR", str(tmp_path / "state"))  # nothing may be started or written
+    result = cli("demo", *args, "--out", str(tmp_path / "out"))
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "state").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("degradation, task", [("gray", "colorize"), ("edges", "sketch"), (None, None)])
+def test_served_model_says_its_task(degradation, task):
+    import torch
+
+    from serving.model import LoadedModel
+
+    info = LoadedModel(torch.nn.Identity(), "m", "1", "pix2pix", 1, degradation=degradation).info()
+    assert info["task"] == task and info["degradation"] == degradation
