@@ -128,8 +128,12 @@ def runtime_env(settings: Settings) -> dict:
 def submit(spec: TrainSpec, settings: Settings) -> dict:
     """Check the request (see `preflight`), create its MLflow run, submit the job.
     -> {"job_id", "run_id", "run_url", "plan": TrainPlan}. Raises Img2ImgError when refused."""
+    # The options first (no service needed): a bad one is named even while the stack is down.
+    manifest, plan = preflight(spec, settings)
+    from jobs.train import check_resources
+
+    check_resources(spec, cluster_resources(settings), settings.ray_address)
     client = job_client(settings)
-    manifest, plan = preflight(spec, settings, cluster_resources(settings))
     spec.run_id, url = start_run(spec, settings, manifest, plan)
     entrypoint = f"python -m jobs.train --spec {shlex.quote(spec.to_json())}"
     metadata = {"img2img": "train", "variant": spec.variant, "dataset": spec.dataset, "run_id": spec.run_id}

@@ -171,3 +171,17 @@ def test_folder_output_check_walks_up_to_an_existing_parent(tmp_path):
     with pytest.raises(Img2ImgError, match="is a file"):
         (tmp_path / "f").write_text("x")
         cli_utils.check_output_dir(tmp_path / "f", "-o")
+
+
+@pytest.mark.parametrize("args, message", [(["--workers", "0"], "--workers must be at least 1"),
+                                           (["--precision", "fp8"], "--precision must be auto, fp32 or bf16")])
+def test_a_bad_training_option_is_named_even_while_the_stack_is_down(cli, monkeypatch, tmp_path, args, message):
+    """Options need no service: they are checked before Ray, S3 or MLflow is contacted, so the
+    user fixes the command first instead of being told to start a stack."""
+    from tests.conftest import stack_env
+
+    for key, value in stack_env(tmp_path / "state").items():  # free ports: nothing listens there
+        monkeypatch.setenv(key, value)
+    r = cli("train", "--dataset", "photos", *args)
+    assert r.exit_code == 1 and message in r.output and "cannot reach" not in r.output
+    assert r.output.count("\n") == 1 and "Traceback" not in r.output
