@@ -138,7 +138,10 @@ def resolve(tracking_uri: str, model: str) -> tuple[str, str]:
 
 def version_run_id(tracking_uri: str, name: str, version: str) -> str:
     """The MLflow run that produced `name` v`version`: part of a deployment's identity, since a
-    model deleted and registered again reuses version numbers for different weights."""
+    model deleted and registered again reuses version numbers for different weights.
+    -> the run id (32 hex characters; "" for a version registered without a run).
+    Raises mlflow.exceptions.MlflowException when `name` has no version `version` (callers
+    resolve the version first with `resolve`, which names what is missing)."""
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri).get_model_version(name, str(version)).run_id or ""
