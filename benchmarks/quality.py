@@ -2,7 +2,7 @@
 input, unsharp masking, Wiener deconvolution and Richardson-Lucy with the TRUE kernel, and the
 article's autoencoder; then a nafnet trained on a mix of blurs, scored per degradation.
 
-Usage: python benchmarks/quality.py [--minutes 10,30] [--mix-minutes 10]
+Usage: python benchmarks/quality.py [--minutes 10,30] [--mix-minutes 10] [--set ema_decay=0 ...]
 Training runs are real platform jobs (2 CPU workers); the 30-minute model resumes the 10-minute
 run (`--resume`), so the budgets are cumulative.
 """
@@ -111,7 +111,8 @@ def model_fn(settings, name: str, version: str):
     return run
 
 
-def train(settings, dataset: str, variant: str, minutes: float, model_name: str, resume: str | None = None):
+def train(settings, dataset: str, variant: str, minutes: float, model_name: str, resume: str | None = None,
+          config: dict | None = None):
     from mlflow.tracking import MlflowClient
 
     from jobs.spec import TrainSpec
@@ -119,7 +120,7 @@ def train(settings, dataset: str, variant: str, minutes: float, model_name: str,
 
     spec = TrainSpec(dataset=dataset, variant=variant, workers=2, cpus_per_worker=1.0, epochs=100_000,
                      time_budget_s=minutes * 60, image_size=64, model_name=model_name, experiment="quality",
-                     resume=resume)
+                     resume=resume, config=dict(config or {}))
     out = submit(spec, settings)
     if wait(job_client(settings), out["job_id"], follow=False) != "SUCCEEDED":
         raise RuntimeError(f"training {variant} failed: img2img jobs logs {out['job_id']}")
@@ -146,7 +147,11 @@ def main() -> None:
     parser.add_argument("--parts", default="autoencoder,nafnet,mix",
                         help="which trained rows to produce (the classical rows always run: seconds)")
     parser.add_argument("--tag", default="", help="suffix for the result tables' names, e.g. a re-run")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="nafnet hyper-parameter override for the trained rows (a lever), e.g. ema_decay=0")
     args = parser.parse_args()
+    config = dict(kv.split("=", 1) for kv in args.set)
+    lever = f" ({', '.join(args.set)})" if args.set else ""
     parts = set(args.parts.split(","))
     suffix = f"_{args.tag}" if args.tag else ""
     budgets = [float(m) for m in args.minutes.split(",")]
@@ -167,10 +172,11 @@ def main() -> None:
         rows.append(["autoencoder (article seed)", f"{budgets[0]:g} min", *score([run(b) for b in blurred], cleans)])
     run_id, done = None, 0.0
     for total in budgets if "nafnet" in parts else []:
-        run_id, version = train(settings, "quality-g15", "nafnet", total - done, "quality-nafnet", resume=run_id)
+        run_id, version = train(settings, "quality-g15", "nafnet", total - done, "quality-nafnet", resume=run_id,
+                                config=config)
         done = total
         run = model_fn(settings, "quality-nafnet", version)
-        rows.append(["nafnet-tiny", f"{total:g} min", *score([run(b) for b in blurred], cleans)])
+        rows.append([f"nafnet-tiny{lever}", f"{total:g} min", *score([run(b) for b in blurred], cleans)])
     report(f"quality_gaussian{suffix}", f"Deblurring held-out photos ({len(cleans)} x {TEST_SIZE}px), Gaussian sigma {SIGMA}",
            ["method", "CPU budget (2 workers)", "PSNR dB", "SSIM"], rows,
            notes="Inputs are rounded to 8 bits, like the platform's PNG datasets. Wiener and Richardson-Lucy are "
@@ -178,7 +184,8 @@ def main() -> None:
                  "example pairs. Each longer nafnet budget resumes the previous run.")
     if "mix" not in parts:
         return
-    _, mix_version = train(settings, "quality-mix", "nafnet", args.mix_minutes, "quality-nafnet-mix")
+    _, mix_version = train(settings, "quality-mix", "nafnet", args.mix_minutes, "quality-nafnet-mix",
+                              config=config)
     run = model_fn(settings, "quality-nafnet-mix", mix_version)
     mix_rows = []
     for spec in ("gaussian:1.5", "gaussian:2.5", "resize:4"):
@@ -186,7 +193,7 @@ def main() -> None:
         sigma = float(spec.split(":")[1]) if spec.startswith("gaussian") else None
         wien = score([wiener(d, sigma, best_k) for d in degraded], cleans)[0] if sigma else float("nan")
         mix_rows.append([spec, *score(degraded, cleans), *score([run(d) for d in degraded], cleans), wien])
-    report(f"quality_mix{suffix}", f"nafnet trained {args.mix_minutes:g} min on {MIX}, scored per degradation",
+    report(f"quality_mix{suffix}", f"nafnet{lever} trained {args.mix_minutes:g} min on {MIX}, scored per degradation",
            ["degradation", "input PSNR", "input SSIM", "nafnet PSNR", "nafnet SSIM", "Wiener (true kernel) PSNR"],
            mix_rows)
 

@@ -46,12 +46,25 @@ def _image(size: int) -> bytes:
     return buf.getvalue()
 
 
+def replica_seconds(server_timing: str) -> float:
+    """The time a replica spent on a request (decode + model + encode), in seconds, from its
+    `Server-Timing` header (`decode;dur=1.2, model;dur=44.0, ...`, milliseconds)."""
+    total = 0.0
+    for part in server_timing.split(","):
+        for field in part.split(";")[1:]:
+            if field.strip().startswith("dur="):
+                total += float(field.strip()[4:]) / 1000
+    return total
+
+
 async def _load(url: str, body: bytes, n: int, concurrency: int) -> tuple[list[float], float, dict]:
+    """n POSTs of `body`, `concurrency` in flight -> (latencies s, images/s, the X-Model-* headers
+    plus "replica_s": each request's time inside the replica, from Server-Timing)."""
     import httpx
 
     sem = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
-    headers: dict = {}
+    headers: dict = {"replica_s": []}
     async with httpx.AsyncClient(timeout=900) as client:
         async def one():
             async with sem:
@@ -60,6 +73,7 @@ async def _load(url: str, body: bytes, n: int, concurrency: int) -> tuple[list[f
                 r.raise_for_status()
                 latencies.append(time.perf_counter() - t0)
                 headers.update({k: v for k, v in r.headers.items() if k.startswith("x-model")})
+                headers["replica_s"].append(replica_seconds(r.headers.get("server-timing", "")))
 
         t0 = time.perf_counter()
         await asyncio.gather(*(one() for _ in range(n)))
@@ -131,6 +145,7 @@ def quick(settings, model: str, n: int = 20) -> None:
 
     from serving.deploy import deploy
     from serving.model import load, resolve
+    from serving.runtime import cpu_has_native_bf16
 
     name, version = resolve(settings.mlflow_uri, model)
     body = _image(256)
@@ -139,8 +154,15 @@ def quick(settings, model: str, n: int = 20) -> None:
     in_process(m, body, 3, tile=512)  # warm-up
     lat, rate = in_process(m, body, n, tile=512)
     base = percentile(lat, 50)
-    rows = [_row(256, "in-process", "torch NCHW fp32 (today)", "-", 1, lat, rate, base)]
+    rows = [_row(256, "in-process", "torch NCHW fp32 (today)", "-", 1, lat, rate, base) + ["-"]]
     del m
+    if cpu_has_native_bf16():  # what the best Serve row runs inside its replica, without Serve
+        m = load(settings.mlflow_uri, name, version, threads=CPUS, runtime="torch", memory_format="channels_last",
+                 precision="bf16")
+        in_process(m, body, 3, tile=512)
+        lat, rate = in_process(m, body, n, tile=512)
+        rows.append(_row(256, "in-process", "torch channels_last bf16", "-", 1, lat, rate, base) + ["-"])
+        del m
     configs = [("torch NCHW fp32, 1 CPU (today)", dict(runtime="torch", memory_format="contiguous", precision="fp32",
                                                       num_cpus=1, tile=256, max_batch_size=8)),
                ("torch channels_last auto", dict(runtime="torch", memory_format="channels_last", precision="auto",
@@ -150,15 +172,18 @@ def quick(settings, model: str, n: int = 20) -> None:
         deploy(settings, model, min_replicas=1, max_replicas=1, wait_s=600, **kw)
         info = httpx.get(settings.serve_url + "/model", timeout=30).json()
         asyncio.run(_load(settings.serve_url, body, 3, 1))  # warm-up
-        lat, rate, _ = asyncio.run(_load(settings.serve_url, body, n, 1))
+        lat, rate, seen = asyncio.run(_load(settings.serve_url, body, n, 1))
         desc = f"{label} [{info.get('runtime')} {info.get('precision')}, {info.get('threads')} thr]"
-        rows.append(_row(256, "Serve", desc, "on" if kw["max_batch_size"] > 1 else "off", 1, lat, rate, base))
+        rows.append(_row(256, "Serve", desc, "on" if kw["max_batch_size"] > 1 else "off", 1, lat, rate, base)
+                    + [percentile(seen["replica_s"], 50) * 1e3])
     deploy(settings, model)  # back to the defaults
     report("serve_latency_quick", f"Serving latency at 256x256, concurrency 1 ({model}, {n} requests each)",
            ["input", "path", "runtime", "batching", "concurrency", "p50 ms", "p95 ms", "images/s",
-            "p50 / this run's in-process p50"], rows,
+            "p50 / this run's in-process p50", "in-replica p50 ms (Server-Timing)"], rows,
            notes="The issue's target: Serve p50 <= 0.6 x today's in-process p50 (187 ms when last measured "
-                 "on idle cores). This run's in-process row shares the cores with whatever else runs.")
+                 "on idle cores). This run's in-process row shares the cores with whatever else runs. "
+                 "In-replica time is decode + model + encode as the replica's Server-Timing header reports "
+                 "it; the rest of a Serve p50 is HTTP, Ray Serve's proxy and the hop to the replica.")
 
 
 def main() -> None:

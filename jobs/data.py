@@ -32,11 +32,13 @@ class DecodeBatch:
     """numpy batch of PNG bytes -> float32 NCHW in [-1, 1], cropped to `image_size`.
 
     Training (augment=True): a random crop and a random horizontal flip, the same for the input
-    and target of a pair. Validation: a centre crop.
+    and target of a pair (pix2pix's augmentation); with `rotate`, also a random multiple of 90
+    degrees, so each crop is seen in any of its 8 orientations (the dihedral group D4, BasicSR's
+    `augment(hflip=True, rotation=True)` for paired restoration). Validation: a centre crop.
     """
 
-    def __init__(self, columns: list[str], image_size: int | None, augment: bool):
-        self.columns, self.image_size, self.augment = columns, image_size, augment
+    def __init__(self, columns: list[str], image_size: int | None, augment: bool, rotate: bool = False):
+        self.columns, self.image_size, self.augment, self.rotate = columns, image_size, augment, rotate
         self.rng = None  # created per call: a pickled generator would repeat the same crops
 
     def _box(self, h: int, w: int) -> tuple[int, int, int, int]:
@@ -58,10 +60,13 @@ class DecodeBatch:
             decoded = [_decode(batch[c][i]) for c in self.columns]
             top, left, h, w = self._box(*decoded[0].shape[:2])
             flip = self.augment and self.rng.random() < 0.5
+            turns = int(self.rng.integers(0, 4)) if self.augment and self.rotate else 0
             for c, arr in zip(self.columns, decoded):
                 arr = arr[top:top + h, left:left + w]
                 if flip:
                     arr = arr[:, ::-1]
+                if turns:
+                    arr = np.rot90(arr, turns, axes=(0, 1))
                 out[c].append(arr.transpose(2, 0, 1))
         result = {c: np.stack(v).astype(np.float32) * 2.0 - 1.0 for c, v in out.items()}
         result["key"] = np.asarray(batch["key"])
@@ -107,9 +112,10 @@ def read_parquet_v1(paths: list[str], filesystem):
 
 def load_dataset(name: str, split: str = "train", settings: Settings | None = None, *,
                  image_size: int | None = None, augment: bool | None = None, domain: str | None = None,
-                 batch_size: int = 16):
+                 batch_size: int = 16, rotate: bool = False):
     """-> ray.data.Dataset of {"key", "input", "target"} (paired) or {"key", "image"} for one
-    domain ("a" or "b") of an unpaired dataset; images float32 NCHW in [-1, 1]."""
+    domain ("a" or "b") of an unpaired dataset; images float32 NCHW in [-1, 1].
+    augment (default: on for "train"): random crops and flips; `rotate` adds 90-degree turns."""
 
     settings = settings or get_settings()
     storage = Storage(settings)
@@ -121,5 +127,5 @@ def load_dataset(name: str, split: str = "train", settings: Settings | None = No
     paths = check_shards(storage, manifest, split, domain)
     columns = ["input", "target"] if manifest.kind == "paired" else ["image"]
     ds = read_parquet_v1(paths, arrow_filesystem(settings)).select_columns(["key", *columns])
-    decode = DecodeBatch(columns, image_size, split == "train" if augment is None else augment)
+    decode = DecodeBatch(columns, image_size, split == "train" if augment is None else augment, rotate)
     return ds.map_batches(decode, batch_format="numpy", batch_size=batch_size)

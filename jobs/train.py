@@ -110,17 +110,20 @@ def latest_checkpoint(settings: Settings, run_id: str) -> str:
     return f"{checkpoint_prefix(settings, run_id)}/{dirs[-1]}"
 
 
-def datasets_for(spec: TrainSpec, manifest: Manifest, settings: Settings, image_size: int) -> dict:
+def datasets_for(spec: TrainSpec, manifest: Manifest, settings: Settings, image_size: int,
+                 rotate: bool = False) -> dict:
+    """The job's Ray Data streams: train (random crops of `image_size`, flips, and 90-degree
+    turns with `rotate`) and val (whole stored images) per domain."""
     from jobs.data import load_dataset
 
     load = lambda split, **kw: load_dataset(spec.dataset, split, settings, **kw)  # noqa: E731
     val_rows = stream_rows(manifest, "val")
     if manifest.kind == "paired":
-        out = {"train": load("train", image_size=image_size).randomize_block_order()}
+        out = {"train": load("train", image_size=image_size, rotate=rotate).randomize_block_order()}
         if val_rows["val"]:
             out["val"] = load("val", augment=False)
         return out
-    out = {f"train_{d}": load("train", image_size=image_size, domain=d).randomize_block_order() for d in "ab"}
+    out = {f"train_{d}": load("train", image_size=image_size, domain=d, rotate=rotate).randomize_block_order() for d in "ab"}
     out.update({f"val_{d}": load("val", augment=False, domain=d) for d in "ab" if val_rows[f"val_{d}"]})
     return out
 
@@ -135,7 +138,7 @@ def build_trainer(spec: TrainSpec, settings: Settings, job: JobPlan):
     from jobs.train_loop import WorkerJob, train_loop_per_worker
 
     cfg = spec.variant_config()
-    datasets = datasets_for(spec, job.manifest, settings, cfg.image_size)
+    datasets = datasets_for(spec, job.manifest, settings, cfg.image_size, cfg.augment == "d4")
     split = [k for k in datasets if k.startswith("train") or job.plan.split_val]
     worker_job = WorkerJob(spec=spec, plan=job.plan, cadence=job.cadence, variant_config=dict(cfg.__dict__),
                            paired=get_variant(spec.variant).paired, tracking_uri=settings.mlflow_uri,

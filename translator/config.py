@@ -14,6 +14,7 @@ class ConfigError(ValueError):
 
 
 LR_POLICIES = ("constant", "linear", "cosine")
+AUGMENTATIONS = ("hflip", "d4")
 
 
 @dataclasses.dataclass
@@ -30,7 +31,12 @@ class TrainConfig:
     - `decay_start`: fraction of the run in [0, 1) after which `linear` decays;
     - `batch_size`: samples per optimisation step PER WORKER (data-parallel: the global batch is
       `batch_size x workers`);
-    - `image_size`: side in pixels of the square training crops (the job random-crops to it).
+    - `image_size`: side in pixels of the square training crops (the job random-crops to it);
+    - `augment`: `hflip` (random horizontal flips, pix2pix's) or `d4` (flips and 90-degree turns:
+      all 8 orientations, BasicSR's for paired restoration, where a photo's "up" does not matter);
+    - `ema_decay`: 0 (off) or the decay in (0, 1) of an exponential moving average of the
+      generator's weights (Polyak averaging; the EMA copy is what validation scores and what is
+      registered and served; its decay warms up as min(decay, (1 + n) / (10 + n)) after n updates).
 
     The defaults are the pix2pix/CycleGAN papers' (Adam 2e-4, beta1 0.5, batch 1, 256 px crops);
     a variant's config restates only what differs.
@@ -42,9 +48,15 @@ class TrainConfig:
     decay_start: float = 0.5
     batch_size: int = 1
     image_size: int = 256
+    augment: str = "hflip"
+    ema_decay: float = 0.0
 
     def validate(self) -> None:
         """Raise ValueError for values no variant can train with; subclasses extend it."""
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be 0 (off) or in (0, 1), got {self.ema_decay}")
         if self.lr_policy not in LR_POLICIES:
             raise ValueError(f"lr_policy must be one of {', '.join(LR_POLICIES)}, got {self.lr_policy!r}")
         if not 0 <= self.decay_start < 1:

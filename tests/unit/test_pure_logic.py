@@ -110,6 +110,29 @@ def test_paired_crops_cut_and_flip_input_and_target_alike():
     np.testing.assert_allclose(val["input"][0].transpose(1, 2, 0), full[4:20, 12:28], atol=1e-6)  # centre crop
 
 
+def test_d4_augmentation_turns_input_and_target_alike_through_all_eight_orientations():
+    from jobs.data import DecodeBatch
+
+    s = 12
+    rows, cols = np.meshgrid(np.arange(s), np.arange(s), indexing="ij")
+    src = np.stack([rows * 20, cols * 20, (rows * 3 + cols) % 11 * 20], axis=-1).astype(np.uint8)
+    n = 96
+    batch = {"key": np.array([f"k{i}" for i in range(n)]), "input": np.array([_png(src)] * n, dtype=object),
+             "target": np.array([_png(255 - src)] * n, dtype=object)}
+    out = DecodeBatch(["input", "target"], s, augment=True, rotate=True)(batch)
+    np.testing.assert_allclose(out["target"], -out["input"], atol=1e-6)  # the pair turned together
+    full = src.astype(np.float32) / 255 * 2 - 1
+    orientations = [np.rot90(f, k, axes=(0, 1)) for f in (full, full[:, ::-1]) for k in range(4)]
+    seen = set()
+    for x in out["input"].transpose(0, 2, 3, 1):
+        found = [i for i, o in enumerate(orientations) if np.allclose(o, x)]
+        assert len(found) == 1  # one of the square's 8 orientations, nothing else
+        seen.add(found[0])
+    assert seen == set(range(8))
+    plain = DecodeBatch(["input", "target"], s, augment=True)(batch)  # the default: flips only
+    assert all(np.allclose(x, full) or np.allclose(x, full[:, ::-1]) for x in plain["input"].transpose(0, 2, 3, 1))
+
+
 # ---- serving: tiles of concurrent requests batched ---------------------------------------------
 class _Runtime:
     """Stands in for a model runtime: records each forward pass, output = 2 * input."""

@@ -13,8 +13,19 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from translator.config import make_config
+
+
+def ema_average(decay: float):
+    """`AveragedModel`'s multi_avg_fn for an exponential moving average with warm-up: after n
+    updates the EMA moves toward the live weights by 1 - min(decay, (1 + n) / (10 + n)), so early
+    averages are not dominated by the random initialisation (the TensorFlow/timm EMA rule)."""
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n) -> None:
+        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
+        torch._foreach_lerp_(averaged, current, 1.0 - d)
+    return update
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -90,6 +101,13 @@ class Variant:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         self.step = 0
         self.total_steps: int | None = None
+        # config.ema_decay > 0: a Polyak average of the generator's weights, updated after every
+        # step; it is the inference network (validation, registration, serving), never trained.
+        decay = float(getattr(config, "ema_decay", 0.0) or 0.0)
+        self.ema: AveragedModel | None = None
+        if decay:
+            self.ema = AveragedModel(self.nets[self.generator_key], multi_avg_fn=ema_average(decay)).eval()
+            self.ema.requires_grad_(False)
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -122,6 +140,10 @@ class Variant:
 
     @property
     def generator(self) -> nn.Module:
+        """The A->B inference network: the EMA of the weights when `ema_decay` is on, else the
+        trained network itself (train_step uses `self.nets`, never this)."""
+        if self.ema is not None:
+            return self.ema.module
         return unwrap(self.nets[self.generator_key])
 
     @property
@@ -155,6 +177,8 @@ class Variant:
     def train(self, mode: bool = True) -> None:
         for net in self.nets.values():
             net.train(mode)
+        if self.ema is not None:
+            self.ema.eval()  # only ever used for inference
 
     def eval(self) -> None:
         self.train(False)
@@ -188,6 +212,8 @@ class Variant:
         batch = {k: v.to(self.device, non_blocking=True, memory_format=self.memory_format) for k, v in batch.items()}
         with self.autocast():
             logs = self.train_step(batch)
+        if self.ema is not None:
+            self.ema.update_parameters(unwrap(self.nets[self.generator_key]))
         self.step += 1
         self._apply_lr()
         return {k: float(v) for k, v in logs.items()}
@@ -208,13 +234,27 @@ class Variant:
             "nets": {k: unwrap(v).state_dict() for k, v in self.nets.items()},
             "opts": {k: v.state_dict() for k, v in self.opts.items()},
             "scaler": self.scaler.state_dict(),
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any], with_optimizers: bool = True) -> None:
+        """Restore a `state_dict()`. with_optimizers=False (registration, `--init-from`) takes
+        the weights only; a checkpoint's EMA then also becomes the generator's starting weights,
+        since the EMA is what was validated and registered. Raises ValueError for another variant."""
         if state.get("variant", self.name) != self.name:
             raise ValueError(f"checkpoint is a {state['variant']!r}, not a {self.name!r}")
         for key, sd in state["nets"].items():
             unwrap(self.nets[key]).load_state_dict(sd)
+        ema = state.get("ema")
+        if ema is not None and not with_optimizers:
+            averaged = {k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")}
+            unwrap(self.nets[self.generator_key]).load_state_dict(averaged)
+        if self.ema is not None:
+            if ema is not None and with_optimizers:
+                self.ema.load_state_dict(ema)
+            else:  # start the average at the loaded weights
+                self.ema.module.load_state_dict(unwrap(self.nets[self.generator_key]).state_dict())
+                self.ema.n_averaged.fill_(1)
         if with_optimizers:
             for key, sd in state.get("opts", {}).items():
                 self.opts[key].load_state_dict(sd)
