@@ -70,7 +70,7 @@ def _ensure_dataset(settings: Settings, name: str, task: DemoTask, quick: bool, 
     spec = task.quick_spec if quick else task.spec
     # Random 96 px crops at the photos' own resolution: the scale the held-out photos are enhanced at.
     opts = IngestOptions(name=name, degrade=spec, size=96, crops=crops or (32 if quick else 64), val_fraction=0.2,
-                         seed=0)
+                         seed=0, source_label="sample:scikit-image (colour photos)" if task.colour_only else None)
     if not task.colour_only:
         say(f"ingesting the sample photos as {name} ({spec})")
         ingest(None, opts, settings)

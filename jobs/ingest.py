@@ -59,6 +59,7 @@ class IngestOptions:
     val_fraction: float = 0.1
     seed: int = 0
     shard_rows: int = 256
+    source_label: str | None = None  # what the manifest records as the source, when not the path itself
 
     def validate(self) -> None:
         if self.kind not in PAIRED_KINDS:
@@ -460,9 +461,9 @@ def run(plan: IngestPlan, settings: Settings, workers: int = 2,
     manifest = Manifest(
         name=opts.name, kind=PAIRED_KINDS[opts.kind], source_kind=opts.kind,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        source=src or "sample:scikit-image", image_size=opts.size,
+        source=opts.source_label or src or "sample:scikit-image", image_size=opts.size,
         degradation=opts.degrade if opts.kind == "synth" else None, seed=opts.seed,
-        options={k: v for k, v in asdict(opts).items() if k not in ("name",)},
+        options={k: v for k, v in asdict(opts).items() if k not in ("name", "source_label")},
         splits=splits, skipped=skipped)
     if not any(manifest.counts.values()):
         raise Img2ImgError(f"no image could be used from {src or 'the sample set'}; skipped: "

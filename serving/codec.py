@@ -71,9 +71,10 @@ def decode(body: bytes, max_pixels: int) -> DecodedImage:
     return DecodedImage(picture)
 
 
-def encode(out: torch.Tensor, src: DecodedImage, fmt: str = "png") -> tuple[bytes, str]:
+def encode(out: torch.Tensor, src: DecodedImage, fmt: str = "png",
+           png_compress_level: int = images.PNG_COMPRESS_LEVEL) -> tuple[bytes, str]:
     """Network output (1x3xHxW in [-1, 1]) -> (bytes, media type) written like `src`.
     Raises RequestError 400 for an unknown format."""
     if fmt.lower() not in FORMATS:
         raise RequestError(400, f"unknown format {fmt!r}: use png, jpeg, webp or tiff")
-    return images.write_picture(images.tensor_pixels(out), src.picture, fmt)
+    return images.write_picture(images.tensor_pixels(out), src.picture, fmt, png_compress_level)

@@ -50,7 +50,7 @@ def test_ingest_sample_photos_show_verify_ls(stack, cli, tmp_path):
     r = cli("data", "ingest", "--sample", "--name", "sample", "--size", "64", "--crops", "2", "--shard-rows", "8")
     assert r.exit_code == 0, r.output
     m = read_manifest(Storage(stack), "sample")
-    assert m.kind == "paired" and m.degradation == "gaussian:1.5"
+    assert m.kind == "paired" and m.degradation == "gaussian:1.5" and m.source == "sample:scikit-image"
     assert m.counts["train"] + m.counts["val"] == 15 * 2 and m.counts["val"] >= 2
     assert all(s.rows <= 8 for s in m.splits["train"])
     r = cli("data", "show", "sample", "--preview", tmp_path / "p.png")
@@ -264,3 +264,15 @@ def test_unpaired_stream_yields_one_domain(stack, ray_client):
     assert set(batch) == {"key", "image"} and batch["image"].shape == (3, 3, 32, 32)
     with pytest.raises(Img2ImgError, match="unpaired"):
         load_dataset("h2z", "train", stack)
+
+
+def test_the_colorize_demo_dataset_names_its_source_not_a_temporary_folder(stack):
+    """The demo ingests only the colour sample photos (through a temporary folder): the manifest
+    says where they came from, so `data show` never points at a folder that no longer exists."""
+    from img2img_demo.run import _ensure_dataset
+    from img2img_demo.tasks import demo_task
+
+    _ensure_dataset(stack, "colour-only", demo_task("colorize"), quick=True, say=lambda _: None, crops=1)
+    m = read_manifest(Storage(stack), "colour-only")
+    assert m.source == "sample:scikit-image (colour photos)" and m.degradation == "gray"
+    assert 0 < m.counts["train"] + m.counts["val"] < 15  # the grey photos left out

@@ -197,6 +197,13 @@ def test_unknown_model_is_refused_before_deploying(stack, cli):
     assert r.exit_code == 1 and "no registered model 'no-such-model'; list them with: img2img models ls" in r.output
 
 
+def assert_server_timing(reply) -> None:
+    """The replica says where its time went: decode, model and encode, in milliseconds."""
+    stages = dict(part.strip().split(";dur=") for part in reply.headers["server-timing"].split(","))
+    assert list(stages) == ["decode", "model", "encode"]
+    assert all(float(ms) >= 0 for ms in stages.values()) and float(stages["model"]) > 0
+
+
 def test_export_logged_to_registry_then_served_with_onnx_runtime(stack, cli, demo_run, tmp_path):
     """`models export` writes a parity-checked ONNX file and logs it to the version; `serve deploy
     --runtime onnx` then serves from that file, and its images match the torch runtime's."""
@@ -207,10 +214,11 @@ def test_export_logged_to_registry_then_served_with_onnx_runtime(stack, cli, dem
     rng = np.random.default_rng(5)
     body = png(Image.fromarray(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)).filter(ImageFilter.BLUR))
     assert post(stack.serve_url, body).headers["x-model-runtime"] == "onnx"  # auto on a CPU
-    r = cli("serve", "deploy", "--model", model, "--runtime", "torch")
+    r = cli("serve", "deploy", "--model", model, "--runtime", "torch", "--max-batch-size", "4")
     assert r.exit_code == 0, r.output
-    torch_reply = post(stack.serve_url, body)
+    torch_reply = post(stack.serve_url, body)  # through @serve.batch
     assert torch_reply.headers["x-model-runtime"] == "torch"
+    assert_server_timing(torch_reply)
     r = cli("models", "export", model, "--format", "onnx", "-o", tmp_path / "g.onnx")
     assert r.exit_code == 0, r.output
     assert (tmp_path / "g.onnx").stat().st_size > 10_000 and "Max abs difference from PyTorch" in r.output
@@ -228,6 +236,7 @@ def test_export_logged_to_registry_then_served_with_onnx_runtime(stack, cli, dem
         reply = post(stack.serve_url, body)
         assert reply.status_code == 200
         assert reply.headers["x-model-runtime"] == "onnx" and reply.headers["x-model-threads"] == "1"
+        assert_server_timing(reply)  # batching off: the one-thread path
         a = np.asarray(Image.open(io.BytesIO(reply.content)), dtype=int)
         b = np.asarray(Image.open(io.BytesIO(torch_reply.content)), dtype=int)
         # torch may run bf16 (within one 8-bit level of fp32); ONNX Runtime runs fp32.

@@ -250,3 +250,13 @@ def test_serve_options_refuse_bad_values_naming_the_flag():
             ServeOptions(**kw).check()
     assert "num_cpus" not in DEFAULTS.user_config()
     assert config_id({"a": 1, "b": 2}) == config_id({"b": 2, "a": 1}) != config_id({"a": 1, "b": 3})
+
+
+def test_server_timing_header_round_trips_through_the_benchmark_parser():
+    from benchmarks.serve_latency import replica_seconds
+    from serving.app import server_timing
+
+    header = server_timing({"decode": 0.0021, "model": 0.0483, "encode": 0.003})
+    assert header == "decode;dur=2.1, model;dur=48.3, encode;dur=3.0"
+    assert replica_seconds(header) == pytest.approx(0.0534)
+    assert replica_seconds("") == 0.0
