@@ -47,6 +47,26 @@ def cluster_resources(settings: Settings) -> dict[str, float]:
     return total
 
 
+def serve_cpus(settings: Settings) -> float:
+    """CPUs that Ray Serve replicas (any app) hold now, from Serve's REST API: replicas starting
+    or running x their `num_cpus`. 0 when Serve is not running or cannot be asked."""
+    import httpx
+
+    try:
+        r = httpx.get(settings.ray_address.rstrip("/") + "/api/serve/applications/",
+                      headers=settings.ray_auth_headers(), timeout=10)
+        apps = (r.json().get("applications") or {}) if r.status_code == 200 else {}
+    except Exception:
+        return 0.0
+    held = 0.0
+    for app in apps.values():
+        for dep in (app.get("deployments") or {}).values():
+            options = (dep.get("deployment_config") or {}).get("ray_actor_options") or {}
+            alive = [r for r in dep.get("replicas") or [] if r.get("state") in ("STARTING", "RUNNING", "UPDATING")]
+            held += len(alive) * float(options.get("num_cpus", 1) or 0)
+    return held
+
+
 def code_version() -> str:
     from importlib.metadata import version
 
@@ -132,7 +152,7 @@ def submit(spec: TrainSpec, settings: Settings) -> dict:
     manifest, plan = preflight(spec, settings)
     from jobs.train import check_resources
 
-    check_resources(spec, cluster_resources(settings), settings.ray_address)
+    check_resources(spec, cluster_resources(settings), settings.ray_address, serve_cpus(settings))
     client = job_client(settings)
     spec.run_id, url = start_run(spec, settings, manifest, plan)
     entrypoint = f"python -m jobs.train --spec {shlex.quote(spec.to_json())}"

@@ -260,3 +260,25 @@ def test_server_timing_header_round_trips_through_the_benchmark_parser():
     assert header == "decode;dur=2.1, model;dur=48.3, encode;dur=3.0"
     assert replica_seconds(header) == pytest.approx(0.0534)
     assert replica_seconds("") == 0.0
+
+
+def test_training_that_would_leave_the_data_pipeline_no_cpu_is_refused_naming_serve():
+    """Seen for real: Serve replicas held 2 of 4 CPUs, 2 workers took the rest, and the job sat at
+    0% CPU forever (Ray Data's decode tasks had none). Now refused before submission, with the fix."""
+    from cluster.errors import Img2ImgError
+    from jobs.spec import TrainSpec
+    from jobs.train import check_resources
+
+    spec = TrainSpec(dataset="d", workers=2, cpus_per_worker=1.0)
+    check_resources(spec, {"CPU": 4.0}, "http://ray", serve_cpus=1.0)  # 1 CPU left for the data: fine
+    with pytest.raises(Img2ImgError) as e:
+        check_resources(spec, {"CPU": 4.0}, "http://ray", serve_cpus=2.0)
+    assert str(e.value) == (
+        "the cluster at http://ray has 4 CPUs; Serve replicas hold 2 of its CPUs and --workers 2 x --cpus-per-worker 1"
+        " = 2 would leave 0 for reading and decoding the data, which needs 1: the job would start and then wait "
+        "forever; use fewer --workers or a smaller --cpus-per-worker or free the replicas' CPUs "
+        "(`img2img serve deploy --num-cpus 1`, `img2img serve rm`)")
+    with pytest.raises(Img2ImgError, match="would leave 0 for reading and decoding the data"):
+        check_resources(TrainSpec(dataset="d", workers=4, cpus_per_worker=1.0), {"CPU": 4.0}, "http://ray")
+    with pytest.raises(Img2ImgError, match="= 5 CPUs, but the cluster at http://ray has 4"):
+        check_resources(TrainSpec(dataset="d", workers=5, cpus_per_worker=1.0), {"CPU": 4.0}, "http://ray")
