@@ -181,7 +181,8 @@ def quick(settings, model: str, n: int = 20) -> None:
                                                       num_cpus=1, tile=256, max_batch_size=8)),
                ("torch channels_last auto", dict(runtime="torch", memory_format="channels_last", precision="auto",
                                                  num_cpus=CPUS, tile=512, max_batch_size=1)),
-               ("onnx", dict(runtime="onnx", num_cpus=CPUS, tile=512, max_batch_size=1))]
+               ("onnx", dict(runtime="onnx", num_cpus=CPUS, tile=512, max_batch_size=1)),
+               ("auto (the default runtime)", dict(runtime="auto", num_cpus=CPUS, tile=512, max_batch_size=1))]
     for label, kw in configs:
         deploy(settings, model, min_replicas=1, max_replicas=1, wait_s=600, **kw)
         info = httpx.get(settings.serve_url + "/model", timeout=30).json()

@@ -73,20 +73,22 @@ def run_grouped(items: list[tuple[Any, Any, torch.Tensor, bool]]) -> list[torch.
     return out
 
 
-def enhance_alone(body: bytes, max_pixels: int, model: LoadedModel, net, fmt: str, tile: int,
-                  overlap: int) -> tuple[bytes, str, codec.DecodedImage, dict[str, float]]:
-    """One request end to end in the calling thread (batching off): decode, tiles through `net`,
-    merge, encode -> (data, media type, decoded input, seconds per stage). Raises
-    `codec.RequestError` for bad input, as the batched path does."""
+def enhance_alone(body: bytes, max_pixels: int, model: LoadedModel, direction: str, fmt: str, tile: int,
+                  overlap: int) -> tuple[bytes, str, codec.DecodedImage, dict[str, float], Any]:
+    """One request end to end in the calling thread (batching off): decode, tiles through the
+    model's runtime for this direction and image size, merge, encode -> (data, media type,
+    decoded input, seconds per stage, the runtime). Raises `codec.RequestError` for bad input,
+    as the batched path does."""
     t0 = time.perf_counter()
     decoded = codec.decode(body, max_pixels)
     t1 = time.perf_counter()
+    net = model.net(direction, decoded.tensor.shape[-2] * decoded.tensor.shape[-1])
     tiles, plan = tiling.split(decoded.tensor, tile, overlap, model.multiple)
     outs = run_grouped([(model, net, tiles[i:i + 1], decoded.high_bit) for i in range(len(tiles))])
     merged = tiling.merge(torch.cat(outs), plan)
     t2 = time.perf_counter()
     data, media = codec.encode(merged, decoded, fmt)
-    return data, media, decoded, {"decode": t1 - t0, "model": t2 - t1, "encode": time.perf_counter() - t2}
+    return data, media, decoded, {"decode": t1 - t0, "model": t2 - t1, "encode": time.perf_counter() - t2}, net
 
 
 def server_timing(stages: dict[str, float]) -> str:
@@ -191,13 +193,13 @@ class Enhancer:
         if not 16 <= tile <= 4096 or not 0 <= overlap < tile // 2:
             return error(400, "tile must be 16-4096 and overlap in [0, tile/2)")
         try:
-            net = model.net(direction)
+            model.net(direction)  # a direction the model lacks is refused before the body is read
         except Img2ImgError as e:
             return error(400, str(e))
         limit = float(self.cfg["request_timeout_s"])
         try:
-            data, media, decoded, stages = await asyncio.wait_for(
-                self._process(request, model, net, format, tile, overlap), timeout=limit)
+            data, media, decoded, stages, net = await asyncio.wait_for(
+                self._process(request, model, direction, format, tile, overlap), timeout=limit)
         except codec.RequestError as e:
             return error(e.status, e.message)
         except TimeoutError:
@@ -214,16 +216,18 @@ class Enhancer:
                    "Server-Timing": server_timing(stages)}
         return Response(content=data, media_type=media, headers=headers)
 
-    async def _process(self, request: Request, model: LoadedModel, net, fmt: str, tile: int,
-                       overlap: int) -> tuple[bytes, str, codec.DecodedImage, dict[str, float]]:
-        """-> (encoded output, media type, the decoded input, seconds per stage for Server-Timing)."""
+    async def _process(self, request: Request, model: LoadedModel, direction: str, fmt: str, tile: int,
+                       overlap: int) -> tuple[bytes, str, codec.DecodedImage, dict[str, float], Any]:
+        """-> (encoded output, media type, the decoded input, seconds per stage for Server-Timing,
+        the runtime that ran it)."""
         body = await self._body(request)
         max_pixels = int(self.cfg["max_pixels"])
         if int(self.cfg["max_batch_size"]) <= 1:  # no batching: the whole request in one thread hop
-            return await asyncio.to_thread(enhance_alone, body, max_pixels, model, net, fmt, tile, overlap)
+            return await asyncio.to_thread(enhance_alone, body, max_pixels, model, direction, fmt, tile, overlap)
         t0 = time.perf_counter()
         decoded = await asyncio.to_thread(codec.decode, body, max_pixels)
         t1 = time.perf_counter()
+        net = model.net(direction, decoded.tensor.shape[-2] * decoded.tensor.shape[-1])
         tiles, plan = tiling.split(decoded.tensor, tile, overlap, model.multiple)
         precise = decoded.high_bit  # 16-bit images stay fp32
         outs = await asyncio.gather(*(self.run_tiles((model, net, tiles[i:i + 1], precise))
@@ -231,7 +235,7 @@ class Enhancer:
         merged = tiling.merge(torch.cat(outs), plan)
         t2 = time.perf_counter()
         data, media = await asyncio.to_thread(codec.encode, merged, decoded, fmt)
-        return data, media, decoded, {"decode": t1 - t0, "model": t2 - t1, "encode": time.perf_counter() - t2}
+        return data, media, decoded, {"decode": t1 - t0, "model": t2 - t1, "encode": time.perf_counter() - t2}, net
 
     @api.get("/", include_in_schema=False)
     async def page(self):

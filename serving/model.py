@@ -9,12 +9,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from serving.runtime import Runtime, build
+from serving.runtime import Runtime, build, cpu_has_native_bf16
 from translator import tiling
 from translator.tasks import task_for_spec
 
 log = logging.getLogger(__name__)
 UNPAIRED = {"cyclegan", "dualgan"}
+# Up to one default tile (512 x 512), torch bf16 beat ONNX Runtime on 2 cores with native bf16
+# (256 px: 54 vs 63 ms; 512 px: 248 vs 318 ms); at 1024 x 1024 ONNX Runtime won (2.68 vs 2.98 s).
+SMALL_IMAGE_PIXELS = 512 * 512
 
 
 @dataclass
@@ -37,11 +40,17 @@ class LoadedModel:
     seconds_per_megapixel: float | None = None
     degradation: str | None = None  # the training set's degradation spec (registry tag), None if not synthesised
     reverse_runtime: Runtime | None = None  # B->A of two-way models, built on first use
+    # runtime "auto" on a CPU with native bf16: images of at most `small_pixels` run here (torch
+    # bf16, measured faster than ONNX Runtime up to one 512 px tile), larger ones on `runtime`.
+    small_runtime: Runtime | None = None
+    small_pixels: int = 0
 
     def info(self) -> dict:
         return {"name": self.name, "version": self.version, "variant": self.variant,
                 "task": task_for_spec(self.degradation), "degradation": self.degradation, "multiple": self.multiple,
                 "metrics": self.metrics, "device": self.runtime.device, **self.runtime.info(),
+                "small_images": ({"max_pixels": self.small_pixels, **self.small_runtime.info()}
+                                 if self.small_runtime else None),
                 "directions": self.directions, "seconds_per_megapixel": self.seconds_per_megapixel,
                 "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at))}
 
@@ -50,9 +59,10 @@ class LoadedModel:
         """['AtoB'] for paired models; ['AtoB', 'BtoA'] for unpaired ones logged with both generators."""
         return ["AtoB", "BtoA"] if hasattr(self.generator, "BtoA") else ["AtoB"]
 
-    def net(self, direction: str = "AtoB") -> Runtime:
+    def net(self, direction: str = "AtoB", pixels: int | None = None) -> Runtime:
         """The runtime for a direction (A->B on the chosen runtime; B->A on PyTorch with the same
-        memory format and precision). Raises Img2ImgError when the model does not offer it."""
+        memory format and precision) and, when given, an image of `pixels` pixels (H x W: small
+        ones may run on `small_runtime`). Raises Img2ImgError when the model does not offer it."""
         from cluster.errors import Img2ImgError
 
         if direction not in ("AtoB", "BtoA"):
@@ -62,6 +72,8 @@ class LoadedModel:
                    else "it is a paired model")
             raise Img2ImgError(f"{self.name} v{self.version} ({self.variant}) cannot translate {direction}: {why}")
         if direction == "AtoB":
+            if self.small_runtime is not None and pixels is not None and pixels <= self.small_pixels:
+                return self.small_runtime
             return self.runtime
         if self.reverse_runtime is None:
             rt = self.runtime
@@ -78,18 +90,22 @@ class LoadedModel:
     def enhance(self, image: torch.Tensor, tile: int = tiling.TILE, overlap: int = tiling.OVERLAP, precise: bool = False,
                 direction: str = "AtoB") -> torch.Tensor:
         """1 x 3 x H x W in [-1, 1], any H x W (tiled) -> the same shape and range."""
-        net = self.net(direction)
+        net = self.net(direction, image.shape[-2] * image.shape[-1])
         return tiling.enhance(lambda x: net.run(x, precise), image, tile=tile, overlap=overlap,
                               multiple=self.multiple)
 
     def measure_speed(self, size: int = 256, runs: int = 2) -> float:
-        """Seconds per megapixel of one image on this device (best of `runs`, after a warm-up run)."""
+        """Seconds per megapixel of one image on this device (best of `runs`, after a warm-up run),
+        on the runtime large images use (they are what request time limits are sized for)."""
         image = torch.zeros(1, 3, size, size)
-        self.enhance(image, tile=size)
+        run = lambda: tiling.enhance(lambda x: self.runtime.run(x), image, tile=size, multiple=self.multiple)  # noqa: E731
+        run()
+        if self.small_runtime is not None:  # warm it up too: the first request should not pay for it
+            self.enhance(image, tile=size)
         best = float("inf")
         for _ in range(runs):
             t0 = time.perf_counter()
-            self.enhance(image, tile=size)
+            run()
             best = min(best, time.perf_counter() - t0)
         self.seconds_per_megapixel = best / (size * size / 1e6)
         return self.seconds_per_megapixel
@@ -169,9 +185,12 @@ def _load_generator(uri: str, device: str):
 
 def load(tracking_uri: str, name: str, version: str, device: str | None = None, runtime: str = "auto",
          threads: int | None = None, memory_format: str = "channels_last", precision: str = "auto") -> LoadedModel:
-    """Version `version` of registered model `name`, ready on `runtime` (torch | onnx) with
-    `threads` intra-op threads (None: all CPUs); auto = onnx on CPU, torch on GPU. onnx uses the export logged by
-    `img2img models export` when there is one, else exports (and parity-checks) here."""
+    """Version `version` of registered model `name`, ready on `runtime` (auto | torch | onnx) with
+    `threads` intra-op threads (None: all CPUs). auto: torch on a GPU; on a CPU, ONNX Runtime, plus
+    torch bf16 for images up to SMALL_IMAGE_PIXELS where the CPU has native bf16 and bf16 passes
+    its speed and precision check (measured fastest at each size: benchmarks/serve_latency.py).
+    onnx uses the export logged by `img2img models export` when there is one, else exports (and
+    parity-checks) here."""
     import mlflow
     import mlflow.pytorch
     from mlflow.tracking import MlflowClient
@@ -191,5 +210,10 @@ def load(tracking_uri: str, name: str, version: str, device: str | None = None, 
     if runtime in ("onnx", "auto") and device == "cpu" and tags.get("export_onnx"):
         onnx_file = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=tags["export_onnx"])
     rt = build(generator, multiple, runtime, threads, device, memory_format, precision, onnx_file)
+    small = None
+    if runtime == "auto" and rt.name == "onnx" and cpu_has_native_bf16():
+        small = build(generator, multiple, "torch", rt.threads, device, "channels_last", "auto")
+        small = small if small.precision == "bf16" else None  # fp32 torch is not faster than ONNX Runtime
     return LoadedModel(generator, name, str(version), tags.get("variant", "unknown"), multiple, metrics,
-                       device=device, runtime=rt, degradation=tags.get("degradation"))
+                       device=device, runtime=rt, degradation=tags.get("degradation"), small_runtime=small,
+                       small_pixels=SMALL_IMAGE_PIXELS if small else 0)

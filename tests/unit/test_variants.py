@@ -197,7 +197,7 @@ def test_ema_is_the_inference_network_and_survives_checkpoints():
     assert v.generator is not live and int(v.ema.n_averaged) == 5
     # strictly between the starting and the live weights: an average, not a copy of either
     moved = sum(float((e - b).abs().sum()) for e, b in zip(ema, before))
-    lag = sum(float((e - p).abs().sum()) for e, p in zip(ema, live.parameters()))
+    lag = sum(float((e - p.detach()).abs().sum()) for e, p in zip(ema, live.parameters()))
     assert moved > 0 and lag > 0
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     assert not torch.allclose(v.translate(x), live(x))  # translate() uses the average
