@@ -64,16 +64,24 @@ def _is_grey(path: Path) -> bool:
 
 
 def _ensure_dataset(settings: Settings, name: str, task: DemoTask, quick: bool, say, crops: int | None = None) -> None:
-    if Storage(settings).exists(manifest_key(name)):
-        say(f"dataset {name} exists: reusing it")
-        return
+    """Ingest the task's dataset, or reuse it when one made with the same degradation exists (one
+    from an older demo with another spec is replaced: the held-out photos get the current spec)."""
     spec = task.quick_spec if quick else task.spec
+    storage = Storage(settings)
+    overwrite = False
+    if storage.exists(manifest_key(name)):
+        made_with = read_manifest(storage, name).degradation
+        if made_with == spec:
+            say(f"dataset {name} exists: reusing it")
+            return
+        say(f"dataset {name} was made with {made_with}; this demo uses {spec}: ingesting it again")
+        overwrite = True
     # Random 96 px crops at the photos' own resolution: the scale the held-out photos are enhanced at.
     opts = IngestOptions(name=name, degrade=spec, size=96, crops=crops or (32 if quick else 64), val_fraction=0.2,
                          seed=0, source_label="sample:scikit-image (colour photos)" if task.colour_only else None)
     if not task.colour_only:
         say(f"ingesting the sample photos as {name} ({spec})")
-        ingest(None, opts, settings)
+        ingest(None, opts, settings, overwrite=overwrite)
         return
     # Grey sample photos (camera, moon, ...) would pair a grey input with the same grey target:
     # nothing to colourise, and an infinite PSNR on the held-out ones. Ingest the colour ones only.
@@ -82,19 +90,25 @@ def _ensure_dataset(settings: Settings, name: str, task: DemoTask, quick: bool, 
     with tempfile.TemporaryDirectory(prefix="img2img-demo-") as tmp:
         for f in photos:
             shutil.copy(f.location, Path(tmp) / f.key)
-        ingest(tmp, opts, settings)
+        ingest(tmp, opts, settings, overwrite=overwrite)
 
 
-def _ensure_model(settings: Settings, dataset: str, variant: str, budget_s: float, say) -> tuple[str, bool]:
-    """(registered model name, whether it was trained now)."""
+def _ensure_model(settings: Settings, dataset: str, variant: str, budget_s: float, say) -> tuple[str, str | None]:
+    """(registered model name, the version trained now, or None when versions trained on this very
+    dataset (same manifest sha256) exist and are reused)."""
     model = f"{dataset}-{variant}"
     try:
         existing = versions(settings, model)
     except Img2ImgError:  # not registered yet
         existing = []
+    sha = read_manifest(Storage(settings), dataset).sha256
+    same_data = [v for v in existing if v.tags.get("dataset_sha256") == sha]
+    if same_data:
+        say(f"model {model} already has {len(same_data)} version(s) trained on this dataset: reusing them "
+            "(delete the model to retrain)")
+        return model, None
     if existing:
-        say(f"model {model} already has {len(existing)} version(s): reusing them (delete the model to retrain)")
-        return model, False
+        say(f"model {model}'s {len(existing)} version(s) were trained on an older {dataset}: training a new one")
     spec = TrainSpec(dataset=dataset, variant=variant, workers=2, cpus_per_worker=1.0, epochs=10_000,
                      time_budget_s=budget_s, model_name=model, experiment="demo", image_size=64,
                      checkpoint_every="30s")  # a few validations to watch in a 2-5 minute run
@@ -107,7 +121,11 @@ def _ensure_model(settings: Settings, dataset: str, variant: str, budget_s: floa
     status = snap.status
     if status != "SUCCEEDED":
         raise Img2ImgError(f"training job {out['job_id']} {status}; see `img2img jobs logs {out['job_id']}`")
-    return model, True
+    trained = [v for v in versions(settings, model) if v.run_id == out["run_id"]]
+    if not trained:
+        raise Img2ImgError(f"training job {out['job_id']} registered no version of {model}; "
+                           f"see `img2img jobs logs {out['job_id']}`")
+    return model, trained[0].version
 
 
 def _held_out_photos(settings: Settings, dataset: str) -> list[Path]:
@@ -226,8 +244,9 @@ def run_demo(settings: Settings, variant: str | None = None, quick: bool = False
     dataset = the_task.dataset(quick)
     _ensure_dataset(settings, dataset, the_task, quick, say, crops)
     model, trained = _ensure_model(settings, dataset, variant, budget_s, say)
-    # The demo shows whatever it trained (even a model worse than its input): forced, with the reason said.
-    decision = promote(settings, model, best=True, force=True,
+    # The demo shows whatever it trained (even a model worse than its input): forced, with the reason
+    # said; reusing earlier versions, it shows the best of them.
+    decision = promote(settings, model, version=trained, best=trained is None, force=True,
                        evaluate=lambda ref, ds, split: evaluate(settings, ref, ds, split))
     version = decision.new
     for warning in decision.warnings:
@@ -237,6 +256,6 @@ def run_demo(settings: Settings, variant: str | None = None, quick: bool = False
     deploy(settings, f"{model}@champion", min_replicas=1, max_replicas=2)
     result = DemoResult(dataset, model, version, out_dir=out_dir, task=the_task)
     enhance_held_out(settings, dataset, result, say)
-    write_report(result, variant, settings, budget_s if trained else None)
+    write_report(result, variant, settings, budget_s if trained is not None else None)
     say(f"done in {time.time() - t0:.0f}s")
     return result
