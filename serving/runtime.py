@@ -1,6 +1,7 @@
-"""How a loaded generator runs on this machine: `torch` or `onnx` (ONNX Runtime); `auto` is
-onnx on a CPU (the fastest in benchmarks/serve_latency.py's side-by-side runs on 2 cores: 2.2-2.9x
-today's NCHW fp32 at 256 and 1024 px, ahead of channels_last bf16) and torch on a GPU.
+"""How a loaded generator runs on this machine: `torch` or `onnx` (ONNX Runtime); `auto` builds
+onnx on a CPU (the fastest for large images in benchmarks/serve_latency.py's side-by-side runs on
+2 cores) and torch on a GPU; `serving.model.load` adds a torch bf16 runtime for small images
+where the CPU has native bf16 (the faster up to one 512 px tile).
 
 torch runs channels_last by default (NAFNet's LayerNorm2d permutes to NHWC and back, which
 channels_last makes free) and, with `precision="auto"`, under bf16 autocast only where the
