@@ -276,3 +276,20 @@ def test_the_colorize_demo_dataset_names_its_source_not_a_temporary_folder(stack
     m = read_manifest(Storage(stack), "colour-only")
     assert m.source == "sample:scikit-image (colour photos)" and m.degradation == "gray"
     assert 0 < m.counts["train"] + m.counts["val"] < 15  # the grey photos left out
+
+
+def test_a_demo_dataset_made_with_another_spec_is_ingested_again(stack):
+    """An older demo's dataset (another degradation) is replaced, not silently reused with
+    held-out photos degraded differently from what the model trained on; the same spec is reused."""
+    from img2img_demo.run import _ensure_dataset
+    from img2img_demo.tasks import DemoTask
+
+    said: list[str] = []
+    old = DemoTask("deblur", "gaussian:1.5", "gaussian:1.5", "nafnet", "blurred", "enhanced")
+    new = DemoTask("deblur", "random_gaussian:1-2.5", "random_gaussian:1-2.5", "nafnet", "blurred", "enhanced")
+    _ensure_dataset(stack, "demo-respec", old, quick=True, say=said.append, crops=1)
+    _ensure_dataset(stack, "demo-respec", new, quick=True, say=said.append, crops=1)
+    assert read_manifest(Storage(stack), "demo-respec").degradation == "random_gaussian:1-2.5"
+    assert "dataset demo-respec was made with gaussian:1.5; this demo uses random_gaussian:1-2.5: ingesting it again" in said
+    _ensure_dataset(stack, "demo-respec", new, quick=True, say=said.append, crops=1)
+    assert said[-1] == "dataset demo-respec exists: reusing it"
