@@ -180,7 +180,7 @@ def test_lr_schedules():
     n = build_variant("nafnet", TINY["nafnet"])
     n.set_total_steps(2)
     n.training_step(batch_for(n, n=1))
-    assert n.opts["G"].param_groups[0]["lr"] == pytest.approx(0.5e-3)
+    assert n.opts["G"].param_groups[0]["lr"] == pytest.approx(0.5 * n.config.lr)  # cosine half-way
 
 
 def test_ema_is_the_inference_network_and_survives_checkpoints():
@@ -211,3 +211,12 @@ def test_ema_is_the_inference_network_and_survives_checkpoints():
         build_variant("nafnet", {"ema_decay": 1.0})
     with pytest.raises(ValueError, match="augment must be one of hflip, d4"):
         build_variant("nafnet", {"augment": "rot45"})
+
+
+def test_nafnet_learning_rate_follows_the_preset_unless_set():
+    """tiny trains at 2e-3 (measured better at CPU budgets), the paper's presets at its 1e-3."""
+    nafnet = get_variant("nafnet").Config
+    assert make_config(nafnet).lr == 2e-3
+    assert make_config(nafnet, {"preset": "gopro"}).lr == 1e-3
+    assert make_config(nafnet, {"preset": "width32", "lr": "5e-4"}).lr == 5e-4
+    assert make_config(nafnet, {"lr": "1e-3"}).lr == 1e-3
