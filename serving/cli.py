@@ -37,7 +37,7 @@ def deploy(
     tile: int = typer.Option(DEFAULTS.tile, help="default tile size for large images"),
     overlap: int = typer.Option(DEFAULTS.overlap, help="default tile overlap"),
     max_megapixels: float = typer.Option(DEFAULTS.max_pixels / 1e6, help="larger uploads get 413"),
-    runtime: str = typer.Option(DEFAULTS.runtime, help="auto (onnx on CPU: measured fastest; torch on GPU) | torch | onnx"),
+    runtime: str = typer.Option(DEFAULTS.runtime, help="auto (torch on GPU; on CPU onnx, and torch bf16 for images up to 512x512 px where the CPU has native bf16: each measured fastest at its size) | torch | onnx"),
     threads: int = typer.Option(None, help="intra-op threads per replica (default: floor(--num-cpus), min 1)"),
     memory_format: str = typer.Option(DEFAULTS.memory_format, help="torch only: channels_last | contiguous"),
     precision: str = typer.Option(DEFAULTS.precision, help="torch only: auto (bf16 where native, faster and within one "
@@ -130,7 +130,7 @@ def enhance(
     parallel: int = typer.Option(4, help="requests in flight"),
     local: bool = typer.Option(False, "--local", help="run the model here, without Serve"),
     model: str = typer.Option(None, "--model", "-m", help="with --local: NAME@champion or NAME/VERSION"),
-    runtime: str = typer.Option(DEFAULTS.runtime, help="with --local: auto (onnx on CPU, torch on GPU) | torch | onnx"),
+    runtime: str = typer.Option(DEFAULTS.runtime, help="with --local: auto (as serve deploy: per image size on CPU, torch on GPU) | torch | onnx"),
     threads: int = typer.Option(None, help="with --local: intra-op threads (default: all CPUs)"),
     direction: str = typer.Option("AtoB", help="AtoB | BtoA (BtoA: unpaired cyclegan/dualgan models only)"),
     retries: int = typer.Option(5, help="retries per image after a connection error or HTTP 500/502/503/504"),

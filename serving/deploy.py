@@ -79,7 +79,7 @@ def deploy(settings: Settings, model: str = "", *, min_replicas: int = 1, max_re
            upscale_delay_s: float = 5, downscale_delay_s: float = 30, wait_s: float = 300,
            runtime: str = DEFAULTS.runtime, threads: int | None = None, memory_format: str = DEFAULTS.memory_format,
            precision: str = DEFAULTS.precision, request_timeout_s: float | None = None) -> dict:
-    """Deploy the enhancer app serving `model`. `runtime` auto (onnx on CPU, torch on GPU) | torch | onnx;
+    """Deploy the enhancer app serving `model`. `runtime` auto (torch on GPU; on CPU onnx, plus torch bf16 for small images) | torch | onnx;
     `threads` per replica (default: floor(num_cpus), at least 1); `memory_format` and `precision`
     apply to torch. `request_timeout_s` (default: sized from the replica's measured speed) bounds a
     request; planned replica stops wait that long plus a margin."""
