@@ -22,8 +22,9 @@ def prepare(settings: Settings, ref: str, dataset: str, split: str = "val", limi
     whether the model can score that kind of dataset. Raises Img2ImgError."""
     from cluster.storage import Storage
     from jobs.manifest import read_manifest
+    from jobs.plan import check_capacity
     from jobs.registry import client, resolve
-    from jobs.submit import cluster_resources
+    from jobs.submit import cluster_resources, serve_cpus
     from translator.variants import VARIANTS
 
     if split not in SPLITS:
@@ -51,8 +52,11 @@ def prepare(settings: Settings, ref: str, dataset: str, split: str = "val", limi
         if not key or not Storage(settings).exists(f"{key}/state.pt"):
             raise Img2ImgError(f"the reverse generator of {v.name}/{v.version} was in its training checkpoint, "
                                f"which is not in the object store any more ({checkpoint or 'none recorded'})")
+    resources = cluster_resources(settings)
     if gpu is None:
-        gpu = cluster_resources(settings).get("GPU", 0) >= 1
+        gpu = resources.get("GPU", 0) >= 1
+    # the same placement and data-CPU check as training: its Scorer actors and read tasks stall alike
+    check_capacity(workers, cpus_per_worker, bool(gpu), resources, settings.ray_address, serve_cpus(settings))
     return EvalSpec(model=v.name, version=v.version, dataset=dataset, split=split, limit=limit, variant=variant,
                     multiple=int(v.tags.get("multiple", 1) or 1), model_uri=f"models:/{v.name}/{v.version}",
                     checkpoint=checkpoint, kind=manifest.kind, dataset_sha256=manifest.sha256, splits=splits,

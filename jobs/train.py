@@ -22,7 +22,7 @@ from cluster.errors import Img2ImgError
 from cluster.settings import Settings, get_settings
 from cluster.storage import Storage, arrow_filesystem
 from jobs.manifest import Manifest, check_dataset, stream_rows
-from jobs.plan import Cadence, TrainPlan, make_plan
+from jobs.plan import Cadence, TrainPlan, check_capacity, make_plan
 from jobs.spec import TrainSpec
 from translator.variants import get_variant
 
@@ -62,35 +62,9 @@ def plan_job(spec: TrainSpec, settings: Settings, resources: dict[str, float] | 
     return JobPlan(manifest, plan, Cadence.parse(spec.checkpoint_every), check_resume(spec, settings, plan))
 
 
-# Ray Data reads and decodes the pairs in tasks of 1 CPU beside the workers (it never uses the
-# CPUs the workers reserved): with none left, the workers start and then wait forever for data.
-DATA_CPUS = 1.0
-
-
 def check_resources(spec: TrainSpec, resources: dict[str, float], where: str, serve_cpus: float = 0.0) -> None:
-    """Refuse a request the cluster can never place (Ray would retry placing it forever), or
-    one that would leave the data pipeline no CPU once Serve replicas (holding `serve_cpus`) and
-    the workers have theirs: such a job starts and then stalls with its CPUs idle."""
-    if not resources:
-        return
-    cpus = spec.workers * spec.cpus_per_worker
-    if resources.get("CPU", 0) < cpus:
-        have = resources.get("CPU", 0)
-        fit = int(have // spec.cpus_per_worker) if spec.cpus_per_worker else 0
-        raise Img2ImgError(f"--workers {spec.workers} x --cpus-per-worker {spec.cpus_per_worker:g} = {cpus:g} CPUs, "
-                           f"but the cluster at {where} has {have:g}; use --workers {max(fit, 1)} or a smaller "
-                           "--cpus-per-worker (fractions allowed), or add nodes")
-    left = resources.get("CPU", 0) - serve_cpus - cpus
-    if left < DATA_CPUS:
-        held = f"Serve replicas hold {serve_cpus:g} of its CPUs and " if serve_cpus else ""
-        fix = " or free the replicas' CPUs (`img2img serve deploy --num-cpus 1`, `img2img serve rm`)" if serve_cpus else ""
-        raise Img2ImgError(f"the cluster at {where} has {resources.get('CPU', 0):g} CPUs; {held}--workers {spec.workers} x "
-                           f"--cpus-per-worker {spec.cpus_per_worker:g} = {cpus:g} would leave {max(left, 0):g} for "
-                           f"reading and decoding the data, which needs {DATA_CPUS:g}: the job would start and then "
-                           f"wait forever; use fewer --workers or a smaller --cpus-per-worker{fix}")
-    if spec.use_gpu and resources.get("GPU", 0) < spec.workers:
-        raise Img2ImgError(f"--gpu asks for {spec.workers} GPU worker(s) but the cluster at {where} "
-                           f"has {int(resources.get('GPU', 0))} GPU(s); use --cpu or add GPU nodes")
+    """`jobs.plan.check_capacity` for a training request (raises Img2ImgError with the fix)."""
+    check_capacity(spec.workers, spec.cpus_per_worker, spec.use_gpu, resources, where, serve_cpus)
 
 
 def check_resume(spec: TrainSpec, settings: Settings, plan: TrainPlan) -> str | None:

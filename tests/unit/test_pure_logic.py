@@ -282,3 +282,18 @@ def test_training_that_would_leave_the_data_pipeline_no_cpu_is_refused_naming_se
         check_resources(TrainSpec(dataset="d", workers=4, cpus_per_worker=1.0), {"CPU": 4.0}, "http://ray")
     with pytest.raises(Img2ImgError, match="= 5 CPUs, but the cluster at http://ray has 4"):
         check_resources(TrainSpec(dataset="d", workers=5, cpus_per_worker=1.0), {"CPU": 4.0}, "http://ray")
+
+
+def test_evaluation_jobs_get_the_same_capacity_check_as_training():
+    """Evaluation streams rows through Ray Data read tasks into Scorer actors: it stalls alike."""
+    import inspect
+
+    from cluster.errors import Img2ImgError
+    from jobs import eval_submit
+    from jobs.plan import check_capacity
+
+    assert "check_capacity(" in inspect.getsource(eval_submit.prepare)
+    with pytest.raises(Img2ImgError, match="Serve replicas hold 3 of its CPUs and --workers 1 x --cpus-per-worker 1"):
+        check_capacity(1, 1.0, False, {"CPU": 4.0}, "http://ray", serve_cpus=3.0)
+    with pytest.raises(Img2ImgError, match="--gpu asks for 2 GPU worker"):
+        check_capacity(2, 1.0, True, {"CPU": 8.0, "GPU": 1.0}, "http://ray")
