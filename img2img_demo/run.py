@@ -8,7 +8,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -64,21 +64,24 @@ def _is_grey(path: Path) -> bool:
 
 
 def _ensure_dataset(settings: Settings, name: str, task: DemoTask, quick: bool, say, crops: int | None = None) -> None:
-    """Ingest the task's dataset, or reuse it when one made with the same degradation exists (one
-    from an older demo with another spec is replaced: the held-out photos get the current spec)."""
+    """Ingest the task's dataset, or reuse one made with exactly these ingest options; one from an
+    older demo (another spec, crop count or size) is replaced, so the held-out photos are degraded
+    as the model's training pairs were."""
     spec = task.quick_spec if quick else task.spec
-    storage = Storage(settings)
-    overwrite = False
-    if storage.exists(manifest_key(name)):
-        made_with = read_manifest(storage, name).degradation
-        if made_with == spec:
-            say(f"dataset {name} exists: reusing it")
-            return
-        say(f"dataset {name} was made with {made_with}; this demo uses {spec}: ingesting it again")
-        overwrite = True
     # Random 96 px crops at the photos' own resolution: the scale the held-out photos are enhanced at.
     opts = IngestOptions(name=name, degrade=spec, size=96, crops=crops or (32 if quick else 64), val_fraction=0.2,
                          seed=0, source_label="sample:scikit-image (colour photos)" if task.colour_only else None)
+    storage = Storage(settings)
+    overwrite = False
+    if storage.exists(manifest_key(name)):
+        made = read_manifest(storage, name)
+        if all(made.options.get(k) == v for k, v in asdict(opts).items() if k not in ("name", "source_label")):
+            say(f"dataset {name} exists: reusing it")
+            return
+        why = (f"was made with {made.degradation}; this demo uses {spec}" if made.degradation != spec
+               else "was made with other ingest options")
+        say(f"dataset {name} {why}: ingesting it again")
+        overwrite = True
     if not task.colour_only:
         say(f"ingesting the sample photos as {name} ({spec})")
         ingest(None, opts, settings, overwrite=overwrite)

@@ -293,3 +293,6 @@ def test_a_demo_dataset_made_with_another_spec_is_ingested_again(stack):
     assert "dataset demo-respec was made with gaussian:1.5; this demo uses random_gaussian:1-2.5: ingesting it again" in said
     _ensure_dataset(stack, "demo-respec", new, quick=True, say=said.append, crops=1)
     assert said[-1] == "dataset demo-respec exists: reusing it"
+    _ensure_dataset(stack, "demo-respec", new, quick=True, say=said.append, crops=2)  # same spec, more crops
+    assert "dataset demo-respec was made with other ingest options: ingesting it again" in said
+    assert read_manifest(Storage(stack), "demo-respec").options["crops"] == 2
