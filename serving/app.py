@@ -73,6 +73,14 @@ def run_grouped(items: list[tuple[Any, Any, torch.Tensor, bool]]) -> list[torch.
     return out
 
 
+def split_for(model: LoadedModel, direction: str, decoded: codec.DecodedImage, tile: int, overlap: int):
+    """-> (the runtime for this direction and image size, tiles (N, 3, t, t) of the decoded image
+    in [-1, 1], the plan `tiling.merge` needs): what both request paths do before the model."""
+    image = decoded.tensor
+    net = model.net(direction, image.shape[-2] * image.shape[-1])
+    return (net, *tiling.split(image, tile, overlap, model.multiple))
+
+
 def enhance_alone(body: bytes, max_pixels: int, model: LoadedModel, direction: str, fmt: str, tile: int,
                   overlap: int) -> tuple[bytes, str, codec.DecodedImage, dict[str, float], Any]:
     """One request end to end in the calling thread (batching off): decode, tiles through the
@@ -82,8 +90,7 @@ def enhance_alone(body: bytes, max_pixels: int, model: LoadedModel, direction: s
     t0 = time.perf_counter()
     decoded = codec.decode(body, max_pixels)
     t1 = time.perf_counter()
-    net = model.net(direction, decoded.tensor.shape[-2] * decoded.tensor.shape[-1])
-    tiles, plan = tiling.split(decoded.tensor, tile, overlap, model.multiple)
+    net, tiles, plan = split_for(model, direction, decoded, tile, overlap)
     outs = run_grouped([(model, net, tiles[i:i + 1], decoded.high_bit) for i in range(len(tiles))])
     merged = tiling.merge(torch.cat(outs), plan)
     t2 = time.perf_counter()
@@ -227,8 +234,7 @@ class Enhancer:
         t0 = time.perf_counter()
         decoded = await asyncio.to_thread(codec.decode, body, max_pixels)
         t1 = time.perf_counter()
-        net = model.net(direction, decoded.tensor.shape[-2] * decoded.tensor.shape[-1])
-        tiles, plan = tiling.split(decoded.tensor, tile, overlap, model.multiple)
+        net, tiles, plan = split_for(model, direction, decoded, tile, overlap)
         precise = decoded.high_bit  # 16-bit images stay fp32
         outs = await asyncio.gather(*(self.run_tiles((model, net, tiles[i:i + 1], precise))
                                       for i in range(len(tiles))))
