@@ -73,8 +73,9 @@ def decode(body: bytes, max_pixels: int) -> DecodedImage:
 
 def encode(out: torch.Tensor, src: DecodedImage, fmt: str = "png",
            png_compress_level: int = images.PNG_COMPRESS_LEVEL) -> tuple[bytes, str]:
-    """Network output (1x3xHxW in [-1, 1]) -> (bytes, media type) written like `src`.
-    Raises RequestError 400 for an unknown format."""
+    """Network output (1x3xHxW float in [-1, 1]) -> (bytes, media type) written like `src`; 8-bit
+    PNG at zlib level `png_compress_level` (0-9, lossless at every level). Raises RequestError 400
+    for an unknown format."""
     if fmt.lower() not in FORMATS:
         raise RequestError(400, f"unknown format {fmt!r}: use png, jpeg, webp or tiff")
     return images.write_picture(images.tensor_pixels(out), src.picture, fmt, png_compress_level)
