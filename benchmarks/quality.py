@@ -138,6 +138,12 @@ def ensure(settings, name: str, degrade: str) -> None:
         ingest(None, IngestOptions(name=name, degrade=degrade, size=64, crops=32, val_fraction=0.25, seed=0), settings)
 
 
+def _key_value(text: str) -> str:
+    if "=" not in text or not text.split("=", 1)[0].strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return text
+
+
 def main() -> None:
     from translator import degrade
 
@@ -147,7 +153,7 @@ def main() -> None:
     parser.add_argument("--parts", default="autoencoder,nafnet,mix",
                         help="which trained rows to produce (the classical rows always run: seconds)")
     parser.add_argument("--tag", default="", help="suffix for the result tables' names, e.g. a re-run")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=_key_value,
                         help="nafnet hyper-parameter override for the trained rows (a lever), e.g. ema_decay=0")
     args = parser.parse_args()
     config = dict(kv.split("=", 1) for kv in args.set)
