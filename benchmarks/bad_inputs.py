@@ -1,4 +1,4 @@
-"""Twelve classes of bad input to POST /enhance, each with the 4xx it must get (shared by the
+"""Seventeen classes of bad input to POST /enhance, each with the 4xx it must get (shared by the
 reliability benchmark and the integration tests)."""
 
 from __future__ import annotations
@@ -34,6 +34,12 @@ def bad_inputs() -> dict[str, dict]:
         "unknown output format": dict(content=png, params={"format": "gif"}, status=400),
         "tile out of range": dict(content=png, params={"tile": 3}, status=400),
         "unknown direction": dict(content=png, params={"direction": "sideways"}, status=400),
+        "tile zero": dict(content=png, params={"tile": 0}, status=400),
+        "tile not a number": dict(content=png, params={"tile": "abc"}, status=400),
+        "overlap not a whole number": dict(content=png, params={"overlap": "1.5"}, status=400),
+        "multipart without a boundary": dict(content=b"--x\r\nnot a form", ctype="multipart/form-data", status=400),
+        "wider than WebP holds": dict(content=_encoded(Image.new("RGB", (16400, 4))), params={"format": "webp"},
+                                      status=400),
     }
     for case in cases.values():
         case.setdefault("content", None)

@@ -5,7 +5,7 @@
    client-visible failures (and the failures it retried);
 3. two long requests (one per replica) while the deployment is forced from 2 replicas to 1:
    their statuses;
-4. 12 classes of bad input x REPEATS requests: status classes, 5xx count, replica restarts;
+4. 17 classes of bad input x REPEATS requests: status classes, 5xx count, replica restarts;
 5. the object store restarted in the middle of an ingest, then the same command re-run:
    manifest checksum against an uninterrupted ingest, duplicate rows.
 
@@ -262,7 +262,7 @@ def main() -> None:
     if "bad-input" in only:
         bad = bad_input_storm(settings, args.repeats)
         print("bad input:", bad, flush=True)
-        rows["bad-input"] = [f"12 bad-input classes x {args.repeats}", f"{bad['classes']}; replica restarts "
+        rows["bad-input"] = [f"{len(bad_inputs())} bad-input classes x {args.repeats}", f"{bad['classes']}; replica restarts "
                              f"{bad['replica_restarts']}; wrong status: {bad['unexpected'] or 'none'}", NAN, NAN,
                              NAN, bad["5xx"]]
     if "store-restart" in only:

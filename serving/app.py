@@ -7,7 +7,8 @@ the new model beside the old one and swaps it in; requests already running finis
 
 Every request has a time limit (`request_timeout_s`, sized by `img2img serve deploy` from the
 pixel limit and the speed each replica measures when it loads the model): past it the answer is
-a JSON 504 with Retry-After, never a dropped connection. Planned replica stops (downscale,
+a JSON 504 marked `X-Time-Limit-S` (clients do not retry it), never a dropped connection, and
+the request's computation stops at its next tile pass. Planned replica stops (downscale,
 redeploy, `serve rm`) wait `graceful_shutdown_timeout_s`, longer than that limit, so accepted
 requests finish. Unpaired models serve `?direction=AtoB|BtoA`.
 """
@@ -23,14 +24,16 @@ from typing import Any
 
 import torch
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
+from starlette.exceptions import HTTPException
 
 from cluster.errors import Img2ImgError
 from serving import codec
 from serving.model import LoadedModel, load
 from serving.options import DEFAULTS as OPTIONS
-from serving.options import config_id
+from serving.options import config_id, tiling_problem
 from serving.runtime import threads_for
 from translator import tiling
 
@@ -39,6 +42,9 @@ api = FastAPI(title="img2img enhancer", description="Image enhancement with a re
 DEFAULTS = OPTIONS.user_config()  # what a user_config leaves out
 RUNTIME_KEYS = ("model_name", "model_version", "model_run_id", "runtime", "threads", "memory_format", "precision")
 RETRY_AFTER_S = 5
+# Tiles per forward pass when one request runs alone: a 16 MP image is ~80 tiles of 512 px, and one
+# pass over all of them would hold every tile's activations at once (GBs on CPU).
+TILES_PER_PASS = 4
 
 
 def _reserved_cpus() -> float | None:
@@ -60,16 +66,24 @@ def group_tiles(items: list[tuple[Any, Any, torch.Tensor, bool]]) -> dict[tuple,
     return groups
 
 
-def run_grouped(items: list[tuple[Any, Any, torch.Tensor, bool]]) -> list[torch.Tensor]:
+def run_grouped(items: list[tuple[Any, Any, torch.Tensor, bool]], per_pass: int | None = None,
+                deadline: float | None = None) -> list[torch.Tensor]:
     """Run a batch of (model, runtime, tile (1, C, H, W), precise) items, one `runtime.run` per
-    group of `group_tiles` -> each item's own output (1, C, H', W'), in the items' order."""
+    group of `group_tiles` (at most `per_pass` tiles each, when given) -> each item's own output
+    (1, C, H', W'), in the items' order. Raises TimeoutError before a pass that would start past
+    `deadline` (time.monotonic() seconds): a request already answered 504 stops computing."""
     out: list[torch.Tensor | None] = [None] * len(items)
     with torch.inference_mode():
         for (_, _, precise), idx in group_tiles(items).items():
             net = items[idx[0]][1]
-            result = net.run(torch.cat([items[i][2] for i in idx]), precise)
-            for j, i in enumerate(idx):
-                out[i] = result[j:j + 1]
+            step = per_pass or len(idx)
+            for k in range(0, len(idx), step):
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError("request time limit passed")
+                part = idx[k:k + step]
+                result = net.run(torch.cat([items[i][2] for i in part]), precise)
+                for j, i in enumerate(part):
+                    out[i] = result[j:j + 1]
     return out
 
 
@@ -82,16 +96,20 @@ def split_for(model: LoadedModel, direction: str, decoded: codec.DecodedImage, t
 
 
 def enhance_alone(body: bytes, max_pixels: int, model: LoadedModel, direction: str, fmt: str, tile: int,
-                  overlap: int) -> tuple[bytes, str, codec.DecodedImage, dict[str, float], Any]:
+                  overlap: int, deadline: float | None = None
+                  ) -> tuple[bytes, str, codec.DecodedImage, dict[str, float], Any]:
     """One request end to end in the calling thread (batching off): decode, tiles through the
-    model's runtime for this direction and image size, merge, encode -> (data, media type,
-    decoded input, seconds per stage, the runtime). Raises `codec.RequestError` for bad input,
-    as the batched path does."""
+    model's runtime for this direction and image size (`TILES_PER_PASS` at a time), merge, encode
+    -> (data, media type, decoded input, seconds per stage, the runtime). Raises
+    `codec.RequestError` for bad input, as the batched path does; TimeoutError once `deadline`
+    (time.monotonic()) has passed between passes."""
     t0 = time.perf_counter()
     decoded = codec.decode(body, max_pixels)
+    codec.check_output(fmt, decoded)
     t1 = time.perf_counter()
     net, tiles, plan = split_for(model, direction, decoded, tile, overlap)
-    outs = run_grouped([(model, net, tiles[i:i + 1], decoded.high_bit) for i in range(len(tiles))])
+    outs = run_grouped([(model, net, tiles[i:i + 1], decoded.high_bit) for i in range(len(tiles))],
+                       per_pass=TILES_PER_PASS, deadline=deadline)
     merged = tiling.merge(torch.cat(outs), plan)
     t2 = time.perf_counter()
     data, media = codec.encode(merged, decoded, fmt)
@@ -114,9 +132,23 @@ WEB_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
                                           "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"}
 
 
-def error(status: int, message: str) -> JSONResponse:
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if status in (503, 504) else None
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+# Set on the endpoint's own 504 (its time limit, not a gateway's): retrying the same image would
+# only repeat the same work, so clients do not.
+TIME_LIMIT_HEADER = "X-Time-Limit-S"
+
+
+def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    headers = {**({"Retry-After": str(RETRY_AFTER_S)} if status == 503 else {}), **(headers or {})}
+    return JSONResponse({"error": message}, status_code=status, headers=headers or None)
+
+
+@api.exception_handler(RequestValidationError)
+async def bad_parameters(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """A query parameter of the wrong type (`?tile=abc`): 400 with the endpoint's JSON error shape,
+    not FastAPI's 422 `{"detail": [...]}`."""
+    problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg')}"
+                         for e in exc.errors())
+    return error(400, f"bad request parameters: {problems}")
 
 
 def web_response(name: str) -> Response:
@@ -195,23 +227,31 @@ class Enhancer:
         model = self.model  # requests in flight keep the model they started with
         if model is None:
             return error(503, f"model not loaded: {self.load_error}")
-        tile = tile or self.cfg["tile"]
+        tile = self.cfg["tile"] if tile is None else tile
         overlap = self.cfg["overlap"] if overlap is None else overlap
-        if not 16 <= tile <= 4096 or not 0 <= overlap < tile // 2:
-            return error(400, "tile must be 16-4096 and overlap in [0, tile/2)")
-        try:
-            model.net(direction)  # a direction the model lacks is refused before the body is read
+        problem = tiling_problem(tile, overlap)
+        if problem:
+            return error(400, problem)
+        try:  # refused before the body is read: a format we cannot write, a direction the model lacks
+            codec.check_format(format)
+            model.net(direction)
+        except codec.RequestError as e:
+            return error(e.status, e.message)
         except Img2ImgError as e:
             return error(400, str(e))
         limit = float(self.cfg["request_timeout_s"])
         try:
             data, media, decoded, stages, net = await asyncio.wait_for(
-                self._process(request, model, direction, format, tile, overlap), timeout=limit)
+                self._process(request, model, direction, format, tile, overlap, time.monotonic() + limit),
+                timeout=limit)
         except codec.RequestError as e:
             return error(e.status, e.message)
-        except TimeoutError:
+        except HTTPException as e:  # Starlette's own parse errors (a malformed multipart body): 4xx
+            return error(e.status_code, f"bad request body: {e.detail}")
+        except (TimeoutError, asyncio.TimeoutError):  # distinct classes before Python 3.11
             return error(504, f"the image took longer than this endpoint's {limit:.0f} s limit; "
-                              "retry later or send a smaller image")
+                              "send a smaller image, or deploy with a longer --request-timeout",
+                         {TIME_LIMIT_HEADER: f"{limit:.0f}"})
         except Exception as e:  # a bug or a dying worker: JSON 500 (clients retry it), never a bare drop
             log.exception("enhance failed")
             return error(500, f"internal error: {type(e).__name__}")
@@ -224,15 +264,18 @@ class Enhancer:
         return Response(content=data, media_type=media, headers=headers)
 
     async def _process(self, request: Request, model: LoadedModel, direction: str, fmt: str, tile: int,
-                       overlap: int) -> tuple[bytes, str, codec.DecodedImage, dict[str, float], Any]:
+                       overlap: int, deadline: float) -> tuple[bytes, str, codec.DecodedImage, dict[str, float], Any]:
         """-> (encoded output, media type, the decoded input, seconds per stage for Server-Timing,
-        the runtime that ran it)."""
+        the runtime that ran it). `deadline` (time.monotonic()): the worker thread, which
+        cancelling this coroutine cannot stop, stops between tile passes once it has passed."""
         body = await self._body(request)
         max_pixels = int(self.cfg["max_pixels"])
         if int(self.cfg["max_batch_size"]) <= 1:  # no batching: the whole request in one thread hop
-            return await asyncio.to_thread(enhance_alone, body, max_pixels, model, direction, fmt, tile, overlap)
+            return await asyncio.to_thread(enhance_alone, body, max_pixels, model, direction, fmt, tile, overlap,
+                                           deadline)
         t0 = time.perf_counter()
         decoded = await asyncio.to_thread(codec.decode, body, max_pixels)
+        codec.check_output(fmt, decoded)
         t1 = time.perf_counter()
         net, tiles, plan = split_for(model, direction, decoded, tile, overlap)
         precise = decoded.high_bit  # 16-bit images stay fp32

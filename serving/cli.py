@@ -134,6 +134,8 @@ def enhance(
     threads: int = typer.Option(None, help="with --local: intra-op threads (default: all CPUs)"),
     direction: str = typer.Option("AtoB", help="AtoB | BtoA (BtoA: unpaired cyclegan/dualgan models only)"),
     retries: int = typer.Option(5, help="retries per image after a connection error or HTTP 500/502/503/504"),
+    timeout: float = typer.Option(None, help="seconds to wait for each answer (default: the endpoint's "
+                                                  "request time limit + 60 s, from GET /model)"),
 ):
     """Enhance images through the endpoint (or in-process with --local). Failures of the service
     (a replica restarting) are retried with backoff; each file's outcome is listed.
@@ -145,6 +147,8 @@ def enhance(
         raise Img2ImgError(f"--direction must be AtoB or BtoA, not {direction!r}")
     if retries < 0:
         raise Img2ImgError("--retries must be >= 0")
+    if timeout is not None and timeout <= 0:
+        raise Img2ImgError("--timeout must be > 0 seconds")
     from serving.codec import FORMATS
 
     settings = get_settings()
@@ -160,6 +164,10 @@ def enhance(
     if local and not model:
         raise Img2ImgError("--local needs --model NAME@champion (or NAME/VERSION)")
     check_output_dir(out, "-o/--out")
+    from serving.client import check_outputs, unique_files
+
+    check_outputs(files, out, fmt)  # two inputs named alike would overwrite each other's output
+    files = unique_files(files)
     if local:
         from serving.model import resolve
 
@@ -179,7 +187,7 @@ def enhance(
             key = settings.serve_api_key.get_secret_value() if settings.serve_api_key else None
             results = enhance_files(files, out, url or settings.serve_url, fmt, key, parallel, on_done=done,
                                     direction=None if direction == "AtoB" else direction,
-                                    policy=RetryPolicy(attempts=retries + 1))
+                                    policy=RetryPolicy(attempts=retries + 1), timeout=timeout)
     failed = [r for r in results if r.error]
     for r in results:
         console.print(r.describe(), markup=False)

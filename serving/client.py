@@ -4,7 +4,10 @@ service's (a replica that died or is being replaced), with one clear outcome per
 Enhancement is idempotent, so connection errors and HTTP 500/502/503/504 are retried with
 bounded exponential backoff and full jitter (tenacity's `wait_random_exponential`, AWS
 "Exponential Backoff and Jitter"), honouring `Retry-After`; 4xx answers (the request's fault)
-are never retried.
+are never retried. Neither is the endpoint's own 504 (its time limit, marked `X-Time-Limit-S`)
+nor a read timeout: the same image would take as long again, on a replica still busy with it.
+The client waits longer than the endpoint's time limit (read from GET /model), so the endpoint
+answers first.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from cluster.files import write_atomic
 MEDIA = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
          ".tif": "image/tiff", ".tiff": "image/tiff", ".bmp": "image/bmp", ".gif": "image/gif"}
 RETRY_STATUS = {500, 502, 503, 504}
+TIME_LIMIT_HEADER = "x-time-limit-s"  # serving.app.TIME_LIMIT_HEADER (no import: the client needs no Ray)
+DEFAULT_TIMEOUT_S = 900.0  # when GET /model does not say the endpoint's limit
+TIMEOUT_MARGIN_S = 60.0
 EXTENSIONS = {"jpeg": "jpg", "tif": "tiff"}
 
 
@@ -99,9 +105,15 @@ def post_enhance(client: httpx.Client, url: str, data: bytes, content_type: str,
         try:
             r = client.post(url.rstrip("/") + "/enhance", params=params, content=data,
                             headers={"Content-Type": content_type, **headers})
+        except (httpx.ReadTimeout, httpx.WriteTimeout) as e:
+            raise Img2ImgError(f"no answer from {url} within {client.timeout.read:.0f} s ({type(e).__name__}); "
+                               "not retried: the endpoint may still be working on it (see `img2img serve status`; "
+                               "--timeout waits longer)") from None
         except httpx.TransportError as e:
             raise ServiceFailure(type(e).__name__, f"cannot reach the endpoint at {url} ({type(e).__name__}); "
                                  "is it deployed? (`img2img serve status`)") from None
+        if r.status_code == 504 and TIME_LIMIT_HEADER in r.headers:
+            raise Img2ImgError(_error_text(r))
         if r.status_code in RETRY_STATUS:
             after = r.headers.get("retry-after", "")
             raise ServiceFailure(str(r.status_code), _error_text(r), float(after) if after.isdigit() else None)
@@ -125,12 +137,24 @@ def _client(timeout: float) -> httpx.Client:
     return httpx.Client(timeout=httpx.Timeout(timeout, connect=5.0))
 
 
+def client_timeout(url: str, api_key: str | None = None) -> float:
+    """Seconds to wait for one answer: the endpoint's request time limit (GET /model's
+    `request_timeout_s`) plus a margin, so its JSON 504 arrives before the client gives up;
+    DEFAULT_TIMEOUT_S when it does not say (unreachable, or an older endpoint)."""
+    try:
+        r = httpx.get(url.rstrip("/") + "/model", headers=_auth(api_key), timeout=10)
+        return float(r.json()["request_timeout_s"]) + TIMEOUT_MARGIN_S
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return DEFAULT_TIMEOUT_S
+
+
 def enhance_bytes(url: str, data: bytes, content_type: str = "application/octet-stream", fmt: str = "png",
-                  api_key: str | None = None, timeout: float = 300, direction: str | None = None,
+                  api_key: str | None = None, timeout: float | None = None, direction: str | None = None,
                   policy: RetryPolicy | None = None) -> tuple[bytes, dict]:
     """One image through POST /enhance (retried as described above) -> (output bytes, response
-    headers). Raises Img2ImgError (4xx, or retries spent)."""
-    with _client(timeout) as client:
+    headers). `timeout`: seconds per answer (default: `client_timeout`). Raises Img2ImgError (4xx,
+    the endpoint's time limit, or retries spent)."""
+    with _client(timeout or client_timeout(url, api_key)) as client:
         r = post_enhance(client, url, data, content_type, _params(fmt, direction), _auth(api_key),
                          policy or RetryPolicy())
     return r.content, dict(r.headers)
@@ -144,12 +168,40 @@ def _auth(api_key: str | None) -> dict:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
+def check_outputs(files: list[Path], out_dir: Path, fmt: str) -> None:
+    """Raises Img2ImgError when two inputs would write the same output file (`a/x.jpg b/x.jpg`,
+    `x.jpg x.png`: both `x.enhanced.png`), naming them, before anything is sent."""
+    seen: dict[Path, Path] = {}
+    for src in files:
+        dest = output_path(src, out_dir, fmt)
+        if dest in seen and seen[dest].resolve() != src.resolve():
+            raise Img2ImgError(f"{seen[dest]} and {src} would both be written to {dest}; "
+                               "enhance them into different --out folders")
+        seen[dest] = src
+
+
+def unique_files(files: list[Path]) -> list[Path]:
+    """`files` without repeats of the same file (by resolved path), first mention kept, in order."""
+    seen: set[Path] = set()
+    out = []
+    for f in files:
+        if f.resolve() not in seen:
+            seen.add(f.resolve())
+            out.append(f)
+    return out
+
+
 def enhance_files(files: list[Path], out_dir: Path, url: str, fmt: str = "png", api_key: str | None = None,
                   parallel: int = 4, on_done: Callable[[Outcome], None] = lambda o: None,
                   direction: str | None = None, policy: RetryPolicy | None = None,
-                  timeout: float = 300) -> list[Outcome]:
+                  timeout: float | None = None) -> list[Outcome]:
     """Enhance files through the endpoint, `parallel` at a time -> one Outcome per file (in
-    order). Outputs are written atomically (`.part` then rename)."""
+    order). Outputs are written atomically (`.part` then rename). `timeout`: seconds per answer
+    (default: `client_timeout`). Raises Img2ImgError before any request when two files would
+    write the same output (`check_outputs`)."""
+    check_outputs(files, out_dir, fmt)
+    files = unique_files(files)
+    timeout = timeout or client_timeout(url, api_key)
     out_dir.mkdir(parents=True, exist_ok=True)
     policy = policy or RetryPolicy()
 

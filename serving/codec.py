@@ -18,6 +18,9 @@ from PIL import Image, UnidentifiedImageError
 from translator import images
 
 FORMATS = images.WRITE_FORMATS
+# The largest side each output format can hold (WebP's VP8 header: 14 bits; JPEG's SOF: 16 bits);
+# past it Pillow fails only after the model has run, so requests are refused before.
+MAX_SIDE = {"webp": 16383, "jpeg": 65535, "jpg": 65535}
 
 
 class RequestError(Exception):
@@ -71,11 +74,25 @@ def decode(body: bytes, max_pixels: int) -> DecodedImage:
     return DecodedImage(picture)
 
 
+def check_format(fmt: str) -> None:
+    """Raises RequestError 400 for an output format the endpoint cannot write."""
+    if fmt.lower() not in FORMATS:
+        raise RequestError(400, f"unknown format {fmt!r}: use png, jpeg, webp or tiff")
+
+
+def check_output(fmt: str, decoded: DecodedImage) -> None:
+    """Raises RequestError 400 when the output format cannot hold an image this size (WebP
+    16383 px a side, JPEG 65535), before any model time is spent on it."""
+    side, limit = max(decoded.tensor.shape[-2:]), MAX_SIDE.get(fmt.lower())
+    if limit and side > limit:
+        raise RequestError(400, f"{fmt} holds at most {limit} px a side and this image has {side}: "
+                                "ask for png or tiff")
+
+
 def encode(out: torch.Tensor, src: DecodedImage, fmt: str = "png",
            png_compress_level: int = images.PNG_COMPRESS_LEVEL) -> tuple[bytes, str]:
     """Network output (1x3xHxW float in [-1, 1]) -> (bytes, media type) written like `src`; 8-bit
     PNG at zlib level `png_compress_level` (0-9, lossless at every level). Raises RequestError 400
     for an unknown format."""
-    if fmt.lower() not in FORMATS:
-        raise RequestError(400, f"unknown format {fmt!r}: use png, jpeg, webp or tiff")
+    check_format(fmt)
     return images.write_picture(images.tensor_pixels(out), src.picture, fmt, png_compress_level)

@@ -143,6 +143,20 @@ def size_time_limits(settings: Settings, wait_s: float = 120) -> dict:
             "seconds_per_megapixel": info.get("seconds_per_megapixel")}
 
 
+def load_failure(status: int, body: dict, name: str, version: str, cid: str | None) -> str | None:
+    """The load error a replica reports (GET /model: `status` and its JSON `body`) for this very
+    deployment of `name` v`version`, or None: a 200 that has applied config `cid` yet kept its
+    old model, or a 503 whose error names this version."""
+    if not isinstance(body, dict):
+        return None
+    if status == 200 and cid is not None and body.get("config_id") == cid and body.get("load_error"):
+        return str(body["load_error"])
+    tag = f"could not load {name} v{version}:"
+    if status == 503 and tag in str(body.get("error", "")):
+        return str(body["error"]).split(tag, 1)[1].strip()
+    return None
+
+
 def wait_for_model(settings: Settings, name: str, version: str, timeout: float, cid: str | None = None) -> None:
     """Return once GET /model reports `name` v`version` (and, given `cid`, that exact config);
     raise Img2ImgError when the app fails to deploy or `timeout` seconds pass."""
@@ -156,8 +170,11 @@ def wait_for_model(settings: Settings, name: str, version: str, timeout: float, 
             if (info.get("version") == str(version) and info.get("name") == name
                     and (cid is None or info.get("config_id") == cid)):
                 return True
+            failed = load_failure(r.status_code, r.json(), name, version, cid)
+            if failed:  # the replica applied this config but could not load the model: no use waiting
+                raise Img2ImgError(f"the endpoint could not load {name} v{version}: {failed}")
             last = r.text[:200]
-        except httpx.HTTPError as e:
+        except (httpx.HTTPError, ValueError) as e:
             last = type(e).__name__
         app = status(settings) or {}
         if app.get("status") == "DEPLOY_FAILED":

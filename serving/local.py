@@ -8,7 +8,7 @@ from cluster.errors import Img2ImgError
 from cluster.files import write_atomic
 from cluster.settings import Settings
 from serving import codec
-from serving.client import Outcome, output_path
+from serving.client import Outcome, check_outputs, output_path, unique_files
 from serving.model import load, resolve
 from serving.options import DEFAULTS
 
@@ -19,7 +19,7 @@ def enhance_locally(settings: Settings, model: str, files: list[Path], out_dir: 
     """Enhance `files` into `out_dir` with the registered `model` on `runtime` (auto | torch | onnx):
     the same outputs as the endpoint (bit depth, alpha, ICC profile, EXIF kept), one Outcome per file.
     Raises Img2ImgError before any file when MLflow is unreachable, the model is unknown, it does
-    not offer `direction`, or the runtime options are wrong."""
+    not offer `direction`, the runtime options are wrong, or two files would write one output."""
     from serving.options import RUNTIMES
 
     if fmt.lower() not in codec.FORMATS:
@@ -28,6 +28,8 @@ def enhance_locally(settings: Settings, model: str, files: list[Path], out_dir: 
         raise Img2ImgError(f"--runtime must be {' or '.join(RUNTIMES)}, got {runtime!r}")
     if threads is not None and threads < 1:
         raise Img2ImgError("--threads must be >= 1")
+    check_outputs(files, out_dir, fmt)
+    files = unique_files(files)
     name, version = resolve(settings.mlflow_uri, model)
     loaded = load(settings.mlflow_uri, name, version, runtime=runtime, threads=threads)
     loaded.net(direction)  # refuse a direction the model lacks before touching any file
@@ -36,6 +38,7 @@ def enhance_locally(settings: Settings, model: str, files: list[Path], out_dir: 
     for src in files:
         try:
             decoded = codec.decode(src.read_bytes(), max_pixels)
+            codec.check_output(fmt, decoded)
             data, _ = codec.encode(loaded.enhance(decoded.tensor, precise=decoded.high_bit, direction=direction),
                                    decoded, fmt)
             dest = output_path(src, out_dir, fmt)

@@ -53,12 +53,30 @@ class ServeOptions:
                 raise Img2ImgError(f"{option} must be {' or '.join(allowed)}, got {value!r}")
         if self.num_cpus <= 0 or (self.threads is not None and self.threads < 1):
             raise Img2ImgError("--num-cpus must be > 0 and --threads >= 1")
+        # Checked here too, not only per request: a bad default would fail every request.
+        problem = tiling_problem(self.tile, self.overlap)
+        if problem:
+            raise Img2ImgError(f"--tile/--overlap: {problem}")
+        if self.max_pixels < 1:
+            raise Img2ImgError("--max-megapixels must be > 0")
+        if self.max_batch_size < 1 or self.batch_wait_timeout_s < 0:
+            raise Img2ImgError("--max-batch-size must be >= 1 and --batch-wait-ms >= 0")
+        if self.request_timeout_s <= 0:
+            raise Img2ImgError("--request-timeout must be > 0 seconds")
 
     def user_config(self) -> dict[str, Any]:
         """The options a replica reads from its user_config (everything but `num_cpus`)."""
         out = asdict(self)
         out.pop("num_cpus")
         return out
+
+
+def tiling_problem(tile: int, overlap: int) -> str | None:
+    """What is wrong with a tile edge / overlap (pixels), or None: 16 <= tile <= 4096 and
+    0 <= overlap < tile/2 (so the overlaps of a tile's two sides never meet)."""
+    if not 16 <= tile <= 4096 or not 0 <= overlap < tile // 2:
+        return f"tile must be 16-4096 and overlap in [0, tile/2), got tile {tile}, overlap {overlap}"
+    return None
 
 
 DEFAULTS = ServeOptions()

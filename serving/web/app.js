@@ -29,7 +29,7 @@
   };
   const state = {
     file: null, name: "photo", beforeUrl: null, afterUrl: null, w: 0, h: 0,
-    zoom: 1, fit: true, pos: 50, xhr: null, timer: null, pending: null,
+    zoom: 1, fit: true, pos: 50, xhr: null, timer: null, pending: null, modelError: false,
   };
 
   // ---- API key (only when the endpoint asks for one) ----
@@ -155,14 +155,21 @@
     } catch (e) {
       $("model-summary").textContent = "Cannot reach the endpoint.";
       showError("Endpoint unreachable", `GET /model failed (${e.message}); is it deployed? (img2img serve status)`);
+      state.modelError = true;
       return;
     }
     const body = await r.text();
     if (!r.ok) {
       $("model-summary").textContent = `No model: ${errorText(body)}`;
       apiError(r.status, body);
+      state.modelError = true;
       if (r.status === 503) setTimeout(loadModel, 5000); // loading: ask again
       return;
+    }
+    if (state.modelError) { // the model came up after all: its error no longer holds
+      state.modelError = false;
+      clearError();
+      setStatus("");
     }
     const info = JSON.parse(body);
     renderModel(info);

@@ -162,6 +162,54 @@ def test_tile_batches_group_by_runtime_shape_and_precision_and_answer_each_reque
     assert sorted(fast.passes) == [(1, False), (1, True), (3, False)] and other.passes == [(2, False)]
 
 
+def test_one_request_runs_its_tiles_a_few_at_a_time_and_stops_past_its_deadline():
+    import time
+
+    from serving.app import run_grouped
+
+    net = _Runtime()
+    items = [(None, net, torch.full((1, 3, 8, 8), float(i)), False) for i in range(10)]
+    outs = run_grouped(items, per_pass=4)
+    assert [p for p, _ in net.passes] == [4, 4, 2]  # never every tile of a large image in one pass
+    assert all(torch.equal(o, t * 2) for (_, _, t, _), o in zip(items, outs))
+    net.passes.clear()
+    with pytest.raises(TimeoutError):  # a request already answered 504 computes no further
+        run_grouped(items, per_pass=4, deadline=time.monotonic() - 1)
+    assert net.passes == []
+
+
+def test_output_formats_refuse_sizes_they_cannot_hold_before_the_model_runs():
+    from serving import codec
+
+    class Decoded:  # only the shape matters to the check
+        def __init__(self, h, w):
+            self.tensor = torch.zeros(1, 3, h, w)
+
+    for fmt, side in (("webp", 16383), ("WEBP", 16383), ("jpeg", 65535), ("jpg", 65535)):
+        codec.check_output(fmt, Decoded(8, side))
+        with pytest.raises(codec.RequestError, match=f"at most {side} px") as e:
+            codec.check_output(fmt, Decoded(side + 1, 8))
+        assert e.value.status == 400
+    codec.check_output("png", Decoded(8, 70000))  # PNG and TIFF hold any size the pixel limit lets in
+    with pytest.raises(codec.RequestError, match="unknown format 'gif'"):
+        codec.check_format("gif")
+
+
+def test_deploy_stops_waiting_when_the_replica_reports_this_versions_load_error():
+    from serving.deploy import load_failure
+
+    cid = "abc"
+    ok = {"name": "m", "version": "2", "config_id": cid, "load_error": None}
+    assert load_failure(200, ok, "m", "3", cid) is None
+    kept_old = {**ok, "load_error": "could not load m v3: no such artifact"}
+    assert load_failure(200, kept_old, "m", "3", cid) == "could not load m v3: no such artifact"
+    assert load_failure(200, kept_old, "m", "3", "other-config") is None  # not yet our config
+    first = {"error": "model not loaded: could not load m v3: no such artifact"}
+    assert load_failure(503, first, "m", "3", cid) == "no such artifact"
+    assert load_failure(503, first, "m", "4", cid) is None  # an older failure, not this version's
+    assert load_failure(503, {"error": "model not loaded: no model configured yet"}, "m", "3", cid) is None
+
+
 # ---- registry: the promotion rule ------------------------------------------------------------
 def test_promotion_rule():
     from jobs.registry import promotion_objections
@@ -245,7 +293,10 @@ def test_serve_options_refuse_bad_values_naming_the_flag():
     DEFAULTS.check()
     for kw, flag in (({"runtime": "tensorrt"}, "--runtime"), ({"memory_format": "nhwc"}, "--memory-format"),
                      ({"precision": "fp16"}, "--precision"), ({"num_cpus": 0}, "--num-cpus"),
-                     ({"threads": 0}, "--threads")):
+                     ({"threads": 0}, "--threads"), ({"tile": 8}, "--tile"), ({"tile": 4097}, "--tile"),
+                     ({"overlap": 300}, "--overlap"), ({"overlap": -1}, "--overlap"),
+                     ({"max_pixels": 0}, "--max-megapixels"), ({"max_batch_size": 0}, "--max-batch-size"),
+                     ({"batch_wait_timeout_s": -0.1}, "--batch-wait-ms"), ({"request_timeout_s": 0}, "--request-timeout")):
         with pytest.raises(Img2ImgError, match=flag):
             ServeOptions(**kw).check()
     assert "num_cpus" not in DEFAULTS.user_config()
