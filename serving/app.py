@@ -87,6 +87,12 @@ def run_grouped(items: list[tuple[Any, Any, torch.Tensor, bool]], per_pass: int 
     return out
 
 
+def max_body_bytes(max_pixels: int) -> int:
+    """The largest request body worth reading for images of up to `max_pixels`: uncompressed
+    16-bit RGBA (8 bytes a pixel, e.g. a raw TIFF or BMP) plus 1 MB of headers and metadata."""
+    return max_pixels * 8 + 1_000_000
+
+
 def split_for(model: LoadedModel, direction: str, decoded: codec.DecodedImage, tile: int, overlap: int):
     """-> (the runtime for this direction and image size, tiles (N, 3, t, t) of the decoded image
     in [-1, 1], the plan `tiling.merge` needs): what both request paths do before the model."""
@@ -208,6 +214,11 @@ class Enhancer:
         return hmac.compare_digest(hashlib.sha256(key.encode()).hexdigest(), want)
 
     async def _body(self, request: Request) -> bytes:
+        limit = max_body_bytes(int(self.cfg["max_pixels"]))
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:  # refused unread: a huge upload never fills memory
+            raise codec.RequestError(413, f"request body of {int(length) / 1e6:.0f} MB is over this endpoint's "
+                                          f"{limit / 1e6:.0f} MB limit")
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("multipart/form-data"):
             form = await request.form()
@@ -217,7 +228,12 @@ class Enhancer:
             return await upload.read()
         if ctype and not (ctype.startswith("image/") or ctype.startswith("application/octet-stream")):
             raise codec.RequestError(415, f"content type {ctype!r} is not an image: send image/* or multipart 'file'")
-        return await request.body()
+        body = bytearray()
+        async for chunk in request.stream():  # a body without Content-Length is capped as it arrives
+            body += chunk
+            if len(body) > limit:
+                raise codec.RequestError(413, f"request body is over this endpoint's {limit / 1e6:.0f} MB limit")
+        return bytes(body)
 
     @api.post("/enhance")
     async def enhance(self, request: Request, format: str = "png", tile: int | None = None,

@@ -83,6 +83,14 @@ def test_bad_input_gets_json_errors_and_the_replica_survives(endpoint, body, cty
     assert httpx.get(endpoint + "/healthz", timeout=30).status_code == 200
 
 
+def test_a_body_over_the_byte_limit_is_refused_unread(endpoint):
+    from serving.app import max_body_bytes
+
+    limit = max_body_bytes(httpx.get(endpoint + "/model", timeout=30).json()["max_pixels"])
+    r = post(endpoint, bytes(limit + 1))
+    assert r.status_code == 413 and "MB limit" in r.json()["error"]
+
+
 def test_model_endpoint_and_query_validation(endpoint, demo_run):
     info = httpx.get(endpoint + "/model", timeout=30).json()
     assert info["name"] == demo_run.model and info["variant"] == "nafnet" and "val_psnr" in info["metrics"]
