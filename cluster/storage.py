@@ -118,13 +118,19 @@ class Storage:
         with self.errors(key):
             self.client.remove_object(self.bucket, key)
 
-    def delete_prefix(self, prefix: str) -> int:
-        keys = [o.key for o in self.list(prefix)]
-        with self.errors(prefix):
+    def delete_keys(self, keys: list[str], where: str = "") -> int:
+        """Delete these objects in batches (missing ones are fine). -> how many were asked for.
+        Raises Img2ImgError when the store refuses any (`where` names them in the message)."""
+        if not keys:
+            return 0
+        with self.errors(where or keys[0]):
             errors = list(self.client.remove_objects(self.bucket, (DeleteObject(k) for k in keys)))
         if errors:
-            raise Img2ImgError(f"could not delete {len(errors)} objects under {prefix}")
+            raise Img2ImgError(f"could not delete {len(errors)} objects under {where or keys[0]}")
         return len(keys)
+
+    def delete_prefix(self, prefix: str) -> int:
+        return self.delete_keys([o.key for o in self.list(prefix)], prefix)
 
 
 def arrow_filesystem(settings: Settings | None = None):

@@ -20,11 +20,14 @@ from jobs.manifest import Manifest, dataset_prefix, read_manifest
 
 def _decode(png: bytes) -> np.ndarray:
     """PNG bytes -> HxWx3 float32 in [0, 1]: 8-bit shards as before, 16-bit ones (from 16-bit
-    sources) with their full precision."""
+    sources) with their full precision. Ingest stores 16-bit shards on the full 0-65535 scale
+    (both sides of a pair on one scale), so every 16-bit PNG is divided by 65535, never by its
+    own largest value (that would brighten a blurred input whose peak fell below a power of 2)."""
     if png[24:25] == b"\x10":  # IHDR bit depth 16
         from translator.images import read_picture
 
-        return read_picture(png).pixels
+        pic = read_picture(png)
+        return (pic.pixels * np.float32(pic.scale / 65535)).astype(np.float32)
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32) / 255.0
 
 
@@ -115,7 +118,9 @@ def load_dataset(name: str, split: str = "train", settings: Settings | None = No
                  batch_size: int = 16, rotate: bool = False):
     """-> ray.data.Dataset of {"key", "input", "target"} (paired) or {"key", "image"} for one
     domain ("a" or "b") of an unpaired dataset; images float32 NCHW in [-1, 1].
-    augment (default: on for "train"): random crops and flips; `rotate` adds 90-degree turns."""
+    augment (default: on for "train"): random crops and flips; `rotate` adds 90-degree turns.
+    Without `image_size`, images keep their stored size; for a dataset ingested with `--size 0`
+    (sizes vary) every batch then holds one image, whatever `batch_size` says."""
 
     settings = settings or get_settings()
     storage = Storage(settings)
@@ -128,4 +133,6 @@ def load_dataset(name: str, split: str = "train", settings: Settings | None = No
     columns = ["input", "target"] if manifest.kind == "paired" else ["image"]
     ds = read_parquet_v1(paths, arrow_filesystem(settings)).select_columns(["key", *columns])
     decode = DecodeBatch(columns, image_size, split == "train" if augment is None else augment, rotate)
+    if image_size is None and manifest.image_size is None:
+        batch_size = 1  # whole images of an `--size 0` dataset differ in size: one a batch, never stacked
     return ds.map_batches(decode, batch_format="numpy", batch_size=batch_size)

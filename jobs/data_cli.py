@@ -38,12 +38,13 @@ def ingest(
     src: str = typer.Argument(None, help="local folder or s3://bucket/prefix (omit with --sample)"),
     name: str = typer.Option(..., "--name", "-n", help="dataset name"),
     kind: str = typer.Option("synth", help="synth (clean photos -> degraded pairs) | aligned | unaligned"),
-    degrade: str = typer.Option("gaussian:1.5", help="synth degradation spec: gaussian:S, random_gaussian:LO-HI, resize:F, noise:STD, jpeg:Q, gray, "
-                                 "edges[:S], holes:FRACTION, scratches:N, mix(a,b,..), chain(a,b,..); e.g. 'mix(gaussian:3,resize:4)'"),
+    degrade: str = typer.Option(None, help="synth only (default gaussian:1.5): gaussian:S (S<=20), random_gaussian:LO-HI, "
+                                "resize:F (F>1), noise:STD, jpeg:Q (1-100), gray, edges[:S], holes:FRACTION, scratches:N, "
+                                "mix(a,b,..), chain(a,b,..); e.g. 'mix(gaussian:3,resize:4)'"),
     copies: int = typer.Option(1, help="synth: degraded versions per photo"),
     direction: str = typer.Option("AtoB", help="aligned: which side is the input (AtoB | BtoA)"),
-    size: int = typer.Option(256, help="resize shorter side then centre-crop to SIZE x SIZE (0 = keep size)"),
-    crops: int = typer.Option(0, help="cut N random SIZE x SIZE crops per photo instead of one centre crop"),
+    size: int = typer.Option(256, help="resize shorter side then centre-crop to SIZE x SIZE (0 = keep each whole image)"),
+    crops: int = typer.Option(0, help="cut N random SIZE x SIZE crops per photo instead of one centre crop (needs --size)"),
     val_fraction: float = typer.Option(0.1, help="share of source images held out for validation"),
     seed: int = typer.Option(0, help="seed for splits, crops and degradations (recorded in the manifest)"),
     shard_rows: int = typer.Option(256, help="rows per Parquet shard"),
@@ -61,7 +62,7 @@ def ingest(
         raise Img2ImgError("give a SRC folder or s3://bucket/prefix, or --sample for the bundled photos")
     if src is not None and sample:
         raise Img2ImgError("give either a SRC or --sample, not both")
-    opts = IngestOptions(name=name, kind=kind, degrade=degrade if kind == "synth" else None, copies=copies,
+    opts = IngestOptions(name=name, kind=kind, degrade=degrade, copies=copies,
                          direction=direction, size=size or None, crops=crops, val_fraction=val_fraction,
                          seed=seed, shard_rows=shard_rows)
     settings = get_settings()

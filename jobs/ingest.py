@@ -3,8 +3,13 @@
 The work is planned up front as a deterministic list of rows (file, crop, copy, seed), cut into
 shards, and the shards are built in parallel processes. Every finished shard leaves a progress
 marker; a re-run with the same inputs and options skips shards already written and verified,
-so a killed ingest resumes without duplicates. The manifest is written last: readers never see
-a half-written dataset.
+so a killed ingest resumes without duplicates.
+
+Readers find shards only through the manifest, so the manifest is written last and is the
+commit point: shard names carry a version (a hash of the ingest's fingerprint and the manifest
+it replaces), so an `--overwrite` never touches the old dataset's shards while it builds the new
+ones; the old objects are deleted only after the new manifest is in place. A failed or killed
+overwrite leaves the old dataset as it was.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from jobs.sources import SourceFile, list_sample, scan_source
 from translator import degrade, images
 
 log = logging.getLogger(__name__)
+DEFAULT_DEGRADE = "gaussian:1.5"
 MAX_PIXELS = 100_000_000  # larger files are skipped as decompression bombs
 NAME_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 ALIGNED_LAYOUTS = ("side-by-side A|B images (width twice the height) in any folders; "
@@ -51,7 +57,7 @@ class SkipFile(Exception):
 class IngestOptions:
     name: str
     kind: str = "synth"  # synth | aligned | unaligned
-    degrade: str | None = "gaussian:1.5"
+    degrade: str | None = None  # synth only; None -> DEFAULT_DEGRADE
     copies: int = 1
     direction: str = "AtoB"
     size: int | None = 256
@@ -61,6 +67,10 @@ class IngestOptions:
     shard_rows: int = 256
     source_label: str | None = None  # what the manifest records as the source, when not the path itself
 
+    def __post_init__(self) -> None:
+        if self.kind == "synth" and self.degrade is None:
+            self.degrade = DEFAULT_DEGRADE
+
     def validate(self) -> None:
         if self.kind not in PAIRED_KINDS:
             raise Img2ImgError(f"unknown kind {self.kind!r}: use synth, aligned or unaligned")
@@ -68,8 +78,15 @@ class IngestOptions:
             if not self.degrade:
                 raise Img2ImgError("--kind synth needs --degrade SPEC, e.g. gaussian:1.5")
             degrade.parse(self.degrade)
+        elif self.degrade is not None:
+            raise Img2ImgError(f"--degrade applies to --kind synth only: --kind {self.kind} pairs come from the "
+                               "files themselves; drop --degrade")
         if self.direction not in ("AtoB", "BtoA"):
             raise Img2ImgError("--direction must be AtoB or BtoA")
+        if self.direction == "BtoA" and self.kind != "aligned":
+            raise Img2ImgError(f"--direction applies to --kind aligned only (got --kind {self.kind}); drop it")
+        if self.copies != 1 and self.kind != "synth":
+            raise Img2ImgError(f"--copies applies to --kind synth only (got --kind {self.kind}); drop it")
         if not 0 <= self.val_fraction < 1:
             raise Img2ImgError(f"--val-fraction must be at least 0 and below 1 (got {self.val_fraction})")
         for flag, value, low in (("--copies", self.copies, 1), ("--shard-rows", self.shard_rows, 1),
@@ -78,6 +95,9 @@ class IngestOptions:
                 raise Img2ImgError(f"{flag} must be at least {low} (got {value})")
         if self.size is not None and self.size < 8:
             raise Img2ImgError(f"--size must be at least 8 pixels, or 0 to keep the size (got {self.size})")
+        if self.size is None and self.crops:  # random crops of the whole image would all be the whole image
+            raise Img2ImgError(f"--crops {self.crops} cuts random SIZE x SIZE crops: give --size too "
+                               "(--size 0 keeps each whole image, one row a photo)")
         if not NAME_RULE.fullmatch(self.name or ""):
             raise Img2ImgError(f"bad dataset name {self.name!r}: use 1-64 letters, digits, '.', '_' or '-', "
                                "starting with a letter or digit")
@@ -98,11 +118,17 @@ class ShardPlan:
     index: int
     rows: list[Row]
     domain: str | None = None
+    version: str = ""  # set by `run`: keeps a new dataset's shard names apart from the one it replaces
 
     @property
     def path(self) -> str:
         stem = f"{self.domain}-{self.index:05d}" if self.domain else f"shard-{self.index:05d}"
-        return f"{self.split}/{stem}.parquet"
+        return f"{self.split}/{stem}.{self.version}.parquet" if self.version else f"{self.split}/{stem}.parquet"
+
+    @property
+    def marker(self) -> str:
+        """The progress marker's key relative to the dataset prefix."""
+        return f"_ingest/{self.path.replace('/', '-')}.json"
 
 
 @dataclass
@@ -282,7 +308,9 @@ def _resize_for(img: Picture, size: int | None, crops: int) -> Picture:
     return img
 
 
-def _load(f: SourceFile, settings: Settings, cache: dict) -> Picture:
+def _load(f: SourceFile, settings: Settings, cache: dict) -> tuple[Picture, int | None]:
+    """-> (picture, code scale): a 16-bit file as float in [0, 1] with the 2**k - 1 it was divided
+    by (see images.Picture.scale), an 8-bit one as a PIL RGB image and None."""
     if f.key not in cache:
         data = f.read(settings)
         img = Image.open(io.BytesIO(data))
@@ -290,23 +318,35 @@ def _load(f: SourceFile, settings: Settings, cache: dict) -> Picture:
             raise ValueError(f"{img.width}x{img.height} is over the {MAX_PIXELS // 1_000_000} MP limit")
         pic = images.read_picture(data, img) if images.is_high_bit(data, img) else None
         if pic is not None and pic.bits == 16:
-            cache[f.key] = pic.pixels
+            cache[f.key] = (pic.pixels, pic.scale)
         else:
             img.load()
-            cache[f.key] = images.to_rgb(img)
+            cache[f.key] = (images.to_rgb(img), None)
     return cache[f.key]
+
+
+def common_scale(a: Picture, scale_a: int | None, b: Picture, scale_b: int | None) -> tuple[Picture, Picture]:
+    """Two 16-bit sides of an aligned pair, each normalised by its own 2**k - 1, put on the
+    larger of the two scales: the same stored code value then means the same level on both
+    sides (A peaking at 3000 (/4095) and B at 5000 (/8191) would otherwise disagree by 2x).
+    Float HxWx3 arrays in [0, 1] in and out; anything else is returned unchanged."""
+    if scale_a is None or scale_b is None or scale_a == scale_b:
+        return a, b
+    common = max(scale_a, scale_b)
+    return (a * np.float32(scale_a / common)).astype(np.float32), (b * np.float32(scale_b / common)).astype(np.float32)
 
 
 def _row_images(row: Row, opts: IngestOptions, settings: Settings, cache: dict) -> list[Image.Image]:
     seed = stable_seed(opts.seed, row.key)
     if len(row.files) == 2:  # aligned A/ B/ folders
-        a, b = (_load(f, settings, cache) for f in row.files)
+        (a, scale_a), (b, scale_b) = (_load(f, settings, cache) for f in row.files)
+        a, b = common_scale(a, scale_a, b, scale_b)
         if isinstance(a, np.ndarray) != isinstance(b, np.ndarray):  # one 16-bit file: both go float
             a, b = (images.to_array(x) if isinstance(x, Image.Image) else x for x in (a, b))
         b = _resize(b, _size(a)) if _size(b) != _size(a) else b
         pair = [a, b]
     else:
-        img = _load(row.files[0], settings, cache)
+        img = _load(row.files[0], settings, cache)[0]
         if opts.kind == "aligned":  # A|B side by side in one file
             w, h = _size(img)
             if abs(w - 2 * h) > 1:
@@ -368,7 +408,7 @@ def build_shard(settings: Settings, opts: IngestOptions, plan: ShardPlan, finger
     prefix = dataset_prefix(opts.name)
     storage.put_bytes(prefix + plan.path, data)
     marker = {"fingerprint": fingerprint, "shard": asdict(shard), "skipped": skipped}
-    storage.put_bytes(f"{prefix}_ingest/{plan.path.replace('/', '-')}.json", json.dumps(marker).encode())
+    storage.put_bytes(prefix + plan.marker, json.dumps(marker).encode())
     return shard, skipped
 
 
@@ -378,21 +418,36 @@ def _fingerprint(files: list[SourceFile], opts: IngestOptions) -> str:
     return hashlib.sha256(data.encode()).hexdigest()
 
 
+def _version(storage: Storage, name: str, fingerprint: str) -> str:
+    """The shard-name version of this ingest: the same for a re-run of the same ingest over the
+    same existing dataset (so a killed run resumes), different from every shard name the
+    existing dataset uses (so building the new one never overwrites the old one's shards)."""
+    key = manifest_key(name)
+    previous = hashlib.sha256(storage.get_bytes(key)).hexdigest() if storage.exists(key) else ""
+    return hashlib.sha256(f"{fingerprint}|{previous}".encode()).hexdigest()[:12]
+
+
 def _resumable(storage: Storage, opts: IngestOptions, fingerprint: str, plans: list[ShardPlan]) -> dict[str, tuple]:
-    """Shards a previous, interrupted run of the same ingest finished and that still verify."""
+    """Shards a previous, interrupted run of the same ingest finished and that still verify.
+    Markers of other ingests are left alone here (the sweep after the manifest removes them)."""
     prefix = dataset_prefix(opts.name)
-    markers = [o.key for o in storage.list(prefix + "_ingest/")]
-    done = {}
-    for key in markers:
-        marker = json.loads(storage.get_bytes(key))
-        if marker["fingerprint"] != fingerprint:
-            storage.delete_prefix(prefix)  # a different ingest left this: start clean
-            return {}
-        shard = Shard(**marker["shard"])
-        if verify_shard(storage, opts.name, shard) is None:
-            done[shard.path] = (shard, marker["skipped"])
     wanted = {p.path for p in plans}
-    return {k: v for k, v in done.items() if k in wanted}
+    done = {}
+    for obj in storage.list(prefix + "_ingest/"):
+        marker = json.loads(storage.get_bytes(obj.key))
+        shard = Shard(**marker["shard"])
+        if (marker["fingerprint"] == fingerprint and shard.path in wanted
+                and verify_shard(storage, opts.name, shard) is None):
+            done[shard.path] = (shard, marker["skipped"])
+    return done
+
+
+def _sweep(storage: Storage, manifest: Manifest) -> int:
+    """Delete every object under the dataset's prefix that `manifest` (just written) does not
+    reference: the replaced dataset's shards, progress markers, shards of killed runs. -> count."""
+    prefix = dataset_prefix(manifest.name)
+    keep = {manifest_key(manifest.name)} | {prefix + s.path for shards in manifest.splits.values() for s in shards}
+    return storage.delete_keys([o.key for o in storage.list(prefix) if o.key not in keep], prefix)
 
 
 @dataclass
@@ -429,12 +484,16 @@ def prepare(src: str | None, opts: IngestOptions, settings: Settings, overwrite:
 def run(plan: IngestPlan, settings: Settings, workers: int = 2,
         progress: Callable[[int, int], None] = lambda done, total: None) -> IngestResult:
     """Build the planned shards in `workers` processes (resuming an interrupted run of the
-    same ingest), then write the manifest."""
+    same ingest), write the manifest, then delete what the manifest does not reference (with
+    --overwrite: the old dataset). Until the manifest is written, an existing dataset of the
+    same name stays complete and readable, whatever fails or is interrupted.
+    Raises Img2ImgError when no source image could be used (nothing is then left behind)."""
     src, opts, files, plans = plan.src, plan.opts, plan.files, plan.plans
     storage = Storage(settings)
-    if plan.overwrite and storage.exists(manifest_key(opts.name)):
-        storage.delete_prefix(dataset_prefix(opts.name))
     fingerprint = _fingerprint(files, opts)
+    version = _version(storage, opts.name, fingerprint)
+    for p in plans:
+        p.version = version
     done = _resumable(storage, opts, fingerprint, plans)
     total = plan.total_rows
     finished = sum(len(p.rows) for p in plans if p.path in done)
@@ -466,10 +525,13 @@ def run(plan: IngestPlan, settings: Settings, workers: int = 2,
         options={k: v for k, v in asdict(opts).items() if k not in ("name", "source_label")},
         splits=splits, skipped=skipped)
     if not any(manifest.counts.values()):
-        raise Img2ImgError(f"no image could be used from {src or 'the sample set'}; skipped: "
+        prefix = dataset_prefix(opts.name)  # remove this run's (empty) shards and markers, nothing else
+        storage.delete_keys([prefix + k for p in plans for k in (p.path, p.marker)], prefix)
+        kept = f"; dataset {opts.name!r} was left as it was" if storage.exists(manifest_key(opts.name)) else ""
+        raise Img2ImgError(f"no image could be used from {src or 'the sample set'}{kept}; skipped: "
                            + "; ".join(f"{s['file']} ({s['reason']})" for s in skipped[:5]))
-    storage.put_bytes(manifest_key(opts.name), manifest.to_json().encode(), "application/json")
-    storage.delete_prefix(dataset_prefix(opts.name) + "_ingest/")
+    storage.put_bytes(manifest_key(opts.name), manifest.to_json().encode(), "application/json")  # the commit
+    _sweep(storage, manifest)
     return IngestResult(manifest, written=len(todo), reused=len(done), skipped=skipped)
 
 

@@ -1,8 +1,12 @@
 """The dataset manifest: what a dataset on the object store holds, and how to check it.
 
     datasets/<name>/manifest.json             written last: its presence means "complete"
-    datasets/<name>/<split>/shard-00000.parquet   paired:   key, input, target (PNG bytes)
-    datasets/<name>/<split>/a-00000.parquet       unpaired: key, domain, image (one domain a shard)
+    datasets/<name>/<split>/shard-00000.<version>.parquet   paired:   key, input, target (PNG bytes)
+    datasets/<name>/<split>/a-00000.<version>.parquet       unpaired: key, domain, image (one domain a shard)
+
+Readers find shards ONLY through the manifest (never by listing): objects it does not list
+(a replaced dataset's shards, a killed ingest's) are not part of the dataset. <version> keeps
+an --overwrite's new shards apart from the ones the current manifest lists (jobs/ingest.py).
 """
 
 from __future__ import annotations

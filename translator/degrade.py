@@ -1,14 +1,14 @@
 """Composable, seeded image degradations described by spec strings.
 
-    gaussian:1.5              Gaussian blur, sigma in pixels (matches scipy.ndimage reflect mode)
-    random_gaussian:0.5-3     sigma drawn uniformly per image
-    resize:4                  down by 4 (area), back up bicubic
-    noise:10                  additive Gaussian noise, std in 0-255 units
-    jpeg:30                   JPEG re-encode at quality 30
+    gaussian:1.5              Gaussian blur, sigma in pixels, 0 < S <= 20 (scipy.ndimage reflect mode)
+    random_gaussian:0.5-3     sigma drawn uniformly per image, 0 < LO <= HI <= 20
+    resize:4                  down by 4 (area), back up bicubic, 1 < F <= 32
+    noise:10                  additive Gaussian noise, std in 0-255 units, 0 < STD <= 255
+    jpeg:30                   JPEG re-encode at quality 30, a whole number 1-100
     gray                      colour -> luminance (ITU-R BT.601), for colourisation
-    edges / edges:1.5         a line drawing: black lines on white from the blurred gradient
-    holes:0.2                 random rectangles covering ~20% of the image filled with white
-    scratches:12              12 thin random white strokes (damaged-photo restoration)
+    edges / edges:1.5         a line drawing: black lines on white from the blurred gradient, 0 < S <= 20
+    holes:0.2                 random rectangles covering ~20% of the image filled with white, 0 < F < 1
+    scratches:12              12 thin random white strokes (damaged-photo restoration), 1-1000
     mix(a,b,...)              one of them, chosen at random per image
     chain(a,b,...)            all of them, in order
 
@@ -27,7 +27,8 @@ from PIL import Image, ImageDraw
 
 
 class DegradationError(ValueError):
-    """A spec string that does not parse."""
+    """A spec string that does not parse, or a value outside its spec's range (the message
+    names the spec and the allowed range)."""
 
 
 def gaussian_kernel(sigma: float, truncate: float = 4.0) -> np.ndarray:
@@ -211,55 +212,63 @@ class Scratches:
         return out
 
 
-def _number(text: str, spec: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise DegradationError(f"bad number {text!r} in degradation {spec!r}") from None
-    if not (value > 0 and np.isfinite(value)):  # nan and inf too: a kernel of infinite radius never ends
-        raise DegradationError(f"degradation {spec!r} needs a positive, finite number")
+MAX_SIGMA = 20.0  # px: a kernel of 161 taps; far blurrier than any restoration task, and still fast
+MAX_RESIZE = 32.0  # a 256 px image shrinks to 8 px
+MAX_NOISE = 255.0  # std in 0-255 units: beyond it the image is noise
+MAX_SCRATCHES = 1000
+NUMBER = re.compile(r"(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")  # plain decimals: no sign, inf, nan or `1_0`
+RULES = ("gaussian:S (0 < S <= 20 px), random_gaussian:LO-HI (0 < LO <= HI <= 20), resize:F (1 < F <= 32), "
+         "noise:STD (0 < STD <= 255), jpeg:Q (whole number 1-100), gray, edges[:S] (0 < S <= 20), "
+         "holes:FRACTION (0 < FRACTION < 1), scratches:N (whole number 1-1000), mix(...), chain(...)")
+
+
+def _number(text: str, token: str, what: str, low: float, high: float, *, low_open: bool = True,
+            high_open: bool = False, whole: bool = False) -> float:
+    """`text` as a number in the range, else DegradationError naming the spec and the range.
+    low_open/high_open: the bound itself is excluded; whole: digits only (no 50.7 -> 50)."""
+    lo, hi = ("above" if low_open else "at least"), ("below" if high_open else "at most")
+    kind = "a whole number" if whole else "a number"
+    rule = f"{kind} {lo} {low:g} and {hi} {high:g}" if low_open or high_open else f"{kind} from {low:g} to {high:g}"
+    ok = re.fullmatch(r"\d+", text) if whole else NUMBER.fullmatch(text)
+    value = float(text) if ok else None
+    if value is None or (value <= low if low_open else value < low) or (value >= high if high_open else value > high):
+        raise DegradationError(f"degradation {token!r}: {what} must be {rule} (got {text!r})")
     return value
 
 
 def _leaf(token: str):
-    name, _, arg = token.partition(":")
+    name, colon, arg = token.partition(":")
     name, arg = name.strip(), arg.strip()
     if name == "gaussian":
-        return Gaussian(_number(arg, token))
+        return Gaussian(_number(arg, token, "the blur sigma S in gaussian:S", 0, MAX_SIGMA))
     if name == "random_gaussian":
-        m = re.fullmatch(r"([0-9.]+)-([0-9.]+)", arg)
+        m = re.fullmatch(r"([^-]+)-([^-]+)", arg)
         if not m:
-            raise DegradationError(f"random_gaussian needs LO-HI, got {token!r}")
-        low, high = _number(m[1], token), _number(m[2], token)
+            raise DegradationError(f"degradation {token!r}: random_gaussian needs LO-HI, two sigmas in px with "
+                                   f"0 < LO <= HI <= {MAX_SIGMA:g}, e.g. random_gaussian:0.5-3")
+        low = _number(m[1].strip(), token, "LO in random_gaussian:LO-HI", 0, MAX_SIGMA)
+        high = _number(m[2].strip(), token, "HI in random_gaussian:LO-HI", 0, MAX_SIGMA)
         if low > high:
-            raise DegradationError(f"random_gaussian range is backwards in {token!r}")
+            raise DegradationError(f"degradation {token!r}: the range is backwards; random_gaussian needs LO <= HI")
         return RandomGaussian(low, high)
     if name == "resize":
-        return Resize(_number(arg, token))
+        return Resize(_number(arg, token, "the factor F in resize:F (down by F, back up)", 1, MAX_RESIZE))
     if name == "noise":
-        return Noise(_number(arg, token))
+        return Noise(_number(arg, token, "the std in noise:STD (0-255 units)", 0, MAX_NOISE))
     if name == "jpeg":
-        q = int(_number(arg, token))
-        if not 1 <= q <= 100:
-            raise DegradationError(f"jpeg quality must be 1-100, got {token!r}")
-        return Jpeg(q)
-    if name == "gray" and not arg:
+        return Jpeg(int(_number(arg, token, "the quality Q in jpeg:Q", 1, 100, low_open=False, whole=True)))
+    if name == "gray":
+        if colon:
+            raise DegradationError(f"degradation {token!r}: gray takes no argument (write gray)")
         return Gray()
     if name == "edges":
-        return Edges(_number(arg, token) if arg else 1.0)
+        return Edges(_number(arg, token, "the blur sigma S in edges:S", 0, MAX_SIGMA) if colon else 1.0)
     if name == "holes":
-        fraction = _number(arg, token)
-        if not fraction < 1:
-            raise DegradationError(f"holes needs a fraction between 0 and 1, got {token!r}")
-        return Holes(fraction)
+        return Holes(_number(arg, token, "the covered fraction in holes:FRACTION", 0, 1, high_open=True))
     if name == "scratches":
-        n = _number(arg, token)
-        if not (n.is_integer() and n <= 1000):
-            raise DegradationError(f"scratches needs a whole number of strokes (1-1000), got {token!r}")
-        return Scratches(int(n))
-    raise DegradationError(
-        f"unknown degradation {token!r}; use gaussian:S, random_gaussian:LO-HI, resize:F, noise:STD, "
-        "jpeg:Q, gray, edges[:S], holes:FRACTION, scratches:N, mix(...), chain(...)")
+        return Scratches(int(_number(arg, token, "the stroke count N in scratches:N", 1, MAX_SCRATCHES,
+                                     low_open=False, whole=True)))
+    raise DegradationError(f"unknown degradation {token!r}; use {RULES}")
 
 
 def _split_args(body: str, spec: str) -> list[str]:
@@ -291,6 +300,8 @@ def parse(spec: str):
         return Mix(tuple(parts)) if m[1] == "mix" else Chain(tuple(parts))
     if not spec:
         raise DegradationError("empty degradation spec")
+    if re.match(r"(mix|chain)\(", spec):  # opened but not closed at the end
+        raise DegradationError(f"unbalanced parentheses in {spec!r}")
     return _leaf(spec)
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from cluster.errors import Img2ImgError
 from cluster.storage import Storage
-from jobs.manifest import dataset_prefix, read_manifest
+from jobs.manifest import dataset_prefix, manifest_key, read_manifest
 
 pytestmark = pytest.mark.integration
 
@@ -82,12 +82,33 @@ def test_exif_rotation_and_16bit_are_respected(stack, messy_folder):
     assert all(Image.open(io.BytesIO(r["input"])).size == (48, 48) for r in rows)
 
 
-def test_existing_name_is_refused_unless_overwrite(stack, cli, messy_folder):
+def objects_of(s: Storage, name: str) -> set[str]:
+    return {o.key for o in s.list(dataset_prefix(name))}
+
+
+def referenced(s: Storage, name: str) -> set[str]:
+    """The manifest and every shard it lists: all a complete dataset may hold."""
+    m = read_manifest(s, name)
+    return {manifest_key(name)} | {dataset_prefix(name) + sh.path for shards in m.splits.values() for sh in shards}
+
+
+def test_existing_name_is_refused_unless_overwrite(stack, cli, messy_folder, tmp_path):
+    s = Storage(stack)
     r = cli("data", "ingest", messy_folder, "--name", "messy", "--size", "48")
     assert r.exit_code == 1 and "already exists" in r.output
+    old, old_objects = read_manifest(s, "messy"), objects_of(s, "messy")
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    for i in range(3):
+        (corrupt / f"{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    r = cli("data", "ingest", corrupt, "--name", "messy", "--size", "48", "--overwrite")
+    assert r.exit_code == 1 and "no image could be used" in r.output and "left as it was" in r.output, r.output
+    assert read_manifest(s, "messy").sha256 == old.sha256 and objects_of(s, "messy") == old_objects  # untouched
+    assert cli("data", "verify", "messy").exit_code == 0
     r = cli("data", "ingest", messy_folder, "--name", "messy", "--size", "48", "--overwrite")
     assert r.exit_code == 0
-    assert sum(read_manifest(Storage(stack), "messy").counts.values()) == 8
+    assert sum(read_manifest(s, "messy").counts.values()) == 8
+    assert objects_of(s, "messy") == referenced(s, "messy")  # the old shards are gone, nothing orphaned
 
 
 def test_aligned_side_by_side_and_folders_matched_by_name(stack, cli, tmp_path):
@@ -197,12 +218,19 @@ def test_data_rm_deletes_the_whole_dataset(stack, cli):
     assert r.exit_code == 1 and "not found" in r.output
 
 
-def test_killed_ingest_resumes_to_the_same_dataset(stack, cli, tmp_path):
-    src = tmp_path / "many"
+def test_killed_overwrite_keeps_the_old_dataset_and_resumes_to_the_same_dataset(stack, cli, tmp_path):
+    src, first = tmp_path / "many", tmp_path / "first"
     src.mkdir()
+    first.mkdir()
     for i in range(40):
         photo(i, (64, 64)).save(src / f"{i:02d}.png")
-    args = [str(src), "--name", "resumed", "--size", "32", "--copies", "3", "--shard-rows", "4", "--workers", "1"]
+    for i in range(4):
+        photo(100 + i, (64, 64)).save(first / f"{i}.png")
+    assert cli("data", "ingest", first, "--name", "resumed", "--size", "32").exit_code == 0
+    s = Storage(stack)
+    old = read_manifest(s, "resumed")
+    args = [str(src), "--name", "resumed", "--size", "32", "--copies", "3", "--shard-rows", "4", "--workers", "1",
+            "--overwrite"]
     proc = subprocess.Popen([sys.executable, "-m", "img2img_cli", "data", "ingest", *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy(),
                             start_new_session=True)
@@ -212,16 +240,17 @@ def test_killed_ingest_resumes_to_the_same_dataset(stack, cli, tmp_path):
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)  # the CLI and its worker processes, like a crash
     proc.wait()
-    assert not s.exists(dataset_prefix("resumed") + "manifest.json"), "killed too late to test resuming"
+    assert read_manifest(s, "resumed").sha256 == old.sha256, "killed too late to test resuming"
+    assert cli("data", "verify", "resumed").exit_code == 0  # the old dataset: whole and readable
     r = cli("data", "ingest", *args)
     assert r.exit_code == 0, r.output
     assert "reused from an interrupted run" in r.output and " 0 reused" not in r.output
     r = cli("data", "ingest", *[a if a != "resumed" else "fresh" for a in args])
     resumed, fresh = read_manifest(s, "resumed"), read_manifest(s, "fresh")
     assert resumed.counts == fresh.counts == {"train": 108, "val": 12}
-    shas = lambda m: [(sh.path, sh.sha256) for split in m.splits.values() for sh in split]  # noqa: E731
+    shas = lambda m: [(split, sh.rows, sh.sha256) for split in m.splits for sh in m.splits[split]]  # noqa: E731
     assert shas(resumed) == shas(fresh)  # identical content, no duplicates
-    assert not s.list(dataset_prefix("resumed") + "_ingest/")
+    assert objects_of(s, "resumed") == referenced(s, "resumed")  # no markers, old or killed-run shards left
 
 
 @pytest.fixture(scope="module")
@@ -255,6 +284,24 @@ def test_stream_shapes_ranges_and_each_pair_once_per_epoch_across_two_workers(st
         splits = ds.streaming_split(2, equal=False)
         keys = [k for ks in ray.get([consume.remote(s) for s in splits]) for k in ks]
         assert len(keys) == n and len(set(keys)) == n
+
+
+def test_whole_images_of_different_sizes_stream_for_validation(stack, cli, ray_client, tmp_path):
+    """--size 0 keeps each photo's own size: the val stream (what training validates on) must
+    not try to stack them into one batch."""
+    from jobs.data import load_dataset
+
+    src = tmp_path / "sizes"
+    src.mkdir()
+    for i, size in enumerate([(64, 48), (80, 64), (96, 72), (72, 96)]):
+        photo(i, size).save(src / f"{i}.png")
+    r = cli("data", "ingest", src, "--name", "whole", "--size", "0", "--val-fraction", "0.5")
+    assert r.exit_code == 0, r.output
+    shapes = {row["input"].shape for row in load_dataset("whole", "val", stack, augment=False).iter_rows()}
+    assert len(shapes) == 2  # two held-out photos, each at its own size
+    assert shapes <= {(3, 48, 64), (3, 64, 80), (3, 72, 96), (3, 96, 72)}
+    r = cli("data", "ingest", src, "--name", "whole8", "--size", "0", "--crops", "8")
+    assert r.exit_code == 1 and "give --size too" in r.output
 
 
 def test_unpaired_stream_yields_one_domain(stack, ray_client):
