@@ -71,8 +71,13 @@ def ingest(
     with Progress(TextColumn("ingest {task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=False) as bar:
         task = bar.add_task(name, total=plan.total_rows)
-        result = run(plan, settings, workers=workers,
-                     progress=lambda done, total: bar.update(task, completed=done, total=total))
+        try:
+            result = run(plan, settings, workers=workers,
+                         progress=lambda done, total: bar.update(task, completed=done, total=total))
+        except KeyboardInterrupt:
+            kept = f"; dataset {name} was left as it was" if plan.replaces else ""
+            err_console.print(f"Interrupted: re-run the same command to resume{kept}.", highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
     m = result.manifest
     counts = ", ".join(f"{k} {v}" for k, v in m.counts.items())
     console.print(f"Dataset [bold]{m.name}[/] ({m.kind}): {counts} rows, {_size(m.total_bytes)}; "

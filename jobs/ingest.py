@@ -459,6 +459,7 @@ class IngestPlan:
     plans: list[ShardPlan]
     skipped: list[dict[str, str]]  # left out while listing / matching, each with its reason
     overwrite: bool = False
+    replaces: bool = False  # a dataset of that name exists (kept until the new manifest is written)
 
     @property
     def total_rows(self) -> int:
@@ -471,14 +472,15 @@ def prepare(src: str | None, opts: IngestOptions, settings: Settings, overwrite:
     opts.validate()
     storage = Storage(settings)
     storage.check()
-    if storage.exists(manifest_key(opts.name)) and not overwrite:
+    replaces = storage.exists(manifest_key(opts.name))
+    if replaces and not overwrite:
         raise Img2ImgError(f"dataset {opts.name!r} already exists; pass --overwrite to replace it")
     if src is None:
         files, skipped = list_sample(), []
     else:
         files, skipped = scan_source(src, settings)
     plans = plan_shards(files, opts)
-    return IngestPlan(src, opts, files, plans, skipped + unmatched(files, opts), overwrite)
+    return IngestPlan(src, opts, files, plans, skipped + unmatched(files, opts), overwrite, replaces)
 
 
 def run(plan: IngestPlan, settings: Settings, workers: int = 2,

@@ -218,7 +218,7 @@ def test_data_rm_deletes_the_whole_dataset(stack, cli):
     assert r.exit_code == 1 and "not found" in r.output
 
 
-def test_killed_overwrite_keeps_the_old_dataset_and_resumes_to_the_same_dataset(stack, cli, tmp_path):
+def test_interrupted_overwrite_keeps_the_old_dataset_and_resumes_to_the_same_dataset(stack, cli, tmp_path):
     src, first = tmp_path / "many", tmp_path / "first"
     src.mkdir()
     first.mkdir()
@@ -232,14 +232,19 @@ def test_killed_overwrite_keeps_the_old_dataset_and_resumes_to_the_same_dataset(
     args = [str(src), "--name", "resumed", "--size", "32", "--copies", "3", "--shard-rows", "4", "--workers", "1",
             "--overwrite"]
     proc = subprocess.Popen([sys.executable, "-m", "img2img_cli", "data", "ingest", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy(),
-                            start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy(),
+                            start_new_session=True, text=True)
     s = Storage(stack)
     deadline = time.time() + 60
     while len(s.list(dataset_prefix("resumed") + "_ingest/")) < 3 and time.time() < deadline:
         time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)  # the CLI and its worker processes, like a crash
-    proc.wait()
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: the CLI and its worker processes
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError("the interrupted ingest did not stop within 60 s") from None
+    assert proc.returncode == 130 and "re-run the same command to resume; dataset resumed was left as it was" in err
     assert read_manifest(s, "resumed").sha256 == old.sha256, "killed too late to test resuming"
     assert cli("data", "verify", "resumed").exit_code == 0  # the old dataset: whole and readable
     r = cli("data", "ingest", *args)
