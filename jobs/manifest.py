@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -32,6 +33,11 @@ def dataset_prefix(name: str) -> str:
 
 def manifest_key(name: str) -> str:
     return f"datasets/{name}/manifest.json"
+
+
+def unversioned(path: str) -> str:
+    """`train/shard-00000.<12 hex>.parquet` -> `train/shard-00000.parquet` (older names as they are)."""
+    return re.sub(r"\.[0-9a-f]{12}\.parquet$", ".parquet", path)
 
 
 @dataclass
@@ -68,11 +74,12 @@ class Manifest:
 
     @property
     def sha256(self) -> str:
-        """Identity of the dataset's content (logged with every training run)."""
+        """Identity of the dataset's content (logged with every training run): the same rows in
+        the same shards give the same identity, whatever version their shard names carry."""
         digest = hashlib.sha256()
         for split in sorted(self.splits):
             for s in self.splits[split]:
-                digest.update(f"{split}/{s.path}:{s.sha256}".encode())
+                digest.update(f"{split}/{unversioned(s.path)}:{s.sha256}".encode())
         return digest.hexdigest()
 
     def shards(self, split: str, domain: str | None = None) -> list[Shard]:

@@ -141,3 +141,17 @@ def test_16bit_synth_pair_decodes_on_one_scale(tmp_path):
                                                                                    size=None), None, {}))
     assert degraded.max() < 32767 / 65535 < clean.max()
     assert abs(float(degraded[0, 0, 0]) - float(clean[0, 0, 0])) < 1e-3  # the flat area: same level both sides
+
+
+def test_manifest_identity_ignores_the_shard_name_version():
+    """An --overwrite with the same content writes new shard names; the dataset identity (logged
+    with training runs) must not change for that, and must change when the content does."""
+    from jobs.manifest import Manifest, Shard
+
+    def manifest(path, sha="ab"):
+        return Manifest("d", "paired", "synth", "t", "s", 32, None, 0, splits={"train": [Shard(path, 1, sha, 10)]})
+
+    plain = manifest("train/shard-00000.parquet").sha256
+    assert manifest("train/shard-00000.0123456789ab.parquet").sha256 == plain
+    assert manifest("train/shard-00001.0123456789ab.parquet").sha256 != plain
+    assert manifest("train/shard-00000.0123456789ab.parquet", sha="cd").sha256 != plain
