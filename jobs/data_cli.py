@@ -44,13 +44,13 @@ def ingest(
     copies: int = typer.Option(1, help="synth: degraded versions per photo"),
     direction: str = typer.Option("AtoB", help="aligned: which side is the input (AtoB | BtoA)"),
     size: int = typer.Option(256, help="resize shorter side then centre-crop to SIZE x SIZE (0 = keep each whole image)"),
-    crops: int = typer.Option(0, help="cut N random SIZE x SIZE crops per photo instead of one centre crop (needs --size)"),
+    crops: int = typer.Option(0, help="cut N random SIZE x SIZE crops per photo instead of one centre crop (not with --size 0)"),
     val_fraction: float = typer.Option(0.1, help="share of source images held out for validation"),
     seed: int = typer.Option(0, help="seed for splits, crops and degradations (recorded in the manifest)"),
     shard_rows: int = typer.Option(256, help="rows per Parquet shard"),
     workers: int = typer.Option(2, help="parallel processes"),
     sample: bool = typer.Option(False, "--sample", help="ingest the sample photos bundled with scikit-image"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing dataset of that name"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing dataset of that name (it stays readable until the new one is complete)"),
 ):
     """Turn images into a dataset of pairs (resumable: re-run the same command after a crash).
 

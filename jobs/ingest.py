@@ -96,7 +96,7 @@ class IngestOptions:
         if self.size is not None and self.size < 8:
             raise Img2ImgError(f"--size must be at least 8 pixels, or 0 to keep the size (got {self.size})")
         if self.size is None and self.crops:  # random crops of the whole image would all be the whole image
-            raise Img2ImgError(f"--crops {self.crops} cuts random SIZE x SIZE crops: give --size too "
+            raise Img2ImgError(f"--crops {self.crops} cuts random SIZE x SIZE crops, so it needs a --size above 0 "
                                "(--size 0 keeps each whole image, one row a photo)")
         if not NAME_RULE.fullmatch(self.name or ""):
             raise Img2ImgError(f"bad dataset name {self.name!r}: use 1-64 letters, digits, '.', '_' or '-', "

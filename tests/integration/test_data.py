@@ -307,7 +307,7 @@ def test_whole_images_of_different_sizes_stream_for_validation(stack, cli, ray_c
     assert len(shapes) == 2  # two held-out photos, each at its own size
     assert shapes <= {(3, 48, 64), (3, 64, 80), (3, 72, 96), (3, 96, 72)}
     r = cli("data", "ingest", src, "--name", "whole8", "--size", "0", "--crops", "8")
-    assert r.exit_code == 1 and "give --size too" in r.output
+    assert r.exit_code == 1 and "needs a --size above 0" in r.output
 
 
 def test_unpaired_stream_yields_one_domain(stack, ray_client):

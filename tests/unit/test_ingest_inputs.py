@@ -59,8 +59,8 @@ def test_largest_gaussian_stays_a_small_kernel():
     (dict(kind="unaligned", degrade="gaussian:2"), "--degrade applies to --kind synth only"),
     (dict(kind="aligned", copies=3), "--copies applies to --kind synth only"),
     (dict(kind="synth", direction="BtoA"), "--direction applies to --kind aligned only"),
-    (dict(size=None, crops=8), "--crops 8 cuts random SIZE x SIZE crops: give --size too"),
-    (dict(size=None, crops=1), "give --size too"),
+    (dict(size=None, crops=8), "--crops 8 cuts random SIZE x SIZE crops, so it needs a --size above 0"),
+    (dict(size=None, crops=1), "needs a --size above 0"),
     (dict(degrade="jpeg:50.7"), "whole number from 1 to 100"),
 ])
 def test_options_that_would_be_ignored_or_meaningless_are_refused(opts, message):
@@ -77,7 +77,7 @@ def test_defaults_still_validate():
 
 @pytest.mark.parametrize("args, message", [
     (["--kind", "aligned", "--degrade", "gaussian:2"], "--degrade applies to --kind synth only"),
-    (["--size", "0", "--crops", "8"], "give --size too"),
+    (["--size", "0", "--crops", "8"], "needs a --size above 0"),
     (["--degrade", "resize:0.5"], "above 1 and at most 32"),
 ])
 def test_cli_refuses_before_touching_the_store(monkeypatch, tmp_path, args, message):
