@@ -96,20 +96,27 @@ def _ensure_dataset(settings: Settings, name: str, task: DemoTask, quick: bool, 
         ingest(tmp, opts, settings, overwrite=overwrite)
 
 
-def _ensure_model(settings: Settings, dataset: str, variant: str, budget_s: float, say) -> tuple[str, str | None]:
-    """(registered model name, the version trained now, or None when versions trained on this very
-    dataset (same manifest sha256) exist and are reused)."""
+def trained_on(existing: list, sha256: str) -> list[str]:
+    """The versions (numbers, as strings) of `existing` (jobs.registry.VersionInfo) trained on the
+    dataset whose manifest sha256 is `sha256` (their `dataset_sha256` tag): the only ones a re-run
+    may reuse and promote; versions of an earlier spec of the same dataset name are left alone."""
+    return [v.version for v in existing if v.tags.get("dataset_sha256") == sha256]
+
+
+def _ensure_model(settings: Settings, dataset: str, variant: str, budget_s: float, say) -> tuple[str, str | None,
+                                                                                                 list[str]]:
+    """(registered model name, the version trained now or None, the versions trained on this very
+    dataset (same manifest sha256): when there are some, they are reused and nothing is trained)."""
     model = f"{dataset}-{variant}"
     try:
         existing = versions(settings, model)
     except Img2ImgError:  # not registered yet
         existing = []
-    sha = read_manifest(Storage(settings), dataset).sha256
-    same_data = [v for v in existing if v.tags.get("dataset_sha256") == sha]
+    same_data = trained_on(existing, read_manifest(Storage(settings), dataset).sha256)
     if same_data:
         say(f"model {model} already has {len(same_data)} version(s) trained on this dataset: reusing them "
             "(delete the model to retrain)")
-        return model, None
+        return model, None, same_data
     if existing:
         say(f"model {model}'s {len(existing)} version(s) were trained on an older {dataset}: training a new one")
     spec = TrainSpec(dataset=dataset, variant=variant, workers=2, cpus_per_worker=1.0, epochs=10_000,
@@ -128,7 +135,7 @@ def _ensure_model(settings: Settings, dataset: str, variant: str, budget_s: floa
     if not trained:
         raise Img2ImgError(f"training job {out['job_id']} registered no version of {model}; "
                            f"see `img2img jobs logs {out['job_id']}`")
-    return model, trained[0].version
+    return model, trained[0].version, [trained[0].version]
 
 
 def _held_out_photos(settings: Settings, dataset: str) -> list[Path]:
@@ -246,10 +253,10 @@ def run_demo(settings: Settings, variant: str | None = None, quick: bool = False
     Stack(settings).up(progress=say)
     dataset = the_task.dataset(quick)
     _ensure_dataset(settings, dataset, the_task, quick, say, crops)
-    model, trained = _ensure_model(settings, dataset, variant, budget_s, say)
+    model, trained, same_data = _ensure_model(settings, dataset, variant, budget_s, say)
     # The demo shows whatever it trained (even a model worse than its input): forced, with the reason
-    # said; reusing earlier versions, it shows the best of them.
-    decision = promote(settings, model, version=trained, best=trained is None, force=True,
+    # said; reusing earlier versions, it shows the best of those trained on this very data.
+    decision = promote(settings, model, version=trained, best=trained is None, force=True, among=same_data,
                        evaluate=lambda ref, ds, split: evaluate(settings, ref, ds, split))
     version = decision.new
     for warning in decision.warnings:

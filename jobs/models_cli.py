@@ -120,17 +120,21 @@ def promote(
 
 
 def _print_scores(d) -> None:
+    """The scores the gate compared, side by side, each with who computed it: an evaluation job
+    or training's validation (fp32, every val image: the same numbers)."""
     rows = []
     for v, m in sorted(d.scores.items(), key=lambda kv: int(kv[0])):
         role = "candidate" if v == d.new else "champion" if v == d.previous else ""
+        images = "-" if m.get("images") is None else f"{m['images']:.0f}"
         if "cycle_psnr" in m:
-            rows.append([f"v{v}", role, f"{m['cycle_psnr']:.2f} (cycle)", _num(m.get("cycle_ssim"), "ssim"), "-"])
+            rows.append([f"v{v}", role, f"{m['cycle_psnr']:.2f} (cycle)", _num(m.get("cycle_ssim"), "ssim"), "-",
+                         images, d.sources.get(v, "-")])
         else:
             rows.append([f"v{v}", role, _num(m.get("psnr")), _num(m.get("ssim"), "ssim"),
-                         _num(m.get("gain_db"), "gain")])
+                         _num(m.get("gain_db"), "gain"), images, d.sources.get(v, "-")])
     if rows:
         console.print(table(f"{d.name} on {d.dataset}/{d.split}", ["version", "role", "PSNR dB", "SSIM",
-                                                                   "gain dB"], rows))
+                                                                   "gain dB", "images", "scored by"], rows))
 
 
 @models_app.command()

@@ -73,8 +73,7 @@ class TrainPlan:
     steps_per_epoch: optimiser steps per epoch (every worker runs the same number: DDP needs it).
     total_steps: the job stops here (`--max-steps` or `--epochs`, whichever comes first).
     repeats: how many passes over its rows a worker's largest stream makes per epoch (1 = none).
-    val_rows / split_val: validation rows; split over the workers only when every worker gets one,
-    else each worker validates them all (identical results, no reduction needed).
+    val_rows: validation rows (each scored by exactly one worker: `jobs.train_loop.validate`).
     """
 
     workers: int
@@ -86,7 +85,6 @@ class TrainPlan:
     total_steps: int
     repeats: dict[str, int]
     val_rows: int
-    split_val: bool
 
     @property
     def samples_per_step(self) -> int:
@@ -104,8 +102,6 @@ class TrainPlan:
                 out.append(f"{stream}: {self.rows[stream]} rows over {self.workers} worker(s) = {n} per worker; "
                            f"an epoch of {self.steps_per_epoch} steps x batch {self.batch_size} repeats them "
                            f"{self.repeats[stream]}x (fresh random crops each time)")
-        if not self.split_val and self.val_rows:
-            out.append(f"val: {self.val_rows} row(s) < {self.workers} workers: every worker validates all of them")
         return out
 
     def to_dict(self) -> dict:
@@ -142,7 +138,7 @@ def make_plan(rows: dict[str, int], workers: int, batch_size: int, epochs: int, 
     repeats = {s: math.ceil(steps_per_epoch * batch_size / n) for s, n in per_worker.items()}
     return TrainPlan(workers=workers, batch_size=batch_size, rows=dict(rows), rows_per_worker=per_worker,
                      steps_per_epoch=steps_per_epoch, epochs=math.ceil(total / steps_per_epoch), total_steps=total,
-                     repeats=repeats, val_rows=val_rows, split_val=val_rows >= workers)
+                     repeats=repeats, val_rows=val_rows)
 
 
 # Ray Data reads and decodes rows in tasks of 1 CPU beside the job's workers (it never uses the

@@ -4,7 +4,9 @@ gate, rollback through the history of champions.
 Every registered model has one evaluation set (registered-model tags `eval_dataset`,
 `eval_split`; set at first registration to the training dataset's val split). The gate scores
 the candidate and the champion on it (stored `eval.<dataset>.*` version tags are reused while the
-dataset's checksum is unchanged; otherwise an evaluation job runs) and refuses a worse candidate,
+dataset's checksum is unchanged and they come from an evaluation job or from training's exact
+validation, `jobs.tracking.TRUSTED_SOURCES`; otherwise an evaluation job runs: every number
+compared is computed the same way, on the same rows, in fp32) and refuses a worse candidate,
 or one whose output is worse than its input, unless forced. Former champions are kept in the
 registered-model tag `champion_history` (oldest first), so each rollback goes one further back.
 """
@@ -54,13 +56,25 @@ class VersionInfo:
         return self.tags.get("worse_than_input") == "true" or (gain is not None and gain < 0)
 
     def eval_result(self, dataset: str, split: str, sha256: str | None = None) -> dict | None:
-        """The stored evaluation on `dataset`/`split` -> {"psnr": .., ...} (None if missing or
-        computed on another version of the dataset)."""
+        """The stored evaluation on `dataset`/`split` -> {"psnr": .., ..., "images": n} (None if
+        missing, computed on another version of the dataset, or by a source not trusted to give
+        the evaluation job's numbers: `jobs.tracking.TRUSTED_SOURCES`)."""
+        from jobs.tracking import SOURCE_EVAL, TRUSTED_SOURCES
+
         prefix = f"eval.{dataset}."
         if self.tags.get(prefix + "split") != split or (sha256 and self.tags.get(prefix + "sha256") != sha256):
             return None
-        out = {k[len(prefix):]: self.metric(k) for k in self.tags if k.startswith(prefix)}
+        if self.tags.get(prefix + "source", SOURCE_EVAL) not in TRUSTED_SOURCES:
+            return None
+        text = ("split", "sha256", "run_id", "source")
+        out = {k[len(prefix):]: self.metric(k) for k in self.tags if k.startswith(prefix) and k[len(prefix):] not in text}
         return {k: v for k, v in out.items() if v is not None} or None
+
+    def eval_source(self, dataset: str) -> str:
+        """Who computed the stored result on `dataset`, for people (`jobs.tracking.describe_source`)."""
+        from jobs.tracking import describe_source
+
+        return describe_source(self.tags.get(f"eval.{dataset}.source"), self.tags.get(f"eval.{dataset}.run_id"))
 
 
 @dataclass
@@ -74,6 +88,7 @@ class Decision:
     split: str | None = None
     metric: str | None = None
     scores: dict[str, dict] = field(default_factory=dict)  # version -> eval metrics
+    sources: dict[str, str] = field(default_factory=dict)  # version -> who computed its metrics
     warnings: list[str] = field(default_factory=list)
     changed: bool = True
 
@@ -193,8 +208,9 @@ Evaluate = Callable[[str, str, str], dict]  # (NAME/VERSION, dataset, split) -> 
 
 
 def scores(settings: Settings, name: str, candidates: list[VersionInfo], evaluate: Evaluate | None):
-    """Each version's metrics on the model's evaluation set: stored ones where the dataset's
-    checksum still matches, else by running `evaluate` -> (dataset, split, {version: metrics})."""
+    """Each version's metrics on the model's evaluation set: stored trusted ones
+    (`VersionInfo.eval_result`) where the dataset's checksum still matches, else by running
+    `evaluate` -> (dataset, split, {version: metrics}, {version: who computed them})."""
     from cluster.storage import Storage
     from jobs.manifest import read_manifest
 
@@ -208,15 +224,20 @@ def scores(settings: Settings, name: str, candidates: list[VersionInfo], evaluat
         where = (first.tags["dataset"], "val")
     dataset, split = where
     sha = read_manifest(Storage(settings), dataset).sha256
-    out = {}
+    from jobs.tracking import describe_source
+
+    out, sources = {}, {}
     for v in candidates:
         result = v.eval_result(dataset, split, sha)
+        sources[v.version] = v.eval_source(dataset)
         if result is None:
             if evaluate is None:
                 raise Img2ImgError(f"{name} v{v.version} has no evaluation on {dataset}/{split}")
-            result = evaluate(f"{name}/{v.version}", dataset, split)["metrics"]
+            summary = evaluate(f"{name}/{v.version}", dataset, split)
+            result = summary["metrics"]
+            sources[v.version] = describe_source("eval", summary.get("run_id")).replace("eval job", "eval job now", 1)
         out[v.version] = result
-    return dataset, split, out
+    return dataset, split, out, sources
 
 
 def _score(metrics: dict, metric: str) -> float | None:
@@ -243,8 +264,10 @@ def promotion_objections(candidate: str, champion: str | None, score: dict[str, 
 
 
 def promote(settings: Settings, name: str, version: str | None = None, best: bool = False,
-            metric: str = "psnr", force: bool = False, evaluate: Evaluate | None = None) -> Decision:
-    """Point `champion` at `version` (or, with `best`, at the best version on the evaluation set).
+            metric: str = "psnr", force: bool = False, evaluate: Evaluate | None = None,
+            among: list[str] | None = None) -> Decision:
+    """Point `champion` at `version` (or, with `best`, at the best version on the evaluation set;
+    `among`: only these versions are scored and ranked, e.g. those trained on the current data).
 
     Candidate and champion are scored on the model's evaluation set (`metric`: psnr, ssim or
     gain_db; higher is better; unpaired models by their cycle metric). Refuses, unless `force`,
@@ -260,20 +283,23 @@ def promote(settings: Settings, name: str, version: str | None = None, best: boo
     by_version = {v.version: v for v in all_versions}
     current = alias_version(settings, name, CHAMPION)
     if best:
-        pool = all_versions
+        pool = all_versions if among is None else [v for v in all_versions if v.version in {str(a) for a in among}]
+        if not pool:
+            raise Img2ImgError(f"model {name!r} has none of the versions to rank ({', '.join(map(str, among or []))})")
     elif version is not None:
         if str(version) not in by_version:
             raise Img2ImgError(f"model {name!r} has no version {version} (it has {', '.join(by_version)})")
         pool = [by_version[str(version)]] + ([by_version[current]] if current and current != str(version) else [])
     else:
         raise Img2ImgError(f"say which version to promote: img2img models promote {name} VERSION, or --best")
-    dataset, split, score = scores(settings, name, pool, evaluate)
+    dataset, split, score, source = scores(settings, name, pool, evaluate)
     ranked = [v for v in pool if _score(score[v.version], metric) is not None]
     if not ranked:
         raise Img2ImgError(f"no version of {name!r} has {metric} on {dataset}/{split}")
     candidate = max(ranked, key=lambda v: _score(score[v.version], metric)) if best else by_version[str(version)]
+    shown = [v for v in score if best or v in (candidate.version, current)]
     decision = Decision(name, candidate.version, current, dataset, split, metric,
-                        {v: score[v] for v in score if best or v in (candidate.version, current)})
+                        {v: score[v] for v in shown}, {v: source[v] for v in shown})
     reasons = promotion_objections(candidate.version, current, score, metric, f"{dataset}/{split}")
     if reasons and not force:
         raise Refused(f"{'; '.join(reasons)}; pass --force to promote it anyway", decision)

@@ -114,16 +114,33 @@ def log_generator(generator, multiple: int, variant: str, config: dict, register
     return info
 
 
+# Who computed a stored `eval.<dataset>.*` result (its `source` tag): an evaluation job, or the
+# training job's validation of the registered checkpoint in fp32 on every val row (the same
+# numbers, see jobs.train_loop.validate). "training" (before that: bf16 where the CPU has it, rows
+# dropped by Ray's equal split) is not trusted: the gate scores such a version again.
+SOURCE_EVAL, SOURCE_TRAINING = "eval", "training-fp32"
+TRUSTED_SOURCES = (SOURCE_EVAL, SOURCE_TRAINING)
+
+
 def eval_tags(summary: dict) -> dict[str, str]:
     """An evaluation summary (see jobs.evaluate.run) -> model-version tags `eval.<dataset>.*`:
     the mean metrics (PSNR/gain in dB, SSIM in [0, 1]; unpaired: cycle_psnr, cycle_ssim), and
-    what they were computed on (split, dataset sha256, image count, MLflow run)."""
+    what they were computed on (split, dataset sha256, image count, MLflow run, `source`: who
+    computed them, SOURCE_EVAL by default)."""
     prefix = f"eval.{summary['dataset']}."
     tags = {prefix + k: f"{v:.4f}" for k, v in summary["metrics"].items()}
     tags.update({prefix + "split": summary["split"], prefix + "sha256": summary["dataset_sha256"],
                  prefix + "images": str(summary["images"]), prefix + "run_id": summary.get("run_id") or "",
-                 prefix + "source": summary.get("source", "eval")})
+                 prefix + "source": summary.get("source", SOURCE_EVAL)})
     return tags
+
+
+def describe_source(source: str | None, run_id: str | None) -> str:
+    """Where a stored result came from, for people: 'eval job (run 0123abcd)' or 'training val,
+    fp32 (run 0123abcd)'."""
+    what = {SOURCE_EVAL: "eval job", SOURCE_TRAINING: "training val, fp32"}.get(
+        source or SOURCE_EVAL, f"{source} (not trusted)")
+    return f"{what} (run {run_id[:8]})" if run_id else what
 
 
 def _fmt_metrics(m: dict) -> str:
@@ -156,7 +173,8 @@ def model_card(name: str, version: str, tags: dict, params: dict) -> str:
     for ds in evals:
         m = {k.split(".", 2)[2]: tags[k] for k in tags if k.startswith(f"eval.{ds}.")}
         lines.append(f"- eval on {ds}/{m.get('split', '?')} ({m.get('images', '?')} images, sha256 "
-                     f"{m.get('sha256', '?')[:12]}): {_fmt_metrics(m)}")
+                     f"{m.get('sha256', '?')[:12]}; {describe_source(m.get('source'), m.get('run_id'))}): "
+                     f"{_fmt_metrics(m)}")
     if tags.get("worse_than_input") == "true":
         lines.append("- WARNING: its output is worse than its input on its validation set")
     return "\n".join(line for line in lines if line)
@@ -178,7 +196,8 @@ def finish_registration(client, spec, manifest, version, metrics: dict, train_se
     """After training registered `version`: record the dataset's degradation, the training time,
     the parent (--init-from), whether it is worse than its input; give a new registered model
     its evaluation set (the training dataset's val split) and, if the version was validated on
-    exactly that set, store those numbers as its evaluation; write the model card.
+    exactly that set (every one of its rows: `val_images`), store those numbers as its evaluation
+    (source SOURCE_TRAINING); write the model card.
     -> warnings to print at the end of the job."""
     name, version = spec.registered_name, str(version)
     warnings = []
@@ -196,15 +215,17 @@ def finish_registration(client, spec, manifest, version, metrics: dict, train_se
         client.set_registered_model_tag(name, "eval_dataset", spec.dataset)
         client.set_registered_model_tag(name, "eval_split", "val")
         model_tags = {"eval_dataset": spec.dataset, "eval_split": "val"}
+    scored = int(metrics.get("val_images", -1))
     if (model_tags.get("eval_dataset") == spec.dataset and model_tags.get("eval_split", "val") == "val"
-            and manifest.counts.get("val")):
-        # Training validated the best checkpoint on the full val images through the same tiled
-        # path and metrics as `img2img eval`: the same numbers, no second pass needed.
+            and manifest.counts.get("val") and scored == manifest.counts["val"]):
+        # Training validated the best checkpoint on every val image, whole, through the same tiled
+        # path, metrics and fp32 as `img2img eval` (tests/integration/test_eval_gate.py compares
+        # the two): the same numbers, no second pass needed.
         keys = ("psnr", "ssim", "input_psnr", "input_ssim", "gain_db") if paired else ("psnr", "ssim")
         means = {(k if paired else f"cycle_{k}"): float(metrics[f"val_{k}"]) for k in keys if f"val_{k}" in metrics}
         tags.update(eval_tags({"dataset": spec.dataset, "split": "val", "dataset_sha256": manifest.sha256,
-                               "images": manifest.counts["val"], "metrics": means,
-                               "run_id": spec.run_id, "source": "training"}))
+                               "images": scored, "metrics": means, "run_id": spec.run_id,
+                               "source": SOURCE_TRAINING}))
     for k, v in tags.items():
         client.set_model_version_tag(name, version, k, v)
     if getattr(spec, "parent", None):

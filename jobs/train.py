@@ -128,7 +128,9 @@ def build_trainer(spec: TrainSpec, settings: Settings, job: JobPlan):
 
     cfg = spec.variant_config()
     datasets = datasets_for(spec, job.manifest, settings, cfg.image_size, cfg.augment == "d4")
-    split = [k for k in datasets if k.startswith("train") or job.plan.split_val]
+    # Only the training streams are split: Ray Train's split drops the rows that do not divide
+    # evenly, and validation must score every row (each worker picks its own: train_loop.validate).
+    split = [k for k in datasets if k.startswith("train")]
     worker_job = WorkerJob(spec=spec, plan=job.plan, cadence=job.cadence, variant_config=dict(cfg.__dict__),
                            paired=get_variant(spec.variant).paired, tracking_uri=settings.mlflow_uri,
                            resume_path=job.resume_from)
@@ -187,7 +189,7 @@ def register(spec: TrainSpec, settings: Settings, job: JobPlan, result, fit_s: f
             tags.update({"degradation": job.manifest.degradation, "task": task_for_spec(job.manifest.degradation)})
         # unpaired variants validate by cycle consistency: tag those as cycle metrics
         tags.update({(k if paired else k.replace("val_", "val_cycle_", 1)): f"{v:.4f}"
-                     for k, v in metrics.items() if k.startswith("val_")})
+                     for k, v in metrics.items() if k.startswith("val_") and k != "val_images"})
         for k, v in tags.items():
             client.set_model_version_tag(spec.registered_name, str(version), k, v)
         for warning in finish_registration(client, spec, job.manifest, version, metrics, fit_s, paired):

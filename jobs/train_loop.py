@@ -12,6 +12,7 @@ import json
 import logging
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,12 +58,6 @@ class WorkerJob:
         return cls(spec=TrainSpec(**cfg["spec"]), plan=TrainPlan(**cfg["plan"]), cadence=Cadence(**cfg["cadence"]),
                    variant_config=cfg["variant_config"], paired=cfg["paired"], tracking_uri=cfg["tracking_uri"],
                    resume_path=cfg.get("resume_path"))
-
-
-def _torch_batches(iterator, columns, batch_size, shuffle_buffer):
-    for batch in iterator.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True,
-                                       local_shuffle_buffer_size=shuffle_buffer):
-        yield {c: torch.from_numpy(np.ascontiguousarray(batch[c])) for c in columns}
 
 
 class EmptyShardError(RuntimeError):
@@ -141,16 +136,27 @@ SAMPLE_LABELS = {"paired": ["input", "output", "target"],
                  "unpaired": ["input (A or B)", "translated", "translated back"]}
 
 
+def val_owner(key: str, world: int) -> int:
+    """The worker (rank in [0, world)) that scores validation row `key`: a fixed hash of the key,
+    so every row is scored by exactly one worker whatever order each reads the rows in."""
+    return zlib.crc32(key.encode()) % world
+
+
 @torch.no_grad()
-def validate(variant, paired: bool, world: int, max_samples: int = 4, split: bool = True):
+def validate(variant, paired: bool, world: int, rank: int = 0, max_samples: int = 4):
     """Mean PSNR/SSIM (dB / [0, 1]) over the validation rows, plus sample rows for a grid.
 
-    split=True: each worker holds a shard, sums are all-reduced; split=False: every worker
-    holds all rows (fewer val rows than workers) and computes the same means alone."""
+    Computed as `img2img eval` computes them, so training can record them as the version's
+    evaluation on its val split: every row scored exactly once (each worker reads all rows and
+    scores those `val_owner` gives it; the sums are all-reduced: Ray Train's own split,
+    `streaming_split(equal=True)`, drops the rows that do not divide evenly), whole images
+    through the tiled path, in fp32 whatever precision training uses.
+    -> ({"val_psnr", "val_ssim", ("val_input_psnr", "val_input_ssim", "val_gain_db": paired),
+    "val_images": rows scored}, samples)"""
     import ray.train
 
     variant.eval()
-    forward = lambda x, rev=False: variant.translate(x, reverse=rev)  # noqa: E731
+    forward = lambda x, rev=False: variant.translate(x, reverse=rev, fp32=True)  # noqa: E731
     sums = {"n": 0.0, "psnr": 0.0, "ssim": 0.0, "in_psnr": 0.0, "in_ssim": 0.0}
     samples = []
     cols = ["input", "target"] if paired else ["image"]
@@ -159,7 +165,10 @@ def validate(variant, paired: bool, world: int, max_samples: int = 4, split: boo
         shard = ray.train.get_dataset_shard(stream)
         if shard is None:
             continue
-        for batch in _torch_batches(shard, cols, 1, None):
+        for row in shard.iter_batches(batch_size=1, batch_format="numpy"):
+            if val_owner(str(row["key"][0]), world) != rank:
+                continue
+            batch = {c: torch.from_numpy(np.ascontiguousarray(row[c])) for c in cols}
             x = batch[cols[0]].to(variant.device)
             if paired:
                 y = batch["target"].to(variant.device)
@@ -178,14 +187,15 @@ def validate(variant, paired: bool, world: int, max_samples: int = 4, split: boo
             if len(samples) < max_samples:
                 row = [x, out, y] if paired else [x, y, out]  # columns: see SAMPLE_LABELS
                 samples.append([images.to_pil(t) for t in row])
-    total = _all_reduce(sums, world) if split else sums
+    total = _all_reduce(sums, world)
     if total["n"] == 0:
-        raise EmptyShardError("validation saw no rows: the val split is empty on every worker")
+        raise EmptyShardError("validation saw no rows: the val split is empty")
     n = total["n"]
     metrics = {"val_psnr": total["psnr"] / n, "val_ssim": total["ssim"] / n}
     if paired:
         metrics.update(val_input_psnr=total["in_psnr"] / n, val_input_ssim=total["in_ssim"] / n)
         metrics["val_gain_db"] = metrics["val_psnr"] - metrics["val_input_psnr"]
+    metrics["val_images"] = n
     return metrics, samples
 
 
@@ -276,7 +286,7 @@ def train_loop_per_worker(cfg: dict) -> None:
         variant.step = 0
         variant.set_total_steps(total_steps)
         # step 0: the parent's quality on this run's val set
-        init_metrics, _ = validate(variant, paired, world, split=plan.split_val)
+        init_metrics, _ = validate(variant, paired, world, rank)
         if rank == 0 and spec.run_id:
             RunLogger(job.tracking_uri, spec.run_id).metrics(init_metrics, 0)
         log.info("initialised from %s: %s", spec.init_path, init_metrics)
@@ -316,7 +326,7 @@ def train_loop_per_worker(cfg: dict) -> None:
         if not (due or last):
             continue
         t0 = time.time()
-        metrics, samples = validate(variant, paired, world, split=plan.split_val)
+        metrics, samples = validate(variant, paired, world, rank)
         metrics.update({f"train_{k}": v for k, v in logs.items()})
         metrics.update(epoch=step // steps_per_epoch, step=step, samples=step * samples_per_step, lr=variant.lr,
                        samples_per_s=rate)
@@ -332,7 +342,7 @@ def train_loop_per_worker(cfg: dict) -> None:
         if last:
             break
     if not reported:  # restored at or past the last step: still hand Ray Train a checkpoint
-        metrics, _ = validate(variant, paired, world, split=plan.split_val)
+        metrics, _ = validate(variant, paired, world, rank)
         metrics.update(epoch=variant.step // steps_per_epoch, step=variant.step, samples=0, lr=variant.lr)
         _report(variant, metrics, spec, rank, variant.step // steps_per_epoch)
     if logger:

@@ -23,12 +23,27 @@ def test_quick_demo_enhances_held_out_photos(demo_run):
 def test_demo_reuses_what_exists(demo_run, stack, tmp_path):
     import time
 
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
     from img2img_demo.run import run_demo
 
-    t0 = time.time()
-    again = run_demo(stack, quick=True, out_dir=tmp_path / "again", say=lambda m: None)
-    assert again.version == demo_run.version  # no retraining, same champion
-    assert time.time() - t0 < 120
+    # A version trained on an earlier spec of the same dataset name, with a (stored, trusted) score on
+    # the evaluation set far above the demo's: a re-run must neither reuse nor promote it.
+    client = MlflowClient(stack.mlflow_uri)
+    demo = client.get_model_version(demo_run.model, demo_run.version)
+    mlflow.set_tracking_uri(stack.mlflow_uri)
+    old = mlflow.register_model(f"runs:/{demo.run_id}/model", demo_run.model).version
+    try:
+        for k, v in {**demo.tags, "dataset_sha256": "0" * 64, f"eval.{demo_run.dataset}.psnr": "99.0",
+                     f"eval.{demo_run.dataset}.source": "eval"}.items():
+            client.set_model_version_tag(demo_run.model, old, k, v)
+        t0 = time.time()
+        again = run_demo(stack, quick=True, out_dir=tmp_path / "again", say=lambda m: None)
+        assert again.version == demo_run.version  # no retraining, same champion, the old-data version left alone
+        assert time.time() - t0 < 120
+    finally:
+        client.delete_model_version(demo_run.model, old)
 
 
 def test_colorize_demo_runs_the_whole_path_and_says_its_task(stack, tmp_path):

@@ -106,6 +106,27 @@ def test_eval_cli_reports_and_refuses(stack, cli, gate_model):
         assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output, (args, r.output)
 
 
+def test_training_validation_gives_the_eval_jobs_numbers(stack, cli, gate_model):
+    """The gate compares numbers training recorded (`source` training-fp32) with numbers evaluation
+    jobs computed: they must be the same on the same version and set. v1 is the demo's nafnet,
+    trained by 2 workers, in bf16 where the CPU has it; its validation scores in fp32, every row."""
+    before = registry.resolve(stack, f"{MODEL}/1")
+    prefix = f"eval.{gate_model}."
+    assert before.tags[prefix + "source"] == "training-fp32"
+    val_rows = read_manifest(Storage(stack), gate_model).counts["val"]
+    assert int(before.tags[prefix + "images"]) == val_rows  # no row dropped by the split over 2 workers
+    r = cli("eval", f"{MODEL}/1", "--dataset", gate_model, "--json")
+    assert r.exit_code == 0, r.output
+    out, _ = json.JSONDecoder().raw_decode(r.output[r.output.index("{"):])
+    assert out["images"] == val_rows
+    for key in ("psnr", "input_psnr", "gain_db"):
+        print(f"{key}: training {before.metric(prefix + key):.4f}, eval job {out['metrics'][key]:.4f}")
+        assert out["metrics"][key] == pytest.approx(before.metric(prefix + key), abs=1e-3), key
+        assert out["metrics"][key] == pytest.approx(before.metric("val_" + key), abs=1e-3), key
+    assert out["metrics"]["ssim"] == pytest.approx(before.metric("val_ssim"), abs=1e-4)
+    assert registry.resolve(stack, f"{MODEL}/1").tags[prefix + "source"] == "eval"
+
+
 def test_init_from_starts_at_the_parent_and_records_lineage(stack, cli, gate_model):
     from jobs.submit import job_client
 
@@ -142,10 +163,16 @@ def test_rollback_walks_back_through_former_champions(stack, cli, gate_model):
 
 
 def test_unpaired_models_are_scored_by_cycle_metrics_and_flags_are_shown(stack, cli, trained, unpaired_dataset):
+    trained_val = registry.resolve(stack, "test-cyclegan/1")
     r = cli("eval", "test-cyclegan/1", "--dataset", unpaired_dataset, "--json")
     assert r.exit_code == 0, r.output
     out, _ = json.JSONDecoder().raw_decode(r.output[r.output.index("{"):])
     assert set(out["metrics"]) == {"cycle_psnr", "cycle_ssim"}
+    # the same numbers as the training job's (2 workers) validation, which the gate may reuse
+    assert trained_val.tags[f"eval.{unpaired_dataset}.source"] == "training-fp32"
+    assert int(trained_val.tags[f"eval.{unpaired_dataset}.images"]) == out["images"]
+    assert out["metrics"]["cycle_psnr"] == pytest.approx(trained_val.metric("val_cycle_psnr"), abs=1e-3)
+    assert out["metrics"]["cycle_ssim"] == pytest.approx(trained_val.metric("val_cycle_ssim"), abs=1e-4)
     assert out["metrics"]["cycle_psnr"] > untrained_val_psnr(stack, unpaired_dataset, "cyclegan", **TINY["cyclegan"])
     r = cli("eval", "test-pix2pix/1", "--dataset", unpaired_dataset)
     assert r.exit_code == 1 and "reverse generator" in r.output

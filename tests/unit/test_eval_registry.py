@@ -99,3 +99,54 @@ def test_scorer_rows(kind):
         assert rows["input_psnr"][0] > 90  # input == target: no error
         assert rows["gain_db"][1] == pytest.approx(rows["psnr"][1] - rows["input_psnr"][1])
     assert len(json.loads(rows["thumbs"][0])) == 3
+
+
+def _result(source):
+    summary = {"dataset": "blur", "split": "val", "dataset_sha256": "abc", "images": 7, "run_id": "0123456789abcdef",
+               "metrics": {"psnr": 30.5, "gain_db": 1.5}, **({"source": source} if source else {})}
+    return _version(eval_tags(summary))
+
+
+def test_only_results_computed_as_the_eval_job_computes_them_stand_for_an_evaluation():
+    from jobs.tracking import SOURCE_EVAL, SOURCE_TRAINING
+
+    for source in (None, SOURCE_EVAL, SOURCE_TRAINING):
+        assert _result(source).eval_result("blur", "val", "abc") == {"psnr": 30.5, "gain_db": 1.5, "images": 7}
+    # tagged by training before validation was exact (bf16, rows dropped): the gate scores it again
+    assert _result("training").eval_result("blur", "val", "abc") is None
+    assert _result(SOURCE_TRAINING).eval_source("blur") == "training val, fp32 (run 01234567)"
+    assert _result(SOURCE_EVAL).eval_source("blur") == "eval job (run 01234567)"
+    card = model_card("m", "1", _result(SOURCE_TRAINING).tags, {})
+    assert "eval on blur/val (7 images" in card and "training val, fp32" in card
+
+
+def test_promote_output_says_who_computed_each_number(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from jobs import models_cli
+    from jobs.registry import Decision
+
+    buf = io.StringIO()
+    monkeypatch.setattr(models_cli, "console", Console(file=buf, width=120, color_system=None))
+    d = Decision("photos", "3", "1", "blur", "val", "psnr",
+                 scores={"1": {"psnr": 30.5, "ssim": 0.9, "gain_db": 1.5, "images": 7},
+                         "3": {"psnr": 31.25, "ssim": 0.91, "gain_db": 2.25, "images": 7}},
+                 sources={"1": "training val, fp32 (run 01234567)",
+                          "3": "eval job now (run 89abcdef)"})
+    models_cli._print_scores(d)
+    rows = {line.split()[1]: line for line in buf.getvalue().splitlines() if line.startswith("│ v")}
+    assert "scored by" in buf.getvalue()
+    assert "30.50" in rows["v1"] and "training val, fp32 (run 01234567)" in rows["v1"]
+    assert "31.25" in rows["v3"] and "eval job now (run 89abcdef)" in rows["v3"]
+
+
+def test_a_demo_rerun_reuses_only_versions_trained_on_the_current_data():
+    from img2img_demo.run import trained_on
+
+    existing = [_version({"dataset_sha256": sha}) for sha in ("old", "new", "new", "")]
+    for i, v in enumerate(existing):
+        v.version = str(i + 1)
+    assert trained_on(existing, "new") == ["2", "3"]
+    assert trained_on(existing, "newer") == []

@@ -58,10 +58,22 @@ def test_no_validation_rows_is_refused():
         make_plan({"train": 10}, workers=1, batch_size=4, epochs=1, max_steps=None, val_rows=0)
 
 
-def test_one_val_row_is_validated_by_every_worker_unsplit():
-    plan = make_plan({"train": 10}, workers=2, batch_size=4, epochs=1, max_steps=None, val_rows=1)
-    assert not plan.split_val
-    assert make_plan({"train": 10}, workers=2, batch_size=4, epochs=1, max_steps=None, val_rows=2).split_val
+def test_each_val_row_is_scored_by_exactly_one_worker_the_same_in_every_process():
+    """Validation numbers stand for the version's evaluation: no row dropped (3 rows, 2 workers
+    scores 3), none twice, and every worker process (its own PYTHONHASHSEED) agrees on the owner."""
+    import subprocess
+    import sys
+
+    from jobs.train_loop import val_owner
+
+    keys = [f"photo{i}.png#{j}" for i in range(3) for j in range(2)][:3]
+    for world in (1, 2, 3, 4):
+        owned = [[k for k in keys if val_owner(k, world) == rank] for rank in range(world)]
+        assert sorted(k for part in owned for k in part) == sorted(keys)
+    code = f"from jobs.train_loop import val_owner; print([val_owner(k, 2) for k in {keys!r}])"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**__import__("os").environ, "PYTHONHASHSEED": "12345"}).stdout.strip()
+    assert other == str([val_owner(k, 2) for k in keys])
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -219,10 +219,12 @@ class Variant:
         return {k: float(v) for k, v in logs.items()}
 
     @torch.no_grad()
-    def translate(self, x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
-        """(N, 3, H, W) in [-1, 1] -> the generator's (or, `reverse`, the B->A one's) float32 output."""
+    def translate(self, x: torch.Tensor, reverse: bool = False, fp32: bool = False) -> torch.Tensor:
+        """(N, 3, H, W) in [-1, 1] -> the generator's (or, `reverse`, the B->A one's) float32 output.
+        fp32=True: no autocast whatever `amp` is (validation: its numbers stand for the registered
+        model's, which `img2img eval` computes in fp32)."""
         net = self.reverse_generator if reverse else self.generator
-        with self.autocast():
+        with contextlib.nullcontext() if fp32 else self.autocast():
             return net(x.to(self.device, memory_format=self.memory_format)).float().contiguous()
 
     # ---- persistence ------------------------------------------------------------------------
