@@ -113,13 +113,20 @@ class Scorer:
             from cluster.settings import get_settings
 
             mlflow.set_tracking_uri(get_settings().mlflow_uri)  # an actor does not inherit the driver's
+            from translator.precision import strict_fp32
+
             net = mlflow.pytorch.load_model(self.spec.model_uri, map_location=self.device).eval()
-            self.forward = lambda x: net(x.to(self.device)).float()
+
+            def forward(x):  # strict fp32, as training's validation (whose numbers the gate may reuse)
+                with torch.no_grad(), strict_fp32(self.device.type):
+                    return net(x.to(self.device)).float()
+
+            self.forward = forward
             self.reverse = None
         else:
             variant = load_checkpoint_variant(self.spec.checkpoint, self.device)
-            self.forward = lambda x: variant.translate(x)
-            self.reverse = (lambda x: variant.translate(x, reverse=True)) if variant.reverse_key else None
+            self.forward = lambda x: variant.translate(x, fp32=True)
+            self.reverse = (lambda x: variant.translate(x, reverse=True, fp32=True)) if variant.reverse_key else None
 
     def _enhance(self, fn, x):
         from translator import tiling

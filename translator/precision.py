@@ -6,6 +6,8 @@ Used by training (bf16 autocast + channels_last on CPUs with native bf16) and by
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 
@@ -48,3 +50,19 @@ def training_precision(requested: str, device_type: str, native_bf16: bool | Non
     if requested == "bf16" or native:
         return "bf16", True
     return None, False
+
+
+@contextlib.contextmanager
+def strict_fp32(device_type: str):
+    """fp32 as written: on CUDA, no TF32 in convolutions (cuDNN allows it by default, a 10-bit
+    mantissa) or matmuls while inside; nothing to change on a CPU. Validation and `img2img eval`
+    both score inside it, so their numbers agree wherever each runs."""
+    if device_type != "cuda":
+        yield
+        return
+    conv, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul

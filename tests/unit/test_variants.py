@@ -136,6 +136,26 @@ def test_a_bf16_channels_last_checkpoint_loads_into_a_plain_fp32_variant(name):
     assert out.dtype == torch.float32 and out.is_contiguous()
 
 
+def test_validation_translates_in_fp32_whatever_the_training_precision():
+    """Training's validation stands for the registered model's evaluation (`img2img eval`, fp32):
+    `translate(fp32=True)` of a bf16 variant gives the fp32 variant's output, not bf16's."""
+    from translator.precision import strict_fp32
+
+    torch.manual_seed(0)
+    a = build_variant("pix2pix", TINY["pix2pix"], amp="bf16", channels_last=True)
+    b = build_variant("pix2pix", TINY["pix2pix"])
+    b.load_state_dict(a.state_dict())
+    a.eval(), b.eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    exact = b.translate(x)
+    assert (a.translate(x, fp32=True) - exact).abs().max() < 1e-7
+    assert (a.translate(x) - exact).abs().max() > 1e-5  # bf16: what validation used to score
+    before = torch.backends.cudnn.allow_tf32
+    with strict_fp32("cuda"):  # on CUDA: no TF32 (cuDNN's default) inside, restored after
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    assert torch.backends.cudnn.allow_tf32 == before
+
+
 def test_training_precision_is_detected_not_assumed():
     from translator.precision import training_precision
 

@@ -16,6 +16,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from translator.config import make_config
+from translator.precision import strict_fp32
 
 
 def ema_average(decay: float):
@@ -221,10 +222,10 @@ class Variant:
     @torch.no_grad()
     def translate(self, x: torch.Tensor, reverse: bool = False, fp32: bool = False) -> torch.Tensor:
         """(N, 3, H, W) in [-1, 1] -> the generator's (or, `reverse`, the B->A one's) float32 output.
-        fp32=True: no autocast whatever `amp` is (validation: its numbers stand for the registered
-        model's, which `img2img eval` computes in fp32)."""
+        fp32=True: no autocast whatever `amp` is, no TF32 on CUDA (validation: its numbers stand for
+        the registered model's, which `img2img eval` computes in strict fp32)."""
         net = self.reverse_generator if reverse else self.generator
-        with contextlib.nullcontext() if fp32 else self.autocast():
+        with strict_fp32(self.device.type) if fp32 else self.autocast():
             return net(x.to(self.device, memory_format=self.memory_format)).float().contiguous()
 
     # ---- persistence ------------------------------------------------------------------------
