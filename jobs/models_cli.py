@@ -94,7 +94,8 @@ def promote(
     force: bool = typer.Option(False, "--force", help="promote even if worse than the champion or the input"),
 ):
     """Set the alias `champion` on a version, after scoring it and the champion on the model's
-    evaluation set (stored results are reused; missing ones are computed on the cluster).
+    evaluation set (stored results are reused; missing ones are computed on the cluster; the
+    table says, per version, how many images and who computed it: eval job or training val).
     Refuses a candidate worse than the champion, or worse than its input, unless --force.
 
     Example: `img2img models promote photos 3`  or  `img2img models promote photos --best`

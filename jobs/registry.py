@@ -213,6 +213,7 @@ def scores(settings: Settings, name: str, candidates: list[VersionInfo], evaluat
     `evaluate` -> (dataset, split, {version: metrics}, {version: who computed them})."""
     from cluster.storage import Storage
     from jobs.manifest import read_manifest
+    from jobs.tracking import SOURCE_EVAL, describe_source
 
     where = eval_set(settings, name)
     if where is None:  # registered before evaluation sets existed: the first version's dataset
@@ -224,8 +225,6 @@ def scores(settings: Settings, name: str, candidates: list[VersionInfo], evaluat
         where = (first.tags["dataset"], "val")
     dataset, split = where
     sha = read_manifest(Storage(settings), dataset).sha256
-    from jobs.tracking import describe_source
-
     out, sources = {}, {}
     for v in candidates:
         result = v.eval_result(dataset, split, sha)
@@ -235,7 +234,7 @@ def scores(settings: Settings, name: str, candidates: list[VersionInfo], evaluat
                 raise Img2ImgError(f"{name} v{v.version} has no evaluation on {dataset}/{split}")
             summary = evaluate(f"{name}/{v.version}", dataset, split)
             result = summary["metrics"]
-            sources[v.version] = describe_source("eval", summary.get("run_id")).replace("eval job", "eval job now", 1)
+            sources[v.version] = describe_source(SOURCE_EVAL, summary.get("run_id"), now=True)
         out[v.version] = result
     return dataset, split, out, sources
 

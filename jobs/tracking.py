@@ -135,10 +135,10 @@ def eval_tags(summary: dict) -> dict[str, str]:
     return tags
 
 
-def describe_source(source: str | None, run_id: str | None) -> str:
-    """Where a stored result came from, for people: 'eval job (run 0123abcd)' or 'training val,
-    fp32 (run 0123abcd)'."""
-    what = {SOURCE_EVAL: "eval job", SOURCE_TRAINING: "training val, fp32"}.get(
+def describe_source(source: str | None, run_id: str | None, now: bool = False) -> str:
+    """Where a result came from, for people: 'eval job (run 0123abcd)' ('eval job now' for one
+    the gate has just run) or 'training val, fp32 (run 0123abcd)'."""
+    what = {SOURCE_EVAL: "eval job now" if now else "eval job", SOURCE_TRAINING: "training val, fp32"}.get(
         source or SOURCE_EVAL, f"{source} (not trusted)")
     return f"{what} (run {run_id[:8]})" if run_id else what
 

@@ -165,10 +165,10 @@ def validate(variant, paired: bool, world: int, rank: int = 0, max_samples: int 
         shard = ray.train.get_dataset_shard(stream)
         if shard is None:
             continue
-        for row in shard.iter_batches(batch_size=1, batch_format="numpy"):
-            if val_owner(str(row["key"][0]), world) != rank:
+        for one in shard.iter_batches(batch_size=1, batch_format="numpy"):
+            if val_owner(str(one["key"][0]), world) != rank:
                 continue
-            batch = {c: torch.from_numpy(np.ascontiguousarray(row[c])) for c in cols}
+            batch = {c: torch.from_numpy(np.ascontiguousarray(one[c])) for c in cols}
             x = batch[cols[0]].to(variant.device)
             if paired:
                 y = batch["target"].to(variant.device)
