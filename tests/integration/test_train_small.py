@@ -119,6 +119,12 @@ def test_plans_for_1_3_13_rows_and_3_vs_40(stack, small_sets):
     (["--dataset", "rows-3", "--resume", "nosuchrun"], "run 'nosuchrun' has no checkpoint to resume from"),
     (["--dataset", "rows-3", "--checkpoint-every", "often"], "--checkpoint-every 'often' is not a cadence"),
     (["--dataset", "rows-3", "--time-budget", "0"], "--time-budget must be a positive number"),
+    # crops: the stored 32 px images against pix2pix's 256 px default, and its netG against 32 px
+    (["--dataset", "rows-3", "--variant", "pix2pix"], "dataset 'rows-3' stores 32x32 images, smaller than the "
+     "256 px training crops (pix2pix's default --image-size 256); use --image-size 32 --set netG=unet_32"),
+    (["--dataset", "rows-3", "--variant", "pix2pix", "--image-size", "32"], "pix2pix cannot train on 32 px crops "
+     "(--image-size 32): its generator (netG unet_256) takes sides that are a multiple of 256 px; use --set "
+     "netG=unet_32"),
 ])
 def test_impossible_requests_are_refused_before_submission(stack, small_sets, cli, args, message):
     from jobs.submit import job_client
@@ -127,6 +133,44 @@ def test_impossible_requests_are_refused_before_submission(stack, small_sets, cl
     result = cli("train", *args)
     assert result.exit_code == 1, result.output
     assert message in " ".join(result.output.split()) and "Traceback" not in result.output
+    assert len(job_client(stack).list_jobs()) == before  # nothing reached the cluster
+
+
+@pytest.fixture
+def autoencoder_checkpoint(stack):
+    """A checkpoint of run `fake-ae-run` in the store as training writes it (meta.json beside
+    state.pt): an autoencoder nf=8 at step 2."""
+    import dataclasses
+    import json
+
+    from cluster.storage import Storage
+    from translator.config import make_config
+    from translator.variants import get_variant
+
+    cfg = make_config(get_variant("autoencoder").Config, {"nf": 8, "image_size": 32, "batch_size": 4})
+    storage = Storage(stack)
+    prefix = "checkpoints/fake-ae-run/checkpoint_2026-01-01_00-00-00.000000"
+    storage.put_bytes(f"{prefix}/state.pt", b"not read before submission")
+    storage.put_bytes(f"{prefix}/meta.json", json.dumps({"variant": "autoencoder", "step": 2,
+                                                          "config": dataclasses.asdict(cfg)}).encode())
+    return "fake-ae-run"
+
+
+def test_resume_takes_the_checkpoints_variant_and_refuses_another(stack, small_sets, cli, autoencoder_checkpoint):
+    from jobs.spec import TrainSpec
+    from jobs.submit import job_client, preflight
+
+    run = autoencoder_checkpoint
+    spec = TrainSpec(dataset="rows-3", variant="", resume=run, workers=1, max_steps=4)
+    _, plan = preflight(spec, stack)  # no --variant: the checkpoint's, with its config
+    assert spec.variant == "autoencoder" and spec.variant_config().nf == 8 and plan.batch_size == 4
+    before = len(job_client(stack).list_jobs())
+    for args, message in (([], f"run {run} trained autoencoder; --resume cannot continue it as pix2pix"),
+                          (["--variant", "autoencoder", "--set", "nf=16"],
+                           f"--resume {run}: a different architecture (G.encoder.0.weight is shape [8, 3, 5, 5] in "
+                           "the checkpoint, shape [16, 3, 5, 5] in this run)")):
+        result = cli("train", "--dataset", "rows-3", "--resume", run, *(args or ["--variant", "pix2pix"]))
+        assert result.exit_code == 1 and message in " ".join(result.output.split()), result.output
     assert len(job_client(stack).list_jobs()) == before  # nothing reached the cluster
 
 
@@ -201,4 +245,8 @@ def test_stop_running_job_ends_its_run_killed_and_stop_again_says_so(stack, smal
     assert MlflowClient(stack.mlflow_uri).get_run(sub["run_id"]).info.status == "KILLED"
     r = cli("jobs", "stop", sub["job_id"])
     assert r.exit_code == 0 and "had already ended: STOPPED; nothing to stop" in " ".join(r.output.split())
+    # following a job that did not succeed exits 1, naming its final status (as `train --follow` does)
+    for command in ("status", "logs"):
+        r = cli("jobs", command, sub["job_id"], "--follow")
+        assert r.exit_code == 1 and f"Error: job {sub['job_id']} STOPPED" in " ".join(r.output.split()), r.output
     assert os.environ.get("IMG2IMG_STATE_DIR")  # the stack under test, not a user's
