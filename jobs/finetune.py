@@ -14,24 +14,24 @@ from jobs.spec import TrainSpec
 
 
 def architecture(variant: str, config: dict) -> dict[str, tuple]:
-    """`net.param` -> shape of every parameter/buffer of a variant built from `config` (on CPU).
-    Raises Img2ImgError for an invalid config."""
+    """`net.param` -> shape of every parameter/buffer of a variant built from `config` (on the
+    meta device: shapes only, no memory). Raises Img2ImgError for an invalid config."""
     from translator.config import ConfigError
-    from translator.variants import build_variant
+    from translator.variants import get_variant
 
     try:
-        v = build_variant(variant, config)
+        v = get_variant(variant).on_meta(config)
     except (ConfigError, ValueError) as e:
         raise Img2ImgError(str(e)) from None
     return {f"{net}.{k}": tuple(t.shape) for net, m in v.networks().items() for k, t in m.state_dict().items()}
 
 
-def _difference(parent: dict[str, tuple], child: dict[str, tuple]) -> str | None:
+def _difference(parent: dict[str, tuple], child: dict[str, tuple], source: str = "the parent") -> str | None:
     for key in sorted(set(parent) | set(child)):
         if parent.get(key) != child.get(key):
             there = "missing" if key not in parent else f"shape {list(parent[key])}"
             here = "missing" if key not in child else f"shape {list(child[key])}"
-            return f"{key} is {there} in the parent, {here} in this run"
+            return f"{key} is {there} in {source}, {here} in this run"
     return None
 
 

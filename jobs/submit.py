@@ -209,6 +209,16 @@ def wait(client, job_id: str, follow: bool, echo=None) -> str:
     return status
 
 
+def outcome_error(job_id: str, status: str, message: str = "", logs_hint: bool = True) -> Img2ImgError | None:
+    """None when a followed job SUCCEEDED, else the one-line error the CLI exits 1 with:
+    `job ID FAILED: <the message's last line>; see `img2img jobs logs ID`` (STOPPED alike)."""
+    if status == "SUCCEEDED":
+        return None
+    reason = f": {message.strip().splitlines()[-1][:300]}" if message and message.strip() else ""
+    hint = f"; see `img2img jobs logs {job_id}`" if logs_hint else ""
+    return Img2ImgError(f"job {job_id} {status}{reason}{hint}")
+
+
 def follow_progress(client, settings: Settings, job_id: str, run_id: str, say=None, live: bool | None = None):
     """The live progress display of a job until it ends (see jobs.progress). -> last Snapshot."""
     from jobs.progress import follow, strip_ansi

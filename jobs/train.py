@@ -21,6 +21,7 @@ from pathlib import Path
 from cluster.errors import Img2ImgError
 from cluster.settings import Settings, get_settings
 from cluster.storage import Storage, arrow_filesystem
+from jobs.crops import check_crop
 from jobs.manifest import Manifest, check_dataset, stream_rows
 from jobs.plan import Cadence, TrainPlan, check_capacity, make_plan
 from jobs.spec import TrainSpec
@@ -51,15 +52,18 @@ def plan_for(spec: TrainSpec, manifest: Manifest) -> TrainPlan:
 def plan_job(spec: TrainSpec, settings: Settings, resources: dict[str, float] | None = None,
              where: str = "") -> JobPlan:
     """The planning step, the same at submission (`jobs.submit.preflight`) and in the driver:
-    the options, the dataset against the variant and the rows/workers/batch arithmetic, the
-    cluster's `resources` (the one CPU/GPU capacity check; None skips it), the --resume target.
-    Raises Img2ImgError with the fix when the request can never run."""
+    the --resume target (whose variant and config fill what the request leaves unset), the
+    options, the dataset against the variant, the training crops against the networks and the
+    stored images, the rows/workers/batch arithmetic, the cluster's `resources` (the one CPU/GPU
+    capacity check; None skips it). Raises Img2ImgError with the fix when the request can never run."""
+    resume = read_resume(spec, settings) if spec.resume else None
     spec.validate()
     manifest = check_dataset(Storage(settings), spec.dataset, spec.variant)
+    check_crop(spec, manifest.image_size, f"dataset {spec.dataset!r}")
     plan = plan_for(spec, manifest)
     if resources is not None:
         check_resources(spec, resources, where or settings.ray_address)
-    return JobPlan(manifest, plan, Cadence.parse(spec.checkpoint_every), check_resume(spec, settings, plan))
+    return JobPlan(manifest, plan, Cadence.parse(spec.checkpoint_every), check_resume(spec, plan, resume))
 
 
 def check_resources(spec: TrainSpec, resources: dict[str, float], where: str, serve_cpus: float = 0.0) -> None:
@@ -67,16 +71,53 @@ def check_resources(spec: TrainSpec, resources: dict[str, float], where: str, se
     check_capacity(spec.workers, spec.cpus_per_worker, spec.use_gpu, resources, where, serve_cpus)
 
 
-def check_resume(spec: TrainSpec, settings: Settings, plan: TrainPlan) -> str | None:
-    """The checkpoint --resume continues from (refused now if missing or already at the end)."""
-    if not spec.resume:
-        return None
+def read_resume(spec: TrainSpec, settings: Settings) -> tuple[str, dict]:
+    """The newest checkpoint of run `spec.resume` and its meta.json ({} if unreadable), after
+    `apply_resume` has filled the spec from it. Raises Img2ImgError (see `apply_resume`)."""
     path = latest_checkpoint(settings, spec.resume)
-    key = path.split("/", 1)[1] + "/meta.json"
     try:
-        step = int(json.loads(Storage(settings).get_bytes(key)).get("step", 0))
+        meta = json.loads(Storage(settings).get_bytes(path.split("/", 1)[1] + "/meta.json"))
     except Exception:
-        return path
+        meta = {}
+    apply_resume(spec, meta)
+    return path, meta
+
+
+def apply_resume(spec: TrainSpec, meta: dict) -> None:
+    """--resume continues a run with its networks and optimisers, so, as `--init-from` does, the
+    checkpoint's variant and config (`meta`: its meta.json) fill what the request leaves unset
+    (`spec.variant` "" and absent `--set` keys); settings that change no network (lr, batch
+    size, crops, schedule) may differ. Raises Img2ImgError for another variant, a different
+    architecture, or an unknown variant with none given."""
+    from jobs.finetune import _difference, architecture
+
+    run, had = spec.resume, meta.get("variant")
+    if not had:
+        if not spec.variant:
+            raise Img2ImgError(f"run {run}'s checkpoint does not record its variant; pass --variant")
+        return
+    if spec.variant and spec.variant != had:
+        raise Img2ImgError(f"run {run} trained {had}; --resume cannot continue it as {spec.variant} "
+                           f"(drop --variant, or pass --variant {had})")
+    spec.variant = had
+    had_config = meta.get("config") or {}
+    spec.config = {**had_config, **spec.config}
+    try:
+        wanted = spec.variant_config().__dict__
+    except ValueError as e:
+        raise Img2ImgError(str(e)) from None
+    problem = _difference(architecture(had, had_config), architecture(spec.variant, wanted), "the checkpoint")
+    if problem:
+        raise Img2ImgError(f"--resume {run}: a different architecture ({problem}); "
+                           "drop the --set options that change the network")
+
+
+def check_resume(spec: TrainSpec, plan: TrainPlan, resume: tuple[str, dict] | None) -> str | None:
+    """The checkpoint --resume continues from (refused now if already at the end)."""
+    if resume is None:
+        return None
+    path, meta = resume
+    step = int(meta.get("step", 0) or 0)
     if step >= plan.total_steps:
         raise Img2ImgError(f"run {spec.resume}'s last checkpoint is at step {step}, but this request stops at step "
                            f"{plan.total_steps}; raise --max-steps/--epochs above {step}")
@@ -99,21 +140,28 @@ def latest_checkpoint(settings: Settings, run_id: str) -> str:
     return f"{checkpoint_prefix(settings, run_id)}/{dirs[-1]}"
 
 
+def val_streams(manifest: Manifest) -> list[str]:
+    """The validation streams a job has: "val" (paired), "val_a"/"val_b" (unpaired), each only
+    when it has rows. An unpaired set may lack one domain's (a 1-image trainB/, no testB/): the
+    workers validate the cycle of the other domain only, since Ray Train V2 raises KeyError
+    for a stream it was not given."""
+    return [stream for stream, n in stream_rows(manifest, "val").items() if n > 0]
+
+
 def datasets_for(spec: TrainSpec, manifest: Manifest, settings: Settings, image_size: int,
                  rotate: bool = False) -> dict:
     """The job's Ray Data streams: train (random crops of `image_size`, flips, and 90-degree
-    turns with `rotate`) and val (whole stored images) per domain."""
+    turns with `rotate`) per domain, and the `val_streams` (whole stored images)."""
     from jobs.data import load_dataset
 
     load = lambda split, **kw: load_dataset(spec.dataset, split, settings, **kw)  # noqa: E731
-    val_rows = stream_rows(manifest, "val")
     if manifest.kind == "paired":
         out = {"train": load("train", image_size=image_size, rotate=rotate).randomize_block_order()}
-        if val_rows["val"]:
-            out["val"] = load("val", augment=False)
-        return out
-    out = {f"train_{d}": load("train", image_size=image_size, domain=d, rotate=rotate).randomize_block_order() for d in "ab"}
-    out.update({f"val_{d}": load("val", augment=False, domain=d) for d in "ab" if val_rows[f"val_{d}"]})
+    else:
+        out = {f"train_{d}": load("train", image_size=image_size, domain=d, rotate=rotate).randomize_block_order()
+               for d in "ab"}
+    for stream in val_streams(manifest):
+        out[stream] = load("val", augment=False, **({"domain": stream[-1]} if stream != "val" else {}))
     return out
 
 
@@ -133,7 +181,7 @@ def build_trainer(spec: TrainSpec, settings: Settings, job: JobPlan):
     split = [k for k in datasets if k.startswith("train")]
     worker_job = WorkerJob(spec=spec, plan=job.plan, cadence=job.cadence, variant_config=dict(cfg.__dict__),
                            paired=get_variant(spec.variant).paired, tracking_uri=settings.mlflow_uri,
-                           resume_path=job.resume_from)
+                           resume_path=job.resume_from, val_streams=tuple(val_streams(job.manifest)))
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=worker_job.to_loop_config(),

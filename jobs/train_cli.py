@@ -5,7 +5,6 @@ from __future__ import annotations
 import typer
 
 from cluster.cli_utils import console, handle_errors, json_option, print_json, print_table, records
-from cluster.errors import Img2ImgError
 from cluster.settings import get_settings
 from translator.catalog import DEFAULT_VARIANT, variant_names
 
@@ -17,7 +16,7 @@ jobs_app = typer.Typer(help="List, inspect, follow and stop training jobs on the
 def train(
     dataset: str = typer.Option(..., "--dataset", "-d", help="dataset name (see `img2img data ls`)"),
     variant: str = typer.Option(None, help=" | ".join(variant_names())
-                                + f" (default: {DEFAULT_VARIANT}, or the --init-from model's)"),
+                                + f" (default: {DEFAULT_VARIANT}, or the --init-from model's / --resume run's)"),
     workers: int = typer.Option(2, help="data-parallel Ray Train workers"),
     gpu: bool = typer.Option(False, "--gpu/--cpu", help="one GPU per worker, bf16 autocast"),
     cpus_per_worker: float = typer.Option(1.0, help="CPUs reserved per worker (fractions allowed)"),
@@ -31,7 +30,8 @@ def train(
     set_: list[str] = typer.Option([], "--set", help="variant hyper-parameter key=value (repeatable)"),
     experiment: str = typer.Option("img2img", help="MLflow experiment"),
     model_name: str = typer.Option(None, help="registered model name (default: the dataset name)"),
-    resume: str = typer.Option(None, help="MLflow run id whose last checkpoint to continue from"),
+    resume: str = typer.Option(None, help="MLflow run id whose last checkpoint to continue from (same variant and "
+                               "architecture; its config fills what you leave unset)"),
     init_from: str = typer.Option(None, "--init-from", help="start from a registered model's weights: "
                                   "NAME@alias or NAME/VERSION (same variant and architecture)"),
     max_failures: int = typer.Option(2, help="worker failures to recover from (from the last checkpoint)"),
@@ -51,10 +51,10 @@ def train(
     Fine-tune: `img2img train --dataset my-photos --init-from photos@champion --epochs 3 --lr 2e-4`
     """
     from jobs.spec import TrainSpec
-    from jobs.submit import follow_progress, job_client, run_local, submit, wait
+    from jobs.submit import follow_progress, job_client, outcome_error, run_local, submit, wait
     from translator.config import parse_overrides
 
-    spec = TrainSpec(dataset=dataset, variant=variant or ("" if init_from else DEFAULT_VARIANT),
+    spec = TrainSpec(dataset=dataset, variant=variant or ("" if init_from or resume else DEFAULT_VARIANT),
                      config=parse_overrides(set_), workers=workers,
                      use_gpu=gpu, cpus_per_worker=cpus_per_worker, epochs=epochs, max_steps=max_steps,
                      time_budget_s=time_budget, batch_size=batch_size, image_size=image_size, lr=lr,
@@ -88,9 +88,9 @@ def train(
         console.print(f"\nStopped following; the job keeps running. Stop it with: img2img jobs stop {out['job_id']}",
                       highlight=False)
         raise typer.Exit(130) from None
-    if status != "SUCCEEDED":
-        reason = f": {message.strip().splitlines()[-1][:300]}" if message and message.strip() else ""
-        raise Img2ImgError(f"job {out['job_id']} {status}{reason}; see `img2img jobs logs {out['job_id']}`")
+    error = outcome_error(out["job_id"], status, message)
+    if error:
+        raise error
     console.print(f"Job {out['job_id']} SUCCEEDED")
 
 
@@ -116,10 +116,19 @@ def ls(as_json: bool = json_option()):
 def status(job_id: str, follow: bool = typer.Option(False, "--follow", "-f", help="live progress until it ends"),
            as_json: bool = json_option()):
     """Show one job's status, progress (step, epoch, loss, val PSNR, samples/s, elapsed, ETA) and MLflow run.
+    With --follow, exits 1 (naming the final status) unless the job SUCCEEDED.
 
     Example: `img2img jobs status raysubmit_abc123 --follow` (or `--json` for scripts)
     """
-    from jobs.submit import follow_progress, job_client, job_summary
+    from jobs.submit import (
+        TERMINAL,
+        follow_progress,
+        job_client,
+        job_info,
+        job_summary,
+        outcome_error,
+        wait,
+    )
 
     settings = get_settings()
     client = job_client(settings)
@@ -129,24 +138,39 @@ def status(job_id: str, follow: bool = typer.Option(False, "--follow", "-f", hel
         return
     for k, v in info.items():
         console.print(f"{k:>18}: {v}", markup=False, highlight=False, soft_wrap=True)
-    if follow and info["status"] not in ("SUCCEEDED", "FAILED", "STOPPED") and info.get("run_id"):
-        follow_progress(client, settings, job_id, info["run_id"])
+    if not follow:
+        return
+    status, message = info["status"], info.get("error") or info.get("message") or ""
+    if status not in TERMINAL:
+        if info.get("run_id"):
+            snap = follow_progress(client, settings, job_id, info["run_id"])
+            status, message = snap.status, snap.error or snap.message
+        else:
+            status = wait(client, job_id, follow=False)
+            message = job_info(client, job_id)["message"]
+    error = outcome_error(job_id, status, message)
+    if error:
+        raise error
 
 
 @jobs_app.command()
 @handle_errors
 def logs(job_id: str, follow: bool = typer.Option(False, "--follow", "-f", help="keep streaming until it ends")):
     """Print a job's raw logs (unwrapped; colour codes removed when not on a terminal).
+    With --follow, exits 1 (naming the final status) unless the job SUCCEEDED.
 
     Example: `img2img jobs logs raysubmit_abc123 --follow`
     """
     from jobs.progress import write_raw
-    from jobs.submit import job_client, job_info, wait
+    from jobs.submit import job_client, job_info, outcome_error, wait
 
     client = job_client(get_settings())
     job_info(client, job_id)
     if follow:
-        wait(client, job_id, follow=True)
+        status = wait(client, job_id, follow=True)
+        error = outcome_error(job_id, status, job_info(client, job_id)["message"], logs_hint=False)
+        if error:
+            raise error
     else:
         write_raw(client.get_job_logs(job_id))
 

@@ -38,7 +38,9 @@ class WorkerJob:
 
     variant_config: the variant's Config fields ({name: value}); paired: the variant trains on
     input/target pairs (else two unpaired domains); tracking_uri: MLflow, where rank 0 logs;
-    resume_path: `bucket/checkpoints/RUN/checkpoint_...` that --resume continues from."""
+    resume_path: `bucket/checkpoints/RUN/checkpoint_...` that --resume continues from;
+    val_streams: the validation streams the driver passed (`jobs.train.val_streams`; Ray Train
+    V2 raises KeyError when asked for any other)."""
 
     spec: TrainSpec
     plan: TrainPlan
@@ -47,17 +49,19 @@ class WorkerJob:
     paired: bool
     tracking_uri: str
     resume_path: str | None = None
+    val_streams: tuple[str, ...] = ()
 
     def to_loop_config(self) -> dict[str, Any]:
         return {"spec": dataclasses.asdict(self.spec), "plan": self.plan.to_dict(),
                 "cadence": dataclasses.asdict(self.cadence), "variant_config": dict(self.variant_config),
-                "paired": self.paired, "tracking_uri": self.tracking_uri, "resume_path": self.resume_path}
+                "paired": self.paired, "tracking_uri": self.tracking_uri, "resume_path": self.resume_path,
+                "val_streams": list(self.val_streams)}
 
     @classmethod
     def from_loop_config(cls, cfg: dict[str, Any]) -> WorkerJob:
         return cls(spec=TrainSpec(**cfg["spec"]), plan=TrainPlan(**cfg["plan"]), cadence=Cadence(**cfg["cadence"]),
                    variant_config=cfg["variant_config"], paired=cfg["paired"], tracking_uri=cfg["tracking_uri"],
-                   resume_path=cfg.get("resume_path"))
+                   resume_path=cfg.get("resume_path"), val_streams=tuple(cfg.get("val_streams") or ()))
 
 
 class EmptyShardError(RuntimeError):
@@ -143,7 +147,8 @@ def val_owner(key: str, world: int) -> int:
 
 
 @torch.no_grad()
-def validate(variant, paired: bool, world: int, rank: int = 0, max_samples: int = 4):
+def validate(variant, paired: bool, world: int, rank: int = 0, max_samples: int = 4,
+             streams: tuple[str, ...] = ()):
     """Mean PSNR/SSIM (dB / [0, 1]) over the validation rows, plus sample rows for a grid.
 
     Computed as `img2img eval` computes them, so training can record them as the version's
@@ -152,7 +157,10 @@ def validate(variant, paired: bool, world: int, rank: int = 0, max_samples: int 
     `streaming_split(equal=True)`, drops the rows that do not divide evenly), whole images
     through the tiled path, in fp32 whatever precision training uses.
     -> ({"val_psnr", "val_ssim", ("val_input_psnr", "val_input_ssim", "val_gain_db": paired),
-    "val_images": rows scored}, samples)"""
+    "val_images": rows scored}, samples)
+
+    streams: the validation streams the job has (`WorkerJob.val_streams`; default: all of them:
+    "val", or "val_a" and "val_b"); unpaired with one domain's only, that domain's cycle."""
     import ray.train
 
     variant.eval()
@@ -160,8 +168,7 @@ def validate(variant, paired: bool, world: int, rank: int = 0, max_samples: int 
     sums = {"n": 0.0, "psnr": 0.0, "ssim": 0.0, "in_psnr": 0.0, "in_ssim": 0.0}
     samples = []
     cols = ["input", "target"] if paired else ["image"]
-    streams = ["val"] if paired else ["val_a", "val_b"]
-    for stream in streams:
+    for stream in streams or (["val"] if paired else ["val_a", "val_b"]):
         shard = ray.train.get_dataset_shard(stream)
         if shard is None:
             continue
@@ -286,7 +293,7 @@ def train_loop_per_worker(cfg: dict) -> None:
         variant.step = 0
         variant.set_total_steps(total_steps)
         # step 0: the parent's quality on this run's val set
-        init_metrics, _ = validate(variant, paired, world, rank)
+        init_metrics, _ = validate(variant, paired, world, rank, streams=job.val_streams)
         if rank == 0 and spec.run_id:
             RunLogger(job.tracking_uri, spec.run_id).metrics(init_metrics, 0)
         log.info("initialised from %s: %s", spec.init_path, init_metrics)
@@ -326,7 +333,7 @@ def train_loop_per_worker(cfg: dict) -> None:
         if not (due or last):
             continue
         t0 = time.time()
-        metrics, samples = validate(variant, paired, world, rank)
+        metrics, samples = validate(variant, paired, world, rank, streams=job.val_streams)
         metrics.update({f"train_{k}": v for k, v in logs.items()})
         metrics.update(epoch=step // steps_per_epoch, step=step, samples=step * samples_per_step, lr=variant.lr,
                        samples_per_s=rate)
@@ -342,7 +349,7 @@ def train_loop_per_worker(cfg: dict) -> None:
         if last:
             break
     if not reported:  # restored at or past the last step: still hand Ray Train a checkpoint
-        metrics, _ = validate(variant, paired, world, rank)
+        metrics, _ = validate(variant, paired, world, rank, streams=job.val_streams)
         metrics.update(epoch=variant.step // steps_per_epoch, step=variant.step, samples=0, lr=variant.lr)
         _report(variant, metrics, spec, rank, variant.step // steps_per_epoch)
     if logger:

@@ -42,6 +42,10 @@ class TrainConfig:
     a variant's config restates only what differs.
     """
 
+    # Settings that change which crop sizes the networks accept, with the values they take
+    # (e.g. {"netG": UNETS}): the training job's size check suggests them as fixes.
+    SIZE_SETTINGS: typing.ClassVar[dict[str, tuple[str, ...]]] = {}
+
     lr: float = 2e-4
     beta1: float = 0.5
     lr_policy: str = "constant"

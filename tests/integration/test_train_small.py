@@ -46,7 +46,8 @@ def _ingest_paired(root: Path, name: str, files: int, val_fraction: float) -> st
 
 @pytest.fixture(scope="session")
 def small_sets(stack, tmp_path_factory):
-    """Paired sets with 1, 3 and 13 training rows (1 val row each), and unpaired 3 vs 40."""
+    """Paired sets with 1, 3 and 13 training rows (1 val row each), and unpaired 3 vs 40 with val
+    images of domain A only (testA/, no testB/, --val-fraction 0: the job validates A's cycle)."""
     from cluster.settings import get_settings
     from jobs.ingest import IngestOptions, ingest
 
@@ -54,11 +55,11 @@ def small_sets(stack, tmp_path_factory):
     sets = {1: _ingest_paired(root, "rows-1", 2, 0.5), 3: _ingest_paired(root, "rows-3", 4, 0.25),
             13: _ingest_paired(root, "rows-13", 14, 1 / 14)}
     un = root / "a3-b40"
-    for folder, n in (("trainA", 3), ("trainB", 40), ("testA", 1), ("testB", 1)):
+    for folder, n in (("trainA", 3), ("trainB", 40), ("testA", 1)):
         (un / folder).mkdir(parents=True)
         for i, img in enumerate(_photos(n, seed=len(folder) + n)):
             (Image.fromarray(255 - np.asarray(img)) if folder.endswith("B") else img).save(un / folder / f"{i}.png")
-    ingest(str(un), IngestOptions(name="a3-b40", kind="unaligned", size=32), get_settings())
+    ingest(str(un), IngestOptions(name="a3-b40", kind="unaligned", size=32, val_fraction=0), get_settings())
     sets["unpaired"] = "a3-b40"
     return sets
 
@@ -100,25 +101,33 @@ def test_plans_for_1_3_13_rows_and_3_vs_40(stack, small_sets):
     from jobs.submit import preflight
 
     for rows in (1, 3, 13):
-        spec = TrainSpec(dataset=small_sets[rows], variant="autoencoder", workers=1, batch_size=16, epochs=3)
+        spec = TrainSpec(dataset=small_sets[rows], variant="autoencoder", workers=1, batch_size=16, epochs=3,
+                         image_size=32)
         _, plan = preflight(spec, stack)
         assert plan.rows == {"train": rows} and plan.val_rows == 1
         assert plan.steps_per_epoch == MIN_STEPS_PER_EPOCH and plan.total_steps == 3 * MIN_STEPS_PER_EPOCH
-    spec = TrainSpec(dataset="a3-b40", variant="cyclegan", workers=1, batch_size=2, epochs=1, max_steps=5)
+    spec = TrainSpec(dataset="a3-b40", variant="cyclegan", workers=1, batch_size=2, epochs=1, max_steps=5,
+                     image_size=32)
     _, plan = preflight(spec, stack)
     assert plan.rows == {"train_a": 3, "train_b": 40}
     assert plan.steps_per_epoch == 20 and plan.total_steps == 5  # --max-steps first
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--dataset", "rows-1", "--workers", "2"],
+    (["--dataset", "rows-1", "--workers", "2", "--image-size", "32"],
      "dataset 'rows-1' has 1 training rows but --workers 2 needs at least one per worker; use --workers 1"),
-    (["--dataset", "a3-b40", "--variant", "cyclegan", "--workers", "4"],
+    (["--dataset", "a3-b40", "--variant", "cyclegan", "--workers", "4", "--image-size", "32"],
      "has 3 training images in domain A but --workers 4 needs at least one per worker; use --workers 3"),
-    (["--dataset", "rows-13", "--workers", "9"], "--workers 9 x --cpus-per-worker 1 = 9 CPUs, but the cluster at"),
+    (["--dataset", "rows-13", "--workers", "9", "--image-size", "32"], "--workers 9 x --cpus-per-worker 1 = 9 CPUs, but the cluster at"),
     (["--dataset", "rows-3", "--resume", "nosuchrun"], "run 'nosuchrun' has no checkpoint to resume from"),
     (["--dataset", "rows-3", "--checkpoint-every", "often"], "--checkpoint-every 'often' is not a cadence"),
     (["--dataset", "rows-3", "--time-budget", "0"], "--time-budget must be a positive number"),
+    # crops: the stored 32 px images against pix2pix's 256 px default, and its netG against 32 px
+    (["--dataset", "rows-3", "--variant", "pix2pix"], "dataset 'rows-3' stores 32x32 images, smaller than the "
+     "256 px training crops (pix2pix's default --image-size 256); use --image-size 32 --set netG=unet_32"),
+    (["--dataset", "rows-3", "--variant", "pix2pix", "--image-size", "32"], "pix2pix cannot train on 32 px crops "
+     "(--image-size 32): its generator (netG unet_256) takes sides that are a multiple of 256 px; use --set "
+     "netG=unet_32"),
 ])
 def test_impossible_requests_are_refused_before_submission(stack, small_sets, cli, args, message):
     from jobs.submit import job_client
@@ -127,6 +136,44 @@ def test_impossible_requests_are_refused_before_submission(stack, small_sets, cl
     result = cli("train", *args)
     assert result.exit_code == 1, result.output
     assert message in " ".join(result.output.split()) and "Traceback" not in result.output
+    assert len(job_client(stack).list_jobs()) == before  # nothing reached the cluster
+
+
+@pytest.fixture
+def autoencoder_checkpoint(stack):
+    """A checkpoint of run `fake-ae-run` in the store as training writes it (meta.json beside
+    state.pt): an autoencoder nf=8 at step 2."""
+    import dataclasses
+    import json
+
+    from cluster.storage import Storage
+    from translator.config import make_config
+    from translator.variants import get_variant
+
+    cfg = make_config(get_variant("autoencoder").Config, {"nf": 8, "image_size": 32, "batch_size": 4})
+    storage = Storage(stack)
+    prefix = "checkpoints/fake-ae-run/checkpoint_2026-01-01_00-00-00.000000"
+    storage.put_bytes(f"{prefix}/state.pt", b"not read before submission")
+    storage.put_bytes(f"{prefix}/meta.json", json.dumps({"variant": "autoencoder", "step": 2,
+                                                          "config": dataclasses.asdict(cfg)}).encode())
+    return "fake-ae-run"
+
+
+def test_resume_takes_the_checkpoints_variant_and_refuses_another(stack, small_sets, cli, autoencoder_checkpoint):
+    from jobs.spec import TrainSpec
+    from jobs.submit import job_client, preflight
+
+    run = autoencoder_checkpoint
+    spec = TrainSpec(dataset="rows-3", variant="", resume=run, workers=1, max_steps=4)
+    _, plan = preflight(spec, stack)  # no --variant: the checkpoint's, with its config
+    assert spec.variant == "autoencoder" and spec.variant_config().nf == 8 and plan.batch_size == 4
+    before = len(job_client(stack).list_jobs())
+    for args, message in (([], f"run {run} trained autoencoder; --resume cannot continue it as pix2pix"),
+                          (["--variant", "autoencoder", "--set", "nf=16"],
+                           f"--resume {run}: a different architecture (G.decoder.0.weight is shape [64, 32, 5, 5] "
+                           "in the checkpoint, shape [128, 64, 5, 5] in this run)")):
+        result = cli("train", "--dataset", "rows-3", "--resume", run, *(args or ["--variant", "pix2pix"]))
+        assert result.exit_code == 1 and message in " ".join(result.output.split()), result.output
     assert len(job_client(stack).list_jobs()) == before  # nothing reached the cluster
 
 
@@ -169,6 +216,7 @@ def test_3_rows_1_val_row_2_workers_trains_what_it_reports_with_live_progress(st
 
 
 def test_unpaired_3_vs_40_trains_on_one_worker(stack, small_sets):
+    """...with no domain-B val rows (Ray Train V2 has no val_b stream to hand the workers)."""
     from jobs.spec import TrainSpec
     from jobs.submit import job_client, submit
     from tests.integration.conftest import wait_job
@@ -181,6 +229,7 @@ def test_unpaired_3_vs_40_trains_on_one_worker(stack, small_sets):
     assert status == "SUCCEEDED", job_client(stack).get_job_logs(sub["job_id"])[-3000:]
     m = MlflowClient(stack.mlflow_uri).get_run(sub["run_id"]).data.metrics
     assert (m["steps_run"], m["samples_run"], m["epochs_run"]) == (6, 12, 6 / 20)
+    assert "val_psnr" in m  # A -> B -> A cycle of the one testA/ image
 
 
 def test_stop_running_job_ends_its_run_killed_and_stop_again_says_so(stack, small_sets, cli):
@@ -201,4 +250,8 @@ def test_stop_running_job_ends_its_run_killed_and_stop_again_says_so(stack, smal
     assert MlflowClient(stack.mlflow_uri).get_run(sub["run_id"]).info.status == "KILLED"
     r = cli("jobs", "stop", sub["job_id"])
     assert r.exit_code == 0 and "had already ended: STOPPED; nothing to stop" in " ".join(r.output.split())
+    # following a job that did not succeed exits 1, naming its final status (as `train --follow` does)
+    for command in ("status", "logs"):
+        r = cli("jobs", command, sub["job_id"], "--follow")
+        assert r.exit_code == 1 and f"Error: job {sub['job_id']} STOPPED" in " ".join(r.output.split()), r.output
     assert os.environ.get("IMG2IMG_STATE_DIR")  # the stack under test, not a user's

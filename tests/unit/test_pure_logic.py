@@ -280,9 +280,9 @@ def test_workers_get_the_typed_job_the_driver_planned():
     spec = TrainSpec(dataset="blur", run_id="r1", time_budget_s=30.0, fail_at_step=7, config={"width": 8})
     job = WorkerJob(spec=spec, plan=make_plan({"train": 40}, 2, 4, 3, None, 4), cadence=Cadence.parse("5m"),
                     variant_config=dict(spec.variant_config().__dict__), paired=True, tracking_uri="http://m",
-                    resume_path="bucket/checkpoints/r0/checkpoint_000001")
+                    resume_path="bucket/checkpoints/r0/checkpoint_000001", val_streams=("val",))
     wire = pickle.loads(pickle.dumps(job.to_loop_config()))  # what Ray Train hands each worker
-    assert all(isinstance(v, (dict, bool, str)) for v in wire.values())  # plain data on the wire
+    assert all(isinstance(v, (dict, bool, str, list)) for v in wire.values())  # plain data on the wire
     again = WorkerJob.from_loop_config(wire)
     assert again == job and again.spec.time_budget_s == 30.0 and again.cadence.seconds == 300
 

@@ -64,6 +64,9 @@ class UnetGenerator(nn.Module):
         return self.model(x)
 
 
+UNETS = ("unet_256", "unet_128", "unet_64", "unet_32")  # netG values; each takes multiples of its size
+
+
 def unet_depth(name: str) -> int:
     """`unet_256` -> 8 downsamplings, `unet_128` -> 7, ... `unet_32` -> 5."""
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import warnings
 from typing import Any, ClassVar
 
 import torch
@@ -118,6 +119,35 @@ class Variant:
         if config is None or isinstance(config, dict):
             config = make_config(cls.Config, config)
         return cls(config, **kwargs)
+
+    @classmethod
+    def on_meta(cls, config: Any = None) -> Variant:
+        """The variant with every network on PyTorch's meta device: shapes only, no memory and
+        no initialisation cost (for checks such as `dry_run` and architecture comparisons)."""
+        if config is None or isinstance(config, dict):
+            config = make_config(cls.Config, config)
+        with torch.device("meta"):
+            return cls(config, device="meta")
+
+    @classmethod
+    def dry_run(cls, config: Any, size: int) -> str | None:
+        """Why one training step on (config.batch_size, 3, size, size) crops would fail, or None
+        when it runs. `train_step` runs on the meta device (shapes only, milliseconds, optimiser
+        updates skipped), so every network's size rule (a U-Net's multiple of 2**depth, a
+        PatchGAN's minimum, an encoder-decoder's multiple of 16, a norm layer's "more than one
+        value") is met exactly as training would meet it. -> "ExcType: first line" or None."""
+        variant = cls.on_meta(config)
+        variant.optimize = lambda opt_name, loss: None  # shapes are all we check
+        x = torch.zeros(variant.config.batch_size, 3, size, size, device="meta")
+        batch = {"input": x, "target": x} if cls.paired else {"a": x, "b": x}
+        try:
+            with warnings.catch_warnings():  # e.g. "target size differs" before the real error
+                warnings.simplefilter("ignore")
+                variant.train()
+                variant.train_step(batch)
+        except Exception as e:  # any failure is the answer, whatever its type
+            return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+        return None
 
     def build_networks(self) -> dict[str, nn.Module]:
         """Every network of the variant, by key (built on CPU; moved to the device for you)."""

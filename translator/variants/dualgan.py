@@ -12,12 +12,14 @@ import torch.nn.functional as F
 from translator.config import TrainConfig
 from translator.losses import gradient_penalty
 from translator.nets.patchgan import PatchDiscriminator
-from translator.nets.unet import UnetGenerator, unet_depth
+from translator.nets.unet import UNETS, UnetGenerator, unet_depth
 from translator.variants.base import Variant
 
 
 @dataclass
 class DualGANConfig(TrainConfig):
+    SIZE_SETTINGS = {"netG": UNETS}
+
     netG: str = "unet_256"
     ngf: int = 64
     ndf: int = 64

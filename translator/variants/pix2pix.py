@@ -11,12 +11,14 @@ import torch.nn.functional as F
 from translator.config import TrainConfig
 from translator.losses import gan_loss
 from translator.nets.patchgan import PatchDiscriminator
-from translator.nets.unet import UnetGenerator, unet_depth
+from translator.nets.unet import UNETS, UnetGenerator, unet_depth
 from translator.variants.base import Variant
 
 
 @dataclass
 class Pix2PixConfig(TrainConfig):
+    SIZE_SETTINGS = {"netG": UNETS}
+
     netG: str = "unet_256"  # unet_256 | unet_128 | unet_64 | unet_32
     ngf: int = 64
     ndf: int = 64
