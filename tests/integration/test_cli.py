@@ -221,7 +221,8 @@ def test_trainA_trainB_folders_ingest_as_pairs_matched_by_name(stack, cli, tmp_p
     assert m.skipped == [{"file": "trainA/lonely.png", "reason": "no file of the same name in trainB/"}]
     import pyarrow.parquet as pq
 
-    rows = pq.read_table(io.BytesIO(Storage(stack).get_bytes("datasets/ab-named/train/shard-00000.parquet"))).to_pylist()
+    [shard] = m.shards("train")  # found through the manifest, as every reader finds them
+    rows = pq.read_table(io.BytesIO(Storage(stack).get_bytes(f"datasets/ab-named/{shard.path}"))).to_pylist()
     for row in rows:  # BtoA: the input is the B image (the inverted one) of the same name
         a = np.asarray(Image.open(io.BytesIO(row["target"])).convert("RGB")).astype(int)
         b = np.asarray(Image.open(io.BytesIO(row["input"])).convert("RGB")).astype(int)
