@@ -29,7 +29,7 @@ from jobs.registry import promote, versions
 from jobs.sources import list_sample
 from jobs.spec import TrainSpec
 from jobs.submit import follow_progress, job_client, submit
-from serving.client import enhance_bytes
+from serving.client import client_timeout, enhance_bytes
 from serving.deploy import deploy
 from translator import degrade, images
 from translator.metrics import psnr, ssim
@@ -169,6 +169,7 @@ def enhance_held_out(settings: Settings, dataset: str, result: DemoResult, say) 
     """Degrade each held-out photo as the dataset was, enhance it through `POST /enhance`, score
     input and output against the original, and write an input | output | original grid per photo."""
     result.out_dir.mkdir(parents=True, exist_ok=True)
+    timeout = client_timeout(settings.serve_url)  # asked once, not once a photo
     spec = dataset_degradation(settings, dataset)
     inp, outp = result.task.input_label, result.task.output_label
     for i, path in enumerate(_held_out_photos(settings, dataset)):
@@ -178,7 +179,8 @@ def enhance_held_out(settings: Settings, dataset: str, result: DemoResult, say) 
             result.skipped.append(path.name)
             say(f"{path.name}: `{spec}` leaves it unchanged; skipped")
             continue
-        data, _ = enhance_bytes(settings.serve_url, images.encode(images.from_array(degraded), "PNG"), "image/png")
+        data, _ = enhance_bytes(settings.serve_url, images.encode(images.from_array(degraded), "PNG"), "image/png",
+                                timeout=timeout)
         enhanced = images.to_array(Image.open(io.BytesIO(data)))
         if enhanced.shape != clean.shape:
             raise Img2ImgError(f"the endpoint returned {enhanced.shape[:2]} for a {clean.shape[:2]} image")

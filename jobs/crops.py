@@ -23,7 +23,9 @@ def _fits(cls, cfg, size: int) -> bool:
 
 
 def largest_fit(cls, cfg, cap: int) -> int | None:
-    """The largest crop <= `cap` px that `cfg` trains on (stepping by the generator's multiple)."""
+    """The largest crop side (px) <= `cap` that a Variant class `cls` with config `cfg` trains on,
+    stepping down by its generator's size multiple; None when none of `TRIES` candidates (or none
+    above MIN_SIZE) does."""
     m = cls.on_meta(cfg).multiple
     size = cap - cap % m
     for _ in range(TRIES):
@@ -36,7 +38,8 @@ def largest_fit(cls, cfg, cap: int) -> int | None:
 
 
 def smallest_fit_above(cls, cfg, size: int, limit: int | None) -> int | None:
-    """The smallest crop > `size` px, and <= `limit` when given, that `cfg` trains on."""
+    """The smallest crop side (px) > `size`, and <= `limit` when given, that a Variant class `cls`
+    with config `cfg` trains on; None when none of `TRIES` candidates does."""
     m = cls.on_meta(cfg).multiple
     cand = (size // m + 1) * m
     for _ in range(TRIES):

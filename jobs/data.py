@@ -115,12 +115,14 @@ def read_parquet_v1(paths: list[str], filesystem):
 
 def load_dataset(name: str, split: str = "train", settings: Settings | None = None, *,
                  image_size: int | None = None, augment: bool | None = None, domain: str | None = None,
-                 batch_size: int = 16, rotate: bool = False):
+                 batch_size: int = 16, rotate: bool = False, decode: bool = True):
     """-> ray.data.Dataset of {"key", "input", "target"} (paired) or {"key", "image"} for one
     domain ("a" or "b") of an unpaired dataset; images float32 NCHW in [-1, 1].
     augment (default: on for "train"): random crops and flips; `rotate` adds 90-degree turns.
     Without `image_size`, images keep their stored size; for a dataset ingested with `--size 0`
-    (sizes vary) every batch then holds one image, whatever `batch_size` says."""
+    (sizes vary) every batch then holds one image, whatever `batch_size` says. decode=False: the
+    stored PNG bytes as they are (decode them with `DecodeBatch` where they are used, e.g. after
+    choosing which rows a worker keeps)."""
 
     settings = settings or get_settings()
     storage = Storage(settings)
@@ -132,7 +134,9 @@ def load_dataset(name: str, split: str = "train", settings: Settings | None = No
     paths = check_shards(storage, manifest, split, domain)
     columns = ["input", "target"] if manifest.kind == "paired" else ["image"]
     ds = read_parquet_v1(paths, arrow_filesystem(settings)).select_columns(["key", *columns])
-    decode = DecodeBatch(columns, image_size, split == "train" if augment is None else augment, rotate)
+    if not decode:
+        return ds
+    decoder = DecodeBatch(columns, image_size, split == "train" if augment is None else augment, rotate)
     if image_size is None and manifest.image_size is None:
         batch_size = 1  # whole images of an `--size 0` dataset differ in size: one a batch, never stacked
-    return ds.map_batches(decode, batch_format="numpy", batch_size=batch_size)
+    return ds.map_batches(decoder, batch_format="numpy", batch_size=batch_size)

@@ -151,7 +151,7 @@ def val_streams(manifest: Manifest) -> list[str]:
 def datasets_for(spec: TrainSpec, manifest: Manifest, settings: Settings, image_size: int,
                  rotate: bool = False) -> dict:
     """The job's Ray Data streams: train (random crops of `image_size`, flips, and 90-degree
-    turns with `rotate`) per domain, and the `val_streams` (whole stored images)."""
+    turns with `rotate`) per domain, and the `val_streams` (whole stored images, PNG bytes)."""
     from jobs.data import load_dataset
 
     load = lambda split, **kw: load_dataset(spec.dataset, split, settings, **kw)  # noqa: E731
@@ -161,7 +161,8 @@ def datasets_for(spec: TrainSpec, manifest: Manifest, settings: Settings, image_
         out = {f"train_{d}": load("train", image_size=image_size, domain=d, rotate=rotate).randomize_block_order()
                for d in "ab"}
     for stream in val_streams(manifest):
-        out[stream] = load("val", augment=False, **({"domain": stream[-1]} if stream != "val" else {}))
+        # undecoded: every worker reads every val row and decodes only the ones it scores (train_loop.validate)
+        out[stream] = load("val", decode=False, **({"domain": stream[-1]} if stream != "val" else {}))
     return out
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from jobs.data import DecodeBatch
 from jobs.plan import Cadence, TrainPlan
 from jobs.spec import TrainSpec
 from translator import images, tiling
@@ -168,6 +169,7 @@ def validate(variant, paired: bool, world: int, rank: int = 0, max_samples: int 
     sums = {"n": 0.0, "psnr": 0.0, "ssim": 0.0, "in_psnr": 0.0, "in_ssim": 0.0}
     samples = []
     cols = ["input", "target"] if paired else ["image"]
+    whole_image = DecodeBatch(cols, None, augment=False)
     for stream in streams or (["val"] if paired else ["val_a", "val_b"]):
         shard = ray.train.get_dataset_shard(stream)
         if shard is None:
@@ -175,6 +177,7 @@ def validate(variant, paired: bool, world: int, rank: int = 0, max_samples: int 
         for one in shard.iter_batches(batch_size=1, batch_format="numpy"):
             if val_owner(str(one["key"][0]), world) != rank:
                 continue
+            one = whole_image(one)  # decoded only here: the other workers' rows are never decoded
             batch = {c: torch.from_numpy(np.ascontiguousarray(one[c])) for c in cols}
             x = batch[cols[0]].to(variant.device)
             if paired:

@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException
 
 from cluster.errors import Img2ImgError
 from serving import codec
+from serving.client import TIME_LIMIT_HEADER
 from serving.model import LoadedModel, load
 from serving.options import DEFAULTS as OPTIONS
 from serving.options import config_id, tiling_problem
@@ -138,12 +139,9 @@ WEB_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
                                           "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"}
 
 
-# Set on the endpoint's own 504 (its time limit, not a gateway's): retrying the same image would
-# only repeat the same work, so clients do not.
-TIME_LIMIT_HEADER = "X-Time-Limit-S"
-
-
 def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    """The endpoint's error answer: JSON `{"error": message}` with HTTP `status`, `Retry-After`
+    (seconds) on a 503, plus any `headers` given."""
     headers = {**({"Retry-After": str(RETRY_AFTER_S)} if status == 503 else {}), **(headers or {})}
     return JSONResponse({"error": message}, status_code=status, headers=headers or None)
 

@@ -26,7 +26,9 @@ from cluster.files import write_atomic
 MEDIA = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
          ".tif": "image/tiff", ".tiff": "image/tiff", ".bmp": "image/bmp", ".gif": "image/gif"}
 RETRY_STATUS = {500, 502, 503, 504}
-TIME_LIMIT_HEADER = "x-time-limit-s"  # serving.app.TIME_LIMIT_HEADER (no import: the client needs no Ray)
+# Set on the endpoint's own 504 (its time limit, not a gateway's): retrying the same image would
+# only repeat the same work, so clients do not (HTTP header names are case-insensitive).
+TIME_LIMIT_HEADER = "X-Time-Limit-S"
 DEFAULT_TIMEOUT_S = 900.0  # when GET /model does not say the endpoint's limit
 TIMEOUT_MARGIN_S = 60.0
 EXTENSIONS = {"jpeg": "jpg", "tif": "tiff"}
