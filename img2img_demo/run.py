@@ -28,7 +28,7 @@ from jobs.manifest import manifest_key, read_manifest
 from jobs.registry import promote, versions
 from jobs.sources import list_sample
 from jobs.spec import TrainSpec
-from jobs.submit import follow_progress, job_client, submit
+from jobs.submit import follow_progress, job_client, outcome_error, submit
 from serving.client import client_timeout, enhance_bytes
 from serving.deploy import deploy
 from translator import degrade, images
@@ -128,9 +128,9 @@ def _ensure_model(settings: Settings, dataset: str, variant: str, budget_s: floa
     out = submit(spec, settings)
     say(f"training {variant} for ~{budget_s:.0f}s: job {out['job_id']}, MLflow run {out['run_url']}")
     snap = follow_progress(job_client(settings), settings, out["job_id"], out["run_id"], say=say)
-    status = snap.status
-    if status != "SUCCEEDED":
-        raise Img2ImgError(f"training job {out['job_id']} {status}; see `img2img jobs logs {out['job_id']}`")
+    error = outcome_error(out["job_id"], snap.status, snap.error or snap.message)
+    if error:
+        raise error
     trained = [v for v in versions(settings, model) if v.run_id == out["run_id"]]
     if not trained:
         raise Img2ImgError(f"training job {out['job_id']} registered no version of {model}; "

@@ -86,7 +86,7 @@ def evaluate(settings: Settings, ref: str, dataset: str, split: str = "val", lim
     Raises Img2ImgError if the request is refused or the job fails."""
     import logging
 
-    from jobs.submit import job_client, runtime_env, wait
+    from jobs.submit import job_client, job_info, outcome_error, runtime_env, wait
 
     spec = prepare(settings, ref, dataset, split, limit, **kw)
     client = job_client(settings)
@@ -116,6 +116,9 @@ def evaluate(settings: Settings, ref: str, dataset: str, split: str = "val", lim
     status = wait(client, job_id, follow=False)
     if "error" in found:
         raise Img2ImgError(found["error"])
-    if status != "SUCCEEDED" or "result" not in found:
-        raise Img2ImgError(f"evaluation job {job_id} {status}; see `img2img jobs logs {job_id}`")
+    error = outcome_error(job_id, status, job_info(client, job_id)["message"])
+    if error:
+        raise error
+    if "result" not in found:
+        raise Img2ImgError(f"evaluation job {job_id} printed no result; see `img2img jobs logs {job_id}`")
     return {**found["result"], "job_id": job_id}

@@ -35,6 +35,28 @@ def _difference(parent: dict[str, tuple], child: dict[str, tuple], source: str =
     return None
 
 
+def adopt(spec: TrainSpec, had_variant: str, had_config: dict, flag: str, source: str) -> None:
+    """What `--init-from` and `--resume` share: the networks come from an earlier run, so its
+    variant and config (`had_variant`, `had_config`) fill what the request leaves unset
+    (`spec.variant` "" and absent `--set` keys); settings that change no network (lr, batch size,
+    crops, schedule) may differ. `flag` names the option in errors (e.g. "--resume run1"),
+    `source` the earlier networks ("the parent", "the checkpoint"). Raises Img2ImgError for
+    another variant, an invalid `--set`, or a different architecture (the first difference)."""
+    if spec.variant and spec.variant != had_variant:
+        raise Img2ImgError(f"{flag} trained {had_variant}; it cannot continue as {spec.variant} "
+                           f"(drop --variant, or pass --variant {had_variant})")
+    spec.variant = had_variant
+    spec.config = {**had_config, **spec.config}
+    try:
+        wanted = spec.variant_config().__dict__
+    except ValueError as e:
+        raise Img2ImgError(str(e)) from None
+    problem = _difference(architecture(had_variant, had_config), architecture(spec.variant, wanted), source)
+    if problem:
+        raise Img2ImgError(f"{flag}: a different architecture ({problem}); "
+                           "drop the --set options that change the network")
+
+
 def resolve_init(spec: TrainSpec, settings: Settings) -> None:
     """Fill `spec.init_path`, `spec.parent`, the variant and the config from `spec.init_from`.
     Raises Img2ImgError (before submission) if the model, its checkpoint or a matching
@@ -50,18 +72,9 @@ def resolve_init(spec: TrainSpec, settings: Settings) -> None:
     parent_variant = parent.tags.get("variant")
     if not parent_variant:
         raise Img2ImgError(f"{ref} has no variant tag; it was not registered by `img2img train`")
-    if spec.variant and spec.variant != parent_variant:
-        raise Img2ImgError(f"--init-from {spec.init_from} is a {parent_variant} model; it cannot start a "
-                           f"{spec.variant} run (drop --variant, or pass --variant {parent_variant})")
-    spec.variant = parent_variant
     run = client(settings).get_run(parent.run_id)
     parent_cfg = {k[4:]: v for k, v in run.data.params.items() if k.startswith("cfg.")}
-    spec.config = {**parent_cfg, **spec.config}
-    wanted = spec.variant_config().__dict__
-    problem = _difference(architecture(parent_variant, parent_cfg), architecture(spec.variant, wanted))
-    if problem:
-        raise Img2ImgError(f"--init-from {spec.init_from}: a different architecture ({problem}); "
-                           "drop the --set options that change the network")
+    adopt(spec, parent_variant, parent_cfg, f"--init-from {spec.init_from}", "the parent")
     path = run.data.tags.get("checkpoint", "")
     bucket, _, key = path.partition("/")
     if not key or bucket != settings.bucket or not Storage(settings).exists(f"{key}/state.pt"):

@@ -89,27 +89,14 @@ def apply_resume(spec: TrainSpec, meta: dict) -> None:
     (`spec.variant` "" and absent `--set` keys); settings that change no network (lr, batch
     size, crops, schedule) may differ. Raises Img2ImgError for another variant, a different
     architecture, or an unknown variant with none given."""
-    from jobs.finetune import _difference, architecture
+    from jobs.finetune import adopt
 
     run, had = spec.resume, meta.get("variant")
     if not had:
         if not spec.variant:
             raise Img2ImgError(f"run {run}'s checkpoint does not record its variant; pass --variant")
         return
-    if spec.variant and spec.variant != had:
-        raise Img2ImgError(f"run {run} trained {had}; --resume cannot continue it as {spec.variant} "
-                           f"(drop --variant, or pass --variant {had})")
-    spec.variant = had
-    had_config = meta.get("config") or {}
-    spec.config = {**had_config, **spec.config}
-    try:
-        wanted = spec.variant_config().__dict__
-    except ValueError as e:
-        raise Img2ImgError(str(e)) from None
-    problem = _difference(architecture(had, had_config), architecture(spec.variant, wanted), "the checkpoint")
-    if problem:
-        raise Img2ImgError(f"--resume {run}: a different architecture ({problem}); "
-                           "drop the --set options that change the network")
+    adopt(spec, had, meta.get("config") or {}, f"--resume {run}", "the checkpoint")
 
 
 def check_resume(spec: TrainSpec, plan: TrainPlan, resume: tuple[str, dict] | None) -> str | None:
