@@ -70,10 +70,11 @@ def _size_fix(cls, cfg, size: int, cap: int) -> str | None:
     return " ".join(p for p in (f"--image-size {found}" if found != size else "", setting) if p)
 
 
-def crop_problem(spec: TrainSpec, stored: int | None, dataset: str = "the dataset") -> str | None:
+def crop_problem(spec: TrainSpec, stored: int | None, dataset: str = "the dataset", square: bool = True) -> str | None:
     """None when the request's training crops fit, else one line naming the fix. `stored`: the
-    side in px of the dataset's square images (manifest `image_size`; None: sizes kept at ingest,
-    so only the networks are checked)."""
+    side in px of the dataset's square images (manifest `image_size`), or with `square=False`
+    the shortest side of its smallest training image (a dataset that kept its images' sizes);
+    None: unknown, so only the networks are checked."""
     from translator.variants import get_variant
 
     cls = get_variant(spec.variant)
@@ -97,7 +98,9 @@ def crop_problem(spec: TrainSpec, stored: int | None, dataset: str = "the datase
     if too_big:
         if problem is None:  # the networks take this size: larger stored images would do
             fix = f"{fix}, or re-ingest with --size {size}" if fix else f"re-ingest with --size {size}"
-        reason = f"{dataset} stores {stored}x{stored} images, smaller than the {size} px training crops ({source})"
+        stores = f"stores {stored}x{stored} images" if square else \
+            f"keeps its images' sizes and its smallest training image is {stored} px on its short side"
+        reason = f"{dataset} {stores}, smaller than the {size} px training crops ({source})"
     else:
         m = cls.on_meta(cfg).multiple
         what = ", ".join(f"{k} {getattr(cfg, k)}" for k in cfg.SIZE_SETTINGS)
@@ -107,8 +110,8 @@ def crop_problem(spec: TrainSpec, stored: int | None, dataset: str = "the datase
     return f"{reason}; {fix or 'choose another --image-size'}"
 
 
-def check_crop(spec: TrainSpec, stored: int | None, dataset: str = "the dataset") -> None:
+def check_crop(spec: TrainSpec, stored: int | None, dataset: str = "the dataset", square: bool = True) -> None:
     """Raise Img2ImgError with `crop_problem`'s line when the crops do not fit."""
-    problem = crop_problem(spec, stored, dataset)
+    problem = crop_problem(spec, stored, dataset, square)
     if problem:
         raise Img2ImgError(problem)

@@ -381,7 +381,7 @@ def _png(img: Picture) -> bytes:
 def build_shard(settings: Settings, opts: IngestOptions, plan: ShardPlan, fingerprint: str) -> tuple[Shard, list]:
     storage = Storage(settings)
     cache: dict = {}
-    keys, cols_a, cols_b, skipped = [], [], [], []
+    keys, cols_a, cols_b, skipped, sides = [], [], [], [], []
     bad: set[str] = set()
     for row in plan.rows:
         if any(f.key in bad for f in row.files):
@@ -395,6 +395,7 @@ def build_shard(settings: Settings, opts: IngestOptions, plan: ShardPlan, finger
             skipped.append({"file": row.files[0].key, "reason": reason[:200]})
             continue
         keys.append(row.key)
+        sides.append(min(imgs[0].size) if isinstance(imgs[0], Image.Image) else min(imgs[0].shape[:2]))
         cols_a.append(_png(imgs[0]))
         cols_b.append(_png(imgs[1]) if len(imgs) > 1 else None)
     if plan.domain:
@@ -404,7 +405,8 @@ def build_shard(settings: Settings, opts: IngestOptions, plan: ShardPlan, finger
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="none", row_group_size=64)
     data = buf.getvalue()
-    shard = Shard(plan.path, len(keys), hashlib.sha256(data).hexdigest(), len(data), plan.domain)
+    shard = Shard(plan.path, len(keys), hashlib.sha256(data).hexdigest(), len(data), plan.domain,
+                  min(sides) if sides else None)
     prefix = dataset_prefix(opts.name)
     storage.put_bytes(prefix + plan.path, data)
     marker = {"fingerprint": fingerprint, "shard": asdict(shard), "skipped": skipped}

@@ -47,6 +47,7 @@ class Shard:
     sha256: str
     bytes: int
     domain: str | None = None  # unpaired shards hold one domain each
+    min_side: int | None = None  # px, the shortest side of any image in the shard (None: not recorded)
 
 
 @dataclass
@@ -81,6 +82,13 @@ class Manifest:
             for s in self.splits[split]:
                 digest.update(f"{split}/{unversioned(s.path)}:{s.sha256}".encode())
         return digest.hexdigest()
+
+    def min_side(self, split: str = "train") -> int | None:
+        """The shortest side in px of any image of `split` (what a random training crop must fit
+        in, for datasets that kept their images' sizes); None when a shard did not record it
+        (datasets ingested before it was recorded) or the split is missing or empty."""
+        sides = [s.min_side for s in self.splits.get(split, []) if s.rows]
+        return min(sides) if sides and None not in sides else None
 
     def shards(self, split: str, domain: str | None = None) -> list[Shard]:
         if split not in self.splits:

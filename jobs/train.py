@@ -59,7 +59,10 @@ def plan_job(spec: TrainSpec, settings: Settings, resources: dict[str, float] | 
     resume = read_resume(spec, settings) if spec.resume else None
     spec.validate()
     manifest = check_dataset(Storage(settings), spec.dataset, spec.variant)
-    check_crop(spec, manifest.image_size, f"dataset {spec.dataset!r}")
+    if manifest.image_size:
+        check_crop(spec, manifest.image_size, f"dataset {spec.dataset!r}")
+    else:  # sizes kept at ingest: every random crop must fit in the smallest training image
+        check_crop(spec, manifest.min_side("train"), f"dataset {spec.dataset!r}", square=False)
     plan = plan_for(spec, manifest)
     if resources is not None:
         check_resources(spec, resources, where or settings.ray_address)

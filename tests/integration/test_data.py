@@ -310,6 +310,34 @@ def test_whole_images_of_different_sizes_stream_for_validation(stack, cli, ray_c
     assert r.exit_code == 1 and "needs a --size above 0" in r.output
 
 
+def test_crops_larger_than_a_kept_size_image_are_refused_before_submission(stack, cli, tmp_path):
+    """A `--size 0` dataset's random training crops must fit in its smallest training image: a
+    larger --image-size is refused by `img2img train` with the fix, not by every worker after start-up."""
+    import pyarrow.parquet as pq
+
+    from jobs.spec import TrainSpec
+    from jobs.submit import job_client
+    from jobs.train import plan_job
+
+    src = tmp_path / "kept"
+    src.mkdir()
+    sizes = {f"{i}.png": size for i, size in enumerate([(120, 88), (104, 144), (96, 80), (160, 112)])}  # (w, h)
+    for i, (name, size) in enumerate(sizes.items()):
+        photo(i, size).save(src / name)
+    assert cli("data", "ingest", src, "--name", "kept", "--size", "0", "--val-fraction", "0.25").exit_code == 0
+    m = read_manifest(Storage(stack), "kept")
+    keys = [k for s in m.shards("train") for k in pq.read_table(
+        io.BytesIO(Storage(stack).get_bytes(dataset_prefix("kept") + s.path)), columns=["key"])["key"].to_pylist()]
+    smallest = min(min(sizes[k.split("#")[0]]) for k in keys)
+    assert m.min_side("train") == smallest
+    before = len(job_client(stack).list_jobs())
+    r = cli("train", "--dataset", "kept", "--variant", "nafnet", "--image-size", smallest + 8)
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert f"its smallest training image is {smallest} px on its short side" in " ".join(r.output.split())
+    assert len(job_client(stack).list_jobs()) == before
+    plan_job(TrainSpec(dataset="kept", variant="nafnet", image_size=smallest), stack)  # the suggested fix is accepted
+
+
 def test_unpaired_stream_yields_one_domain(stack, ray_client):
     from jobs.data import load_dataset
 

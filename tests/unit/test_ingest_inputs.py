@@ -155,3 +155,21 @@ def test_manifest_identity_ignores_the_shard_name_version():
     assert manifest("train/shard-00000.0123456789ab.parquet").sha256 == plain
     assert manifest("train/shard-00001.0123456789ab.parquet").sha256 != plain
     assert manifest("train/shard-00000.0123456789ab.parquet", sha="cd").sha256 != plain
+
+
+def test_manifest_min_side_is_the_smallest_training_image_or_unknown():
+    """What the training-crop check holds a kept-size (`--size 0`) dataset to: the shortest side
+    of its smallest training image; unknown (None) when any shard predates the field."""
+    from jobs.manifest import Manifest, Shard
+
+    def manifest(*sides, val=None):
+        train = [Shard(f"train/shard-{i:05d}.parquet", 1, "ab", 10, None, s) for i, s in enumerate(sides)]
+        train.append(Shard("train/shard-99999.parquet", 0, "ab", 10))  # an empty shard says nothing
+        return Manifest("d", "paired", "synth", "t", "s", None, None, 0,
+                        splits={"train": train, "val": [Shard("val/shard-00000.parquet", 1, "ab", 10, None, val)]})
+
+    assert manifest(96, 48, 72, val=8).min_side("train") == 48  # the val split's tiny image does not count
+    assert manifest(96, None).min_side("train") is None
+    assert manifest(96).min_side("test") is None
+    restored = Manifest.from_json(manifest(64, 80).to_json())
+    assert restored.min_side() == 64

@@ -79,6 +79,16 @@ def test_crops_that_cannot_train_are_refused_with_a_fix_that_works(variant, size
         assert crop_problem(fixed, stored, "dataset 'd'") is None, (words, crop_problem(fixed, stored))
 
 
+def test_a_kept_size_dataset_is_held_to_its_smallest_training_image():
+    spec = _spec("pix2pix", 256, netG="unet_128")
+    message = crop_problem(spec, 200, "dataset 'd'", square=False)
+    assert message.startswith("dataset 'd' keeps its images' sizes and its smallest training image is 200 px on "
+                              "its short side, smaller than the 256 px training crops (--image-size 256); "), message
+    for words in _fixes(message):
+        assert crop_problem(_apply(spec, words), 200, "dataset 'd'", square=False) is None, words
+    assert crop_problem(_spec("pix2pix", 128, netG="unet_128"), 200, "dataset 'd'", square=False) is None
+
+
 def test_nafnet_pads_so_any_crop_up_to_the_stored_size_trains():
     assert all(crop_problem(_spec("nafnet", s), 96) is None for s in (8, 50, 72, 96))
 

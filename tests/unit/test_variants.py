@@ -100,12 +100,12 @@ def test_overfits_a_tiny_fixed_batch(name, fast):
     v = build_variant(name, cfg, amp="bf16" if fast else None, channels_last=fast)
     batch = batch_for(v, n=2, size=32)
     key = FIT_LOSS[name]
-    first = v.training_step(batch)[key]
-    for step in range(2, 201):  # at most 200 steps; stop as soon as the loss has halved
+    first = last = v.training_step(batch)[key]
+    steps = 1
+    while steps < 200 and last >= 0.5 * first:  # stop as soon as the loss has halved
         last = v.training_step(batch)[key]
-        if last < 0.5 * first:
-            break
-    print(f"{name}: {key} {first:.4f} -> {last:.4f} in {step} steps")
+        steps += 1
+    print(f"{name}: {key} {first:.4f} -> {last:.4f} in {steps} steps")
     assert last < 0.5 * first
 
 
