@@ -43,7 +43,7 @@ def adopt(spec: TrainSpec, had_variant: str, had_config: dict, flag: str, source
     `source` the earlier networks ("the parent", "the checkpoint"). Raises Img2ImgError for
     another variant, an invalid `--set`, or a different architecture (the first difference)."""
     if spec.variant and spec.variant != had_variant:
-        raise Img2ImgError(f"{flag} trained {had_variant}; it cannot continue as {spec.variant} "
+        raise Img2ImgError(f"{flag} trained {had_variant}; it cannot be used as {spec.variant} "
                            f"(drop --variant, or pass --variant {had_variant})")
     spec.variant = had_variant
     spec.config = {**had_config, **spec.config}

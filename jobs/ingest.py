@@ -439,6 +439,7 @@ def _resumable(storage: Storage, opts: IngestOptions, fingerprint: str, plans: l
         marker = json.loads(storage.get_bytes(obj.key))
         shard = Shard(**marker["shard"])
         if (marker["fingerprint"] == fingerprint and shard.path in wanted
+                and not (shard.rows and shard.min_side is None)  # a marker from before min_side: rebuild
                 and verify_shard(storage, opts.name, shard) is None):
             done[shard.path] = (shard, marker["skipped"])
     return done

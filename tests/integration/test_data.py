@@ -377,3 +377,33 @@ def test_a_demo_dataset_made_with_another_spec_is_ingested_again(stack):
     _ensure_dataset(stack, "demo-respec", new, quick=True, say=said.append, crops=2)  # same spec, more crops
     assert "dataset demo-respec was made with other ingest options: ingesting it again" in said
     assert read_manifest(Storage(stack), "demo-respec").options["crops"] == 2
+
+
+def test_a_progress_marker_from_before_min_side_is_rebuilt_not_reused(stack):
+    """An ingest interrupted on an older version and resumed on this one must not adopt shards
+    whose markers lack `min_side`: the dataset would then skip the training-crop check."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jobs.ingest import IngestOptions, ShardPlan, _resumable
+    from jobs.manifest import Shard
+
+    storage = Storage(stack)
+    opts = IngestOptions(name="old-markers", size=None)
+    plans = [ShardPlan("train", i, rows=[], version="0123456789ab") for i in range(2)]
+    for plan, side in zip(plans, (None, 48)):
+        buf = io.BytesIO()
+        pq.write_table(pa.table({"key": ["k"], "input": [b"x"], "target": [b"y"]}), buf)
+        data = buf.getvalue()
+        storage.put_bytes(dataset_prefix(opts.name) + plan.path, data)
+        shard = Shard(plan.path, 1, hashlib.sha256(data).hexdigest(), len(data), None, side)
+        marker = asdict(shard)
+        if side is None:
+            del marker["min_side"]  # what the previous version wrote
+        storage.put_bytes(dataset_prefix(opts.name) + plan.marker,
+                          json.dumps({"fingerprint": "f", "shard": marker, "skipped": []}).encode())
+    assert set(_resumable(storage, opts, "f", plans)) == {plans[1].path}

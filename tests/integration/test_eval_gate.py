@@ -132,7 +132,7 @@ def test_init_from_starts_at_the_parent_and_records_lineage(stack, cli, gate_mod
 
     before = len(job_client(stack).list_jobs())
     for args, message in [(["--set", "width=8"], "different architecture"),
-                          (["--variant", "pix2pix"], "trained nafnet; it cannot continue as pix2pix"),
+                          (["--variant", "pix2pix"], "trained nafnet; it cannot be used as pix2pix"),
                           (["--init-from", f"{MODEL}/7"], "has no version 7")]:
         argv = ["train", "--dataset", gate_model, *(["--init-from", f"{MODEL}/1"] if "--init-from" not in args
                                                      else []), *args]

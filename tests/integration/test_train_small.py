@@ -168,7 +168,7 @@ def test_resume_takes_the_checkpoints_variant_and_refuses_another(stack, small_s
     _, plan = preflight(spec, stack)  # no --variant: the checkpoint's, with its config
     assert spec.variant == "autoencoder" and spec.variant_config().nf == 8 and plan.batch_size == 4
     before = len(job_client(stack).list_jobs())
-    for args, message in (([], f"--resume {run} trained autoencoder; it cannot continue as pix2pix"),
+    for args, message in (([], f"--resume {run} trained autoencoder; it cannot be used as pix2pix"),
                           (["--variant", "autoencoder", "--set", "nf=16"],
                            f"--resume {run}: a different architecture (G.decoder.0.weight is shape [64, 32, 5, 5] "
                            "in the checkpoint, shape [128, 64, 5, 5] in this run)")):

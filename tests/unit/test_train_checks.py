@@ -133,7 +133,7 @@ def test_resume_without_variant_takes_the_checkpoints_variant_and_config():
 
 
 @pytest.mark.parametrize("variant, config, message", [
-    ("nafnet", {}, "--resume run1 trained pix2pix; it cannot continue as nafnet (drop --variant, or pass "
+    ("nafnet", {}, "--resume run1 trained pix2pix; it cannot be used as nafnet (drop --variant, or pass "
                    "--variant pix2pix)"),
     ("pix2pix", {"ngf": "many"}, "ngf"),  # an invalid --set is one line, not a traceback
     ("pix2pix", {"ngf": "16"}, "--resume run1: a different architecture (G.model.model.0.weight is shape [8, 3, 4, 4] "
