@@ -116,9 +116,8 @@ def evaluate(settings: Settings, ref: str, dataset: str, split: str = "val", lim
     status = wait(client, job_id, follow=False)
     if "error" in found:
         raise Img2ImgError(found["error"])
-    error = outcome_error(job_id, status, job_info(client, job_id)["message"])
-    if error:
-        raise error
+    if status != "SUCCEEDED":  # the job's own reason: one more request, only on failure
+        raise outcome_error(job_id, status, job_info(client, job_id)["message"])
     if "result" not in found:
         raise Img2ImgError(f"evaluation job {job_id} printed no result; see `img2img jobs logs {job_id}`")
     return {**found["result"], "job_id": job_id}
