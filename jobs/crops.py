@@ -24,8 +24,11 @@ def _fits(cls, cfg, size: int) -> bool:
 
 def largest_fit(cls, cfg, cap: int) -> int | None:
     """The largest crop side (px) <= `cap` that a Variant class `cls` with config `cfg` trains on,
-    stepping down by its generator's size multiple; None when none of `TRIES` candidates (or none
-    above MIN_SIZE) does."""
+    `cap` itself first (a generator that pads, like nafnet's, takes any side), then stepping down
+    by its generator's size multiple; None when none of `TRIES` candidates (or none above
+    MIN_SIZE) does."""
+    if _fits(cls, cfg, cap):
+        return cap
     m = cls.on_meta(cfg).multiple
     size = cap - cap % m
     for _ in range(TRIES):

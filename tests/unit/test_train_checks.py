@@ -87,6 +87,8 @@ def test_a_kept_size_dataset_is_held_to_its_smallest_training_image():
     for words in _fixes(message):
         assert crop_problem(_apply(spec, words), 200, "dataset 'd'", square=False) is None, words
     assert crop_problem(_spec("pix2pix", 128, netG="unet_128"), 200, "dataset 'd'", square=False) is None
+    # nafnet pads, so the fix is the image's own side, not the multiple below it
+    assert "use --image-size 88," in crop_problem(_spec("nafnet", 256), 88, "dataset 'd'", square=False)
 
 
 def test_nafnet_pads_so_any_crop_up_to_the_stored_size_trains():
