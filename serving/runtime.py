@@ -147,8 +147,9 @@ def onnx_runtime(generator: torch.nn.Module, multiple: int, threads: int, device
         check = {"exported_here": True, "max_abs_diff": result.max_abs_diff}
     else:
         data, check = Path(onnx_file).read_bytes(), {"exported_here": False}
-    session = export.onnx_session(data, threads, device)
+    session = export.onnx_session(data, threads, device, spin=False)  # see onnx_session: spinning starved Serve
     check["providers"] = session.get_providers()
+    check["spin_wait"] = export.spins(session)
 
     def run(x: torch.Tensor) -> torch.Tensor:
         out = session.run([export.OUTPUT], {export.INPUT: x.float().contiguous().numpy()})[0]

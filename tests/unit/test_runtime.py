@@ -66,6 +66,22 @@ def test_every_runtime_matches_plain_pytorch(nafnet, kw):
     assert (rt.run(x, precise=True) - want).abs().max() <= 1e-4  # 16-bit images: always fp32
 
 
+def test_onnx_runtime_threads_sleep_between_ops(nafnet):
+    """ONNX Runtime's pool spins between ops by default; in a replica on 2 cores that starved
+    Ray Serve's proxy (256 px p50 151 vs 86 ms), so serving sessions wait passively."""
+    rt = runtime.build(*nafnet, "onnx", threads=2)
+    assert rt.threads == 2 and rt.info()["precision_check"]["spin_wait"] is False
+    assert export.spins(export.onnx_session(export_bytes(*nafnet), 2, spin=True))  # ONNX Runtime's default
+
+
+def export_bytes(generator, multiple) -> bytes:
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        return export.export(generator, "onnx", Path(d) / "m.onnx", multiple).path.read_bytes()
+
+
 def test_auto_runtime_is_onnx_on_cpu(nafnet):
     assert runtime.build(*nafnet, "auto", threads=1).name == "onnx"
 
