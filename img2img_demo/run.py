@@ -200,7 +200,8 @@ def verdict(task: DemoTask, variant: str, mean: dict[str, float], budget_s: floa
     """One honest paragraph: what the model gained (PSNR dB and SSIM, output vs input, both
     against the original) in its training budget (seconds; None when an earlier run's model was reused)."""
     gain, sgain = mean["output_psnr"] - mean["input_psnr"], mean["output_ssim"] - mean["input_ssim"]
-    within = f" after {budget_s / 60:g} minutes of CPU training" if budget_s else ""
+    minutes = budget_s / 60
+    within = f" after {minutes:g} minute{'' if minutes == 1 else 's'} of CPU training" if budget_s else ""
     if gain > 0:
         text = (f"The model improves the degraded photos by {gain:.2f} dB on average{within} "
                 f"(SSIM {sgain:+.4f}).")
