@@ -200,8 +200,10 @@ def verdict(task: DemoTask, variant: str, mean: dict[str, float], budget_s: floa
     """One honest paragraph: what the model gained (PSNR dB and SSIM, output vs input, both
     against the original) in its training budget (seconds; None when an earlier run's model was reused)."""
     gain, sgain = mean["output_psnr"] - mean["input_psnr"], mean["output_ssim"] - mean["input_ssim"]
-    minutes = budget_s / 60
-    within = f" after {minutes:g} minute{'' if minutes == 1 else 's'} of CPU training" if budget_s else ""
+    within = ""
+    if budget_s:  # None: an earlier run's model was reused, nothing trained now
+        minutes = budget_s / 60
+        within = f" after {minutes:g} minute{'' if minutes == 1 else 's'} of CPU training"
     if gain > 0:
         text = (f"The model improves the degraded photos by {gain:.2f} dB on average{within} "
                 f"(SSIM {sgain:+.4f}).")

@@ -80,3 +80,16 @@ def test_served_model_says_its_task(degradation, task):
 
     info = LoadedModel(torch.nn.Identity(), "m", "1", "pix2pix", 1, degradation=degradation).info()
     assert info["task"] == task and info["degradation"] == degradation
+
+
+@pytest.mark.parametrize("budget_s, says", [(60, "after 1 minute of CPU training"),
+                                            (15, "after 0.25 minutes of CPU training"),
+                                            (300, "after 5 minutes of CPU training"),
+                                            (None, "")])  # None: an earlier run's model was reused
+def test_demo_verdict_says_the_training_budget_it_had(budget_s, says):
+    from img2img_demo.run import verdict
+
+    mean = {"input_psnr": 30.0, "output_psnr": 32.0, "input_ssim": 0.8, "output_ssim": 0.85}
+    text = verdict(demo_task("deblur"), "nafnet", mean, budget_s)
+    assert "improves the degraded photos by 2.00 dB" in text
+    assert (says in text) if says else "minute" not in text
