@@ -102,8 +102,9 @@ def _best_ms(fns: list[Callable], x: torch.Tensor, reps: int = 3) -> list[float]
 def choose_bf16(fp32: Callable, bf16: Callable, sample: torch.Tensor) -> tuple[bool, dict]:
     """bf16 if it is >= BF16_MIN_SPEEDUP x faster than fp32 on `sample` and its output stays
     within one 8-bit level (2/255 on [-1, 1]) of fp32 -> (use bf16, the measurement)."""
-    # 5 interleaved rounds, not 3: at 3 a replica started on busy cores chose fp32 for a model whose
-    # bf16 was 1.5x faster (benchmarks/RESULTS.md, 256x256 rows), the decision flipping run to run.
+    # 5 interleaved rounds, not 3: at 3, on busy cores, a replica chose fp32 for the demo model
+    # while in-process it chose bf16 (benchmarks/RESULTS.md serving table), and the choice flipped
+    # from run to run; on idle cores its bf16 was 1.5x faster (256 px: 48 vs 74 ms).
     ms32, ms16 = _best_ms([fp32, bf16], sample, reps=5)
     diff = float((fp32(sample) - bf16(sample)).abs().max())
     use = ms16 * BF16_MIN_SPEEDUP <= ms32 and diff <= ONE_8BIT_LEVEL

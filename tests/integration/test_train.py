@@ -52,7 +52,7 @@ def test_registered_model_predicts_any_size(stack, trained):
 
 
 def test_nafnet_beats_the_blurred_input(stack, demo_run):
-    """The default variant, trained by the quick demo for about a minute of CPU time."""
+    """The default variant, trained by the quick demo (the suite gives it 45 s of CPU time)."""
     version = MlflowClient(stack.mlflow_uri).get_model_version(demo_run.model, demo_run.version)
     assert version.tags["variant"] == "nafnet"
     gain = float(version.tags["val_psnr"]) - float(version.tags["val_input_psnr"])
