@@ -76,3 +76,21 @@ def require_ray(settings: Settings) -> None:
 
 def require_endpoint(url: str) -> None:
     require("the endpoint", url, "/-/healthz", hint="is it deployed? (`img2img serve status`)")
+
+
+def cluster_resources(settings: Settings) -> dict[str, float]:
+    """Total resources of the cluster's live nodes, from the dashboard: {"CPU": 4.0, ...}
+    ({} when the dashboard does not answer; callers then skip checks that need it)."""
+    try:
+        r = httpx.get(settings.ray_address.rstrip("/") + "/nodes", params={"view": "summary"},
+                      headers=settings.ray_auth_headers(), timeout=10)
+        nodes = r.json()["data"]["summary"]
+    except Exception:
+        return {}
+    total: dict[str, float] = {}
+    for node in nodes:
+        raylet = node.get("raylet") or {}
+        if raylet.get("state") == "ALIVE":
+            for k, v in (raylet.get("resourcesTotal") or {}).items():
+                total[k] = total.get(k, 0.0) + float(v)
+    return total

@@ -10,6 +10,7 @@ new variant or network is checked without touching this module.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 from cluster.errors import Img2ImgError
 from jobs.spec import TrainSpec
@@ -78,6 +79,12 @@ def crop_problem(spec: TrainSpec, stored: int | None, dataset: str = "the datase
     side in px of the dataset's square images (manifest `image_size`), or with `square=False`
     the shortest side of its smallest training image (a dataset that kept its images' sizes);
     None: unknown, so only the networks are checked."""
+    with warnings.catch_warnings():  # meta-device builds of odd settings warn (zero-element layers)
+        warnings.simplefilter("ignore")
+        return _crop_problem(spec, stored, dataset, square)
+
+
+def _crop_problem(spec: TrainSpec, stored: int | None, dataset: str, square: bool) -> str | None:
     from translator.variants import get_variant
 
     cls = get_variant(spec.variant)
@@ -110,6 +117,9 @@ def crop_problem(spec: TrainSpec, stored: int | None, dataset: str = "the datase
         rule = (f"its generator{f' ({what})' if what else ''} takes sides that are a multiple of {m} px"
                 if size % m else f"a training step fails at this size ({problem})")
         reason = f"{spec.variant} cannot train on {size} px crops ({source}): {rule}"
+    if not fix and problem is not None and size % cls.on_meta(cfg).multiple == 0:
+        # no size trains: the settings are the problem (e.g. --set ngf=0), not the crop
+        return f"{reason}, and no other crop size trains either: check the --set values"
     return f"{reason}; {fix or 'choose another --image-size'}"
 
 

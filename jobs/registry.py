@@ -14,6 +14,7 @@ registered-model tag `champion_history` (oldest first), so each rollback goes on
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -52,8 +53,8 @@ class VersionInfo:
 
     @property
     def worse_than_input(self) -> bool:
-        gain = self.metric("val_gain_db")
-        return self.tags.get("worse_than_input") == "true" or (gain is not None and gain < 0)
+        gain = self.metric("val_gain_db")  # nan: training diverged, which is no better
+        return self.tags.get("worse_than_input") == "true" or (gain is not None and not gain >= 0)
 
     def eval_result(self, dataset: str, split: str, sha256: str | None = None) -> dict | None:
         """The stored evaluation on `dataset`/`split` -> {"psnr": .., ..., "images": n} (None if
@@ -248,11 +249,15 @@ def promotion_objections(candidate: str, champion: str | None, score: dict[str, 
     """The promotion rule (pure): why `candidate` should not become champion, [] when nothing
     stands against it. `score`: {version: metrics on the evaluation set `where`}; `metric`
     (psnr | ssim | gain_db, higher is better; unpaired models by their cycle_ metric).
-    Objections: the candidate's output is worse than its input (gain_db < 0); it scores below
-    the current `champion` on `metric` (a tie is no objection)."""
+    Objections: the candidate's score is not a finite number (nan/inf: its training diverged);
+    its output is worse than its input (gain_db < 0); it scores below the current `champion` on
+    `metric` (a tie is no objection)."""
     reasons = []
+    value = _score(score[candidate], metric)
+    if value is not None and not math.isfinite(value):
+        reasons.append(f"v{candidate} has {metric} {value} on {where}: not a number to rank (its training diverged)")
     gain = score[candidate].get("gain_db")
-    if gain is not None and gain < 0:
+    if gain is not None and math.isfinite(gain) and gain < 0:
         reasons.append(f"v{candidate} makes images worse than its input on {where} (gain {gain:+.2f} dB)")
     if champion is not None and champion != candidate and champion in score:
         new, old = _score(score[candidate], metric), _score(score[champion], metric)
@@ -292,9 +297,11 @@ def promote(settings: Settings, name: str, version: str | None = None, best: boo
     else:
         raise Img2ImgError(f"say which version to promote: img2img models promote {name} VERSION, or --best")
     dataset, split, score, source = scores(settings, name, pool, evaluate)
-    ranked = [v for v in pool if _score(score[v.version], metric) is not None]
+    # nan/inf (a diverged run) cannot be ranked: max() over nan depends on the order it meets them
+    ranked = [v for v in pool if _score(score[v.version], metric) is not None
+              and (not best or math.isfinite(_score(score[v.version], metric)))]
     if not ranked:
-        raise Img2ImgError(f"no version of {name!r} has {metric} on {dataset}/{split}")
+        raise Img2ImgError(f"no version of {name!r} has a finite {metric} on {dataset}/{split}")
     candidate = max(ranked, key=lambda v: _score(score[v.version], metric)) if best else by_version[str(version)]
     shown = [v for v in score if best or v in (candidate.version, current)]
     decision = Decision(name, candidate.version, current, dataset, split, metric,

@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import json
+import math
+import warnings
 from dataclasses import asdict, dataclass, field
 
 from cluster.errors import Img2ImgError
 from translator.config import make_config
 from translator.variants import DEFAULT_VARIANT, get_variant
+
+
+def check_model_name(name: str, what: str = "--model-name") -> None:
+    """Raise Img2ImgError when MLflow's registry would refuse `name` (its own rule: not empty, no
+    '/' or ':', no path tricks), so a job never trains to fail at registration."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_model_name
+
+    try:
+        _validate_model_name(name)
+    except MlflowException as e:
+        raise Img2ImgError(f"{what} {name!r} cannot name a registered model: {e.message}") from None
 
 
 @dataclass
@@ -40,17 +54,29 @@ class TrainSpec:
     fail_at_step: int | None = None  # test hook: rank 0 raises once at this step
 
     def validate(self) -> None:
+        """Raise Img2ImgError (one line, naming the option) for a request that cannot train:
+        config values the variant refuses or cannot build its networks with (tried on PyTorch's
+        meta device: no memory, milliseconds), non-finite numbers, a name MLflow cannot register."""
         try:
-            self.variant_config()
+            cfg = self.variant_config()
         except ValueError as e:
             raise Img2ImgError(str(e)) from None
+        try:
+            with warnings.catch_warnings():  # e.g. "zero-element tensors" before the real error
+                warnings.simplefilter("ignore")
+                get_variant(self.variant).on_meta(cfg)
+        except Exception as e:  # e.g. --set width=0: "groups must be a positive integer"
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise Img2ImgError(f"{self.variant} cannot be built with these settings ({type(e).__name__}: {first}); "
+                               f"check the --set values") from None
+        check_model_name(self.registered_name, "--model-name" if self.model_name else "the dataset name")
         if self.workers < 1:
             raise Img2ImgError("--workers must be at least 1")
         if self.cpus_per_worker <= 0:
             raise Img2ImgError("--cpus-per-worker must be positive")
         if self.epochs < 1 or (self.max_steps is not None and self.max_steps < 1):
             raise Img2ImgError("--epochs and --max-steps must be at least 1")
-        if self.time_budget_s is not None and self.time_budget_s <= 0:
+        if self.time_budget_s is not None and not (math.isfinite(self.time_budget_s) and self.time_budget_s > 0):
             raise Img2ImgError(f"--time-budget must be a positive number of seconds, got {self.time_budget_s:g}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise Img2ImgError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from cluster.errors import Img2ImgError
-from cluster.services import poll_until, require, require_mlflow
+from cluster.services import cluster_resources, poll_until, require, require_mlflow  # noqa: F401  (re-exported)
 from cluster.settings import Settings
 from jobs.spec import TrainSpec
 
@@ -26,25 +26,6 @@ def job_client(settings: Settings):
         return JobSubmissionClient(settings.ray_address)
     except Exception as e:
         raise Img2ImgError(f"Ray at {settings.ray_address} refused the connection: {str(e).splitlines()[0]}") from None
-
-
-def cluster_resources(settings: Settings) -> dict[str, float]:
-    """Total resources of the cluster's live nodes, from the dashboard."""
-    import httpx
-
-    try:
-        r = httpx.get(settings.ray_address.rstrip("/") + "/nodes", params={"view": "summary"},
-                      headers=settings.ray_auth_headers(), timeout=10)
-        nodes = r.json()["data"]["summary"]
-    except Exception:
-        return {}
-    total: dict[str, float] = {}
-    for node in nodes:
-        raylet = node.get("raylet") or {}
-        if raylet.get("state") == "ALIVE":
-            for k, v in (raylet.get("resourcesTotal") or {}).items():
-                total[k] = total.get(k, 0.0) + float(v)
-    return total
 
 
 def serve_cpus(settings: Settings) -> float:

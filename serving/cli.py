@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
@@ -51,6 +52,8 @@ def deploy(
     """
     from serving.deploy import deploy as do_deploy
 
+    if not (math.isfinite(max_megapixels) and max_megapixels > 0):
+        raise Img2ImgError(f"--max-megapixels must be a finite number > 0, got {max_megapixels}")
     with console.status("deploying the enhancer (first start takes ~30 s)"):
         out = do_deploy(get_settings(), model, min_replicas=min_replicas, max_replicas=max_replicas,
                         target_ongoing_requests=target_ongoing_requests, max_batch_size=max_batch_size,
@@ -147,8 +150,10 @@ def enhance(
         raise Img2ImgError(f"--direction must be AtoB or BtoA, not {direction!r}")
     if retries < 0:
         raise Img2ImgError("--retries must be >= 0")
-    if timeout is not None and timeout <= 0:
-        raise Img2ImgError("--timeout must be > 0 seconds")
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise Img2ImgError(f"--timeout must be a finite number of seconds > 0, got {timeout}")
+    if parallel < 1 or retries < 0 or (threads is not None and threads < 1):
+        raise Img2ImgError("--parallel and --threads must be at least 1, --retries at least 0")
     from serving.codec import FORMATS
 
     settings = get_settings()

@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 import httpx
 
 from cluster.errors import Img2ImgError
-from cluster.services import poll_until
+from cluster.services import cluster_resources, poll_until
 from cluster.settings import Settings
 from serving.options import DEFAULTS, ServeOptions, config_id
 
@@ -90,10 +90,26 @@ def deploy(settings: Settings, model: str = "", *, min_replicas: int = 1, max_re
         raise Img2ImgError("give --model NAME@champion (or NAME/VERSION)")
     if not 1 <= min_replicas <= max_replicas:
         raise Img2ImgError("need 1 <= --min-replicas <= --max-replicas")
+    # Checked here, not by Serve: a config Serve refuses leaves the app DEPLOY_FAILED with no
+    # replica, so the endpoint that was serving is gone until the next good deploy.
+    for option, value in (("--target-ongoing-requests", target_ongoing_requests), ("--num-cpus", num_cpus),
+                          ("--batch-wait-ms", batch_wait_ms), ("upscale_delay_s", upscale_delay_s),
+                          ("downscale_delay_s", downscale_delay_s), ("--request-timeout", request_timeout_s)):
+        if value is not None and not math.isfinite(value):
+            raise Img2ImgError(f"{option} must be a finite number, got {value}")
+    if target_ongoing_requests <= 0:
+        raise Img2ImgError(f"--target-ongoing-requests must be > 0, got {target_ongoing_requests:g}")
+    if upscale_delay_s < 0 or downscale_delay_s < 0:
+        raise Img2ImgError("autoscaling delays must be >= 0 seconds")
+    if request_timeout_s is not None and request_timeout_s <= 0:
+        raise Img2ImgError(f"--request-timeout must be > 0 seconds, got {request_timeout_s:g}")
     options = ServeOptions(tile=tile, overlap=overlap, max_pixels=max_pixels, max_batch_size=max_batch_size,
                            batch_wait_timeout_s=batch_wait_ms / 1000.0, num_cpus=num_cpus, runtime=runtime,
                            threads=threads, memory_format=memory_format, precision=precision)
     options.check()
+    cpus = cluster_resources(settings).get("CPU")
+    if cpus is not None and num_cpus > cpus:  # no node could place a replica: it would wait forever
+        raise Img2ImgError(f"--num-cpus {num_cpus:g} is more than this Ray cluster has ({cpus:g} CPUs)")
     name, version = resolve(settings.mlflow_uri, model)
     limit, grace = time_limits(max_pixels, None, request_timeout_s)  # sized again once a replica measured its speed
     options = replace(options, threads=threads or threads_for(num_cpus), request_timeout_s=limit)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from typing import Any
@@ -57,6 +58,10 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ValueError for values no variant can train with; subclasses extend it."""
+        for f in dataclasses.fields(self):  # inf/nan pass every `> 0` test below, then train to nan
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number, got {value}")
         if self.augment not in AUGMENTATIONS:
             raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
         if not 0 <= self.ema_decay < 1:
@@ -65,8 +70,12 @@ class TrainConfig:
             raise ValueError(f"lr_policy must be one of {', '.join(LR_POLICIES)}, got {self.lr_policy!r}")
         if not 0 <= self.decay_start < 1:
             raise ValueError(f"decay_start must be in [0, 1), got {self.decay_start}")
-        if not (self.lr > 0 and self.batch_size >= 1 and self.image_size >= 8):
-            raise ValueError("lr must be > 0, batch_size >= 1 and image_size >= 8")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr:g}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.image_size < 8:
+            raise ValueError(f"image_size must be at least 8 px, got {self.image_size}")
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:

@@ -4,6 +4,7 @@
 import asyncio
 import io
 import json
+import re
 
 import httpx
 import numpy as np
@@ -203,6 +204,14 @@ def test_enhance_cli_writes_outputs_and_reports_failures(stack, cli, demo_run, t
 def test_unknown_model_is_refused_before_deploying(stack, cli):
     r = cli("serve", "deploy", "--model", "no-such-model@champion")
     assert r.exit_code == 1 and "no registered model 'no-such-model'; list them with: img2img models ls" in r.output
+
+
+def test_a_replica_no_node_can_place_is_refused_and_the_endpoint_keeps_serving(stack, cli, endpoint, demo_run):
+    """More CPUs per replica than the cluster has: Serve would replace the running app with one
+    whose replica waits forever for CPUs (seen: the command hung, requests hung)."""
+    r = cli("serve", "deploy", "--model", f"{demo_run.model}@champion", "--num-cpus", "100")
+    assert r.exit_code == 1 and re.search(r"--num-cpus 100 is more than this Ray cluster has \(\d+ CPUs\)", r.output)
+    assert httpx.get(endpoint + "/model", timeout=30).json()["name"] == demo_run.model
 
 
 def assert_server_timing(reply) -> None:

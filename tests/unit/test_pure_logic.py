@@ -224,6 +224,11 @@ def test_promotion_rule():
     [harm] = promotion_objections("3", "1", score, "psnr", "blur/val")  # better PSNR, but harms its input
     assert "worse than its input" in harm and "-0.20 dB" in harm
     assert len(promotion_objections("3", "1", score, "gain_db", "blur/val")) == 2
+    # a diverged run scores nan: it is neither worse (nan < x is False) nor rankable, so it is refused
+    diverged = {**score, "7": {"psnr": float("nan"), "gain_db": float("nan")}}
+    [nan] = promotion_objections("7", "1", diverged, "psnr", "blur/val")
+    assert nan == "v7 has psnr nan on blur/val: not a number to rank (its training diverged)"
+    assert promotion_objections("7", None, diverged, "psnr", "blur/val") == [nan]  # not even as the first
     cycle = {"5": {"cycle_psnr": 20.0}, "6": {"cycle_psnr": 21.0}}  # unpaired: cycle metrics, no gain
     assert promotion_objections("6", "5", cycle, "psnr", "h2z/val") == []
     assert "worse than champion v6" in promotion_objections("5", "6", cycle, "psnr", "h2z/val")[0]

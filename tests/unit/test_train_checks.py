@@ -186,3 +186,36 @@ def test_a_followed_job_that_did_not_succeed_is_an_error_naming_its_status():
                       "see `img2img jobs logs raysubmit_1`")
     assert str(outcome_error("raysubmit_1", "STOPPED", "", logs_hint=False)) == "job raysubmit_1 STOPPED"
     assert re.fullmatch(r"job \S+ STOPPED; see .*", str(outcome_error("raysubmit_1", "STOPPED")))
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(lr=float("inf")), "lr must be a finite number, got inf"),  # trained to nan and registered
+    (dict(config={"lr": float("inf")}), "lr must be a finite number, got inf"),
+    (dict(lr=0.0), "lr must be > 0, got 0"),
+    (dict(batch_size=0), "batch_size must be at least 1, got 0"),
+    (dict(image_size=7), "image_size must be at least 8 px, got 7"),
+    (dict(time_budget_s=float("inf")), "--time-budget must be a positive number of seconds, got inf"),
+    (dict(time_budget_s=float("nan")), "--time-budget must be a positive number of seconds, got nan"),
+    (dict(config={"width": 0}), r"nafnet cannot be built with these settings \(ValueError: groups must be"),
+    (dict(config={"width": -4}), r"nafnet cannot be built with these settings \(RuntimeError: .*negative"),
+    (dict(model_name="bad/name"), "--model-name 'bad/name' cannot name a registered model: .*'/' or ':'"),
+    (dict(model_name="a:b"), "--model-name 'a:b' cannot name a registered model"),
+])
+def test_requests_that_cannot_train_or_register_are_refused_before_submission(kw, message):
+    """Each of these was submitted and either trained to nan, or failed in every worker (a
+    network that cannot be built), or trained fully and then failed to register."""
+    with pytest.raises(Img2ImgError, match=message):
+        TrainSpec(dataset="d", **kw).validate()
+    TrainSpec(dataset="d", model_name="fine-name_1.2").validate()
+
+
+def test_settings_no_crop_can_train_are_blamed_not_the_crop():
+    """pix2pix with --set ngf=0 builds (zero-channel layers) but no training step runs at any
+    size: the fix is the --set value, not another --image-size."""
+    spec = TrainSpec(dataset="d", variant="pix2pix", config={"ngf": 0})
+    spec.validate()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        problem = crop_problem(spec, 256)
+    assert problem.endswith("no other crop size trains either: check the --set values"), problem
+
