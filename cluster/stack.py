@@ -419,7 +419,7 @@ class Stack:
         path = self.log_path(name)
         if not path.exists():
             return f"(no log at {path})"
-        text = path.read_text(errors="replace").splitlines()[-lines:]
+        text = path.read_text(errors="replace").splitlines()[-lines:] if lines > 0 else []
         if name == "ray":  # the head's own logs live in its session dir (kept under logs/ by `down`)
             session = self.ray_temp_dir / "session_latest" / "logs"
             if not session.is_dir():

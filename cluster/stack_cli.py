@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from cluster.cli_utils import console, handle_errors, json_option, print_json, print_table
+from cluster.errors import Img2ImgError
 from cluster.settings import get_settings
 from cluster.stack import SERVICES, Stack
 
@@ -70,4 +71,6 @@ def logs(service: str = typer.Argument(..., help=f"one of {', '.join(SERVICES)}"
 
     Example: `img2img stack logs mlflow -n 100`
     """
+    if lines < 1:  # `[-0:]` is the whole file: -n 0 printed every line
+        raise Img2ImgError(f"--lines must be at least 1, got {lines}")
     console.print(Stack(get_settings()).tail(service, lines), markup=False, highlight=False)

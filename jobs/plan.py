@@ -128,7 +128,8 @@ def make_plan(rows: dict[str, int], workers: int, batch_size: int, epochs: int, 
         per_worker[stream] = n // workers
     if val_rows < 1:
         raise Img2ImgError(f"{dataset} has no validation rows (validation picks the checkpoint to register); "
-                           "re-ingest it with --val-fraction 0.1 (or a test/ folder)")
+                           "re-ingest it with --val-fraction above 0 and at least 2 usable images (validation "
+                           "holds out whole source images), or with a test/ folder")
     largest = max(per_worker.values())
     # Rows a worker's last partial batch leaves over are carried into the next epoch's first batch.
     steps_per_epoch = max(MIN_STEPS_PER_EPOCH, largest // batch_size)

@@ -128,6 +128,9 @@ def test_stack_status_json_and_quiet_store_log(stack, cli):
     log = cli("stack", "logs", "s3", "-n", "5000").output
     # the store's maintenance worker used to dial an admin gRPC port nothing listened on
     assert "connection refused" not in log and "Plugin worker" not in log
+    for n in ("0", "-5"):  # `[-0:]` was the whole log
+        r = cli("stack", "logs", "s3", "-n", n)
+        assert r.exit_code == 1 and f"--lines must be at least 1, got {n}" in r.output
 
 
 def test_jobs_ls_and_status_json_keep_ids_whole(stack, cli, narrow):
