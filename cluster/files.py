@@ -31,3 +31,16 @@ def write_atomic(path: Path, data: bytes | str | Callable[[Path], None], mode: i
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def make_output_dir(path: Path) -> None:
+    """Create the folder `path` (and its parents) for outputs. Raises Img2ImgError in one line
+    when the system refuses (a file in the way, a read-only or virtual file system such as
+    /proc, no permission), where `mkdir` would raise a bare OSError."""
+    from cluster.errors import Img2ImgError
+
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise Img2ImgError(f"cannot create the output folder {path}: {e.strerror or e}") from None
+

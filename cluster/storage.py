@@ -16,6 +16,7 @@ import urllib3
 from minio import Minio
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
+from minio.helpers import check_bucket_name
 
 from cluster.errors import Img2ImgError
 from cluster.settings import Settings, get_settings
@@ -35,6 +36,11 @@ class Storage:
         self.settings = settings or get_settings()
         self.bucket = bucket or self.settings.bucket
         self.endpoint = self.settings.s3_url
+        try:  # the SDK raises a bare ValueError on the first call otherwise (a traceback)
+            check_bucket_name(self.bucket)
+        except ValueError:
+            raise Img2ImgError(f"{self.bucket!r} is not a valid S3 bucket name (3-63 characters: lowercase "
+                               "letters, digits, dots and hyphens)") from None
         keys = self.settings.s3_keys()
         if keys is None:
             raise Img2ImgError(

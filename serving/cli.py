@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from urllib.parse import urlparse
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -177,6 +178,14 @@ def enhance(
         from serving.model import resolve
 
         resolve(settings.mlflow_uri, model)  # an unknown model or alias fails here, before any progress
+    else:
+        target = urlparse(url or settings.serve_url)
+        if target.scheme not in ("http", "https") or not target.hostname:  # else 6 retries of a URL that can't work
+            raise Img2ImgError(f"{'--url' if url else 'IMG2IMG_SERVE_URL'} must be an http(s) URL such as "
+                               f"http://127.0.0.1:8000, got {url or settings.serve_url!r}")
+    from cluster.files import make_output_dir
+
+    make_output_dir(out)  # before the progress bar: /proc/x, a read-only disk
     with Progress(TextColumn("enhance"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as bar:
         task = bar.add_task("enhance", total=len(files))

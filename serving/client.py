@@ -21,7 +21,7 @@ import httpx
 import tenacity
 
 from cluster.errors import Img2ImgError
-from cluster.files import write_atomic
+from cluster.files import make_output_dir, write_atomic
 
 MEDIA = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
          ".tif": "image/tiff", ".tiff": "image/tiff", ".bmp": "image/bmp", ".gif": "image/gif"}
@@ -61,8 +61,11 @@ class Outcome:
     def describe(self) -> str:
         text = str(self.output) if self.output else f"FAILED: {self.error}"
         extra = [self.note] if self.note else []
-        if self.retried:
-            extra.append(f"{self.attempts} attempts; retried after {', '.join(self.retried)}")
+        if self.retried:  # "retried after ConnectError x5", once, even when the error says its attempts
+            counts = {label: self.retried.count(label) for label in dict.fromkeys(self.retried)}
+            after = ", ".join(f"{label} x{n}" if n > 1 else label for label, n in counts.items())
+            text = text.replace(f" (after {self.attempts} attempts)", "")
+            extra.append(f"{self.attempts} attempts; retried after {after}")
         return f"{self.source} -> {text}" + (f" ({'; '.join(extra)})" if extra else "")
 
 
@@ -204,7 +207,7 @@ def enhance_files(files: list[Path], out_dir: Path, url: str, fmt: str = "png", 
     check_outputs(files, out_dir, fmt)
     files = unique_files(files)
     timeout = timeout or client_timeout(url, api_key)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out_dir)
     policy = policy or RetryPolicy()
 
     def one(src: Path) -> Outcome:

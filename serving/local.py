@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cluster.errors import Img2ImgError
-from cluster.files import write_atomic
+from cluster.files import make_output_dir, write_atomic
 from cluster.settings import Settings
 from serving import codec
 from serving.client import Outcome, check_outputs, output_path, unique_files
@@ -33,7 +33,7 @@ def enhance_locally(settings: Settings, model: str, files: list[Path], out_dir: 
     name, version = resolve(settings.mlflow_uri, model)
     loaded = load(settings.mlflow_uri, name, version, runtime=runtime, threads=threads)
     loaded.net(direction)  # refuse a direction the model lacks before touching any file
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out_dir)
     results = []
     for src in files:
         try:

@@ -143,6 +143,14 @@ def test_enhance_input_mistakes_are_named_once_before_progress(cli, tmp_path):
         assert r.exit_code == 1, r.output
         assert r.output.startswith("Error: ") and message in r.output, r.output
         assert r.output.count("\n") == 1 and "━" not in r.output  # one line, no progress bar drawn
+    more = [(("--url", "notaurl"), "--url must be an http(s) URL such as http://127.0.0.1:8000, got 'notaurl'"),
+            (("--url", "http://127.0.0.1:9", "-o", "/proc/img2img-out"), "cannot create the output folder /proc/img2img-out"),
+            (("--url", "http://127.0.0.1:9", "--timeout", "nan"), "--timeout must be a finite number of seconds > 0"),
+            (("--url", "http://127.0.0.1:9", "--parallel", "0"), "--parallel and --threads must be at least 1")]
+    for args, message in more:  # the URL is never tried: 6 retries of "notaurl" took 11 s
+        r = cli("enhance", img, *args)
+        assert r.exit_code == 1 and r.output.startswith("Error: ") and message in r.output, r.output
+        assert r.output.count("\n") == 1 and "━" not in r.output
 
 
 def test_bad_dataset_name_states_the_rule(cli, tmp_path):
@@ -174,7 +182,10 @@ def test_folder_output_check_walks_up_to_an_existing_parent(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [(["--workers", "0"], "--workers must be at least 1"),
-                                           (["--precision", "fp8"], "--precision must be auto, fp32 or bf16")])
+                                           (["--precision", "fp8"], "--precision must be auto, fp32 or bf16"),
+                                           (["--lr", "inf"], "lr must be a finite number, got inf"),
+                                           (["--set", "width=0"], "nafnet cannot be built with these settings"),
+                                           (["--model-name", "bad/name"], "cannot name a registered model")])
 def test_a_bad_training_option_is_named_even_while_the_stack_is_down(cli, monkeypatch, tmp_path, args, message):
     """Options need no service: they are checked before Ray, S3 or MLflow is contacted, so the
     user fixes the command first instead of being told to start a stack."""
@@ -185,3 +196,14 @@ def test_a_bad_training_option_is_named_even_while_the_stack_is_down(cli, monkey
     r = cli("train", "--dataset", "photos", *args)
     assert r.exit_code == 1 and message in r.output and "cannot reach" not in r.output
     assert r.output.count("\n") == 1 and "Traceback" not in r.output
+
+
+def test_a_bucket_name_s3_refuses_is_one_line_before_any_request():
+    from cluster.settings import get_settings
+    from cluster.storage import Storage
+
+    settings = get_settings(s3_access_key="k", s3_secret_key="s")
+    with pytest.raises(Img2ImgError, match="'bad bucket' is not a valid S3 bucket name"):
+        Storage(settings, bucket="bad bucket")  # the SDK raised a bare ValueError on first use
+    assert Storage(settings, bucket="img2img-data").bucket == "img2img-data"
+

@@ -88,6 +88,8 @@ def test_retries_are_bounded_and_reported_per_file(server, tmp_path: Path):
     [outcome] = enhance_files([src], tmp_path / "out", server, policy=FAST, parallel=1)
     assert outcome.error and "after 4 attempts" in outcome.error and outcome.retried == ["500", "500", "500"]
     assert len(Flaky.calls) == 4 and not list((tmp_path / "out").iterdir())
+    # the report says the attempts once: "... (4 attempts; retried after 500 x3)"
+    assert outcome.describe().count("attempts") == 1 and outcome.describe().endswith("(4 attempts; retried after 500 x3)")
     Flaky.script = [503]
     [outcome] = enhance_files([src], tmp_path / "out", server, policy=FAST, parallel=1)
     assert outcome.output.read_bytes() == b"enhanced" and outcome.attempts == 2
