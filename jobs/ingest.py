@@ -533,8 +533,9 @@ def run(plan: IngestPlan, settings: Settings, workers: int = 2,
         prefix = dataset_prefix(opts.name)  # remove this run's (empty) shards and markers, nothing else
         storage.delete_keys([prefix + k for p in plans for k in (p.path, p.marker)], prefix)
         kept = f"; dataset {opts.name!r} was left as it was" if storage.exists(manifest_key(opts.name)) else ""
-        raise Img2ImgError(f"no image could be used from {src or 'the sample set'}{kept}; skipped: "
-                           + "; ".join(f"{s['file']} ({s['reason']})" for s in skipped[:5]))
+        more = f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""  # the first 5 keep it one line
+        raise Img2ImgError(f"no image could be used from {src or 'the sample set'}{kept}; skipped {len(skipped)}: "
+                           + "; ".join(f"{s['file']} ({s['reason']})" for s in skipped[:5]) + more)
     storage.put_bytes(manifest_key(opts.name), manifest.to_json().encode(), "application/json")  # the commit
     _sweep(storage, manifest)
     return IngestResult(manifest, written=len(todo), reused=len(done), skipped=skipped)

@@ -99,10 +99,11 @@ def test_existing_name_is_refused_unless_overwrite(stack, cli, messy_folder, tmp
     old, old_objects = read_manifest(s, "messy"), objects_of(s, "messy")
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
-    for i in range(3):
+    for i in range(7):
         (corrupt / f"{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
     r = cli("data", "ingest", corrupt, "--name", "messy", "--size", "48", "--overwrite")
     assert r.exit_code == 1 and "no image could be used" in r.output and "left as it was" in r.output, r.output
+    assert "skipped 7: " in r.output and r.output.rstrip().endswith("; and 2 more"), r.output  # 5 named, 2 counted
     assert read_manifest(s, "messy").sha256 == old.sha256 and objects_of(s, "messy") == old_objects  # untouched
     assert cli("data", "verify", "messy").exit_code == 0
     r = cli("data", "ingest", messy_folder, "--name", "messy", "--size", "48", "--overwrite")
