@@ -105,6 +105,7 @@ def _crop_problem(spec: TrainSpec, stored: int | None, dataset: str, square: boo
     if down:
         fixes.append(down)
     fix = f"use {' or '.join(fixes)}" if fixes else ""
+    m = cls.on_meta(cfg).multiple
     if too_big:
         if problem is None:  # the networks take this size: larger stored images would do
             fix = f"{fix}, or re-ingest with --size {size}" if fix else f"re-ingest with --size {size}"
@@ -112,12 +113,11 @@ def _crop_problem(spec: TrainSpec, stored: int | None, dataset: str, square: boo
             f"keeps its images' sizes and its smallest training image is {stored} px on its short side"
         reason = f"{dataset} {stores}, smaller than the {size} px training crops ({source})"
     else:
-        m = cls.on_meta(cfg).multiple
         what = ", ".join(f"{k} {getattr(cfg, k)}" for k in cfg.SIZE_SETTINGS)
         rule = (f"its generator{f' ({what})' if what else ''} takes sides that are a multiple of {m} px"
                 if size % m else f"a training step fails at this size ({problem})")
         reason = f"{spec.variant} cannot train on {size} px crops ({source}): {rule}"
-    if not fix and problem is not None and size % cls.on_meta(cfg).multiple == 0:
+    if not fix and problem is not None and size % m == 0:
         # no size trains: the settings are the problem (e.g. --set ngf=0), not the crop
         return f"{reason}, and no other crop size trains either: check the --set values"
     return f"{reason}; {fix or 'choose another --image-size'}"

@@ -153,8 +153,8 @@ def enhance(
         raise Img2ImgError("--retries must be >= 0")
     if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
         raise Img2ImgError(f"--timeout must be a finite number of seconds > 0, got {timeout}")
-    if parallel < 1 or retries < 0 or (threads is not None and threads < 1):
-        raise Img2ImgError("--parallel and --threads must be at least 1, --retries at least 0")
+    if parallel < 1 or (threads is not None and threads < 1):
+        raise Img2ImgError("--parallel and --threads must be at least 1")
     from serving.codec import FORMATS
 
     settings = get_settings()

@@ -92,8 +92,7 @@ def deploy(settings: Settings, model: str = "", *, min_replicas: int = 1, max_re
         raise Img2ImgError("need 1 <= --min-replicas <= --max-replicas")
     # Checked here, not by Serve: a config Serve refuses leaves the app DEPLOY_FAILED with no
     # replica, so the endpoint that was serving is gone until the next good deploy.
-    for option, value in (("--target-ongoing-requests", target_ongoing_requests), ("--num-cpus", num_cpus),
-                          ("--batch-wait-ms", batch_wait_ms), ("upscale_delay_s", upscale_delay_s),
+    for option, value in (("--target-ongoing-requests", target_ongoing_requests), ("upscale_delay_s", upscale_delay_s),
                           ("downscale_delay_s", downscale_delay_s), ("--request-timeout", request_timeout_s)):
         if value is not None and not math.isfinite(value):
             raise Img2ImgError(f"{option} must be a finite number, got {value}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -51,6 +52,10 @@ class ServeOptions:
                                        ("--precision", self.precision, PRECISIONS)):
             if value not in allowed:
                 raise Img2ImgError(f"{option} must be {' or '.join(allowed)}, got {value!r}")
+        for option, value in (("--num-cpus", self.num_cpus), ("--batch-wait-ms", self.batch_wait_timeout_s * 1000),
+                              ("--request-timeout", self.request_timeout_s)):
+            if not math.isfinite(value):  # nan passes every `<= 0` test below
+                raise Img2ImgError(f"{option} must be a finite number, got {value}")
         if self.num_cpus <= 0 or (self.threads is not None and self.threads < 1):
             raise Img2ImgError("--num-cpus must be > 0 and --threads >= 1")
         # Checked here too, not only per request: a bad default would fail every request.
