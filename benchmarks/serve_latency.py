@@ -1,7 +1,9 @@
 """Serving latency and throughput, every runtime side by side in ONE run (so a busy machine
 slows all alike; compare ratios, not absolute times): p50/p95 and images/s for 256x256 and
 1024x1024 PNGs of a photo (codec included; "today" in-process rows encode PNG at the zlib level
-used then, 6; every other row at the level the platform uses now, 1).
+used then, 6; every other row at the level the platform uses now, 1). "Today" rows also run with
+glibc's malloc defaults; every other row keeps freed memory in the process as the platform now
+does (translator/allocator.py). --interleaved runs all its rows at glibc's defaults.
 
 In-process: today's path (PyTorch NCHW fp32, all CPUs), channels_last fp32, channels_last bf16
 (where the CPU has native bf16), ONNX Runtime; plus a tile-size sweep at 1024x1024.
@@ -26,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import percentile, report, settings_with_stack  # noqa: E402
+from translator.allocator import retain_freed_memory  # noqa: E402
 
 SIZES = (256, 1024)
 # (size, concurrency) -> requests. Small, so the whole matrix fits in ~20 minutes on 2 busy cores;
@@ -152,9 +155,20 @@ def interleaved(settings, model: str, size: int, rounds: int) -> None:
                  "shared machine hits all of them alike; absolute times are noisy, the ratios are the result.")
 
 
+def _post_one(client, url: str, body: bytes) -> tuple[float, float]:
+    """One POST -> (latency s, seconds inside the replica from Server-Timing)."""
+    t0 = time.perf_counter()
+    r = client.post(url + "/enhance", content=body, headers={"Content-Type": "image/png"})
+    r.raise_for_status()
+    return time.perf_counter() - t0, replica_seconds(r.headers.get("server-timing", ""))
+
+
 def quick(settings, model: str, n: int = 20) -> None:
-    """The 256x256, concurrency-1 latency target alone (a few minutes): today's in-process path,
-    then Serve with today's configuration, torch channels_last auto and ONNX Runtime (2 CPUs)."""
+    """The 256x256, concurrency-1 latency target alone (a few minutes). Each Serve configuration
+    (today's, torch channels_last auto, ONNX Runtime, the default runtime; 2 CPUs) is measured in
+    `n` rounds of one request each, interleaved with one run of today's in-process path, so load
+    from other jobs on a shared machine hits both sides of each ratio alike. Then the in-process
+    torch bf16 path (what the fastest replica runs, without Serve)."""
     import httpx
 
     from serving.deploy import deploy
@@ -163,42 +177,63 @@ def quick(settings, model: str, n: int = 20) -> None:
 
     name, version = resolve(settings.mlflow_uri, model)
     body = _image(256)
-    m = load(settings.mlflow_uri, name, version, threads=CPUS, runtime="torch", memory_format="contiguous",
-             precision="fp32")
-    in_process(m, body, 3, tile=512, png_level=TODAY_PNG_LEVEL)  # warm-up
-    lat, rate = in_process(m, body, n, tile=512, png_level=TODAY_PNG_LEVEL)
-    base = percentile(lat, 50)
-    rows = [_row(256, "in-process", "torch NCHW fp32 (today)", "-", 1, lat, rate, base) + ["-"]]
-    del m
+    today = load(settings.mlflow_uri, name, version, threads=CPUS, runtime="torch", memory_format="contiguous",
+                 precision="fp32")
+    in_process(today, body, 3, tile=512, png_level=TODAY_PNG_LEVEL)  # warm-up
+    configs = [("torch NCHW fp32, 1 CPU (today)", dict(runtime="torch", memory_format="contiguous", precision="fp32",
+                                                      num_cpus=1, tile=256, max_batch_size=8,
+                                                      retain_freed_memory=False)),
+               ("torch channels_last auto", dict(runtime="torch", memory_format="channels_last", precision="auto",
+                                                 num_cpus=CPUS, tile=512, max_batch_size=1)),
+               ("onnx", dict(runtime="onnx", num_cpus=CPUS, tile=512, max_batch_size=1)),
+               ("auto (the default runtime)", dict(runtime="auto", num_cpus=CPUS, tile=512, max_batch_size=1))]
+    rows, all_today = [], []
+    with httpx.Client(timeout=300) as client:
+        for label, kw in configs:
+            deploy(settings, model, min_replicas=1, max_replicas=1, wait_s=600, **kw)
+            info = httpx.get(settings.serve_url + "/model", timeout=30).json()
+            for _ in range(3):  # warm-up
+                _post_one(client, settings.serve_url, body)
+            lat, replica, base_lat = [], [], []
+            t_serve = 0.0
+            for _ in range(n):
+                base_lat += in_process(today, body, 1, tile=512, png_level=TODAY_PNG_LEVEL)[0]
+                seconds, inside = _post_one(client, settings.serve_url, body)
+                lat.append(seconds)
+                replica.append(inside)
+                t_serve += seconds
+            all_today += base_lat
+            base = percentile(base_lat, 50)
+            runtime = f"{info.get('runtime')} {info.get('precision')}"
+            small = info.get("small_images") or {}
+            if small:  # the default runtime hands small images to another runtime; say which
+                runtime = f"{small.get('runtime')} {small.get('precision')} at 256x256"
+            desc = f"{label} [{runtime}, {info.get('threads')} thr]"
+            rows.append(_row(256, "Serve", desc, "on" if kw["max_batch_size"] > 1 else "off", 1, lat, n / t_serve,
+                             base) + [base * 1e3, percentile(replica, 50) * 1e3])
+    deploy(settings, model)  # back to the defaults
+    base = percentile(all_today, 50)
+    rows.insert(0, _row(256, "in-process", "torch NCHW fp32 (today)", "-", 1, all_today,
+                        len(all_today) / sum(all_today), base) + [base * 1e3, "-"])
+    del today
+    retain_freed_memory()  # as the platform's paths do; today's runs above were without it
     if cpu_has_native_bf16():  # what the best Serve row runs inside its replica, without Serve
         m = load(settings.mlflow_uri, name, version, threads=CPUS, runtime="torch", memory_format="channels_last",
                  precision="bf16")
         in_process(m, body, 3, tile=512)
         lat, rate = in_process(m, body, n, tile=512)
-        rows.append(_row(256, "in-process", "torch channels_last bf16", "-", 1, lat, rate, base) + ["-"])
-        del m
-    configs = [("torch NCHW fp32, 1 CPU (today)", dict(runtime="torch", memory_format="contiguous", precision="fp32",
-                                                      num_cpus=1, tile=256, max_batch_size=8)),
-               ("torch channels_last auto", dict(runtime="torch", memory_format="channels_last", precision="auto",
-                                                 num_cpus=CPUS, tile=512, max_batch_size=1)),
-               ("onnx", dict(runtime="onnx", num_cpus=CPUS, tile=512, max_batch_size=1)),
-               ("auto (the default runtime)", dict(runtime="auto", num_cpus=CPUS, tile=512, max_batch_size=1))]
-    for label, kw in configs:
-        deploy(settings, model, min_replicas=1, max_replicas=1, wait_s=600, **kw)
-        info = httpx.get(settings.serve_url + "/model", timeout=30).json()
-        asyncio.run(_load(settings.serve_url, body, 3, 1))  # warm-up
-        lat, rate, seen = asyncio.run(_load(settings.serve_url, body, n, 1))
-        desc = f"{label} [{info.get('runtime')} {info.get('precision')}, {info.get('threads')} thr]"
-        rows.append(_row(256, "Serve", desc, "on" if kw["max_batch_size"] > 1 else "off", 1, lat, rate, base)
-                    + [percentile(seen["replica_s"], 50) * 1e3])
-    deploy(settings, model)  # back to the defaults
-    report("serve_latency_quick", f"Serving latency at 256x256, concurrency 1 ({model}, {n} requests each)",
+        rows.insert(1, _row(256, "in-process", "torch channels_last bf16 (measured last, alone)", "-", 1, lat, rate,
+                            base) + [base * 1e3, "-"])
+    report("serve_latency_quick", f"Serving latency at 256x256, concurrency 1 ({model}, {n} rounds each)",
            ["input", "path", "runtime", "batching", "concurrency", "p50 ms", "p95 ms", "images/s",
-            "p50 / this run's in-process p50", "in-replica p50 ms (Server-Timing)"], rows,
-           notes="The issue's target: Serve p50 <= 0.6 x today's in-process p50 (187 ms when last measured "
-                 "on idle cores). This run's in-process row shares the cores with whatever else runs. "
-                 "In-replica time is decode + model + encode as the replica's Server-Timing header reports "
-                 "it; the rest of a Serve p50 is HTTP, Ray Serve's proxy and the hop to the replica.")
+            "p50 / today's in-process p50 (same rounds)", "today's in-process p50 ms (same rounds)",
+            "in-replica p50 ms (Server-Timing)"], rows,
+           notes="The issue's target: Serve p50 <= 0.6 x today's in-process p50. Each Serve row alternates "
+                 "one request with one run of today's in-process path (PyTorch NCHW fp32, PNG level 6, "
+                 "glibc malloc defaults) and divides by that path's p50 over the same rounds; the in-process "
+                 "today row pools all rounds. In-replica time is decode + model + encode as the replica's "
+                 "Server-Timing header reports it; the rest of a Serve p50 is HTTP, Ray Serve's proxy and "
+                 "the hop to the replica.")
 
 
 def main() -> None:
@@ -215,8 +250,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true",
-                        help="256x256 at concurrency 1 only, 20 requests each: in-process today, then Serve today, "
-                             "torch channels_last auto and onnx (2 CPUs)")
+                        help="256x256 at concurrency 1 only, 20 rounds each: Serve today, torch channels_last "
+                             "auto, onnx and the default runtime (2 CPUs), each interleaved with today's "
+                             "in-process path")
     args = parser.parse_args()
     settings = settings_with_stack()
     if args.interleaved:
@@ -246,6 +282,7 @@ def main() -> None:
             if label.endswith("(today)"):
                 base[size] = percentile(lat, 50)
             rows.append(_row(size, "in-process", label, "-", 1, lat, rate, base.get(size)))
+        retain_freed_memory()  # process-wide and sticky: after today's rows, for every later one
     # Tile size at 1024x1024 for the auto torch runtime (the default candidate).
     m = load(settings.mlflow_uri, name, version, threads=CPUS, runtime="torch")
     tile_p50 = {}
@@ -267,7 +304,7 @@ def main() -> None:
     # ---- Serve --------------------------------------------------------------------------------
     serve_configs = [
         ("torch NCHW fp32, 1 CPU (today)", dict(runtime="torch", memory_format="contiguous", precision="fp32",
-                                               num_cpus=1, tile=256), ("on",)),
+                                               num_cpus=1, tile=256, retain_freed_memory=False), ("on",)),
         ("torch NCHW fp32", dict(runtime="torch", memory_format="contiguous", precision="fp32", num_cpus=CPUS,
                                  tile=best_tile), ("off",)),
         ("torch channels_last auto", dict(runtime="torch", memory_format="channels_last", precision="auto",

@@ -37,6 +37,7 @@ from serving.options import DEFAULTS as OPTIONS
 from serving.options import config_id, tiling_problem
 from serving.runtime import threads_for
 from translator import tiling
+from translator.allocator import retain_freed_memory
 
 log = logging.getLogger("img2img.serve")
 api = FastAPI(title="img2img enhancer", description="Image enhancement with a registered img2img model.")
@@ -175,6 +176,9 @@ class Enhancer:
         self.config_id = ""
         self.model_key: tuple = ()
         self.initial_threads = torch.get_num_threads()  # what Ray's worker env gave torch
+        # Freed activations stay in the process: page-faulting them back in cost 25-30% of a
+        # 256x256 pass (translator/allocator.py).
+        self.retains_freed_memory = retain_freed_memory()
 
     def reconfigure(self, config: dict) -> None:
         cfg = {**DEFAULTS, **config}
@@ -321,6 +325,7 @@ class Enhancer:
             return error(503, f"model not loaded: {self.load_error}")
         return {**self.model.info(), "load_error": self.load_error, "config_id": self.config_id,
                 "initial_torch_threads": self.initial_threads, "reserved_cpus": _reserved_cpus(),
+                "retains_freed_memory": self.retains_freed_memory,
                 "api_key_required": bool(self.cfg.get("api_key_sha256")), "max_pixels": int(self.cfg["max_pixels"]),
                 "request_timeout_s": float(self.cfg["request_timeout_s"])}
 

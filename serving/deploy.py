@@ -14,6 +14,7 @@ from cluster.errors import Img2ImgError
 from cluster.services import cluster_resources, poll_until
 from cluster.settings import Settings
 from serving.options import DEFAULTS, ServeOptions, config_id
+from translator.allocator import OPT_OUT
 
 APP_NAME, DEPLOYMENT = "enhancer", "Enhancer"
 # Requests share a replica's CPUs (up to max_ongoing_requests at once), so the longest one takes
@@ -78,11 +79,13 @@ def deploy(settings: Settings, model: str = "", *, min_replicas: int = 1, max_re
            tile: int = DEFAULTS.tile, overlap: int = DEFAULTS.overlap, max_pixels: int = DEFAULTS.max_pixels,
            upscale_delay_s: float = 5, downscale_delay_s: float = 30, wait_s: float = 300,
            runtime: str = DEFAULTS.runtime, threads: int | None = None, memory_format: str = DEFAULTS.memory_format,
-           precision: str = DEFAULTS.precision, request_timeout_s: float | None = None) -> dict:
+           precision: str = DEFAULTS.precision, request_timeout_s: float | None = None,
+           retain_freed_memory: bool = True) -> dict:
     """Deploy the enhancer app serving `model`. `runtime` auto (torch on GPU; on CPU onnx, plus torch bf16 for small images) | torch | onnx;
     `threads` per replica (default: floor(num_cpus), at least 1); `memory_format` and `precision`
     apply to torch. `request_timeout_s` (default: sized from the replica's measured speed) bounds a
-    request; planned replica stops wait that long plus a margin."""
+    request; planned replica stops wait that long plus a margin. `retain_freed_memory=False` starts
+    replicas with glibc's malloc defaults (translator/allocator.py; the benchmarks' "today" rows)."""
     from serving.model import resolve, version_run_id
     from serving.runtime import threads_for
 
@@ -119,11 +122,14 @@ def deploy(settings: Settings, model: str = "", *, min_replicas: int = 1, max_re
     autoscaling = {"min_replicas": min_replicas, "max_replicas": max_replicas,
                    "target_ongoing_requests": target_ongoing_requests, "upscale_delay_s": upscale_delay_s,
                    "downscale_delay_s": downscale_delay_s}
+    actor_options: dict = {"num_cpus": num_cpus}
+    if not retain_freed_memory:  # a process-wide setting: only new replica processes can drop it
+        actor_options["runtime_env"] = {"env_vars": {OPT_OUT: "0"}}
     app = {"name": APP_NAME, "route_prefix": "/", "import_path": "serving.app:app",
            "deployments": [{"name": DEPLOYMENT, "user_config": user_config, "autoscaling_config": autoscaling,
                             "max_ongoing_requests": max(16, max_batch_size * 2),
                             "graceful_shutdown_timeout_s": grace, "graceful_shutdown_wait_loop_s": 1,
-                            "ray_actor_options": {"num_cpus": num_cpus}}]}
+                            "ray_actor_options": actor_options}]}
     _put(settings, [*_other_apps(settings), app])
     limits = {"request_timeout_s": limit, "graceful_shutdown_timeout_s": grace}
     if wait_s:

@@ -11,6 +11,7 @@ from serving import codec
 from serving.client import Outcome, check_outputs, output_path, unique_files
 from serving.model import load, resolve
 from serving.options import DEFAULTS
+from translator.allocator import retain_freed_memory
 
 
 def enhance_locally(settings: Settings, model: str, files: list[Path], out_dir: Path, fmt: str = "png",
@@ -31,6 +32,7 @@ def enhance_locally(settings: Settings, model: str, files: list[Path], out_dir: 
     check_outputs(files, out_dir, fmt)
     files = unique_files(files)
     name, version = resolve(settings.mlflow_uri, model)
+    retain_freed_memory()  # as a replica does: see translator/allocator.py
     loaded = load(settings.mlflow_uri, name, version, runtime=runtime, threads=threads)
     loaded.net(direction)  # refuse a direction the model lacks before touching any file
     make_output_dir(out_dir)
