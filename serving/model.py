@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from serving.runtime import Runtime, build, cpu_has_native_bf16
+from serving.runtime import CHOICE_SIZES, Runtime, build, fastest_per_size
 from translator import tiling
 from translator.tasks import task_for_spec
 
@@ -40,10 +40,11 @@ class LoadedModel:
     seconds_per_megapixel: float | None = None
     degradation: str | None = None  # the training set's degradation spec (registry tag), None if not synthesised
     reverse_runtime: Runtime | None = None  # B->A of two-way models, built on first use
-    # runtime "auto" on a CPU with native bf16: images of at most `small_pixels` run here (torch
-    # bf16, measured faster than ONNX Runtime up to one 512 px tile), larger ones on `runtime`.
+    # runtime "auto" on a CPU: images of at most `small_pixels` run here when another runtime was
+    # measured faster on them than on one tile (`fastest_per_size`), larger ones on `runtime`.
     small_runtime: Runtime | None = None
     small_pixels: int = 0
+    runtime_choice: dict | None = None  # auto's timings per size and runtime, ms
 
     def info(self) -> dict:
         return {"name": self.name, "version": self.version, "variant": self.variant,
@@ -51,6 +52,7 @@ class LoadedModel:
                 "metrics": self.metrics, "device": self.runtime.device, **self.runtime.info(),
                 "small_images": ({"max_pixels": self.small_pixels, **self.small_runtime.info()}
                                  if self.small_runtime else None),
+                "runtime_choice": self.runtime_choice,
                 "directions": self.directions, "seconds_per_megapixel": self.seconds_per_megapixel,
                 "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at))}
 
@@ -186,9 +188,10 @@ def _load_generator(uri: str, device: str):
 def load(tracking_uri: str, name: str, version: str, device: str | None = None, runtime: str = "auto",
          threads: int | None = None, memory_format: str = "channels_last", precision: str = "auto") -> LoadedModel:
     """Version `version` of registered model `name`, ready on `runtime` (auto | torch | onnx) with
-    `threads` intra-op threads (None: all CPUs). auto: torch on a GPU; on a CPU, ONNX Runtime, plus
-    torch bf16 for images up to SMALL_IMAGE_PIXELS where the CPU has native bf16 and bf16 passes
-    its speed and precision check (measured fastest at each size: benchmarks/serve_latency.py).
+    `threads` intra-op threads (None: all CPUs). auto: torch on a GPU; on a CPU, ONNX Runtime and
+    torch channels_last (bf16 where it passes its speed and precision check) timed on this model
+    at 256 px and on one tile: images up to SMALL_IMAGE_PIXELS run on the faster at 256 px, larger
+    ones on the faster per tile (`runtime_choice` in `info()` holds the timings).
     onnx uses the export logged by `img2img models export` when there is one, else exports (and
     parity-checks) here."""
     import mlflow
@@ -210,10 +213,14 @@ def load(tracking_uri: str, name: str, version: str, device: str | None = None, 
     if runtime in ("onnx", "auto") and device == "cpu" and tags.get("export_onnx"):
         onnx_file = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=tags["export_onnx"])
     rt = build(generator, multiple, runtime, threads, device, memory_format, precision, onnx_file)
-    small = None
-    if runtime == "auto" and rt.name == "onnx" and cpu_has_native_bf16():
-        small = build(generator, multiple, "torch", rt.threads, device, "channels_last", "auto")
-        small = small if small.precision == "bf16" else None  # fp32 torch is not faster than ONNX Runtime
+    small, choice = None, None
+    if runtime == "auto" and rt.name == "onnx":
+        # Which is faster depends on the model, the CPU (native bf16 or not), the threads and the
+        # allocator: time both on this model here instead of assuming (see fastest_per_size).
+        candidate = build(generator, multiple, "torch", rt.threads, device, "channels_last", "auto")
+        fastest, choice = fastest_per_size([rt, candidate], (CHOICE_SIZES[0], tiling.TILE))
+        rt, small = fastest[tiling.TILE], fastest[CHOICE_SIZES[0]]
+        small = None if small is rt else small
     return LoadedModel(generator, name, str(version), tags.get("variant", "unknown"), multiple, metrics,
                        device=device, runtime=rt, degradation=tags.get("degradation"), small_runtime=small,
-                       small_pixels=SMALL_IMAGE_PIXELS if small else 0)
+                       small_pixels=SMALL_IMAGE_PIXELS if small else 0, runtime_choice=choice)

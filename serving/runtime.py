@@ -1,7 +1,7 @@
-"""How a loaded generator runs on this machine: `torch` or `onnx` (ONNX Runtime); `auto` builds
-onnx on a CPU (the fastest for large images in benchmarks/serve_latency.py's side-by-side runs on
-2 cores) and torch on a GPU; `serving.model.load` adds a torch bf16 runtime for small images
-where the CPU has native bf16 (the faster up to one 512 px tile).
+"""How a loaded generator runs on this machine: `torch` or `onnx` (ONNX Runtime). `auto` is torch
+on a GPU; on a CPU, `serving.model.load` builds both and times them on the loaded model
+(`fastest_per_size`: a 256 px image and one 512 px tile), then runs each image size on the faster
+(`build` alone maps auto to onnx on a CPU).
 
 torch runs channels_last by default (NAFNet's LayerNorm2d permutes to NHWC and back, which
 channels_last makes free) and, with `precision="auto"`, under bf16 autocast only where the
@@ -110,6 +110,26 @@ def choose_bf16(fp32: Callable, bf16: Callable, sample: torch.Tensor) -> tuple[b
     use = ms16 * BF16_MIN_SPEEDUP <= ms32 and diff <= ONE_8BIT_LEVEL
     return use, {"fp32_ms": round(ms32, 1), "bf16_ms": round(ms16, 1), "bf16_max_abs_diff": round(diff, 5),
                  "sample": f"{sample.shape[-2]}x{sample.shape[-1]}"}
+
+
+# Image sizes the `auto` runtime is timed at on a CPU: 256 px stands for small images, and 512 px
+# is one default tile (translator.TILE), which is what every larger image runs as.
+CHOICE_SIZES = (256, 512)
+
+
+def fastest_per_size(candidates: list[Runtime], sizes: tuple[int, ...] = CHOICE_SIZES,
+                     reps: int = 5) -> tuple[dict[int, Runtime], dict]:
+    """Each candidate timed on a `size` x `size` sample per size (best of `reps`, interleaved, so
+    a busy machine slows all alike) -> ({size: the fastest runtime}, {"256x256": {"onnx fp32": ms,
+    "torch bf16": ms}, ...}) for `GET /model`. Raises ValueError for no candidates."""
+    if not candidates:
+        raise ValueError("no runtime to choose from")
+    chosen, report = {}, {}
+    for size in sizes:
+        ms = _best_ms([c.run for c in candidates], _sample(size), reps=reps)
+        chosen[size] = candidates[min(range(len(candidates)), key=ms.__getitem__)]
+        report[f"{size}x{size}"] = {f"{c.name} {c.precision}": round(t, 1) for c, t in zip(candidates, ms)}
+    return chosen, report
 
 
 def torch_runtime(generator: torch.nn.Module, threads: int, device: str = "cpu",

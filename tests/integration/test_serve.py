@@ -233,14 +233,17 @@ def test_export_logged_to_registry_then_served_with_onnx_runtime(stack, cli, dem
     model = f"{demo_run.model}@champion"
     rng = np.random.default_rng(5)
     body = png(Image.fromarray(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)).filter(ImageFilter.BLUR))
-    # auto on a CPU: ONNX Runtime, or torch bf16 for small images where bf16 passed its check; each
-    # replica (autoscaling may run two) measures that on its own, so one reply is judged by itself.
+    # auto on a CPU: ONNX Runtime and torch timed on the model at 256 px and one 512 px tile, each
+    # size class on the faster. Each replica (autoscaling may run two) measures on its own, so the
+    # GET /model of one is judged by its own timings and one reply by itself.
     info = httpx.get(stack.serve_url + "/model", timeout=30).json()
+    choice = info["runtime_choice"]
+    fastest = {size: min(choice[size], key=choice[size].get) for size in ("256x256", "512x512")}
+    assert f"{info['runtime']} {info['precision']}" == fastest["512x512"]
     small = info["small_images"]
-    assert info["runtime"] == "onnx" and (small is None or (small["runtime"], small["precision"]) == ("torch", "bf16"))
+    assert (f"{small['runtime']} {small['precision']}" if small else fastest["512x512"]) == fastest["256x256"]
     auto_reply = post(stack.serve_url, body)
-    assert (auto_reply.headers["x-model-runtime"], auto_reply.headers["x-model-precision"]) in {("onnx", "fp32"),
-                                                                                                ("torch", "bf16")}
+    assert f"{auto_reply.headers['x-model-runtime']} {auto_reply.headers['x-model-precision']}" in choice["256x256"]
     r = cli("serve", "deploy", "--model", model, "--runtime", "torch", "--max-batch-size", "4")
     assert r.exit_code == 0, r.output
     torch_reply = post(stack.serve_url, body)  # through @serve.batch

@@ -1,6 +1,8 @@
 """Runtimes for a loaded generator: torch (memory format, precision chosen by measurement) and
 ONNX Runtime give the same images; threads follow the reserved CPUs; bad options are refused."""
 
+import time
+
 import pytest
 import torch
 
@@ -86,9 +88,29 @@ def test_auto_runtime_is_onnx_on_cpu(nafnet):
     assert runtime.build(*nafnet, "auto", threads=1).name == "onnx"
 
 
-def test_auto_sends_small_images_to_torch_bf16_and_large_ones_to_onnx(nafnet):
-    """Measured per size on 2 cores with native bf16: torch bf16 is faster up to one 512 px tile,
-    ONNX Runtime above; a model loaded with runtime auto carries both and picks per image."""
+def test_the_fastest_runtime_is_chosen_per_size():
+    """auto on a CPU times every candidate on the loaded model at 256 px and on one 512 px tile,
+    and each size class gets the faster one, whichever it is."""
+    def sleeper(ms_at):  # a runtime whose speed depends on the image size as given
+        def run(x):
+            time.sleep(ms_at[x.shape[-1]] / 1000)
+            return x
+        return run
+
+    small_fast = runtime.Runtime("torch", 1, "cpu", precision="bf16", run_fast=sleeper({256: 2, 512: 60}))
+    tile_fast = runtime.Runtime("onnx", 1, "cpu", run_fast=sleeper({256: 25, 512: 15}))
+    chosen, report = runtime.fastest_per_size([tile_fast, small_fast], reps=2)
+    assert chosen == {256: small_fast, 512: tile_fast}
+    assert set(report) == {"256x256", "512x512"} and set(report["256x256"]) == {"torch bf16", "onnx fp32"}
+    assert report["256x256"]["torch bf16"] < report["256x256"]["onnx fp32"]
+    assert report["512x512"]["onnx fp32"] < report["512x512"]["torch bf16"]
+    with pytest.raises(ValueError):
+        runtime.fastest_per_size([])
+
+
+def test_auto_sends_small_images_to_one_runtime_and_large_ones_to_another(nafnet):
+    """A model loaded with runtime auto can carry two runtimes (the faster at 256 px and the
+    faster per tile) and picks per image by its pixel count."""
     from serving.model import SMALL_IMAGE_PIXELS, LoadedModel
 
     generator, multiple = nafnet
