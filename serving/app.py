@@ -15,12 +15,15 @@ requests finish. Unpaired models serve `?direction=AtoB|BtoA`.
 
 
 import asyncio
+import concurrent.futures
+import functools
 import hashlib
 import hmac
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from fastapi import FastAPI, Request
@@ -45,8 +48,16 @@ DEFAULTS = OPTIONS.user_config()  # what a user_config leaves out
 RUNTIME_KEYS = ("model_name", "model_version", "model_run_id", "runtime", "threads", "memory_format", "precision")
 RETRY_AFTER_S = 5
 # Tiles per forward pass when one request runs alone: a 16 MP image is ~80 tiles of 512 px, and one
-# pass over all of them would hold every tile's activations at once (GBs on CPU).
-TILES_PER_PASS = 4
+# pass over all of them would hold every tile's activations at once (GBs on CPU). On a CPU one at
+# a time is also the fastest: a 1024x1024 photo in 512 px tiles took 1.17 s one by one against
+# 2.28 s four at a time (torch bf16, 2 threads; ONNX Runtime 2.08 vs 2.46 s): a 4-tile pass's
+# activations no longer fit the caches or the heap kept by translator/allocator.py. GPUs keep 4.
+CPU_TILES_PER_PASS, GPU_TILES_PER_PASS = 1, 4
+
+
+def tiles_per_pass(device: str) -> int:
+    """How many tiles of one request go through the model together on `device` ("cpu", "cuda")."""
+    return CPU_TILES_PER_PASS if device == "cpu" else GPU_TILES_PER_PASS
 
 
 def _reserved_cpus() -> float | None:
@@ -89,6 +100,15 @@ def run_grouped(items: list[tuple[Any, Any, torch.Tensor, bool]], per_pass: int 
     return out
 
 
+def load_and_measure(*args, **kwargs) -> LoadedModel:
+    """`serving.model.load(*args, **kwargs)`, then its speed measured (which warms it up too; the
+    speed sizes request time limits). Run on the compute thread: the runtime choice and the
+    speed are then measured on the thread that will serve."""
+    model = load(*args, **kwargs)
+    model.measure_speed()
+    return model
+
+
 def max_body_bytes(max_pixels: int) -> int:
     """The largest request body worth reading for images of up to `max_pixels`: uncompressed
     16-bit RGBA (8 bytes a pixel, e.g. a raw TIFF or BMP) plus 1 MB of headers and metadata."""
@@ -107,7 +127,7 @@ def enhance_alone(body: bytes, max_pixels: int, model: LoadedModel, direction: s
                   overlap: int, deadline: float | None = None
                   ) -> tuple[bytes, str, codec.DecodedImage, dict[str, float], Any]:
     """One request end to end in the calling thread (batching off): decode, tiles through the
-    model's runtime for this direction and image size (`TILES_PER_PASS` at a time), merge, encode
+    model's runtime for this direction and image size (`tiles_per_pass` at a time), merge, encode
     -> (data, media type, decoded input, seconds per stage, the runtime). Raises
     `codec.RequestError` for bad input, as the batched path does; TimeoutError once `deadline`
     (time.monotonic()) has passed between passes."""
@@ -117,7 +137,7 @@ def enhance_alone(body: bytes, max_pixels: int, model: LoadedModel, direction: s
     t1 = time.perf_counter()
     net, tiles, plan = split_for(model, direction, decoded, tile, overlap)
     outs = run_grouped([(model, net, tiles[i:i + 1], decoded.high_bit) for i in range(len(tiles))],
-                       per_pass=TILES_PER_PASS, deadline=deadline)
+                       per_pass=tiles_per_pass(net.device), deadline=deadline)
     merged = tiling.merge(torch.cat(outs), plan)
     t2 = time.perf_counter()
     data, media = codec.encode(merged, decoded, fmt)
@@ -166,6 +186,29 @@ def web_response(name: str) -> Response:
     return Response(body, media_type=WEB_FILES[name], headers=WEB_HEADERS)
 
 
+# Every model computation of a replica runs on one thread (`compute_thread`). libgomp (PyTorch's OpenMP) keeps a
+# team of threads per calling thread; once the teams outnumber the CPUs it stops spinning between
+# parallel regions, and each of a forward pass's hundreds of regions waits for a wake-up. On
+# asyncio's rotating worker pool that made a 256x256 NAFNet pass ~50% slower (35 -> 50-70 ms on
+# 2 cores; benchmarks/RESULTS.md). One thread keeps one team, as in a plain script.
+# Created on first use: Ray pickles this module's app, and an executor does not pickle.
+_compute: concurrent.futures.ThreadPoolExecutor | None = None
+T = TypeVar("T")
+
+
+def compute_thread() -> concurrent.futures.ThreadPoolExecutor:
+    """The one-thread executor every model computation of this process runs on."""
+    global _compute
+    if _compute is None:
+        _compute = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="img2img-compute")
+    return _compute
+
+
+async def on_compute_thread(fn: Callable[..., T], *args, **kwargs) -> T:
+    """`fn(*args, **kwargs)` on the compute thread, awaited; its exceptions propagate."""
+    return await asyncio.get_running_loop().run_in_executor(compute_thread(), functools.partial(fn, *args, **kwargs))
+
+
 @serve.deployment(name="Enhancer", ray_actor_options={"num_cpus": OPTIONS.num_cpus}, max_ongoing_requests=16)
 @serve.ingress(api)
 class Enhancer:
@@ -190,9 +233,9 @@ class Enhancer:
             try:
                 # Intra-op threads match the CPUs this replica reserved (floor, at least 1).
                 threads = int(cfg["threads"] or threads_for(_reserved_cpus()))
-                new = load(cfg["tracking_uri"], cfg["model_name"], str(cfg["model_version"]), runtime=cfg["runtime"],
-                           threads=threads, memory_format=cfg["memory_format"], precision=cfg["precision"])
-                new.measure_speed()  # warms up too; the speed sizes request time limits
+                new = compute_thread().submit(load_and_measure, cfg["tracking_uri"], cfg["model_name"],
+                                     str(cfg["model_version"]), runtime=cfg["runtime"], threads=threads,
+                                     memory_format=cfg["memory_format"], precision=cfg["precision"]).result()
                 self.model, self.model_key, self.load_error = new, key, None
                 log.info("serving %s v%s (%s) on %s", new.name, new.version, new.variant, new.runtime.info())
             except Exception as e:  # keep serving the old model (or 503) instead of dying
@@ -205,7 +248,7 @@ class Enhancer:
     @serve.batch(max_batch_size=OPTIONS.max_batch_size, batch_wait_timeout_s=OPTIONS.batch_wait_timeout_s)
     async def run_tiles(self, items: list[tuple[LoadedModel, object, torch.Tensor, bool]]) -> list[torch.Tensor]:
         """Tiles from concurrent requests, run together (see `run_grouped`)."""
-        return await asyncio.to_thread(run_grouped, items)
+        return await on_compute_thread(run_grouped, items)
 
     def _authorised(self, request: Request) -> bool:
         want = self.cfg.get("api_key_sha256")
@@ -289,19 +332,19 @@ class Enhancer:
         body = await self._body(request)
         max_pixels = int(self.cfg["max_pixels"])
         if int(self.cfg["max_batch_size"]) <= 1:  # no batching: the whole request in one thread hop
-            return await asyncio.to_thread(enhance_alone, body, max_pixels, model, direction, fmt, tile, overlap,
+            return await on_compute_thread(enhance_alone, body, max_pixels, model, direction, fmt, tile, overlap,
                                            deadline)
         t0 = time.perf_counter()
-        decoded = await asyncio.to_thread(codec.decode, body, max_pixels)
+        decoded = await on_compute_thread(codec.decode, body, max_pixels)
         codec.check_output(fmt, decoded)
         t1 = time.perf_counter()
-        net, tiles, plan = split_for(model, direction, decoded, tile, overlap)
+        net, tiles, plan = await on_compute_thread(split_for, model, direction, decoded, tile, overlap)
         precise = decoded.high_bit  # 16-bit images stay fp32
         outs = await asyncio.gather(*(self.run_tiles((model, net, tiles[i:i + 1], precise))
                                       for i in range(len(tiles))))
-        merged = tiling.merge(torch.cat(outs), plan)
+        merged = await on_compute_thread(lambda: tiling.merge(torch.cat(outs), plan))
         t2 = time.perf_counter()
-        data, media = await asyncio.to_thread(codec.encode, merged, decoded, fmt)
+        data, media = await on_compute_thread(codec.encode, merged, decoded, fmt)
         return data, media, decoded, {"decode": t1 - t0, "model": t2 - t1, "encode": time.perf_counter() - t2}, net
 
     @api.get("/", include_in_schema=False)

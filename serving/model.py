@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from serving.runtime import CHOICE_SIZES, Runtime, build, fastest_per_size
+from serving.runtime import CHOICE_SIZES, Runtime, build, cpu_candidates, fastest_per_size
 from translator import tiling
 from translator.tasks import task_for_spec
 
@@ -188,10 +188,11 @@ def _load_generator(uri: str, device: str):
 def load(tracking_uri: str, name: str, version: str, device: str | None = None, runtime: str = "auto",
          threads: int | None = None, memory_format: str = "channels_last", precision: str = "auto") -> LoadedModel:
     """Version `version` of registered model `name`, ready on `runtime` (auto | torch | onnx) with
-    `threads` intra-op threads (None: all CPUs). auto: torch on a GPU; on a CPU, ONNX Runtime and
-    torch channels_last (bf16 where it passes its speed and precision check) timed on this model
-    at 256 px and on one tile: images up to SMALL_IMAGE_PIXELS run on the faster at 256 px, larger
-    ones on the faster per tile (`runtime_choice` in `info()` holds the timings).
+    `threads` intra-op threads (None: all CPUs). auto: torch on a GPU; on a CPU, ONNX Runtime,
+    torch channels_last fp32 and torch bf16 (native bf16 within one 8-bit level of fp32 only;
+    `serving.runtime.cpu_candidates`) timed on this model at 256 px and on one tile: images up to
+    SMALL_IMAGE_PIXELS run on the fastest at 256 px, larger ones on the fastest per tile
+    (`runtime_choice` in `info()` holds the timings).
     onnx uses the export logged by `img2img models export` when there is one, else exports (and
     parity-checks) here."""
     import mlflow
@@ -217,8 +218,9 @@ def load(tracking_uri: str, name: str, version: str, device: str | None = None, 
     if runtime == "auto" and rt.name == "onnx":
         # Which is faster depends on the model, the CPU (native bf16 or not), the threads and the
         # allocator: time both on this model here instead of assuming (see fastest_per_size).
-        candidate = build(generator, multiple, "torch", rt.threads, device, "channels_last", "auto")
-        fastest, choice = fastest_per_size([rt, candidate], (CHOICE_SIZES[0], tiling.TILE))
+        candidates, notes = cpu_candidates(generator, rt.threads, rt)
+        fastest, choice = fastest_per_size(candidates, (CHOICE_SIZES[0], tiling.TILE))
+        choice.update(notes)
         rt, small = fastest[tiling.TILE], fastest[CHOICE_SIZES[0]]
         small = None if small is rt else small
     return LoadedModel(generator, name, str(version), tags.get("variant", "unknown"), multiple, metrics,

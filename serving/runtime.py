@@ -1,7 +1,8 @@
 """How a loaded generator runs on this machine: `torch` or `onnx` (ONNX Runtime). `auto` is torch
-on a GPU; on a CPU, `serving.model.load` builds both and times them on the loaded model
-(`fastest_per_size`: a 256 px image and one 512 px tile), then runs each image size on the faster
-(`build` alone maps auto to onnx on a CPU).
+on a GPU; on a CPU, `serving.model.load` builds ONNX Runtime, torch channels_last fp32 and (where
+it is native and precise enough) torch bf16, times them on the loaded model (`fastest_per_size`:
+a 256 px image and one 512 px tile), then runs each image size on the fastest (`build` alone maps
+auto to onnx on a CPU).
 
 torch runs channels_last by default (NAFNet's LayerNorm2d permutes to NHWC and back, which
 channels_last makes free) and, with `precision="auto"`, under bf16 autocast only where the
@@ -118,18 +119,38 @@ CHOICE_SIZES = (256, 512)
 
 
 def fastest_per_size(candidates: list[Runtime], sizes: tuple[int, ...] = CHOICE_SIZES,
-                     reps: int = 5) -> tuple[dict[int, Runtime], dict]:
-    """Each candidate timed on a `size` x `size` sample per size (best of `reps`, interleaved, so
-    a busy machine slows all alike) -> ({size: the fastest runtime}, {"256x256": {"onnx fp32": ms,
-    "torch bf16": ms}, ...}) for `GET /model`. Raises ValueError for no candidates."""
+                     reps: int = 10) -> tuple[dict[int, Runtime], dict]:
+    """Each candidate timed on a `size` x `size` sample per size (best of `reps`, all candidates
+    interleaved, so a busy machine slows all alike) -> ({size: the fastest runtime},
+    {"256x256": {"onnx fp32": ms, "torch bf16": ms, ...}, ...}) for `GET /model`. A bf16 runtime
+    counts `BF16_MIN_SPEEDUP` x its time: it must beat every fp32 one by that margin. Raises
+    ValueError for no candidates."""
     if not candidates:
         raise ValueError("no runtime to choose from")
     chosen, report = {}, {}
     for size in sizes:
         ms = _best_ms([c.run for c in candidates], _sample(size), reps=reps)
-        chosen[size] = candidates[min(range(len(candidates)), key=ms.__getitem__)]
+        effective = [t * (BF16_MIN_SPEEDUP if c.precision == "bf16" else 1.0) for c, t in zip(candidates, ms)]
+        chosen[size] = candidates[min(range(len(candidates)), key=effective.__getitem__)]
         report[f"{size}x{size}"] = {f"{c.name} {c.precision}": round(t, 1) for c, t in zip(candidates, ms)}
     return chosen, report
+
+
+def cpu_candidates(generator: torch.nn.Module, threads: int, onnx: Runtime) -> tuple[list[Runtime], dict]:
+    """What `auto` times on a CPU: `onnx` (ONNX Runtime), torch channels_last fp32 and, where the
+    CPU has native bf16 and bf16 autocast stays within one 8-bit level of fp32 on this model,
+    torch channels_last bf16 -> (candidates, {"bf16_max_abs_diff": d} or why bf16 is left out).
+    The torch runtimes share `generator` (moved to channels_last in place)."""
+    fp32 = torch_runtime(generator, threads, "cpu", "channels_last", "fp32")
+    if not cpu_has_native_bf16():
+        return [onnx, fp32], {"bf16": "no native bf16 on this CPU"}
+    bf16 = torch_runtime(generator, threads, "cpu", "channels_last", "bf16")
+    sample = _sample()
+    diff = round(float((fp32.run(sample) - bf16.run(sample)).abs().max()), 5)
+    bf16.check = {"bf16_max_abs_diff": diff, "sample": f"{sample.shape[-2]}x{sample.shape[-1]}"}
+    if diff > ONE_8BIT_LEVEL:  # e.g. the EMA-trained demo model measured 0.0094 > 0.0078
+        return [onnx, fp32], {"bf16_max_abs_diff": diff, "bf16": "over one 8-bit level from fp32"}
+    return [onnx, fp32, bf16], {"bf16_max_abs_diff": diff}
 
 
 def torch_runtime(generator: torch.nn.Module, threads: int, device: str = "cpu",

@@ -178,6 +178,32 @@ def test_one_request_runs_its_tiles_a_few_at_a_time_and_stops_past_its_deadline(
     assert net.passes == []
 
 
+@pytest.mark.parametrize("device, largest_pass", [("cpu", 1), ("cuda", 4)])
+def test_a_request_alone_runs_one_tile_per_pass_on_a_cpu(device, largest_pass):
+    """On a CPU one tile per forward pass was the fastest (1024 px photo, 512 px tiles: 1.17 s
+    one by one, 2.28 s four at a time); GPUs batch up to 4 of a request's tiles."""
+    import io
+
+    from PIL import Image
+
+    from serving.app import enhance_alone
+
+    net = _Runtime()
+    net.device = device
+
+    class Model:
+        multiple = 1
+
+        def net(self, direction, pixels=None):
+            return net
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (120, 30, 200)).save(buf, "PNG")
+    data, media, decoded, stages, used = enhance_alone(buf.getvalue(), 10**6, Model(), "AtoB", "png", 16, 4)
+    assert used is net and media == "image/png" and set(stages) == {"decode", "model", "encode"}
+    assert len(net.passes) > 4 and max(p for p, _ in net.passes) == largest_pass
+
+
 def test_output_formats_refuse_sizes_they_cannot_hold_before_the_model_runs():
     from serving import codec
 

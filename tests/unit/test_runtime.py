@@ -108,6 +108,32 @@ def test_the_fastest_runtime_is_chosen_per_size():
         runtime.fastest_per_size([])
 
 
+def test_bf16_must_beat_fp32_by_ten_percent():
+    def sleeper(ms):
+        return lambda x: time.sleep(ms / 1000) or x
+
+    fp32 = runtime.Runtime("torch", 1, "cpu", precision="fp32", run_fast=sleeper(20))
+    slightly = runtime.Runtime("torch", 1, "cpu", precision="bf16", run_fast=sleeper(19))
+    clearly = runtime.Runtime("torch", 1, "cpu", precision="bf16", run_fast=sleeper(10))
+    assert runtime.fastest_per_size([fp32, slightly], (64,), reps=2)[0][64] is fp32
+    assert runtime.fastest_per_size([fp32, clearly], (64,), reps=2)[0][64] is clearly
+
+
+def test_cpu_candidates_hold_bf16_only_where_native_and_within_one_8bit_level(nafnet):
+    generator, multiple = nafnet
+    onnx = runtime.build(generator, multiple, "onnx", threads=1)
+    candidates, notes = runtime.cpu_candidates(generator, 1, onnx)
+    assert [(c.name, c.precision) for c in candidates[:2]] == [("onnx", "fp32"), ("torch", "fp32")]
+    assert candidates[1].memory_format == "channels_last"
+    if not runtime.cpu_has_native_bf16():
+        assert len(candidates) == 2 and "no native bf16" in notes["bf16"]
+    else:
+        within = notes["bf16_max_abs_diff"] <= runtime.ONE_8BIT_LEVEL
+        assert (len(candidates) == 3) is within
+        if within:
+            assert candidates[2].precision == "bf16"
+
+
 def test_auto_sends_small_images_to_one_runtime_and_large_ones_to_another(nafnet):
     """A model loaded with runtime auto can carry two runtimes (the faster at 256 px and the
     faster per tile) and picks per image by its pixel count."""
