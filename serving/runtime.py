@@ -87,12 +87,17 @@ def _torch_runner(generator: torch.nn.Module, device: str, memory_format: str, b
     return run
 
 
-def _best_ms(fns: list[Callable], x: torch.Tensor, reps: int = 3) -> list[float]:
-    """Fastest of `reps` runs of each fn, interleaved, so a busy machine slows both alike."""
+def _best_ms(fns: list[Callable], x: torch.Tensor, reps: int = 3, budget_s: float | None = None,
+             min_reps: int = 3) -> list[float]:
+    """Fastest of `reps` runs of each fn, interleaved, so a busy machine slows all alike. With
+    `budget_s`, rounds stop early once `min_reps` are done and the rounds took that long."""
     for fn in fns:
         fn(x)  # warm-up (oneDNN primitive creation)
     best = [math.inf] * len(fns)
-    for _ in range(reps):
+    start = time.perf_counter()
+    for r in range(reps):
+        if budget_s is not None and r >= min_reps and time.perf_counter() - start > budget_s:
+            break
         for i, fn in enumerate(fns):
             t0 = time.perf_counter()
             fn(x)
@@ -119,9 +124,10 @@ CHOICE_SIZES = (256, 512)
 
 
 def fastest_per_size(candidates: list[Runtime], sizes: tuple[int, ...] = CHOICE_SIZES,
-                     reps: int = 10) -> tuple[dict[int, Runtime], dict]:
+                     reps: int = 10, budget_s: float = 1.5) -> tuple[dict[int, Runtime], dict]:
     """Each candidate timed on a `size` x `size` sample per size (best of `reps`, all candidates
-    interleaved, so a busy machine slows all alike) -> ({size: the fastest runtime},
+    interleaved, so a busy machine slows all alike; at least 3 rounds, fewer than `reps` once the
+    rounds at a size took `budget_s`: 256 px gets ~10, a 512 px tile ~3) -> ({size: the fastest runtime},
     {"256x256": {"onnx fp32": ms, "torch bf16": ms, ...}, ...}) for `GET /model`. A bf16 runtime
     counts `BF16_MIN_SPEEDUP` x its time: it must beat every fp32 one by that margin. Raises
     ValueError for no candidates."""
@@ -129,7 +135,7 @@ def fastest_per_size(candidates: list[Runtime], sizes: tuple[int, ...] = CHOICE_
         raise ValueError("no runtime to choose from")
     chosen, report = {}, {}
     for size in sizes:
-        ms = _best_ms([c.run for c in candidates], _sample(size), reps=reps)
+        ms = _best_ms([c.run for c in candidates], _sample(size), reps=reps, budget_s=budget_s)
         effective = [t * (BF16_MIN_SPEEDUP if c.precision == "bf16" else 1.0) for c, t in zip(candidates, ms)]
         chosen[size] = candidates[min(range(len(candidates)), key=effective.__getitem__)]
         report[f"{size}x{size}"] = {f"{c.name} {c.precision}": round(t, 1) for c, t in zip(candidates, ms)}
