@@ -187,7 +187,7 @@ def quick(settings, model: str, n: int = 20) -> None:
                                                  num_cpus=CPUS, tile=512, max_batch_size=1)),
                ("onnx", dict(runtime="onnx", num_cpus=CPUS, tile=512, max_batch_size=1)),
                ("auto (the default runtime)", dict(runtime="auto", num_cpus=CPUS, tile=512, max_batch_size=1))]
-    rows, all_today = [], []
+    rows, all_today, notes = [], [], []
     with httpx.Client(timeout=300) as client:
         for label, kw in configs:
             deploy(settings, model, min_replicas=1, max_replicas=1, wait_s=600, **kw)
@@ -209,6 +209,9 @@ def quick(settings, model: str, n: int = 20) -> None:
             if small:  # the default runtime hands small images to another runtime; say which
                 runtime = f"{small.get('runtime')} {small.get('precision')} at 256x256"
             desc = f"{label} [{runtime}, {info.get('threads')} thr]"
+            if info.get("runtime_choice"):
+                notes.append(f"{label}: the replica's runtime_choice {info['runtime_choice']}")
+                print(notes[-1], flush=True)
             rows.append(_row(256, "Serve", desc, "on" if kw["max_batch_size"] > 1 else "off", 1, lat, n / t_serve,
                              base) + [base * 1e3, percentile(replica, 50) * 1e3])
     deploy(settings, model)  # back to the defaults
@@ -233,7 +236,7 @@ def quick(settings, model: str, n: int = 20) -> None:
                  "glibc malloc defaults) and divides by that path's p50 over the same rounds; the in-process "
                  "today row pools all rounds. In-replica time is decode + model + encode as the replica's "
                  "Server-Timing header reports it; the rest of a Serve p50 is HTTP, Ray Serve's proxy and "
-                 "the hop to the replica.")
+                 "the hop to the replica.\n" + "\n".join(f"- {n}" for n in notes))
 
 
 def main() -> None:
