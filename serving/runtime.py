@@ -105,6 +105,11 @@ def _best_ms(fns: list[Callable], x: torch.Tensor, reps: int = 3, budget_s: floa
     return best
 
 
+def bf16_max_abs_diff(fp32: Callable, bf16: Callable, sample: torch.Tensor) -> float:
+    """Largest |fp32(sample) - bf16(sample)| on the [-1, 1] scale (one 8-bit level: 2/255)."""
+    return float((fp32(sample) - bf16(sample)).abs().max())
+
+
 def choose_bf16(fp32: Callable, bf16: Callable, sample: torch.Tensor) -> tuple[bool, dict]:
     """bf16 if it is >= BF16_MIN_SPEEDUP x faster than fp32 on `sample` and its output stays
     within one 8-bit level (2/255 on [-1, 1]) of fp32 -> (use bf16, the measurement)."""
@@ -112,7 +117,7 @@ def choose_bf16(fp32: Callable, bf16: Callable, sample: torch.Tensor) -> tuple[b
     # while in-process it chose bf16 (benchmarks/RESULTS.md serving table), and the choice flipped
     # from run to run; on idle cores its bf16 was 1.5x faster (256 px: 48 vs 74 ms).
     ms32, ms16 = _best_ms([fp32, bf16], sample, reps=5)
-    diff = float((fp32(sample) - bf16(sample)).abs().max())
+    diff = bf16_max_abs_diff(fp32, bf16, sample)
     use = ms16 * BF16_MIN_SPEEDUP <= ms32 and diff <= ONE_8BIT_LEVEL
     return use, {"fp32_ms": round(ms32, 1), "bf16_ms": round(ms16, 1), "bf16_max_abs_diff": round(diff, 5),
                  "sample": f"{sample.shape[-2]}x{sample.shape[-1]}"}
@@ -160,7 +165,7 @@ def cpu_candidates(generator: torch.nn.Module, threads: int, onnx: Runtime) -> t
         return [onnx, fp32], {"bf16": "no native bf16 on this CPU"}
     bf16 = torch_runtime(generator, threads, "cpu", "channels_last", "bf16")
     sample = _sample()
-    diff = round(float((fp32.run(sample) - bf16.run(sample)).abs().max()), 5)
+    diff = round(bf16_max_abs_diff(fp32.run, bf16.run, sample), 5)
     bf16.check = {"bf16_max_abs_diff": diff, "sample": f"{sample.shape[-2]}x{sample.shape[-1]}"}
     if diff > ONE_8BIT_LEVEL:  # e.g. the EMA-trained demo model measured 0.0094 > 0.0078
         return [onnx, fp32], {"bf16_max_abs_diff": diff, "bf16": "over one 8-bit level from fp32"}

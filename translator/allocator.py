@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import platform
 
 # mallopt parameter numbers (glibc <malloc.h>).
 M_TRIM_THRESHOLD = -1
@@ -48,13 +49,12 @@ def retain_freed_memory() -> bool:
     _applied = False
     if os.environ.get(OPT_OUT, "1") == "0" or any(name in os.environ for name in USER_SETTINGS):
         return False
+    if platform.libc_ver()[0] != "glibc":
+        return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-        gnu_get_libc_version = libc.gnu_get_libc_version  # absent outside glibc
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
     except (OSError, AttributeError):
         return False
-    del gnu_get_libc_version
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # Trim first: setting it also stops glibc from raising the thresholds dynamically.
     _applied = bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)) and \
