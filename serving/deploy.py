@@ -81,7 +81,7 @@ def deploy(settings: Settings, model: str = "", *, min_replicas: int = 1, max_re
            runtime: str = DEFAULTS.runtime, threads: int | None = None, memory_format: str = DEFAULTS.memory_format,
            precision: str = DEFAULTS.precision, request_timeout_s: float | None = None,
            retain_freed_memory: bool = True) -> dict:
-    """Deploy the enhancer app serving `model`. `runtime` auto (torch on GPU; on CPU onnx, plus torch bf16 for small images) | torch | onnx;
+    """Deploy the enhancer app serving `model`. `runtime` auto (torch on GPU; on CPU the fastest runtime per image size, timed at start: serving.model.load) | torch | onnx;
     `threads` per replica (default: floor(num_cpus), at least 1); `memory_format` and `precision`
     apply to torch. `request_timeout_s` (default: sized from the replica's measured speed) bounds a
     request; planned replica stops wait that long plus a margin. `retain_freed_memory=False` starts

@@ -27,8 +27,8 @@ class ServeOptions:
     override them; 16 <= tile <= 4096, 0 <= overlap < tile/2). max_pixels: larger uploads get 413.
     max_batch_size / batch_wait_timeout_s: tiles of concurrent requests run together, up to this
     many, waiting at most this many seconds to fill a batch (1 = off: measured slower on CPU).
-    runtime: auto (torch on GPU; on CPU onnx, plus torch bf16 for images up to 512x512 where the
-    CPU has native bf16) | torch | onnx. threads: intra-op threads per replica
+    runtime: auto (torch on GPU; on CPU the fastest of onnx, torch fp32 and torch bf16, timed on
+    the model at start per image size: serving.model.load) | torch | onnx. threads: intra-op threads per replica
     (None: floor(num_cpus), at least 1). memory_format, precision: torch only.
     request_timeout_s: seconds before a request is answered 504 (`serve deploy` sizes it from the
     replica's measured speed)."""
