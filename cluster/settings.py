@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlparse
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
@@ -39,6 +40,9 @@ class Settings(BaseSettings):
     ray_num_cpus: int = Field(4, description="logical CPUs of the embedded Ray head")
     serve_url: str = Field("http://127.0.0.1:8000", description="Ray Serve HTTP endpoint")
     serve_api_key: SecretStr | None = Field(None, description="required on /enhance when set")
+    serve_ingress: Literal["auto", "haproxy", "proxy"] = Field(
+        "auto", description="HTTP ingress of the embedded Ray head: haproxy (Ray Serve's HAProxy, straight to "
+                            "each replica), proxy (Ray Serve's Python proxy), auto (haproxy where installed)")
 
     @model_validator(mode="after")
     def _keys_come_in_pairs(self) -> Settings:

@@ -22,6 +22,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import psutil
 
@@ -35,6 +36,7 @@ SERVICES = ("s3", "mlflow", "ray")
 BIN = Path(sys.executable).parent
 
 
+WORKER_PORTS = 192  # of a stack's block of 256; the other 64 are for Serve replicas' HTTP servers
 RAY_COMMAND = re.compile(r"(^|[/\s])ray(::|\.|/)")  # `ray::Agent`, `-m ray.x`, `.../ray/...`
 
 
@@ -237,6 +239,8 @@ class Stack:
                "--object-store-memory=1500000000", *self._worker_port_range()]
         env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
         env.update(self._service_env())
+        env.update(self._ingress_env(state))
+        self._save(state)
         for attempt in (1, 2):
             proc = self._spawn("ray", cmd, env)
             try:
@@ -252,17 +256,43 @@ class Stack:
                 raise Img2ImgError(f"`ray start` failed (exit {rc}); last log lines:\n{self.tail('ray', 15)}")
             log.warning("`ray start` timed out during startup; retrying once")
 
-    def _worker_port_range(self) -> list[str]:
-        """A worker port block per stack (Ray's default 10002-19999 clashes with the ports the
-        settings name, and with a second stack); ephemeral ports (32768+) are never in it."""
+    def _port_block(self) -> int | None:
+        """The first of 256 ports kept for this stack's Ray workers (192) and Serve replicas' own
+        HTTP servers (64): Ray's defaults (10002-19999, 30000-31000) clash with the ports the
+        settings name, and with a second stack; ephemeral ports (32768+) are never in it."""
         s = self.settings
         taken = {s.port_of(u) for u in (s.s3_hostport, s.mlflow_uri, s.ray_address, s.serve_url)}
         seed = int(hashlib.sha1(str(self.root).encode()).hexdigest(), 16)
         for i in range(48):
             low = 20000 + ((seed + i) % 48) * 256
             if not any(low <= port < low + 256 for port in taken):
-                return [f"--min-worker-port={low}", f"--max-worker-port={low + 255}"]
-        return []
+                return low
+        return None
+
+    def _worker_port_range(self) -> list[str]:
+        low = self._port_block()
+        return [] if low is None else [f"--min-worker-port={low}", f"--max-worker-port={low + WORKER_PORTS - 1}"]
+
+    @property
+    def haproxy_dir(self) -> Path:
+        """HAProxy's config, sockets and wrapper for this stack: short (unix socket paths under
+        it get Ray's 56-character node id), unique per state dir, removed by `stack down`."""
+        digest = hashlib.sha1(str(self.root).encode()).hexdigest()[:10]
+        return Path("/tmp") / f"img2img-hap-{digest}"
+
+    def _ingress_env(self, state: dict) -> dict[str, str]:
+        """`ray start`'s environment for the Serve ingress the settings ask for (cluster/ingress.py)."""
+        from cluster import ingress
+
+        state["serve_ingress"] = kind = ingress.resolve(self.settings.serve_ingress)
+        if kind == "proxy":
+            return {}
+        p = self._ports(state, ["haproxy_stats", "haproxy_metrics"])
+        low = self._port_block()
+        replicas = (low + WORKER_PORTS, low + 255) if low is not None else (30000, 31000)
+        self.haproxy_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        host = urlparse(self.settings.serve_url).hostname or "127.0.0.1"
+        return ingress.ray_env(self.haproxy_dir, host, p["haproxy_stats"], p["haproxy_metrics"], replicas)
 
     def _service_env(self) -> dict[str, str]:
         """What jobs on the cluster need to reach the stores (inherited by Ray workers)."""
@@ -307,9 +337,11 @@ class Stack:
 
     # ---- stop -------------------------------------------------------------------------------
     def _ray_processes(self) -> list[psutil.Process]:
-        """Every process of this stack's Ray head: by its temp dir, or a Ray command run in the state dir."""
+        """Every process of this stack's Ray head: by its temp dir or HAProxy dir, or a Ray command run in the state dir."""
         # The temp dir as a whole path component (not a suffix of another stack's path).
-        marker = re.compile(r"(^|[=\s,])" + re.escape(str(self.ray_temp_dir)) + r"(/|$|[\s,])")
+        # HAProxy (the Serve ingress) runs with its config under this stack's haproxy_dir.
+        dirs = "|".join(re.escape(str(d)) for d in (self.ray_temp_dir, self.haproxy_dir))
+        marker = re.compile(r"(^|[=\s,])(" + dirs + r")(/|$|[\s,])")
         found = []
         for proc in psutil.process_iter(["cmdline", "cwd"]):
             try:
@@ -388,6 +420,7 @@ class Stack:
             shutil.copytree(session_logs, self.ray_logs_kept, symlinks=True, ignore_dangling_symlinks=True,
                             dirs_exist_ok=True)
         shutil.rmtree(self.ray_temp_dir, ignore_errors=True)
+        shutil.rmtree(self.haproxy_dir, ignore_errors=True)
         state = self._load()
         if not any(self._group(state.get("pids", {}).get(n)) for n in ("mlflow", "s3")):
             shutil.rmtree(self.tmp_dir, ignore_errors=True)
@@ -406,8 +439,10 @@ class Stack:
                 pid = procs[0].pid if procs else None
             elif not self._group(pid):
                 pid = None
-            out.append(ServiceStatus(name, url, pid, healthy(), managed,
-                                     "embedded" if managed else "external (checked, not started)"))
+            detail = "embedded" if managed else "external (checked, not started)"
+            if name == "ray" and managed and state.get("serve_ingress"):
+                detail += f", Serve ingress {state['serve_ingress']}"
+            out.append(ServiceStatus(name, url, pid, healthy(), managed, detail))
         return out
 
     def log_path(self, name: str) -> Path:

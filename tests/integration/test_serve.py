@@ -104,6 +104,22 @@ def test_model_endpoint_and_query_validation(endpoint, demo_run):
     assert r.status_code == 400
 
 
+def test_requests_enter_through_haproxy_listening_on_the_stack_host_only(stack, cli, endpoint):
+    """The embedded stack's Serve ingress is HAProxy (where `ray[serve]` bundles it), with every
+    listener of it, its stats page and metrics exporter included, on 127.0.0.1."""
+    import psutil
+
+    from cluster.stack import Stack
+
+    haproxies = [p for p in Stack(stack)._ray_processes() if p.name() == "haproxy"]
+    listening = {(c.laddr.ip, c.laddr.port) for p in haproxies for c in p.net_connections("inet")
+                 if c.status == psutil.CONN_LISTEN}
+    assert ("127.0.0.1", stack.port_of(stack.serve_url)) in listening and len(listening) >= 3  # + stats, metrics
+    assert {ip for ip, _ in listening} == {"127.0.0.1"}
+    assert "Serve ingress haproxy" in json.loads(cli("stack", "status", "--json").stdout)[2]["mode"]
+    assert httpx.get(endpoint + "/model", timeout=30).status_code == 200
+
+
 def test_concurrent_clients_are_served(endpoint):
     img = png(Image.fromarray(np.random.default_rng(1).integers(0, 255, (300, 260, 3), dtype=np.uint8)))
 
