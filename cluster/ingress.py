@@ -29,8 +29,10 @@ INGRESS_CHOICES = ("auto", "haproxy", "proxy")
 WRAPPER = "haproxy-on-host"
 # A stopping replica stays reachable this long so HAProxy, reloaded with the new server list
 # (well under a second on one node), stops routing to it; Ray's default, 30 s, is sized for
-# cloud load balancers and would add 30 s to every redeploy and scale-down.
-DRAIN_S = 3
+# cloud load balancers and would add 30 s to every redeploy and scale-down. A request HAProxy
+# still sends after that finds the listener closed and is retried on another replica
+# (`retry-on conn-failure` with `option redispatch`), so a short window loses nothing.
+DRAIN_S = 1
 # An HAProxy process replaced by a reload finishes its in-flight requests for at most this long.
 # Ray's default (120 s) would cut a long enhancement whenever autoscaling changes the replica
 # set; this equals HAProxy's client timeout, the longest a request can take through it anyway.

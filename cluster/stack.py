@@ -388,7 +388,10 @@ class Stack:
         ray_procs = self._ray_processes()
         if ray_procs:
             progress("stopping Ray head")
-            self._terminate(ray_procs)
+            # Ray keeps no state worth a graceful stop (the head is ephemeral, its temp dir is
+            # removed below), and once they are all signalled together the GCS, raylet and agents
+            # wait on each other for 15 s or more: what has not exited after 3 s is killed.
+            self._terminate(ray_procs, timeout=3)
             stopped.append("ray")
         for name in ("mlflow", "s3"):
             procs = self._group(state["pids"].get(name))

@@ -73,6 +73,31 @@ TINY = {
 }
 
 
+def register_tiny_autoencoder(settings, name: str, seed: int) -> str:
+    """A tiny random-weight autoencoder registered as `name` in `settings`' MLflow (different
+    weights per seed); -> its version. The process's MLflow tracking URI is left as it was."""
+    import mlflow
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from jobs.tracking import log_generator
+    from translator.variants import get_variant
+
+    torch.manual_seed(seed)
+    variant = get_variant("autoencoder").from_config({"nf": 4})
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    try:
+        mlflow.set_experiment("integration")
+        with mlflow.start_run():
+            info = log_generator(variant.generator, variant.multiple, "autoencoder", {}, name)
+    finally:
+        mlflow.set_tracking_uri(before)
+    version = str(info.registered_model_version)
+    MlflowClient(settings.mlflow_uri).set_model_version_tag(name, version, "variant", "autoencoder")
+    return version
+
+
 def untrained_val_psnr(settings, dataset: str, variant: str, **spec_kw) -> float:
     """Mean val PSNR (dB) of `variant` as training starts it (rank 0's seed, untrained), scored as
     the training loop's validation does: paired output vs target; unpaired by cycle consistency

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image, ImageCms
 
 from benchmarks.bad_inputs import bad_inputs
-from tests.integration.conftest import encoded
+from tests.integration.conftest import encoded, register_tiny_autoencoder
 
 pytestmark = pytest.mark.integration
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
@@ -142,25 +142,6 @@ def test_killed_replica_loses_no_request_and_both_directions_are_served(stack, t
     assert all(r.output.exists() for r in results)
 
 
-def _register_tiny_autoencoder(stack, name: str, seed: int) -> str:
-    """A tiny random-weight autoencoder registered as `name` (different weights per seed)."""
-    import mlflow
-    import torch
-
-    from jobs.tracking import log_generator
-    from translator.variants import get_variant
-
-    torch.manual_seed(seed)
-    variant = get_variant("autoencoder").from_config({"nf": 4})
-    mlflow.set_tracking_uri(stack.mlflow_uri)
-    mlflow.set_experiment("integration")
-    with mlflow.start_run():
-        info = log_generator(variant.generator, variant.multiple, "autoencoder", {}, name)
-    version = str(info.registered_model_version)
-    MlflowClient(stack.mlflow_uri).set_model_version_tag(name, version, "variant", "autoencoder")
-    return version
-
-
 def test_a_deleted_and_reregistered_model_is_not_served_stale(stack):
     """Deleting a registered model and registering it again reuses version 1 for other weights:
     `serve deploy` must load the new weights, not keep the replica's old ones."""
@@ -171,7 +152,7 @@ def test_a_deleted_and_reregistered_model_is_not_served_stale(stack):
     body = encoded(Image.fromarray(np.random.default_rng(4).integers(0, 256, (48, 48, 3), dtype=np.uint8)))
     outputs = []
     for seed in (1, 2):
-        assert _register_tiny_autoencoder(stack, name, seed) == "1"
+        assert register_tiny_autoencoder(stack, name, seed) == "1"
         deploy(settings, f"{name}/1", min_replicas=1, max_replicas=1, wait_s=240)
         r = post(stack.serve_url, body)
         assert r.status_code == 200 and r.headers["x-model-version"] == "1"

@@ -116,22 +116,40 @@ def test_second_stack_side_by_side_down_up_keeps_data(stack, tmp_path, monkeypat
 
 
 def test_down_leaves_no_process_of_the_stack_behind(stack, tmp_path, monkeypatch):
-    """A whole second stack (store, MLflow, Ray head) up then down: no process runs in its state
-    dir afterwards, Ray's retitled agents (`ray::DashboardAgent`, ...) included."""
-    import psutil
+    """A whole second stack (store, MLflow, Ray head), with Ray Serve's Python proxy as its
+    ingress (`IMG2IMG_SERVE_INGRESS=proxy`; the session's stack runs HAProxy) serving a model,
+    then down: no process runs in its state dir afterwards, Ray's retitled agents
+    (`ray::DashboardAgent`, ...), Serve's proxy and replicas included."""
+    import io
 
+    import httpx
+    import numpy as np
+    import psutil
+    from PIL import Image
+
+    from serving.deploy import deploy
     from tests.conftest import stack_env
+    from tests.integration.conftest import encoded, register_tiny_autoencoder
 
     env = stack_env(tmp_path / "state3")
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.setenv("IMG2IMG_SERVE_INGRESS", "proxy")
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
     other = get_settings()
     st = Stack(other)
     try:
         st.up()
-        assert st.ray_healthy()
+        assert st.ray_healthy() and [s.detail for s in st.status()][2] == "embedded, Serve ingress proxy"
+        version = register_tiny_autoencoder(other, "proxy-served", seed=3)
+        deploy(other, f"proxy-served/{version}", min_replicas=1, max_replicas=1, num_cpus=1, runtime="torch",
+               wait_s=240)
+        photo = np.random.default_rng(5).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+        r = httpx.post(other.serve_url + "/enhance", content=encoded(Image.fromarray(photo)),
+                       headers={"Content-Type": "image/png"}, timeout=120)
+        assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (56, 40)
+        assert not [p for p in st._ray_processes() if p.name() == "haproxy"]
     finally:
         st.down()
     root = str(st.root)
