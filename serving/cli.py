@@ -39,7 +39,7 @@ def deploy(
     tile: int = typer.Option(DEFAULTS.tile, help="default tile size for large images"),
     overlap: int = typer.Option(DEFAULTS.overlap, help="default tile overlap"),
     max_megapixels: float = typer.Option(DEFAULTS.max_pixels / 1e6, help="larger uploads get 413"),
-    runtime: str = typer.Option(DEFAULTS.runtime, help="auto (torch on GPU; on CPU the fastest of onnx, torch fp32 and torch bf16, timed on the model at start for images up to 512x512 px and for larger ones; GET /model shows runtime_choice) | torch | onnx"),
+    runtime: str = typer.Option(DEFAULTS.runtime, help="auto (torch on GPU; on CPU the fastest of onnx, torch fp32 and torch bf16 (kept unless another is 10% faster), timed on the model at start for images up to 512x512 px and for larger ones; GET /model shows runtime_choice) | torch | onnx"),
     threads: int = typer.Option(None, help="intra-op threads per replica (default: floor(--num-cpus), min 1)"),
     memory_format: str = typer.Option(DEFAULTS.memory_format, help="torch only: channels_last | contiguous"),
     precision: str = typer.Option(DEFAULTS.precision, help="torch only: auto (bf16 where native, faster and within one "

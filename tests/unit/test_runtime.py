@@ -108,19 +108,23 @@ def test_the_fastest_runtime_is_chosen_per_size():
         runtime.fastest_per_size([])
 
 
-def test_bf16_must_beat_its_own_fp32_by_ten_percent():
+def test_bf16_keeps_a_size_unless_another_runtime_is_ten_percent_faster():
+    """Timing at start is noisy on a busy machine: a native, precise-enough bf16 runtime is not
+    displaced by a near-tie, only by a runtime clearly faster."""
     def sleeper(ms):
         return lambda x: time.sleep(ms / 1000) or x
 
-    fp32 = runtime.Runtime("torch", 1, "cpu", precision="fp32", run_fast=sleeper(20))
-    slightly = runtime.Runtime("torch", 1, "cpu", precision="bf16", run_fast=sleeper(19))
-    clearly = runtime.Runtime("torch", 1, "cpu", precision="bf16", run_fast=sleeper(10))
-    assert runtime.fastest_per_size([fp32, slightly], (64,), reps=2)[0][64] is fp32
-    assert runtime.fastest_per_size([fp32, clearly], (64,), reps=2)[0][64] is clearly
-    # Against another runtime bf16 needs no margin, once it has beaten its own fp32 by 10%.
-    onnx = runtime.Runtime("onnx", 1, "cpu", run_fast=sleeper(15))
-    assert runtime.fastest_per_size([onnx, fp32, clearly], (64,), reps=2)[0][64] is clearly
-    assert runtime.fastest_per_size([onnx, fp32, slightly], (64,), reps=2)[0][64] is onnx
+    def choice(*candidates):
+        return runtime.fastest_per_size(list(candidates), (64,), reps=3)[0][64]
+
+    bf16 = runtime.Runtime("torch", 1, "cpu", precision="bf16", run_fast=sleeper(20))
+    near = [runtime.Runtime("torch", 1, "cpu", precision="fp32", run_fast=sleeper(19)),
+            runtime.Runtime("onnx", 1, "cpu", run_fast=sleeper(19))]
+    clearly = runtime.Runtime("onnx", 1, "cpu", run_fast=sleeper(10))
+    slower = runtime.Runtime("torch", 1, "cpu", precision="fp32", run_fast=sleeper(30))
+    assert choice(*near, bf16) is bf16 and choice(slower, bf16) is bf16
+    assert choice(near[0], clearly, bf16) is clearly
+    assert choice(near[0], near[1]) in near and choice(near[0], clearly) is clearly  # no bf16: the fastest
 
 
 def test_cpu_candidates_hold_bf16_only_where_native_and_within_one_8bit_level(nafnet):
