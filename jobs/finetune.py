@@ -46,7 +46,9 @@ def adopt(spec: TrainSpec, had_variant: str, had_config: dict, flag: str, source
         raise Img2ImgError(f"{flag} trained {had_variant}; it cannot be used as {spec.variant} "
                            f"(drop --variant, or pass --variant {had_variant})")
     spec.variant = had_variant
-    spec.config = {**had_config, **spec.config}
+    # What --lr / --batch-size / --image-size set is the request's, not an inherited --set value.
+    explicit = {key for key in ("lr", "batch_size", "image_size") if getattr(spec, key) is not None}
+    spec.config = {**{k: v for k, v in had_config.items() if k not in explicit}, **spec.config}
     try:
         wanted = spec.variant_config().__dict__
     except ValueError as e:

@@ -8,7 +8,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 
 from cluster.errors import Img2ImgError
-from translator.config import make_config
+from translator.config import ConfigError, make_config
 from translator.variants import DEFAULT_VARIANT, get_variant
 
 
@@ -22,6 +22,13 @@ def check_model_name(name: str, what: str = "--model-name") -> None:
         _validate_model_name(name)
     except MlflowException as e:
         raise Img2ImgError(f"{what} {name!r} cannot name a registered model: {e.message}") from None
+
+
+def _same_number(text, value: float) -> bool:
+    try:
+        return float(text) == float(value)
+    except (TypeError, ValueError):
+        return False
 
 
 @dataclass
@@ -85,10 +92,19 @@ class TrainSpec:
         Cadence.parse(self.checkpoint_every)
 
     def variant_config(self):
+        """The variant's Config: its defaults, then `--set` values, then `--lr`, `--batch-size`,
+        `--image-size`. Raises ValueError (ConfigError) for a value the Config refuses, and for
+        a setting given twice with different values (`--set image_size=64 --image-size 128`):
+        one of them would be ignored without a word."""
         overrides = dict(self.config)
         for key in ("lr", "batch_size", "image_size"):
-            if getattr(self, key) is not None:
-                overrides[key] = getattr(self, key)
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if key in overrides and not _same_number(overrides[key], value):
+                raise ConfigError(f"--set {key}={overrides[key]} and --{key.replace('_', '-')} {value:g} disagree; "
+                                  "give one of them")
+            overrides[key] = value
         return make_config(get_variant(self.variant).Config, overrides)
 
     @property

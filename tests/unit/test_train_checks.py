@@ -219,3 +219,15 @@ def test_settings_no_crop_can_train_are_blamed_not_the_crop():
         problem = crop_problem(spec, 256)
     assert problem.endswith("no other crop size trains either: check the --set values"), problem
 
+
+
+@pytest.mark.parametrize("key,flag,value", [("image_size", "--image-size", 128), ("batch_size", "--batch-size", 4),
+                                            ("lr", "--lr", 0.01)])
+def test_a_setting_given_twice_with_different_values_is_refused(key, flag, value):
+    """`--set image_size=64 --image-size 128`: one of the two would be ignored without a word."""
+    other = {"image_size": "64", "batch_size": "8", "lr": "0.002"}[key]
+    spec = dataclasses.replace(_spec("autoencoder", **{key: other}), **{key: value})
+    with pytest.raises(Img2ImgError, match=f"--set {key}={other} and {flag} {value:g} disagree; give one of them"):
+        spec.validate()
+    same = dataclasses.replace(_spec("autoencoder", **{key: str(value)}), **{key: value})
+    assert getattr(same.variant_config(), key) == value  # the same value twice is no conflict
