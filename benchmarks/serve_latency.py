@@ -187,7 +187,10 @@ def quick(settings, model: str, n: int = 20) -> None:
                                                  num_cpus=CPUS, tile=512, max_batch_size=1)),
                ("onnx", dict(runtime="onnx", num_cpus=CPUS, tile=512, max_batch_size=1)),
                ("auto (the default runtime)", dict(runtime="auto", num_cpus=CPUS, tile=512, max_batch_size=1))]
-    rows, all_today, notes = [], [], []
+    from cluster.stack import Stack
+
+    rows, all_today = [], []
+    notes = [f"Ray head: {next(st.detail for st in Stack(settings).status() if st.name == 'ray')}"]
     with httpx.Client(timeout=300) as client:
         for label, kw in configs:
             deploy(settings, model, min_replicas=1, max_replicas=1, wait_s=600, **kw)
@@ -235,8 +238,8 @@ def quick(settings, model: str, n: int = 20) -> None:
                  "one request with one run of today's in-process path (PyTorch NCHW fp32, PNG level 6, "
                  "glibc malloc defaults) and divides by that path's p50 over the same rounds; the in-process "
                  "today row pools all rounds. In-replica time is decode + model + encode as the replica's "
-                 "Server-Timing header reports it; the rest of a Serve p50 is HTTP, Ray Serve's proxy and "
-                 "the hop to the replica.\n" + "\n".join(f"- {n}" for n in notes))
+                 "Server-Timing header reports it; the rest of a Serve p50 is HTTP and Ray Serve's ingress "
+                 "(HAProxy or its Python proxy, as the note below says).\n" + "\n".join(f"- {n}" for n in notes))
 
 
 def main() -> None:
