@@ -36,7 +36,7 @@ SERVICES = ("s3", "mlflow", "ray")
 BIN = Path(sys.executable).parent
 
 
-WORKER_PORTS = 192  # of a stack's block of 256; the other 64 are for Serve replicas' HTTP servers
+WORKER_PORTS = 192  # of a stack's block of 256; the other 64 are the Serve ingress's (cluster/ingress.py)
 RAY_COMMAND = re.compile(r"(^|[/\s])ray(::|\.|/)")  # `ray::Agent`, `-m ray.x`, `.../ray/...`
 
 
@@ -277,22 +277,32 @@ class Stack:
     def haproxy_dir(self) -> Path:
         """HAProxy's config, sockets and wrapper for this stack: short (unix socket paths under
         it get Ray's 56-character node id), unique per state dir, removed by `stack down`."""
-        digest = hashlib.sha1(str(self.root).encode()).hexdigest()[:10]
-        return Path("/tmp") / f"img2img-hap-{digest}"
+        digest = hashlib.sha1(str(self.root).encode()).hexdigest()[:8]
+        return Path("/tmp") / f"i2i-hap-{digest}"
 
     def _ingress_env(self, state: dict) -> dict[str, str]:
-        """`ray start`'s environment for the Serve ingress the settings ask for (cluster/ingress.py)."""
+        """`ray start`'s environment for the Serve ingress the settings ask for (cluster/ingress.py).
+        HAProxy's ports come from the stack's block, after its worker ports: stats, metrics, the
+        fallback proxy's HTTP and gRPC ports, then the replicas' (ports HAProxy binds only at the
+        first deploy, so none of them may be one an outgoing connection can take meanwhile)."""
         from cluster import ingress
 
         state["serve_ingress"] = kind = ingress.resolve(self.settings.serve_ingress)
         if kind == "proxy":
             return {}
-        p = self._ports(state, ["haproxy_stats", "haproxy_metrics"])
+        names = ["haproxy_stats", "haproxy_metrics", "serve_fallback_http", "serve_fallback_grpc"]
         low = self._port_block()
-        replicas = (low + WORKER_PORTS, low + 255) if low is not None else (30000, 31000)
-        self.haproxy_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if low is None:  # no block free of the settings' ports: free ports, Ray's replica range
+            ports, replicas = self._ports(state, names), (30000, 31000)
+        else:
+            ports = {name: low + WORKER_PORTS + i for i, name in enumerate(names)}
+            replicas = (low + WORKER_PORTS + len(names), low + 255)
+        ingress.private_dir(self.haproxy_dir)
         host = urlparse(self.settings.serve_url).hostname or "127.0.0.1"
-        return ingress.ray_env(self.haproxy_dir, host, p["haproxy_stats"], p["haproxy_metrics"], replicas)
+        return ingress.ray_env(self.haproxy_dir, host, stats_port=ports["haproxy_stats"],
+                               metrics_port=ports["haproxy_metrics"], fallback_ports=(
+                                   ports["serve_fallback_http"], ports["serve_fallback_grpc"]),
+                               replica_ports=replicas)
 
     def _service_env(self) -> dict[str, str]:
         """What jobs on the cluster need to reach the stores (inherited by Ray workers)."""
@@ -325,6 +335,9 @@ class Stack:
             raise Img2ImgError(f"a Ray cluster at {s.ray_address} wants a token this stack does not have: "
                                "set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to its token")
         if s.is_local(s.ray_address) and ray_status != 200:
+            # What a head that died without `stack down` left (an HAProxy keeps running without its
+            # Ray and holds the Serve port; a half-dead raylet): it would block the new head.
+            self._terminate(self._ray_processes(), timeout=3)
             progress("starting Ray head")
             self._start_ray(state)
             self._save(state)

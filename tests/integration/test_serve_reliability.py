@@ -162,6 +162,9 @@ def test_a_deleted_and_reregistered_model_is_not_served_stale(stack):
 
 
 def test_planned_replica_stop_lets_a_long_request_finish(stack, demo_run):
+    """A redeploy replaces the only replica while it runs a long request: that request finishes,
+    and requests sent one after another all through the replacement, by a client that never
+    retries (a browser, curl), are each answered 200."""
     from cluster.settings import get_settings
     from serving.deploy import deploy, status
 
@@ -171,12 +174,31 @@ def test_planned_replica_stop_lets_a_long_request_finish(stack, demo_run):
     assert out["graceful_shutdown_timeout_s"] > out["request_timeout_s"] >= 60
     assert status(settings)["graceful_shutdown_timeout_s"] == out["graceful_shutdown_timeout_s"]
     big = encoded(Image.fromarray(np.random.default_rng(3).integers(0, 256, (1500, 2000, 3), dtype=np.uint8)))
-    result = {}
+    small = encoded(Image.fromarray(np.random.default_rng(6).integers(0, 256, (32, 48, 3), dtype=np.uint8)))
+    result, answers, stop = {}, [], threading.Event()
+
+    def one_after_another():
+        with httpx.Client(timeout=300) as client:
+            while not stop.is_set():
+                try:
+                    r = client.post(stack.serve_url + "/enhance", content=small, headers={"Content-Type": "image/png"})
+                    answers.append(r.status_code)
+                except httpx.HTTPError as e:
+                    answers.append(type(e).__name__)
+
     worker = threading.Thread(target=lambda: result.update(r=post(stack.serve_url, big, params={"tile": 256})))
+    steady = threading.Thread(target=one_after_another)
     worker.start()
-    time.sleep(3)  # the request is running on the only replica
-    # Back to the standard deployment: a new num_cpus replaces the replica (a planned stop).
-    deploy(settings, model, wait_s=240)
-    worker.join(timeout=600)
+    steady.start()
+    try:
+        time.sleep(3)  # the request is running on the only replica
+        # Back to the standard deployment: a new num_cpus replaces the replica (a planned stop).
+        deploy(settings, model, wait_s=240)
+        worker.join(timeout=600)
+        time.sleep(2)  # and a little while on the replacement alone
+    finally:
+        stop.set()
+        steady.join(timeout=300)
     assert result["r"].status_code == 200
     assert Image.open(io.BytesIO(result["r"].content)).size == (2000, 1500)
+    assert len(answers) > 3 and set(answers) == {200}, answers
