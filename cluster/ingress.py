@@ -31,7 +31,6 @@ from pathlib import Path
 
 from cluster.errors import Img2ImgError
 
-INGRESS_CHOICES = ("auto", "haproxy", "proxy")
 WRAPPER = "haproxy-on-host"
 # A stopping replica stays reachable this long so HAProxy, reloaded with the new server list
 # (well under a second on one node), stops routing to it; Ray's default, 30 s, is sized for
@@ -82,14 +81,12 @@ def private_dir(path: Path) -> Path:
 
 
 def resolve(choice: str) -> str:
-    """'haproxy' or 'proxy' for a setting of `auto`, `haproxy` or `proxy`.
+    """'haproxy' or 'proxy' for the setting `IMG2IMG_SERVE_INGRESS` (`auto`, `haproxy` or `proxy`;
+    Settings refuses any other value).
 
     Raises:
-        Img2ImgError: `haproxy` was asked for and no HAProxy binary is installed, or an unknown
-            choice.
+        Img2ImgError: `haproxy` was asked for and no HAProxy binary is installed.
     """
-    if choice not in INGRESS_CHOICES:
-        raise Img2ImgError(f"IMG2IMG_SERVE_INGRESS must be one of {', '.join(INGRESS_CHOICES)}, got {choice!r}")
     if choice == "proxy":
         return "proxy"
     if haproxy_binary():

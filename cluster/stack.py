@@ -280,23 +280,27 @@ class Stack:
         digest = hashlib.sha1(str(self.root).encode()).hexdigest()[:8]
         return Path("/tmp") / f"i2i-hap-{digest}"
 
+    def ingress_ports(self, state: dict) -> tuple[dict[str, int], tuple[int, int]]:
+        """The HAProxy ingress's ports -> ({"haproxy_stats", "haproxy_metrics",
+        "serve_fallback_http", "serve_fallback_grpc": port}, (first, last) replica HTTP port).
+        They come from the stack's block, after its worker ports: HAProxy binds them only at the
+        first deploy, so none may be one an outgoing connection can take meanwhile. With no block
+        free of the settings' ports: free ports now, and Ray's replica range."""
+        names = ["haproxy_stats", "haproxy_metrics", "serve_fallback_http", "serve_fallback_grpc"]
+        low = self._port_block()
+        if low is None:
+            return self._ports(state, names), (30000, 31000)
+        return ({name: low + WORKER_PORTS + i for i, name in enumerate(names)},
+                (low + WORKER_PORTS + len(names), low + 255))
+
     def _ingress_env(self, state: dict) -> dict[str, str]:
-        """`ray start`'s environment for the Serve ingress the settings ask for (cluster/ingress.py).
-        HAProxy's ports come from the stack's block, after its worker ports: stats, metrics, the
-        fallback proxy's HTTP and gRPC ports, then the replicas' (ports HAProxy binds only at the
-        first deploy, so none of them may be one an outgoing connection can take meanwhile)."""
+        """`ray start`'s environment for the Serve ingress the settings ask for (cluster/ingress.py)."""
         from cluster import ingress
 
         state["serve_ingress"] = kind = ingress.resolve(self.settings.serve_ingress)
         if kind == "proxy":
             return {}
-        names = ["haproxy_stats", "haproxy_metrics", "serve_fallback_http", "serve_fallback_grpc"]
-        low = self._port_block()
-        if low is None:  # no block free of the settings' ports: free ports, Ray's replica range
-            ports, replicas = self._ports(state, names), (30000, 31000)
-        else:
-            ports = {name: low + WORKER_PORTS + i for i, name in enumerate(names)}
-            replicas = (low + WORKER_PORTS + len(names), low + 255)
+        ports, replicas = self.ingress_ports(state)
         ingress.private_dir(self.haproxy_dir)
         host = urlparse(self.settings.serve_url).hostname or "127.0.0.1"
         return ingress.ray_env(self.haproxy_dir, host, stats_port=ports["haproxy_stats"],
@@ -451,7 +455,9 @@ class Stack:
             managed = s.is_local(url)
             pid = state["pids"].get(name)
             if name == "ray":
-                procs = [p for p in self._ray_processes() if "gcs_server" in " ".join(p.cmdline())]
+                # The command lines read in the scan: one of its processes may have exited since
+                # (an HAProxy replaced by a reload), and reading it again would raise.
+                procs = [p for p in self._ray_processes() if "gcs_server" in " ".join(p.info["cmdline"] or [])]
                 pid = procs[0].pid if procs else None
             elif not self._group(pid):
                 pid = None

@@ -109,22 +109,21 @@ def test_requests_enter_through_haproxy_listening_on_the_stack_host_only(stack, 
     listener of it, its stats page and metrics exporter included, on 127.0.0.1."""
     import psutil
 
-    from cluster.stack import WORKER_PORTS, Stack
+    from cluster.stack import Stack
 
     haproxies = [p for p in Stack(stack)._ray_processes() if p.name() == "haproxy"]
-    listening = {(c.laddr.ip, c.laddr.port) for p in haproxies for c in p.net_connections("inet")
-                 if c.status == psutil.CONN_LISTEN}
+    listening = {(c.laddr.ip, c.laddr.port) for p in haproxies for c in _listening(p)}
     assert ("127.0.0.1", stack.port_of(stack.serve_url)) in listening and len(listening) >= 3  # + stats, metrics
     assert {ip for ip, _ in listening} == {"127.0.0.1"}
     assert "Serve ingress haproxy" in json.loads(cli("stack", "status", "--json").stdout)[2]["mode"]
     assert httpx.get(endpoint + "/model", timeout=30).status_code == 200
     # Straight to a replica's own HTTP server, on a port of this stack's block (another stack's
     # replicas, or its fallback proxy, can never answer for this one).
-    first = Stack(stack)._port_block() + WORKER_PORTS  # stats, metrics, fallback HTTP, gRPC, replicas
+    ports, (low, high) = Stack(stack).ingress_ports({})
     ours = {(c.laddr.port, p.name()) for p in psutil.process_iter(["name"]) if p.name().startswith("ray::")
             for c in _listening(p)}
-    assert any(first + 4 <= port < first + 64 and "ServeRepl" in name for port, name in ours), sorted(ours)
-    assert any(port == first + 2 and "Proxy" in name for port, name in ours), sorted(ours)  # the fallback
+    assert any(low <= port <= high and "ServeRepl" in name for port, name in ours), sorted(ours)
+    assert any(port == ports["serve_fallback_http"] and "Proxy" in name for port, name in ours), sorted(ours)
 
 
 def _listening(proc):
