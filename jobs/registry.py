@@ -214,7 +214,7 @@ def scores(settings: Settings, name: str, candidates: list[VersionInfo], evaluat
     `evaluate` -> (dataset, split, {version: metrics}, {version: who computed them})."""
     from cluster.storage import Storage
     from jobs.manifest import read_manifest
-    from jobs.tracking import SOURCE_EVAL, describe_source
+    from jobs.tracking import SOURCE_EVAL, as_stored, describe_source
 
     where = eval_set(settings, name)
     if where is None:  # registered before evaluation sets existed: the first version's dataset
@@ -234,7 +234,7 @@ def scores(settings: Settings, name: str, candidates: list[VersionInfo], evaluat
             if evaluate is None:
                 raise Img2ImgError(f"{name} v{v.version} has no evaluation on {dataset}/{split}")
             summary = evaluate(f"{name}/{v.version}", dataset, split)
-            result = summary["metrics"]
+            result = as_stored(summary["metrics"])  # as its tags now say, like the stored ones
             sources[v.version] = describe_source(SOURCE_EVAL, summary.get("run_id"), now=True)
         out[v.version] = result
     return dataset, split, out, sources

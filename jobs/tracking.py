@@ -122,13 +122,19 @@ SOURCE_EVAL, SOURCE_TRAINING = "eval", "training-fp32"
 TRUSTED_SOURCES = (SOURCE_EVAL, SOURCE_TRAINING)
 
 
+def as_stored(metrics: dict[str, float]) -> dict[str, float]:
+    """Metric means as the registry keeps them (`eval_tags`: 4 decimals), so a version scored just
+    now and one read back from its tags are compared and printed on the same numbers."""
+    return {k: float(f"{v:.4f}") for k, v in metrics.items()}
+
+
 def eval_tags(summary: dict) -> dict[str, str]:
     """An evaluation summary (see jobs.evaluate.run) -> model-version tags `eval.<dataset>.*`:
     the mean metrics (PSNR/gain in dB, SSIM in [0, 1]; unpaired: cycle_psnr, cycle_ssim), and
     what they were computed on (split, dataset sha256, image count, MLflow run, `source`: who
     computed them, SOURCE_EVAL by default)."""
     prefix = f"eval.{summary['dataset']}."
-    tags = {prefix + k: f"{v:.4f}" for k, v in summary["metrics"].items()}
+    tags = {prefix + k: f"{v:.4f}" for k, v in as_stored(summary["metrics"]).items()}
     tags.update({prefix + "split": summary["split"], prefix + "sha256": summary["dataset_sha256"],
                  prefix + "images": str(summary["images"]), prefix + "run_id": summary.get("run_id") or "",
                  prefix + "source": summary.get("source", SOURCE_EVAL)})

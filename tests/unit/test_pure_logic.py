@@ -379,3 +379,14 @@ def test_evaluation_jobs_get_the_same_capacity_check_as_training():
         check_capacity(1, 1.0, False, {"CPU": 4.0}, "http://ray", serve_cpus=3.0)
     with pytest.raises(Img2ImgError, match="--gpu asks for 2 GPU worker"):
         check_capacity(2, 1.0, True, {"CPU": 8.0, "GPU": 1.0}, "http://ray")
+
+
+def test_a_version_scored_now_is_compared_on_the_numbers_its_tags_will_keep():
+    """The gate mixes versions read back from their tags (4 decimals) with ones evaluated just
+    now: both must be the same numbers, or a printed PSNR can differ from the registry's by 0.01."""
+    from jobs.tracking import as_stored, eval_tags
+
+    metrics = {"psnr": 36.054996, "ssim": 0.91234567, "gain_db": 2.00005}
+    tags = eval_tags({"dataset": "d", "metrics": metrics, "split": "val", "dataset_sha256": "s", "images": 3})
+    assert as_stored(metrics) == {k: float(tags[f"eval.d.{k}"]) for k in metrics}
+    assert f"{as_stored(metrics)['psnr']:.2f}" == f"{float(tags['eval.d.psnr']):.2f}"
