@@ -11,6 +11,8 @@ $(VENV)/.installed: pyproject.toml
 	# The CPU build of torch first, so the project's torch range does not pull a CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	# Fail here if the project's dependencies replaced the CPU build of torch installed above.
+	$(PY) -c "import sys, torch; v = torch.__version__; sys.exit(None if v == '2.13.0+cpu' else 'installing the project replaced torch 2.13.0+cpu with ' + v)"
 	touch $@
 
 install: $(VENV)/.installed
