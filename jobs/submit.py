@@ -347,8 +347,11 @@ def job_info(client, job_id: str) -> dict:
 
 
 def job_summary(client, settings: Settings, job_id: str) -> dict:
-    """job_info plus the progress line read from the job's MLflow run (when it has one)."""
-    info = job_info(client, job_id)
+    """job_info plus the progress line read from the job's MLflow run (when it has one), and its
+    place in the queue while it waits."""
+    info = job_info(client, admission.current_id(client, job_id))
+    if info["status"] == "PENDING":
+        info["queue"] = queue_line(client, settings, info["job_id"])
     if info.get("run_id"):
         from jobs.progress import read
 
