@@ -25,7 +25,8 @@ def job_client(settings: Settings):
     import logging
 
     settings.apply_ray_env()
-    for chatty in ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk"):  # upload, websocket
+    for chatty in ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk",  # upload, websocket
+                   "ray._private.runtime_env.packaging"):  # "Creating a file package for local module"
         logging.getLogger(chatty).setLevel(logging.WARNING)
     require("the Ray Jobs API", settings.ray_address, "/api/version", settings.ray_auth_headers())
     from ray.job_submission import JobSubmissionClient

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -29,6 +30,7 @@ def _submit(dataset: str, name: str, *extra: str) -> subprocess.Popen:
 def _job_id(proc: subprocess.Popen) -> str:
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0 and "Traceback" not in out, out
+    assert "Uploading package" not in out and "Creating a file package" not in out, out  # Ray's chatter
     return out.split("Submitted job ", 1)[1].split()[0]
 
 
@@ -80,23 +82,39 @@ def test_jobs_submitted_together_queue_in_order_priority_goes_first_and_a_cancel
     assert run_c.info.status == "KILLED" and "step" not in run_c.data.metrics, run_c
 
 
-def test_an_evaluation_waits_behind_a_training_that_holds_the_cpus(stack, blur_dataset):
+def test_an_evaluation_waits_behind_a_training_and_starts_once_stopping_it_freed_its_cpus(stack, blur_dataset, cli):
     from mlflow.tracking import MlflowClient
 
     from jobs.eval_submit import evaluate
-    from jobs.submit import job_client
+    from jobs.submit import _live_actors, job_client
 
-    client = job_client(stack)
+    client, ml = job_client(stack), MlflowClient(stack.mlflow_uri)
     version = register_tiny_autoencoder(stack, "queue-eval", seed=3)
-    MlflowClient(stack.mlflow_uri).get_experiment_by_name("queue") or MlflowClient(
-        stack.mlflow_uri).create_experiment("queue")
-    training = _job_id(_submit(blur_dataset, "queue-d"))
+    ml.get_experiment_by_name("queue") or ml.create_experiment("queue")
+    training = _job_id(_submit(blur_dataset, "queue-d", "--max-steps", "400"))
+    run_id = client.get_job_info(training).metadata["run_id"]
+    result: dict = {}
     # 1 Scorer x 1 CPU + 1.5 beside the training's 7.5: more than 8, so it waits its turn
-    summary = evaluate(stack, f"queue-eval/{version}", blur_dataset, "val", limit=2)
-    assert client.get_job_info(training).status == "SUCCEEDED" or wait_job(client, training) == "SUCCEEDED"
-    _, training_end = _span(stack, client, training)
-    eval_run = MlflowClient(stack.mlflow_uri).get_run(summary["run_id"])
-    assert eval_run.info.start_time / 1000 >= training_end - 1.0, (eval_run.info.start_time, training_end)
+    scoring = threading.Thread(target=lambda: result.update(
+        evaluate(stack, f"queue-eval/{version}", blur_dataset, "val", limit=2)))
+    scoring.start()
+    deadline = time.time() + 300
+    while ml.get_run(run_id).data.tags.get("img2img.phase") != "training":
+        assert time.time() < deadline, client.get_job_logs(training)[-2000:]
+        time.sleep(2)
+    flat = " ".join(cli("jobs", "ls").output.split())
+    assert "eval queue-eval/" in flat and "QUEUED #1" in flat and f"behind {training}" in flat, flat
+
+    began = time.time()
+    r = cli("jobs", "stop", training)
+    stopped_s = time.time() - began
+    assert r.exit_code == 0 and f"Stopped {training}" in r.output, r.output
+    assert stopped_s < 35 and not _live_actors(stack, client.get_job_info(training).job_id), stopped_s
+    run = ml.get_run(run_id)
+    assert run.info.status == "KILLED" and "error" not in run.data.tags, run.data.tags
+    scoring.join(timeout=600)
+    assert result.get("images") == 2, result
+    assert ml.get_run(result["run_id"]).info.start_time / 1000 >= client.get_job_info(training).end_time / 1000 - 1
 
 
 @pytest.mark.parametrize("args, message", [
@@ -107,24 +125,3 @@ def test_an_evaluation_waits_behind_a_training_that_holds_the_cpus(stack, blur_d
 def test_a_request_that_can_never_be_admitted_is_refused_before_submission(stack, blur_dataset, cli, args, message):
     r = cli("train", "--dataset", blur_dataset, "--variant", "autoencoder", "--max-steps", "2", *args)
     assert r.exit_code == 1 and message in " ".join(r.output.split()) and "Traceback" not in r.output, r.output
-
-
-def test_stopping_a_running_job_frees_its_cpus_and_ends_its_run_killed(stack, blur_dataset, cli):
-    from mlflow.tracking import MlflowClient
-
-    from jobs.submit import _live_actors, job_client
-
-    client = job_client(stack)
-    job = _job_id(_submit(blur_dataset, "queue-stop", "--max-steps", "400"))
-    run_id = client.get_job_info(job).metadata["run_id"]
-    deadline = time.time() + 300
-    while MlflowClient(stack.mlflow_uri).get_run(run_id).data.tags.get("img2img.phase") != "training":
-        assert time.time() < deadline, client.get_job_logs(job)[-2000:]
-        time.sleep(2)
-    began = time.time()
-    r = cli("jobs", "stop", job)
-    assert r.exit_code == 0 and f"Stopped {job}" in r.output, r.output
-    ray_job = client.get_job_info(job).job_id
-    assert not _live_actors(stack, ray_job) and time.time() - began < 30 + 5
-    run = MlflowClient(stack.mlflow_uri).get_run(run_id)
-    assert run.info.status == "KILLED" and "error" not in run.data.tags, run.data.tags
