@@ -167,11 +167,13 @@ def logs(job_id: str, follow: bool = typer.Option(False, "--follow", "-f", help=
 
     Example: `img2img jobs logs raysubmit_abc123 --follow`
     """
+    from cluster.admission import current_id
     from jobs.progress import write_raw
     from jobs.submit import job_client, job_info, outcome_error, wait
 
     client = job_client(get_settings())
     job_info(client, job_id)
+    job_id = current_id(client, job_id)  # handed back to Ray behind a higher priority: its new id
     if follow:
         status = wait(client, job_id, follow=True)
         error = outcome_error(job_id, status, job_info(client, job_id)["message"], logs_hint=False)
