@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 
 import psutil
 
+from cluster import admission
 from cluster.errors import Img2ImgError
 from cluster.files import write_atomic
 from cluster.services import http_status, poll_until
@@ -236,8 +237,9 @@ class Stack:
                f"--dashboard-agent-listen-port={p['agent']}", f"--dashboard-agent-grpc-port={p['agent_grpc']}",
                f"--metrics-export-port={p['metrics']}", f"--runtime-env-agent-port={p['runtime_env']}",
                f"--node-manager-port={p['node_manager']}", f"--object-manager-port={p['object_manager']}",
-               "--object-store-memory=1500000000", *self._worker_port_range()]
-        env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+               "--object-store-memory=1500000000", *self._worker_port_range(),
+               f"--resources={json.dumps(admission.node_resources(self.settings.ray_num_cpus))}"]
+        env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), **admission.head_env()}
         env.update(self._service_env())
         env.update(self._ingress_env(state))
         self._save(state)

@@ -41,6 +41,8 @@ def eval_(
     workers: int = typer.Option(1, help="model replicas (Ray Data actors), each loads the model once"),
     cpus_per_worker: float = typer.Option(1.0, help="CPUs per replica"),
     gpu: bool = typer.Option(None, "--gpu/--cpu", help="one GPU per replica (default: if the cluster has one)"),
+    priority: str = typer.Option("normal", help="high | normal | low: its place in the cluster's job queue"),
+    queue_timeout: float = typer.Option(None, help="seconds it may wait in the queue (default: 24 h)"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ):
     """Score a registered model on a dataset (full images, tiled), on the cluster: PSNR and SSIM
@@ -54,7 +56,8 @@ def eval_(
 
     with progress_bar(f"evaluating {model} on {dataset}/{split}") as progress:
         summary = evaluate(get_settings(), model, dataset, split, limit, progress=progress, workers=workers,
-                           cpus_per_worker=cpus_per_worker, gpu=gpu)
+                           cpus_per_worker=cpus_per_worker, gpu=gpu, priority=priority,
+                           queue_timeout_s=queue_timeout)
     if as_json:
         console.print_json(json.dumps(summary))
         return

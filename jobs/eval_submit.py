@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shlex
+import time
 from collections.abc import Callable
 
 from cluster.errors import Img2ImgError
@@ -22,9 +23,8 @@ def prepare(settings: Settings, ref: str, dataset: str, split: str = "val", limi
     whether the model can score that kind of dataset. Raises Img2ImgError."""
     from cluster.storage import Storage
     from jobs.manifest import read_manifest
-    from jobs.plan import check_capacity
     from jobs.registry import client, resolve
-    from jobs.submit import cluster_resources, serve_cpus
+    from jobs.submit import admit, cluster_resources
     from translator.variants import VARIANTS
 
     if split not in SPLITS:
@@ -55,12 +55,19 @@ def prepare(settings: Settings, ref: str, dataset: str, split: str = "val", limi
     resources = cluster_resources(settings)
     if gpu is None:
         gpu = resources.get("GPU", 0) >= 1
-    # the same placement and data-CPU check as training: its Scorer actors and read tasks stall alike
-    check_capacity(workers, cpus_per_worker, bool(gpu), resources, settings.ray_address, serve_cpus(settings))
+    # the same admission as training: its Scorer actors and read tasks need their CPUs alike
+    admit(settings, footprint(workers, cpus_per_worker, bool(gpu)))
     return EvalSpec(model=v.name, version=v.version, dataset=dataset, split=split, limit=limit, variant=variant,
                     multiple=int(v.tags.get("multiple", 1) or 1), model_uri=f"models:/{v.name}/{v.version}",
                     checkpoint=checkpoint, kind=manifest.kind, dataset_sha256=manifest.sha256, splits=splits,
                     workers=workers, cpus_per_worker=cpus_per_worker, use_gpu=bool(gpu))
+
+
+def footprint(workers: int, cpus_per_worker: float, use_gpu: bool):
+    """What an evaluation job holds: its Scorer actors, the data pipeline, the driver."""
+    from cluster.admission import Footprint
+
+    return Footprint(workers, cpus_per_worker, 1.0 if use_gpu else 0.0)
 
 
 def _follow(client, job_id: str, on_line: Callable[[str], None]) -> None:
@@ -78,26 +85,25 @@ def _follow(client, job_id: str, on_line: Callable[[str], None]) -> None:
 
 
 def evaluate(settings: Settings, ref: str, dataset: str, split: str = "val", limit: int | None = None,
-             progress: Callable[[int, int], None] | None = None, **kw) -> dict:
+             progress: Callable[[int, int], None] | None = None, priority: str = "normal",
+             queue_timeout_s: float | None = None, **kw) -> dict:
     """Score registered model `ref` (NAME@alias | NAME/VERSION) on `dataset`/`split` on the
     cluster -> the summary: {"model", "version", "dataset", "split", "images", "metrics": {psnr,
     ssim, input_psnr, input_ssim, gain_db} or {cycle_psnr, cycle_ssim}, "run_id", ...}; PSNR and
-    gain in dB, SSIM in [0, 1]. `progress(done, total)` is called as images are scored.
-    Raises Img2ImgError if the request is refused or the job fails."""
-    import logging
+    gain in dB, SSIM in [0, 1]. `progress(done, total)` is called as images are scored. The job
+    waits its turn in the cluster's queue like every job (`priority`, `queue_timeout_s`: see
+    cluster.admission). Raises Img2ImgError if the request is refused or the job fails."""
+    from cluster.admission import check_options, current_id
+    from jobs.submit import TERMINAL, _status, job_client, job_info, outcome_error, submit_job
 
-    from jobs.submit import job_client, job_info, outcome_error, runtime_env, wait
-
+    check_options(priority, queue_timeout_s)
     spec = prepare(settings, ref, dataset, split, limit, **kw)
     client = job_client(settings)
-    for chatty in ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk"):  # upload, websocket
-        logging.getLogger(chatty).setLevel(logging.WARNING)
     entrypoint = f"python -m jobs.evaluate --spec {shlex.quote(spec.to_json())}"
     metadata = {"img2img": "eval", "model": f"{spec.model}/{spec.version}", "dataset": dataset}
-    try:
-        job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env(settings), metadata=metadata)
-    except Exception as e:
-        raise Img2ImgError(f"Ray refused the evaluation job: {str(e).splitlines()[0]}") from None
+    job_id = submit_job(settings, entrypoint=entrypoint, metadata=metadata,
+                        footprint=footprint(spec.workers, spec.cpus_per_worker, spec.use_gpu),
+                        priority=priority, queue_timeout_s=queue_timeout_s)
     found: dict = {}
 
     def on_line(line: str) -> None:
@@ -112,8 +118,14 @@ def evaluate(settings: Settings, ref: str, dataset: str, split: str = "val", lim
         elif kind == "error":
             found["error"] = rest
 
-    _follow(client, job_id, on_line)
-    status = wait(client, job_id, follow=False)
+    while True:
+        _follow(client, job_id, on_line)
+        while (status := _status(client, job_id)) not in TERMINAL:
+            time.sleep(1)
+        nxt = current_id(client, job_id) if status == "STOPPED" else job_id
+        if nxt == job_id:
+            break
+        job_id = nxt  # handed back to Ray behind a higher priority: follow its new id
     if "error" in found:
         raise Img2ImgError(found["error"])
     if status != "SUCCEEDED":  # the job's own reason: one more request, only on failure

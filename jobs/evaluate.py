@@ -276,9 +276,13 @@ def run(spec: EvalSpec, settings=None, echo=print) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="img2img evaluation job")
     parser.add_argument("--spec", required=True, help="EvalSpec as JSON")
+    parser.add_argument("--queue-deadline", type=float, default=None, help="epoch seconds: not started after it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        from cluster.admission import check_deadline
+
+        check_deadline(args.queue_deadline)
         run(EvalSpec.from_json(args.spec))
     except Img2ImgError as e:
         print(f"{MARK} error {e}", flush=True)

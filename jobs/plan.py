@@ -21,6 +21,7 @@ import math
 import re
 from dataclasses import asdict, dataclass
 
+from cluster.admission import Footprint, check_fits
 from cluster.errors import Img2ImgError
 
 MIN_STEPS_PER_EPOCH = 8
@@ -142,35 +143,11 @@ def make_plan(rows: dict[str, int], workers: int, batch_size: int, epochs: int, 
                      repeats=repeats, val_rows=val_rows)
 
 
-# Ray Data reads and decodes rows in tasks of 1 CPU beside the job's workers (it never uses the
-# CPUs the workers reserved): with none left, the workers start and then wait forever for data.
-DATA_CPUS = 1.0
-
-
 def check_capacity(workers: int, cpus_per_worker: float, use_gpu: bool, resources: dict[str, float], where: str,
-                   serve_cpus: float = 0.0) -> None:
-    """Refuse a cluster job (training or evaluation) that the cluster at `where` can never place
-    (Ray would retry placing it forever), or that would leave its data pipeline under DATA_CPUS
-    once Serve replicas (holding `serve_cpus` CPUs) and the workers have theirs: such a job starts
-    and then stalls with its CPUs idle. `resources`: the cluster's totals ({} skips the check).
-    Raises Img2ImgError naming the numbers and the fix."""
-    if not resources:
-        return
-    total = resources.get("CPU", 0)
-    cpus = workers * cpus_per_worker
-    if total < cpus:
-        fit = int(total // cpus_per_worker) if cpus_per_worker else 0
-        raise Img2ImgError(f"--workers {workers} x --cpus-per-worker {cpus_per_worker:g} = {cpus:g} CPUs, "
-                           f"but the cluster at {where} has {total:g}; use --workers {max(fit, 1)} or a smaller "
-                           "--cpus-per-worker (fractions allowed), or add nodes")
-    left = total - serve_cpus - cpus
-    if left < DATA_CPUS:
-        held = f"Serve replicas hold {serve_cpus:g} of its CPUs and " if serve_cpus else ""
-        fix = " or free the replicas' CPUs (`img2img serve deploy --num-cpus 1`, `img2img serve rm`)" if serve_cpus else ""
-        raise Img2ImgError(f"the cluster at {where} has {total:g} CPUs; {held}--workers {workers} x "
-                           f"--cpus-per-worker {cpus_per_worker:g} = {cpus:g} would leave {max(left, 0):g} for "
-                           f"reading and decoding the data, which needs {DATA_CPUS:g}: the job would start and then "
-                           f"wait forever; use fewer --workers or a smaller --cpus-per-worker{fix}")
-    if use_gpu and resources.get("GPU", 0) < workers:
-        raise Img2ImgError(f"--gpu asks for {workers} GPU worker(s) but the cluster at {where} "
-                           f"has {int(resources.get('GPU', 0))} GPU(s); use --cpu or add GPU nodes")
+                   serve_cpus: float = 0.0, largest_node: float | None = None) -> None:
+    """Refuse a cluster job (training or evaluation) that could never start: its whole footprint
+    (`cluster.admission.Footprint`: workers, the data pipeline's CPUs, the driver's) does not fit
+    in the cluster at `where` (`resources`: its totals, {} skips the check) beside Serve
+    replicas holding `serve_cpus`, or on its largest node. Raises Img2ImgError with the fix."""
+    check_fits(Footprint(workers, cpus_per_worker, 1.0 if use_gpu else 0.0), resources, where, serve_cpus,
+               largest_node)

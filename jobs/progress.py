@@ -56,7 +56,10 @@ class Snapshot:
     extra: dict = field(default_factory=dict)
 
     def line(self) -> str:
-        """One plain line: `step 40/120 (33%) | epoch 5.0 | loss 0.0312 | val PSNR 27.10 dB (+1.42) | ...`."""
+        """One plain line: `step 40/120 (33%) | epoch 5.0 | loss 0.0312 | val PSNR 27.10 dB (+1.42) | ...`;
+        while the job waits in the queue: `queued: position 1 of 2, waiting 56s: needs ...`."""
+        if self.status == "QUEUED":
+            return f"queued: {self.message}"
         parts = [f"{self.status.lower()}/{self.phase}"]
         if self.budget_s and self.budget_used_s is not None:
             # the time budget ends this run first: a step total it will never reach would mislead

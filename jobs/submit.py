@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import shlex
 import subprocess
 from pathlib import Path
 
+from cluster import admission
+from cluster.admission import Footprint, capacity, check_fits, check_options
 from cluster.errors import Img2ImgError
 from cluster.services import cluster_resources, poll_until, require, require_mlflow  # noqa: F401  (re-exported)
 from cluster.settings import Settings
 from jobs.spec import TrainSpec
 
+log = logging.getLogger(__name__)
 PACKAGES = ("cluster", "jobs", "translator", "serving")
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 WORKER_START_TIMEOUT_S = 120
@@ -18,7 +22,12 @@ WORKER_START_TIMEOUT_S = 120
 
 def job_client(settings: Settings):
     """A JobSubmissionClient for the configured cluster, with Ray's auth token found for you."""
+    import logging
+
     settings.apply_ray_env()
+    for chatty in ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk",  # upload, websocket
+                   "ray._private.runtime_env.packaging"):  # "Creating a file package for local module"
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     require("the Ray Jobs API", settings.ray_address, "/api/version", settings.ray_auth_headers())
     from ray.job_submission import JobSubmissionClient
 
@@ -126,25 +135,50 @@ def runtime_env(settings: Settings) -> dict:
     return {"py_modules": [str(root / p) for p in PACKAGES], "env_vars": env}
 
 
-def submit(spec: TrainSpec, settings: Settings) -> dict:
-    """Check the request (see `preflight`), create its MLflow run, submit the job.
+def admit(settings: Settings, footprint: Footprint):
+    """The one capacity check before any cluster job is submitted: refuse a `footprint` that
+    could never start here (see `cluster.admission.check_fits`). -> the cluster's admission
+    Capacity (None when its nodes advertise none)."""
+    cap = capacity(settings.ray_address, settings.ray_auth_headers())
+    check_fits(footprint, cluster_resources(settings), settings.ray_address, serve_cpus(settings),
+               cap.largest if cap else None)
+    return cap
+
+
+def submit_job(settings: Settings, *, entrypoint: str, metadata: dict, footprint: Footprint,
+               priority: str = "normal", queue_timeout_s: float | None = None) -> str:
+    """Every cluster job (training, evaluation, the gate's evaluation, batch, search) is
+    submitted here: checked by `admit`, then handed to Ray Jobs with its whole footprint
+    reserved, so it waits QUEUED (Ray: PENDING) until it fits. -> the Ray submission id."""
+    check_options(priority, queue_timeout_s)
+    cap = admit(settings, footprint)
+    return admission.submit(job_client(settings), entrypoint=entrypoint, runtime_env=runtime_env(settings),
+                            metadata=metadata, footprint=footprint, priority=priority,
+                            queue_timeout_s=queue_timeout_s, cap=cap)
+
+
+def submit(spec: TrainSpec, settings: Settings, priority: str = "normal", queue_timeout_s: float | None = None) -> dict:
+    """Check the request (see `preflight`, `admit`), create its MLflow run, submit the job with
+    its footprint reserved (`submit_job`).
     -> {"job_id", "run_id", "run_url", "plan": TrainPlan}. Raises Img2ImgError when refused."""
     # The options first (no service needed): a bad one is named even while the stack is down.
+    check_options(priority, queue_timeout_s)
     manifest, plan = preflight(spec, settings)
-    from jobs.train import check_resources
-
-    check_resources(spec, cluster_resources(settings), settings.ray_address, serve_cpus(settings))
-    client = job_client(settings)
+    footprint = Footprint(spec.workers, spec.cpus_per_worker, 1.0 if spec.use_gpu else 0.0)
+    admit(settings, footprint)
+    job_client(settings)
     spec.run_id, url = start_run(spec, settings, manifest, plan)
     entrypoint = f"python -m jobs.train --spec {shlex.quote(spec.to_json())}"
-    metadata = {"img2img": "train", "variant": spec.variant, "dataset": spec.dataset, "run_id": spec.run_id}
+    metadata = {"img2img": "train", "variant": spec.variant, "dataset": spec.dataset, "run_id": spec.run_id,
+                "model": spec.registered_name}
     try:
-        job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env(settings), metadata=metadata)
-    except Exception as e:
+        job_id = submit_job(settings, entrypoint=entrypoint, metadata=metadata, footprint=footprint,
+                            priority=priority, queue_timeout_s=queue_timeout_s)
+    except Img2ImgError:
         from mlflow.tracking import MlflowClient
 
         MlflowClient(settings.mlflow_uri).set_terminated(spec.run_id, status="FAILED")
-        raise Img2ImgError(f"Ray refused the job: {str(e).splitlines()[0]}") from None
+        raise
     return {"job_id": job_id, "run_id": spec.run_id, "run_url": url, "plan": plan}
 
 
@@ -177,17 +211,21 @@ def wait(client, job_id: str, follow: bool, echo=None) -> str:
 
     from jobs.progress import write_raw
 
-    if follow:
-        echo = echo or write_raw
+    echo = echo or write_raw
 
-        async def _tail():
-            async for chunk in client.tail_job_logs(job_id):
-                echo(chunk)
+    async def _tail(jid: str):
+        async for chunk in client.tail_job_logs(jid):
+            echo(chunk)
 
-        asyncio.run(_tail())
-    while (status := _status(client, job_id)) not in TERMINAL:
-        time.sleep(1)
-    return status
+    while True:
+        if follow:
+            asyncio.run(_tail(job_id))
+        while (status := _status(client, job_id)) not in TERMINAL:
+            time.sleep(1)
+        nxt = admission.current_id(client, job_id) if status == "STOPPED" else job_id
+        if nxt == job_id:
+            return status
+        job_id = nxt  # handed back to Ray behind a higher priority: go on with its new id
 
 
 def outcome_error(job_id: str, status: str, message: str = "", logs_hint: bool = True) -> Img2ImgError | None:
@@ -201,14 +239,57 @@ def outcome_error(job_id: str, status: str, message: str = "", logs_hint: bool =
 
 
 def follow_progress(client, settings: Settings, job_id: str, run_id: str, say=None, live: bool | None = None):
-    """The live progress display of a job until it ends (see jobs.progress). -> last Snapshot."""
+    """The live progress display of a job until it ends (see jobs.progress); while it waits in
+    the queue, its place and what it waits for. -> last Snapshot."""
     from jobs.progress import follow, strip_ansi
 
+    current = [job_id]
+
     def job_status() -> tuple[str, str]:
-        info = client.get_job_info(job_id)
-        return str(info.status).split(".")[-1], strip_ansi(info.message or "")
+        info = client.get_job_info(current[0])
+        status = str(info.status).split(".")[-1]
+        if status == "STOPPED":  # handed back to Ray behind a higher priority: go on with its new id
+            nxt = admission.current_id(client, current[0])
+            if nxt != current[0]:
+                current[0] = nxt
+                return job_status()
+        if status == "PENDING":
+            return "QUEUED", queue_line(client, settings, current[0])
+        return status, strip_ansi(info.message or "")
 
     return follow(settings.mlflow_uri, run_id, job_status, say=say, live=live)
+
+
+def queue_entries(client, settings: Settings) -> dict[str, admission.QueueEntry]:
+    """{Ray id: QueueEntry} of the jobs waiting in the queue (stopped ones left out)."""
+    cap = capacity(settings.ray_address, settings.ray_auth_headers())
+    return {e.job_id: e for e in admission.queue_view(client, cap, cancelled=_cancelled(client, settings))}
+
+
+def queue_line(client, settings: Settings, job_id: str) -> str:
+    """`position 2 of 3, waiting 1m05s: needs 3 CPUs, 1 free; behind raysubmit_...`."""
+    entries = queue_entries(client, settings)
+    e = entries.get(job_id)
+    if e is None:
+        return "waiting for Ray to start it"
+    return f"position {e.position} of {len(entries)}, waiting {_elapsed(e.waited_s)}: {e.waiting_for()}"
+
+
+def _cancelled(client, settings: Settings) -> set[str]:
+    """Queued jobs stopped by the user (their MLflow run already KILLED); Ray ends each when its
+    turn comes, without starting it."""
+    out = set()
+    try:
+        from mlflow.tracking import MlflowClient
+
+        ml = MlflowClient(settings.mlflow_uri)
+        for job, _ in admission.queued(client):
+            run_id = (job.metadata or {}).get("run_id")
+            if run_id and ml.get_run(run_id).info.status == "KILLED":
+                out.add(job.submission_id)
+    except Exception:
+        pass
+    return out
 
 
 def _elapsed(seconds: float) -> str:
@@ -216,24 +297,39 @@ def _elapsed(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else (f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
 
 
-def job_rows(client) -> list[list]:
-    """[id, status, variant, dataset, started, duration] of every training job, newest first;
-    a running job's duration is its elapsed time so far (`12s so far`)."""
+def job_rows(client, settings: Settings | None = None) -> list[list]:
+    """[id, status, model, variant, dataset, started, duration] of every training and evaluation
+    job, newest first. A queued job's status is `QUEUED #N` (its place) and its duration says
+    how long it has waited and for what (`waiting 1m05s: needs 3 CPUs, 1 free; behind ...`); a
+    running job's duration is its elapsed time so far (`12s so far`)."""
     import time
     from datetime import datetime
 
     rows = []
-    jobs = [j for j in client.list_jobs() if (j.metadata or {}).get("img2img") == "train"]
+    every = client.list_jobs()
+    replaced = admission.replaced(every)  # handed back to Ray behind a higher priority: their copy is listed
+    jobs = [j for j in every if (j.metadata or {}).get("img2img") in ("train", "eval")
+            and j.submission_id not in replaced]
+    entries = queue_entries(client, settings) if settings is not None else {}
     for j in sorted(jobs, key=lambda j: j.start_time or 0, reverse=True):
+        meta = j.metadata or {}
+        status = str(j.status).split(".")[-1]
         start = datetime.fromtimestamp(j.start_time / 1000).strftime("%Y-%m-%d %H:%M:%S") if j.start_time else ""
-        if j.start_time and j.end_time:
+        if status == "PENDING" and j.submission_id in entries:
+            e = entries[j.submission_id]
+            status, dur = f"QUEUED #{e.position}", f"waiting {_elapsed(e.waited_s)}: {e.waiting_for()}"
+        elif status == "PENDING":
+            status, dur = "STOPPING", "stopped while queued"
+        elif j.start_time and j.end_time:
             dur = _elapsed((j.end_time - j.start_time) / 1000)
         elif j.start_time:
             dur = f"{_elapsed(time.time() - j.start_time / 1000)} so far"
         else:
             dur = ""
-        rows.append([j.submission_id, str(j.status).split(".")[-1], j.metadata.get("variant"),
-                     j.metadata.get("dataset"), start, dur])
+        model = meta.get("model") or ""
+        kind = "" if meta.get("img2img") == "train" else f"{meta.get('img2img')} "
+        rows.append([j.submission_id, status, f"{kind}{model}".strip(), meta.get("variant", ""),
+                     meta.get("dataset"), start, dur])
     return rows
 
 
@@ -252,8 +348,11 @@ def job_info(client, job_id: str) -> dict:
 
 
 def job_summary(client, settings: Settings, job_id: str) -> dict:
-    """job_info plus the progress line read from the job's MLflow run (when it has one)."""
-    info = job_info(client, job_id)
+    """job_info plus the progress line read from the job's MLflow run (when it has one), and its
+    place in the queue while it waits."""
+    info = job_info(client, admission.current_id(client, job_id))
+    if info["status"] == "PENDING":
+        info["queue"] = queue_line(client, settings, info["job_id"])
     if info.get("run_id"):
         from jobs.progress import read
 
@@ -270,27 +369,56 @@ def job_summary(client, settings: Settings, job_id: str) -> dict:
 
 
 def stop(client, settings: Settings, job_id: str, wait_s: float = 30) -> str:
-    """Stop a job. -> "stopped", or "already SUCCEEDED/FAILED/STOPPED" when it had ended.
-    Its MLflow run ends KILLED (the driver marks it on SIGTERM; done here too in case the
-    driver was killed before it could)."""
-
+    """Stop a job. -> "stopped" (its processes are gone and its CPUs free when this returns,
+    within `wait_s` seconds), "cancelled" (it was queued: Ray ends it when its turn comes,
+    without starting it), or "already SUCCEEDED/FAILED/STOPPED" when it had ended. Its MLflow
+    run ends KILLED (the driver marks it on SIGTERM; done here too in case it could not)."""
+    job_id = admission.current_id(client, job_id)
     info = job_info(client, job_id)
     if info["status"] in TERMINAL:
         return f"already {info['status']}"
+    queued = info["status"] == "PENDING"
+    if queued and info.get("run_id"):
+        _mark_killed(settings, info["run_id"])  # first: the driver leaves a run it finds KILLED alone
     client.stop_job(job_id)
-    poll_until(lambda: _status(client, job_id) in TERMINAL, wait_s)
+    if not queued:
+        poll_until(lambda: _status(client, job_id) in TERMINAL, wait_s)
+        ray_job = getattr(client.get_job_info(job_id), "job_id", None)
+        if ray_job:
+            poll_until(lambda: not _live_actors(settings, ray_job), wait_s, interval_s=1)
     if info.get("run_id"):
-        try:
-            from mlflow.tracking import MlflowClient
-
-            ml = MlflowClient(settings.mlflow_uri)
-            if ml.get_run(info["run_id"]).info.status in ("RUNNING", "SCHEDULED"):
-                ml.set_tag(info["run_id"], "stopped", "stopped by the user")
-                ml.set_terminated(info["run_id"], status="KILLED")
-        except Exception:
-            pass
-    return "stopped"
+        _mark_killed(settings, info["run_id"])
+    return "cancelled" if queued else "stopped"
 
 
-__all__ = ["submit", "run_local", "job_client", "wait", "follow_progress", "job_rows", "job_info", "job_summary",
+def _mark_killed(settings: Settings, run_id: str) -> None:
+    try:
+        from mlflow.tracking import MlflowClient
+
+        from jobs.tracking import TAG_PHASE
+
+        ml = MlflowClient(settings.mlflow_uri)
+        if ml.get_run(run_id).info.status in ("RUNNING", "SCHEDULED"):
+            ml.set_tag(run_id, "stopped", "stopped by the user")
+            ml.set_tag(run_id, TAG_PHASE, "stopped")
+            ml.set_terminated(run_id, status="KILLED")
+    except Exception:
+        log.warning("could not mark MLflow run %s KILLED", run_id)
+
+
+def _live_actors(settings: Settings, ray_job_id: str) -> list[dict]:
+    """The job's actors still alive (its Train workers, data actors), from Ray's state API."""
+    import httpx
+
+    try:
+        r = httpx.get(settings.ray_address.rstrip("/") + "/api/v0/actors",
+                      params={"limit": 1000, "filter_keys": ["job_id", "state"], "filter_predicates": ["=", "="],
+                              "filter_values": [ray_job_id, "ALIVE"]},
+                      headers=settings.ray_auth_headers(), timeout=10)
+        return ((r.json().get("data") or {}).get("result") or {}).get("result") or []
+    except Exception:
+        return []
+
+
+__all__ = ["submit", "submit_job", "admit", "run_local", "job_client", "wait", "follow_progress", "job_rows", "job_info", "job_summary",
            "stop"]

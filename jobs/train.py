@@ -14,10 +14,12 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cluster.admission import check_deadline
 from cluster.errors import Img2ImgError
 from cluster.settings import Settings, get_settings
 from cluster.storage import Storage, arrow_filesystem
@@ -258,8 +260,10 @@ def run(spec: TrainSpec, settings: Settings | None = None):
         # Our own cluster only: the Jobs API puts its GCS address in RAY_ADDRESS; without an
         # explicit address ray.init() scans the machine and fails when another stack runs beside.
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
+        _on_stop()  # ray.init replaced our SIGTERM handler with its own sys.exit
     job = plan_job(spec, settings, ray.cluster_resources(), "this Ray cluster")
     _set_phase(settings, spec.run_id, "starting")  # rank 0 sets "training" once the workers run
+    STARTED.set()
     trainer = build_trainer(spec, settings, job)
     t_fit = time.time()
     try:
@@ -304,19 +308,46 @@ def _set_phase(settings: Settings, run_id: str | None, phase: str) -> None:
         log.warning("could not set the MLflow phase tag of run %s", run_id)
 
 
+# Set once this driver has started work (phase "starting"): a SIGTERM before that is Ray ending
+# a job stopped while it was queued, whose run `jobs stop` has already marked (or whose run
+# belongs to its copy handed back to Ray behind a higher priority): leave the run alone then.
+STARTED = threading.Event()
+
+
+def _stopped(signum, frame):  # `img2img jobs stop`: the Jobs API sends SIGTERM first
+    raise JobStopped()
+
+
+def _check_not_cancelled(settings: Settings, run_id: str | None) -> None:
+    """A job stopped while it was queued has its run KILLED already: end before doing anything."""
+    if not run_id:
+        return
+    from mlflow.tracking import MlflowClient
+
+    try:
+        killed = MlflowClient(settings.mlflow_uri).get_run(run_id).info.status == "KILLED"
+    except Exception:
+        return
+    if killed:
+        raise JobStopped()
+
+
+def _on_stop() -> None:
+    signal.signal(signal.SIGTERM, _stopped)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="img2img training job driver")
     parser.add_argument("--spec", required=True, help="TrainSpec as JSON")
+    parser.add_argument("--queue-deadline", type=float, default=None, help="epoch seconds: not started after it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     spec = TrainSpec.from_json(args.spec)
     settings = get_settings()
-
-    def _stopped(signum, frame):  # `img2img jobs stop`: the Jobs API sends SIGTERM first
-        raise JobStopped()
-
-    signal.signal(signal.SIGTERM, _stopped)
+    _on_stop()
     try:
+        check_deadline(args.queue_deadline)
+        _check_not_cancelled(settings, spec.run_id)
         run(spec, settings)
     except Img2ImgError as e:
         print(f"Error: {e}", file=sys.stderr)
@@ -324,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except (JobStopped, KeyboardInterrupt):
         print("Stopped.", file=sys.stderr)
-        _mark_ended(settings, spec.run_id, "stopped by the user", status="KILLED")
+        if STARTED.is_set():
+            _mark_ended(settings, spec.run_id, "stopped by the user", status="KILLED")
         return 143
     except BaseException as e:
         _mark_ended(settings, spec.run_id, f"{type(e).__name__}: {e}")

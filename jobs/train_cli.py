@@ -40,6 +40,10 @@ def train(
                                          "always once at the end"),
     precision: str = typer.Option("auto", help="auto: bf16 autocast + channels_last on GPUs and on CPUs "
                                   "with native bf16 (about 1.6x the samples/s), fp32 elsewhere; fp32; bf16"),
+    priority: str = typer.Option("normal", help="high | normal | low: a job waits in the cluster's queue behind "
+                                 "running jobs; a higher priority goes ahead of queued lower ones"),
+    queue_timeout: float = typer.Option(None, help="seconds a job may wait in the queue before it is ended, "
+                                        "not started (default: 24 h)"),
     follow: bool = typer.Option(False, "--follow", "-f", help="show live progress until the job ends"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="with --follow: the job's raw logs instead"),
     local: bool = typer.Option(False, "--local", help="run here on a throwaway local Ray (debugging)"),
@@ -65,7 +69,7 @@ def train(
         out = run_local(spec, settings)
         console.print(f"Done: run {out['run_id']}, registered {spec.registered_name} v{out['version']}")
         return
-    out = submit(spec, settings)
+    out = submit(spec, settings, priority=priority, queue_timeout_s=queue_timeout)
     plan = out["plan"]
     console.print(f"Submitted job [bold]{out['job_id']}[/] ({spec.variant} on {dataset}, {workers} workers"
                   + (f", from {spec.parent}" if spec.parent else "") + "): "
@@ -97,18 +101,20 @@ def train(
 @jobs_app.command("ls")
 @handle_errors
 def ls(as_json: bool = json_option()):
-    """List training jobs: id, status, variant, dataset, started, duration.
+    """List training and evaluation jobs: id, status (QUEUED #N: its place in the queue), model,
+    variant, dataset, submitted, duration (queued: how long it has waited and for what).
 
     Example: `img2img jobs ls --json`
     """
     from jobs.submit import job_client, job_rows
 
-    rows = job_rows(job_client(get_settings()))
-    columns = ["id", "status", "variant", "dataset", "started", "duration"]
+    settings = get_settings()
+    rows = job_rows(job_client(settings), settings)
+    columns = ["id", "status", "model", "variant", "dataset", "submitted", "duration"]
     if as_json:
         print_json(records(columns, rows))
         return
-    print_table("training jobs", columns, rows, ids=["id", "status", "variant", "dataset"])
+    print_table("jobs", columns, rows, ids=["id", "status", "model", "variant", "dataset"])
 
 
 @jobs_app.command()
@@ -161,11 +167,13 @@ def logs(job_id: str, follow: bool = typer.Option(False, "--follow", "-f", help=
 
     Example: `img2img jobs logs raysubmit_abc123 --follow`
     """
+    from cluster.admission import current_id
     from jobs.progress import write_raw
     from jobs.submit import job_client, job_info, outcome_error, wait
 
     client = job_client(get_settings())
     job_info(client, job_id)
+    job_id = current_id(client, job_id)  # handed back to Ray behind a higher priority: its new id
     if follow:
         status = wait(client, job_id, follow=True)
         error = outcome_error(job_id, status, job_info(client, job_id)["message"], logs_hint=False)
@@ -178,7 +186,8 @@ def logs(job_id: str, follow: bool = typer.Option(False, "--follow", "-f", help=
 @jobs_app.command()
 @handle_errors
 def stop(job_id: str):
-    """Stop a running job (its MLflow run ends KILLED).
+    """Stop a running job (its CPUs are free when this returns) or cancel a queued one (it never
+    starts); its MLflow run ends KILLED.
 
     Example: `img2img jobs stop raysubmit_abc123`
     """
@@ -189,6 +198,8 @@ def stop(job_id: str):
     outcome = stop_job(job_client(settings), settings, job_id)
     if outcome == "stopped":
         console.print(f"Stopped {job_id}", highlight=False)
+    elif outcome == "cancelled":
+        console.print(f"Cancelled {job_id}: it was queued and will never start", highlight=False)
     else:
         console.print(f"Job {job_id} had {outcome.replace('already ', 'already ended: ')}; nothing to stop",
                       highlight=False)

@@ -122,7 +122,7 @@ def deploy(settings: Settings, model: str = "", *, min_replicas: int = 1, max_re
     autoscaling = {"min_replicas": min_replicas, "max_replicas": max_replicas,
                    "target_ongoing_requests": target_ongoing_requests, "upscale_delay_s": upscale_delay_s,
                    "downscale_delay_s": downscale_delay_s}
-    actor_options: dict = {"num_cpus": num_cpus}
+    actor_options: dict = {"num_cpus": num_cpus, **replica_reservation(settings, num_cpus, min_replicas)}
     if not retain_freed_memory:  # a process-wide setting: only new replica processes can drop it
         actor_options["runtime_env"] = {"env_vars": {OPT_OUT: "0"}}
     app = {"name": APP_NAME, "route_prefix": "/", "import_path": "serving.app:app",
@@ -138,6 +138,26 @@ def deploy(settings: Settings, model: str = "", *, min_replicas: int = 1, max_re
             limits = size_time_limits(settings, wait_s)
     return {"model": name, "version": version, "url": settings.serve_url, "autoscaling": autoscaling,
             "runtime": runtime, "threads": user_config["threads"], **limits}
+
+
+def replica_reservation(settings: Settings, num_cpus: float, min_replicas: int) -> dict:
+    """Replicas reserve the admission resource beside their CPUs (cluster.admission), so jobs and
+    replicas never count on the same CPUs. Refuses (Img2ImgError) a deploy whose `min_replicas`
+    would need CPUs that queued or running jobs have reserved. -> extra `ray_actor_options`."""
+    from cluster import admission
+
+    cap = admission.capacity(settings.ray_address, settings.ray_auth_headers())
+    if cap is None:  # a cluster started without admission resources: replicas use CPUs only
+        return {}
+    current = status(settings)
+    held = (current or {}).get("replicas", 0) * float(num_cpus)  # this app's replicas give theirs back
+    need = min_replicas * num_cpus
+    if need > cap.free + held:
+        raise Img2ImgError(f"--min-replicas {min_replicas} x --num-cpus {num_cpus:g} = {need:g} CPUs, but only "
+                           f"{cap.free + held:g} of the cluster's {cap.total:g} are not reserved by jobs "
+                           "(see `img2img jobs ls`); deploying would starve them: wait for them, stop one "
+                           "(`img2img jobs stop ID`), or ask for fewer replicas / CPUs")
+    return {"resources": {admission.RESOURCE: float(num_cpus)}}
 
 
 def size_time_limits(settings: Settings, wait_s: float = 120) -> dict:

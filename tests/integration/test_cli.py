@@ -150,7 +150,7 @@ def test_jobs_ls_and_status_json_keep_ids_whole(stack, cli, narrow):
     if narrow == "pipe":
         assert "SUCCEEDED" in row[0] and "photos-long-dataset-name" in row[0]
     listed = json.loads(cli("jobs", "ls", "--json").stdout)
-    assert {"id", "status", "variant", "dataset", "started", "duration"} <= set(listed[0])
+    assert {"id", "status", "model", "variant", "dataset", "submitted", "duration"} <= set(listed[0])
     assert any(j["id"] == job_id and j["status"] == "SUCCEEDED" for j in listed)
     info = json.loads(cli("jobs", "status", job_id, "--json").stdout)
     assert info["job_id"] == job_id and info["status"] == "SUCCEEDED" and info["dataset"] == "photos-long-dataset-name"

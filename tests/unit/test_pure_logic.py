@@ -352,15 +352,16 @@ def test_training_that_would_leave_the_data_pipeline_no_cpu_is_refused_naming_se
     from jobs.train import check_resources
 
     spec = TrainSpec(dataset="d", workers=2, cpus_per_worker=1.0)
-    check_resources(spec, {"CPU": 4.0}, "http://ray", serve_cpus=1.0)  # 1 CPU left for the data: fine
+    # 1.5 CPUs left for the data (1) and the driver (0.5): fine
+    check_resources(spec, {"CPU": 4.0}, "http://ray", serve_cpus=0.5)
     with pytest.raises(Img2ImgError) as e:
         check_resources(spec, {"CPU": 4.0}, "http://ray", serve_cpus=2.0)
     assert str(e.value) == (
         "the cluster at http://ray has 4 CPUs; Serve replicas hold 2 of its CPUs and --workers 2 x --cpus-per-worker 1"
-        " = 2 would leave 0 for reading and decoding the data, which needs 1: the job would start and then wait "
-        "forever; use fewer --workers or a smaller --cpus-per-worker or free the replicas' CPUs "
+        " = 2 would leave 0 for reading the data (1) and the job's driver (0.5): the job could never start; use "
+        "fewer --workers or a smaller --cpus-per-worker or free the replicas' CPUs "
         "(`img2img serve deploy --num-cpus 1`, `img2img serve rm`)")
-    with pytest.raises(Img2ImgError, match="would leave 0 for reading and decoding the data"):
+    with pytest.raises(Img2ImgError, match="would leave 0 for reading the data"):
         check_resources(TrainSpec(dataset="d", workers=4, cpus_per_worker=1.0), {"CPU": 4.0}, "http://ray")
     with pytest.raises(Img2ImgError, match="= 5 CPUs, but the cluster at http://ray has 4"):
         check_resources(TrainSpec(dataset="d", workers=5, cpus_per_worker=1.0), {"CPU": 4.0}, "http://ray")
@@ -374,7 +375,7 @@ def test_evaluation_jobs_get_the_same_capacity_check_as_training():
     from jobs import eval_submit
     from jobs.plan import check_capacity
 
-    assert "check_capacity(" in inspect.getsource(eval_submit.prepare)
+    assert "admit(" in inspect.getsource(eval_submit.prepare)
     with pytest.raises(Img2ImgError, match="Serve replicas hold 3 of its CPUs and --workers 1 x --cpus-per-worker 1"):
         check_capacity(1, 1.0, False, {"CPU": 4.0}, "http://ray", serve_cpus=3.0)
     with pytest.raises(Img2ImgError, match="--gpu asks for 2 GPU worker"):

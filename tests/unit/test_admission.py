@@ -1,0 +1,85 @@
+"""The admission arithmetic every cluster job goes through (cluster/admission.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cluster.admission import (
+    DEFAULT_QUEUE_TIMEOUT_S,
+    RESOURCE,
+    Capacity,
+    Footprint,
+    Ticket,
+    check_deadline,
+    check_fits,
+    check_options,
+    entrypoint_resources,
+    node_resources,
+)
+from cluster.errors import Img2ImgError
+
+
+def test_a_job_reserves_its_workers_its_data_cpu_and_its_driver():
+    fp = Footprint(workers=2, cpus_per_worker=1.0)
+    assert fp.cpus == 3.5 and fp.resources() == {RESOURCE: 3.5}
+    assert Footprint(2, 0.5).resources() == {RESOURCE: 2.5}
+    assert "2 x 1 CPUs" in fp.describe() and "1 for reading the data" in fp.describe()
+    assert node_resources(4) == {RESOURCE: 4.0}
+
+
+def test_gpus_are_reserved_only_where_the_cluster_advertises_them():
+    fp = Footprint(2, 1.0, gpus_per_worker=1.0)
+    assert entrypoint_resources(fp, Capacity(((0.0, 8.0),), gpus=2.0)) == {RESOURCE: 3.5, "img2img_gpu": 2.0}
+    assert entrypoint_resources(fp, Capacity(((0.0, 8.0),))) == {RESOURCE: 3.5}
+    assert entrypoint_resources(fp, None) == {}  # a cluster without admission resources: no queue
+
+
+@pytest.mark.parametrize("fp, resources, serve, largest, message", [
+    (Footprint(5, 1.0), {"CPU": 4.0}, 0.0, None, "= 5 CPUs, but the cluster at http://ray has 4"),
+    (Footprint(3, 1.0), {"CPU": 4.0}, 0.0, None, "would leave 1 for reading the data (1) and the job's driver (0.5)"),
+    (Footprint(2, 1.0), {"CPU": 4.0}, 1.0, None, "Serve replicas hold 1 of its CPUs"),
+    (Footprint(2, 1.0), {"CPU": 8.0}, 0.0, 3.0, "the largest node of the cluster at http://ray has 3"),
+    (Footprint(2, 1.0, 1.0), {"CPU": 8.0, "GPU": 1.0}, 0.0, None, "--gpu asks for 2 GPU worker(s)"),
+])
+def test_a_job_that_can_never_start_is_refused_with_the_numbers(fp, resources, serve, largest, message):
+    with pytest.raises(Img2ImgError) as e:
+        check_fits(fp, resources, "http://ray", serve, largest)
+    assert message in str(e.value)
+
+
+def test_a_job_that_fits_is_not_refused():
+    check_fits(Footprint(2, 1.0), {"CPU": 4.0}, "http://ray", 0.5, 4.0)
+    check_fits(Footprint(9, 1.0), {}, "http://ray")  # cluster not known: Ray decides
+
+
+@pytest.mark.parametrize("priority, timeout, message", [
+    ("urgent", None, "--priority must be one of high, normal, low"),
+    ("high", 0, "--queue-timeout must be between"),
+    ("low", -5, "--queue-timeout must be between"),
+    ("normal", 8 * 86400, "--queue-timeout must be between"),
+])
+def test_bad_queue_options_are_refused(priority, timeout, message):
+    with pytest.raises(Img2ImgError, match=message):
+        check_options(priority, timeout)
+
+
+def test_queue_options_default_to_a_day():
+    assert check_options("normal", None) == DEFAULT_QUEUE_TIMEOUT_S == 86400
+    assert check_options("high", 60) == 60
+
+
+def test_a_job_admitted_after_its_queue_timeout_ends_with_the_reason():
+    check_deadline(None)
+    check_deadline(1000.0, now=999.0)
+    with pytest.raises(Img2ImgError, match=r"^queue timeout: the job waited in the queue past its --queue-timeout "
+                                           r"\(1m40s late\) and was not started"):
+        check_deadline(1000.0, now=1100.0)
+
+
+def test_the_admission_record_round_trips_through_ray_metadata_and_orders_by_priority_then_time():
+    t = Ticket(Footprint(2, 0.5), "high", 60.0, 123.0, "raysubmit_x", {RESOURCE: 2.5})
+    back = Ticket.from_metadata({"img2img_admission": t.to_json()})
+    assert back == t
+    assert Ticket.from_metadata({}) is None and Ticket.from_metadata({"img2img_admission": "{bad"}) is None
+    normal_first = Ticket(Footprint(1, 1.0), "normal", submitted=1.0)
+    assert sorted([normal_first, t], key=lambda x: x.rank)[0] is t
