@@ -220,7 +220,7 @@ def run(spec: EvalSpec, settings=None, echo=print) -> dict:
     from mlflow.tracking import MlflowClient
 
     from cluster.settings import get_settings
-    from jobs.tracking import RunLogger, eval_tags, write_model_card
+    from jobs.tracking import RunLogger, eval_tags, experiment_id, write_model_card
 
     settings = settings or get_settings()
     if not ray.is_initialized():
@@ -244,8 +244,7 @@ def run(spec: EvalSpec, settings=None, echo=print) -> dict:
     means = _means(rows, keys)
     seconds = time.time() - t0
     client = MlflowClient(settings.mlflow_uri)
-    exp = client.get_experiment_by_name(spec.experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(spec.experiment)
+    exp_id = experiment_id(client, spec.experiment)
     run_ = client.create_run(exp_id, run_name=f"eval-{spec.model}-v{spec.version}-{spec.dataset}", tags={
         "img2img": "eval", "model_name": spec.model, "model_version": spec.version,
         "model_uri": spec.model_uri, "dataset": spec.dataset, "split": spec.split})

@@ -11,6 +11,30 @@ from pathlib import Path
 from PIL import Image
 
 log = logging.getLogger(__name__)
+ALREADY_EXISTS = ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS")
+
+
+def experiment_id(client, name: str) -> str:
+    """Get-or-create the MLflow experiment `name` -> its id. Safe when several clients create it
+    at once: the server accepts one create and refuses the others with RESOURCE_ALREADY_EXISTS,
+    which then means "read it". Raises Img2ImgError for an experiment that was deleted (MLflow
+    keeps its name taken and refuses runs in it)."""
+    from mlflow.exceptions import MlflowException
+
+    from cluster.errors import Img2ImgError
+
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return client.create_experiment(name)
+        except MlflowException as e:
+            if e.error_code not in ALREADY_EXISTS:
+                raise
+        exp = client.get_experiment_by_name(name)
+    if exp.lifecycle_stage == "deleted":
+        raise Img2ImgError(f"MLflow experiment {name!r} was deleted; restore it (`mlflow experiments restore "
+                           f"--experiment-id {exp.experiment_id}`) or pick another --experiment")
+    return exp.experiment_id
 
 
 class RunLogger:
