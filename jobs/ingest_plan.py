@@ -24,7 +24,6 @@ PAIR_FOLDERS = (("a", "b", "train"), ("traina", "trainb", "train"), ("testa", "t
                 ("vala", "valb", "val"))
 
 
-
 @dataclass
 class IngestOptions:
     name: str

@@ -28,6 +28,7 @@ MAX_PIXELS = 100_000_000  # larger files are skipped as decompression bombs
 class SkipFile(Exception):
     """A source file that is readable but not usable (the message is the reason recorded)."""
 
+
 # A source image is a PIL RGB image (8-bit sources, as always) or, for a 16-bit source, an
 # HxWx3 float32 array in [0, 1] (normalised by its value range), so its 16 bits reach the
 # stored PNG instead of being cut to 8 here.

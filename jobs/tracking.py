@@ -14,6 +14,26 @@ log = logging.getLogger(__name__)
 ALREADY_EXISTS = ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS")
 
 
+def _lost_upsert(e: BaseException) -> bool:
+    """MLflow's SQL store sets a tag or alias by reading the row, then inserting it if absent: when
+    two clients set the same new key at once, one insert hits the unique constraint and the call
+    fails (BAD_REQUEST, IntegrityError). Done again it finds the row and updates it."""
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(e, MlflowException) and any(
+        marker in str(e) for marker in ("IntegrityError", "UNIQUE constraint", "duplicate key"))
+
+
+def upsert(write, *args) -> None:
+    """`write(*args)`, an MLflow setter that replaces what is there (`set_registered_model_tag`,
+    `set_model_version_tag`, `set_registered_model_alias`), safe when several clients set the same
+    key at once: a call that lost that race is made again (tenacity, up to 3 tries)."""
+    import tenacity
+
+    tenacity.Retrying(retry=tenacity.retry_if_exception(_lost_upsert), stop=tenacity.stop_after_attempt(3),
+                      wait=tenacity.wait_random(0, 0.2), reraise=True)(write, *args)
+
+
 def experiment_id(client, name: str) -> str:
     """Get-or-create the MLflow experiment `name` -> its id. Safe when several clients create it
     at once: the server accepts one create and refuses the others with RESOURCE_ALREADY_EXISTS,
