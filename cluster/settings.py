@@ -121,6 +121,17 @@ class Settings(BaseSettings):
                 "IMG2IMG_BUCKET": self.bucket, "IMG2IMG_MLFLOW_URI": self.mlflow_uri,
                 "RAY_API_SERVER_ADDRESS": self.ray_address}
 
+    def ray_token_file(self) -> Path | None:
+        """The file holding the token `ray_auth_headers` sends to the Ray dashboard / Jobs API
+        (this stack's own, else RAY_AUTH_TOKEN_PATH's); None when RAY_AUTH_TOKEN gives the token
+        itself or there is none."""
+        path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+        if os.environ.get("RAY_AUTH_TOKEN"):
+            return None
+        if self.ray_token_path.exists():
+            return self.ray_token_path
+        return Path(path) if path and os.path.exists(path) else None
+
     def ray_auth_headers(self) -> dict[str, str]:
         token = os.environ.get("RAY_AUTH_TOKEN")
         path = os.environ.get("RAY_AUTH_TOKEN_PATH")

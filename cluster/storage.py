@@ -22,6 +22,11 @@ from cluster.errors import Img2ImgError
 from cluster.settings import Settings, get_settings
 
 AUTH_CODES = {"SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "InvalidToken"}
+BUCKET_TAKEN = {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}
+
+
+class Conflict(Img2ImgError):
+    """A conditional write lost (HTTP 412): the object appeared, or changed, since it was read."""
 
 
 @dataclass
@@ -74,9 +79,16 @@ class Storage:
 
     # ---- buckets --------------------------------------------------------------------------
     def ensure_bucket(self) -> None:
+        """Get-or-create the bucket; safe when several clients create it at once (the losers'
+        "already exists" is the answer they wanted)."""
         with self.errors():
-            if not self.client.bucket_exists(self.bucket):
+            if self.client.bucket_exists(self.bucket):
+                return
+            try:
                 self.client.make_bucket(self.bucket)
+            except S3Error as e:
+                if e.code not in BUCKET_TAKEN or not self.client.bucket_exists(self.bucket):
+                    raise
 
     def check(self) -> None:
         """Raise unless the endpoint answers, accepts the keys and has the bucket."""
@@ -96,11 +108,30 @@ class Storage:
         with self.errors(key):
             self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type)
 
+    def put_if(self, key: str, data: bytes, etag: str | None, content_type: str = "application/json") -> str:
+        """Write `key` only if it is still as it was read: absent (`etag` None) or unchanged (its
+        ETag is still `etag`), in one request the store decides atomically (S3 conditional writes:
+        `If-None-Match: *` / `If-Match`; MinIO, SeaweedFS and AWS S3 support them). -> the new ETag.
+        Raises Conflict when another client wrote it first."""
+        cond = {"If-None-Match": "*"} if etag is None else {"If-Match": f'"{etag}"'}
+        with self.errors(key):
+            try:  # minio-py's put_object would turn these headers into user metadata (x-amz-meta-*)
+                result = self.client._put_object(self.bucket, key, data, headers={"Content-Type": content_type, **cond})
+            except S3Error as e:
+                if e.code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    raise Conflict(f"s3://{self.bucket}/{key} was written by another client meanwhile") from None
+                raise
+        return result.etag
+
     def get_bytes(self, key: str) -> bytes:
+        return self.get_versioned(key)[0]
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        """-> (the object's bytes, the ETag of exactly those bytes, for `put_if`)."""
         with self.errors(key):
             resp = self.client.get_object(self.bucket, key)
             try:
-                return resp.read()
+                return resp.read(), resp.headers.get("ETag", "").strip('"')
             finally:
                 resp.close()
                 resp.release_conn()

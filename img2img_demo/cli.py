@@ -45,7 +45,9 @@ def demo(
                   f"{outp} {m['output_psnr']:.2f} dB / SSIM {m['output_ssim']:.3f}")
     console.print(f"Report and {inp}|{outp}|original grids: {out}/report.md")
     console.print(f"MLflow UI:       {settings.mlflow_uri}")
-    console.print(f"Ray dashboard:   {settings.ray_address}")
+    token = settings.ray_token_file()  # the dashboard asks for it ("Authentication Token Required")
+    console.print(f"Ray dashboard:   {settings.ray_address}"
+                  + (f"  (log in with the token in {token}; see docs/security.md)" if token else ""), highlight=False)
     console.print(f"Endpoint:        {settings.serve_url}/enhance")
     console.print(f"Web page:        {settings.serve_url}/  (drop a photo, compare before/after)")
     console.print("Next, try:")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -74,15 +77,24 @@ def ingest(
         try:
             result = run(plan, settings, workers=workers,
                          progress=lambda done, total: bar.update(task, completed=done, total=total))
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # the workers are stopped already (jobs.ingest._build)
+            bar.stop()
             kept = f"; dataset {name} was left as it was" if plan.replaces else ""
             err_console.print(f"Interrupted: re-run the same command to resume{kept}.", highlight=False, soft_wrap=True)
-            raise typer.Exit(130) from None
+            _exit_now(130)
     m = result.manifest
     counts = ", ".join(f"{k} {v}" for k, v in m.counts.items())
     console.print(f"Dataset [bold]{m.name}[/] ({m.kind}): {counts} rows, {_size(m.total_bytes)}; "
                   f"{result.written} shards written, {result.reused} reused from an interrupted run.")
     _print_skipped(result.skipped)
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End the process at once, with nothing left to clean up: the interpreter's own teardown
+    (torch is loaded) takes seconds on a busy machine, a frozen wait after Ctrl-C."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _print_skipped(skipped: list[dict[str, str]]) -> None:

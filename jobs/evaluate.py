@@ -220,7 +220,7 @@ def run(spec: EvalSpec, settings=None, echo=print) -> dict:
     from mlflow.tracking import MlflowClient
 
     from cluster.settings import get_settings
-    from jobs.tracking import RunLogger, eval_tags, write_model_card
+    from jobs.tracking import RunLogger, eval_tags, experiment_id, upsert, write_model_card
 
     settings = settings or get_settings()
     if not ray.is_initialized():
@@ -244,8 +244,7 @@ def run(spec: EvalSpec, settings=None, echo=print) -> dict:
     means = _means(rows, keys)
     seconds = time.time() - t0
     client = MlflowClient(settings.mlflow_uri)
-    exp = client.get_experiment_by_name(spec.experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(spec.experiment)
+    exp_id = experiment_id(client, spec.experiment)
     run_ = client.create_run(exp_id, run_name=f"eval-{spec.model}-v{spec.version}-{spec.dataset}", tags={
         "img2img": "eval", "model_name": spec.model, "model_version": spec.version,
         "model_uri": spec.model_uri, "dataset": spec.dataset, "split": spec.split})
@@ -267,7 +266,7 @@ def run(spec: EvalSpec, settings=None, echo=print) -> dict:
                "worst": sorted(rows, key=lambda r: r[keys[0]])[0]["key"]}
     if not spec.limit:  # a partial score must not stand in for the dataset's in the promotion gate
         for k, v in eval_tags(summary).items():
-            client.set_model_version_tag(spec.model, spec.version, k, v)
+            upsert(client.set_model_version_tag, spec.model, spec.version, k, v)
         write_model_card(client, spec.model, spec.version)
     echo(f"{MARK} result {json.dumps(summary)}", flush=True)
     return summary

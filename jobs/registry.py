@@ -21,6 +21,7 @@ from datetime import datetime
 
 from cluster.errors import Img2ImgError, no_registered_model
 from cluster.settings import Settings
+from jobs.tracking import upsert
 
 CHAMPION, PREVIOUS = "champion", "previous"
 EVAL_DATASET, EVAL_SPLIT, HISTORY = "eval_dataset", "eval_split", "champion_history"
@@ -194,8 +195,8 @@ def set_eval_set(settings: Settings, name: str, dataset: str, split: str = "val"
         raise Img2ImgError(f"--split must be val, train or all, got {split!r}")
     if split != "all" and not manifest.counts.get(split):
         raise Img2ImgError(f"dataset {dataset!r} has no rows in split {split!r}; pick another --split")
-    c.set_registered_model_tag(name, EVAL_DATASET, dataset)
-    c.set_registered_model_tag(name, EVAL_SPLIT, split)
+    upsert(c.set_registered_model_tag, name, EVAL_DATASET, dataset)
+    upsert(c.set_registered_model_tag, name, EVAL_SPLIT, split)
 
 
 def _history(tags: dict) -> list[str]:
@@ -317,9 +318,9 @@ def promote(settings: Settings, name: str, version: str | None = None, best: boo
     if current is not None:
         history = [v for v in _history(model_tags(settings, name)) if v not in (current, candidate.version)]
         history.append(current)
-        c.set_registered_model_tag(name, HISTORY, json.dumps(history))
-        c.set_registered_model_alias(name, PREVIOUS, current)
-    c.set_registered_model_alias(name, CHAMPION, candidate.version)
+        upsert(c.set_registered_model_tag, name, HISTORY, json.dumps(history))
+        upsert(c.set_registered_model_alias, name, PREVIOUS, current)
+    upsert(c.set_registered_model_alias, name, CHAMPION, candidate.version)
     return decision
 
 
@@ -337,10 +338,10 @@ def rollback(settings: Settings, name: str) -> tuple[str, str | None, list[str]]
         raise Img2ImgError(f"model {name!r} has no former champion to roll back to"
                            + (f" (v{current} is the first)" if current else ""))
     target = history.pop()
-    c.set_registered_model_tag(name, HISTORY, json.dumps(history))
-    c.set_registered_model_alias(name, CHAMPION, target)
+    upsert(c.set_registered_model_tag, name, HISTORY, json.dumps(history))
+    upsert(c.set_registered_model_alias, name, CHAMPION, target)
     if history:
-        c.set_registered_model_alias(name, PREVIOUS, history[-1])
+        upsert(c.set_registered_model_alias, name, PREVIOUS, history[-1])
     else:
         c.delete_registered_model_alias(name, PREVIOUS)
     return target, current, history

@@ -89,11 +89,12 @@ def start_run(spec: TrainSpec, settings: Settings, manifest, plan=None) -> tuple
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    from jobs.tracking import experiment_id
+
     require_mlflow(settings)
     mlflow.set_tracking_uri(settings.mlflow_uri)
     client = MlflowClient(settings.mlflow_uri)
-    exp = client.get_experiment_by_name(spec.experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(spec.experiment)
+    exp_id = experiment_id(client, spec.experiment)
     run = client.create_run(exp_id, run_name=f"{spec.variant}-{spec.dataset}",
                             tags={"variant": spec.variant, "dataset": spec.dataset,
                                   **({"resumed_from": spec.resume} if spec.resume else {}),

@@ -11,6 +11,50 @@ from pathlib import Path
 from PIL import Image
 
 log = logging.getLogger(__name__)
+ALREADY_EXISTS = ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS")
+
+
+def _lost_upsert(e: BaseException) -> bool:
+    """MLflow's SQL store sets a tag or alias by reading the row, then inserting it if absent: when
+    two clients set the same new key at once, one insert hits the unique constraint and the call
+    fails (BAD_REQUEST, IntegrityError). Done again it finds the row and updates it."""
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(e, MlflowException) and any(
+        marker in str(e) for marker in ("IntegrityError", "UNIQUE constraint", "duplicate key"))
+
+
+def upsert(write, *args) -> None:
+    """`write(*args)`, an MLflow setter that replaces what is there (`set_registered_model_tag`,
+    `set_model_version_tag`, `set_registered_model_alias`), safe when several clients set the same
+    key at once: a call that lost that race is made again (tenacity, up to 3 tries)."""
+    import tenacity
+
+    tenacity.Retrying(retry=tenacity.retry_if_exception(_lost_upsert), stop=tenacity.stop_after_attempt(3),
+                      wait=tenacity.wait_random(0, 0.2), reraise=True)(write, *args)
+
+
+def experiment_id(client, name: str) -> str:
+    """Get-or-create the MLflow experiment `name` -> its id. Safe when several clients create it
+    at once: the server accepts one create and refuses the others with RESOURCE_ALREADY_EXISTS,
+    which then means "read it". Raises Img2ImgError for an experiment that was deleted (MLflow
+    keeps its name taken and refuses runs in it)."""
+    from mlflow.exceptions import MlflowException
+
+    from cluster.errors import Img2ImgError
+
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return client.create_experiment(name)
+        except MlflowException as e:
+            if e.error_code not in ALREADY_EXISTS:
+                raise
+        exp = client.get_experiment_by_name(name)
+    if exp.lifecycle_stage == "deleted":
+        raise Img2ImgError(f"MLflow experiment {name!r} was deleted; restore it (`mlflow experiments restore "
+                           f"--experiment-id {exp.experiment_id}`) or pick another --experiment")
+    return exp.experiment_id
 
 
 class RunLogger:

@@ -260,6 +260,45 @@ def test_interrupted_overwrite_keeps_the_old_dataset_and_resumes_to_the_same_dat
     assert objects_of(s, "resumed") == referenced(s, "resumed")  # no markers, old or killed-run shards left
 
 
+@pytest.mark.parametrize("to_group", [True, False], ids=["ctrl-c-in-a-terminal", "sigint-to-the-cli-only"])
+def test_ctrl_c_stops_an_ingest_at_once_keeps_finished_shards_and_it_resumes(stack, cli, tmp_path, to_group):
+    src = tmp_path / "big"
+    src.mkdir()
+    for i in range(60):
+        photo(200 + i, (256, 256)).save(src / f"{i:02d}.png")
+    name = "ctrl-c-group" if to_group else "ctrl-c-cli"
+    args = [str(src), "--name", name, "--size", "96", "--copies", "4", "--shard-rows", "8", "--workers", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "img2img_cli", "data", "ingest", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy(),
+                            start_new_session=True, text=True)
+    s = Storage(stack)
+    markers = lambda: len(s.list(dataset_prefix(name) + "_ingest/"))  # noqa: E731  (finished shards)
+    deadline = time.time() + 300
+    while markers() < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert proc.poll() is None, "the ingest ended before it could be interrupted: give it more work"
+    finished = markers()
+    signalled = time.monotonic()
+    (os.killpg if to_group else os.kill)(proc.pid, signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError("the interrupted ingest did not stop within 60 s") from None
+    took = time.monotonic() - signalled
+    assert proc.returncode == 130 and "re-run the same command to resume" in err and "Traceback" not in err, err
+    assert took < 3, f"exited {took:.1f} s after Ctrl-C"
+    assert markers() <= finished + 2, "shards queued after Ctrl-C were still built"  # 2: one in flight a worker
+    assert not s.exists(manifest_key(name))  # no dataset until every shard is written
+    r = cli("data", "verify", name)
+    assert r.exit_code == 1 and "not found" in r.output
+    r = cli("data", "ingest", *args)
+    assert r.exit_code == 0, r.output
+    assert "reused from an interrupted run" in r.output and " 0 reused" not in r.output
+    assert cli("data", "verify", name).exit_code == 0
+    assert objects_of(s, name) == referenced(s, name)
+
+
 @pytest.fixture(scope="module")
 def ray_client(stack):
     import ray

@@ -20,6 +20,31 @@ def test_status_shows_every_service_healthy(stack, cli):
     assert "no" not in [line.split("│")[4].strip() for line in result.output.splitlines() if line.count("│") > 5]
 
 
+def test_up_and_status_say_where_the_dashboard_token_is_and_it_opens_the_dashboard(stack, cli):
+    import json
+
+    import httpx
+
+    token_file = str(stack.ray_token_path)
+    for args in (("stack", "up"), ("stack", "status")):
+        r = cli(*args)
+        assert r.exit_code == 0 and token_file in r.output and "Authentication Token Required" in r.output, r.output
+    r = cli("stack", "status", "--json")
+    ray = next(x for x in json.loads(r.output) if x["service"] == "ray")
+    assert ray["dashboard_token_file"] == token_file
+    token = open(ray["dashboard_token_file"]).read().strip()
+    assert token not in cli("stack", "status").output  # named, never printed
+    api = stack.ray_address.rstrip("/") + "/api/version"
+    assert httpx.get(api).status_code == 401
+    assert httpx.get(api, headers={"Authorization": "Bearer wrong"}).status_code == 403
+    assert httpx.get(api, headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    # the browser's way: the login dialog posts the token, and the cookie it gets back opens the dashboard
+    with httpx.Client() as browser:
+        assert browser.post(stack.ray_address.rstrip("/") + "/api/authenticate",
+                            headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        assert browser.get(api).status_code == 200
+
+
 def test_generated_keys_are_private(stack):
     creds = stack.state_path / "credentials.json"
     assert creds.exists() and (creds.stat().st_mode & 0o777) == 0o600

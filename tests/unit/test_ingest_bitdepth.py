@@ -8,7 +8,8 @@ import numpy as np
 from PIL import Image
 
 from jobs.data import _decode
-from jobs.ingest import IngestOptions, Row, _png, _row_images
+from jobs.ingest_plan import IngestOptions, Row
+from jobs.ingest_shard import _png, _row_images
 from jobs.sources import SourceFile
 
 

@@ -9,7 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cluster.errors import Img2ImgError
-from jobs.ingest import IngestOptions, Row, _png, _row_images, common_scale
+from jobs.ingest_plan import IngestOptions, Row
+from jobs.ingest_shard import _png, _row_images, common_scale
 from jobs.sources import SourceFile
 from translator import degrade
 
