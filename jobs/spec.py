@@ -39,7 +39,7 @@ class TrainSpec:
     workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
-    epochs: int = 10
+    epochs: int | None = None  # None: not given (`jobs.plan.limits_for`: 10 only when no other limit is)
     max_steps: int | None = None
     time_budget_s: float | None = None  # seconds of training (from the workers' start); stops at the next step
     batch_size: int | None = None  # per worker; default from the variant config
@@ -81,7 +81,7 @@ class TrainSpec:
             raise Img2ImgError("--workers must be at least 1")
         if self.cpus_per_worker <= 0:
             raise Img2ImgError("--cpus-per-worker must be positive")
-        if self.epochs < 1 or (self.max_steps is not None and self.max_steps < 1):
+        if (self.epochs is not None and self.epochs < 1) or (self.max_steps is not None and self.max_steps < 1):
             raise Img2ImgError("--epochs and --max-steps must be at least 1")
         if self.time_budget_s is not None and not (math.isfinite(self.time_budget_s) and self.time_budget_s > 0):
             raise Img2ImgError(f"--time-budget must be a positive number of seconds, got {self.time_budget_s:g}")
