@@ -69,6 +69,25 @@ class Cadence:
         return cls(seconds=seconds)
 
 
+def check_options(*, workers: int = 1, cpus_per_worker: float = 1.0, epochs: int | None = None,
+                  max_steps: int | None = None, time_budget_s: float | None = None, precision: str = "auto",
+                  checkpoint_every: str | None = "auto") -> None:
+    """The training options that need nothing but their own values (no torch, no service), so a
+    bad one is refused at once, before the dataset, the registry or the cluster is contacted.
+    Raises Img2ImgError naming the option."""
+    if workers < 1:
+        raise Img2ImgError(f"--workers must be at least 1, got {workers}")
+    if not (math.isfinite(cpus_per_worker) and cpus_per_worker > 0):
+        raise Img2ImgError(f"--cpus-per-worker must be positive, got {cpus_per_worker:g}")
+    if (epochs is not None and epochs < 1) or (max_steps is not None and max_steps < 1):
+        raise Img2ImgError("--epochs and --max-steps must be at least 1")
+    if time_budget_s is not None and not (math.isfinite(time_budget_s) and time_budget_s > 0):
+        raise Img2ImgError(f"--time-budget must be a positive number of seconds, got {time_budget_s:g}")
+    if precision not in ("auto", "fp32", "bf16"):
+        raise Img2ImgError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
+    Cadence.parse(checkpoint_every)
+
+
 @dataclass(frozen=True)
 class TrainPlan:
     """What one training job will run, per worker.

@@ -60,6 +60,11 @@ def train(
 
     Fine-tune: `img2img train --dataset my-photos --init-from photos@champion --epochs 3 --lr 2e-4`
     """
+    from jobs.plan import check_options
+
+    # Before anything heavy is imported or any service contacted: a bad value is refused at once.
+    check_options(workers=workers, cpus_per_worker=cpus_per_worker, epochs=epochs, max_steps=max_steps,
+                  time_budget_s=time_budget, precision=precision, checkpoint_every=checkpoint_every)
     from jobs.spec import TrainSpec
     from jobs.submit import follow_progress, job_client, outcome_error, run_local, submit, wait
     from translator.config import parse_overrides

@@ -45,3 +45,38 @@ def test_the_reported_cases_train_what_was_typed():
 def test_a_request_leaves_epochs_unset_unless_typed():
     assert TrainSpec(dataset="d").epochs is None
     TrainSpec(dataset="d", time_budget_s=150).validate()  # no epoch count needed
+
+
+# Every address points at a closed port: the stack is DOWN. A bad option must still be named
+# (not "cannot reach ..."), before torch, MLflow or Ray is even imported, let alone contacted.
+DOWN = {"IMG2IMG_RAY_ADDRESS": "http://127.0.0.1:9", "IMG2IMG_MLFLOW_URI": "http://127.0.0.1:9",
+        "IMG2IMG_S3_ENDPOINT": "127.0.0.1:9", "IMG2IMG_STATE_DIR": "/nonexistent/img2img-state"}
+PROBE = ("import atexit, runpy, sys\n"
+         "atexit.register(lambda: print('HEAVY', sorted(m for m in ('torch', 'mlflow', 'ray') if m in sys.modules), "
+         "file=sys.__stdout__))\n"
+         "sys.argv = ['img2img', *sys.argv[1:]]\n"
+         "runpy.run_module('img2img_cli', run_name='__main__')\n")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--dataset", "x", "--time-budget", "-5"], "--time-budget must be a positive number"),
+    (["train", "--dataset", "x", "--max-steps", "0"], "--epochs and --max-steps must be at least 1"),
+    (["train", "--dataset", "x", "--workers", "0", "--init-from", "m@champion"], "--workers must be at least 1"),
+    (["train", "--dataset", "x", "--checkpoint-every", "5x", "--resume", "abc"], "is not a cadence"),
+    (["eval", "m/1", "--dataset", "x", "--limit", "0"], "--limit must be at least 1"),
+    (["models", "promote", "m", "--best", "--metric", "lpips"], "--metric must be psnr, ssim or gain_db"),
+])
+def test_bad_options_are_refused_before_any_service_or_heavy_import(argv, message):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, **DOWN, "PYTHONPATH": str(root)}
+    r = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, env=env, timeout=300,
+                       cwd=root)
+    errors = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert len(errors) == 1 and errors[0].startswith("Error:") and message in errors[0], r.stderr
+    assert "HEAVY []" in r.stdout, r.stdout  # nothing that would reach a service was loaded
