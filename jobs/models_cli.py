@@ -50,7 +50,7 @@ def _row(v, where):
     old = "" if v.current_metric or not paired else "*"
     return [v.name, v.version, v.tags.get("variant", "-"), v.tags.get("dataset", "-"), _num(val("psnr")) + old,
             _num(val("ssim"), "ssim"), _num(val("gain_db"), "gain") + old, _num(cycle), _num(score),
-            v.tags.get("parent", "-"), ",".join(v.aliases), note, (v.run_id or "-")[:8], v.created]
+            v.tags.get("parent", "-"), ",".join(v.aliases), note, v.run_id, v.created]
 
 
 @models_app.command("ls")
