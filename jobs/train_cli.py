@@ -4,15 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cluster.cli_utils import (
-    console,
-    err_console,
-    handle_errors,
-    json_option,
-    print_json,
-    print_table,
-    records,
-)
+from cluster.cli_utils import console, handle_errors, json_option, print_json, print_table, records
 from cluster.settings import get_settings
 from translator.catalog import DEFAULT_VARIANT, variant_names
 
@@ -114,6 +106,8 @@ def train(
 
 def print_warnings(warnings: list[str]) -> None:
     """The job's verdicts on the model it registered (e.g. WORSE than its input), after it ended."""
+    from cluster.cli_utils import err_console
+
     for w in warnings:
         err_console.print(f"[bold yellow]WARNING:[/] {w}", highlight=False)
 
