@@ -106,10 +106,12 @@ def train(
 
 def print_warnings(warnings: list[str]) -> None:
     """The job's verdicts on the model it registered (e.g. WORSE than its input), after it ended."""
+    from rich.markup import escape
+
     from cluster.cli_utils import err_console
 
     for w in warnings:
-        err_console.print(f"[bold yellow]WARNING:[/] {w}", highlight=False)
+        err_console.print(f"[bold yellow]WARNING:[/] {escape(w)}", highlight=False)
 
 
 @jobs_app.command("ls")
