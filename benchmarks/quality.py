@@ -87,14 +87,17 @@ def held_out_photos(settings, dataset: str) -> list[np.ndarray]:
 
 
 def score(outputs: list[np.ndarray], cleans: list[np.ndarray]) -> tuple[float, float]:
+    """-> (PSNR dB of the pooled MSE over the photos, mean SSIM), as everywhere (docs/metrics.md)."""
     import torch
 
-    from translator.metrics import psnr, ssim
+    from translator.metrics import SetTally
 
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None]  # noqa: E731
-    ps = [float(psnr(t(o), t(c))) for o, c in zip(outputs, cleans)]
-    ss = [float(ssim(t(o), t(c))) for o, c in zip(outputs, cleans)]
-    return float(np.mean(ps)), float(np.mean(ss))
+    tally = SetTally()
+    for o, c in zip(outputs, cleans):
+        tally.add(t(o).double(), t(c).double())
+    m = tally.summary(paired=False)
+    return m["psnr"], m["ssim"]
 
 
 def model_fn(settings, name: str, version: str):

@@ -70,10 +70,12 @@ def _plain_len(cell: str) -> int:
     return Text.from_markup(cell).cell_len
 
 
-def table(title: str, columns: list[str], rows: list[list], ids: Iterable[str] | None = None) -> Table:
+def table(title: str, columns: list[str], rows: list[list], ids: Iterable[str] | None = None,
+          narrowest: bool = False) -> Table:
     """A rich table; the `ids` columns (default: the first) never wrap and are never shortened.
 
-    Other columns wrap at spaces, folding only words longer than the column.
+    Other columns wrap at spaces, folding only words longer than WORD_MAX; `narrowest`: each of
+    them exactly as wide as its longest word (up to WORD_MAX), for a table that cannot fit anyway.
     """
     ids = set(columns[:1] if ids is None else ids)
     t = Table(title=title, title_justify="left")
@@ -82,11 +84,19 @@ def table(title: str, columns: list[str], rows: list[list], ids: Iterable[str] |
         if c in ids:
             width = max([len(c), *(_plain_len(r[i]) for r in cells)])
             t.add_column(c, no_wrap=True, overflow="ignore", min_width=width)
-        else:
-            t.add_column(c, overflow="fold")
+        else:  # whole words: a number or a date is not split inside unless longer than WORD_MAX
+            word = _longest_word([c, *(r[i] for r in cells)])
+            t.add_column(c, overflow="fold", min_width=word, width=word if narrowest else None)
     for r in cells:
         t.add_row(*r)
     return t
+
+
+WORD_MAX = 12  # longest word kept whole in a wrapping column (a date, a number, a short name)
+
+
+def _longest_word(values: Iterable[str]) -> int:
+    return min(max((len(w) for v in values for w in Text.from_markup(v).plain.split()), default=1), WORD_MAX)
 
 
 def _needed_width(columns: list[str], cells: list[list[str]], ids: set[str]) -> int:
@@ -97,8 +107,7 @@ def _needed_width(columns: list[str], cells: list[list[str]], ids: set[str]) -> 
         if c in ids:
             total += max(_plain_len(v) for v in values) + 2
         else:
-            words = [w for v in values for w in Text.from_markup(v).plain.split()]
-            total += min(max((len(w) for w in words), default=1), 10) + 2
+            total += _longest_word(values) + 2
     return total
 
 
@@ -116,6 +125,8 @@ def print_table(title: str, columns: list[str], rows: Sequence[Sequence], ids: I
     if width == console.width:
         console.print(t, soft_wrap=False)
         return
+    if console.is_terminal:  # too wide for the terminal: the narrowest layout that keeps words whole
+        t = table(title, columns, rows, ids, narrowest=True)
     wide = Console(file=console.file, width=width, force_terminal=console.is_terminal,
                    color_system=console.color_system, soft_wrap=False)
     wide.print(t)

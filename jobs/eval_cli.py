@@ -23,11 +23,20 @@ def progress_bar(description: str):
 
 
 def metrics_rows(summary: dict) -> list[list[str]]:
-    """An eval summary -> table rows (metric, output, input, gain) for the console."""
+    """An eval summary -> table rows (metric, output, input, gain) for the console: the set's PSNR
+    (pooled MSE) and SSIM, then the per-image extras that exist (images improved, median gain)."""
     m = summary["metrics"]
     if "psnr" in m:
-        return [["PSNR (dB)", f"{m['psnr']:.2f}", f"{m['input_psnr']:.2f}", f"{m['gain_db']:+.2f}"],
+        rows = [["PSNR (dB, pooled MSE)", f"{m['psnr']:.2f}", f"{m['input_psnr']:.2f}", f"{m['gain_db']:+.2f}"],
                 ["SSIM", f"{m['ssim']:.4f}", f"{m['input_ssim']:.4f}", f"{m['ssim'] - m['input_ssim']:+.4f}"]]
+        changed = summary["images"] - int(m.get("unchanged", 0))
+        if "improved_share" in m:
+            rows.append([f"images improved (of {changed} changed)", f"{m['improved_share']:.0%}", "-", "-"])
+        if "median_gain_db" in m:
+            rows.append(["median per-image gain (dB)", "-", "-", f"{m['median_gain_db']:+.2f}"])
+        if m.get("unchanged"):
+            rows.append(["pairs input == target", f"{int(m['unchanged'])}", "-", "-"])
+        return rows
     return [["cycle PSNR (dB)", f"{m['cycle_psnr']:.2f}", "-", "-"],
             ["cycle SSIM", f"{m['cycle_ssim']:.4f}", "-", "-"]]
 

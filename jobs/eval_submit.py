@@ -17,6 +17,17 @@ from jobs.evaluate import MARK, EvalSpec
 SPLITS = ("val", "train", "all")
 
 
+def check_options(split: str = "val", limit: int | None = None, workers: int = 1, cpus_per_worker: float = 1.0) -> None:
+    """The options that need nothing but their values, refused before any heavy import or
+    service. Raises Img2ImgError naming the option."""
+    if split not in SPLITS:
+        raise Img2ImgError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if limit is not None and limit < 1:
+        raise Img2ImgError("--limit must be at least 1")
+    if workers < 1 or not cpus_per_worker > 0:
+        raise Img2ImgError("--workers must be at least 1 and --cpus-per-worker positive")
+
+
 def prepare(settings: Settings, ref: str, dataset: str, split: str = "val", limit: int | None = None,
             workers: int = 1, cpus_per_worker: float = 1.0, gpu: bool | None = None) -> EvalSpec:
     """Everything that can be refused before submitting: the model, the dataset and split, and
@@ -27,12 +38,7 @@ def prepare(settings: Settings, ref: str, dataset: str, split: str = "val", limi
     from jobs.submit import admit, cluster_resources
     from translator.variants import VARIANTS
 
-    if split not in SPLITS:
-        raise Img2ImgError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
-    if limit is not None and limit < 1:
-        raise Img2ImgError("--limit must be at least 1")
-    if workers < 1 or cpus_per_worker <= 0:
-        raise Img2ImgError("--workers must be at least 1 and --cpus-per-worker positive")
+    check_options(split, limit, workers, cpus_per_worker)
     v = resolve(settings, ref)
     manifest = read_manifest(Storage(settings), dataset)
     splits = [s for s in (manifest.splits if split == "all" else [split]) if manifest.counts.get(s)]
@@ -93,10 +99,12 @@ def evaluate(settings: Settings, ref: str, dataset: str, split: str = "val", lim
     gain in dB, SSIM in [0, 1]. `progress(done, total)` is called as images are scored. The job
     waits its turn in the cluster's queue like every job (`priority`, `queue_timeout_s`: see
     cluster.admission). Raises Img2ImgError if the request is refused or the job fails."""
-    from cluster.admission import check_options, current_id
+    check_options(split, limit, kw.get("workers", 1), kw.get("cpus_per_worker", 1.0))  # before jobs.submit's imports
+    from cluster.admission import check_options as check_queue_options
+    from cluster.admission import current_id
     from jobs.submit import TERMINAL, _status, job_client, job_info, outcome_error, submit_job
 
-    check_options(priority, queue_timeout_s)
+    check_queue_options(priority, queue_timeout_s)
     spec = prepare(settings, ref, dataset, split, limit, **kw)
     client = job_client(settings)
     entrypoint = f"python -m jobs.evaluate --spec {shlex.quote(spec.to_json())}"

@@ -8,6 +8,8 @@ the driver, which logs an MLflow evaluation run (per-image CSV, mean metrics, a 
 and worst images) and tags the model version with `eval.<dataset>.*`.
 
 Paired datasets: PSNR/SSIM of the output and of the input against the target, and the gain (dB).
+The set's PSNR is that of the pooled MSE (`translator.metrics.SetTally`, docs/metrics.md), not
+the mean of per-image PSNRs; per image the CSV keeps each image's PSNR and MSE.
 Unpaired datasets: cycle PSNR/SSIM (A -> B -> A and B -> A -> B against the original), the
 metric CycleGAN-style models are validated on (Zhu et al. 2017), which needs the reverse generator.
 """
@@ -32,8 +34,9 @@ from translator import OVERLAP, TILE
 log = logging.getLogger("img2img.eval")
 MARK = "[img2img-eval]"  # prefix of the lines the client parses from the job's log
 THUMB = 128  # longest side of the thumbnails kept for the best/worst grid, px
-PAIRED_KEYS = ("psnr", "ssim", "input_psnr", "input_ssim", "gain_db")
+PAIRED_KEYS = ("psnr", "ssim", "input_psnr", "input_ssim", "gain_db")  # per image (rows, CSV)
 CYCLE_KEYS = ("cycle_psnr", "cycle_ssim")
+ERROR_KEYS = ("values", "sse", "input_sse")  # per image: pixel values and squared errors, for the set's PSNR
 
 
 @dataclass
@@ -95,8 +98,9 @@ class Scorer:
     """Ray Data actor: numpy batch of PNG-bytes rows -> one row of metrics per image.
 
     Input rows: paired {"key", "input", "target"}; unpaired {"key", "domain", "image"}.
-    Output rows: {"key", "domain", "height", "width", metric columns, "thumbs"} where metric
-    columns are PAIRED_KEYS or CYCLE_KEYS (dB for PSNR/gain, SSIM in [0, 1]) and "thumbs" holds
+    Output rows: {"key", "domain", "height", "width", metric columns, ERROR_KEYS, "thumbs"} where
+    metric columns are PAIRED_KEYS or CYCLE_KEYS (dB for PSNR/gain, SSIM in [0, 1]), ERROR_KEYS
+    the pixel values (C*H*W) and squared errors (input_sse: 0 unpaired), and "thumbs" holds
     PNG thumbnails (input, output, target; unpaired: image, translated, cycled) as a JSON list of hex.
     """
 
@@ -137,7 +141,7 @@ class Scorer:
         import torch
 
         from jobs.data import _decode
-        from translator.metrics import psnr, ssim, to_unit
+        from translator.metrics import psnr, squared_error, ssim, to_unit
 
         def tensor(png: bytes):
             return torch.from_numpy(_decode(png).transpose(2, 0, 1).copy()).unsqueeze(0).float() * 2 - 1  # [0, 1] -> [-1, 1]
@@ -154,7 +158,9 @@ class Scorer:
                 out = self._enhance(self.forward, x).cpu()
                 p, s = score(out, y)
                 ip, is_ = score(x, y)
-                row = {"domain": "", "psnr": p, "ssim": s, "input_psnr": ip, "input_ssim": is_, "gain_db": p - ip}
+                row = {"domain": "", "psnr": p, "ssim": s, "input_psnr": ip, "input_ssim": is_, "gain_db": p - ip,
+                       "sse": float(squared_error(to_unit(out), to_unit(y))[0]),
+                       "input_sse": float(squared_error(to_unit(x), to_unit(y))[0])}
                 thumbs = [x, out, y]
             else:
                 x, domain = tensor(batch["image"][i]), str(batch["domain"][i])
@@ -162,9 +168,10 @@ class Scorer:
                 mid = self._enhance(there, x)
                 out = self._enhance(back, mid).cpu()
                 p, s = score(out, x)
-                row = {"domain": domain, "cycle_psnr": p, "cycle_ssim": s}
+                row = {"domain": domain, "cycle_psnr": p, "cycle_ssim": s, "input_sse": 0.0,
+                       "sse": float(squared_error(to_unit(out), to_unit(x))[0])}
                 thumbs = [x, mid.cpu(), out]
-            row.update(key=str(batch["key"][i]), height=int(x.shape[-2]), width=int(x.shape[-1]),
+            row.update(key=str(batch["key"][i]), height=int(x.shape[-2]), width=int(x.shape[-1]), values=int(out[0].numel()),
                        thumbs=json.dumps([_thumb(t).hex() for t in thumbs]))
             for k, v in row.items():
                 rows.setdefault(k, []).append(v)
@@ -190,8 +197,23 @@ def _source(spec: EvalSpec, settings):
     return ds, total
 
 
-def _means(rows: list[dict], keys) -> dict[str, float]:
-    return {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
+def set_metrics(rows: list[dict], paired: bool) -> dict[str, float]:
+    """Scored rows (see `Scorer`) -> the set's metrics (`translator.metrics.SetTally.summary`):
+    paired {"psnr", "ssim", "input_psnr", "input_ssim", "gain_db" (pooled-MSE PSNR, dB; SSIM
+    mean), "improved_share", "unchanged", "median_gain_db"}; unpaired {"cycle_psnr", "cycle_ssim"}.
+    Undefined extras (nan: no pair changed by the degradation) are left out."""
+    from translator.metrics import SetTally
+
+    tally = SetTally()
+    for r in rows:
+        if paired:
+            tally.add_image(r["values"], r["sse"], r["ssim"], r["input_sse"], r["input_ssim"])
+        else:
+            tally.add_image(r["values"], r["sse"], r["cycle_ssim"])
+    out = tally.summary(paired)
+    if not paired:
+        out = {f"cycle_{k}": v for k, v in out.items()}
+    return {k: float(v) for k, v in out.items() if not math.isnan(v)}
 
 
 def _grid(rows: list[dict], key: str, n: int = 2):
@@ -208,9 +230,10 @@ def _grid(rows: list[dict], key: str, n: int = 2):
 def _csv(rows: list[dict], keys) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["key", "domain", "height", "width", *keys])
+    w.writerow(["key", "domain", "height", "width", *keys, "values", "mse", "input_mse"])
     for r in rows:
-        w.writerow([r["key"], r["domain"], r["height"], r["width"], *(f"{r[k]:.4f}" for k in keys)])
+        w.writerow([r["key"], r["domain"], r["height"], r["width"], *(f"{r[k]:.4f}" for k in keys), r["values"],
+                    f"{r['sse'] / r['values']:.6e}", f"{r['input_sse'] / r['values']:.6e}"])
     return buf.getvalue()
 
 
@@ -221,6 +244,7 @@ def run(spec: EvalSpec, settings=None, echo=print) -> dict:
 
     from cluster.settings import get_settings
     from jobs.tracking import RunLogger, eval_tags, experiment_id, upsert, write_model_card
+    from translator.metrics import PSNR_DEFINITION
 
     settings = settings or get_settings()
     if not ray.is_initialized():
@@ -241,13 +265,13 @@ def run(spec: EvalSpec, settings=None, echo=print) -> dict:
             last = time.time()
     if not rows:
         raise Img2ImgError(f"dataset {spec.dataset!r} has no images in split {spec.split!r}")
-    means = _means(rows, keys)
+    means = set_metrics(rows, spec.kind == "paired")
     seconds = time.time() - t0
     client = MlflowClient(settings.mlflow_uri)
     exp_id = experiment_id(client, spec.experiment)
     run_ = client.create_run(exp_id, run_name=f"eval-{spec.model}-v{spec.version}-{spec.dataset}", tags={
         "img2img": "eval", "model_name": spec.model, "model_version": spec.version,
-        "model_uri": spec.model_uri, "dataset": spec.dataset, "split": spec.split})
+        "model_uri": spec.model_uri, "dataset": spec.dataset, "split": spec.split, "psnr_def": PSNR_DEFINITION})
     run_id = run_.info.run_id
     logger = RunLogger(settings.mlflow_uri, run_id)
     from mlflow.entities import Param
@@ -262,7 +286,7 @@ def run(spec: EvalSpec, settings=None, echo=print) -> dict:
     client.set_terminated(run_id)
     summary = {"model": spec.model, "version": spec.version, "variant": spec.variant, "dataset": spec.dataset,
                "split": spec.split, "dataset_sha256": spec.dataset_sha256, "kind": spec.kind, "images": len(rows),
-               "limit": spec.limit, "metrics": means, "seconds": round(seconds, 2), "run_id": run_id,
+               "limit": spec.limit, "metrics": means, "psnr_def": PSNR_DEFINITION, "seconds": round(seconds, 2), "run_id": run_id,
                "worst": sorted(rows, key=lambda r: r[keys[0]])[0]["key"]}
     if not spec.limit:  # a partial score must not stand in for the dataset's in the promotion gate
         for k, v in eval_tags(summary).items():

@@ -13,7 +13,6 @@ from cluster.cli_utils import (
     json_option,
     print_json,
     print_table,
-    table,
 )
 from cluster.settings import get_settings
 
@@ -25,8 +24,22 @@ def _num(x, key="psnr"):
     return "-" if x is None else f"{x:.4f}" if "ssim" in key else f"{x:+.2f}" if "gain" in key else f"{x:.2f}"
 
 
+LS_COLUMNS = ["model", "version", "variant", "dataset", "val PSNR", "val SSIM", "gain dB", "cycle PSNR",
+              "eval PSNR", "parent", "aliases", "note", "run", "created"]
+LS_IDS = ["model", "version", "variant", "dataset", "parent", "aliases", "run"]
+
+
+def applicable(columns: list[str], rows: list[list], keep: tuple[str, ...] = ()) -> tuple[list[str], list[list]]:
+    """Leave out the columns no row has a value in ("-" or empty), except `keep`: e.g. `cycle PSNR`
+    when every version is paired."""
+    used = [i for i, c in enumerate(columns) if c in keep or any(str(r[i]) not in ("-", "") for r in rows)]
+    return [columns[i] for i in used], [[r[i] for i in used] for r in rows]
+
+
 def _row(v, where):
-    """One `models ls` row. Unpaired variants' val numbers are cycle metrics: their own column."""
+    """One `models ls` row. Unpaired variants' val numbers are cycle metrics: their own column.
+    Val numbers of a version validated with an older set-PSNR definition (per-image mean) are
+    marked `*` and decide nothing (`VersionInfo.worse_than_input`)."""
     paired = v.paired
     val = lambda k: v.metric(f"val_{k}") if paired else None  # noqa: E731
     cycle = v.metric("val_cycle_psnr") if v.metric("val_cycle_psnr") is not None else (
@@ -34,8 +47,9 @@ def _row(v, where):
     ev = v.eval_result(*where) if where else None
     score = None if ev is None else ev.get("psnr", ev.get("cycle_psnr"))
     note = "WORSE THAN INPUT" if v.worse_than_input else ""
-    return [v.name, v.version, v.tags.get("variant", "-"), v.tags.get("dataset", "-"), _num(val("psnr")),
-            _num(val("ssim"), "ssim"), _num(val("gain_db"), "gain"), _num(cycle), _num(score),
+    old = "" if v.current_metric or not paired else "*"
+    return [v.name, v.version, v.tags.get("variant", "-"), v.tags.get("dataset", "-"), _num(val("psnr")) + old,
+            _num(val("ssim"), "ssim"), _num(val("gain_db"), "gain") + old, _num(cycle), _num(score),
             v.tags.get("parent", "-"), ",".join(v.aliases), note, v.run_id, v.created]
 
 
@@ -58,14 +72,17 @@ def ls(name: str = typer.Argument(None, help="one registered model (default: all
                      "dataset": v.tags.get("dataset"), "val_psnr": v.metric("val_psnr") if v.paired else None,
                      "val_ssim": v.metric("val_ssim") if v.paired else None, "val_gain_db": v.metric("val_gain_db"),
                      "val_cycle_psnr": v.metric("val_cycle_psnr"), "parent": v.tags.get("parent"),
+                     "psnr_def": v.tags.get("psnr_def", "per-image-mean"),
                      "worse_than_input": v.worse_than_input, "eval_set": where[v.name],
                      "eval": v.eval_result(*where[v.name]) if where[v.name] else None,
                      "aliases": v.aliases, "run_id": v.run_id, "created": v.created} for v in found])
         return
     rows = [_row(v, where[v.name]) for v in found]
-    print_table("registered models", ["model", "version", "variant", "dataset", "val PSNR", "val SSIM", "gain dB",
-                                      "cycle PSNR", "eval PSNR", "parent", "aliases", "note", "run", "created"], rows,
-                ids=["model", "version", "variant", "dataset", "parent", "aliases", "run"])
+    columns, rows = applicable(LS_COLUMNS, rows, keep=("model", "version"))
+    print_table("registered models", columns, rows, ids=[c for c in LS_IDS if c in columns])
+    if any(r[columns.index("val PSNR")].endswith("*") for r in rows if "val PSNR" in columns):
+        console.print("* validated as a mean of per-image PSNR (an older definition, not comparable); "
+                      "the gate scores such versions again (docs/metrics.md)")
     for n, w in sorted(where.items()):
         if w:
             console.print(f"{n}: eval PSNR is on {w[0]}/{w[1]} (`img2img models set-eval {n} --dataset D` changes it)")
@@ -134,8 +151,8 @@ def _print_scores(d) -> None:
             rows.append([f"v{v}", role, _num(m.get("psnr")), _num(m.get("ssim"), "ssim"),
                          _num(m.get("gain_db"), "gain"), images, d.sources.get(v, "-")])
     if rows:
-        console.print(table(f"{d.name} on {d.dataset}/{d.split}", ["version", "role", "PSNR dB", "SSIM",
-                                                                   "gain dB", "images", "scored by"], rows))
+        print_table(f"{d.name} on {d.dataset}/{d.split} (PSNR of the pooled MSE)",
+                    ["version", "role", "PSNR dB", "SSIM", "gain dB", "images", "scored by"], rows)
 
 
 @models_app.command()

@@ -31,6 +31,11 @@ CADENCE_RE = re.compile(r"^(?:(?P<steps>\d+)|(?P<num>\d+(?:\.\d+)?)(?P<unit>s|m|
 # seconds on CPU) a small share of wall time for tiny and huge datasets alike, and bounds the
 # work a worker failure can lose.
 DEFAULT_CADENCE_S = 120.0
+# The epoch count when the request gives no limit at all (no --epochs, --max-steps or --time-budget).
+DEFAULT_EPOCHS = 10
+# The step count of a run that only a --time-budget ends: never reached (the budget stops it);
+# learning-rate schedules that decay over the run's steps stay at their start value.
+UNLIMITED_STEPS = 2**62
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,25 @@ class Cadence:
         return cls(seconds=seconds)
 
 
+def check_options(*, workers: int = 1, cpus_per_worker: float = 1.0, epochs: int | None = None,
+                  max_steps: int | None = None, time_budget_s: float | None = None, precision: str = "auto",
+                  checkpoint_every: str | None = "auto") -> None:
+    """The training options that need nothing but their own values (no torch, no service), so a
+    bad one is refused at once, before the dataset, the registry or the cluster is contacted.
+    Raises Img2ImgError naming the option."""
+    if workers < 1:
+        raise Img2ImgError(f"--workers must be at least 1, got {workers}")
+    if not (math.isfinite(cpus_per_worker) and cpus_per_worker > 0):
+        raise Img2ImgError(f"--cpus-per-worker must be positive, got {cpus_per_worker:g}")
+    if (epochs is not None and epochs < 1) or (max_steps is not None and max_steps < 1):
+        raise Img2ImgError("--epochs and --max-steps must be at least 1")
+    if time_budget_s is not None and not (math.isfinite(time_budget_s) and time_budget_s > 0):
+        raise Img2ImgError(f"--time-budget must be a positive number of seconds, got {time_budget_s:g}")
+    if precision not in ("auto", "fp32", "bf16"):
+        raise Img2ImgError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
+    Cadence.parse(checkpoint_every)
+
+
 @dataclass(frozen=True)
 class TrainPlan:
     """What one training job will run, per worker.
@@ -72,7 +96,8 @@ class TrainPlan:
     rows: training rows per stream (paired: {"train": n}; unpaired: {"train_a": n, "train_b": m}).
     rows_per_worker: the same, after the equal split over the workers.
     steps_per_epoch: optimiser steps per epoch (every worker runs the same number: DDP needs it).
-    total_steps: the job stops here (`--max-steps` or `--epochs`, whichever comes first).
+    total_steps: the job stops here at the latest (`--max-steps` or `--epochs`, whichever comes
+    first; UNLIMITED_STEPS when only a time budget ends it).
     repeats: how many passes over its rows a worker's largest stream makes per epoch (1 = none).
     val_rows: validation rows (each scored by exactly one worker: `jobs.train_loop.validate`).
     """
@@ -86,6 +111,10 @@ class TrainPlan:
     total_steps: int
     repeats: dict[str, int]
     val_rows: int
+    limits: tuple[str, ...] = ("epochs",)  # the limits that apply, first reached wins: epochs, max-steps, time-budget
+    time_budget_s: float | None = None
+    ends_by: str = "epochs"  # the step limit that sets total_steps: epochs | max-steps | "" (only the time budget)
+    default_epochs: bool = False  # no limit was given: DEFAULT_EPOCHS
 
     @property
     def samples_per_step(self) -> int:
@@ -93,7 +122,31 @@ class TrainPlan:
 
     @property
     def stop_reason(self) -> str:
-        return "max-steps" if self.total_steps < self.epochs * self.steps_per_epoch else "epochs"
+        """The step limit that ends the run (`epochs`, `max-steps`), or `time-budget` if none does."""
+        return self.ends_by or "time-budget"
+
+    @property
+    def bounded(self) -> bool:
+        """Whether a step count ends the run (False: only its time budget does)."""
+        return self.total_steps < UNLIMITED_STEPS
+
+    def describe(self) -> str:
+        """What ends the run, for the submission line, e.g. `400 steps (--max-steps)`, `80 steps
+        (10 epochs, before --max-steps)`, `150 s of training (--time-budget); no epoch limit`,
+        several joined by `or ... whichever comes first`."""
+        parts = []
+        if self.ends_by == "max-steps":
+            parts.append(f"{self.total_steps} steps (--max-steps"
+                         + (", before --epochs ends it)" if "epochs" in self.limits else ")"))
+        elif self.ends_by == "epochs":
+            what = f"the default {self.epochs} epochs" if self.default_epochs else \
+                f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}"
+            parts.append(f"{self.total_steps} steps ({what}" + (", before --max-steps)" if "max-steps" in self.limits
+                                                                 else ")"))
+        if "time-budget" in self.limits:
+            parts.append(f"{self.time_budget_s:g} s of training (--time-budget)")
+        text = " or ".join(parts) + (", whichever comes first" if len(parts) > 1 else "")
+        return text + ("" if "epochs" in self.limits else "; no epoch limit")
 
     def notes(self) -> list[str]:
         """Human-readable remarks worth printing at submission (e.g. the data repeats)."""
@@ -109,15 +162,29 @@ class TrainPlan:
         return asdict(self)
 
 
-def make_plan(rows: dict[str, int], workers: int, batch_size: int, epochs: int, max_steps: int | None,
-              val_rows: int, *, dataset: str = "the dataset") -> TrainPlan:
+def limits_for(epochs: int | None, max_steps: int | None, time_budget_s: float | None) -> tuple[str, ...]:
+    """Which limits end a run, from what the user gave (None = not given): every limit given
+    counts, the first reached ends the run; a default never cuts one the user gave, so the
+    default epoch count (DEFAULT_EPOCHS) applies only when no limit at all was given."""
+    given = tuple(name for name, v in (("epochs", epochs), ("max-steps", max_steps), ("time-budget", time_budget_s))
+                  if v is not None)
+    return given or ("epochs",)
+
+
+def make_plan(rows: dict[str, int], workers: int, batch_size: int, epochs: int | None, max_steps: int | None,
+              val_rows: int, *, dataset: str = "the dataset", time_budget_s: float | None = None) -> TrainPlan:
     """Plan a job, or refuse it with one line naming the numbers and the fix.
 
-    rows: training rows per stream ({"train": n} or {"train_a": n, "train_b": m}).
+    rows: training rows per stream ({"train": n} or {"train_a": n, "train_b": m}). epochs,
+    max_steps, time_budget_s (seconds): the limits the user gave, None when not given
+    (`limits_for`: the first reached ends the run; none given = DEFAULT_EPOCHS epochs).
     Raises Img2ImgError when some worker would get no training rows, when there is nothing to
     validate on, or when the numbers themselves are out of range.
     """
-    if workers < 1 or batch_size < 1 or epochs < 1 or (max_steps is not None and max_steps < 1):
+    limits, epochs_given = limits_for(epochs, max_steps, time_budget_s), epochs
+    if "epochs" in limits and epochs is None:
+        epochs = DEFAULT_EPOCHS
+    if workers < 1 or batch_size < 1 or (epochs is not None and epochs < 1) or (max_steps is not None and max_steps < 1):
         raise Img2ImgError(f"workers ({workers}), batch size ({batch_size}), epochs ({epochs}) and max steps "
                            f"({max_steps}) must all be at least 1")
     per_worker = {}
@@ -134,13 +201,18 @@ def make_plan(rows: dict[str, int], workers: int, batch_size: int, epochs: int, 
     largest = max(per_worker.values())
     # Rows a worker's last partial batch leaves over are carried into the next epoch's first batch.
     steps_per_epoch = max(MIN_STEPS_PER_EPOCH, largest // batch_size)
-    total = epochs * steps_per_epoch
+    total = UNLIMITED_STEPS
+    if "epochs" in limits:
+        total = epochs * steps_per_epoch
     if max_steps is not None:
         total = min(total, max_steps)
+    ends_by = "" if total == UNLIMITED_STEPS else "max-steps" if max_steps is not None and total == max_steps \
+        else "epochs"
     repeats = {s: math.ceil(steps_per_epoch * batch_size / n) for s, n in per_worker.items()}
     return TrainPlan(workers=workers, batch_size=batch_size, rows=dict(rows), rows_per_worker=per_worker,
                      steps_per_epoch=steps_per_epoch, epochs=math.ceil(total / steps_per_epoch), total_steps=total,
-                     repeats=repeats, val_rows=val_rows)
+                     repeats=repeats, val_rows=val_rows, limits=limits, time_budget_s=time_budget_s, ends_by=ends_by,
+                     default_epochs=not any(v is not None for v in (epochs_given, max_steps, time_budget_s)))
 
 
 def check_capacity(workers: int, cpus_per_worker: float, use_gpu: bool, resources: dict[str, float], where: str,

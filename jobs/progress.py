@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from jobs.plan import UNLIMITED_STEPS
 from jobs.tracking import (
     TAG_PHASE,
     TAG_RESTORED,
@@ -19,6 +20,7 @@ from jobs.tracking import (
     TAG_TIME_BUDGET,
     TAG_TOTAL_STEPS,
     TAG_TRAINING_SINCE,
+    TAG_WARNINGS,
 )
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -53,34 +55,49 @@ class Snapshot:
     restored: str | None = None
     message: str = ""
     error: str | None = None  # the job's own one-line reason when it failed (MLflow tag `error`)
+    warnings: list[str] = field(default_factory=list)  # the job's verdicts, e.g. worse than its input (TAG_WARNINGS)
     extra: dict = field(default_factory=dict)
 
-    def line(self) -> str:
-        """One plain line: `step 40/120 (33%) | epoch 5.0 | loss 0.0312 | val PSNR 27.10 dB (+1.42) | ...`;
-        while the job waits in the queue: `queued: position 1 of 2, waiting 56s: needs ...`."""
-        if self.status == "QUEUED":
-            return f"queued: {self.message}"
+    def fields(self) -> list[str]:
+        """The line's fields, most important first: status, step (of the total or of the time
+        budget), val PSNR and gain, ETA; then loss, epoch, samples/s, elapsed."""
         parts = [f"{self.status.lower()}/{self.phase}"]
         if self.budget_s and self.budget_used_s is not None:
             # the time budget ends this run first: a step total it will never reach would mislead
             used = min(self.budget_used_s / self.budget_s, 1.0)
             parts.append(f"step {self.step} ({100 * used:.0f}% of the {_hms(self.budget_s)} time budget)")
-        elif self.total_steps:
+        elif self.total_steps and self.total_steps < UNLIMITED_STEPS:  # UNLIMITED: only a time budget ends it
             parts.append(f"step {self.step}/{self.total_steps} ({100 * self.step / self.total_steps:.0f}%)")
         else:
             parts.append(f"step {self.step}")
-        parts.append(f"epoch {self.epoch:.1f}")
+        if self.val_psnr is not None:
+            gain = f" ({self.val_gain_db:+.2f} vs input)" if self.val_gain_db is not None else ""
+            parts.append(f"val PSNR {self.val_psnr:.2f} dB{gain}")
+        if self.eta_s is not None and self.status not in TERMINAL:
+            parts.append(f"ETA {_hms(self.eta_s)}")
         if self.loss is not None:
             parts.append(f"{self.loss_name} {self.loss:.4f}")
-        if self.val_psnr is not None:
-            gain = f" ({self.val_gain_db:+.2f} dB vs input)" if self.val_gain_db is not None else ""
-            parts.append(f"val PSNR {self.val_psnr:.2f} dB{gain}")
+        parts.append(f"epoch {self.epoch:.1f}")
         if self.samples_per_s is not None:
             parts.append(f"{self.samples_per_s:.1f} samples/s")
         parts.append(f"elapsed {_hms(self.elapsed_s)}")
-        if self.eta_s is not None and self.status not in TERMINAL:
-            parts.append(f"ETA {_hms(self.eta_s)}")
-        return " | ".join(parts)
+        return parts
+
+    def line(self, width: int | None = None) -> str:
+        """`running/training | step 40/120 (33%) | val PSNR 27.10 dB (+1.42 vs input) | ETA 1:02 | ...`;
+        with `width` (columns), broken between fields into lines of at most `width` characters
+        (a field longer than that gets a line of its own), so no field is cut by the terminal.
+        While the job waits in the queue: `queued: position 1 of 2, waiting 56s: needs ...`."""
+        parts = [f"queued: {self.message}"] if self.status == "QUEUED" else self.fields()
+        if width is None:
+            return " | ".join(parts)
+        lines = [parts[0]]
+        for p in parts[1:]:
+            if len(lines[-1]) + 3 + len(p) <= width:
+                lines[-1] += " | " + p
+            else:
+                lines.append("  " + p)
+        return "\n".join(lines)
 
 
 def _hms(seconds: float) -> str:
@@ -109,6 +126,7 @@ def read(tracking_uri: str, run_id: str, status: str = "RUNNING", message: str =
     snap.starts = int(tags.get(TAG_STARTS, "0"))
     snap.restored = tags.get(TAG_RESTORED)
     snap.error = tags.get("error")
+    snap.warnings = [w for w in tags.get(TAG_WARNINGS, "").split("\n") if w]
     budget = float(tags[TAG_TIME_BUDGET]) if TAG_TIME_BUDGET in tags else None
     if snap.total_steps and rate and snap.step > rate[1]:
         steps_per_s = (snap.step - rate[1]) / max(time.time() - rate[0], 1e-9)
@@ -184,7 +202,7 @@ def follow(tracking_uri: str, run_id: str, job_status: Callable[[], tuple[str, s
                 (display.console.print(line, markup=False) if display else say(line))
             new_val = before is not None and snap.val_psnr != before.val_psnr
             if display:
-                display.update(Text(snap.line()))
+                display.update(Text(snap.line(console.width), no_wrap=True, overflow="ellipsis"))
             elif new_val or time.time() - last_plain >= plain_every or snap.status in TERMINAL:
                 say(snap.line())
                 last_plain = time.time()

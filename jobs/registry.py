@@ -53,22 +53,52 @@ class VersionInfo:
         return cls.paired if cls else True
 
     @property
+    def current_metric(self) -> bool:
+        """Whether its own `val_*` PSNR numbers use the current set-PSNR definition
+        (`translator.metrics.PSNR_DEFINITION`); older versions averaged per-image PSNR."""
+        from translator.metrics import PSNR_DEFINITION
+
+        return self.tags.get("psnr_def") == PSNR_DEFINITION
+
+    @property
     def worse_than_input(self) -> bool:
-        gain = self.metric("val_gain_db")  # nan: training diverged, which is no better
+        """Its output is worse than its input: by a current-definition evaluation's gain if it has
+        one, else by its own validation's (nan: training diverged, which is no better). Numbers
+        from the per-image mean of PSNR (older versions) decide nothing: see `current_metric`."""
+        gains = [self.metric(k) for k in self.tags if k.startswith("eval.") and k.endswith(".gain_db")
+                 and self.tags.get(k[:-len("gain_db")] + "psnr_def") == self._definition()]
+        if any(g is not None for g in gains):
+            return any(g is not None and not g >= 0 for g in gains)
+        if not self.current_metric:
+            return False
+        gain = self.metric("val_gain_db")
         return self.tags.get("worse_than_input") == "true" or (gain is not None and not gain >= 0)
+
+    @staticmethod
+    def _definition() -> str:
+        from translator.metrics import PSNR_DEFINITION
+
+        return PSNR_DEFINITION
+
+    def old_eval(self, dataset: str, split: str) -> bool:
+        """A stored evaluation on `dataset`/`split` computed with an older set-PSNR definition
+        (per-image mean): never compared with current numbers; the gate scores such a version again."""
+        prefix = f"eval.{dataset}."
+        return self.tags.get(prefix + "split") == split and self.tags.get(prefix + "psnr_def") != self._definition()
 
     def eval_result(self, dataset: str, split: str, sha256: str | None = None) -> dict | None:
         """The stored evaluation on `dataset`/`split` -> {"psnr": .., ..., "images": n} (None if
-        missing, computed on another version of the dataset, or by a source not trusted to give
-        the evaluation job's numbers: `jobs.tracking.TRUSTED_SOURCES`)."""
+        missing, computed on another version of the dataset, with another set-PSNR definition
+        (`old_eval`), or by a source not trusted to give the evaluation job's numbers:
+        `jobs.tracking.TRUSTED_SOURCES`)."""
         from jobs.tracking import SOURCE_EVAL, TRUSTED_SOURCES
 
         prefix = f"eval.{dataset}."
         if self.tags.get(prefix + "split") != split or (sha256 and self.tags.get(prefix + "sha256") != sha256):
             return None
-        if self.tags.get(prefix + "source", SOURCE_EVAL) not in TRUSTED_SOURCES:
+        if self.tags.get(prefix + "source", SOURCE_EVAL) not in TRUSTED_SOURCES or self.old_eval(dataset, split):
             return None
-        text = ("split", "sha256", "run_id", "source")
+        text = ("split", "sha256", "run_id", "source", "psnr_def")
         out = {k[len(prefix):]: self.metric(k) for k in self.tags if k.startswith(prefix) and k[len(prefix):] not in text}
         return {k: v for k, v in out.items() if v is not None} or None
 
@@ -212,7 +242,9 @@ Evaluate = Callable[[str, str, str], dict]  # (NAME/VERSION, dataset, split) -> 
 def scores(settings: Settings, name: str, candidates: list[VersionInfo], evaluate: Evaluate | None):
     """Each version's metrics on the model's evaluation set: stored trusted ones
     (`VersionInfo.eval_result`) where the dataset's checksum still matches, else by running
-    `evaluate` -> (dataset, split, {version: metrics}, {version: who computed them})."""
+    `evaluate` -> (dataset, split, {version: metrics}, {version: who computed them}). Numbers of
+    an older set-PSNR definition are never reused (`VersionInfo.old_eval`): scored again, or,
+    without `evaluate`, refused."""
     from cluster.storage import Storage
     from jobs.manifest import read_manifest
     from jobs.tracking import SOURCE_EVAL, as_stored, describe_source
@@ -233,10 +265,14 @@ def scores(settings: Settings, name: str, candidates: list[VersionInfo], evaluat
         sources[v.version] = v.eval_source(dataset)
         if result is None:
             if evaluate is None:
-                raise Img2ImgError(f"{name} v{v.version} has no evaluation on {dataset}/{split}")
+                why = (" computed with the current PSNR definition (its stored one averaged per-image PSNR; "
+                       f"score it again: img2img eval {name}/{v.version} --dataset {dataset} --split {split})"
+                       if v.old_eval(dataset, split) else "")
+                raise Img2ImgError(f"{name} v{v.version} has no evaluation on {dataset}/{split}{why}")
             summary = evaluate(f"{name}/{v.version}", dataset, split)
             result = as_stored(summary["metrics"])  # as its tags now say, like the stored ones
-            sources[v.version] = describe_source(SOURCE_EVAL, summary.get("run_id"), now=True)
+            sources[v.version] = describe_source(SOURCE_EVAL, summary.get("run_id"), now=True) + (
+                "; its stored numbers averaged per-image PSNR, re-scored" if v.old_eval(dataset, split) else "")
         out[v.version] = result
     return dataset, split, out, sources
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from dataclasses import asdict, dataclass, field
 
@@ -39,7 +38,7 @@ class TrainSpec:
     workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
-    epochs: int = 10
+    epochs: int | None = None  # None: not given (`jobs.plan.limits_for`: 10 only when no other limit is)
     max_steps: int | None = None
     time_budget_s: float | None = None  # seconds of training (from the workers' start); stops at the next step
     batch_size: int | None = None  # per worker; default from the variant config
@@ -64,6 +63,11 @@ class TrainSpec:
         """Raise Img2ImgError (one line, naming the option) for a request that cannot train:
         config values the variant refuses or cannot build its networks with (tried on PyTorch's
         meta device: no memory, milliseconds), non-finite numbers, a name MLflow cannot register."""
+        from jobs.plan import check_options
+
+        check_options(workers=self.workers, cpus_per_worker=self.cpus_per_worker, epochs=self.epochs,
+                      max_steps=self.max_steps, time_budget_s=self.time_budget_s, precision=self.precision,
+                      checkpoint_every=self.checkpoint_every)
         try:
             cfg = self.variant_config()
         except ValueError as e:
@@ -77,19 +81,6 @@ class TrainSpec:
             raise Img2ImgError(f"{self.variant} cannot be built with these settings ({type(e).__name__}: {first}); "
                                f"check the --set values") from None
         check_model_name(self.registered_name, "--model-name" if self.model_name else "the dataset name")
-        if self.workers < 1:
-            raise Img2ImgError("--workers must be at least 1")
-        if self.cpus_per_worker <= 0:
-            raise Img2ImgError("--cpus-per-worker must be positive")
-        if self.epochs < 1 or (self.max_steps is not None and self.max_steps < 1):
-            raise Img2ImgError("--epochs and --max-steps must be at least 1")
-        if self.time_budget_s is not None and not (math.isfinite(self.time_budget_s) and self.time_budget_s > 0):
-            raise Img2ImgError(f"--time-budget must be a positive number of seconds, got {self.time_budget_s:g}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise Img2ImgError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
-        from jobs.plan import Cadence
-
-        Cadence.parse(self.checkpoint_every)
 
     def variant_config(self):
         """The variant's Config: its defaults, then `--set` values, then `--lr`, `--batch-size`,

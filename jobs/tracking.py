@@ -92,6 +92,7 @@ TAG_STARTS = "img2img.worker_starts"  # 1 on the first start; each worker-group 
 TAG_RESTORED = "img2img.restored_step"  # the step of the checkpoint the latest start restored
 TAG_TIME_BUDGET = "img2img.time_budget_s"
 TAG_TRAINING_SINCE = "img2img.training_since"  # epoch seconds when the workers first started training
+TAG_WARNINGS = "img2img.warnings"  # the job's verdicts on what it registered (e.g. worse than its input), one a line
 
 
 def record_start(logger: RunLogger, restored_step: int | None) -> None:
@@ -176,12 +177,15 @@ def eval_tags(summary: dict) -> dict[str, str]:
     """An evaluation summary (see jobs.evaluate.run) -> model-version tags `eval.<dataset>.*`:
     the mean metrics (PSNR/gain in dB, SSIM in [0, 1]; unpaired: cycle_psnr, cycle_ssim), and
     what they were computed on (split, dataset sha256, image count, MLflow run, `source`: who
-    computed them, SOURCE_EVAL by default)."""
+    computed them, SOURCE_EVAL by default; `psnr_def`: the set-PSNR definition, always the
+    current `translator.metrics.PSNR_DEFINITION`)."""
+    from translator.metrics import PSNR_DEFINITION
+
     prefix = f"eval.{summary['dataset']}."
     tags = {prefix + k: f"{v:.4f}" for k, v in as_stored(summary["metrics"]).items()}
     tags.update({prefix + "split": summary["split"], prefix + "sha256": summary["dataset_sha256"],
                  prefix + "images": str(summary["images"]), prefix + "run_id": summary.get("run_id") or "",
-                 prefix + "source": summary.get("source", SOURCE_EVAL)})
+                 prefix + "source": summary.get("source", SOURCE_EVAL), prefix + "psnr_def": PSNR_DEFINITION})
     return tags
 
 
@@ -271,7 +275,8 @@ def finish_registration(client, spec, manifest, version, metrics: dict, train_se
         # Training validated the best checkpoint on every val image, whole, through the same tiled
         # path, metrics and fp32 as `img2img eval` (tests/integration/test_eval_gate.py compares
         # the two): the same numbers, no second pass needed.
-        keys = ("psnr", "ssim", "input_psnr", "input_ssim", "gain_db") if paired else ("psnr", "ssim")
+        keys = ("psnr", "ssim", "input_psnr", "input_ssim", "gain_db", "improved_share", "unchanged") if paired \
+            else ("psnr", "ssim")
         means = {(k if paired else f"cycle_{k}"): float(metrics[f"val_{k}"]) for k in keys if f"val_{k}" in metrics}
         tags.update(eval_tags({"dataset": spec.dataset, "split": "val", "dataset_sha256": manifest.sha256,
                                "images": scored, "metrics": means, "run_id": spec.run_id,

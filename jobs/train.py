@@ -48,7 +48,8 @@ def plan_for(spec: TrainSpec, manifest: Manifest) -> TrainPlan:
     """The job's arithmetic (refused here, before submission, when impossible)."""
     val = [n for n in stream_rows(manifest, "val").values() if n > 0]
     return make_plan(stream_rows(manifest, "train"), spec.workers, spec.variant_config().batch_size, spec.epochs,
-                     spec.max_steps, min(val) if val else 0, dataset=f"dataset {spec.dataset!r}")
+                     spec.max_steps, min(val) if val else 0, dataset=f"dataset {spec.dataset!r}",
+                     time_budget_s=spec.time_budget_s)
 
 
 def plan_job(spec: TrainSpec, settings: Settings, resources: dict[str, float] | None = None,
@@ -203,8 +204,9 @@ def register(spec: TrainSpec, settings: Settings, job: JobPlan, result, fit_s: f
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    from jobs.tracking import finish_registration, log_generator
+    from jobs.tracking import TAG_WARNINGS, finish_registration, log_generator
     from jobs.train_loop import STATE_FILE
+    from translator.metrics import PSNR_DEFINITION
 
     cfg = spec.variant_config()
     paired = get_variant(spec.variant).paired
@@ -223,7 +225,8 @@ def register(spec: TrainSpec, settings: Settings, job: JobPlan, result, fit_s: f
     client = MlflowClient(settings.mlflow_uri)
     if version is not None:
         tags = {"variant": spec.variant, "dataset": spec.dataset, "dataset_sha256": job.manifest.sha256,
-                "run_id": spec.run_id, "multiple": str(variant.multiple), "step": str(variant.step)}
+                "run_id": spec.run_id, "multiple": str(variant.multiple), "step": str(variant.step),
+                "psnr_def": PSNR_DEFINITION}  # how its val_psnr / val_gain_db were computed
         if job.manifest.degradation:  # what the model learned to undo, and so its task (GET /model shows it)
             from translator.tasks import task_for_spec
 
@@ -233,9 +236,12 @@ def register(spec: TrainSpec, settings: Settings, job: JobPlan, result, fit_s: f
                      for k, v in metrics.items() if k.startswith("val_") and k != "val_images"})
         for k, v in tags.items():
             client.set_model_version_tag(spec.registered_name, str(version), k, v)
-        for warning in finish_registration(client, spec, job.manifest, version, metrics, fit_s, paired):
+        warnings = finish_registration(client, spec, job.manifest, version, metrics, fit_s, paired)
+        for warning in warnings:
             log.warning(warning)
             print(f"WARNING: {warning}", flush=True)
+        if warnings:  # `train --follow` and `jobs status` show them (jobs.progress.Snapshot.warnings)
+            client.set_tag(spec.run_id, TAG_WARNINGS, "\n".join(warnings))
     last = result.metrics or {}
     ran = {"steps": int(last.get("step", 0)), "epochs": float(last.get("step", 0)) / job.plan.steps_per_epoch,
            "samples": int(last.get("samples", 0))}

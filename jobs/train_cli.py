@@ -20,10 +20,12 @@ def train(
     workers: int = typer.Option(2, help="data-parallel Ray Train workers"),
     gpu: bool = typer.Option(False, "--gpu/--cpu", help="one GPU per worker, bf16 autocast"),
     cpus_per_worker: float = typer.Option(1.0, help="CPUs reserved per worker (fractions allowed)"),
-    epochs: int = typer.Option(10, help="passes over the training split"),
+    epochs: int = typer.Option(None, help="passes over the training split (default: 10 when no other limit is "
+                               "given; with --max-steps or --time-budget alone, no epoch limit)"),
     max_steps: int = typer.Option(None, help="stop after this many optimiser steps"),
     time_budget: float = typer.Option(None, help="stop after this many seconds of training (then validate, "
-                                      "checkpoint and register)"),
+                                      "checkpoint and register); every limit you give counts, the first "
+                                      "reached ends the run"),
     batch_size: int = typer.Option(None, help="per-worker batch size (default: the variant's)"),
     image_size: int = typer.Option(None, help="training crop size (default: the variant's)"),
     lr: float = typer.Option(None, help="learning rate (default: the variant's)"),
@@ -54,6 +56,11 @@ def train(
 
     Fine-tune: `img2img train --dataset my-photos --init-from photos@champion --epochs 3 --lr 2e-4`
     """
+    from jobs.plan import check_options
+
+    # Before anything heavy is imported or any service contacted: a bad value is refused at once.
+    check_options(workers=workers, cpus_per_worker=cpus_per_worker, epochs=epochs, max_steps=max_steps,
+                  time_budget_s=time_budget, precision=precision, checkpoint_every=checkpoint_every)
     from jobs.spec import TrainSpec
     from jobs.submit import follow_progress, job_client, outcome_error, run_local, submit, wait
     from translator.config import parse_overrides
@@ -73,8 +80,8 @@ def train(
     plan = out["plan"]
     console.print(f"Submitted job [bold]{out['job_id']}[/] ({spec.variant} on {dataset}, {workers} workers"
                   + (f", from {spec.parent}" if spec.parent else "") + "): "
-                  f"{plan.total_steps} steps of batch {plan.batch_size} per worker, "
-                  f"{plan.steps_per_epoch} steps per epoch", highlight=False)
+                  f"batch {plan.batch_size} per worker, {plan.steps_per_epoch} steps per epoch; ends after "
+                  f"{plan.describe()}", highlight=False)
     for note in plan.notes():
         console.print(f"Note: {note}", markup=False, highlight=False)
     console.print(f"MLflow run: {out['run_url']}", highlight=False)
@@ -83,11 +90,13 @@ def train(
         return
     client = job_client(settings)
     try:
+        warnings: list[str] = []
         if verbose:
             status, message = wait(client, out["job_id"], follow=True), ""
         else:
             snap = follow_progress(client, settings, out["job_id"], out["run_id"])
             status, message = snap.status, snap.error or snap.message
+            warnings = snap.warnings
     except KeyboardInterrupt:
         console.print(f"\nStopped following; the job keeps running. Stop it with: img2img jobs stop {out['job_id']}",
                       highlight=False)
@@ -95,7 +104,18 @@ def train(
     error = outcome_error(out["job_id"], status, message)
     if error:
         raise error
-    console.print(f"Job {out['job_id']} SUCCEEDED")
+    console.print(f"Job {out['job_id']} SUCCEEDED" + (", but:" if warnings else ""))
+    print_warnings(warnings)
+
+
+def print_warnings(warnings: list[str]) -> None:
+    """The job's verdicts on the model it registered (e.g. WORSE than its input), after it ended."""
+    from rich.markup import escape
+
+    from cluster.cli_utils import err_console
+
+    for w in warnings:
+        err_console.print(f"[bold yellow]WARNING:[/] {escape(w)}", highlight=False)
 
 
 @jobs_app.command("ls")
@@ -151,6 +171,7 @@ def status(job_id: str, follow: bool = typer.Option(False, "--follow", "-f", hel
         if info.get("run_id"):
             snap = follow_progress(client, settings, job_id, info["run_id"])
             status, message = snap.status, snap.error or snap.message
+            print_warnings(snap.warnings if status == "SUCCEEDED" else [])
         else:
             status = wait(client, job_id, follow=False)
             message = job_info(client, job_id)["message"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import tempfile
 import time
 import zlib
@@ -24,7 +25,7 @@ from jobs.data import DecodeBatch
 from jobs.plan import Cadence, TrainPlan
 from jobs.spec import TrainSpec
 from translator import images, tiling
-from translator.metrics import psnr, ssim, to_unit
+from translator.metrics import PSNR_DEFINITION, SetTally, to_unit
 from translator.precision import training_precision
 from translator.variants import build_variant
 
@@ -150,15 +151,17 @@ def val_owner(key: str, world: int) -> int:
 @torch.no_grad()
 def validate(variant, paired: bool, world: int, rank: int = 0, max_samples: int = 4,
              streams: tuple[str, ...] = ()):
-    """Mean PSNR/SSIM (dB / [0, 1]) over the validation rows, plus sample rows for a grid.
+    """The validation set's PSNR/SSIM (dB / [0, 1]), plus sample rows for a grid.
 
     Computed as `img2img eval` computes them, so training can record them as the version's
     evaluation on its val split: every row scored exactly once (each worker reads all rows and
     scores those `val_owner` gives it; the sums are all-reduced: Ray Train's own split,
     `streaming_split(equal=True)`, drops the rows that do not divide evenly), whole images
-    through the tiled path, in fp32 whatever precision training uses.
-    -> ({"val_psnr", "val_ssim", ("val_input_psnr", "val_input_ssim", "val_gain_db": paired),
-    "val_images": rows scored}, samples)
+    through the tiled path, in fp32 whatever precision training uses. PSNR is that of the
+    pooled MSE over the set (`translator.metrics.SetTally`), SSIM the per-image mean.
+    -> ({"val_psnr", "val_ssim", ("val_input_psnr", "val_input_ssim", "val_gain_db",
+    "val_unchanged", "val_improved_share" (when some pair changed): paired), "val_images": rows
+    scored}, samples)
 
     streams: the validation streams the job has (`WorkerJob.val_streams`; default: all of them:
     "val", or "val_a" and "val_b"); unpaired with one domain's only, that domain's cycle."""
@@ -166,7 +169,7 @@ def validate(variant, paired: bool, world: int, rank: int = 0, max_samples: int 
 
     variant.eval()
     forward = lambda x, rev=False: variant.translate(x, reverse=rev, fp32=True)  # noqa: E731
-    sums = {"n": 0.0, "psnr": 0.0, "ssim": 0.0, "in_psnr": 0.0, "in_ssim": 0.0}
+    tally = SetTally()
     samples = []
     cols = ["input", "target"] if paired else ["image"]
     whole_image = DecodeBatch(cols, None, augment=False)
@@ -183,29 +186,21 @@ def validate(variant, paired: bool, world: int, rank: int = 0, max_samples: int 
             if paired:
                 y = batch["target"].to(variant.device)
                 out = tiling.enhance(forward, x, tile=tiling.TILE, overlap=tiling.OVERLAP, multiple=variant.multiple)
-                ref, base = to_unit(y), to_unit(x)
-                sums["in_psnr"] += float(psnr(base, ref).sum())
-                sums["in_ssim"] += float(ssim(base, ref).sum())
+                tally.add(to_unit(out), to_unit(y), to_unit(x))
             else:  # cycle consistency: x -> other domain -> back
                 rev = stream == "val_b"
                 mid = tiling.enhance(lambda t, r=rev: forward(t, r), x, multiple=variant.multiple)
                 out = tiling.enhance(lambda t, r=rev: forward(t, not r), mid, multiple=variant.multiple)
-                ref, y = to_unit(x), mid
-            sums["psnr"] += float(psnr(to_unit(out), ref).sum())
-            sums["ssim"] += float(ssim(to_unit(out), ref).sum())
-            sums["n"] += 1
+                y = mid
+                tally.add(to_unit(out), to_unit(x))
             if len(samples) < max_samples:
                 row = [x, out, y] if paired else [x, y, out]  # columns: see SAMPLE_LABELS
                 samples.append([images.to_pil(t) for t in row])
-    total = _all_reduce(sums, world)
-    if total["n"] == 0:
+    total = SetTally.from_sums(_all_reduce(tally.sums(), world))
+    if total.images == 0:
         raise EmptyShardError("validation saw no rows: the val split is empty")
-    n = total["n"]
-    metrics = {"val_psnr": total["psnr"] / n, "val_ssim": total["ssim"] / n}
-    if paired:
-        metrics.update(val_input_psnr=total["in_psnr"] / n, val_input_ssim=total["in_ssim"] / n)
-        metrics["val_gain_db"] = metrics["val_psnr"] - metrics["val_input_psnr"]
-    metrics["val_images"] = n
+    metrics = {f"val_{k}": v for k, v in total.summary(paired).items() if not math.isnan(v)}
+    metrics["val_images"] = total.images
     return metrics, samples
 
 
@@ -307,6 +302,7 @@ def train_loop_per_worker(cfg: dict) -> None:
         record_start(logger, variant.step if checkpoint else None)
         logger.client.set_tag(logger.run_id, "precision",
                               f"{amp or 'fp32'}{' channels_last' if channels_last else ''}")
+        logger.client.set_tag(logger.run_id, "psnr_def", PSNR_DEFINITION)  # how val_psnr/val_gain_db are computed
     batch_size, samples_per_step = variant.config.batch_size, plan.batch_size * world
     # --time-budget counts training time, from when the workers start (not the job's start-up).
     deadline = time.time() + spec.time_budget_s if spec.time_budget_s else None

@@ -30,7 +30,7 @@ serve_app = typer.Typer(help="Deploy, reload, inspect and remove the Ray Serve e
 def deploy(
     model: str = typer.Option(..., "--model", "-m", help="NAME@champion, NAME@alias or NAME/VERSION"),
     min_replicas: int = typer.Option(1, help="autoscaling lower bound"),
-    max_replicas: int = typer.Option(2, help="autoscaling upper bound"),
+    max_replicas: int = typer.Option(None, help="autoscaling upper bound (default: 2, or --min-replicas if higher)"),
     target_ongoing_requests: float = typer.Option(2.0, help="requests per replica the autoscaler aims for"),
     max_batch_size: int = typer.Option(DEFAULTS.max_batch_size, help="tiles batched together across requests (1 = off: measured "
                                                "slower on CPU; try 8 on a GPU)"),

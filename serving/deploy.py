@@ -73,7 +73,18 @@ def _other_apps(settings: Settings) -> list[dict]:
     return apps
 
 
-def deploy(settings: Settings, model: str = "", *, min_replicas: int = 1, max_replicas: int = 2,
+def replica_bounds(min_replicas: int = 1, max_replicas: int | None = None) -> tuple[int, int]:
+    """Autoscaling bounds -> (min, max). An upper bound not given is 2, or --min-replicas when
+    that is higher: a typed lower bound is never refused because of a default upper one.
+    Raises Img2ImgError unless 1 <= min <= max."""
+    if max_replicas is None:
+        max_replicas = max(2, min_replicas)
+    if not 1 <= min_replicas <= max_replicas:
+        raise Img2ImgError(f"need 1 <= --min-replicas ({min_replicas}) <= --max-replicas ({max_replicas})")
+    return min_replicas, max_replicas
+
+
+def deploy(settings: Settings, model: str = "", *, min_replicas: int = 1, max_replicas: int | None = None,
            target_ongoing_requests: float = 2.0, max_batch_size: int = DEFAULTS.max_batch_size,
            batch_wait_ms: float = DEFAULTS.batch_wait_timeout_s * 1000, num_cpus: float = DEFAULTS.num_cpus,
            tile: int = DEFAULTS.tile, overlap: int = DEFAULTS.overlap, max_pixels: int = DEFAULTS.max_pixels,
@@ -91,8 +102,7 @@ def deploy(settings: Settings, model: str = "", *, min_replicas: int = 1, max_re
 
     if not model:
         raise Img2ImgError("give --model NAME@champion (or NAME/VERSION)")
-    if not 1 <= min_replicas <= max_replicas:
-        raise Img2ImgError("need 1 <= --min-replicas <= --max-replicas")
+    min_replicas, max_replicas = replica_bounds(min_replicas, max_replicas)
     # Checked here, not by Serve: a config Serve refuses leaves the app DEPLOY_FAILED with no
     # replica, so the endpoint that was serving is gone until the next good deploy.
     for option, value in (("--target-ongoing-requests", target_ongoing_requests), ("upscale_delay_s", upscale_delay_s),

@@ -11,6 +11,7 @@ import torch
 
 from serving.runtime import CHOICE_SIZES, Runtime, build, cpu_candidates, fastest_per_size
 from translator import tiling
+from translator.metrics import PSNR_DEFINITION
 from translator.tasks import task_for_spec
 
 log = logging.getLogger(__name__)
@@ -45,11 +46,12 @@ class LoadedModel:
     small_runtime: Runtime | None = None
     small_pixels: int = 0
     runtime_choice: dict | None = None  # auto's timings per size and runtime, ms
+    psnr_definition: str = PSNR_DEFINITION  # how `metrics`' PSNR and gain were computed (translator.metrics)
 
     def info(self) -> dict:
         return {"name": self.name, "version": self.version, "variant": self.variant,
                 "task": task_for_spec(self.degradation), "degradation": self.degradation, "multiple": self.multiple,
-                "metrics": self.metrics, "device": self.runtime.device, **self.runtime.info(),
+                "metrics": self.metrics, "psnr_definition": self.psnr_definition, "device": self.runtime.device, **self.runtime.info(),
                 "small_images": ({"max_pixels": self.small_pixels, **self.small_runtime.info()}
                                  if self.small_runtime else None),
                 "runtime_choice": self.runtime_choice,
@@ -111,6 +113,16 @@ class LoadedModel:
             best = min(best, time.perf_counter() - t0)
         self.seconds_per_megapixel = best / (size * size / 1e6)
         return self.seconds_per_megapixel
+
+
+def served_metrics(tags: dict) -> dict[str, float]:
+    """A version's registry tags -> the validation metrics `GET /model` shows ({"val_psnr": dB, ...}).
+    PSNR and gain numbers of a version validated with an older set-PSNR definition (the mean of
+    per-image PSNRs, tag `psnr_def` absent) are left out: a few flat crops could flip their sign."""
+    metrics = {k: float(v) for k, v in tags.items() if k.startswith("val_")}
+    if tags.get("psnr_def") != PSNR_DEFINITION:
+        metrics = {k: v for k, v in metrics.items() if "psnr" not in k and "gain" not in k}
+    return metrics
 
 
 def resolve(tracking_uri: str, model: str) -> tuple[str, str]:
@@ -208,7 +220,7 @@ def load(tracking_uri: str, name: str, version: str, device: str | None = None, 
     mv = MlflowClient(tracking_uri).get_model_version(name, version)
     generator = _load_generator(f"models:/{name}/{version}", device)
     tags = dict(mv.tags or {})
-    metrics = {k: float(v) for k, v in tags.items() if k.startswith("val_")}
+    metrics = served_metrics(tags)
     multiple = int(tags.get("multiple", getattr(generator, "multiple", 1)))
     onnx_file = None
     if runtime in ("onnx", "auto") and device == "cpu" and tags.get("export_onnx"):
@@ -224,5 +236,6 @@ def load(tracking_uri: str, name: str, version: str, device: str | None = None, 
         rt, small = fastest[tiling.TILE], fastest[CHOICE_SIZES[0]]
         small = None if small is rt else small
     return LoadedModel(generator, name, str(version), tags.get("variant", "unknown"), multiple, metrics,
+                       psnr_definition=tags.get("psnr_def", "per-image-mean"),
                        device=device, runtime=rt, degradation=tags.get("degradation"), small_runtime=small,
                        small_pixels=SMALL_IMAGE_PIXELS if small else 0, runtime_choice=choice)

@@ -102,13 +102,16 @@
   // Registry tags val_psnr, val_input_psnr, val_gain_db, ... -> "PSNR 33.26 dB", "input PSNR ...".
   function metricText(key, value) {
     if (typeof value !== "number") return String(value);
+    if (/share$/i.test(key)) return Math.round(value * 100) + "%";
+    if (/unchanged$/i.test(key)) return String(Math.round(value));
     if (/gain/i.test(key)) return (value >= 0 ? "+" : "") + value.toFixed(2) + " dB";
     if (/psnr|_db$/i.test(key)) return value.toFixed(2) + " dB";
     if (/ssim/i.test(key)) return value.toFixed(4);
     return Number(value.toPrecision(4)).toString();
   }
   function metricName(key) {
-    const words = { psnr: "PSNR", ssim: "SSIM", l1: "L1", lpips: "LPIPS", db: "", gain: "PSNR gain" };
+    const words = { psnr: "PSNR", ssim: "SSIM", l1: "L1", lpips: "LPIPS", db: "", gain: "PSNR gain",
+      improved: "images improved", share: "", unchanged: "pairs input = target" };
     return key.replace(/^val_/, "").split("_").map((w) => (w in words ? words[w] : w))
       .filter(Boolean).join(" ");
   }
@@ -126,7 +129,8 @@
     const trained = task ? `, trained for ${task}` + (info.degradation ? ` (inputs made with ${info.degradation})` : "")
       : "";
     $("model-summary").textContent = `Model ${info.name} v${info.version}` + (extra ? ` (${extra})` : "") + trained +
-      (Object.keys(info.metrics || {}).length ? "; on its validation set:" : "");
+      (Object.keys(info.metrics || {}).length ? "; on its validation set" +
+        (info.psnr_definition === "pooled-mse" ? " (PSNR of the pooled MSE over the set):" : ":") : "");
     const rows = Object.entries(info.metrics || {})
       .sort(([a], [b]) => metricRank(a) - metricRank(b) || a.localeCompare(b));
     $("model-metrics").replaceChildren(...rows.map(([k, v]) => {

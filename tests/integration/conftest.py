@@ -99,7 +99,7 @@ def register_tiny_autoencoder(settings, name: str, seed: int) -> str:
 
 
 def untrained_val_psnr(settings, dataset: str, variant: str, **spec_kw) -> float:
-    """Mean val PSNR (dB) of `variant` as training starts it (rank 0's seed, untrained), scored as
+    """The val set's PSNR (dB, pooled MSE: translator.metrics.SetTally) of `variant` as training starts it (rank 0's seed, untrained), scored as
     the training loop's validation does: paired output vs target; unpaired by cycle consistency
     (A -> B -> A and B -> A -> B vs the image). The bar a trained version must clear."""
     import pyarrow.parquet as pq
@@ -110,7 +110,7 @@ def untrained_val_psnr(settings, dataset: str, variant: str, **spec_kw) -> float
     from jobs.manifest import dataset_prefix, read_manifest
     from jobs.spec import TrainSpec
     from translator import tiling
-    from translator.metrics import psnr, to_unit
+    from translator.metrics import SetTally, to_unit
     from translator.precision import training_precision
     from translator.variants import build_variant
 
@@ -121,7 +121,7 @@ def untrained_val_psnr(settings, dataset: str, variant: str, **spec_kw) -> float
     model.eval()
     tensor = lambda png: torch.from_numpy(_decode(png).transpose(2, 0, 1).copy())[None] * 2 - 1  # noqa: E731
     storage = Storage(settings)
-    scores = []
+    tally = SetTally()
     with torch.no_grad():
         for shard in read_manifest(storage, dataset).splits["val"]:
             table = pq.read_table(io.BytesIO(storage.get_bytes(dataset_prefix(dataset) + shard.path)))
@@ -134,8 +134,8 @@ def untrained_val_psnr(settings, dataset: str, variant: str, **spec_kw) -> float
                     x = ref = tensor(row["image"])
                     mid = tiling.enhance(lambda t, r=rev: model.translate(t, reverse=r), x, multiple=model.multiple)
                     out = tiling.enhance(lambda t, r=rev: model.translate(t, reverse=not r), mid, multiple=model.multiple)
-                scores.append(float(psnr(to_unit(out), to_unit(ref)).sum()))
-    return sum(scores) / len(scores)
+                tally.add(to_unit(out), to_unit(ref))
+    return tally.summary(paired=False)["psnr"]
 
 
 @pytest.fixture(scope="session")

@@ -73,7 +73,7 @@ def test_models_ls_json_has_stable_keys(stack, cli, registered):
     data = json.loads(r.stdout)
     assert [d["version"] for d in data] == [v for v, _ in registered]
     assert set(data[0]) == {"model", "version", "variant", "dataset", "val_psnr", "val_ssim", "val_gain_db",
-                            "val_cycle_psnr", "parent", "worse_than_input", "eval_set", "eval",
+                            "val_cycle_psnr", "parent", "psnr_def", "worse_than_input", "eval_set", "eval",
                             "aliases", "run_id", "created"}
     assert data[1]["val_psnr"] == 26.25 and data[1]["run_id"] == registered[1][1] and data[0]["aliases"] == []
 

@@ -127,6 +127,41 @@ def test_training_validation_gives_the_eval_jobs_numbers(stack, cli, gate_model)
     assert registry.resolve(stack, f"{MODEL}/1").tags[prefix + "source"] == "eval"
 
 
+def test_gate_rescores_older_definition_numbers_and_the_csv_reproduces_them(stack, cli, gate_model):
+    """The set's PSNR is that of the pooled MSE (docs/metrics.md): the eval job's per-image CSV
+    reproduces it; an evaluation stored with the older per-image-mean definition is never compared
+    (here a -12 dB gain, as flat crops gave): the gate scores that version again."""
+    import csv
+    import math
+
+    from translator.metrics import PSNR_DEFINITION
+
+    prefix = f"eval.{gate_model}."
+    client = MlflowClient(stack.mlflow_uri)
+    v1 = registry.resolve(stack, f"{MODEL}/1")
+    run_id = v1.tags[prefix + "run_id"]
+    assert v1.tags[prefix + "psnr_def"] == PSNR_DEFINITION == client.get_run(run_id).data.tags["psnr_def"]
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="eval/per_image.csv")
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    values = sum(int(r["values"]) for r in rows)
+    pooled = {k: 10 * math.log10(values / sum(float(r[k]) * int(r["values"]) for r in rows))
+              for k in ("mse", "input_mse")}
+    print(f"pooled from the CSV: {pooled}, stored: {v1.metric(prefix + 'psnr')}, {v1.metric(prefix + 'input_psnr')}")
+    assert pooled["mse"] == pytest.approx(v1.metric(prefix + "psnr"), abs=1e-3)
+    assert pooled["input_mse"] == pytest.approx(v1.metric(prefix + "input_psnr"), abs=1e-3)
+    assert registry.alias_version(stack, MODEL, "champion") == "2"
+    client.delete_model_version_tag(MODEL, "1", prefix + "psnr_def")  # as stored before the definition
+    client.set_model_version_tag(MODEL, "1", prefix + "gain_db", "-12.0")
+    assert registry.resolve(stack, f"{MODEL}/1").eval_result(gate_model, "val") is None
+    r = cli("models", "promote", MODEL, "1")
+    assert r.exit_code == 0, r.output  # on current numbers v1 beats v2 and improves its input
+    assert "re-scored" in r.output and "worse than its input" not in r.output
+    v1 = registry.resolve(stack, f"{MODEL}/1")
+    assert v1.tags[prefix + "psnr_def"] == PSNR_DEFINITION and v1.metric(prefix + "gain_db") > 0
+    assert registry.alias_version(stack, MODEL, "champion") == "1"
+
+
 def test_init_from_starts_at_the_parent_and_records_lineage(stack, cli, gate_model):
     from jobs.submit import job_client
 

@@ -191,8 +191,9 @@ def test_3_rows_1_val_row_2_workers_trains_what_it_reports_with_live_progress(st
     out = result.output
     assert result.exit_code == 0, out[-3000:]
     assert "SUCCEEDED" in out and "repeats them" in out
-    assert re.search(r"step 10/10 \(100%\) \| epoch 1\.2 \| loss [0-9.]+ \| val PSNR [0-9.]+ dB \([+-][0-9.]+ dB vs "
-                     r"input\)", out), out[-2000:]
+    assert "ends after 10 steps (--max-steps, before --epochs ends it)" in out  # the limit that ends it, named
+    assert re.search(r"step 10/10 \(100%\) \| val PSNR [0-9.]+ dB \([+-][0-9.]+ vs input\) \| loss [0-9.]+ \| "
+                     r"epoch 1\.2", out), out[-2000:]
     assert "\x1b[" not in out and "Execution plan" not in out and "TrainingReport" not in out
     run_id = re.search(r"runs/([0-9a-f]{32})", out)[1]
     job_id = re.search(r"Submitted job (raysubmit_\w+)", out)[1]
@@ -211,6 +212,9 @@ def test_3_rows_1_val_row_2_workers_trains_what_it_reports_with_live_progress(st
     from serving.model import load
 
     version = ml.search_model_versions("name='rows-3'")[0].version
+    # the job's verdict on the model is in the follow output, not only in `jobs logs`
+    worse = float(ml.get_model_version("rows-3", version).tags["val_gain_db"]) < 0
+    assert ("SUCCEEDED, but:" in out and "WORSE than its input" in out) == worse, out[-1500:]
     load(stack.mlflow_uri, "rows-3", str(version))
     assert _leftovers(stack_tmp, Path("/tmp"), private_tmp) - before == set()
 

@@ -207,3 +207,32 @@ def test_a_bucket_name_s3_refuses_is_one_line_before_any_request():
         Storage(settings, bucket="bad bucket")  # the SDK raised a bare ValueError on first use
     assert Storage(settings, bucket="img2img-data").bucket == "img2img-data"
 
+
+
+def _models_ls(monkeypatch, terminal: bool, width: int) -> str:
+    from jobs.models_cli import LS_COLUMNS, LS_IDS, _row, applicable
+    from jobs.registry import VersionInfo
+    from translator.metrics import PSNR_DEFINITION
+
+    tags = {"variant": "nafnet", "dataset": "my-photos", "val_psnr": "26.2200", "val_ssim": "0.9320",
+            "val_gain_db": "4.3200", "psnr_def": PSNR_DEFINITION}
+    versions = [VersionInfo("my-photos", "1", tags, ["champion"], "0123456789abcdef" * 2, "2026-12-05 10:45"),
+                VersionInfo("my-photos", "2", {**tags, "val_gain_db": "-0.4500", "worse_than_input": "true"}, [],
+                            "fedcba9876543210" * 2, "2026-12-05 11:45")]
+    columns, rows = applicable(LS_COLUMNS, [_row(v, None) for v in versions], keep=("model", "version"))
+    buf = io.StringIO()
+    monkeypatch.setattr(cli_utils, "console", Console(file=buf, force_terminal=terminal, width=width,
+                                                      color_system=None))
+    cli_utils.print_table("registered models", columns, rows, ids=[c for c in LS_IDS if c in columns])
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("terminal,width", [(True, 60), (True, 80), (False, 80)], ids=["60", "80", "pipe"])
+def test_models_ls_shows_only_columns_that_apply_and_never_splits_a_word(monkeypatch, terminal, width):
+    out = _models_ls(monkeypatch, terminal, width)
+    assert "cycle PSNR" not in out and "eval PSNR" not in out and "parent" not in out  # paired, no eval, no parent
+    assert "WORSE THAN INPUT" in out or "WORSE" in out  # v2's current-definition gain is negative
+    for word in ("26.22", "+4.32", "-0.45", "2026-12-05", "01234567", "champion", "my-photos"):
+        assert word in out, f"{word} was split:\n{out}"
+    if not terminal:  # a pipe: one line per version
+        assert any("2026-12-05 11:45" in line and "fedcba98" in line for line in out.splitlines())

@@ -8,6 +8,7 @@ from cluster.errors import Img2ImgError
 from jobs.finetune import _difference, architecture
 from jobs.registry import VersionInfo, parse_ref
 from jobs.tracking import eval_tags, model_card
+from translator.metrics import PSNR_DEFINITION
 
 
 def test_model_references():
@@ -33,8 +34,9 @@ def test_stored_evaluation_is_reused_only_for_the_same_split_and_checksum():
 
 
 def test_worse_than_input_and_cycle_metrics_are_told_apart():
-    assert _version({"val_gain_db": "-8.77"}).worse_than_input
-    assert not _version({"val_gain_db": "0.5"}).worse_than_input
+    now = {"psnr_def": PSNR_DEFINITION}
+    assert _version({**now, "val_gain_db": "-8.77"}).worse_than_input
+    assert not _version({**now, "val_gain_db": "0.5"}).worse_than_input
     assert not _version({"variant": "cyclegan"}).paired and _version({"variant": "nafnet"}).paired
 
 
@@ -125,11 +127,12 @@ def test_promote_output_says_who_computed_each_number(monkeypatch):
 
     from rich.console import Console
 
+    from cluster import cli_utils
     from jobs import models_cli
     from jobs.registry import Decision
 
-    buf = io.StringIO()
-    monkeypatch.setattr(models_cli, "console", Console(file=buf, width=120, color_system=None))
+    buf = io.StringIO()  # a pipe 80 columns wide: each version stays on one line
+    monkeypatch.setattr(cli_utils, "console", Console(file=buf, width=80, color_system=None))
     d = Decision("photos", "3", "1", "blur", "val", "psnr",
                  scores={"1": {"psnr": 30.5, "ssim": 0.9, "gain_db": 1.5, "images": 7},
                          "3": {"psnr": 31.25, "ssim": 0.91, "gain_db": 2.25, "images": 7}},
@@ -150,3 +153,23 @@ def test_a_demo_rerun_reuses_only_versions_trained_on_the_current_data():
         v.version = str(i + 1)
     assert trained_on(existing, "new") == ["2", "3"]
     assert trained_on(existing, "newer") == []
+
+
+def test_numbers_of_the_older_psnr_definition_are_never_compared():
+    """Versions validated or evaluated as a mean of per-image PSNR (no `psnr_def` tag): their
+    stored evaluation is not reused (the gate scores them again) and their own validation's
+    negative gain (a few flat crops could cause it) labels nothing WORSE THAN INPUT."""
+    summary = {"dataset": "blur", "split": "val", "dataset_sha256": "abc", "images": 16, "run_id": "r",
+               "metrics": {"psnr": 30.5, "gain_db": -2.53}}
+    current = eval_tags(summary)
+    assert current["eval.blur.psnr_def"] == PSNR_DEFINITION
+    old = {k: v for k, v in current.items() if not k.endswith(".psnr_def")}
+    assert _version(current).eval_result("blur", "val", "abc")["gain_db"] == pytest.approx(-2.53)
+    assert not _version(current).old_eval("blur", "val")
+    assert _version(old).eval_result("blur", "val", "abc") is None and _version(old).old_eval("blur", "val")
+    # worse than input: decided by current numbers only (an evaluation first, then own validation)
+    assert not _version({"val_gain_db": "-0.45", "worse_than_input": "true"}).worse_than_input
+    assert _version({"val_gain_db": "-0.45", **current}).worse_than_input  # the current eval says so
+    fine = eval_tags({**summary, "metrics": {"psnr": 30.5, "gain_db": 4.3}})
+    assert not _version({"psnr_def": PSNR_DEFINITION, "val_gain_db": "-0.45", **fine}).worse_than_input
+    assert not _version({"val_gain_db": "-0.45"}).current_metric

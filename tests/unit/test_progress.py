@@ -2,14 +2,40 @@
 
 import io
 
+import pytest
+
 from jobs.progress import Snapshot, events, strip_ansi, write_raw
 
 
-def test_line_shows_step_epoch_loss_val_gain_rate_elapsed_eta():
-    snap = Snapshot(status="RUNNING", phase="training", step=40, total_steps=120, epoch=5.0, loss=0.03125,
+def _running():
+    return Snapshot(status="RUNNING", phase="training", step=40, total_steps=120, epoch=5.0, loss=0.03125,
                     val_psnr=27.1, val_gain_db=1.42, samples_per_s=12.34, elapsed_s=75, eta_s=3725)
-    assert snap.line() == ("running/training | step 40/120 (33%) | epoch 5.0 | loss 0.0312 | "
-                           "val PSNR 27.10 dB (+1.42 dB vs input) | 12.3 samples/s | elapsed 1:15 | ETA 1:02:05")
+
+
+def test_line_shows_step_val_gain_eta_first_then_loss_epoch_rate_elapsed():
+    assert _running().line() == ("running/training | step 40/120 (33%) | val PSNR 27.10 dB (+1.42 vs input) | "
+                                 "ETA 1:02:05 | loss 0.0312 | epoch 5.0 | 12.3 samples/s | elapsed 1:15")
+
+
+@pytest.mark.parametrize("columns", [40, 60, 80, 200])
+def test_live_line_keeps_every_field_whole_at_any_width(columns):
+    """The live display breaks between fields: nothing is cut at 60 or 80 columns."""
+    text = _running().line(columns)
+    assert all(len(line) <= columns for line in text.splitlines())
+    for field in _running().fields():
+        assert field in text, field
+    if columns >= 80:  # what matters most comes first in a usual terminal
+        assert "val PSNR" in text.splitlines()[0] and "ETA" in "".join(text.splitlines()[:2])
+    assert text.splitlines()[0].startswith("running/training | step 40/120")
+
+
+def test_a_run_only_a_time_budget_ends_shows_no_step_total():
+    from jobs.plan import UNLIMITED_STEPS
+
+    snap = Snapshot(status="RUNNING", phase="training", step=7, total_steps=UNLIMITED_STEPS)
+    assert "step 7 |" in snap.line()
+    budget = Snapshot(status="RUNNING", phase="training", step=7, budget_s=150, budget_used_s=75)
+    assert "step 7 (50% of the 2:30 time budget)" in budget.line()
 
 
 def test_finished_line_has_no_eta_and_unpaired_has_no_gain():
