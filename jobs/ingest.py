@@ -314,7 +314,7 @@ def _load(f: SourceFile, settings: Settings, cache: dict) -> tuple[Picture, floa
     divided by (see images.Picture.scale), an 8-bit one as a PIL image and None."""
     if f.key not in cache:
         data = f.read(settings)
-        img = None if samples.is_tiff(data) and images.is_high_bit(data, None) else Image.open(io.BytesIO(data))
+        img = images.open_or_none(data)
         w, h = (img.width, img.height) if img is not None else samples.tiff_size(data)
         if w * h > MAX_PIXELS:
             raise ValueError(f"{w}x{h} is over the {MAX_PIXELS // 1_000_000} MP limit")

@@ -11,7 +11,7 @@ first frame; `frames` says how many there were (the endpoint puts it in `X-Input
 
 from __future__ import annotations
 
-import io
+import struct
 import warnings
 
 import torch
@@ -60,7 +60,7 @@ def decode(body: bytes, max_pixels: int) -> DecodedImage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = _open(body)
+            img = images.open_or_none(body)
             width, height = (img.width, img.height) if img is not None else samples.tiff_size(body)
             if width * height > max_pixels:
                 raise RequestError(413, f"image is {width}x{height} = {width * height / 1e6:.1f} MP, "
@@ -74,20 +74,9 @@ def decode(body: bytes, max_pixels: int) -> DecodedImage:
         raise RequestError(413, f"image has too many pixels (limit {max_pixels / 1e6:.1f} MP)") from None
     except UnidentifiedImageError:
         raise RequestError(415, "not an image Pillow can read (send PNG, JPEG, WebP, TIFF, BMP...)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:  # struct: tifffile's short reads
         raise RequestError(400, f"broken or truncated image: {e}") from None
     return DecodedImage(picture)
-
-
-def _open(body: bytes) -> Image.Image | None:
-    """Pillow's view of the body, or None for a TIFF only tifffile reads (float or 16-bit RGB...).
-    Raises UnidentifiedImageError for anything else Pillow cannot identify."""
-    try:
-        return Image.open(io.BytesIO(body))
-    except UnidentifiedImageError:
-        if samples.is_tiff(body):
-            return None
-        raise
 
 
 def check_format(fmt: str) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from translator import samples
 
@@ -29,6 +29,17 @@ def open_image(source: bytes | str | io.IOBase) -> Image.Image:
     img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
     img.load()
     return img
+
+
+def open_or_none(data: bytes) -> Image.Image | None:
+    """Pillow's lazy view of `data`, or None for a TIFF only tifffile reads (float RGB...).
+    Raises PIL.UnidentifiedImageError for anything else Pillow cannot identify."""
+    try:
+        return Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        if samples.is_tiff(data):
+            return None
+        raise
 
 
 def split_alpha(img: Image.Image) -> tuple[Image.Image, Image.Image | None]:

@@ -95,8 +95,14 @@ def tiff_size(data: bytes) -> tuple[int, int]:
     import tifffile
 
     with tifffile.TiffFile(io.BytesIO(data)) as tf:
-        page = tf.pages.first
+        page = _first_page(tf)
         return int(page.imagewidth), int(page.imagelength)
+
+
+def _first_page(tf):
+    if not len(tf.pages):
+        raise ValueError("the TIFF holds no image")
+    return tf.pages.first
 
 
 def read_tiff(data: bytes) -> tuple[np.ndarray, int, bytes | None, int]:
@@ -104,11 +110,12 @@ def read_tiff(data: bytes) -> tuple[np.ndarray, int, bytes | None, int]:
     value, ICC profile or None, page count). Grey (min-is-black) and RGB pages with up to one
     extra (alpha) sample are read; compressions tifffile cannot decode alone (LZW, JPEG... need
     imagecodecs) are decoded by OpenCV's libtiff instead.
-    Raises UnsupportedImage (naming the sample format) for anything else."""
+    Raises UnsupportedImage (naming the sample format) for anything else, ValueError for a broken
+    or truncated file."""
     import tifffile
 
     with tifffile.TiffFile(io.BytesIO(data)) as tf:
-        page = tf.pages.first
+        page = _first_page(tf)
         n, dtype = int(page.samplesperpixel), np.dtype(page.dtype)
         photometric = int(page.photometric)  # 1 min-is-black, 2 RGB
         colour = None if photometric in (1, 2) else f"{page.photometric.name.lower()}"
@@ -124,17 +131,18 @@ def read_tiff(data: bytes) -> tuple[np.ndarray, int, bytes | None, int]:
             arr = page.asarray()
             if page.axes.startswith("S"):  # planar configuration: one plane a sample
                 arr = np.moveaxis(arr, 0, -1)
-        except Exception:  # a compression tifffile needs imagecodecs for
-            arr = _read_tiff_opencv(data, n, what)
+        except Exception as e:  # a compression tifffile needs imagecodecs for, or broken data
+            arr = _read_tiff_opencv(data, n, what, e)
     return np.ascontiguousarray(arr), orientation, icc, frames
 
 
-def _read_tiff_opencv(data: bytes, samples: int, what: str) -> np.ndarray:
+def _read_tiff_opencv(data: bytes, samples: int, what: str, why: Exception) -> np.ndarray:
+    """Raises ValueError (broken or truncated data, `why` from tifffile) when OpenCV fails too."""
     import cv2
 
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None or (1 if arr.ndim == 2 else arr.shape[2]) != samples:
-        raise UnsupportedImage(f"{what} could not be decoded; {ADVICE}")
+        raise ValueError(f"{what} could not be decoded ({why})")
     if samples == 3:
         return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
     return cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA) if samples == 4 else arr

@@ -94,3 +94,18 @@ def test_ingest_keeps_alpha_of_an_8bit_grey_alpha_photo_exactly(tmp_path):
     path.write_bytes(_pil(la, "LA"))
     _, clean = _rows(path, IngestOptions(name="t", degrade="gaussian:1.0", size=None))
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(clean))), la)
+
+
+def test_8bit_colour_model_tiffs_and_float_tiffs_pillow_cannot_open_are_ingested(tmp_path):
+    for name, data in [("cmyk.tif", _pil_tiff(Image.fromarray(np.dstack([_G8] * 3)).convert("CMYK"))),
+                       ("rgba-float.tif", _tiff(np.dstack([_G16 / 65535] * 4).astype(np.float32)))]:
+        path = tmp_path / name
+        path.write_bytes(data)
+        degraded, clean = _rows(path, IngestOptions(name="t", degrade="gaussian:1.0", size=32))
+        assert _decode(clean).shape == (32, 32, 3)
+
+
+def _pil_tiff(img) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "TIFF")
+    return buf.getvalue()

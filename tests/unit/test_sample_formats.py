@@ -201,3 +201,15 @@ def _oriented(arr, orientation):
     exif = Image.Exif()
     exif[0x0112] = orientation
     return Image.open(io.BytesIO(pil_bytes(img, "PNG", exif=exif)))
+
+
+BROKEN_TIFF = tiff_bytes(F_RGB_HDR)
+
+
+@pytest.mark.parametrize("body", [b"II*\x00", b"II*\x00garbage", b"MM\x00*" + bytes(10), BROKEN_TIFF[:200],
+                                  BROKEN_TIFF[:len(BROKEN_TIFF) // 2]], ids=["header only", "garbage", "no page",
+                                                                          "cut in the IFD", "cut in the samples"])
+def test_broken_tiff_is_a_400_not_an_exception(body):
+    with pytest.raises(codec.RequestError) as e:
+        codec.decode(body, 1_000_000)
+    assert e.value.status == 400 and "broken or truncated" in e.value.message
