@@ -335,13 +335,13 @@ def _load(f: SourceFile, settings: Settings, cache: dict) -> tuple[Picture, floa
 
 
 def _colour(img: Picture) -> tuple[np.ndarray, np.ndarray | None]:
-    """-> (HxWx3 float32 colour in [0, 1] (grey repeated), HxWx1 alpha or None)."""
-    arr = images.to_array(img.convert("RGB")) if isinstance(img, Image.Image) else img
+    """-> (HxWx3 float32 colour in [0, 1] (grey repeated), HxWx1 alpha in [0, 1] or None)."""
     if isinstance(img, Image.Image):
-        a = np.asarray(img.getchannel("A"), np.float32)[..., None] / 255.0 if img.mode in ("LA", "RGBA") else None
-        return arr, a
-    colour = 1 if arr.shape[2] in (1, 2) else 3
-    return np.repeat(arr[..., :1], 3, -1) if colour == 1 else arr[..., :3], arr[..., colour:] if arr.shape[2] in (2, 4) else None
+        alpha = np.asarray(img.getchannel("A"), np.float32)[..., None] / 255.0 if img.mode in ("LA", "RGBA") else None
+        return images.to_array(img.convert("RGB")), alpha
+    n = 1 if img.shape[2] in (1, 2) else 3
+    colour = np.repeat(img[..., :1], 3, -1) if n == 1 else img[..., :3]
+    return colour, (img[..., n:] if img.shape[2] in (2, 4) else None)
 
 
 def _degrade(img: Picture, spec: str, seed: int) -> Picture:

@@ -11,7 +11,7 @@
     403: "API key refused",
     413: "Photo too large",
     408: "Timed out",
-    415: "Not an image the endpoint can read",
+    415: "Image type not supported",
     429: "The endpoint is busy",
     500: "The endpoint failed",
     502: "The endpoint is unreachable",
