@@ -20,7 +20,7 @@ from cluster.storage import Storage
 from jobs.ingest_plan import IngestOptions, Row, ShardPlan, stable_seed
 from jobs.manifest import Shard, dataset_prefix
 from jobs.sources import SourceFile
-from translator import degrade, images
+from translator import degrade, images, samples
 
 MAX_PIXELS = 100_000_000  # larger files are skipped as decompression bombs
 
@@ -29,9 +29,10 @@ class SkipFile(Exception):
     """A source file that is readable but not usable (the message is the reason recorded)."""
 
 
-# A source image is a PIL RGB image (8-bit sources, as always) or, for a 16-bit source, an
-# HxWx3 float32 array in [0, 1] (normalised by its value range), so its 16 bits reach the
-# stored PNG instead of being cut to 8 here.
+# A source image is a PIL image (8-bit sources: L, LA, RGB or RGBA, as the source was) or, for
+# a wider source (16-bit, 32-bit, float), an HxWxC float32 array in [0, 1] (normalised by its own
+# range; C = 1 grey, 2 grey+alpha, 3 RGB, 4 RGBA), so its precision reaches the stored 16-bit PNG
+# instead of being cut to 8 here. Grey stays grey and alpha is kept in what is stored.
 Picture = Image.Image | np.ndarray
 
 
@@ -78,21 +79,53 @@ def _resize_for(img: Picture, size: int | None, crops: int) -> Picture:
     return img
 
 
-def _load(f: SourceFile, settings: Settings, cache: dict) -> tuple[Picture, int | None]:
-    """-> (picture, code scale): a 16-bit file as float in [0, 1] with the 2**k - 1 it was divided
-    by (see images.Picture.scale), an 8-bit one as a PIL RGB image and None."""
+def _load(f: SourceFile, settings: Settings, cache: dict) -> tuple[Picture, float | None]:
+    """-> (picture, scale): a wider-than-8-bit file as float in [0, 1] with the scale it was
+    divided by (see images.Picture.scale), an 8-bit one as a PIL image and None."""
     if f.key not in cache:
         data = f.read(settings)
-        img = Image.open(io.BytesIO(data))
-        if img.width * img.height > MAX_PIXELS:
-            raise ValueError(f"{img.width}x{img.height} is over the {MAX_PIXELS // 1_000_000} MP limit")
-        pic = images.read_picture(data, img) if images.is_high_bit(data, img) else None
-        if pic is not None and pic.bits == 16:
-            cache[f.key] = (pic.pixels, pic.scale)
-        else:
+        img = images.open_or_none(data)
+        w, h = (img.width, img.height) if img is not None else samples.tiff_size(data)
+        if w * h > MAX_PIXELS:
+            raise ValueError(f"{w}x{h} is over the {MAX_PIXELS // 1_000_000} MP limit")
+        if img is not None and not images.is_high_bit(data, img):
             img.load()
-            cache[f.key] = (images.to_rgb(img), None)
+            rgb, alpha = images.split_alpha(img)
+            pic = rgb.convert("L") if img.mode in ("1", "L", "LA", "La") else rgb
+            if alpha is not None:
+                pic.putalpha(alpha)
+            cache[f.key] = (pic, None)
+        else:
+            pic = images.read_picture(data, img)
+            chans = [pic.pixels[..., :1] if pic.gray else pic.pixels]
+            if pic.alpha is not None:
+                chans.append(samples.normalise(pic.alpha, *samples.value_range(pic.alpha))[..., None])
+            cache[f.key] = (np.concatenate(chans, -1), pic.scale)
     return cache[f.key]
+
+
+def _colour(img: Picture) -> tuple[np.ndarray, np.ndarray | None]:
+    """-> (HxWx3 float32 colour in [0, 1] (grey repeated), HxWx1 alpha in [0, 1] or None)."""
+    if isinstance(img, Image.Image):
+        alpha = np.asarray(img.getchannel("A"), np.float32)[..., None] / 255.0 if img.mode in ("LA", "RGBA") else None
+        return images.to_array(img.convert("RGB")), alpha
+    n = 1 if img.shape[2] in (1, 2) else 3
+    colour = np.repeat(img[..., :1], 3, -1) if n == 1 else img[..., :3]
+    return colour, (img[..., n:] if img.shape[2] in (2, 4) else None)
+
+
+def _degrade(img: Picture, spec: str, seed: int) -> Picture:
+    """The degraded copy of `img`, in its own layout: grey stays grey (BT.601 luma of the result),
+    alpha is carried unchanged."""
+    colour, alpha = _colour(img)
+    out = degrade.apply(spec, colour, seed)
+    if isinstance(img, Image.Image):
+        res = images.from_array(out).convert("L" if img.mode in ("L", "LA") else "RGB")
+        if alpha is not None:
+            res.putalpha(img.getchannel("A"))
+        return res
+    out = (out @ images.LUMA)[..., None] if img.shape[2] in (1, 2) else out
+    return np.concatenate([out, alpha], -1).astype(np.float32) if alpha is not None else out
 
 
 def common_scale(a: Picture, scale_a: int | None, b: Picture, scale_b: int | None) -> tuple[Picture, Picture]:
@@ -103,7 +136,13 @@ def common_scale(a: Picture, scale_a: int | None, b: Picture, scale_b: int | Non
     if scale_a is None or scale_b is None or scale_a == scale_b:
         return a, b
     common = max(scale_a, scale_b)
-    return (a * np.float32(scale_a / common)).astype(np.float32), (b * np.float32(scale_b / common)).astype(np.float32)
+
+    def rescale(x: np.ndarray, k: float) -> np.ndarray:  # colour only: alpha keeps its own scale
+        out = x.astype(np.float32, copy=True)
+        n = 1 if x.shape[-1] in (1, 2) else 3
+        out[..., :n] *= np.float32(k)
+        return out
+    return rescale(a, scale_a / common), rescale(b, scale_b / common)
 
 
 def _row_images(row: Row, opts: IngestOptions, settings: Settings, cache: dict) -> list[Image.Image]:
@@ -112,7 +151,8 @@ def _row_images(row: Row, opts: IngestOptions, settings: Settings, cache: dict) 
         (a, scale_a), (b, scale_b) = (_load(f, settings, cache) for f in row.files)
         a, b = common_scale(a, scale_a, b, scale_b)
         if isinstance(a, np.ndarray) != isinstance(b, np.ndarray):  # one 16-bit file: both go float
-            a, b = (images.to_array(x) if isinstance(x, Image.Image) else x for x in (a, b))
+            a, b = (np.asarray(x, np.float32).reshape(x.height, x.width, -1) / 255.0
+                    if isinstance(x, Image.Image) else x for x in (a, b))
         b = _resize(b, _size(a)) if _size(b) != _size(a) else b
         pair = [a, b]
     else:
@@ -132,20 +172,19 @@ def _row_images(row: Row, opts: IngestOptions, settings: Settings, cache: dict) 
     box = _fit(pair[0], opts.size, opts.crops, row.crop, seed)
     pair = [_crop(im, box) if box else im for im in pair]
     if opts.kind == "synth":
-        if isinstance(pair[0], np.ndarray):
-            pair = [degrade.apply(opts.degrade, pair[0], seed), pair[0]]
-        else:
-            clean = images.to_array(pair[0])
-            pair = [images.from_array(degrade.apply(opts.degrade, clean, seed)), pair[0]]
+        pair = [_degrade(pair[0], opts.degrade, seed), pair[0]]
     return pair
 
 
 def _png(img: Picture) -> bytes:
-    """8-bit RGB PNG for 8-bit sources; 16-bit RGB PNG (full 0-65535 range) for 16-bit ones."""
+    """8-bit PNG for 8-bit sources; 16-bit PNG (full 0-65535 range) for wider ones; grey,
+    grey+alpha, RGB or RGBA as the source was."""
     if isinstance(img, Image.Image):
         return images.encode(img, "PNG", compress_level=6)
-    arr = np.ascontiguousarray(img, dtype=np.float32)
-    return images.write_picture(arr, images.Picture(arr, bits=16, scale=65535), "png")[0]
+    colour, alpha = _colour(img)
+    alpha16 = None if alpha is None else samples.restore(np.clip(alpha[..., 0], 0, 1), "uint16", 0, 65535)
+    pic = images.Picture(colour, alpha16, img.shape[2] in (1, 2), 16, 65535, dtype="uint16")
+    return images.write_picture(colour, pic, "png")[0]
 
 
 def build_shard(settings: Settings, opts: IngestOptions, plan: ShardPlan, fingerprint: str) -> tuple[Shard, list]:

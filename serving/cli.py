@@ -130,7 +130,7 @@ def enhance(
     files: list[Path] = typer.Argument(..., help="images to enhance"),
     out: Path = typer.Option(Path("enhanced"), "-o", "--out", help="output folder"),
     url: str = typer.Option(None, help="endpoint (default: IMG2IMG_SERVE_URL)"),
-    fmt: str = typer.Option("png", "--format", help="png | jpeg | webp | tiff (16-bit inputs stay 16-bit in png/tiff)"),
+    fmt: str = typer.Option("png", "--format", help="png | jpeg | webp | tiff (16-bit inputs stay 16-bit in png/tiff; float and 32-bit ones need tiff)"),
     parallel: int = typer.Option(4, help="requests in flight"),
     local: bool = typer.Option(False, "--local", help="run the model here, without Serve"),
     model: str = typer.Option(None, "--model", "-m", help="with --local: NAME@champion or NAME/VERSION"),

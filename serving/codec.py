@@ -3,19 +3,21 @@ empty, not an image, truncated, too many pixels (decompression bombs) each get t
 
 The output is written like the input (`translator.images.write_picture`): same size, grey or
 colour, alpha, ICC profile, EXIF (orientation applied), and 16-bit PNG/TIFF in -> 16-bit out in
-the input's value range. Multi-frame files (animated GIF, multi-page TIFF) are processed as their
+the input's value range; signed, 32-bit and float TIFF in -> TIFF of that sample type out, in the
+input's range (other output formats are refused for them, 400). Sample formats that are not kept
+are refused with 415 naming them (docs/image-formats.md has the table). Multi-frame files (animated GIF, multi-page TIFF) are processed as their
 first frame; `frames` says how many there were (the endpoint puts it in `X-Input-Frames`).
 """
 
 from __future__ import annotations
 
-import io
+import struct
 import warnings
 
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from translator import images
+from translator import images, samples
 
 FORMATS = images.WRITE_FORMATS
 # The largest side each output format can hold (WebP's VP8 header: 14 bits; JPEG's SOF: 16 bits);
@@ -48,7 +50,7 @@ class DecodedImage:
     @property
     def high_bit(self) -> bool:
         """More than 8 bits per channel: the model runs in fp32 (bf16 would lose levels)."""
-        return self.picture.bits > 8
+        return self.picture.bits > 8 or self.picture.wide
 
 
 def decode(body: bytes, max_pixels: int) -> DecodedImage:
@@ -58,18 +60,21 @@ def decode(body: bytes, max_pixels: int) -> DecodedImage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(body))
-            if img.width * img.height > max_pixels:
-                raise RequestError(413, f"image is {img.width}x{img.height} = {img.width * img.height / 1e6:.1f} MP, "
+            img = images.open_or_none(body)
+            width, height = (img.width, img.height) if img is not None else samples.tiff_size(body)
+            if width * height > max_pixels:
+                raise RequestError(413, f"image is {width}x{height} = {width * height / 1e6:.1f} MP, "
                                         f"over the {max_pixels / 1e6:.1f} MP limit")
             picture = images.read_picture(body, img)
     except RequestError:
         raise
+    except samples.UnsupportedImage as e:
+        raise RequestError(415, str(e)) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise RequestError(413, f"image has too many pixels (limit {max_pixels / 1e6:.1f} MP)") from None
     except UnidentifiedImageError:
         raise RequestError(415, "not an image Pillow can read (send PNG, JPEG, WebP, TIFF, BMP...)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:  # struct: tifffile's short reads
         raise RequestError(400, f"broken or truncated image: {e}") from None
     return DecodedImage(picture)
 
@@ -81,9 +86,13 @@ def check_format(fmt: str) -> None:
 
 
 def check_output(fmt: str, decoded: DecodedImage) -> None:
-    """Raises RequestError 400 when the output format cannot hold an image this size (WebP
-    16383 px a side, JPEG 65535), before any model time is spent on it."""
+    """Raises RequestError 400 when the output format cannot hold the image: this size (WebP
+    16383 px a side, JPEG 65535) or its samples (signed, 32-bit, float: TIFF only), before any
+    model time is spent on it."""
     side, limit = max(decoded.tensor.shape[-2:]), MAX_SIDE.get(fmt.lower())
+    if decoded.picture.wide and fmt.lower() not in ("tiff", "tif"):
+        raise RequestError(400, f"a {decoded.picture.describe()} image is written back only as TIFF, which keeps "
+                                f"its samples; {fmt} cannot: ask for tiff (format=tiff, --format tiff)")
     if limit and side > limit:
         raise RequestError(400, f"{fmt} holds at most {limit} px a side and this image has {side}: "
                                 "ask for png or tiff")

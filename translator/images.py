@@ -3,22 +3,25 @@
 EXIF orientation is applied; L/LA/P/RGBA/CMYK/I;16/I/F become RGB (16-bit is scaled, not
 clipped); alpha is returned separately so callers can put it back.
 
-`read_picture` / `write_picture` keep a whole picture: 16-bit samples (OpenCV decodes 16-bit
-colour PNG/TIFF, which Pillow reads as 8-bit), the value range, alpha, the ICC profile and EXIF.
+`read_picture` / `write_picture` keep a whole picture: the sample type and value range (16-bit
+PNG through OpenCV, TIFFs with more than 8 bits or float samples through tifffile: see
+`translator.samples`), grey or colour, alpha, the ICC profile and EXIF.
 """
 
 from __future__ import annotations
 
 import io
-import struct
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from translator import samples
 
 HIGH_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
+ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 
 
 def open_image(source: bytes | str | io.IOBase) -> Image.Image:
@@ -28,11 +31,22 @@ def open_image(source: bytes | str | io.IOBase) -> Image.Image:
     return img
 
 
+def open_or_none(data: bytes) -> Image.Image | None:
+    """Pillow's lazy view of `data`, or None for a TIFF only tifffile reads (float RGB...).
+    Raises PIL.UnidentifiedImageError for anything else Pillow cannot identify."""
+    try:
+        return Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        if samples.is_tiff(data):
+            return None
+        raise
+
+
 def split_alpha(img: Image.Image) -> tuple[Image.Image, Image.Image | None]:
     """-> (RGB image, alpha channel or None), EXIF orientation applied."""
     img = ImageOps.exif_transpose(img) or img
     alpha = None
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+    if img.mode in ALPHA_MODES or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         alpha = rgba.getchannel("A")
         img = rgba.convert("RGB")
@@ -133,15 +147,19 @@ class Picture:
     """A decoded image and what it takes to write a result back like it.
 
     pixels: HxWx3 float32 in [0, 1] (grey sources repeated on 3 channels), EXIF orientation applied.
-    alpha: HxW integer array (uint8 or uint16) as stored in the source, or None; never processed.
+    alpha: HxW array in the source's sample type, as stored, or None; never processed.
     gray: the source had one colour channel (the output gets one too).
-    bits: 8 or 16, the sample depth of the source (16-bit PNG/TIFF in -> 16-bit PNG/TIFF out).
-    scale: the code value 1.0 stands for: 255 for 8-bit; for 16-bit sources the smallest 2**k - 1
-        (k >= 8) covering the image's largest value, so 12-bit sensor data stored in a 16-bit PNG
-        (0-4095) is normalised to the full [0, 1] and written back in 0-4095, not crushed.
+    bits: the sample depth of the source: 8, 16 (16-bit PNG/TIFF in -> 16-bit PNG/TIFF out), 32, 64.
+    scale, offset: the source samples are `pixels * scale + offset` (`samples.value_range`): 255
+        and 0 for 8-bit; for 16-bit sources the smallest 2**k - 1 (k >= 8) covering the image's
+        largest value, so 12-bit sensor data stored in a 16-bit PNG (0-4095) is normalised to the
+        full [0, 1] and written back in 0-4095, not crushed; floats by their own range (0-4 HDR:
+        scale 4).
     icc_profile: the embedded ICC profile bytes, or None.
     exif: EXIF bytes (TIFF layout, no `Exif\\0\\0` prefix) minus the orientation tag, or None.
     frames: frames/pages in the file; only the first is decoded (animated GIF, multi-page TIFF).
+    dtype: the source's numpy sample type: uint8 and uint16 are written to any format (16-bit to
+        PNG/TIFF); any other (int32, float32...) only to TIFF, which keeps it (`wide`).
     """
 
     pixels: np.ndarray
@@ -152,35 +170,49 @@ class Picture:
     icc_profile: bytes | None = None
     exif: bytes | None = None
     frames: int = 1
+    dtype: str = "uint8"
+    offset: float = 0.0
+
+    @property
+    def wide(self) -> bool:
+        """Samples only TIFF can hold back (signed, 32-bit, float)."""
+        return self.dtype not in ("uint8", "uint16")
+
+    def describe(self, container: str = "") -> str:
+        """e.g. '32-bit float RGB', '16-bit integer grey+alpha' (for messages)."""
+        chans = (1 if self.gray else 3) + (self.alpha is not None)
+        return samples.describe(np.dtype(self.dtype), chans, container).strip()
 
 
-def is_high_bit(data: bytes, img: Image.Image) -> bool:
-    """16-bit PNG (IHDR bit depth at byte 24) or a TIFF with more than 8 integer bits a sample:
-    files Pillow would read as 8-bit RGB(A), so they are decoded with OpenCV instead."""
+def _tiff_needs_tifffile(img: Image.Image) -> bool:
+    """A TIFF with more than 8 bits a sample or non-unsigned samples: Pillow would read it as
+    8-bit or 1-channel only (BitsPerSample 258, SampleFormat 339; 1 = unsigned integer)."""
+    bits, fmt = img.tag_v2.get(258, (8,)), img.tag_v2.get(339, (1,))
+    bits, fmt = (v if isinstance(v, tuple) else (v,) for v in (bits, fmt))
+    return max(bits) > 8 or set(fmt) != {1}
+
+
+def is_high_bit(data: bytes, img: Image.Image | None) -> bool:
+    """More than 8 bits a sample (or float): a 16-bit PNG (IHDR bit depth at byte 24), a TIFF
+    Pillow reads as 8-bit or cannot open (`img` None), or a Pillow I/F mode."""
     if data[:8] == PNG_SIGNATURE and len(data) > 25:
         return data[24] == 16
-    if img.format == "TIFF":
-        bits, fmt = img.tag_v2.get(258, (8,)), img.tag_v2.get(339, (1,))  # BitsPerSample, SampleFormat
-        bits, fmt = (v if isinstance(v, tuple) else (v,) for v in (bits, fmt))
-        return max(bits) > 8 and set(fmt) == {1}  # 1 = unsigned integer
-    return img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I")
-
-
-def _code_scale(values: np.ndarray) -> int:
-    top = int(values.max()) if values.size else 0
-    return 2 ** max(8, min(16, top.bit_length())) - 1
+    if img is None or img.format == "TIFF":
+        return img is None or _tiff_needs_tifffile(img)
+    return img.mode in HIGH_BIT_MODES
 
 
 def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
-    """Apply an EXIF orientation to an HxW or HxWxC array (per channel through Pillow's 'F' mode,
-    so it matches `ImageOps.exif_transpose` exactly)."""
-    method = TRANSPOSE.get(orientation)
-    if method is None:
-        return arr
-    chans = arr[..., None] if arr.ndim == 2 else arr
-    out = [np.asarray(Image.fromarray(chans[..., c].astype(np.float32), mode="F").transpose(method))
-           for c in range(chans.shape[-1])]
-    return np.stack(out, -1).astype(arr.dtype).reshape(out[0].shape + arr.shape[2:])
+    """Apply an EXIF orientation to an HxW or HxWxC array of any dtype, as
+    `ImageOps.exif_transpose` does to a Pillow image (TIFF/EXIF orientation tag 274)."""
+    if orientation in (5, 6, 7, 8):
+        arr = np.swapaxes(arr, 0, 1)  # transpose, then flip below
+        orientation = {5: 1, 6: 2, 7: 3, 8: 4}[orientation]
+    if orientation in (2, 3):
+        arr = arr[:, ::-1]
+    if orientation in (3, 4):
+        arr = arr[::-1]
+    return np.ascontiguousarray(arr)
 
 
 def _metadata(img: Image.Image) -> tuple[bytes | None, bytes | None, int]:
@@ -196,45 +228,62 @@ def _metadata(img: Image.Image) -> tuple[bytes | None, bytes | None, int]:
     return icc, exif, int(getattr(img, "n_frames", 1) or 1)
 
 
-def _decode_high_bit(data: bytes, img: Image.Image) -> Picture | None:
-    import cv2  # only for 16-bit colour: Pillow has no 16-bit RGB mode
-
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if arr is None or arr.dtype not in (np.uint8, np.uint16):
-        return None
-    orientation = img.getexif().get(ORIENTATION, 1) if img.format != "TIFF" else 1
+def _from_samples(arr: np.ndarray, orientation: int, icc: bytes | None, exif: bytes | None,
+                  frames: int) -> Picture:
+    """HxW (grey), HxWx2 (grey+alpha), HxWx3 (RGB) or HxWx4 (RGBA) samples of a kept dtype ->
+    Picture normalised by the image's own range (`samples.value_range`).
+    Raises samples.UnsupportedImage for NaN/infinite floats or a dtype that is not kept."""
     arr = _orient(arr, orientation)
     alpha = None
-    if arr.ndim == 3 and arr.shape[2] == 4:
-        alpha, arr = arr[..., 3].copy(), cv2.cvtColor(arr, cv2.COLOR_BGRA2RGB)
-    elif arr.ndim == 3 and arr.shape[2] == 3:
-        arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
-    elif arr.ndim == 3 and arr.shape[2] == 2:  # grey + alpha
-        alpha, arr = arr[..., 1].copy(), arr[..., 0]
+    if arr.ndim == 3 and arr.shape[2] in (2, 4):
+        alpha, arr = arr[..., -1].copy(), arr[..., :-1]
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
     gray = arr.ndim == 2
-    bits = 16 if arr.dtype == np.uint16 else 8
-    scale = _code_scale(arr) if bits == 16 else 255
-    rgb = np.repeat(arr[..., None], 3, -1) if gray else arr
+    what = samples.describe(arr.dtype, (1 if gray else 3) + (alpha is not None), "image").removesuffix(" image")
+    samples.check_dtype(arr.dtype, what + " image")
+    offset, scale = samples.value_range(arr, "this " + what + " image")
+    px = samples.normalise(arr, offset, scale)
+    rgb = np.repeat(px[..., None], 3, -1) if gray else px
+    return Picture(rgb, alpha, gray, arr.dtype.itemsize * 8, scale, icc, exif, frames, arr.dtype.name, offset)
+
+
+def _decode_png16(data: bytes, img: Image.Image) -> Picture | None:
+    import cv2  # Pillow has no 16-bit RGB mode
+
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        return None
+    if arr.ndim == 3:
+        arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA if arr.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+        if samples.png_colour_type(data) in (0, 4):  # OpenCV expands grey (+alpha) to BGR(A)
+            arr = np.dstack([arr[..., 0], arr[..., 3]]) if arr.shape[2] == 4 else arr[..., 0]
     icc, exif, frames = _metadata(img)
-    return Picture(rgb.astype(np.float32) / scale, alpha, gray, bits, scale, icc, exif, frames)
+    return _from_samples(arr, img.getexif().get(ORIENTATION, 1), icc, exif, frames)
 
 
 def read_picture(data: bytes, img: Image.Image | None = None) -> Picture:
     """Encoded image bytes -> Picture (see there). Pass `img` when the caller already opened the
-    bytes with Pillow (to check its size first). Raises what Pillow raises for unreadable data."""
+    bytes with Pillow (to check its size first). A TIFF Pillow cannot open is read by tifffile.
+    Raises what Pillow raises for unreadable data, samples.UnsupportedImage (naming the sample
+    format) for a readable image whose samples are not kept."""
+    if samples.is_tiff(data) and (img is None or _tiff_needs_tifffile(img)):
+        arr, orientation, icc, frames = samples.read_tiff(data)
+        return _from_samples(arr, orientation, icc, None, frames)
     img = img if img is not None else Image.open(io.BytesIO(data))
-    if is_high_bit(data, img):
-        pic = _decode_high_bit(data, img)
+    if data[:8] == PNG_SIGNATURE and len(data) > 25 and data[24] == 16:
+        pic = _decode_png16(data, img)
         if pic is not None:
             return pic
     img.load()
     icc, exif, frames = _metadata(img)
-    if img.mode in HIGH_BIT_MODES and img.mode != "F":  # 16/32-bit grey that Pillow reads itself
-        arr = np.asarray(ImageOps.exif_transpose(img) or img).astype(np.int64).clip(0, 65535)
-        scale = _code_scale(arr)
-        rgb = np.repeat(arr[..., None].astype(np.float32) / scale, 3, -1)
-        return Picture(rgb, None, True, 16, scale, icc, exif, frames)
-    gray = img.mode in ("L", "LA", "F", "1")
+    if img.mode in HIGH_BIT_MODES:  # 16/32-bit grey and float that Pillow reads itself (PGM...)
+        arr = np.asarray(img)
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+        if arr.dtype.kind == "i" and (not arr.size or 0 <= arr.min() and arr.max() <= 65535):
+            arr = arr.astype(np.uint16)
+        return _from_samples(arr, img.getexif().get(ORIENTATION, 1), icc, exif, frames)
+    gray = img.mode in ("L", "LA", "La", "1")
     rgb, alpha = split_alpha(img)
     return Picture(np.asarray(rgb, dtype=np.float32) / 255.0, None if alpha is None else np.asarray(alpha),
                    gray, 8, 255, icc, exif, frames)
@@ -248,42 +297,31 @@ def _profile_fits(icc: bytes | None, gray: bool) -> bytes | None:
     return icc if icc[16:20] == (b"GRAY" if gray else b"RGB ") else None
 
 
-def _png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-
-
 def _add_png_chunks(png: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
     """Insert iCCP/eXIf chunks right after IHDR (8-byte signature + 25-byte IHDR chunk)."""
     extra = b""
     if icc:
-        extra += _png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(icc))
+        extra += samples.png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(icc))
     if exif:
-        extra += _png_chunk(b"eXIf", exif)
+        extra += samples.png_chunk(b"eXIf", exif)
     return png[:33] + extra + png[33:]
 
 
 def _write_16(codes: np.ndarray, alpha: np.ndarray | None, fmt: str, icc: bytes | None,
-              exif: bytes | None) -> bytes:
+              exif: bytes | None, level: int) -> bytes:
     import cv2
 
     if alpha is not None:
         alpha = alpha.astype(np.uint16) if alpha.dtype == np.uint16 else alpha.astype(np.uint16) * 257
     if fmt == "TIFF":
-        import tifffile
-
-        arr = codes if alpha is None else np.dstack([codes, alpha])
-        buf = io.BytesIO()
-        tifffile.imwrite(buf, arr, photometric="minisblack" if codes.ndim == 2 else "rgb",
-                         extrasamples=None if alpha is None else ("unassalpha",), iccprofile=icc,
-                         compression="zlib")
-        return buf.getvalue()
+        return samples.write_tiff(codes, alpha, icc)
+    if codes.ndim == 2 and alpha is not None:  # OpenCV and Pillow write no 16-bit grey+alpha PNG
+        return _add_png_chunks(samples.write_png16_grey_alpha(codes, alpha, level), icc, exif)
     if codes.ndim == 3:
         codes = cv2.cvtColor(codes, cv2.COLOR_RGB2BGR)
         if alpha is not None:
             codes = np.dstack([codes, alpha])
-    elif alpha is not None:  # OpenCV writes no grey+alpha PNG: expand to BGRA
-        codes = np.dstack([codes, codes, codes, alpha])
-    ok, png = cv2.imencode(".png", codes)
+    ok, png = cv2.imencode(".png", codes, [cv2.IMWRITE_PNG_COMPRESSION, level])
     if not ok:
         raise ValueError("could not encode a 16-bit PNG")
     return _add_png_chunks(png.tobytes(), icc, exif)
@@ -294,17 +332,24 @@ def write_picture(pixels: np.ndarray, like: Picture, fmt: str = "png",
     """HxWx3 float pixels in [0, 1] (e.g. a network's output for `like`) -> (encoded bytes, media
     type), written like the source: grey stays grey, alpha is put back, the ICC profile and EXIF
     (minus orientation, already applied) are carried, and a 16-bit source gives 16-bit PNG/TIFF
-    in its own value range (`like.scale`). JPEG and WebP are 8-bit by nature. 8-bit PNG uses zlib
+    in its own value range (`like.scale`); signed, 32-bit and float sources (`like.wide`) give
+    TIFF in their own type and range. JPEG and WebP are 8-bit by nature. 8-bit PNG uses zlib
     level `png_compress_level` (0-9; PNG is lossless at every level).
-    Raises KeyError for a format other than png, jpeg, webp, tiff."""
+    Raises KeyError for a format other than png, jpeg, webp, tiff; ValueError for a wide
+    source in a format other than TIFF."""
     pil_fmt, media = WRITE_FORMATS[fmt.lower()]
     pixels = np.clip(pixels, 0.0, 1.0)
     if like.gray:
         pixels = pixels @ LUMA
     icc = _profile_fits(like.icc_profile, like.gray)
+    if like.wide:  # signed, 32-bit or float samples: TIFF holds them as they came
+        if pil_fmt != "TIFF":
+            raise ValueError(f"a {like.describe()} image can only be written as TIFF, not {fmt}")
+        return samples.write_tiff(samples.restore(pixels, like.dtype, like.offset, like.scale), like.alpha, icc), media
     if like.bits == 16 and pil_fmt in ("PNG", "TIFF"):
-        codes = (pixels * like.scale + 0.5).astype(np.uint16)
-        return _write_16(codes, like.alpha, pil_fmt, icc, like.exif if pil_fmt == "PNG" else None), media
+        codes = samples.restore(pixels, "uint16", like.offset, like.scale)
+        return _write_16(codes, like.alpha, pil_fmt, icc, like.exif if pil_fmt == "PNG" else None,
+                         png_compress_level), media
     img = Image.fromarray((pixels * 255.0 + 0.5).astype(np.uint8), mode="L" if like.gray else "RGB")
     if like.alpha is not None and pil_fmt != "JPEG":
         alpha = like.alpha if like.alpha.dtype == np.uint8 else (like.alpha >> 8).astype(np.uint8)

@@ -11,7 +11,7 @@
     403: "API key refused",
     413: "Photo too large",
     408: "Timed out",
-    415: "Not an image the endpoint can read",
+    415: "Image type not supported",
     429: "The endpoint is busy",
     500: "The endpoint failed",
     502: "The endpoint is unreachable",
@@ -21,7 +21,6 @@
   const HINTS = {
     401: "Enter the endpoint's API key above, then the photo is sent again.",
     413: "Try a smaller photo: the limit is the deployment's --max-megapixels.",
-    415: "Send a photo: PNG, JPEG, WebP, TIFF or BMP.",
     503: "The model is loading or failed to load; try again in a moment (`img2img serve status`).",
     408: "The photo took too long to enhance; try a smaller one.",
     429: "Too many requests at once; try again in a moment.",
@@ -55,7 +54,7 @@
     $("key-form").hidden = true;
     clearError();
     setStatus("API key set for this tab.");
-    if (state.pending) enhance(state.pending);
+    if (state.pending) enhanceAll({ photos: [state.pending], skipped: [] });
   });
   $("key-forget").addEventListener("click", () => {
     sessionStorage.removeItem(KEY_STORE);
@@ -190,7 +189,10 @@
     state.timer = null;
     $("progress").hidden = true;
   }
-  function enhance(file) {
+  // -> a Promise of {ok, text}, settled when this photo is done, failed, or replaced by another.
+  function enhance(file, label = "") {
+    let settle;
+    const done = new Promise((resolve) => { settle = resolve; });
     if (state.xhr) state.xhr.abort();
     clearError();
     $("result").hidden = true; // the one shown belongs to the previous photo
@@ -208,7 +210,7 @@
     let phase = "Uploading";
     bar.value = 0;
     $("progress").hidden = false;
-    setStatus(`Uploading ${file.name || "photo"} (${(file.size / 1024).toFixed(0)} KiB)…`);
+    setStatus(`${label}Uploading ${file.name || "photo"} (${(file.size / 1024).toFixed(0)} KiB)…`);
     const tick = () => {
       $("elapsed").textContent = `${phase}: ${((performance.now() - t0) / 1000).toFixed(1)} s`;
     };
@@ -221,7 +223,7 @@
     xhr.upload.onload = () => {
       phase = "Enhancing";
       bar.removeAttribute("value"); // indeterminate: the endpoint does not report progress
-      setStatus("Enhancing on the endpoint…");
+      setStatus(`${label}Enhancing on the endpoint…`);
       tick();
     };
     xhr.onload = async () => {
@@ -231,13 +233,17 @@
       const secs = (performance.now() - t0) / 1000;
       $("elapsed").textContent = "";
       if (xhr.status === 200) {
-        await showResult(file, xhr.response, secs, xhr.getResponseHeader("X-Model-Name"),
+        const ok = await showResult(file, xhr.response, secs, xhr.getResponseHeader("X-Model-Name"),
           xhr.getResponseHeader("X-Model-Version"));
+        settle({ ok, text: `enhanced in ${secs.toFixed(1)} s`, blob: xhr.response });
       } else {
         if (xhr.status === 401 || xhr.status === 403) state.pending = file;
-        apiError(xhr.status, await xhr.response.text());
+        const body = await xhr.response.text();
+        apiError(xhr.status, body);
+        settle({ ok: false, text: `not enhanced: ${errorText(body)}` });
       }
     };
+    xhr.onabort = () => settle({ ok: false, text: "stopped: another photo was chosen" });
     xhr.onerror = () => {
       if (state.xhr !== xhr) return;
       state.xhr = null;
@@ -245,8 +251,10 @@
       $("elapsed").textContent = "";
       showError("Endpoint unreachable", "The request failed before any answer came back; is the endpoint running? (img2img serve status)");
       setStatus("Failed: no answer.");
+      settle({ ok: false, text: "not enhanced: the endpoint did not answer" });
     };
     xhr.send(file);
+    return done;
   }
 
   function loadImage(img, url) {
@@ -265,7 +273,7 @@
     if (!afterOk) {
       showError("Unreadable result", `The endpoint answered ${blob.type || "an unknown type"}, which this browser cannot show.`);
       setStatus("Failed: unreadable result.");
-      return;
+      return false;
     }
     $("before-side").src = state.beforeUrl;
     $("after-side").src = state.afterUrl;
@@ -287,12 +295,92 @@
     setPos(50);
     applyZoom();
     setStatus(`Done in ${secs.toFixed(1)} s. Drag the divider to compare.`);
+    return true;
+  }
+
+  // ---- What was picked or dropped: photos, folders, other files ----
+  // A folder dropped in Chromium/Safari has a directory entry; elsewhere (or pasted) it arrives as
+  // an empty file with no type. Such items are never sent: the page says what it saw instead.
+  const IMAGE_NAME = /\.(png|jpe?g|jfif|webp|tiff?|bmp|gif|avif|heic|heif|jxl|pbm|pgm|ppm|pnm|tga|ico)$/i;
+  function sortItems(items) {
+    const photos = [];
+    const skipped = [];
+    for (const { file, entry } of items) {
+      const name = (entry && entry.name) || (file && file.name) || "item";
+      if ((entry && entry.isDirectory) || !file) {
+        skipped.push({ name, why: "is a folder. Open it and drop the photos themselves (you can select several at once)." });
+      } else if (!file.size && !file.type) {
+        skipped.push({ name, why: "is empty or is a folder, so there is nothing to enhance." });
+      } else if (!(file.type ? file.type.startsWith("image/") : IMAGE_NAME.test(file.name))) {
+        skipped.push({ name, why: "is not a photo. This page enhances photos such as JPEG, PNG, WebP or TIFF files." });
+      } else {
+        photos.push(file);
+      }
+    }
+    return { photos, skipped };
+  }
+  function dropItems(dt) {
+    // Entries must be read while the drop event runs: the browser empties dt right after.
+    const items = [...(dt.items || [])].filter((i) => i.kind === "file").map((i) => ({
+      file: i.getAsFile(), entry: i.webkitGetAsEntry ? i.webkitGetAsEntry() : null,
+    }));
+    return items.length ? items : [...(dt.files || [])].map((file) => ({ file, entry: null }));
+  }
+  function listItem(name, text) {
+    const li = document.createElement("li");
+    const b = document.createElement("b");
+    b.textContent = name;
+    const span = document.createElement("span");
+    span.textContent = " " + text;
+    li.append(b, span);
+    $("batch").append(li);
+    return span;
+  }
+  let batchId = 0;
+  const batchUrls = [];
+  // Photos are enhanced one after another; a new pick or drop replaces what is left of the last.
+  async function enhanceAll({ photos, skipped }) {
+    const id = ++batchId;
+    batchUrls.splice(0).forEach((u) => URL.revokeObjectURL(u));
+    $("batch").replaceChildren();
+    $("batch").hidden = !skipped.length && photos.length < 2;
+    for (const s of skipped) listItem(`“${s.name}”`, s.why);
+    if (!photos.length) {
+      if (state.xhr) state.xhr.abort();
+      const what = skipped.length === 1 ? `“${skipped[0].name}” ${skipped[0].why}`
+        : `None of the ${skipped.length} dropped items is a photo.`;
+      showError("Nothing to enhance", what);
+      setStatus("Nothing was sent.");
+      return;
+    }
+    const lines = photos.map((f) => listItem(f.name || "photo", "waiting…"));
+    let ok = 0;
+    for (let i = 0; i < photos.length; i++) {
+      lines[i].textContent = " enhancing…";
+      const label = photos.length > 1 ? `Photo ${i + 1} of ${photos.length}: ` : "";
+      const r = await enhance(photos[i], label);
+      if (id !== batchId) return;
+      lines[i].textContent = " " + r.text;
+      if (r.ok && r.blob) {
+        ok += 1;
+        const a = document.createElement("a");
+        a.href = URL.createObjectURL(r.blob);
+        batchUrls.push(a.href);
+        a.download = $("download").download;
+        a.textContent = "download";
+        lines[i].append(" (", a, ")");
+      }
+    }
+    if (photos.length > 1 || skipped.length) {
+      const left = skipped.length ? `; ${skipped.length} item(s) not photos, not sent` : "";
+      setStatus(`${ok} of ${photos.length} photo(s) enhanced${left}. The last one is shown below.`);
+    }
   }
 
   // ---- Picking, dropping, pasting ----
   $("file").addEventListener("change", () => {
-    const f = $("file").files[0];
-    if (f) enhance(f);
+    const files = [...$("file").files];
+    if (files.length) enhanceAll(sortItems(files.map((file) => ({ file, entry: null }))));
     $("file").value = ""; // the same file again is a new pick
   });
   const drop = $("drop");
@@ -306,15 +394,16 @@
   document.addEventListener("drop", (e) => {
     e.preventDefault();
     drop.classList.remove("over");
-    const f = e.dataTransfer && e.dataTransfer.files[0];
-    if (f) enhance(f);
-    else showError("Nothing to enhance", "The dropped item is not a file.");
+    const items = e.dataTransfer ? dropItems(e.dataTransfer) : [];
+    if (items.length) enhanceAll(sortItems(items));
+    else showError("Nothing to enhance", "What was dropped is not a file: drop photos from your computer.");
   });
   document.addEventListener("paste", (e) => {
     if (e.target instanceof HTMLInputElement && e.target.type !== "file") return; // e.g. the API key
     const f = e.clipboardData && [...e.clipboardData.files][0];
     if (f) {
-      enhance(f.name && f.name !== "image.png" ? f : new File([f], "pasted.png", { type: f.type }));
+      const file = f.name && f.name !== "image.png" ? f : new File([f], "pasted.png", { type: f.type });
+      enhanceAll(sortItems([{ file, entry: null }]));
     } else {
       showError("Nothing to enhance", "The clipboard holds no image: copy a photo, then paste here.");
     }

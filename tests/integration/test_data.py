@@ -77,8 +77,11 @@ def test_exif_rotation_and_16bit_are_respected(stack, messy_folder):
     rows = [r for split in m.splits.values() for sh in split
             for r in pq.read_table(io.BytesIO(s.get_bytes(dataset_prefix("messy") + sh.path))).to_pylist()]
     sixteen = next(r for r in rows if r["key"].startswith("sixteen.png"))
+    assert sixteen["target"][24:26] == b"\x10\x00"  # a 16-bit grey source is stored 16-bit grey
     target = np.asarray(Image.open(io.BytesIO(sixteen["target"])))
-    assert 20 < target.mean() < 235  # scaled from 16 bit, not clipped to white
+    assert 20 * 257 < target.mean() < 235 * 257  # scaled from 16 bit, not clipped to white
+    stored = {r["key"].split("#")[0]: r["target"][24:26] for r in rows}  # IHDR bit depth, colour type
+    assert stored["gray.png"] == b"\x08\x00" and stored["alpha.png"] == b"\x08\x06"  # grey, RGBA kept
     assert all(Image.open(io.BytesIO(r["input"])).size == (48, 48) for r in rows)
 
 

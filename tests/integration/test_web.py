@@ -164,7 +164,7 @@ def test_page_enhances_a_photo_and_compares_before_after(open_page, demo_run, st
 
 
 @pytest.mark.parametrize("name, make, status, words", [
-    ("notes.txt", lambda p: p.write_text("not a photo"), "415", "'text/plain' is not an image"),
+    ("notes.png", lambda p: p.write_text("not a photo"), "415", "not an image"),  # named like one: sent
     ("huge.bmp", lambda p: Image.new("1", (20000, 1000)).save(p), "413", "20.0 mp"),  # 20 MP > 16 MP
 ])
 def test_page_shows_the_api_error(open_page, tmp_path, name, make, status, words):
@@ -225,3 +225,64 @@ def test_page_takes_a_dropped_or_pasted_photo(open_page, demo_run, tmp_path):
         document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: dt})); }""", [b64])
     page.wait_for_selector("#download[download='pasted-enhanced.png']")
     assert natural_size(page, "#after-img") == size
+
+
+DROP = """([files, entries]) => {
+    // A drop as the browser delivers it: DataTransfer items, each with its file and its entry.
+    // Chromium gives real drops a FileSystemEntry; one built here has none, so a folder's entry
+    // is described as the browser's is (isDirectory, name).
+    const items = files.map(([b64, name, type], i) => {
+        const file = new File([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))], name, {type});
+        return {kind: 'file', getAsFile: () => file,
+                webkitGetAsEntry: () => entries[i] ? {isDirectory: true, isFile: false, name} : null};
+    });
+    const ev = new Event('drop', {bubbles: true, cancelable: true});
+    Object.defineProperty(ev, 'dataTransfer', {value: {items, files: items.map((i) => i.getAsFile())}});
+    document.getElementById('drop').dispatchEvent(ev);
+}"""
+
+
+def test_page_explains_dropped_folders_and_non_images_and_sends_nothing(open_page):
+    import base64
+
+    page = open_page()
+    requests = []
+    page.on("request", lambda r: requests.append(r.url))
+    text = base64.b64encode(b"shopping list").decode()
+    cases = [
+        ([["", "Holiday 2024", ""]], [True], "“Holiday 2024” is a folder. Open it and drop the photos themselves"),
+        ([["", "Holiday 2024", ""]], [False], "“Holiday 2024” is empty or is a folder"),  # Firefox, Safari
+        ([[text, "notes.txt", "text/plain"]], [False], "“notes.txt” is not a photo"),
+        ([["", "a", ""], [text, "b.txt", "text/plain"]], [True, False], "None of the 2 dropped items is a photo"),
+    ]
+    for files, entries, words in cases:
+        page.evaluate(DROP, [files, entries])
+        page.wait_for_selector("#error:not([hidden])")
+        assert words in page.inner_text("#error"), page.inner_text("#error")
+        assert "Nothing to enhance" in page.inner_text("#error") and page.inner_text("#status") == "Nothing was sent."
+    assert not [u for u in requests if "/enhance" in u]
+
+
+def test_page_enhances_several_dropped_photos_one_after_another(open_page, demo_run, tmp_path):
+    import base64
+
+    page = open_page()
+    srcs = [photo(tmp_path, demo_run, f"p{i}.png", (40 + 8 * i, 32)) for i in range(3)]
+    files = [[base64.b64encode(p.read_bytes()).decode(), p.name, "image/png"] for p, _ in srcs]
+    files.insert(1, [base64.b64encode(b"x").decode(), "readme.txt", "text/plain"])
+    seen = []
+    page.on("request", lambda r: seen.append(r.url) if "/enhance" in r.url else None)
+    page.evaluate(DROP, [files, [False] * 4])
+    page.wait_for_selector("#status:has-text('3 of 3 photo(s) enhanced')")
+    assert len(seen) == 3  # one request a photo; the text file never sent
+    batch = page.inner_text("#batch")
+    assert "“readme.txt” is not a photo" in batch, batch
+    assert batch.count("enhanced in") == 3 and batch.count("download") == 3, batch
+    assert "1 item(s) not photos, not sent" in page.inner_text("#status")
+    assert natural_size(page, "#after-img") == srcs[-1][1]  # the last one is shown
+    hrefs = page.eval_on_selector_all("#batch a", "as => as.map((a) => [a.href, a.download])")
+    assert [d for _, d in hrefs] == ["p0-enhanced.png", "p1-enhanced.png", "p2-enhanced.png"]
+    sizes = page.evaluate("""(urls) => Promise.all(urls.map((u) => new Promise((ok) => {
+        const img = new Image(); img.onload = () => ok([img.naturalWidth, img.naturalHeight]); img.src = u; })))""",
+                          [h for h, _ in hrefs])
+    assert [tuple(s) for s in sizes] == [size for _, size in srcs]

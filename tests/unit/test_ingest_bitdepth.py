@@ -5,12 +5,14 @@ import io
 
 import cv2
 import numpy as np
+import pytest
 from PIL import Image
 
 from jobs.data import _decode
 from jobs.ingest_plan import IngestOptions, Row
 from jobs.ingest_shard import _png, _row_images
 from jobs.sources import SourceFile
+from translator import images
 
 
 def _rows(path, opts):
@@ -37,3 +39,74 @@ def test_8bit_source_stays_8bit(tmp_path):
     degraded, clean = _rows(path, IngestOptions(name="t", degrade="gaussian:1.0", size=32))
     assert Image.open(io.BytesIO(clean)).mode == "RGB" and clean[24] == 8
     assert np.allclose(_decode(clean) * 255, np.asarray(Image.open(io.BytesIO(clean))), atol=1e-3)
+
+
+def _ihdr(png: bytes) -> tuple[int, int]:
+    return png[24], png[25]  # bit depth, colour type (0 grey, 2 RGB, 4 grey+alpha, 6 RGBA)
+
+
+def _tiff(arr: np.ndarray) -> bytes:
+    import tifffile
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, arr, photometric="minisblack" if arr.ndim == 2 else "rgb")
+    return buf.getvalue()
+
+
+_G8 = np.random.default_rng(1).integers(0, 256, (40, 40), dtype=np.uint8)
+_G16 = np.random.default_rng(2).integers(0, 65536, (40, 40), dtype=np.uint16)
+
+
+def _pil(arr, mode=None) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode).save(buf, "PNG")
+    return buf.getvalue()
+
+
+LAYOUTS = [  # (id, source bytes, stored (bit depth, colour type))
+    ("8-bit grey", _pil(_G8), (8, 0)),
+    ("8-bit grey+alpha", _pil(np.dstack([_G8, _G8[::-1]]), "LA"), (8, 4)),
+    ("8-bit RGB", _pil(np.dstack([_G8] * 3)), (8, 2)),
+    ("8-bit RGBA", _pil(np.dstack([_G8] * 3 + [_G8.T])), (8, 6)),
+    ("16-bit grey", _pil(_G16), (16, 0)),
+    ("16-bit grey+alpha", images.samples.write_png16_grey_alpha(_G16, _G16.T.copy()), (16, 4)),
+    ("16-bit RGB", cv2.imencode(".png", np.dstack([_G16] * 3))[1].tobytes(), (16, 2)),
+    ("32-bit float grey HDR TIFF", _tiff((_G16 / 16384).astype(np.float32)), (16, 0)),
+    ("32-bit float RGB TIFF", _tiff(np.dstack([_G16 / 65535] * 3).astype(np.float32)), (16, 2)),
+    ("32-bit integer grey TIFF", _tiff(_G16.astype(np.int32) * 15), (16, 0)),
+]
+
+
+@pytest.mark.parametrize("data, stored", [c[1:] for c in LAYOUTS], ids=[c[0] for c in LAYOUTS])
+def test_what_ingest_stores_keeps_grey_alpha_and_depth(tmp_path, data, stored):
+    path = tmp_path / "x.img"
+    path.write_bytes(data)
+    for degradation in ("noise:20", "gaussian:1.0"):  # per-channel noise must not tint a grey photo
+        degraded, clean = _rows(path, IngestOptions(name="t", degrade=degradation, size=32))
+        assert _ihdr(clean) == _ihdr(degraded) == stored
+        arr = _decode(clean)  # what training reads: 3 channels in [0, 1] whatever was stored
+        assert arr.shape == (32, 32, 3) and 0 <= arr.min() and arr.max() <= 1
+        assert arr.max() > 0.9  # normalised by the source's own range, not crushed or clipped
+
+
+def test_ingest_keeps_alpha_of_an_8bit_grey_alpha_photo_exactly(tmp_path):
+    path = tmp_path / "x.png"
+    la = np.dstack([_G8, _G8[::-1]])
+    path.write_bytes(_pil(la, "LA"))
+    _, clean = _rows(path, IngestOptions(name="t", degrade="gaussian:1.0", size=None))
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(clean))), la)
+
+
+def test_8bit_colour_model_tiffs_and_float_tiffs_pillow_cannot_open_are_ingested(tmp_path):
+    for name, data in [("cmyk.tif", _pil_tiff(Image.fromarray(np.dstack([_G8] * 3)).convert("CMYK"))),
+                       ("rgba-float.tif", _tiff(np.dstack([_G16 / 65535] * 4).astype(np.float32)))]:
+        path = tmp_path / name
+        path.write_bytes(data)
+        degraded, clean = _rows(path, IngestOptions(name="t", degrade="gaussian:1.0", size=32))
+        assert _decode(clean).shape == (32, 32, 3)
+
+
+def _pil_tiff(img) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "TIFF")
+    return buf.getvalue()

@@ -206,10 +206,12 @@ def test_a_request_alone_runs_one_tile_per_pass_on_a_cpu(device, largest_pass):
 
 def test_output_formats_refuse_sizes_they_cannot_hold_before_the_model_runs():
     from serving import codec
+    from translator.images import Picture
 
-    class Decoded:  # only the shape matters to the check
+    class Decoded:  # only the shape matters to the check (8-bit samples: any format holds them)
         def __init__(self, h, w):
             self.tensor = torch.zeros(1, 3, h, w)
+            self.picture = Picture(np.zeros((1, 1, 3), np.float32))
 
     for fmt, side in (("webp", 16383), ("WEBP", 16383), ("jpeg", 65535), ("jpg", 65535)):
         codec.check_output(fmt, Decoded(8, side))
