@@ -38,7 +38,9 @@ def deploy(
     num_cpus: float = typer.Option(DEFAULTS.num_cpus, help="CPUs reserved per replica"),
     tile: int = typer.Option(DEFAULTS.tile, help="default tile size for large images"),
     overlap: int = typer.Option(DEFAULTS.overlap, help="default tile overlap"),
-    max_megapixels: float = typer.Option(DEFAULTS.max_pixels / 1e6, help="larger uploads get 413"),
+    max_megapixels: float = typer.Option(DEFAULTS.max_pixels / 1e6, help="larger images get 413 (the default takes "
+                                         "64 MP phone and 61 MP camera photos; each request in flight holds "
+                                         "~100 bytes a pixel)"),
     runtime: str = typer.Option(DEFAULTS.runtime, help="auto (torch on GPU; on CPU the fastest of onnx, torch fp32 and torch bf16 (kept unless another is 10% faster), timed on the model at start for images up to 512x512 px and for larger ones; GET /model shows runtime_choice) | torch | onnx"),
     threads: int = typer.Option(None, help="intra-op threads per replica (default: floor(--num-cpus), min 1)"),
     memory_format: str = typer.Option(DEFAULTS.memory_format, help="torch only: channels_last | contiguous"),
@@ -127,7 +129,7 @@ def rm():
 
 @handle_errors
 def enhance(
-    files: list[Path] = typer.Argument(..., help="images to enhance"),
+    files: list[Path] = typer.Argument(..., help="images, or folders (recursed; outputs keep their sub-folders)"),
     out: Path = typer.Option(Path("enhanced"), "-o", "--out", help="output folder"),
     url: str = typer.Option(None, help="endpoint (default: IMG2IMG_SERVE_URL)"),
     fmt: str = typer.Option("png", "--format", help="png | jpeg | webp | tiff (16-bit inputs stay 16-bit in png/tiff)"),
@@ -136,15 +138,20 @@ def enhance(
     model: str = typer.Option(None, "--model", "-m", help="with --local: NAME@champion or NAME/VERSION"),
     runtime: str = typer.Option(DEFAULTS.runtime, help="with --local: auto (as serve deploy: per image size on CPU, torch on GPU) | torch | onnx"),
     threads: int = typer.Option(None, help="with --local: intra-op threads (default: all CPUs)"),
+    max_megapixels: float = typer.Option(DEFAULTS.max_pixels / 1e6, help="with --local: larger images fail, "
+                                         "checked from their header before the model loads (the endpoint's "
+                                         "limit is set by `serve deploy --max-megapixels`)"),
     direction: str = typer.Option("AtoB", help="AtoB | BtoA (BtoA: unpaired cyclegan/dualgan models only)"),
     retries: int = typer.Option(5, help="retries per image after a connection error or HTTP 500/502/503/504"),
     timeout: float = typer.Option(None, help="seconds to wait for each answer (default: the endpoint's "
                                                   "request time limit + 60 s, from GET /model)"),
 ):
-    """Enhance images through the endpoint (or in-process with --local). Failures of the service
-    (a replica restarting) are retried with backoff; each file's outcome is listed.
+    """Enhance images through the endpoint (or in-process with --local). Folders are recursed and
+    the outputs keep each image's path under -o; files that are not images (by suffix) or hidden
+    are skipped and listed. Failures of the service (a replica restarting) are retried with
+    backoff; each file's outcome is listed. Exit 0 when every image was enhanced, 1 when any failed.
 
-    Example: `img2img enhance blurry/*.jpg -o sharp/`  or
+    Example: `img2img enhance myphotos/ -o sharp/`  or
     `img2img enhance blurry/*.jpg --local --model photos@champion --runtime onnx`
     """
     if direction not in ("AtoB", "BtoA"):
@@ -157,12 +164,12 @@ def enhance(
         raise Img2ImgError("--parallel and --threads must be at least 1")
     from serving.codec import FORMATS
 
+    if not (math.isfinite(max_megapixels) and max_megapixels > 0):
+        raise Img2ImgError(f"--max-megapixels must be a finite number > 0, got {max_megapixels}")
     settings = get_settings()
-    for f in files:  # every mistake is reported before the first request, once
-        if f.is_dir():
-            raise Img2ImgError(f"{f} is a folder; give the image files in it, e.g. {f}/*.jpg")
-        if not f.exists():
-            raise Img2ImgError(f"no such file: {f}")
+    from serving.inputs import check_outputs, collect
+
+    inputs = collect(files, out)  # every mistake is reported before the first request, once
     if fmt.lower() not in FORMATS:
         raise Img2ImgError(f"unsupported --format {fmt!r}: use png, jpeg, webp or tiff")
     if model and not local:
@@ -170,10 +177,8 @@ def enhance(
     if local and not model:
         raise Img2ImgError("--local needs --model NAME@champion (or NAME/VERSION)")
     check_output_dir(out, "-o/--out")
-    from serving.client import check_outputs, unique_files
-
-    check_outputs(files, out, fmt)  # two inputs named alike would overwrite each other's output
-    files = unique_files(files)
+    check_outputs(inputs.files, out, fmt, inputs.root)  # two inputs named alike would overwrite each other's output
+    files = inputs.files
     if local:
         from serving.model import resolve
 
@@ -194,19 +199,24 @@ def enhance(
             from serving.local import enhance_locally
 
             results = enhance_locally(settings, model, files, out, fmt, on_done=done, direction=direction,
-                                      runtime=runtime, threads=threads)
+                                      runtime=runtime, threads=threads, root=inputs.root,
+                                      max_pixels=int(max_megapixels * 1_000_000))
         else:
             from serving.client import RetryPolicy, enhance_files
 
             key = settings.serve_api_key.get_secret_value() if settings.serve_api_key else None
             results = enhance_files(files, out, url or settings.serve_url, fmt, key, parallel, on_done=done,
                                     direction=None if direction == "AtoB" else direction,
-                                    policy=RetryPolicy(attempts=retries + 1), timeout=timeout)
+                                    policy=RetryPolicy(attempts=retries + 1), timeout=timeout, root=inputs.root)
     failed = [r for r in results if r.error]
     for r in results:
         console.print(r.describe(), markup=False)
+    for s in inputs.skipped:
+        console.print(f"{s['file']} -> skipped: {s['reason']}", markup=False)
+    skipped = f"; skipped {len(inputs.skipped)} file(s) that are not images (listed above)" if inputs.skipped else ""
     if failed:
-        raise Img2ImgError(f"{len(failed)} of {len(results)} image(s) failed")
+        raise Img2ImgError(f"{len(failed)} of {len(results)} image(s) failed{skipped}")
+    console.print(f"Enhanced {len(results)} image(s) into {out}{skipped}", markup=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -72,16 +72,18 @@ def test_multipart_formats_and_odd_modes(endpoint):
     (b"definitely not an image", "image/png", 415),
     (None, "image/png", 400),  # truncated PNG
     (b"hello", "text/plain", 415),
-    (None, "image/bmp", 413),  # 20000 x 1000 = 20 MP > 16 MP
+    (None, "image/bmp", 413),  # 80000 x 1000 = 80 MP > 72 MP (1-bit BMP: a 10 MB body)
 ])
 def test_bad_input_gets_json_errors_and_the_replica_survives(endpoint, body, ctype, status):
     if body is None and status == 400:
         body = png(Image.new("RGB", (64, 64), "blue"))[:60]
     if body is None and status == 413:
-        body = png(Image.new("1", (20000, 1000)), "BMP")
+        body = png(Image.new("1", (80000, 1000)), "BMP")
     r = post(endpoint, body, ctype)
     assert r.status_code == status
     assert "error" in r.json()
+    if status == 413:  # says how to raise the limit
+        assert "raise it with: img2img serve deploy --model NAME@champion --max-megapixels 80" in r.json()["error"]
     assert httpx.get(endpoint + "/healthz", timeout=30).status_code == 200
 
 
