@@ -9,7 +9,7 @@ Two numbers, each measured in a fresh process as the growth of its peak resident
 - per tile: one 512 x 512 tile through the `nafnet` presets' generators (untrained: the
   activations do not depend on the weights), fp32 torch, the tile's activations.
 
-Run: `python -m benchmarks.large_photos` (no stack needed; ~2 minutes on 2 cores).
+Run: `python benchmarks/large_photos.py` (no stack needed; ~2 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -19,7 +19,10 @@ import json
 import resource
 import subprocess
 import sys
+from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a file by run_all.py
 PHOTOS = [(4000, 3000), (6000, 4000), (8192, 5464)]  # 12 MP phone, 24 MP camera, 45 MP camera
 PRESETS = ["tiny", "width32"]
 
@@ -72,13 +75,15 @@ def measure_tile(preset: str, tile: int = 512) -> dict:
 
 def _child(kind: str, *args) -> dict:
     out = subprocess.run([sys.executable, "-m", "benchmarks.large_photos", kind, *map(str, args)],
-                         check=True, capture_output=True, text=True).stdout
+                         check=True, capture_output=True, text=True, cwd=ROOT).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> None:
     from benchmarks.common import report
+    from serving.options import DEFAULTS
 
+    limit = DEFAULTS.max_pixels
     photos = [_child("photo", w, h) for w, h in PHOTOS]
     tiles = [_child("tile", p) for p in PRESETS]
     rows = [[p["photo"], round(p["megapixels"], 1), round(p["peak_growth_mb"]), round(p["bytes_per_pixel"], 1)]
@@ -86,8 +91,9 @@ def main() -> None:
     per_px = max(p["bytes_per_pixel"] for p in photos)
     notes = ("Per 512 x 512 tile (fp32 torch, activations): "
              + ", ".join(f"nafnet {t['preset']} {t['peak_growth_mb']:.0f} MB" for t in tiles)
-             + f". At {per_px:.0f} bytes per pixel a 64 MP photo needs ~{per_px * 64e6 / 2**30:.1f} GB "
-               "per request in flight, on top of the model and one tile's activations.")
+             + f". At {per_px:.0f} bytes per pixel a photo at the default limit ({limit / 1e6:.0f} MP) needs "
+               f"~{per_px * limit / 2**30:.1f} GB per request in flight, on top of the model and one tile's "
+               "activations.")
     report("large_photos", "Peak memory of one camera-sized photo (one request, 512 px tiles)",
            ["photo", "MP", "peak growth MB", "bytes / pixel"], rows, notes)
 

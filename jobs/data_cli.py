@@ -83,6 +83,8 @@ def ingest(
     console.print(f"Dataset [bold]{m.name}[/] ({m.kind}): {counts} rows, {_size(m.total_bytes)}; "
                   f"{result.written} shards written, {result.reused} reused from an interrupted run.")
     _print_skipped(result.skipped)
+    for note in m.notes():
+        console.print(f"[yellow]Note:[/] {note}", highlight=False)
 
 
 def _print_skipped(skipped: list[dict[str, str]]) -> None:

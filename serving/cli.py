@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from cluster.cli_utils import (
     check_output_dir,
     console,
+    err_console,
     handle_errors,
     json_option,
     print_json,
@@ -94,15 +95,18 @@ def status(as_json: bool = json_option()):
     """
     from serving.deploy import status as get_status
 
-    st = get_status(get_settings())
+    settings = get_settings()
+    st = get_status(settings)
     if st is None:
         raise Img2ImgError("no enhancer app is deployed; deploy one with: img2img serve deploy --model NAME@champion")
     a = st["autoscaling"]
+    champion = champion_version(settings, st["model"])
     if as_json:
         print_json({"deployment": "enhancer/Enhancer", "status": st["status"], "replicas": st["replicas"],
                     "autoscaling": {k: a.get(k) for k in ("min_replicas", "max_replicas", "target_ongoing_requests")},
-                    "model": st["model"], "version": st["version"], "url": st["url"],
-                    "page": st["url"] + "/"})
+                    "model": st["model"], "version": st["version"], "champion_version": champion,
+                    "serves_champion": None if champion is None else str(st["version"]) == champion,
+                    "url": st["url"], "page": st["url"] + "/"})
         return
     rows = [["enhancer/Enhancer", st["status"], st["replicas"],
              f"{a.get('min_replicas')}-{a.get('max_replicas')} @ {a.get('target_ongoing_requests')}",
@@ -110,9 +114,26 @@ def status(as_json: bool = json_option()):
     print_table("serve", ["deployment", "status", "replicas", "autoscaling", "model", "url"], rows,
                 ids=["deployment", "status", "model", "url"])
     console.print(f"Web page: {st['url']}/")
+    if champion is not None and str(st["version"]) != champion:
+        err_console.print(f"[bold yellow]Warning:[/] {st['model']} v{st['version']} is no longer the champion "
+                          f"(champion: v{champion}); swap it in with: img2img serve reload --model {st['model']}@champion",
+                          highlight=False)
     if st.get("request_timeout_s") is not None:
         console.print(f"request time limit {st['request_timeout_s']:.0f} s; graceful shutdown "
                       f"{st.get('graceful_shutdown_timeout_s') or 20:.0f} s")
+
+
+def champion_version(settings, model: str | None) -> str | None:
+    """The version `model`'s alias `champion` names, or None (no champion, or MLflow unreachable:
+    status still shows what is served)."""
+    from serving.model import resolve
+
+    if not model:
+        return None
+    try:
+        return resolve(settings.mlflow_uri, f"{model}@champion")[1]
+    except Img2ImgError:
+        return None
 
 
 @serve_app.command()

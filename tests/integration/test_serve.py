@@ -312,7 +312,7 @@ def test_export_logged_to_registry_then_served_with_onnx_runtime(stack, cli, dem
     finally:
         deploy(get_settings(), model, wait_s=300)
     r = cli("enhance", tmp_path / "g.onnx", "--local", "--model", model, "--runtime", "onnx", "-o", tmp_path / "o")
-    assert r.exit_code == 1 and "1 of 1 image(s) failed" in r.output  # not an image: refused per file
+    assert r.exit_code == 1 and "no image to enhance" in r.output and "g.onnx (not an image file" in r.output
     (tmp_path / "in.png").write_bytes(body)
     r = cli("enhance", tmp_path / "in.png", "--local", "--model", model, "--runtime", "onnx", "-o", tmp_path / "o")
     assert r.exit_code == 0, r.output
