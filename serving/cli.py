@@ -234,7 +234,7 @@ def enhance(
         console.print(r.describe(), markup=False)
     for s in inputs.skipped:
         console.print(f"{s['file']} -> skipped: {s['reason']}", markup=False)
-    skipped = f"; skipped {len(inputs.skipped)} file(s) that are not images (listed above)" if inputs.skipped else ""
+    skipped = f"; skipped {len(inputs.skipped)} file(s) (listed above)" if inputs.skipped else ""
     if failed:
         raise Img2ImgError(f"{len(failed)} of {len(results)} image(s) failed{skipped}")
     console.print(f"Enhanced {len(results)} image(s) into {out}{skipped}", markup=False)

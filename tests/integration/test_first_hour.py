@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from jobs import registry
+from tests.integration.conftest import new_version
 
 pytestmark = pytest.mark.integration
 DOC = Path(__file__).resolve().parents[2] / "docs" / "your-own-photos.md"
@@ -74,19 +75,6 @@ def test_local_refuses_a_large_photo_from_its_header_before_loading_the_model(st
             f"--model {demo_run.model}@champion --max-megapixels 24") in r.output
 
 
-def _new_version(stack, model: str, tags: dict) -> str:
-    """Another version of the demo's model (its weights), with `tags` over v1's."""
-    import mlflow
-
-    mlflow.set_tracking_uri(stack.mlflow_uri)
-    client = MlflowClient(stack.mlflow_uri)
-    v1 = client.get_model_version(model, "1")
-    mv = mlflow.register_model(f"runs:/{v1.run_id}/model", model)
-    for k, v in {**v1.tags, **tags}.items():
-        client.set_model_version_tag(model, mv.version, k, v)
-    return str(mv.version)
-
-
 def served(stack) -> str:
     return httpx.get(stack.serve_url + "/model", timeout=30).json()["version"]
 
@@ -96,7 +84,7 @@ def test_rollback_rolls_serving_back(stack, cli, endpoint, demo_run):
     champion = registry.alias_version(stack, model, "champion")
     key = f"eval.{demo_run.dataset}.psnr"
     best = float(MlflowClient(stack.mlflow_uri).get_model_version(model, champion).tags[key])
-    newer = _new_version(stack, model, {key: f"{best - 1:.4f}"})
+    newer = new_version(stack, model, {key: f"{best - 1:.4f}"})
     assert cli("models", "promote", model, newer, "--force").exit_code == 0
     assert cli("serve", "reload", "--model", f"{model}@champion").exit_code == 0
     assert served(stack) == newer

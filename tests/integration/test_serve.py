@@ -16,6 +16,7 @@ from PIL import Image, ImageFilter
 from cluster.errors import Img2ImgError
 from jobs import registry
 from tests.integration.conftest import encoded as png
+from tests.integration.conftest import new_version as _new_version
 
 pytestmark = pytest.mark.integration
 
@@ -174,18 +175,6 @@ def test_api_key_required_when_configured(stack, cli, demo_run, monkeypatch):
     finally:
         monkeypatch.delenv("IMG2IMG_SERVE_API_KEY")
         deploy(get_settings(), f"{demo_run.model}@champion", wait_s=120)
-
-
-def _new_version(stack, model, tags):
-    import mlflow
-
-    mlflow.set_tracking_uri(stack.mlflow_uri)
-    client = MlflowClient(stack.mlflow_uri)
-    v1 = client.get_model_version(model, "1")
-    mv = mlflow.register_model(f"runs:/{v1.run_id}/model", model)
-    for k, v in {**v1.tags, **tags}.items():
-        client.set_model_version_tag(model, mv.version, k, v)
-    return str(mv.version)
 
 
 def test_promote_rollback_refusal_and_reload(stack, cli, demo_run):
