@@ -159,9 +159,9 @@ def enhance(
     model: str = typer.Option(None, "--model", "-m", help="with --local: NAME@champion or NAME/VERSION"),
     runtime: str = typer.Option(DEFAULTS.runtime, help="with --local: auto (as serve deploy: per image size on CPU, torch on GPU) | torch | onnx"),
     threads: int = typer.Option(None, help="with --local: intra-op threads (default: all CPUs)"),
-    max_megapixels: float = typer.Option(DEFAULTS.max_pixels / 1e6, help="with --local: larger images fail, "
-                                         "checked from their header before the model loads (the endpoint's "
-                                         "limit is set by `serve deploy --max-megapixels`)"),
+    max_megapixels: float = typer.Option(None, help=f"with --local: larger images fail, checked from their header "
+                                         f"before the model loads (default {DEFAULTS.max_pixels / 1e6:.0f}; the "
+                                         "endpoint's limit is set by `serve deploy --max-megapixels`)"),
     direction: str = typer.Option("AtoB", help="AtoB | BtoA (BtoA: unpaired cyclegan/dualgan models only)"),
     retries: int = typer.Option(5, help="retries per image after a connection error or HTTP 500/502/503/504"),
     timeout: float = typer.Option(None, help="seconds to wait for each answer (default: the endpoint's "
@@ -185,6 +185,10 @@ def enhance(
         raise Img2ImgError("--parallel and --threads must be at least 1")
     from serving.codec import FORMATS
 
+    if max_megapixels is not None and not local:  # a limit typed must not be silently ignored
+        raise Img2ImgError("--max-megapixels goes with --local; the endpoint's limit is set by: "
+                           "img2img serve deploy --model NAME@champion --max-megapixels N")
+    max_megapixels = DEFAULTS.max_pixels / 1e6 if max_megapixels is None else max_megapixels
     if not (math.isfinite(max_megapixels) and max_megapixels > 0):
         raise Img2ImgError(f"--max-megapixels must be a finite number > 0, got {max_megapixels}")
     settings = get_settings()
