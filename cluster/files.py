@@ -6,6 +6,9 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+# Files read as images by their suffix (what Pillow reads): ingest and `enhance` skip and list others.
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".pgm"}
+
 
 def write_atomic(path: Path, data: bytes | str | Callable[[Path], None], mode: int | None = None) -> Path:
     """Write `path` through a hidden sibling `.NAME.part` renamed over it, so a reader (or a crash)

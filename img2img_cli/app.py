@@ -12,11 +12,15 @@ import sys
 
 import typer
 import typer.core
+import typer.rich_utils
+from rich.markup import escape
 
-from cluster.cli_utils import console
+from cluster.cli_utils import console, err_console
 from cluster.stack_cli import stack_app
+from img2img_cli.rollback import register as register_rollback
 from img2img_demo.cli import register as register_demo
 from jobs.cli import register as register_jobs
+from jobs.models_cli import models_app
 from serving.cli import register as register_serving
 
 
@@ -30,6 +34,21 @@ def _no_flag_type(display_type_rich):
 
 
 typer.core.TyperOption.display_type_rich = _no_flag_type(typer.core.TyperOption.display_type_rich)
+
+
+def _one_line_usage_error(error) -> None:
+    """Usage mistakes of every command (`--workers abc`, a missing option, an unknown command)
+    print as one `Error: ...` line naming the command's --help, not Typer's boxed panel; Typer
+    then exits 2."""
+    if type(error).__name__ == "NoArgsIsHelpError":  # the help was printed: nothing to add
+        return
+    ctx = getattr(error, "ctx", None)
+    where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+    message = " ".join(error.format_message().split())  # click wraps some messages over lines
+    err_console.print(f"[bold red]Error:[/] {escape(message)}{where}", highlight=False, soft_wrap=True)
+
+
+typer.rich_utils.rich_format_error = _one_line_usage_error
 
 app = typer.Typer(
     name="img2img",
@@ -67,6 +86,7 @@ def main(
 
 app.add_typer(stack_app, name="stack")
 register_jobs(app)
+register_rollback(models_app)  # composes the registry and serving: mounted here, not by jobs/
 register_serving(app)
 register_demo(app)
 

@@ -87,6 +87,12 @@ def ingest(
     console.print(f"Dataset [bold]{m.name}[/] ({m.kind}): {counts} rows, {_size(m.total_bytes)}; "
                   f"{result.written} shards written, {result.reused} reused from an interrupted run.")
     _print_skipped(result.skipped)
+    _print_notes(m)
+
+
+def _print_notes(m) -> None:
+    for note in m.notes():  # rows kept that teach little: sources smaller than the crop, flat pairs
+        console.print(f"[yellow]Note:[/] {note}", highlight=False)
 
 
 def _exit_now(code: int) -> NoReturn:
@@ -156,6 +162,7 @@ def show(name: str,
         if m.skipped:
             console.print(f"{len(m.skipped)} source file(s) were skipped at ingest:")
             _print_skipped_list(m.skipped)
+        _print_notes(m)
     if preview is not None:
         write_preview(storage, m, preview)
         (err_console if as_json else console).print(f"Preview written to {preview}", highlight=False)

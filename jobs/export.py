@@ -28,7 +28,7 @@ def resolve(settings: Settings, model: str) -> tuple[str, str]:
     try:
         c.get_registered_model(name)
     except MlflowException:
-        raise no_registered_model(name) from None
+        raise no_registered_model(name, (m.name for m in c.search_registered_models())) from None
     if sep:
         try:
             c.get_model_version(name, version)

@@ -192,6 +192,8 @@ def build_shard(settings: Settings, opts: IngestOptions, plan: ShardPlan, finger
     cache: dict = {}
     keys, cols_a, cols_b, skipped, sides = [], [], [], [], []
     bad: set[str] = set()
+    small: set[str] = set()  # sources upscaled to the crop size
+    identical = 0
     for row in plan.rows:
         if any(f.key in bad for f in row.files):
             continue
@@ -204,6 +206,10 @@ def build_shard(settings: Settings, opts: IngestOptions, plan: ShardPlan, finger
             skipped.append({"file": row.files[0].key, "reason": reason[:200]})
             continue
         keys.append(row.key)
+        source = cache.get(row.files[0].key, (None,))[0]
+        if opts.size and source is not None and min(_size(source)) < opts.size:
+            small.add(row.files[0].key)
+        identical += len(imgs) > 1 and np.array_equal(np.asarray(imgs[0]), np.asarray(imgs[1]))
         sides.append(min(imgs[0].size) if isinstance(imgs[0], Image.Image) else min(imgs[0].shape[:2]))
         cols_a.append(_png(imgs[0]))
         cols_b.append(_png(imgs[1]) if len(imgs) > 1 else None)
@@ -215,7 +221,7 @@ def build_shard(settings: Settings, opts: IngestOptions, plan: ShardPlan, finger
     pq.write_table(table, buf, compression="none", row_group_size=64)
     data = buf.getvalue()
     shard = Shard(plan.path, len(keys), hashlib.sha256(data).hexdigest(), len(data), plan.domain,
-                  min(sides) if sides else None)
+                  min(sides) if sides else None, sorted(small), int(identical))
     prefix = dataset_prefix(opts.name)
     storage.put_bytes(prefix + plan.path, data)
     marker = {"fingerprint": fingerprint, "shard": asdict(shard), "skipped": skipped}

@@ -20,7 +20,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from cluster.errors import Img2ImgError
+from cluster.errors import Img2ImgError, did_you_mean
 from cluster.storage import Storage
 
 SCHEMA_VERSION = 1
@@ -48,6 +48,8 @@ class Shard:
     bytes: int
     domain: str | None = None  # unpaired shards hold one domain each
     min_side: int | None = None  # px, the shortest side of any image in the shard (None: not recorded)
+    upscaled: list[str] = field(default_factory=list)  # source images smaller than --size, upscaled to it
+    identical: int = 0  # paired rows whose input equals their target (flat crops the degradation left alone)
 
 
 @dataclass
@@ -90,6 +92,24 @@ class Manifest:
         sides = [s.min_side for s in self.splits.get(split, []) if s.rows]
         return min(sides) if sides and None not in sides else None
 
+    def notes(self) -> list[str]:
+        """What a user should know about the rows that were kept: source images smaller than the
+        crop (upscaled to it, so they hold no real detail at that size) and pairs whose input equals
+        the target (flat crops: sky, solid backgrounds; a model can gain nothing on them)."""
+        shards = [s for split in self.splits.values() for s in split]
+        small = sorted({k for s in shards for k in s.upscaled})
+        identical = sum(s.identical for s in shards)
+        rows = sum(s.rows for s in shards)
+        out = []
+        if small:
+            listed = ", ".join(small[:5]) + (f" and {len(small) - 5} more" if len(small) > 5 else "")
+            out.append(f"{len(small)} source image(s) were smaller than the {self.image_size} px crop and were "
+                       f"upscaled to it (kept; they add no real detail at that size): {listed}")
+        if identical:
+            out.append(f"{identical} of {rows} pairs are flat: the input equals the target (the degradation "
+                       "changed nothing, e.g. sky or a solid background); kept, they count as identical pairs")
+        return out
+
     def shards(self, split: str, domain: str | None = None) -> list[Shard]:
         if split not in self.splits:
             raise Img2ImgError(f"dataset {self.name!r} has no {split!r} split (it has: {', '.join(self.splits)})")
@@ -114,8 +134,9 @@ class Manifest:
 
 def read_manifest(storage: Storage, name: str) -> Manifest:
     if not storage.exists(manifest_key(name)):
-        raise Img2ImgError(f"dataset {name!r} not found in s3://{storage.bucket} at {storage.endpoint}; "
-                           "list them with: img2img data ls")
+        known = [o.key.split("/")[1] for o in storage.list("datasets/", recursive=False) if o.key.count("/") == 2]
+        raise Img2ImgError(f"dataset {name!r} not found in s3://{storage.bucket} at {storage.endpoint}"
+                           f"{did_you_mean(name, known)}; list them with: img2img data ls")
     return Manifest.from_json(storage.get_bytes(manifest_key(name)).decode())
 
 

@@ -157,23 +157,6 @@ def _print_scores(d) -> None:
 
 @models_app.command()
 @handle_errors
-def rollback(name: str):
-    """Move `champion` back to the previous champion; repeated rollbacks go further back.
-
-    Example: `img2img models rollback photos`
-    """
-    from jobs.registry import rollback as do_rollback
-
-    settings = get_settings()
-    new, old, left = do_rollback(settings, name)
-    console.print(f"{name}: champion rolled back to v{new}" + (f" (from v{old})" if old else ""))
-    console.print("Former champions left to roll back to: " + (", ".join(f"v{v}" for v in reversed(left))
-                                                               if left else "none"))
-    console.print(f"Swap it into the running endpoint with: img2img serve reload --model {name}@champion")
-
-
-@models_app.command()
-@handle_errors
 def export(
     model: str = typer.Argument(..., help="NAME@champion, NAME@alias, NAME/VERSION or NAME"),
     fmt: str = typer.Option("onnx", "--format", "-f", help="onnx | torchscript"),

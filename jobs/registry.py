@@ -148,7 +148,7 @@ def _registered(c, name: str):
     try:
         return c.get_registered_model(name)
     except MlflowException:
-        raise no_registered_model(name) from None
+        raise no_registered_model(name, (m.name for m in c.search_registered_models())) from None
 
 
 def versions(settings: Settings, name: str | None = None) -> list[VersionInfo]:

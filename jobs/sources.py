@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.errors import Img2ImgError
+from cluster.files import IMAGE_SUFFIXES
 from cluster.settings import Settings
 from cluster.storage import Storage
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".pgm"}
 # The photographs among scikit-image's bundled data (not the synthetic test patterns).
 SAMPLE_PHOTOS = ["astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png",
                  "motorcycle_right.png", "hubble_deep_field.jpg", "camera.png", "coins.png", "moon.png",

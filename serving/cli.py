@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from cluster.cli_utils import (
     check_output_dir,
     console,
+    err_console,
     handle_errors,
     json_option,
     print_json,
@@ -38,7 +39,9 @@ def deploy(
     num_cpus: float = typer.Option(DEFAULTS.num_cpus, help="CPUs reserved per replica"),
     tile: int = typer.Option(DEFAULTS.tile, help="default tile size for large images"),
     overlap: int = typer.Option(DEFAULTS.overlap, help="default tile overlap"),
-    max_megapixels: float = typer.Option(DEFAULTS.max_pixels / 1e6, help="larger uploads get 413"),
+    max_megapixels: float = typer.Option(DEFAULTS.max_pixels / 1e6, help="larger images get 413 (the default takes "
+                                         "64 MP phone and 61 MP camera photos; each request in flight holds "
+                                         "~100 bytes a pixel)"),
     runtime: str = typer.Option(DEFAULTS.runtime, help="auto (torch on GPU; on CPU the fastest of onnx, torch fp32 and torch bf16 (kept unless another is 10% faster), timed on the model at start for images up to 512x512 px and for larger ones; GET /model shows runtime_choice) | torch | onnx"),
     threads: int = typer.Option(None, help="intra-op threads per replica (default: floor(--num-cpus), min 1)"),
     memory_format: str = typer.Option(DEFAULTS.memory_format, help="torch only: channels_last | contiguous"),
@@ -92,15 +95,18 @@ def status(as_json: bool = json_option()):
     """
     from serving.deploy import status as get_status
 
-    st = get_status(get_settings())
+    settings = get_settings()
+    st = get_status(settings)
     if st is None:
         raise Img2ImgError("no enhancer app is deployed; deploy one with: img2img serve deploy --model NAME@champion")
     a = st["autoscaling"]
+    champion = champion_version(settings, st["model"])
     if as_json:
         print_json({"deployment": "enhancer/Enhancer", "status": st["status"], "replicas": st["replicas"],
                     "autoscaling": {k: a.get(k) for k in ("min_replicas", "max_replicas", "target_ongoing_requests")},
-                    "model": st["model"], "version": st["version"], "url": st["url"],
-                    "page": st["url"] + "/"})
+                    "model": st["model"], "version": st["version"], "champion_version": champion,
+                    "serves_champion": None if champion is None else str(st["version"]) == champion,
+                    "url": st["url"], "page": st["url"] + "/"})
         return
     rows = [["enhancer/Enhancer", st["status"], st["replicas"],
              f"{a.get('min_replicas')}-{a.get('max_replicas')} @ {a.get('target_ongoing_requests')}",
@@ -108,9 +114,26 @@ def status(as_json: bool = json_option()):
     print_table("serve", ["deployment", "status", "replicas", "autoscaling", "model", "url"], rows,
                 ids=["deployment", "status", "model", "url"])
     console.print(f"Web page: {st['url']}/")
+    if champion is not None and str(st["version"]) != champion:
+        err_console.print(f"[bold yellow]Warning:[/] {st['model']} v{st['version']} is no longer the champion "
+                          f"(champion: v{champion}); swap it in with: img2img serve reload --model {st['model']}@champion",
+                          highlight=False)
     if st.get("request_timeout_s") is not None:
         console.print(f"request time limit {st['request_timeout_s']:.0f} s; graceful shutdown "
                       f"{st.get('graceful_shutdown_timeout_s') or 20:.0f} s")
+
+
+def champion_version(settings, model: str | None) -> str | None:
+    """The version `model`'s alias `champion` names, or None (no champion, or MLflow unreachable:
+    status still shows what is served)."""
+    from serving.model import resolve
+
+    if not model:
+        return None
+    try:
+        return resolve(settings.mlflow_uri, f"{model}@champion")[1]
+    except Img2ImgError:
+        return None
 
 
 @serve_app.command()
@@ -127,7 +150,7 @@ def rm():
 
 @handle_errors
 def enhance(
-    files: list[Path] = typer.Argument(..., help="images to enhance"),
+    files: list[Path] = typer.Argument(..., help="images, or folders (recursed; outputs keep their sub-folders)"),
     out: Path = typer.Option(Path("enhanced"), "-o", "--out", help="output folder"),
     url: str = typer.Option(None, help="endpoint (default: IMG2IMG_SERVE_URL)"),
     fmt: str = typer.Option("png", "--format", help="png | jpeg | webp | tiff (16-bit inputs stay 16-bit in png/tiff; float and 32-bit ones need tiff)"),
@@ -136,15 +159,20 @@ def enhance(
     model: str = typer.Option(None, "--model", "-m", help="with --local: NAME@champion or NAME/VERSION"),
     runtime: str = typer.Option(DEFAULTS.runtime, help="with --local: auto (as serve deploy: per image size on CPU, torch on GPU) | torch | onnx"),
     threads: int = typer.Option(None, help="with --local: intra-op threads (default: all CPUs)"),
+    max_megapixels: float = typer.Option(None, help=f"with --local: larger images fail, checked from their header "
+                                         f"before the model loads (default {DEFAULTS.max_pixels / 1e6:.0f}; the "
+                                         "endpoint's limit is set by `serve deploy --max-megapixels`)"),
     direction: str = typer.Option("AtoB", help="AtoB | BtoA (BtoA: unpaired cyclegan/dualgan models only)"),
     retries: int = typer.Option(5, help="retries per image after a connection error or HTTP 500/502/503/504"),
     timeout: float = typer.Option(None, help="seconds to wait for each answer (default: the endpoint's "
                                                   "request time limit + 60 s, from GET /model)"),
 ):
-    """Enhance images through the endpoint (or in-process with --local). Failures of the service
-    (a replica restarting) are retried with backoff; each file's outcome is listed.
+    """Enhance images through the endpoint (or in-process with --local). Folders are recursed and
+    the outputs keep each image's path under -o; files that are not images (by suffix) or hidden
+    are skipped and listed. Failures of the service (a replica restarting) are retried with
+    backoff; each file's outcome is listed. Exit 0 when every image was enhanced, 1 when any failed.
 
-    Example: `img2img enhance blurry/*.jpg -o sharp/`  or
+    Example: `img2img enhance myphotos/ -o sharp/`  or
     `img2img enhance blurry/*.jpg --local --model photos@champion --runtime onnx`
     """
     if direction not in ("AtoB", "BtoA"):
@@ -157,12 +185,16 @@ def enhance(
         raise Img2ImgError("--parallel and --threads must be at least 1")
     from serving.codec import FORMATS
 
+    if max_megapixels is not None and not local:  # a limit typed must not be silently ignored
+        raise Img2ImgError("--max-megapixels goes with --local; the endpoint's limit is set by: "
+                           "img2img serve deploy --model NAME@champion --max-megapixels N")
+    max_megapixels = DEFAULTS.max_pixels / 1e6 if max_megapixels is None else max_megapixels
+    if not (math.isfinite(max_megapixels) and max_megapixels > 0):
+        raise Img2ImgError(f"--max-megapixels must be a finite number > 0, got {max_megapixels}")
     settings = get_settings()
-    for f in files:  # every mistake is reported before the first request, once
-        if f.is_dir():
-            raise Img2ImgError(f"{f} is a folder; give the image files in it, e.g. {f}/*.jpg")
-        if not f.exists():
-            raise Img2ImgError(f"no such file: {f}")
+    from serving.inputs import check_outputs, collect
+
+    inputs = collect(files, out)  # every mistake is reported before the first request, once
     if fmt.lower() not in FORMATS:
         raise Img2ImgError(f"unsupported --format {fmt!r}: use png, jpeg, webp or tiff")
     if model and not local:
@@ -170,10 +202,8 @@ def enhance(
     if local and not model:
         raise Img2ImgError("--local needs --model NAME@champion (or NAME/VERSION)")
     check_output_dir(out, "-o/--out")
-    from serving.client import check_outputs, unique_files
-
-    check_outputs(files, out, fmt)  # two inputs named alike would overwrite each other's output
-    files = unique_files(files)
+    check_outputs(inputs.files, out, fmt, inputs.root)  # two inputs named alike would overwrite each other's output
+    files = inputs.files
     if local:
         from serving.model import resolve
 
@@ -194,19 +224,24 @@ def enhance(
             from serving.local import enhance_locally
 
             results = enhance_locally(settings, model, files, out, fmt, on_done=done, direction=direction,
-                                      runtime=runtime, threads=threads)
+                                      runtime=runtime, threads=threads, root=inputs.root,
+                                      max_pixels=int(max_megapixels * 1_000_000))
         else:
             from serving.client import RetryPolicy, enhance_files
 
             key = settings.serve_api_key.get_secret_value() if settings.serve_api_key else None
             results = enhance_files(files, out, url or settings.serve_url, fmt, key, parallel, on_done=done,
                                     direction=None if direction == "AtoB" else direction,
-                                    policy=RetryPolicy(attempts=retries + 1), timeout=timeout)
+                                    policy=RetryPolicy(attempts=retries + 1), timeout=timeout, root=inputs.root)
     failed = [r for r in results if r.error]
     for r in results:
         console.print(r.describe(), markup=False)
+    for s in inputs.skipped:
+        console.print(f"{s['file']} -> skipped: {s['reason']}", markup=False)
+    skipped = f"; skipped {len(inputs.skipped)} file(s) (listed above)" if inputs.skipped else ""
     if failed:
-        raise Img2ImgError(f"{len(failed)} of {len(results)} image(s) failed")
+        raise Img2ImgError(f"{len(failed)} of {len(results)} image(s) failed{skipped}")
+    console.print(f"Enhanced {len(results)} image(s) into {out}{skipped}", markup=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -22,6 +22,7 @@ import tenacity
 
 from cluster.errors import Img2ImgError
 from cluster.files import make_output_dir, write_atomic
+from serving.inputs import check_outputs, output_path, unique_files  # noqa: F401 (unique_files: this module's API too)
 
 MEDIA = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
          ".tif": "image/tiff", ".tiff": "image/tiff", ".bmp": "image/bmp", ".gif": "image/gif"}
@@ -31,7 +32,6 @@ RETRY_STATUS = {500, 502, 503, 504}
 TIME_LIMIT_HEADER = "X-Time-Limit-S"
 DEFAULT_TIMEOUT_S = 900.0  # when GET /model does not say the endpoint's limit
 TIMEOUT_MARGIN_S = 60.0
-EXTENSIONS = {"jpeg": "jpg", "tif": "tiff"}
 
 
 @dataclass
@@ -75,10 +75,6 @@ class ServiceFailure(Exception):
     def __init__(self, label: str, message: str, retry_after: float | None = None):
         super().__init__(message)
         self.label, self.message, self.retry_after = label, message, retry_after
-
-
-def output_path(src: Path, out_dir: Path, fmt: str) -> Path:
-    return out_dir / f"{src.stem}.enhanced.{EXTENSIONS.get(fmt, fmt)}"
 
 
 def _error_text(r: httpx.Response) -> str:
@@ -173,38 +169,16 @@ def _auth(api_key: str | None) -> dict:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
-def check_outputs(files: list[Path], out_dir: Path, fmt: str) -> None:
-    """Raises Img2ImgError when two inputs would write the same output file (`a/x.jpg b/x.jpg`,
-    `x.jpg x.png`: both `x.enhanced.png`), naming them, before anything is sent."""
-    seen: dict[Path, Path] = {}
-    for src in files:
-        dest = output_path(src, out_dir, fmt)
-        if dest in seen and seen[dest].resolve() != src.resolve():
-            raise Img2ImgError(f"{seen[dest]} and {src} would both be written to {dest}; "
-                               "enhance them into different --out folders")
-        seen[dest] = src
-
-
-def unique_files(files: list[Path]) -> list[Path]:
-    """`files` without repeats of the same file (by resolved path), first mention kept, in order."""
-    seen: set[Path] = set()
-    out = []
-    for f in files:
-        if f.resolve() not in seen:
-            seen.add(f.resolve())
-            out.append(f)
-    return out
-
-
 def enhance_files(files: list[Path], out_dir: Path, url: str, fmt: str = "png", api_key: str | None = None,
                   parallel: int = 4, on_done: Callable[[Outcome], None] = lambda o: None,
                   direction: str | None = None, policy: RetryPolicy | None = None,
-                  timeout: float | None = None) -> list[Outcome]:
+                  timeout: float | None = None, root: Path | None = None) -> list[Outcome]:
     """Enhance files through the endpoint, `parallel` at a time -> one Outcome per file (in
-    order). Outputs are written atomically (`.part` then rename). `timeout`: seconds per answer
+    order). Outputs are written atomically (`.part` then rename), keeping each file's folder
+    relative to `root` under `out_dir` (serving.inputs.output_path). `timeout`: seconds per answer
     (default: `client_timeout`). Raises Img2ImgError before any request when two files would
     write the same output (`check_outputs`)."""
-    check_outputs(files, out_dir, fmt)
+    check_outputs(files, out_dir, fmt, root)
     files = unique_files(files)
     timeout = timeout or client_timeout(url, api_key)
     make_output_dir(out_dir)
@@ -215,7 +189,8 @@ def enhance_files(files: list[Path], out_dir: Path, url: str, fmt: str = "png", 
         try:
             r = post_enhance(client, url, src.read_bytes(), MEDIA.get(src.suffix.lower(), "application/octet-stream"),
                              _params(fmt, direction), _auth(api_key), policy, retried)
-            dest = output_path(src, out_dir, fmt)
+            dest = output_path(src, out_dir, fmt, root)
+            make_output_dir(dest.parent)
             write_atomic(dest, r.content)  # never leave a half-written output
         except (Img2ImgError, OSError) as e:
             return Outcome(src, None, str(e), attempts=len(retried) + 1, retried=retried)

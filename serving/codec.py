@@ -17,9 +17,11 @@ import warnings
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from serving.options import over_pixel_limit
 from translator import images, samples
 
 FORMATS = images.WRITE_FORMATS
+DEPLOY_COMMAND = "img2img serve deploy --model NAME@champion"  # how an endpoint's pixel limit is raised
 # The largest side each output format can hold (WebP's VP8 header: 14 bits; JPEG's SOF: 16 bits);
 # past it Pillow fails only after the model has run, so requests are refused before.
 MAX_SIDE = {"webp": 16383, "jpeg": 65535, "jpg": 65535}
@@ -53,18 +55,22 @@ class DecodedImage:
         return self.picture.bits > 8 or self.picture.wide
 
 
-def decode(body: bytes, max_pixels: int) -> DecodedImage:
-    """Raises RequestError: 400 empty/truncated, 413 over `max_pixels`, 415 not an image."""
+def decode(body: bytes, max_pixels: int, raise_with: str = DEPLOY_COMMAND) -> DecodedImage:
+    """Raises RequestError: 400 empty/truncated, 413 over `max_pixels` (saying to raise the limit
+    with `raise_with` --max-megapixels N), 415 not an image. The size is read from the header,
+    before any pixel is decoded."""
     if not body:
         raise RequestError(400, "empty request body: send an image")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow's own bomb guard (89 MP) must not cut a limit set above it: ours is checked below.
+            warnings.simplefilter("error" if max_pixels <= (Image.MAX_IMAGE_PIXELS or 0) else "ignore",
+                                  Image.DecompressionBombWarning)
             img = images.open_or_none(body)
             width, height = (img.width, img.height) if img is not None else samples.tiff_size(body)
-            if width * height > max_pixels:
-                raise RequestError(413, f"image is {width}x{height} = {width * height / 1e6:.1f} MP, "
-                                        f"over the {max_pixels / 1e6:.1f} MP limit")
+            refusal = over_pixel_limit(width, height, max_pixels, raise_with)
+            if refusal:
+                raise RequestError(413, refusal)
             picture = images.read_picture(body, img)
     except RequestError:
         raise

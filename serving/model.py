@@ -151,7 +151,7 @@ def resolve(tracking_uri: str, model: str) -> tuple[str, str]:
         if e.error_code in ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE") or "Max retries" in str(e):
             raise Img2ImgError(f"MLflow at {tracking_uri} failed while looking up {model!r} "
                                f"({e.error_code}); is it healthy? (`img2img stack status`)") from None
-        raise no_registered_model(name) from None
+        raise no_registered_model(name, (m.name for m in client.search_registered_models())) from None
     if version is not None:
         have = sorted((str(v.version) for v in client.search_model_versions(f"name='{name}'")), key=int)
         if version not in have:

@@ -18,13 +18,21 @@ MEMORY_FORMATS = ("channels_last", "contiguous")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+# The default pixel limit: every photo phones and cameras write, 64 MP phone sensors (9248 x 6936 =
+# 64.1 MP) and 61 MP full-frame cameras (9504 x 6336) included. Tiles bound the model's memory, not
+# the whole-image buffers (decoded pixels, tiles, outputs, blend, encode): ~100 bytes a pixel, so
+# 72 MP costs ~7 GB per request in flight (benchmarks/large_photos.py; docs/your-own-photos.md).
+MAX_PIXELS = 72_000_000
+
+
 @dataclass(frozen=True)
 class ServeOptions:
     """How a replica serves. All but `num_cpus` travel in the deployment's user_config (so they
     change without restarting replicas); `num_cpus` is the replica's Ray reservation.
 
     tile / overlap: default tile edge and overlap in pixels for large images (a request may
-    override them; 16 <= tile <= 4096, 0 <= overlap < tile/2). max_pixels: larger uploads get 413.
+    override them; 16 <= tile <= 4096, 0 <= overlap < tile/2). max_pixels: larger images get 413
+    (`--max-megapixels`; the default takes what phones and cameras write, see MAX_PIXELS).
     max_batch_size / batch_wait_timeout_s: tiles of concurrent requests run together, up to this
     many, waiting at most this many seconds to fill a batch (1 = off: measured slower on CPU).
     runtime: auto (torch on GPU; on CPU the fastest of onnx, torch fp32 and torch bf16, timed on
@@ -35,7 +43,7 @@ class ServeOptions:
 
     tile: int = TILE
     overlap: int = OVERLAP
-    max_pixels: int = 16_000_000
+    max_pixels: int = MAX_PIXELS
     max_batch_size: int = 1
     batch_wait_timeout_s: float = 0.01
     num_cpus: float = 0.5
@@ -74,6 +82,15 @@ class ServeOptions:
         out = asdict(self)
         out.pop("num_cpus")
         return out
+
+
+def over_pixel_limit(width: int, height: int, max_pixels: int, command: str) -> str | None:
+    """The refusal of a `width` x `height` image over `max_pixels`, saying how to raise the limit
+    with `command` (e.g. "img2img serve deploy --model NAME@champion"), or None when it fits."""
+    if width * height <= max_pixels:
+        return None
+    return (f"image is {width}x{height} = {width * height / 1e6:.1f} MP, over the {max_pixels / 1e6:.1f} MP limit; "
+            f"raise it with: {command} --max-megapixels {math.ceil(width * height / 1e6)}")
 
 
 def tiling_problem(tile: int, overlap: int) -> str | None:

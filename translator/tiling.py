@@ -93,7 +93,7 @@ def merge(tiles: torch.Tensor, plan: TilePlan) -> torch.Tensor:
         window = torch.outer(wy, wx)
         out[0, :, t:t + th, l:l + tw] += tile * window
         weight[0, 0, t:t + th, l:l + tw] += window
-    return (out / weight)[..., : plan.height, : plan.width]
+    return out.div_(weight)[..., : plan.height, : plan.width]  # in place: one image-sized buffer less
 
 
 @torch.inference_mode()

@@ -98,6 +98,21 @@ def register_tiny_autoencoder(settings, name: str, seed: int) -> str:
     return version
 
 
+def new_version(settings, model: str, tags: dict) -> str:
+    """Another version of `model` registered from its v1's run (the same weights), with `tags`
+    over v1's; -> its version."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    client = MlflowClient(settings.mlflow_uri)
+    v1 = client.get_model_version(model, "1")
+    mv = mlflow.register_model(f"runs:/{v1.run_id}/model", model)
+    for k, v in {**v1.tags, **tags}.items():
+        client.set_model_version_tag(model, mv.version, k, v)
+    return str(mv.version)
+
+
 def untrained_val_psnr(settings, dataset: str, variant: str, **spec_kw) -> float:
     """The val set's PSNR (dB, pooled MSE: translator.metrics.SetTally) of `variant` as training starts it (rank 0's seed, untrained), scored as
     the training loop's validation does: paired output vs target; unpaired by cycle consistency

@@ -16,6 +16,7 @@ from PIL import Image, ImageFilter
 from cluster.errors import Img2ImgError
 from jobs import registry
 from tests.integration.conftest import encoded as png
+from tests.integration.conftest import new_version as _new_version
 
 pytestmark = pytest.mark.integration
 
@@ -72,16 +73,18 @@ def test_multipart_formats_and_odd_modes(endpoint):
     (b"definitely not an image", "image/png", 415),
     (None, "image/png", 400),  # truncated PNG
     (b"hello", "text/plain", 415),
-    (None, "image/bmp", 413),  # 20000 x 1000 = 20 MP > 16 MP
+    (None, "image/bmp", 413),  # 80000 x 1000 = 80 MP > 72 MP (1-bit BMP: a 10 MB body)
 ])
 def test_bad_input_gets_json_errors_and_the_replica_survives(endpoint, body, ctype, status):
     if body is None and status == 400:
         body = png(Image.new("RGB", (64, 64), "blue"))[:60]
     if body is None and status == 413:
-        body = png(Image.new("1", (20000, 1000)), "BMP")
+        body = png(Image.new("1", (80000, 1000)), "BMP")
     r = post(endpoint, body, ctype)
     assert r.status_code == status
     assert "error" in r.json()
+    if status == 413:  # says how to raise the limit
+        assert "raise it with: img2img serve deploy --model NAME@champion --max-megapixels 80" in r.json()["error"]
     assert httpx.get(endpoint + "/healthz", timeout=30).status_code == 200
 
 
@@ -172,18 +175,6 @@ def test_api_key_required_when_configured(stack, cli, demo_run, monkeypatch):
     finally:
         monkeypatch.delenv("IMG2IMG_SERVE_API_KEY")
         deploy(get_settings(), f"{demo_run.model}@champion", wait_s=120)
-
-
-def _new_version(stack, model, tags):
-    import mlflow
-
-    mlflow.set_tracking_uri(stack.mlflow_uri)
-    client = MlflowClient(stack.mlflow_uri)
-    v1 = client.get_model_version(model, "1")
-    mv = mlflow.register_model(f"runs:/{v1.run_id}/model", model)
-    for k, v in {**v1.tags, **tags}.items():
-        client.set_model_version_tag(model, mv.version, k, v)
-    return str(mv.version)
 
 
 def test_promote_rollback_refusal_and_reload(stack, cli, demo_run):
@@ -310,7 +301,7 @@ def test_export_logged_to_registry_then_served_with_onnx_runtime(stack, cli, dem
     finally:
         deploy(get_settings(), model, wait_s=300)
     r = cli("enhance", tmp_path / "g.onnx", "--local", "--model", model, "--runtime", "onnx", "-o", tmp_path / "o")
-    assert r.exit_code == 1 and "1 of 1 image(s) failed" in r.output  # not an image: refused per file
+    assert r.exit_code == 1 and "no image to enhance" in r.output and "g.onnx (not an image file" in r.output
     (tmp_path / "in.png").write_bytes(body)
     r = cli("enhance", tmp_path / "in.png", "--local", "--model", model, "--runtime", "onnx", "-o", tmp_path / "o")
     assert r.exit_code == 0, r.output

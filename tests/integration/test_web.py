@@ -165,7 +165,7 @@ def test_page_enhances_a_photo_and_compares_before_after(open_page, demo_run, st
 
 @pytest.mark.parametrize("name, make, status, words", [
     ("notes.png", lambda p: p.write_text("not a photo"), "415", "not an image"),  # named like one: sent
-    ("huge.bmp", lambda p: Image.new("1", (20000, 1000)).save(p), "413", "20.0 mp"),  # 20 MP > 16 MP
+    ("huge.bmp", lambda p: Image.new("1", (80000, 1000)).save(p), "413", "80.0 mp"),  # 80 MP > 72 MP
 ])
 def test_page_shows_the_api_error(open_page, tmp_path, name, make, status, words):
     page = open_page()

@@ -133,11 +133,16 @@ def test_output_paths_are_checked_before_any_work(cli, tmp_path, monkeypatch):
 def test_enhance_input_mistakes_are_named_once_before_progress(cli, tmp_path):
     img = tmp_path / "x.png"
     Image.new("RGB", (8, 8)).save(img)
-    cases = [((tmp_path,), f"{tmp_path} is a folder; give the image files in it"),
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("x")
+    cases = [((tmp_path / "notes",), "no image to enhance (looked for .bmp, "),
              ((tmp_path / "nope.png",), "no such file"),
              ((img, img, "--format", "gif"), "unsupported --format 'gif': use png, jpeg, webp or tiff"),
              ((img, "--local"), "--local needs --model"),
-             ((img, "--model", "photos"), "--model goes with --local")]
+             ((img, "--model", "photos"), "--model goes with --local"),
+             ((img, "--max-megapixels", "100"), "--max-megapixels goes with --local; the endpoint's limit is set "
+                                                "by: img2img serve deploy --model NAME@champion --max-megapixels N"),
+             ((img, "--local", "--model", "m", "--max-megapixels", "0"), "--max-megapixels must be a finite number > 0")]
     for args, message in cases:
         r = cli("enhance", *args, "--url", "http://127.0.0.1:9")
         assert r.exit_code == 1, r.output
