@@ -106,7 +106,8 @@ def test_an_evaluation_waits_behind_a_training_and_starts_once_stopping_it_freed
     flat = " ".join(cli("jobs", "ls").output.split())
     assert "eval queue-eval/" in flat and "QUEUED #1" in flat and f"behind {training}" in flat, flat
     # Serve replicas cannot take the CPUs the jobs reserved either
-    refused = cli("serve", "deploy", "--model", f"queue-eval/{version}", "--min-replicas", "3", "--num-cpus", "3")
+    refused = cli("serve", "deploy", "--model", f"queue-eval/{version}", "--min-replicas", "3", "--max-replicas", "3",
+                  "--num-cpus", "3")
     assert refused.exit_code == 1 and "are not reserved by jobs" in " ".join(refused.output.split()), refused.output
 
     began = time.time()
