@@ -408,17 +408,21 @@ def _mark_killed(settings: Settings, run_id: str) -> None:
 
 
 def _live_actors(settings: Settings, ray_job_id: str) -> list[dict]:
-    """The job's actors still alive (its Train workers, data actors), from Ray's state API."""
+    """The job's actors still alive that hold CPUs or GPUs (its Train workers, Scorers), from
+    Ray's state API. Ray Data's detached bookkeeping actors (`_StatsActor`, 0 CPUs) outlive
+    every job by design and are left out."""
     import httpx
 
     try:
         r = httpx.get(settings.ray_address.rstrip("/") + "/api/v0/actors",
-                      params={"limit": 1000, "filter_keys": ["job_id", "state"], "filter_predicates": ["=", "="],
-                              "filter_values": [ray_job_id, "ALIVE"]},
+                      params={"limit": 1000, "detail": "true", "filter_keys": ["job_id", "state"],
+                              "filter_predicates": ["=", "="], "filter_values": [ray_job_id, "ALIVE"]},
                       headers=settings.ray_auth_headers(), timeout=10)
-        return ((r.json().get("data") or {}).get("result") or {}).get("result") or []
+        actors = ((r.json().get("data") or {}).get("result") or {}).get("result") or []
     except Exception:
         return []
+    return [a for a in actors if any(v > 0 for k, v in (a.get("required_resources") or {}).items()
+                                     if "CPU" in k or "GPU" in k)]
 
 
 __all__ = ["submit", "submit_job", "admit", "run_local", "job_client", "wait", "follow_progress", "job_rows", "job_info", "job_summary",

@@ -1,8 +1,9 @@
 """Many jobs at once: they queue through Ray's own admission and run one after another in order
 (priority first), never two at once when only one fits, and a queued job can be cancelled.
 
-Jobs here are sized so that only one fits the `stack` fixture's 8 CPUs at a time: 2 workers x 3
-CPUs + 1 for the data + 0.5 for the driver = 7.5 admission CPUs (tiny networks, 4 steps)."""
+Jobs here are sized so that only one fits the `stack` fixture's 8 CPUs at a time: 2 workers x 2
+CPUs + 1 for the data + 0.5 for the driver = 5.5 admission CPUs (tiny networks, 4 steps), which
+still fits beside the Serve replicas an earlier test may have left (up to 2 CPUs)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 from tests.integration.conftest import register_tiny_autoencoder, wait_job
 
 BIG = ["--variant", "autoencoder", "--set", "nf=8", "--image-size", "64", "--batch-size", "8", "--max-steps", "4",
-       "--workers", "2", "--cpus-per-worker", "3", "--experiment", "queue"]
+       "--workers", "2", "--cpus-per-worker", "2", "--experiment", "queue"]
 
 
 def _submit(dataset: str, name: str, *extra: str) -> subprocess.Popen:
@@ -66,7 +67,7 @@ def test_jobs_submitted_together_queue_in_order_priority_goes_first_and_a_cancel
     listed = cli("jobs", "ls")
     assert listed.exit_code == 0 and "Traceback" not in listed.output, listed.output
     flat = " ".join(listed.output.split())
-    assert "QUEUED #1" in flat and "needs 7.5 CPUs" in flat and "queue-high" in flat, listed.output
+    assert "QUEUED #1" in flat and "needs 5.5 CPUs" in flat and "queue-high" in flat, listed.output
     assert f"behind {first}" in flat, listed.output
 
     stopped = cli("jobs", "stop", c)
@@ -94,9 +95,9 @@ def test_an_evaluation_waits_behind_a_training_and_starts_once_stopping_it_freed
     training = _job_id(_submit(blur_dataset, "queue-d", "--max-steps", "400"))
     run_id = client.get_job_info(training).metadata["run_id"]
     result: dict = {}
-    # 1 Scorer x 1 CPU + 1.5 beside the training's 7.5: more than 8, so it waits its turn
+    # 1 Scorer x 2 CPUs + 1.5 beside the training's 5.5: more than 8, so it waits its turn
     scoring = threading.Thread(target=lambda: result.update(
-        evaluate(stack, f"queue-eval/{version}", blur_dataset, "val", limit=2)))
+        evaluate(stack, f"queue-eval/{version}", blur_dataset, "val", limit=2, cpus_per_worker=2.0)))
     scoring.start()
     deadline = time.time() + 300
     while ml.get_run(run_id).data.tags.get("img2img.phase") != "training":
@@ -104,6 +105,10 @@ def test_an_evaluation_waits_behind_a_training_and_starts_once_stopping_it_freed
         time.sleep(2)
     flat = " ".join(cli("jobs", "ls").output.split())
     assert "eval queue-eval/" in flat and "QUEUED #1" in flat and f"behind {training}" in flat, flat
+    # Serve replicas cannot take the CPUs the jobs reserved either
+    refused = cli("serve", "deploy", "--model", f"queue-eval/{version}", "--min-replicas", "3", "--max-replicas", "3",
+                  "--num-cpus", "3")
+    assert refused.exit_code == 1 and "are not reserved by jobs" in " ".join(refused.output.split()), refused.output
 
     began = time.time()
     r = cli("jobs", "stop", training)
