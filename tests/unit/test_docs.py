@@ -163,16 +163,30 @@ def relative_links():
     for doc in DOCS:
         text = re.sub(r"`[^`\n]*`", "", FENCE.sub("", doc.read_text()))
         for target in LINK.findall(text):
-            if re.match(r"[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
-                continue  # a URL or an anchor in the same page
+            if re.match(r"[a-z][a-z0-9+.-]*:", target):
+                continue  # a URL
             yield pytest.param(doc, target, id=f"{doc.relative_to(ROOT)} -> {target}")
+
+
+def anchors(page: Path) -> set[str]:
+    """GitHub's anchors for a markdown page's headings: lower case, punctuation dropped, spaces -> '-'."""
+    headings = re.findall(r"^#{1,6} +(.+?) *$", FENCE.sub("", page.read_text()), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
 
 
 @pytest.mark.parametrize(("doc", "target"), list(relative_links()))
 def test_every_relative_link_points_at_a_file(doc, target):
-    path = (doc.parent / target.split("#")[0]).resolve()
+    file, _, anchor = target.partition("#")
+    path = (doc.parent / file).resolve() if file else doc
     rel = path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
     assert path.exists() or rel in PLANNED, f"{doc.relative_to(ROOT)} links to {target}, which does not exist"
+    if anchor and path.exists() and path.suffix == ".md":
+        assert anchor in anchors(path), f"{doc.relative_to(ROOT)} links to {target}: no such heading in {rel}"
+
+
+def test_anchors_follow_github():
+    page = ROOT / "docs" / "serving.md"
+    assert {"what-keeps-a-replica-fast", "the-client-img2img-enhance", "planned-stops-and-time-limits"} <= anchors(page)
 
 
 def test_readme_is_a_landing_page():
