@@ -1,15 +1,17 @@
 """Serving latency and throughput, every runtime side by side in ONE run (so a busy machine
 slows all alike; compare ratios, not absolute times): p50/p95 and images/s for 256x256 and
-1024x1024 PNGs of a photo (codec included; "today" in-process rows encode PNG at the zlib level
-used then, 6; every other row at the level the platform uses now, 1). "Today" rows also run with
-glibc's malloc defaults; every other row keeps freed memory in the process as the platform now
-does (translator/allocator.py). --interleaved runs all its rows at glibc's defaults.
+1024x1024 PNGs of a photo (codec included).
 
-In-process: today's path (PyTorch NCHW fp32, all CPUs), channels_last fp32, channels_last bf16
-(where the CPU has native bf16), ONNX Runtime; plus a tile-size sweep at 1024x1024.
-Serve (1 replica): today's defaults as benchmarked before (NCHW fp32, 1 CPU, batching on), and
-torch NCHW / torch channels_last + auto precision / ONNX Runtime on 2 CPUs, batching off and on,
-at concurrency 1 and 16. Also reports the torch threads a replica gets from Ray at num_cpus 0.5.
+The baseline, labelled "(today)" in the tables, is a plain PyTorch script: NCHW fp32, PNG at
+Pillow's default zlib level 6, glibc's malloc defaults. Every other row encodes PNG at the
+platform's level 1 and keeps freed memory in the process (translator/allocator.py), as the
+platform does. --interleaved runs all its rows at glibc's defaults.
+
+In-process: the baseline (all CPUs), channels_last fp32, channels_last bf16 (where the CPU has
+native bf16), ONNX Runtime; plus a tile-size sweep at 1024x1024.
+Serve (1 replica): the baseline configuration (NCHW fp32, 1 CPU, batching on), and torch NCHW /
+torch channels_last + auto precision / ONNX Runtime on 2 CPUs, batching off and on, at
+concurrency 1 and 16. Also reports the torch threads a replica gets from Ray at num_cpus 0.5.
 
 Usage: python benchmarks/serve_latency.py [--model NAME@champion]  (default: the demo's model)
        python benchmarks/serve_latency.py --interleaved [--size 256] [--rounds 5]
@@ -51,8 +53,8 @@ def _image(size: int) -> bytes:
     return buf.getvalue()
 
 
-# "Today" (when issue #16 was filed) wrote PNGs at Pillow's default zlib level; rows labelled
-# (today) in-process keep it, so their baseline is what users had.
+# The baseline rows, labelled "(today)", write PNGs at Pillow's default zlib level, as a plain
+# PyTorch + Pillow script does.
 TODAY_PNG_LEVEL = 6
 
 
@@ -165,8 +167,8 @@ def _post_one(client, url: str, body: bytes) -> tuple[float, float]:
 
 def quick(settings, model: str, n: int = 20) -> None:
     """The 256x256, concurrency-1 latency target alone (a few minutes). Each Serve configuration
-    (today's, torch channels_last auto, ONNX Runtime, the default runtime; 2 CPUs) is measured in
-    `n` rounds of one request each, interleaved with one run of today's in-process path, so load
+    (the baseline's, torch channels_last auto, ONNX Runtime, the default runtime; 2 CPUs) is measured
+    in `n` rounds of one request each, interleaved with one run of the baseline in-process path, so load
     from other jobs on a shared machine hits both sides of each ratio alike. Then the in-process
     torch bf16 path (what the fastest replica runs, without Serve)."""
     import httpx
@@ -222,7 +224,7 @@ def quick(settings, model: str, n: int = 20) -> None:
     rows.insert(0, _row(256, "in-process", "torch NCHW fp32 (today)", "-", 1, all_today,
                         len(all_today) / sum(all_today), base) + [base * 1e3, "-"])
     del today
-    retain_freed_memory()  # as the platform's paths do; today's runs above were without it
+    retain_freed_memory()  # as the platform's paths do; the baseline runs above were without it
     if cpu_has_native_bf16():  # what the best Serve row runs inside its replica, without Serve
         m = load(settings.mlflow_uri, name, version, threads=CPUS, runtime="torch", memory_format="channels_last",
                  precision="bf16")
@@ -268,7 +270,7 @@ def main() -> None:
     name, version = resolve(settings.mlflow_uri, args.model)
     bodies = {s: _image(s) for s in SIZES}
     rows, notes = [], []
-    base: dict[int, float] = {}  # today's in-process p50 per size
+    base: dict[int, float] = {}  # the baseline's in-process p50 per size
 
     # ---- in-process -------------------------------------------------------------------------
     configs = [("torch NCHW fp32 (today)", dict(runtime="torch", memory_format="contiguous", precision="fp32")),
@@ -288,7 +290,7 @@ def main() -> None:
             if label.endswith("(today)"):
                 base[size] = percentile(lat, 50)
             rows.append(_row(size, "in-process", label, "-", 1, lat, rate, base.get(size)))
-        retain_freed_memory()  # process-wide and sticky: after today's rows, for every later one
+        retain_freed_memory()  # process-wide and sticky: after the baseline's rows, for every later one
     # Tile size at 1024x1024 for the auto torch runtime (the default candidate).
     m = load(settings.mlflow_uri, name, version, threads=CPUS, runtime="torch")
     tile_p50 = {}

@@ -1,7 +1,7 @@
 """Training samples/s per variant: the Ray Train job (2 DDP workers, and 1) vs a bare
 single-process PyTorch loop over the same model and in-memory data (ratio = Ray overhead).
 Then (alone with `--bookkeeping`) the share of a job spent validating and checkpointing,
-every epoch (before issue 12) vs the default cadence."""
+every epoch (`--checkpoint-every epoch`) vs the default cadence (`auto`)."""
 
 from __future__ import annotations
 
@@ -82,8 +82,8 @@ def bookkeeping_share(settings, dataset: str, cadence: str, steps: int = BOOKKEE
 
 
 def bookkeeping(settings, dataset: str = "bench-paired", steps: int = BOOKKEEPING_STEPS) -> None:
-    """Issue 12.3: the share of a job spent validating/checkpointing, before (every epoch, the
-    old behaviour) and after (the default cadence)."""
+    """The share of a job spent validating/checkpointing: every epoch (the table's "before" row)
+    against the default cadence, `auto` (its "after" row)."""
     from jobs.plan import DEFAULT_CADENCE_S
 
     rows = []

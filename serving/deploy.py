@@ -96,7 +96,7 @@ def deploy(settings: Settings, model: str = "", *, min_replicas: int = 1, max_re
     `threads` per replica (default: floor(num_cpus), at least 1); `memory_format` and `precision`
     apply to torch. `request_timeout_s` (default: sized from the replica's measured speed) bounds a
     request; planned replica stops wait that long plus a margin. `retain_freed_memory=False` starts
-    replicas with glibc's malloc defaults (translator/allocator.py; the benchmarks' "today" rows)."""
+    replicas with glibc's malloc defaults (translator/allocator.py; the benchmarks' baseline rows)."""
     from serving.model import resolve, version_run_id
     from serving.runtime import threads_for
 

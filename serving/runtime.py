@@ -152,8 +152,8 @@ def _choose(candidates: list[Runtime], ms: list[float]) -> int:
     runtime keeps the size unless another is DISPLACE_BF16 x faster. bf16 is a candidate only
     where the CPU computes it natively and its output stayed within one 8-bit level of fp32 on
     this model, and there it has been the fastest in every quiet measurement (a 2-CPU replica:
-    34-36 ms against 42-54 ms at 256 px). Timed once at start on a busy machine, near-ties went
-    to runtimes that then served 15-30% slower (session 10: 2 of 5 starts)."""
+    34-36 ms against 42-54 ms at 256 px). Timed once at start on a busy machine, near-ties go
+    to runtimes that then serve 15-30% slower (2 of 5 starts measured without this margin)."""
     fastest = min(range(len(ms)), key=ms.__getitem__)
     bf16 = next((i for i, c in enumerate(candidates) if c.precision == "bf16"), None)
     if bf16 is not None and ms[fastest] * DISPLACE_BF16 > ms[bf16]:

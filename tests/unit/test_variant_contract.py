@@ -43,14 +43,14 @@ def test_cli_help_lists_the_registry_without_importing_torch():
     assert out.strip() == "False"
 
 
-def test_the_readme_adding_a_variant_example_trains():
+def test_the_architecture_page_new_variant_example_trains():
     import re
     from pathlib import Path
 
     import torch
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    code = re.search(r"```python\n# translator/variants/unet_l1.py\n(.*?)```", readme, re.S)[1]
+    page = (Path(__file__).resolve().parents[2] / "docs" / "architecture.md").read_text()
+    code = re.search(r"```python\n# translator/variants/unet_l1.py\n(.*?)```", page, re.S)[1]
     ns: dict = {}
     exec(compile(code, "unet_l1.py", "exec"), ns)
     variant = ns["UnetL1"].from_config({"ngf": "8"})

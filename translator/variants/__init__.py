@@ -1,5 +1,5 @@
 """The variant registry: name -> class. Adding a variant: one file, a line here and one in
-`translator/catalog.py` (see README "Adding a variant")."""
+`translator/catalog.py` (docs/architecture.md, "A new variant")."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Presets: `tiny` (CPU-friendly, the default), `width32` and `gopro` (the paper's GoPro config)
 for GPU clusters. L1 loss (or the paper's PSNR loss), AdamW betas (0.9, 0.9), cosine decay; lr
 1e-3 as in the paper, 2e-3 for `tiny` (PRESET_LR).
-Defaults measured on 2 CPU cores (benchmarks/quality.py, issue #19): an EMA of the weights
+Defaults measured on 2 CPU cores (benchmarks/quality.py; docs/benchmarks.md): an EMA of the weights
 (`ema_decay` 0.999) is what is validated and served, and crops are seen in all 8 orientations
 (`augment=d4`, BasicSR's paired-restoration augmentation); together +0.74 dB on held-out
 Gaussian-1.5 photos at 10 CPU-minutes (35.87 -> 36.61 dB, above the true-kernel Wiener filter).
