@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -220,9 +221,10 @@ def arrow_filesystem(settings: Settings | None = None):
                            retry_strategy=fs.AwsStandardS3RetryStrategy(max_attempts=settings.s3_max_attempts))
 
 
-# pyarrow's words (AWS SDK error names) for a store that failed transiently on every try.
-ARROW_TRANSIENT = ("SLOW_DOWN", "SERVICE_UNAVAILABLE", "INTERNAL_FAILURE", "THROTTLING", "NETWORK_CONNECTION",
-                   "REQUEST_TIMEOUT", "HTTP response code: 50")
+# pyarrow's words for a store that failed transiently on every try: the AWS SDK's error name
+# ("AWS Error SLOW_DOWN") or, for an answer without an error document (a HEAD), the status.
+ARROW_TRANSIENT = {"SLOW_DOWN", "SERVICE_UNAVAILABLE", "INTERNAL_FAILURE", "THROTTLING", "NETWORK_CONNECTION",
+                   "REQUEST_TIMEOUT"}
 
 
 @contextlib.contextmanager
@@ -234,8 +236,10 @@ def arrow_errors(settings: Settings | None = None) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        text = str(e)
-        if not any(word in text for word in ARROW_TRANSIENT):
+        name = re.search(r"AWS Error (\w+)", str(e))
+        status = re.search(r"HTTP (?:status|response code):? (\d{3})", str(e))
+        name, status = name and name.group(1), status and int(status.group(1))
+        if name not in ARROW_TRANSIENT and status not in TRANSIENT_STATUS:
             raise
-        answer = next((w for w in ARROW_TRANSIENT if w in text), "error").removesuffix(": 50")
+        answer = " ".join(part for part in (status and f"HTTP {status}", name != "UNKNOWN" and name) if part)
         raise unavailable(settings.s3_url, answer, settings.s3_max_attempts, time.monotonic() - start) from None

@@ -167,6 +167,6 @@ def test_a_store_that_always_throttles_is_reported_unavailable_in_one_line(stack
         assert "is unavailable: HTTP 503 SlowDown on all 3 tries" in r.output, r.output
 
         settings = get_settings()
-        with pytest.raises(Img2ImgError, match=f"S3 at http://{proxy.hostport} is unavailable: SLOW_DOWN"):
+        with pytest.raises(Img2ImgError, match=f"S3 at http://{proxy.hostport} is unavailable: HTTP 503 on all 3"):
             with arrow_errors(settings):
                 pq.read_table(f"{settings.bucket}/datasets/{blur_dataset}", filesystem=arrow_filesystem(settings))
