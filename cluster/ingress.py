@@ -13,6 +13,12 @@ side by side with other stacks, and this module mends both:
   (`bind *:8404`, `bind :9101`), with no setting for the host. `ray_env` points Ray at a
   two-line wrapper (`RAY_SERVE_HAPROXY_BINARY_PATH`) that rewrites every host-less bind of the
   config to the stack's host before it runs the real binary;
+- a replica's HTTP server starts reading each request's body before the app sees it (Serve
+  watches every connection for a disconnect), so a request with `Expect: 100-continue` is
+  answered `100 Continue` at once and the app can no longer refuse an oversized body before it
+  is sent. The wrapper adds one rule to the HTTP frontend: such requests carry Serve's
+  `x-request-disconnect-disabled: ?1`, Serve leaves their body unread, and the app answers
+  413 before it (it watches those requests' disconnects itself: serving/app.py);
 - its ports and files are fixed (8404, 9101, the fallback proxy's 8500 and 9500, replicas in
   30000-31000, /tmp/haproxy-serve): each stack gets its own. Two stacks on one fallback port
   both bound it (SO_REUSEPORT), so one stack's HAProxy could fall back to the other's proxy.
@@ -32,6 +38,10 @@ from pathlib import Path
 from cluster.errors import Img2ImgError
 
 WRAPPER = "haproxy-on-host"
+# Added to Ray's HTTP frontend (see the module docstring): Serve reads no body of these requests
+# ahead of the app, so the app can refuse one announced over its size limit before the client sends it.
+EXPECT_RULE = ("http-request set-header x-request-disconnect-disabled ?1 "
+               "if { req.hdr(expect) -m str -i 100-continue }")
 # A stopping replica stays reachable this long so HAProxy, reloaded with the new server list
 # (well under a second on one node), stops routing to it; Ray's default, 30 s, is sized for
 # cloud load balancers and would add 30 s to every redeploy and scale-down. A request HAProxy
@@ -100,12 +110,14 @@ def resolve(choice: str) -> str:
 def write_wrapper(directory: Path, binary: str, host: str) -> Path:
     """Write the executable that Ray starts instead of HAProxy: it rewrites each `bind :PORT` /
     `bind *:PORT` / `bind 0.0.0.0:PORT` / `bind [::]:PORT` line of the config file given with
-    `-f` to `bind HOST:PORT`, exits 1 without starting HAProxy if such a line is left, then
-    execs `binary` with the same arguments. Returns its path."""
+    `-f` to `bind HOST:PORT`, adds `EXPECT_RULE` to `frontend http_frontend` (once), exits 1
+    without starting HAProxy if a bind line off the host is left, then execs `binary` with the
+    same arguments. Returns its path."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / WRAPPER
     wild = r"^([[:space:]]*bind[[:space:]]+)(\*|0\.0\.0\.0|\[?::\]?)?:([0-9]+)"
     sed = rf"s/{wild}/\1{host}:\3/"
+    expect = f"/^frontend http_frontend$/a\\    {EXPECT_RULE}"
     ours = r"^[[:space:]]*bind[[:space:]]+" + re.escape(host) + ":"
     path.write_text(
         "#!/bin/sh\n"
@@ -115,6 +127,7 @@ def write_wrapper(directory: Path, binary: str, host: str) -> Path:
         'for arg in "$@"; do\n'
         '  if [ "$prev" = "-f" ]; then\n'
         f'    sed -i -E {shlex.quote(sed)} "$arg" || exit 1\n'
+        f'    grep -q x-request-disconnect-disabled "$arg" || sed -i {shlex.quote(expect)} "$arg" || exit 1\n'
         "    # Fail closed: a listener on any other address (a bind form this rewrite does not know)\n"
         "    # must not start.\n"
         f'    if grep -E {shlex.quote(r"^[[:space:]]*bind[[:space:]]")} "$arg" | grep -vqE {shlex.quote(ours)}; then\n'

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     s3_secret_key: SecretStr | None = Field(None, validation_alias=_alias("S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY"))
     s3_secure: bool = Field(False, description="https to the S3 endpoint")
     s3_region: str = "us-east-1"
+    s3_max_attempts: int = Field(5, ge=1, le=20, description="tries per object-store request before the store is "
+                                 "reported unavailable: 500/502/503/504, SlowDown and connection resets are retried "
+                                 "with exponential backoff (docs/object-store.md)")
     bucket: str = Field("img2img", description="bucket for datasets, checkpoints and MLflow artifacts")
     mlflow_uri: str = Field("http://127.0.0.1:5000", validation_alias=_alias("MLFLOW_URI", "MLFLOW_TRACKING_URI"))
     ray_address: str = Field("http://127.0.0.1:8265", description="Ray dashboard / Jobs API")
@@ -119,6 +122,7 @@ class Settings(BaseSettings):
         "Found multiple active Ray instances" with two stacks side by side)."""
         return {"IMG2IMG_S3_ENDPOINT": self.s3_endpoint, "IMG2IMG_S3_SECURE": str(self.s3_secure).lower(),
                 "IMG2IMG_BUCKET": self.bucket, "IMG2IMG_MLFLOW_URI": self.mlflow_uri,
+                "IMG2IMG_S3_MAX_ATTEMPTS": str(self.s3_max_attempts),
                 "RAY_API_SERVER_ADDRESS": self.ray_address}
 
     def ray_token_file(self) -> Path | None:

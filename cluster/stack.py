@@ -211,6 +211,8 @@ class Stack:
         raise Img2ImgError("no free pair of ports (P, P+10000) for the S3 store's admin service")
 
     def _start_mlflow(self) -> int:
+        from cluster.storage import mlflow_server_env
+
         access, secret = self.settings.s3_keys()
         db = self.root / "mlflow" / "mlflow.db"
         db.parent.mkdir(parents=True, exist_ok=True)
@@ -219,7 +221,8 @@ class Stack:
                "--backend-store-uri", f"sqlite:///{db}",
                "--artifacts-destination", f"s3://{self.settings.bucket}/mlflow-artifacts", "--workers", "1"]
         env = {"MLFLOW_S3_ENDPOINT_URL": self.settings.s3_url, "AWS_ACCESS_KEY_ID": access,
-               "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": self.settings.s3_region}
+               "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": self.settings.s3_region,
+               **mlflow_server_env(self.settings.s3_max_attempts)}
         return self._spawn("mlflow", cmd, env).pid
 
     def _start_ray(self, state: dict) -> None:

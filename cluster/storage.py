@@ -2,12 +2,21 @@
 
 Every failure a user can cause (wrong keys, unreachable endpoint, missing bucket) becomes one
 `Img2ImgError` line naming the endpoint, never the secret.
+
+Transient failures of the store (HTTP 500/502/503/504, S3's `SlowDown`, refused or reset
+connections) are retried with exponential backoff by the HTTP layer itself: urllib3's `Retry`
+under the MinIO SDK (`retry_policy`), the AWS SDK's standard retry strategy under pyarrow
+(`arrow_filesystem`, read by Ray Data and Ray Train), and boto3's standard mode in the MLflow
+server (`mlflow_server_env`). `IMG2IMG_S3_MAX_ATTEMPTS` tries in all; once they are spent the
+store is reported unavailable in one line (docs/object-store.md).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,7 +24,7 @@ from datetime import datetime
 import urllib3
 from minio import Minio
 from minio.deleteobjects import DeleteObject
-from minio.error import S3Error
+from minio.error import InvalidResponseError, S3Error, ServerError
 from minio.helpers import check_bucket_name
 
 from cluster.errors import Img2ImgError
@@ -29,6 +38,43 @@ class Conflict(Img2ImgError):
     """A conditional write lost (HTTP 412): the object appeared, or changed, since it was read."""
 
 
+# What a store answers when it is busy or briefly down: worth another try, never the caller's fault.
+TRANSIENT_STATUS = (500, 502, 503, 504)
+TRANSIENT_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling",
+                   "ThrottlingException", "RequestLimitExceeded"}
+# Exponential backoff between tries (urllib3: 0, then factor * 2^(n-1) s, capped, plus up to
+# BACKOFF_JITTER_S at random so clients throttled together do not come back together):
+# 5 tries wait about 0 + 1 + 2 + 4 = 7 s before the store is called unavailable.
+BACKOFF_FACTOR_S, BACKOFF_MAX_S, BACKOFF_JITTER_S = 0.5, 8.0, 0.25
+
+
+def retry_policy(retries: int) -> urllib3.Retry:
+    """urllib3's retry for every MinIO SDK request: up to `retries` more tries after the first
+    on a refused/reset connection or an HTTP 500/502/503/504 answer (S3 `SlowDown` is a 503),
+    for every method (S3 requests are idempotent: a PUT writes the same bytes to the same key),
+    with exponential backoff. `Retry-After` is not followed: a store asking for an hour would
+    otherwise hold a command that long. Once spent, the last answer is handed to the SDK, which
+    raises it (`Storage.errors` turns it into one line)."""
+    return urllib3.Retry(total=retries, connect=retries, read=retries, status=retries, other=0,
+                         status_forcelist=TRANSIENT_STATUS, allowed_methods=None, raise_on_status=False,
+                         respect_retry_after_header=False, backoff_factor=BACKOFF_FACTOR_S,
+                         backoff_max=BACKOFF_MAX_S, backoff_jitter=BACKOFF_JITTER_S)
+
+
+def unavailable(endpoint: str, answer: str, attempts: int, seconds: float) -> Img2ImgError:
+    """The one line for a store that kept failing: `answer` (its last answer, e.g. "HTTP 503 SlowDown")
+    on all `attempts` tries over `seconds`."""
+    return Img2ImgError(f"the object store S3 at {endpoint} is unavailable: {answer.strip()} on all {attempts} "
+                        f"tries over {seconds:.0f} s (IMG2IMG_S3_MAX_ATTEMPTS); try again later")
+
+
+def mlflow_server_env(max_attempts: int) -> dict[str, str]:
+    """Environment for the MLflow server, which proxies artifacts to the store through boto3:
+    boto3's `standard` retry mode (transient errors, throttling, exponential backoff with
+    jitter) with `max_attempts` tries in all."""
+    return {"AWS_RETRY_MODE": "standard", "AWS_MAX_ATTEMPTS": str(max_attempts)}
+
+
 @dataclass
 class ObjectInfo:
     key: str
@@ -37,7 +83,9 @@ class ObjectInfo:
 
 
 class Storage:
-    def __init__(self, settings: Settings | None = None, bucket: str | None = None, retries: int = 2):
+    def __init__(self, settings: Settings | None = None, bucket: str | None = None, retries: int | None = None):
+        """`retries`: tries after the first (None: `IMG2IMG_S3_MAX_ATTEMPTS` in all; 0 for a
+        health probe that must answer at once)."""
         self.settings = settings or get_settings()
         self.bucket = bucket or self.settings.bucket
         self.endpoint = self.settings.s3_url
@@ -51,8 +99,9 @@ class Storage:
             raise Img2ImgError(
                 f"no S3 credentials for {self.endpoint}: set IMG2IMG_S3_ACCESS_KEY and "
                 "IMG2IMG_S3_SECRET_KEY, or run `img2img stack up` to create the local store")
+        self.attempts = 1 + (self.settings.s3_max_attempts - 1 if retries is None else retries)
         http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=3, read=120),
-                                   retries=urllib3.Retry(total=retries, backoff_factor=0.2))
+                                   retries=retry_policy(self.attempts - 1))
         self.client = Minio(self.settings.s3_hostport, access_key=keys[0], secret_key=keys[1],
                             secure=self.settings.s3_is_secure, region=self.settings.s3_region,
                             http_client=http)
@@ -60,9 +109,13 @@ class Storage:
     @contextlib.contextmanager
     def errors(self, what: str = "") -> Iterator[None]:
         """Translate SDK/network failures into one readable line."""
+        start = time.monotonic()
         try:
             yield
         except S3Error as e:
+            if e.code in TRANSIENT_CODES or (e.response is not None and e.response.status in TRANSIENT_STATUS):
+                status = f"HTTP {e.response.status} " if e.response is not None else ""
+                raise self._unavailable(f"{status}{e.code}", start) from None
             if e.code in AUTH_CODES:
                 raise Img2ImgError(f"S3 at {self.endpoint} refused the credentials ({e.code}): "
                                    "check IMG2IMG_S3_ACCESS_KEY / IMG2IMG_S3_SECRET_KEY") from None
@@ -71,11 +124,21 @@ class Storage:
             if e.code == "NoSuchKey":
                 raise Img2ImgError(f"{what or 'object'} not found in s3://{self.bucket} at {self.endpoint}") from None
             raise Img2ImgError(f"S3 at {self.endpoint}: {e.code}: {e.message}") from None
+        except (ServerError, InvalidResponseError) as e:  # an answer without an S3 error document
+            status = getattr(e, "_code", None) or getattr(e, "status_code", None)
+            if status in TRANSIENT_STATUS:
+                raise self._unavailable(f"HTTP {status}", start) from None
+            raise Img2ImgError(f"S3 at {self.endpoint} answered HTTP {status}: not an S3 service?") from None
         except (urllib3.exceptions.HTTPError, OSError) as e:
             if isinstance(e, Img2ImgError):
                 raise
-            raise Img2ImgError(f"cannot reach S3 at {self.endpoint} ({type(e).__name__}); "
+            why = type(getattr(e, "reason", None) or e).__name__  # MaxRetryError wraps the last failure
+            tries = f" on all {self.attempts} tries over {time.monotonic() - start:.0f} s" if self.attempts > 1 else ""
+            raise Img2ImgError(f"cannot reach S3 at {self.endpoint} ({why}{tries}); "
                                "is it running? (`img2img stack up` starts the local one)") from None
+
+    def _unavailable(self, answer: str, start: float) -> Img2ImgError:
+        return unavailable(self.endpoint, answer, self.attempts, time.monotonic() - start)
 
     # ---- buckets --------------------------------------------------------------------------
     def ensure_bucket(self) -> None:
@@ -174,7 +237,9 @@ def arrow_filesystem(settings: Settings | None = None):
     """A pyarrow S3FileSystem on the same endpoint and keys (for Ray Data / Ray Train).
 
     pyarrow ignores AWS_ENDPOINT_URL, so the endpoint is passed explicitly; paths given to it
-    are `bucket/key`, without `s3://`.
+    are `bucket/key`, without `s3://`. Transient errors (5xx, SlowDown, resets) are retried by
+    the AWS SDK's standard strategy, `IMG2IMG_S3_MAX_ATTEMPTS` tries in all; after them pyarrow
+    raises OSError ("AWS Error SLOW_DOWN ..."; `arrow_errors` makes it one line).
     """
     from pyarrow import fs
 
@@ -185,4 +250,29 @@ def arrow_filesystem(settings: Settings | None = None):
     return fs.S3FileSystem(endpoint_override=settings.s3_hostport,
                            scheme="https" if settings.s3_is_secure else "http",
                            access_key=keys[0], secret_key=keys[1], region=settings.s3_region,
-                           connect_timeout=5, request_timeout=60)
+                           connect_timeout=5, request_timeout=60,
+                           retry_strategy=fs.AwsStandardS3RetryStrategy(max_attempts=settings.s3_max_attempts))
+
+
+# pyarrow's words for a store that failed transiently on every try: the AWS SDK's error name
+# ("AWS Error SLOW_DOWN") or, for an answer without an error document (a HEAD), the status.
+ARROW_TRANSIENT = {"SLOW_DOWN", "SERVICE_UNAVAILABLE", "INTERNAL_FAILURE", "THROTTLING", "NETWORK_CONNECTION",
+                   "REQUEST_TIMEOUT"}
+
+
+@contextlib.contextmanager
+def arrow_errors(settings: Settings | None = None) -> Iterator[None]:
+    """Turn pyarrow's OSError for a store that failed transiently on every try (`arrow_filesystem`
+    retried it already) into the same one line as the MinIO SDK path; other errors pass."""
+    settings = settings or get_settings()
+    start = time.monotonic()
+    try:
+        yield
+    except OSError as e:
+        name = re.search(r"AWS Error (\w+)", str(e))
+        status = re.search(r"HTTP (?:status|response code):? (\d{3})", str(e))
+        name, status = name and name.group(1), status and int(status.group(1))
+        if name not in ARROW_TRANSIENT and status not in TRANSIENT_STATUS:
+            raise
+        answer = " ".join(part for part in (status and f"HTTP {status}", name != "UNKNOWN" and name) if part)
+        raise unavailable(settings.s3_url, answer, settings.s3_max_attempts, time.monotonic() - start) from None

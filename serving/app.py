@@ -5,10 +5,14 @@ serves POST /enhance, GET /healthz, GET /model and the web page (GET /, from ser
 together through `@serve.batch`. A new user_config (a promotion, `serve deploy` again) loads
 the new model beside the old one and swaps it in; requests already running finish on the old.
 
-Every request has a time limit (`request_timeout_s`, sized by `img2img serve deploy` from the
-pixel limit and the speed each replica measures when it loads the model): past it the answer is
-a JSON 504 marked `X-Time-Limit-S` (clients do not retry it), never a dropped connection, and
-the request's computation stops at its next tile pass. Planned replica stops (downscale,
+Every request has two time limits (docs/serving-limits.md). Its body must arrive within
+`upload_timeout_s` (past it: JSON 408, blaming the upload). Its computation, counted from when
+the body has arrived, has `request_timeout_s` (sized by `img2img serve deploy` from the pixel
+limit and the speed each replica measures when it loads the model): past it the answer is a
+JSON 504 marked `X-Time-Limit-S` (clients do not retry it), never a dropped connection, and the
+request's computation stops at its next tile pass. It stops there too when its client goes away
+(a closed tab, a Ctrl-C), so the replica is free for the next request. A body announced over
+the size limit is refused 413 before any of it is read. Planned replica stops (downscale,
 redeploy, `serve rm`) wait `graceful_shutdown_timeout_s`, longer than that limit, so accepted
 requests finish. Unpaired models serve `?direction=AtoB|BtoA`.
 """
@@ -20,6 +24,7 @@ import functools
 import hashlib
 import hmac
 import logging
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,10 +36,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from cluster.errors import Img2ImgError
 from serving import codec
-from serving.client import TIME_LIMIT_HEADER
+from serving.limits import cancel_on_disconnect, compute_too_slow, upload_too_slow
 from serving.model import LoadedModel, load
 from serving.options import DEFAULTS as OPTIONS
 from serving.options import config_id, tiling_problem
@@ -80,17 +86,19 @@ def group_tiles(items: list[tuple[Any, Any, torch.Tensor, bool]]) -> dict[tuple,
 
 
 def run_grouped(items: list[tuple[Any, Any, torch.Tensor, bool]], per_pass: int | None = None,
-                deadline: float | None = None) -> list[torch.Tensor]:
+                deadline: float | None = None, cancelled: Callable[[], bool] | None = None) -> list[torch.Tensor]:
     """Run a batch of (model, runtime, tile (1, C, H, W), precise) items, one `runtime.run` per
     group of `group_tiles` (at most `per_pass` tiles each, when given) -> each item's own output
-    (1, C, H', W'), in the items' order. Raises TimeoutError before a pass that would start past
-    `deadline` (time.monotonic() seconds): a request already answered 504 stops computing."""
+    (1, C, H', W'), in the items' order. Before each pass: raises TimeoutError once `deadline`
+    (time.monotonic() seconds) has passed (a request already answered 504 stops computing), and
+    `tiling.Cancelled` once `cancelled()` is True (its client went away)."""
     out: list[torch.Tensor | None] = [None] * len(items)
     with torch.inference_mode():
         for (_, _, precise), idx in group_tiles(items).items():
             net = items[idx[0]][1]
             step = per_pass or len(idx)
             for k in range(0, len(idx), step):
+                tiling.stop_if(cancelled)
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError("request time limit passed")
                 part = idx[k:k + step]
@@ -124,20 +132,21 @@ def split_for(model: LoadedModel, direction: str, decoded: codec.DecodedImage, t
 
 
 def enhance_alone(body: bytes, max_pixels: int, model: LoadedModel, direction: str, fmt: str, tile: int,
-                  overlap: int, deadline: float | None = None
+                  overlap: int, deadline: float | None = None, cancelled: Callable[[], bool] | None = None
                   ) -> tuple[bytes, str, codec.DecodedImage, dict[str, float], Any]:
     """One request end to end in the calling thread (batching off): decode, tiles through the
     model's runtime for this direction and image size (`tiles_per_pass` at a time), merge, encode
     -> (data, media type, decoded input, seconds per stage, the runtime). Raises
-    `codec.RequestError` for bad input, as the batched path does; TimeoutError once `deadline`
-    (time.monotonic()) has passed between passes."""
+    `codec.RequestError` for bad input, as the batched path does; between passes, TimeoutError
+    once `deadline` (time.monotonic()) has passed and `tiling.Cancelled` once `cancelled()`."""
+    tiling.stop_if(cancelled)  # its client left while it waited for the compute thread
     t0 = time.perf_counter()
     decoded = codec.decode(body, max_pixels)
     codec.check_output(fmt, decoded)
     t1 = time.perf_counter()
     net, tiles, plan = split_for(model, direction, decoded, tile, overlap)
     outs = run_grouped([(model, net, tiles[i:i + 1], decoded.high_bit) for i in range(len(tiles))],
-                       per_pass=tiles_per_pass(net.device), deadline=deadline)
+                       per_pass=tiles_per_pass(net.device), deadline=deadline, cancelled=cancelled)
     merged = tiling.merge(torch.cat(outs), plan)
     t2 = time.perf_counter()
     data, media = codec.encode(merged, decoded, fmt)
@@ -300,22 +309,40 @@ class Enhancer:
             return error(e.status, e.message)
         except Img2ImgError as e:
             return error(400, str(e))
-        limit = float(self.cfg["request_timeout_s"])
-        try:
-            data, media, decoded, stages, net = await asyncio.wait_for(
-                self._process(request, model, direction, format, tile, overlap, time.monotonic() + limit),
-                timeout=limit)
-        except codec.RequestError as e:
-            return error(e.status, e.message)
+        upload_limit = float(self.cfg["upload_timeout_s"])
+        try:  # the upload has its own limit: a slow uplink is not the image's fault
+            body = await asyncio.wait_for(self._body(request), timeout=upload_limit)
+        except codec.RequestError as e:  # a 413 closes the connection: the client must not send the body
+            return error(e.status, e.message, {"Connection": "close"} if e.status == 413 else None)
         except HTTPException as e:  # Starlette's own parse errors (a malformed multipart body): 4xx
             return error(e.status_code, f"bad request body: {e.detail}")
+        except ClientDisconnect:  # no one is left to read an answer
+            log.info("client went away during the upload")
+            return error(499, "the client closed the connection during the upload")
         except (TimeoutError, asyncio.TimeoutError):  # distinct classes before Python 3.11
-            return error(504, f"the image took longer than this endpoint's {limit:.0f} s limit; "
-                              "send a smaller image, or deploy with a longer --request-timeout",
-                         {TIME_LIMIT_HEADER: f"{limit:.0f}"})
+            return error(*upload_too_slow(upload_limit))
+        limit = float(self.cfg["request_timeout_s"])  # compute, from now: the body has arrived
+        gone = threading.Event()
+        watcher = asyncio.create_task(cancel_on_disconnect(request, gone, asyncio.current_task()))
+        try:
+            data, media, decoded, stages, net = await asyncio.wait_for(
+                self._process(body, model, direction, format, tile, overlap, time.monotonic() + limit, gone.is_set),
+                timeout=limit)
+        except asyncio.CancelledError:  # the client went away (or the replica stops): free the compute thread
+            gone.set()
+            log.info("request cancelled (client gone); its computation stops at the next tile pass")
+            raise
+        except tiling.Cancelled:  # the compute thread saw the client gone before this task's cancel arrived
+            return error(499, "the client closed the connection; its computation was stopped")
+        except codec.RequestError as e:
+            return error(e.status, e.message)
+        except (TimeoutError, asyncio.TimeoutError):
+            return error(*compute_too_slow(limit))
         except Exception as e:  # a bug or a dying worker: JSON 500 (clients retry it), never a bare drop
             log.exception("enhance failed")
             return error(500, f"internal error: {type(e).__name__}")
+        finally:
+            watcher.cancel()
         headers = {"X-Model-Name": model.name, "X-Model-Version": model.version, "X-Model-Variant": model.variant,
                    "X-Model-Runtime": net.name, "X-Model-Threads": str(net.threads),
                    "X-Model-Precision": "fp32" if decoded.high_bit else net.precision,
@@ -324,16 +351,16 @@ class Enhancer:
                    "Server-Timing": server_timing(stages)}
         return Response(content=data, media_type=media, headers=headers)
 
-    async def _process(self, request: Request, model: LoadedModel, direction: str, fmt: str, tile: int,
-                       overlap: int, deadline: float) -> tuple[bytes, str, codec.DecodedImage, dict[str, float], Any]:
+    async def _process(self, body: bytes, model: LoadedModel, direction: str, fmt: str, tile: int, overlap: int,
+                       deadline: float, cancelled: Callable[[], bool]
+                       ) -> tuple[bytes, str, codec.DecodedImage, dict[str, float], Any]:
         """-> (encoded output, media type, the decoded input, seconds per stage for Server-Timing,
-        the runtime that ran it). `deadline` (time.monotonic()): the worker thread, which
-        cancelling this coroutine cannot stop, stops between tile passes once it has passed."""
-        body = await self._body(request)
+        the runtime that ran it). The compute thread, which cancelling this coroutine cannot stop,
+        stops between tile passes once `deadline` (time.monotonic()) has passed or `cancelled()`."""
         max_pixels = int(self.cfg["max_pixels"])
         if int(self.cfg["max_batch_size"]) <= 1:  # no batching: the whole request in one thread hop
             return await on_compute_thread(enhance_alone, body, max_pixels, model, direction, fmt, tile, overlap,
-                                           deadline)
+                                           deadline, cancelled)
         t0 = time.perf_counter()
         decoded = await on_compute_thread(codec.decode, body, max_pixels)
         codec.check_output(fmt, decoded)

@@ -47,8 +47,10 @@ def deploy(
     memory_format: str = typer.Option(DEFAULTS.memory_format, help="torch only: channels_last | contiguous"),
     precision: str = typer.Option(DEFAULTS.precision, help="torch only: auto (bf16 where native, faster and within one "
                                                "8-bit level of fp32) | fp32 | bf16"),
-    request_timeout: float = typer.Option(None, help="seconds before a request is answered 504 "
+    request_timeout: float = typer.Option(None, help="seconds of compute (from when the body has arrived) before a request is answered 504 "
                                           "(default: sized from the pixel limit and the measured model speed)"),
+    upload_timeout: float = typer.Option(DEFAULTS.upload_timeout_s, help="seconds a request's body may take to "
+                                         "arrive before it is answered 408 (compute is timed from then on)"),
 ):
     """Deploy (or update) the `enhancer` app serving a registered model; waits until it answers.
 
@@ -63,7 +65,8 @@ def deploy(
                         target_ongoing_requests=target_ongoing_requests, max_batch_size=max_batch_size,
                         batch_wait_ms=batch_wait_ms, num_cpus=num_cpus, tile=tile, overlap=overlap,
                         max_pixels=int(max_megapixels * 1_000_000), runtime=runtime, threads=threads,
-                        memory_format=memory_format, precision=precision, request_timeout_s=request_timeout)
+                        memory_format=memory_format, precision=precision, request_timeout_s=request_timeout,
+                        upload_timeout_s=upload_timeout)
     console.print(f"Serving {out['model']} v{out['version']} at {out['url']}/enhance "
                   f"({out['runtime']}, {out['threads']} thread(s) per replica)")
     console.print(f"Requests time out after {out['request_timeout_s']:.0f} s (JSON 504); planned replica stops "

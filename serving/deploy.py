@@ -91,12 +91,14 @@ def deploy(settings: Settings, model: str = "", *, min_replicas: int = 1, max_re
            upscale_delay_s: float = 5, downscale_delay_s: float = 30, wait_s: float = 300,
            runtime: str = DEFAULTS.runtime, threads: int | None = None, memory_format: str = DEFAULTS.memory_format,
            precision: str = DEFAULTS.precision, request_timeout_s: float | None = None,
-           retain_freed_memory: bool = True) -> dict:
+           upload_timeout_s: float = DEFAULTS.upload_timeout_s, retain_freed_memory: bool = True) -> dict:
     """Deploy the enhancer app serving `model`. `runtime` auto (torch on GPU; on CPU the fastest runtime per image size, timed at start: serving.model.load) | torch | onnx;
     `threads` per replica (default: floor(num_cpus), at least 1); `memory_format` and `precision`
     apply to torch. `request_timeout_s` (default: sized from the replica's measured speed) bounds a
-    request; planned replica stops wait that long plus a margin. `retain_freed_memory=False` starts
-    replicas with glibc's malloc defaults (translator/allocator.py; the benchmarks' baseline rows)."""
+    request's compute, from when its body has arrived; the body has `upload_timeout_s` to arrive
+    (408 past it); planned replica stops wait the compute limit plus a margin.
+    `retain_freed_memory=False` starts replicas with glibc's malloc defaults
+    (translator/allocator.py; the benchmarks' baseline rows)."""
     from serving.model import resolve, version_run_id
     from serving.runtime import threads_for
 
@@ -117,7 +119,8 @@ def deploy(settings: Settings, model: str = "", *, min_replicas: int = 1, max_re
         raise Img2ImgError(f"--request-timeout must be > 0 seconds, got {request_timeout_s:g}")
     options = ServeOptions(tile=tile, overlap=overlap, max_pixels=max_pixels, max_batch_size=max_batch_size,
                            batch_wait_timeout_s=batch_wait_ms / 1000.0, num_cpus=num_cpus, runtime=runtime,
-                           threads=threads, memory_format=memory_format, precision=precision)
+                           threads=threads, memory_format=memory_format, precision=precision,
+                           upload_timeout_s=upload_timeout_s)
     options.check()
     cpus = cluster_resources(settings).get("CPU")
     if cpus is not None and num_cpus > cpus:  # no node could place a replica: it would wait forever

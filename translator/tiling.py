@@ -3,7 +3,9 @@
 The image is padded to the network's multiple, cut into overlapping tiles, the tiles are run
 in batches, and overlaps are blended with a window that ramps linearly across the overlap, so
 seams vanish; the result is cropped back to exactly the input size. `split` and `merge` are
-exposed separately so a server can batch tiles from many requests together.
+exposed separately so a server can batch tiles from many requests together. A caller that may
+stop wanting the result (a server whose client went away) passes a `cancelled` check: it is
+asked before every pass, and `Cancelled` ends the work there.
 """
 
 from __future__ import annotations
@@ -16,6 +18,16 @@ import torch
 import torch.nn.functional as F
 
 from translator import OVERLAP, TILE
+
+
+class Cancelled(Exception):
+    """Tiled inference stopped between passes because the caller's `cancelled()` said so."""
+
+
+def stop_if(cancelled: Callable[[], bool] | None) -> None:
+    """Raise `Cancelled` when `cancelled` is given and returns True (checked between tile passes)."""
+    if cancelled is not None and cancelled():
+        raise Cancelled("stopped between tile passes: the caller no longer wants the result")
 
 
 @dataclass
@@ -98,10 +110,15 @@ def merge(tiles: torch.Tensor, plan: TilePlan) -> torch.Tensor:
 
 @torch.inference_mode()
 def enhance(forward: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, tile: int = TILE,
-            overlap: int = OVERLAP, multiple: int = 1, batch_size: int = 4) -> torch.Tensor:
-    """Run `forward` (NCHW -> NCHW, e.g. a generator) over `image` (1xCxHxW) of any size."""
+            overlap: int = OVERLAP, multiple: int = 1, batch_size: int = 4,
+            cancelled: Callable[[], bool] | None = None) -> torch.Tensor:
+    """Run `forward` (NCHW -> NCHW, e.g. a generator) over `image` (1xCxHxW) of any size,
+    `batch_size` tiles per pass. Raises `Cancelled` before a pass once `cancelled()` is True."""
     tiles, plan = split(image, tile, overlap, multiple)
-    outputs = [forward(tiles[i:i + batch_size]).float() for i in range(0, len(tiles), batch_size)]
+    outputs = []
+    for i in range(0, len(tiles), batch_size):
+        stop_if(cancelled)
+        outputs.append(forward(tiles[i:i + batch_size]).float())
     return merge(torch.cat(outputs, 0), plan)
 
 

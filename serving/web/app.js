@@ -10,7 +10,7 @@
     401: "API key needed",
     403: "API key refused",
     413: "Photo too large",
-    408: "Timed out",
+    408: "Upload too slow",
     415: "Image type not supported",
     429: "The endpoint is busy",
     500: "The endpoint failed",
@@ -22,7 +22,7 @@
     401: "Enter the endpoint's API key above, then the photo is sent again.",
     413: "Try a smaller photo: the limit is the deployment's --max-megapixels.",
     503: "The model is loading or failed to load; try again in a moment (`img2img serve status`).",
-    408: "The photo took too long to enhance; try a smaller one.",
+    408: "The photo took too long to upload; check the connection and try again, or send a smaller one.",
     429: "Too many requests at once; try again in a moment.",
     504: "The photo took too long to enhance; try a smaller one.",
   };

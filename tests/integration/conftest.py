@@ -73,9 +73,10 @@ TINY = {
 }
 
 
-def register_tiny_autoencoder(settings, name: str, seed: int) -> str:
-    """A tiny random-weight autoencoder registered as `name` in `settings`' MLflow (different
-    weights per seed); -> its version. The process's MLflow tracking URI is left as it was."""
+def register_tiny_autoencoder(settings, name: str, seed: int, nf: int = 4) -> str:
+    """A tiny random-weight autoencoder (`nf` base channels) registered as `name` in `settings`'
+    MLflow (different weights per seed); -> its version. The process's MLflow tracking URI is
+    left as it was."""
     import mlflow
     import torch
     from mlflow.tracking import MlflowClient
@@ -84,7 +85,7 @@ def register_tiny_autoencoder(settings, name: str, seed: int) -> str:
     from translator.variants import get_variant
 
     torch.manual_seed(seed)
-    variant = get_variant("autoencoder").from_config({"nf": 4})
+    variant = get_variant("autoencoder").from_config({"nf": nf})
     before = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(settings.mlflow_uri)
     try:

@@ -120,3 +120,28 @@ def test_resolve_falls_back_to_the_proxy_only_on_auto(monkeypatch):
         ingress.resolve("haproxy")
     monkeypatch.setattr(ingress, "haproxy_binary", lambda: "/usr/sbin/haproxy")
     assert ingress.resolve("auto") == "haproxy" and ingress.resolve("proxy") == "proxy"
+
+
+def test_expect_100_continue_requests_reach_the_app_with_their_body_unread(tmp_path):
+    """Ray's rendered config gets, once however often the wrapper runs, the rule that keeps Serve
+    from reading an `Expect: 100-continue` body ahead of the app (the app answers 413 first),
+    and the real HAProxy accepts the config."""
+    from ray.serve._private.haproxy import HAProxyApi, HAProxyConfig
+    from ray.serve.config import HTTPOptions
+
+    cfg = tmp_path / "haproxy.cfg"
+    HAProxyApi(cfg=HAProxyConfig(http_options=HTTPOptions(host="127.0.0.1", port=8123)),
+               config_file_path=str(cfg))._generate_config_file_internal()
+    fake = tmp_path / "haproxy"
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    wrapper = ingress.write_wrapper(tmp_path / "hap", str(fake), "127.0.0.1")
+    for _ in range(2):  # a config file run through twice keeps one rule
+        subprocess.run([str(wrapper), "-f", str(cfg)], check=True, timeout=30)
+    text = cfg.read_text()
+    frontend = text[text.index("frontend http_frontend"):].split("\nfrontend ")[0].split("\nbackend ")[0]
+    assert text.count(ingress.EXPECT_RULE) == 1 and ingress.EXPECT_RULE in frontend
+    binary = ingress.haproxy_binary()
+    if binary:  # the Linux wheel of ray[serve] ships it
+        check = subprocess.run([binary, "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
+        assert check.returncode == 0 and "Configuration file is valid" in check.stdout, check.stderr
