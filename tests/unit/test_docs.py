@@ -32,6 +32,7 @@ SHELL_FENCES = {"", "bash", "sh", "shell", "console"}
 INLINE = re.compile(r"(?<!`)`(img2img [^`\n]+)`(?!`)")
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 SEPARATORS = {";", "&&", "||", "|"}
+REDIRECT = re.compile(r"\d*(>>?|<)(&\d+)?(.*)")  # `> out.json`, `2>/dev/null`, `2>&1`, `< in`: the shell's, not ARGS
 PROGRAMS = ("img2img", ".venv/bin/img2img")
 
 
@@ -65,13 +66,20 @@ def img2img_commands(line: str) -> list[list[str]]:
         tokens = shlex.split(line, comments=True)
     except ValueError:  # an unbalanced quote: not a shell line (e.g. an inline span in prose)
         tokens = line.split()
-    commands, current = [], []
+    commands, current, skip_next = [], [], False
     for token in tokens + [";"]:
         end = token.endswith(";") and token != ";"
         token = token.rstrip(";") if end else token
         if token in SEPARATORS:
             commands.append(current)
             current = []
+            continue
+        redirect = REDIRECT.fullmatch(token)
+        if redirect:
+            skip_next = not redirect[2] and not redirect[3]  # `> FILE`: the file is the next token
+            continue
+        if skip_next:
+            skip_next = False
             continue
         current.append(token)
         if end:
@@ -108,6 +116,8 @@ def check_command(args: list[str], whole: bool = True) -> str | None:
         return None if not args else f"`{' '.join(path)}` needs a command, not {args[0]!r}"
     known = {opt for p in cmd.params if p.param_type_name == "option" for opt in p.opts + p.secondary_opts}
     for token in args:
+        if re.fullmatch(r"-\d+(\.\d*)?", token):  # a negative number is a value, not an option
+            continue
         if token.startswith("[") or token.startswith("-") and len(token) > 1:
             option = token.strip("[]").split("=")[0]
             if option.startswith("-") and option not in known:
@@ -144,6 +154,8 @@ def test_every_img2img_command_shown_exists_and_parses(args, whole):
     (["train", "--datset", "photos"], False),           # no such option
     (["serve", "deploy", "--tile", "big"], False),      # not an integer
     (["data", "frobnicate"], False),
+    (["train", "--dataset", "photos", "--time-budget", "-5"], True),  # parses (the command refuses the value)
+    (["train", "--dataset", "photos", "-5"], False),    # a stray value
 ])
 def test_the_command_check_can_fail(args, ok):
     assert (check_command(args) is None) == ok
@@ -153,6 +165,8 @@ def test_commands_are_found_in_shell_lines():
     line = "img2img data ls ; img2img data show photos --preview pairs.png # a comment --nope"
     assert img2img_commands(line) == [["data", "ls"], ["data", "show", "photos", "--preview", "pairs.png"]]
     assert img2img_commands("IMG2IMG_X=1 .venv/bin/img2img stack up && curl x | grep y") == [["stack", "up"]]
+    assert img2img_commands("img2img eval m --json > eval.json 2>&1") == [["eval", "m", "--json"]]
+    assert img2img_commands("img2img data ls --json >>all.json 2> /dev/null") == [["data", "ls", "--json"]]
 
 
 def test_the_docs_show_commands():
