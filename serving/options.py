@@ -41,7 +41,9 @@ class ServeOptions:
     request_timeout_s: seconds of compute, counted from when the request's body has arrived,
     before it is answered 504 (`serve deploy` sizes it from the replica's measured speed).
     upload_timeout_s: seconds the body may take to arrive before the request is answered 408;
-    generous, for phones on weak uplinks: 900 s is 129 MB (the largest body at 16 MP) at 1.2 Mbit/s."""
+    generous, for phones on weak uplinks: 900 s carries a 24 MP camera JPEG (about 12 MB) at
+    0.1 Mbit/s, and the largest body the default 72 MP limit admits (577 MB: 16-bit RGBA, 8 bytes a
+    pixel, plus 1 MB) at 5.2 Mbit/s."""
 
     tile: int = TILE
     overlap: int = OVERLAP

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -188,3 +189,17 @@ def demo_run(stack, tmp_path_factory):
     # 45 s of training, not --quick's 120: the quick spec (sigma 1.5) gained 5.1 dB after 60 s here,
     # and the tests need the whole path and a gain, not the demo's full result.
     return run_demo(get_settings(), quick=True, budget_s=45, out_dir=out, say=lambda msg: None)
+
+
+@contextmanager
+def endpoint_restored(settings):
+    """Whatever the endpoint serves on entry (model version, default options), it serves again on
+    exit: tests that deploy their own model or options leave the shared endpoint as they found it."""
+    from serving.deploy import deploy, status
+
+    before = status(settings)
+    try:
+        yield
+    finally:
+        if before and before.get("model"):
+            deploy(settings, f"{before['model']}/{before['version']}", wait_s=300)

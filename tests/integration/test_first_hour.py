@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from jobs import registry
-from tests.integration.conftest import new_version
+from tests.integration.conftest import endpoint_restored, new_version
 
 pytestmark = pytest.mark.integration
 DOC = Path(__file__).resolve().parents[2] / "docs" / "your-own-photos.md"
@@ -138,12 +138,8 @@ def runnable_commands(doc: Path) -> list[str]:
 @pytest.fixture
 def restore_endpoint(stack):
     """Whatever the endpoint serves before the test, it serves again after (other tests use it)."""
-    from serving.deploy import deploy, status
-
-    before = status(stack)
-    yield
-    if before and before.get("model"):
-        deploy(stack, f"{before['model']}/{before['version']}", wait_s=300)
+    with endpoint_restored(stack):
+        yield
 
 
 def test_your_own_photos_walkthrough_runs_as_written(stack, cli, tmp_path, monkeypatch, restore_endpoint):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.integration.conftest import encoded, register_tiny_autoencoder
+from tests.integration.conftest import encoded, endpoint_restored, register_tiny_autoencoder
 
 pytestmark = pytest.mark.integration
 UPLOAD_LIMIT_S = 6
@@ -31,7 +31,7 @@ def gradient(h: int, w: int) -> bytes:
     return encoded(Image.fromarray(np.stack([x * 255 // w, y * 255 // h, (x + y) % 256], -1).astype(np.uint8)))
 
 
-BIG, SMALL = gradient(1920, 2560), noise(48, 64, 2)  # 24 tiles of 512 px; 1 tile
+BIG, SMALL = gradient(3072, 4096), noise(48, 64, 2)  # 48 tiles of 512 px (about 9 s on 2 idle cores); 1 tile
 
 
 def connect(url: str) -> socket.socket:
@@ -70,15 +70,17 @@ def post(url: str, body, **kw) -> httpx.Response:
 
 @pytest.fixture(scope="module")
 def one_replica(stack):
-    """One replica of an untrained autoencoder wide enough that a 2560 x 1920 photo takes over
-    10 s on its one thread here, a long compute limit and a short upload limit."""
+    """One replica of an untrained autoencoder wide enough that a 4096 x 3072 photo takes several
+    seconds on its one thread here, a long compute limit and a short upload limit; the endpoint
+    serves what it served before once the module is done."""
     from cluster.settings import get_settings
     from serving.deploy import deploy
 
     version = register_tiny_autoencoder(stack, "test-limits", seed=3, nf=64)
-    deploy(get_settings(), f"test-limits/{version}", min_replicas=1, max_replicas=1, request_timeout_s=300,
-           upload_timeout_s=UPLOAD_LIMIT_S, wait_s=300)
-    return stack.serve_url, f"test-limits/{version}"
+    with endpoint_restored(stack):  # the other modules' endpoint, with its default limits, afterwards
+        deploy(get_settings(), f"test-limits/{version}", min_replicas=1, max_replicas=1, request_timeout_s=300,
+               upload_timeout_s=UPLOAD_LIMIT_S, wait_s=300)
+        yield stack.serve_url, f"test-limits/{version}"
 
 
 @pytest.mark.parametrize("expect", [False, True], ids=["plain", "expect-100-continue"])
@@ -108,9 +110,12 @@ def test_an_abandoned_request_stops_computing_and_frees_the_replica(one_replica,
 
 
 def test_expect_100_continue_over_the_size_limit_is_refused_before_the_body(one_replica):
+    from serving.app import max_body_bytes
+    from serving.options import MAX_PIXELS
+
     url, _ = one_replica
     sock = connect(url)
-    send_head(sock, url, 200_000_000, expect=True)  # 200 MB: over the 129 MB a 16 MP limit allows
+    send_head(sock, url, max_body_bytes(MAX_PIXELS) + 1, expect=True)  # one byte over the default limit's body
     status, headers, body = read_response(sock)  # nothing of the body sent
     sock.close()
     assert status == 413 and "MB limit" in json.loads(body)["error"]
