@@ -118,8 +118,9 @@ def train(settings, dataset: str, variant: str, minutes: float, model_name: str,
           config: dict | None = None):
     from mlflow.tracking import MlflowClient
 
+    from jobs.manage import wait
     from jobs.spec import TrainSpec
-    from jobs.submit import job_client, submit, wait
+    from jobs.submit import job_client, submit
 
     spec = TrainSpec(dataset=dataset, variant=variant, workers=2, cpus_per_worker=1.0, epochs=100_000,
                      time_budget_s=minutes * 60, image_size=64, model_name=model_name, experiment="quality",

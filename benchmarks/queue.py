@@ -25,7 +25,7 @@ def spec(dataset: str, i: int, cpus_per_worker: float, steps: int):
 
 
 def wait_all(client, ids: list[str]) -> list[str]:
-    from jobs.submit import wait
+    from jobs.manage import wait
 
     return [wait(client, job_id, follow=False) for job_id in ids]
 

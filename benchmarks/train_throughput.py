@@ -43,8 +43,9 @@ def bare_loop(variant: str, config: dict, batch: int, threads: int = 1) -> float
 def ray_job(settings, dataset: str, variant: str, config: dict, batch: int, workers: int) -> float:
     from mlflow.tracking import MlflowClient
 
+    from jobs.manage import wait
     from jobs.spec import TrainSpec
-    from jobs.submit import job_client, submit, wait
+    from jobs.submit import job_client, submit
 
     spec = TrainSpec(dataset=dataset, variant=variant, config=config, workers=workers, cpus_per_worker=1.0,
                      batch_size=batch, image_size=64, epochs=2, checkpoint_every="epoch", experiment="benchmarks",
@@ -65,8 +66,9 @@ def bookkeeping_share(settings, dataset: str, cadence: str, steps: int = BOOKKEE
     validation + checkpoint + MLflow time vs the fit and the whole job."""
     from mlflow.tracking import MlflowClient
 
+    from jobs.manage import wait
     from jobs.spec import TrainSpec
-    from jobs.submit import job_client, submit, wait
+    from jobs.submit import job_client, submit
 
     spec = TrainSpec(dataset=dataset, variant="autoencoder", workers=2, cpus_per_worker=1.0, batch_size=16,
                      image_size=64, max_steps=steps, epochs=10_000, checkpoint_every=cadence,

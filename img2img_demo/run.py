@@ -24,11 +24,12 @@ from cluster.storage import Storage
 from img2img_demo.tasks import DEFAULT_TASK, DemoTask, demo_task
 from jobs.eval_submit import evaluate
 from jobs.ingest import IngestOptions, ingest
+from jobs.manage import follow_progress, outcome_error
 from jobs.manifest import manifest_key, read_manifest
 from jobs.registry import promote, versions
 from jobs.sources import list_sample
 from jobs.spec import TrainSpec
-from jobs.submit import follow_progress, job_client, outcome_error, submit
+from jobs.submit import job_client, submit
 from serving.client import client_timeout, enhance_bytes
 from serving.deploy import deploy
 from translator import degrade, images

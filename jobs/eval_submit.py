@@ -102,7 +102,8 @@ def evaluate(settings: Settings, ref: str, dataset: str, split: str = "val", lim
     check_options(split, limit, kw.get("workers", 1), kw.get("cpus_per_worker", 1.0))  # before jobs.submit's imports
     from cluster.admission import check_options as check_queue_options
     from cluster.admission import current_id
-    from jobs.submit import TERMINAL, _status, job_client, job_info, outcome_error, submit_job
+    from jobs.manage import TERMINAL, _status, job_info, outcome_error
+    from jobs.submit import job_client, submit_job
 
     check_queue_options(priority, queue_timeout_s)
     spec = prepare(settings, ref, dataset, split, limit, **kw)

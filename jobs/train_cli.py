@@ -61,8 +61,9 @@ def train(
     # Before anything heavy is imported or any service contacted: a bad value is refused at once.
     check_options(workers=workers, cpus_per_worker=cpus_per_worker, epochs=epochs, max_steps=max_steps,
                   time_budget_s=time_budget, precision=precision, checkpoint_every=checkpoint_every)
+    from jobs.manage import follow_progress, outcome_error, wait
     from jobs.spec import TrainSpec
-    from jobs.submit import follow_progress, job_client, outcome_error, run_local, submit, wait
+    from jobs.submit import job_client, run_local, submit
     from translator.config import parse_overrides
 
     spec = TrainSpec(dataset=dataset, variant=variant or ("" if init_from or resume else DEFAULT_VARIANT),
@@ -126,7 +127,8 @@ def ls(as_json: bool = json_option()):
 
     Example: `img2img jobs ls --json`
     """
-    from jobs.submit import job_client, job_rows
+    from jobs.manage import job_rows
+    from jobs.submit import job_client
 
     settings = get_settings()
     rows = job_rows(job_client(settings), settings)
@@ -146,15 +148,8 @@ def status(job_id: str, follow: bool = typer.Option(False, "--follow", "-f", hel
 
     Example: `img2img jobs status raysubmit_abc123 --follow` (or `--json` for scripts)
     """
-    from jobs.submit import (
-        TERMINAL,
-        follow_progress,
-        job_client,
-        job_info,
-        job_summary,
-        outcome_error,
-        wait,
-    )
+    from jobs.manage import TERMINAL, follow_progress, job_info, job_summary, outcome_error, wait
+    from jobs.submit import job_client
 
     settings = get_settings()
     client = job_client(settings)
@@ -189,8 +184,9 @@ def logs(job_id: str, follow: bool = typer.Option(False, "--follow", "-f", help=
     Example: `img2img jobs logs raysubmit_abc123 --follow`
     """
     from cluster.admission import current_id
+    from jobs.manage import job_info, outcome_error, wait
     from jobs.progress import write_raw
-    from jobs.submit import job_client, job_info, outcome_error, wait
+    from jobs.submit import job_client
 
     client = job_client(get_settings())
     job_info(client, job_id)
@@ -212,8 +208,8 @@ def stop(job_id: str):
 
     Example: `img2img jobs stop raysubmit_abc123`
     """
+    from jobs.manage import stop as stop_job
     from jobs.submit import job_client
-    from jobs.submit import stop as stop_job
 
     settings = get_settings()
     outcome = stop_job(job_client(settings), settings, job_id)

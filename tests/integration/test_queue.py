@@ -87,7 +87,8 @@ def test_an_evaluation_waits_behind_a_training_and_starts_once_stopping_it_freed
     from mlflow.tracking import MlflowClient
 
     from jobs.eval_submit import evaluate
-    from jobs.submit import _live_actors, job_client
+    from jobs.manage import _live_actors
+    from jobs.submit import job_client
 
     client, ml = job_client(stack), MlflowClient(stack.mlflow_uri)
     version = register_tiny_autoencoder(stack, "queue-eval", seed=3)

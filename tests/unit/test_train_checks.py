@@ -13,10 +13,10 @@ import torch
 
 from cluster.errors import Img2ImgError
 from jobs.crops import crop_problem
+from jobs.manage import outcome_error
 from jobs.manifest import Manifest, Shard
 from jobs.plan import Cadence, make_plan
 from jobs.spec import TrainSpec
-from jobs.submit import outcome_error
 from jobs.train import apply_resume, val_streams
 from jobs.train_loop import WorkerJob
 from translator.config import make_config

@@ -1,0 +1,241 @@
+"""Following and managing submitted cluster jobs (`jobs ls | status | logs | stop`, `--follow`):
+their status, live progress and place in the admission queue, and stopping them so that their
+CPUs are free and their MLflow run ends KILLED."""
+
+from __future__ import annotations
+
+import logging
+
+from cluster import admission
+from cluster.admission import capacity
+from cluster.errors import Img2ImgError
+from cluster.services import poll_until
+from cluster.settings import Settings
+
+log = logging.getLogger(__name__)
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+def _status(client, job_id: str) -> str:
+    return str(client.get_job_status(job_id)).split(".")[-1]
+
+
+def wait(client, job_id: str, follow: bool, echo=None) -> str:
+    """Wait for a job to end; follow=True streams its raw logs meanwhile (colour codes removed
+    when not on a terminal). -> the terminal status."""
+    import asyncio
+    import time
+
+    from jobs.progress import write_raw
+
+    echo = echo or write_raw
+
+    async def _tail(jid: str):
+        async for chunk in client.tail_job_logs(jid):
+            echo(chunk)
+
+    while True:
+        if follow:
+            asyncio.run(_tail(job_id))
+        while (status := _status(client, job_id)) not in TERMINAL:
+            time.sleep(1)
+        nxt = admission.current_id(client, job_id) if status == "STOPPED" else job_id
+        if nxt == job_id:
+            return status
+        job_id = nxt  # handed back to Ray behind a higher priority: go on with its new id
+
+
+def outcome_error(job_id: str, status: str, message: str = "", logs_hint: bool = True) -> Img2ImgError | None:
+    """None when a followed job SUCCEEDED, else the one-line error the CLI exits 1 with:
+    `job ID FAILED: <the message's last line>; see `img2img jobs logs ID`` (STOPPED alike)."""
+    if status == "SUCCEEDED":
+        return None
+    reason = f": {message.strip().splitlines()[-1][:300]}" if message and message.strip() else ""
+    hint = f"; see `img2img jobs logs {job_id}`" if logs_hint else ""
+    return Img2ImgError(f"job {job_id} {status}{reason}{hint}")
+
+
+def follow_progress(client, settings: Settings, job_id: str, run_id: str, say=None, live: bool | None = None):
+    """The live progress display of a job until it ends (see jobs.progress); while it waits in
+    the queue, its place and what it waits for. -> last Snapshot."""
+    from jobs.progress import follow, strip_ansi
+
+    current = [job_id]
+
+    def job_status() -> tuple[str, str]:
+        info = client.get_job_info(current[0])
+        status = str(info.status).split(".")[-1]
+        if status == "STOPPED":  # handed back to Ray behind a higher priority: go on with its new id
+            nxt = admission.current_id(client, current[0])
+            if nxt != current[0]:
+                current[0] = nxt
+                return job_status()
+        if status == "PENDING":
+            return "QUEUED", queue_line(client, settings, current[0])
+        return status, strip_ansi(info.message or "")
+
+    return follow(settings.mlflow_uri, run_id, job_status, say=say, live=live)
+
+
+def queue_entries(client, settings: Settings) -> dict[str, admission.QueueEntry]:
+    """{Ray id: QueueEntry} of the jobs waiting in the queue (stopped ones left out)."""
+    cap = capacity(settings.ray_address, settings.ray_auth_headers())
+    return {e.job_id: e for e in admission.queue_view(client, cap, cancelled=_cancelled(client, settings))}
+
+
+def queue_line(client, settings: Settings, job_id: str) -> str:
+    """`position 2 of 3, waiting 1m05s: needs 3 CPUs, 1 free; behind raysubmit_...`."""
+    entries = queue_entries(client, settings)
+    e = entries.get(job_id)
+    if e is None:
+        return "waiting for Ray to start it"
+    return f"position {e.position} of {len(entries)}, waiting {_elapsed(e.waited_s)}: {e.waiting_for()}"
+
+
+def _cancelled(client, settings: Settings) -> set[str]:
+    """Queued jobs stopped by the user (their MLflow run already KILLED); Ray ends each when its
+    turn comes, without starting it."""
+    out = set()
+    try:
+        from mlflow.tracking import MlflowClient
+
+        ml = MlflowClient(settings.mlflow_uri)
+        for job, _ in admission.queued(client):
+            run_id = (job.metadata or {}).get("run_id")
+            if run_id and ml.get_run(run_id).info.status == "KILLED":
+                out.add(job.submission_id)
+    except Exception:
+        pass
+    return out
+
+
+def _elapsed(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else (f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
+
+
+def job_rows(client, settings: Settings | None = None) -> list[list]:
+    """[id, status, model, variant, dataset, started, duration] of every training and evaluation
+    job, newest first. A queued job's status is `QUEUED #N` (its place) and its duration says
+    how long it has waited and for what (`waiting 1m05s: needs 3 CPUs, 1 free; behind ...`); a
+    running job's duration is its elapsed time so far (`12s so far`)."""
+    import time
+    from datetime import datetime
+
+    rows = []
+    every = client.list_jobs()
+    replaced = admission.replaced(every)  # handed back to Ray behind a higher priority: their copy is listed
+    jobs = [j for j in every if (j.metadata or {}).get("img2img") in ("train", "eval")
+            and j.submission_id not in replaced]
+    entries = queue_entries(client, settings) if settings is not None else {}
+    for j in sorted(jobs, key=lambda j: j.start_time or 0, reverse=True):
+        meta = j.metadata or {}
+        status = str(j.status).split(".")[-1]
+        start = datetime.fromtimestamp(j.start_time / 1000).strftime("%Y-%m-%d %H:%M:%S") if j.start_time else ""
+        if status == "PENDING" and j.submission_id in entries:
+            e = entries[j.submission_id]
+            status, dur = f"QUEUED #{e.position}", f"waiting {_elapsed(e.waited_s)}: {e.waiting_for()}"
+        elif status == "PENDING":
+            status, dur = "STOPPING", "stopped while queued"
+        elif j.start_time and j.end_time:
+            dur = _elapsed((j.end_time - j.start_time) / 1000)
+        elif j.start_time:
+            dur = f"{_elapsed(time.time() - j.start_time / 1000)} so far"
+        else:
+            dur = ""
+        model = meta.get("model") or ""
+        kind = "" if meta.get("img2img") == "train" else f"{meta.get('img2img')} "
+        rows.append([j.submission_id, status, f"{kind}{model}".strip(), meta.get("variant", ""),
+                     meta.get("dataset"), start, dur])
+    return rows
+
+
+def job_info(client, job_id: str) -> dict:
+    try:
+        info = client.get_job_info(job_id)
+    except Exception:
+        raise Img2ImgError(f"no job {job_id!r} on this cluster ; list them with: img2img jobs ls") from None
+    from jobs.progress import strip_ansi
+
+    # Ray's message on failure embeds 20,000 characters of coloured log: keep its last lines.
+    lines = [ln for ln in strip_ansi(info.message or "").splitlines() if ln.strip()]
+    message = lines[0] if len(lines) <= 1 else "\n".join([lines[0].split(",")[0] + ":", *lines[-3:]])
+    return {"job_id": job_id, "status": str(info.status).split(".")[-1], "message": message,
+            **(info.metadata or {})}
+
+
+def job_summary(client, settings: Settings, job_id: str) -> dict:
+    """job_info plus the progress line read from the job's MLflow run (when it has one), and its
+    place in the queue while it waits."""
+    info = job_info(client, admission.current_id(client, job_id))
+    if info["status"] == "PENDING":
+        info["queue"] = queue_line(client, settings, info["job_id"])
+    if info.get("run_id"):
+        from jobs.progress import read
+
+        try:
+            snap = read(settings.mlflow_uri, info["run_id"], info["status"], info.get("message") or "")
+            info["progress"] = snap.line()
+            if snap.error:
+                info["error"] = snap.error
+            for k, v in snap.extra.items():
+                info[k] = round(v, 2)
+        except Exception:
+            info["progress"] = "(MLflow run not readable)"
+    return info
+
+
+def stop(client, settings: Settings, job_id: str, wait_s: float = 30) -> str:
+    """Stop a job. -> "stopped" (its processes are gone and its CPUs free when this returns,
+    within `wait_s` seconds), "cancelled" (it was queued: Ray ends it when its turn comes,
+    without starting it), or "already SUCCEEDED/FAILED/STOPPED" when it had ended. Its MLflow
+    run ends KILLED (the driver marks it on SIGTERM; done here too in case it could not)."""
+    job_id = admission.current_id(client, job_id)
+    info = job_info(client, job_id)
+    if info["status"] in TERMINAL:
+        return f"already {info['status']}"
+    queued = info["status"] == "PENDING"
+    if queued and info.get("run_id"):
+        _mark_killed(settings, info["run_id"])  # first: the driver leaves a run it finds KILLED alone
+    client.stop_job(job_id)
+    if not queued:
+        poll_until(lambda: _status(client, job_id) in TERMINAL, wait_s)
+        ray_job = getattr(client.get_job_info(job_id), "job_id", None)
+        if ray_job:
+            poll_until(lambda: not _live_actors(settings, ray_job), wait_s, interval_s=1)
+    if info.get("run_id"):
+        _mark_killed(settings, info["run_id"])
+    return "cancelled" if queued else "stopped"
+
+
+def _mark_killed(settings: Settings, run_id: str) -> None:
+    try:
+        from mlflow.tracking import MlflowClient
+
+        from jobs.tracking import TAG_PHASE
+
+        ml = MlflowClient(settings.mlflow_uri)
+        if ml.get_run(run_id).info.status in ("RUNNING", "SCHEDULED"):
+            ml.set_tag(run_id, "stopped", "stopped by the user")
+            ml.set_tag(run_id, TAG_PHASE, "stopped")
+            ml.set_terminated(run_id, status="KILLED")
+    except Exception:
+        log.warning("could not mark MLflow run %s KILLED", run_id)
+
+
+def _live_actors(settings: Settings, ray_job_id: str) -> list[dict]:
+    """The job's actors still alive that hold CPUs or GPUs (its Train workers, Scorers), from
+    Ray's state API. Ray Data's detached bookkeeping actors (`_StatsActor`, 0 CPUs) outlive
+    every job by design and are left out."""
+    import httpx
+
+    try:
+        r = httpx.get(settings.ray_address.rstrip("/") + "/api/v0/actors",
+                      params={"limit": 1000, "detail": "true", "filter_keys": ["job_id", "state"],
+                              "filter_predicates": ["=", "="], "filter_values": [ray_job_id, "ALIVE"]},
+                      headers=settings.ray_auth_headers(), timeout=10)
+        actors = ((r.json().get("data") or {}).get("result") or {}).get("result") or []
+    except Exception:
+        return []
+    return [a for a in actors if any(v > 0 for k, v in (a.get("required_resources") or {}).items()
+                                     if "CPU" in k or "GPU" in k)]
