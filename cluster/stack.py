@@ -93,9 +93,14 @@ class Stack:
     def _ports(self, state: dict, names: list[str]) -> dict[str, int]:
         """Internal ports: reuse the recorded ones while free, else pick new free ones."""
         ports = state.setdefault("ports", {})
+        taken = set(ports.values())
         for name in names:
             if name not in ports or not port_free(ports[name]):
-                ports[name] = free_port()
+                port = free_port()
+                while port in taken:  # nothing holds a port picked earlier: the OS may hand it out again
+                    port = free_port()
+                ports[name] = port
+                taken.add(port)
         return {n: ports[n] for n in names}
 
     def gcs_address(self) -> str | None:
