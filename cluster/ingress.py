@@ -16,11 +16,9 @@ side by side with other stacks, and this module mends both:
 - a replica's HTTP server starts reading each request's body before the app sees it (Serve
   watches every connection for a disconnect), so a request with `Expect: 100-continue` is
   answered `100 Continue` at once and the app can no longer refuse an oversized body before it
-  is sent; and a client that goes away mid-computation was seen NOT to stop it through Serve's
-  own watch (its replica worked on for the whole image). The wrapper adds one rule to the HTTP
-  frontend: every request carries Serve's `x-request-disconnect-disabled: ?1`, so Serve leaves
-  the body unread, the app answers 413 before it, and the app watches every request's
-  disconnect itself (serving/limits.py: cancel_on_disconnect);
+  is sent. The wrapper adds one rule to the HTTP frontend: such requests carry Serve's
+  `x-request-disconnect-disabled: ?1`, Serve leaves their body unread, and the app answers
+  413 before it (it watches those requests' disconnects itself: serving/app.py);
 - its ports and files are fixed (8404, 9101, the fallback proxy's 8500 and 9500, replicas in
   30000-31000, /tmp/haproxy-serve): each stack gets its own. Two stacks on one fallback port
   both bound it (SO_REUSEPORT), so one stack's HAProxy could fall back to the other's proxy.
@@ -42,8 +40,8 @@ from cluster.errors import Img2ImgError
 WRAPPER = "haproxy-on-host"
 # Added to Ray's HTTP frontend (see the module docstring): Serve reads no body of these requests
 # ahead of the app, so the app can refuse one announced over its size limit before the client sends it.
-# Every request reaches the app with its body unread and its disconnect left to the app.
-APP_OWNS_BODY_RULE = "http-request set-header x-request-disconnect-disabled ?1"
+EXPECT_RULE = ("http-request set-header x-request-disconnect-disabled ?1 "
+               "if { req.hdr(expect) -m str -i 100-continue }")
 # A stopping replica stays reachable this long so HAProxy, reloaded with the new server list
 # (well under a second on one node), stops routing to it; Ray's default, 30 s, is sized for
 # cloud load balancers and would add 30 s to every redeploy and scale-down. A request HAProxy
@@ -112,14 +110,14 @@ def resolve(choice: str) -> str:
 def write_wrapper(directory: Path, binary: str, host: str) -> Path:
     """Write the executable that Ray starts instead of HAProxy: it rewrites each `bind :PORT` /
     `bind *:PORT` / `bind 0.0.0.0:PORT` / `bind [::]:PORT` line of the config file given with
-    `-f` to `bind HOST:PORT`, adds `APP_OWNS_BODY_RULE` to `frontend http_frontend` (once), exits 1
+    `-f` to `bind HOST:PORT`, adds `EXPECT_RULE` to `frontend http_frontend` (once), exits 1
     without starting HAProxy if a bind line off the host is left, then execs `binary` with the
     same arguments. Returns its path."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / WRAPPER
     wild = r"^([[:space:]]*bind[[:space:]]+)(\*|0\.0\.0\.0|\[?::\]?)?:([0-9]+)"
     sed = rf"s/{wild}/\1{host}:\3/"
-    expect = f"/^frontend http_frontend$/a\\    {APP_OWNS_BODY_RULE}"
+    expect = f"/^frontend http_frontend$/a\\    {EXPECT_RULE}"
     ours = r"^[[:space:]]*bind[[:space:]]+" + re.escape(host) + ":"
     path.write_text(
         "#!/bin/sh\n"

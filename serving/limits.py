@@ -33,9 +33,9 @@ async def cancel_on_disconnect(request: Request, gone: threading.Event, task: as
     """Once the request's body has been read, the next ASGI message is `http.disconnect` when the
     client goes away (through HAProxy, which drops the replica's connection when its client's
     closes, or Serve's proxy): then set `gone` (the compute thread stops at its next tile pass)
-    and cancel the request's `task`. Through the stack's HAProxy every request carries
-    `x-request-disconnect-disabled` (cluster/ingress.py), so this watch is the one that acts;
-    behind Serve's Python proxy, Serve's own cancellation of the handler does the same."""
+    and cancel the request's `task`. Serve cancels the handler on a disconnect too where it
+    watches the connection itself; this also covers the requests it does not watch
+    (`x-request-disconnect-disabled`, set by the stack's HAProxy on `Expect: 100-continue`)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
     gone.set()

@@ -86,8 +86,9 @@ def one_replica(stack):
 @pytest.mark.parametrize("expect", [False, True], ids=["plain", "expect-100-continue"])
 def test_an_abandoned_request_stops_computing_and_frees_the_replica(one_replica, expect):
     """A closed tab or a Ctrl-C after 2 s: the next small request is answered long before the
-    abandoned one would have finished (timed against this run's own full large request), with
-    and without `Expect: 100-continue`."""
+    abandoned one would have finished (timed against this run's own full large request). Both
+    ways of watching the client: Serve's own, and the app's for requests Serve leaves unwatched
+    (`Expect: 100-continue`)."""
     url, _ = one_replica
     t0 = time.monotonic()
     assert post(url, BIG).status_code == 200

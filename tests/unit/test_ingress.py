@@ -122,11 +122,10 @@ def test_resolve_falls_back_to_the_proxy_only_on_auto(monkeypatch):
     assert ingress.resolve("auto") == "haproxy" and ingress.resolve("proxy") == "proxy"
 
 
-def test_requests_reach_the_app_with_their_body_unread(tmp_path):
+def test_expect_100_continue_requests_reach_the_app_with_their_body_unread(tmp_path):
     """Ray's rendered config gets, once however often the wrapper runs, the rule that keeps Serve
-    from reading a body ahead of the app (the app answers an oversized `Expect: 100-continue`
-    body 413 first, and watches the client's disconnect itself), and the real HAProxy accepts
-    the config."""
+    from reading an `Expect: 100-continue` body ahead of the app (the app answers 413 first),
+    and the real HAProxy accepts the config."""
     from ray.serve._private.haproxy import HAProxyApi, HAProxyConfig
     from ray.serve.config import HTTPOptions
 
@@ -141,7 +140,7 @@ def test_requests_reach_the_app_with_their_body_unread(tmp_path):
         subprocess.run([str(wrapper), "-f", str(cfg)], check=True, timeout=30)
     text = cfg.read_text()
     frontend = text[text.index("frontend http_frontend"):].split("\nfrontend ")[0].split("\nbackend ")[0]
-    assert text.count(ingress.APP_OWNS_BODY_RULE) == 1 and ingress.APP_OWNS_BODY_RULE in frontend
+    assert text.count(ingress.EXPECT_RULE) == 1 and ingress.EXPECT_RULE in frontend
     binary = ingress.haproxy_binary()
     if binary:  # the Linux wheel of ray[serve] ships it
         check = subprocess.run([binary, "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
