@@ -53,11 +53,9 @@ api = FastAPI(title="img2img enhancer", description="Image enhancement with a re
 DEFAULTS = OPTIONS.user_config()  # what a user_config leaves out
 RUNTIME_KEYS = ("model_name", "model_version", "model_run_id", "runtime", "threads", "memory_format", "precision")
 RETRY_AFTER_S = 5
-# Tiles per forward pass when one request runs alone: a 16 MP image is ~80 tiles of 512 px, and one
-# pass over all of them would hold every tile's activations at once (GBs on CPU). On a CPU one at
-# a time is also the fastest: a 1024x1024 photo in 512 px tiles took 1.17 s one by one against
-# 2.28 s four at a time (torch bf16, 2 threads; ONNX Runtime 2.08 vs 2.46 s): a 4-tile pass's
-# activations no longer fit the caches or the heap kept by translator/allocator.py. GPUs keep 4.
+# Tiles per forward pass of one request: all tiles at once would hold every tile's activations
+# (GBs on CPU); on a CPU one at a time is also fastest (1024x1024 in 512 px tiles: 1.17 s one by
+# one vs 2.28 s four at a time, torch bf16, 2 threads: benchmarks/RESULTS.md). GPUs keep 4.
 CPU_TILES_PER_PASS, GPU_TILES_PER_PASS = 1, 4
 
 
@@ -195,10 +193,9 @@ def web_response(name: str) -> Response:
     return Response(body, media_type=WEB_FILES[name], headers=WEB_HEADERS)
 
 
-# Every model computation of a replica runs on one thread (`compute_thread`). libgomp (PyTorch's OpenMP) keeps a
-# team of threads per calling thread; once the teams outnumber the CPUs it stops spinning between
-# parallel regions, and each of a forward pass's hundreds of regions waits for a wake-up. On
-# asyncio's rotating worker pool that made a 256x256 NAFNet pass ~50% slower (35 -> 50-70 ms on
+# Every model computation of a replica runs on one thread (`compute_thread`): libgomp keeps an
+# OpenMP team per calling thread, and once teams outnumber the CPUs it stops spinning between
+# regions; on asyncio's rotating pool a 256x256 NAFNet pass was ~50% slower (35 vs 50-70 ms on
 # 2 cores; benchmarks/RESULTS.md). One thread keeps one team, as in a plain script.
 # Created on first use: Ray pickles this module's app, and an executor does not pickle.
 _compute: concurrent.futures.ThreadPoolExecutor | None = None
