@@ -276,7 +276,7 @@ def main() -> None:
             f"{ingest['rows']} rows, {ingest['duplicate_rows']} duplicates", NAN, NAN, NAN,
             int(not ingest["same_checksum"]) + ingest["duplicate_rows"]]
     deploy(settings, args.model)  # back to the standard 1-2 replica deployment
-    notes = (f"Model {args.model}; duration {d:.0f} s (the issue's full run is 60 s at c=32, kill at 20 s, "
+    notes = (f"Model {args.model}; duration {d:.0f} s (the full run is 60 s at c=32, kill at 20 s, "
              f"100 repeats). 'failures' = requests the client saw fail (after retries where it retries).")
     report("reliability", "Reliability: load, replica loss, planned downscale, bad input, store restart",
            ["scenario", "outcome", "p50 ms", "p95 ms", "images/s", "failures"],

@@ -236,7 +236,7 @@ def quick(settings, model: str, n: int = 20) -> None:
            ["input", "path", "runtime", "batching", "concurrency", "p50 ms", "p95 ms", "images/s",
             "p50 / today's in-process p50 (same rounds)", "today's in-process p50 ms (same rounds)",
             "in-replica p50 ms (Server-Timing)"], rows,
-           notes="The issue's target: Serve p50 <= 0.6 x today's in-process p50. Each Serve row alternates "
+           notes="The target: Serve p50 <= 0.6 x today's in-process p50. Each Serve row alternates "
                  "one request with one run of today's in-process path (PyTorch NCHW fp32, PNG level 6, "
                  "glibc malloc defaults) and divides by that path's p50 over the same rounds; the in-process "
                  "today row pools all rounds. In-replica time is decode + model + encode as the replica's "
