@@ -24,9 +24,11 @@ def _num(x, key="psnr"):
     return "-" if x is None else f"{x:.4f}" if "ssim" in key else f"{x:+.2f}" if "gain" in key else f"{x:.2f}"
 
 
-LS_COLUMNS = ["model", "version", "variant", "dataset", "val PSNR", "val SSIM", "gain dB", "cycle PSNR",
+LS_COLUMNS = ["version", "variant", "dataset", "val PSNR", "val SSIM", "gain dB", "cycle PSNR",
               "eval PSNR", "parent", "aliases", "note", "run", "created"]
-LS_IDS = ["model", "version", "variant", "dataset", "parent", "aliases", "run"]
+LS_IDS = ["version", "variant", "dataset", "parent", "aliases", "run"]
+# An 80-column terminal holds the rest; `--wide` adds these (`--json` has every field).
+LS_WIDE_ONLY = ("val SSIM", "parent", "run", "created")
 
 
 def applicable(columns: list[str], rows: list[list], keep: tuple[str, ...] = ()) -> tuple[list[str], list[list]]:
@@ -48,19 +50,31 @@ def _row(v, where):
     score = None if ev is None else ev.get("psnr", ev.get("cycle_psnr"))
     note = "WORSE THAN INPUT" if v.worse_than_input else ""
     old = "" if v.current_metric or not paired else "*"
-    return [v.name, v.version, v.tags.get("variant", "-"), v.tags.get("dataset", "-"), _num(val("psnr")) + old,
+    return [f"{v.name}/{v.version}", v.tags.get("variant", "-"), v.tags.get("dataset", "-"), _num(val("psnr")) + old,
             _num(val("ssim"), "ssim"), _num(val("gain_db"), "gain") + old, _num(cycle), _num(score),
             v.tags.get("parent", "-"), ",".join(v.aliases), note, v.run_id, v.created]
+
+
+def ls_table(found, where: dict, wide: bool) -> tuple[list[str], list[list]]:
+    """`models ls`'s columns and rows for `found` versions: the 80-column set, or every column
+    with `wide`; columns no row has a value in are left out."""
+    rows = [_row(v, where.get(v.name)) for v in found]
+    shown = [i for i, c in enumerate(LS_COLUMNS) if wide or c not in LS_WIDE_ONLY]
+    return applicable([LS_COLUMNS[i] for i in shown], [[r[i] for i in shown] for r in rows], keep=("version",))
 
 
 @models_app.command("ls")
 @handle_errors
 def ls(name: str = typer.Argument(None, help="one registered model (default: all)"),
+       wide: bool = typer.Option(False, "--wide", "-w", help="Also show val SSIM, the parent, the MLflow "
+                                 "run id and the creation time."),
        as_json: bool = json_option()):
-    """Registered models and versions: variant, training dataset, own-val PSNR/SSIM/gain (paired),
-    cycle PSNR (unpaired), PSNR on the model's evaluation set, parent (fine-tuned from), aliases.
+    """Registered models and versions (as NAME/VERSION, the reference other commands take):
+    variant, training dataset, own-val PSNR/gain (paired), cycle PSNR (unpaired), PSNR on the
+    model's evaluation set, aliases; `--wide` adds val SSIM, parent (fine-tuned from), run id and
+    creation time (`--json` has every field).
 
-    Example: `img2img models ls photos --json`
+    Example: `img2img models ls photos --wide`
     """
     from jobs.registry import eval_set, versions
 
@@ -77,8 +91,7 @@ def ls(name: str = typer.Argument(None, help="one registered model (default: all
                      "eval": v.eval_result(*where[v.name]) if where[v.name] else None,
                      "aliases": v.aliases, "run_id": v.run_id, "created": v.created} for v in found])
         return
-    rows = [_row(v, where[v.name]) for v in found]
-    columns, rows = applicable(LS_COLUMNS, rows, keep=("model", "version"))
+    columns, rows = ls_table(found, where, wide)
     print_table("registered models", columns, rows, ids=[c for c in LS_IDS if c in columns])
     if any(r[columns.index("val PSNR")].endswith("*") for r in rows if "val PSNR" in columns):
         console.print("* validated as a mean of per-image PSNR (an older definition, not comparable); "

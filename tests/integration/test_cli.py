@@ -57,7 +57,7 @@ def lines_with(output: str, text: str) -> list[str]:
 
 
 def test_models_ls_keeps_names_versions_and_run_ids_whole(stack, cli, registered, narrow):
-    r = cli("models", "ls", LONG_MODEL)
+    r = cli("models", "ls", LONG_MODEL, "--wide")
     assert r.exit_code == 0, r.output
     for _, run_id in registered:
         row = lines_with(r.output, run_id)

@@ -214,8 +214,8 @@ def test_a_bucket_name_s3_refuses_is_one_line_before_any_request():
 
 
 
-def _models_ls(monkeypatch, terminal: bool, width: int) -> str:
-    from jobs.models_cli import LS_COLUMNS, LS_IDS, _row, applicable
+def _models_ls(monkeypatch, terminal: bool, width: int, wide: bool = True) -> str:
+    from jobs.models_cli import LS_IDS, ls_table
     from jobs.registry import VersionInfo
     from translator.metrics import PSNR_DEFINITION
 
@@ -224,7 +224,7 @@ def _models_ls(monkeypatch, terminal: bool, width: int) -> str:
     versions = [VersionInfo("my-photos", "1", tags, ["champion"], "0123456789abcdef" * 2, "2026-12-05 10:45"),
                 VersionInfo("my-photos", "2", {**tags, "val_gain_db": "-0.4500", "worse_than_input": "true"}, [],
                             "fedcba9876543210" * 2, "2026-12-05 11:45")]
-    columns, rows = applicable(LS_COLUMNS, [_row(v, None) for v in versions], keep=("model", "version"))
+    columns, rows = ls_table(versions, {}, wide)
     buf = io.StringIO()
     monkeypatch.setattr(cli_utils, "console", Console(file=buf, force_terminal=terminal, width=width,
                                                       color_system=None))
@@ -241,3 +241,13 @@ def test_models_ls_shows_only_columns_that_apply_and_never_splits_a_word(monkeyp
         assert word in out, f"{word} was split:\n{out}"
     if not terminal:  # a pipe: one line per version
         assert any("2026-12-05 11:45" in line and "fedcba98" in line for line in out.splitlines())
+
+
+def test_models_ls_fits_80_columns_and_names_versions_as_references(monkeypatch):
+    """Without `--wide` the table fits an 80-column terminal and names each version as the
+    NAME/VERSION other commands take; run ids and times are `--wide`'s (a pipe keeps one line
+    per row at any width, the test above)."""
+    out = _models_ls(monkeypatch, True, 80, wide=False)
+    assert max(len(line) for line in out.splitlines()) <= 80, out
+    assert "my-photos/1" in out and "my-photos/2" in out and "+4.32" in out and "champion" in out
+    assert "01234567" not in out and "2026-12-05" not in out
