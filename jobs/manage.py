@@ -178,6 +178,8 @@ def job_summary(client, settings: Settings, job_id: str) -> dict:
             info["progress"] = snap.line()
             if snap.error:
                 info["error"] = snap.error
+            if snap.warnings:  # the job's verdicts on its model, e.g. WORSE than its input
+                info["warnings"] = snap.warnings
             for k, v in snap.extra.items():
                 info[k] = round(v, 2)
         except Exception:

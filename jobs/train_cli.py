@@ -157,20 +157,21 @@ def status(job_id: str, follow: bool = typer.Option(False, "--follow", "-f", hel
     if as_json:
         print_json(info)
         return
+    warnings = info.pop("warnings", [])
     for k, v in info.items():
         console.print(f"{k:>18}: {v}", markup=False, highlight=False, soft_wrap=True)
-    if not follow:
-        return
     status, message = info["status"], info.get("error") or info.get("message") or ""
-    if status not in TERMINAL:
+    if follow and status not in TERMINAL:
         if info.get("run_id"):
             snap = follow_progress(client, settings, job_id, info["run_id"])
-            status, message = snap.status, snap.error or snap.message
-            print_warnings(snap.warnings if status == "SUCCEEDED" else [])
+            status, message, warnings = snap.status, snap.error or snap.message, snap.warnings
         else:
             status = wait(client, job_id, follow=False)
             message = job_info(client, job_id)["message"]
-    error = outcome_error(job_id, status, message)
+    if status == "SUCCEEDED" and warnings:  # the verdict, whether the job ended before or while following
+        console.print(f"Job {info['job_id']} SUCCEEDED, but:", highlight=False)
+        print_warnings(warnings)
+    error = outcome_error(job_id, status, message) if follow else None
     if error:
         raise error
 

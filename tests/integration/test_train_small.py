@@ -215,6 +215,10 @@ def test_3_rows_1_val_row_2_workers_trains_what_it_reports_with_live_progress(st
     # the job's verdict on the model is in the follow output, not only in `jobs logs`
     worse = float(ml.get_model_version("rows-3", version).tags["val_gain_db"]) < 0
     assert ("SUCCEEDED, but:" in out and "WORSE than its input" in out) == worse, out[-1500:]
+    for args in ([], ["--follow"]):  # and when asked about later, the job having ended
+        later = cli("jobs", "status", job_id, *args)
+        assert later.exit_code == 0 and ("SUCCEEDED, but:" in later.output) == worse, later.output
+        assert ("WORSE than its input" in later.output) == worse, later.output
     load(stack.mlflow_uri, "rows-3", str(version))
     assert _leftovers(stack_tmp, Path("/tmp"), private_tmp) - before == set()
 
