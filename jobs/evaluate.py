@@ -306,7 +306,10 @@ def main(argv: list[str] | None = None) -> int:
         from cluster.admission import check_deadline
 
         check_deadline(args.queue_deadline)
-        run(EvalSpec.from_json(args.spec))
+        from cluster.storage import arrow_errors
+
+        with arrow_errors():  # a store down past its retries (shard reads, checkpoints): one line naming it
+            run(EvalSpec.from_json(args.spec))
     except Img2ImgError as e:
         print(f"{MARK} error {e}", flush=True)
         return 1

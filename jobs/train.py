@@ -22,7 +22,7 @@ from pathlib import Path
 from cluster.admission import check_deadline
 from cluster.errors import Img2ImgError
 from cluster.settings import Settings, get_settings
-from cluster.storage import Storage, arrow_filesystem
+from cluster.storage import Storage, arrow_errors, arrow_filesystem, arrow_unavailable
 from jobs.crops import check_crop
 from jobs.manifest import Manifest, check_dataset, stream_rows
 from jobs.plan import Cadence, TrainPlan, check_capacity, make_plan
@@ -270,12 +270,13 @@ def run(spec: TrainSpec, settings: Settings | None = None):
     job = plan_job(spec, settings, ray.cluster_resources(), "this Ray cluster")
     _set_phase(settings, spec.run_id, "starting")  # rank 0 sets "training" once the workers run
     STARTED.set()
-    trainer = build_trainer(spec, settings, job)
+    with arrow_errors(settings):  # the datasets' shard footers are read here, through the store
+        trainer = build_trainer(spec, settings, job)
     t_fit = time.time()
     try:
         result = trainer.fit()
-    except Exception as e:
-        raise Img2ImgError(f"training failed: {_root_cause(e)}") from None
+    except Exception as e:  # a store down past its retries: its one line, not the worker's traceback
+        raise arrow_unavailable(e, settings) or Img2ImgError(f"training failed: {_root_cause(e)}") from None
     fit_s = time.time() - t_fit
     _set_phase(settings, spec.run_id, "registering")
     version, metrics = register(spec, settings, job, result, fit_s, started)

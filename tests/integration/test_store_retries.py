@@ -2,7 +2,8 @@
 in front of the stack's SeaweedFS answers every other request `503 SlowDown` (what S3 and MinIO
 send when busy), and `data verify` / `ls` / `ingest` (MinIO SDK), a pyarrow read as Ray Data and
 Ray Train do it, and boto3 as the MLflow server runs it all succeed; a proxy answering 503 always
-gives the one-line "unavailable" error within the retry budget."""
+gives the one-line "unavailable" error within the retry budget, in the CLI and as the reason of a
+training or evaluation job that streams its shards through it."""
 
 from __future__ import annotations
 
@@ -25,10 +26,11 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection
 class ThrottlingProxy:
     """Forwards HTTP to `upstream` (host:port) with the client's headers unchanged (so SigV4
     signatures still verify), answering `503 SlowDown` instead to every other request
-    (`always=False`, starting with the first) or to all (`always=True`)."""
+    (`always=False`, starting with the first) or to all (`always=True`); with `only`, to the
+    requests for keys ending in it alone (".parquet": the dataset shards), the rest forwarded."""
 
-    def __init__(self, upstream: str, always: bool = False):
-        self.upstream, self.always = upstream, always
+    def __init__(self, upstream: str, always: bool = False, only: str | None = None):
+        self.upstream, self.always, self.only = upstream, always, only
         self.seen = self.throttled = 0
         self.lock = threading.Lock()
         proxy = self
@@ -41,9 +43,10 @@ class ThrottlingProxy:
 
             def forward(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                chosen = not proxy.only or self.path.split("?")[0].endswith(proxy.only)
                 with proxy.lock:
-                    proxy.seen += 1
-                    throttle = proxy.always or proxy.seen % 2 == 1
+                    proxy.seen += chosen
+                    throttle = chosen and (proxy.always or proxy.seen % 2 == 1)
                     proxy.throttled += throttle
                 if throttle:
                     self.send_response(503)
@@ -170,3 +173,35 @@ def test_a_store_that_always_throttles_is_reported_unavailable_in_one_line(stack
         with pytest.raises(Img2ImgError, match=f"S3 at http://{proxy.hostport} is unavailable: HTTP 503 on all 3"):
             with arrow_errors(settings):
                 pq.read_table(f"{settings.bucket}/datasets/{blur_dataset}", filesystem=arrow_filesystem(settings))
+
+
+def test_a_job_streaming_shards_from_a_store_that_stays_throttled_fails_naming_the_store(stack, blur_dataset, cli,
+                                                                                        monkeypatch):
+    """Every read of a dataset shard answered `503 SlowDown` (the manifest and listings pass, so
+    both jobs are submitted): the evaluation and the training job end FAILED, and `eval`,
+    `train --follow` and `jobs status` say so in one line naming the store, not with pyarrow's
+    traceback."""
+    import re
+
+    from tests.integration.conftest import register_tiny_autoencoder
+
+    version = register_tiny_autoencoder(stack, "test-throttled", seed=7)
+    monkeypatch.setenv("IMG2IMG_S3_MAX_ATTEMPTS", "2")  # the jobs get the client's store settings
+    with ThrottlingProxy(stack.s3_hostport, always=True, only=".parquet") as proxy:
+        monkeypatch.setenv("IMG2IMG_S3_ENDPOINT", proxy.hostport)
+        reason = f"the object store S3 at http://{proxy.hostport} is unavailable: "
+
+        r = cli("eval", f"test-throttled/{version}", "--dataset", blur_dataset, "--limit", "2")
+        lines = r.output.strip().splitlines()
+        assert r.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: " + reason), r.output
+        assert "on all 2 tries" in lines[0] and proxy.throttled >= 2, r.output
+
+        r = cli("train", "--dataset", blur_dataset, "--variant", "autoencoder", "--workers", "1",
+                "--image-size", "32", "--max-steps", "1", "--model-name", "test-throttled-train", "--follow")
+        job_id = re.search(r"Submitted job (raysubmit_\w+)", r.output)[1]
+        last = r.output.strip().splitlines()[-1]
+        assert r.exit_code == 1 and last.startswith(f"Error: job {job_id} FAILED: {reason}"), r.output
+        assert "on all 2 tries" in last and "Traceback" not in r.output, r.output
+    r = cli("jobs", "status", job_id)
+    assert r.exit_code == 0 and re.search(r"status: FAILED", r.output), r.output
+    assert re.search(r"error: " + re.escape(reason) + r".* on all 2 tries", r.output), r.output

@@ -122,10 +122,9 @@ def test_resolve_falls_back_to_the_proxy_only_on_auto(monkeypatch):
     assert ingress.resolve("auto") == "haproxy" and ingress.resolve("proxy") == "proxy"
 
 
-def test_expect_100_continue_requests_reach_the_app_with_their_body_unread(tmp_path):
-    """Ray's rendered config gets, once however often the wrapper runs, the rule that keeps Serve
-    from reading an `Expect: 100-continue` body ahead of the app (the app answers 413 first),
-    and the real HAProxy accepts the config."""
+def rays_config_through_the_wrapper(tmp_path, runs: int = 1):
+    """Ray's HTTP config as Ray renders it, run `runs` times through the stack's wrapper (with a
+    binary that does nothing) -> the config file's path."""
     from ray.serve._private.haproxy import HAProxyApi, HAProxyConfig
     from ray.serve.config import HTTPOptions
 
@@ -136,8 +135,16 @@ def test_expect_100_continue_requests_reach_the_app_with_their_body_unread(tmp_p
     fake.write_text("#!/bin/sh\nexit 0\n")
     fake.chmod(0o755)
     wrapper = ingress.write_wrapper(tmp_path / "hap", str(fake), "127.0.0.1")
-    for _ in range(2):  # a config file run through twice keeps one rule
+    for _ in range(runs):
         subprocess.run([str(wrapper), "-f", str(cfg)], check=True, timeout=30)
+    return cfg
+
+
+def test_expect_100_continue_requests_reach_the_app_with_their_body_unread(tmp_path):
+    """Ray's rendered config gets, once however often the wrapper runs, the rule that keeps Serve
+    from reading an `Expect: 100-continue` body ahead of the app (the app answers 413 first),
+    and the real HAProxy accepts the config."""
+    cfg = rays_config_through_the_wrapper(tmp_path, runs=2)  # a config file run through twice keeps one rule
     text = cfg.read_text()
     frontend = text[text.index("frontend http_frontend"):].split("\nfrontend ")[0].split("\nbackend ")[0]
     assert text.count(ingress.EXPECT_RULE) == 1 and ingress.EXPECT_RULE in frontend
@@ -145,3 +152,80 @@ def test_expect_100_continue_requests_reach_the_app_with_their_body_unread(tmp_p
     if binary:  # the Linux wheel of ray[serve] ships it
         check = subprocess.run([binary, "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
         assert check.returncode == 0 and "Configuration file is valid" in check.stdout, check.stderr
+
+
+def _rendered_defaults(tmp_path) -> list[str]:
+    """The option, timeout and retry lines of Ray's rendered `defaults` section, after the
+    wrapper has run over the config."""
+    section = rays_config_through_the_wrapper(tmp_path).read_text().split("\ndefaults\n")[1].split("\nfrontend ")[0]
+    return [ln.strip() for ln in section.splitlines()
+            if ln.strip().startswith(("mode", "option", "no option", "timeout", "retry-on", "balance"))]
+
+
+def test_rays_config_splices_no_request_body(tmp_path):
+    lines = _rendered_defaults(tmp_path)
+    assert "no option splice-request" in lines and "option splice-request" not in lines, lines
+    assert "option abortonclose" in lines
+
+
+@pytest.mark.skipif(not ingress.haproxy_binary(), reason="no HAProxy binary (ray[serve] ships one on Linux only)")
+def test_a_client_that_leaves_after_sending_its_whole_request_at_once_is_seen_by_the_server(tmp_path):
+    """The real HAProxy with Ray's defaults as the wrapper leaves them, in front of a server that
+    reads a request and then waits: a client that sent its whole request (headers and a 45 kB
+    body in one write, as a fast client on this host does) and goes away after 1 s must reach the
+    server as a closed connection, which is what stops the replica's computation. With Ray's
+    `option splice-request` HAProxy 2.8 missed it in most tries."""
+    import socket
+    import threading
+    import time
+
+    server = socket.create_server(("127.0.0.1", 0))
+    seen: list[float] = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < 45000:
+                    data += conn.recv(65536)
+                t0 = time.monotonic()
+                conn.settimeout(5)
+                try:
+                    conn.recv(1)  # b"" (a FIN) or a reset: the client's close, passed on
+                    seen.append(time.monotonic() - t0)
+                except TimeoutError:
+                    seen.append(float("inf"))
+                except OSError:
+                    seen.append(time.monotonic() - t0)
+
+    threading.Thread(target=serve, daemon=True).start()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tmp_path / "front.cfg"
+    cfg.write_text("global\n    nbthread 2\ndefaults\n" + "".join(f"    {ln}\n" for ln in _rendered_defaults(tmp_path))
+                   + f"frontend f\n    bind 127.0.0.1:{port}\n    default_backend b\nbackend b\n"
+                   f"    server s 127.0.0.1:{server.getsockname()[1]}\n")
+    proc = subprocess.Popen([ingress.haproxy_binary(), "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1)
+        request = (b"POST /enhance HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 45000\r\n\r\n"
+                   + b"x" * 45000)
+        for _ in range(3):
+            before = len(seen)
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+                client.sendall(request)
+                time.sleep(1)
+            deadline = time.monotonic() + 10
+            while len(seen) == before and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert len(seen) > before and seen[-1] < 4, seen  # noticed within a few seconds, not at the timeout
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        server.close()

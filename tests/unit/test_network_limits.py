@@ -134,6 +134,53 @@ def test_pyarrow_transient_failure_is_the_same_one_line_and_other_errors_pass():
             raise FileNotFoundError("b/k")
 
 
+SLOW_DOWN = ("When reading information for key 'datasets/blur/train/0.parquet' in bucket 'img2img': AWS Error "
+             "SLOW_DOWN during GetObject operation: Please reduce your request rate.")
+
+
+def ray_wrapped() -> list[BaseException]:
+    """pyarrow's OSError as a training or evaluation job receives it: a Ray task's error (cause
+    kept), Ray Train's worker failure, and a worker's traceback passed on as text only."""
+    from ray.exceptions import RayTaskError
+    from ray.train import ControllerError, WorkerGroupError
+
+    task = RayTaskError("ReadParquet", f"Traceback (most recent call last):\nOSError: {SLOW_DOWN}", OSError(SLOW_DOWN))
+    text_only = RuntimeError(f"Worker 0 failed:\nTraceback (most recent call last):\n  ...\nOSError: {SLOW_DOWN}")
+    return [task, task.as_instanceof_cause(), WorkerGroupError("training failed", {0: task}),
+            ControllerError(text_only), text_only]
+
+
+@pytest.mark.parametrize("index", range(5), ids=["task", "task-as-cause", "worker-group", "controller", "text"])
+def test_a_throttled_store_behind_ray_s_wrapping_is_the_one_unavailable_line(index):
+    from cluster.settings import get_settings
+    from cluster.storage import arrow_errors, arrow_unavailable
+
+    settings = get_settings(s3_endpoint="127.0.0.1:1", s3_max_attempts=3)
+    error = ray_wrapped()[index]
+    line = str(arrow_unavailable(error, settings))
+    assert line == ("the object store S3 at http://127.0.0.1:1 is unavailable: SLOW_DOWN on all 3 tries "
+                    "(IMG2IMG_S3_MAX_ATTEMPTS); try again later"), line
+    with pytest.raises(Img2ImgError, match="is unavailable: SLOW_DOWN on all 3 tries"):
+        with arrow_errors(settings):
+            raise error
+
+
+@pytest.mark.parametrize("error", [
+    RuntimeError("Worker 0 failed: ValueError: crop size 64 exceeds the image"),
+    OSError("AWS Error ACCESS_DENIED during GetObject operation: Access Denied"),  # not transient
+    FileNotFoundError("img2img/datasets/blur/train/0.parquet"),
+])
+def test_other_job_errors_are_not_called_a_store_outage(error):
+    from cluster.settings import get_settings
+    from cluster.storage import arrow_errors, arrow_unavailable
+
+    settings = get_settings(s3_endpoint="127.0.0.1:1")
+    assert arrow_unavailable(error, settings) is None
+    with pytest.raises(type(error)):
+        with arrow_errors(settings):
+            raise error
+
+
 def test_a_store_that_cannot_be_reached_names_the_failure_and_the_tries():
     reset = urllib3.exceptions.MaxRetryError(None, "/b/k", urllib3.exceptions.ProtocolError("reset"))
     with pytest.raises(Img2ImgError) as e:
