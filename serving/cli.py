@@ -126,7 +126,7 @@ def status(as_json: bool = json_option()):
 def champion_version(settings, model: str | None) -> str | None:
     """The version `model`'s alias `champion` names, or None (no champion, or MLflow unreachable:
     status still shows what is served)."""
-    from serving.model import resolve
+    from serving.model import resolve  # deferred: torch and MLflow (see enhance)
 
     if not model:
         return None
@@ -181,9 +181,9 @@ def enhance(
         raise Img2ImgError(f"--timeout must be a finite number of seconds > 0, got {timeout}")
     if parallel < 1 or (threads is not None and threads < 1):
         raise Img2ImgError("--parallel and --threads must be at least 1")
-    from serving.codec import (
-        FORMATS,  # deferred (as serving.model, serving.local): torch, for enhance only
-    )
+    # deferred, as serving.model and serving.local below: they import torch (and MLflow), which
+    # every other img2img command would load at start for nothing
+    from serving.codec import FORMATS
 
     if max_megapixels is not None and not local:  # a limit typed must not be silently ignored
         raise Img2ImgError("--max-megapixels goes with --local; the endpoint's limit is set by: "
