@@ -47,6 +47,7 @@ def _serve_tiny(settings) -> None:
 
     from jobs.tracking import log_generator
     from serving.deploy import deploy
+    from serving.options import ReplicaOptions, Scaling
     from translator.variants import get_variant
 
     torch.manual_seed(0)
@@ -57,8 +58,8 @@ def _serve_tiny(settings) -> None:
         info = log_generator(variant.generator, variant.multiple, "autoencoder", {}, "ingress-tiny")
     version = str(info.registered_model_version)
     MlflowClient(settings.mlflow_uri).set_model_version_tag("ingress-tiny", version, "variant", "autoencoder")
-    deploy(settings, f"ingress-tiny/{version}", min_replicas=1, max_replicas=1, num_cpus=1, runtime="torch",
-           wait_s=600)
+    deploy(settings, f"ingress-tiny/{version}", ReplicaOptions(runtime="torch"),
+           Scaling(min_replicas=1, max_replicas=1, num_cpus=1), wait_s=600)
 
 
 def _png(size: int) -> bytes:

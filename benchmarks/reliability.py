@@ -118,8 +118,9 @@ def forced_downscale(settings, model: str, megapixels: float = 12.0) -> dict:
     import httpx
 
     from serving.deploy import deploy
+    from serving.options import Scaling
 
-    out = deploy(settings, model, min_replicas=2, max_replicas=2, wait_s=300)
+    out = deploy(settings, model, scaling=Scaling(min_replicas=2, max_replicas=2), wait_s=300)
     _wait_replicas(settings, 2)
     height = int(round((megapixels * 1e6 * 3 / 4) ** 0.5))
     big = _png(height, int(round(height * 4 / 3)), seed=1)
@@ -136,7 +137,7 @@ def forced_downscale(settings, model: str, megapixels: float = 12.0) -> dict:
         t.start()
         time.sleep(0.5)
     time.sleep(3)
-    deploy(settings, model, min_replicas=1, max_replicas=1, wait_s=0)
+    deploy(settings, model, scaling=Scaling(min_replicas=1, max_replicas=1), wait_s=0)
     for t in threads:
         t.join()
     _wait_replicas(settings, 1, timeout=300)
@@ -234,8 +235,9 @@ def main() -> None:
     args = parser.parse_args()
     settings = settings_with_stack()
     from serving.deploy import deploy
+    from serving.options import Scaling
 
-    deploy(settings, args.model, min_replicas=2, max_replicas=2, wait_s=300)
+    deploy(settings, args.model, scaling=Scaling(min_replicas=2, max_replicas=2), wait_s=300)
     _wait_replicas(settings, 2)
     c, d = args.concurrency, args.duration
     only = set(args.only or SCENARIOS)

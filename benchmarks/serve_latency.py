@@ -175,6 +175,7 @@ def quick(settings, model: str, n: int = 20) -> None:
 
     from serving.deploy import deploy
     from serving.model import load, resolve
+    from serving.options import ReplicaOptions, Scaling
     from serving.runtime import cpu_has_native_bf16
 
     name, version = resolve(settings.mlflow_uri, model)
@@ -182,20 +183,21 @@ def quick(settings, model: str, n: int = 20) -> None:
     today = load(settings.mlflow_uri, name, version, threads=CPUS, runtime="torch", memory_format="contiguous",
                  precision="fp32")
     in_process(today, body, 3, tile=512, png_level=TODAY_PNG_LEVEL)  # warm-up
-    configs = [("torch NCHW fp32, 1 CPU (today)", dict(runtime="torch", memory_format="contiguous", precision="fp32",
-                                                      num_cpus=1, tile=256, max_batch_size=8,
-                                                      retain_freed_memory=False)),
-               ("torch channels_last auto", dict(runtime="torch", memory_format="channels_last", precision="auto",
-                                                 num_cpus=CPUS, tile=512, max_batch_size=1)),
-               ("onnx", dict(runtime="onnx", num_cpus=CPUS, tile=512, max_batch_size=1)),
-               ("auto (the default runtime)", dict(runtime="auto", num_cpus=CPUS, tile=512, max_batch_size=1))]
+    # (label, replica options, CPUs per replica, retain freed memory)
+    configs = [("torch NCHW fp32, 1 CPU (today)", ReplicaOptions(runtime="torch", memory_format="contiguous",
+                                                                 precision="fp32", tile=256, max_batch_size=8), 1, False),
+               ("torch channels_last auto", ReplicaOptions(runtime="torch", memory_format="channels_last",
+                                                           precision="auto", tile=512, max_batch_size=1), CPUS, True),
+               ("onnx", ReplicaOptions(runtime="onnx", tile=512, max_batch_size=1), CPUS, True),
+               ("auto (the default runtime)", ReplicaOptions(runtime="auto", tile=512, max_batch_size=1), CPUS, True)]
     from cluster.stack import Stack
 
     rows, all_today = [], []
     notes = [f"Ray head: {next(st.detail for st in Stack(settings).status() if st.name == 'ray')}"]
     with httpx.Client(timeout=300) as client:
-        for label, kw in configs:
-            deploy(settings, model, min_replicas=1, max_replicas=1, wait_s=600, **kw)
+        for label, options, cpus, retain in configs:
+            deploy(settings, model, options, Scaling(min_replicas=1, max_replicas=1, num_cpus=cpus), wait_s=600,
+                   retain_freed_memory=retain)
             info = httpx.get(settings.serve_url + "/model", timeout=30).json()
             for _ in range(3):  # warm-up
                 _post_one(client, settings.serve_url, body)
@@ -217,7 +219,7 @@ def quick(settings, model: str, n: int = 20) -> None:
             if info.get("runtime_choice"):
                 notes.append(f"{label}: the replica's runtime_choice {info['runtime_choice']}")
                 print(notes[-1], flush=True)
-            rows.append(_row(256, "Serve", desc, "on" if kw["max_batch_size"] > 1 else "off", 1, lat, n / t_serve,
+            rows.append(_row(256, "Serve", desc, "on" if options.max_batch_size > 1 else "off", 1, lat, n / t_serve,
                              base) + [base * 1e3, percentile(replica, 50) * 1e3])
     deploy(settings, model)  # back to the defaults
     base = percentile(all_today, 50)
@@ -250,6 +252,7 @@ def main() -> None:
 
     from serving.deploy import deploy
     from serving.model import load, resolve
+    from serving.options import ReplicaOptions, Scaling
     from serving.runtime import cpu_has_native_bf16
 
     parser = argparse.ArgumentParser()
@@ -304,7 +307,7 @@ def main() -> None:
     del m
 
     # ---- what threads does a replica get from Ray by itself? ---------------------------------
-    deploy(settings, args.model, min_replicas=1, max_replicas=1, num_cpus=0.5, threads=None, wait_s=600)
+    deploy(settings, args.model, scaling=Scaling(min_replicas=1, max_replicas=1, num_cpus=0.5), wait_s=600)
     info = httpx.get(settings.serve_url + "/model", timeout=30).json()
     notes.append(f"a replica with num_cpus=0.5 starts with torch.get_num_threads() = {info.get('initial_torch_threads')} "
                  f"(reserved CPUs {info.get('reserved_cpus')}); the new code sets {info.get('threads')} thread(s)")
@@ -323,8 +326,10 @@ def main() -> None:
     for label, kw, batchings in serve_configs:
         for batching in batchings:
             try:  # a failed configuration (e.g. a replica killed by a memory-starved machine) is noted, not fatal
-                deploy(settings, args.model, min_replicas=1, max_replicas=1,
-                       max_batch_size=8 if batching == "on" else 1, wait_s=600, **kw)
+                options = {**kw, "max_batch_size": 8 if batching == "on" else 1}
+                cpus, retain = options.pop("num_cpus"), options.pop("retain_freed_memory", True)
+                deploy(settings, args.model, ReplicaOptions(**options),
+                       Scaling(min_replicas=1, max_replicas=1, num_cpus=cpus), wait_s=600, retain_freed_memory=retain)
                 info = httpx.get(settings.serve_url + "/model", timeout=30).json()
                 desc = f"{label} [{info.get('runtime')} {info.get('memory_format')} {info.get('precision')}, " \
                        f"{info.get('threads')} thr, tile {kw['tile']}]"

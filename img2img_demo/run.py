@@ -32,6 +32,7 @@ from jobs.spec import TrainSpec
 from jobs.submit import job_client, submit
 from serving.client import client_timeout, enhance_bytes
 from serving.deploy import deploy
+from serving.options import Scaling
 from translator import degrade, images
 from translator.metrics import SetTally, psnr, squared_error, ssim
 
@@ -281,7 +282,7 @@ def run_demo(settings: Settings, variant: str | None = None, quick: bool = False
         say(f"WARNING: {warning}")
     say(f"promoted {model} v{version} to champion")
     say("deploying the Serve endpoint `enhancer`")
-    deploy(settings, f"{model}@champion", min_replicas=1, max_replicas=2)
+    deploy(settings, f"{model}@champion", scaling=Scaling(min_replicas=1, max_replicas=2))
     result = DemoResult(dataset, model, version, out_dir=out_dir, task=the_task)
     enhance_held_out(settings, dataset, result, say)
     write_report(result, variant, settings, budget_s if trained is not None else None)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+import typing
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -19,54 +21,53 @@ from cluster.cli_utils import (
     print_table,
 )
 from cluster.errors import Img2ImgError
+from cluster.files import make_output_dir
 from cluster.settings import get_settings
-from serving.options import DEFAULTS
+from serving.client import RetryPolicy, enhance_files
+from serving.deploy import deploy as do_deploy
+from serving.deploy import redeploy_model, remove
+from serving.deploy import status as get_status
+from serving.inputs import check_outputs, collect
+from serving.options import DEFAULTS, Options, ReplicaOptions, Scaling
 
 serve_app = typer.Typer(help="Deploy, reload, inspect and remove the Ray Serve enhancement endpoint.",
                         no_args_is_help=True)
 
 
+def takes_options(*types: type[Options]):
+    """Decorator: the command's `**options` become one Typer option per field of `types`
+    (serving/options.py: each field's Flag gives the option's name, help and unit, the field
+    its default), so `serve deploy` offers every option the types declare and no other."""
+    def wrap(fn):
+        sig = inspect.signature(fn)
+        own = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        added = []
+        for t in types:
+            for name, flag in t.flags().items():
+                field = t.model_fields[name]
+                kind = next((a for a in typing.get_args(field.annotation) if a is not type(None)), field.annotation)
+                kind = float if flag.scale != 1 else kind if kind in (int, float) else str
+                default = None if field.default is None else field.default * flag.scale if flag.scale != 1 else field.default
+                added.append(inspect.Parameter(flag.param, inspect.Parameter.KEYWORD_ONLY, annotation=kind,
+                                               default=typer.Option(default, flag.name, help=flag.help)))
+        fn.__signature__ = sig.replace(parameters=[*own, *added])
+        fn.__annotations__ = {**fn.__annotations__, **{p.name: p.annotation for p in added}}
+        return fn
+    return wrap
+
+
 @serve_app.command()
 @handle_errors
-def deploy(
-    model: str = typer.Option(..., "--model", "-m", help="NAME@champion, NAME@alias or NAME/VERSION"),
-    min_replicas: int = typer.Option(1, help="autoscaling lower bound"),
-    max_replicas: int = typer.Option(None, help="autoscaling upper bound (default: 2, or --min-replicas if higher)"),
-    target_ongoing_requests: float = typer.Option(2.0, help="requests per replica the autoscaler aims for"),
-    max_batch_size: int = typer.Option(DEFAULTS.max_batch_size, help="tiles batched together across requests (1 = off: measured "
-                                               "slower on CPU; try 8 on a GPU)"),
-    batch_wait_ms: float = typer.Option(DEFAULTS.batch_wait_timeout_s * 1000, help="how long a batch waits to fill"),
-    num_cpus: float = typer.Option(DEFAULTS.num_cpus, help="CPUs reserved per replica"),
-    tile: int = typer.Option(DEFAULTS.tile, help="default tile size for large images"),
-    overlap: int = typer.Option(DEFAULTS.overlap, help="default tile overlap"),
-    max_megapixels: float = typer.Option(DEFAULTS.max_pixels / 1e6, help="larger images get 413 (the default takes "
-                                         "64 MP phone and 61 MP camera photos; each request in flight holds "
-                                         "~100 bytes a pixel)"),
-    runtime: str = typer.Option(DEFAULTS.runtime, help="auto (torch on GPU; on CPU the fastest of onnx, torch fp32 and torch bf16 (kept unless another is 10% faster), timed on the model at start for images up to 512x512 px and for larger ones; GET /model shows runtime_choice) | torch | onnx"),
-    threads: int = typer.Option(None, help="intra-op threads per replica (default: floor(--num-cpus), min 1)"),
-    memory_format: str = typer.Option(DEFAULTS.memory_format, help="torch only: channels_last | contiguous"),
-    precision: str = typer.Option(DEFAULTS.precision, help="torch only: auto (bf16 where native, faster and within one "
-                                               "8-bit level of fp32) | fp32 | bf16"),
-    request_timeout: float = typer.Option(None, help="seconds of compute (from when the body has arrived) before a request is answered 504 "
-                                          "(default: sized from the pixel limit and the measured model speed)"),
-    upload_timeout: float = typer.Option(DEFAULTS.upload_timeout_s, help="seconds a request's body may take to "
-                                         "arrive before it is answered 408 (compute is timed from then on)"),
-):
+@takes_options(Scaling, ReplicaOptions)
+def deploy(model: str = typer.Option(..., "--model", "-m", help="NAME@champion, NAME@alias or NAME/VERSION"),
+           **options):
     """Deploy (or update) the `enhancer` app serving a registered model; waits until it answers.
 
     Example: `img2img serve deploy --model photos@champion --max-replicas 2 --runtime onnx`
     """
-    from serving.deploy import deploy as do_deploy
-
-    if not (math.isfinite(max_megapixels) and max_megapixels > 0):
-        raise Img2ImgError(f"--max-megapixels must be a finite number > 0, got {max_megapixels}")
+    scaling, replica = Scaling.from_flags(options), ReplicaOptions.from_flags(options)
     with console.status("deploying the enhancer (first start takes ~30 s)"):
-        out = do_deploy(get_settings(), model, min_replicas=min_replicas, max_replicas=max_replicas,
-                        target_ongoing_requests=target_ongoing_requests, max_batch_size=max_batch_size,
-                        batch_wait_ms=batch_wait_ms, num_cpus=num_cpus, tile=tile, overlap=overlap,
-                        max_pixels=int(max_megapixels * 1_000_000), runtime=runtime, threads=threads,
-                        memory_format=memory_format, precision=precision, request_timeout_s=request_timeout,
-                        upload_timeout_s=upload_timeout)
+        out = do_deploy(get_settings(), model, replica, scaling)
     console.print(f"Serving {out['model']} v{out['version']} at {out['url']}/enhance "
                   f"({out['runtime']}, {out['threads']} thread(s) per replica)")
     console.print(f"Requests time out after {out['request_timeout_s']:.0f} s (JSON 504); planned replica stops "
@@ -82,8 +83,6 @@ def reload(model: str = typer.Option(..., "--model", "-m", help="NAME@champion o
 
     Example: `img2img serve reload --model photos@champion`
     """
-    from serving.deploy import redeploy_model
-
     with console.status("loading the model into the running replicas"):
         out = redeploy_model(get_settings(), model)
     console.print(f"Now serving {out['model']} v{out['version']}")
@@ -96,8 +95,6 @@ def status(as_json: bool = json_option()):
 
     Example: `img2img serve status --json`
     """
-    from serving.deploy import status as get_status
-
     settings = get_settings()
     st = get_status(settings)
     if st is None:
@@ -129,7 +126,7 @@ def status(as_json: bool = json_option()):
 def champion_version(settings, model: str | None) -> str | None:
     """The version `model`'s alias `champion` names, or None (no champion, or MLflow unreachable:
     status still shows what is served)."""
-    from serving.model import resolve
+    from serving.model import resolve  # deferred: torch and MLflow (see enhance)
 
     if not model:
         return None
@@ -146,8 +143,6 @@ def rm():
 
     Example: `img2img serve rm`
     """
-    from serving.deploy import remove
-
     console.print("Removed the enhancer app." if remove(get_settings()) else "No enhancer app was deployed.")
 
 
@@ -186,6 +181,8 @@ def enhance(
         raise Img2ImgError(f"--timeout must be a finite number of seconds > 0, got {timeout}")
     if parallel < 1 or (threads is not None and threads < 1):
         raise Img2ImgError("--parallel and --threads must be at least 1")
+    # deferred, as serving.model and serving.local below: they import torch (and MLflow), which
+    # every other img2img command would load at start for nothing
     from serving.codec import FORMATS
 
     if max_megapixels is not None and not local:  # a limit typed must not be silently ignored
@@ -195,8 +192,6 @@ def enhance(
     if not (math.isfinite(max_megapixels) and max_megapixels > 0):
         raise Img2ImgError(f"--max-megapixels must be a finite number > 0, got {max_megapixels}")
     settings = get_settings()
-    from serving.inputs import check_outputs, collect
-
     inputs = collect(files, out)  # every mistake is reported before the first request, once
     if fmt.lower() not in FORMATS:
         raise Img2ImgError(f"unsupported --format {fmt!r}: use png, jpeg, webp or tiff")
@@ -216,8 +211,6 @@ def enhance(
         if target.scheme not in ("http", "https") or not target.hostname:  # else 6 retries of a URL that can't work
             raise Img2ImgError(f"{'--url' if url else 'IMG2IMG_SERVE_URL'} must be an http(s) URL such as "
                                f"http://127.0.0.1:8000, got {url or settings.serve_url!r}")
-    from cluster.files import make_output_dir
-
     make_output_dir(out)  # before the progress bar: /proc/x, a read-only disk
     with Progress(TextColumn("enhance"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as bar:
@@ -230,8 +223,6 @@ def enhance(
                                       runtime=runtime, threads=threads, root=inputs.root,
                                       max_pixels=int(max_megapixels * 1_000_000))
         else:
-            from serving.client import RetryPolicy, enhance_files
-
             key = settings.serve_api_key.get_secret_value() if settings.serve_api_key else None
             results = enhance_files(files, out, url or settings.serve_url, fmt, key, parallel, on_done=done,
                                     direction=None if direction == "AtoB" else direction,

@@ -4,40 +4,17 @@ does), so it works the same against the local head and a remote cluster."""
 from __future__ import annotations
 
 import hashlib
-import math
-from dataclasses import replace
 from urllib.parse import urlparse
 
 import httpx
 
+from cluster import admission
 from cluster.errors import Img2ImgError
 from cluster.services import cluster_resources, poll_until
 from cluster.settings import Settings
-from serving.options import DEFAULTS, ServeOptions, config_id
+from serving.configs import APP_NAME, DEPLOYMENT, app_config
+from serving.options import DEFAULTS, SCALING, ReplicaOptions, Scaling, config_id, time_limits
 from translator.allocator import OPT_OUT
-
-APP_NAME, DEPLOYMENT = "enhancer", "Enhancer"
-# Requests share a replica's CPUs (up to max_ongoing_requests at once), so the longest one takes
-# a few times what it takes alone; the limit is never under a minute.
-SLOWDOWN, MIN_REQUEST_TIMEOUT_S, DEFAULT_REQUEST_TIMEOUT_S = 3.0, 60.0, DEFAULTS.request_timeout_s
-SHUTDOWN_MARGIN_S = 15.0  # a planned stop outlasts the request limit by this much
-
-
-def time_limits(max_pixels: int, seconds_per_megapixel: float | None,
-                request_timeout_s: float | None = None) -> tuple[float, float]:
-    """-> (request_timeout_s, graceful_shutdown_timeout_s), in seconds.
-
-    The longest request a deployment accepts is `max_pixels` at the replica's measured speed
-    (seconds per megapixel on its device), times SLOWDOWN for concurrent requests. Requests past
-    the limit get a JSON 504; a planned replica stop waits SHUTDOWN_MARGIN_S longer than the
-    limit, so every accepted request finishes or is answered before the replica goes away."""
-    if request_timeout_s is None:
-        if seconds_per_megapixel is None:
-            request_timeout_s = DEFAULT_REQUEST_TIMEOUT_S
-        else:
-            longest = max_pixels / 1e6 * seconds_per_megapixel
-            request_timeout_s = max(MIN_REQUEST_TIMEOUT_S, math.ceil(SLOWDOWN * longest))
-    return float(request_timeout_s), float(request_timeout_s + SHUTDOWN_MARGIN_S)
 
 
 def _api(settings: Settings) -> str:
@@ -73,92 +50,61 @@ def _other_apps(settings: Settings) -> list[dict]:
     return apps
 
 
-def replica_bounds(min_replicas: int = 1, max_replicas: int | None = None) -> tuple[int, int]:
-    """Autoscaling bounds -> (min, max). An upper bound not given is 2, or --min-replicas when
-    that is higher: a typed lower bound is never refused because of a default upper one.
-    Raises Img2ImgError unless 1 <= min <= max."""
-    if max_replicas is None:
-        max_replicas = max(2, min_replicas)
-    if not 1 <= min_replicas <= max_replicas:
-        raise Img2ImgError(f"need 1 <= --min-replicas ({min_replicas}) <= --max-replicas ({max_replicas})")
-    return min_replicas, max_replicas
-
-
-def deploy(settings: Settings, model: str = "", *, min_replicas: int = 1, max_replicas: int | None = None,
-           target_ongoing_requests: float = 2.0, max_batch_size: int = DEFAULTS.max_batch_size,
-           batch_wait_ms: float = DEFAULTS.batch_wait_timeout_s * 1000, num_cpus: float = DEFAULTS.num_cpus,
-           tile: int = DEFAULTS.tile, overlap: int = DEFAULTS.overlap, max_pixels: int = DEFAULTS.max_pixels,
-           upscale_delay_s: float = 5, downscale_delay_s: float = 30, wait_s: float = 300,
-           runtime: str = DEFAULTS.runtime, threads: int | None = None, memory_format: str = DEFAULTS.memory_format,
-           precision: str = DEFAULTS.precision, request_timeout_s: float | None = None,
-           upload_timeout_s: float = DEFAULTS.upload_timeout_s, retain_freed_memory: bool = True) -> dict:
-    """Deploy the enhancer app serving `model`. `runtime` auto (torch on GPU; on CPU the fastest runtime per image size, timed at start: serving.model.load) | torch | onnx;
-    `threads` per replica (default: floor(num_cpus), at least 1); `memory_format` and `precision`
-    apply to torch. `request_timeout_s` (default: sized from the replica's measured speed) bounds a
-    request's compute, from when its body has arrived; the body has `upload_timeout_s` to arrive
-    (408 past it); planned replica stops wait the compute limit plus a margin.
+def deploy(settings: Settings, model: str = "", replica: ReplicaOptions = DEFAULTS, scaling: Scaling = SCALING,
+           *, wait_s: float = 300, retain_freed_memory: bool = True) -> dict:
+    """Deploy the enhancer app serving `model` (NAME@alias, NAME/VERSION) with `replica`'s
+    options and `scaling` (both checked when they were built: serving/options.py). An unset
+    `replica.request_timeout_s` is sized from the replica's measured speed once it answers;
+    planned replica stops wait the compute limit plus a margin. `threads` unset: floor(num_cpus).
     `retain_freed_memory=False` starts replicas with glibc's malloc defaults
-    (translator/allocator.py; the benchmarks' baseline rows)."""
+    (translator/allocator.py; the benchmarks' baseline rows). Waits up to `wait_s` seconds
+    (0: not at all) for the endpoint to serve it. -> {model, version, url, autoscaling,
+    runtime, threads, request_timeout_s, graceful_shutdown_timeout_s[, seconds_per_megapixel]}.
+    Raises Img2ImgError, before the running app is touched, for a reservation the cluster cannot
+    place, an unknown model, or replicas that would starve queued jobs (a config Serve refuses
+    would leave the app DEPLOY_FAILED with no replica)."""
+    # deferred: they import torch and MLflow, which `serve status` and `serve rm` need not load
     from serving.model import resolve, version_run_id
     from serving.runtime import threads_for
 
     if not model:
         raise Img2ImgError("give --model NAME@champion (or NAME/VERSION)")
-    min_replicas, max_replicas = replica_bounds(min_replicas, max_replicas)
-    # Checked here, not by Serve: a config Serve refuses leaves the app DEPLOY_FAILED with no
-    # replica, so the endpoint that was serving is gone until the next good deploy.
-    for option, value in (("--target-ongoing-requests", target_ongoing_requests), ("upscale_delay_s", upscale_delay_s),
-                          ("downscale_delay_s", downscale_delay_s), ("--request-timeout", request_timeout_s)):
-        if value is not None and not math.isfinite(value):
-            raise Img2ImgError(f"{option} must be a finite number, got {value}")
-    if target_ongoing_requests <= 0:
-        raise Img2ImgError(f"--target-ongoing-requests must be > 0, got {target_ongoing_requests:g}")
-    if upscale_delay_s < 0 or downscale_delay_s < 0:
-        raise Img2ImgError("autoscaling delays must be >= 0 seconds")
-    if request_timeout_s is not None and request_timeout_s <= 0:
-        raise Img2ImgError(f"--request-timeout must be > 0 seconds, got {request_timeout_s:g}")
-    options = ServeOptions(tile=tile, overlap=overlap, max_pixels=max_pixels, max_batch_size=max_batch_size,
-                           batch_wait_timeout_s=batch_wait_ms / 1000.0, num_cpus=num_cpus, runtime=runtime,
-                           threads=threads, memory_format=memory_format, precision=precision,
-                           upload_timeout_s=upload_timeout_s)
-    options.check()
-    cpus = cluster_resources(settings).get("CPU")
-    if cpus is not None and num_cpus > cpus:  # no node could place a replica: it would wait forever
-        raise Img2ImgError(f"--num-cpus {num_cpus:g} is more than this Ray cluster has ({cpus:g} CPUs)")
+    resources = cluster_resources(settings)
+    for key, flag, want in (("CPU", "--num-cpus", scaling.num_cpus), ("GPU", "--num-gpus", scaling.num_gpus)):
+        # {}: the dashboard did not answer (no check); a cluster that answered without GPUs has 0
+        have = resources.get(key, 0.0 if key == "GPU" and "CPU" in resources else None)
+        if want and have is not None and want > have:  # no node could place a replica: it would wait forever
+            raise Img2ImgError(f"{flag} {want:g} is more than this Ray cluster has ({have:g} {key}s)")
     name, version = resolve(settings.mlflow_uri, model)
-    limit, grace = time_limits(max_pixels, None, request_timeout_s)  # sized again once a replica measured its speed
-    options = replace(options, threads=threads or threads_for(num_cpus), request_timeout_s=limit)
-    user_config = {"model_name": name, "model_version": version, "tracking_uri": settings.mlflow_uri,
-                   "model_run_id": version_run_id(settings.mlflow_uri, name, version), **options.user_config()}
+    sized = replica.request_timeout_s is None
+    # the compute limit is sized again once a replica has measured its speed
+    limit = time_limits(replica.max_pixels, None, replica.request_timeout_s)[0]
+    replica = type(replica)(**{**replica.model_dump(), "threads": replica.threads or threads_for(scaling.num_cpus),
+                               "request_timeout_s": limit})
+    served = {"model_name": name, "model_version": version, "tracking_uri": settings.mlflow_uri,
+              "model_run_id": version_run_id(settings.mlflow_uri, name, version)}
     if settings.serve_api_key:  # only a hash travels; the key itself never leaves the client
-        user_config["api_key_sha256"] = hashlib.sha256(settings.serve_api_key.get_secret_value().encode()).hexdigest()
-    autoscaling = {"min_replicas": min_replicas, "max_replicas": max_replicas,
-                   "target_ongoing_requests": target_ongoing_requests, "upscale_delay_s": upscale_delay_s,
-                   "downscale_delay_s": downscale_delay_s}
-    actor_options: dict = {"num_cpus": num_cpus, **replica_reservation(settings, num_cpus, min_replicas)}
+        served["api_key_sha256"] = hashlib.sha256(settings.serve_api_key.get_secret_value().encode()).hexdigest()
+    actor_options: dict = replica_reservation(settings, scaling.num_cpus, scaling.min_replicas)
     if not retain_freed_memory:  # a process-wide setting: only new replica processes can drop it
         actor_options["runtime_env"] = {"env_vars": {OPT_OUT: "0"}}
-    app = {"name": APP_NAME, "route_prefix": "/", "import_path": "serving.app:app",
-           "deployments": [{"name": DEPLOYMENT, "user_config": user_config, "autoscaling_config": autoscaling,
-                            "max_ongoing_requests": max(16, max_batch_size * 2),
-                            "graceful_shutdown_timeout_s": grace, "graceful_shutdown_wait_loop_s": 1,
-                            "ray_actor_options": actor_options}]}
+    app = app_config(served, replica, scaling, actor_options)
+    (dep,) = app["deployments"]
     _put(settings, [*_other_apps(settings), app])
-    limits = {"request_timeout_s": limit, "graceful_shutdown_timeout_s": grace}
+    limits = {"request_timeout_s": dep["user_config"]["request_timeout_s"],
+              "graceful_shutdown_timeout_s": dep["graceful_shutdown_timeout_s"]}
     if wait_s:
-        wait_for_model(settings, name, version, wait_s, config_id(user_config))
-        if request_timeout_s is None:
+        wait_for_model(settings, name, version, wait_s, config_id(dep["user_config"]))
+        if sized:
             limits = size_time_limits(settings, wait_s)
-    return {"model": name, "version": version, "url": settings.serve_url, "autoscaling": autoscaling,
-            "runtime": runtime, "threads": user_config["threads"], **limits}
+    return {"model": name, "version": version, "url": settings.serve_url, "autoscaling": dep["autoscaling_config"],
+            "runtime": replica.runtime, "threads": replica.threads, **limits}
 
 
 def replica_reservation(settings: Settings, num_cpus: float, min_replicas: int) -> dict:
     """Replicas reserve the admission resource beside their CPUs (cluster.admission), so jobs and
     replicas never count on the same CPUs. Refuses (Img2ImgError) a deploy whose `min_replicas`
     would need CPUs that queued or running jobs have reserved. -> extra `ray_actor_options`."""
-    from cluster import admission
-
     cap = admission.capacity(settings.ray_address, settings.ray_auth_headers())
     if cap is None:  # a cluster started without admission resources: replicas use CPUs only
         return {}
@@ -245,7 +191,7 @@ def redeploy_model(settings: Settings, model: str, wait_s: float = 300) -> dict:
     st = status(settings)
     if not st:
         raise Img2ImgError("no enhancer app is deployed; deploy one with: img2img serve deploy --model NAME@champion")
-    from serving.model import resolve, version_run_id
+    from serving.model import resolve, version_run_id  # deferred: torch and MLflow (see deploy)
 
     name, version = resolve(settings.mlflow_uri, model)
     state = _request(settings, "GET")

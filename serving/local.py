@@ -14,7 +14,7 @@ from serving import codec
 from serving.client import Outcome
 from serving.inputs import check_outputs, output_path, unique_files
 from serving.model import load, resolve
-from serving.options import DEFAULTS, over_pixel_limit
+from serving.options import DEFAULTS, RUNTIMES, over_pixel_limit
 from translator.allocator import retain_freed_memory
 
 
@@ -48,8 +48,6 @@ def enhance_locally(settings: Settings, model: str, files: list[Path], out_dir: 
     (not at all when no image is left). Raises Img2ImgError before any file when MLflow is
     unreachable, the model is unknown, it does not offer `direction`, the runtime options are
     wrong, or two files would write one output."""
-    from serving.options import RUNTIMES
-
     if fmt.lower() not in codec.FORMATS:
         raise Img2ImgError(f"unknown format {fmt!r}: use png, jpeg, webp or tiff")
     if runtime not in RUNTIMES:

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from serving.options import MEMORY_FORMATS, PRECISIONS, RUNTIMES
+from translator import export
 from translator.precision import cpu_flags, cpu_has_native_bf16  # noqa: F401  (re-exported)
 
 ONE_8BIT_LEVEL = 2.0 / 255.0
@@ -45,9 +46,7 @@ def threads_for(num_cpus: float | None) -> int:
 
 
 def _sample(size: int = 256) -> torch.Tensor:
-    from translator.export import _sample
-
-    return _sample(1, size, size, 3, seed=11)
+    return export._sample(1, size, size, 3, seed=11)
 
 
 @dataclass
@@ -207,8 +206,6 @@ def onnx_runtime(generator: torch.nn.Module, multiple: int, threads: int, device
                  onnx_file: Path | None = None) -> Runtime:
     """The generator on ONNX Runtime: from `onnx_file` (an export logged to the registry) or
     exported here (parity-checked against PyTorch first; see translator.export)."""
-    from translator import export
-
     if onnx_file is None:
         with tempfile.TemporaryDirectory() as d:
             result = export.export(generator.cpu(), "onnx", Path(d) / "model.onnx", multiple)

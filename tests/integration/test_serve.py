@@ -89,7 +89,7 @@ def test_bad_input_gets_json_errors_and_the_replica_survives(endpoint, body, cty
 
 
 def test_a_body_over_the_byte_limit_is_refused_unread(endpoint):
-    from serving.app import max_body_bytes
+    from serving.body import max_body_bytes
 
     limit = max_body_bytes(httpx.get(endpoint + "/model", timeout=30).json()["max_pixels"])
     r = post(endpoint, bytes(limit + 1))

@@ -80,11 +80,13 @@ def one_replica(stack):
     serves what it served before once the module is done."""
     from cluster.settings import get_settings
     from serving.deploy import deploy
+    from serving.options import ReplicaOptions, Scaling
 
     version = register_tiny_autoencoder(stack, "test-limits", seed=3, nf=64)
     with endpoint_restored(stack):  # the other modules' endpoint, with its default limits, afterwards
-        deploy(get_settings(), f"test-limits/{version}", min_replicas=1, max_replicas=1, request_timeout_s=300,
-               upload_timeout_s=UPLOAD_LIMIT_S, wait_s=300)
+        deploy(get_settings(), f"test-limits/{version}",
+               ReplicaOptions(request_timeout_s=300, upload_timeout_s=UPLOAD_LIMIT_S),
+               Scaling(min_replicas=1, max_replicas=1), wait_s=300)
         yield stack.serve_url, f"test-limits/{version}"
 
 
@@ -118,7 +120,7 @@ def test_an_abandoned_request_stops_computing_and_frees_the_replica(one_replica,
 
 
 def test_expect_100_continue_over_the_size_limit_is_refused_before_the_body(one_replica):
-    from serving.app import max_body_bytes
+    from serving.body import max_body_bytes
     from serving.options import MAX_PIXELS
 
     url, _ = one_replica
@@ -155,10 +157,11 @@ def test_the_compute_limit_starts_when_the_body_has_arrived(one_replica):
     compute takes longer gets 504 naming the compute limit."""
     from cluster.settings import get_settings
     from serving.deploy import deploy
+    from serving.options import ReplicaOptions, Scaling
 
     url, model = one_replica
-    deploy(get_settings(), model, min_replicas=1, max_replicas=1, request_timeout_s=2, upload_timeout_s=60,
-           wait_s=300)
+    deploy(get_settings(), model, ReplicaOptions(request_timeout_s=2, upload_timeout_s=60),
+           Scaling(min_replicas=1, max_replicas=1), wait_s=300)
 
     def trickle():
         step = len(SMALL) // 10 + 1

@@ -112,9 +112,10 @@ def test_killed_replica_loses_no_request_and_both_directions_are_served(stack, t
     from cluster.settings import get_settings
     from serving.client import enhance_files
     from serving.deploy import deploy, replica_pids
+    from serving.options import Scaling
 
     settings = get_settings()
-    deploy(settings, two_way_model, min_replicas=2, max_replicas=2, wait_s=240)
+    deploy(settings, two_way_model, scaling=Scaling(min_replicas=2, max_replicas=2), wait_s=240)
     info = httpx.get(stack.serve_url + "/model", timeout=30).json()
     assert info["directions"] == ["AtoB", "BtoA"] and info["request_timeout_s"] >= 60
     body = encoded(Image.fromarray(np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)))
@@ -147,13 +148,14 @@ def test_a_deleted_and_reregistered_model_is_not_served_stale(stack):
     `serve deploy` must load the new weights, not keep the replica's old ones."""
     from cluster.settings import get_settings
     from serving.deploy import deploy
+    from serving.options import Scaling
 
     settings, name = get_settings(), "test-reregistered"
     body = encoded(Image.fromarray(np.random.default_rng(4).integers(0, 256, (48, 48, 3), dtype=np.uint8)))
     outputs = []
     for seed in (1, 2):
         assert register_tiny_autoencoder(stack, name, seed) == "1"
-        deploy(settings, f"{name}/1", min_replicas=1, max_replicas=1, wait_s=240)
+        deploy(settings, f"{name}/1", scaling=Scaling(min_replicas=1, max_replicas=1), wait_s=240)
         r = post(stack.serve_url, body)
         assert r.status_code == 200 and r.headers["x-model-version"] == "1"
         outputs.append(r.content)
@@ -167,10 +169,11 @@ def test_planned_replica_stop_lets_a_long_request_finish(stack, demo_run):
     retries (a browser, curl), are each answered 200."""
     from cluster.settings import get_settings
     from serving.deploy import deploy, status
+    from serving.options import Scaling
 
     settings = get_settings()
     model = f"{demo_run.model}@champion"
-    out = deploy(settings, model, min_replicas=1, max_replicas=1, num_cpus=0.45, wait_s=240)
+    out = deploy(settings, model, scaling=Scaling(min_replicas=1, max_replicas=1, num_cpus=0.45), wait_s=240)
     assert out["graceful_shutdown_timeout_s"] > out["request_timeout_s"] >= 60
     assert status(settings)["graceful_shutdown_timeout_s"] == out["graceful_shutdown_timeout_s"]
     big = encoded(Image.fromarray(np.random.default_rng(3).integers(0, 256, (1500, 2000, 3), dtype=np.uint8)))

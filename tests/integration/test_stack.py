@@ -153,6 +153,7 @@ def test_down_leaves_no_process_of_the_stack_behind(stack, tmp_path, monkeypatch
     from PIL import Image
 
     from serving.deploy import deploy
+    from serving.options import ReplicaOptions, Scaling
     from tests.conftest import stack_env
     from tests.integration.conftest import encoded, register_tiny_autoencoder
 
@@ -168,8 +169,8 @@ def test_down_leaves_no_process_of_the_stack_behind(stack, tmp_path, monkeypatch
         st.up()
         assert st.ray_healthy() and [s.detail for s in st.status()][2] == "embedded, Serve ingress proxy"
         version = register_tiny_autoencoder(other, "proxy-served", seed=3)
-        deploy(other, f"proxy-served/{version}", min_replicas=1, max_replicas=1, num_cpus=1, runtime="torch",
-               wait_s=240)
+        deploy(other, f"proxy-served/{version}", ReplicaOptions(runtime="torch"),
+               Scaling(min_replicas=1, max_replicas=1, num_cpus=1), wait_s=240)
         photo = np.random.default_rng(5).integers(0, 256, (40, 56, 3), dtype=np.uint8)
         r = httpx.post(other.serve_url + "/enhance", content=encoded(Image.fromarray(photo)),
                        headers={"Content-Type": "image/png"}, timeout=120)

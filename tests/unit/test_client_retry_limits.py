@@ -17,7 +17,7 @@ from serving.client import (
     enhance_files,
     unique_files,
 )
-from serving.deploy import SHUTDOWN_MARGIN_S, time_limits
+from serving.options import SHUTDOWN_MARGIN_S, time_limits
 
 FAST = RetryPolicy(attempts=4, backoff_s=0.01, max_wait_s=0.05)
 

@@ -84,15 +84,16 @@ def test_bad_options_are_refused_before_any_service_or_heavy_import(argv, messag
 
 @pytest.mark.parametrize("given,bounds", [((1, None), (1, 2)), ((3, None), (3, 3)), ((1, 5), (1, 5)), ((2, 2), (2, 2))])
 def test_serve_replica_bounds_a_typed_lower_bound_is_not_cut_by_the_default_upper_one(given, bounds):
-    from serving.deploy import replica_bounds
+    from serving.options import Scaling
 
-    assert replica_bounds(*given) == bounds
+    scaling = Scaling(min_replicas=given[0], max_replicas=given[1])
+    assert (scaling.min_replicas, scaling.max_replicas) == bounds
 
 
 @pytest.mark.parametrize("given", [(0, None), (3, 2), (1, 0)])
 def test_serve_replica_bounds_typed_contradictions_are_refused(given):
     from cluster.errors import Img2ImgError
-    from serving.deploy import replica_bounds
+    from serving.options import Scaling
 
     with pytest.raises(Img2ImgError, match="--min-replicas"):
-        replica_bounds(*given)
+        Scaling(min_replicas=given[0], max_replicas=given[1])

@@ -49,7 +49,7 @@ class Net:
 def test_the_servers_tile_loop_stops_for_a_client_gone_and_for_its_time_limit():
     import time
 
-    from serving.app import run_grouped
+    from serving.compute import run_grouped
     from translator import tiling
 
     net = Net()
@@ -64,11 +64,11 @@ def test_the_servers_tile_loop_stops_for_a_client_gone_and_for_its_time_limit():
 
 @pytest.mark.parametrize("value", [0, -1, float("nan"), float("inf")])
 def test_upload_limit_must_be_a_finite_positive_number(value):
-    from serving.options import DEFAULTS, ServeOptions
+    from serving.options import DEFAULTS, ReplicaOptions
 
     with pytest.raises(Img2ImgError, match="--upload-timeout"):
-        ServeOptions(upload_timeout_s=value).check()
-    assert DEFAULTS.user_config()["upload_timeout_s"] >= 600  # generous: slow uplinks are normal
+        ReplicaOptions(upload_timeout_s=value)
+    assert DEFAULTS.model_dump()["upload_timeout_s"] >= 600  # generous: slow uplinks are normal
 
 
 def test_retry_policy_retries_transient_answers_with_bounded_backoff():

@@ -146,7 +146,7 @@ class _Runtime:
 
 
 def test_tile_batches_group_by_runtime_shape_and_precision_and_answer_each_request():
-    from serving.app import group_tiles, run_grouped
+    from serving.compute import group_tiles, run_grouped
 
     fast, other = _Runtime(), _Runtime()
     tiles = [torch.full((1, 3, 8, 8), float(i)) for i in range(7)]
@@ -165,7 +165,7 @@ def test_tile_batches_group_by_runtime_shape_and_precision_and_answer_each_reque
 def test_one_request_runs_its_tiles_a_few_at_a_time_and_stops_past_its_deadline():
     import time
 
-    from serving.app import run_grouped
+    from serving.compute import run_grouped
 
     net = _Runtime()
     items = [(None, net, torch.full((1, 3, 8, 8), float(i)), False) for i in range(10)]
@@ -186,7 +186,7 @@ def test_a_request_alone_runs_one_tile_per_pass_on_a_cpu(device, largest_pass):
 
     from PIL import Image
 
-    from serving.app import enhance_alone
+    from serving.compute import enhance_alone
 
     net = _Runtime()
     net.device = device
@@ -321,24 +321,26 @@ def test_workers_get_the_typed_job_the_driver_planned():
 
 
 def test_serve_options_refuse_bad_values_naming_the_flag():
-    from serving.options import DEFAULTS, ServeOptions, config_id
+    from serving.options import DEFAULTS, ReplicaOptions, Scaling, config_id
 
-    DEFAULTS.check()
+    ReplicaOptions(**DEFAULTS.model_dump())
+    with pytest.raises(Img2ImgError, match="--num-cpus"):
+        Scaling(num_cpus=0)
     for kw, flag in (({"runtime": "tensorrt"}, "--runtime"), ({"memory_format": "nhwc"}, "--memory-format"),
-                     ({"precision": "fp16"}, "--precision"), ({"num_cpus": 0}, "--num-cpus"),
+                     ({"precision": "fp16"}, "--precision"),
                      ({"threads": 0}, "--threads"), ({"tile": 8}, "--tile"), ({"tile": 4097}, "--tile"),
                      ({"overlap": 300}, "--overlap"), ({"overlap": -1}, "--overlap"),
                      ({"max_pixels": 0}, "--max-megapixels"), ({"max_batch_size": 0}, "--max-batch-size"),
                      ({"batch_wait_timeout_s": -0.1}, "--batch-wait-ms"), ({"request_timeout_s": 0}, "--request-timeout")):
         with pytest.raises(Img2ImgError, match=flag):
-            ServeOptions(**kw).check()
-    assert "num_cpus" not in DEFAULTS.user_config()
+            ReplicaOptions(**kw)
+    assert "num_cpus" not in DEFAULTS.model_dump()
     assert config_id({"a": 1, "b": 2}) == config_id({"b": 2, "a": 1}) != config_id({"a": 1, "b": 3})
 
 
 def test_server_timing_header_round_trips_through_the_benchmark_parser():
     from benchmarks.serve_latency import replica_seconds
-    from serving.app import server_timing
+    from serving.responses import server_timing
 
     header = server_timing({"decode": 0.0021, "model": 0.0483, "encode": 0.003})
     assert header == "decode;dur=2.1, model;dur=48.3, encode;dur=3.0"

@@ -174,18 +174,19 @@ def test_unknown_runtime_options_are_refused(nafnet):
     (dict(runtime="tensorrt"), "--runtime must be auto or torch or onnx"),
     (dict(memory_format="nhwc"), "--memory-format must be channels_last or contiguous"),
     (dict(precision="fp8"), "--precision must be auto or fp32 or bf16"),
-    (dict(threads=0), "--threads >= 1"),
+    (dict(threads=0), "--threads must be >= 1"),
     # each of these made Serve refuse the config after it replaced the running one: no replica left
     (dict(target_ongoing_requests=0), "--target-ongoing-requests must be > 0, got 0"),
-    (dict(request_timeout_s=0), "--request-timeout must be > 0 seconds, got 0"),
-    (dict(request_timeout_s=-5), "--request-timeout must be > 0 seconds"),
-    (dict(request_timeout_s=float("nan")), "--request-timeout must be a finite number, got nan"),
+    (dict(request_timeout=0), "--request-timeout must be > 0 seconds, got 0"),
+    (dict(request_timeout=-5), "--request-timeout must be > 0 seconds"),
+    (dict(request_timeout=float("nan")), "--request-timeout must be a finite number, got nan"),
     (dict(num_cpus=float("inf")), "--num-cpus must be a finite number, got inf"),
     (dict(batch_wait_ms=float("nan")), "--batch-wait-ms must be a finite number"),
 ])
 def test_deploy_refuses_bad_runtime_options_before_touching_the_cluster(kw, message):
     from cluster.settings import get_settings
     from serving.deploy import deploy
+    from serving.options import ReplicaOptions, Scaling
 
-    with pytest.raises(Img2ImgError, match=message):
-        deploy(get_settings(), "photos@champion", **kw)
+    with pytest.raises(Img2ImgError, match=message):  # `kw`: the options as `serve deploy` takes them
+        deploy(get_settings(), "photos@champion", ReplicaOptions.from_flags(kw), Scaling.from_flags(kw))

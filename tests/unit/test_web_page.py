@@ -6,7 +6,7 @@ import fnmatch
 import re
 from pathlib import Path
 
-from serving.app import WEB_DIR, WEB_FILES, web_response
+from serving.page import WEB_DIR, WEB_FILES, web_response
 
 ROOT = Path(__file__).resolve().parents[2]
 
