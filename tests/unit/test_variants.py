@@ -7,17 +7,11 @@ from translator.config import ConfigError, make_config, parse_overrides
 from translator.nets.common import count_parameters
 from translator.variants import VARIANTS, build_variant, get_variant
 
-# Small but faithful configs so every variant runs in seconds on a CPU.
-TINY = {
-    "autoencoder": {"nf": 8},
-    "pix2pix": {"netG": "unet_32", "ngf": 8, "ndf": 8},
-    "cyclegan": {"ngf": 8, "ndf": 8, "n_blocks": 2},
-    "dualgan": {"netG": "unet_32", "ngf": 8, "ndf": 8},
-    "nafnet": {"width": 8},
-}
+# Small but faithful configs so every variant runs in seconds on a CPU: each variant declares its
+# own (`Variant.smoke`), so these tests walk the registry and a new variant is checked with no edit here.
+TINY = {name: cls.smoke.config for name, cls in VARIANTS.items()}
 # The reconstruction-type loss each variant reports, which must fall when it overfits.
-FIT_LOSS = {"autoencoder": "loss", "pix2pix": "loss_G_L1", "cyclegan": "loss_cycle",
-            "dualgan": "loss_cycle", "nafnet": "l1"}
+FIT_LOSS = {name: cls.smoke.fit_loss for name, cls in VARIANTS.items()}
 
 
 def batch_for(variant, n=2, size=32, seed=0):
@@ -92,11 +86,7 @@ FAST = [(n, f) for f in (False, True) for n in VARIANTS]
 @pytest.mark.parametrize("name, fast", FAST, ids=[f"{n}-{'bf16-channels_last' if f else 'fp32'}" for n, f in FAST])
 def test_overfits_a_tiny_fixed_batch(name, fast):
     torch.manual_seed(0)
-    cfg = dict(TINY[name])
-    if name in ("pix2pix", "dualgan"):
-        cfg["dropout"] = False  # a fixed batch must be fit exactly
-    if name == "dualgan":
-        cfg["lr"] = 5e-4
+    cfg = {**TINY[name], **VARIANTS[name].smoke.fit}  # e.g. no dropout: a fixed batch must be fit exactly
     v = build_variant(name, cfg, amp="bf16" if fast else None, channels_last=fast)
     batch = batch_for(v, n=2, size=32)
     key = FIT_LOSS[name]
