@@ -25,8 +25,7 @@ class GeneratorDescriptor:
       inference pads for it), e.g. 16 for the autoencoder, 2**depth for a U-Net;
     - `scale`: output size / input size (a whole number >= 1): a (N, C, H, W) input gives
       (N, C_out, scale*H, scale*W). 1 for every same-size translator; 2 or 4 for super-resolution;
-    - `directions`: the translations it offers, a non-empty subset of ("AtoB", "BtoA") in that
-      order; "BtoA" needs an unpaired variant's reverse generator (logged beside the forward one);
+    - `directions`: the translations it offers: ("AtoB",) or ("AtoB", "BtoA"); "BtoA" needs an unpaired variant's reverse generator (logged beside the forward one);
     - `in_channels`, `out_channels`: channels of input and output tensors (3: RGB);
     - `bf16_safe`: True when running it under bf16 autocast keeps its output within one 8-bit
       level of fp32 on natural images (serving may then choose bf16 where it is faster).
@@ -50,8 +49,7 @@ class GeneratorDescriptor:
                 raise ValueError(f"generator descriptor: {name} must be a whole number >= 1, got {value!r}")
         if not isinstance(self.bf16_safe, bool):
             raise ValueError(f"generator descriptor: bf16_safe must be true or false, got {self.bf16_safe!r}")
-        if not self.directions or self.directions != tuple(d for d in DIRECTIONS if d in self.directions) \
-                or len(set(self.directions)) != len(self.directions):
+        if self.directions not in (DIRECTIONS[:1], DIRECTIONS):
             raise ValueError(f"generator descriptor: directions must be 'AtoB' and optionally 'BtoA', in that "
                              f"order, got {list(self.directions)}")
 
