@@ -13,6 +13,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from translator.catalog import CATALOG
+
 DESCRIPTOR_TAG = "descriptor"  # the model-version tag holding `GeneratorDescriptor.to_json()`
 DIRECTIONS = ("AtoB", "BtoA")  # A->B: the generator; B->A: an unpaired variant's reverse generator
 
@@ -95,9 +97,14 @@ class GeneratorDescriptor:
         """The descriptor of a registered version from its tags: the `descriptor` tag when it has
         one; else (a version registered without it) a same-size, 3-channel descriptor from its
         `multiple` tag (or the loaded `generator`'s `multiple` attribute), two-way when the
-        loaded generator has a `BtoA` network. Raises ValueError for a malformed `descriptor` tag."""
+        loaded generator has a `BtoA` network or, with no generator given, when its `variant`
+        tag names an unpaired variant. Raises ValueError for a malformed `descriptor` tag."""
         if tags.get(DESCRIPTOR_TAG):
             return cls.from_json(tags[DESCRIPTOR_TAG])
         multiple = int(tags.get("multiple") or getattr(generator, "multiple", 1) or 1)
-        two_way = generator is not None and hasattr(generator, "BtoA")
+        if generator is not None:
+            two_way = hasattr(generator, "BtoA")
+        else:
+            info = CATALOG.get(tags.get("variant", ""))
+            two_way = info is not None and not info.paired
         return cls(size_multiple=multiple, directions=DIRECTIONS if two_way else DIRECTIONS[:1])
