@@ -66,7 +66,6 @@ def export_model(settings: Settings, model: str, fmt: str = "onnx", out: Path | 
     mlflow.set_tracking_uri(settings.mlflow_uri)
     generator = mlflow.pytorch.load_model(f"models:/{name}/{version}", map_location="cpu").eval()
     descriptor = GeneratorDescriptor.from_tags(tags, generator)
-    multiple = descriptor.size_multiple
     out = Path(out) if out else Path(f"{name}-v{version}{export.SUFFIX[fmt]}")
     if out.is_dir():
         out = out / f"{name}-v{version}{export.SUFFIX[fmt]}"
@@ -74,8 +73,8 @@ def export_model(settings: Settings, model: str, fmt: str = "onnx", out: Path | 
     with tempfile.TemporaryDirectory() as d:
         staged = Path(d) / out.name  # written and checked here first: no half-written or unchecked file at `out`
         try:
-            result = export.export(generator, fmt, staged, multiple, meta,
-                                   export.TOLERANCE if tolerance is None else tolerance, scale=descriptor.scale)
+            result = export.export(generator, fmt, staged, descriptor.size_multiple, meta,
+                                   export.TOLERANCE if tolerance is None else tolerance, descriptor=descriptor)
         except export.ExportError as e:
             raise Img2ImgError(str(e)) from None
         artifact = None

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from translator.descriptor import GeneratorDescriptor
+
 FORMATS = ("onnx", "torchscript")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
 TOLERANCE = 1e-3  # max abs difference on the [-1, 1] scale (one 8-bit level is 2/255 ~ 0.0078)
@@ -190,10 +192,11 @@ def parity(reference: nn.Module, run, sizes=PARITY_SIZES, channels: int = 3, see
 
 def export(generator: nn.Module, fmt: str, path: str | Path, multiple: int = 1,
            metadata: dict[str, str] | None = None, tolerance: float = TOLERANCE,
-           sizes=PARITY_SIZES, scale: int = 1) -> ExportResult:
+           sizes=PARITY_SIZES, descriptor: GeneratorDescriptor | None = None) -> ExportResult:
     """Export `generator` (eval mode, CPU, float32) to `path` in `fmt` (onnx | torchscript),
-    check it on `sizes` against PyTorch and return the differences. `multiple` and `scale` are
-    the generator's descriptor's `size_multiple` and `scale` (`translator.descriptor`).
+    check it on `sizes` against PyTorch and return the differences. `descriptor` (what the
+    registered generator is, `translator.descriptor`) gives the size multiple, the scale and the
+    input channels; without one: `multiple` as given, scale 1, the first convolution's channels.
 
     Raises ExportError for an unknown format, a failed export, or a max abs difference above
     `tolerance` (the file is removed then, so no unchecked export is left behind).
@@ -201,8 +204,10 @@ def export(generator: nn.Module, fmt: str, path: str | Path, multiple: int = 1,
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}: use {' or '.join(FORMATS)}")
     path = Path(path)
+    scale, channels = 1, _in_channels(generator)
+    if descriptor is not None:
+        multiple, scale, channels = descriptor.size_multiple, descriptor.scale, descriptor.in_channels
     module = PadToMultiple(generator.float().cpu().eval(), multiple, scale).eval()
-    channels = _in_channels(generator)
     example = _sample(1, max(64, multiple), max(64, multiple), channels, seed=123)
     meta = {"multiple": str(multiple), "layout": "NCHW float32 in [-1, 1], any N/H/W", **(metadata or {})}
     with torch.inference_mode(False), torch.no_grad():
