@@ -22,6 +22,7 @@ from cluster.cli_utils import (
 from cluster.errors import Img2ImgError
 from cluster.settings import get_settings
 from cluster.storage import Storage
+from translator import degrade as degradations
 
 data_app = typer.Typer(help="Ingest, list, inspect, verify and delete datasets of image pairs.",
                        no_args_is_help=True)
@@ -41,9 +42,8 @@ def ingest(
     src: str = typer.Argument(None, help="local folder or s3://bucket/prefix (omit with --sample)"),
     name: str = typer.Option(..., "--name", "-n", help="dataset name"),
     kind: str = typer.Option("synth", help="synth (clean photos -> degraded pairs) | aligned | unaligned"),
-    degrade: str = typer.Option(None, help="synth only (default gaussian:1.5): gaussian:S (S<=20), random_gaussian:LO-HI, "
-                                "resize:F (F>1), noise:STD, jpeg:Q (1-100), gray, edges[:S], holes:FRACTION, scratches:N, "
-                                "mix(a,b,..), chain(a,b,..); e.g. 'mix(gaussian:3,resize:4)'"),
+    degrade: str = typer.Option(None, help=f"synth only (default gaussian:1.5): {degradations.rules()}; "
+                                "e.g. 'mix(gaussian:3,resize:4)'"),
     copies: int = typer.Option(1, help="synth: degraded versions per photo"),
     direction: str = typer.Option("AtoB", help="aligned: which side is the input (AtoB | BtoA)"),
     size: int = typer.Option(256, help="resize shorter side then centre-crop to SIZE x SIZE (0 = keep each whole image)"),

@@ -36,7 +36,7 @@ def prepare(settings: Settings, ref: str, dataset: str, split: str = "val", limi
     from jobs.manifest import read_manifest
     from jobs.registry import client, resolve
     from jobs.submit import admit, cluster_resources
-    from translator.variants import VARIANTS
+    from translator.descriptor import GeneratorDescriptor
 
     check_options(split, limit, workers, cpus_per_worker)
     v = resolve(settings, ref)
@@ -46,10 +46,10 @@ def prepare(settings: Settings, ref: str, dataset: str, split: str = "val", limi
         raise Img2ImgError(f"dataset {dataset!r} has no rows in split {split!r} "
                            f"(it has {', '.join(f'{s}: {n}' for s, n in manifest.counts.items()) or 'none'})")
     variant = v.tags.get("variant", "")
-    cls = VARIANTS.get(variant)
+    descriptor = GeneratorDescriptor.from_tags(v.tags)
     checkpoint = None
     if manifest.kind != "paired":
-        if cls is None or cls.reverse_key is None:
+        if not descriptor.two_way:
             raise Img2ImgError(f"{dataset!r} is unpaired: it can only be scored by cycle consistency, which needs "
                                f"a reverse generator; {v.name}/{v.version} is a {variant or 'unknown'} model "
                                "without one (cyclegan and dualgan have one)")
@@ -64,7 +64,7 @@ def prepare(settings: Settings, ref: str, dataset: str, split: str = "val", limi
     # the same admission as training: its Scorer actors and read tasks need their CPUs alike
     admit(settings, footprint(workers, cpus_per_worker, bool(gpu)))
     return EvalSpec(model=v.name, version=v.version, dataset=dataset, split=split, limit=limit, variant=variant,
-                    multiple=int(v.tags.get("multiple", 1) or 1), model_uri=f"models:/{v.name}/{v.version}",
+                    multiple=descriptor.size_multiple, model_uri=f"models:/{v.name}/{v.version}",
                     checkpoint=checkpoint, kind=manifest.kind, dataset_sha256=manifest.sha256, splits=splits,
                     workers=workers, cpus_per_worker=cpus_per_worker, use_gpu=bool(gpu))
 

@@ -55,6 +55,7 @@ def export_model(settings: Settings, model: str, fmt: str = "onnx", out: Path | 
 
     from jobs.registry import client
     from translator import export
+    from translator.descriptor import GeneratorDescriptor
 
     if fmt not in export.FORMATS:
         raise Img2ImgError(f"--format must be {' or '.join(export.FORMATS)}, got {fmt!r}")
@@ -64,7 +65,7 @@ def export_model(settings: Settings, model: str, fmt: str = "onnx", out: Path | 
     tags = dict(mv.tags or {})
     mlflow.set_tracking_uri(settings.mlflow_uri)
     generator = mlflow.pytorch.load_model(f"models:/{name}/{version}", map_location="cpu").eval()
-    multiple = int(tags.get("multiple", getattr(generator, "multiple", 1)))
+    descriptor = GeneratorDescriptor.from_tags(tags, generator)
     out = Path(out) if out else Path(f"{name}-v{version}{export.SUFFIX[fmt]}")
     if out.is_dir():
         out = out / f"{name}-v{version}{export.SUFFIX[fmt]}"
@@ -72,8 +73,8 @@ def export_model(settings: Settings, model: str, fmt: str = "onnx", out: Path | 
     with tempfile.TemporaryDirectory() as d:
         staged = Path(d) / out.name  # written and checked here first: no half-written or unchecked file at `out`
         try:
-            result = export.export(generator, fmt, staged, multiple, meta,
-                                   export.TOLERANCE if tolerance is None else tolerance)
+            result = export.export(generator, fmt, staged, descriptor.size_multiple, meta,
+                                   export.TOLERANCE if tolerance is None else tolerance, descriptor=descriptor)
         except export.ExportError as e:
             raise Img2ImgError(str(e)) from None
         artifact = None

@@ -27,6 +27,7 @@ from jobs.crops import check_crop
 from jobs.manifest import Manifest, check_dataset, stream_rows
 from jobs.plan import Cadence, TrainPlan, check_capacity, make_plan
 from jobs.spec import TrainSpec
+from translator.descriptor import DESCRIPTOR_TAG
 from translator.variants import get_variant
 
 log = logging.getLogger("img2img.train")
@@ -226,6 +227,7 @@ def register(spec: TrainSpec, settings: Settings, job: JobPlan, result, fit_s: f
     if version is not None:
         tags = {"variant": spec.variant, "dataset": spec.dataset, "dataset_sha256": job.manifest.sha256,
                 "run_id": spec.run_id, "multiple": str(variant.multiple), "step": str(variant.step),
+                DESCRIPTOR_TAG: variant.descriptor.to_json(),  # what the generator is: serving, export, eval read it
                 "psnr_def": PSNR_DEFINITION}  # how its val_psnr / val_gain_db were computed
         if job.manifest.degradation:  # what the model learned to undo, and so its task (GET /model shows it)
             from translator.tasks import task_for_spec

@@ -11,11 +11,13 @@ import torch
 
 from serving.runtime import CHOICE_SIZES, Runtime, build, cpu_candidates, fastest_per_size
 from translator import tiling
+from translator.catalog import variant_names
+from translator.descriptor import GeneratorDescriptor
 from translator.metrics import PSNR_DEFINITION
 from translator.tasks import task_for_spec
 
 log = logging.getLogger(__name__)
-UNPAIRED = {"cyclegan", "dualgan"}
+UNPAIRED = set(variant_names(paired=False))
 # Up to one default tile (512 x 512), torch bf16 beat ONNX Runtime on 2 cores with native bf16
 # (256 px: 54 vs 63 ms; 512 px: 248 vs 318 ms); at 1024 x 1024 ONNX Runtime won (2.68 vs 2.98 s).
 SMALL_IMAGE_PIXELS = 512 * 512
@@ -34,6 +36,8 @@ class LoadedModel:
     runtime: Runtime | None = None
 
     def __post_init__(self):
+        if self.descriptor is None:
+            self.descriptor = GeneratorDescriptor.from_tags({"multiple": str(self.multiple)}, self.generator)
         if self.runtime is None:  # plain fp32 PyTorch, as the generator came
             self.runtime = build(self.generator, self.multiple, "torch", torch.get_num_threads(), self.device,
                                  "contiguous", "fp32")
@@ -47,6 +51,8 @@ class LoadedModel:
     small_pixels: int = 0
     runtime_choice: dict | None = None  # auto's timings per size and runtime, ms
     psnr_definition: str = PSNR_DEFINITION  # how `metrics`' PSNR and gain were computed (translator.metrics)
+    # what the generator is (scale, directions...): the version's `descriptor` tag; None: from `multiple`
+    descriptor: GeneratorDescriptor | None = None
 
     def info(self) -> dict:
         return {"name": self.name, "version": self.version, "variant": self.variant,
@@ -61,7 +67,7 @@ class LoadedModel:
     @property
     def directions(self) -> list[str]:
         """['AtoB'] for paired models; ['AtoB', 'BtoA'] for unpaired ones logged with both generators."""
-        return ["AtoB", "BtoA"] if hasattr(self.generator, "BtoA") else ["AtoB"]
+        return list(self.descriptor.directions)
 
     def net(self, direction: str = "AtoB", pixels: int | None = None) -> Runtime:
         """The runtime for a direction (A->B on the chosen runtime; B->A on PyTorch with the same
@@ -93,16 +99,18 @@ class LoadedModel:
     @torch.inference_mode()
     def enhance(self, image: torch.Tensor, tile: int = tiling.TILE, overlap: int = tiling.OVERLAP, precise: bool = False,
                 direction: str = "AtoB") -> torch.Tensor:
-        """1 x 3 x H x W in [-1, 1], any H x W (tiled) -> the same shape and range."""
+        """1 x 3 x H x W in [-1, 1], any H x W (tiled) -> 1 x 3 x H*scale x W*scale in the same range
+        (`scale`: the descriptor's, 1 for same-size translators)."""
         net = self.net(direction, image.shape[-2] * image.shape[-1])
         return tiling.enhance(lambda x: net.run(x, precise), image, tile=tile, overlap=overlap,
-                              multiple=self.multiple)
+                              multiple=self.multiple, scale=self.descriptor.scale)
 
     def measure_speed(self, size: int = 256, runs: int = 2) -> float:
         """Seconds per megapixel of one image on this device (best of `runs`, after a warm-up run),
         on the runtime large images use (they are what request time limits are sized for)."""
         image = torch.zeros(1, 3, size, size)
-        run = lambda: tiling.enhance(lambda x: self.runtime.run(x), image, tile=size, multiple=self.multiple)  # noqa: E731
+        run = lambda: tiling.enhance(lambda x: self.runtime.run(x), image, tile=size, multiple=self.multiple,  # noqa: E731
+                                    scale=self.descriptor.scale)
         run()
         if self.small_runtime is not None:  # warm it up too: the first request should not pay for it
             self.enhance(image, tile=size)
@@ -221,7 +229,8 @@ def load(tracking_uri: str, name: str, version: str, device: str | None = None, 
     generator = _load_generator(f"models:/{name}/{version}", device)
     tags = dict(mv.tags or {})
     metrics = served_metrics(tags)
-    multiple = int(tags.get("multiple", getattr(generator, "multiple", 1)))
+    descriptor = GeneratorDescriptor.from_tags(tags, generator)
+    multiple = descriptor.size_multiple
     onnx_file = None
     if runtime in ("onnx", "auto") and device == "cpu" and tags.get("export_onnx"):
         onnx_file = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=tags["export_onnx"])
@@ -238,4 +247,4 @@ def load(tracking_uri: str, name: str, version: str, device: str | None = None, 
     return LoadedModel(generator, name, str(version), tags.get("variant", "unknown"), multiple, metrics,
                        psnr_definition=tags.get("psnr_def", "per-image-mean"),
                        device=device, runtime=rt, degradation=tags.get("degradation"), small_runtime=small,
-                       small_pixels=SMALL_IMAGE_PIXELS if small else 0, runtime_choice=choice)
+                       small_pixels=SMALL_IMAGE_PIXELS if small else 0, runtime_choice=choice, descriptor=descriptor)

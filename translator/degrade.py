@@ -1,25 +1,22 @@
 """Composable, seeded image degradations described by spec strings.
 
-    gaussian:1.5              Gaussian blur, sigma in pixels, 0 < S <= 20 (scipy.ndimage reflect mode)
-    random_gaussian:0.5-3     sigma drawn uniformly per image, 0 < LO <= HI <= 20
-    resize:4                  down by 4 (area), back up bicubic, 1 < F <= 32
-    noise:10                  additive Gaussian noise, std in 0-255 units, 0 < STD <= 255
-    jpeg:30                   JPEG re-encode at quality 30, a whole number 1-100
-    gray                      colour -> luminance (ITU-R BT.601), for colourisation
-    edges / edges:1.5         a line drawing: black lines on white from the blurred gradient, 0 < S <= 20
-    holes:0.2                 random rectangles covering ~20% of the image filled with white, 0 < F < 1
-    scratches:12              12 thin random white strokes (damaged-photo restoration), 1-1000
+A spec is a leaf `NAME` or `NAME:ARG` from the table `DEGRADATIONS` (e.g. `gaussian:1.5`,
+`random_gaussian:0.5-3`, `resize:4`, `jpeg:30`, `gray`; `rules()` lists each leaf with its
+allowed range), or a composition of specs:
+
     mix(a,b,...)              one of them, chosen at random per image
     chain(a,b,...)            all of them, in order
 
 Images are float32 HxWx3 numpy arrays in [0, 1]. `parse(spec)` returns a callable
-`degradation(image, rng)`; `apply(spec, image, seed)` is the seeded one-shot form.
+`degradation(image, rng)`; `apply(spec, image, seed)` is the seeded one-shot form. A new leaf is
+one `Degradation` entry in `DEGRADATIONS` (its class, argument parser, rule, help and task).
 """
 
 from __future__ import annotations
 
 import io
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -217,15 +214,14 @@ MAX_RESIZE = 32.0  # a 256 px image shrinks to 8 px
 MAX_NOISE = 255.0  # std in 0-255 units: beyond it the image is noise
 MAX_SCRATCHES = 1000
 NUMBER = re.compile(r"(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")  # plain decimals: no sign, inf, nan or `1_0`
-RULES = ("gaussian:S (0 < S <= 20 px), random_gaussian:LO-HI (0 < LO <= HI <= 20), resize:F (1 < F <= 32), "
-         "noise:STD (0 < STD <= 255), jpeg:Q (whole number 1-100), gray, edges[:S] (0 < S <= 20), "
-         "holes:FRACTION (0 < FRACTION < 1), scratches:N (whole number 1-1000), mix(...), chain(...)")
 
 
-def _number(text: str, token: str, what: str, low: float, high: float, *, low_open: bool = True,
+def _number(text: str | None, token: str, what: str, low: float, high: float, *, low_open: bool = True,
             high_open: bool = False, whole: bool = False) -> float:
     """`text` as a number in the range, else DegradationError naming the spec and the range.
-    low_open/high_open: the bound itself is excluded; whole: digits only (no 50.7 -> 50)."""
+    low_open/high_open: the bound itself is excluded; whole: digits only (no 50.7 -> 50).
+    None (no `:ARG` in the spec) is refused like an empty argument."""
+    text = text or ""
     lo, hi = ("above" if low_open else "at least"), ("below" if high_open else "at most")
     kind = "a whole number" if whole else "a number"
     rule = f"{kind} {lo} {low:g} and {hi} {high:g}" if low_open or high_open else f"{kind} from {low:g} to {high:g}"
@@ -236,39 +232,91 @@ def _number(text: str, token: str, what: str, low: float, high: float, *, low_op
     return value
 
 
+def _random_gaussian(arg: str | None, token: str) -> RandomGaussian:
+    m = re.fullmatch(r"([^-]+)-([^-]+)", arg or "")
+    if not m:
+        raise DegradationError(f"degradation {token!r}: random_gaussian needs LO-HI, two sigmas in px with "
+                               f"0 < LO <= HI <= {MAX_SIGMA:g}, e.g. random_gaussian:0.5-3")
+    low = _number(m[1].strip(), token, "LO in random_gaussian:LO-HI", 0, MAX_SIGMA)
+    high = _number(m[2].strip(), token, "HI in random_gaussian:LO-HI", 0, MAX_SIGMA)
+    if low > high:
+        raise DegradationError(f"degradation {token!r}: the range is backwards; random_gaussian needs LO <= HI")
+    return RandomGaussian(low, high)
+
+
+def _no_argument(cls):
+    def build(arg: str | None, token: str):
+        if arg is not None:
+            name = token.partition(":")[0].strip()
+            raise DegradationError(f"degradation {token!r}: {name} takes no argument (write {name})")
+        return cls()
+    return build
+
+
+@dataclass(frozen=True)
+class Degradation:
+    """One leaf of the spec grammar, an entry of `DEGRADATIONS`.
+
+    - `cls`: the callable's class, `cls(...)(image, rng) -> image` on HxWx3 float32 in [0, 1],
+      randomness only from `rng` (a numpy Generator);
+    - `build(arg, token) -> cls instance`: parses `arg` (the text after `NAME:`, None without a
+      colon) and refuses a bad or out-of-range one with a `DegradationError` naming `token` (the
+      whole leaf spec) and the range (`_number` does both);
+    - `rule`: the spec and its range, as `rules()` and the CLI help show it;
+    - `help`: what it does, one line;
+    - `task`: what a model trained to undo it does (`translator.tasks.TASKS`).
+    """
+
+    cls: type
+    build: Callable[[str | None, str], Callable]
+    rule: str
+    help: str
+    task: str
+
+
+DEGRADATIONS: dict[str, Degradation] = {
+    "gaussian": Degradation(
+        Gaussian, lambda a, t: Gaussian(_number(a, t, "the blur sigma S in gaussian:S", 0, MAX_SIGMA)),
+        "gaussian:S (0 < S <= 20 px)", "Gaussian blur, sigma in pixels (scipy.ndimage reflect mode)", "deblur"),
+    "random_gaussian": Degradation(
+        RandomGaussian, _random_gaussian, "random_gaussian:LO-HI (0 < LO <= HI <= 20)",
+        "Gaussian blur with sigma drawn uniformly per image", "deblur"),
+    "resize": Degradation(
+        Resize, lambda a, t: Resize(_number(a, t, "the factor F in resize:F (down by F, back up)", 1, MAX_RESIZE)),
+        "resize:F (1 < F <= 32)", "down by F (area), back up bicubic", "deblur"),
+    "noise": Degradation(
+        Noise, lambda a, t: Noise(_number(a, t, "the std in noise:STD (0-255 units)", 0, MAX_NOISE)),
+        "noise:STD (0 < STD <= 255)", "additive Gaussian noise, std in 0-255 units", "restore"),
+    "jpeg": Degradation(
+        Jpeg, lambda a, t: Jpeg(int(_number(a, t, "the quality Q in jpeg:Q", 1, 100, low_open=False, whole=True))),
+        "jpeg:Q (whole number 1-100)", "JPEG re-encode at quality Q", "restore"),
+    "gray": Degradation(
+        Gray, _no_argument(Gray), "gray", "colour -> luminance (ITU-R BT.601), for colourisation", "colorize"),
+    "edges": Degradation(
+        Edges, lambda a, t: Edges(_number(a, t, "the blur sigma S in edges:S", 0, MAX_SIGMA) if a is not None else 1.0),
+        "edges[:S] (0 < S <= 20)", "a line drawing: black lines on white from the blurred gradient", "sketch"),
+    "holes": Degradation(
+        Holes, lambda a, t: Holes(_number(a, t, "the covered fraction in holes:FRACTION", 0, 1, high_open=True)),
+        "holes:FRACTION (0 < FRACTION < 1)", "random white rectangles covering about FRACTION of the image",
+        "restore"),
+    "scratches": Degradation(
+        Scratches, lambda a, t: Scratches(int(_number(a, t, "the stroke count N in scratches:N", 1, MAX_SCRATCHES,
+                                                      low_open=False, whole=True))),
+        "scratches:N (whole number 1-1000)", "N thin random white strokes (damaged-photo restoration)", "restore"),
+}
+
+
+def rules() -> str:
+    """Every leaf's rule, then the two compositions: what an unknown spec's error and `--help` show."""
+    return ", ".join([*(d.rule for d in DEGRADATIONS.values()), "mix(...)", "chain(...)"])
+
+
 def _leaf(token: str):
     name, colon, arg = token.partition(":")
-    name, arg = name.strip(), arg.strip()
-    if name == "gaussian":
-        return Gaussian(_number(arg, token, "the blur sigma S in gaussian:S", 0, MAX_SIGMA))
-    if name == "random_gaussian":
-        m = re.fullmatch(r"([^-]+)-([^-]+)", arg)
-        if not m:
-            raise DegradationError(f"degradation {token!r}: random_gaussian needs LO-HI, two sigmas in px with "
-                                   f"0 < LO <= HI <= {MAX_SIGMA:g}, e.g. random_gaussian:0.5-3")
-        low = _number(m[1].strip(), token, "LO in random_gaussian:LO-HI", 0, MAX_SIGMA)
-        high = _number(m[2].strip(), token, "HI in random_gaussian:LO-HI", 0, MAX_SIGMA)
-        if low > high:
-            raise DegradationError(f"degradation {token!r}: the range is backwards; random_gaussian needs LO <= HI")
-        return RandomGaussian(low, high)
-    if name == "resize":
-        return Resize(_number(arg, token, "the factor F in resize:F (down by F, back up)", 1, MAX_RESIZE))
-    if name == "noise":
-        return Noise(_number(arg, token, "the std in noise:STD (0-255 units)", 0, MAX_NOISE))
-    if name == "jpeg":
-        return Jpeg(int(_number(arg, token, "the quality Q in jpeg:Q", 1, 100, low_open=False, whole=True)))
-    if name == "gray":
-        if colon:
-            raise DegradationError(f"degradation {token!r}: gray takes no argument (write gray)")
-        return Gray()
-    if name == "edges":
-        return Edges(_number(arg, token, "the blur sigma S in edges:S", 0, MAX_SIGMA) if colon else 1.0)
-    if name == "holes":
-        return Holes(_number(arg, token, "the covered fraction in holes:FRACTION", 0, 1, high_open=True))
-    if name == "scratches":
-        return Scratches(int(_number(arg, token, "the stroke count N in scratches:N", 1, MAX_SCRATCHES,
-                                     low_open=False, whole=True)))
-    raise DegradationError(f"unknown degradation {token!r}; use {RULES}")
+    entry = DEGRADATIONS.get(name.strip())
+    if entry is None:
+        raise DegradationError(f"unknown degradation {token!r}; use {rules()}")
+    return entry.build(arg.strip() if colon else None, token)
 
 
 def _split_args(body: str, spec: str) -> list[str]:

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from translator.descriptor import GeneratorDescriptor
+
 FORMATS = ("onnx", "torchscript")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
 TOLERANCE = 1e-3  # max abs difference on the [-1, 1] scale (one 8-bit level is 2/255 ~ 0.0078)
@@ -42,7 +44,8 @@ class ExportError(ValueError):
 
 
 class PadToMultiple(nn.Module):
-    """`generator` made size-agnostic: N x C x H x W (any H, W >= 1) -> N x C x H x W.
+    """`generator` made size-agnostic: N x C x H x W (any H, W >= 1) -> N x C' x scale*H x scale*W
+    (`scale`: the generator's output size / input size, `GeneratorDescriptor.scale`).
 
     Pads bottom/right by edge replication to a multiple of `multiple`, runs the generator,
     crops back. Replication (not reflection) because it is defined for every size, including
@@ -50,15 +53,18 @@ class PadToMultiple(nn.Module):
     path this wrapper pads nothing.
     """
 
-    def __init__(self, generator: nn.Module, multiple: int):
+    def __init__(self, generator: nn.Module, multiple: int, scale: int = 1):
         super().__init__()
         self.generator = generator
         self.multiple = int(multiple)
+        self.scale = int(scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2], x.shape[-1]
         ph, pw = (-h) % self.multiple, (-w) % self.multiple
         y = self.generator(F.pad(x, (0, pw, 0, ph), mode="replicate"))
+        if self.scale != 1:  # scale 1 keeps the traced graph exactly as it was
+            h, w = h * self.scale, w * self.scale
         return y[..., :h, :w]
 
 
@@ -186,9 +192,11 @@ def parity(reference: nn.Module, run, sizes=PARITY_SIZES, channels: int = 3, see
 
 def export(generator: nn.Module, fmt: str, path: str | Path, multiple: int = 1,
            metadata: dict[str, str] | None = None, tolerance: float = TOLERANCE,
-           sizes=PARITY_SIZES) -> ExportResult:
+           sizes=PARITY_SIZES, descriptor: GeneratorDescriptor | None = None) -> ExportResult:
     """Export `generator` (eval mode, CPU, float32) to `path` in `fmt` (onnx | torchscript),
-    check it on `sizes` against PyTorch and return the differences.
+    check it on `sizes` against PyTorch and return the differences. `descriptor` (what the
+    registered generator is, `translator.descriptor`) gives the size multiple, the scale and the
+    input channels; without one: `multiple` as given, scale 1, the first convolution's channels.
 
     Raises ExportError for an unknown format, a failed export, or a max abs difference above
     `tolerance` (the file is removed then, so no unchecked export is left behind).
@@ -196,8 +204,10 @@ def export(generator: nn.Module, fmt: str, path: str | Path, multiple: int = 1,
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}: use {' or '.join(FORMATS)}")
     path = Path(path)
-    module = PadToMultiple(generator.float().cpu().eval(), multiple).eval()
-    channels = _in_channels(generator)
+    scale, channels = 1, _in_channels(generator)
+    if descriptor is not None:
+        multiple, scale, channels = descriptor.size_multiple, descriptor.scale, descriptor.in_channels
+    module = PadToMultiple(generator.float().cpu().eval(), multiple, scale).eval()
     example = _sample(1, max(64, multiple), max(64, multiple), channels, seed=123)
     meta = {"multiple": str(multiple), "layout": "NCHW float32 in [-1, 1], any N/H/W", **(metadata or {})}
     with torch.inference_mode(False), torch.no_grad():

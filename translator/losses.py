@@ -1,8 +1,17 @@
-"""GAN objectives and the image pool of CycleGAN."""
+"""Losses: the pixel-loss table every paired variant chooses from, the GAN objectives and the
+image pool of CycleGAN.
+
+`PIXEL_LOSSES` maps a name to a `PixelLoss` (function, help, source). A paired variant's config
+has a `loss` field whose value is a key of this table (each variant keeps its own default) and its
+`train_step` calls `pixel_loss(config.loss)`; so one new entry is a loss every paired variant can
+train with (`--set loss=NAME`).
+"""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +42,57 @@ def psnr_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Negative PSNR (NAFNet's loss) on [-1,1] images, averaged over the batch."""
     mse = ((pred - target) ** 2).flatten(1).mean(1)
     return 10 * torch.log10(mse / 4 + 1e-8).mean()  # [-1,1] has peak-to-peak 2 -> divide by 4
+
+
+def charbonnier_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """mean(sqrt((pred - target)^2 + eps^2)): L1 with a smooth minimum (LapSRN, Lai et al. 2017;
+    MPRNet). eps in [-1, 1] image units."""
+    return torch.sqrt((pred - target) ** 2 + eps * eps).mean()
+
+
+def frequency_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L1 distance of the orthonormal 2-D FFTs (real and imaginary parts) over H and W: it weighs
+    the high frequencies a blur removes as much as the low ones (MIMO-UNet, Cho et al. 2021)."""
+    diff = torch.fft.rfft2(pred.float(), norm="ortho") - torch.fft.rfft2(target.float(), norm="ortho")
+    return torch.view_as_real(diff).abs().mean()
+
+
+def l1_fft_loss(pred: torch.Tensor, target: torch.Tensor, weight: float = 0.1) -> torch.Tensor:
+    """L1 + `weight` x `frequency_l1` (MIMO-UNet's objective, with an orthonormal FFT so the weight
+    does not depend on the image size)."""
+    return F.l1_loss(pred, target) + weight * frequency_l1(pred, target)
+
+
+@dataclass(frozen=True)
+class PixelLoss:
+    """One entry of `PIXEL_LOSSES`. fn: (pred, target) -> 0-dim loss, both (N, C, H, W) float32
+    in [-1, 1], lower is better; help: one line for the docs and errors; source: where it is from."""
+
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    help: str
+    source: str = ""
+
+
+PIXEL_LOSSES: dict[str, PixelLoss] = {
+    "l1": PixelLoss(F.l1_loss, "mean absolute error", "pix2pix, NAFNet"),
+    "l2": PixelLoss(F.mse_loss, "mean squared error", "the original img2img autoencoder"),
+    "mse": PixelLoss(F.mse_loss, "the same as l2", ""),
+    "charbonnier": PixelLoss(charbonnier_loss, "L1 with a smooth minimum, eps 1e-3", "LapSRN (Lai et al. 2017)"),
+    "psnr": PixelLoss(psnr_loss, "negative PSNR", "NAFNet (Chen et al. 2022)"),
+    "l1_fft": PixelLoss(l1_fft_loss, "L1 + 0.1 x L1 of the 2-D FFT", "MIMO-UNet (Cho et al. 2021)"),
+}
+
+
+def check_loss(name: str) -> None:
+    """Raise ValueError unless `name` is a key of `PIXEL_LOSSES` (configs' `validate` call it)."""
+    if name not in PIXEL_LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(PIXEL_LOSSES)}, got {name!r}")
+
+
+def pixel_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The loss function named `name` in `PIXEL_LOSSES`; ValueError for an unknown name."""
+    check_loss(name)
+    return PIXEL_LOSSES[name].fn
 
 
 class ImagePool:

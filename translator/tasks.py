@@ -8,7 +8,8 @@ the model trained on it learns to undo that spec, so the spec names the model's 
     gray                                  -> colorize  (with damage as well: colorize+restore)
     edges                                 -> sketch    (a line drawing keeps nothing else to restore)
 
-`task_for_spec(spec)` is the one place this mapping lives; `GET /model`, the web page and
+Each leaf's task is its `task` in `translator.degrade.DEGRADATIONS`; `task_for_spec(spec)` is
+the one place leaves combine into a task; `GET /model`, the web page and
 the demo all use it.
 """
 
@@ -18,18 +19,10 @@ from translator import degrade
 
 TASKS = ("deblur", "colorize", "sketch", "restore")
 
-# Leaf degradation class -> the task that undoes it.
-_LEAF_TASK = {
-    degrade.Gaussian: "deblur",
-    degrade.RandomGaussian: "deblur",
-    degrade.Resize: "deblur",
-    degrade.Noise: "restore",
-    degrade.Jpeg: "restore",
-    degrade.Holes: "restore",
-    degrade.Scratches: "restore",
-    degrade.Gray: "colorize",
-    degrade.Edges: "sketch",
-}
+
+def _leaf_task() -> dict[type, str]:
+    """Leaf degradation class -> the task that undoes it, from `translator.degrade.DEGRADATIONS`."""
+    return {entry.cls: entry.task for entry in degrade.DEGRADATIONS.values()}
 
 
 def _leaves(node) -> list:
@@ -59,7 +52,8 @@ def task_for_spec(spec: str | None) -> str | None:
         leaves = _leaves(degrade.parse(str(spec)))
     except degrade.DegradationError:
         return str(spec)
-    found = {_LEAF_TASK.get(type(leaf)) for leaf in leaves}
+    leaf_task = _leaf_task()
+    found = {leaf_task.get(type(leaf)) for leaf in leaves}
     if None in found:  # a leaf class this table does not know yet
         return str(spec)
     if "sketch" in found:

@@ -2,7 +2,10 @@
 
 The image is padded to the network's multiple, cut into overlapping tiles, the tiles are run
 in batches, and overlaps are blended with a window that ramps linearly across the overlap, so
-seams vanish; the result is cropped back to exactly the input size. `split` and `merge` are
+seams vanish; the result is cropped back to exactly the input size times the generator's `scale`
+(output size / input size, `translator.descriptor.GeneratorDescriptor.scale`): tiles are cut in
+input pixels and blended in output pixels, where every position, tile and overlap is `scale`
+times larger (scale 1: the same numbers). `split` and `merge` are
 exposed separately so a server can batch tiles from many requests together. A caller that may
 stop wanting the result (a server whose client went away) passes a `cancelled` check: it is
 asked before every pass, and `Cancelled` ends the work there.
@@ -40,6 +43,7 @@ class TilePlan:
     tile_w: int
     positions: list[tuple[int, int]]  # (top, left) of each tile in the padded image
     overlap: int
+    scale: int = 1  # output pixels per input pixel along each side
 
 
 def _pad(x: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
@@ -58,10 +62,13 @@ def _starts(length: int, tile: int, stride: int) -> list[int]:
     return starts
 
 
-def split(image: torch.Tensor, tile: int = TILE, overlap: int = OVERLAP, multiple: int = 1):
-    """1xCxHxW -> (N x C x th x tw tiles, plan)."""
+def split(image: torch.Tensor, tile: int = TILE, overlap: int = OVERLAP, multiple: int = 1, scale: int = 1):
+    """1xCxHxW -> (N x C x th x tw tiles, plan), in input pixels; `scale` (a whole number >= 1) is
+    what the network will multiply each side by, so `merge` expects N x C' x th*scale x tw*scale."""
     if image.dim() != 4 or image.shape[0] != 1:
         raise ValueError("split expects one image as a 1xCxHxW tensor")
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"scale must be a whole number >= 1, got {scale!r}")
     h, w = image.shape[-2:]
     tile = max(multiple, tile // multiple * multiple)
     overlap = min(overlap, tile // 2)
@@ -73,7 +80,7 @@ def split(image: torch.Tensor, tile: int = TILE, overlap: int = OVERLAP, multipl
     stride_h, stride_w = max(1, th - overlap), max(1, tw - overlap)
     positions = [(t, l) for t in _starts(H, th, stride_h) for l in _starts(W, tw, stride_w)]
     tiles = torch.cat([padded[..., t:t + th, l:l + tw] for t, l in positions], 0)
-    return tiles, TilePlan(h, w, H, W, th, tw, positions, overlap)
+    return tiles, TilePlan(h, w, H, W, th, tw, positions, overlap, scale)
 
 
 def _ramp(n: int, overlap: int, ramp_start: bool, ramp_end: bool, device) -> torch.Tensor:
@@ -94,27 +101,34 @@ def _ramp(n: int, overlap: int, ramp_start: bool, ramp_end: bool, device) -> tor
 
 
 def merge(tiles: torch.Tensor, plan: TilePlan) -> torch.Tensor:
-    """Blend processed tiles back into one 1xCxHxW image of the original size."""
-    c, dev = tiles.shape[1], tiles.device
-    out = torch.zeros(1, c, plan.padded_h, plan.padded_w, device=dev, dtype=torch.float32)
-    weight = torch.zeros(1, 1, plan.padded_h, plan.padded_w, device=dev, dtype=torch.float32)
-    th, tw, ov = plan.tile_h, plan.tile_w, plan.overlap
+    """Blend processed tiles (N x C x tile_h*scale x tile_w*scale) back into one 1 x C x
+    height*scale x width*scale image. Raises ValueError when the tiles are not that size."""
+    c, dev, s = tiles.shape[1], tiles.device, plan.scale
+    th, tw, ov = plan.tile_h * s, plan.tile_w * s, plan.overlap * s
+    if tuple(tiles.shape[-2:]) != (th, tw):
+        raise ValueError(f"tiles are {tiles.shape[-2]}x{tiles.shape[-1]} px; a network of scale {s} on "
+                         f"{plan.tile_h}x{plan.tile_w} tiles gives {th}x{tw}")
+    ph, pw = plan.padded_h * s, plan.padded_w * s
+    out = torch.zeros(1, c, ph, pw, device=dev, dtype=torch.float32)
+    weight = torch.zeros(1, 1, ph, pw, device=dev, dtype=torch.float32)
     for tile, (t, l) in zip(tiles.float(), plan.positions):
-        wy = _ramp(th, ov, t > 0, t + th < plan.padded_h, dev)
-        wx = _ramp(tw, ov, l > 0, l + tw < plan.padded_w, dev)
+        t, l = t * s, l * s
+        wy = _ramp(th, ov, t > 0, t + th < ph, dev)
+        wx = _ramp(tw, ov, l > 0, l + tw < pw, dev)
         window = torch.outer(wy, wx)
         out[0, :, t:t + th, l:l + tw] += tile * window
         weight[0, 0, t:t + th, l:l + tw] += window
-    return out.div_(weight)[..., : plan.height, : plan.width]  # in place: one image-sized buffer less
+    return out.div_(weight)[..., : plan.height * s, : plan.width * s]  # in place: one image-sized buffer less
 
 
 @torch.inference_mode()
 def enhance(forward: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, tile: int = TILE,
             overlap: int = OVERLAP, multiple: int = 1, batch_size: int = 4,
-            cancelled: Callable[[], bool] | None = None) -> torch.Tensor:
-    """Run `forward` (NCHW -> NCHW, e.g. a generator) over `image` (1xCxHxW) of any size,
-    `batch_size` tiles per pass. Raises `Cancelled` before a pass once `cancelled()` is True."""
-    tiles, plan = split(image, tile, overlap, multiple)
+            cancelled: Callable[[], bool] | None = None, scale: int = 1) -> torch.Tensor:
+    """Run `forward` (NCHW -> NCHW, e.g. a generator whose output is `scale` times its input's
+    height and width) over `image` (1xCxHxW) of any size, `batch_size` tiles per pass ->
+    1 x C' x H*scale x W*scale. Raises `Cancelled` before a pass once `cancelled()` is True."""
+    tiles, plan = split(image, tile, overlap, multiple, scale)
     outputs = []
     for i in range(0, len(tiles), batch_size):
         stop_if(cancelled)

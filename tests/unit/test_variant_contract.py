@@ -59,3 +59,24 @@ def test_the_architecture_page_new_variant_example_trains():
     for _ in range(20):
         last = variant.training_step(batch)["loss"]
     assert last < first
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_every_variant_declares_its_smoke_config_and_its_descriptor(name):
+    """The contract tests build each variant from its own `smoke` config; its descriptor says
+    what its generator does, and the generator does it."""
+    import torch
+
+    from translator.descriptor import GeneratorDescriptor
+    from translator.variants import Smoke, build_variant
+
+    cls = VARIANTS[name]
+    assert isinstance(cls.smoke, Smoke) and cls.smoke.fit_loss
+    v = build_variant(name, cls.smoke.config)
+    v.eval()
+    d = v.descriptor
+    assert GeneratorDescriptor.from_dict(d.to_dict()) == d == GeneratorDescriptor.from_json(d.to_json())
+    assert d.two_way == (not cls.paired) and d.size_multiple == v.multiple
+    side = 2 * max(d.size_multiple, 16)
+    x = torch.rand(1, d.in_channels, side, side) * 2 - 1
+    assert v.translate(x).shape == (1, d.out_channels, side * d.scale, side * d.scale)

@@ -1,26 +1,66 @@
-"""The variant registry: name -> class. Adding a variant: one file, a line here and one in
-`translator/catalog.py` (docs/architecture.md, "A new variant")."""
+"""The variant registry: name -> class, derived from the one table in `translator/catalog.py`.
+
+A variant is its own file (a `Variant` subclass that also declares its `smoke` config for the
+contract tests) plus one line in `CATALOG`; `VARIANTS` reads the table, so nothing else lists
+the variants (docs/architecture.md, "Extending")."""
 
 from __future__ import annotations
 
-from translator.catalog import CATALOG, DEFAULT_VARIANT, variant_names
-from translator.variants.autoencoder import Autoencoder
-from translator.variants.base import Variant, unwrap
-from translator.variants.cyclegan import CycleGAN
-from translator.variants.dualgan import DualGAN
-from translator.variants.nafnet import NAFNetVariant
-from translator.variants.pix2pix import Pix2Pix
+import importlib
+from collections.abc import Iterator, Mapping
 
-# Each class's `name` is its key: the one place a variant is named.
-VARIANTS: dict[str, type[Variant]] = {cls.name: cls for cls in (NAFNetVariant, Autoencoder, Pix2Pix, CycleGAN, DualGAN)}
+from translator.catalog import (
+    CATALOG,
+    DEFAULT_VARIANT,
+    VariantInfo,
+    register,
+    unregister,
+    variant_names,
+)
+from translator.descriptor import GeneratorDescriptor
+from translator.variants.base import Smoke, Variant, unwrap
+
+
+class _Registry(Mapping):
+    """`CATALOG` seen as name -> `Variant` subclass. A class is imported from its entry's
+    `module:Class` on first look-up and checked against the entry (its `name` and `paired`);
+    entries added later with `translator.catalog.register` appear here at once."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[tuple[str, str], type[Variant]] = {}
+
+    def __getitem__(self, name: str) -> type[Variant]:
+        info = CATALOG[name]
+        key = (name, info.target)
+        if key not in self._loaded:
+            module, _, attr = info.target.partition(":")
+            cls = getattr(importlib.import_module(module), attr)
+            if not (isinstance(cls, type) and issubclass(cls, Variant)):
+                raise TypeError(f"variant {name!r}: {info.target} is not a translator Variant subclass")
+            if cls.name != name or cls.paired != info.paired:
+                raise TypeError(f"variant {name!r}: {info.target} declares name={cls.name!r}, "
+                                f"paired={cls.paired}; the catalog says {name!r}, paired={info.paired}")
+            self._loaded[key] = cls
+        return self._loaded[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(CATALOG))
+
+    def __len__(self) -> int:
+        return len(CATALOG)
+
+    def __repr__(self) -> str:
+        return f"VARIANTS({', '.join(CATALOG)})"
+
+
+VARIANTS: Mapping[str, type[Variant]] = _Registry()
 
 
 def get_variant(name: str) -> type[Variant]:
     """Registry look-up; raises ValueError naming the known variants."""
-    try:
-        return VARIANTS[name]
-    except KeyError:
-        raise ValueError(f"unknown variant {name!r}; choose one of: {', '.join(VARIANTS)}") from None
+    if name not in CATALOG:
+        raise ValueError(f"unknown variant {name!r}; choose one of: {', '.join(CATALOG)}")
+    return VARIANTS[name]
 
 
 def build_variant(name: str, config: dict | None = None, **kwargs) -> Variant:
@@ -28,4 +68,5 @@ def build_variant(name: str, config: dict | None = None, **kwargs) -> Variant:
     return get_variant(name).from_config(config, **kwargs)
 
 
-__all__ = ["VARIANTS", "CATALOG", "DEFAULT_VARIANT", "variant_names", "Variant", "get_variant", "build_variant", "unwrap"]
+__all__ = ["VARIANTS", "CATALOG", "DEFAULT_VARIANT", "VariantInfo", "variant_names", "register", "unregister",
+           "GeneratorDescriptor", "Smoke", "Variant", "get_variant", "build_variant", "unwrap"]

@@ -17,7 +17,21 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from translator.config import make_config
+from translator.descriptor import DIRECTIONS, GeneratorDescriptor
 from translator.precision import strict_fp32
+
+
+@dataclasses.dataclass(frozen=True)
+class Smoke:
+    """A variant's smoke test, declared beside it so the contract tests walk the registry:
+    `config`: overrides giving tiny widths (every contract test builds the variant with them and
+    trains on 32 x 32 crops in seconds on a CPU); `fit_loss`: the key of `train_step`'s result that
+    measures reconstruction and must halve when the variant overfits one fixed batch; `fit`: further
+    overrides for that overfitting test only (no dropout, a faster learning rate)."""
+
+    config: dict
+    fit_loss: str = "loss"
+    fit: dict = dataclasses.field(default_factory=dict)
 
 
 def ema_average(decay: float):
@@ -71,7 +85,12 @@ class Variant:
     - `generator_key` (default "G"): the inference network, A->B; unpaired variants also set
       `reverse_key`, the B->A generator. A generator maps (N, 3, H, W) in [-1, 1] to the same shape
       and range; its optional attribute `multiple` says H and W must be multiples of it (tiled
-      inference pads for you).
+      inference pads for you);
+    - `smoke`: a `Smoke` (tiny config, the loss that must fall): the contract tests run it.
+
+    What the trained generator is (size multiple, scale, directions, channels, bf16-safe) is its
+    `descriptor`, derived from the above and the class attributes `scale`, `in_channels`,
+    `out_channels` and `bf16_safe` (defaults: 1, 3, 3, True); the training job records it.
 
     The base class gives the rest once: device and AMP, the LR schedule (`set_total_steps`),
     `training_step` (moves the batch, autocasts, counts steps, returns floats), `translate`,
@@ -84,6 +103,11 @@ class Variant:
     Config: ClassVar[type]
     generator_key: ClassVar[str] = "G"
     reverse_key: ClassVar[str | None] = None  # unpaired: the B->A generator
+    smoke: ClassVar[Smoke | None] = None
+    scale: ClassVar[int] = 1  # output size / input size
+    in_channels: ClassVar[int] = 3
+    out_channels: ClassVar[int] = 3
+    bf16_safe: ClassVar[bool] = True
 
     def __init__(self, config, device: str | torch.device = "cpu", amp: str | None = None,
                  channels_last: bool = False):
@@ -138,8 +162,9 @@ class Variant:
         value") is met exactly as training would meet it. -> "ExcType: first line" or None."""
         variant = cls.on_meta(config)
         variant.optimize = lambda opt_name, loss: None  # shapes are all we check
-        x = torch.zeros(variant.config.batch_size, 3, size, size, device="meta")
-        batch = {"input": x, "target": x} if cls.paired else {"a": x, "b": x}
+        x = torch.zeros(variant.config.batch_size, cls.in_channels, size, size, device="meta")
+        y = torch.zeros(variant.config.batch_size, cls.out_channels, size * cls.scale, size * cls.scale, device="meta")
+        batch = {"input": x, "target": y} if cls.paired else {"a": x, "b": y}
         try:
             with warnings.catch_warnings():  # e.g. "target size differs" before the real error
                 warnings.simplefilter("ignore")
@@ -182,9 +207,19 @@ class Variant:
         return unwrap(self.nets[self.reverse_key]) if self.reverse_key else None
 
     @property
+    def descriptor(self) -> GeneratorDescriptor:
+        """What the inference generator is (`translator.descriptor`): its network's `multiple`
+        attribute (1 when it has none), the class's scale, channels and bf16 safety, and both
+        directions when the variant has a reverse generator."""
+        return GeneratorDescriptor(size_multiple=int(getattr(self.generator, "multiple", 1)), scale=self.scale,
+                                   directions=DIRECTIONS if self.reverse_key else DIRECTIONS[:1],
+                                   in_channels=self.in_channels, out_channels=self.out_channels,
+                                   bf16_safe=self.bf16_safe)
+
+    @property
     def multiple(self) -> int:
         """Input height/width must be a multiple of this (tiling pads for you)."""
-        return int(getattr(self.generator, "multiple", 1))
+        return self.descriptor.size_multiple
 
     @property
     def lr(self) -> float:

@@ -12,7 +12,7 @@ from translator.config import TrainConfig
 from translator.losses import ImagePool, gan_loss
 from translator.nets.patchgan import PatchDiscriminator
 from translator.nets.resnet import ResnetGenerator
-from translator.variants.base import Variant
+from translator.variants.base import Smoke, Variant
 
 
 @dataclass
@@ -35,6 +35,7 @@ class CycleGAN(Variant):
     paired = False
     Config = CycleGANConfig
     generator_key, reverse_key = "G_A", "G_B"
+    smoke = Smoke({"ngf": 8, "ndf": 8, "n_blocks": 2}, fit_loss="loss_cycle")
 
     def build_networks(self):
         c = self.config

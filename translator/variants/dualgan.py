@@ -13,7 +13,7 @@ from translator.config import TrainConfig
 from translator.losses import gradient_penalty
 from translator.nets.patchgan import PatchDiscriminator
 from translator.nets.unet import UNETS, UnetGenerator, unet_depth
-from translator.variants.base import Variant
+from translator.variants.base import Smoke, Variant
 
 
 @dataclass
@@ -44,6 +44,7 @@ class DualGAN(Variant):
     paired = False
     Config = DualGANConfig
     generator_key, reverse_key = "G_A", "G_B"
+    smoke = Smoke({"netG": "unet_32", "ngf": 8, "ndf": 8}, fit_loss="loss_cycle", fit={"dropout": False, "lr": 5e-4})
 
     def build_networks(self):
         c = self.config

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from translator.config import TrainConfig
-from translator.losses import psnr_loss
+from translator.losses import check_loss, pixel_loss
 from translator.nets.nafnet import NAFNet
-from translator.variants.base import Variant
+from translator.variants.base import Smoke, Variant
 
 PRESETS = {
     "tiny": dict(width=16, enc_blocks=[1, 1, 1, 1], middle_blocks=1, dec_blocks=[1, 1, 1, 1]),
@@ -39,7 +39,7 @@ class NAFNetConfig(TrainConfig):
     enc_blocks: list[int] | None = None
     middle_blocks: int | None = None
     dec_blocks: list[int] | None = None
-    loss: str = "l1"  # l1 | psnr
+    loss: str = "l1"  # a key of translator.losses.PIXEL_LOSSES: l1, psnr (the paper's), charbonnier...
     lr: float | None = None  # None: the preset's (PRESET_LR)
     weight_decay: float = 0.0
     beta1: float = 0.9
@@ -58,8 +58,7 @@ class NAFNetConfig(TrainConfig):
         super().validate()
         if self.preset not in PRESETS:
             raise ValueError(f"unknown nafnet preset {self.preset!r}: use {', '.join(PRESETS)}")
-        if self.loss not in ("l1", "psnr"):
-            raise ValueError("loss must be l1 or psnr")
+        check_loss(self.loss)
 
     def architecture(self) -> dict:
         arch = dict(PRESETS[self.preset])
@@ -73,6 +72,7 @@ class NAFNetVariant(Variant):
     name = "nafnet"
     paired = True
     Config = NAFNetConfig
+    smoke = Smoke({"width": 8}, fit_loss="l1")
 
     def build_networks(self):
         return {"G": NAFNet(3, **self.config.architecture())}
@@ -86,6 +86,6 @@ class NAFNetVariant(Variant):
         fake = self.nets["G"](batch["input"]).float()
         target = batch["target"].float()
         l1 = F.l1_loss(fake, target)
-        loss = l1 if self.config.loss == "l1" else psnr_loss(fake, target)
+        loss = l1 if self.config.loss == "l1" else pixel_loss(self.config.loss)(fake, target)
         self.optimize("G", loss)
         return {"loss": loss.detach(), "l1": l1.detach()}

@@ -1,18 +1,19 @@
 """`pix2pix` (Isola et al. 2017): U-Net generator + 70x70 PatchGAN on (input, output) pairs,
-vanilla GAN loss + 100 x L1, D loss halved, Adam 2e-4/0.5, constant then linear LR decay."""
+vanilla GAN loss + 100 x L1, D loss halved, Adam 2e-4/0.5, constant then linear LR decay.
+`loss` picks the reconstruction term from `translator.losses.PIXEL_LOSSES` (default l1, the
+paper's); it is logged as `loss_G_L1` and weighted by `lambda_l1` whichever it is."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from translator.config import TrainConfig
-from translator.losses import gan_loss
+from translator.losses import check_loss, gan_loss, pixel_loss
 from translator.nets.patchgan import PatchDiscriminator
 from translator.nets.unet import UNETS, UnetGenerator, unet_depth
-from translator.variants.base import Variant
+from translator.variants.base import Smoke, Variant
 
 
 @dataclass
@@ -27,17 +28,20 @@ class Pix2PixConfig(TrainConfig):
     dropout: bool = True
     gan_mode: str = "vanilla"
     lambda_l1: float = 100.0
+    loss: str = "l1"  # the reconstruction term: a key of translator.losses.PIXEL_LOSSES
     lr_policy: str = "linear"
 
     def validate(self):
         super().validate()
         unet_depth(self.netG)
+        check_loss(self.loss)
 
 
 class Pix2Pix(Variant):
     name = "pix2pix"
     paired = True
     Config = Pix2PixConfig
+    smoke = Smoke({"netG": "unet_32", "ngf": 8, "ndf": 8}, fit_loss="loss_G_L1", fit={"dropout": False})
 
     def build_networks(self):
         c = self.config
@@ -63,6 +67,6 @@ class Pix2Pix(Variant):
         # G: fool D, stay close to the target.
         self.set_requires_grad(["D"], False)
         loss_gan = gan_loss(self.frozen("D")(torch.cat([real_a, fake_b], 1)), True, mode)
-        loss_l1 = F.l1_loss(fake_b.float(), real_b.float())
+        loss_l1 = pixel_loss(self.config.loss)(fake_b.float(), real_b.float())
         self.optimize("G", loss_gan + self.config.lambda_l1 * loss_l1)
         return {"loss_D": loss_d.detach(), "loss_G_GAN": loss_gan.detach(), "loss_G_L1": loss_l1.detach()}
