@@ -31,8 +31,12 @@ def preempt_for(settings: Settings, client, job_id: str, cap: Capacity | None) -
     from mlflow.tracking import MlflowClient
 
     ticket = Ticket.from_metadata(client.get_job_info(job_id).metadata)
-    if ticket is None:
+    if ticket is None or not ticket.resources:  # reserved nothing (no admission resources): nothing to wait for
         return []
+    if cap is None:  # the dashboard did not answer at submission (a busy head): ask once more
+        from cluster.admission import capacity
+
+        cap = capacity(settings.ray_address, settings.ray_auth_headers())
     ml = MlflowClient(settings.mlflow_uri)
     asked = set()
     for job in client.list_jobs():  # already asked by another preempting job: its room is on its way
