@@ -267,13 +267,15 @@ def queued(client, jobs: list | None = None) -> list:
     return sorted(out, key=lambda jt: jt[1].rank)
 
 
-def requeue_behind(client, ticket: Ticket) -> list[str]:
-    """Hand queued jobs of a LOWER priority than `ticket`'s back to Ray behind it: a PENDING job
-    holds nothing (no process, no CPU), so it is stopped and submitted again, unchanged, under a
-    new Ray id with the same ticket. -> the new ids."""
+def requeue_behind(client, ticket: Ticket, same_priority: bool = False) -> list[str]:
+    """Hand queued jobs of a LOWER priority than `ticket`'s (with `same_priority`, also those of
+    its priority first submitted after it) back to Ray behind it: a PENDING job holds nothing (no
+    process, no CPU), so it is stopped and submitted again, unchanged, under a new Ray id with
+    the same ticket. -> the new ids."""
     moved = []
     for job, t in queued(client):
-        if t.rank[0] <= PRIORITIES.index(ticket.priority):
+        behind = t.rank > ticket.rank if same_priority else t.rank[0] > PRIORITIES.index(ticket.priority)
+        if not behind or t.ticket == ticket.ticket:
             continue
         try:
             if _status(client.get_job_info(job.submission_id)) != "PENDING":

@@ -39,10 +39,10 @@ def wait(client, job_id: str, follow: bool, echo=None) -> str:
             asyncio.run(_tail(job_id))
         while (status := _status(client, job_id)) not in TERMINAL:
             time.sleep(1)
-        nxt = admission.current_id(client, job_id) if status == "STOPPED" else job_id
+        nxt = admission.current_id(client, job_id)
         if nxt == job_id:
             return status
-        job_id = nxt  # handed back to Ray behind a higher priority: go on with its new id
+        job_id = nxt  # handed back to Ray (behind a higher priority, or preempted): go on with its new id
 
 
 def outcome_error(job_id: str, status: str, message: str = "", logs_hint: bool = True) -> Img2ImgError | None:
@@ -65,7 +65,7 @@ def follow_progress(client, settings: Settings, job_id: str, run_id: str, say=No
     def job_status() -> tuple[str, str]:
         info = client.get_job_info(current[0])
         status = str(info.status).split(".")[-1]
-        if status == "STOPPED":  # handed back to Ray behind a higher priority: go on with its new id
+        if status in ("STOPPED", "SUCCEEDED"):  # handed back to Ray (priority, preempted): go on with its copy
             nxt = admission.current_id(client, current[0])
             if nxt != current[0]:
                 current[0] = nxt
@@ -118,7 +118,8 @@ def job_rows(client, settings: Settings | None = None) -> list[list]:
     """[id, status, model, variant, dataset, started, duration] of every training and evaluation
     job, newest first. A queued job's status is `QUEUED #N` (its place) and its duration says
     how long it has waited and for what (`waiting 1m05s: needs 3 CPUs, 1 free; behind ...`); a
-    running job's duration is its elapsed time so far (`12s so far`)."""
+    running job's duration is its elapsed time so far (`12s so far`); a preempted job's copy
+    adds `(preempted by ID at step N, resumes there)`."""
     import time
     from datetime import datetime
 
@@ -143,6 +144,8 @@ def job_rows(client, settings: Settings | None = None) -> list[list]:
             dur = f"{_elapsed(time.time() - j.start_time / 1000)} so far"
         else:
             dur = ""
+        if meta.get("preempted_by"):
+            dur += f" (preempted by {meta['preempted_by']} at step {meta.get('resume_step')}, resumes there)"
         model = meta.get("model") or ""
         kind = "" if meta.get("img2img") == "train" else f"{meta.get('img2img')} "
         rows.append([j.submission_id, status, f"{kind}{model}".strip(), meta.get("variant", ""),
@@ -176,6 +179,8 @@ def job_summary(client, settings: Settings, job_id: str) -> dict:
         try:
             snap = read(settings.mlflow_uri, info["run_id"], info["status"], info.get("message") or "")
             info["progress"] = snap.line()
+            if snap.preempted:
+                info["preempted"] = snap.preempted
             if snap.error:
                 info["error"] = snap.error
             if snap.warnings:  # the job's verdicts on its model, e.g. WORSE than its input
@@ -200,11 +205,14 @@ def stop(client, settings: Settings, job_id: str, wait_s: float = 30) -> str:
     if queued and info.get("run_id"):
         _mark_killed(settings, info["run_id"])  # first: the driver leaves a run it finds KILLED alone
     client.stop_job(job_id)
-    if not queued:
-        poll_until(lambda: _status(client, job_id) in TERMINAL, wait_s)
+    if not queued:  # one budget for both: the driver ends (Ray's SIGTERM, then SIGKILL), then its actors
+        import time
+
+        deadline = time.time() + wait_s
+        poll_until(lambda: _status(client, job_id) in TERMINAL, wait_s, interval_s=0.5)
         ray_job = getattr(client.get_job_info(job_id), "job_id", None)
         if ray_job:
-            poll_until(lambda: not _live_actors(settings, ray_job), wait_s, interval_s=1)
+            poll_until(lambda: not _live_actors(settings, ray_job), max(deadline - time.time(), 1), interval_s=0.5)
     if info.get("run_id"):
         _mark_killed(settings, info["run_id"])
     return "cancelled" if queued else "stopped"

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from jobs.plan import UNLIMITED_STEPS
 from jobs.tracking import (
     TAG_PHASE,
+    TAG_PREEMPTED,
     TAG_RESTORED,
     TAG_STARTS,
     TAG_TIME_BUDGET,
@@ -53,6 +54,7 @@ class Snapshot:
     budget_used_s: float | None = None  # training time spent of that budget
     starts: int = 0
     restored: str | None = None
+    preempted: str | None = None  # the latest preemption (MLflow tag TAG_PREEMPTED)
     message: str = ""
     error: str | None = None  # the job's own one-line reason when it failed (MLflow tag `error`)
     warnings: list[str] = field(default_factory=list)  # the job's verdicts, e.g. worse than its input (TAG_WARNINGS)
@@ -125,6 +127,7 @@ def read(tracking_uri: str, run_id: str, status: str = "RUNNING", message: str =
     snap.elapsed_s = max(0.0, end - run.info.start_time / 1000) if run.info.start_time else 0.0
     snap.starts = int(tags.get(TAG_STARTS, "0"))
     snap.restored = tags.get(TAG_RESTORED)
+    snap.preempted = tags.get(TAG_PREEMPTED)
     snap.error = tags.get("error")
     snap.warnings = [w for w in tags.get(TAG_WARNINGS, "").split("\n") if w]
     budget = float(tags[TAG_TIME_BUDGET]) if TAG_TIME_BUDGET in tags else None
@@ -144,11 +147,15 @@ def read(tracking_uri: str, run_id: str, status: str = "RUNNING", message: str =
 
 
 def events(before: Snapshot | None, now: Snapshot) -> list[str]:
-    """Lines worth keeping above the live display: restarts, restores, phase changes."""
+    """Lines worth keeping above the live display: preemptions, restarts, restores, phase changes."""
     out = []
     if before is None:
         return out
-    if now.starts > max(before.starts, 1):
+    if now.preempted and now.preempted != before.preempted:
+        out.append(now.preempted)
+    if now.starts > max(before.starts, 1) and now.preempted and now.restored not in (None, "none"):
+        out.append(f"resumed after the preemption from the checkpoint at step {now.restored}")
+    elif now.starts > max(before.starts, 1):
         where = (f"restored the checkpoint at step {now.restored}" if now.restored not in (None, "none")
                  else "no checkpoint yet: restarting from the beginning")
         out.append(f"worker group restarted (start {now.starts}); {where}")

@@ -11,6 +11,7 @@ from pathlib import Path
 from cluster import admission
 from cluster.admission import Footprint, capacity, check_fits, check_options
 from cluster.errors import Img2ImgError
+from cluster.preemption import PREEMPTIBLE, check_preempt
 from cluster.services import cluster_resources, poll_until, require, require_mlflow  # noqa: F401  (re-exported)
 from cluster.settings import Settings
 from jobs.spec import TrainSpec
@@ -147,23 +148,36 @@ def admit(settings: Settings, footprint: Footprint):
 
 
 def submit_job(settings: Settings, *, entrypoint: str, metadata: dict, footprint: Footprint,
-               priority: str = "normal", queue_timeout_s: float | None = None) -> str:
+               priority: str = "normal", queue_timeout_s: float | None = None, preempt: bool = False,
+               preempting: list | None = None) -> str:
     """Every cluster job (training, evaluation, the gate's evaluation, batch, search) is
     submitted here: checked by `admit`, then handed to Ray Jobs with its whole footprint
-    reserved, so it waits QUEUED (Ray: PENDING) until it fits. -> the Ray submission id."""
+    reserved, so it waits QUEUED (Ray: PENDING) until it fits. With `preempt`, the lower-priority
+    training jobs it needs room from are asked to checkpoint and re-queue (`jobs.preempt`); their
+    ids are appended to `preempting`. -> the Ray submission id."""
     check_options(priority, queue_timeout_s)
+    check_preempt(priority, preempt)
     cap = admit(settings, footprint)
-    return admission.submit(job_client(settings), entrypoint=entrypoint, runtime_env=runtime_env(settings),
-                            metadata=metadata, footprint=footprint, priority=priority,
-                            queue_timeout_s=queue_timeout_s, cap=cap)
+    client = job_client(settings)
+    job_id = admission.submit(client, entrypoint=entrypoint, runtime_env=runtime_env(settings),
+                              metadata=metadata, footprint=footprint, priority=priority,
+                              queue_timeout_s=queue_timeout_s, cap=cap)
+    if preempt:
+        from jobs.preempt import preempt_for
+
+        (preempting if preempting is not None else []).extend(preempt_for(settings, client, job_id, cap))
+    return job_id
 
 
-def submit(spec: TrainSpec, settings: Settings, priority: str = "normal", queue_timeout_s: float | None = None) -> dict:
+def submit(spec: TrainSpec, settings: Settings, priority: str = "normal", queue_timeout_s: float | None = None,
+           preempt: bool = False) -> dict:
     """Check the request (see `preflight`, `admit`), create its MLflow run, submit the job with
-    its footprint reserved (`submit_job`).
-    -> {"job_id", "run_id", "run_url", "plan": TrainPlan}. Raises Img2ImgError when refused."""
+    its footprint reserved (`submit_job`; `preempt`: make room by preempting lower priorities).
+    -> {"job_id", "run_id", "run_url", "plan": TrainPlan, "preempting": [Ray ids]}. Raises
+    Img2ImgError when refused."""
     # The options first (no service needed): a bad one is named even while the stack is down.
     check_options(priority, queue_timeout_s)
+    check_preempt(priority, preempt)
     manifest, plan = preflight(spec, settings)
     footprint = Footprint(spec.workers, spec.cpus_per_worker, 1.0 if spec.use_gpu else 0.0)
     admit(settings, footprint)
@@ -171,16 +185,18 @@ def submit(spec: TrainSpec, settings: Settings, priority: str = "normal", queue_
     spec.run_id, url = start_run(spec, settings, manifest, plan)
     entrypoint = f"python -m jobs.train --spec {shlex.quote(spec.to_json())}"
     metadata = {"img2img": "train", "variant": spec.variant, "dataset": spec.dataset, "run_id": spec.run_id,
-                "model": spec.registered_name}
+                "model": spec.registered_name, PREEMPTIBLE: "true"}  # it can stop at a checkpoint and resume
+    preempting: list[str] = []
     try:
         job_id = submit_job(settings, entrypoint=entrypoint, metadata=metadata, footprint=footprint,
-                            priority=priority, queue_timeout_s=queue_timeout_s)
+                            priority=priority, queue_timeout_s=queue_timeout_s, preempt=preempt,
+                            preempting=preempting)
     except Img2ImgError:
         from mlflow.tracking import MlflowClient
 
         MlflowClient(settings.mlflow_uri).set_terminated(spec.run_id, status="FAILED")
         raise
-    return {"job_id": job_id, "run_id": spec.run_id, "run_url": url, "plan": plan}
+    return {"job_id": job_id, "run_id": spec.run_id, "run_url": url, "plan": plan, "preempting": preempting}
 
 
 def run_local(spec: TrainSpec, settings: Settings) -> dict:

@@ -92,6 +92,8 @@ TAG_STARTS = "img2img.worker_starts"  # 1 on the first start; each worker-group 
 TAG_RESTORED = "img2img.restored_step"  # the step of the checkpoint the latest start restored
 TAG_TIME_BUDGET = "img2img.time_budget_s"
 TAG_TRAINING_SINCE = "img2img.training_since"  # epoch seconds when the workers first started training
+TAG_PREEMPT_REQUEST = "img2img.preempt_request"  # the Ray id of a job that asks this run to stop at a checkpoint
+TAG_PREEMPTED = "img2img.preempted"  # "preempted by ID, re-queued, resumes at step N", set when it did
 TAG_WARNINGS = "img2img.warnings"  # the job's verdicts on what it registered (e.g. worse than its input), one a line
 
 

@@ -258,8 +258,8 @@ def register(spec: TrainSpec, settings: Settings, job: JobPlan, result, fit_s: f
 
 
 def run(spec: TrainSpec, settings: Settings | None = None):
-    """The whole job: plan (refusing what can never run), train, register. -> (version, metrics).
-    Raises Img2ImgError with one line for any refusal or training failure."""
+    """The whole job: plan (refusing what can never run), train, register. -> (version, metrics),
+    (None, {}) when preempted and re-queued (jobs.preempt). Raises Img2ImgError (one line)."""
     import ray
 
     settings = settings or get_settings()
@@ -280,6 +280,10 @@ def run(spec: TrainSpec, settings: Settings | None = None):
     except Exception as e:  # a store down past its retries: its one line, not the worker's traceback
         raise arrow_unavailable(e, settings) or Img2ImgError(f"training failed: {_root_cause(e)}") from None
     fit_s = time.time() - t_fit
+    if (result.metrics or {}).get("preempted"):  # stopped at a checkpoint to make room: queue again
+        from jobs.preempt import requeue_self
+        requeue_self(settings, spec.run_id, int(result.metrics.get("step", 0)))  # logs the line
+        return None, {}
     _set_phase(settings, spec.run_id, "registering")
     version, metrics = register(spec, settings, job, result, fit_s, started)
     _set_phase(settings, spec.run_id, "done")

@@ -46,6 +46,9 @@ def train(
                                  "running jobs; a higher priority goes ahead of queued lower ones"),
     queue_timeout: float = typer.Option(None, help="seconds a job may wait in the queue before it is ended, "
                                         "not started (default: 24 h)"),
+    preempt: bool = typer.Option(False, "--preempt", help="when it does not fit, stop the lower-priority running "
+                                 "training jobs it needs room from: each saves a checkpoint and is re-queued, "
+                                 "and resumes from it"),
     follow: bool = typer.Option(False, "--follow", "-f", help="show live progress until the job ends"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="with --follow: the job's raw logs instead"),
     local: bool = typer.Option(False, "--local", help="run here on a throwaway local Ray (debugging)"),
@@ -77,7 +80,7 @@ def train(
         out = run_local(spec, settings)
         console.print(f"Done: run {out['run_id']}, registered {spec.registered_name} v{out['version']}")
         return
-    out = submit(spec, settings, priority=priority, queue_timeout_s=queue_timeout)
+    out = submit(spec, settings, priority=priority, queue_timeout_s=queue_timeout, preempt=preempt)
     plan = out["plan"]
     console.print(f"Submitted job [bold]{out['job_id']}[/] ({spec.variant} on {dataset}, {workers} workers"
                   + (f", from {spec.parent}" if spec.parent else "") + "): "
@@ -86,6 +89,9 @@ def train(
     for note in plan.notes():
         console.print(f"Note: {note}", markup=False, highlight=False)
     console.print(f"MLflow run: {out['run_url']}", highlight=False)
+    for victim in out["preempting"]:
+        console.print(f"Preempting {victim}: it saves a checkpoint, is re-queued behind this job and resumes from it",
+                      highlight=False)
     if not follow:
         console.print(f"Follow it with: img2img jobs status {out['job_id']} --follow", highlight=False)
         return

@@ -252,13 +252,15 @@ def _due(cadence: Cadence, step: int, steps_per_epoch: int, since_s: float) -> b
 
 def train_loop_per_worker(cfg: dict) -> None:
     """One Ray Train worker: train `plan.total_steps` optimiser steps (the same on every worker,
-    DDP needs it), validating and checkpointing at the cadence and once at the end.
+    DDP needs it), validating and checkpointing at the cadence and once at the end; asked to make
+    room (`jobs.preempt`), all stop at the next step with a checkpoint.
 
     cfg: `WorkerJob.to_loop_config()`.
     """
     import ray.train
     import ray.train.torch
 
+    from jobs.preempt import PREEMPT_POLL_S, requested
     from jobs.tracking import RunLogger, record_start
 
     job = WorkerJob.from_loop_config(cfg)
@@ -311,7 +313,8 @@ def train_loop_per_worker(cfg: dict) -> None:
     window_t, window_steps = time.time(), 0
     logs: dict = {}
     batches = train_batches(paired, batch_size, rank)
-    reported = False
+    reported = preempted = False
+    last_poll = time.time()
     while variant.step < total_steps:
         if spec.fail_at_step and rank == 0 and variant.step == spec.fail_at_step:
             _fail_once(spec)
@@ -326,9 +329,12 @@ def train_loop_per_worker(cfg: dict) -> None:
             logger.metrics({**{f"train_{k}": v for k, v in logs.items()}, "step": step, "epoch": step / steps_per_epoch,
                             "samples": step * samples_per_step, "samples_per_s": rate}, step)
             last_log = now
-        due, out_of_time = _any_worker([_due(cadence, step, steps_per_epoch, now - last_book),
-                                        deadline is not None and now > deadline], world)
-        last = step >= total_steps or out_of_time
+        asked = False
+        if logger and now - last_poll >= PREEMPT_POLL_S:  # a higher-priority job asks for our CPUs
+            asked, last_poll = requested(logger.client, logger.run_id) is not None, now
+        due, out_of_time, preempted = _any_worker([_due(cadence, step, steps_per_epoch, now - last_book),
+                                                   deadline is not None and now > deadline, asked], world)
+        last = step >= total_steps or out_of_time or preempted
         if not (due or last):
             continue
         t0 = time.time()
@@ -341,7 +347,8 @@ def train_loop_per_worker(cfg: dict) -> None:
             if samples:
                 labels = SAMPLE_LABELS["paired" if paired else "unpaired"]
                 logger.image(images.grid(samples, labels=labels), f"samples/step_{step:06d}.png")
-        _report(variant, metrics, spec, rank, step // steps_per_epoch)
+        # preempted: the driver re-queues the job instead of registering (jobs.preempt)
+        _report(variant, {**metrics, **({"preempted": 1.0} if preempted else {})}, spec, rank, step // steps_per_epoch)
         t_book += time.time() - t0
         last_book, window_t, window_steps = time.time(), time.time(), 0
         reported = True

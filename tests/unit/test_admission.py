@@ -83,3 +83,15 @@ def test_the_admission_record_round_trips_through_ray_metadata_and_orders_by_pri
     assert Ticket.from_metadata({}) is None and Ticket.from_metadata({"img2img_admission": "{bad"}) is None
     normal_first = Ticket(Footprint(1, 1.0), "normal", submitted=1.0)
     assert sorted([normal_first, t], key=lambda x: x.rank)[0] is t
+
+
+@pytest.mark.parametrize("priority, preempt, refused", [
+    ("low", True, True), ("high", True, False), ("normal", True, False), ("low", False, False)])
+def test_preempt_needs_a_priority_with_something_below_it(priority, preempt, refused):
+    from cluster.preemption import check_preempt
+
+    if refused:
+        with pytest.raises(Img2ImgError, match="--preempt stops running jobs of a LOWER priority"):
+            check_preempt(priority, preempt)
+    else:
+        check_preempt(priority, preempt)

@@ -56,6 +56,16 @@ def test_events_restart_restore_and_phases():
     assert "resumed from the checkpoint at step 4" in events(a, resumed)
 
 
+def test_a_preemption_is_told_once_then_the_resume_from_its_checkpoint():
+    line = "preempted by raysubmit_abc, re-queued, resumes at step 17"
+    training = Snapshot(status="RUNNING", phase="training", starts=1)
+    preempted = Snapshot(status="QUEUED", phase="preempted", starts=1, preempted=line)
+    assert events(training, preempted) == [line] and events(preempted, preempted) == []
+    resumed = Snapshot(status="RUNNING", phase="training", starts=2, restored="17", preempted=line)
+    assert events(preempted, resumed) == ["resumed after the preemption from the checkpoint at step 17",
+                                          "workers started: training"]
+
+
 def test_raw_logs_lose_colour_codes_off_a_terminal():
     text = "\x1b[36m(RayTrainWorker pid=1)\x1b[0m step 3 " + "x" * 200 + "\n"
     assert strip_ansi(text) == "(RayTrainWorker pid=1) step 3 " + "x" * 200 + "\n"

@@ -1,0 +1,88 @@
+"""Preemption on Ray Jobs: a job submitted with `--preempt` that does not fit makes room by
+asking lower-priority RUNNING jobs to stop at a checkpoint; each such job's driver then hands a
+copy of itself back to Ray (a new submission, the same entrypoint, metadata and reserved
+footprint) and ends, freeing what it reserved.
+
+Ray admits the waiting jobs as usual: the preempting job was submitted first, so it starts
+first; the copy waits behind it, ahead of the queued jobs it was submitted before (they are
+handed back to Ray behind it, as `admission.requeue_behind` does for priorities). How a running
+job is asked to stop, and how it resumes from its checkpoint, is the job's own business (for
+training: an MLflow tag its workers watch, and Ray Train restoring the run's latest checkpoint).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from cluster import admission
+from cluster.admission import PRIORITIES, Capacity, Ticket
+from cluster.errors import Img2ImgError
+
+log = logging.getLogger(__name__)
+PREEMPTIBLE = "preemptible"  # metadata key: "true" on jobs that can stop at a checkpoint and resume
+
+
+def check_preempt(priority: str, preempt: bool) -> None:
+    """Raise Img2ImgError for `--preempt` with the lowest priority (nothing ranks below it)."""
+    if preempt and priority == PRIORITIES[-1]:
+        raise Img2ImgError(f"--preempt stops running jobs of a LOWER priority: none is below --priority {priority}; "
+                           "use --priority high")
+
+
+def victims(client, ticket: Ticket, cap: Capacity | None, asked=frozenset()) -> list:
+    """The RUNNING preemptible jobs of a lower priority than `ticket` to stop so that its
+    footprint fits: lowest priority first, then the most recently started (the least work to
+    redo), as few as make room on one node. [] when it fits already, when the cluster advertises
+    no admission resources, or when stopping all of them would still not make room (stopping
+    some would then only cost work). `asked`: jobs already asked to stop (skipped).
+    -> [(JobDetails, Ticket)]"""
+    if cap is None:
+        return []
+    needs, free = ticket.footprint.cpus, cap.largest_free
+    if free >= needs:
+        return []
+    rank = PRIORITIES.index(ticket.priority)
+    running = [(j, t) for j in client.list_jobs() if admission._status(j) == "RUNNING"
+               and (j.metadata or {}).get(PREEMPTIBLE) == "true" and j.submission_id not in asked
+               and (t := Ticket.from_metadata(j.metadata)) is not None and t.rank[0] > rank]
+    running.sort(key=lambda jt: (-jt[1].rank[0], -(jt[0].start_time or 0)))
+    out = []
+    for job, t in running:
+        out.append((job, t))
+        free += t.footprint.cpus
+        if free >= needs:
+            return out
+    return []
+
+
+def own_job(client, ray_job_id: str):
+    """The JobDetails of the submission whose driver runs as Ray job `ray_job_id` (hex, from
+    `ray.get_runtime_context().get_job_id()`); None when it is not a submitted job."""
+    return next((j for j in client.list_jobs() if j.job_id == ray_job_id), None)
+
+
+def requeue_copy(client, job, metadata: dict) -> str:
+    """Hand a copy of the running `job` (JobDetails) back to Ray: the same entrypoint (with a
+    queue deadline counted from now), runtime env, admission ticket and reserved footprint, and
+    its metadata plus `metadata` and `requeued_from` (so followers, `jobs stop` and `jobs ls` go
+    on with the copy). Queued jobs of a worse rank (lower priority, or the same priority and
+    submitted after it) are handed back to Ray behind the copy. -> the copy's Ray id.
+    Raises Img2ImgError if Ray refuses it."""
+    ticket = Ticket.from_metadata(job.metadata)
+    entrypoint = job.entrypoint
+    if ticket is not None:
+        entrypoint = re.sub(r"\s*--queue-deadline \S+", "", entrypoint)
+        entrypoint += f" --queue-deadline {time.time() + ticket.queue_timeout_s:.0f}"
+    new_id = f"raysubmit_{uuid.uuid4().hex[:16]}"
+    try:
+        client.submit_job(entrypoint=entrypoint, runtime_env=job.runtime_env, submission_id=new_id,
+                          metadata={**(job.metadata or {}), **metadata, "requeued_from": job.submission_id},
+                          entrypoint_resources=ticket.resources if ticket else None)
+    except Exception as e:
+        raise Img2ImgError(f"Ray refused the preempted job's copy: {str(e).splitlines()[0]}") from None
+    if ticket is not None:
+        admission.requeue_behind(client, ticket, same_priority=True)
+    return new_id
