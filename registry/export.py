@@ -9,56 +9,26 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import mlflow.pytorch
+
 from cluster.errors import Img2ImgError
 from cluster.settings import Settings
-
-
-def resolve(settings: Settings, model: str) -> tuple[str, str]:
-    """`NAME@alias`, `NAME/VERSION` or `NAME` (= NAME@champion) -> (name, version); the same
-    wording as serving's resolve for a missing model, version or alias (jobs cannot import it)."""
-    from mlflow.exceptions import MlflowException
-
-    from cluster.errors import no_registered_model
-    from jobs.registry import alias_version, client
-
-    c = client(settings)
-    model = model.removeprefix("models:/")
-    name, sep, version = model.partition("/")
-    name, _, alias = name.partition("@")
-    try:
-        c.get_registered_model(name)
-    except MlflowException:
-        raise no_registered_model(name, (m.name for m in c.search_registered_models())) from None
-    if sep:
-        try:
-            c.get_model_version(name, version)
-        except MlflowException:
-            raise Img2ImgError(f"model {name!r} has no version {version!r}") from None
-        return name, version
-    alias = alias or "champion"
-    found = alias_version(settings, name, alias)
-    if found is None:
-        hint = f"; promote a version with: img2img models promote {name} --best" if alias == "champion" else ""
-        raise Img2ImgError(f"model {name!r} has no alias {alias!r}{hint}")
-    return name, found
+from registry import refs
+from registry.models import client
+from translator import export
 
 
 def export_model(settings: Settings, model: str, fmt: str = "onnx", out: Path | None = None,
                  tolerance: float | None = None, log_to_registry: bool = True) -> dict:
-    """Export `model` (see `resolve`) to `out` (default ./NAME-vVERSION.onnx|.pt) and log it.
+    """Export `model` (a reference: `registry.refs`) to `out` (default ./NAME-vVERSION.onnx|.pt) and log it.
 
     -> {"name", "version", "path", "format", "max_abs_diff", "per_size", "tolerance", "artifact"}.
     Raises Img2ImgError for an unknown model or format, a failed export, or a parity
     difference above `tolerance` (nothing is written to `out` or the registry then).
     """
-    import mlflow.pytorch
-
-    from jobs.registry import client
-    from translator import export
-
     if fmt not in export.FORMATS:
         raise Img2ImgError(f"--format must be {' or '.join(export.FORMATS)}, got {fmt!r}")
-    name, version = resolve(settings, model)
+    name, version = refs.resolve(settings.mlflow_uri, model)
     c = client(settings)
     mv = c.get_model_version(name, version)
     tags = dict(mv.tags or {})

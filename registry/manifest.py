@@ -6,7 +6,7 @@
 
 Readers find shards ONLY through the manifest (never by listing): objects it does not list
 (a replaced dataset's shards, a killed ingest's) are not part of the dataset. <version> keeps
-an --overwrite's new shards apart from the ones the current manifest lists (jobs/ingest.py).
+an --overwrite's new shards apart from the ones the current manifest lists (jobs/data/ingest.py).
 """
 
 from __future__ import annotations
@@ -144,6 +144,7 @@ def check_dataset(storage: Storage, name: str, variant: str) -> Manifest:
     """The manifest of dataset `name`, checked to suit `variant` (paired variants train on paired
     datasets, unpaired on unpaired) and to have training rows. Raises Img2ImgError naming the
     variants that would suit it, or when the dataset is missing or has no training rows."""
+    # deferred: translator.variants imports torch, and `data ls|show` read manifests at CLI speed
     from translator.variants import VARIANTS, get_variant
 
     manifest = read_manifest(storage, name)

@@ -1,11 +1,12 @@
-"""The MLflow model registry: list versions, resolve `NAME@alias` / `NAME/VERSION`, the promotion
-gate, rollback through the history of champions.
+"""The MLflow model registry: list versions, resolve a reference (`registry.refs`: `NAME@alias`,
+`NAME/VERSION`, `NAME`) to its version, the promotion gate, rollback through the history of
+champions.
 
 Every registered model has one evaluation set (registered-model tags `eval_dataset`,
 `eval_split`; set at first registration to the training dataset's val split). The gate scores
 the candidate and the champion on it (stored `eval.<dataset>.*` version tags are reused while the
 dataset's checksum is unchanged and they come from an evaluation job or from training's exact
-validation, `jobs.tracking.TRUSTED_SOURCES`; otherwise an evaluation job runs: every number
+validation, `registry.tracking.TRUSTED_SOURCES`; otherwise an evaluation job runs: every number
 compared is computed the same way, on the same rows, in fp32) and refuses a worse candidate,
 or one whose output is worse than its input, unless forced. Former champions are kept in the
 registered-model tag `champion_history` (oldest first), so each rollback goes one further back.
@@ -16,12 +17,22 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
 from cluster.errors import Img2ImgError, no_registered_model
+from cluster.services import require_mlflow
 from cluster.settings import Settings
-from jobs.tracking import upsert
+from cluster.storage import Storage
+from registry import refs
+from registry.gate import Decision, Refused, check_metric, metric_value, promotion_objections
+from registry.manifest import read_manifest
+from registry.tracking import SOURCE_EVAL, TRUSTED_SOURCES, as_stored, describe_source, upsert
+from translator.metrics import PSNR_DEFINITION
+from translator.variants import VARIANTS
 
 CHAMPION, PREVIOUS = "champion", "previous"
 EVAL_DATASET, EVAL_SPLIT, HISTORY = "eval_dataset", "eval_split", "champion_history"
@@ -47,8 +58,6 @@ class VersionInfo:
     @property
     def paired(self) -> bool:
         """False for unpaired variants (their `val_*` numbers are cycle metrics)."""
-        from translator.variants import VARIANTS
-
         cls = VARIANTS.get(self.tags.get("variant", ""))
         return cls.paired if cls else True
 
@@ -56,8 +65,6 @@ class VersionInfo:
     def current_metric(self) -> bool:
         """Whether its own `val_*` PSNR numbers use the current set-PSNR definition
         (`translator.metrics.PSNR_DEFINITION`); older versions averaged per-image PSNR."""
-        from translator.metrics import PSNR_DEFINITION
-
         return self.tags.get("psnr_def") == PSNR_DEFINITION
 
     @property
@@ -76,8 +83,6 @@ class VersionInfo:
 
     @staticmethod
     def _definition() -> str:
-        from translator.metrics import PSNR_DEFINITION
-
         return PSNR_DEFINITION
 
     def old_eval(self, dataset: str, split: str) -> bool:
@@ -90,9 +95,7 @@ class VersionInfo:
         """The stored evaluation on `dataset`/`split` -> {"psnr": .., ..., "images": n} (None if
         missing, computed on another version of the dataset, with another set-PSNR definition
         (`old_eval`), or by a source not trusted to give the evaluation job's numbers:
-        `jobs.tracking.TRUSTED_SOURCES`)."""
-        from jobs.tracking import SOURCE_EVAL, TRUSTED_SOURCES
-
+        `registry.tracking.TRUSTED_SOURCES`)."""
         prefix = f"eval.{dataset}."
         if self.tags.get(prefix + "split") != split or (sha256 and self.tags.get(prefix + "sha256") != sha256):
             return None
@@ -103,48 +106,17 @@ class VersionInfo:
         return {k: v for k, v in out.items() if v is not None} or None
 
     def eval_source(self, dataset: str) -> str:
-        """Who computed the stored result on `dataset`, for people (`jobs.tracking.describe_source`)."""
-        from jobs.tracking import describe_source
-
+        """Who computed the stored result on `dataset`, for people (`registry.tracking.describe_source`)."""
         return describe_source(self.tags.get(f"eval.{dataset}.source"), self.tags.get(f"eval.{dataset}.run_id"))
 
 
-@dataclass
-class Decision:
-    """What `promote` did: the new champion, the one it replaced, the scores it compared."""
-
-    name: str
-    new: str
-    previous: str | None
-    dataset: str | None = None
-    split: str | None = None
-    metric: str | None = None
-    scores: dict[str, dict] = field(default_factory=dict)  # version -> eval metrics
-    sources: dict[str, str] = field(default_factory=dict)  # version -> who computed its metrics
-    warnings: list[str] = field(default_factory=list)
-    changed: bool = True
-
-
-class Refused(Img2ImgError):
-    """The gate refused a candidate; `decision` holds the scores it compared."""
-
-    def __init__(self, message: str, decision: Decision):
-        super().__init__(message)
-        self.decision = decision
-
-
-def client(settings: Settings):
-    from mlflow.tracking import MlflowClient
-
-    from cluster.services import require_mlflow
-
+def client(settings: Settings) -> MlflowClient:
+    """An MLflow client of the settings' tracking server. Raises Img2ImgError when it is unreachable."""
     require_mlflow(settings)
     return MlflowClient(settings.mlflow_uri)
 
 
 def _registered(c, name: str):
-    from mlflow.exceptions import MlflowException
-
     try:
         return c.get_registered_model(name)
     except MlflowException:
@@ -168,39 +140,18 @@ def versions(settings: Settings, name: str | None = None) -> list[VersionInfo]:
 
 
 def alias_version(settings: Settings, name: str, alias: str) -> str | None:
-    from mlflow.exceptions import MlflowException
-
+    """The version `alias` of model `name` points at, or None."""
     try:
         return str(client(settings).get_model_version_by_alias(name, alias).version)
     except MlflowException:
         return None
 
 
-def parse_ref(ref: str) -> tuple[str, str | None, str | None]:
-    """`NAME@alias` -> (NAME, None, alias); `NAME/VERSION` -> (NAME, VERSION, None)."""
-    if "@" in ref:
-        name, _, alias = ref.partition("@")
-        if name and alias:
-            return name, None, alias
-    elif "/" in ref:
-        name, _, version = ref.rpartition("/")
-        if name and version.isdigit():
-            return name, version, None
-    raise Img2ImgError(f"expected a registered model as NAME@alias or NAME/VERSION (e.g. photos@champion), got {ref!r}")
-
-
 def resolve(settings: Settings, ref: str) -> VersionInfo:
-    """`NAME@alias` or `NAME/VERSION` -> that registered version."""
-    name, version, alias = parse_ref(ref)
-    by_version = {v.version: v for v in versions(settings, name)}
-    if alias is not None:
-        version = alias_version(settings, name, alias)
-        if version is None:
-            raise Img2ImgError(f"model {name!r} has no alias {alias!r}")
-    if version not in by_version:
-        have = ", ".join(by_version) or "none"
-        raise Img2ImgError(f"model {name!r} has no version {version} (it has {have})")
-    return by_version[version]
+    """A reference (`registry.refs`: `NAME@alias`, `NAME/VERSION`, `NAME` = champion) -> that
+    registered version. Raises Img2ImgError naming what is missing (`registry.refs.resolve`)."""
+    name, version = refs.resolve(settings.mlflow_uri, ref)
+    return {v.version: v for v in versions(settings, name)}[version]
 
 
 def model_tags(settings: Settings, name: str) -> dict:
@@ -215,9 +166,6 @@ def eval_set(settings: Settings, name: str) -> tuple[str, str] | None:
 
 def set_eval_set(settings: Settings, name: str, dataset: str, split: str = "val") -> None:
     """Make `dataset`/`split` the yardstick of `name`'s promotion gate (checked to exist)."""
-    from cluster.storage import Storage
-    from jobs.manifest import read_manifest
-
     c = client(settings)
     _registered(c, name)
     manifest = read_manifest(Storage(settings), dataset)
@@ -245,10 +193,6 @@ def scores(settings: Settings, name: str, candidates: list[VersionInfo], evaluat
     `evaluate` -> (dataset, split, {version: metrics}, {version: who computed them}). Numbers of
     an older set-PSNR definition are never reused (`VersionInfo.old_eval`): scored again, or,
     without `evaluate`, refused."""
-    from cluster.storage import Storage
-    from jobs.manifest import read_manifest
-    from jobs.tracking import SOURCE_EVAL, as_stored, describe_source
-
     where = eval_set(settings, name)
     if where is None:  # registered before evaluation sets existed: the first version's dataset
         first = min(versions(settings, name), key=lambda v: int(v.version), default=None)
@@ -277,33 +221,6 @@ def scores(settings: Settings, name: str, candidates: list[VersionInfo], evaluat
     return dataset, split, out, sources
 
 
-def _score(metrics: dict, metric: str) -> float | None:
-    return metrics.get(metric, metrics.get(f"cycle_{metric}"))
-
-
-def promotion_objections(candidate: str, champion: str | None, score: dict[str, dict], metric: str,
-                         where: str) -> list[str]:
-    """The promotion rule (pure): why `candidate` should not become champion, [] when nothing
-    stands against it. `score`: {version: metrics on the evaluation set `where`}; `metric`
-    (psnr | ssim | gain_db, higher is better; unpaired models by their cycle_ metric).
-    Objections: the candidate's score is not a finite number (nan/inf: its training diverged);
-    its output is worse than its input (gain_db < 0); it scores below the current `champion` on
-    `metric` (a tie is no objection)."""
-    reasons = []
-    value = _score(score[candidate], metric)
-    if value is not None and not math.isfinite(value):
-        reasons.append(f"v{candidate} has {metric} {value} on {where}: not a number to rank (its training diverged)")
-    gain = score[candidate].get("gain_db")
-    if gain is not None and math.isfinite(gain) and gain < 0:
-        reasons.append(f"v{candidate} makes images worse than its input on {where} (gain {gain:+.2f} dB)")
-    if champion is not None and champion != candidate and champion in score:
-        new, old = _score(score[candidate], metric), _score(score[champion], metric)
-        if new is not None and old is not None and new < old:
-            reasons.append(f"v{candidate} has {metric} {new:.3f} on {where}, worse than champion v{champion} "
-                           f"({old:.3f})")
-    return reasons
-
-
 def promote(settings: Settings, name: str, version: str | None = None, best: bool = False,
             metric: str = "psnr", force: bool = False, evaluate: Evaluate | None = None,
             among: list[str] | None = None) -> Decision:
@@ -316,8 +233,7 @@ def promote(settings: Settings, name: str, version: str | None = None, best: boo
     (`promotion_objections`).
     Raises Img2ImgError with the reason. The replaced champion is pushed onto the history.
     """
-    if metric not in ("psnr", "ssim", "gain_db"):
-        raise Img2ImgError(f"--metric must be psnr, ssim or gain_db, got {metric!r}")
+    check_metric(metric)
     all_versions = versions(settings, name)
     if not all_versions:
         raise Img2ImgError(f"model {name!r} has no versions yet; train one with: img2img train --model-name {name} ...")
@@ -335,11 +251,11 @@ def promote(settings: Settings, name: str, version: str | None = None, best: boo
         raise Img2ImgError(f"say which version to promote: img2img models promote {name} VERSION, or --best")
     dataset, split, score, source = scores(settings, name, pool, evaluate)
     # nan/inf (a diverged run) cannot be ranked: max() over nan depends on the order it meets them
-    ranked = [v for v in pool if _score(score[v.version], metric) is not None
-              and (not best or math.isfinite(_score(score[v.version], metric)))]
+    ranked = [v for v in pool if metric_value(score[v.version], metric) is not None
+              and (not best or math.isfinite(metric_value(score[v.version], metric)))]
     if not ranked:
         raise Img2ImgError(f"no version of {name!r} has a finite {metric} on {dataset}/{split}")
-    candidate = max(ranked, key=lambda v: _score(score[v.version], metric)) if best else by_version[str(version)]
+    candidate = max(ranked, key=lambda v: metric_value(score[v.version], metric)) if best else by_version[str(version)]
     shown = [v for v in score if best or v in (candidate.version, current)]
     decision = Decision(name, candidate.version, current, dataset, split, metric,
                         {v: score[v] for v in shown}, {v: source[v] for v in shown})

@@ -8,7 +8,21 @@ import tempfile
 import time
 from pathlib import Path
 
+import mlflow.pytorch
+import numpy as np
+import tenacity
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.pytorch import get_default_pip_requirements
+from mlflow.tracking import MlflowClient
+from mlflow.types import Schema, TensorSpec
 from PIL import Image
+
+import translator
+from cluster.errors import Img2ImgError
+from translator.metrics import PSNR_DEFINITION
+from translator.nets.twoway import TwoWayGenerator
 
 log = logging.getLogger(__name__)
 ALREADY_EXISTS = ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS")
@@ -18,8 +32,6 @@ def _lost_upsert(e: BaseException) -> bool:
     """MLflow's SQL store sets a tag or alias by reading the row, then inserting it if absent: when
     two clients set the same new key at once, one insert hits the unique constraint and the call
     fails (BAD_REQUEST, IntegrityError). Done again it finds the row and updates it."""
-    from mlflow.exceptions import MlflowException
-
     return isinstance(e, MlflowException) and any(
         marker in str(e) for marker in ("IntegrityError", "UNIQUE constraint", "duplicate key"))
 
@@ -28,8 +40,6 @@ def upsert(write, *args) -> None:
     """`write(*args)`, an MLflow setter that replaces what is there (`set_registered_model_tag`,
     `set_model_version_tag`, `set_registered_model_alias`), safe when several clients set the same
     key at once: a call that lost that race is made again (tenacity, up to 3 tries)."""
-    import tenacity
-
     tenacity.Retrying(retry=tenacity.retry_if_exception(_lost_upsert), stop=tenacity.stop_after_attempt(3),
                       wait=tenacity.wait_random(0, 0.2), reraise=True)(write, *args)
 
@@ -39,10 +49,6 @@ def experiment_id(client, name: str) -> str:
     at once: the server accepts one create and refuses the others with RESOURCE_ALREADY_EXISTS,
     which then means "read it". Raises Img2ImgError for an experiment that was deleted (MLflow
     keeps its name taken and refuses runs in it)."""
-    from mlflow.exceptions import MlflowException
-
-    from cluster.errors import Img2ImgError
-
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
@@ -62,14 +68,10 @@ class RunLogger:
     the server, so workers need no object-store keys for this)."""
 
     def __init__(self, tracking_uri: str, run_id: str):
-        from mlflow.tracking import MlflowClient
-
         self.client = MlflowClient(tracking_uri)
         self.run_id = run_id
 
     def metrics(self, values: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
 
@@ -110,10 +112,6 @@ def record_start(logger: RunLogger, restored_step: int | None) -> None:
 
 
 def model_signature():
-    import numpy as np
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
     # Any batch, any height/width (a multiple of the network's stride): float32 NCHW in [-1, 1].
     spec = Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1))])
     return ModelSignature(inputs=spec, outputs=spec)
@@ -122,9 +120,6 @@ def model_signature():
 def model_requirements() -> list[str]:
     """What the logged model needs, pinned to this job's versions. Given explicitly because
     mlflow's inference imports the model in a subprocess: seconds of every job on a small machine."""
-    import numpy as np
-    from mlflow.pytorch import get_default_pip_requirements
-
     # torch without its local `+cpu` label (no index serves it), and cloudpickle
     pinned = [r.split("+")[0] for r in get_default_pip_requirements()]
     return [*pinned, f"numpy=={np.__version__}"]
@@ -137,12 +132,6 @@ def log_generator(generator, multiple: int, variant: str, config: dict, register
 
     An unpaired variant passes its B->A generator as `reverse`: both are logged as one
     `TwoWayGenerator` (forward = A->B, as before), so the endpoint can serve either direction."""
-    import mlflow.pytorch
-    import numpy as np
-
-    import translator
-    from translator.nets.twoway import TwoWayGenerator
-
     size = max(multiple, 32)
     example = np.zeros((1, 3, size, size), dtype=np.float32)
     generator = generator.cpu().eval()
@@ -161,7 +150,7 @@ def log_generator(generator, multiple: int, variant: str, config: dict, register
 
 # Who computed a stored `eval.<dataset>.*` result (its `source` tag): an evaluation job, or the
 # training job's validation of the registered checkpoint in fp32 on every val row (the same
-# numbers, see jobs.train_loop.validate). "training" (before that: bf16 where the CPU has it, rows
+# numbers, see jobs.training.worker.validate). "training" (before that: bf16 where the CPU has it, rows
 # dropped by Ray's equal split) is not trusted: the gate scores such a version again.
 SOURCE_EVAL, SOURCE_TRAINING = "eval", "training-fp32"
 TRUSTED_SOURCES = (SOURCE_EVAL, SOURCE_TRAINING)
@@ -174,13 +163,11 @@ def as_stored(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def eval_tags(summary: dict) -> dict[str, str]:
-    """An evaluation summary (see jobs.evaluate.run) -> model-version tags `eval.<dataset>.*`:
+    """An evaluation summary (see jobs.evaluation.driver.run) -> model-version tags `eval.<dataset>.*`:
     the mean metrics (PSNR/gain in dB, SSIM in [0, 1]; unpaired: cycle_psnr, cycle_ssim), and
     what they were computed on (split, dataset sha256, image count, MLflow run, `source`: who
     computed them, SOURCE_EVAL by default; `psnr_def`: the set-PSNR definition, always the
     current `translator.metrics.PSNR_DEFINITION`)."""
-    from translator.metrics import PSNR_DEFINITION
-
     prefix = f"eval.{summary['dataset']}."
     tags = {prefix + k: f"{v:.4f}" for k, v in as_stored(summary["metrics"]).items()}
     tags.update({prefix + "split": summary["split"], prefix + "sha256": summary["dataset_sha256"],

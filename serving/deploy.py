@@ -13,6 +13,7 @@ import httpx
 from cluster.errors import Img2ImgError
 from cluster.services import cluster_resources, poll_until
 from cluster.settings import Settings
+from registry.refs import resolve
 from serving.options import DEFAULTS, ServeOptions, config_id
 from translator.allocator import OPT_OUT
 
@@ -99,7 +100,7 @@ def deploy(settings: Settings, model: str = "", *, min_replicas: int = 1, max_re
     (408 past it); planned replica stops wait the compute limit plus a margin.
     `retain_freed_memory=False` starts replicas with glibc's malloc defaults
     (translator/allocator.py; the benchmarks' baseline rows)."""
-    from serving.model import resolve, version_run_id
+    from serving.model import version_run_id
     from serving.runtime import threads_for
 
     if not model:
@@ -245,7 +246,7 @@ def redeploy_model(settings: Settings, model: str, wait_s: float = 300) -> dict:
     st = status(settings)
     if not st:
         raise Img2ImgError("no enhancer app is deployed; deploy one with: img2img serve deploy --model NAME@champion")
-    from serving.model import resolve, version_run_id
+    from serving.model import version_run_id
 
     name, version = resolve(settings.mlflow_uri, model)
     state = _request(settings, "GET")

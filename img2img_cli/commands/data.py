@@ -14,7 +14,6 @@ from cluster.cli_utils import (
     check_output_file,
     console,
     err_console,
-    handle_errors,
     json_option,
     print_json,
     print_table,
@@ -36,7 +35,6 @@ def _size(n: int) -> str:
 
 
 @data_app.command()
-@handle_errors
 def ingest(
     src: str = typer.Argument(None, help="local folder or s3://bucket/prefix (omit with --sample)"),
     name: str = typer.Option(..., "--name", "-n", help="dataset name"),
@@ -59,7 +57,8 @@ def ingest(
 
     Example: `img2img data ingest --sample --name photos --degrade 'mix(gaussian:1.5,resize:4)' --crops 8 --size 96`
     """
-    from jobs.ingest import IngestOptions, prepare, run
+    # deferred: imports pyarrow, torch (seconds of every CLI start)
+    from jobs.data.ingest import IngestOptions, prepare, run
 
     if src is None and not sample:
         raise Img2ImgError("give a SRC folder or s3://bucket/prefix, or --sample for the bundled photos")
@@ -77,7 +76,7 @@ def ingest(
         try:
             result = run(plan, settings, workers=workers,
                          progress=lambda done, total: bar.update(task, completed=done, total=total))
-        except KeyboardInterrupt:  # the workers are stopped already (jobs.ingest._build)
+        except KeyboardInterrupt:  # the workers are stopped already (jobs.data.ingest._build)
             bar.stop()
             kept = f"; dataset {name} was left as it was" if plan.replaces else ""
             err_console.print(f"Interrupted: re-run the same command to resume{kept}.", highlight=False, soft_wrap=True)
@@ -110,13 +109,13 @@ def _print_skipped(skipped: list[dict[str, str]]) -> None:
 
 
 @data_app.command("ls")
-@handle_errors
 def ls(as_json: bool = json_option()):
     """List datasets: name, kind, rows per split, size, created.
 
     Example: `img2img data ls --json`
     """
-    from jobs.manifest import list_manifests
+    # deferred: imports pyarrow (seconds of every CLI start)
+    from registry.manifest import list_manifests
 
     manifests = list_manifests(Storage(get_settings()))
     if as_json:
@@ -131,7 +130,6 @@ def ls(as_json: bool = json_option()):
 
 
 @data_app.command()
-@handle_errors
 def show(name: str,
          preview: Path = typer.Option(None, help="write a PNG grid of a few pairs (or A / B images) here"),
          as_json: bool = json_option()):
@@ -140,8 +138,9 @@ def show(name: str,
 
     Example: `img2img data show photos --preview pairs.png`
     """
-    from jobs.datasets import describe, direction_of, write_preview
-    from jobs.manifest import read_manifest
+    # deferred: imports pyarrow, torch (seconds of every CLI start)
+    from jobs.data.browse import describe, direction_of, write_preview
+    from registry.manifest import read_manifest
 
     if preview is not None:  # before any work: a bad path must not cost a download
         check_output_file(preview, "--preview", suffixes=(".png",))
@@ -174,27 +173,27 @@ def _print_skipped_list(skipped: list[dict[str, str]]) -> None:
 
 
 @data_app.command()
-@handle_errors
 def verify(name: str):
     """Recompute every shard's sha256 and row count against the manifest.
 
     Example: `img2img data verify photos`
     """
-    from jobs.datasets import verify_dataset
+    # deferred: imports pyarrow, torch (seconds of every CLI start)
+    from jobs.data.browse import verify_dataset
 
     n = verify_dataset(Storage(get_settings()), name)
     console.print(f"Dataset {name}: all {n} shards verified.")
 
 
 @data_app.command()
-@handle_errors
 def rm(name: str, yes: bool = typer.Option(False, "--yes", "-y", help="do not ask")):
     """Delete a dataset (manifest first, so readers never see it half-deleted).
 
     Example: `img2img data rm photos -y`
     """
-    from jobs.datasets import delete_dataset
-    from jobs.manifest import read_manifest
+    # deferred: imports pyarrow, torch (seconds of every CLI start)
+    from jobs.data.browse import delete_dataset
+    from registry.manifest import read_manifest
 
     storage = Storage(get_settings())
     read_manifest(storage, name)  # a wrong name fails before the question

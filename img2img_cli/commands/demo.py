@@ -6,14 +6,13 @@ from pathlib import Path
 
 import typer
 
-from cluster.cli_utils import check_output_dir, console, handle_errors
+from cluster.cli_utils import check_output_dir, console
 from cluster.errors import Img2ImgError
 from cluster.settings import get_settings
 from img2img_demo.tasks import DEFAULT_TASK, demo_task
 from translator.catalog import variant_names
 
 
-@handle_errors
 def demo(
     task: str = typer.Option(DEFAULT_TASK, help="deblur (blur/resize -> sharp, nafnet) | colorize (grey -> colour, "
                              "pix2pix) | sketch (line drawing -> photo, pix2pix) | restore (scratched -> clean, nafnet)"),
@@ -33,6 +32,7 @@ def demo(
                            f"{', '.join(variant_names(paired=True))}")
     if budget is not None and not budget > 0:
         raise Img2ImgError(f"--budget must be a positive number of seconds, got {budget:g}")
+    # deferred: imports mlflow, ray, torch (seconds of every CLI start)
     from img2img_demo.run import run_demo
 
     check_output_dir(out, "--out")  # before minutes of training, not after

@@ -6,16 +6,17 @@ import json
 from contextlib import contextmanager
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cluster.cli_utils import console, err_console, handle_errors, table
+from cluster.cli_utils import console, err_console, table
+from cluster.settings import get_settings
+from registry.refs import parse_ref
 
 
 @contextmanager
 def progress_bar(description: str):
     """A rich progress bar over images (on stderr, so --json output stays clean) ->
     a `progress(done, total)` callback."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=True) as bar:
         task = bar.add_task(description, total=None)
@@ -41,7 +42,6 @@ def metrics_rows(summary: dict) -> list[list[str]]:
             ["cycle SSIM", f"{m['cycle_ssim']:.4f}", "-", "-"]]
 
 
-@handle_errors
 def eval_(
     model: str = typer.Argument(..., help="registered model: NAME@alias or NAME/VERSION"),
     dataset: str = typer.Option(..., "--dataset", "-d", help="dataset name (see `img2img data ls`)"),
@@ -60,9 +60,10 @@ def eval_(
 
     Example: `img2img eval photos@champion --dataset photos --split val`
     """
-    from cluster.settings import get_settings
-    from jobs.eval_submit import evaluate
+    # deferred: the evaluation client imports ray and mlflow (seconds of every CLI start)
+    from jobs.evaluation.client import evaluate
 
+    parse_ref(model)
     with progress_bar(f"evaluating {model} on {dataset}/{split}") as progress:
         summary = evaluate(get_settings(), model, dataset, split, limit, progress=progress, workers=workers,
                            cpus_per_worker=cpus_per_worker, gpu=gpu, priority=priority,

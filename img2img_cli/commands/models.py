@@ -1,4 +1,5 @@
-"""`img2img models ls|promote|rollback|set-eval|export`: the MLflow model registry."""
+"""`img2img models ls|promote|export|set-eval|rollback`: the MLflow model registry (rollback also
+reloads the endpoint: this composition root is where the registry and serving meet)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,16 @@ import typer
 from cluster.cli_utils import (
     console,
     err_console,
-    handle_errors,
     json_option,
     print_json,
     print_table,
 )
-from cluster.settings import get_settings
+from cluster.errors import Img2ImgError
+from cluster.settings import Settings, get_settings
+from img2img_cli.commands.eval import progress_bar
+from registry.gate import Refused, check_metric
+from registry.refs import parse_name, parse_ref
+from serving.deploy import redeploy_model, status
 
 models_app = typer.Typer(help="List registered models, promote a version to champion, roll back, "
                               "choose the evaluation set.", no_args_is_help=True)
@@ -54,7 +59,6 @@ def _row(v, where):
 
 
 @models_app.command("ls")
-@handle_errors
 def ls(name: str = typer.Argument(None, help="one registered model (default: all)"),
        as_json: bool = json_option()):
     """Registered models and versions: variant, training dataset, own-val PSNR/SSIM/gain (paired),
@@ -62,8 +66,10 @@ def ls(name: str = typer.Argument(None, help="one registered model (default: all
 
     Example: `img2img models ls photos --json`
     """
-    from jobs.registry import eval_set, versions
+    # deferred: imports mlflow, torch (seconds of every CLI start)
+    from registry.models import eval_set, versions
 
+    name = name and parse_name(name, "img2img models ls")
     settings = get_settings()
     found = versions(settings, name)
     where = {n: eval_set(settings, n) for n in {v.name for v in found}}
@@ -90,8 +96,8 @@ def ls(name: str = typer.Argument(None, help="one registered model (default: all
 
 def _evaluator(settings):
     """Runs the evaluation jobs the gate needs, with a progress bar each."""
-    from jobs.eval_cli import progress_bar
-    from jobs.eval_submit import evaluate
+    # deferred: imports mlflow, ray (seconds of every CLI start)
+    from jobs.evaluation.client import evaluate
 
     def run(ref, dataset, split):
         err_console.print(f"{ref} has no result on {dataset}/{split} yet: evaluating it on the cluster")
@@ -102,7 +108,6 @@ def _evaluator(settings):
 
 
 @models_app.command()
-@handle_errors
 def promote(
     name: str,
     version: str = typer.Argument(None, help="version to promote (or use --best)"),
@@ -117,8 +122,10 @@ def promote(
 
     Example: `img2img models promote photos 3`  or  `img2img models promote photos --best`
     """
-    from jobs.registry import Refused
-    from jobs.registry import promote as do_promote
+    name = parse_name(name, "img2img models promote")
+    check_metric(metric)
+    # deferred: imports mlflow, torch (seconds of every CLI start)
+    from registry.models import promote as do_promote
 
     settings = get_settings()
     try:
@@ -156,7 +163,6 @@ def _print_scores(d) -> None:
 
 
 @models_app.command()
-@handle_errors
 def export(
     model: str = typer.Argument(..., help="NAME@champion, NAME@alias, NAME/VERSION or NAME"),
     fmt: str = typer.Option("onnx", "--format", "-f", help="onnx | torchscript"),
@@ -170,7 +176,9 @@ def export(
 
     Example: `img2img models export photos@champion --format onnx -o photos.onnx`
     """
-    from jobs.export import export_model
+    parse_ref(model)
+    # deferred: imports mlflow, torch (seconds of every CLI start)
+    from registry.export import export_model
 
     with console.status(f"exporting {model} to {fmt} and checking it against PyTorch"):
         r = export_model(get_settings(), model, fmt, out, tolerance, log_to_registry=not no_log)
@@ -185,7 +193,6 @@ def export(
 
 
 @models_app.command("set-eval")
-@handle_errors
 def set_eval(
     name: str,
     dataset: str = typer.Option(..., "--dataset", "-d", help="dataset to evaluate every version on"),
@@ -195,7 +202,59 @@ def set_eval(
 
     Example: `img2img models set-eval photos --dataset my-photos --split val`
     """
-    from jobs.registry import set_eval_set
+    name = parse_name(name, "img2img models set-eval")
+    # deferred: imports mlflow, torch (seconds of every CLI start)
+    from registry.models import set_eval_set
 
     set_eval_set(get_settings(), name, dataset, split)
     console.print(f"{name}: versions are now compared on {dataset}/{split}")
+
+
+def reload_serving(settings: Settings, name: str, version: str) -> str:
+    """Swap the endpoint to `name` v`version` when it serves another version of `name` (the
+    `serve reload` path: new replicas' model loaded beside the old, no request dropped) -> one line
+    saying what the endpoint serves now, or why it was left as it was. Raises Img2ImgError when
+    the reload itself fails."""
+    try:
+        st = status(settings)
+    except Img2ImgError as e:
+        return f"The endpoint was not reloaded: could not reach it ({e})."
+    if st is None:
+        return "No endpoint is deployed; nothing to reload."
+    if st["model"] != name:
+        return f"The endpoint serves {st['model']} v{st['version']}, not {name}: left as it is."
+    if str(st["version"]) == version:
+        return f"The endpoint already serves {name} v{version}."
+    try:
+        redeploy_model(settings, f"{name}/{version}")
+    except Img2ImgError as e:
+        raise Img2ImgError(f"the endpoint still serves {name} v{st['version']}: reloading v{version} failed ({e}); "
+                           f"retry with: img2img serve reload --model {name}@champion") from None
+    return f"The endpoint now serves {name} v{version} (was v{st['version']}; swapped with no request dropped)."
+
+
+@models_app.command()
+def rollback(name: str,
+             no_reload: bool = typer.Option(False, "--no-reload", help="move the alias only; leave the endpoint "
+                                                                        "serving what it serves")):
+    """Move `champion` back to the previous champion (repeated rollbacks go further back); when the
+    endpoint serves this model, it is reloaded to the restored champion without dropping a request.
+
+    Example: `img2img models rollback photos`
+    """
+    name = parse_name(name, "img2img models rollback")
+    # deferred: imports mlflow, torch (seconds of every CLI start)
+    from registry.models import rollback as do_rollback
+
+    settings = get_settings()
+    new, old, left = do_rollback(settings, name)
+    console.print(f"{name}: champion rolled back to v{new}" + (f" (from v{old})" if old else ""))
+    console.print("Former champions left to roll back to: " + (", ".join(f"v{v}" for v in reversed(left))
+                                                               if left else "none"))
+    if no_reload:
+        err_console.print(f"The endpoint was not reloaded (--no-reload); swap it in with: "
+                          f"img2img serve reload --model {name}@champion", highlight=False)
+        return
+    with console.status(f"reloading the endpoint to {name} v{new}"):
+        line = reload_serving(settings, name, new)
+    console.print(line, highlight=False)

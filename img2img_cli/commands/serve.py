@@ -13,13 +13,18 @@ from cluster.cli_utils import (
     check_output_dir,
     console,
     err_console,
-    handle_errors,
     json_option,
     print_json,
     print_table,
 )
 from cluster.errors import Img2ImgError
+from cluster.files import make_output_dir
 from cluster.settings import get_settings
+from registry.refs import parse_ref, resolve
+from serving.deploy import deploy as do_deploy
+from serving.deploy import redeploy_model, remove
+from serving.deploy import status as get_status
+from serving.inputs import check_outputs, collect
 from serving.options import DEFAULTS
 
 serve_app = typer.Typer(help="Deploy, reload, inspect and remove the Ray Serve enhancement endpoint.",
@@ -27,7 +32,6 @@ serve_app = typer.Typer(help="Deploy, reload, inspect and remove the Ray Serve e
 
 
 @serve_app.command()
-@handle_errors
 def deploy(
     model: str = typer.Option(..., "--model", "-m", help="NAME@champion, NAME@alias or NAME/VERSION"),
     min_replicas: int = typer.Option(1, help="autoscaling lower bound"),
@@ -56,8 +60,7 @@ def deploy(
 
     Example: `img2img serve deploy --model photos@champion --max-replicas 2 --runtime onnx`
     """
-    from serving.deploy import deploy as do_deploy
-
+    parse_ref(model)
     if not (math.isfinite(max_megapixels) and max_megapixels > 0):
         raise Img2ImgError(f"--max-megapixels must be a finite number > 0, got {max_megapixels}")
     with console.status("deploying the enhancer (first start takes ~30 s)"):
@@ -76,28 +79,23 @@ def deploy(
 
 
 @serve_app.command()
-@handle_errors
 def reload(model: str = typer.Option(..., "--model", "-m", help="NAME@champion or NAME/VERSION")):
     """Swap the served model without downtime (after `models promote` or `rollback`).
 
     Example: `img2img serve reload --model photos@champion`
     """
-    from serving.deploy import redeploy_model
-
+    parse_ref(model)
     with console.status("loading the model into the running replicas"):
         out = redeploy_model(get_settings(), model)
     console.print(f"Now serving {out['model']} v{out['version']}")
 
 
 @serve_app.command()
-@handle_errors
 def status(as_json: bool = json_option()):
     """Show the app: status, replicas, autoscaling, model version, URL.
 
     Example: `img2img serve status --json`
     """
-    from serving.deploy import status as get_status
-
     settings = get_settings()
     st = get_status(settings)
     if st is None:
@@ -129,8 +127,6 @@ def status(as_json: bool = json_option()):
 def champion_version(settings, model: str | None) -> str | None:
     """The version `model`'s alias `champion` names, or None (no champion, or MLflow unreachable:
     status still shows what is served)."""
-    from serving.model import resolve
-
     if not model:
         return None
     try:
@@ -140,18 +136,14 @@ def champion_version(settings, model: str | None) -> str | None:
 
 
 @serve_app.command()
-@handle_errors
 def rm():
     """Remove the enhancer app (other Serve apps stay).
 
     Example: `img2img serve rm`
     """
-    from serving.deploy import remove
-
     console.print("Removed the enhancer app." if remove(get_settings()) else "No enhancer app was deployed.")
 
 
-@handle_errors
 def enhance(
     files: list[Path] = typer.Argument(..., help="images, or folders (recursed; outputs keep their sub-folders)"),
     out: Path = typer.Option(Path("enhanced"), "-o", "--out", help="output folder"),
@@ -186,6 +178,7 @@ def enhance(
         raise Img2ImgError(f"--timeout must be a finite number of seconds > 0, got {timeout}")
     if parallel < 1 or (threads is not None and threads < 1):
         raise Img2ImgError("--parallel and --threads must be at least 1")
+    # deferred: imports torch (seconds of every CLI start)
     from serving.codec import FORMATS
 
     if max_megapixels is not None and not local:  # a limit typed must not be silently ignored
@@ -195,35 +188,32 @@ def enhance(
     if not (math.isfinite(max_megapixels) and max_megapixels > 0):
         raise Img2ImgError(f"--max-megapixels must be a finite number > 0, got {max_megapixels}")
     settings = get_settings()
-    from serving.inputs import check_outputs, collect
-
     inputs = collect(files, out)  # every mistake is reported before the first request, once
     if fmt.lower() not in FORMATS:
         raise Img2ImgError(f"unsupported --format {fmt!r}: use png, jpeg, webp or tiff")
-    if model and not local:
+    if model is not None and not local:
         raise Img2ImgError("--model goes with --local; the endpoint serves the model it was deployed with")
-    if local and not model:
+    if local and model is None:
         raise Img2ImgError("--local needs --model NAME@champion (or NAME/VERSION)")
+    if model is not None:
+        parse_ref(model)
     check_output_dir(out, "-o/--out")
     check_outputs(inputs.files, out, fmt, inputs.root)  # two inputs named alike would overwrite each other's output
     files = inputs.files
     if local:
-        from serving.model import resolve
-
         resolve(settings.mlflow_uri, model)  # an unknown model or alias fails here, before any progress
     else:
         target = urlparse(url or settings.serve_url)
         if target.scheme not in ("http", "https") or not target.hostname:  # else 6 retries of a URL that can't work
             raise Img2ImgError(f"{'--url' if url else 'IMG2IMG_SERVE_URL'} must be an http(s) URL such as "
                                f"http://127.0.0.1:8000, got {url or settings.serve_url!r}")
-    from cluster.files import make_output_dir
-
     make_output_dir(out)  # before the progress bar: /proc/x, a read-only disk
     with Progress(TextColumn("enhance"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as bar:
         task = bar.add_task("enhance", total=len(files))
         done = lambda o: bar.advance(task)  # noqa: E731
         if local:
+            # deferred: imports torch (seconds of every CLI start)
             from serving.local import enhance_locally
 
             results = enhance_locally(settings, model, files, out, fmt, on_done=done, direction=direction,

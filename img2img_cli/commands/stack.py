@@ -6,7 +6,7 @@ import os
 
 import typer
 
-from cluster.cli_utils import console, handle_errors, json_option, print_json, print_table
+from cluster.cli_utils import console, json_option, print_json, print_table
 from cluster.errors import Img2ImgError
 from cluster.settings import Settings, get_settings
 from cluster.stack import SERVICES, Stack
@@ -46,7 +46,6 @@ def _print_status(statuses, as_json: bool = False) -> None:
 
 
 @stack_app.command()
-@handle_errors
 def up():
     """Start every local service that is not running yet and wait until each is healthy.
 
@@ -60,7 +59,6 @@ def up():
 
 
 @stack_app.command()
-@handle_errors
 def down():
     """Stop the services this stack started (data stays; `up` brings it back).
 
@@ -73,7 +71,6 @@ def down():
 
 
 @stack_app.command()
-@handle_errors
 def status(as_json: bool = json_option()):
     """Show each service: url, pid, health, embedded or external (exit 1 if one is unhealthy).
 
@@ -86,7 +83,6 @@ def status(as_json: bool = json_option()):
 
 
 @stack_app.command()
-@handle_errors
 def logs(service: str = typer.Argument(..., help=f"one of {', '.join(SERVICES)}"),
          lines: int = typer.Option(50, "--lines", "-n", help="how many lines from the end")):
     """Print the end of a service's log.

@@ -1,18 +1,18 @@
-"""`img2img train` and `img2img jobs ls|status|logs|stop`."""
+"""`img2img train`: submit a training job (and follow it)."""
 
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 
-from cluster.cli_utils import console, handle_errors, json_option, print_json, print_table, records
+from cluster.cli_utils import console, err_console
 from cluster.settings import get_settings
+from jobs.training.plan import check_options
+from registry.refs import parse_ref
 from translator.catalog import DEFAULT_VARIANT, variant_names
-
-jobs_app = typer.Typer(help="List, inspect, follow and stop training jobs on the Ray cluster.",
-                       no_args_is_help=True)
+from translator.config import parse_overrides
 
 
-@handle_errors
 def train(
     dataset: str = typer.Option(..., "--dataset", "-d", help="dataset name (see `img2img data ls`)"),
     variant: str = typer.Option(None, help=" | ".join(variant_names())
@@ -56,15 +56,15 @@ def train(
 
     Fine-tune: `img2img train --dataset my-photos --init-from photos@champion --epochs 3 --lr 2e-4`
     """
-    from jobs.plan import check_options
-
     # Before anything heavy is imported or any service contacted: a bad value is refused at once.
     check_options(workers=workers, cpus_per_worker=cpus_per_worker, epochs=epochs, max_steps=max_steps,
                   time_budget_s=time_budget, precision=precision, checkpoint_every=checkpoint_every)
+    if init_from is not None:
+        parse_ref(init_from)
+    # deferred: imports mlflow, ray, torch (seconds of every CLI start)
     from jobs.manage import follow_progress, outcome_error, wait
-    from jobs.spec import TrainSpec
-    from jobs.submit import job_client, run_local, submit
-    from translator.config import parse_overrides
+    from jobs.training.client import job_client, run_local, submit
+    from jobs.training.spec import TrainSpec
 
     spec = TrainSpec(dataset=dataset, variant=variant or ("" if init_from or resume else DEFAULT_VARIANT),
                      config=parse_overrides(set_), workers=workers,
@@ -111,112 +111,5 @@ def train(
 
 def print_warnings(warnings: list[str]) -> None:
     """The job's verdicts on the model it registered (e.g. WORSE than its input), after it ended."""
-    from rich.markup import escape
-
-    from cluster.cli_utils import err_console
-
     for w in warnings:
         err_console.print(f"[bold yellow]WARNING:[/] {escape(w)}", highlight=False)
-
-
-@jobs_app.command("ls")
-@handle_errors
-def ls(as_json: bool = json_option()):
-    """List training and evaluation jobs: id, status (QUEUED #N: its place in the queue), model,
-    variant, dataset, submitted, duration (queued: how long it has waited and for what).
-
-    Example: `img2img jobs ls --json`
-    """
-    from jobs.manage import job_rows
-    from jobs.submit import job_client
-
-    settings = get_settings()
-    rows = job_rows(job_client(settings), settings)
-    columns = ["id", "status", "model", "variant", "dataset", "submitted", "duration"]
-    if as_json:
-        print_json(records(columns, rows))
-        return
-    print_table("jobs", columns, rows, ids=["id", "status", "model", "variant", "dataset"])
-
-
-@jobs_app.command()
-@handle_errors
-def status(job_id: str, follow: bool = typer.Option(False, "--follow", "-f", help="live progress until it ends"),
-           as_json: bool = json_option()):
-    """Show one job's status, progress (step, epoch, loss, val PSNR, samples/s, elapsed, ETA) and MLflow run.
-    With --follow, exits 1 (naming the final status) unless the job SUCCEEDED.
-
-    Example: `img2img jobs status raysubmit_abc123 --follow` (or `--json` for scripts)
-    """
-    from jobs.manage import TERMINAL, follow_progress, job_info, job_summary, outcome_error, wait
-    from jobs.submit import job_client
-
-    settings = get_settings()
-    client = job_client(settings)
-    info = job_summary(client, settings, job_id)
-    if as_json:
-        print_json(info)
-        return
-    for k, v in info.items():
-        console.print(f"{k:>18}: {v}", markup=False, highlight=False, soft_wrap=True)
-    if not follow:
-        return
-    status, message = info["status"], info.get("error") or info.get("message") or ""
-    if status not in TERMINAL:
-        if info.get("run_id"):
-            snap = follow_progress(client, settings, job_id, info["run_id"])
-            status, message = snap.status, snap.error or snap.message
-            print_warnings(snap.warnings if status == "SUCCEEDED" else [])
-        else:
-            status = wait(client, job_id, follow=False)
-            message = job_info(client, job_id)["message"]
-    error = outcome_error(job_id, status, message)
-    if error:
-        raise error
-
-
-@jobs_app.command()
-@handle_errors
-def logs(job_id: str, follow: bool = typer.Option(False, "--follow", "-f", help="keep streaming until it ends")):
-    """Print a job's raw logs (unwrapped; colour codes removed when not on a terminal).
-    With --follow, exits 1 (naming the final status) unless the job SUCCEEDED.
-
-    Example: `img2img jobs logs raysubmit_abc123 --follow`
-    """
-    from cluster.admission import current_id
-    from jobs.manage import job_info, outcome_error, wait
-    from jobs.progress import write_raw
-    from jobs.submit import job_client
-
-    client = job_client(get_settings())
-    job_info(client, job_id)
-    job_id = current_id(client, job_id)  # handed back to Ray behind a higher priority: its new id
-    if follow:
-        status = wait(client, job_id, follow=True)
-        error = outcome_error(job_id, status, job_info(client, job_id)["message"], logs_hint=False)
-        if error:
-            raise error
-    else:
-        write_raw(client.get_job_logs(job_id))
-
-
-@jobs_app.command()
-@handle_errors
-def stop(job_id: str):
-    """Stop a running job (its CPUs are free when this returns) or cancel a queued one (it never
-    starts); its MLflow run ends KILLED.
-
-    Example: `img2img jobs stop raysubmit_abc123`
-    """
-    from jobs.manage import stop as stop_job
-    from jobs.submit import job_client
-
-    settings = get_settings()
-    outcome = stop_job(job_client(settings), settings, job_id)
-    if outcome == "stopped":
-        console.print(f"Stopped {job_id}", highlight=False)
-    elif outcome == "cancelled":
-        console.print(f"Cancelled {job_id}: it was queued and will never start", highlight=False)
-    else:
-        console.print(f"Job {job_id} had {outcome.replace('already ', 'already ended: ')}; nothing to stop",
-                      highlight=False)

@@ -11,7 +11,7 @@ from typing import Any
 from cluster.errors import Img2ImgError
 from cluster.files import write_atomic
 from cluster.storage import Storage
-from jobs.manifest import Manifest, dataset_prefix, manifest_key, read_manifest, verify_shard
+from registry.manifest import Manifest, dataset_prefix, manifest_key, read_manifest, verify_shard
 
 
 def direction_of(m: Manifest) -> str | None:

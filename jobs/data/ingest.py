@@ -1,8 +1,8 @@
 """`img2img data ingest`: images -> Parquet shards of PNG pairs + a manifest, on the object store.
 
 The work is planned up front as a deterministic list of rows (file, crop, copy, seed), cut into
-shards (jobs/ingest_plan.py), and the shards are built in parallel processes
-(jobs/ingest_shard.py). Every finished shard leaves a progress marker; a re-run with the same
+shards (jobs/data/plan.py), and the shards are built in parallel processes
+(jobs/data/worker.py). Every finished shard leaves a progress marker; a re-run with the same
 inputs and options skips shards already written and verified, so a killed or interrupted ingest
 resumes without duplicates. Ctrl-C stops the workers at once: a shard is one PUT, so none is
 half-written, and the finished ones are kept for the resume.
@@ -34,9 +34,10 @@ from datetime import datetime, timezone
 from cluster.errors import Img2ImgError
 from cluster.settings import Settings
 from cluster.storage import Conflict, Storage
-from jobs.ingest_plan import IngestOptions, ShardPlan, plan_rows, plan_shards, unmatched  # noqa: F401 (re-export)
-from jobs.ingest_shard import build_shard
-from jobs.manifest import (
+from jobs.data.plan import IngestOptions, ShardPlan, plan_rows, plan_shards, unmatched  # noqa: F401 (re-export)
+from jobs.data.sources import SourceFile, list_sample, scan_source
+from jobs.data.worker import build_shard
+from registry.manifest import (
     PAIRED_KINDS,
     Manifest,
     Shard,
@@ -45,7 +46,6 @@ from jobs.manifest import (
     read_manifest,
     verify_shard,
 )
-from jobs.sources import SourceFile, list_sample, scan_source
 
 log = logging.getLogger(__name__)
 

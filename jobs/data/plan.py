@@ -10,8 +10,8 @@ import re
 from dataclasses import dataclass
 
 from cluster.errors import Img2ImgError
-from jobs.manifest import PAIRED_KINDS
-from jobs.sources import SourceFile
+from jobs.data.sources import SourceFile
+from registry.manifest import PAIRED_KINDS
 from translator import degrade
 
 DEFAULT_DEGRADE = "gaussian:1.5"

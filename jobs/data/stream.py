@@ -15,7 +15,7 @@ from PIL import Image
 from cluster.errors import Img2ImgError
 from cluster.settings import Settings, get_settings
 from cluster.storage import Storage, arrow_filesystem
-from jobs.manifest import Manifest, dataset_prefix, read_manifest
+from registry.manifest import Manifest, dataset_prefix, read_manifest
 
 
 def _decode(png: bytes) -> np.ndarray:

@@ -17,9 +17,9 @@ from PIL import Image
 
 from cluster.settings import Settings
 from cluster.storage import Storage
-from jobs.ingest_plan import IngestOptions, Row, ShardPlan, stable_seed
-from jobs.manifest import Shard, dataset_prefix
-from jobs.sources import SourceFile
+from jobs.data.plan import IngestOptions, Row, ShardPlan, stable_seed
+from jobs.data.sources import SourceFile
+from registry.manifest import Shard, dataset_prefix
 from translator import degrade, images, samples
 
 MAX_PIXELS = 100_000_000  # larger files are skipped as decompression bombs

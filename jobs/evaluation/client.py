@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from cluster.errors import Img2ImgError
 from cluster.settings import Settings
-from jobs.evaluate import MARK, EvalSpec
+from jobs.evaluation.driver import MARK, EvalSpec
 
 SPLITS = ("val", "train", "all")
 
@@ -33,9 +33,9 @@ def prepare(settings: Settings, ref: str, dataset: str, split: str = "val", limi
     """Everything that can be refused before submitting: the model, the dataset and split, and
     whether the model can score that kind of dataset. Raises Img2ImgError."""
     from cluster.storage import Storage
-    from jobs.manifest import read_manifest
-    from jobs.registry import client, resolve
-    from jobs.submit import admit, cluster_resources
+    from jobs.training.client import admit, cluster_resources
+    from registry.manifest import read_manifest
+    from registry.models import client, resolve
     from translator.variants import VARIANTS
 
     check_options(split, limit, workers, cpus_per_worker)
@@ -99,16 +99,16 @@ def evaluate(settings: Settings, ref: str, dataset: str, split: str = "val", lim
     gain in dB, SSIM in [0, 1]. `progress(done, total)` is called as images are scored. The job
     waits its turn in the cluster's queue like every job (`priority`, `queue_timeout_s`: see
     cluster.admission). Raises Img2ImgError if the request is refused or the job fails."""
-    check_options(split, limit, kw.get("workers", 1), kw.get("cpus_per_worker", 1.0))  # before jobs.submit's imports
+    check_options(split, limit, kw.get("workers", 1), kw.get("cpus_per_worker", 1.0))  # before jobs.training.client's imports
     from cluster.admission import check_options as check_queue_options
     from cluster.admission import current_id
     from jobs.manage import TERMINAL, _status, job_info, outcome_error
-    from jobs.submit import job_client, submit_job
+    from jobs.training.client import job_client, submit_job
 
     check_queue_options(priority, queue_timeout_s)
     spec = prepare(settings, ref, dataset, split, limit, **kw)
     client = job_client(settings)
-    entrypoint = f"python -m jobs.evaluate --spec {shlex.quote(spec.to_json())}"
+    entrypoint = f"python -m jobs.evaluation.driver --spec {shlex.quote(spec.to_json())}"
     metadata = {"img2img": "eval", "model": f"{spec.model}/{spec.version}", "dataset": dataset}
     job_id = submit_job(settings, entrypoint=entrypoint, metadata=metadata,
                         footprint=footprint(spec.workers, spec.cpus_per_worker, spec.use_gpu),

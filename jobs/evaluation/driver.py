@@ -1,4 +1,4 @@
-"""The evaluation job: `python -m jobs.evaluate --spec JSON` (what `img2img eval` submits).
+"""The evaluation job: `python -m jobs.evaluation.driver --spec JSON` (what `img2img eval` submits).
 
 Scores one registered model version on one split of a dataset, on the cluster: the shards are
 streamed from the object store by Ray Data, and `map_batches` runs a pool of `Scorer` actors,
@@ -140,7 +140,7 @@ class Scorer:
     def __call__(self, batch: dict) -> dict:
         import torch
 
-        from jobs.data import _decode
+        from jobs.data.stream import _decode
         from translator.metrics import psnr, squared_error, ssim, to_unit
 
         def tensor(png: bytes):
@@ -181,8 +181,8 @@ class Scorer:
 def _source(spec: EvalSpec, settings):
     """The dataset rows to score, streamed from the store (nothing is collected here)."""
     from cluster.storage import Storage, arrow_filesystem
-    from jobs.data import check_shards, read_parquet_v1
-    from jobs.manifest import read_manifest
+    from jobs.data.stream import check_shards, read_parquet_v1
+    from registry.manifest import read_manifest
 
     storage = Storage(settings)
     manifest = read_manifest(storage, spec.dataset)
@@ -243,7 +243,7 @@ def run(spec: EvalSpec, settings=None, echo=print) -> dict:
     from mlflow.tracking import MlflowClient
 
     from cluster.settings import get_settings
-    from jobs.tracking import RunLogger, eval_tags, experiment_id, upsert, write_model_card
+    from registry.tracking import RunLogger, eval_tags, experiment_id, upsert, write_model_card
     from translator.metrics import PSNR_DEFINITION
 
     settings = settings or get_settings()

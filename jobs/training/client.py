@@ -13,7 +13,7 @@ from cluster.admission import Footprint, capacity, check_fits, check_options
 from cluster.errors import Img2ImgError
 from cluster.services import cluster_resources, poll_until, require, require_mlflow  # noqa: F401  (re-exported)
 from cluster.settings import Settings
-from jobs.spec import TrainSpec
+from jobs.training.spec import TrainSpec
 
 log = logging.getLogger(__name__)
 PACKAGES = ("cluster", "jobs", "translator", "serving")
@@ -70,14 +70,14 @@ def code_version() -> str:
 
 
 def preflight(spec: TrainSpec, settings: Settings, resources: dict[str, float] | None = None):
-    """Everything that can be refused before anything is submitted (`jobs.train.plan_job`, the
+    """Everything that can be refused before anything is submitted (`jobs.training.driver.plan_job`, the
     driver's own planning step): the options, the dataset against the rows/workers/batch
     arithmetic, the cluster's `resources` (None: not checked), the --resume target.
     -> (manifest, plan)."""
-    from jobs.train import plan_job
+    from jobs.training.driver import plan_job
 
     if spec.init_from:  # before validate(): the parent's config fills what the user left unset
-        from jobs.finetune import resolve_init
+        from jobs.training.finetune import resolve_init
 
         resolve_init(spec, settings)
     job = plan_job(spec, settings, resources, settings.ray_address)
@@ -89,7 +89,7 @@ def start_run(spec: TrainSpec, settings: Settings, manifest, plan=None) -> tuple
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from jobs.tracking import experiment_id
+    from registry.tracking import experiment_id
 
     require_mlflow(settings)
     mlflow.set_tracking_uri(settings.mlflow_uri)
@@ -112,7 +112,12 @@ def start_run(spec: TrainSpec, settings: Settings, manifest, plan=None) -> tuple
                       checkpoint_every=spec.checkpoint_every, time_budget_s=spec.time_budget_s)
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
     if plan is not None:
-        from jobs.tracking import TAG_PHASE, TAG_STEPS_PER_EPOCH, TAG_TIME_BUDGET, TAG_TOTAL_STEPS
+        from registry.tracking import (
+            TAG_PHASE,
+            TAG_STEPS_PER_EPOCH,
+            TAG_TIME_BUDGET,
+            TAG_TOTAL_STEPS,
+        )
 
         tags = {TAG_PHASE: "submitted", TAG_TOTAL_STEPS: str(plan.total_steps),
                 TAG_STEPS_PER_EPOCH: str(plan.steps_per_epoch)}
@@ -131,7 +136,7 @@ def runtime_env(settings: Settings) -> dict:
     # state API with no address; without it they scan the machine and fail beside another Ray.
     env = {**settings.job_env(), "PYTHONUNBUFFERED": "1",
            # Starting the worker group may take this long (a busy small machine needs over a
-           # minute); the job retries it twice (see jobs.train), then fails with Ray's reason.
+           # minute); the job retries it twice (see jobs.training.driver), then fails with Ray's reason.
            "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(WORKER_START_TIMEOUT_S)}
     return {"py_modules": [str(root / p) for p in PACKAGES], "env_vars": env}
 
@@ -169,7 +174,7 @@ def submit(spec: TrainSpec, settings: Settings, priority: str = "normal", queue_
     admit(settings, footprint)
     job_client(settings)
     spec.run_id, url = start_run(spec, settings, manifest, plan)
-    entrypoint = f"python -m jobs.train --spec {shlex.quote(spec.to_json())}"
+    entrypoint = f"python -m jobs.training.driver --spec {shlex.quote(spec.to_json())}"
     metadata = {"img2img": "train", "variant": spec.variant, "dataset": spec.dataset, "run_id": spec.run_id,
                 "model": spec.registered_name}
     try:
@@ -187,7 +192,7 @@ def run_local(spec: TrainSpec, settings: Settings) -> dict:
     """--local: the same driver in this process, on a throwaway local Ray (for debugging)."""
     import ray
 
-    from jobs.train import run
+    from jobs.training.driver import run
 
     manifest, plan = preflight(spec, settings)
     spec.run_id, url = start_run(spec, settings, manifest, plan)

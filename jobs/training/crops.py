@@ -1,6 +1,6 @@
 """Is the training crop size one the variant's networks and the dataset's images allow?
 
-Checked before submission (`jobs.train.plan_job`): otherwise the workers fail after start-up
+Checked before submission (`jobs.training.driver.plan_job`): otherwise the workers fail after start-up
 (and again on each retry) with "stored images are 96x96, smaller than --image-size 256" or a
 convolution's output-size error. The networks' own rules are not restated here: each candidate
 size is tried by `Variant.dry_run` (one training step on the meta device, shapes only), so a
@@ -13,7 +13,7 @@ import dataclasses
 import warnings
 
 from cluster.errors import Img2ImgError
-from jobs.spec import TrainSpec
+from jobs.training.spec import TrainSpec
 
 MIN_SIZE = 8  # TrainConfig.validate's floor
 TRIES = 8  # candidate sizes tried each way when looking for a fix (each a few milliseconds)

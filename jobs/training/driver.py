@@ -1,4 +1,4 @@
-"""The Ray job driver: `python -m jobs.train --spec JSON` (what `img2img train` submits).
+"""The Ray job driver: `python -m jobs.training.driver --spec JSON` (what `img2img train` submits).
 
 Three steps: `plan_job` checks the request against the dataset and the cluster (the same
 function refuses it at submission), `build_trainer` makes the TorchTrainer, `register` logs the
@@ -23,10 +23,10 @@ from cluster.admission import check_deadline
 from cluster.errors import Img2ImgError
 from cluster.settings import Settings, get_settings
 from cluster.storage import Storage, arrow_filesystem
-from jobs.crops import check_crop
-from jobs.manifest import Manifest, check_dataset, stream_rows
-from jobs.plan import Cadence, TrainPlan, check_capacity, make_plan
-from jobs.spec import TrainSpec
+from jobs.training.crops import check_crop
+from jobs.training.plan import Cadence, TrainPlan, check_capacity, make_plan
+from jobs.training.spec import TrainSpec
+from registry.manifest import Manifest, check_dataset, stream_rows
 from translator.variants import get_variant
 
 log = logging.getLogger("img2img.train")
@@ -54,7 +54,7 @@ def plan_for(spec: TrainSpec, manifest: Manifest) -> TrainPlan:
 
 def plan_job(spec: TrainSpec, settings: Settings, resources: dict[str, float] | None = None,
              where: str = "") -> JobPlan:
-    """The planning step, the same at submission (`jobs.submit.preflight`) and in the driver:
+    """The planning step, the same at submission (`jobs.training.client.preflight`) and in the driver:
     the --resume target (whose variant and config fill what the request leaves unset), the
     options, the dataset against the variant, the training crops against the networks and the
     stored images, the rows/workers/batch arithmetic, the cluster's `resources` (the one CPU/GPU
@@ -73,7 +73,7 @@ def plan_job(spec: TrainSpec, settings: Settings, resources: dict[str, float] | 
 
 
 def check_resources(spec: TrainSpec, resources: dict[str, float], where: str, serve_cpus: float = 0.0) -> None:
-    """`jobs.plan.check_capacity` for a training request (raises Img2ImgError with the fix)."""
+    """`jobs.training.plan.check_capacity` for a training request (raises Img2ImgError with the fix)."""
     check_capacity(spec.workers, spec.cpus_per_worker, spec.use_gpu, resources, where, serve_cpus)
 
 
@@ -95,7 +95,7 @@ def apply_resume(spec: TrainSpec, meta: dict) -> None:
     (`spec.variant` "" and absent `--set` keys); settings that change no network (lr, batch
     size, crops, schedule) may differ. Raises Img2ImgError for another variant, a different
     architecture, or an unknown variant with none given."""
-    from jobs.finetune import adopt
+    from jobs.training.finetune import adopt
 
     run, had = spec.resume, meta.get("variant")
     if not had:
@@ -145,7 +145,7 @@ def datasets_for(spec: TrainSpec, manifest: Manifest, settings: Settings, image_
                  rotate: bool = False) -> dict:
     """The job's Ray Data streams: train (random crops of `image_size`, flips, and 90-degree
     turns with `rotate`) per domain, and the `val_streams` (whole stored images, PNG bytes)."""
-    from jobs.data import load_dataset
+    from jobs.data.stream import load_dataset
 
     load = lambda split, **kw: load_dataset(spec.dataset, split, settings, **kw)  # noqa: E731
     if manifest.kind == "paired":
@@ -166,7 +166,7 @@ def build_trainer(spec: TrainSpec, settings: Settings, job: JobPlan):
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from jobs.train_loop import WorkerJob, train_loop_per_worker
+    from jobs.training.worker import WorkerJob, train_loop_per_worker
 
     cfg = spec.variant_config()
     datasets = datasets_for(spec, job.manifest, settings, cfg.image_size, cfg.augment == "d4")
@@ -204,8 +204,8 @@ def register(spec: TrainSpec, settings: Settings, job: JobPlan, result, fit_s: f
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    from jobs.tracking import TAG_WARNINGS, finish_registration, log_generator
-    from jobs.train_loop import STATE_FILE
+    from jobs.training.worker import STATE_FILE
+    from registry.tracking import TAG_WARNINGS, finish_registration, log_generator
     from translator.metrics import PSNR_DEFINITION
 
     cfg = spec.variant_config()
@@ -240,7 +240,7 @@ def register(spec: TrainSpec, settings: Settings, job: JobPlan, result, fit_s: f
         for warning in warnings:
             log.warning(warning)
             print(f"WARNING: {warning}", flush=True)
-        if warnings:  # `train --follow` and `jobs status` show them (jobs.progress.Snapshot.warnings)
+        if warnings:  # `train --follow` and `jobs status` show them (jobs.training.progress.Snapshot.warnings)
             client.set_tag(spec.run_id, TAG_WARNINGS, "\n".join(warnings))
     last = result.metrics or {}
     ran = {"steps": int(last.get("step", 0)), "epochs": float(last.get("step", 0)) / job.plan.steps_per_epoch,
@@ -307,7 +307,7 @@ def _set_phase(settings: Settings, run_id: str | None, phase: str) -> None:
     try:
         from mlflow.tracking import MlflowClient
 
-        from jobs.tracking import TAG_PHASE
+        from registry.tracking import TAG_PHASE
 
         MlflowClient(settings.mlflow_uri).set_tag(run_id, TAG_PHASE, phase)
     except Exception:  # progress display only: never fail a job over it
@@ -381,7 +381,7 @@ def _mark_ended(settings: Settings, run_id: str | None, reason: str, status: str
     try:
         from mlflow.tracking import MlflowClient
 
-        from jobs.tracking import TAG_PHASE
+        from registry.tracking import TAG_PHASE
 
         client = MlflowClient(settings.mlflow_uri)
         client.set_tag(run_id, "error" if status == "FAILED" else "stopped", reason[:500])

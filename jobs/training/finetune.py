@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from cluster.errors import Img2ImgError
 from cluster.settings import Settings
-from jobs.spec import TrainSpec
+from jobs.training.spec import TrainSpec
 
 
 def architecture(variant: str, config: dict) -> dict[str, tuple]:
@@ -64,7 +64,7 @@ def resolve_init(spec: TrainSpec, settings: Settings) -> None:
     Raises Img2ImgError (before submission) if the model, its checkpoint or a matching
     architecture is missing."""
     from cluster.storage import Storage
-    from jobs.registry import client, resolve
+    from registry.models import client, resolve
 
     if spec.resume:
         raise Img2ImgError("--init-from and --resume exclude each other (resume continues a run; "

@@ -99,7 +99,7 @@ class TrainPlan:
     total_steps: the job stops here at the latest (`--max-steps` or `--epochs`, whichever comes
     first; UNLIMITED_STEPS when only a time budget ends it).
     repeats: how many passes over its rows a worker's largest stream makes per epoch (1 = none).
-    val_rows: validation rows (each scored by exactly one worker: `jobs.train_loop.validate`).
+    val_rows: validation rows (each scored by exactly one worker: `jobs.training.worker.validate`).
     """
 
     workers: int

@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from jobs.plan import UNLIMITED_STEPS
-from jobs.tracking import (
+from jobs.training.plan import UNLIMITED_STEPS
+from registry.tracking import (
     TAG_PHASE,
     TAG_RESTORED,
     TAG_STARTS,

@@ -38,7 +38,7 @@ class TrainSpec:
     workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
-    epochs: int | None = None  # None: not given (`jobs.plan.limits_for`: 10 only when no other limit is)
+    epochs: int | None = None  # None: not given (`jobs.training.plan.limits_for`: 10 only when no other limit is)
     max_steps: int | None = None
     time_budget_s: float | None = None  # seconds of training (from the workers' start); stops at the next step
     batch_size: int | None = None  # per worker; default from the variant config
@@ -63,7 +63,7 @@ class TrainSpec:
         """Raise Img2ImgError (one line, naming the option) for a request that cannot train:
         config values the variant refuses or cannot build its networks with (tried on PyTorch's
         meta device: no memory, milliseconds), non-finite numbers, a name MLflow cannot register."""
-        from jobs.plan import check_options
+        from jobs.training.plan import check_options
 
         check_options(workers=self.workers, cpus_per_worker=self.cpus_per_worker, epochs=self.epochs,
                       max_steps=self.max_steps, time_budget_s=self.time_budget_s, precision=self.precision,

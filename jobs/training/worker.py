@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from jobs.data import DecodeBatch
-from jobs.plan import Cadence, TrainPlan
-from jobs.spec import TrainSpec
+from jobs.data.stream import DecodeBatch
+from jobs.training.plan import Cadence, TrainPlan
+from jobs.training.spec import TrainSpec
 from translator import images, tiling
 from translator.metrics import PSNR_DEFINITION, SetTally, to_unit
 from translator.precision import training_precision
@@ -41,7 +41,7 @@ class WorkerJob:
     variant_config: the variant's Config fields ({name: value}); paired: the variant trains on
     input/target pairs (else two unpaired domains); tracking_uri: MLflow, where rank 0 logs;
     resume_path: `bucket/checkpoints/RUN/checkpoint_...` that --resume continues from;
-    val_streams: the validation streams the driver passed (`jobs.train.val_streams`; Ray Train
+    val_streams: the validation streams the driver passed (`jobs.training.driver.val_streams`; Ray Train
     V2 raises KeyError when asked for any other)."""
 
     spec: TrainSpec
@@ -259,7 +259,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from jobs.tracking import RunLogger, record_start
+    from registry.tracking import RunLogger, record_start
 
     job = WorkerJob.from_loop_config(cfg)
     spec, paired, plan, cadence = job.spec, job.paired, job.plan, job.cadence

@@ -39,7 +39,7 @@ def _span(settings, client, job_id: str) -> tuple[float, float]:
     """(training started, job ended), epoch seconds: the run's own start mark, Ray's end time."""
     from mlflow.tracking import MlflowClient
 
-    from jobs.tracking import TAG_TRAINING_SINCE
+    from registry.tracking import TAG_TRAINING_SINCE
 
     info = client.get_job_info(job_id)
     run = MlflowClient(settings.mlflow_uri).get_run(info.metadata["run_id"])
@@ -51,7 +51,7 @@ def test_jobs_submitted_together_queue_in_order_priority_goes_first_and_a_cancel
     from mlflow.tracking import MlflowClient
 
     from cluster.admission import current_id
-    from jobs.submit import job_client
+    from jobs.training.client import job_client
 
     client = job_client(stack)
     MlflowClient(stack.mlflow_uri).get_experiment_by_name("queue") or MlflowClient(
@@ -86,9 +86,9 @@ def test_jobs_submitted_together_queue_in_order_priority_goes_first_and_a_cancel
 def test_an_evaluation_waits_behind_a_training_and_starts_once_stopping_it_freed_its_cpus(stack, blur_dataset, cli):
     from mlflow.tracking import MlflowClient
 
-    from jobs.eval_submit import evaluate
+    from jobs.evaluation.client import evaluate
     from jobs.manage import _live_actors
-    from jobs.submit import job_client
+    from jobs.training.client import job_client
 
     client, ml = job_client(stack), MlflowClient(stack.mlflow_uri)
     version = register_tiny_autoencoder(stack, "queue-eval", seed=3)

@@ -37,7 +37,7 @@ def test_training_fields_are_validated_for_every_variant(bad):
 
 
 def test_cli_help_lists_the_registry_without_importing_torch():
-    code = ("import sys, jobs.train_cli, img2img_demo.cli; "
+    code = ("import sys, img2img_cli.commands.train, img2img_cli.commands.demo; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
