@@ -8,10 +8,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from cluster.errors import Img2ImgError
 from cluster.files import write_atomic
 from cluster.storage import Storage
 from registry.manifest import Manifest, dataset_prefix, manifest_key, read_manifest, verify_shard
+from translator import images
 
 
 def direction_of(m: Manifest) -> str | None:
@@ -31,10 +34,6 @@ def write_preview(storage: Storage, m: Manifest, path: Path, n: int = 4) -> Path
     """A labelled PNG grid at `path` (written whole or not at all) of up to `n` rows: input |
     target for paired sets, A | B (one image of each domain a row) for unpaired ones.
     Raises Img2ImgError when the dataset has no rows. -> path."""
-    import pyarrow.parquet as pq
-
-    from translator import images
-
     def first_rows(domain: str | None, column_names: list[str]) -> list[dict]:
         out: list[dict] = []
         for shards in m.splits.values():

@@ -31,7 +31,7 @@ class SourceFile:
 
 
 def sample_dir() -> Path:
-    import skimage.data
+    import skimage.data  # deferred: slow to import, and only the built-in sample needs it
 
     return Path(skimage.data.__file__).parent
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import ray.data
 from PIL import Image
 
 from cluster.errors import Img2ImgError
 from cluster.settings import Settings, get_settings
 from cluster.storage import Storage, arrow_filesystem
 from registry.manifest import Manifest, dataset_prefix, read_manifest
+from translator.images import read_picture
 
 
 def _decode(png: bytes) -> np.ndarray:
@@ -24,8 +26,6 @@ def _decode(png: bytes) -> np.ndarray:
     (both sides of a pair on one scale), so every 16-bit PNG is divided by 65535, never by its
     own largest value (that would brighten a blurred input whose peak fell below a power of 2)."""
     if png[24:25] == b"\x10":  # IHDR bit depth 16
-        from translator.images import read_picture
-
         pic = read_picture(png)
         return (pic.pixels * np.float32(pic.scale / 65535)).astype(np.float32)
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32) / 255.0
@@ -103,8 +103,6 @@ def read_parquet_v1(paths: list[str], filesystem):
     128-row split (most of a small epoch), against 0.4 s for V1, which reads the footers once
     when the dataset is created. Our shards are few and listed in the manifest, so V1 fits.
     """
-    import ray.data
-
     ctx = ray.data.DataContext.get_current()
     previous, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
     try:

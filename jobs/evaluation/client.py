@@ -10,9 +10,11 @@ import shlex
 import time
 from collections.abc import Callable
 
+from cluster.admission import Footprint, current_id
+from cluster.admission import check_options as check_queue_options
 from cluster.errors import Img2ImgError
 from cluster.settings import Settings
-from jobs.evaluation.driver import MARK, EvalSpec
+from jobs.evaluation.spec import MARK, EvalSpec
 
 SPLITS = ("val", "train", "all")
 
@@ -32,6 +34,7 @@ def prepare(settings: Settings, ref: str, dataset: str, split: str = "val", limi
             workers: int = 1, cpus_per_worker: float = 1.0, gpu: bool | None = None) -> EvalSpec:
     """Everything that can be refused before submitting: the model, the dataset and split, and
     whether the model can score that kind of dataset. Raises Img2ImgError."""
+    # deferred (and below): `img2img eval` checks its options before ray, mlflow and torch load
     from cluster.storage import Storage
     from jobs.training.client import admit, cluster_resources
     from registry.manifest import read_manifest
@@ -71,8 +74,6 @@ def prepare(settings: Settings, ref: str, dataset: str, split: str = "val", limi
 
 def footprint(workers: int, cpus_per_worker: float, use_gpu: bool):
     """What an evaluation job holds: its Scorer actors, the data pipeline, the driver."""
-    from cluster.admission import Footprint
-
     return Footprint(workers, cpus_per_worker, 1.0 if use_gpu else 0.0)
 
 
@@ -93,15 +94,13 @@ def _follow(client, job_id: str, on_line: Callable[[str], None]) -> None:
 def evaluate(settings: Settings, ref: str, dataset: str, split: str = "val", limit: int | None = None,
              progress: Callable[[int, int], None] | None = None, priority: str = "normal",
              queue_timeout_s: float | None = None, **kw) -> dict:
-    """Score registered model `ref` (NAME@alias | NAME/VERSION) on `dataset`/`split` on the
+    """Score registered model `ref` (NAME | NAME@alias | NAME/VERSION: `registry.refs`) on `dataset`/`split` on the
     cluster -> the summary: {"model", "version", "dataset", "split", "images", "metrics": {psnr,
     ssim, input_psnr, input_ssim, gain_db} or {cycle_psnr, cycle_ssim}, "run_id", ...}; PSNR and
     gain in dB, SSIM in [0, 1]. `progress(done, total)` is called as images are scored. The job
     waits its turn in the cluster's queue like every job (`priority`, `queue_timeout_s`: see
     cluster.admission). Raises Img2ImgError if the request is refused or the job fails."""
     check_options(split, limit, kw.get("workers", 1), kw.get("cpus_per_worker", 1.0))  # before jobs.training.client's imports
-    from cluster.admission import check_options as check_queue_options
-    from cluster.admission import current_id
     from jobs.manage import TERMINAL, _status, job_info, outcome_error
     from jobs.training.client import job_client, submit_job
 

@@ -24,60 +24,40 @@ import logging
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
+import mlflow
+import mlflow.pytorch
 import numpy as np
+import ray
+import torch
+from mlflow.entities import Param
+from mlflow.tracking import MlflowClient
+from PIL import Image
 
+from cluster.admission import check_deadline
 from cluster.errors import Img2ImgError
-from translator import OVERLAP, TILE
+from cluster.settings import get_settings
+from cluster.storage import Storage, arrow_filesystem
+from jobs.data.stream import _decode, check_shards, read_parquet_v1
+from jobs.evaluation.spec import MARK, EvalSpec
+from registry.manifest import read_manifest
+from registry.tracking import RunLogger, eval_tags, experiment_id, upsert, write_model_card
+from translator import images, tiling
+from translator.metrics import PSNR_DEFINITION, SetTally, psnr, squared_error, ssim, to_unit
+from translator.precision import strict_fp32
+from translator.variants import build_variant
 
 log = logging.getLogger("img2img.eval")
-MARK = "[img2img-eval]"  # prefix of the lines the client parses from the job's log
 THUMB = 128  # longest side of the thumbnails kept for the best/worst grid, px
 PAIRED_KEYS = ("psnr", "ssim", "input_psnr", "input_ssim", "gain_db")  # per image (rows, CSV)
 CYCLE_KEYS = ("cycle_psnr", "cycle_ssim")
 ERROR_KEYS = ("values", "sse", "input_sse")  # per image: pixel values and squared errors, for the set's PSNR
 
 
-@dataclass
-class EvalSpec:
-    """One evaluation request (plain data: the client resolves it, the job runs it)."""
-
-    model: str  # registered model name
-    version: str
-    dataset: str
-    split: str = "val"  # val | train | all
-    limit: int | None = None
-    variant: str = ""
-    multiple: int = 1
-    model_uri: str = ""  # models:/NAME/VERSION (paired scoring loads this)
-    checkpoint: str | None = None  # bucket/checkpoints/RUN/checkpoint_x (needed for the reverse generator)
-    kind: str = "paired"  # the dataset's kind
-    dataset_sha256: str = ""
-    splits: list[str] | None = None  # resolved from `split`
-    workers: int = 1  # Scorer actors
-    cpus_per_worker: float = 1.0
-    use_gpu: bool = False
-    tile: int = TILE
-    overlap: int = OVERLAP
-    experiment: str = "img2img-eval"
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> EvalSpec:
-        return cls(**json.loads(text))
-
-
 def load_checkpoint_variant(path: str, device):
     """A checkpoint in the store (`bucket/checkpoints/...`) -> the variant with its weights
     (all networks, e.g. both generators of a CycleGAN), in eval mode on `device`."""
-    import torch
-
-    from cluster.storage import arrow_filesystem
-    from translator.variants import build_variant
-
     with arrow_filesystem().open_input_stream(f"{path}/state.pt") as f:
         state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)["variant"]
     variant = build_variant(state["variant"], state["config"], device=device)
@@ -87,8 +67,6 @@ def load_checkpoint_variant(path: str, device):
 
 
 def _thumb(x) -> bytes:
-    from translator import images
-
     img = images.to_pil(x)
     img.thumbnail((THUMB, THUMB))
     return images.encode(img)
@@ -105,20 +83,11 @@ class Scorer:
     """
 
     def __init__(self, spec: dict):
-        import torch
-
         self.spec = EvalSpec(**spec)
         self.device = torch.device("cuda" if self.spec.use_gpu and torch.cuda.is_available() else "cpu")
         torch.set_num_threads(max(1, int(self.spec.cpus_per_worker)))
         if self.spec.kind == "paired":  # the registered model itself
-            import mlflow
-            import mlflow.pytorch
-
-            from cluster.settings import get_settings
-
             mlflow.set_tracking_uri(get_settings().mlflow_uri)  # an actor does not inherit the driver's
-            from translator.precision import strict_fp32
-
             net = mlflow.pytorch.load_model(self.spec.model_uri, map_location=self.device).eval()
 
             def forward(x):  # strict fp32, as training's validation (whose numbers the gate may reuse)
@@ -133,16 +102,9 @@ class Scorer:
             self.reverse = (lambda x: variant.translate(x, reverse=True, fp32=True)) if variant.reverse_key else None
 
     def _enhance(self, fn, x):
-        from translator import tiling
-
         return tiling.enhance(fn, x, tile=self.spec.tile, overlap=self.spec.overlap, multiple=self.spec.multiple)
 
     def __call__(self, batch: dict) -> dict:
-        import torch
-
-        from jobs.data.stream import _decode
-        from translator.metrics import psnr, squared_error, ssim, to_unit
-
         def tensor(png: bytes):
             return torch.from_numpy(_decode(png).transpose(2, 0, 1).copy()).unsqueeze(0).float() * 2 - 1  # [0, 1] -> [-1, 1]
 
@@ -180,10 +142,6 @@ class Scorer:
 
 def _source(spec: EvalSpec, settings):
     """The dataset rows to score, streamed from the store (nothing is collected here)."""
-    from cluster.storage import Storage, arrow_filesystem
-    from jobs.data.stream import check_shards, read_parquet_v1
-    from registry.manifest import read_manifest
-
     storage = Storage(settings)
     manifest = read_manifest(storage, spec.dataset)
     domains = [None] if manifest.kind == "paired" else ["a", "b"]
@@ -202,8 +160,6 @@ def set_metrics(rows: list[dict], paired: bool) -> dict[str, float]:
     paired {"psnr", "ssim", "input_psnr", "input_ssim", "gain_db" (pooled-MSE PSNR, dB; SSIM
     mean), "improved_share", "unchanged", "median_gain_db"}; unpaired {"cycle_psnr", "cycle_ssim"}.
     Undefined extras (nan: no pair changed by the degradation) are left out."""
-    from translator.metrics import SetTally
-
     tally = SetTally()
     for r in rows:
         if paired:
@@ -218,10 +174,6 @@ def set_metrics(rows: list[dict], paired: bool) -> dict[str, float]:
 
 def _grid(rows: list[dict], key: str, n: int = 2):
     """Best n and worst n images by `key`: rows of (input, output, target) thumbnails."""
-    from PIL import Image
-
-    from translator import images
-
     ranked = sorted(rows, key=lambda r: r[key], reverse=True)
     picked = ranked[:n] + [r for r in ranked[-n:] if r not in ranked[:n]]
     return images.grid([[Image.open(io.BytesIO(bytes.fromhex(t))) for t in json.loads(r["thumbs"])] for r in picked])
@@ -239,13 +191,6 @@ def _csv(rows: list[dict], keys) -> str:
 
 def run(spec: EvalSpec, settings=None, echo=print) -> dict:
     """Score, log the MLflow evaluation run, tag the version -> the summary dict."""
-    import ray
-    from mlflow.tracking import MlflowClient
-
-    from cluster.settings import get_settings
-    from registry.tracking import RunLogger, eval_tags, experiment_id, upsert, write_model_card
-    from translator.metrics import PSNR_DEFINITION
-
     settings = settings or get_settings()
     if not ray.is_initialized():
         ray.init(log_to_driver=False)
@@ -274,8 +219,6 @@ def run(spec: EvalSpec, settings=None, echo=print) -> dict:
         "model_uri": spec.model_uri, "dataset": spec.dataset, "split": spec.split, "psnr_def": PSNR_DEFINITION})
     run_id = run_.info.run_id
     logger = RunLogger(settings.mlflow_uri, run_id)
-    from mlflow.entities import Param
-
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in {
         "model": f"{spec.model}/{spec.version}", "variant": spec.variant, "dataset": spec.dataset,
         "dataset_sha256": spec.dataset_sha256, "split": spec.split, "limit": spec.limit, "images": len(rows),
@@ -303,8 +246,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        from cluster.admission import check_deadline
-
         check_deadline(args.queue_deadline)
         run(EvalSpec.from_json(args.spec))
     except Img2ImgError as e:

@@ -14,6 +14,7 @@ import warnings
 
 from cluster.errors import Img2ImgError
 from jobs.training.spec import TrainSpec
+from translator.variants import get_variant
 
 MIN_SIZE = 8  # TrainConfig.validate's floor
 TRIES = 8  # candidate sizes tried each way when looking for a fix (each a few milliseconds)
@@ -85,8 +86,6 @@ def crop_problem(spec: TrainSpec, stored: int | None, dataset: str = "the datase
 
 
 def _crop_problem(spec: TrainSpec, stored: int | None, dataset: str, square: bool) -> str | None:
-    from translator.variants import get_variant
-
     cls = get_variant(spec.variant)
     cfg = spec.variant_config()
     size = cfg.image_size

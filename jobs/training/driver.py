@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -19,14 +20,28 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
+import ray
+import torch
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
 from cluster.admission import check_deadline
 from cluster.errors import Img2ImgError
 from cluster.settings import Settings, get_settings
 from cluster.storage import Storage, arrow_filesystem
+from jobs.data.stream import load_dataset
 from jobs.training.crops import check_crop
+from jobs.training.finetune import adopt
 from jobs.training.plan import Cadence, TrainPlan, check_capacity, make_plan
 from jobs.training.spec import TrainSpec
+from jobs.training.worker import STATE_FILE, WorkerJob, train_loop_per_worker
 from registry.manifest import Manifest, check_dataset, stream_rows
+from registry.tracking import TAG_PHASE, TAG_WARNINGS, finish_registration, log_generator
+from translator.metrics import PSNR_DEFINITION
+from translator.tasks import task_for_spec
 from translator.variants import get_variant
 
 log = logging.getLogger("img2img.train")
@@ -95,8 +110,6 @@ def apply_resume(spec: TrainSpec, meta: dict) -> None:
     (`spec.variant` "" and absent `--set` keys); settings that change no network (lr, batch
     size, crops, schedule) may differ. Raises Img2ImgError for another variant, a different
     architecture, or an unknown variant with none given."""
-    from jobs.training.finetune import adopt
-
     run, had = spec.resume, meta.get("variant")
     if not had:
         if not spec.variant:
@@ -145,8 +158,6 @@ def datasets_for(spec: TrainSpec, manifest: Manifest, settings: Settings, image_
                  rotate: bool = False) -> dict:
     """The job's Ray Data streams: train (random crops of `image_size`, flips, and 90-degree
     turns with `rotate`) per domain, and the `val_streams` (whole stored images, PNG bytes)."""
-    from jobs.data.stream import load_dataset
-
     load = lambda split, **kw: load_dataset(spec.dataset, split, settings, **kw)  # noqa: E731
     if manifest.kind == "paired":
         out = {"train": load("train", image_size=image_size, rotate=rotate).randomize_block_order()}
@@ -163,11 +174,6 @@ def build_trainer(spec: TrainSpec, settings: Settings, job: JobPlan):
     """Trainer construction: a TorchTrainer running `train_loop_per_worker` on `spec.workers`
     workers over the dataset's streams, keeping the `keep_checkpoints` best by val PSNR in the
     store under checkpoints/<run id>/."""
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from jobs.training.worker import WorkerJob, train_loop_per_worker
-
     cfg = spec.variant_config()
     datasets = datasets_for(spec, job.manifest, settings, cfg.image_size, cfg.augment == "d4")
     # Only the training streams are split: Ray Train's split drops the rows that do not divide
@@ -199,15 +205,6 @@ def register(spec: TrainSpec, settings: Settings, job: JobPlan, result, fit_s: f
     version of `spec.registered_name`, tagged with variant, dataset, run id and validation
     metrics (unpaired: `val_cycle_*`); then log what ran (steps, epochs, samples, times).
     -> (version or None, the best checkpoint's metrics)."""
-    import mlflow
-    import torch
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
-    from jobs.training.worker import STATE_FILE
-    from registry.tracking import TAG_WARNINGS, finish_registration, log_generator
-    from translator.metrics import PSNR_DEFINITION
-
     cfg = spec.variant_config()
     paired = get_variant(spec.variant).paired
     checkpoint, metrics = max(result.best_checkpoints, key=lambda cm: cm[1].get(METRIC, float("-inf")))
@@ -228,8 +225,6 @@ def register(spec: TrainSpec, settings: Settings, job: JobPlan, result, fit_s: f
                 "run_id": spec.run_id, "multiple": str(variant.multiple), "step": str(variant.step),
                 "psnr_def": PSNR_DEFINITION}  # how its val_psnr / val_gain_db were computed
         if job.manifest.degradation:  # what the model learned to undo, and so its task (GET /model shows it)
-            from translator.tasks import task_for_spec
-
             tags.update({"degradation": job.manifest.degradation, "task": task_for_spec(job.manifest.degradation)})
         # unpaired variants validate by cycle consistency: tag those as cycle metrics
         tags.update({(k if paired else k.replace("val_", "val_cycle_", 1)): f"{v:.4f}"
@@ -258,8 +253,6 @@ def register(spec: TrainSpec, settings: Settings, job: JobPlan, result, fit_s: f
 def run(spec: TrainSpec, settings: Settings | None = None):
     """The whole job: plan (refusing what can never run), train, register. -> (version, metrics).
     Raises Img2ImgError with one line for any refusal or training failure."""
-    import ray
-
     settings = settings or get_settings()
     started = time.time()
     if not ray.is_initialized():
@@ -286,8 +279,6 @@ def run(spec: TrainSpec, settings: Settings | None = None):
 def _root_cause(e: BaseException) -> str:
     """`ExcType: message` of the innermost error Ray wraps (a worker's or the controller's),
     one line, e.g. `EmptyShardError: worker 0 got no rows ...`."""
-    import re
-
     inner: BaseException = e
     for _ in range(5):
         failures = getattr(inner, "worker_failures", None)
@@ -305,10 +296,6 @@ def _set_phase(settings: Settings, run_id: str | None, phase: str) -> None:
     if not run_id:
         return
     try:
-        from mlflow.tracking import MlflowClient
-
-        from registry.tracking import TAG_PHASE
-
         MlflowClient(settings.mlflow_uri).set_tag(run_id, TAG_PHASE, phase)
     except Exception:  # progress display only: never fail a job over it
         log.warning("could not set the MLflow phase tag of run %s", run_id)
@@ -328,8 +315,6 @@ def _check_not_cancelled(settings: Settings, run_id: str | None) -> None:
     """A job stopped while it was queued has its run KILLED already: end before doing anything."""
     if not run_id:
         return
-    from mlflow.tracking import MlflowClient
-
     try:
         killed = MlflowClient(settings.mlflow_uri).get_run(run_id).info.status == "KILLED"
     except Exception:
@@ -379,10 +364,6 @@ def _mark_ended(settings: Settings, run_id: str | None, reason: str, status: str
     if not run_id:
         return
     try:
-        from mlflow.tracking import MlflowClient
-
-        from registry.tracking import TAG_PHASE
-
         client = MlflowClient(settings.mlflow_uri)
         client.set_tag(run_id, "error" if status == "FAILED" else "stopped", reason[:500])
         client.set_tag(run_id, TAG_PHASE, "failed" if status == "FAILED" else "stopped")

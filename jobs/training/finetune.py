@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from cluster.errors import Img2ImgError
 from cluster.settings import Settings
+from cluster.storage import Storage
 from jobs.training.spec import TrainSpec
+from registry.models import client, resolve
+from translator.config import ConfigError
+from translator.variants import get_variant
 
 
 def architecture(variant: str, config: dict) -> dict[str, tuple]:
     """`net.param` -> shape of every parameter/buffer of a variant built from `config` (on the
     meta device: shapes only, no memory). Raises Img2ImgError for an invalid config."""
-    from translator.config import ConfigError
-    from translator.variants import get_variant
-
     try:
         v = get_variant(variant).on_meta(config)
     except (ConfigError, ValueError) as e:
@@ -63,9 +64,6 @@ def resolve_init(spec: TrainSpec, settings: Settings) -> None:
     """Fill `spec.init_path`, `spec.parent`, the variant and the config from `spec.init_from`.
     Raises Img2ImgError (before submission) if the model, its checkpoint or a matching
     architecture is missing."""
-    from cluster.storage import Storage
-    from registry.models import client, resolve
-
     if spec.resume:
         raise Img2ImgError("--init-from and --resume exclude each other (resume continues a run; "
                            "init-from starts a new one from a registered model)")

@@ -12,6 +12,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from mlflow.tracking import MlflowClient
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
 from jobs.training.plan import UNLIMITED_STEPS
 from registry.tracking import (
     TAG_PHASE,
@@ -108,8 +113,6 @@ def _hms(seconds: float) -> str:
 def read(tracking_uri: str, run_id: str, status: str = "RUNNING", message: str = "",
          rate: tuple[float, int] | None = None) -> Snapshot:
     """Read a run's progress. rate: (time, step) of an earlier reading, for the ETA."""
-    from mlflow.tracking import MlflowClient
-
     run = MlflowClient(tracking_uri).get_run(run_id)
     m, tags = run.data.metrics, run.data.tags
     snap = Snapshot(status=status, message=message, phase=tags.get(TAG_PHASE, "submitted"))
@@ -169,10 +172,6 @@ def follow(tracking_uri: str, run_id: str, job_status: Callable[[], tuple[str, s
     job_status: -> (Ray job status, message). On a terminal: one live rich line, with event
     lines printed above it. Not on a terminal: a plain line at each event/validation and at
     least every `plain_every` seconds (no colour codes, no cursor movement)."""
-    from rich.console import Console
-    from rich.live import Live
-    from rich.text import Text
-
     console = Console(highlight=False, soft_wrap=True)
     live = console.is_terminal if live is None else live
     say = say or (lambda msg: console.print(msg, markup=False))

@@ -6,7 +6,11 @@ import json
 import warnings
 from dataclasses import asdict, dataclass, field
 
+from mlflow.exceptions import MlflowException
+from mlflow.utils.validation import _validate_model_name
+
 from cluster.errors import Img2ImgError
+from jobs.training.plan import check_options
 from translator.config import ConfigError, make_config
 from translator.variants import DEFAULT_VARIANT, get_variant
 
@@ -14,9 +18,6 @@ from translator.variants import DEFAULT_VARIANT, get_variant
 def check_model_name(name: str, what: str = "--model-name") -> None:
     """Raise Img2ImgError when MLflow's registry would refuse `name` (its own rule: not empty, no
     '/' or ':', no path tricks), so a job never trains to fail at registration."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.utils.validation import _validate_model_name
-
     try:
         _validate_model_name(name)
     except MlflowException as e:
@@ -63,8 +64,6 @@ class TrainSpec:
         """Raise Img2ImgError (one line, naming the option) for a request that cannot train:
         config values the variant refuses or cannot build its networks with (tried on PyTorch's
         meta device: no memory, milliseconds), non-finite numbers, a name MLflow cannot register."""
-        from jobs.training.plan import check_options
-
         check_options(workers=self.workers, cpus_per_worker=self.cpus_per_worker, epochs=self.epochs,
                       max_steps=self.max_steps, time_budget_s=self.time_budget_s, precision=self.precision,
                       checkpoint_every=self.checkpoint_every)

@@ -19,11 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray.train
+import ray.train.torch
 import torch
 
+from cluster.settings import get_settings
+from cluster.storage import Storage, arrow_filesystem
 from jobs.data.stream import DecodeBatch
 from jobs.training.plan import Cadence, TrainPlan
 from jobs.training.spec import TrainSpec
+from registry.tracking import RunLogger, record_start
 from translator import images, tiling
 from translator.metrics import PSNR_DEFINITION, SetTally, to_unit
 from translator.precision import training_precision
@@ -99,8 +104,6 @@ def cycle_batches(iterator, columns: list[str], batch_size: int, stream: str, ra
 
 def train_batches(paired: bool, batch_size: int, rank: int = 0):
     """Endless training batches for this worker: {"input","target"} or {"a","b"}."""
-    import ray.train
-
     if paired:
         return cycle_batches(ray.train.get_dataset_shard("train"), ["input", "target"], batch_size, "train", rank)
     # Unpaired: two independent streams, each reshuffled on every pass -> random A/B pairs; the
@@ -165,8 +168,6 @@ def validate(variant, paired: bool, world: int, rank: int = 0, max_samples: int 
 
     streams: the validation streams the job has (`WorkerJob.val_streams`; default: all of them:
     "val", or "val_a" and "val_b"); unpaired with one domain's only, that domain's cycle."""
-    import ray.train
-
     variant.eval()
     forward = lambda x, rev=False: variant.translate(x, reverse=rev, fp32=True)  # noqa: E731
     tally = SetTally()
@@ -207,8 +208,6 @@ def validate(variant, paired: bool, world: int, rank: int = 0, max_samples: int 
 def _write_checkpoint(directory: str, variant, epoch: int, metrics: dict, spec: TrainSpec):
     """state.pt + meta.json in `directory` (a temp dir the caller removes once Ray Train has
     uploaded it to the store)."""
-    import ray.train
-
     torch.save({"variant": variant.state_dict(), "epoch": epoch}, Path(directory) / STATE_FILE)
     meta = {"variant": spec.variant, "epoch": epoch, "step": variant.step, "metrics": metrics,
             "config": dataclasses.asdict(variant.config), "dataset": spec.dataset}
@@ -218,9 +217,6 @@ def _write_checkpoint(directory: str, variant, epoch: int, metrics: dict, spec: 
 
 def _fail_once(spec: TrainSpec) -> None:
     """Test hook for FailureConfig: rank 0 dies once at `fail_at_step` (marker in the store)."""
-    from cluster.settings import get_settings
-    from cluster.storage import Storage
-
     storage = Storage(get_settings())
     marker = f"checkpoints/{spec.run_id}/_failed_once"
     if not storage.exists(marker):
@@ -231,8 +227,6 @@ def _fail_once(spec: TrainSpec) -> None:
 def _report(variant, metrics: dict, spec: TrainSpec, rank: int, epoch: int) -> None:
     """ray.train.report with a checkpoint written by rank 0 into a temp dir that is removed as
     soon as Ray Train has persisted it (report uploads synchronously)."""
-    import ray.train
-
     if rank != 0:
         ray.train.report(metrics, checkpoint=None)
         return
@@ -256,11 +250,6 @@ def train_loop_per_worker(cfg: dict) -> None:
 
     cfg: `WorkerJob.to_loop_config()`.
     """
-    import ray.train
-    import ray.train.torch
-
-    from registry.tracking import RunLogger, record_start
-
     job = WorkerJob.from_loop_config(cfg)
     spec, paired, plan, cadence = job.spec, job.paired, job.plan, job.cadence
     total_steps, steps_per_epoch = plan.total_steps, plan.steps_per_epoch
@@ -274,8 +263,6 @@ def train_loop_per_worker(cfg: dict) -> None:
                             channels_last=channels_last)
     variant.set_total_steps(total_steps)
     checkpoint = ray.train.get_checkpoint()  # this run's own latest (after a worker failure)
-    from cluster.storage import arrow_filesystem
-
     if checkpoint is None and job.resume_path:  # --resume: another run's latest
         checkpoint = ray.train.Checkpoint(path=job.resume_path, filesystem=arrow_filesystem())
     if checkpoint:
