@@ -16,7 +16,7 @@ from cluster.settings import Settings
 from jobs.training.spec import TrainSpec
 
 log = logging.getLogger(__name__)
-PACKAGES = ("cluster", "jobs", "translator", "serving")
+PACKAGES = ("cluster", "registry", "jobs", "translator", "serving")
 WORKER_START_TIMEOUT_S = 120
 
 
@@ -60,7 +60,7 @@ def serve_cpus(settings: Settings) -> float:
 def code_version() -> str:
     from importlib.metadata import version
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the repository: jobs/training/client.py
     try:
         sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True, timeout=5).stdout.strip()
@@ -131,7 +131,7 @@ def start_run(spec: TrainSpec, settings: Settings, manifest, plan=None) -> tuple
 
 def runtime_env(settings: Settings) -> dict:
     """Our code travels with the job; only non-secret settings do (keys stay on the cluster)."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the repository: jobs/training/client.py
     # job_env's RAY_API_SERVER_ADDRESS: Ray Train's own actors (PlacementGroupCleaner) query the
     # state API with no address; without it they scan the machine and fail beside another Ray.
     env = {**settings.job_env(), "PYTHONUNBUFFERED": "1",
