@@ -34,9 +34,9 @@ def main() -> None:
 
     from cluster.stack import Stack
     from cluster.storage import Storage
-    from jobs.data import DecodeBatch, load_dataset, read_parquet_v1
-    from jobs.ingest import IngestOptions, ingest
-    from jobs.manifest import dataset_prefix, manifest_key, read_manifest
+    from jobs.data.ingest import IngestOptions, ingest
+    from jobs.data.stream import DecodeBatch, load_dataset, read_parquet_v1
+    from registry.manifest import dataset_prefix, manifest_key, read_manifest
 
     settings = settings_with_stack()
     storage = Storage(settings)

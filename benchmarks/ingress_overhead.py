@@ -45,7 +45,7 @@ def _serve_tiny(settings) -> None:
     import torch
     from mlflow.tracking import MlflowClient
 
-    from jobs.tracking import log_generator
+    from registry.tracking import log_generator
     from serving.deploy import deploy
     from serving.options import ReplicaOptions, Scaling
     from translator.variants import get_variant

@@ -119,8 +119,8 @@ def train(settings, dataset: str, variant: str, minutes: float, model_name: str,
     from mlflow.tracking import MlflowClient
 
     from jobs.manage import wait
-    from jobs.spec import TrainSpec
-    from jobs.submit import job_client, submit
+    from jobs.training.client import job_client, submit
+    from jobs.training.spec import TrainSpec
 
     spec = TrainSpec(dataset=dataset, variant=variant, workers=2, cpus_per_worker=1.0, epochs=100_000,
                      time_budget_s=minutes * 60, image_size=64, model_name=model_name, experiment="quality",
@@ -135,8 +135,8 @@ def train(settings, dataset: str, variant: str, minutes: float, model_name: str,
 
 def ensure(settings, name: str, degrade: str) -> None:
     from cluster.storage import Storage
-    from jobs.ingest import IngestOptions, ingest
-    from jobs.manifest import manifest_key
+    from jobs.data.ingest import IngestOptions, ingest
+    from registry.manifest import manifest_key
 
     if not Storage(settings).exists(manifest_key(name)):
         ingest(None, IngestOptions(name=name, degrade=degrade, size=64, crops=32, val_fraction=0.25, seed=0), settings)

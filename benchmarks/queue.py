@@ -17,7 +17,7 @@ from benchmarks.common import report, settings_with_stack
 
 
 def spec(dataset: str, i: int, cpus_per_worker: float, steps: int):
-    from jobs.spec import TrainSpec
+    from jobs.training.spec import TrainSpec
 
     return TrainSpec(dataset=dataset, variant="autoencoder", config={"nf": 8}, image_size=64, batch_size=8,
                      max_steps=steps, workers=2, cpus_per_worker=cpus_per_worker, model_name=f"bench-queue-{i}",
@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args()
     settings = settings_with_stack()
-    from jobs.submit import job_client, submit
+    from jobs.training.client import job_client, submit
 
     client = job_client(settings)
     t0 = time.time()

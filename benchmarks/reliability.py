@@ -187,7 +187,7 @@ def store_restart_mid_ingest(settings) -> dict:
 
     from cluster.stack import Stack
     from cluster.storage import Storage
-    from jobs.manifest import dataset_prefix, read_manifest
+    from registry.manifest import dataset_prefix, read_manifest
 
     storage = Storage(settings)
     for name in ("rel-interrupted", "rel-reference"):

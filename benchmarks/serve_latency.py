@@ -124,7 +124,8 @@ def interleaved(settings, model: str, size: int, rounds: int) -> None:
     """In-process runtimes round-robin on one input size: p50 / min per runtime and ratios."""
     import torch
 
-    from serving.model import load, resolve
+    from registry.refs import resolve
+    from serving.model import load
     from serving.runtime import cpu_has_native_bf16
 
     name, version = resolve(settings.mlflow_uri, model)
@@ -173,8 +174,9 @@ def quick(settings, model: str, n: int = 20) -> None:
     torch bf16 path (what the fastest replica runs, without Serve)."""
     import httpx
 
+    from registry.refs import resolve
     from serving.deploy import deploy
-    from serving.model import load, resolve
+    from serving.model import load
     from serving.options import ReplicaOptions, Scaling
     from serving.runtime import cpu_has_native_bf16
 
@@ -250,8 +252,9 @@ def main() -> None:
     import httpx
     import torch
 
+    from registry.refs import resolve
     from serving.deploy import deploy
-    from serving.model import load, resolve
+    from serving.model import load
     from serving.options import ReplicaOptions, Scaling
     from serving.runtime import cpu_has_native_bf16
 

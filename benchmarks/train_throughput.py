@@ -44,8 +44,8 @@ def ray_job(settings, dataset: str, variant: str, config: dict, batch: int, work
     from mlflow.tracking import MlflowClient
 
     from jobs.manage import wait
-    from jobs.spec import TrainSpec
-    from jobs.submit import job_client, submit
+    from jobs.training.client import job_client, submit
+    from jobs.training.spec import TrainSpec
 
     spec = TrainSpec(dataset=dataset, variant=variant, config=config, workers=workers, cpus_per_worker=1.0,
                      batch_size=batch, image_size=64, epochs=2, checkpoint_every="epoch", experiment="benchmarks",
@@ -67,8 +67,8 @@ def bookkeeping_share(settings, dataset: str, cadence: str, steps: int = BOOKKEE
     from mlflow.tracking import MlflowClient
 
     from jobs.manage import wait
-    from jobs.spec import TrainSpec
-    from jobs.submit import job_client, submit
+    from jobs.training.client import job_client, submit
+    from jobs.training.spec import TrainSpec
 
     spec = TrainSpec(dataset=dataset, variant="autoencoder", workers=2, cpus_per_worker=1.0, batch_size=16,
                      image_size=64, max_steps=steps, epochs=10_000, checkpoint_every=cadence,
@@ -86,7 +86,7 @@ def bookkeeping_share(settings, dataset: str, cadence: str, steps: int = BOOKKEE
 def bookkeeping(settings, dataset: str = "bench-paired", steps: int = BOOKKEEPING_STEPS) -> None:
     """The share of a job spent validating/checkpointing: every epoch (the table's "before" row)
     against the default cadence, `auto` (its "after" row)."""
-    from jobs.plan import DEFAULT_CADENCE_S
+    from jobs.training.plan import DEFAULT_CADENCE_S
 
     rows = []
     for label, cadence in (("before: every epoch", "epoch"), (f"after: auto ({DEFAULT_CADENCE_S:.0f} s)", "auto")):
@@ -102,8 +102,8 @@ def bookkeeping(settings, dataset: str = "bench-paired", steps: int = BOOKKEEPIN
 
 def main() -> None:
     from cluster.storage import Storage
-    from jobs.ingest import IngestOptions, ingest
-    from jobs.manifest import manifest_key
+    from jobs.data.ingest import IngestOptions, ingest
+    from registry.manifest import manifest_key
 
     settings = settings_with_stack()
     storage = Storage(settings)
@@ -117,7 +117,7 @@ def main() -> None:
 
             from PIL import Image
 
-            from jobs.sources import list_sample
+            from jobs.data.sources import list_sample
 
             root = Path(tempfile.mkdtemp())
             for d in ("trainA", "trainB"):

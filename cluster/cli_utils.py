@@ -1,4 +1,4 @@
-"""Shared CLI helpers: consoles, the user-error decorator, tables that never cut identifiers,
+"""Shared CLI helpers: consoles, tables that never cut identifiers,
 and `--json` output for scripts.
 
 Every listing/status command prints through `print_table` (people) or `print_json` (scripts,
@@ -8,7 +8,6 @@ in a pipe, so they can be copied and grepped.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -36,30 +35,6 @@ JSON_HELP = "print machine-readable JSON (stable keys) instead of a table"
 def json_option() -> Any:
     """The `--json` flag every listing/status command takes."""
     return typer.Option(False, "--json", help=JSON_HELP)
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    from translator.config import ConfigError
-    from translator.degrade import DegradationError
-
-    return (Img2ImgError, ConfigError, DegradationError)
-
-
-def handle_errors(fn):
-    """Decorator for commands: user errors -> `Error: ...`, exit 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except user_errors() as e:
-            err_console.print(f"[bold red]Error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            err_console.print("Interrupted.")
-            raise typer.Exit(130) from None
-
-    return wrapper
 
 
 def _cell(value: Any) -> str:

@@ -1,14 +1,16 @@
-"""The root `img2img` command: mounts each package's Typer sub-app (plain imports: this is the
-only module that depends on every package).
+"""The root `img2img` command: mounts the command groups of `img2img_cli/commands/` (the
+composition root: the only place that sees `jobs`, `serving` and `registry` together).
 
-User mistakes (`Img2ImgError` and the translator's validation errors) print as one
-`Error: ...` line with exit code 1; nothing else is caught, so real bugs keep their traceback.
+User mistakes (`Img2ImgError` and the translator's validation errors) are caught once, here, for
+every command: one `Error: ...` line and exit code 1 (Ctrl-C: `Interrupted.`, 130). Nothing else
+is caught, so real bugs keep their traceback.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from importlib.metadata import version as package_version
 
 import typer
 import typer.core
@@ -16,12 +18,20 @@ import typer.rich_utils
 from rich.markup import escape
 
 from cluster.cli_utils import console, err_console
-from cluster.stack_cli import stack_app
-from img2img_cli.rollback import register as register_rollback
-from img2img_demo.cli import register as register_demo
-from jobs.cli import register as register_jobs
-from jobs.models_cli import models_app
-from serving.cli import register as register_serving
+from cluster.errors import Img2ImgError
+from cluster.services import bound_mlflow_calls
+from img2img_cli.commands.data import data_app
+from img2img_cli.commands.demo import demo
+from img2img_cli.commands.eval import eval_
+from img2img_cli.commands.jobs import jobs_app
+from img2img_cli.commands.models import models_app
+from img2img_cli.commands.serve import enhance, serve_app
+from img2img_cli.commands.stack import stack_app
+from img2img_cli.commands.train import train
+from translator.config import ConfigError
+from translator.degrade import DegradationError
+
+USER_ERRORS = (Img2ImgError, ConfigError, DegradationError)  # a user's mistake: one line, not a traceback
 
 
 def _no_flag_type(display_type_rich):
@@ -50,8 +60,24 @@ def _one_line_usage_error(error) -> None:
 
 typer.rich_utils.rich_format_error = _one_line_usage_error
 
+class _UserErrorsOnce(typer.core.TyperGroup):
+    """The root group: every command (sub-groups included) runs inside its `invoke`, so a user
+    error raised anywhere below is turned into one `Error: ...` line here, once."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as e:
+            err_console.print(f"[bold red]Error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err_console.print("Interrupted.")
+            raise typer.Exit(130) from None
+
+
 app = typer.Typer(
     name="img2img",
+    cls=_UserErrorsOnce,
     help="Train, track and serve image-to-image translators on Ray, MLflow and S3.\n\n"
          "Start here: `img2img stack up`, then `img2img demo`.",
     no_args_is_help=True,
@@ -62,9 +88,7 @@ app = typer.Typer(
 
 def _version(value: bool):
     if value:
-        from importlib.metadata import version
-
-        console.print(f"img2img {version('img2img-platform')}")
+        console.print(f"img2img {package_version('img2img-platform')}")
         raise typer.Exit()
 
 
@@ -73,8 +97,6 @@ def main(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug detail to stderr."),
 ):
-    from cluster.services import bound_mlflow_calls
-
     bound_mlflow_calls()  # interactive commands fail in seconds, not after minutes of MLflow retries
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -85,10 +107,14 @@ def main(
 
 
 app.add_typer(stack_app, name="stack")
-register_jobs(app)
-register_rollback(models_app)  # composes the registry and serving: mounted here, not by jobs/
-register_serving(app)
-register_demo(app)
+app.add_typer(data_app, name="data")
+app.command("train")(train)
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(models_app, name="models")
+app.command("eval")(eval_)
+app.add_typer(serve_app, name="serve")
+app.command("enhance")(enhance)
+app.command("demo")(demo)
 
 if __name__ == "__main__":
     sys.exit(app())

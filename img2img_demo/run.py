@@ -22,14 +22,14 @@ from cluster.settings import Settings
 from cluster.stack import Stack
 from cluster.storage import Storage
 from img2img_demo.tasks import DEFAULT_TASK, DemoTask, demo_task
-from jobs.eval_submit import evaluate
-from jobs.ingest import IngestOptions, ingest
+from jobs.data.ingest import IngestOptions, ingest
+from jobs.data.sources import list_sample
+from jobs.evaluation.client import evaluate
 from jobs.manage import follow_progress, outcome_error
-from jobs.manifest import manifest_key, read_manifest
-from jobs.registry import promote, versions
-from jobs.sources import list_sample
-from jobs.spec import TrainSpec
-from jobs.submit import job_client, submit
+from jobs.training.client import job_client, submit
+from jobs.training.spec import TrainSpec
+from registry.manifest import manifest_key, read_manifest
+from registry.models import promote, versions
 from serving.client import client_timeout, enhance_bytes
 from serving.deploy import deploy
 from serving.options import Scaling
@@ -107,7 +107,7 @@ def _ensure_dataset(settings: Settings, name: str, task: DemoTask, quick: bool, 
 
 
 def trained_on(existing: list, sha256: str) -> list[str]:
-    """The versions (numbers, as strings) of `existing` (jobs.registry.VersionInfo) trained on the
+    """The versions (numbers, as strings) of `existing` (registry.models.VersionInfo) trained on the
     dataset whose manifest sha256 is `sha256` (their `dataset_sha256` tag): the only ones a re-run
     may reuse and promote; versions of an earlier spec of the same dataset name are left alone."""
     return [v.version for v in existing if v.tags.get("dataset_sha256") == sha256]

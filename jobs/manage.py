@@ -26,7 +26,7 @@ def wait(client, job_id: str, follow: bool, echo=None) -> str:
     import asyncio
     import time
 
-    from jobs.progress import write_raw
+    from jobs.training.progress import write_raw
 
     echo = echo or write_raw
 
@@ -56,9 +56,9 @@ def outcome_error(job_id: str, status: str, message: str = "", logs_hint: bool =
 
 
 def follow_progress(client, settings: Settings, job_id: str, run_id: str, say=None, live: bool | None = None):
-    """The live progress display of a job until it ends (see jobs.progress); while it waits in
+    """The live progress display of a job until it ends (see jobs.training.progress); while it waits in
     the queue, its place and what it waits for. -> last Snapshot."""
-    from jobs.progress import follow, strip_ansi
+    from jobs.training.progress import follow, strip_ansi
 
     current = [job_id]
 
@@ -158,7 +158,7 @@ def job_info(client, job_id: str) -> dict:
         info = client.get_job_info(job_id)
     except Exception:
         raise Img2ImgError(f"no job {job_id!r} on this cluster ; list them with: img2img jobs ls") from None
-    from jobs.progress import strip_ansi
+    from jobs.training.progress import strip_ansi
 
     # Ray's message on failure embeds 20,000 characters of coloured log: keep its last lines.
     lines = [ln for ln in strip_ansi(info.message or "").splitlines() if ln.strip()]
@@ -174,7 +174,7 @@ def job_summary(client, settings: Settings, job_id: str) -> dict:
     if info["status"] == "PENDING":
         info["queue"] = queue_line(client, settings, info["job_id"])
     if info.get("run_id"):
-        from jobs.progress import read
+        from jobs.training.progress import read
 
         try:
             snap = read(settings.mlflow_uri, info["run_id"], info["status"], info.get("message") or "")
@@ -222,7 +222,7 @@ def _mark_killed(settings: Settings, run_id: str) -> None:
     try:
         from mlflow.tracking import MlflowClient
 
-        from jobs.tracking import TAG_PHASE
+        from registry.tracking import TAG_PHASE
 
         ml = MlflowClient(settings.mlflow_uri)
         if ml.get_run(run_id).info.status in ("RUNNING", "SCHEDULED"):

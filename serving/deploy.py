@@ -12,6 +12,7 @@ from cluster import admission
 from cluster.errors import Img2ImgError
 from cluster.services import cluster_resources, poll_until
 from cluster.settings import Settings
+from registry.refs import resolve
 from serving.configs import APP_NAME, DEPLOYMENT, app_config
 from serving.options import DEFAULTS, SCALING, ReplicaOptions, Scaling, config_id, time_limits
 from translator.allocator import OPT_OUT
@@ -64,7 +65,7 @@ def deploy(settings: Settings, model: str = "", replica: ReplicaOptions = DEFAUL
     place, an unknown model, or replicas that would starve queued jobs (a config Serve refuses
     would leave the app DEPLOY_FAILED with no replica)."""
     # deferred: they import torch and MLflow, which `serve status` and `serve rm` need not load
-    from serving.model import resolve, version_run_id
+    from serving.model import version_run_id
     from serving.runtime import threads_for
 
     if not model:
@@ -191,7 +192,7 @@ def redeploy_model(settings: Settings, model: str, wait_s: float = 300) -> dict:
     st = status(settings)
     if not st:
         raise Img2ImgError("no enhancer app is deployed; deploy one with: img2img serve deploy --model NAME@champion")
-    from serving.model import resolve, version_run_id  # deferred: torch and MLflow (see deploy)
+    from serving.model import version_run_id  # deferred: torch and MLflow (see deploy)
 
     name, version = resolve(settings.mlflow_uri, model)
     state = _request(settings, "GET")

@@ -133,53 +133,12 @@ def served_metrics(tags: dict) -> dict[str, float]:
     return metrics
 
 
-def resolve(tracking_uri: str, model: str) -> tuple[str, str]:
-    """`NAME@alias`, `NAME/VERSION` or `NAME` (= NAME@champion) -> (name, concrete version).
-
-    Raises Img2ImgError saying which part is missing: the model, the version, or the alias
-    (with the command that sets `champion`)."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    from cluster.errors import Img2ImgError, no_registered_model
-    from cluster.services import bound_mlflow_calls, require
-
-    bound_mlflow_calls()
-    require("MLflow", tracking_uri, "/health")
-    client = MlflowClient(tracking_uri)
-    model = model.removeprefix("models:/")
-    if "/" in model:
-        name, version = model.split("/", 1)
-    else:
-        name, _, alias = model.partition("@")
-        version, alias = None, alias or "champion"
-    try:
-        registered = client.get_registered_model(name)
-    except MlflowException as e:
-        if e.error_code in ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE") or "Max retries" in str(e):
-            raise Img2ImgError(f"MLflow at {tracking_uri} failed while looking up {model!r} "
-                               f"({e.error_code}); is it healthy? (`img2img stack status`)") from None
-        raise no_registered_model(name, (m.name for m in client.search_registered_models())) from None
-    if version is not None:
-        have = sorted((str(v.version) for v in client.search_model_versions(f"name='{name}'")), key=int)
-        if version not in have:
-            raise Img2ImgError(f"model {name!r} has no version {version!r} (it has: {', '.join(have) or 'none'})")
-        return name, version
-    aliases = dict(registered.aliases or {})
-    if alias not in aliases:
-        if alias == "champion":
-            raise Img2ImgError(f"model {name!r} has no champion yet; promote a version with: "
-                               f"img2img models promote {name} --best")
-        raise Img2ImgError(f"model {name!r} has no alias {alias!r} (its aliases: {', '.join(sorted(aliases)) or 'none'})")
-    return name, str(aliases[alias])
-
-
 def version_run_id(tracking_uri: str, name: str, version: str) -> str:
     """The MLflow run that produced `name` v`version`: part of a deployment's identity, since a
     model deleted and registered again reuses version numbers for different weights.
     -> the run id (32 hex characters; "" for a version registered without a run).
     Raises mlflow.exceptions.MlflowException when `name` has no version `version` (callers
-    resolve the version first with `resolve`, which names what is missing)."""
+    resolve the version first with `registry.refs.resolve`, which names what is missing)."""
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri).get_model_version(name, str(version)).run_id or ""

@@ -4,7 +4,7 @@ deployment's user_config, so they change without restarting replicas) and `Scali
 replicas, how big, how busy: autoscaling, max_ongoing_requests, the CPUs/GPUs each reserves).
 
 Each field carries its default, its range check and its `Flag` (how `img2img serve deploy`
-spells it, its help, its unit); the CLI options (serving/cli.py), the `deploy()` call
+spells it, its help, its unit); the CLI options (img2img_cli/commands/serve.py), the `deploy()` call
 (serving/deploy.py), the shipped configs (serving/configs.py) and the replica's parsing
 (serving/app.py: `parse_user_config`) are all derived from these fields. A bad value raises
 `Img2ImgError` with one line naming the flag, whichever path built the options."""

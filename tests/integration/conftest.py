@@ -15,7 +15,7 @@ from PIL import Image
 def blur_dataset(stack):
     """Sample photos -> 4 random 64px crops each, Gaussian sigma 1.5 (paired, small)."""
     from cluster.settings import get_settings
-    from jobs.ingest import IngestOptions, ingest
+    from jobs.data.ingest import IngestOptions, ingest
 
     opts = IngestOptions(name="blur", degrade="gaussian:1.5", size=64, crops=4, val_fraction=0.2, shard_rows=32)
     ingest(None, opts, get_settings())
@@ -26,8 +26,8 @@ def blur_dataset(stack):
 def unpaired_dataset(stack, tmp_path_factory):
     """Two small domains: sample-photo crops (A) and their colour-inverted versions (B)."""
     from cluster.settings import get_settings
-    from jobs.ingest import IngestOptions, ingest
-    from jobs.sources import list_sample
+    from jobs.data.ingest import IngestOptions, ingest
+    from jobs.data.sources import list_sample
 
     root = tmp_path_factory.mktemp("unpaired")
     for folder in ("trainA", "trainB", "testA", "testB"):
@@ -82,7 +82,7 @@ def register_tiny_autoencoder(settings, name: str, seed: int, nf: int = 4) -> st
     import torch
     from mlflow.tracking import MlflowClient
 
-    from jobs.tracking import log_generator
+    from registry.tracking import log_generator
     from translator.variants import get_variant
 
     torch.manual_seed(seed)
@@ -123,9 +123,9 @@ def untrained_val_psnr(settings, dataset: str, variant: str, **spec_kw) -> float
     import torch
 
     from cluster.storage import Storage
-    from jobs.data import _decode
-    from jobs.manifest import dataset_prefix, read_manifest
-    from jobs.spec import TrainSpec
+    from jobs.data.stream import _decode
+    from jobs.training.spec import TrainSpec
+    from registry.manifest import dataset_prefix, read_manifest
     from translator import tiling
     from translator.metrics import SetTally, to_unit
     from translator.precision import training_precision
@@ -161,8 +161,8 @@ def trained(stack, blur_dataset, unpaired_dataset):
     (`nafnet` is trained by the demo fixture).
     -> {variant: {"job_id", "run_id", "status", "logs"}}."""
     from cluster.settings import get_settings
-    from jobs.spec import TrainSpec
-    from jobs.submit import job_client, submit
+    from jobs.training.client import job_client, submit
+    from jobs.training.spec import TrainSpec
 
     settings = get_settings()
     client = job_client(settings)

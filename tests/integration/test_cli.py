@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from cluster.storage import Storage
-from jobs.manifest import read_manifest
+from registry.manifest import read_manifest
 
 pytestmark = pytest.mark.integration
 
@@ -102,8 +102,8 @@ def test_promote_suggests_the_reload_command_on_one_line(stack, cli, registered,
     from mlflow.tracking import MlflowClient
 
     from cluster.storage import Storage
-    from jobs.manifest import read_manifest
-    from jobs.tracking import eval_tags
+    from registry.manifest import read_manifest
+    from registry.tracking import eval_tags
 
     # The gate compares versions on the model's evaluation set: give these weightless versions results on it.
     sha = read_manifest(Storage(stack), blur_dataset).sha256

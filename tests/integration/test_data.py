@@ -13,7 +13,7 @@ from PIL import Image
 
 from cluster.errors import Img2ImgError
 from cluster.storage import Storage
-from jobs.manifest import dataset_prefix, manifest_key, read_manifest
+from registry.manifest import dataset_prefix, manifest_key, read_manifest
 
 pytestmark = pytest.mark.integration
 
@@ -176,7 +176,7 @@ def test_verify_catches_a_tampered_shard(stack, cli, messy_folder):
     r = cli("data", "verify", "tamper")
     assert r.exit_code == 1 and "sha256 mismatch" in r.output
     s.put_bytes(key, bytes(data) + b"junk")  # size changes too: the stream refuses it up front
-    from jobs.data import load_dataset
+    from jobs.data.stream import load_dataset
 
     with pytest.raises(Img2ImgError, match="does not match its manifest"):
         load_dataset("tamper", "train", stack)
@@ -184,8 +184,8 @@ def test_verify_catches_a_tampered_shard(stack, cli, messy_folder):
 
 def test_show_verify_rm_as_library_functions(stack, tmp_path):
     """What `data show|verify|rm` do, called directly (the CLI only prints the results)."""
-    from jobs.datasets import delete_dataset, describe, verify_dataset, write_preview
-    from jobs.manifest import list_manifests
+    from jobs.data.browse import delete_dataset, describe, verify_dataset, write_preview
+    from registry.manifest import list_manifests
 
     s = Storage(stack)
     m = read_manifest(s, "messy")
@@ -211,7 +211,7 @@ def test_show_verify_rm_as_library_functions(stack, tmp_path):
 
 
 def test_data_rm_deletes_the_whole_dataset(stack, cli):
-    from jobs.datasets import describe
+    from jobs.data.browse import describe
 
     facades = read_manifest(Storage(stack), "facades")
     assert describe(facades)["direction"] == "BtoA"
@@ -317,7 +317,7 @@ def ray_client(stack):
 def test_stream_shapes_ranges_and_each_pair_once_per_epoch_across_two_workers(stack, cli, ray_client):
     import ray
 
-    from jobs.data import load_dataset
+    from jobs.data.stream import load_dataset
 
     ds = load_dataset("sample", "train", stack, image_size=32, batch_size=4)
     batch = ds.take_batch(4)
@@ -338,7 +338,7 @@ def test_stream_shapes_ranges_and_each_pair_once_per_epoch_across_two_workers(st
 def test_whole_images_of_different_sizes_stream_for_validation(stack, cli, ray_client, tmp_path):
     """--size 0 keeps each photo's own size: the val stream (what training validates on) must
     not try to stack them into one batch."""
-    from jobs.data import load_dataset
+    from jobs.data.stream import load_dataset
 
     src = tmp_path / "sizes"
     src.mkdir()
@@ -358,9 +358,9 @@ def test_crops_larger_than_a_kept_size_image_are_refused_before_submission(stack
     larger --image-size is refused by `img2img train` with the fix, not by every worker after start-up."""
     import pyarrow.parquet as pq
 
-    from jobs.spec import TrainSpec
-    from jobs.submit import job_client
-    from jobs.train import plan_job
+    from jobs.training.client import job_client
+    from jobs.training.driver import plan_job
+    from jobs.training.spec import TrainSpec
 
     src = tmp_path / "kept"
     src.mkdir()
@@ -382,7 +382,7 @@ def test_crops_larger_than_a_kept_size_image_are_refused_before_submission(stack
 
 
 def test_unpaired_stream_yields_one_domain(stack, ray_client):
-    from jobs.data import load_dataset
+    from jobs.data.stream import load_dataset
 
     batch = load_dataset("h2z", "train", stack, image_size=32, domain="b").take_batch(3)
     assert set(batch) == {"key", "image"} and batch["image"].shape == (3, 3, 32, 32)
@@ -432,8 +432,8 @@ def test_a_progress_marker_from_before_min_side_is_rebuilt_not_reused(stack):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from jobs.ingest import IngestOptions, ShardPlan, _resumable
-    from jobs.manifest import Shard
+    from jobs.data.ingest import IngestOptions, ShardPlan, _resumable
+    from registry.manifest import Shard
 
     storage = Storage(stack)
     opts = IngestOptions(name="old-markers", size=None)

@@ -10,8 +10,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cluster.storage import Storage
-from jobs import registry
-from jobs.manifest import read_manifest
+from registry import models as registry
+from registry.manifest import read_manifest
 from tests.integration.conftest import TINY, untrained_val_psnr
 
 pytestmark = pytest.mark.integration
@@ -22,7 +22,7 @@ MODEL = "gate-test"
 def light_dataset(stack):
     """Barely degraded pairs (noise of 1/255, inputs ~48 dB): any near-identity model scores far above
     the demo's blurred pairs (~38 dB since the demo deblurs blind), whatever the demo's training."""
-    from jobs.ingest import IngestOptions, ingest
+    from jobs.data.ingest import IngestOptions, ingest
 
     ingest(None, IngestOptions(name="light-noise", degrade="noise:1", size=64, crops=2, val_fraction=0.2,
                                shard_rows=32), stack)
@@ -30,8 +30,8 @@ def light_dataset(stack):
 
 
 def _train(stack, **kw):
-    from jobs.spec import TrainSpec
-    from jobs.submit import job_client, submit
+    from jobs.training.client import job_client, submit
+    from jobs.training.spec import TrainSpec
     from tests.integration.conftest import wait_job
 
     spec = TrainSpec(workers=2, cpus_per_worker=0.5, model_name=MODEL, experiment="integration", **kw)
@@ -96,8 +96,8 @@ def test_eval_cli_reports_and_refuses(stack, cli, gate_model):
     assert out["images"] == 3 and out["metrics"]["gain_db"] == pytest.approx(
         out["metrics"]["psnr"] - out["metrics"]["input_psnr"], abs=1e-6)
     for args, message in [
-        (["eval", f"{MODEL}/9", "--dataset", gate_model], "has no version 9"),
-        (["eval", MODEL, "--dataset", gate_model], "NAME@alias or NAME/VERSION"),
+        (["eval", f"{MODEL}/9", "--dataset", gate_model], "has no version '9'"),
+        (["eval", f"{MODEL}@", "--dataset", gate_model], "NAME@alias or NAME/VERSION"),
         (["eval", f"{MODEL}/1", "--dataset", "no-such-data"], "not found"),
         (["eval", f"{MODEL}/1", "--dataset", gate_model, "--split", "test"], "--split must be"),
         (["eval", f"{MODEL}/1", "--dataset", gate_model, "--limit", "0"], "--limit must be"),
@@ -163,12 +163,12 @@ def test_gate_rescores_older_definition_numbers_and_the_csv_reproduces_them(stac
 
 
 def test_init_from_starts_at_the_parent_and_records_lineage(stack, cli, gate_model):
-    from jobs.submit import job_client
+    from jobs.training.client import job_client
 
     before = len(job_client(stack).list_jobs())
     for args, message in [(["--set", "width=8"], "different architecture"),
                           (["--variant", "pix2pix"], "trained nafnet; it cannot be used as pix2pix"),
-                          (["--init-from", f"{MODEL}/7"], "has no version 7")]:
+                          (["--init-from", f"{MODEL}/7"], "has no version '7'")]:
         argv = ["train", "--dataset", gate_model, *(["--init-from", f"{MODEL}/1"] if "--init-from" not in args
                                                      else []), *args]
         r = cli(*argv)

@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from jobs import registry
+from registry import models as registry
 from tests.integration.conftest import endpoint_restored, new_version
 
 pytestmark = pytest.mark.integration
@@ -22,7 +22,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "your-own-photos.md"
 
 def nested_folder(root: Path) -> Path:
     """Photos in sub-folders, one basename in three places, a stray note, a hidden file."""
-    from jobs.sources import list_sample
+    from jobs.data.sources import list_sample
 
     photos = list_sample()
     for i, rel in enumerate(["IMG_0001.jpg", "trip/IMG_0001.jpg", "trip/day2/IMG_0002.png", "work/IMG_0001.jpg"]):
@@ -146,7 +146,7 @@ def test_your_own_photos_walkthrough_runs_as_written(stack, cli, tmp_path, monke
     """Every runnable command of docs/your-own-photos.md, in order, from a folder holding a small
     `myphotos/` (sample photos in sub-folders, a stray note). Only the training budget is cut
     (seconds, not minutes): everything else runs exactly as the page shows it."""
-    from jobs.sources import list_sample
+    from jobs.data.sources import list_sample
 
     commands = runnable_commands(DOC)
     assert len(commands) >= 8 and all(c.startswith("img2img ") for c in commands)

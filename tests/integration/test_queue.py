@@ -68,8 +68,8 @@ def test_five_jobs_submitted_at_once_run_one_at_a_time_in_order_a_high_one_goes_
     from mlflow.tracking import MlflowClient
 
     from cluster.admission import current_id
-    from jobs.submit import job_client
-    from jobs.tracking import TAG_PHASE, TAG_TRAINING_SINCE
+    from jobs.training.client import job_client
+    from registry.tracking import TAG_PHASE, TAG_TRAINING_SINCE
 
     client = job_client(stack)
     MlflowClient(stack.mlflow_uri).get_experiment_by_name("queue") or MlflowClient(
@@ -105,9 +105,9 @@ def test_five_jobs_submitted_at_once_run_one_at_a_time_in_order_a_high_one_goes_
 def test_an_evaluation_waits_behind_a_training_and_starts_once_stopping_it_freed_its_cpus(stack, blur_dataset, cli):
     from mlflow.tracking import MlflowClient
 
-    from jobs.eval_submit import evaluate
+    from jobs.evaluation.client import evaluate
     from jobs.manage import _live_actors
-    from jobs.submit import job_client
+    from jobs.training.client import job_client
 
     client, ml = job_client(stack), MlflowClient(stack.mlflow_uri)
     version = register_tiny_autoencoder(stack, "queue-eval", seed=3)
@@ -147,8 +147,8 @@ def test_a_high_job_with_preempt_checkpoints_a_running_one_which_is_requeued_and
     from mlflow.tracking import MlflowClient
 
     from cluster.admission import current_id
-    from jobs.submit import job_client
-    from jobs.tracking import TAG_PREEMPTED, TAG_RESTORED
+    from jobs.training.client import job_client
+    from registry.tracking import TAG_PREEMPTED, TAG_RESTORED
 
     client, ml = job_client(stack), MlflowClient(stack.mlflow_uri)
     ml.get_experiment_by_name("queue") or ml.create_experiment("queue")

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from cluster.storage import Storage
-from jobs.manifest import dataset_prefix, manifest_key, read_manifest
+from registry.manifest import dataset_prefix, manifest_key, read_manifest
 
 pytestmark = pytest.mark.integration
 N = 6  # clients at once
@@ -44,7 +44,7 @@ def together(fn, n: int = N) -> list:
 def test_experiment_created_by_many_clients_at_once_is_one_experiment(stack):
     from mlflow.tracking import MlflowClient
 
-    from jobs.tracking import experiment_id
+    from registry.tracking import experiment_id
 
     name = fresh("race-exp")
     ids = together(lambda i: experiment_id(MlflowClient(stack.mlflow_uri), name))
@@ -56,7 +56,7 @@ def test_a_deleted_experiment_is_a_clear_error(stack):
     from mlflow.tracking import MlflowClient
 
     from cluster.errors import Img2ImgError
-    from jobs.tracking import experiment_id
+    from registry.tracking import experiment_id
 
     client = MlflowClient(stack.mlflow_uri)
     name = fresh("race-deleted")
@@ -75,7 +75,7 @@ def _register(name: str, seed: int) -> str:
 def test_a_model_registered_by_several_processes_at_once_gets_one_version_each(stack, blur_dataset):
     import multiprocessing
 
-    from jobs.registry import eval_set, set_eval_set, versions
+    from registry.models import eval_set, set_eval_set, versions
 
     name = fresh("race-model")
     n = 4  # processes (each imports torch and MLflow: heavier than a thread)
@@ -87,7 +87,7 @@ def test_a_model_registered_by_several_processes_at_once_gets_one_version_each(s
     # once (MLflow's SQL store inserts a new key after reading it absent: all but one insert collide)
     from mlflow.tracking import MlflowClient
 
-    from jobs.tracking import upsert
+    from registry.tracking import upsert
 
     outcome = together(lambda i: set_eval_set(stack, name, blur_dataset, "val"))
     assert outcome == [None] * N and eval_set(stack, name) == (blur_dataset, "val")
@@ -133,7 +133,7 @@ def ingest_at_once(sources: list, name: str) -> list[subprocess.CompletedProcess
 def assert_one_whole_dataset(stack, name: str, results: list[subprocess.CompletedProcess]) -> None:
     """At least one ingest succeeded; every other one said why in one `Error:` line; the dataset
     verifies, and the store holds exactly what its manifest lists (no mix, no leftovers)."""
-    from jobs.datasets import verify_dataset
+    from jobs.data.browse import verify_dataset
 
     assert any(r.returncode == 0 for r in results), [r.stderr[-500:] for r in results]
     for r in results:

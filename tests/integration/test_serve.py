@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image, ImageFilter
 
 from cluster.errors import Img2ImgError
-from jobs import registry
+from registry import models as registry
 from tests.integration.conftest import encoded as png
 from tests.integration.conftest import new_version as _new_version
 

@@ -80,7 +80,7 @@ def two_way_model(stack):
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from jobs.tracking import log_generator
+    from registry.tracking import log_generator
     from translator.variants import get_variant
 
     torch_seed = __import__("torch").manual_seed(0)  # noqa: F841 (different G_A and G_B, reproducibly)

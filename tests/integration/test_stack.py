@@ -98,7 +98,7 @@ def test_mlflow_run_artifact_lands_in_the_bucket(stack, tmp_path):
 
 
 def test_trivial_job_through_the_jobs_api(stack):
-    from jobs.submit import job_client
+    from jobs.training.client import job_client
 
     client = job_client(stack)
     job = client.submit_job(entrypoint="python -c \"import ray; ray.init(); print('cpus', ray.cluster_resources()['CPU'])\"")

@@ -117,7 +117,7 @@ def test_minio_sdk_paths_survive_a_store_that_throttles_every_other_request(thro
 def test_pyarrow_read_as_ray_data_does_survives_throttling(throttled, blur_dataset):
     from cluster.settings import get_settings
     from cluster.storage import Storage, arrow_filesystem
-    from jobs.manifest import dataset_prefix, read_manifest
+    from registry.manifest import dataset_prefix, read_manifest
 
     settings = get_settings()
     manifest = read_manifest(Storage(settings), blur_dataset)

@@ -82,8 +82,8 @@ def test_autoencoder_learns_and_it_survived_a_worker_failure(stack, trained):
 
 
 def test_resume_continues_from_the_checkpoint_step(stack, trained):
-    from jobs.spec import TrainSpec
-    from jobs.submit import job_client, submit
+    from jobs.training.client import job_client, submit
+    from jobs.training.spec import TrainSpec
     from tests.integration.conftest import wait_job
 
     first = trained["pix2pix"]

@@ -21,7 +21,7 @@ AE = ["--variant", "autoencoder", "--set", "nf=8", "--image-size", "32", "--batc
 
 
 def _photos(n: int, seed: int = 0) -> list[Image.Image]:
-    from jobs.sources import list_sample
+    from jobs.data.sources import list_sample
 
     files = list_sample()
     rng = np.random.default_rng(seed)
@@ -34,7 +34,7 @@ def _photos(n: int, seed: int = 0) -> list[Image.Image]:
 
 def _ingest_paired(root: Path, name: str, files: int, val_fraction: float) -> str:
     from cluster.settings import get_settings
-    from jobs.ingest import IngestOptions, ingest
+    from jobs.data.ingest import IngestOptions, ingest
 
     folder = root / name
     folder.mkdir()
@@ -49,7 +49,7 @@ def small_sets(stack, tmp_path_factory):
     """Paired sets with 1, 3 and 13 training rows (1 val row each), and unpaired 3 vs 40 with val
     images of domain A only (testA/, no testB/, --val-fraction 0: the job validates A's cycle)."""
     from cluster.settings import get_settings
-    from jobs.ingest import IngestOptions, ingest
+    from jobs.data.ingest import IngestOptions, ingest
 
     root = tmp_path_factory.mktemp("small")
     sets = {1: _ingest_paired(root, "rows-1", 2, 0.5), 3: _ingest_paired(root, "rows-3", 4, 0.25),
@@ -96,9 +96,9 @@ def _leftovers(*dirs: Path) -> set[str]:
 
 def test_plans_for_1_3_13_rows_and_3_vs_40(stack, small_sets):
     """The arithmetic the job will run, computed from the real manifests before submission."""
-    from jobs.plan import MIN_STEPS_PER_EPOCH
-    from jobs.spec import TrainSpec
-    from jobs.submit import preflight
+    from jobs.training.client import preflight
+    from jobs.training.plan import MIN_STEPS_PER_EPOCH
+    from jobs.training.spec import TrainSpec
 
     for rows in (1, 3, 13):
         spec = TrainSpec(dataset=small_sets[rows], variant="autoencoder", workers=1, batch_size=16, epochs=3,
@@ -130,7 +130,7 @@ def test_plans_for_1_3_13_rows_and_3_vs_40(stack, small_sets):
      "netG=unet_32"),
 ])
 def test_impossible_requests_are_refused_before_submission(stack, small_sets, cli, args, message):
-    from jobs.submit import job_client
+    from jobs.training.client import job_client
 
     before = len(job_client(stack).list_jobs())
     result = cli("train", *args)
@@ -160,8 +160,8 @@ def autoencoder_checkpoint(stack):
 
 
 def test_resume_takes_the_checkpoints_variant_and_refuses_another(stack, small_sets, cli, autoencoder_checkpoint):
-    from jobs.spec import TrainSpec
-    from jobs.submit import job_client, preflight
+    from jobs.training.client import job_client, preflight
+    from jobs.training.spec import TrainSpec
 
     run = autoencoder_checkpoint
     spec = TrainSpec(dataset="rows-3", variant="", resume=run, workers=1, max_steps=4)
@@ -198,7 +198,7 @@ def test_3_rows_1_val_row_2_workers_trains_what_it_reports_with_live_progress(st
     run_id = re.search(r"runs/([0-9a-f]{32})", out)[1]
     job_id = re.search(r"Submitted job (raysubmit_\w+)", out)[1]
     logs = cli("jobs", "logs", job_id).output
-    assert "jobs.train" in logs and "\x1b[" not in logs  # raw logs stay available, without colour codes
+    assert "jobs.training.driver" in logs and "\x1b[" not in logs  # raw logs stay available, without colour codes
     # other stacks run on this machine: the job must talk to its own cluster only
     assert "Found multiple active Ray instances" not in logs
     ml = MlflowClient(stack.mlflow_uri)
@@ -225,8 +225,8 @@ def test_3_rows_1_val_row_2_workers_trains_what_it_reports_with_live_progress(st
 
 def test_unpaired_3_vs_40_trains_on_one_worker(stack, small_sets):
     """...with no domain-B val rows (Ray Train V2 has no val_b stream to hand the workers)."""
-    from jobs.spec import TrainSpec
-    from jobs.submit import job_client, submit
+    from jobs.training.client import job_client, submit
+    from jobs.training.spec import TrainSpec
     from tests.integration.conftest import wait_job
 
     spec = TrainSpec(dataset="a3-b40", variant="cyclegan", workers=1, cpus_per_worker=0.5, image_size=32,
@@ -241,8 +241,8 @@ def test_unpaired_3_vs_40_trains_on_one_worker(stack, small_sets):
 
 
 def test_stop_running_job_ends_its_run_killed_and_stop_again_says_so(stack, small_sets, cli):
-    from jobs.spec import TrainSpec
-    from jobs.submit import job_client, submit
+    from jobs.training.client import job_client, submit
+    from jobs.training.spec import TrainSpec
 
     spec = TrainSpec(dataset="rows-13", variant="autoencoder", workers=1, cpus_per_worker=0.5, image_size=32,
                      batch_size=4, config={"nf": 8}, epochs=10_000, experiment="integration", model_name="test-stop")

@@ -159,7 +159,7 @@ def test_enhance_input_mistakes_are_named_once_before_progress(cli, tmp_path):
 
 
 def test_bad_dataset_name_states_the_rule(cli, tmp_path):
-    from jobs.ingest import IngestOptions
+    from jobs.data.ingest import IngestOptions
 
     for bad in ("a/b", ".hidden", "", "x" * 65, "spa ce"):
         with pytest.raises(Img2ImgError, match="use 1-64 letters, digits"):
@@ -215,8 +215,8 @@ def test_a_bucket_name_s3_refuses_is_one_line_before_any_request():
 
 
 def _models_ls(monkeypatch, terminal: bool, width: int, wide: bool = True) -> str:
-    from jobs.models_cli import LS_IDS, ls_table
-    from jobs.registry import VersionInfo
+    from img2img_cli.commands.models import LS_IDS, ls_table
+    from registry.models import VersionInfo
     from translator.metrics import PSNR_DEFINITION
 
     tags = {"variant": "nafnet", "dataset": "my-photos", "val_psnr": "26.2200", "val_ssim": "0.9320",

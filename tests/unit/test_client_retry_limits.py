@@ -136,7 +136,7 @@ def test_an_unreachable_endpoint_is_named_within_seconds():
 
 
 def test_an_unreachable_mlflow_is_named_within_seconds():
-    from serving.model import resolve
+    from registry.refs import resolve
 
     t0 = time.monotonic()
     with pytest.raises(Img2ImgError, match=r"^cannot reach MLflow at http://127.0.0.1:9;"):

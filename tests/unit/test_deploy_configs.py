@@ -62,12 +62,12 @@ def test_shipped_serve_configs_are_what_the_option_types_produce():
 
 
 def test_rayjob_entrypoint_is_a_valid_training_spec():
-    from jobs.spec import TrainSpec
+    from jobs.training.spec import TrainSpec
 
     job = load_all(DEPLOY / "kuberay" / "rayjob-train.yaml")[0]
     argv = shlex.split(job["spec"]["entrypoint"])
-    assert argv[:3] == ["python", "-m", "jobs.train"]
-    assert importlib.util.find_spec("jobs.train") is not None
+    assert argv[:3] == ["python", "-m", "jobs.training.driver"]
+    assert importlib.util.find_spec("jobs.training.driver") is not None
     spec = TrainSpec.from_json(argv[argv.index("--spec") + 1])
     spec.validate()
     assert spec.use_gpu and spec.workers == job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"]

@@ -5,16 +5,18 @@ from __future__ import annotations
 import pytest
 
 from cluster.errors import Img2ImgError
-from jobs.finetune import _difference, architecture
-from jobs.registry import VersionInfo, parse_ref
-from jobs.tracking import eval_tags, model_card
+from jobs.training.finetune import _difference, architecture
+from registry.models import VersionInfo
+from registry.refs import parse_ref
+from registry.tracking import eval_tags, model_card
 from translator.metrics import PSNR_DEFINITION
 
 
 def test_model_references():
     assert parse_ref("photos@champion") == ("photos", None, "champion")
     assert parse_ref("my/photos/3") == ("my/photos", "3", None)
-    for bad in ("photos", "photos@", "@champion", "photos/x", "photos/"):
+    assert parse_ref("photos") == ("photos", None, "champion")  # NAME = NAME@champion
+    for bad in ("photos@", "@champion", "photos/x", "photos/"):
         with pytest.raises(Img2ImgError, match="NAME@alias or NAME/VERSION"):
             parse_ref(bad)
 
@@ -78,7 +80,7 @@ def test_scorer_rows(kind):
 
     import numpy as np
 
-    from jobs.evaluate import CYCLE_KEYS, PAIRED_KEYS, EvalSpec, Scorer
+    from jobs.evaluation.driver import CYCLE_KEYS, PAIRED_KEYS, EvalSpec, Scorer
     from translator.variants import build_variant
 
     variant = build_variant("cyclegan", {"ngf": 4, "ndf": 4, "n_blocks": 1})
@@ -110,7 +112,7 @@ def _result(source):
 
 
 def test_only_results_computed_as_the_eval_job_computes_them_stand_for_an_evaluation():
-    from jobs.tracking import SOURCE_EVAL, SOURCE_TRAINING
+    from registry.tracking import SOURCE_EVAL, SOURCE_TRAINING
 
     for source in (None, SOURCE_EVAL, SOURCE_TRAINING):
         assert _result(source).eval_result("blur", "val", "abc") == {"psnr": 30.5, "gain_db": 1.5, "images": 7}
@@ -128,8 +130,8 @@ def test_promote_output_says_who_computed_each_number(monkeypatch):
     from rich.console import Console
 
     from cluster import cli_utils
-    from jobs import models_cli
-    from jobs.registry import Decision
+    from img2img_cli.commands import models as models_cli
+    from registry.models import Decision
 
     buf = io.StringIO()  # a pipe 80 columns wide: each version stays on one line
     monkeypatch.setattr(cli_utils, "console", Console(file=buf, width=80, color_system=None))

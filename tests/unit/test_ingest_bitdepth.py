@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jobs.data import _decode
-from jobs.ingest_plan import IngestOptions, Row
-from jobs.ingest_shard import _png, _row_images
-from jobs.sources import SourceFile
+from jobs.data.plan import IngestOptions, Row
+from jobs.data.sources import SourceFile
+from jobs.data.stream import _decode
+from jobs.data.worker import _png, _row_images
 from translator import images
 
 

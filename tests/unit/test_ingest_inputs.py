@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cluster.errors import Img2ImgError
-from jobs.ingest_plan import IngestOptions, Row
-from jobs.ingest_shard import _png, _row_images, common_scale
-from jobs.sources import SourceFile
+from jobs.data.plan import IngestOptions, Row
+from jobs.data.sources import SourceFile
+from jobs.data.worker import _png, _row_images, common_scale
 from translator import degrade
 
 
@@ -122,7 +122,7 @@ def test_common_scale_leaves_equal_scales_and_8bit_alone():
 
 
 def test_png_roundtrip_of_scaled_side_is_16bit():
-    from jobs.data import _decode
+    from jobs.data.stream import _decode
 
     lo, _ = common_scale(np.full((4, 4, 3), 0.25, np.float32), 4095, np.zeros((4, 4, 3), np.float32), 8191)
     assert abs(_decode(_png(lo)).mean() - 0.25 * 4095 / 8191) < 1e-4
@@ -132,7 +132,7 @@ def test_png_roundtrip_of_scaled_side_is_16bit():
 def test_16bit_synth_pair_decodes_on_one_scale(tmp_path):
     """A blurred 16-bit input peaks lower than its clean target; training must read both on the
     stored 0-65535 scale, not each normalised by its own peak (which would brighten one side)."""
-    from jobs.data import _decode
+    from jobs.data.stream import _decode
 
     img = np.full((32, 32, 3), 20000, np.uint16)
     img[16, 16] = 40000  # one bright pixel: the blur pulls the peak below 32767
@@ -147,7 +147,7 @@ def test_16bit_synth_pair_decodes_on_one_scale(tmp_path):
 def test_manifest_identity_ignores_the_shard_name_version():
     """An --overwrite with the same content writes new shard names; the dataset identity (logged
     with training runs) must not change for that, and must change when the content does."""
-    from jobs.manifest import Manifest, Shard
+    from registry.manifest import Manifest, Shard
 
     def manifest(path, sha="ab"):
         return Manifest("d", "paired", "synth", "t", "s", 32, None, 0, splits={"train": [Shard(path, 1, sha, 10)]})
@@ -161,7 +161,7 @@ def test_manifest_identity_ignores_the_shard_name_version():
 def test_manifest_min_side_is_the_smallest_training_image_or_unknown():
     """What the training-crop check holds a kept-size (`--size 0`) dataset to: the shortest side
     of its smallest training image; unknown (None) when any shard predates the field."""
-    from jobs.manifest import Manifest, Shard
+    from registry.manifest import Manifest, Shard
 
     def manifest(*sides, val=None):
         train = [Shard(f"train/shard-{i:05d}.parquet", 1, "ab", 10, None, s) for i, s in enumerate(sides)]

@@ -1,11 +1,11 @@
-"""A limit the user typed is never cut by a default they did not type (jobs.plan.make_plan):
+"""A limit the user typed is never cut by a default they did not type (jobs.training.plan.make_plan):
 every limit given counts and the first reached ends the run; the default 10 epochs applies only
 when no limit at all is given. The plan line says what ends the run."""
 
 import pytest
 
-from jobs.plan import DEFAULT_EPOCHS, UNLIMITED_STEPS, make_plan
-from jobs.spec import TrainSpec
+from jobs.training.plan import DEFAULT_EPOCHS, UNLIMITED_STEPS, make_plan
+from jobs.training.spec import TrainSpec
 
 ROWS, WORKERS, BATCH = {"train": 6400}, 2, 16  # 200 steps per epoch
 

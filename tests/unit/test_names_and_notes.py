@@ -7,7 +7,7 @@ import json
 import pytest
 
 from cluster.errors import did_you_mean, no_registered_model
-from jobs.manifest import Manifest, Shard
+from registry.manifest import Manifest, Shard
 
 
 @pytest.mark.parametrize("typed, known, suggestion", [

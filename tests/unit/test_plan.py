@@ -1,10 +1,10 @@
-"""The rows/workers/batch arithmetic of a training request (jobs.plan): what any dataset size
+"""The rows/workers/batch arithmetic of a training request (jobs.training.plan): what any dataset size
 trains, and the one-line refusals of what cannot run."""
 
 import pytest
 
 from cluster.errors import Img2ImgError
-from jobs.plan import DEFAULT_CADENCE_S, MIN_STEPS_PER_EPOCH, Cadence, make_plan
+from jobs.training.plan import DEFAULT_CADENCE_S, MIN_STEPS_PER_EPOCH, Cadence, make_plan
 
 
 def test_the_issue_case_13_rows_2_workers_batch_16_trains_300_steps():
@@ -64,13 +64,13 @@ def test_each_val_row_is_scored_by_exactly_one_worker_the_same_in_every_process(
     import subprocess
     import sys
 
-    from jobs.train_loop import val_owner
+    from jobs.training.worker import val_owner
 
     keys = [f"photo{i}.png#{j}" for i in range(3) for j in range(2)][:3]
     for world in (1, 2, 3, 4):
         owned = [[k for k in keys if val_owner(k, world) == rank] for rank in range(world)]
         assert sorted(k for part in owned for k in part) == sorted(keys)
-    code = f"from jobs.train_loop import val_owner; print([val_owner(k, 2) for k in {keys!r}])"
+    code = f"from jobs.training.worker import val_owner; print([val_owner(k, 2) for k in {keys!r}])"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={**__import__("os").environ, "PYTHONHASHSEED": "12345"}).stdout.strip()
     assert other == str([val_owner(k, 2) for k in keys])

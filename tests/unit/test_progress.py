@@ -1,10 +1,10 @@
-"""The live progress line and its event lines (jobs.progress), from snapshots of a run."""
+"""The live progress line and its event lines (jobs.training.progress), from snapshots of a run."""
 
 import io
 
 import pytest
 
-from jobs.progress import Snapshot, events, strip_ansi, write_raw
+from jobs.training.progress import Snapshot, events, strip_ansi, write_raw
 
 
 def _running():
@@ -30,7 +30,7 @@ def test_live_line_keeps_every_field_whole_at_any_width(columns):
 
 
 def test_a_run_only_a_time_budget_ends_shows_no_step_total():
-    from jobs.plan import UNLIMITED_STEPS
+    from jobs.training.plan import UNLIMITED_STEPS
 
     snap = Snapshot(status="RUNNING", phase="training", step=7, total_steps=UNLIMITED_STEPS)
     assert "step 7 |" in snap.line()

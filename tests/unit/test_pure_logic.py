@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from cluster.errors import Img2ImgError
-from jobs.ingest import IngestOptions, plan_rows, plan_shards
-from jobs.sources import SourceFile
+from jobs.data.ingest import IngestOptions, plan_rows, plan_shards
+from jobs.data.sources import SourceFile
 
 
 def _files(keys):
@@ -84,7 +84,7 @@ def _png(arr: np.ndarray) -> bytes:
 
 
 def test_paired_crops_cut_and_flip_input_and_target_alike():
-    from jobs.data import DecodeBatch
+    from jobs.data.stream import DecodeBatch
 
     h, w, s = 24, 40, 16
     # red counts rows, green columns: every pixel unique, so a crop's position and a flip show
@@ -111,7 +111,7 @@ def test_paired_crops_cut_and_flip_input_and_target_alike():
 
 
 def test_d4_augmentation_turns_input_and_target_alike_through_all_eight_orientations():
-    from jobs.data import DecodeBatch
+    from jobs.data.stream import DecodeBatch
 
     s = 12
     rows, cols = np.meshgrid(np.arange(s), np.arange(s), indexing="ij")
@@ -240,7 +240,7 @@ def test_deploy_stops_waiting_when_the_replica_reports_this_versions_load_error(
 
 # ---- registry: the promotion rule ------------------------------------------------------------
 def test_promotion_rule():
-    from jobs.registry import promotion_objections
+    from registry.models import promotion_objections
 
     score = {"1": {"psnr": 30.0, "gain_db": 1.0}, "2": {"psnr": 29.5, "gain_db": 0.5},
              "3": {"psnr": 31.0, "gain_db": -0.2}, "4": {"psnr": 30.0, "gain_db": 1.0}}
@@ -306,9 +306,9 @@ def test_job_environment_carries_no_secret():
 def test_workers_get_the_typed_job_the_driver_planned():
     import pickle
 
-    from jobs.plan import Cadence, make_plan
-    from jobs.spec import TrainSpec
-    from jobs.train_loop import WorkerJob
+    from jobs.training.plan import Cadence, make_plan
+    from jobs.training.spec import TrainSpec
+    from jobs.training.worker import WorkerJob
 
     spec = TrainSpec(dataset="blur", run_id="r1", time_budget_s=30.0, fail_at_step=7, config={"width": 8})
     job = WorkerJob(spec=spec, plan=make_plan({"train": 40}, 2, 4, 3, None, 4), cadence=Cadence.parse("5m"),
@@ -352,8 +352,8 @@ def test_training_that_would_leave_the_data_pipeline_no_cpu_is_refused_naming_se
     """Seen for real: Serve replicas held 2 of 4 CPUs, 2 workers took the rest, and the job sat at
     0% CPU forever (Ray Data's decode tasks had none). Now refused before submission, with the fix."""
     from cluster.errors import Img2ImgError
-    from jobs.spec import TrainSpec
-    from jobs.train import check_resources
+    from jobs.training.driver import check_resources
+    from jobs.training.spec import TrainSpec
 
     spec = TrainSpec(dataset="d", workers=2, cpus_per_worker=1.0)
     # 1.5 CPUs left for the data (1) and the driver (0.5): fine
@@ -376,8 +376,8 @@ def test_evaluation_jobs_get_the_same_capacity_check_as_training():
     import inspect
 
     from cluster.errors import Img2ImgError
-    from jobs import eval_submit
-    from jobs.plan import check_capacity
+    from jobs.evaluation import client as eval_submit
+    from jobs.training.plan import check_capacity
 
     assert "admit(" in inspect.getsource(eval_submit.prepare)
     with pytest.raises(Img2ImgError, match="Serve replicas hold 3 of its CPUs and --workers 1 x --cpus-per-worker 1"):
@@ -389,7 +389,7 @@ def test_evaluation_jobs_get_the_same_capacity_check_as_training():
 def test_a_version_scored_now_is_compared_on_the_numbers_its_tags_will_keep():
     """The gate mixes versions read back from their tags (4 decimals) with ones evaluated just
     now: both must be the same numbers, or a printed PSNR can differ from the registry's by 0.01."""
-    from jobs.tracking import as_stored, eval_tags
+    from registry.tracking import as_stored, eval_tags
 
     metrics = {"psnr": 36.054996, "ssim": 0.91234567, "gain_db": 2.00005}
     tags = eval_tags({"dataset": "d", "metrics": metrics, "split": "val", "dataset_sha256": "s", "images": 3})

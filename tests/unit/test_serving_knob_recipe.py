@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from cluster.cli_utils import handle_errors
 from cluster.errors import Img2ImgError
-from serving.cli import takes_options
+from img2img_cli.commands.serve import takes_options
 from serving.configs import app_config
 from serving.options import Flag, ReplicaOptions, Scaling, parse_user_config
 

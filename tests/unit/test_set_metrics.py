@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.evaluate import set_metrics
+from jobs.evaluation.driver import set_metrics
 from translator.metrics import PSNR_DEFINITION, UNCHANGED_MSE, SetTally, psnr, squared_error
 
 LEVEL = 1 / 255
@@ -95,7 +95,7 @@ def test_sums_add_across_workers_and_a_near_identical_pair_is_counted_unchanged(
 
 
 def test_eval_rows_give_the_same_set_metrics_as_training_validation():
-    """`jobs.evaluate.set_metrics` (the eval job, from per-image rows) and `SetTally.add` (training's
+    """`jobs.evaluation.driver.set_metrics` (the eval job, from per-image rows) and `SetTally.add` (training's
     validation, from tensors) agree: the gate may compare one with the other."""
     from translator.metrics import ssim
 

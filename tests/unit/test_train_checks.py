@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from cluster.errors import Img2ImgError
-from jobs.crops import crop_problem
 from jobs.manage import outcome_error
-from jobs.manifest import Manifest, Shard
-from jobs.plan import Cadence, make_plan
-from jobs.spec import TrainSpec
-from jobs.train import apply_resume, val_streams
-from jobs.train_loop import WorkerJob
+from jobs.training.crops import crop_problem
+from jobs.training.driver import apply_resume, val_streams
+from jobs.training.plan import Cadence, make_plan
+from jobs.training.spec import TrainSpec
+from jobs.training.worker import WorkerJob
+from registry.manifest import Manifest, Shard
 from translator.config import make_config
 from translator.variants import VARIANTS, get_variant
 

@@ -1,0 +1,143 @@
+"""Client side of `img2img eval`: check the request, submit the evaluation job through the Ray
+Jobs API, follow its progress from the job's log, and return its summary. The images never come
+to this machine: the job reads them from the object store on the cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shlex
+import time
+from collections.abc import Callable
+
+from cluster.admission import Footprint, current_id
+from cluster.admission import check_options as check_queue_options
+from cluster.errors import Img2ImgError
+from cluster.settings import Settings
+from jobs.evaluation.spec import MARK, EvalSpec
+
+SPLITS = ("val", "train", "all")
+
+
+def check_options(split: str = "val", limit: int | None = None, workers: int = 1, cpus_per_worker: float = 1.0) -> None:
+    """The options that need nothing but their values, refused before any heavy import or
+    service. Raises Img2ImgError naming the option."""
+    if split not in SPLITS:
+        raise Img2ImgError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if limit is not None and limit < 1:
+        raise Img2ImgError("--limit must be at least 1")
+    if workers < 1 or not cpus_per_worker > 0:
+        raise Img2ImgError("--workers must be at least 1 and --cpus-per-worker positive")
+
+
+def prepare(settings: Settings, ref: str, dataset: str, split: str = "val", limit: int | None = None,
+            workers: int = 1, cpus_per_worker: float = 1.0, gpu: bool | None = None) -> EvalSpec:
+    """Everything that can be refused before submitting: the model, the dataset and split, and
+    whether the model can score that kind of dataset. Raises Img2ImgError."""
+    # deferred (and below): `img2img eval` checks its options before ray, mlflow and torch load
+    from cluster.storage import Storage
+    from jobs.training.client import admit, cluster_resources
+    from registry.manifest import read_manifest
+    from registry.models import client, resolve
+    from translator.descriptor import GeneratorDescriptor
+
+    check_options(split, limit, workers, cpus_per_worker)
+    v = resolve(settings, ref)
+    manifest = read_manifest(Storage(settings), dataset)
+    splits = [s for s in (manifest.splits if split == "all" else [split]) if manifest.counts.get(s)]
+    if not splits:
+        raise Img2ImgError(f"dataset {dataset!r} has no rows in split {split!r} "
+                           f"(it has {', '.join(f'{s}: {n}' for s, n in manifest.counts.items()) or 'none'})")
+    variant = v.tags.get("variant", "")
+    descriptor = GeneratorDescriptor.from_tags(v.tags)
+    checkpoint = None
+    if manifest.kind != "paired":
+        if not descriptor.two_way:
+            raise Img2ImgError(f"{dataset!r} is unpaired: it can only be scored by cycle consistency, which needs "
+                               f"a reverse generator; {v.name}/{v.version} is a {variant or 'unknown'} model "
+                               "without one (cyclegan and dualgan have one)")
+        checkpoint = client(settings).get_run(v.run_id).data.tags.get("checkpoint")
+        bucket, _, key = (checkpoint or "").partition("/")
+        if not key or not Storage(settings).exists(f"{key}/state.pt"):
+            raise Img2ImgError(f"the reverse generator of {v.name}/{v.version} was in its training checkpoint, "
+                               f"which is not in the object store any more ({checkpoint or 'none recorded'})")
+    resources = cluster_resources(settings)
+    if gpu is None:
+        gpu = resources.get("GPU", 0) >= 1
+    # the same admission as training: its Scorer actors and read tasks need their CPUs alike
+    admit(settings, footprint(workers, cpus_per_worker, bool(gpu)))
+    return EvalSpec(model=v.name, version=v.version, dataset=dataset, split=split, limit=limit, variant=variant,
+                    multiple=descriptor.size_multiple, model_uri=f"models:/{v.name}/{v.version}",
+                    checkpoint=checkpoint, kind=manifest.kind, dataset_sha256=manifest.sha256, splits=splits,
+                    workers=workers, cpus_per_worker=cpus_per_worker, use_gpu=bool(gpu))
+
+
+def footprint(workers: int, cpus_per_worker: float, use_gpu: bool):
+    """What an evaluation job holds: its Scorer actors, the data pipeline, the driver."""
+    return Footprint(workers, cpus_per_worker, 1.0 if use_gpu else 0.0)
+
+
+def _follow(client, job_id: str, on_line: Callable[[str], None]) -> None:
+    async def tail():
+        buffer = ""
+        async for chunk in client.tail_job_logs(job_id):
+            buffer += chunk
+            *lines, buffer = buffer.split("\n")
+            for line in lines:
+                on_line(line)
+        if buffer:
+            on_line(buffer)
+
+    asyncio.run(tail())
+
+
+def evaluate(settings: Settings, ref: str, dataset: str, split: str = "val", limit: int | None = None,
+             progress: Callable[[int, int], None] | None = None, priority: str = "normal",
+             queue_timeout_s: float | None = None, **kw) -> dict:
+    """Score registered model `ref` (NAME | NAME@alias | NAME/VERSION: `registry.refs`) on `dataset`/`split` on the
+    cluster -> the summary: {"model", "version", "dataset", "split", "images", "metrics": {psnr,
+    ssim, input_psnr, input_ssim, gain_db} or {cycle_psnr, cycle_ssim}, "run_id", ...}; PSNR and
+    gain in dB, SSIM in [0, 1]. `progress(done, total)` is called as images are scored. The job
+    waits its turn in the cluster's queue like every job (`priority`, `queue_timeout_s`: see
+    cluster.admission). Raises Img2ImgError if the request is refused or the job fails."""
+    check_options(split, limit, kw.get("workers", 1), kw.get("cpus_per_worker", 1.0))  # before jobs.training.client's imports
+    from jobs.manage import TERMINAL, _status, job_info, outcome_error
+    from jobs.training.client import job_client, submit_job
+
+    check_queue_options(priority, queue_timeout_s)
+    spec = prepare(settings, ref, dataset, split, limit, **kw)
+    client = job_client(settings)
+    entrypoint = f"python -m jobs.evaluation.driver --spec {shlex.quote(spec.to_json())}"
+    metadata = {"img2img": "eval", "model": f"{spec.model}/{spec.version}", "dataset": dataset}
+    job_id = submit_job(settings, entrypoint=entrypoint, metadata=metadata,
+                        footprint=footprint(spec.workers, spec.cpus_per_worker, spec.use_gpu),
+                        priority=priority, queue_timeout_s=queue_timeout_s)
+    found: dict = {}
+
+    def on_line(line: str) -> None:
+        if not line.startswith(MARK):
+            return
+        kind, _, rest = line[len(MARK):].strip().partition(" ")
+        if kind == "progress" and progress:
+            done, _, total = rest.partition("/")
+            progress(int(done), int(total))
+        elif kind == "result":
+            found["result"] = json.loads(rest)
+        elif kind == "error":
+            found["error"] = rest
+
+    while True:
+        _follow(client, job_id, on_line)
+        while (status := _status(client, job_id)) not in TERMINAL:
+            time.sleep(1)
+        nxt = current_id(client, job_id) if status == "STOPPED" else job_id
+        if nxt == job_id:
+            break
+        job_id = nxt  # handed back to Ray behind a higher priority: follow its new id
+    if "error" in found:
+        raise Img2ImgError(found["error"])
+    if status != "SUCCEEDED":  # the job's own reason: one more request, only on failure
+        raise outcome_error(job_id, status, job_info(client, job_id)["message"])
+    if "result" not in found:
+        raise Img2ImgError(f"evaluation job {job_id} printed no result; see `img2img jobs logs {job_id}`")
+    return {**found["result"], "job_id": job_id}

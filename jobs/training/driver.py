@@ -1,0 +1,384 @@
+"""The Ray job driver: `python -m jobs.training.driver --spec JSON` (what `img2img train` submits).
+
+Three steps: `plan_job` checks the request against the dataset and the cluster (the same
+function refuses it at submission), `build_trainer` makes the TorchTrainer, `register` logs the
+best checkpoint's generator to MLflow and registers it as a new version of the model, tagged
+with variant, dataset, run id and validation metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import ray
+import torch
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from cluster.admission import check_deadline
+from cluster.errors import Img2ImgError
+from cluster.settings import Settings, get_settings
+from cluster.storage import Storage, arrow_errors, arrow_filesystem, arrow_unavailable
+from jobs.data.stream import load_dataset
+from jobs.training.crops import check_crop
+from jobs.training.finetune import adopt
+from jobs.training.plan import Cadence, TrainPlan, check_capacity, make_plan
+from jobs.training.preempt import requeue_self
+from jobs.training.spec import TrainSpec
+from jobs.training.worker import STATE_FILE, WorkerJob, train_loop_per_worker
+from registry.manifest import Manifest, check_dataset, stream_rows
+from registry.tracking import TAG_PHASE, TAG_WARNINGS, finish_registration, log_generator
+from translator.descriptor import DESCRIPTOR_TAG
+from translator.metrics import PSNR_DEFINITION
+from translator.tasks import task_for_spec
+from translator.variants import get_variant
+
+log = logging.getLogger("img2img.train")
+METRIC = "val_psnr"
+
+
+@dataclass
+class JobPlan:
+    """What the planning step settled before anything trains: the dataset's manifest, the step
+    arithmetic, the validate/checkpoint cadence, and the checkpoint `--resume` continues from."""
+
+    manifest: Manifest
+    plan: TrainPlan
+    cadence: Cadence
+    resume_from: str | None
+
+
+def plan_for(spec: TrainSpec, manifest: Manifest) -> TrainPlan:
+    """The job's arithmetic (refused here, before submission, when impossible)."""
+    val = [n for n in stream_rows(manifest, "val").values() if n > 0]
+    return make_plan(stream_rows(manifest, "train"), spec.workers, spec.variant_config().batch_size, spec.epochs,
+                     spec.max_steps, min(val) if val else 0, dataset=f"dataset {spec.dataset!r}",
+                     time_budget_s=spec.time_budget_s)
+
+
+def plan_job(spec: TrainSpec, settings: Settings, resources: dict[str, float] | None = None,
+             where: str = "") -> JobPlan:
+    """The planning step, the same at submission (`jobs.training.client.preflight`) and in the driver:
+    the --resume target (whose variant and config fill what the request leaves unset), the
+    options, the dataset against the variant, the training crops against the networks and the
+    stored images, the rows/workers/batch arithmetic, the cluster's `resources` (the one CPU/GPU
+    capacity check; None skips it). Raises Img2ImgError with the fix when the request can never run."""
+    resume = read_resume(spec, settings) if spec.resume else None
+    spec.validate()
+    manifest = check_dataset(Storage(settings), spec.dataset, spec.variant)
+    if manifest.image_size:
+        check_crop(spec, manifest.image_size, f"dataset {spec.dataset!r}")
+    else:  # sizes kept at ingest: every random crop must fit in the smallest training image
+        check_crop(spec, manifest.min_side("train"), f"dataset {spec.dataset!r}", square=False)
+    plan = plan_for(spec, manifest)
+    if resources is not None:
+        check_resources(spec, resources, where or settings.ray_address)
+    return JobPlan(manifest, plan, Cadence.parse(spec.checkpoint_every), check_resume(spec, plan, resume))
+
+
+def check_resources(spec: TrainSpec, resources: dict[str, float], where: str, serve_cpus: float = 0.0) -> None:
+    """`jobs.training.plan.check_capacity` for a training request (raises Img2ImgError with the fix)."""
+    check_capacity(spec.workers, spec.cpus_per_worker, spec.use_gpu, resources, where, serve_cpus)
+
+
+def read_resume(spec: TrainSpec, settings: Settings) -> tuple[str, dict]:
+    """The newest checkpoint of run `spec.resume` and its meta.json ({} if unreadable), after
+    `apply_resume` has filled the spec from it. Raises Img2ImgError (see `apply_resume`)."""
+    path = latest_checkpoint(settings, spec.resume)
+    try:
+        meta = json.loads(Storage(settings).get_bytes(path.split("/", 1)[1] + "/meta.json"))
+    except Exception:
+        meta = {}
+    apply_resume(spec, meta)
+    return path, meta
+
+
+def apply_resume(spec: TrainSpec, meta: dict) -> None:
+    """--resume continues a run with its networks and optimisers, so, as `--init-from` does, the
+    checkpoint's variant and config (`meta`: its meta.json) fill what the request leaves unset
+    (`spec.variant` "" and absent `--set` keys); settings that change no network (lr, batch
+    size, crops, schedule) may differ. Raises Img2ImgError for another variant, a different
+    architecture, or an unknown variant with none given."""
+    run, had = spec.resume, meta.get("variant")
+    if not had:
+        if not spec.variant:
+            raise Img2ImgError(f"run {run}'s checkpoint does not record its variant; pass --variant")
+        return
+    adopt(spec, had, meta.get("config") or {}, f"--resume {run}", "the checkpoint")
+
+
+def check_resume(spec: TrainSpec, plan: TrainPlan, resume: tuple[str, dict] | None) -> str | None:
+    """The checkpoint --resume continues from (refused now if already at the end)."""
+    if resume is None:
+        return None
+    path, meta = resume
+    step = int(meta.get("step", 0) or 0)
+    if step >= plan.total_steps:
+        raise Img2ImgError(f"run {spec.resume}'s last checkpoint is at step {step}, but this request stops at step "
+                           f"{plan.total_steps}; raise --max-steps/--epochs above {step}")
+    return path
+
+
+def checkpoint_prefix(settings: Settings, run_id: str) -> str:
+    return f"{settings.bucket}/checkpoints/{run_id}"
+
+
+def latest_checkpoint(settings: Settings, run_id: str) -> str:
+    """Path (`bucket/checkpoints/RUN/checkpoint_...`) of the newest checkpoint an earlier run
+    stored (for --resume; the workers open it with the store's filesystem)."""
+    storage = Storage(settings)
+    dirs = sorted({o.key.split("/")[2] for o in storage.list(f"checkpoints/{run_id}/")
+                   if o.key.split("/")[2].startswith("checkpoint_") and o.key.endswith("state.pt")})
+    if not dirs:
+        raise Img2ImgError(f"run {run_id!r} has no checkpoint to resume from (see `img2img jobs ls` for run ids "
+                           "of finished jobs)")
+    return f"{checkpoint_prefix(settings, run_id)}/{dirs[-1]}"
+
+
+def val_streams(manifest: Manifest) -> list[str]:
+    """The validation streams a job has: "val" (paired), "val_a"/"val_b" (unpaired), each only
+    when it has rows. An unpaired set may lack one domain's (a 1-image trainB/, no testB/): the
+    workers validate the cycle of the other domain only, since Ray Train V2 raises KeyError
+    for a stream it was not given."""
+    return [stream for stream, n in stream_rows(manifest, "val").items() if n > 0]
+
+
+def datasets_for(spec: TrainSpec, manifest: Manifest, settings: Settings, image_size: int,
+                 rotate: bool = False) -> dict:
+    """The job's Ray Data streams: train (random crops of `image_size`, flips, and 90-degree
+    turns with `rotate`) per domain, and the `val_streams` (whole stored images, PNG bytes)."""
+    load = lambda split, **kw: load_dataset(spec.dataset, split, settings, **kw)  # noqa: E731
+    if manifest.kind == "paired":
+        out = {"train": load("train", image_size=image_size, rotate=rotate).randomize_block_order()}
+    else:
+        out = {f"train_{d}": load("train", image_size=image_size, domain=d, rotate=rotate).randomize_block_order()
+               for d in "ab"}
+    for stream in val_streams(manifest):
+        # undecoded: every worker reads every val row and decodes only the ones it scores (train_loop.validate)
+        out[stream] = load("val", decode=False, **({"domain": stream[-1]} if stream != "val" else {}))
+    return out
+
+
+def build_trainer(spec: TrainSpec, settings: Settings, job: JobPlan):
+    """Trainer construction: a TorchTrainer running `train_loop_per_worker` on `spec.workers`
+    workers over the dataset's streams, keeping the `keep_checkpoints` best by val PSNR in the
+    store under checkpoints/<run id>/."""
+    cfg = spec.variant_config()
+    datasets = datasets_for(spec, job.manifest, settings, cfg.image_size, cfg.augment == "d4")
+    # Only the training streams are split: Ray Train's split drops the rows that do not divide
+    # evenly, and validation must score every row (each worker picks its own: train_loop.validate).
+    split = [k for k in datasets if k.startswith("train")]
+    worker_job = WorkerJob(spec=spec, plan=job.plan, cadence=job.cadence, variant_config=dict(cfg.__dict__),
+                           paired=get_variant(spec.variant).paired, tracking_uri=settings.mlflow_uri,
+                           resume_path=job.resume_from, val_streams=tuple(val_streams(job.manifest)))
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=worker_job.to_loop_config(),
+        scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=spec.use_gpu,
+                                     resources_per_worker={"CPU": spec.cpus_per_worker}),
+        run_config=RunConfig(
+            name=spec.run_id, storage_path=f"{settings.bucket}/checkpoints",
+            storage_filesystem=arrow_filesystem(settings),
+            checkpoint_config=CheckpointConfig(num_to_keep=spec.keep_checkpoints, checkpoint_score_attribute=METRIC,
+                                               checkpoint_score_order="max"),
+            # controller_failure_limit bounds how often Ray retries STARTING the worker group
+            # (unbounded by default: an unplaceable job would stay RUNNING forever).
+            failure_config=FailureConfig(max_failures=spec.max_failures, controller_failure_limit=2)),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=split),
+    )
+
+
+def register(spec: TrainSpec, settings: Settings, job: JobPlan, result, fit_s: float, started: float):
+    """Registration: log the best checkpoint's generator to the run and register it as a new
+    version of `spec.registered_name`, tagged with variant, dataset, run id and validation
+    metrics (unpaired: `val_cycle_*`); then log what ran (steps, epochs, samples, times).
+    -> (version or None, the best checkpoint's metrics)."""
+    cfg = spec.variant_config()
+    paired = get_variant(spec.variant).paired
+    checkpoint, metrics = max(result.best_checkpoints, key=lambda cm: cm[1].get(METRIC, float("-inf")))
+    with checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
+    variant = get_variant(spec.variant).from_config(cfg)
+    variant.load_state_dict(state["variant"], with_optimizers=False)
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    with mlflow.start_run(run_id=spec.run_id):
+        mlflow.log_metrics({f"best_{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+        mlflow.set_tags({"checkpoint": checkpoint.path, "best_epoch": metrics.get("epoch")})
+        info = log_generator(variant.generator, variant.multiple, spec.variant, cfg.__dict__, spec.registered_name,
+                             reverse=variant.reverse_generator)
+    version = info.registered_model_version
+    client = MlflowClient(settings.mlflow_uri)
+    if version is not None:
+        tags = {"variant": spec.variant, "dataset": spec.dataset, "dataset_sha256": job.manifest.sha256,
+                "run_id": spec.run_id, "multiple": str(variant.multiple), "step": str(variant.step),
+                DESCRIPTOR_TAG: variant.descriptor.to_json(),  # what the generator is: serving, export, eval read it
+                "psnr_def": PSNR_DEFINITION}  # how its val_psnr / val_gain_db were computed
+        if job.manifest.degradation:  # what the model learned to undo, and so its task (GET /model shows it)
+            tags.update({"degradation": job.manifest.degradation, "task": task_for_spec(job.manifest.degradation)})
+        # unpaired variants validate by cycle consistency: tag those as cycle metrics
+        tags.update({(k if paired else k.replace("val_", "val_cycle_", 1)): f"{v:.4f}"
+                     for k, v in metrics.items() if k.startswith("val_") and k != "val_images"})
+        for k, v in tags.items():
+            client.set_model_version_tag(spec.registered_name, str(version), k, v)
+        warnings = finish_registration(client, spec, job.manifest, version, metrics, fit_s, paired)
+        for warning in warnings:
+            log.warning(warning)
+            print(f"WARNING: {warning}", flush=True)
+        if warnings:  # `train --follow` and `jobs status` show them (jobs.training.progress.Snapshot.warnings)
+            client.set_tag(spec.run_id, TAG_WARNINGS, "\n".join(warnings))
+    last = result.metrics or {}
+    ran = {"steps": int(last.get("step", 0)), "epochs": float(last.get("step", 0)) / job.plan.steps_per_epoch,
+           "samples": int(last.get("samples", 0))}
+    now = int(time.time() * 1000)
+    client.log_batch(spec.run_id, metrics=[Metric(k, float(v), now, ran["steps"]) for k, v in
+                                           {"steps_run": ran["steps"], "epochs_run": ran["epochs"],
+                                            "samples_run": ran["samples"], "time_fit_s": fit_s,
+                                            "time_job_s": time.time() - started}.items()])
+    print(json.dumps({"run_id": spec.run_id, "registered_model": spec.registered_name, "version": version, **ran,
+                      "metrics": {k: v for k, v in metrics.items() if k.startswith("val_")}}))
+    return version, metrics
+
+
+def run(spec: TrainSpec, settings: Settings | None = None):
+    """The whole job: plan (refusing what can never run), train, register. -> (version, metrics),
+    (None, {}) when preempted and re-queued (jobs.training.preempt). Raises Img2ImgError with one line
+    for any refusal or training failure."""
+    settings = settings or get_settings()
+    started = time.time()
+    if not ray.is_initialized():
+        # Our own cluster only: the Jobs API puts its GCS address in RAY_ADDRESS; without an
+        # explicit address ray.init() scans the machine and fails when another stack runs beside.
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
+        _on_stop()  # ray.init replaced our SIGTERM handler with its own sys.exit
+    job = plan_job(spec, settings, ray.cluster_resources(), "this Ray cluster")
+    _set_phase(settings, spec.run_id, "starting")  # rank 0 sets "training" once the workers run
+    STARTED.set()
+    with arrow_errors(settings):  # the datasets' shard footers are read here, through the store
+        trainer = build_trainer(spec, settings, job)
+    t_fit = time.time()
+    try:
+        result = trainer.fit()
+    except Exception as e:  # a store down past its retries: its one line, not the worker's traceback
+        raise arrow_unavailable(e, settings) or Img2ImgError(f"training failed: {_root_cause(e)}") from None
+    fit_s = time.time() - t_fit
+    if (result.metrics or {}).get("preempted"):  # stopped at a checkpoint to make room: queue again
+        requeue_self(settings, spec.run_id, int(result.metrics.get("step", 0)))  # logs the line
+        return None, {}
+    _set_phase(settings, spec.run_id, "registering")
+    version, metrics = register(spec, settings, job, result, fit_s, started)
+    _set_phase(settings, spec.run_id, "done")
+    return version, metrics
+
+
+def _root_cause(e: BaseException) -> str:
+    """`ExcType: message` of the innermost error Ray wraps (a worker's or the controller's),
+    one line, e.g. `EmptyShardError: worker 0 got no rows ...`."""
+    inner: BaseException = e
+    for _ in range(5):
+        failures = getattr(inner, "worker_failures", None)
+        nxt = (next(iter(failures.values()), None) if failures else None) or getattr(inner, "controller_failure", None)
+        nxt = nxt or inner.__cause__
+        if not isinstance(nxt, BaseException) or nxt is inner:
+            break
+        inner = nxt
+    matches = re.findall(r"^\s*([\w.]*(?:Error|Exception|Exit)\b:? .*)$", str(inner), flags=re.M)
+    line = matches[-1] if matches else f"{type(inner).__name__}: {str(inner).strip().splitlines()[0] if str(inner).strip() else ''}"
+    return line.strip()[:400]
+
+
+def _set_phase(settings: Settings, run_id: str | None, phase: str) -> None:
+    if not run_id:
+        return
+    try:
+        MlflowClient(settings.mlflow_uri).set_tag(run_id, TAG_PHASE, phase)
+    except Exception:  # progress display only: never fail a job over it
+        log.warning("could not set the MLflow phase tag of run %s", run_id)
+
+
+# Set once this driver has started work (phase "starting"): a SIGTERM before that is Ray ending
+# a job stopped while it was queued, whose run `jobs stop` has already marked (or whose run
+# belongs to its copy handed back to Ray behind a higher priority): leave the run alone then.
+STARTED = threading.Event()
+
+
+def _stopped(signum, frame):  # `img2img jobs stop`: the Jobs API sends SIGTERM first
+    raise JobStopped()
+
+
+def _check_not_cancelled(settings: Settings, run_id: str | None) -> None:
+    """A job stopped while it was queued has its run KILLED already: end before doing anything."""
+    if not run_id:
+        return
+    try:
+        killed = MlflowClient(settings.mlflow_uri).get_run(run_id).info.status == "KILLED"
+    except Exception:
+        return
+    if killed:
+        raise JobStopped()
+
+
+def _on_stop() -> None:
+    signal.signal(signal.SIGTERM, _stopped)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="img2img training job driver")
+    parser.add_argument("--spec", required=True, help="TrainSpec as JSON")
+    parser.add_argument("--queue-deadline", type=float, default=None, help="epoch seconds: not started after it")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    spec = TrainSpec.from_json(args.spec)
+    settings = get_settings()
+    _on_stop()
+    try:
+        check_deadline(args.queue_deadline)
+        _check_not_cancelled(settings, spec.run_id)
+        run(spec, settings)
+    except Img2ImgError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        _mark_ended(settings, spec.run_id, str(e))
+        return 1
+    except (JobStopped, KeyboardInterrupt):
+        print("Stopped.", file=sys.stderr)
+        if STARTED.is_set():
+            _mark_ended(settings, spec.run_id, "stopped by the user", status="KILLED")
+        return 143
+    except BaseException as e:
+        _mark_ended(settings, spec.run_id, f"{type(e).__name__}: {e}")
+        raise
+    return 0
+
+
+class JobStopped(BaseException):
+    """SIGTERM from the Jobs API (a BaseException, so generic `except Exception` lets it through)."""
+
+
+def _mark_ended(settings: Settings, run_id: str | None, reason: str, status: str = "FAILED") -> None:
+    """End the MLflow run FAILED (with the error as a tag) or KILLED (stopped)."""
+    if not run_id:
+        return
+    try:
+        client = MlflowClient(settings.mlflow_uri)
+        client.set_tag(run_id, "error" if status == "FAILED" else "stopped", reason[:500])
+        client.set_tag(run_id, TAG_PHASE, "failed" if status == "FAILED" else "stopped")
+        client.set_terminated(run_id, status=status)
+    except Exception:  # the job's own error matters more than this bookkeeping
+        log.exception("could not mark MLflow run %s %s", run_id, status)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
