@@ -60,7 +60,7 @@ def _one_line_usage_error(error) -> None:
 
 typer.rich_utils.rich_format_error = _one_line_usage_error
 
-class _UserErrorsOnce(typer.core.TyperGroup):
+class UserErrorsOnce(typer.core.TyperGroup):
     """The root group: every command (sub-groups included) runs inside its `invoke`, so a user
     error raised anywhere below is turned into one `Error: ...` line here, once."""
 
@@ -77,7 +77,7 @@ class _UserErrorsOnce(typer.core.TyperGroup):
 
 app = typer.Typer(
     name="img2img",
-    cls=_UserErrorsOnce,
+    cls=UserErrorsOnce,
     help="Train, track and serve image-to-image translators on Ray, MLflow and S3.\n\n"
          "Start here: `img2img stack up`, then `img2img demo`.",
     no_args_is_help=True,

@@ -11,8 +11,8 @@ import typer
 from pydantic import Field
 from typer.testing import CliRunner
 
-from cluster.cli_utils import handle_errors
 from cluster.errors import Img2ImgError
+from img2img_cli.app import UserErrorsOnce
 from img2img_cli.commands.serve import takes_options
 from serving.configs import app_config
 from serving.options import Flag, ReplicaOptions, Scaling, parse_user_config
@@ -34,11 +34,15 @@ class WithWarmReplicas(Scaling):
 
 
 def command(replica_type: type[ReplicaOptions], scaling_type: type[Scaling], seen: dict) -> typer.Typer:
-    """A `serve deploy` with the given types: what it would send, recorded in `seen`."""
-    app = typer.Typer()
+    """A `serve deploy` with the given types under a root that catches user errors as `img2img`'s
+    does: what it would send, recorded in `seen`."""
+    app = typer.Typer(cls=UserErrorsOnce)
+
+    @app.callback()
+    def root():
+        """A root group, as `img2img` is."""
 
     @app.command()
-    @handle_errors
     @takes_options(scaling_type, replica_type)
     def deploy(model: str = typer.Option(..., "--model"), **options):
         replica, scaling = replica_type.from_flags(options), scaling_type.from_flags(options)
@@ -50,8 +54,8 @@ def command(replica_type: type[ReplicaOptions], scaling_type: type[Scaling], see
 def test_one_replica_field_reaches_the_cli_the_deploy_config_and_the_replica():
     seen: dict = {}
     app = command(WithSharpen, WithWarmReplicas, seen)
-    assert "--sharpen-ms" in CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"}).output
-    r = CliRunner().invoke(app, ["--model", "photos@champion", "--sharpen-ms", "250", "--initial-replicas", "2"])
+    assert "--sharpen-ms" in CliRunner().invoke(app, ["deploy", "--help"], env={"COLUMNS": "200"}).output
+    r = CliRunner().invoke(app, ["deploy", "--model", "photos@champion", "--sharpen-ms", "250", "--initial-replicas", "2"])
     assert r.exit_code == 0, r.output
     (deployment,) = seen["app"]["deployments"]
     assert deployment["user_config"]["sharpen_ms"] == 0.25  # seconds in the config, ms on the command line
@@ -62,7 +66,7 @@ def test_one_replica_field_reaches_the_cli_the_deploy_config_and_the_replica():
 
 def test_the_new_field_is_checked_once_in_the_type_on_every_path():
     seen: dict = {}
-    r = CliRunner().invoke(command(WithSharpen, Scaling, seen), ["--model", "m", "--sharpen-ms", "-5"])
+    r = CliRunner().invoke(command(WithSharpen, Scaling, seen), ["deploy", "--model", "m", "--sharpen-ms", "-5"])
     assert r.exit_code == 1 and r.output.strip() == "Error: --sharpen-ms must be >= 0, got -5", r.output
     assert "app" not in seen  # refused before any deploy config was built
     with pytest.raises(Img2ImgError, match="--sharpen-ms must be >= 0"):
