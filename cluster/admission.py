@@ -23,6 +23,7 @@ an overdue queued job with the reason.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import time
@@ -295,6 +296,17 @@ def requeue_behind(client, ticket: Ticket, same_priority: bool = False) -> list[
 def deadline_args(ticket: Ticket) -> str:
     """Arguments a job's entrypoint gets so that its driver can refuse to start past its turn."""
     return f"--queue-deadline {ticket.submitted + ticket.queue_timeout_s:.0f}"
+
+
+def driver_args(description: str, argv: list[str] | None = None, level: int = logging.INFO) -> tuple[str, float | None]:
+    """A cluster job driver's command line (`--spec JSON [--queue-deadline EPOCH_S]`, as its
+    client submits it) -> (the spec as JSON, the deadline or None); logging set up at `level`."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--spec", required=True, help="the job's spec as JSON")
+    parser.add_argument("--queue-deadline", type=float, default=None, help="epoch seconds: not started after it")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.spec, args.queue_deadline
 
 
 def check_deadline(deadline: float | None, now: float | None = None) -> None:

@@ -16,7 +16,6 @@ metric CycleGAN-style models are validated on (Zhu et al. 2017), which needs the
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -35,10 +34,10 @@ from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from cluster.admission import check_deadline
+from cluster.admission import check_deadline, driver_args
 from cluster.errors import Img2ImgError
 from cluster.settings import get_settings
-from cluster.storage import Storage, arrow_filesystem
+from cluster.storage import Storage, arrow_errors, arrow_filesystem
 from jobs.data.stream import _decode, check_shards, read_parquet_v1
 from jobs.evaluation.spec import MARK, EvalSpec
 from registry.manifest import read_manifest
@@ -240,17 +239,11 @@ def run(spec: EvalSpec, settings=None, echo=print) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="img2img evaluation job")
-    parser.add_argument("--spec", required=True, help="EvalSpec as JSON")
-    parser.add_argument("--queue-deadline", type=float, default=None, help="epoch seconds: not started after it")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    spec_json, deadline = driver_args("img2img evaluation job", argv, logging.WARNING)
     try:
-        check_deadline(args.queue_deadline)
-        from cluster.storage import arrow_errors
-
+        check_deadline(deadline)
         with arrow_errors():  # a store down past its retries (shard reads, checkpoints): one line naming it
-            run(EvalSpec.from_json(args.spec))
+            run(EvalSpec.from_json(spec_json))
     except Img2ImgError as e:
         print(f"{MARK} error {e}", flush=True)
         return 1

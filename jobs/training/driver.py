@@ -8,7 +8,6 @@ with variant, dataset, run id and validation metrics.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -28,7 +27,7 @@ from mlflow.tracking import MlflowClient
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from cluster.admission import check_deadline
+from cluster.admission import check_deadline, driver_args
 from cluster.errors import Img2ImgError
 from cluster.settings import Settings, get_settings
 from cluster.storage import Storage, arrow_errors, arrow_filesystem, arrow_unavailable
@@ -336,16 +335,12 @@ def _on_stop() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="img2img training job driver")
-    parser.add_argument("--spec", required=True, help="TrainSpec as JSON")
-    parser.add_argument("--queue-deadline", type=float, default=None, help="epoch seconds: not started after it")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    spec = TrainSpec.from_json(args.spec)
+    spec_json, deadline = driver_args("img2img training job driver", argv)
+    spec = TrainSpec.from_json(spec_json)
     settings = get_settings()
     _on_stop()
     try:
-        check_deadline(args.queue_deadline)
+        check_deadline(deadline)
         _check_not_cancelled(settings, spec.run_id)
         run(spec, settings)
     except Img2ImgError as e:
