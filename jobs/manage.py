@@ -4,13 +4,21 @@ CPUs are free and their MLflow run ends KILLED."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from datetime import datetime
+
+import httpx
+from mlflow.tracking import MlflowClient
 
 from cluster import admission
 from cluster.admission import capacity
 from cluster.errors import Img2ImgError
 from cluster.services import poll_until
 from cluster.settings import Settings
+from jobs.training.progress import follow, read, strip_ansi, write_raw
+from registry.tracking import TAG_PHASE
 
 log = logging.getLogger(__name__)
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -23,11 +31,6 @@ def _status(client, job_id: str) -> str:
 def wait(client, job_id: str, follow: bool, echo=None) -> str:
     """Wait for a job to end; follow=True streams its raw logs meanwhile (colour codes removed
     when not on a terminal). -> the terminal status."""
-    import asyncio
-    import time
-
-    from jobs.training.progress import write_raw
-
     echo = echo or write_raw
 
     async def _tail(jid: str):
@@ -58,8 +61,6 @@ def outcome_error(job_id: str, status: str, message: str = "", logs_hint: bool =
 def follow_progress(client, settings: Settings, job_id: str, run_id: str, say=None, live: bool | None = None):
     """The live progress display of a job until it ends (see jobs.training.progress); while it waits in
     the queue, its place and what it waits for. -> last Snapshot."""
-    from jobs.training.progress import follow, strip_ansi
-
     current = [job_id]
 
     def job_status() -> tuple[str, str]:
@@ -97,8 +98,6 @@ def _cancelled(client, settings: Settings) -> set[str]:
     turn comes, without starting it."""
     out = set()
     try:
-        from mlflow.tracking import MlflowClient
-
         ml = MlflowClient(settings.mlflow_uri)
         for job, _ in admission.queued(client):
             run_id = (job.metadata or {}).get("run_id")
@@ -120,9 +119,6 @@ def job_rows(client, settings: Settings | None = None) -> list[list]:
     how long it has waited and for what (`waiting 1m05s: needs 3 CPUs, 1 free; behind ...`); a
     running job's duration is its elapsed time so far (`12s so far`); a preempted job's copy
     adds `(preempted by ID at step N, resumes there)`."""
-    import time
-    from datetime import datetime
-
     rows = []
     every = client.list_jobs()
     replaced = admission.replaced(every)  # handed back to Ray behind a higher priority: their copy is listed
@@ -158,8 +154,6 @@ def job_info(client, job_id: str) -> dict:
         info = client.get_job_info(job_id)
     except Exception:
         raise Img2ImgError(f"no job {job_id!r} on this cluster ; list them with: img2img jobs ls") from None
-    from jobs.training.progress import strip_ansi
-
     # Ray's message on failure embeds 20,000 characters of coloured log: keep its last lines.
     lines = [ln for ln in strip_ansi(info.message or "").splitlines() if ln.strip()]
     message = lines[0] if len(lines) <= 1 else "\n".join([lines[0].split(",")[0] + ":", *lines[-3:]])
@@ -174,8 +168,6 @@ def job_summary(client, settings: Settings, job_id: str) -> dict:
     if info["status"] == "PENDING":
         info["queue"] = queue_line(client, settings, info["job_id"])
     if info.get("run_id"):
-        from jobs.training.progress import read
-
         try:
             snap = read(settings.mlflow_uri, info["run_id"], info["status"], info.get("message") or "")
             info["progress"] = snap.line()
@@ -206,8 +198,6 @@ def stop(client, settings: Settings, job_id: str, wait_s: float = 30) -> str:
         _mark_killed(settings, info["run_id"])  # first: the driver leaves a run it finds KILLED alone
     client.stop_job(job_id)
     if not queued:  # one budget for both: the driver ends (Ray's SIGTERM, then SIGKILL), then its actors
-        import time
-
         deadline = time.time() + wait_s
         poll_until(lambda: _status(client, job_id) in TERMINAL, wait_s, interval_s=0.5)
         ray_job = getattr(client.get_job_info(job_id), "job_id", None)
@@ -220,10 +210,6 @@ def stop(client, settings: Settings, job_id: str, wait_s: float = 30) -> str:
 
 def _mark_killed(settings: Settings, run_id: str) -> None:
     try:
-        from mlflow.tracking import MlflowClient
-
-        from registry.tracking import TAG_PHASE
-
         ml = MlflowClient(settings.mlflow_uri)
         if ml.get_run(run_id).info.status in ("RUNNING", "SCHEDULED"):
             ml.set_tag(run_id, "stopped", "stopped by the user")
@@ -237,8 +223,6 @@ def _live_actors(settings: Settings, ray_job_id: str) -> list[dict]:
     """The job's actors still alive that hold CPUs or GPUs (its Train workers, Scorers), from
     Ray's state API. Ray Data's detached bookkeeping actors (`_StatsActor`, 0 CPUs) outlive
     every job by design and are left out."""
-    import httpx
-
     try:
         r = httpx.get(settings.ray_address.rstrip("/") + "/api/v0/actors",
                       params={"limit": 1000, "detail": "true", "filter_keys": ["job_id", "state"],

@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from cluster.cli_utils import console, err_console, table
 from cluster.settings import get_settings
+from jobs.evaluation.spec import check_options
 from registry.refs import parse_ref
 
 
@@ -60,10 +61,11 @@ def eval_(
 
     Example: `img2img eval photos@champion --dataset photos --split val`
     """
+    parse_ref(model)
+    check_options(split, limit, workers, cpus_per_worker)  # refused before ray and mlflow load
     # deferred: the evaluation client imports ray and mlflow (seconds of every CLI start)
     from jobs.evaluation.client import evaluate
 
-    parse_ref(model)
     with progress_bar(f"evaluating {model} on {dataset}/{split}") as progress:
         summary = evaluate(get_settings(), model, dataset, split, limit, progress=progress, workers=workers,
                            cpus_per_worker=cpus_per_worker, gpu=gpu, priority=priority,

@@ -14,33 +14,19 @@ from cluster.admission import Footprint, current_id
 from cluster.admission import check_options as check_queue_options
 from cluster.errors import Img2ImgError
 from cluster.settings import Settings
-from jobs.evaluation.spec import MARK, EvalSpec
-
-SPLITS = ("val", "train", "all")
-
-
-def check_options(split: str = "val", limit: int | None = None, workers: int = 1, cpus_per_worker: float = 1.0) -> None:
-    """The options that need nothing but their values, refused before any heavy import or
-    service. Raises Img2ImgError naming the option."""
-    if split not in SPLITS:
-        raise Img2ImgError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
-    if limit is not None and limit < 1:
-        raise Img2ImgError("--limit must be at least 1")
-    if workers < 1 or not cpus_per_worker > 0:
-        raise Img2ImgError("--workers must be at least 1 and --cpus-per-worker positive")
+from cluster.storage import Storage
+from jobs.evaluation.spec import MARK, EvalSpec, check_options
+from jobs.manage import TERMINAL, _status, job_info, outcome_error
+from jobs.training.client import admit, cluster_resources, job_client, submit_job
+from registry.manifest import read_manifest
+from registry.models import client, resolve
+from translator.descriptor import GeneratorDescriptor
 
 
 def prepare(settings: Settings, ref: str, dataset: str, split: str = "val", limit: int | None = None,
             workers: int = 1, cpus_per_worker: float = 1.0, gpu: bool | None = None) -> EvalSpec:
     """Everything that can be refused before submitting: the model, the dataset and split, and
     whether the model can score that kind of dataset. Raises Img2ImgError."""
-    # deferred (and below): `img2img eval` checks its options before ray, mlflow and torch load
-    from cluster.storage import Storage
-    from jobs.training.client import admit, cluster_resources
-    from registry.manifest import read_manifest
-    from registry.models import client, resolve
-    from translator.descriptor import GeneratorDescriptor
-
     check_options(split, limit, workers, cpus_per_worker)
     v = resolve(settings, ref)
     manifest = read_manifest(Storage(settings), dataset)
@@ -100,10 +86,7 @@ def evaluate(settings: Settings, ref: str, dataset: str, split: str = "val", lim
     gain in dB, SSIM in [0, 1]. `progress(done, total)` is called as images are scored. The job
     waits its turn in the cluster's queue like every job (`priority`, `queue_timeout_s`: see
     cluster.admission). Raises Img2ImgError if the request is refused or the job fails."""
-    check_options(split, limit, kw.get("workers", 1), kw.get("cpus_per_worker", 1.0))  # before jobs.training.client's imports
-    from jobs.manage import TERMINAL, _status, job_info, outcome_error
-    from jobs.training.client import job_client, submit_job
-
+    check_options(split, limit, kw.get("workers", 1), kw.get("cpus_per_worker", 1.0))
     check_queue_options(priority, queue_timeout_s)
     spec = prepare(settings, ref, dataset, split, limit, **kw)
     client = job_client(settings)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
+from cluster.errors import Img2ImgError
 from translator import OVERLAP, TILE
 
 MARK = "[img2img-eval]"  # prefix of the lines the client parses from the job's log
@@ -41,3 +42,18 @@ class EvalSpec:
     @classmethod
     def from_json(cls, text: str) -> EvalSpec:
         return cls(**json.loads(text))
+
+
+SPLITS = ("val", "train", "all")
+
+
+def check_options(split: str = "val", limit: int | None = None, workers: int = 1, cpus_per_worker: float = 1.0) -> None:
+    """The options that need nothing but their values, refused before any heavy import or
+    service (the CLI calls it before it imports the evaluation client). Raises Img2ImgError
+    naming the option."""
+    if split not in SPLITS:
+        raise Img2ImgError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if limit is not None and limit < 1:
+        raise Img2ImgError("--limit must be at least 1")
+    if workers < 1 or not cpus_per_worker > 0:
+        raise Img2ImgError("--workers must be at least 1 and --cpus-per-worker positive")

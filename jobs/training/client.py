@@ -6,7 +6,15 @@ from __future__ import annotations
 import logging
 import shlex
 import subprocess
+from importlib.metadata import version
 from pathlib import Path
+
+import httpx
+import mlflow
+import ray
+from mlflow.entities import Param
+from mlflow.tracking import MlflowClient
+from ray.job_submission import JobSubmissionClient
 
 from cluster import admission
 from cluster.admission import Footprint, capacity, check_fits, check_options
@@ -14,7 +22,17 @@ from cluster.errors import Img2ImgError
 from cluster.preemption import PREEMPTIBLE, check_preempt
 from cluster.services import cluster_resources, poll_until, require, require_mlflow  # noqa: F401  (re-exported)
 from cluster.settings import Settings
+from jobs.training.driver import plan_job, run
+from jobs.training.finetune import resolve_init
+from jobs.training.preempt import preempt_for
 from jobs.training.spec import TrainSpec
+from registry.tracking import (
+    TAG_PHASE,
+    TAG_STEPS_PER_EPOCH,
+    TAG_TIME_BUDGET,
+    TAG_TOTAL_STEPS,
+    experiment_id,
+)
 
 log = logging.getLogger(__name__)
 PACKAGES = ("cluster", "registry", "jobs", "translator", "serving")
@@ -23,15 +41,11 @@ WORKER_START_TIMEOUT_S = 120
 
 def job_client(settings: Settings):
     """A JobSubmissionClient for the configured cluster, with Ray's auth token found for you."""
-    import logging
-
     settings.apply_ray_env()
     for chatty in ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk",  # upload, websocket
                    "ray._private.runtime_env.packaging"):  # "Creating a file package for local module"
         logging.getLogger(chatty).setLevel(logging.WARNING)
     require("the Ray Jobs API", settings.ray_address, "/api/version", settings.ray_auth_headers())
-    from ray.job_submission import JobSubmissionClient
-
     try:
         return JobSubmissionClient(settings.ray_address)
     except Exception as e:
@@ -41,8 +55,6 @@ def job_client(settings: Settings):
 def serve_cpus(settings: Settings) -> float:
     """CPUs that Ray Serve replicas (any app) hold now, from Serve's REST API: replicas starting
     or running x their `num_cpus`. 0 when Serve is not running or cannot be asked."""
-    import httpx
-
     try:
         r = httpx.get(settings.ray_address.rstrip("/") + "/api/serve/applications/",
                       headers=settings.ray_auth_headers(), timeout=10)
@@ -59,8 +71,6 @@ def serve_cpus(settings: Settings) -> float:
 
 
 def code_version() -> str:
-    from importlib.metadata import version
-
     root = Path(__file__).resolve().parents[2]  # the repository: jobs/training/client.py
     try:
         sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -75,11 +85,7 @@ def preflight(spec: TrainSpec, settings: Settings, resources: dict[str, float] |
     driver's own planning step): the options, the dataset against the rows/workers/batch
     arithmetic, the cluster's `resources` (None: not checked), the --resume target.
     -> (manifest, plan)."""
-    from jobs.training.driver import plan_job
-
     if spec.init_from:  # before validate(): the parent's config fills what the user left unset
-        from jobs.training.finetune import resolve_init
-
         resolve_init(spec, settings)
     job = plan_job(spec, settings, resources, settings.ray_address)
     return job.manifest, job.plan
@@ -87,11 +93,6 @@ def preflight(spec: TrainSpec, settings: Settings, resources: dict[str, float] |
 
 def start_run(spec: TrainSpec, settings: Settings, manifest, plan=None) -> tuple[str, str]:
     """Create the MLflow run up front (so its URL can be shown now) and log the params."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    from registry.tracking import experiment_id
-
     require_mlflow(settings)
     mlflow.set_tracking_uri(settings.mlflow_uri)
     client = MlflowClient(settings.mlflow_uri)
@@ -106,20 +107,11 @@ def start_run(spec: TrainSpec, settings: Settings, manifest, plan=None) -> tuple
               "cpus_per_worker": spec.cpus_per_worker, "epochs": spec.epochs, "max_steps": spec.max_steps,
               "code_version": code_version(), "registered_model": spec.registered_name}
     params.update({f"cfg.{k}": v for k, v in cfg.items()})
-    from mlflow.entities import Param
-
     if plan is not None:
         params.update(steps_per_epoch=plan.steps_per_epoch, total_steps=plan.total_steps,
                       checkpoint_every=spec.checkpoint_every, time_budget_s=spec.time_budget_s)
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
     if plan is not None:
-        from registry.tracking import (
-            TAG_PHASE,
-            TAG_STEPS_PER_EPOCH,
-            TAG_TIME_BUDGET,
-            TAG_TOTAL_STEPS,
-        )
-
         tags = {TAG_PHASE: "submitted", TAG_TOTAL_STEPS: str(plan.total_steps),
                 TAG_STEPS_PER_EPOCH: str(plan.steps_per_epoch)}
         if spec.time_budget_s:
@@ -167,9 +159,7 @@ def submit_job(settings: Settings, *, entrypoint: str, metadata: dict, footprint
     job_id = admission.submit(client, entrypoint=entrypoint, runtime_env=runtime_env(settings),
                               metadata=metadata, footprint=footprint, priority=priority,
                               queue_timeout_s=queue_timeout_s, cap=cap)
-    if preempt:  # deferred: ray and mlflow, for --preempt only
-        from jobs.training.preempt import preempt_for
-
+    if preempt:
         (preempting if preempting is not None else []).extend(preempt_for(settings, client, job_id, cap))
     return job_id
 
@@ -197,8 +187,6 @@ def submit(spec: TrainSpec, settings: Settings, priority: str = "normal", queue_
                             priority=priority, queue_timeout_s=queue_timeout_s, preempt=preempt,
                             preempting=preempting)
     except Img2ImgError:
-        from mlflow.tracking import MlflowClient
-
         MlflowClient(settings.mlflow_uri).set_terminated(spec.run_id, status="FAILED")
         raise
     return {"job_id": job_id, "run_id": spec.run_id, "run_url": url, "plan": plan, "preempting": preempting}
@@ -206,10 +194,6 @@ def submit(spec: TrainSpec, settings: Settings, priority: str = "normal", queue_
 
 def run_local(spec: TrainSpec, settings: Settings) -> dict:
     """--local: the same driver in this process, on a throwaway local Ray (for debugging)."""
-    import ray
-
-    from jobs.training.driver import run
-
     manifest, plan = preflight(spec, settings)
     spec.run_id, url = start_run(spec, settings, manifest, plan)
     ray.init(address="local", num_cpus=max(2, int(spec.workers * spec.cpus_per_worker) + 1),
