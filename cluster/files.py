@@ -6,6 +6,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from cluster.errors import Img2ImgError
+
 # Files read as images by their suffix (what Pillow reads): ingest and `enhance` skip and list others.
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".pgm"}
 
@@ -40,8 +42,6 @@ def make_output_dir(path: Path) -> None:
     """Create the folder `path` (and its parents) for outputs. Raises Img2ImgError in one line
     when the system refuses (a file in the way, a read-only or virtual file system such as
     /proc, no permission), where `mkdir` would raise a bare OSError."""
-    from cluster.errors import Img2ImgError
-
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
     except OSError as e:

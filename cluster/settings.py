@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cluster.errors import Img2ImgError
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 CREDENTIALS_FILE = "credentials.json"
@@ -109,8 +112,6 @@ class Settings(BaseSettings):
     def apply_ray_env(self) -> None:
         """Put `ray_env()` into this process's environment. Ray caches its auth mode when it is
         first imported, so refresh that cache too (what Ray itself does when it enables tokens)."""
-        import sys
-
         os.environ.update(self.ray_env())
         if "ray._raylet" in sys.modules:
             sys.modules["ray._raylet"].Config.initialize("")
@@ -148,8 +149,6 @@ class Settings(BaseSettings):
 
 def get_settings(**overrides) -> Settings:
     """The settings from the environment and `.env`; a bad value raises Img2ImgError naming it."""
-    from cluster.errors import Img2ImgError
-
     try:
         return Settings(**overrides)
     except ValidationError as e:

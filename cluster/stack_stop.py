@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -93,8 +94,6 @@ class StackStop:
     def _clean_temp(self) -> None:
         """Once the services are stopped: keep Ray's last session logs under logs/, remove its
         temp dir (sockets, runtime envs, spilled objects) and the stack's TMPDIR."""
-        import shutil
-
         if self._ray_processes():
             return  # something of ours still runs: leave its files alone
         session_logs = self.ray_temp_dir / "session_latest" / "logs"

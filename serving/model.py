@@ -4,11 +4,19 @@ runtime chosen for this machine (serving/runtime.py)."""
 from __future__ import annotations
 
 import logging
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 
+import mlflow
+import mlflow.pytorch
 import torch
+from mlflow.tracking import MlflowClient
 
+import translator  # noqa: F401  (the models' pickled code is imported from ours, never from their copy)
+from cluster.errors import Img2ImgError
+from cluster.services import bound_mlflow_calls, require
 from serving.runtime import CHOICE_SIZES, Runtime, build, cpu_candidates, fastest_per_size
 from translator import tiling
 from translator.catalog import variant_names
@@ -73,8 +81,6 @@ class LoadedModel:
         """The runtime for a direction (A->B on the chosen runtime; B->A on PyTorch with the same
         memory format and precision) and, when given, an image of `pixels` pixels (H x W: small
         ones may run on `small_runtime`). Raises Img2ImgError when the model does not offer it."""
-        from cluster.errors import Img2ImgError
-
         if direction not in ("AtoB", "BtoA"):
             raise Img2ImgError(f"direction must be AtoB or BtoA, not {direction!r}")
         if direction not in self.directions:
@@ -139,8 +145,6 @@ def version_run_id(tracking_uri: str, name: str, version: str) -> str:
     -> the run id (32 hex characters; "" for a version registered without a run).
     Raises mlflow.exceptions.MlflowException when `name` has no version `version` (callers
     resolve the version first with `registry.refs.resolve`, which names what is missing)."""
-    from mlflow.tracking import MlflowClient
-
     return MlflowClient(tracking_uri).get_model_version(name, str(version)).run_id or ""
 
 
@@ -149,13 +153,6 @@ def _load_generator(uri: str, device: str):
     (left to itself, mlflow leaves a full copy of the model in the temp dir on every load).
     The model's pickled code paths are already importable here (`translator`), so dropping
     the copy and its sys.path entry is safe."""
-    import sys
-    import tempfile
-
-    import mlflow.pytorch
-
-    import translator  # noqa: F401  (imported from our code, never from the model's copy)
-
     with tempfile.TemporaryDirectory(prefix="img2img-model-") as tmp:
         path_before = list(sys.path)
         try:
@@ -174,12 +171,6 @@ def load(tracking_uri: str, name: str, version: str, device: str | None = None, 
     (`runtime_choice` in `info()` holds the timings).
     onnx uses the export logged by `img2img models export` when there is one, else exports (and
     parity-checks) here."""
-    import mlflow
-    import mlflow.pytorch
-    from mlflow.tracking import MlflowClient
-
-    from cluster.services import bound_mlflow_calls, require
-
     bound_mlflow_calls()
     require("MLflow", tracking_uri, "/health")
     mlflow.set_tracking_uri(tracking_uri)
