@@ -23,12 +23,14 @@ an overdue queued job with the reason.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
 import uuid
 from dataclasses import asdict, dataclass
+
+import httpx
+import tenacity
 
 from cluster.errors import Img2ImgError
 
@@ -169,24 +171,44 @@ class Capacity:
         return max((t - u for u, t in self.per_node), default=0.0)
 
 
-def capacity(ray_address: str, headers: dict) -> Capacity | None:
-    """The cluster's admission resources from the dashboard (None when it does not answer or
-    its nodes advertise none: a cluster started without them)."""
-    import httpx
+REPORT_WAIT_S = 30.0  # a head that has just started reports its nodes' resources after a few seconds
 
+
+class _NoReport(Exception):  # the dashboard did not answer, or its report lists no node yet
+    pass
+
+
+def _load_report(ray_address: str, headers: dict) -> dict:
+    url = ray_address.rstrip("/") + "/api/cluster_status"
     try:
-        r = httpx.get(ray_address.rstrip("/") + "/api/cluster_status", params={"format": "0"}, headers=headers,
-                      timeout=10)
-        report = r.json()["data"]["clusterStatus"]["loadMetricsReport"]
-    except Exception:
-        return None
+        report = httpx.get(url, params={"format": "0"}, headers=headers, timeout=10).json()[
+            "data"]["clusterStatus"]["loadMetricsReport"]
+    except Exception as e:
+        raise _NoReport(f"{type(e).__name__}: {e}") from None
+    if not report.get("usageByNode"):
+        raise _NoReport("no node reported yet")
+    return report
+
+
+def capacity(ray_address: str, headers: dict, wait_s: float = REPORT_WAIT_S) -> Capacity | None:
+    """The cluster's admission resources from the dashboard; None when its nodes advertise none
+    (started without them: no queue). Read again for up to `wait_s` s while the dashboard does not
+    answer or lists no node yet (a fresh head): a job submitted unreserved would start beside
+    others and starve them. Raises Img2ImgError when it still cannot be read."""
+    try:
+        report = tenacity.Retrying(retry=tenacity.retry_if_exception_type(_NoReport),
+                                   stop=tenacity.stop_after_delay(wait_s), wait=tenacity.wait_fixed(1),
+                                   reraise=True)(_load_report, ray_address, headers)
+    except _NoReport as e:
+        raise Img2ImgError(f"the Ray dashboard at {ray_address} did not report the cluster's resources within "
+                           f"{wait_s:.0f} s ({e}), so the job cannot be queued safely; try again") from None
     nodes = []
-    for usage in (report.get("usageByNode") or {}).values():
+    for usage in report["usageByNode"].values():
         used, total = usage.get(_camel(RESOURCE)) or usage.get(RESOURCE) or (0.0, 0.0)
         nodes.append((float(used), float(total)))
     if not any(t for _, t in nodes):
         return None
-    gpu = (report.get("usage") or {}).get(_camel(GPU_RESOURCE)) or (0.0, 0.0)
+    gpu = (report.get("usage") or {}).get(_camel(GPU_RESOURCE)) or (0.0, 0.0)  # (used, total)
     return Capacity(tuple(nodes), float(gpu[1]))
 
 
@@ -296,17 +318,6 @@ def requeue_behind(client, ticket: Ticket, same_priority: bool = False) -> list[
 def deadline_args(ticket: Ticket) -> str:
     """Arguments a job's entrypoint gets so that its driver can refuse to start past its turn."""
     return f"--queue-deadline {ticket.submitted + ticket.queue_timeout_s:.0f}"
-
-
-def driver_args(description: str, argv: list[str] | None = None, level: int = logging.INFO) -> tuple[str, float | None]:
-    """A cluster job driver's command line (`--spec JSON [--queue-deadline EPOCH_S]`, as its
-    client submits it) -> (the spec as JSON, the deadline or None); logging set up at `level`."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--spec", required=True, help="the job's spec as JSON")
-    parser.add_argument("--queue-deadline", type=float, default=None, help="epoch seconds: not started after it")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return args.spec, args.queue_deadline
 
 
 def check_deadline(deadline: float | None, now: float | None = None) -> None:

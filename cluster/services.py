@@ -4,6 +4,8 @@ could not be reached, within seconds."""
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -94,3 +96,13 @@ def cluster_resources(settings: Settings) -> dict[str, float]:
             for k, v in (raylet.get("resourcesTotal") or {}).items():
                 total[k] = total.get(k, 0.0) + float(v)
     return total
+
+
+def driver_args(description: str, argv: list[str] | None = None, level: int = logging.INFO) -> tuple[str, float | None]:
+    """A job driver's `--spec JSON [--queue-deadline EPOCH_S]` -> (spec JSON, deadline or None)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--spec", required=True, help="the job's spec as JSON")
+    parser.add_argument("--queue-deadline", type=float, default=None, help="epoch seconds: not started after it")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.spec, args.queue_deadline

@@ -34,8 +34,9 @@ from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from cluster.admission import check_deadline, driver_args
+from cluster.admission import check_deadline
 from cluster.errors import Img2ImgError
+from cluster.services import driver_args
 from cluster.settings import get_settings
 from cluster.storage import Storage, arrow_errors, arrow_filesystem
 from jobs.data.stream import _decode, check_shards, read_parquet_v1

@@ -27,8 +27,9 @@ from mlflow.tracking import MlflowClient
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from cluster.admission import check_deadline, driver_args
+from cluster.admission import check_deadline
 from cluster.errors import Img2ImgError
+from cluster.services import driver_args
 from cluster.settings import Settings, get_settings
 from cluster.storage import Storage, arrow_errors, arrow_filesystem, arrow_unavailable
 from jobs.data.stream import load_dataset
