@@ -30,7 +30,7 @@ browser:
 	fi
 
 test: install browser
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q --durations=25
 
 test-unit: install
 	$(PY) -m pytest tests/unit -q
