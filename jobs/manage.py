@@ -114,15 +114,15 @@ def _elapsed(seconds: float) -> str:
 
 
 def job_rows(client, settings: Settings | None = None) -> list[list]:
-    """[id, status, model, variant, dataset, started, duration] of every training and evaluation
-    job, newest first. A queued job's status is `QUEUED #N` (its place) and its duration says
+    """[id, status, model, variant, dataset, started, duration] of every training, evaluation
+    and search job, newest first. A queued job's status is `QUEUED #N` (its place) and its duration says
     how long it has waited and for what (`waiting 1m05s: needs 3 CPUs, 1 free; behind ...`); a
     running job's duration is its elapsed time so far (`12s so far`); a preempted job's copy
     adds `(preempted by ID at step N, resumes there)`."""
     rows = []
     every = client.list_jobs()
     replaced = admission.replaced(every)  # handed back to Ray behind a higher priority: their copy is listed
-    jobs = [j for j in every if (j.metadata or {}).get("img2img") in ("train", "eval")
+    jobs = [j for j in every if (j.metadata or {}).get("img2img") in ("train", "eval", "search")
             and j.submission_id not in replaced]
     entries = queue_entries(client, settings) if settings is not None else {}
     for j in sorted(jobs, key=lambda j: j.start_time or 0, reverse=True):

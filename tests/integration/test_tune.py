@@ -1,0 +1,94 @@
+"""Hyper-parameter search on the real stack: an ASHA search over lr whose trials are real training
+runs, a deliberately bad lr stopped early, every trial an MLflow child run, the best registered."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.conftest import wait_job
+
+BAD_LR = 1e-7
+STEPS = 24
+
+
+@pytest.fixture(scope="module")
+def search_job(stack, blur_dataset):
+    """A 3-trial ASHA search (grid over lr, one trial at a time so the bad one meets the others'
+    results at its first rung) of a tiny autoencoder on 64 px crops. -> {"job_id", "search_id",
+    "status", "logs"}."""
+    from cluster.settings import get_settings
+    from jobs.search.client import submit
+    from jobs.search.spec import SearchSpec
+    from jobs.training.client import job_client
+
+    settings = get_settings()
+    base = dict(dataset=blur_dataset, variant="autoencoder", config={"nf": 16}, workers=1, cpus_per_worker=0.5,
+                image_size=64, batch_size=8, max_steps=STEPS, checkpoint_every="6", experiment="integration-tune",
+                model_name="test-tune", max_failures=0)
+    search = SearchSpec(base=base, space=[f"lr=grid(3e-3,1e-3,{BAD_LR})"], trials=1, scheduler="asha",
+                        max_concurrent=1, grace_steps=6, reduction_factor=2)
+    out = submit(search, settings)
+    client = job_client(settings)
+    status = wait_job(client, out["job_id"], timeout=1200)
+    return {**out, "status": status, "logs": client.get_job_logs(out["job_id"])}
+
+
+def _children(settings, search_id):
+    from mlflow.tracking import MlflowClient
+
+    ml = MlflowClient(settings.mlflow_uri)
+    exp = ml.get_run(search_id).info.experiment_id
+    return ml.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{search_id}'")
+
+
+def test_search_stops_the_bad_lr_early_and_registers_the_best(stack, search_job):
+    from mlflow.tracking import MlflowClient
+
+    assert search_job["status"] == "SUCCEEDED", search_job["logs"][-4000:]
+    ml = MlflowClient(stack.mlflow_uri)
+    children = _children(stack, search_job["search_id"])
+    assert len(children) == 3  # every trial is a child run of the search
+    by_lr = {float(r.data.params["cfg.lr"]): r for r in children}
+    assert set(by_lr) == {3e-3, 1e-3, BAD_LR}
+    bad = by_lr[BAD_LR]
+    assert bad.data.tags["search_outcome"] == "stopped early"
+    assert bad.info.status == "KILLED"
+    assert bad.data.metrics["step"] < STEPS  # it never reached the end
+    finished = [r for r in children if r.data.tags["search_outcome"] == "finished"]
+    assert finished and all(r.data.metrics["step"] == STEPS for r in finished)
+
+    parent = ml.get_run(search_job["search_id"])
+    assert parent.info.status == "FINISHED"
+    version = ml.get_model_version("test-tune", parent.data.tags["registered_version"])
+    assert version.tags["search_run_id"] == search_job["search_id"]
+    best = ml.get_run(version.run_id)
+    assert best.data.tags["mlflow.parentRunId"] == search_job["search_id"]
+    assert float(best.data.params["cfg.lr"]) != BAD_LR
+    # the registered version's val PSNR is its trial's best report
+    best_psnr = max(m.value for m in ml.get_metric_history(best.info.run_id, "val_psnr"))
+    assert float(version.tags["val_psnr"]) == pytest.approx(best_psnr, abs=1e-3)
+    assert best_psnr == pytest.approx(parent.data.metrics["best_val_psnr"], abs=1e-6)
+    for child in children:  # the best trial is the best of all trials' best reports
+        history = ml.get_metric_history(child.info.run_id, "val_psnr")
+        assert max(m.value for m in history) <= best_psnr + 1e-9
+
+
+def test_search_job_is_listed_and_summarised(stack, search_job, cli):
+    result = cli("jobs", "ls")
+    assert result.exit_code == 0, result.output
+    line = next(ln for ln in result.output.splitlines() if search_job["job_id"] in ln)
+    assert "SUCCEEDED" in line and "search" in line
+    result = cli("jobs", "status", search_job["job_id"])
+    assert result.exit_code == 0, result.output
+    assert "SUCCEEDED" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--search", "width=choice(16,32)"], "autoencoder has no setting 'width'"),
+    (["--search", "nf=choice(16,-1)"], "nf=-1 is refused"),
+    (["--search", "lr=loguniform(1e-3,1e-3)"], "empty range"),
+])
+def test_tune_refuses_a_bad_space_before_submitting(stack, blur_dataset, cli, args, message):
+    result = cli("tune", "--dataset", blur_dataset, "--variant", "autoencoder", *args)
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
