@@ -167,7 +167,14 @@ def job_summary(client, settings: Settings, job_id: str) -> dict:
     info = job_info(client, admission.current_id(client, job_id))
     if info["status"] == "PENDING":
         info["queue"] = queue_line(client, settings, info["job_id"])
-    if info.get("run_id"):
+    if info.get("img2img") == "search" and info.get("run_id"):
+        from jobs.search.trials import progress  # imports Ray Tune: only for a search
+
+        try:
+            info.update(progress(settings.mlflow_uri, info["run_id"]))
+        except Exception:
+            info["progress"] = "(MLflow run not readable)"
+    elif info.get("run_id"):
         try:
             snap = read(settings.mlflow_uri, info["run_id"], info["status"], info.get("message") or "")
             info["progress"] = snap.line()

@@ -41,6 +41,7 @@ from jobs.training.client import start_run
 from registry.tracking import TAG_PHASE
 
 log = logging.getLogger("img2img.search")
+TRIAL_CPUS = 0.01
 TAG_SEARCH = "search_run_id"  # on the registered version and on every child run: the search's parent run
 
 
@@ -79,7 +80,9 @@ def child_runs(settings: Settings, search_id: str) -> dict[str, str]:
     """{Tune trial id: MLflow run id} of the search's child runs."""
     client = MlflowClient(settings.mlflow_uri)
     exp = client.get_run(search_id).info.experiment_id
-    runs = client.search_runs([exp], filter_string=f"tags.`{PARENT_TAG}` = '{search_id}'", max_results=1000)
+    runs = client.search_runs([exp], filter_string=f"tags.`{PARENT_TAG}` = '{search_id}'", max_results=1000,
+                              order_by=["attributes.start_time ASC"])
+    # a trial restarted by `--resume` has a run per start: its latest is the one that counts
     return {r.data.tags.get(TAG_TRIAL): r.info.run_id for r in runs if r.data.tags.get(TAG_TRIAL)}
 
 
@@ -138,7 +141,10 @@ def register_best(search: SearchSpec, settings: Settings, row: dict, grid_result
 def make_tuner(search: SearchSpec, settings: Settings, total_steps: int, grace: int):
     """The Tuner (a new one, or `--resume`: Tune's own restore of the experiment in the store)."""
     fs = arrow_filesystem(settings)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, search_json=search.to_json()), {"CPU": 0})
+    # The trial itself only waits on its TorchTrainer (whose workers hold the CPUs); Tune refuses
+    # a trial of no resources at all, so it asks for a sliver.
+    trainable = tune.with_resources(tune.with_parameters(run_trial, search_json=search.to_json()),
+                                    {"CPU": TRIAL_CPUS})
     if search.resume:
         path = searches_path(settings, search.resume)
         if not tune.Tuner.can_restore(path, storage_filesystem=fs):

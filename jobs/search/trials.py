@@ -91,4 +91,20 @@ def read_rows(tracking_uri: str, run_id: str) -> list[dict]:
 def ranked(rows: list[dict]) -> list[dict]:
     """Rows best first by best val PSNR (trials without one last)."""
     return sorted(rows, key=lambda r: -(r.get("best_val_psnr") if r.get("best_val_psnr") is not None
-                                        else float("inf")))
+                                        else float("-inf")))
+
+
+def progress(tracking_uri: str, run_id: str) -> dict:
+    """A search's progress for `jobs status`: {"trials": counts by status, "best": the best trial
+    so far (its values and best val PSNR), "registered": the version, once registered}."""
+    rows = ranked(read_rows(tracking_uri, run_id))
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    out = {"trials": f"{len(rows)}" + (f" ({', '.join(f'{n} {s}' for s, n in counts.items())})" if rows else "")}
+    if rows and rows[0].get("best_val_psnr") is not None:
+        out["best"] = f"{rows[0]['trial']} {json.dumps(rows[0]['params'])}: val PSNR {rows[0]['best_val_psnr']:.2f} dB"
+    version = MlflowClient(tracking_uri).get_run(run_id).data.tags.get("registered_version")
+    if version:
+        out["registered"] = f"version {version}"
+    return out

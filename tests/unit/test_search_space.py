@@ -138,3 +138,50 @@ def test_tune_cli_refuses_before_any_service(cli, args, message):
     assert result.exit_code == 1, result.output
     assert message in result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("last_step, total, error, expected", [
+    (24, 24, False, "finished"),
+    (6, 24, False, "stopped early"),
+    (6, 24, True, "failed"),
+    (24, 24, True, "failed"),
+])
+def test_trial_outcome(last_step, total, error, expected):
+    from jobs.search.trials import outcome
+
+    assert outcome(last_step, total, error) == expected
+
+
+def test_best_row_is_the_best_report_with_a_checkpoint():
+    """Tune's per-trial history (`Result.metrics_dataframe`): reports without a checkpoint or
+    without a val PSNR cannot be registered, the best of the others is."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from jobs.search.driver import best_row
+
+    df = pd.DataFrame({"step": [6, 12, 18, 24], "val_psnr": [20.0, 25.0, float("nan"), 23.0],
+                       "checkpoint_path": ["b/c/1", None, "b/c/3", "b/c/4"]})
+    best = best_row(SimpleNamespace(metrics_dataframe=df))
+    assert best == {"step": 24, "val_psnr": 23.0, "checkpoint_path": "b/c/4"}
+    assert best_row(SimpleNamespace(metrics_dataframe=df.assign(checkpoint_path=None))) is None
+    assert best_row(SimpleNamespace(metrics_dataframe=None)) is None
+
+
+def test_trials_table_ranks_best_first():
+    from rich.console import Console
+
+    from img2img_cli.commands.tune import trials_table
+
+    rows = [{"trial": "t0", "params": {"lr": 1e-7}, "status": "stopped early", "step": 6, "val_psnr": 10.0,
+             "best_val_psnr": 10.0, "samples_per_s": 3.0},
+            {"trial": "t1", "params": {"lr": 3e-3}, "status": "finished", "step": 24, "val_psnr": 20.5,
+             "best_val_psnr": 21.25, "samples_per_s": 3.5},
+            {"trial": "t2", "params": {"lr": 1e-3}, "status": "RUNNING", "step": 0, "val_psnr": None,
+             "best_val_psnr": None, "samples_per_s": None}]
+    console = Console(width=200, record=True)
+    console.print(trials_table(rows))
+    text = console.export_text()
+    assert text.index("t1") < text.index("t0") < text.index("t2")
+    assert "lr=0.003" in text and "21.25" in text and "stopped early" in text
