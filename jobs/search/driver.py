@@ -42,6 +42,7 @@ from registry.tracking import TAG_PHASE
 
 log = logging.getLogger("img2img.search")
 TRIAL_CPUS = 0.01
+STATE_SAVE_S = 5
 TAG_SEARCH = "search_run_id"  # on the registered version and on every child run: the search's parent run
 
 
@@ -76,13 +77,15 @@ def run_trial(config: dict, search_json: str) -> None:
     client.set_terminated(spec.run_id, status="FINISHED")
 
 
-def child_runs(settings: Settings, search_id: str) -> dict[str, str]:
-    """{Tune trial id: MLflow run id} of the search's child runs."""
+def child_runs(settings: Settings, search_id: str, latest: bool = True):
+    """{Tune trial id: MLflow run id} of the search's child runs (a trial started again by
+    `--resume` has a run per start: the latest counts); with `latest=False`, every child run id."""
     client = MlflowClient(settings.mlflow_uri)
     exp = client.get_run(search_id).info.experiment_id
     runs = client.search_runs([exp], filter_string=f"tags.`{PARENT_TAG}` = '{search_id}'", max_results=1000,
                               order_by=["attributes.start_time ASC"])
-    # a trial restarted by `--resume` has a run per start: its latest is the one that counts
+    if not latest:
+        return [r.info.run_id for r in runs]
     return {r.data.tags.get(TAG_TRIAL): r.info.run_id for r in runs if r.data.tags.get(TAG_TRIAL)}
 
 
@@ -120,6 +123,11 @@ def summarise(search: SearchSpec, settings: Settings, grid, total_steps: int) ->
             client.set_tag(run_id, TAG_OUTCOME, status)
             if client.get_run(run_id).info.status == "RUNNING":  # a trial Tune stopped never ends its run
                 client.set_terminated(run_id, status="KILLED" if status == "stopped early" else "FAILED")
+    counted = {r["run_id"] for r in rows}
+    for run_id in set(child_runs(settings, search.run_id, latest=False)) - counted:  # starts cut off by a stop
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_tag(run_id, TAG_OUTCOME, "interrupted (the search was resumed)")
+            client.set_terminated(run_id, status="KILLED")
     return ranked(rows)
 
 
@@ -141,6 +149,9 @@ def register_best(search: SearchSpec, settings: Settings, row: dict, grid_result
 def make_tuner(search: SearchSpec, settings: Settings, total_steps: int, grace: int):
     """The Tuner (a new one, or `--resume`: Tune's own restore of the experiment in the store)."""
     fs = arrow_filesystem(settings)
+    # Tune saves the experiment's state (what --resume restores) at most this often; its "auto"
+    # period grows to 19x a save's duration, which could lose a finished trial to a stop.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(STATE_SAVE_S))
     # The trial itself only waits on its TorchTrainer (whose workers hold the CPUs); Tune refuses
     # a trial of no resources at all, so it asks for a sliver.
     trainable = tune.with_resources(tune.with_parameters(run_trial, search_json=search.to_json()),

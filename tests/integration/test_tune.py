@@ -3,6 +3,8 @@ runs, a deliberately bad lr stopped early, every trial an MLflow child run, the 
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.integration.conftest import wait_job
@@ -99,3 +101,47 @@ def test_tune_refuses_a_bad_space_before_submitting(stack, blur_dataset, cli, ar
     result = cli("tune", "--dataset", blur_dataset, "--variant", "autoencoder", *args)
     assert result.exit_code == 1
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_a_stopped_search_resumes_without_rerunning_finished_trials(stack, blur_dataset):
+    """The search's driver is stopped once its first trial has finished; `--resume` continues it
+    with Tune's restore: the finished trial is not run again, the search ends registered."""
+    from mlflow.tracking import MlflowClient
+
+    from cluster.errors import Img2ImgError
+    from cluster.services import poll_until
+    from jobs.manage import stop
+    from jobs.search.client import submit
+    from jobs.search.spec import SearchSpec
+    from jobs.training.client import job_client
+
+    settings, ml = stack, MlflowClient(stack.mlflow_uri)
+    client = job_client(settings)
+    base = dict(dataset=blur_dataset, variant="autoencoder", config={"nf": 16}, workers=1, cpus_per_worker=0.5,
+                image_size=64, batch_size=8, max_steps=12, checkpoint_every="6", experiment="integration-tune",
+                model_name="test-tune-resume", max_failures=0)
+    out = submit(SearchSpec(base=base, space=["lr=grid(3e-3,1e-3)"], trials=1, scheduler="fifo"), settings)
+    search_id = out["search_id"]
+
+    def first_finished():
+        return any(r.info.status == "FINISHED" for r in _children(settings, search_id))
+
+    assert poll_until(first_finished, 900, interval_s=3), client.get_job_logs(out["job_id"])[-3000:]
+    time.sleep(15)  # Tune saves the search's state every 5 s (jobs.search.driver.STATE_SAVE_S)
+    assert stop(client, settings, out["job_id"]) == "stopped"
+    assert ml.get_run(search_id).info.status == "KILLED"
+    finished = {r.data.tags["search_trial"] for r in _children(settings, search_id) if r.info.status == "FINISHED"}
+
+    again = submit(SearchSpec(base={}, space=[], resume=search_id), settings)
+    assert again["search_id"] == search_id
+    status = wait_job(client, again["job_id"], timeout=900)
+    assert status == "SUCCEEDED", client.get_job_logs(again["job_id"])[-4000:]
+    children = _children(settings, search_id)
+    for trial in finished:  # not run again
+        assert sum(r.data.tags["search_trial"] == trial for r in children) == 1
+    assert {float(r.data.params["cfg.lr"]) for r in children} == {3e-3, 1e-3}
+    parent = ml.get_run(search_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags.get("registered_version")
+    assert all(r.info.status != "RUNNING" for r in children)
+    with pytest.raises(Img2ImgError, match="has finished; nothing to resume"):
+        submit(SearchSpec(base={}, space=[], resume=search_id), settings)
