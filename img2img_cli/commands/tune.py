@@ -66,7 +66,7 @@ def tune(
                 use_gpu=gpu, cpus_per_worker=cpus_per_worker, epochs=epochs, max_steps=max_steps,
                 time_budget_s=time_budget, batch_size=batch_size, image_size=image_size, lr=lr,
                 experiment=experiment, model_name=model_name, checkpoint_every=checkpoint_every,
-                precision=precision, max_failures=0)
+                precision=precision)
     spec = SearchSpec(base=base, space=search, trials=trials,
                       scheduler=scheduler, max_concurrent=max_concurrent, grace_steps=grace_steps,
                       reduction_factor=reduction_factor, promote=promote, resume=resume)

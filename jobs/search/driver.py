@@ -118,7 +118,8 @@ def summarise(search: SearchSpec, settings: Settings, grid, total_steps: int) ->
         run_id = runs.get(trial_id)
         rows.append({"trial": trial_id, "run_id": run_id, "params": trial_overrides(result.config or {}, search.dims()),
                      "status": status, "step": int(metrics.get("step", 0) or 0),
-                     "best_val_psnr": best[METRIC] if best else None, "best": best})
+                     "best_val_psnr": best[METRIC] if best else None, "best": best,
+                     **({"error": training._root_cause(result.error)} if result.error is not None else {})})
         if run_id:
             client.set_tag(run_id, TAG_OUTCOME, status)
             if client.get_run(run_id).info.status == "RUNNING":  # a trial Tune stopped never ends its run
