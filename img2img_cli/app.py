@@ -28,6 +28,7 @@ from img2img_cli.commands.models import models_app
 from img2img_cli.commands.serve import enhance, serve_app
 from img2img_cli.commands.stack import stack_app
 from img2img_cli.commands.train import train
+from img2img_cli.commands.tune import tune
 from translator.config import ConfigError
 from translator.degrade import DegradationError
 
@@ -109,6 +110,7 @@ def main(
 app.add_typer(stack_app, name="stack")
 app.add_typer(data_app, name="data")
 app.command("train")(train)
+app.command("tune")(tune)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(models_app, name="models")
 app.command("eval")(eval_)

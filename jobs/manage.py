@@ -114,15 +114,15 @@ def _elapsed(seconds: float) -> str:
 
 
 def job_rows(client, settings: Settings | None = None) -> list[list]:
-    """[id, status, model, variant, dataset, started, duration] of every training and evaluation
-    job, newest first. A queued job's status is `QUEUED #N` (its place) and its duration says
+    """[id, status, model, variant, dataset, started, duration] of every training, evaluation
+    and search job, newest first. A queued job's status is `QUEUED #N` (its place) and its duration says
     how long it has waited and for what (`waiting 1m05s: needs 3 CPUs, 1 free; behind ...`); a
     running job's duration is its elapsed time so far (`12s so far`); a preempted job's copy
     adds `(preempted by ID at step N, resumes there)`."""
     rows = []
     every = client.list_jobs()
     replaced = admission.replaced(every)  # handed back to Ray behind a higher priority: their copy is listed
-    jobs = [j for j in every if (j.metadata or {}).get("img2img") in ("train", "eval")
+    jobs = [j for j in every if (j.metadata or {}).get("img2img") in ("train", "eval", "search")
             and j.submission_id not in replaced]
     entries = queue_entries(client, settings) if settings is not None else {}
     for j in sorted(jobs, key=lambda j: j.start_time or 0, reverse=True):
@@ -167,7 +167,14 @@ def job_summary(client, settings: Settings, job_id: str) -> dict:
     info = job_info(client, admission.current_id(client, job_id))
     if info["status"] == "PENDING":
         info["queue"] = queue_line(client, settings, info["job_id"])
-    if info.get("run_id"):
+    if info.get("img2img") == "search" and info.get("run_id"):
+        from jobs.search.trials import progress  # imports Ray Tune: only for a search
+
+        try:
+            info.update(progress(settings.mlflow_uri, info["run_id"]))
+        except Exception:
+            info["progress"] = "(MLflow run not readable)"
+    elif info.get("run_id"):
         try:
             snap = read(settings.mlflow_uri, info["run_id"], info["status"], info.get("message") or "")
             info["progress"] = snap.line()

@@ -56,7 +56,12 @@ def status(job_id: str, follow: bool = typer.Option(False, "--follow", "-f", hel
         console.print(f"{k:>18}: {v}", markup=False, highlight=False, soft_wrap=True)
     status, message = info["status"], info.get("error") or info.get("message") or ""
     if follow and status not in TERMINAL:
-        if info.get("run_id"):
+        if info.get("img2img") == "search":
+            from img2img_cli.commands.tune import follow_search
+
+            status = follow_search(settings, info["job_id"], info["run_id"])
+            message = job_info(client, info["job_id"])["message"]
+        elif info.get("run_id"):
             snap = follow_progress(client, settings, job_id, info["run_id"])
             status, message, warnings = snap.status, snap.error or snap.message, snap.warnings
         else:

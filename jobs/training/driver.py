@@ -172,10 +172,11 @@ def datasets_for(spec: TrainSpec, manifest: Manifest, settings: Settings, image_
     return out
 
 
-def build_trainer(spec: TrainSpec, settings: Settings, job: JobPlan):
+def build_trainer(spec: TrainSpec, settings: Settings, job: JobPlan, callbacks: list | None = None):
     """Trainer construction: a TorchTrainer running `train_loop_per_worker` on `spec.workers`
     workers over the dataset's streams, keeping the `keep_checkpoints` best by val PSNR in the
-    store under checkpoints/<run id>/."""
+    store under checkpoints/<run id>/. `callbacks`: Ray Train user callbacks (a search trial
+    passes Tune's `TuneReportCallback`, which hands every report to Tune's scheduler)."""
     cfg = spec.variant_config()
     datasets = datasets_for(spec, job.manifest, settings, cfg.image_size, cfg.augment == "d4")
     # Only the training streams are split: Ray Train's split drops the rows that do not divide
@@ -196,7 +197,8 @@ def build_trainer(spec: TrainSpec, settings: Settings, job: JobPlan):
                                                checkpoint_score_order="max"),
             # controller_failure_limit bounds how often Ray retries STARTING the worker group
             # (unbounded by default: an unplaceable job would stay RUNNING forever).
-            failure_config=FailureConfig(max_failures=spec.max_failures, controller_failure_limit=2)),
+            failure_config=FailureConfig(max_failures=spec.max_failures, controller_failure_limit=2),
+            callbacks=callbacks),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=split),
     )
