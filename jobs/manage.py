@@ -114,7 +114,7 @@ def _elapsed(seconds: float) -> str:
 
 
 def job_rows(client, settings: Settings | None = None) -> list[list]:
-    """[id, status, model, variant, dataset, started, duration] of every training and evaluation
+    """[id, status, model, variant, dataset, started, duration] of every training, evaluation and batch
     job, newest first. A queued job's status is `QUEUED #N` (its place) and its duration says
     how long it has waited and for what (`waiting 1m05s: needs 3 CPUs, 1 free; behind ...`); a
     running job's duration is its elapsed time so far (`12s so far`); a preempted job's copy
@@ -122,7 +122,7 @@ def job_rows(client, settings: Settings | None = None) -> list[list]:
     rows = []
     every = client.list_jobs()
     replaced = admission.replaced(every)  # handed back to Ray behind a higher priority: their copy is listed
-    jobs = [j for j in every if (j.metadata or {}).get("img2img") in ("train", "eval")
+    jobs = [j for j in every if (j.metadata or {}).get("img2img") in ("train", "eval", "batch")
             and j.submission_id not in replaced]
     entries = queue_entries(client, settings) if settings is not None else {}
     for j in sorted(jobs, key=lambda j: j.start_time or 0, reverse=True):
