@@ -5,8 +5,10 @@ CPUs are free and their MLflow run ends KILLED."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime
 
 import httpx
@@ -76,6 +78,59 @@ def follow_progress(client, settings: Settings, job_id: str, run_id: str, say=No
         return status, strip_ansi(info.message or "")
 
     return follow(settings.mlflow_uri, run_id, job_status, say=say, live=live)
+
+
+def tail_lines(client, job_id: str, on_line: Callable[[str], None]) -> None:
+    """Call `on_line` with each line of the job's log, from its start until the job ends."""
+
+    async def tail():
+        buffer = ""
+        async for chunk in client.tail_job_logs(job_id):
+            buffer += chunk
+            *lines, buffer = buffer.split("\n")
+            for line in lines:
+                on_line(line)
+        if buffer:
+            on_line(buffer)
+
+    asyncio.run(tail())
+
+
+def follow_result(client, job_id: str, mark: str, what: str, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Follow a job that prints `MARK progress DONE/TOTAL`, `MARK result JSON` and `MARK error
+    LINE` (the evaluation and batch drivers) to its end, through the copies the queue hands back
+    to Ray -> its result plus "job_id". `progress(done, total)` as lines come. Raises
+    Img2ImgError with the job's error line, or its reason when it failed, or when it printed no
+    result (`what` names the kind of job)."""
+    found: dict = {}
+
+    def on_line(line: str) -> None:
+        if not line.startswith(mark):
+            return
+        kind, _, rest = line[len(mark):].strip().partition(" ")
+        if kind == "progress" and progress:
+            done, _, total = rest.partition("/")
+            progress(int(done), int(total))
+        elif kind == "result":
+            found["result"] = json.loads(rest)
+        elif kind == "error":
+            found["error"] = rest
+
+    while True:
+        tail_lines(client, job_id, on_line)
+        while (status := _status(client, job_id)) not in TERMINAL:
+            time.sleep(1)
+        nxt = admission.current_id(client, job_id) if status == "STOPPED" else job_id
+        if nxt == job_id:
+            break
+        job_id = nxt  # handed back to Ray behind a higher priority: follow its new id
+    if "error" in found:
+        raise Img2ImgError(found["error"])
+    if status != "SUCCEEDED":  # the job's own reason: one more request, only on failure
+        raise outcome_error(job_id, status, job_info(client, job_id)["message"])
+    if "result" not in found:
+        raise Img2ImgError(f"{what} job {job_id} printed no result; see `img2img jobs logs {job_id}`")
+    return {**found["result"], "job_id": job_id}
 
 
 def queue_entries(client, settings: Settings) -> dict[str, admission.QueueEntry]:

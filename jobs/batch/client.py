@@ -7,12 +7,11 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.admission import Footprint, current_id
+from cluster.admission import Footprint
 from cluster.errors import Img2ImgError
 from cluster.files import make_output_dir, write_atomic
 from cluster.services import cluster_resources
@@ -20,8 +19,7 @@ from cluster.settings import Settings
 from cluster.storage import Storage
 from jobs.batch.plan import Item, Location, check_locations, parse_location, plan
 from jobs.batch.spec import MANIFEST, MARK, MAX_PIXELS, BatchSpec, check_options
-from jobs.evaluation.client import _follow
-from jobs.manage import TERMINAL, _status, job_info, outcome_error
+from jobs.manage import follow_result
 from jobs.training.client import job_client, submit_job
 from registry.models import resolve
 
@@ -145,36 +143,8 @@ def submit(settings: Settings, req: Request, priority: str = "normal", queue_tim
 def follow(settings: Settings, job_id: str, progress: Progress | None = None) -> dict:
     """Follow the job's log to its end -> its summary (see `jobs.batch.driver.run`). Raises
     Img2ImgError when the job fails."""
-    client = job_client(settings)
-    found: dict = {}
-
-    def on_line(line: str) -> None:
-        if not line.startswith(MARK):
-            return
-        kind, _, rest = line[len(MARK):].strip().partition(" ")
-        if kind == "progress" and progress:
-            done, _, total = rest.partition("/")
-            progress("enhancing", int(done), int(total))
-        elif kind == "result":
-            found["result"] = json.loads(rest)
-        elif kind == "error":
-            found["error"] = rest
-
-    while True:
-        _follow(client, job_id, on_line)
-        while (status := _status(client, job_id)) not in TERMINAL:
-            time.sleep(1)
-        nxt = current_id(client, job_id) if status == "STOPPED" else job_id
-        if nxt == job_id:
-            break
-        job_id = nxt  # handed back to Ray behind a higher priority: follow its new id
-    if "error" in found:
-        raise Img2ImgError(found["error"])
-    if status != "SUCCEEDED":
-        raise outcome_error(job_id, status, job_info(client, job_id)["message"])
-    if "result" not in found:
-        raise Img2ImgError(f"batch job {job_id} printed no result; see `img2img jobs logs {job_id}`")
-    return {**found["result"], "job_id": job_id}
+    bar = (lambda done, total: progress("enhancing", done, total)) if progress else None
+    return follow_result(job_client(settings), job_id, MARK, "batch", bar)
 
 
 def download(settings: Settings, req: Request, progress: Progress | None = None) -> int:

@@ -25,14 +25,13 @@ import torch
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
-from cluster.admission import check_deadline
 from cluster.errors import Img2ImgError
-from cluster.services import driver_args
 from cluster.settings import get_settings
 from cluster.storage import Storage
 from jobs.batch.plan import Item, Location, plan
 from jobs.batch.spec import MANIFEST, MARK, BatchSpec
 from jobs.batch.summary import manifest_json, summarise
+from jobs.entry import marked_main
 from registry.loading import load
 from registry.tracking import RunLogger, experiment_id
 from translator import codec
@@ -155,19 +154,7 @@ def log_run(spec: BatchSpec, settings, summary: dict, manifest: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    spec_json, deadline = driver_args("img2img batch job", argv, logging.WARNING)
-    try:
-        check_deadline(deadline)
-        run(BatchSpec.from_json(spec_json))
-    except Img2ImgError as e:
-        print(f"{MARK} error {e}", flush=True)
-        return 1
-    except Exception as e:  # the client shows this line; the traceback stays in the job's log
-        log.exception("batch failed")
-        first = (str(e).strip().splitlines() or [""])[0][:300]
-        print(f"{MARK} error batch failed: {type(e).__name__}: {first}", flush=True)
-        return 1
-    return 0
+    return marked_main("img2img batch job", MARK, "batch", lambda text: run(BatchSpec.from_json(text)), argv)
 
 
 if __name__ == "__main__":
