@@ -4,7 +4,7 @@ pixel limit (serving/options.py: ReplicaOptions.max_pixels).
 Two numbers, each measured in a fresh process as the growth of its peak resident memory (Linux
 `ru_maxrss`):
 - per request: one photo of W x H through the replica's one-request path
-  (`serving.compute.enhance_alone`: decode, tiles through the model one at a time, merge, PNG encode)
+  (`translator.compute.enhance_alone`: decode, tiles through the model one at a time, merge, PNG encode)
   with a 1x1-conv stand-in model, so only the whole-image buffers count (bytes per pixel);
 - per tile: one 512 x 512 tile through the `nafnet` presets' generators (untrained: the
   activations do not depend on the weights), fp32 torch, the tile's activations.
@@ -36,8 +36,8 @@ def measure_photo(width: int, height: int) -> dict:
     import torch
     from PIL import Image
 
-    from serving.compute import enhance_alone
-    from serving.model import LoadedModel
+    from registry.loading import LoadedModel
+    from translator.compute import enhance_alone
 
     rng = np.random.default_rng(0)
     buf = io.BytesIO()

@@ -103,7 +103,7 @@ def score(outputs: list[np.ndarray], cleans: list[np.ndarray]) -> tuple[float, f
 def model_fn(settings, name: str, version: str):
     import torch
 
-    from serving.model import load
+    from registry.loading import load
 
     m = load(settings.mlflow_uri, name, version)
 

@@ -94,7 +94,7 @@ async def _load(url: str, body: bytes, n: int, concurrency: int) -> tuple[list[f
 
 def in_process(m, body: bytes, n: int, tile: int, png_level: int | None = None) -> tuple[list[float], float]:
     """n sequential decode + enhance + encode of `body` -> (latencies s, images/s)."""
-    from serving import codec
+    from translator import codec
     from translator.images import PNG_COMPRESS_LEVEL
 
     lat = []
@@ -124,9 +124,9 @@ def interleaved(settings, model: str, size: int, rounds: int) -> None:
     """In-process runtimes round-robin on one input size: p50 / min per runtime and ratios."""
     import torch
 
+    from registry.loading import load
     from registry.refs import resolve
-    from serving.model import load
-    from serving.runtime import cpu_has_native_bf16
+    from translator.runtime import cpu_has_native_bf16
 
     name, version = resolve(settings.mlflow_uri, model)
     body = _image(size)
@@ -174,11 +174,11 @@ def quick(settings, model: str, n: int = 20) -> None:
     torch bf16 path (what the fastest replica runs, without Serve)."""
     import httpx
 
+    from registry.loading import load
     from registry.refs import resolve
     from serving.deploy import deploy
-    from serving.model import load
     from serving.options import ReplicaOptions, Scaling
-    from serving.runtime import cpu_has_native_bf16
+    from translator.runtime import cpu_has_native_bf16
 
     name, version = resolve(settings.mlflow_uri, model)
     body = _image(256)
@@ -252,11 +252,11 @@ def main() -> None:
     import httpx
     import torch
 
+    from registry.loading import load
     from registry.refs import resolve
     from serving.deploy import deploy
-    from serving.model import load
     from serving.options import ReplicaOptions, Scaling
-    from serving.runtime import cpu_has_native_bf16
+    from translator.runtime import cpu_has_native_bf16
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="demo-photos-nafnet@champion")

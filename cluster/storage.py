@@ -168,9 +168,26 @@ class Storage:
                 "`img2img stack up` creates it on the local store, create it yourself on another one")
 
     # ---- objects ------------------------------------------------------------------------------
-    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream",
+                  metadata: dict[str, str] | None = None) -> None:
+        """One PUT: readers see the whole object or none of it. `metadata`: user metadata
+        (`x-amz-meta-*`, ASCII), read back by `metadata`."""
         with self.errors(key):
-            self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+            self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type,
+                                   metadata=metadata)
+
+    def metadata(self, key: str) -> dict[str, str] | None:
+        """The user metadata of `key` (names lower-case, without `x-amz-meta-`), or None when
+        there is no such object."""
+        try:
+            with self.errors(key):
+                stat = self.client.stat_object(self.bucket, key)
+        except Img2ImgError as e:
+            if "not found" in str(e):
+                return None
+            raise
+        prefix = "x-amz-meta-"
+        return {k.lower()[len(prefix):]: v for k, v in (stat.metadata or {}).items() if k.lower().startswith(prefix)}
 
     def put_if(self, key: str, data: bytes, etag: str | None, content_type: str = "application/json") -> str:
         """Write `key` only if it is still as it was read: absent (`etag` None) or unchanged (its

@@ -20,6 +20,7 @@ from rich.markup import escape
 from cluster.cli_utils import console, err_console
 from cluster.errors import Img2ImgError
 from cluster.services import bound_mlflow_calls
+from img2img_cli.commands.batch import batch
 from img2img_cli.commands.data import data_app
 from img2img_cli.commands.demo import demo
 from img2img_cli.commands.eval import eval_
@@ -114,6 +115,7 @@ app.command("tune")(tune)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(models_app, name="models")
 app.command("eval")(eval_)
+app.command("batch")(batch)
 app.add_typer(serve_app, name="serve")
 app.command("enhance")(enhance)
 app.command("demo")(demo)

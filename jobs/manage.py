@@ -5,8 +5,10 @@ CPUs are free and their MLflow run ends KILLED."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime
 
 import httpx
@@ -78,6 +80,59 @@ def follow_progress(client, settings: Settings, job_id: str, run_id: str, say=No
     return follow(settings.mlflow_uri, run_id, job_status, say=say, live=live)
 
 
+def tail_lines(client, job_id: str, on_line: Callable[[str], None]) -> None:
+    """Call `on_line` with each line of the job's log, from its start until the job ends."""
+
+    async def tail():
+        buffer = ""
+        async for chunk in client.tail_job_logs(job_id):
+            buffer += chunk
+            *lines, buffer = buffer.split("\n")
+            for line in lines:
+                on_line(line)
+        if buffer:
+            on_line(buffer)
+
+    asyncio.run(tail())
+
+
+def follow_result(client, job_id: str, mark: str, what: str, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Follow a job that prints `MARK progress DONE/TOTAL`, `MARK result JSON` and `MARK error
+    LINE` (the evaluation and batch drivers) to its end, through the copies the queue hands back
+    to Ray -> its result plus "job_id". `progress(done, total)` as lines come. Raises
+    Img2ImgError with the job's error line, or its reason when it failed, or when it printed no
+    result (`what` names the kind of job)."""
+    found: dict = {}
+
+    def on_line(line: str) -> None:
+        if not line.startswith(mark):
+            return
+        kind, _, rest = line[len(mark):].strip().partition(" ")
+        if kind == "progress" and progress:
+            done, _, total = rest.partition("/")
+            progress(int(done), int(total))
+        elif kind == "result":
+            found["result"] = json.loads(rest)
+        elif kind == "error":
+            found["error"] = rest
+
+    while True:
+        tail_lines(client, job_id, on_line)
+        while (status := _status(client, job_id)) not in TERMINAL:
+            time.sleep(1)
+        nxt = admission.current_id(client, job_id) if status == "STOPPED" else job_id
+        if nxt == job_id:
+            break
+        job_id = nxt  # handed back to Ray behind a higher priority: follow its new id
+    if "error" in found:
+        raise Img2ImgError(found["error"])
+    if status != "SUCCEEDED":  # the job's own reason: one more request, only on failure
+        raise outcome_error(job_id, status, job_info(client, job_id)["message"])
+    if "result" not in found:
+        raise Img2ImgError(f"{what} job {job_id} printed no result; see `img2img jobs logs {job_id}`")
+    return {**found["result"], "job_id": job_id}
+
+
 def queue_entries(client, settings: Settings) -> dict[str, admission.QueueEntry]:
     """{Ray id: QueueEntry} of the jobs waiting in the queue (stopped ones left out)."""
     cap = capacity(settings.ray_address, settings.ray_auth_headers())
@@ -114,15 +169,15 @@ def _elapsed(seconds: float) -> str:
 
 
 def job_rows(client, settings: Settings | None = None) -> list[list]:
-    """[id, status, model, variant, dataset, started, duration] of every training, evaluation
-    and search job, newest first. A queued job's status is `QUEUED #N` (its place) and its duration says
+    """[id, status, model, variant, dataset, started, duration] of every training, evaluation,
+    search and batch job, newest first. A queued job's status is `QUEUED #N` (its place) and its duration says
     how long it has waited and for what (`waiting 1m05s: needs 3 CPUs, 1 free; behind ...`); a
     running job's duration is its elapsed time so far (`12s so far`); a preempted job's copy
     adds `(preempted by ID at step N, resumes there)`."""
     rows = []
     every = client.list_jobs()
     replaced = admission.replaced(every)  # handed back to Ray behind a higher priority: their copy is listed
-    jobs = [j for j in every if (j.metadata or {}).get("img2img") in ("train", "eval", "search")
+    jobs = [j for j in every if (j.metadata or {}).get("img2img") in ("train", "eval", "search", "batch")
             and j.submission_id not in replaced]
     entries = queue_entries(client, settings) if settings is not None else {}
     for j in sorted(jobs, key=lambda j: j.start_time or 0, reverse=True):

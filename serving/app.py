@@ -38,19 +38,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from cluster.errors import Img2ImgError
-from serving import codec
+from registry.loading import LoadedModel, load_and_measure
 from serving.body import authorised, read_body
-from serving.compute import (
-    compute_thread,
-    enhance_alone,
-    load_and_measure,
-    on_compute_thread,
-    run_grouped,
-    split_for,
-)
 from serving.configs import DEPLOYMENT
 from serving.limits import cancel_on_disconnect, compute_too_slow, upload_too_slow
-from serving.model import LoadedModel
 from serving.options import DEFAULTS as OPTIONS
 from serving.options import (
     SCALING,
@@ -62,9 +53,16 @@ from serving.options import (
 )
 from serving.page import web_response
 from serving.responses import bad_parameters, error, server_timing
-from serving.runtime import threads_for
-from translator import tiling
+from translator import codec, tiling
 from translator.allocator import retain_freed_memory
+from translator.compute import (
+    compute_thread,
+    enhance_alone,
+    on_compute_thread,
+    run_grouped,
+    split_for,
+)
+from translator.runtime import threads_for
 
 log = logging.getLogger("img2img.serve")
 api = FastAPI(title="img2img enhancer", description="Image enhancement with a registered img2img model.")
@@ -119,7 +117,7 @@ class Enhancer:
 
     @serve.batch(max_batch_size=OPTIONS.max_batch_size, batch_wait_timeout_s=OPTIONS.batch_wait_timeout_s)
     async def run_tiles(self, items: list[tuple[LoadedModel, object, torch.Tensor, bool]]) -> list[torch.Tensor]:
-        """Tiles from concurrent requests, run together (see `serving.compute.run_grouped`)."""
+        """Tiles from concurrent requests, run together (see `translator.compute.run_grouped`)."""
         return await on_compute_thread(run_grouped, items)
 
     def _key_sha256(self) -> str | None:

@@ -9,7 +9,7 @@ import hmac
 
 from fastapi import Request
 
-from serving import codec
+from translator import codec
 
 
 def max_body_bytes(max_pixels: int) -> int:

@@ -65,8 +65,8 @@ def deploy(settings: Settings, model: str = "", replica: ReplicaOptions = DEFAUL
     place, an unknown model, or replicas that would starve queued jobs (a config Serve refuses
     would leave the app DEPLOY_FAILED with no replica)."""
     # deferred: they import torch and MLflow, which `serve status` and `serve rm` need not load
-    from serving.model import version_run_id
-    from serving.runtime import threads_for
+    from registry.loading import version_run_id
+    from translator.runtime import threads_for
 
     if not model:
         raise Img2ImgError("give --model NAME@champion (or NAME/VERSION)")
@@ -192,7 +192,7 @@ def redeploy_model(settings: Settings, model: str, wait_s: float = 300) -> dict:
     st = status(settings)
     if not st:
         raise Img2ImgError("no enhancer app is deployed; deploy one with: img2img serve deploy --model NAME@champion")
-    from serving.model import version_run_id  # deferred: torch and MLflow (see deploy)
+    from registry.loading import version_run_id  # deferred: torch and MLflow (see deploy)
 
     name, version = resolve(settings.mlflow_uri, model)
     state = _request(settings, "GET")

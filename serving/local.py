@@ -10,13 +10,14 @@ from PIL import Image
 from cluster.errors import Img2ImgError
 from cluster.files import make_output_dir, write_atomic
 from cluster.settings import Settings
+from registry.loading import load
 from registry.refs import resolve
-from serving import codec
 from serving.client import Outcome
 from serving.inputs import check_outputs, output_path, unique_files
-from serving.model import load
-from serving.options import DEFAULTS, RUNTIMES, over_pixel_limit
+from serving.options import DEFAULTS, RUNTIMES
+from translator import codec
 from translator.allocator import retain_freed_memory
+from translator.codec import over_pixel_limit
 
 
 def too_large(files: list[Path], max_pixels: int, command: str) -> dict[Path, str]:

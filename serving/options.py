@@ -21,12 +21,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cluster.errors import Img2ImgError
-from translator import OVERLAP, TILE
-
-Runtime = Literal["auto", "torch", "onnx"]
-MemoryFormat = Literal["channels_last", "contiguous"]
-Precision = Literal["auto", "fp32", "bf16"]
-RUNTIMES, MEMORY_FORMATS, PRECISIONS = (typing.get_args(t) for t in (Runtime, MemoryFormat, Precision))
+from translator import MEMORY_FORMATS, OVERLAP, PRECISIONS, RUNTIMES, TILE, MemoryFormat, Precision  # noqa: F401
+from translator import RuntimeName as Runtime
 
 # The default pixel limit: every photo phones and cameras write, 64 MP phone sensors (9248 x 6936 =
 # 64.1 MP) and 61 MP full-frame cameras (9504 x 6336) included. Tiles bound the model's memory, not
@@ -140,7 +136,7 @@ class ReplicaOptions(Options):
     batch_wait_timeout_s: tiles of concurrent requests run together, up to this many, waiting at
     most this many seconds to fill a batch (1 = off: measured slower on CPU). runtime: auto
     (torch on GPU; on CPU the fastest of onnx, torch fp32 and torch bf16, timed on the model at
-    start per image size: serving.model.load) | torch | onnx. threads: intra-op threads per
+    start per image size: registry.loading.load) | torch | onnx. threads: intra-op threads per
     replica (None: floor(Scaling.num_cpus), at least 1). memory_format, precision: torch only.
     request_timeout_s: seconds of compute, counted from when the request's body has arrived,
     before it is answered 504 (None: `serve deploy` sizes it from the replica's measured speed;
@@ -187,7 +183,7 @@ class ReplicaOptions(Options):
         return self
 
     def model_build(self, threads: int) -> dict[str, Any]:
-        """The keyword arguments of `serving.model.load` these options set, with `threads`
+        """The keyword arguments of `registry.loading.load` these options set, with `threads`
         resolved (a replica reloads its model when they change)."""
         return {"runtime": self.runtime, "threads": threads, "memory_format": self.memory_format,
                 "precision": self.precision}
@@ -286,15 +282,6 @@ def time_limits(max_pixels: int, seconds_per_megapixel: float | None,
             longest = max_pixels / 1e6 * seconds_per_megapixel
             request_timeout_s = max(MIN_REQUEST_TIMEOUT_S, math.ceil(SLOWDOWN * longest))
     return float(request_timeout_s), float(request_timeout_s + SHUTDOWN_MARGIN_S)
-
-
-def over_pixel_limit(width: int, height: int, max_pixels: int, command: str) -> str | None:
-    """The refusal of a `width` x `height` image over `max_pixels`, saying how to raise the limit
-    with `command` (e.g. "img2img serve deploy --model NAME@champion"), or None when it fits."""
-    if width * height <= max_pixels:
-        return None
-    return (f"image is {width}x{height} = {width * height / 1e6:.1f} MP, over the {max_pixels / 1e6:.1f} MP limit; "
-            f"raise it with: {command} --max-megapixels {math.ceil(width * height / 1e6)}")
 
 
 def tiling_problem(tile: int, overlap: int) -> str | None:

@@ -176,9 +176,9 @@ def enhance(
         raise Img2ImgError(f"--timeout must be a finite number of seconds > 0, got {timeout}")
     if parallel < 1 or (threads is not None and threads < 1):
         raise Img2ImgError("--parallel and --threads must be at least 1")
-    # deferred, as serving.model and serving.local below: they import torch (and MLflow), which
+    # deferred, as registry.loading and serving.local below: they import torch (and MLflow), which
     # every other img2img command would load at start for nothing
-    from serving.codec import FORMATS
+    from translator.codec import FORMATS
 
     if max_megapixels is not None and not local:  # a limit typed must not be silently ignored
         raise Img2ImgError("--max-megapixels goes with --local; the endpoint's limit is set by: "

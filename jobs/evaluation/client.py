@@ -4,19 +4,16 @@ to this machine: the job reads them from the object store on the cluster."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import shlex
-import time
 from collections.abc import Callable
 
-from cluster.admission import Footprint, current_id
+from cluster.admission import Footprint
 from cluster.admission import check_options as check_queue_options
 from cluster.errors import Img2ImgError
 from cluster.settings import Settings
 from cluster.storage import Storage
 from jobs.evaluation.spec import MARK, EvalSpec, check_options
-from jobs.manage import TERMINAL, _status, job_info, outcome_error
+from jobs.manage import follow_result
 from jobs.training.client import admit, cluster_resources, job_client, submit_job
 from registry.manifest import read_manifest
 from registry.models import client, resolve
@@ -63,20 +60,6 @@ def footprint(workers: int, cpus_per_worker: float, use_gpu: bool):
     return Footprint(workers, cpus_per_worker, 1.0 if use_gpu else 0.0)
 
 
-def _follow(client, job_id: str, on_line: Callable[[str], None]) -> None:
-    async def tail():
-        buffer = ""
-        async for chunk in client.tail_job_logs(job_id):
-            buffer += chunk
-            *lines, buffer = buffer.split("\n")
-            for line in lines:
-                on_line(line)
-        if buffer:
-            on_line(buffer)
-
-    asyncio.run(tail())
-
-
 def evaluate(settings: Settings, ref: str, dataset: str, split: str = "val", limit: int | None = None,
              progress: Callable[[int, int], None] | None = None, priority: str = "normal",
              queue_timeout_s: float | None = None, **kw) -> dict:
@@ -95,32 +78,4 @@ def evaluate(settings: Settings, ref: str, dataset: str, split: str = "val", lim
     job_id = submit_job(settings, entrypoint=entrypoint, metadata=metadata,
                         footprint=footprint(spec.workers, spec.cpus_per_worker, spec.use_gpu),
                         priority=priority, queue_timeout_s=queue_timeout_s)
-    found: dict = {}
-
-    def on_line(line: str) -> None:
-        if not line.startswith(MARK):
-            return
-        kind, _, rest = line[len(MARK):].strip().partition(" ")
-        if kind == "progress" and progress:
-            done, _, total = rest.partition("/")
-            progress(int(done), int(total))
-        elif kind == "result":
-            found["result"] = json.loads(rest)
-        elif kind == "error":
-            found["error"] = rest
-
-    while True:
-        _follow(client, job_id, on_line)
-        while (status := _status(client, job_id)) not in TERMINAL:
-            time.sleep(1)
-        nxt = current_id(client, job_id) if status == "STOPPED" else job_id
-        if nxt == job_id:
-            break
-        job_id = nxt  # handed back to Ray behind a higher priority: follow its new id
-    if "error" in found:
-        raise Img2ImgError(found["error"])
-    if status != "SUCCEEDED":  # the job's own reason: one more request, only on failure
-        raise outcome_error(job_id, status, job_info(client, job_id)["message"])
-    if "result" not in found:
-        raise Img2ImgError(f"evaluation job {job_id} printed no result; see `img2img jobs logs {job_id}`")
-    return {**found["result"], "job_id": job_id}
+    return follow_result(client, job_id, MARK, "evaluation", progress)

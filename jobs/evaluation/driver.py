@@ -34,12 +34,11 @@ from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from cluster.admission import check_deadline
 from cluster.errors import Img2ImgError
-from cluster.services import driver_args
 from cluster.settings import get_settings
-from cluster.storage import Storage, arrow_errors, arrow_filesystem
+from cluster.storage import Storage, arrow_filesystem
 from jobs.data.stream import _decode, check_shards, read_parquet_v1
+from jobs.entry import marked_main
 from jobs.evaluation.spec import MARK, EvalSpec
 from registry.manifest import read_manifest
 from registry.tracking import RunLogger, eval_tags, experiment_id, upsert, write_model_card
@@ -240,20 +239,7 @@ def run(spec: EvalSpec, settings=None, echo=print) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    spec_json, deadline = driver_args("img2img evaluation job", argv, logging.WARNING)
-    try:
-        check_deadline(deadline)
-        with arrow_errors():  # a store down past its retries (shard reads, checkpoints): one line naming it
-            run(EvalSpec.from_json(spec_json))
-    except Img2ImgError as e:
-        print(f"{MARK} error {e}", flush=True)
-        return 1
-    except Exception as e:  # the client shows this line; the traceback stays in the job's log
-        log.exception("evaluation failed")
-        first = (str(e).strip().splitlines() or [""])[0][:300]
-        print(f"{MARK} error evaluation failed: {type(e).__name__}: {first}", flush=True)
-        return 1
-    return 0
+    return marked_main("img2img evaluation job", MARK, "evaluation", lambda text: run(EvalSpec.from_json(text)), argv)
 
 
 if __name__ == "__main__":

@@ -209,7 +209,7 @@ def test_3_rows_1_val_row_2_workers_trains_what_it_reports_with_live_progress(st
     assert [x.step for x in ml.get_metric_history(run_id, "val_psnr")] == [5, 10]
     assert 0 < m["time_bookkeeping_s"] < m["time_fit_s"]
     # a load like `serve deploy`/`reload`/`enhance --local` do, then nothing of ours is left over
-    from serving.model import load
+    from registry.loading import load
 
     version = ml.search_model_versions("name='rows-3'")[0].version
     # the job's verdict on the model is in the follow output, not only in `jobs logs`

@@ -10,10 +10,11 @@ import pytest
 from PIL import Image
 
 from cluster.errors import Img2ImgError
-from serving import codec
 from serving.inputs import check_outputs, collect, output_path
 from serving.local import too_large
-from serving.options import DEFAULTS, over_pixel_limit
+from serving.options import DEFAULTS
+from translator import codec
+from translator.codec import over_pixel_limit
 
 
 def photo_folder(root: Path) -> Path:

@@ -49,8 +49,8 @@ class Net:
 def test_the_servers_tile_loop_stops_for_a_client_gone_and_for_its_time_limit():
     import time
 
-    from serving.compute import run_grouped
     from translator import tiling
+    from translator.compute import run_grouped
 
     net = Net()
     items = [(None, net, torch.zeros(1, 3, 8, 8), False) for _ in range(5)]

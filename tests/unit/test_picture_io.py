@@ -10,8 +10,7 @@ import tifffile
 import torch
 from PIL import Image, ImageCms
 
-from serving import codec
-from translator import images
+from translator import codec, images
 
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 

@@ -146,7 +146,7 @@ class _Runtime:
 
 
 def test_tile_batches_group_by_runtime_shape_and_precision_and_answer_each_request():
-    from serving.compute import group_tiles, run_grouped
+    from translator.compute import group_tiles, run_grouped
 
     fast, other = _Runtime(), _Runtime()
     tiles = [torch.full((1, 3, 8, 8), float(i)) for i in range(7)]
@@ -165,7 +165,7 @@ def test_tile_batches_group_by_runtime_shape_and_precision_and_answer_each_reque
 def test_one_request_runs_its_tiles_a_few_at_a_time_and_stops_past_its_deadline():
     import time
 
-    from serving.compute import run_grouped
+    from translator.compute import run_grouped
 
     net = _Runtime()
     items = [(None, net, torch.full((1, 3, 8, 8), float(i)), False) for i in range(10)]
@@ -186,7 +186,7 @@ def test_a_request_alone_runs_one_tile_per_pass_on_a_cpu(device, largest_pass):
 
     from PIL import Image
 
-    from serving.compute import enhance_alone
+    from translator.compute import enhance_alone
 
     net = _Runtime()
     net.device = device
@@ -205,7 +205,7 @@ def test_a_request_alone_runs_one_tile_per_pass_on_a_cpu(device, largest_pass):
 
 
 def test_output_formats_refuse_sizes_they_cannot_hold_before_the_model_runs():
-    from serving import codec
+    from translator import codec
     from translator.images import Picture
 
     class Decoded:  # only the shape matters to the check (8-bit samples: any format holds them)

@@ -7,9 +7,8 @@ import pytest
 import torch
 
 from cluster.errors import Img2ImgError
-from serving import runtime
 from tests.unit.test_export import trained_generator
-from translator import export, precision
+from translator import export, precision, runtime
 
 
 @pytest.fixture(autouse=True)
@@ -145,7 +144,7 @@ def test_cpu_candidates_hold_bf16_only_where_native_and_within_one_8bit_level(na
 def test_auto_sends_small_images_to_one_runtime_and_large_ones_to_another(nafnet):
     """A model loaded with runtime auto can carry two runtimes (the faster at 256 px and the
     faster per tile) and picks per image by its pixel count."""
-    from serving.model import SMALL_IMAGE_PIXELS, LoadedModel
+    from registry.loading import SMALL_IMAGE_PIXELS, LoadedModel
 
     generator, multiple = nafnet
     large = runtime.build(generator, multiple, "onnx", threads=1)

@@ -11,8 +11,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from serving import codec
-from translator import images
+from translator import codec, images
 
 H, W = 12, 16
 RNG = np.random.default_rng(7)

@@ -76,7 +76,7 @@ def test_demo_refuses_a_bad_choice_in_one_line_before_starting(cli, tmp_path, mo
 def test_served_model_says_its_task(degradation, task):
     import torch
 
-    from serving.model import LoadedModel
+    from registry.loading import LoadedModel
 
     info = LoadedModel(torch.nn.Identity(), "m", "1", "pix2pix", 1, degradation=degradation).info()
     assert info["task"] == task and info["degradation"] == degradation

@@ -11,13 +11,13 @@ first frame; `frames` says how many there were (the endpoint puts it in `X-Input
 
 from __future__ import annotations
 
+import math
 import struct
 import warnings
 
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from serving.options import over_pixel_limit
 from translator import images, samples
 
 FORMATS = images.WRITE_FORMATS
@@ -25,6 +25,15 @@ DEPLOY_COMMAND = "img2img serve deploy --model NAME@champion"  # how an endpoint
 # The largest side each output format can hold (WebP's VP8 header: 14 bits; JPEG's SOF: 16 bits);
 # past it Pillow fails only after the model has run, so requests are refused before.
 MAX_SIDE = {"webp": 16383, "jpeg": 65535, "jpg": 65535}
+
+
+def over_pixel_limit(width: int, height: int, max_pixels: int, command: str) -> str | None:
+    """The refusal of a `width` x `height` image over `max_pixels`, saying how to raise the limit
+    with `command` (e.g. "img2img serve deploy --model NAME@champion"), or None when it fits."""
+    if width * height <= max_pixels:
+        return None
+    return (f"image is {width}x{height} = {width * height / 1e6:.1f} MP, over the {max_pixels / 1e6:.1f} MP limit; "
+            f"raise it with: {command} --max-megapixels {math.ceil(width * height / 1e6)}")
 
 
 class RequestError(Exception):

@@ -1,6 +1,7 @@
 """A replica's model computation: the one compute thread every model call runs on, tiles grouped
 into forward passes (batched across requests or one request alone), and a model loaded and
-timed on that thread. No HTTP here: serving/app.py awaits these."""
+timed on that thread. No HTTP here: serving/app.py awaits these, and the batch job
+(jobs/batch/) calls `enhance_alone`, so both give the same bytes for the same model and file."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import concurrent.futures
 import functools
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
-from serving import codec
-from serving.model import LoadedModel, load
-from translator import tiling
+from translator import codec, tiling
+
+if TYPE_CHECKING:  # duck-typed: anything with `net(direction, pixels)` and `multiple` (registry.loading.LoadedModel)
+    from registry.loading import LoadedModel
 
 # Tiles per forward pass of one request: all tiles at once would hold every tile's activations
 # (GBs on CPU); on a CPU one at a time is also fastest (1024x1024 in 512 px tiles: 1.17 s one by
@@ -82,15 +84,6 @@ def run_grouped(items: list[tuple[Any, Any, torch.Tensor, bool]], per_pass: int 
     return out
 
 
-def load_and_measure(*args, **kwargs) -> LoadedModel:
-    """`serving.model.load(*args, **kwargs)`, then its speed measured (which warms it up too; the
-    speed sizes request time limits). Run on the compute thread: the runtime choice and the
-    speed are then measured on the thread that will serve."""
-    model = load(*args, **kwargs)
-    model.measure_speed()
-    return model
-
-
 def split_for(model: LoadedModel, direction: str, decoded: codec.DecodedImage, tile: int, overlap: int):
     """-> (the runtime for this direction and image size, tiles (N, 3, t, t) of the decoded image
     in [-1, 1], the plan `tiling.merge` needs): what both request paths do before the model."""
@@ -100,16 +93,17 @@ def split_for(model: LoadedModel, direction: str, decoded: codec.DecodedImage, t
 
 
 def enhance_alone(body: bytes, max_pixels: int, model: LoadedModel, direction: str, fmt: str, tile: int,
-                  overlap: int, deadline: float | None = None, cancelled: Callable[[], bool] | None = None
-                  ) -> tuple[bytes, str, codec.DecodedImage, dict[str, float], Any]:
+                  overlap: int, deadline: float | None = None, cancelled: Callable[[], bool] | None = None,
+                  raise_with: str = codec.DEPLOY_COMMAND) -> tuple[bytes, str, codec.DecodedImage, dict[str, float], Any]:
     """One request end to end in the calling thread (batching off): decode, tiles through the
     model's runtime for this direction and image size (`tiles_per_pass` at a time), merge, encode
     -> (data, media type, decoded input, seconds per stage, the runtime). Raises
     `codec.RequestError` for bad input, as the batched path does; between passes, TimeoutError
-    once `deadline` (time.monotonic()) has passed and `tiling.Cancelled` once `cancelled()`."""
+    once `deadline` (time.monotonic()) has passed and `tiling.Cancelled` once `cancelled()`.
+    `raise_with`: the command an over-limit refusal names (`codec.decode`)."""
     tiling.stop_if(cancelled)  # its client left while it waited for the compute thread
     t0 = time.perf_counter()
-    decoded = codec.decode(body, max_pixels)
+    decoded = codec.decode(body, max_pixels, raise_with)
     codec.check_output(fmt, decoded)
     t1 = time.perf_counter()
     net, tiles, plan = split_for(model, direction, decoded, tile, overlap)

@@ -1,5 +1,5 @@
 """How a loaded generator runs on this machine: `torch` or `onnx` (ONNX Runtime). `auto` is torch
-on a GPU; on a CPU, `serving.model.load` builds ONNX Runtime, torch channels_last fp32 and (where
+on a GPU; on a CPU, `registry.loading.load` builds ONNX Runtime, torch channels_last fp32 and (where
 it is native and precise enough) torch bf16, times them on the loaded model (`fastest_per_size`:
 a 256 px image and one 512 px tile), then runs each image size on the fastest (`build` alone maps
 auto to onnx on a CPU).
@@ -29,8 +29,7 @@ from pathlib import Path
 
 import torch
 
-from serving.options import MEMORY_FORMATS, PRECISIONS, RUNTIMES
-from translator import export
+from translator import MEMORY_FORMATS, PRECISIONS, RUNTIMES, export
 from translator.precision import cpu_flags, cpu_has_native_bf16  # noqa: F401  (re-exported)
 
 ONE_8BIT_LEVEL = 2.0 / 255.0

@@ -1,5 +1,6 @@
 """Loading a registered generator from MLflow and running it on one image (tiled), on the
-runtime chosen for this machine (serving/runtime.py)."""
+runtime chosen for this machine (translator/runtime.py). Used by the endpoint (serving/) and the
+batch job (jobs/batch/), so both run a version the same way."""
 
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ from mlflow.tracking import MlflowClient
 import translator  # noqa: F401  (the models' pickled code is imported from ours, never from their copy)
 from cluster.errors import Img2ImgError
 from cluster.services import bound_mlflow_calls, require
-from serving.runtime import CHOICE_SIZES, Runtime, build, cpu_candidates, fastest_per_size
 from translator import tiling
 from translator.catalog import variant_names
 from translator.descriptor import GeneratorDescriptor
 from translator.metrics import PSNR_DEFINITION
+from translator.runtime import CHOICE_SIZES, Runtime, build, cpu_candidates, fastest_per_size
 from translator.tasks import task_for_spec
 
 log = logging.getLogger(__name__)
@@ -198,3 +199,12 @@ def load(tracking_uri: str, name: str, version: str, device: str | None = None, 
                        psnr_definition=tags.get("psnr_def", "per-image-mean"),
                        device=device, runtime=rt, degradation=tags.get("degradation"), small_runtime=small,
                        small_pixels=SMALL_IMAGE_PIXELS if small else 0, runtime_choice=choice, descriptor=descriptor)
+
+
+def load_and_measure(*args, **kwargs) -> LoadedModel:
+    """`load(*args, **kwargs)`, then its speed measured (which warms it up too; the
+    speed sizes request time limits). Run on the compute thread: the runtime choice and the
+    speed are then measured on the thread that will serve."""
+    model = load(*args, **kwargs)
+    model.measure_speed()
+    return model
