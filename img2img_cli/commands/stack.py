@@ -129,7 +129,7 @@ def join(head: str = typer.Option(..., "--head", help="the head's Ray dashboard 
     machine's CPUs/GPUs. Needs the head's token and the S3 store's keys (IMG2IMG_S3_ACCESS_KEY,
     IMG2IMG_S3_SECRET_KEY).
 
-    Example: `IMG2IMG_STATE_DIR=/tmp/node2 img2img stack join --head http://127.0.0.1:8265 --num-cpus 2 --token-file ~/.img2img/ray/auth_token`
+    Example: `IMG2IMG_STATE_DIR=/tmp/node2 img2img stack join --head http://127.0.0.1:8265 --num-cpus 2 --token-file ~/.local/state/img2img/ray/auth_token`
     """
     stack = Stack(get_settings())
     with console.status(f"joining {head}"):
