@@ -278,11 +278,14 @@ def run(spec: TrainSpec, settings: Settings | None = None):
         watch.start()
     try:
         result = trainer.fit()
-    except KeyboardInterrupt:
-        if watch and watch.reason:  # the watch ended a run that stopped making progress
+    except BaseException as e:
+        # The watch interrupted a run that stopped making progress: Ray Train answers SIGINT by
+        # aborting the run and raising SystemExit.
+        if watch and watch.reason:
             raise Img2ImgError(watch.reason) from None
-        raise
-    except Exception as e:  # a store down past its retries: its one line, not the worker's traceback
+        if not isinstance(e, Exception):
+            raise
+        # a store down past its retries: its one line, not the worker's traceback
         raise arrow_unavailable(e, settings) or Img2ImgError(f"training failed: {_root_cause(e)}") from None
     finally:
         if watch:

@@ -7,8 +7,8 @@ run's latest checkpoint in the object store). This thread only makes it visible 
   (MLflow tag `img2img.node_lost`, shown by `train --follow` and `jobs status`) within one poll;
 - a run whose step has not moved for `stall_timeout_s` while it trains (e.g. the nodes left
   cannot hold its workers and its Ray Data tasks together: Ray then waits forever) is ended with
-  the reason: the thread interrupts the driver's main thread, which marks the run FAILED and
-  exits 1 (Ray then removes the job's workers and actors).
+  the reason: the thread interrupts the driver's main thread (Ray Train aborts the run on that
+  SIGINT), which marks the run FAILED with the reason and exits 1.
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ class Watch(threading.Thread):
                 lost = run.data.tags.get(TAG_NODE_LOST)
                 self.reason = (f"stalled: no training step for {self.stall_timeout_s:g}s at step {step}"
                                + (f" after {lost.split(';')[0]}" if lost else "")
-                               + "; the cluster cannot run it now: resubmit with --resume " + self.run_id)
+                               + " (a worker hangs, or the nodes left have no CPU for its data); resubmit with "
+                               f"--resume {self.run_id} when the cluster can run it")
                 log.error(self.reason)
                 _thread.interrupt_main()
                 return

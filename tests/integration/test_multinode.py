@@ -77,7 +77,14 @@ def _raylet(root) -> psutil.Process:
 
 
 def _train_workers_under(raylet: psutil.Process) -> list[psutil.Process]:
-    return [p for p in raylet.children(recursive=True) if "RayTrainWorker" in " ".join(p.cmdline())]
+    found = []
+    for p in raylet.children(recursive=True):
+        try:
+            if "RayTrainWorker" in " ".join(p.cmdline()):
+                found.append(p)
+        except psutil.Error:  # a worker that exited (or a zombie) meanwhile
+            continue
+    return found
 
 
 def test_training_survives_losing_a_node_from_its_last_checkpoint(stack, blur_dataset, second_node):
@@ -115,3 +122,40 @@ def test_training_survives_losing_a_node_from_its_last_checkpoint(stack, blur_da
     assert 0 < int(run.data.tags[TAG_RESTORED]) <= step
     # the user was told which node was lost (the restart takes longer than Ray's health checks)
     assert run.data.tags[TAG_NODE_LOST].startswith("node ") and " lost at step " in run.data.tags[TAG_NODE_LOST]
+
+
+def test_a_run_whose_step_stops_moving_ends_with_the_reason(stack, blur_dataset):
+    """Every worker of the run frozen (SIGSTOP: a hung machine or collective, which Ray does not
+    see as a failure) -> the job ends FAILED within its --stall-timeout, the reason on its run."""
+    from jobs.training.client import job_client, submit
+    from jobs.training.spec import TrainSpec
+
+    client, mlflow = job_client(stack), MlflowClient(stack.mlflow_uri)
+    spec = TrainSpec(dataset=blur_dataset, variant="autoencoder", config={"nf": 8}, image_size=32, batch_size=4,
+                     lr=1e-3, max_steps=100_000, checkpoint_every="50", log_every=1, workers=2, cpus_per_worker=0.5,
+                     stall_timeout_s=30, model_name="test-stall", experiment="integration")
+    sub = submit(spec, stack)
+    frozen: list[psutil.Process] = []
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and int(mlflow.get_run(sub["run_id"]).data.metrics.get("step", 0)) < 2:
+            assert str(client.get_job_status(sub["job_id"])).endswith(("RUNNING", "PENDING"))
+            time.sleep(1)
+        frozen = [p for p in psutil.process_iter(["cmdline", "cwd"])
+                  if "RayTrainWorker" in " ".join(p.info["cmdline"] or []) and sub["run_id"] in (p.info["cwd"] or "")]
+        assert len(frozen) == 2, frozen
+        for p in frozen:
+            p.suspend()
+        stopped_at = time.time()
+        status = wait_job(client, sub["job_id"], timeout=600)
+        ended_after = time.time() - stopped_at
+    finally:
+        for p in frozen:
+            try:
+                p.resume()
+            except psutil.NoSuchProcess:
+                pass
+    run = mlflow.get_run(sub["run_id"])
+    assert status == "FAILED" and run.info.status == "FAILED"
+    assert run.data.tags["error"].startswith("stalled: no training step for 30s at step "), run.data.tags["error"]
+    assert ended_after < 300, f"ended {ended_after:.0f}s after the workers froze (stall timeout 30s)"
