@@ -24,18 +24,14 @@ from mlflow.tracking import MlflowClient
 from registry.tracking import TAG_NODE_LOST, TAG_PHASE, TAG_STARTS
 
 log = logging.getLogger("img2img.train")
-DEFAULT_STALL_TIMEOUT_S = 1800.0
 
 
 def lost_line(node: dict, step: int, remaining_cpus: float) -> str:
     """The one line a user sees for a lost node: which, at which step, what happens next.
     node: a `ray.nodes()` entry (NodeID, NodeManagerAddress); remaining_cpus: alive CPUs."""
     return (f"node {node.get('NodeID', '?')[:12]} ({node.get('NodeManagerAddress', '?')}) lost at step {step}; "
-            f"Ray Train restarts the workers on the remaining {remaining_cpus:g} CPUs from the last checkpoint")
-
-
-class Stalled(Exception):
-    """Raised in the driver when the watch ended a run that made no progress (the reason as message)."""
+            f"Ray Train restarts the workers from the last checkpoint (within --max-failures) if the remaining "
+            f"{remaining_cpus:g} CPUs hold them")
 
 
 class Watch(threading.Thread):

@@ -88,8 +88,8 @@ def test_a_lost_node_is_told_once_before_the_restore_from_its_checkpoint():
     from jobs.training.watch import lost_line
 
     line = lost_line({"NodeID": "d3528d0d51a1bef3", "NodeManagerAddress": "10.0.0.7"}, 12, 4.0)
-    assert line == ("node d3528d0d51a1 (10.0.0.7) lost at step 12; Ray Train restarts the workers on the "
-                    "remaining 4 CPUs from the last checkpoint")
+    assert line == ("node d3528d0d51a1 (10.0.0.7) lost at step 12; Ray Train restarts the workers from the last "
+                    "checkpoint (within --max-failures) if the remaining 4 CPUs hold them")
     a = Snapshot(phase="training", starts=1, step=12)
     b = Snapshot(phase="training", starts=1, step=12, node_lost=line)
     assert events(a, b) == [line] and events(b, b) == []
