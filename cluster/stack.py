@@ -21,6 +21,7 @@ from cluster.errors import Img2ImgError
 from cluster.files import write_atomic
 from cluster.services import http_status, poll_until
 from cluster.settings import Settings, get_settings
+from cluster.stack_join import StackJoin, list_nodes  # noqa: F401  (re-exported)
 from cluster.stack_start import BIN, WORKER_PORTS, StackStart, free_port, port_free  # noqa: F401  (re-exported)
 from cluster.stack_stop import RAY_COMMAND, StackStop  # noqa: F401  (re-exported)
 
@@ -42,7 +43,7 @@ def _http_ok(url: str, headers: dict | None = None, timeout: float = 2.0) -> boo
     return http_status(url, headers, timeout) == 200
 
 
-class Stack(StackStart, StackStop):
+class Stack(StackStart, StackStop, StackJoin):
     """The embedded stack under one state dir: its recorded state, health, `up`, `down`
     (cluster/stack_stop.py), status and logs; starting each service: cluster/stack_start.py."""
 

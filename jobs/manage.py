@@ -235,6 +235,10 @@ def job_summary(client, settings: Settings, job_id: str) -> dict:
             info["progress"] = snap.line()
             if snap.preempted:
                 info["preempted"] = snap.preempted
+            if snap.node_lost:
+                info["node_lost"] = snap.node_lost
+            if snap.starts > 1:  # Ray Train restarted the workers (a node or worker lost)
+                info["restored_step"] = snap.restored
             if snap.error:
                 info["error"] = snap.error
             if snap.warnings:  # the job's verdicts on its model, e.g. WORSE than its input

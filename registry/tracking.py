@@ -96,6 +96,7 @@ TAG_TIME_BUDGET = "img2img.time_budget_s"
 TAG_TRAINING_SINCE = "img2img.training_since"  # epoch seconds when the workers first started training
 TAG_PREEMPT_REQUEST = "img2img.preempt_request"  # the Ray id of a job that asks this run to stop at a checkpoint
 TAG_PREEMPTED = "img2img.preempted"  # "preempted by ID, re-queued, resumes at step N", set when it did
+TAG_NODE_LOST = "img2img.node_lost"  # "node ID (IP) lost at step N; ..." for the latest Ray node the job lost
 TAG_WARNINGS = "img2img.warnings"  # the job's verdicts on what it registered (e.g. worse than its input), one a line
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import typer
 
 from cluster.cli_utils import console, json_option, print_json, print_table
 from cluster.errors import Img2ImgError
 from cluster.settings import Settings, get_settings
-from cluster.stack import SERVICES, Stack
+from cluster.stack import SERVICES, Stack, list_nodes
 
 stack_app = typer.Typer(help="Start, stop and inspect the embedded stack (S3 store, MLflow, Ray head).",
                         no_args_is_help=True)
@@ -32,11 +33,12 @@ def dashboard_access(settings: Settings) -> dict[str, str | None]:
     return {"url": url, "token_file": str(token_file) if token_file else None, "how": how}
 
 
-def _print_status(statuses, as_json: bool = False) -> None:
+def _print_status(statuses, as_json: bool = False, nodes: list | None = None) -> None:
     access = dashboard_access(get_settings())
     if as_json:
         print_json([{"service": s.name, "url": s.url, "pid": s.pid, "healthy": s.healthy, "managed": s.managed,
-                     "mode": s.detail, **({"dashboard_token_file": access["token_file"]} if s.name == "ray" else {})}
+                     "mode": s.detail, **({"dashboard_token_file": access["token_file"],
+                                           "nodes": [n.to_dict() for n in nodes or []]} if s.name == "ray" else {})}
                     for s in statuses])
         return
     rows = [[s.name, s.url, s.pid or "-", "[green]yes[/]" if s.healthy else "[red]no[/]", s.detail]
@@ -70,16 +72,86 @@ def down():
     console.print(f"Stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
 
 
+def _nodes(url: str, headers: dict) -> list:
+    try:
+        return list_nodes(url, headers)
+    except Img2ImgError:
+        return []
+
+
+def _print_nodes(nodes: list) -> None:
+    rows = [[n.node_id[:12], n.ip, "head" if n.head else "worker", f"{n.cpus:g}", f"{n.gpus:g}", n.workers,
+             "[green]alive[/]" if n.alive else "[red]dead[/]"] for n in nodes]
+    print_table("Ray nodes", ["node", "ip", "role", "CPUs", "GPUs", "workers", "state"], rows, ids=["node"])
+
+
 @stack_app.command()
 def status(as_json: bool = json_option()):
-    """Show each service: url, pid, health, embedded or external (exit 1 if one is unhealthy).
+    """Show each service (url, pid, health, embedded or external) and the Ray nodes (CPUs, GPUs,
+    alive or dead); exit 1 if a service is unhealthy. In a state dir that `stack join`ed a head:
+    this node and the head's nodes.
 
     Example: `img2img stack status --json`
     """
-    statuses = Stack(get_settings()).status()
-    _print_status(statuses, as_json)
+    settings = get_settings()
+    stack = Stack(settings)
+    node = stack.joined()
+    if node is not None:
+        nodes = _nodes(node["head"], settings.ray_auth_headers())
+        if as_json:
+            print_json({"joined": node, "nodes": [n.to_dict() for n in nodes]})
+        else:
+            console.print(f"This state dir runs a worker node ({node['cpus']} CPUs, {node['gpus']} GPUs) joined to "
+                          f"{node['head']}", markup=False, highlight=False, soft_wrap=True)
+            _print_nodes(nodes)
+        if not nodes:
+            raise Img2ImgError(f"the head at {node['head']} does not answer")
+        return
+    statuses = stack.status()
+    ray_ok = next(s.healthy for s in statuses if s.name == "ray")
+    nodes = _nodes(settings.ray_address, settings.ray_auth_headers()) if ray_ok else []
+    _print_status(statuses, as_json, nodes)
+    if not as_json and nodes:
+        _print_nodes(nodes)
     if not all(s.healthy for s in statuses):
         raise typer.Exit(1)
+
+
+@stack_app.command()
+def join(head: str = typer.Option(..., "--head", help="the head's Ray dashboard URL, as its `stack status` prints it"),
+         num_cpus: int = typer.Option(None, "--num-cpus", help="CPUs this node offers (default: all of the machine's)"),
+         gpus: int = typer.Option(0, "--gpus", help="GPUs this node offers"),
+         token_file: Path = typer.Option(None, "--token-file", help="file with the head's Ray token "
+                                         "(default: $RAY_AUTH_TOKEN)"),
+         node_ip: str = typer.Option(None, "--node-ip", help="this machine's address the others reach it at "
+                                     "(default: 127.0.0.1 for a head on this machine, else Ray's guess)")):
+    """Start a Ray worker node under this state dir that joins a head, so its jobs can use this
+    machine's CPUs/GPUs. Needs the head's token and the S3 store's keys (IMG2IMG_S3_ACCESS_KEY,
+    IMG2IMG_S3_SECRET_KEY).
+
+    Example: `IMG2IMG_STATE_DIR=/tmp/node2 img2img stack join --head http://127.0.0.1:8265 --num-cpus 2 --token-file ~/.local/state/img2img/ray/auth_token`
+    """
+    stack = Stack(get_settings())
+    with console.status(f"joining {head}"):
+        node = stack.join(head, num_cpus, gpus, token_file, node_ip)
+    console.print(f"Joined {head} (GCS {node['gcs']}) with {node['cpus']} CPUs and {node['gpus']} GPUs; "
+                  f"`img2img stack leave` stops this node. State and logs: {stack.root}",
+                  markup=False, highlight=False, soft_wrap=True)
+
+
+@stack_app.command()
+def leave():
+    """Stop the worker node this state dir started with `stack join` (only its own processes;
+    jobs with workers on it continue from their last checkpoint where the rest can hold them).
+
+    Example: `IMG2IMG_STATE_DIR=/tmp/node2 img2img stack leave`
+    """
+    stack = Stack(get_settings())
+    if stack._load().get("node") is None:
+        raise Img2ImgError(f"this state dir ({stack.root}) has not joined a head (`img2img stack join --head URL`)")
+    with console.status("stopping this node"):
+        stopped = stack.leave()
+    console.print("Left the cluster; this node is stopped." if stopped else "This node was not running any more.")
 
 
 @stack_app.command()

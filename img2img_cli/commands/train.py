@@ -37,6 +37,10 @@ def train(
     init_from: str = typer.Option(None, "--init-from", help="start from a registered model's weights: "
                                   "NAME@alias or NAME/VERSION (same variant and architecture)"),
     max_failures: int = typer.Option(2, help="worker failures to recover from (from the last checkpoint)"),
+    spread: bool = typer.Option(False, "--spread/--pack", help="place the workers on as many Ray nodes as "
+                                "possible (DDP across machines) instead of filling one node first"),
+    stall_timeout: float = typer.Option(1800.0, help="end the job, with the reason, when its step has not moved "
+                                        "for this many seconds while training (0: never)"),
     checkpoint_every: str = typer.Option("auto", help="validate + checkpoint every N steps ('200'), every "
                                          "duration ('5m', '30s') or 'epoch'; 'auto' = every 2 minutes; "
                                          "always once at the end"),
@@ -61,7 +65,8 @@ def train(
     """
     # Before anything heavy is imported or any service contacted: a bad value is refused at once.
     check_options(workers=workers, cpus_per_worker=cpus_per_worker, epochs=epochs, max_steps=max_steps,
-                  time_budget_s=time_budget, precision=precision, checkpoint_every=checkpoint_every)
+                  time_budget_s=time_budget, precision=precision, checkpoint_every=checkpoint_every,
+                  stall_timeout_s=stall_timeout)
     if init_from is not None:
         parse_ref(init_from)
     # deferred: imports mlflow, ray, torch (seconds of every CLI start)
@@ -74,7 +79,8 @@ def train(
                      use_gpu=gpu, cpus_per_worker=cpus_per_worker, epochs=epochs, max_steps=max_steps,
                      time_budget_s=time_budget, batch_size=batch_size, image_size=image_size, lr=lr,
                      experiment=experiment, model_name=model_name, resume=resume, max_failures=max_failures,
-                     checkpoint_every=checkpoint_every, init_from=init_from, precision=precision)
+                     spread=spread, stall_timeout_s=stall_timeout, checkpoint_every=checkpoint_every,
+                     init_from=init_from, precision=precision)
     settings = get_settings()
     if local:
         out = run_local(spec, settings)

@@ -38,6 +38,7 @@ from jobs.training.finetune import adopt
 from jobs.training.plan import Cadence, TrainPlan, check_capacity, make_plan
 from jobs.training.preempt import requeue_self
 from jobs.training.spec import TrainSpec
+from jobs.training.watch import Watch
 from jobs.training.worker import STATE_FILE, WorkerJob, train_loop_per_worker
 from registry.manifest import Manifest, check_dataset, stream_rows
 from registry.tracking import TAG_PHASE, TAG_WARNINGS, finish_registration, log_generator
@@ -188,8 +189,10 @@ def build_trainer(spec: TrainSpec, settings: Settings, job: JobPlan, callbacks: 
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=worker_job.to_loop_config(),
+        # SPREAD: one worker per node where it can (DDP across machines); PACK (Ray's default) fills a node first
         scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=spec.use_gpu,
-                                     resources_per_worker={"CPU": spec.cpus_per_worker}),
+                                     resources_per_worker={"CPU": spec.cpus_per_worker},
+                                     placement_strategy="SPREAD" if spec.spread else "PACK"),
         run_config=RunConfig(
             name=spec.run_id, storage_path=f"{settings.bucket}/checkpoints",
             storage_filesystem=arrow_filesystem(settings),
@@ -272,10 +275,23 @@ def run(spec: TrainSpec, settings: Settings | None = None):
     with arrow_errors(settings):  # the datasets' shard footers are read here, through the store
         trainer = build_trainer(spec, settings, job)
     t_fit = time.time()
+    watch = Watch(settings.mlflow_uri, spec.run_id, spec.stall_timeout_s) if spec.run_id else None
+    if watch:
+        watch.start()
     try:
         result = trainer.fit()
-    except Exception as e:  # a store down past its retries: its one line, not the worker's traceback
+    except BaseException as e:
+        # The watch interrupted a run that stopped making progress: Ray Train answers SIGINT by
+        # aborting the run and raising SystemExit.
+        if watch and watch.reason:
+            raise Img2ImgError(watch.reason) from None
+        if not isinstance(e, Exception):
+            raise
+        # a store down past its retries: its one line, not the worker's traceback
         raise arrow_unavailable(e, settings) or Img2ImgError(f"training failed: {_root_cause(e)}") from None
+    finally:
+        if watch:
+            watch.stop()
     fit_s = time.time() - t_fit
     if (result.metrics or {}).get("preempted"):  # stopped at a checkpoint to make room: queue again
         requeue_self(settings, spec.run_id, int(result.metrics.get("step", 0)))  # logs the line

@@ -72,7 +72,7 @@ class Cadence:
 
 def check_options(*, workers: int = 1, cpus_per_worker: float = 1.0, epochs: int | None = None,
                   max_steps: int | None = None, time_budget_s: float | None = None, precision: str = "auto",
-                  checkpoint_every: str | None = "auto") -> None:
+                  checkpoint_every: str | None = "auto", stall_timeout_s: float | None = None) -> None:
     """The training options that need nothing but their own values (no torch, no service), so a
     bad one is refused at once, before the dataset, the registry or the cluster is contacted.
     Raises Img2ImgError naming the option."""
@@ -86,6 +86,8 @@ def check_options(*, workers: int = 1, cpus_per_worker: float = 1.0, epochs: int
         raise Img2ImgError(f"--time-budget must be a positive number of seconds, got {time_budget_s:g}")
     if precision not in ("auto", "fp32", "bf16"):
         raise Img2ImgError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
+    if stall_timeout_s is not None and not (math.isfinite(stall_timeout_s) and stall_timeout_s >= 0):
+        raise Img2ImgError(f"--stall-timeout must be 0 (never) or a positive number of seconds, got {stall_timeout_s:g}")
     Cadence.parse(checkpoint_every)
 
 

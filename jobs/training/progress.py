@@ -19,6 +19,7 @@ from rich.text import Text
 
 from jobs.training.plan import UNLIMITED_STEPS
 from registry.tracking import (
+    TAG_NODE_LOST,
     TAG_PHASE,
     TAG_PREEMPTED,
     TAG_RESTORED,
@@ -60,6 +61,7 @@ class Snapshot:
     starts: int = 0
     restored: str | None = None
     preempted: str | None = None  # the latest preemption (MLflow tag TAG_PREEMPTED)
+    node_lost: str | None = None  # the latest lost Ray node (jobs.training.watch.TAG_NODE_LOST)
     message: str = ""
     error: str | None = None  # the job's own one-line reason when it failed (MLflow tag `error`)
     warnings: list[str] = field(default_factory=list)  # the job's verdicts, e.g. worse than its input (TAG_WARNINGS)
@@ -131,6 +133,7 @@ def read(tracking_uri: str, run_id: str, status: str = "RUNNING", message: str =
     snap.starts = int(tags.get(TAG_STARTS, "0"))
     snap.restored = tags.get(TAG_RESTORED)
     snap.preempted = tags.get(TAG_PREEMPTED)
+    snap.node_lost = tags.get(TAG_NODE_LOST)
     snap.error = tags.get("error")
     snap.warnings = [w for w in tags.get(TAG_WARNINGS, "").split("\n") if w]
     budget = float(tags[TAG_TIME_BUDGET]) if TAG_TIME_BUDGET in tags else None
@@ -156,6 +159,8 @@ def events(before: Snapshot | None, now: Snapshot) -> list[str]:
         return out
     if now.preempted and now.preempted != before.preempted:
         out.append(now.preempted)
+    if now.node_lost and now.node_lost != before.node_lost:
+        out.append(now.node_lost)
     if now.starts > max(before.starts, 1) and now.preempted and now.restored not in (None, "none"):
         out.append(f"resumed after the preemption from the checkpoint at step {now.restored}")
     elif now.starts > max(before.starts, 1):

@@ -50,6 +50,8 @@ class TrainSpec:
     resume: str | None = None  # MLflow run id whose last checkpoint to continue from
     keep_checkpoints: int = 2
     max_failures: int = 2
+    spread: bool = False  # --spread: workers on as many nodes as possible (Ray's SPREAD placement)
+    stall_timeout_s: float | None = 1800.0  # --stall-timeout: end the run after this long without a step; 0: never
     log_every: int = 10
     checkpoint_every: str = "auto"  # validate + checkpoint cadence: steps ("200"), "5m", "30s", "epoch", "auto"
     seed: int = 0
@@ -66,7 +68,7 @@ class TrainSpec:
         meta device: no memory, milliseconds), non-finite numbers, a name MLflow cannot register."""
         check_options(workers=self.workers, cpus_per_worker=self.cpus_per_worker, epochs=self.epochs,
                       max_steps=self.max_steps, time_budget_s=self.time_budget_s, precision=self.precision,
-                      checkpoint_every=self.checkpoint_every)
+                      checkpoint_every=self.checkpoint_every, stall_timeout_s=self.stall_timeout_s)
         try:
             cfg = self.variant_config()
         except ValueError as e:

@@ -82,3 +82,16 @@ def test_a_binding_time_budget_replaces_the_unreachable_step_total():
     assert "step 103 (33% of the 5:00 time budget)" in line and "240000" not in line and "ETA 3:21" in line
     done = Snapshot(status="SUCCEEDED", phase="done", step=900, total_steps=240000, budget_s=300, budget_used_s=301)
     assert "step 900 (100% of the 5:00 time budget)" in done.line()
+
+
+def test_a_lost_node_is_told_once_before_the_restore_from_its_checkpoint():
+    from jobs.training.watch import lost_line
+
+    line = lost_line({"NodeID": "d3528d0d51a1bef3", "NodeManagerAddress": "10.0.0.7"}, 12, 4.0)
+    assert line == ("node d3528d0d51a1 (10.0.0.7) lost at step 12; Ray Train restarts the workers from the last "
+                    "checkpoint (within --max-failures) if the remaining 4 CPUs hold them")
+    a = Snapshot(phase="training", starts=1, step=12)
+    b = Snapshot(phase="training", starts=1, step=12, node_lost=line)
+    assert events(a, b) == [line] and events(b, b) == []
+    c = Snapshot(phase="training", starts=2, step=8, restored="8", node_lost=line)
+    assert events(b, c) == ["worker group restarted (start 2); restored the checkpoint at step 8"]

@@ -1,0 +1,87 @@
+"""The training driver's watch on its own run: node losses and stalls.
+
+Recovery itself is Ray Train's (FailureConfig.max_failures: the worker group restarts from the
+run's latest checkpoint in the object store). This thread only makes it visible and bounded:
+
+- a Ray node that was alive when the job started and is now dead is recorded on the run
+  (MLflow tag `img2img.node_lost`, shown by `train --follow` and `jobs status`) within one poll;
+- a run whose step has not moved for `stall_timeout_s` while it trains (e.g. the nodes left
+  cannot hold its workers and its Ray Data tasks together: Ray then waits forever) is ended with
+  the reason: the thread interrupts the driver's main thread (Ray Train aborts the run on that
+  SIGINT), which marks the run FAILED with the reason and exits 1.
+"""
+
+from __future__ import annotations
+
+import _thread
+import logging
+import threading
+import time
+
+import ray
+from mlflow.tracking import MlflowClient
+
+from registry.tracking import TAG_NODE_LOST, TAG_PHASE, TAG_STARTS
+
+log = logging.getLogger("img2img.train")
+
+
+def lost_line(node: dict, step: int, remaining_cpus: float) -> str:
+    """The one line a user sees for a lost node: which, at which step, what happens next.
+    node: a `ray.nodes()` entry (NodeID, NodeManagerAddress); remaining_cpus: alive CPUs."""
+    return (f"node {node.get('NodeID', '?')[:12]} ({node.get('NodeManagerAddress', '?')}) lost at step {step}; "
+            f"Ray Train restarts the workers from the last checkpoint (within --max-failures) if the remaining "
+            f"{remaining_cpus:g} CPUs hold them")
+
+
+class Watch(threading.Thread):
+    """Polls Ray's node table and the run's MLflow step every `interval_s` seconds (daemon).
+    stall_timeout_s: seconds without a new step (or a worker-group restart) while the phase is
+    "training" before the run is ended; 0 or None: never."""
+
+    def __init__(self, tracking_uri: str, run_id: str, stall_timeout_s: float | None, interval_s: float = 5.0):
+        super().__init__(name="img2img-watch", daemon=True)
+        self.client, self.run_id = MlflowClient(tracking_uri), run_id
+        self.stall_timeout_s, self.interval_s = stall_timeout_s or 0.0, interval_s
+        self.reason: str | None = None
+        self._stop = threading.Event()
+        self._alive = {n["NodeID"]: n for n in ray.nodes() if n.get("Alive")}
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        progress, since = None, time.monotonic()
+        while not self._stop.wait(self.interval_s):
+            try:
+                run = self.client.get_run(self.run_id)
+                step = int(run.data.metrics.get("step", 0))
+                now = (step, run.data.tags.get(TAG_STARTS))
+                self._check_nodes(step)
+            except Exception:  # MLflow or the GCS busy for a moment: the next poll decides
+                log.debug("watch poll failed", exc_info=True)
+                continue
+            if now != progress or run.data.tags.get(TAG_PHASE) != "training":
+                progress, since = now, time.monotonic()
+                continue
+            if self.stall_timeout_s and time.monotonic() - since > self.stall_timeout_s:
+                lost = run.data.tags.get(TAG_NODE_LOST)
+                self.reason = (f"stalled: no training step for {self.stall_timeout_s:g}s at step {step}"
+                               + (f" after {lost.split(';')[0]}" if lost else "")
+                               + " (a worker hangs, or the nodes left have no CPU for its data); resubmit with "
+                               f"--resume {self.run_id} when the cluster can run it")
+                log.error(self.reason)
+                _thread.interrupt_main()
+                return
+
+    def _check_nodes(self, step: int) -> None:
+        nodes = ray.nodes()
+        alive = {n["NodeID"]: n for n in nodes if n.get("Alive")}
+        for node_id, node in list(self._alive.items()):
+            if node_id not in alive:
+                line = lost_line(node, step, sum(n.get("Resources", {}).get("CPU", 0) for n in alive.values()))
+                log.warning(line)
+                print(f"WARNING: {line}", flush=True)
+                self.client.set_tag(self.run_id, TAG_NODE_LOST, line)
+                del self._alive[node_id]
+        self._alive.update(alive)  # nodes that joined since can be lost too

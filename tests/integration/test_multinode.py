@@ -1,0 +1,161 @@
+"""Two Ray nodes on one machine: the `stack` fixture's head plus a second raylet started with
+`img2img stack join` (its own state dir, 2 CPUs). A 2-worker `--spread` training puts one
+worker on each node; the second node's raylet is SIGKILLed mid-run and the job must still end
+SUCCEEDED at the requested step count, after Ray Train restored a checkpoint at a step above 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.integration.conftest import wait_job
+
+JOIN_CPUS = 2
+MAX_STEPS = 40
+
+
+def _cli(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "img2img_cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def second_node(stack, tmp_path_factory):
+    """A worker node joined to the stack's head with `stack join`; left (and its processes gone)
+    at teardown. -> (its env, its state dir)."""
+    keys = json.loads((stack.state_path / "credentials.json").read_text())
+    root = tmp_path_factory.mktemp("node2") / "state"
+    env = {**os.environ, "IMG2IMG_STATE_DIR": str(root), "IMG2IMG_S3_ACCESS_KEY": keys["access_key"],
+           "IMG2IMG_S3_SECRET_KEY": keys["secret_key"]}
+    env.pop("RAY_AUTH_TOKEN", None)
+    r = _cli(env, "stack", "join", "--head", stack.ray_address, "--num-cpus", str(JOIN_CPUS),
+             "--token-file", str(stack.ray_token_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    try:
+        yield env, root
+    finally:
+        _cli(env, "stack", "leave", timeout=120)
+
+
+def _nodes(env: dict) -> list[dict]:
+    r = _cli(env, "stack", "status", "--json", timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout)["nodes"]
+
+
+def test_a_joined_node_is_listed_and_a_second_join_is_refused(stack, second_node):
+    env, _ = second_node
+    deadline = time.time() + 60
+    while len(nodes := [n for n in _nodes(env) if n["alive"]]) < 2 and time.time() < deadline:
+        time.sleep(2)
+    assert sorted((n["head"], n["cpus"], n["admission_cpus"]) for n in nodes) == [
+        (False, JOIN_CPUS, JOIN_CPUS), (True, 8, 8)]
+    again = _cli(env, "stack", "join", "--head", stack.ray_address, "--token-file", str(stack.ray_token_path))
+    assert again.returncode == 1 and "already runs a node joined to" in again.stderr + again.stdout
+    bad = {**env, "IMG2IMG_STATE_DIR": str(stack.state_path.parent / "node-bad")}
+    (stack.state_path.parent / "wrong-token").write_text("not-the-token")
+    wrong = _cli(bad, "stack", "join", "--head", stack.ray_address, "--token-file",
+                 str(stack.state_path.parent / "wrong-token"))
+    assert wrong.returncode == 1 and "refused the token" in wrong.stderr + wrong.stdout
+
+
+def _raylet(root) -> psutil.Process:
+    temp = json.loads((root / "stack.json").read_text())["ray_temp_dir"]
+    for p in psutil.process_iter(["cmdline"]):
+        line = " ".join(p.info["cmdline"] or [])
+        if "raylet/raylet" in line and f"--temp_dir={temp}" in line:
+            return p
+    raise AssertionError(f"no raylet with temp dir {temp}")
+
+
+def _train_workers_under(raylet: psutil.Process) -> list[psutil.Process]:
+    found = []
+    for p in raylet.children(recursive=True):
+        try:
+            if "RayTrainWorker" in " ".join(p.cmdline()):
+                found.append(p)
+        except psutil.Error:  # a worker that exited (or a zombie) meanwhile
+            continue
+    return found
+
+
+def test_training_survives_losing_a_node_from_its_last_checkpoint(stack, blur_dataset, second_node):
+    from jobs.training.client import job_client, submit
+    from jobs.training.spec import TrainSpec
+    from registry.tracking import TAG_NODE_LOST, TAG_RESTORED, TAG_STARTS
+
+    _, root = second_node
+    client, mlflow = job_client(stack), MlflowClient(stack.mlflow_uri)
+    # 1 CPU per worker + 1 data CPU: the 8-CPU head alone can hold the job after the loss.
+    spec = TrainSpec(dataset=blur_dataset, variant="autoencoder", config={"nf": 8}, image_size=32, batch_size=4,
+                     lr=1e-3, max_steps=MAX_STEPS, checkpoint_every="4", log_every=1, workers=2, cpus_per_worker=1,
+                     spread=True, stall_timeout_s=600, model_name="test-multinode", experiment="integration")
+    sub = submit(spec, stack)
+    raylet = _raylet(root)
+    deadline, step, on_node = time.time() + 600, 0, []
+    while time.time() < deadline:  # past the first checkpoint (step 4), with a worker on the joined node
+        step = int(mlflow.get_run(sub["run_id"]).data.metrics.get("step", 0))
+        on_node = on_node or _train_workers_under(raylet)
+        if step >= 6 and on_node:
+            break
+        assert str(client.get_job_status(sub["job_id"])).endswith(("RUNNING", "PENDING")), client.get_job_logs(
+            sub["job_id"])[-3000:]
+        time.sleep(1)
+    assert on_node, "no training worker was placed on the joined node"
+    assert 6 <= step < MAX_STEPS, f"step {step}: too late to lose the node mid-run"
+    os.kill(raylet.pid, signal.SIGKILL)
+
+    status = wait_job(client, sub["job_id"], timeout=900)
+    logs = client.get_job_logs(sub["job_id"])
+    assert status == "SUCCEEDED", logs[-4000:]
+    run = mlflow.get_run(sub["run_id"])
+    assert int(run.data.metrics["steps_run"]) == MAX_STEPS
+    assert int(run.data.tags[TAG_STARTS]) >= 2
+    assert 0 < int(run.data.tags[TAG_RESTORED]) <= step
+    # the user was told which node was lost (the restart takes longer than Ray's health checks)
+    assert run.data.tags[TAG_NODE_LOST].startswith("node ") and " lost at step " in run.data.tags[TAG_NODE_LOST]
+
+
+def test_a_run_whose_step_stops_moving_ends_with_the_reason(stack, blur_dataset):
+    """Every worker of the run frozen (SIGSTOP: a hung machine or collective, which Ray does not
+    see as a failure) -> the job ends FAILED within its --stall-timeout, the reason on its run."""
+    from jobs.training.client import job_client, submit
+    from jobs.training.spec import TrainSpec
+
+    client, mlflow = job_client(stack), MlflowClient(stack.mlflow_uri)
+    spec = TrainSpec(dataset=blur_dataset, variant="autoencoder", config={"nf": 8}, image_size=32, batch_size=4,
+                     lr=1e-3, max_steps=100_000, checkpoint_every="50", log_every=1, workers=2, cpus_per_worker=0.5,
+                     stall_timeout_s=30, model_name="test-stall", experiment="integration")
+    sub = submit(spec, stack)
+    frozen: list[psutil.Process] = []
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and int(mlflow.get_run(sub["run_id"]).data.metrics.get("step", 0)) < 2:
+            assert str(client.get_job_status(sub["job_id"])).endswith(("RUNNING", "PENDING"))
+            time.sleep(1)
+        frozen = [p for p in psutil.process_iter(["cmdline", "cwd"])
+                  if "RayTrainWorker" in " ".join(p.info["cmdline"] or []) and sub["run_id"] in (p.info["cwd"] or "")]
+        assert len(frozen) == 2, frozen
+        for p in frozen:
+            p.suspend()
+        stopped_at = time.time()
+        status = wait_job(client, sub["job_id"], timeout=600)
+        ended_after = time.time() - stopped_at
+    finally:
+        for p in frozen:
+            try:
+                p.resume()
+            except psutil.NoSuchProcess:
+                pass
+    run = mlflow.get_run(sub["run_id"])
+    assert status == "FAILED" and run.info.status == "FAILED"
+    assert run.data.tags["error"].startswith("stalled: no training step for 30s at step "), run.data.tags["error"]
+    assert ended_after < 300, f"ended {ended_after:.0f}s after the workers froze (stall timeout 30s)"
