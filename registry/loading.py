@@ -167,7 +167,7 @@ def load(tracking_uri: str, name: str, version: str, device: str | None = None, 
     """Version `version` of registered model `name`, ready on `runtime` (auto | torch | onnx) with
     `threads` intra-op threads (None: all CPUs). auto: torch on a GPU; on a CPU, ONNX Runtime,
     torch channels_last fp32 and torch bf16 (native bf16 within one 8-bit level of fp32 only;
-    `serving.runtime.cpu_candidates`) timed on this model at 256 px and on one tile: images up to
+    `translator.runtime.cpu_candidates`) timed on this model at 256 px and on one tile: images up to
     SMALL_IMAGE_PIXELS run on the fastest at 256 px, larger ones on the fastest per tile
     (`runtime_choice` in `info()` holds the timings).
     onnx uses the export logged by `img2img models export` when there is one, else exports (and
