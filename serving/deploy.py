@@ -13,7 +13,7 @@ from cluster.errors import Img2ImgError
 from cluster.services import cluster_resources, poll_until
 from cluster.settings import Settings
 from registry.refs import resolve
-from serving.configs import APP_NAME, DEPLOYMENT, app_config
+from serving.configs import APP_NAME, CHALLENGER_APP, DEPLOYMENT, app_config
 from serving.options import DEFAULTS, SCALING, ReplicaOptions, Scaling, config_id, time_limits
 from translator.allocator import OPT_OUT
 
@@ -46,7 +46,7 @@ def _other_apps(settings: Settings) -> list[dict]:
     state = _request(settings, "GET")
     apps = []
     for name, app in (state.get("applications") or {}).items():
-        if name != APP_NAME and app.get("deployed_app_config"):
+        if name not in (APP_NAME, CHALLENGER_APP) and app.get("deployed_app_config"):  # a new app ends a rollout
             apps.append(app["deployed_app_config"])
     return apps
 
