@@ -172,3 +172,11 @@ def test_comparison_separates_identical_pairs():
     for value in (math.inf, 30.0, 40.0, None):
         c.add(value)
     assert c.summary() == {"pairs": 4, "identical": 1, "psnr_mean_db": 35.0, "psnr_min_db": 30.0}
+
+
+@pytest.mark.parametrize("apps", [{}, {"other": {"deployments": []}}, {"enhancer": {"deployments": [{"name": "X"}]}}])
+def test_a_rollout_without_a_deployed_champion_is_refused(apps):
+    from serving.rollouts import _enhancer
+
+    with pytest.raises(Img2ImgError, match="no enhancer app is deployed"):
+        _enhancer(apps)
