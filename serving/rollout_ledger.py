@@ -96,3 +96,17 @@ def close_run(tracking_uri: str | None, run_id: str | None, summary: dict[str, A
     for key in ("state", "reason", "decided_by"):
         c.set_tag(run_id, "decision" if key == "state" else key, str(summary[key])[:5000])
     c.set_terminated(run_id, "FINISHED")
+
+
+def cite_rollout(tracking_uri: str, name: str, version: str, run_id: str | None) -> None:
+    """Tag `name` v`version` with the rollout run that promoted it and rewrite its model card,
+    which cites that run."""
+    if not run_id:
+        return
+    from mlflow.tracking import MlflowClient
+
+    from registry.tracking import upsert, write_model_card
+
+    c = MlflowClient(tracking_uri)
+    upsert(c.set_model_version_tag, name, version, "promoted_by_rollout", run_id)
+    write_model_card(c, name, version)

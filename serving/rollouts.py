@@ -20,7 +20,7 @@ from serving.configs import APP_NAME, CHALLENGER_APP, DEPLOYMENT
 from serving.deploy import _put, _request, wait_for_model
 from serving.options import config_id
 from serving.rollout import LIVE, Limits, check_share, parse_plan
-from serving.rollout_ledger import close_run, open_run
+from serving.rollout_ledger import cite_rollout, close_run, open_run
 
 NOT_DEPLOYED = "no enhancer app is deployed; deploy the champion first: img2img serve deploy --model NAME@champion"
 
@@ -133,6 +133,7 @@ def end(settings: Settings, decision: str, wait_s: float = 300) -> dict[str, Any
     reason = live.get("reason") if auto else f"{decision}d by a user"
     if decision == "promote":
         make_champion(settings, plan.name, plan.version, plan.champion_version)
+        cite_rollout(settings.mlflow_uri, plan.name, plan.version, plan.run_id)
         uc.update(model_version=plan.version,
                   model_run_id=version_run_id(settings.mlflow_uri, plan.name, plan.version))
     ended = {"promote": "promoted", "abort": "aborted"}[decision]

@@ -5,6 +5,8 @@ while no request fails; a shadow leaves every answer byte-identical to the champ
 comparison fills; promote and abort under concurrent requests drop nothing."""
 
 import io
+import os
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -163,6 +165,25 @@ def test_shadow_leaves_every_answer_the_champions_while_the_comparison_fills(ser
     end(settings, "abort")
 
 
+def test_a_killed_challenger_replica_fails_no_request(served):
+    """SIGKILL the challenger's replica while a canary sends it half the requests: the requests
+    it held and those routed to it before Serve replaces it are answered by the champion."""
+    from serving.configs import CHALLENGER_APP
+    from serving.deploy import replica_pids
+    from serving.rollouts import end, start
+
+    settings = served
+    start(settings, "canary", f"{NAME}/2", percent=50)
+    assert "2" in {r.headers["x-model-version"] for r in many(settings.serve_url, 20)}
+    (pid,) = replica_pids(settings, CHALLENGER_APP)
+    with Load(settings.serve_url) as load:
+        time.sleep(2)
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(8)
+    assert len(load.answers) > 10 and {s for s, _ in load.answers} == {200}
+    assert end(settings, "abort")["challenger"]["requests"] > 0
+
+
 def test_promote_under_load_drops_nothing_and_the_registry_keeps_the_old_champion(served):
     from registry.models import alias_version, rollback
     from serving.rollouts import end, start
@@ -178,4 +199,6 @@ def test_promote_under_load_drops_nothing_and_the_registry_keeps_the_old_champio
     assert {r.headers["x-model-version"] for r in many(settings.serve_url, 20)} == {"2"}
     run = MlflowClient(settings.mlflow_uri).get_run(st["run_id"])
     assert run.data.tags["decision"] == "promoted" and run.info.status == "FINISHED"
+    card = MlflowClient(settings.mlflow_uri).get_model_version(NAME, "2").description
+    assert f"promoted after a live rollout: MLflow run {st['run_id']}" in card
     assert rollback(settings, NAME)[0] == "1"  # the history kept v1
