@@ -266,14 +266,21 @@ def promote(settings: Settings, name: str, version: str | None = None, best: boo
     if current == candidate.version:
         decision.changed = False
         return decision
+    make_champion(settings, name, candidate.version, current)
+    return decision
+
+
+def make_champion(settings: Settings, name: str, version: str, current: str | None) -> None:
+    """Point `champion` at `version`, pushing the `current` champion (None: there is none) onto
+    the history that `rollback` walks back (the gate is the caller's: `promote` scores offline,
+    a rollout judges live requests)."""
     c = client(settings)
-    if current is not None:
-        history = [v for v in _history(model_tags(settings, name)) if v not in (current, candidate.version)]
+    if current is not None and current != version:
+        history = [v for v in _history(model_tags(settings, name)) if v not in (current, version)]
         history.append(current)
         upsert(c.set_registered_model_tag, name, HISTORY, json.dumps(history))
         upsert(c.set_registered_model_alias, name, PREVIOUS, current)
-    upsert(c.set_registered_model_alias, name, CHAMPION, candidate.version)
-    return decision
+    upsert(c.set_registered_model_alias, name, CHAMPION, version)
 
 
 def rollback(settings: Settings, name: str) -> tuple[str, str | None, list[str]]:

@@ -200,7 +200,8 @@ def _fmt_metrics(m: dict) -> str:
 def model_card(name: str, version: str, tags: dict, params: dict) -> str:
     """The short markdown card kept in a registered version's description: variant, config,
     dataset (name, sha256, degradation), parent, steps, training time, device, validation and
-    evaluation results, and a warning if the model makes images worse than its input."""
+    evaluation results, the rollout run that promoted it, and a warning if the model makes images
+    worse than its input."""
     cfg = {k[4:]: v for k, v in sorted(params.items()) if k.startswith("cfg.")}
     cycle = tags.get("val_cycle_psnr") is not None
     val = {k[4:]: tags[k] for k in tags if k.startswith("val_") and k[4:] in
@@ -219,6 +220,8 @@ def model_card(name: str, version: str, tags: dict, params: dict) -> str:
         lines.append(f"- eval on {ds}/{m.get('split', '?')} ({m.get('images', '?')} images, sha256 "
                      f"{m.get('sha256', '?')[:12]}; {describe_source(m.get('source'), m.get('run_id'))}): "
                      f"{_fmt_metrics(m)}")
+    if tags.get("promoted_by_rollout"):
+        lines.append(f"- promoted after a live rollout: MLflow run {tags['promoted_by_rollout']} (experiment rollouts)")
     if tags.get("worse_than_input") == "true":
         lines.append("- WARNING: its output is worse than its input on its validation set")
     return "\n".join(line for line in lines if line)

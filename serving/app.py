@@ -53,6 +53,7 @@ from serving.options import (
 )
 from serving.page import web_response
 from serving.responses import bad_parameters, error, server_timing
+from serving.rollout_replica import RolloutReplica
 from translator import codec, tiling
 from translator.allocator import retain_freed_memory
 from translator.compute import (
@@ -79,11 +80,13 @@ def _reserved_cpus() -> float | None:
 @serve.deployment(name=DEPLOYMENT, ray_actor_options={"num_cpus": SCALING.num_cpus},
                   max_ongoing_requests=SCALING.ongoing_limit(OPTIONS))
 @serve.ingress(api)
-class Enhancer:
+class Enhancer(RolloutReplica):
     """One replica: the model its user_config names (`reconfigure`), its options
-    (serving.options.ReplicaOptions), and the routes."""
+    (serving.options.ReplicaOptions), the routes, and a rollout's challenger beside the
+    champion (serving/rollout_replica.py)."""
 
     def __init__(self):
+        RolloutReplica.__init__(self)
         self.model: LoadedModel | None = None
         self.load_error = "no model configured yet"
         self.options: ReplicaOptions = OPTIONS
@@ -96,7 +99,8 @@ class Enhancer:
         self.retains_freed_memory = retain_freed_memory()
 
     def reconfigure(self, config: dict) -> None:
-        served, options = parse_user_config(config)
+        self.follow_rollout(config.get("rollout"))  # the rollout's plan is not a replica option
+        served, options = parse_user_config({k: v for k, v in config.items() if k != "rollout"})
         self.run_tiles.set_max_batch_size(options.max_batch_size)
         self.run_tiles.set_batch_wait_timeout_s(options.batch_wait_timeout_s)
         # Intra-op threads match the CPUs this replica reserved (floor, at least 1).
@@ -123,26 +127,34 @@ class Enhancer:
     def _key_sha256(self) -> str | None:
         return self.served.api_key_sha256 if self.served else None
 
+    def _refusal(self, model: LoadedModel | None, fmt: str, tile: int, overlap: int,
+                 direction: str) -> Response | None:
+        """The answer to a request refused before its body is read, or None."""
+        if model is None:
+            return error(503, f"model not loaded: {self.load_error}")
+        problem = tiling_problem(tile, overlap)
+        if problem:
+            return error(400, problem)
+        try:  # a format we cannot write, a direction the model lacks
+            codec.check_format(fmt)
+            model.net(direction)
+        except codec.RequestError as e:
+            return error(e.status, e.message)
+        except Img2ImgError as e:
+            return error(400, str(e))
+        return None
+
     @api.post("/enhance")
     async def enhance(self, request: Request, format: str = "png", tile: int | None = None,
                       overlap: int | None = None, direction: str = "AtoB"):
         if not authorised(request, self._key_sha256()):
             return error(401, "missing or wrong API key (Authorization: Bearer KEY)")
         model = self.model  # requests in flight keep the model they started with
-        if model is None:
-            return error(503, f"model not loaded: {self.load_error}")
         tile = self.options.tile if tile is None else tile
         overlap = self.options.overlap if overlap is None else overlap
-        problem = tiling_problem(tile, overlap)
-        if problem:
-            return error(400, problem)
-        try:  # refused before the body is read: a format we cannot write, a direction the model lacks
-            codec.check_format(format)
-            model.net(direction)
-        except codec.RequestError as e:
-            return error(e.status, e.message)
-        except Img2ImgError as e:
-            return error(400, str(e))
+        refused = self._refusal(model, format, tile, overlap, direction)
+        if refused is not None:
+            return refused
         upload_limit = self.options.upload_timeout_s
         try:  # the upload has its own limit: a slow uplink is not the image's fault
             body = await asyncio.wait_for(read_body(request, self.options.max_pixels), timeout=upload_limit)
@@ -155,10 +167,43 @@ class Enhancer:
             return error(499, "the client closed the connection during the upload")
         except (TimeoutError, asyncio.TimeoutError):  # distinct classes before Python 3.11
             return error(*upload_too_slow(upload_limit))
+        args = (body, format, tile, overlap, direction)
+        if self.routes_to_challenger():  # a canary's share: the challenger answers, or the champion does
+            answered = await self.ask_challenger(*args, limit=self.options.compute_limit_s())
+            if answered is not None:
+                return answered
+            return await self._timed(model, *args, request=request, fallback=True)
+        return await self._timed(model, *args, request=request)
+
+    async def _timed(self, model: LoadedModel, body: bytes, fmt: str, tile: int, overlap: int, direction: str,
+                     request: Request | None = None, fallback: bool = False) -> Response:
+        """The champion's answer, its latency recorded (and the request mirrored) during a rollout."""
+        t0 = time.perf_counter()
+        response = await self._respond(model, body, fmt, tile, overlap, direction, request)
+        self.after_champion(response, time.perf_counter() - t0, (body, fmt, tile, overlap, direction),
+                            self.options.compute_limit_s(), fallback)
+        return response
+
+    async def answer(self, body: bytes, fmt: str, tile: int, overlap: int, direction: str
+                     ) -> tuple[int, bytes, str, dict[str, str]]:
+        """A request's answer for the ingress of a rollout (this replica serves the challenger),
+        through a DeploymentHandle -> (HTTP status, body, media type, headers)."""
+        model = self.model
+        response = self._refusal(model, fmt, tile, overlap, direction)
+        if response is None:
+            response = await self._respond(model, body, fmt, tile, overlap, direction, None)
+        return (response.status_code, bytes(response.body), response.media_type or "application/octet-stream",
+                {k: v for k, v in response.headers.items() if k not in ("content-length", "content-type")})
+
+    async def _respond(self, model: LoadedModel, body: bytes, format: str, tile: int, overlap: int,
+                       direction: str, request: Request | None) -> Response:
+        """Enhance `body` with `model` within the compute limit -> the image or a JSON error.
+        Given the HTTP `request`, its computation stops when the client goes away."""
         options = self.options  # as configured now, once the body has arrived
         limit = options.compute_limit_s()  # compute, from now: the body has arrived
         gone = threading.Event()
-        watcher = asyncio.create_task(cancel_on_disconnect(request, gone, asyncio.current_task()))
+        watcher = (asyncio.create_task(cancel_on_disconnect(request, gone, asyncio.current_task()))
+                   if request is not None else None)
         try:
             data, media, decoded, stages, net = await asyncio.wait_for(
                 self._process(body, model, options, direction, format, tile, overlap, time.monotonic() + limit,
@@ -178,7 +223,8 @@ class Enhancer:
             log.exception("enhance failed")
             return error(500, f"internal error: {type(e).__name__}")
         finally:
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
         headers = {"X-Model-Name": model.name, "X-Model-Version": model.version, "X-Model-Variant": model.variant,
                    "X-Model-Runtime": net.name, "X-Model-Threads": str(net.threads),
                    "X-Model-Precision": "fp32" if decoded.high_bit else net.precision,
@@ -218,6 +264,13 @@ class Enhancer:
     @api.get("/web/{name}", include_in_schema=False)
     async def page_file(self, name: str):
         return web_response(name)
+
+    @api.get("/rollout")
+    async def rollout(self, request: Request):
+        """The current (or last) rollout: plan, state, per-version numbers (serving.rollout)."""
+        if not authorised(request, self._key_sha256()):
+            return error(401, "missing or wrong API key (Authorization: Bearer KEY)")
+        return await self.rollout_summary()
 
     @api.get("/healthz")
     async def healthz(self):

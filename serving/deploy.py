@@ -13,7 +13,7 @@ from cluster.errors import Img2ImgError
 from cluster.services import cluster_resources, poll_until
 from cluster.settings import Settings
 from registry.refs import resolve
-from serving.configs import APP_NAME, DEPLOYMENT, app_config
+from serving.configs import APP_NAME, CHALLENGER_APP, DEPLOYMENT, app_config
 from serving.options import DEFAULTS, SCALING, ReplicaOptions, Scaling, config_id, time_limits
 from translator.allocator import OPT_OUT
 
@@ -46,7 +46,7 @@ def _other_apps(settings: Settings) -> list[dict]:
     state = _request(settings, "GET")
     apps = []
     for name, app in (state.get("applications") or {}).items():
-        if name != APP_NAME and app.get("deployed_app_config"):
+        if name not in (APP_NAME, CHALLENGER_APP) and app.get("deployed_app_config"):  # a new app ends a rollout
             apps.append(app["deployed_app_config"])
     return apps
 
@@ -243,13 +243,14 @@ def remove(settings: Settings) -> bool:
     return True
 
 
-def replica_pids(settings: Settings) -> list[int]:
-    """Process ids of the enhancer's live replicas (for fault-injection tests and benchmarks),
-    from the dashboard's state API; [] when none."""
+def replica_pids(settings: Settings, app: str = APP_NAME) -> list[int]:
+    """Process ids of the live replicas of Serve app `app` (the enhancer; a rollout's
+    challenger: serving.configs.CHALLENGER_APP), for fault-injection tests and benchmarks, from
+    the dashboard's state API; [] when none."""
     r = httpx.get(settings.ray_address.rstrip("/") + "/api/v0/actors",
                   params={"detail": "true", "limit": 10000, "filter_keys": "state", "filter_predicates": "=",
                           "filter_values": "ALIVE"},
                   headers=settings.ray_auth_headers(), timeout=30)
     rows = ((r.json().get("data") or {}).get("result") or {}).get("result") or []
     return [int(a["pid"]) for a in rows
-            if str(a.get("class_name", "")).startswith(f"ServeReplica:{APP_NAME}:{DEPLOYMENT}") and a.get("pid")]
+            if str(a.get("class_name", "")).startswith(f"ServeReplica:{app}:{DEPLOYMENT}") and a.get("pid")]

@@ -22,6 +22,7 @@ from cluster.cli_utils import (
 from cluster.errors import Img2ImgError
 from cluster.files import make_output_dir
 from cluster.settings import get_settings
+from img2img_cli.commands import rollout as rollout_commands
 from registry.refs import parse_ref, resolve
 from serving.client import RetryPolicy, enhance_files
 from serving.deploy import deploy as do_deploy
@@ -237,3 +238,6 @@ def enhance(
 def register(app: typer.Typer) -> None:
     app.add_typer(serve_app, name="serve")
     app.command("enhance")(enhance)
+
+
+rollout_commands.add_to(serve_app)

@@ -45,12 +45,13 @@ def test_worse_than_input_and_cycle_metrics_are_told_apart():
 def test_model_card_says_what_the_version_is():
     tags = {"variant": "nafnet", "dataset": "blur", "dataset_sha256": "0123456789abcdef", "degradation":
             "gaussian:1.5", "step": "40", "train_seconds": "55", "val_psnr": "27.1", "val_gain_db": "-0.4",
-            "worse_than_input": "true", "parent": "photos/2",
+            "worse_than_input": "true", "parent": "photos/2", "promoted_by_rollout": "ab12cd",
             **eval_tags({"dataset": "noise", "split": "val", "dataset_sha256": "fe", "images": 8,
                          "metrics": {"psnr": 31.0, "gain_db": 0.7}})}
     card = model_card("m", "3", tags, {"cfg.width": "8", "device": "cpu", "workers": "2"})
     for part in ("nafnet", '"width": "8"', "blur", "0123456789ab", "gaussian:1.5", "photos/2", "steps: 40",
-                 "55 s", "cpu x 2", "psnr 27.10 dB", "eval on noise/val (8 images", "gain_db +0.70 dB", "WORSE"):
+                 "55 s", "cpu x 2", "psnr 27.10 dB", "eval on noise/val (8 images", "gain_db +0.70 dB", "WORSE",
+                 "promoted after a live rollout: MLflow run ab12cd"):
         assert part.lower() in card.lower(), part
 
 

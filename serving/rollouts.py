@@ -1,0 +1,147 @@
+"""Starting and ending a rollout from the client (`img2img serve canary|shadow|rollout`),
+through the dashboard's Serve REST API like `serve deploy`: the challenger runs as its own Serve
+app (`enhancer-challenger`, no HTTP route) built from the enhancer's deployment, and the plan
+(serving.rollout.Plan) travels in the enhancer's user_config, so every ingress replica follows
+it. Ending a rollout keeps the plan (state promoted/aborted) so `rollout status` shows it."""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from typing import Any
+
+import httpx
+
+from cluster.errors import Img2ImgError
+from cluster.services import poll_until
+from cluster.settings import Settings
+from registry.refs import resolve
+from serving.configs import APP_NAME, CHALLENGER_APP, DEPLOYMENT
+from serving.deploy import _put, _request, wait_for_model
+from serving.options import config_id
+from serving.rollout import LIVE, Limits, check_share, parse_plan
+from serving.rollout_ledger import cite_rollout, close_run, open_run
+
+NOT_DEPLOYED = "no enhancer app is deployed; deploy the champion first: img2img serve deploy --model NAME@champion"
+
+
+def _apps(settings: Settings) -> dict[str, dict]:
+    state = _request(settings, "GET")
+    return {name: copy.deepcopy(app["deployed_app_config"]) for name, app in (state.get("applications") or {}).items()
+            if app.get("deployed_app_config")}
+
+
+def _enhancer(apps: dict[str, dict]) -> dict:
+    """The Enhancer deployment's config in the enhancer app (a reference into `apps`)."""
+    dep = next((d for d in (apps.get(APP_NAME) or {}).get("deployments", []) if d.get("name") == DEPLOYMENT), None)
+    if dep is None:
+        raise Img2ImgError(NOT_DEPLOYED)
+    return dep
+
+
+def _wait_applied(settings: Settings, uc: dict, wait_s: float) -> None:
+    wait_for_model(settings, uc["model_name"], str(uc["model_version"]), wait_s, config_id(uc))
+
+
+def start(settings: Settings, mode: str, model: str, percent: float = 0.0, sample: float = 0.0,
+          limits: Limits | None = None, wait_s: float = 300) -> dict[str, Any]:
+    """Start a `mode` ("canary": `percent` 0-100 of requests answered by the challenger;
+    "shadow": a `sample` 0-1 share mirrored to it) with challenger `model` (NAME@alias or
+    NAME/VERSION of the served model's registered name) -> the plan as data. Opens the
+    rollout's MLflow run. Raises Img2ImgError (one line) when no champion is deployed, a rollout
+    is already running, the model or version is unknown, the challenger is the served version or
+    another registered model, or the share is out of range."""
+    from registry.loading import version_run_id  # deferred: torch and MLflow (as serving.deploy)
+
+    check_share(percent if mode == "canary" else None, sample if mode == "shadow" else None)
+    apps = _apps(settings)
+    uc = _enhancer(apps).setdefault("user_config", {})
+    running = parse_plan(uc.get("rollout"))
+    if running is not None and running.state in LIVE:
+        raise Img2ImgError(f"a {running.mode} of {running.name} v{running.version} is already running; "
+                           "end it first: img2img serve rollout promote|abort")
+    name, version = resolve(settings.mlflow_uri, model)
+    champion = str(uc["model_version"])
+    if name != uc["model_name"]:
+        raise Img2ImgError(f"the endpoint serves {uc['model_name']!r}; a challenger must be a version of it, "
+                           f"not of {name!r}")
+    if version == champion:
+        raise Img2ImgError(f"{name} v{version} is the served champion; pick another version as the challenger")
+    challenger = copy.deepcopy(apps[APP_NAME])
+    challenger.update(name=CHALLENGER_APP, route_prefix=None)
+    (dep,) = [d for d in challenger["deployments"] if d.get("name") == DEPLOYMENT]
+    dep["user_config"].pop("rollout", None)
+    dep["user_config"].update(model_version=version, model_run_id=version_run_id(settings.mlflow_uri, name, version))
+    plan = {"id": uuid.uuid4().hex[:12], "mode": mode, "state": mode, "name": name, "version": version,
+            "champion_version": champion, "app": CHALLENGER_APP, "percent": float(percent if mode == "canary" else 0),
+            "sample": float(sample if mode == "shadow" else 0), "limits": (limits or Limits()).model_dump(),
+            "tracking_uri": settings.mlflow_uri}
+    apps[CHALLENGER_APP] = challenger
+    _put(settings, list(apps.values()))  # the challenger first: the ingress asks for its handle
+    if not poll_until(lambda: _app_status(settings, CHALLENGER_APP) == "RUNNING", wait_s, interval_s=1):
+        _put(settings, [a for n, a in apps.items() if n != CHALLENGER_APP])
+        raise Img2ImgError(f"the challenger {name} v{version} did not start within {wait_s:.0f}s "
+                           f"(status {_app_status(settings, CHALLENGER_APP)}); the champion serves alone")
+    plan["run_id"] = open_run(settings.mlflow_uri, name, champion, version, plan)
+    uc["rollout"] = parse_plan(plan).model_dump()
+    _put(settings, list(apps.values()))
+    _wait_applied(settings, uc, wait_s)
+    return uc["rollout"]
+
+
+def _app_status(settings: Settings, name: str) -> str | None:
+    return ((_request(settings, "GET").get("applications") or {}).get(name) or {}).get("status")
+
+
+def status(settings: Settings) -> dict[str, Any]:
+    """The current or last rollout as the ingress reports it (GET /rollout): plan, state,
+    reason, per-version requests, errors, p50/p95 and the shadow comparison; {"state": "none"}
+    when there has been none. Raises Img2ImgError when no enhancer is deployed or it is down."""
+    _enhancer(_apps(settings))
+    key = settings.serve_api_key
+    headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
+    try:
+        r = httpx.get(settings.serve_url.rstrip("/") + "/rollout", headers=headers, timeout=30)
+        body = r.json()
+    except (httpx.HTTPError, ValueError) as e:
+        raise Img2ImgError(f"the endpoint at {settings.serve_url} did not answer /rollout ({type(e).__name__})") from None
+    if r.status_code != 200:
+        raise Img2ImgError(f"the endpoint answered /rollout with {r.status_code}: {body.get('error', '')}")
+    return body
+
+
+def end(settings: Settings, decision: str, wait_s: float = 300) -> dict[str, Any]:
+    """End the running (or automatically aborted) rollout: "promote" makes the challenger
+    `champion` in the registry (the old one joins the history `models rollback` walks) and the
+    ingress serves it; "abort" keeps the champion. The ingress's replicas swap in place (requests
+    in flight finish; a request the challenger app loses while it stops is answered by the
+    champion), then the challenger app is removed and the MLflow run closed with the numbers and
+    decision. -> the final status. Raises Img2ImgError when no rollout is running, or on promoting
+    one that aborted itself."""
+    from registry.loading import version_run_id
+    from registry.models import make_champion
+
+    apps = _apps(settings)
+    uc = _enhancer(apps).setdefault("user_config", {})
+    plan = parse_plan(uc.get("rollout"))
+    if plan is None or plan.state not in LIVE:
+        raise Img2ImgError("no rollout is running; start one with: img2img serve canary|shadow --model NAME/VERSION")
+    live = status(settings)
+    auto = live.get("id") == plan.id and live.get("state") == "aborted"
+    if decision == "promote" and auto:
+        raise Img2ImgError(f"this rollout aborted itself ({live.get('reason')}); end it with: img2img serve rollout abort")
+    reason = live.get("reason") if auto else f"{decision}d by a user"
+    if decision == "promote":
+        make_champion(settings, plan.name, plan.version, plan.champion_version)
+        cite_rollout(settings.mlflow_uri, plan.name, plan.version, plan.run_id)
+        uc.update(model_version=plan.version,
+                  model_run_id=version_run_id(settings.mlflow_uri, plan.name, plan.version))
+    ended = {"promote": "promoted", "abort": "aborted"}[decision]
+    uc["rollout"] = plan.model_copy(update={"state": ended, "reason": reason,
+                                            "decided_by": "automatic" if auto else "user"}).model_dump()
+    _put(settings, list(apps.values()))  # the challenger app stays until the ingress has moved
+    _wait_applied(settings, uc, wait_s)
+    _put(settings, [a for n, a in apps.items() if n != CHALLENGER_APP])
+    final = status(settings)
+    close_run(settings.mlflow_uri, plan.run_id, final)
+    return final
