@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import shlex
 import time
-from pathlib import Path
 
 from cluster import admission
 from cluster.admission import Footprint, capacity
@@ -20,7 +19,7 @@ from cluster.settings import Settings
 from cluster.storage import Storage
 from jobs.data.sources import scan_source
 from jobs.evaluation.client import footprint as eval_footprint
-from jobs.training.client import admit, code_version, job_client, runtime_env
+from jobs.training.client import admit, code_version, job_client, package_dir, runtime_env
 from pipelines import record
 from pipelines.spec import STEPS, PipelineSpec
 from pipelines.steps import ingest_options, train_spec
@@ -86,7 +85,7 @@ def pipeline_env(settings: Settings) -> dict:
     """The step jobs' runtime environment plus this package, and what the driver needs to reach
     the Jobs API and the endpoint (no secrets: the keys stay on the cluster)."""
     env = runtime_env(settings)
-    env["py_modules"] = [*env["py_modules"], str(Path(__file__).resolve().parent)]
+    env["py_modules"] = [*env["py_modules"], str(package_dir("pipelines"))]
     env["env_vars"] = {**env["env_vars"], "IMG2IMG_RAY_ADDRESS": settings.ray_address,
                        "IMG2IMG_SERVE_URL": settings.serve_url, **settings.ray_env()}
     return env
