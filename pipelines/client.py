@@ -21,7 +21,7 @@ from jobs.data.sources import scan_source
 from jobs.evaluation.client import footprint as eval_footprint
 from jobs.training.client import admit, code_version, job_client, package_dir, runtime_env
 from pipelines import record
-from pipelines.spec import STEPS, PipelineSpec
+from pipelines.spec import PipelineSpec, check_force
 from pipelines.steps import ingest_options, train_spec
 from registry.manifest import manifest_key
 
@@ -61,9 +61,10 @@ def check(spec: PipelineSpec, settings: Settings) -> None:
             raise Img2ImgError(f"{_at(spec, 'train')}: {e}") from None
 
 
-def check_nested(spec: PipelineSpec, cap: admission.Capacity | None) -> None:
+def check_nested(spec: PipelineSpec, cap: admission.Capacity | None, extra: float = 0.0) -> None:
     """Refuse a pipeline whose step jobs could never be admitted beside the pipeline's own
-    reservation (`PIPELINE_CPUS`) on the cluster's largest node: it would wait forever."""
+    reservation (`PIPELINE_CPUS`, plus `extra`: a schedule's) on the cluster's largest node: it
+    would wait forever."""
     if cap is None:
         return
     steps = []
@@ -73,12 +74,14 @@ def check_nested(spec: PipelineSpec, cap: admission.Capacity | None) -> None:
     if {"evaluate", "gate", "promote"} & set(spec.steps):
         e = spec.evaluate
         steps.append(("evaluate", eval_footprint(e.workers, e.cpus_per_worker, False)))
+    held = PIPELINE_CPUS + extra
     for name, fp in steps:
-        if fp.cpus + PIPELINE_CPUS > cap.largest:
+        if fp.cpus + held > cap.largest:
             raise Img2ImgError(
-                f"the {name} step needs {fp.describe()} reserved on one node, and the pipeline's own job holds "
-                f"{PIPELINE_CPUS:g} beside it: {fp.cpus + PIPELINE_CPUS:g} CPUs, but the largest node of the cluster "
-                f"has {cap.largest:g}; give the step fewer workers or a smaller cpus_per_worker")
+                f"the {name} step needs {fp.describe()} reserved on one node, and the pipeline's own job"
+                f"{' and its schedule hold' if extra else ' holds'} {held:g} beside it: {fp.cpus + held:g} CPUs, but the "
+                f"largest node of the cluster has {cap.largest:g}; give the step fewer workers or a smaller "
+                "cpus_per_worker")
 
 
 def pipeline_env(settings: Settings) -> dict:
@@ -92,18 +95,18 @@ def pipeline_env(settings: Settings) -> dict:
 
 
 def submit(spec: PipelineSpec, settings: Settings, force: str | None = None, priority: str = "normal",
-           queue_timeout_s: float | None = None) -> dict:
+           queue_timeout_s: float | None = None, code: str | None = None) -> dict:
     """Check `spec` (`check`, `check_nested`) and submit it as one Ray job through the admission
     -> {"id": the Ray job id (the pipeline's id), "run_id": its MLflow run}. `force`: re-run from
-    this step (of STEPS) whatever the cache holds. Raises Img2ImgError when refused."""
-    if force is not None and force not in STEPS:
-        raise Img2ImgError(f"--force must name a step: {', '.join(STEPS)}; got {force!r}")
+    this step (of STEPS) whatever the cache holds; `code`: the code version of the cache keys (default:
+    this checkout's, `jobs.training.client.code_version`). Raises Img2ImgError when refused."""
+    check_force(force)
     admission.check_options(priority, queue_timeout_s)
     check(spec, settings)
     cap = capacity(settings.ray_address, settings.ray_auth_headers())
     check_nested(spec, cap)
     admit(settings, PIPELINE_FOOTPRINT)
-    spec.code_version = code_version()
+    spec.code_version = code or code_version()
     client = job_client(settings)
     run_id = record.start_pipeline(settings.mlflow_uri, spec.title, spec.to_json(), "")
     entrypoint = (f"python -m pipelines.driver --spec {shlex.quote(spec.to_json())} --run-id {run_id}"

@@ -66,7 +66,11 @@ class EvaluateStep(_Strict):
 
 
 class GateStep(_Strict):
+    """`models promote`'s rule: `metric` ranks candidate and champion; `force` promotes a
+    candidate the rule objects to (worse than the champion or than its input), as `--force`."""
+
     metric: Literal["psnr", "ssim", "gain_db"] = "psnr"
+    force: bool = False
 
 
 class PipelineSpec(_Strict):
@@ -122,6 +126,12 @@ def cache_key(step: str, inputs: dict) -> str:
     dataset sha256, options, parent version, code version), independent of dict order."""
     text = json.dumps({"step": step, "inputs": inputs}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_force(step: str | None) -> None:
+    """`--force STEP`: raise Img2ImgError unless `step` is None or one of STEPS."""
+    if step is not None and step not in STEPS:
+        raise Img2ImgError(f"--force must name a step: {', '.join(STEPS)}; got {step!r}")
 
 
 def _line_of(node, loc: tuple) -> int | None:

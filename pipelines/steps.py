@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from cluster.errors import Img2ImgError
 from cluster.settings import Settings
@@ -59,10 +60,22 @@ def ingest_options(spec: PipelineSpec) -> IngestOptions:
 
 
 # ---- inputs (cache keys) ------------------------------------------------------------------------
+def source_listing(source: str, settings: Settings) -> list[list]:
+    """[key, size (bytes), modified] of every image `data ingest` would read from `source` (a
+    folder or s3://bucket/prefix): a new, removed or rewritten photo changes it."""
+    files, _ = scan_source(source, settings)
+    if not files or files[0].bucket is None:
+        return [[f.key, (st := Path(f.location).stat()).st_size, st.st_mtime_ns] for f in files]
+    bucket = files[0].bucket
+    prefix = source[5:].partition("/")[2]
+    objects = {o.key: o for o in Storage(settings, bucket=bucket).list(prefix)}
+    return [[f.key, objects[f.location].size if f.location in objects else -1,
+             str(objects[f.location].modified) if f.location in objects else ""] for f in files]
+
+
 def ingest_inputs(ctx: Context) -> dict:
-    files, _ = scan_source(ctx.spec.source, ctx.settings)
-    return {"source": ctx.spec.source, "files": [f.key for f in files], "options": ctx.spec.ingest.model_dump(),
-            "dataset": ctx.spec.dataset}
+    return {"source": ctx.spec.source, "files": source_listing(ctx.spec.source, ctx.settings),
+            "options": ctx.spec.ingest.model_dump(), "dataset": ctx.spec.dataset}
 
 
 def _data_sha(ctx: Context) -> str:
@@ -110,7 +123,7 @@ def evaluate_inputs(ctx: Context) -> dict:
 
 
 def gate_inputs(ctx: Context) -> dict:
-    return {"model": ctx.spec.model_name, "version": _candidate(ctx), "metric": ctx.spec.gate.metric,
+    return {"model": ctx.spec.model_name, "version": _candidate(ctx), **ctx.spec.gate.model_dump(),
             "evaluate": ctx.outputs.get("evaluate", {}).get("key", ""), "code": ctx.spec.code_version}
 
 
@@ -186,26 +199,38 @@ def run_evaluate(ctx: Context) -> dict:
 
 
 def run_gate(ctx: Context) -> dict:
-    """The promotion rule on the model's evaluation set; a refusal raises Kept with the line
-    `kept champion vN: candidate vM scored X dB vs Y dB on SET`."""
+    """The promotion rule (`registry.gate.promotion_objections`) on the model's evaluation set:
+    the candidate against the champion, and against its own input. A refusal raises Kept with
+    `kept champion vN: candidate vM scored X dB vs Y dB on SET` (`gate.force`: promoted anyway,
+    the objections kept as `warnings`)."""
     name, candidate = ctx.spec.model_name, _candidate(ctx)
     champion = alias_version(ctx.settings, name, CHAMPION)
-    if champion is None or champion == candidate:
-        return {"decision": "promote", "candidate": candidate, "champion": champion or ""}
+    if champion == candidate:
+        return {"decision": "promote", "candidate": candidate, "champion": champion}
     pool = [v for v in versions(ctx.settings, name) if v.version in (candidate, champion)]
     dataset, split, score, _ = scores(ctx.settings, name, pool, ctx.evaluator())
-    metric = ctx.spec.gate.metric
-    where = f"{dataset}/{split}"
+    metric, where = ctx.spec.gate.metric, f"{dataset}/{split}"
     reasons = promotion_objections(candidate, champion, score, metric, where)
-    new, old = metric_value(score[candidate], metric), metric_value(score[champion], metric)
-    unit = " dB" if metric != "ssim" else ""
-    out = {"candidate": candidate, "champion": champion, "eval_set": where, "metric": metric,
-           "candidate_score": f"{new:.3f}" if new is not None else "", "champion_score": f"{old:.3f}" if old is not None else ""}
-    if reasons:
-        line = (f"kept champion v{champion}: candidate v{candidate} scored {new:.2f}{unit} vs {old:.2f}{unit} "
-                f"on {where}")
-        raise Kept(line, {**out, "decision": "keep", "reason": "; ".join(reasons), "outcome": line})
-    return {**out, "decision": "promote"}
+    new = metric_value(score[candidate], metric)
+    old = metric_value(score[champion], metric) if champion else None
+    out = {"candidate": candidate, "champion": champion or "", "eval_set": where, "metric": metric,
+           "candidate_score": _num(new), "champion_score": _num(old)}
+    if not reasons:
+        return {**out, "decision": "promote"}
+    if ctx.spec.gate.force:
+        return {**out, "decision": "promote", "warnings": "; ".join(reasons)}
+    unit = "" if metric == "ssim" else " dB"
+    if champion:
+        line = f"kept champion v{champion}: candidate v{candidate} scored {new:.2f}{unit} vs {old:.2f}{unit} on {where}"
+        if new is not None and old is not None and new >= old:  # refused for another reason than the score
+            line += f" ({'; '.join(reasons)})"
+    else:
+        line = f"no champion: candidate v{candidate} scored {_num(new)}{unit} on {where} ({'; '.join(reasons)})"
+    raise Kept(line, {**out, "decision": "keep", "reason": "; ".join(reasons), "outcome": line})
+
+
+def _num(value: float | None) -> str:
+    return f"{value:.3f}" if value is not None else ""
 
 
 def run_deploy(ctx: Context) -> dict:
@@ -219,7 +244,7 @@ def run_deploy(ctx: Context) -> dict:
 
 def run_promote(ctx: Context) -> dict:
     decision = promote(ctx.settings, ctx.spec.model_name, version=_candidate(ctx), metric=ctx.spec.gate.metric,
-                       evaluate=ctx.evaluator())
+                       force=ctx.spec.gate.force, evaluate=ctx.evaluator())
     return {"champion": decision.new, "previous": decision.previous or "", "changed": str(decision.changed).lower()}
 
 

@@ -10,7 +10,8 @@ import typer
 from cluster.cli_utils import console, json_option, print_json, print_table
 from cluster.errors import Img2ImgError
 from cluster.settings import get_settings
-from pipelines.spec import STEPS, load, parse
+from pipelines.spec import STEPS, check_force, load, parse
+from translator.config import parse_overrides
 
 pipeline_app = typer.Typer(help="Pipelines: ingest, train, evaluate, gate, deploy and promote as one cached, "
                                 "resumable cluster job.", no_args_is_help=True)
@@ -31,7 +32,7 @@ def _flags_spec(source, dataset, model, degrade, size, crops, finetune, eval_dat
     if finetune:
         data["train"]["finetune"] = True
     if sets:
-        data["train"]["set"] = dict(s.split("=", 1) if "=" in s else (s, "") for s in sets)
+        data["train"]["set"] = parse_overrides(sets)
     evaluate = {k: v for k, v in (("dataset", eval_dataset), ("split", eval_split)) if v is not None}
     if evaluate:
         data["evaluate"] = evaluate
@@ -118,6 +119,7 @@ def run(
     Example: `img2img pipeline run pipeline.yaml`, or
     `img2img pipeline run --source ./photos --degrade gaussian:1.5 --variant nafnet --model photos --max-steps 300`
     """
+    check_force(force)
     train = dict(zip(TRAIN_FLAGS, (variant, workers, cpus_per_worker, epochs, max_steps, time_budget, batch_size,
                                    image_size, lr), strict=True))
     if file is not None:

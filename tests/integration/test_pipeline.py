@@ -15,14 +15,15 @@ pytestmark = pytest.mark.integration
 MODEL = "pipe-test"
 
 
-def _spec(folder, **evaluate) -> dict:
-    """A tiny pipeline: 4 sample photos -> 64 px blurred pairs -> a 6-step autoencoder."""
+def _spec(folder, force: bool = True, **evaluate) -> dict:
+    """A tiny pipeline: 4 sample photos -> 64 px blurred pairs -> a 6-step autoencoder. Six steps
+    leave its output far worse than its input, so the gate refuses it unless `force`."""
     return {"name": "pipe", "source": str(folder), "dataset": "pipe-photos", "model": MODEL,
             "ingest": {"degrade": "gaussian:1.5", "size": 64, "crops": 2, "val_fraction": 0.25, "shard_rows": 32},
             "train": {"variant": "autoencoder", "workers": 1, "cpus_per_worker": 0.5, "max_steps": 6,
                       "batch_size": 4, "image_size": 64, "set": {"nf": 8}, "checkpoint_every": "6",
                       "experiment": "integration"},
-            "evaluate": {"workers": 1, "cpus_per_worker": 0.5, **evaluate}}
+            "evaluate": {"workers": 1, "cpus_per_worker": 0.5, **evaluate}, "gate": {"force": force}}
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +80,8 @@ def test_pipeline_makes_a_promoted_champion(stack, cli, first_run):
     assert f"{MODEL} v{trained} is champion" in status["outcome"]
     evaluate = next(s for s in status["steps"] if s["step"] == "evaluate")["outputs"]
     assert evaluate["eval_set"] == "pipe-photos/val" and float(evaluate["psnr"]) > 0
+    gate = next(s for s in status["steps"] if s["step"] == "gate")["outputs"]
+    assert "makes images worse than its input" in gate["warnings"]  # promoted because the file forces it
     deploy = next(s for s in status["steps"] if s["step"] == "deploy")["outputs"]
     assert deploy["deployed"] == "no"  # the endpoint serves nothing in this session: left alone
 
@@ -129,3 +132,25 @@ def test_failed_evaluate_resumes_there(stack, cli, first_run, photos, tmp_path):
     assert steps["evaluate"]["state"] == "done" and not steps["evaluate"]["cached"]
     assert steps["evaluate"]["outputs"]["eval_set"] == "pipe-noval/train"
     assert _train_jobs(stack) == jobs_before  # resumed at evaluate: nothing trained again
+
+
+def test_gate_refusal_keeps_the_champion_and_is_no_failure(stack, cli, first_run, photos, tmp_path):
+    from registry.models import CHAMPION, alias_version
+
+    assert first_run[1].exit_code == 0, first_run[1].output
+    champion = alias_version(stack, MODEL, CHAMPION)
+    r = cli("pipeline", "run", _write(tmp_path, _spec(photos, force=False)), "--force", "train")
+    assert r.exit_code == 0, r.output
+    status = _status(cli)
+    assert status["state"] == "FINISHED", status
+    steps = {s["step"]: s for s in status["steps"]}
+    assert list(steps) == ["ingest", "train", "evaluate", "gate"]  # no deploy, no promote
+    assert steps["ingest"]["cached"] and not steps["train"]["cached"]
+    candidate = steps["train"]["outputs"]["version"]
+    gate = steps["gate"]["outputs"]
+    assert gate["decision"] == "keep"
+    assert status["outcome"].startswith(
+        f"kept champion v{champion}: candidate v{candidate} scored {float(gate['candidate_score']):.2f} dB vs "
+        f"{float(gate['champion_score']):.2f} dB on pipe-photos/val"), status["outcome"]
+    assert status["outcome"] in r.output
+    assert alias_version(stack, MODEL, CHAMPION) == champion

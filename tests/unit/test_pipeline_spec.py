@@ -144,3 +144,29 @@ def test_a_step_that_cannot_fit_beside_the_pipeline_is_refused_with_the_numbers(
     need = workers * cpus + 1.5
     assert str(e.value).startswith(f"the train step needs {need:g} CPUs"), str(e.value)
     assert f"{need + 0.25:g} CPUs, but the largest node of the cluster has 4" in str(e.value)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--dataset", "blur", "--max-steps", "0"], "Error: flags: train.max_steps: Input should be greater than or equal to 1"),
+    (["--dataset", "blur", "--eval-split", "test"], "Error: flags: evaluate.split: Input should be 'val', 'train' or 'all'"),
+    (["--dataset", "blur", "--set", "width"], "Error: expected key=value, got 'width'"),
+    (["--dataset", "blur", "--force", "training"], "Error: --force must name a step: ingest, train, evaluate"),
+    (["pipeline.yaml", "--max-steps", "3"], "Error: give either a pipeline file or the flags, not both"),
+    ([], "Error: give a pipeline file, or --dataset (or --source and --model)"),
+])
+def test_pipeline_run_refuses_bad_flags_before_contacting_anything(cli, tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pipeline.yaml").write_text("dataset: blur\n")
+    monkeypatch.setenv("IMG2IMG_RAY_ADDRESS", "http://127.0.0.1:9")  # nothing listens: a contact would fail
+    r = cli("pipeline", "run", *args)
+    assert r.exit_code == 1 and r.output.startswith(message) and r.output.count("\n") == 1, r.output
+
+
+def test_flags_build_the_same_spec_as_a_file(tmp_path):
+    from img2img_cli.commands.pipeline import _flags_spec
+
+    spec = _flags_spec("s3://photos/new/", None, "photos", "gaussian:2", 64, None, False, None, None,
+                       ["width=16"], {"variant": "nafnet", "max_steps": 300, "workers": None})
+    assert spec.dataset == "photos" and spec.source == "s3://photos/new/" and spec.steps[0] == "ingest"
+    assert spec.ingest.degrade == "gaussian:2" and spec.ingest.size == 64
+    assert spec.train.max_steps == 300 and spec.train.set == {"width": "16"} and spec.train.workers == 2
