@@ -42,6 +42,7 @@ def run_steps(ctx: Context, parent: str, force: str | None = None) -> tuple[str,
         record.set_tags(uri, current["run"], {record.STEP_JOB: job_id})
 
     ctx.on_job = on_job
+    hits = 0
     for step in ctx.spec.steps:
         inputs, run = STEP_FUNCS[step]
         started = time.time()
@@ -54,6 +55,7 @@ def run_steps(ctx: Context, parent: str, force: str | None = None) -> tuple[str,
                 log.info("%s: cache hit %s", step, hit)
                 ctx.outputs[step] = {**hit, "key": key}
                 record.end_step(uri, current["run"], record.DONE, hit, started, cached=True)
+                hits += 1
             else:
                 log.info("%s: running", step)
                 out = run(ctx)
@@ -67,7 +69,7 @@ def run_steps(ctx: Context, parent: str, force: str | None = None) -> tuple[str,
             if "run" in current and step not in ctx.outputs:
                 record.end_step(uri, current["run"], record.DONE, out, started)
             log.info("%s", line)
-            return "FINISHED", line, ""
+            return "FINISHED", _nothing_new(line, hits == ctx.spec.steps.index(step) + 1), ""
         except Stopped:
             if current.get("job"):
                 _stop_job(ctx, current["job"])
@@ -82,7 +84,12 @@ def run_steps(ctx: Context, parent: str, force: str | None = None) -> tuple[str,
                 current["run"] = record.start_step(uri, parent, step, "")
             record.end_step(uri, current["run"], record.FAILED, started=started, error=error)
             return "FAILED", "", f"{step}: {error}"
-    return "FINISHED", outcome_line(ctx), ""
+    return "FINISHED", _nothing_new(outcome_line(ctx), hits == len(ctx.spec.steps)), ""
+
+
+def _nothing_new(line: str, all_hits: bool) -> str:
+    """A run whose every step was a cache hit changed nothing, and says so."""
+    return f"nothing new (every step a cache hit): {line}" if all_hits else line
 
 
 def outcome_line(ctx: Context) -> str:

@@ -1,4 +1,4 @@
-"""`img2img pipeline run|status|ls|stop`: ingest -> train -> evaluate -> gate -> deploy -> promote
+"""`img2img pipeline run|status|ls|stop|schedule|schedules|unschedule`: ingest -> train -> evaluate -> gate -> deploy -> promote
 as one cluster job (pipelines/)."""
 
 from __future__ import annotations
@@ -187,3 +187,49 @@ def stop(pipeline_id: str):
     from pipelines.client import stop as stop_pipeline
 
     console.print(f"pipeline {pipeline_id}: {stop_pipeline(get_settings(), pipeline_id)}", highlight=False)
+
+
+@pipeline_app.command("schedule")
+def schedule(file: str = typer.Argument(..., help="pipeline.yaml"),
+             every: str = typer.Option(None, help="run it every DURATION: 30m, 24h, 7d"),
+             on_new_data: str = typer.Option(None, help="run it when objects under s3://bucket/prefix/ are added or "
+                                             "changed (the prefix is the source when the file has none)"),
+             debounce: float = typer.Option(60.0, help="--on-new-data: seconds the listing must stay still first"),
+             poll: float = typer.Option(30.0, help="--on-new-data: seconds between listings")):
+    """Keep a pipeline running unattended, on the cluster (it outlives this command).
+
+    Example: `img2img pipeline schedule pipeline.yaml --on-new-data s3://img2img/incoming/photos/`
+    """
+    spec = load(file)
+    from pipelines.schedule import schedule as start  # deferred: mlflow, ray, torch
+
+    sid = start(spec, get_settings(), every=every, on_new_data=on_new_data, debounce_s=debounce, poll_s=poll)
+    console.print(f"Scheduled {spec.title}: schedule [bold]{sid}[/]; list with `img2img pipeline schedules`, "
+                  f"remove with `img2img pipeline unschedule {sid}`", highlight=False)
+
+
+@pipeline_app.command("schedules")
+def schedules(as_json: bool = json_option()):
+    """List the schedules running on the cluster.
+
+    Example: `img2img pipeline schedules`
+    """
+    from pipelines.schedule import schedules as live
+
+    rows = live(get_settings())
+    if as_json:
+        print_json(rows)
+        return
+    columns = ["id", "name", "model", "trigger", "status"]
+    print_table("schedules", columns, [[r[c] for c in columns] for r in rows], ids=["id", "name"])
+
+
+@pipeline_app.command("unschedule")
+def unschedule(schedule_id: str):
+    """Remove a schedule (a pipeline it started runs on to its end).
+
+    Example: `img2img pipeline unschedule raysubmit_abc123`
+    """
+    from pipelines.schedule import unschedule as remove
+
+    console.print(f"schedule {schedule_id}: {remove(get_settings(), schedule_id)}", highlight=False)

@@ -154,3 +154,50 @@ def test_gate_refusal_keeps_the_champion_and_is_no_failure(stack, cli, first_run
         f"{float(gate['champion_score']):.2f} dB on pipe-photos/val"), status["outcome"]
     assert status["outcome"] in r.output
     assert alias_version(stack, MODEL, CHAMPION) == champion
+
+
+def _wait_for_run(stack, name: str, count: int, timeout: float = 600) -> list:
+    """The finished runs of pipeline `name` (newest first) once there are `count` of them."""
+    import time
+
+    from pipelines import record
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        runs = [v for v in record.pipelines(stack.mlflow_uri) if v.name == name and v.state != "RUNNING"]
+        if len(runs) >= count:
+            return runs
+        time.sleep(3)
+    raise TimeoutError(f"pipeline {name} did not finish {count} run(s) in {timeout:.0f}s")
+
+
+def test_schedule_on_new_data_runs_again_when_photos_land_and_outlives_the_client(stack, cli, photos, tmp_path):
+    from cluster.storage import Storage
+
+    store = Storage(stack)
+    prefix = "incoming/pipe-watch/"
+    files = sorted(photos.iterdir())
+    for f in files[:2]:
+        store.put_bytes(prefix + f.name, f.read_bytes())
+    source = f"s3://{stack.bucket}/{prefix}"
+    spec = {"name": "watch", "source": source, "dataset": "pipe-watch", "steps": ["ingest"],
+            "ingest": {"degrade": "gaussian:1.5", "size": 64, "crops": 1, "val_fraction": 0.0}}
+    r = cli("pipeline", "schedule", _write(tmp_path, spec), "--on-new-data", source, "--debounce", "2",
+            "--poll", "2")
+    assert r.exit_code == 0, r.output
+    listed = json.loads(cli("pipeline", "schedules", "--json").output)
+    sid = next(s["id"] for s in listed if s["name"] == "watch")
+    try:
+        first = _wait_for_run(stack, "watch", 1)[0]
+        assert first.state == "FINISHED", first
+        assert first.steps[0].outputs["rows"] == "2"
+        # The client has long returned; the schedule still watches. A new photo lands:
+        store.put_bytes(prefix + files[2].name, files[2].read_bytes())
+        second = _wait_for_run(stack, "watch", 2)[0]
+        assert second.state == "FINISHED" and not second.steps[0].cached
+        assert second.steps[0].outputs["rows"] == "3"
+        assert sid in {s["id"] for s in json.loads(cli("pipeline", "schedules", "--json").output)}
+    finally:
+        r = cli("pipeline", "unschedule", sid)
+    assert r.exit_code == 0, r.output
+    assert sid not in {s["id"] for s in json.loads(cli("pipeline", "schedules", "--json").output)}

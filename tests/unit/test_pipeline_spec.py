@@ -170,3 +170,20 @@ def test_flags_build_the_same_spec_as_a_file(tmp_path):
     assert spec.dataset == "photos" and spec.source == "s3://photos/new/" and spec.steps[0] == "ingest"
     assert spec.ingest.degrade == "gaussian:2" and spec.ingest.size == 64
     assert spec.train.max_steps == 300 and spec.train.set == {"width": "16"} and spec.train.workers == 2
+
+
+@pytest.mark.parametrize("text,seconds", [("30m", 1800), ("24h", 86400), ("7d", 604800), ("90", 90), ("1.5h", 5400)])
+def test_every_takes_durations(text, seconds):
+    from pipelines.schedule import parse_every
+
+    assert parse_every(text) == seconds
+
+
+@pytest.mark.parametrize("text,message", [("daily", "--every must be a duration like 30m, 24h or 7d, got 'daily'"),
+                                          ("10s", "--every must be at least 1 minute, got '10s'"),
+                                          ("-1h", "--every must be a duration like")])
+def test_every_refuses_what_is_not_a_duration(text, message):
+    from pipelines.schedule import parse_every
+
+    with pytest.raises(Img2ImgError, match="^" + message):
+        parse_every(text)
