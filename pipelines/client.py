@@ -159,18 +159,24 @@ def follow(settings: Settings, job_id: str, on_change, interval_s: float = 2.0) 
 
 
 def stop(settings: Settings, job_id: str) -> str:
-    """Stop a pipeline run and the step job it is running -> what happened."""
+    """Stop a pipeline run and the step job it is running -> what happened ("stopped",
+    "cancelled" while queued, "already FINISHED"...). Its MLflow run and the running step's end
+    KILLED / failed ("stopped by the user")."""
     from jobs.manage import stop as stop_job
 
     v = view(settings, job_id)
     if v.state not in ("RUNNING", "QUEUED"):
         return f"already {v.state}"
     client = job_client(settings)
-    said = stop_job(client, settings, v.job_id)
-    for s in v.steps:  # the driver stops its step on SIGTERM; again here in case it could not
-        if s.state == record.RUNNING and s.job_id:
-            stop_job(client, settings, s.job_id)
-    now = record.pipeline(settings.mlflow_uri, job_id)
-    if now.state == "RUNNING":
-        record.end_pipeline(settings.mlflow_uri, now.run_id, "KILLED", error="stopped by the user")
+    said = stop_job(client, settings, v.job_id)  # the driver stops its step on SIGTERM, if Ray lets it
+    uri, why = settings.mlflow_uri, "stopped by the user"
+    for s in record.pipeline(uri, v.job_id).steps:
+        if s.state == record.RUNNING:
+            if s.job_id:
+                stop_job(client, settings, s.job_id)
+            run = next(r for r in record.step_runs(uri, v.run_id) if r[0] == s.step)[1]
+            record.end_step(uri, run, record.FAILED, error="stopped by the user")
+            why = f"{s.step}: stopped by the user"
+    if record.pipeline(uri, v.job_id).state == "RUNNING":
+        record.end_pipeline(uri, v.run_id, "KILLED", error=why)
     return said

@@ -129,6 +129,14 @@ def _view(c: MlflowClient, run) -> PipelineView:
                         run.info.end_time / 1000 if run.info.end_time else None, steps)
 
 
+def step_runs(mlflow_uri: str, parent: str) -> list[tuple[str, str]]:
+    """[(step, its child run id)] of a pipeline run, in the order they started."""
+    c = _client(mlflow_uri)
+    exp = c.get_run(parent).info.experiment_id
+    runs = c.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent}'", order_by=["attributes.start_time ASC"])
+    return [(r.data.tags.get(STEP, r.info.run_name), r.info.run_id) for r in runs]
+
+
 def pipelines(mlflow_uri: str, limit: int = 50) -> list[PipelineView]:
     """The latest pipeline runs, newest first (without their steps' details: see `pipeline`)."""
     c = _client(mlflow_uri)

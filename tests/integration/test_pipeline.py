@@ -201,3 +201,31 @@ def test_schedule_on_new_data_runs_again_when_photos_land_and_outlives_the_clien
         r = cli("pipeline", "unschedule", sid)
     assert r.exit_code == 0, r.output
     assert sid not in {s["id"] for s in json.loads(cli("pipeline", "schedules", "--json").output)}
+
+
+def test_stop_ends_the_pipeline_and_its_running_step_job(stack, cli, photos, tmp_path):
+    import time
+
+    from jobs.training.client import job_client
+    from pipelines import record
+
+    spec = _spec(photos)
+    spec.update(name="pipe-stop", model="pipe-stop")
+    spec["train"] = {**spec["train"], "max_steps": 100000, "time_budget_s": 900}
+    r = cli("pipeline", "run", _write(tmp_path, spec), "--detach")
+    assert r.exit_code == 0, r.output
+    deadline = time.time() + 600
+    while time.time() < deadline:  # until its train step's job is submitted
+        v = record.pipelines(stack.mlflow_uri, limit=5)[0]
+        train = next((s for s in v.steps if s.step == "train" and s.job_id), None)
+        if train:
+            break
+        time.sleep(2)
+    assert train, v
+    r = cli("pipeline", "stop", v.job_id)
+    assert r.exit_code == 0, r.output
+    status = _status(cli)
+    assert status["id"] == v.job_id and status["state"] == "KILLED", status
+    assert status["error"] == "train: stopped by the user"
+    assert str(job_client(stack).get_job_status(train.job_id)).split(".")[-1] == "STOPPED"
+    assert cli("pipeline", "stop", v.job_id).output.strip().endswith("already KILLED")
