@@ -15,7 +15,7 @@ import time
 
 from cluster.admission import check_deadline
 from cluster.errors import Img2ImgError
-from cluster.settings import get_settings
+from cluster.settings import Settings, get_settings
 from pipelines import record
 from pipelines.spec import STEPS, PipelineSpec, cache_key
 from pipelines.steps import STEP_FUNCS, Context, Kept, still_true
@@ -122,18 +122,26 @@ def _stop_job(ctx: Context, job_id: str) -> None:
         log.warning("could not stop step job %s: %s", job_id, e)
 
 
-def main(argv: list[str] | None = None) -> int:
+def job_start(what: str, argv: list[str] | None, add=lambda ap: None) -> tuple[argparse.Namespace, Settings, PipelineSpec]:
+    """What a pipeline's or a schedule's Ray job does first: its arguments (`--spec`,
+    `--queue-deadline` and those `add` declares), logging to its job log, its settings and spec."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--spec", required=True)
-    ap.add_argument("--run-id", required=True)
-    ap.add_argument("--force", default=None)
     ap.add_argument("--queue-deadline", type=float, default=None)
+    add(ap)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s pipeline: %(message)s", stream=sys.stdout)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {what}: %(message)s", stream=sys.stdout)
     for chatty in ("ray", "urllib3", "httpx", "mlflow"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    settings = get_settings()
-    spec = PipelineSpec.model_validate_json(args.spec)
+    return args, get_settings(), PipelineSpec.model_validate_json(args.spec)
+
+
+def main(argv: list[str] | None = None) -> int:
+    def add(ap: argparse.ArgumentParser) -> None:
+        ap.add_argument("--run-id", required=True)
+        ap.add_argument("--force", default=None)
+
+    args, settings, spec = job_start("pipeline", argv, add)
     try:
         check_deadline(args.queue_deadline)
     except Img2ImgError as e:

@@ -15,11 +15,12 @@ import sys
 import time
 
 from cluster import admission
-from cluster.admission import Footprint, capacity
+from cluster.admission import Footprint, capacity, check_deadline
 from cluster.errors import Img2ImgError
-from cluster.settings import Settings, get_settings
+from cluster.settings import Settings
 from jobs.training.client import admit, code_version, job_client
 from pipelines import client as pipeline_client
+from pipelines.driver import job_start
 from pipelines.spec import PipelineSpec
 from pipelines.steps import source_listing
 
@@ -105,19 +106,18 @@ def _fire(spec: PipelineSpec, settings: Settings, why: str, last: str | None) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--spec", required=True)
-    ap.add_argument("--every", type=float, default=None)
-    ap.add_argument("--on-new-data", default=None)
-    ap.add_argument("--debounce", type=float, default=60.0)
-    ap.add_argument("--poll", type=float, default=30.0)
-    ap.add_argument("--queue-deadline", type=float, default=None)
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s schedule: %(message)s", stream=sys.stdout)
-    for chatty in ("ray", "urllib3", "httpx", "mlflow"):
-        logging.getLogger(chatty).setLevel(logging.WARNING)
-    settings = get_settings()
-    spec = PipelineSpec.model_validate_json(args.spec)
+    def add(ap: argparse.ArgumentParser) -> None:
+        ap.add_argument("--every", type=float, default=None)
+        ap.add_argument("--on-new-data", default=None)
+        ap.add_argument("--debounce", type=float, default=60.0)
+        ap.add_argument("--poll", type=float, default=30.0)
+
+    args, settings, spec = job_start("schedule", argv, add)
+    try:
+        check_deadline(args.queue_deadline)
+    except Img2ImgError as e:
+        print(f"Error: {e}", flush=True)
+        return 1
     last = None
     if args.every:
         while True:
