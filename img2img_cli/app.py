@@ -26,6 +26,7 @@ from img2img_cli.commands.demo import demo
 from img2img_cli.commands.eval import eval_
 from img2img_cli.commands.jobs import jobs_app
 from img2img_cli.commands.models import models_app
+from img2img_cli.commands.pipeline import pipeline_app
 from img2img_cli.commands.serve import enhance, serve_app
 from img2img_cli.commands.stack import stack_app
 from img2img_cli.commands.train import train
@@ -119,6 +120,7 @@ app.command("batch")(batch)
 app.add_typer(serve_app, name="serve")
 app.command("enhance")(enhance)
 app.command("demo")(demo)
+app.add_typer(pipeline_app, name="pipeline")
 
 if __name__ == "__main__":
     sys.exit(app())

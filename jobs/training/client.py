@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import shlex
 import subprocess
+import sys
 from importlib.metadata import version
 from pathlib import Path
 
@@ -122,16 +123,25 @@ def start_run(spec: TrainSpec, settings: Settings, manifest, plan=None) -> tuple
     return run.info.run_id, url
 
 
+def package_dir(name: str) -> Path:
+    """Where our package `name` is: the repository's folder, or, in a job that submits jobs (a
+    pipeline's driver), the folder Ray unpacked it to (each py_module its own, on sys.path)."""
+    root = Path(__file__).resolve().parents[2]  # the repository: jobs/training/client.py
+    for base in (root, *(Path(p) for p in sys.path if p)):
+        if (base / name / "__init__.py").is_file():
+            return base / name
+    raise Img2ImgError(f"cannot find the {name!r} package to send with the job")
+
+
 def runtime_env(settings: Settings) -> dict:
     """Our code travels with the job; only non-secret settings do (keys stay on the cluster)."""
-    root = Path(__file__).resolve().parents[2]  # the repository: jobs/training/client.py
     # job_env's RAY_API_SERVER_ADDRESS: Ray Train's own actors (PlacementGroupCleaner) query the
     # state API with no address; without it they scan the machine and fail beside another Ray.
     env = {**settings.job_env(), "PYTHONUNBUFFERED": "1",
            # Starting the worker group may take this long (a busy small machine needs over a
            # minute); the job retries it twice (see jobs.training.driver), then fails with Ray's reason.
            "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(WORKER_START_TIMEOUT_S)}
-    return {"py_modules": [str(root / p) for p in PACKAGES], "env_vars": env}
+    return {"py_modules": [str(package_dir(p)) for p in PACKAGES], "env_vars": env}
 
 
 def admit(settings: Settings, footprint: Footprint):

@@ -1,0 +1,231 @@
+"""Pipelines on the real stack: photos in a folder -> a promoted champion in one cluster job; a
+re-run with nothing changed is all cache hits and trains nothing; a run that fails at evaluate
+resumes there once fixed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import yaml
+from PIL import Image
+
+pytestmark = pytest.mark.integration
+MODEL = "pipe-test"
+
+
+def _spec(folder, force: bool = True, **evaluate) -> dict:
+    """A tiny pipeline: 4 sample photos -> 64 px blurred pairs -> a 6-step autoencoder. Six steps
+    leave its output far worse than its input, so the gate refuses it unless `force`."""
+    return {"name": "pipe", "source": str(folder), "dataset": "pipe-photos", "model": MODEL,
+            "ingest": {"degrade": "gaussian:1.5", "size": 64, "crops": 2, "val_fraction": 0.25, "shard_rows": 32},
+            "train": {"variant": "autoencoder", "workers": 1, "cpus_per_worker": 0.5, "max_steps": 6,
+                      "batch_size": 4, "image_size": 64, "set": {"nf": 8}, "checkpoint_every": "6",
+                      "experiment": "integration"},
+            "evaluate": {"workers": 1, "cpus_per_worker": 0.5, **evaluate}, "gate": {"force": force}}
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    from jobs.data.sources import list_sample
+
+    folder = tmp_path_factory.mktemp("pipe-photos")
+    for f in [f for f in list_sample() if f.key.endswith(".png")][:4]:
+        shutil.copy(f.location, folder / f.key)
+    return folder
+
+
+def _write(tmp_path, spec: dict):
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _status(cli) -> dict:
+    r = cli("pipeline", "status", "--json")
+    assert r.exit_code == 0, r.output
+    return json.loads(r.output)
+
+
+def _train_jobs(stack) -> int:
+    from jobs.training.client import job_client
+
+    return sum((j.metadata or {}).get("img2img") == "train" for j in job_client(stack).list_jobs())
+
+
+@pytest.fixture(scope="module")
+def first_run(stack, photos, tmp_path_factory):
+    from typer.testing import CliRunner
+
+    from img2img_cli.app import app
+
+    path = _write(tmp_path_factory.mktemp("pipe-file"), _spec(photos))
+    r = CliRunner().invoke(app, ["pipeline", "run", str(path)], catch_exceptions=False)
+    return path, r
+
+
+def test_pipeline_makes_a_promoted_champion(stack, cli, first_run):
+    from registry.models import CHAMPION, alias_version, versions
+
+    path, r = first_run
+    assert r.exit_code == 0, r.output
+    status = _status(cli)
+    assert status["state"] == "FINISHED", status
+    assert [s["step"] for s in status["steps"]] == ["ingest", "train", "evaluate", "gate", "deploy", "promote"]
+    assert all(s["state"] == "done" and not s["cached"] for s in status["steps"]), status["steps"]
+    trained = next(s for s in status["steps"] if s["step"] == "train")["outputs"]["version"]
+    assert [v.version for v in versions(stack, MODEL)] == [trained]
+    assert alias_version(stack, MODEL, CHAMPION) == trained
+    assert f"{MODEL} v{trained} is champion" in status["outcome"]
+    evaluate = next(s for s in status["steps"] if s["step"] == "evaluate")["outputs"]
+    assert evaluate["eval_set"] == "pipe-photos/val" and float(evaluate["psnr"]) > 0
+    gate = next(s for s in status["steps"] if s["step"] == "gate")["outputs"]
+    assert "makes images worse than its input" in gate["warnings"]  # promoted because the file forces it
+    deploy = next(s for s in status["steps"] if s["step"] == "deploy")["outputs"]
+    assert deploy["deployed"] == "no"  # the endpoint serves nothing in this session: left alone
+
+
+def test_rerun_with_nothing_changed_is_all_cache_hits(stack, cli, first_run):
+    path, first = first_run
+    assert first.exit_code == 0, first.output
+    jobs_before, versions_before = _train_jobs(stack), _versions(stack)
+    r = cli("pipeline", "run", path)
+    assert r.exit_code == 0, r.output
+    status = _status(cli)
+    assert status["state"] == "FINISHED"
+    assert all(s["state"] == "done" and s["cached"] for s in status["steps"]), status["steps"]
+    assert _train_jobs(stack) == jobs_before and _versions(stack) == versions_before
+
+
+def _versions(stack) -> list[str]:
+    from registry.models import versions
+
+    return [v.version for v in versions(stack, MODEL)]
+
+
+def test_failed_evaluate_resumes_there(stack, cli, first_run, photos, tmp_path):
+    from jobs.data.ingest import IngestOptions, ingest
+
+    assert first_run[1].exit_code == 0, first_run[1].output
+    # A dataset with no val rows: evaluating its val split fails in the evaluate step.
+    noval = tmp_path / "noval"
+    noval.mkdir()
+    shutil.copy(next(photos.iterdir()), noval / "one.png")
+    Image.open(noval / "one.png").verify()
+    ingest(str(noval), IngestOptions(name="pipe-noval", degrade="gaussian:1.5", size=64, crops=2, val_fraction=0.0),
+           stack)
+    jobs_before = _train_jobs(stack)
+    r = cli("pipeline", "run", _write(tmp_path, _spec(photos, dataset="pipe-noval", split="val")))
+    assert r.exit_code == 1, r.output
+    failed = _status(cli)
+    assert failed["state"] == "FAILED" and failed["error"].startswith("evaluate: ")
+    assert "no rows in split 'val'" in failed["error"], failed["error"]
+    assert [(s["step"], s["state"], s["cached"]) for s in failed["steps"]] == [
+        ("ingest", "done", True), ("train", "done", True), ("evaluate", "failed", False)]
+
+    r = cli("pipeline", "run", _write(tmp_path, _spec(photos, dataset="pipe-noval", split="train")))
+    assert r.exit_code == 0, r.output
+    fixed = _status(cli)
+    steps = {s["step"]: s for s in fixed["steps"]}
+    assert steps["ingest"]["cached"] and steps["train"]["cached"]
+    assert steps["evaluate"]["state"] == "done" and not steps["evaluate"]["cached"]
+    assert steps["evaluate"]["outputs"]["eval_set"] == "pipe-noval/train"
+    assert _train_jobs(stack) == jobs_before  # resumed at evaluate: nothing trained again
+
+
+def test_gate_refusal_keeps_the_champion_and_is_no_failure(stack, cli, first_run, photos, tmp_path):
+    from registry.models import CHAMPION, alias_version
+
+    assert first_run[1].exit_code == 0, first_run[1].output
+    champion = alias_version(stack, MODEL, CHAMPION)
+    r = cli("pipeline", "run", _write(tmp_path, _spec(photos, force=False)), "--force", "train")
+    assert r.exit_code == 0, r.output
+    status = _status(cli)
+    assert status["state"] == "FINISHED", status
+    steps = {s["step"]: s for s in status["steps"]}
+    assert list(steps) == ["ingest", "train", "evaluate", "gate"]  # no deploy, no promote
+    assert steps["ingest"]["cached"] and not steps["train"]["cached"]
+    candidate = steps["train"]["outputs"]["version"]
+    gate = steps["gate"]["outputs"]
+    assert gate["decision"] == "keep"
+    assert status["outcome"].startswith(
+        f"kept champion v{champion}: candidate v{candidate} scored {float(gate['candidate_score']):.2f} dB vs "
+        f"{float(gate['champion_score']):.2f} dB on pipe-photos/val"), status["outcome"]
+    assert status["outcome"] in r.output
+    assert alias_version(stack, MODEL, CHAMPION) == champion
+
+
+def _wait_for_run(stack, name: str, count: int, timeout: float = 600) -> list:
+    """The finished runs of pipeline `name` (newest first) once there are `count` of them."""
+    import time
+
+    from pipelines import record
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        runs = [v for v in record.pipelines(stack.mlflow_uri) if v.name == name and v.state != "RUNNING"]
+        if len(runs) >= count:
+            return runs
+        time.sleep(3)
+    raise TimeoutError(f"pipeline {name} did not finish {count} run(s) in {timeout:.0f}s")
+
+
+def test_schedule_on_new_data_runs_again_when_photos_land_and_outlives_the_client(stack, cli, photos, tmp_path):
+    from cluster.storage import Storage
+
+    store = Storage(stack)
+    prefix = "incoming/pipe-watch/"
+    files = sorted(photos.iterdir())
+    for f in files[:2]:
+        store.put_bytes(prefix + f.name, f.read_bytes())
+    source = f"s3://{stack.bucket}/{prefix}"
+    spec = {"name": "watch", "source": source, "dataset": "pipe-watch", "steps": ["ingest"],
+            "ingest": {"degrade": "gaussian:1.5", "size": 64, "crops": 1, "val_fraction": 0.0}}
+    r = cli("pipeline", "schedule", _write(tmp_path, spec), "--on-new-data", source, "--debounce", "2",
+            "--poll", "2")
+    assert r.exit_code == 0, r.output
+    listed = json.loads(cli("pipeline", "schedules", "--json").output)
+    sid = next(s["id"] for s in listed if s["name"] == "watch")
+    try:
+        first = _wait_for_run(stack, "watch", 1)[0]
+        assert first.state == "FINISHED", first
+        assert first.steps[0].outputs["rows"] == "2"
+        # The client has long returned; the schedule still watches. A new photo lands:
+        store.put_bytes(prefix + files[2].name, files[2].read_bytes())
+        second = _wait_for_run(stack, "watch", 2)[0]
+        assert second.state == "FINISHED" and not second.steps[0].cached
+        assert second.steps[0].outputs["rows"] == "3"
+        assert sid in {s["id"] for s in json.loads(cli("pipeline", "schedules", "--json").output)}
+    finally:
+        r = cli("pipeline", "unschedule", sid)
+    assert r.exit_code == 0, r.output
+    assert sid not in {s["id"] for s in json.loads(cli("pipeline", "schedules", "--json").output)}
+
+
+def test_stop_ends_the_pipeline_and_its_running_step_job(stack, cli, photos, tmp_path):
+    import time
+
+    from jobs.training.client import job_client
+    from pipelines import record
+
+    spec = _spec(photos)
+    spec.update(name="pipe-stop", model="pipe-stop")
+    spec["train"] = {**spec["train"], "max_steps": 100000, "time_budget_s": 900}
+    r = cli("pipeline", "run", _write(tmp_path, spec), "--detach")
+    assert r.exit_code == 0, r.output
+    deadline = time.time() + 600
+    while time.time() < deadline:  # until its train step's job is submitted
+        v = record.pipelines(stack.mlflow_uri, limit=5)[0]
+        train = next((s for s in v.steps if s.step == "train" and s.job_id), None)
+        if train:
+            break
+        time.sleep(2)
+    assert train, v
+    r = cli("pipeline", "stop", v.job_id)
+    assert r.exit_code == 0, r.output
+    status = _status(cli)
+    assert status["id"] == v.job_id and status["state"] == "KILLED", status
+    assert status["error"] == "train: stopped by the user"
+    assert str(job_client(stack).get_job_status(train.job_id)).split(".")[-1] == "STOPPED"
+    assert cli("pipeline", "stop", v.job_id).output.strip().endswith("already KILLED")
