@@ -179,7 +179,9 @@ def wait_for_model(settings: Settings, name: str, version: str, timeout: float, 
             last = type(e).__name__
         app = status(settings) or {}
         if app.get("status") == "DEPLOY_FAILED":
-            raise Img2ImgError(f"Serve app failed to deploy: {app.get('message', '')[:300]}")
+            lines = [line.strip() for line in str(app.get("message") or "").splitlines() if line.strip()]
+            # Serve's message is a traceback: its last line is the error (e.g. a missing module)
+            raise Img2ImgError(f"Serve app failed to deploy: {(lines[-1] if lines else 'no reason given')[:300]}")
         return False
 
     if poll_until(served, timeout, interval_s=1):
