@@ -17,7 +17,7 @@ first id) and their place among their own priority.
 
 Ray fails a job that stays PENDING longer than `RAY_JOB_START_TIMEOUT_SECONDS` (set for the
 head by `head_env`, to MAX_QUEUE_TIMEOUT_S); a job's own `--queue-timeout` is checked by its
-driver when it is admitted and by every client that reads the queue (`queue_view`), which stops
+driver when it is admitted and by every client that reads the queue (`cluster/queue_view.py`), which stops
 an overdue queued job with the reason.
 """
 
@@ -301,14 +301,15 @@ def submit(client, *, entrypoint: str, runtime_env: dict, metadata: dict, footpr
     return job_id
 
 
-def _status(job) -> str:
+def job_status(job) -> str:
+    """A Ray JobDetails' status as a bare name: PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED."""
     return str(job.status).split(".")[-1]
 
 
 def queued(client, jobs: list | None = None) -> list:
     """Ray's PENDING jobs that carry an admission record, in queue order (priority, then first
     submission): [(JobDetails, Ticket)]. `jobs`: client.list_jobs() when already read."""
-    out = [(j, t) for j in (client.list_jobs() if jobs is None else jobs) if _status(j) == "PENDING"
+    out = [(j, t) for j in (client.list_jobs() if jobs is None else jobs) if job_status(j) == "PENDING"
            and (t := Ticket.from_metadata(j.metadata)) is not None]
     return sorted(out, key=lambda jt: jt[1].rank)
 
@@ -324,7 +325,7 @@ def requeue_behind(client, ticket: Ticket, same_priority: bool = False) -> list[
         if not behind or t.ticket == ticket.ticket:
             continue
         try:
-            if _status(client.get_job_info(job.submission_id)) != "PENDING":
+            if job_status(client.get_job_info(job.submission_id)) != "PENDING":
                 continue
             client.stop_job(job.submission_id)
             moved.append(ray_submit(client, entrypoint=job.entrypoint, runtime_env=job.runtime_env,
@@ -372,42 +373,3 @@ def current_id(client, job_id: str) -> str:
 def replaced(jobs: list) -> set[str]:
     """Ids of jobs handed back to Ray under a new id (`requeue_behind`)."""
     return {r for j in jobs if (r := (j.metadata or {}).get("requeued_from"))}
-
-
-@dataclass
-class QueueEntry:
-    """One queued job as `jobs ls` shows it: position (1 = next), what it waits for, for how long."""
-
-    job_id: str
-    ticket: str
-    position: int
-    priority: str
-    waited_s: float
-    needs: float
-    free: float
-    behind: str | None
-
-    def waiting_for(self) -> str:
-        behind = f"; behind {self.behind}" if self.behind else ""
-        return f"needs {self.needs:g} CPUs, {self.free:g} free{behind}"
-
-
-def queue_view(client, cap: Capacity | None, now: float | None = None, cancelled=frozenset()) -> list[QueueEntry]:
-    """The queue in order, with each job's position and what it waits for. Jobs in `cancelled`
-    (stopped while queued: Ray ends them when their turn comes) are left out."""
-    now = time.time() if now is None else now
-    out: list[QueueEntry] = []
-    free = cap.largest_free if cap else 0.0
-    jobs = client.list_jobs()
-    running = sorted((j for j in jobs if _status(j) == "RUNNING" and Ticket.from_metadata(j.metadata)),
-                     key=lambda j: j.start_time or 0)
-    ahead = running[0].submission_id if running else None
-    skip = set(cancelled) | replaced(jobs)
-    for job, t in queued(client, jobs):
-        if job.submission_id in skip:
-            continue
-        needs = t.footprint.cpus
-        out.append(QueueEntry(job.submission_id, t.ticket or job.submission_id, len(out) + 1, t.priority,
-                              now - (t.submitted or now), needs, max(free, 0.0), ahead))
-        ahead = job.submission_id
-    return out

@@ -44,7 +44,7 @@ def victims(client, ticket: Ticket, cap: Capacity | None, asked=frozenset()) -> 
     if free >= needs:
         return []
     rank = PRIORITIES.index(ticket.priority)
-    running = [(j, t) for j in client.list_jobs() if admission._status(j) == "RUNNING"
+    running = [(j, t) for j in client.list_jobs() if admission.job_status(j) == "RUNNING"
                and (j.metadata or {}).get(PREEMPTIBLE) == "true" and j.submission_id not in asked
                and (t := Ticket.from_metadata(j.metadata)) is not None and t.rank[0] > rank]
     running.sort(key=lambda jt: (-jt[1].rank[0], -(jt[0].start_time or 0)))

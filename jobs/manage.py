@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from cluster import admission
 from cluster.admission import capacity
 from cluster.errors import Img2ImgError
+from cluster.queue_view import QueueEntry, queue_view
 from cluster.services import poll_until
 from cluster.settings import Settings
 from jobs.training.progress import follow, read, strip_ansi, write_raw
@@ -133,10 +134,10 @@ def follow_result(client, job_id: str, mark: str, what: str, progress: Callable[
     return {**found["result"], "job_id": job_id}
 
 
-def queue_entries(client, settings: Settings) -> dict[str, admission.QueueEntry]:
+def queue_entries(client, settings: Settings) -> dict[str, QueueEntry]:
     """{Ray id: QueueEntry} of the jobs waiting in the queue (stopped ones left out)."""
     cap = capacity(settings.ray_address, settings.ray_auth_headers())
-    return {e.job_id: e for e in admission.queue_view(client, cap, cancelled=_cancelled(client, settings))}
+    return {e.job_id: e for e in queue_view(client, cap, cancelled=_cancelled(client, settings))}
 
 
 def queue_line(client, settings: Settings, job_id: str) -> str:
