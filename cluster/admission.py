@@ -267,6 +267,7 @@ def exec_entrypoint(entrypoint: str) -> str:
 
 
 def new_job_id() -> str:
+    """A fresh Ray submission id, `raysubmit_` + 16 hex digits (Ray's own form)."""
     return f"raysubmit_{uuid.uuid4().hex[:16]}"
 
 
