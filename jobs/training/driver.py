@@ -331,9 +331,13 @@ def _set_phase(settings: Settings, run_id: str | None, phase: str) -> None:
 # a job stopped while it was queued, whose run `jobs stop` has already marked (or whose run
 # belongs to its copy handed back to Ray behind a higher priority): leave the run alone then.
 STARTED = threading.Event()
+# Set on SIGTERM: whatever the JobStopped raised then turns into on its way out (Tune and Ray Train
+# wrap an exception raised inside them in their own), the job was stopped, not failed.
+STOP_REQUESTED = threading.Event()
 
 
 def _stopped(signum, frame):  # `img2img jobs stop`: the Jobs API sends SIGTERM first
+    STOP_REQUESTED.set()
     raise JobStopped()
 
 
@@ -382,9 +386,12 @@ class JobStopped(BaseException):
 
 
 def _mark_ended(settings: Settings, run_id: str | None, reason: str, status: str = "FAILED") -> None:
-    """End the MLflow run FAILED (with the error as a tag) or KILLED (stopped)."""
+    """End the MLflow run FAILED (with the error as a tag) or KILLED (stopped). After the job
+    received SIGTERM the run ends KILLED whatever error the stop surfaced as."""
     if not run_id:
         return
+    if STOP_REQUESTED.is_set():
+        reason, status = "stopped by the user", "KILLED"
     try:
         client = MlflowClient(settings.mlflow_uri)
         client.set_tag(run_id, "error" if status == "FAILED" else "stopped", reason[:500])
