@@ -2,13 +2,17 @@
 `pipelines.record.cached`) or the job the CLI would have run (`pipelines.steps`), and records
 every step as a child run of the pipeline's MLflow run.
 
-`python -m pipelines.driver --spec JSON --run-id PARENT [--force STEP] --queue-deadline T`
+`python -m pipelines.driver --spec JSON --run-id PARENT [--force STEP] --queue-deadline T`; without
+`--run-id` (a KubeRay RayCronJob, `cluster/deploy/kuberay/raycronjob-pipeline.yaml`, starts it
+with no client) the driver creates its parent run itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -16,7 +20,7 @@ import time
 from cluster.admission import check_deadline
 from cluster.errors import Img2ImgError
 from cluster.settings import Settings, get_settings
-from pipelines import record
+from pipelines import notify, record
 from pipelines.spec import STEPS, PipelineSpec, cache_key
 from pipelines.steps import STEP_FUNCS, Context, Kept, still_true
 
@@ -68,6 +72,7 @@ def run_steps(ctx: Context, parent: str, force: str | None = None) -> tuple[str,
             line, out = kept.args
             if "run" in current and step not in ctx.outputs:
                 record.end_step(uri, current["run"], record.DONE, out, started)
+            ctx.outputs.setdefault(step, out)  # the decision, for the webhook
             log.info("%s", line)
             return "FINISHED", _nothing_new(line, hits == ctx.spec.steps.index(step) + 1), ""
         except Stopped:
@@ -136,12 +141,23 @@ def job_start(what: str, argv: list[str] | None, add=lambda ap: None) -> tuple[a
     return args, get_settings(), PipelineSpec.model_validate_json(args.spec)
 
 
+def own_job_id() -> str:
+    """This driver's Ray job submission id (Ray's supervisor hands it to the driver in the job
+    config's metadata), "" outside a Ray job."""
+    try:
+        return json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))["metadata"]["job_submission_id"]
+    except (KeyError, TypeError, ValueError):
+        return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     def add(ap: argparse.ArgumentParser) -> None:
-        ap.add_argument("--run-id", required=True)
+        ap.add_argument("--run-id", default=None)
         ap.add_argument("--force", default=None)
 
     args, settings, spec = job_start("pipeline", argv, add)
+    if not args.run_id:
+        args.run_id = record.start_pipeline(settings.mlflow_uri, spec.title, spec.to_json(), own_job_id())
     try:
         check_deadline(args.queue_deadline)
     except Img2ImgError as e:
@@ -149,7 +165,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Error: {e}", flush=True)
         return 1
     signal.signal(signal.SIGTERM, _stop)
-    status, outcome, error = run_steps(Context(settings, spec), args.run_id, args.force)
+    ctx = Context(settings, spec)
+    status, outcome, error = run_steps(ctx, args.run_id, args.force)
+    if spec.notify.webhook:  # before the run ends: `pipeline status` shows the delivery with the outcome
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        job_id = record.tags(settings.mlflow_uri, args.run_id).get(record.JOB, "")
+        payload = notify.summary(spec.title, job_id, args.run_id, status, outcome, error, spec.model_name,
+                                 ctx.outputs)
+        record.set_tags(settings.mlflow_uri, args.run_id, {record.NOTIFIED: notify.send(spec.notify.webhook, payload)})
     record.end_pipeline(settings.mlflow_uri, args.run_id, status, outcome, error)
     print(f"pipeline {status}: {outcome or error}", flush=True)
     return 0 if status == "FINISHED" else 1

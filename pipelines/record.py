@@ -20,6 +20,7 @@ PIPELINES_EXPERIMENT = "img2img-pipelines"
 KIND, STEP, KEY, STATE = "img2img.pipeline", "pipeline.step", "pipeline.key", "pipeline.state"
 JOB, OUTCOME, ERROR, SPEC, NAME = "pipeline.job", "pipeline.outcome", "pipeline.error", "pipeline.spec", "pipeline.name"
 STEP_JOB, CACHED, DURATION, OUT = "pipeline.step_job", "pipeline.cached", "pipeline.duration_s", "out."
+NOTIFIED = "pipeline.notified"  # what became of the webhook (pipelines.notify.send's line)
 # step states: running -> done | failed | skipped; a cache hit is done with pipeline.cached=true
 DONE, FAILED, RUNNING, SKIPPED = "done", "failed", "running", "skipped"
 
@@ -51,11 +52,12 @@ class PipelineView:
     started: float = 0.0
     ended: float | None = None
     steps: list[StepView] = field(default_factory=list)
+    notified: str = ""  # the webhook's delivery, when the pipeline has one
 
     def to_dict(self) -> dict:
         return {"id": self.job_id, "run_id": self.run_id, "name": self.name, "state": self.state,
                 "outcome": self.outcome, "error": self.error, "started": self.started, "ended": self.ended,
-                "steps": [s.__dict__ for s in self.steps]}
+                "steps": [s.__dict__ for s in self.steps], "notified": self.notified}
 
 
 def _client(mlflow_uri: str) -> MlflowClient:
@@ -76,6 +78,10 @@ def start_step(mlflow_uri: str, parent: str, step: str, key: str) -> str:
     run = c.create_run(exp, run_name=step, tags={"mlflow.parentRunId": parent, STEP: step, KEY: key,
                                                   STATE: RUNNING})
     return run.info.run_id
+
+
+def tags(mlflow_uri: str, run_id: str) -> dict[str, str]:
+    return _client(mlflow_uri).get_run(run_id).data.tags
 
 
 def set_tags(mlflow_uri: str, run_id: str, tags: dict) -> None:
@@ -126,7 +132,7 @@ def _view(c: MlflowClient, run) -> PipelineView:
                               t.get(STEP_JOB, "")))
     return PipelineView(tags.get(JOB, ""), run.info.run_id, tags.get(NAME, run.info.run_name), run.info.status,
                         tags.get(OUTCOME, ""), tags.get(ERROR, ""), run.info.start_time / 1000,
-                        run.info.end_time / 1000 if run.info.end_time else None, steps)
+                        run.info.end_time / 1000 if run.info.end_time else None, steps, tags.get(NOTIFIED, ""))
 
 
 def step_runs(mlflow_uri: str, parent: str) -> list[tuple[str, str]]:

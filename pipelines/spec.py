@@ -2,7 +2,7 @@
 `PipelineSpec`, checked before anything runs. Every mistake is one Img2ImgError line naming the
 file's line and the field (`pipeline.yaml line 7: train.max_steps: ...`).
 
-Pure: pydantic and PyYAML only (the service checks, e.g. that a dataset exists, are in
+Pure: nothing is contacted here (the service checks, e.g. that a dataset exists, are in
 `pipelines.client.check`).
 """
 
@@ -14,9 +14,18 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from cluster.errors import Img2ImgError
+from pipelines.notify import check_webhook
 
 STEPS = ("ingest", "train", "evaluate", "gate", "deploy", "promote")
 
@@ -73,6 +82,19 @@ class GateStep(_Strict):
     force: bool = False
 
 
+class Notify(_Strict):
+    """Who hears of the pipeline's decision: `webhook` (an http(s) URL, or `env:NAME` for a URL kept
+    in that environment variable on the cluster) receives a JSON summary when a run ends
+    (`pipelines.notify`)."""
+
+    webhook: str | None = None
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhook(cls, value: str | None) -> str | None:
+        return None if value is None else check_webhook(value)
+
+
 class PipelineSpec(_Strict):
     """One pipeline. `source` (folder or s3://bucket/prefix) is ingested as `dataset`; without a
     source the ingest step is left out and `dataset` must exist. `model`: the registered model
@@ -88,6 +110,7 @@ class PipelineSpec(_Strict):
     train: TrainStep = Field(default_factory=TrainStep)
     evaluate: EvaluateStep = Field(default_factory=EvaluateStep)
     gate: GateStep = Field(default_factory=GateStep)
+    notify: Notify = Field(default_factory=Notify)
     code_version: str = ""  # filled by the client: part of every step's cache key
     _origin: str = PrivateAttr("the pipeline")  # the file's name, or "flags"
     _node: object = PrivateAttr(None)  # the YAML's node tree, for line numbers

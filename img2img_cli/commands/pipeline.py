@@ -20,7 +20,8 @@ TRAIN_FLAGS = ("variant", "workers", "cpus_per_worker", "epochs", "max_steps", "
                "image_size", "lr")
 
 
-def _flags_spec(source, dataset, model, degrade, size, crops, finetune, eval_dataset, eval_split, sets, train):
+def _flags_spec(source, dataset, model, degrade, size, crops, finetune, eval_dataset, eval_split, sets, train,
+                webhook=None):
     data: dict = {"dataset": dataset or _dataset_from(source, model)}
     for key, value in (("source", source), ("model", model)):
         if value is not None:
@@ -36,6 +37,8 @@ def _flags_spec(source, dataset, model, degrade, size, crops, finetune, eval_dat
     evaluate = {k: v for k, v in (("dataset", eval_dataset), ("split", eval_split)) if v is not None}
     if evaluate:
         data["evaluate"] = evaluate
+    if webhook is not None:
+        data["notify"] = {"webhook": webhook}
     return parse(data, "flags")
 
 
@@ -64,6 +67,8 @@ def _show(v, as_json: bool = False) -> None:
         console.print(v.outcome, markup=False, highlight=False)
     if v.error:
         console.print(f"failed at {v.error}", markup=False, highlight=False)
+    if v.notified:
+        console.print(f"webhook: {v.notified}", markup=False, highlight=False)
 
 
 def _follow(settings, job_id: str) -> None:
@@ -110,6 +115,8 @@ def run(
     finetune: bool = typer.Option(False, "--finetune", help="train: start from the model's champion"),
     eval_dataset: str = typer.Option(None, help="evaluate: dataset (default: the model's evaluation set)"),
     eval_split: str = typer.Option(None, help="evaluate: val | train | all"),
+    webhook: str = typer.Option(None, help="POST a JSON summary of the decision here when the run ends: an http(s) "
+                                           "URL, or env:NAME (the URL in that variable on the cluster)"),
     force: str = typer.Option(None, help=f"re-run from this step whatever the cache holds: {' | '.join(STEPS)}"),
     priority: str = typer.Option("normal", help="high | normal | low (the pipeline's place in the queue)"),
     detach: bool = typer.Option(False, "--detach", help="submit and return; follow with `pipeline status ID -f`"),
@@ -124,12 +131,12 @@ def run(
                                    image_size, lr), strict=True))
     if file is not None:
         given = [k for k, v in {**train, "source": source, "dataset": dataset, "model": model}.items() if v]
-        if given or set_ or finetune:
+        if given or set_ or finetune or webhook:
             raise Img2ImgError("give either a pipeline file or the flags, not both")
         spec = load(file)
     else:
         spec = _flags_spec(source, dataset, model, degrade, size, crops, finetune, eval_dataset, eval_split, set_,
-                           train)
+                           train, webhook)
     from pipelines.client import submit  # deferred: mlflow, ray, torch
 
     settings = get_settings()

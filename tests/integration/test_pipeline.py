@@ -134,12 +134,19 @@ def test_failed_evaluate_resumes_there(stack, cli, first_run, photos, tmp_path):
     assert _train_jobs(stack) == jobs_before  # resumed at evaluate: nothing trained again
 
 
-def test_gate_refusal_keeps_the_champion_and_is_no_failure(stack, cli, first_run, photos, tmp_path):
+def test_gate_refusal_keeps_the_champion_and_is_no_failure_and_tells_the_webhook(stack, cli, first_run, photos,
+                                                                                  tmp_path):
     from registry.models import CHAMPION, alias_version
+    from tests.unit.test_pipeline_notify import _Hook
 
     assert first_run[1].exit_code == 0, first_run[1].output
     champion = alias_version(stack, MODEL, CHAMPION)
-    r = cli("pipeline", "run", _write(tmp_path, _spec(photos, force=False)), "--force", "train")
+    hook = _Hook([200])
+    try:
+        r = cli("pipeline", "run", _write(tmp_path, {**_spec(photos, force=False), "notify": {"webhook": hook.url}}),
+                "--force", "train")
+    finally:
+        hook.close()
     assert r.exit_code == 0, r.output
     status = _status(cli)
     assert status["state"] == "FINISHED", status
@@ -154,6 +161,13 @@ def test_gate_refusal_keeps_the_champion_and_is_no_failure(stack, cli, first_run
         f"{float(gate['champion_score']):.2f} dB on pipe-photos/val"), status["outcome"]
     assert status["outcome"] in r.output
     assert alias_version(stack, MODEL, CHAMPION) == champion
+    # the webhook heard the decision, once, and the delivery is recorded (the URL's token is not)
+    assert len(hook.bodies) == 1, hook.bodies
+    body = hook.bodies[0]
+    assert (body["status"], body["decision"], body["outcome"]) == ("FINISHED", "keep", status["outcome"]), body
+    assert (body["candidate"], body["champion"], body["id"]) == (candidate, champion, status["id"]), body
+    assert status["notified"].startswith("delivered to 127.0.0.1:") and "SECRET" not in status["notified"], status
+    assert f"webhook: {status['notified']}" in r.output
 
 
 def _wait_for_run(stack, name: str, count: int, timeout: float = 600) -> list:
@@ -229,3 +243,25 @@ def test_stop_ends_the_pipeline_and_its_running_step_job(stack, cli, photos, tmp
     assert status["error"] == "train: stopped by the user"
     assert str(job_client(stack).get_job_status(train.job_id)).split(".")[-1] == "STOPPED"
     assert cli("pipeline", "stop", v.job_id).output.strip().endswith("already KILLED")
+
+
+def test_a_driver_started_without_a_client_records_its_own_run(stack, cli, first_run):
+    """What KubeRay's RayCronJob does (cluster/deploy/kuberay/raycronjob-pipeline.yaml): submit the
+    driver with only its spec; the run it records is listed with its Ray job id."""
+    import shlex
+
+    from cluster.admission import ray_submit
+    from jobs.training.client import job_client
+    from pipelines.client import pipeline_env
+    from pipelines.spec import parse
+    from tests.integration.conftest import wait_job
+
+    assert first_run[1].exit_code == 0, first_run[1].output
+    spec = parse({"name": "pipe-cron", "dataset": "pipe-photos", "model": MODEL, "steps": ["deploy"]})
+    client = job_client(stack)
+    job = ray_submit(client, entrypoint=f"python -m pipelines.driver --spec {shlex.quote(spec.to_json())}",
+                     runtime_env=pipeline_env(stack), metadata={}, resources=None)
+    assert wait_job(client, job, timeout=300) == "SUCCEEDED", client.get_job_logs(job)[-3000:]
+    status = json.loads(cli("pipeline", "status", job, "--json").output)
+    assert (status["id"], status["name"], status["state"]) == (job, "pipe-cron", "FINISHED"), status
+    assert [s["step"] for s in status["steps"]] == ["deploy"]

@@ -3,6 +3,7 @@ must exist in the package, and their settings must parse."""
 
 import importlib
 import importlib.util
+import json
 import re
 import shlex
 from pathlib import Path
@@ -71,6 +72,25 @@ def test_rayjob_entrypoint_is_a_valid_training_spec():
     spec = TrainSpec.from_json(argv[argv.index("--spec") + 1])
     spec.validate()
     assert spec.use_gpu and spec.workers == job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"]
+
+
+def test_raycronjob_runs_a_valid_pipeline_on_the_team_cluster():
+    from cluster.admission import RESOURCE
+    from pipelines.spec import PipelineSpec
+
+    cron = load_all(DEPLOY / "kuberay" / "raycronjob-pipeline.yaml")[0]
+    cluster = load_all(DEPLOY / "kuberay" / "raycluster.yaml")[0]
+    job = cron["spec"]["jobTemplate"]
+    assert cron["kind"] == "RayCronJob" and len(cron["spec"]["schedule"].split()) == 5
+    assert job["clusterSelector"]["ray.io/cluster"] == cluster["metadata"]["name"]
+    assert set(json.loads(job["entrypointResources"])) == {RESOURCE}
+    argv = shlex.split(job["entrypoint"])
+    assert argv[:4] == ["exec", "python", "-m", "pipelines.driver"] and "--run-id" not in argv
+    assert importlib.util.find_spec("pipelines.driver") is not None
+    spec = PipelineSpec.model_validate_json(argv[argv.index("--spec") + 1])
+    variable = spec.notify.webhook.removeprefix("env:")
+    head_env = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
+    assert variable in {e["name"] for e in head_env}  # where the driver runs
 
 
 def test_raycluster_uses_token_auth_and_our_settings():
