@@ -12,7 +12,7 @@ local temp folder), then for each worker count W:
   batch runs it), and the local files sent by `serving.client.enhance_files` with 2 x W requests
   in flight, outputs written locally; images/s over the loop's wall time (the deploy, i.e. the
   model load, not included).
-The ratio is batch / endpoint. NOTE: it redeploys the stack's endpoint with the benchmarked model.
+The ratio is batch / endpoint images/s; the steady ratio, batch steady / endpoint. NOTE: it redeploys the stack's endpoint with the benchmarked model.
 
 Run (a stack up, a registered model): `python benchmarks/batch.py --model NAME/VERSION [--images 24] [--size 256]`
 """
@@ -90,15 +90,18 @@ def main() -> None:
         b = batch_rate(settings, args.model, workers)
         e = endpoint_rate(settings, args.model, workers, files, local / f"out-{workers}w")
         results.append({"workers": workers, "batch": b, "endpoint": e,
-                        "ratio": round(b["images_per_s"] / e["images_per_s"], 2) if e["images_per_s"] else None})
+                        "ratio": round(b["images_per_s"] / e["images_per_s"], 2) if e["images_per_s"] else None,
+                        "steady_ratio": round(b["steady_images_per_s"] / e["images_per_s"], 2)
+                        if e["images_per_s"] and b["steady_images_per_s"] else None})
     print(json.dumps({"size": args.size, "results": results}))
     print("| workers (1 CPU each) | images | batch s | batch images/s | batch steady images/s | endpoint s "
-          "| endpoint images/s | ratio |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| endpoint images/s | ratio | steady ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         b, e = r["batch"], r["endpoint"]
         print(f"| {r['workers']} | {b['images']} | {b['seconds']:.1f} | {b['images_per_s']:.2f} | "
-              f"{b['steady_images_per_s']} | {e['seconds']:.1f} | {e['images_per_s']:.2f} | {r['ratio']} |")
+              f"{b['steady_images_per_s']} | {e['seconds']:.1f} | {e['images_per_s']:.2f} | {r['ratio']} | "
+              f"{r['steady_ratio']} |")
 
 
 if __name__ == "__main__":
