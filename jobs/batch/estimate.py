@@ -80,7 +80,7 @@ def megapixels(settings: Settings, spec: BatchSpec, items: list[Item], local_roo
     Local inputs are all read; in the store, SAMPLE headers at most, the others counted at the
     sample's megapixels per byte. Videos in the store are not read (counted as unknown)."""
     todo = [i for i in items if not i.reason]
-    store = Storage(settings, bucket=spec.src_bucket)
+    store = Storage(settings, bucket=spec.src_bucket) if local_root is None else None
     known: list[tuple[int, int]] = []  # (pixels, bytes)
     unknown_bytes = 0
     for n, item in enumerate(todo):

@@ -73,3 +73,17 @@ def test_a_video_keeps_its_container_in_the_plan(dst, fmt, out_key, reason):
     src = Location("b", "in/clips/m.MP4") if not dst.endswith("/") else Location("b", "in/")
     (item,) = plan([(src.prefix if not src.is_folder else "in/clips/m.MP4", 10)], src, parse_location(dst), fmt)
     assert (item.out_key, item.fmt) == (out_key, VIDEO) and reason in item.reason and bool(reason) == bool(item.reason)
+
+
+def test_the_dry_run_counts_a_local_video_as_its_frames_pixels(tmp_path):
+    from cluster.settings import Settings
+    from jobs.batch.estimate import megapixels
+    from jobs.batch.spec import BatchSpec
+
+    (tmp_path / "in").mkdir()
+    synthetic_video(tmp_path / "in" / "m.mp4")  # 20 frames of 48 x 32
+    Image.new("RGB", (100, 50)).save(tmp_path / "in" / "a.png")
+    src, dst = Location("bkt", "batch/x/in/"), Location("bkt", "batch/x/out/")
+    items = plan([("batch/x/in/m.mp4", 10), ("batch/x/in/a.png", 10)], src, dst, "png")
+    spec = BatchSpec("m", "1", "r", "bkt", src.prefix, "bkt", dst.prefix)
+    assert megapixels(Settings(), spec, items, tmp_path / "in") == (pytest.approx((20 * 48 * 32 + 5000) / 1e6), 2)
