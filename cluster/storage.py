@@ -207,6 +207,16 @@ class Storage:
     def get_bytes(self, key: str) -> bytes:
         return self.get_versioned(key)[0]
 
+    def get_head(self, key: str, length: int) -> bytes:
+        """The first `length` bytes of `key` (all of it when shorter): one ranged GET."""
+        with self.errors(key):
+            resp = self.client.get_object(self.bucket, key, offset=0, length=length)
+            try:
+                return resp.read()
+            finally:
+                resp.close()
+                resp.release_conn()
+
     def get_versioned(self, key: str) -> tuple[bytes, str]:
         """-> (the object's bytes, the ETag of exactly those bytes, for `put_if`)."""
         with self.errors(key):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from cluster.errors import Img2ImgError
 from cluster.files import IMAGE_SUFFIXES
+from translator.video import VIDEO_SUFFIXES
 
 EXTENSIONS = {"jpeg": "jpg", "tif": "tiff"}
 
@@ -27,6 +28,13 @@ class Inputs:
     skipped: list[dict[str, str]] = field(default_factory=list)
 
 
+def _not_image(path: Path) -> str:
+    """Why a file with a suffix that is not an image's is left out (a video: where it goes)."""
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        return "a video: the endpoint takes images; enhance it with `img2img batch FILE -o OUT --model NAME`"
+    return f"not an image file (suffix {path.suffix or 'none'!r})"
+
+
 def _inside(path: Path, folder: Path | None) -> bool:
     return folder is not None and (path == folder or folder in path.parents)
 
@@ -38,7 +46,7 @@ def collect(paths: list[Path], out_dir: Path | None = None) -> Inputs:
     listed once, not descended into; a named file whose path below the root has a hidden part,
     as `find` lists them, too), and so is `out_dir` when it lies inside an input folder.
     Any file, named or found, whose suffix is not an image's (IMAGE_SUFFIXES, as ingest) is
-    skipped and listed. Raises Img2ImgError for a path that does not exist, and when no image
+    skipped and listed (a video with a pointer to `img2img batch`). Raises Img2ImgError for a path that does not exist, and when no image
     is left (naming what was skipped)."""
     out = Path(os.path.abspath(out_dir)) if out_dir is not None else None
     images: list[Path] = []
@@ -53,7 +61,7 @@ def collect(paths: list[Path], out_dir: Path | None = None) -> Inputs:
             if given.suffix.lower() in IMAGE_SUFFIXES or given.name.startswith("."):  # hidden: after the root
                 images.append(given)
             else:
-                skipped.append({"file": str(given), "reason": f"not an image file (suffix {given.suffix or 'none'!r})"})
+                skipped.append({"file": str(given), "reason": _not_image(given)})
             continue
         anchors.append(str(absolute))
         for dirpath, dirnames, names in os.walk(given):
@@ -70,7 +78,7 @@ def collect(paths: list[Path], out_dir: Path | None = None) -> Inputs:
                 if name.startswith("."):
                     skipped.append({"file": str(path), "reason": "hidden file (name starts with a dot)"})
                 elif path.suffix.lower() not in IMAGE_SUFFIXES:
-                    skipped.append({"file": str(path), "reason": f"not an image file (suffix {path.suffix or 'none'!r})"})
+                    skipped.append({"file": str(path), "reason": _not_image(path)})
                 else:
                     images.append(path)
     root = Path(os.path.commonpath(anchors))

@@ -18,10 +18,12 @@ import warnings
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from translator import images, samples
+from translator import images, samples, video
 
 FORMATS = images.WRITE_FORMATS
 DEPLOY_COMMAND = "img2img serve deploy --model NAME@champion"  # how an endpoint's pixel limit is raised
+VIDEO_REFUSAL = ("a video file (recognised by its container): the endpoint enhances one image per request; "
+                 "enhance a video on the cluster with: img2img batch movie.mp4 -o movie-enhanced.mp4 --model NAME@champion")
 # The largest side each output format can hold (WebP's VP8 header: 14 bits; JPEG's SOF: 16 bits);
 # past it Pillow fails only after the model has run, so requests are refused before.
 MAX_SIDE = {"webp": 16383, "jpeg": 65535, "jpg": 65535}
@@ -66,10 +68,13 @@ class DecodedImage:
 
 def decode(body: bytes, max_pixels: int, raise_with: str = DEPLOY_COMMAND) -> DecodedImage:
     """Raises RequestError: 400 empty/truncated, 413 over `max_pixels` (saying to raise the limit
-    with `raise_with` --max-megapixels N), 415 not an image. The size is read from the header,
-    before any pixel is decoded."""
+    with `raise_with` --max-megapixels N), 415 not an image (a video, by its container
+    signature: naming `img2img batch`). The size is read from the header, before any pixel is
+    decoded."""
     if not body:
         raise RequestError(400, "empty request body: send an image")
+    if video.is_video(body[:200]):
+        raise RequestError(415, VIDEO_REFUSAL)
     try:
         with warnings.catch_warnings():
             # Pillow's own bomb guard (89 MP) must not cut a limit set above it: ours is checked below.

@@ -66,6 +66,9 @@ def batch(
         console.print(table(f"{sum(not i.reason for i in items)} of {len(items)} files would be processed by "
                             f"{req.spec.model} v{req.spec.version} into {req.dst}",
                             ["input", "bytes", "output", "action"], rows))
+        from jobs.batch.estimate import estimate_line
+
+        console.print(estimate_line(settings, req.spec, items, req.local_src))
         return
     with progress_bars() as progress:
         job_id = client.submit(settings, req, priority, queue_timeout, progress)
@@ -76,6 +79,7 @@ def batch(
         summary = client.follow(settings, job_id, progress)
         if req.local_dst:
             client.download(settings, req, progress)
+        client.clean_staging(settings, req)
     if as_json:
         console.print_json(json.dumps(summary))
         return

@@ -37,6 +37,14 @@ class Request:
     local_src: Path | None = None
     local_dst: Path | None = None
 
+    @property
+    def staging(self) -> str | None:
+        """The staging prefix `batch/<id>/` of a local input or output (None when both are s3)."""
+        for local, loc in ((self.local_src, self.src), (self.local_dst, self.dst)):
+            if local is not None:
+                return "/".join(loc.prefix.split("/")[:2]) + "/"
+        return None
+
 
 def _local_files(path: Path) -> list[Path]:
     if path.is_file():
@@ -143,7 +151,7 @@ def submit(settings: Settings, req: Request, priority: str = "normal", queue_tim
 def follow(settings: Settings, job_id: str, progress: Progress | None = None) -> dict:
     """Follow the job's log to its end -> its summary (see `jobs.batch.driver.run`). Raises
     Img2ImgError when the job fails."""
-    bar = (lambda done, total: progress("enhancing", done, total)) if progress else None
+    bar = (lambda done, total: progress("enhancing (images + video frames)", done, total)) if progress else None
     return follow_result(job_client(settings), job_id, MARK, "batch", bar)
 
 
@@ -165,3 +173,12 @@ def download(settings: Settings, req: Request, progress: Progress | None = None)
     if req.dst.is_folder:
         write_atomic(req.local_dst / MANIFEST, json.dumps(manifest, indent=1))
     return len(present)
+
+
+def clean_staging(settings: Settings, req: Request) -> int:
+    """Delete the staging prefix of a local input/output once the job succeeded and its
+    outputs are downloaded (a failed or stopped job keeps it: the re-run reuses it). -> objects
+    deleted."""
+    if req.staging is None:
+        return 0
+    return Storage(settings).delete_prefix(req.staging)

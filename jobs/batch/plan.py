@@ -10,9 +10,11 @@ from pathlib import Path
 
 from cluster.errors import Img2ImgError
 from jobs.batch.spec import MANIFEST
+from translator.video import VIDEO_SUFFIXES
 
 # Output formats `--format same` keeps (what translator.codec can write); others become PNG.
 KEPT = ("png", "jpeg", "jpg", "webp", "tiff", "tif")
+VIDEO = "video"  # the format of a video input's output: its container, by the output's suffix
 
 
 @dataclass(frozen=True)
@@ -55,8 +57,10 @@ def parse_location(text: str) -> Location:
 def output_name(rel: str, fmt: str) -> tuple[str, str]:
     """An input's relative path and `--format` (png | same) -> (output relative path, the
     format it is written in). png: the suffix becomes .png; same: kept when the codec can write
-    it (png, jpeg, webp, tiff), else .png."""
+    it (png, jpeg, webp, tiff), else .png. A video (VIDEO_SUFFIXES) keeps its name, format "video"."""
     stem, ext = posixpath.splitext(rel)
+    if ext.lower() in VIDEO_SUFFIXES:
+        return rel, VIDEO
     ext = ext[1:].lower()
     if fmt == "same" and ext in KEPT:
         return rel, ext
@@ -70,7 +74,7 @@ def output_key(key: str, src: Location, dst: Location, fmt: str) -> tuple[str, s
     rel = key[len(src.prefix):] if src.is_folder else posixpath.basename(key)
     name, out_fmt = output_name(rel, fmt)
     if not dst.is_folder and not src.is_folder:
-        return dst.prefix, output_name(dst.prefix, "same")[1] if fmt == "same" else out_fmt
+        return dst.prefix, output_name(dst.prefix, "same")[1] if fmt == "same" and out_fmt != VIDEO else out_fmt
     return dst.prefix + name, out_fmt
 
 
@@ -100,7 +104,7 @@ def plan(objects: list[tuple[str, int]], src: Location, dst: Location, fmt: str)
     """A listing [(key, size bytes)] under `src` -> one Item per input, sorted by key. Folder
     markers and a manifest of an earlier batch are not inputs; when several inputs map to one
     output (a.jpg and a.png with --format png) the first by key is processed and the others get
-    a reason naming it."""
+    a reason naming it. A video whose output is not named as a video is refused the same way."""
     items: list[Item] = []
     taken: dict[str, str] = {}
     for key, size in sorted(objects):
@@ -108,6 +112,8 @@ def plan(objects: list[tuple[str, int]], src: Location, dst: Location, fmt: str)
             continue
         out_key, out_fmt = output_key(key, src, dst, fmt)
         reason = f"same output {out_key} as {taken[out_key]}" if out_key in taken else ""
+        if out_fmt == VIDEO and not out_key.lower().endswith(VIDEO_SUFFIXES):
+            reason = f"a video is written as a video: name the output {', '.join(VIDEO_SUFFIXES)}"
         taken.setdefault(out_key, key)
         items.append(Item(key, size, out_key, out_fmt, reason))
     return items

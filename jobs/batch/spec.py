@@ -14,6 +14,9 @@ MARK = "[img2img-batch]"  # prefix of the lines the client parses from the job's
 FORMATS = ("png", "same")
 MAX_PIXELS = 100_000_000  # larger images are listed as failed (their header is read, no pixel decoded)
 MANIFEST = "batch-manifest.json"  # written last in the output prefix; never an input
+SOURCE_SHA = "img2img-source-sha256"  # output object metadata: the input's checksum
+MADE_BY = "img2img-model"  # ... and NAME/VERSION/RUN of the model that made it
+VIDEO_CHUNK_FRAMES = 16  # frames of a video per Ray Data row: the unit of work, retry and resume
 
 
 @dataclass

@@ -1,12 +1,15 @@
-"""A batch's report: the counts and throughput of its rows, and the manifest written in the
-output prefix. Pure: no service."""
+"""A batch's report: the counts and throughput of its rows, the manifest written in the output
+prefix, and the before/after grid of its MLflow run. Pure: no service."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict
 
+from PIL import Image
+
 from jobs.batch.spec import BatchSpec
+from translator import codec, images
 
 STATUSES = ("written", "skipped", "failed")
 
@@ -29,3 +32,23 @@ def manifest_json(spec: BatchSpec, rows: list[dict], summary: dict) -> str:
              for r in sorted(rows, key=lambda r: r["key"])]
     counts = {k: v for k, v in summary.items() if k != "failures"}
     return json.dumps({"spec": asdict(spec), "summary": counts, "files": files}, indent=1)
+
+
+GRID_FILES = 4  # files in the before/after grid of a batch's MLflow run
+GRID_SIDE = 256  # px: the longest side of each picture in it
+
+
+def before_after(pairs: list[tuple[str, bytes, bytes]], max_pixels: int) -> Image.Image | None:
+    """[(key, input bytes, output bytes)] -> an RGB grid, one row per file (before | after, each
+    fitted into GRID_SIDE px, 16-bit and alpha shown as 8-bit RGB; each decoded up to
+    `max_pixels`); None when no pair can be decoded."""
+    rows = []
+    for _key, before, after in pairs:
+        try:
+            row = [images.to_pil(codec.decode(body, max_pixels).tensor) for body in (before, after)]
+        except codec.RequestError:
+            continue
+        for im in row:
+            im.thumbnail((GRID_SIDE, GRID_SIDE))
+        rows.append(row)
+    return images.grid(rows, labels=["before", "after"]) if rows else None

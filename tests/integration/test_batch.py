@@ -1,8 +1,9 @@
 """`img2img batch` on the real stack: a prefix with nested folders, mixed formats and sizes, a
 16-bit PNG, an RGBA PNG, a corrupt file and a non-image. Every good file is written at its
 relative path with the bytes the endpoint's code gives for the same model version (and, through
-a deployed endpoint, the bytes `POST /enhance` answers); the two bad ones are listed; a re-run
-writes nothing; a local folder goes up and comes back."""
+a deployed endpoint, the bytes `POST /enhance` answers, which refuses a video); the two bad ones
+are listed; a re-run writes nothing; a dry run estimates the time from the rate the first run
+recorded, whose MLflow run holds a before/after grid; a local folder goes up and comes back."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from PIL import Image
 
 from cluster.storage import Storage
 from tests.integration.conftest import encoded, endpoint_restored, register_tiny_autoencoder
+from tests.videos import synthetic_video
 
 MODEL = "batch-tiny"
 RNG = np.random.default_rng(7)
@@ -114,7 +116,19 @@ def test_dry_run_lists_the_plan_and_submits_nothing(stack, batch_model, first_ru
                  "--model", f"{MODEL}/{batch_model}", "--dry-run")
     assert result.exit_code == 0, result.output
     assert "7 of 7 files would be processed" in result.output and "dry-out/sub/deeper/d.png" in result.output
+    # the time comes from the seconds per megapixel the first run measured
+    assert f"measured by batch run {first_run[1]['run_id']}" in result.output and "estimated" in result.output
     assert not Storage(stack).list("dry-out/")
+
+
+def test_the_batch_run_holds_its_rate_and_a_before_after_grid(stack, first_run):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(stack.mlflow_uri)
+    run = client.get_run(first_run[1]["run_id"])
+    assert run.data.metrics["seconds_per_megapixel"] > 0 and run.data.metrics["written"] == 5
+    grid = Image.open(client.download_artifacts(run.info.run_id, "batch/before-after.png"))
+    assert grid.mode == "RGB" and grid.width > 2 * 20 and grid.height > 4 * 16  # 4 rows of before | after
 
 
 def test_a_local_folder_goes_up_and_comes_back_at_the_same_paths(stack, batch_model, first_run, cli, tmp_path):
@@ -129,7 +143,8 @@ def test_a_local_folder_goes_up_and_comes_back_at_the_same_paths(stack, batch_mo
         == {_png(rel): body for rel, body in want.items()}
 
 
-def test_batch_outputs_are_the_bytes_post_enhance_answers(stack, batch_model, first_run):
+def test_batch_outputs_are_the_bytes_post_enhance_answers_and_a_video_is_refused(stack, batch_model, first_run,
+                                                                                  tmp_path):
     from serving.deploy import deploy
     from serving.options import ReplicaOptions, Scaling
 
@@ -138,6 +153,9 @@ def test_batch_outputs_are_the_bytes_post_enhance_answers(stack, batch_model, fi
     with endpoint_restored(stack):
         deploy(stack, f"{MODEL}/{batch_model}", ReplicaOptions(runtime="torch", precision="fp32"),
                Scaling(min_replicas=1, max_replicas=1, num_cpus=1), wait_s=300)
+        movie = synthetic_video(tmp_path / "movie.mp4", seconds=1).read_bytes()
+        r = httpx.post(stack.serve_url + "/enhance", content=movie, timeout=120)
+        assert r.status_code == 415 and "img2img batch" in r.json()["error"], r.text
         for rel, body in files.items():
             r = httpx.post(stack.serve_url + "/enhance", content=body, timeout=120)
             if rel in BAD:

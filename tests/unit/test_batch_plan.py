@@ -114,3 +114,26 @@ def test_the_report_counts_statuses_and_lists_failures_by_key():
     assert [f["key"] for f in manifest["files"]] == ["a", "b", "c", "d", "z"]
     assert manifest["summary"]["failed"] == 2 and manifest["spec"]["model"] == "m"
     assert BatchSpec.from_json(spec.to_json()) == spec
+
+
+def test_the_before_after_grid_shows_every_decodable_pair_as_rgb():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from jobs.batch.summary import GRID_SIDE, before_after
+
+    def png(img):
+        buf = io.BytesIO()
+        img.save(buf, "PNG")
+        return buf.getvalue()
+
+    rgb = png(Image.new("RGB", (600, 300), (200, 10, 10)))
+    sixteen = png(Image.fromarray(np.full((20, 30), 40000, np.int32)).convert("I;16"))
+    rgba = png(Image.new("RGBA", (10, 10), (0, 255, 0, 128)))
+    grid = before_after([("a", rgb, rgb), ("b", sixteen, sixteen), ("c", b"broken", rgb), ("d", rgba, rgba)], 10**8)
+    assert grid.mode == "RGB"
+    assert GRID_SIDE * 2 < grid.width < GRID_SIDE * 2 + 40  # before | after, the wide one fitted into 256 px
+    assert 128 + 20 + 10 < grid.height < 128 + 20 + 10 + 60  # three rows: the broken pair left out
+    assert before_after([("c", b"broken", b"x")], 10**8) is None

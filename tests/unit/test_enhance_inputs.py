@@ -123,3 +123,10 @@ def test_local_sizes_are_read_from_headers_before_any_decode(tmp_path):
     refused = too_large(sorted(tmp_path.iterdir()), 16_000_000, "img2img enhance --local --model m")
     assert refused == {tmp_path / "big.jpg": "image is 6000x4000 = 24.0 MP, over the 16.0 MP limit; raise it "
                                              "with: img2img enhance --local --model m --max-megapixels 24"}
+
+
+@pytest.mark.parametrize("name", ["clip.mp4", "clip.MOV", "clip.mkv", "clip.webm", "clip.avi", "clip.m4v"])
+def test_a_video_named_to_enhance_is_left_out_with_a_pointer_to_batch(tmp_path, name):
+    (tmp_path / name).write_bytes(b"\x00")
+    with pytest.raises(Img2ImgError, match=r"a video: .*img2img batch"):
+        collect([tmp_path / name])
