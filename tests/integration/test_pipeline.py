@@ -98,6 +98,31 @@ def test_rerun_with_nothing_changed_is_all_cache_hits(stack, cli, first_run):
     assert _train_jobs(stack) == jobs_before and _versions(stack) == versions_before
 
 
+def test_two_clients_running_the_same_pipeline_at_once_both_end_well(stack, first_run):
+    """Two people run the same file at the same moment: both pipelines finish, each a cache hit
+    at every step, and nothing is trained twice."""
+    import os
+    import subprocess
+    import sys
+
+    from pipelines import record
+
+    path, first = first_run
+    assert first.exit_code == 0, first.output
+    jobs_before, runs_before = _train_jobs(stack), len(record.pipelines(stack.mlflow_uri, limit=200))
+    procs = [subprocess.Popen([sys.executable, "-m", "img2img_cli", "pipeline", "run", str(path)], text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"})
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0] and not any("Traceback" in o for o in outs), outs
+    runs = record.pipelines(stack.mlflow_uri, limit=200)
+    assert len(runs) == runs_before + 2
+    for v in runs[:2]:
+        full = record.pipeline(stack.mlflow_uri, v.job_id)
+        assert full.state == "FINISHED" and all(s.cached for s in full.steps), full
+    assert _train_jobs(stack) == jobs_before
+
+
 def _versions(stack) -> list[str]:
     from registry.models import versions
 
