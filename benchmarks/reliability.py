@@ -20,19 +20,23 @@ Usage: python benchmarks/reliability.py [--model NAME@champion] [--duration 60] 
 
 from __future__ import annotations
 
-import argparse
-import io
-import os
-import signal
-import subprocess
 import sys
-import threading
-import time
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+# run as a file: the repository first, and not this folder (its queue.py would shadow the stdlib's)
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
+
+import argparse  # noqa: E402
+import io  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from collections import Counter  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+
 from benchmarks.bad_inputs import bad_inputs  # noqa: E402
 from benchmarks.common import percentile, report, run_together, settings_with_stack  # noqa: E402
 from benchmarks.rollout_load import ROW_KEYS, rollout_rows  # noqa: E402

@@ -31,7 +31,7 @@ def copy_of_champion(settings, model: str) -> str:
     name, version = resolve(settings.mlflow_uri, model)
     c = MlflowClient(settings.mlflow_uri)
     src = c.get_model_version(name, version)
-    new = c.create_model_version(name, source=src.source, run_id=src.run_id, tags={
+    new = c.create_model_version(name, source=src.source, run_id=src.run_id, model_id=src.model_id, tags={
         **(src.tags or {}), "benchmark": f"rollout challenger: a copy of v{version}"})
     return f"{name}/{new.version}"
 
