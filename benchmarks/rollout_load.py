@@ -24,15 +24,17 @@ ROW_KEYS = ("rollout-none", "rollout-shadow", "rollout-canary", "rollout-canary-
 
 def copy_of_champion(settings, model: str) -> str:
     """Register the champion's weights again as a new version of its model -> "NAME/VERSION"."""
+    import mlflow
     from mlflow.tracking import MlflowClient
 
     from registry.refs import resolve
 
+    mlflow.set_tracking_uri(settings.mlflow_uri)
     name, version = resolve(settings.mlflow_uri, model)
     c = MlflowClient(settings.mlflow_uri)
     src = c.get_model_version(name, version)
-    new = c.create_model_version(name, source=src.source, run_id=src.run_id, model_id=src.model_id, tags={
-        **(src.tags or {}), "benchmark": f"rollout challenger: a copy of v{version}"})
+    new = mlflow.register_model(src.source, name, tags={**(src.tags or {}),  # the same logged model again
+                                                        "benchmark": f"rollout challenger: a copy of v{version}"})
     return f"{name}/{new.version}"
 
 
