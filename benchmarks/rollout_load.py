@@ -106,6 +106,8 @@ def rollout_rows(settings, model: str, challenger: str | None, seconds: float, c
     r = load(url, body, seconds, concurrency, during=kill)
     row("rollout-canary-kill", f"same canary, every challenger replica SIGKILLed at {seconds / 3:.0f} s", r,
         f"; {status(settings)['fallbacks']} answered by the champion instead")
+    end(settings, "abort")  # the kill may have aborted it (latency); promote a fresh canary
+    start(settings, "canary", challenger, percent=10)
     promoted: list[str] = []
     r = load(url, body, seconds, concurrency,
              during=lambda: (time.sleep(seconds / 4), promoted.append(end(settings, "promote")["state"])))
