@@ -54,3 +54,17 @@ def percentile(values: list[float], q: float) -> float:
     import numpy as np
 
     return float(np.percentile(values, q)) if values else float("nan")
+
+
+def run_together(worker, concurrency: int, extra=None) -> None:
+    """Run `worker()` in `concurrency` threads (and `extra()`, e.g. a fault injector, in one
+    more) and wait for all of them."""
+    import threading
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    if extra is not None:
+        threads.append(threading.Thread(target=extra))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()

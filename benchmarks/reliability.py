@@ -7,33 +7,43 @@
    their statuses;
 4. 17 classes of bad input x REPEATS requests: status classes, 5xx count, replica restarts;
 5. the object store restarted in the middle of an ingest, then the same command re-run:
-   manifest checksum against an uninterrupted ingest, duplicate rows.
+   manifest checksum against an uninterrupted ingest, duplicate rows;
+6. rollouts (benchmarks/rollout_load.py): the champion's p50/p95 with no rollout, a 20% shadow
+   and a 10% canary side by side; a canary whose challenger is SIGKILLed and a promotion, both
+   under load: client-visible failures.
 
 Runs against the configured stack (started if it is the embedded one) and a registered model.
 Usage: python benchmarks/reliability.py [--model NAME@champion] [--duration 60] [--kill-at 20]
        [--repeats 100] [--concurrency 32] [--long-mp 12] [--only downscale ...]
+       [--challenger NAME/VERSION] [--rollout-seconds 30] [--rollout-concurrency 4]
 """
 
 from __future__ import annotations
 
-import argparse
-import io
-import os
-import signal
-import subprocess
 import sys
-import threading
-import time
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+# run as a file: the repository first, and not this folder (its queue.py would shadow the stdlib's)
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
+
+import argparse  # noqa: E402
+import io  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from collections import Counter  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+
 from benchmarks.bad_inputs import bad_inputs  # noqa: E402
-from benchmarks.common import percentile, report, settings_with_stack  # noqa: E402
+from benchmarks.common import percentile, report, run_together, settings_with_stack  # noqa: E402
+from benchmarks.rollout_load import ROW_KEYS, rollout_rows  # noqa: E402
 
 NAN = float("nan")
-SCENARIOS = ("steady", "kill", "downscale", "bad-input", "store-restart")  # the table's rows, in order
+SCENARIOS = ("steady", "kill", "downscale", "bad-input", "store-restart", "rollout")
+ROWS = (*SCENARIOS[:-1], *ROW_KEYS)  # the table's rows, in order (rollout gives several)
 
 
 def _png(h: int, w: int, seed: int = 0) -> bytes:
@@ -98,13 +108,7 @@ def load(settings, duration: float, concurrency: int, retrying: bool, kill_at: f
         killed.append(pids[0])
 
     t0 = time.monotonic()
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    if kill_at is not None:
-        threads.append(threading.Thread(target=killer))
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_together(worker, concurrency, killer if kill_at is not None else None)
     elapsed = time.monotonic() - t0
     return {"statuses": dict(statuses), "p50_ms": percentile(latencies, 50) * 1e3,
             "p95_ms": percentile(latencies, 95) * 1e3, "rate": statuses["200"] / elapsed,
@@ -230,6 +234,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--long-mp", type=float, default=12.0, help="size of the downscale scenario's photos")
+    parser.add_argument("--challenger", help="the rollout rows' challenger (default: a copy of the champion)")
+    parser.add_argument("--rollout-seconds", type=float, default=30)
+    parser.add_argument("--rollout-concurrency", type=int, default=4)
     parser.add_argument("--only", choices=sorted(SCENARIOS), action="append",
                         help="run these scenarios; the table keeps the other rows of the last full run")
     args = parser.parse_args()
@@ -277,12 +284,19 @@ def main() -> None:
             f"{'identical' if ingest['same_checksum'] else 'DIFFERENT'} to an uninterrupted ingest; "
             f"{ingest['rows']} rows, {ingest['duplicate_rows']} duplicates", NAN, NAN, NAN,
             int(not ingest["same_checksum"]) + ingest["duplicate_rows"]]
+    if "rollout" in only:
+        load_before = os.getloadavg()[0]
+        rows.update(rollout_rows(settings, args.model, args.challenger, args.rollout_seconds,
+                                 args.rollout_concurrency, _png(256, 256)))
     deploy(settings, args.model)  # back to the standard 1-2 replica deployment
     notes = (f"Model {args.model}; duration {d:.0f} s (the full run is 60 s at c=32, kill at 20 s, "
              f"100 repeats). 'failures' = requests the client saw fail (after retries where it retries).")
+    if "rollout" in only:  # other work on the machine moves these rows most: say how busy it was
+        notes += (f" Rollout rows: {args.rollout_seconds:.0f} s each at c={args.rollout_concurrency}, 256 px; "
+                  f"1-minute load average {load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs.")
     report("reliability", "Reliability: load, replica loss, planned downscale, bad input, store restart",
            ["scenario", "outcome", "p50 ms", "p95 ms", "images/s", "failures"],
-           [rows[k] for k in SCENARIOS if k in rows], notes)
+           [rows[k] for k in ROWS if k in rows], notes)
 
 
 def _previous_rows() -> dict:
@@ -293,7 +307,10 @@ def _previous_rows() -> dict:
     if not path.exists():
         return {}
     rows = json.loads(path.read_text()).get("rows", [])
-    return {k: r for k, r in zip(SCENARIOS, rows)} if len(rows) == len(SCENARIOS) else {}
+    for keys in (ROWS, SCENARIOS[:-1]):  # a run with the rollout rows, or one from before them
+        if len(rows) == len(keys):
+            return dict(zip(keys, rows))
+    return {}
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ from serving.options import (
 )
 from serving.page import web_response
 from serving.responses import bad_parameters, error, server_timing
+from serving.rollout_ledger import RolloutLedger
 from serving.rollout_replica import RolloutReplica
 from translator import codec, tiling
 from translator.allocator import retain_freed_memory
@@ -85,8 +86,8 @@ class Enhancer(RolloutReplica):
     (serving.options.ReplicaOptions), the routes, and a rollout's challenger beside the
     champion (serving/rollout_replica.py)."""
 
-    def __init__(self):
-        RolloutReplica.__init__(self)
+    def __init__(self, ledger=None):
+        RolloutReplica.__init__(self, ledger)
         self.model: LoadedModel | None = None
         self.load_error = "no model configured yet"
         self.options: ReplicaOptions = OPTIONS
@@ -146,7 +147,7 @@ class Enhancer(RolloutReplica):
 
     @api.post("/enhance")
     async def enhance(self, request: Request, format: str = "png", tile: int | None = None,
-                      overlap: int | None = None, direction: str = "AtoB"):
+                      overlap: int | None = None, direction: str = "AtoB", version: str | None = None):
         if not authorised(request, self._key_sha256()):
             return error(401, "missing or wrong API key (Authorization: Bearer KEY)")
         model = self.model  # requests in flight keep the model they started with
@@ -155,6 +156,8 @@ class Enhancer(RolloutReplica):
         refused = self._refusal(model, format, tile, overlap, direction)
         if refused is not None:
             return refused
+        if version not in (None, "champion", "challenger"):
+            return error(400, f"version must be champion or challenger, got {version[:40]!r}")
         upload_limit = self.options.upload_timeout_s
         try:  # the upload has its own limit: a slow uplink is not the image's fault
             body = await asyncio.wait_for(read_body(request, self.options.max_pixels), timeout=upload_limit)
@@ -168,7 +171,7 @@ class Enhancer(RolloutReplica):
         except (TimeoutError, asyncio.TimeoutError):  # distinct classes before Python 3.11
             return error(*upload_too_slow(upload_limit))
         args = (body, format, tile, overlap, direction)
-        if self.routes_to_challenger():  # a canary's share: the challenger answers, or the champion does
+        if self.routes_to_challenger(version):  # a canary's share: the challenger answers, or the champion does
             answered = await self.ask_challenger(*args, limit=self.options.compute_limit_s())
             if answered is not None:
                 return answered
@@ -272,6 +275,21 @@ class Enhancer(RolloutReplica):
             return error(401, "missing or wrong API key (Authorization: Bearer KEY)")
         return await self.rollout_summary()
 
+    @api.post("/rollout/claim", include_in_schema=False)
+    async def claim(self, request: Request, token: str, what: str = "changing the rollout", ttl_s: float = 900):
+        """Serialises the clients that start or end a rollout (serving/rollouts.py): 200
+        {"held_by": null} when this client may go on, else the one-line reason."""
+        if not authorised(request, self._key_sha256()):
+            return error(401, "missing or wrong API key (Authorization: Bearer KEY)")
+        return {"held_by": await self.rollout_claim(token, what[:200], min(max(ttl_s, 1.0), 3600.0))}
+
+    @api.delete("/rollout/claim", include_in_schema=False)
+    async def release(self, request: Request, token: str):
+        if not authorised(request, self._key_sha256()):
+            return error(401, "missing or wrong API key (Authorization: Bearer KEY)")
+        await self.rollout_release(token)
+        return {"released": True}
+
     @api.get("/healthz")
     async def healthz(self):
         if self.model is None:
@@ -289,4 +307,5 @@ class Enhancer(RolloutReplica):
                 "request_timeout_s": self.options.compute_limit_s()}
 
 
-app = Enhancer.bind()
+app = Enhancer.bind(RolloutLedger.bind())  # the enhancer app: its ingress and its rollout ledger
+challenger = Enhancer.bind()  # a rollout's challenger app (serving.configs.CHALLENGER_IMPORT_PATH)

@@ -20,6 +20,7 @@ from serving.options import ReplicaOptions, Scaling, time_limits
 
 APP_NAME, DEPLOYMENT, IMPORT_PATH = "enhancer", "Enhancer", "serving.app:app"
 CHALLENGER_APP = "enhancer-challenger"  # a rollout's challenger: the same deployment, no HTTP route
+CHALLENGER_IMPORT_PATH = "serving.app:challenger"  # without the enhancer app's rollout ledger
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_CONFIG = ROOT / "serving" / "config.yaml"
 RAYSERVICE = ROOT / "cluster" / "deploy" / "kuberay" / "rayservice-enhancer.yaml"

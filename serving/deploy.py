@@ -245,14 +245,14 @@ def remove(settings: Settings) -> bool:
     return True
 
 
-def replica_pids(settings: Settings, app: str = APP_NAME) -> list[int]:
-    """Process ids of the live replicas of Serve app `app` (the enhancer; a rollout's
-    challenger: serving.configs.CHALLENGER_APP), for fault-injection tests and benchmarks, from
-    the dashboard's state API; [] when none."""
+def replica_pids(settings: Settings, app: str = APP_NAME, deployment: str = DEPLOYMENT) -> list[int]:
+    """Process ids of the live replicas of `deployment` in Serve app `app` (the enhancer; a
+    rollout's challenger: serving.configs.CHALLENGER_APP; the app's RolloutLedger), for
+    fault-injection tests and benchmarks, from the dashboard's state API; [] when none."""
     r = httpx.get(settings.ray_address.rstrip("/") + "/api/v0/actors",
                   params={"detail": "true", "limit": 10000, "filter_keys": "state", "filter_predicates": "=",
                           "filter_values": "ALIVE"},
                   headers=settings.ray_auth_headers(), timeout=30)
     rows = ((r.json().get("data") or {}).get("result") or {}).get("result") or []
     return [int(a["pid"]) for a in rows
-            if str(a.get("class_name", "")).startswith(f"ServeReplica:{app}:{DEPLOYMENT}") and a.get("pid")]
+            if str(a.get("class_name", "")).startswith(f"ServeReplica:{app}:{deployment}") and a.get("pid")]

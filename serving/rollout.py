@@ -14,7 +14,6 @@ request; a breach of `Limits` ends the rollout (state "aborted") with the reason
 
 from __future__ import annotations
 
-import io
 import math
 import time
 from collections import deque
@@ -24,6 +23,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cluster.errors import Img2ImgError
+from serving.rollout_compare import Comparison, output_psnr  # noqa: F401  (the rollout's measures)
+from serving.rollout_steps import Stepper
 
 LIVE = ("canary", "shadow")  # states in which the challenger takes traffic
 ENDED = ("promoted", "aborted")
@@ -33,7 +34,10 @@ class Limits(BaseModel):
     """When a rollout aborts itself. Over the challenger's last `window` requests (at least
     `min_requests` of them): its error rate (0-1) above `max_error_rate`, or its p95 latency
     (seconds) above `max_p95_ratio` x the champion's p95 over the same window plus
-    `p95_slack_s` (small images on a CPU vary by tens of milliseconds)."""
+    `p95_slack_s` (small images on a CPU vary by tens of milliseconds). A stepped canary also
+    holds its step (does not step up) while the challenger's mean output sharpness is more than
+    `max_sharpness_change` times above or below the champion's (each over its last `window`
+    sampled outputs, at least `min_requests` of them)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
@@ -42,6 +46,7 @@ class Limits(BaseModel):
     p95_slack_s: float = Field(0.25, ge=0)
     min_requests: int = Field(10, ge=1)
     window: int = Field(50, ge=1)
+    max_sharpness_change: float = Field(2.0, ge=1)
 
 
 class Plan(BaseModel):
@@ -49,7 +54,8 @@ class Plan(BaseModel):
     (canary or shadow), its `state`
     (canary, shadow, promoted, aborted), the challenger (registered `name`, `version`, the Serve
     app it runs in), `percent` (0-100, canary), `sample` (0-1, shadow), the limits, why it ended,
-    and the MLflow run that records it."""
+    and the MLflow run that records it. A stepped canary has `steps` (percent, increasing; the
+    first is `percent`) taken every `interval_s` seconds (serving/rollout_steps.py)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -63,6 +69,8 @@ class Plan(BaseModel):
     percent: float = Field(0.0, ge=0, le=100)
     sample: float = Field(0.0, ge=0, le=1)
     limits: Limits = Limits()
+    steps: list[float] = []
+    interval_s: float = Field(0.0, ge=0)
     reason: str = ""
     decided_by: str = ""
     run_id: str | None = None
@@ -106,23 +114,6 @@ def percentile(values, q: float) -> float | None:
     return float(np.percentile(np.asarray(values, dtype=float), q)) if len(values) else None
 
 
-def output_psnr(a: bytes, b: bytes) -> float | None:
-    """PSNR (dB) of encoded image `b` against encoded image `a` (any format Pillow reads), on
-    the full range of their dtype (255 for 8-bit, 65535 for 16-bit); inf when identical; None
-    when they cannot be compared (different sizes, channels or an undecodable body)."""
-    from PIL import Image
-
-    try:
-        x, y = (np.asarray(Image.open(io.BytesIO(d))) for d in (a, b))
-    except Exception:
-        return None
-    if x.shape != y.shape or x.dtype != y.dtype:
-        return None
-    peak = float(np.iinfo(x.dtype).max) if np.issubdtype(x.dtype, np.integer) else 1.0
-    mse = float(np.mean((x.astype(np.float64) - y.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(peak * peak / mse)
-
-
 class Tally:
     """One version's requests: totals since the rollout began and the last `window` outcomes
     (latency seconds, ok) for the limits and the percentiles."""
@@ -149,9 +140,10 @@ class Tally:
                 "p50_s": percentile(self.latencies, 50), "p95_s": percentile(self.latencies, 95)}
 
 
-def breach(champion: Tally, challenger: Tally, limits: Limits) -> str | None:
-    """The reason to abort, or None: the challenger's error rate, then its p95 latency, over its
-    last `limits.window` requests (once it has `limits.min_requests`)."""
+def breach(champion: Tally, challenger: Tally, limits: Limits, latency: bool = True) -> str | None:
+    """The reason to abort, or None: the challenger's error rate, then (`latency`: a canary,
+    where users wait for it; a shadow's user never does) its p95 latency, over its last
+    `limits.window` requests (once it has `limits.min_requests`)."""
     recent = challenger.recent
     if len(recent) < limits.min_requests:
         return None
@@ -160,7 +152,7 @@ def breach(champion: Tally, challenger: Tally, limits: Limits) -> str | None:
         return (f"challenger error rate {failed / len(recent):.0%} over its last {len(recent)} requests "
                 f"exceeds the limit {limits.max_error_rate:.0%}")
     mine, theirs = challenger.recent_p95(), champion.recent_p95()
-    if mine is not None and theirs is not None and len(champion.recent) >= limits.min_requests:
+    if latency and mine is not None and theirs is not None and len(champion.recent) >= limits.min_requests:
         bound = limits.max_p95_ratio * theirs + limits.p95_slack_s
         if mine > bound:
             return (f"challenger p95 latency {mine:.3f} s over its last {len(recent)} requests exceeds "
@@ -168,78 +160,106 @@ def breach(champion: Tally, challenger: Tally, limits: Limits) -> str | None:
     return None
 
 
-class Comparison:
-    """Shadow pairs: both latencies (seconds) and the PSNR (dB) of the challenger's output
-    against the champion's, per mirrored request."""
-
-    def __init__(self):
-        self.pairs = 0
-        self.psnr: deque[float] = deque(maxlen=2000)
-        self.identical = 0
-
-    def add(self, psnr_db: float | None) -> None:
-        self.pairs += 1
-        if psnr_db is not None and math.isinf(psnr_db):
-            self.identical += 1
-        elif psnr_db is not None:
-            self.psnr.append(psnr_db)
-
-    def summary(self) -> dict[str, Any]:
-        """-> {pairs, identical (outputs equal byte for byte in pixels), psnr_mean_db, psnr_min_db}
-        (the PSNR statistics over the pairs that differ)."""
-        return {"pairs": self.pairs, "identical": self.identical,
-                "psnr_mean_db": float(np.mean(self.psnr)) if self.psnr else None,
-                "psnr_min_db": float(np.min(self.psnr)) if self.psnr else None}
-
-
 class Ledger:
-    """The numbers of one rollout at a time, shared by every ingress replica (held in one Ray
-    actor: serving/rollout_ledger.py). `begin(plan)` starts a new rollout (a new id resets the
-    numbers) or follows an existing one's state; `record*` add one request and -> the state
-    ("canary", "shadow", "promoted", "aborted"): an automatic abort is decided here."""
+    """The numbers of one rollout at a time, shared by every ingress replica (held in the
+    enhancer app's RolloutLedger deployment: serving/rollout_ledger.py). `begin(plan)` starts a
+    new rollout (a new id resets the numbers) or follows an existing one's state; `record*` add
+    one request and -> the state ("canary", "shadow", "promoted", "aborted"): an automatic abort
+    and a stepped canary's next step are decided here (`view` gives the share now in force).
+    `claim`/`release` let one client at a time start or end a rollout. `clock`: epoch seconds."""
 
-    def __init__(self):
+    def __init__(self, clock=time.time):
+        self.clock = clock
         self.plan: Plan | None = None
         self.state, self.reason, self.decided_by, self.ended_at = "", "", "", None
         self.champion = self.challenger = Tally(1)
         self.comparison = Comparison()
+        self.stepper: Stepper | None = None
         self.fallbacks = 0
-        self.started_at = time.time()
+        self.started_at = clock()
+        self.claimed: dict[str, Any] | None = None
 
     def begin(self, plan: Plan) -> str:
         if self.plan is None or plan.id != self.plan.id:
-            self.__init__()
+            claimed = self.claimed
+            self.__init__(self.clock)
+            self.claimed = claimed
             self.champion, self.challenger = Tally(plan.limits.window), Tally(plan.limits.window)
+            self.comparison = Comparison(plan.limits.window)
+            if plan.mode == "canary" and plan.steps:
+                self.stepper = Stepper(plan.steps, plan.interval_s, self.clock())
         if self.state not in ENDED:  # an automatic abort stands; a user's decision arrives here
             self.state, self.reason, self.decided_by = plan.state, plan.reason, plan.decided_by
             if plan.state in ENDED:
-                self.ended_at = time.time()
+                self.ended_at = self.clock()
         self.plan = plan
         return self.state
 
-    def record(self, role: str, latency_s: float, ok: bool, fallback: bool = False) -> str:
+    def view(self) -> dict[str, Any]:
+        """-> {state, percent}: what every ingress replica routes by now."""
+        return {"state": self.state, "percent": self.percent}
+
+    @property
+    def percent(self) -> float:
+        if self.plan is None:
+            return 0.0
+        return self.stepper.percent if self.stepper is not None else self.plan.percent
+
+    def record(self, role: str, latency_s: float, ok: bool, fallback: bool = False,
+               sharpness: float | None = None) -> str:
+        """One request answered by `role` in `latency_s` seconds (`fallback`: the champion
+        answered a request the challenger failed; `sharpness`: its output's, when sampled)."""
         (self.challenger if role == "challenger" else self.champion).add(latency_s, ok)
         self.fallbacks += fallback
-        if role == "challenger" and self.state in LIVE and self.plan is not None:
-            reason = breach(self.champion, self.challenger, self.plan.limits)
+        if ok:
+            self.comparison.add_sharpness(role, sharpness)
+        if self.state in LIVE and self.plan is not None:
+            limits = self.plan.limits
+            reason = (breach(self.champion, self.challenger, limits, latency=self.plan.mode == "canary")
+                      if role == "challenger" else None)
             if reason:
-                self.state, self.reason, self.decided_by, self.ended_at = "aborted", reason, "automatic", time.time()
+                self.state, self.reason, self.decided_by, self.ended_at = "aborted", reason, "automatic", self.clock()
+            elif self.stepper is not None:
+                self.stepper.tick(self.clock(), self.challenger.requests, limits.min_requests,
+                                  self.comparison.hold(limits.max_sharpness_change, limits.min_requests))
         return self.state
 
-    def record_pair(self, champion_s: float, challenger_s: float, ok: bool, psnr_db: float | None) -> str:
+    def record_pair(self, champion_s: float, challenger_s: float, ok: bool, psnr_db: float | None,
+                    champion_sharpness: float | None = None, challenger_sharpness: float | None = None) -> str:
+        """One mirrored request: both latencies (seconds), whether the challenger answered, the
+        PSNR (dB) of its output against the champion's and both outputs' sharpness."""
         if ok:
             self.comparison.add(psnr_db)
-        return self.record("challenger", challenger_s, ok)
+            self.comparison.add_sharpness("champion", champion_sharpness)
+        return self.record("challenger", challenger_s, ok, sharpness=challenger_sharpness)
+
+    def claim(self, token: str, what: str, ttl_s: float) -> str | None:
+        """Let the client holding `token` start or end a rollout (`what` it does, for the others)
+        for at most `ttl_s` seconds -> None when granted (free, expired or already its own),
+        else one line saying who holds it."""
+        now = self.clock()
+        held = self.claimed
+        if held is None or held["until"] < now or held["token"] == token:
+            self.claimed = {"token": token, "what": what, "since": now, "until": now + ttl_s}
+            return None
+        return (f"another client is {held['what']} (for {now - held['since']:.0f} s); wait for it, then see "
+                "img2img serve rollout status")
+
+    def release(self, token: str) -> None:
+        if self.claimed is not None and self.claimed["token"] == token:
+            self.claimed = None
 
     def summary(self) -> dict[str, Any]:
-        """-> the rollout as JSON-ready data: plan fields, state, reason, per-version numbers."""
+        """-> the rollout as JSON-ready data: plan fields, state, reason, per-version numbers,
+        the output comparison and, for a stepped canary, `steps` (serving.rollout_steps)."""
         if self.plan is None:
             return {"state": "none"}
         p = self.plan
         return {"id": p.id, "state": self.state, "mode": p.mode,
                 "model": p.name, "champion_version": p.champion_version, "challenger_version": p.version,
-                "percent": p.percent, "sample": p.sample, "reason": self.reason, "decided_by": self.decided_by,
+                "percent": self.percent, "sample": p.sample, "reason": self.reason, "decided_by": self.decided_by,
                 "run_id": p.run_id, "started_at": self.started_at, "ended_at": self.ended_at,
                 "limits": p.limits.model_dump(), "fallbacks": self.fallbacks,
                 "champion": self.champion.summary(), "challenger": self.challenger.summary(),
-                "comparison": self.comparison.summary()}
+                "comparison": self.comparison.summary(),
+                "steps": None if self.stepper is None else self.stepper.summary(self.state, self.clock())}

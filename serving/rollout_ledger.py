@@ -1,57 +1,75 @@
-"""The one Ray actor that holds a rollout's numbers (serving.rollout.Ledger) for every ingress
-replica, and the MLflow run that records each rollout: opened when it starts, closed with its
-numbers and decision when it is promoted or aborted (by a user, or automatically here)."""
+"""The rollout's ledger: serving.rollout.Ledger in the enhancer app's own one-replica Serve
+deployment `RolloutLedger` (so it starts, and goes, with the app: `serve rm` and a stack
+teardown leave nothing behind), shared by every ingress replica through a DeploymentHandle.
+It decides an automatic abort and a stepped canary's next share, and serialises clients that
+start or end a rollout (`claim`). Also the MLflow run that records each rollout: opened when it
+starts, closed with its numbers and decision when it is promoted or aborted (by a user, or
+automatically here)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
-import ray
+from ray import serve
 
 from serving.rollout import LIVE, Ledger, Plan
 
 log = logging.getLogger("img2img.serve")
-ACTOR, NAMESPACE = "img2img-rollout-ledger", "img2img"
+LEDGER_DEPLOYMENT = "RolloutLedger"
 EXPERIMENT = "rollouts"
 
 
-@ray.remote(num_cpus=0)
-class LedgerActor:
-    """serving.rollout.Ledger behind one named, detached actor (calls run one at a time)."""
+@serve.deployment(name=LEDGER_DEPLOYMENT, num_replicas=1, ray_actor_options={"num_cpus": 0},
+                  max_ongoing_requests=1000)
+class RolloutLedger:
+    """serving.rollout.Ledger behind one Serve replica. Its methods are coroutines without an
+    await before their answer, so the replica's event loop runs them one at a time."""
 
     def __init__(self):
         self.ledger = Ledger()
+        self.closing: set[asyncio.Task] = set()
 
-    def begin(self, plan: dict) -> str:
-        return self.ledger.begin(Plan(**plan))
+    async def begin(self, plan: dict) -> dict:
+        """Follow a plan (serving.rollout.Plan as data) -> {state, percent}."""
+        self.ledger.begin(Plan(**plan))
+        return self.ledger.view()
 
-    def record(self, role: str, latency_s: float, ok: bool, fallback: bool = False) -> str:
-        return self._watch(self.ledger.record, role, latency_s, ok, fallback)
+    async def record(self, role: str, latency_s: float, ok: bool, fallback: bool = False,
+                     sharpness: float | None = None) -> dict:
+        return self._watch(self.ledger.record, role, latency_s, ok, fallback, sharpness)
 
-    def record_pair(self, champion_s: float, challenger_s: float, ok: bool, psnr_db: float | None) -> str:
-        return self._watch(self.ledger.record_pair, champion_s, challenger_s, ok, psnr_db)
+    async def record_pair(self, champion_s: float, challenger_s: float, ok: bool, psnr_db: float | None,
+                          champion_sharpness: float | None = None, challenger_sharpness: float | None = None) -> dict:
+        return self._watch(self.ledger.record_pair, champion_s, challenger_s, ok, psnr_db,
+                           champion_sharpness, challenger_sharpness)
 
-    def summary(self) -> dict:
+    async def claim(self, token: str, what: str, ttl_s: float) -> str | None:
+        return self.ledger.claim(token, what, ttl_s)
+
+    async def release(self, token: str) -> None:
+        self.ledger.release(token)
+
+    async def summary(self) -> dict:
         return self.ledger.summary()
 
-    def _watch(self, fn, *args) -> str:
+    def _watch(self, fn, *args) -> dict:
         before = self.ledger.state
         state = fn(*args)
-        if before in LIVE and state == "aborted" and self.ledger.plan is not None:
-            log.warning("rollout %s aborted: %s", self.ledger.plan.id, self.ledger.reason)
-            try:  # the decision is in the ledger already; the run is closed again by `rollout abort`
-                close_run(self.ledger.plan.tracking_uri, self.ledger.plan.run_id, self.ledger.summary())
-            except Exception:
-                log.exception("could not record the automatic abort in MLflow")
-        return state
+        plan = self.ledger.plan
+        if before in LIVE and state == "aborted" and plan is not None:
+            log.warning("rollout %s aborted: %s", plan.id, self.ledger.reason)
+            task = asyncio.get_running_loop().create_task(self._close(plan, self.ledger.summary()))
+            self.closing.add(task)
+            task.add_done_callback(self.closing.discard)
+        return self.ledger.view()
 
-
-def ledger():
-    """The ledger actor's handle, created by the first replica that asks (get_if_exists: two
-    replicas starting at once get the same actor)."""
-    return LedgerActor.options(name=ACTOR, namespace=NAMESPACE, lifetime="detached",
-                               get_if_exists=True).remote()
+    async def _close(self, plan: Plan, summary: dict) -> None:
+        try:  # the decision is in the ledger already; the run is closed again by `rollout abort`
+            await asyncio.to_thread(close_run, plan.tracking_uri, plan.run_id, summary)
+        except Exception:
+            log.exception("could not record the automatic abort in MLflow")
 
 
 def open_run(tracking_uri: str, name: str, champion: str, challenger: str, plan: dict[str, Any]) -> str:
@@ -90,8 +108,10 @@ def close_run(tracking_uri: str | None, run_id: str | None, summary: dict[str, A
             if value is not None:
                 c.log_metric(run_id, f"{role}_{key}", float(value))
     for key, value in summary["comparison"].items():
-        if value is not None:
-            c.log_metric(run_id, f"shadow_{key}", float(value))
+        if isinstance(value, (int, float)):  # pairs and PSNR: shadow_*; output sharpness: output_*
+            c.log_metric(run_id, f"{'output' if 'sharpness' in key else 'shadow'}_{key}", float(value))
+    for i, step in enumerate((summary.get("steps") or {}).get("taken", [])):  # a stepped canary's shares over time
+        c.log_metric(run_id, "challenger_percent", float(step["percent"]), timestamp=int(step["at"] * 1000), step=i)
     c.log_metric(run_id, "fallbacks", float(summary["fallbacks"]))
     for key in ("state", "reason", "decided_by"):
         c.set_tag(run_id, "decision" if key == "state" else key, str(summary[key])[:5000])

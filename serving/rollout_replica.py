@@ -1,8 +1,9 @@
 """The ingress replica's side of a rollout (serving/rollout.py): it reads the plan from its
 user_config, holds a DeploymentHandle to the challenger's Serve app, routes a canary's share to
 it (a challenger that fails is answered by the champion), mirrors a shadow's sample after the
-champion has answered, and reports every outcome to the ledger actor, whose answer (an
-automatic abort) it follows at once."""
+champion has answered, samples both versions' output sharpness (serving/rollout_compare.py),
+and reports every outcome to the app's ledger deployment (serving/rollout_ledger.py), whose
+answer (an automatic abort, a stepped canary's new share) it follows at once."""
 
 from __future__ import annotations
 
@@ -12,44 +13,51 @@ import random
 import time
 from typing import Any
 
-import ray
 from fastapi.responses import Response
 from ray import serve
 
 from serving.configs import DEPLOYMENT
-from serving.rollout import LIVE, Plan, mirrored, output_psnr, parse_plan, route
-from serving.rollout_ledger import ledger
+from serving.rollout import LIVE, Plan, mirrored, parse_plan, route
+from serving.rollout_compare import compare_outputs, output_sharpness
 
 log = logging.getLogger("img2img.serve")
+VERSIONS = ("champion", "challenger")  # what a request may ask for by name (?version=)
 
 
 class RolloutReplica:
     """Mixed into the Enhancer deployment: `follow_rollout` (from reconfigure),
-    `routes_to_challenger`, `ask_challenger`, `after_champion`, `rollout_summary`."""
+    `routes_to_challenger`, `ask_challenger`, `after_champion`, `rollout_summary`. `ledger`: the
+    app's RolloutLedger handle (None in the challenger's app, which takes no rollout)."""
 
-    def __init__(self):
+    def __init__(self, ledger=None):
         self.plan: Plan | None = None
         self.routing: Plan | None = None  # the plan while the challenger takes traffic, else None
-        self.ledger = None
+        self.ledger_handle = ledger
+        self.ledger = None  # the handle while a plan is followed
         self.challenger = None
         self.background: set[asyncio.Task] = set()  # mirrored requests and ledger answers in flight
 
     def follow_rollout(self, value: dict[str, Any] | None) -> None:
         """Apply the user_config's `rollout` value (None: no rollout). Raises Img2ImgError for a
-        malformed plan."""
+        malformed plan. Runs in Serve's thread pool (a sync reconfigure), so it may wait."""
         plan = parse_plan(value)
-        if plan is None:
+        if plan is None or self.ledger_handle is None:
             self.plan = self.routing = self.ledger = self.challenger = None
             return
-        self.ledger = ledger()
-        state = ray.get(self.ledger.begin.remote(plan.model_dump()), timeout=60)
-        if state in LIVE and self.challenger is None:
+        self.ledger = self.ledger_handle
+        view = self.ledger.begin.remote(plan.model_dump()).result(timeout_s=60)
+        if view["state"] in LIVE and self.challenger is None:
             self.challenger = serve.get_deployment_handle(DEPLOYMENT, app_name=plan.app)
         self.plan = plan
-        self.routing = plan if state in LIVE else None
-        log.info("rollout %s: %s v%s, %s", plan.id, plan.name, plan.version, state)
+        self.routing = plan.model_copy(update={"percent": view["percent"]}) if view["state"] in LIVE else None
+        log.info("rollout %s: %s v%s, %s", plan.id, plan.name, plan.version, view["state"])
 
-    def routes_to_challenger(self) -> bool:
+    def routes_to_challenger(self, version: str | None = None) -> bool:
+        """Whether the challenger answers this request: `version` "challenger" or "champion"
+        asks for one by name (the web page's side-by-side view; the challenger only while a
+        rollout is live), else a canary's draw."""
+        if version in VERSIONS:
+            return version == "challenger" and self.routing is not None and self.challenger is not None
         return route(self.routing, random.random()) == "challenger"
 
     async def ask_challenger(self, body: bytes, fmt: str, tile: int, overlap: int, direction: str,
@@ -65,20 +73,28 @@ class RolloutReplica:
             log.warning("challenger failed (%s); the champion answers", type(e).__name__)
             status = content = media = headers = None
         failed = status is None or status >= 500
-        self._record("challenger", time.perf_counter() - t0, not failed)
+        self._record("challenger", time.perf_counter() - t0, not failed, output=content if status == 200 else None)
         if status != 200:
             return None
         return Response(content=content, media_type=media, headers=headers)
 
     def after_champion(self, response: Response, seconds: float, args: tuple, limit: float,
                        fallback: bool) -> None:
-        """Record the champion's answer during a rollout; mirror it to a shadow's challenger."""
+        """Record the champion's answer during a rollout; mirror it to a shadow's challenger. In
+        a canary, the champion's output sharpness is sampled at the rate that matches the
+        challenger's number of answers (percent / (100 - percent))."""
         plan = self.routing
         if plan is None and not fallback:
             return
-        self._record("champion", seconds, response.status_code < 500, fallback)
-        if response.status_code == 200 and mirrored(plan, random.random()):
+        ok = response.status_code == 200
+        if ok and mirrored(plan, random.random()):
+            self._record("champion", seconds, True, fallback)
             self._spawn(self._mirror(args, bytes(response.body), seconds, limit))
+            return
+        share = plan.percent / max(1e-9, 100 - plan.percent) if plan is not None and plan.state == "canary" else 0
+        sampled = ok and random.random() < share
+        self._record("champion", seconds, response.status_code < 500, fallback,
+                     output=bytes(response.body) if sampled else None)
 
     async def _mirror(self, args: tuple, champion_out: bytes, champion_s: float, limit: float) -> None:
         t0 = time.perf_counter()
@@ -89,22 +105,34 @@ class RolloutReplica:
             status, content = None, b""
         seconds = time.perf_counter() - t0
         ok = status is not None and status < 500
-        psnr = await asyncio.to_thread(output_psnr, champion_out, content) if status == 200 else None
+        psnr, sharp_a, sharp_b = (await asyncio.to_thread(compare_outputs, champion_out, content)
+                                  if status == 200 else (None, None, None))
         if self.ledger is not None:
-            self._follow(self.ledger.record_pair.remote(champion_s, seconds, ok, psnr))
+            self._follow(self.ledger.record_pair.remote(champion_s, seconds, ok, psnr, sharp_a, sharp_b))
 
-    def _record(self, role: str, seconds: float, ok: bool, fallback: bool = False) -> None:
-        if self.ledger is not None:
-            self._follow(self.ledger.record.remote(role, seconds, ok, fallback))
+    def _record(self, role: str, seconds: float, ok: bool, fallback: bool = False, output: bytes | None = None) -> None:
+        """Report one answer to the ledger; `output`: its image, whose sharpness is measured off
+        the request's path first."""
+        if self.ledger is None:
+            return
 
-    def _follow(self, ref) -> None:
-        async def state():
+        async def report():
+            sharp = await asyncio.to_thread(output_sharpness, output) if output else None
+            self._follow(self.ledger.record.remote(role, seconds, ok, fallback, sharp))
+        self._spawn(report())
+
+    def _follow(self, response) -> None:
+        async def view():
             try:
-                if await ref not in LIVE:  # an automatic abort: every request goes to the champion now
-                    self.routing = None
+                answer = await response
             except Exception:
                 log.exception("rollout ledger unreachable")
-        self._spawn(state())
+                return
+            if answer["state"] not in LIVE:  # an automatic abort: every request goes to the champion now
+                self.routing = None
+            elif self.routing is not None and self.routing.percent != answer["percent"]:  # a canary's next step
+                self.routing = self.routing.model_copy(update={"percent": answer["percent"]})
+        self._spawn(view())
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -115,3 +143,13 @@ class RolloutReplica:
         if self.ledger is None:
             return {"state": "none"}
         return await self.ledger.summary.remote()
+
+    async def rollout_claim(self, token: str, what: str, ttl_s: float) -> str | None:
+        """One client at a time starts or ends a rollout (serving.rollout.Ledger.claim)."""
+        if self.ledger_handle is None:
+            return "this app takes no rollout"
+        return await self.ledger_handle.claim.remote(token, what, ttl_s)
+
+    async def rollout_release(self, token: str) -> None:
+        if self.ledger_handle is not None:
+            await self.ledger_handle.release.remote(token)

@@ -2,12 +2,16 @@
 through the dashboard's Serve REST API like `serve deploy`: the challenger runs as its own Serve
 app (`enhancer-challenger`, no HTTP route) built from the enhancer's deployment, and the plan
 (serving.rollout.Plan) travels in the enhancer's user_config, so every ingress replica follows
-it. Ending a rollout keeps the plan (state promoted/aborted) so `rollout status` shows it."""
+it. Ending a rollout keeps the plan (state promoted/aborted) so `rollout status` shows it.
+Clients that start or end a rollout at the same moment are serialised by the app's ledger
+(`claimed`): one goes on, the others get one `Error:` line naming what the first is doing."""
 
 from __future__ import annotations
 
 import copy
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -16,7 +20,7 @@ from cluster.errors import Img2ImgError
 from cluster.services import poll_until
 from cluster.settings import Settings
 from registry.refs import resolve
-from serving.configs import APP_NAME, CHALLENGER_APP, DEPLOYMENT
+from serving.configs import APP_NAME, CHALLENGER_APP, CHALLENGER_IMPORT_PATH, DEPLOYMENT
 from serving.deploy import _put, _request, wait_for_model
 from serving.options import config_id
 from serving.rollout import LIVE, Limits, check_share, parse_plan
@@ -43,17 +47,58 @@ def _wait_applied(settings: Settings, uc: dict, wait_s: float) -> None:
     wait_for_model(settings, uc["model_name"], str(uc["model_version"]), wait_s, config_id(uc))
 
 
+def _endpoint(settings: Settings, method: str, path: str, **kwargs) -> httpx.Response:
+    key = settings.serve_api_key
+    headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
+    try:
+        return httpx.request(method, settings.serve_url.rstrip("/") + path, headers=headers, timeout=30, **kwargs)
+    except httpx.HTTPError as e:
+        raise Img2ImgError(f"the endpoint at {settings.serve_url} did not answer {path} ({type(e).__name__})") from None
+
+
+@contextmanager
+def claimed(settings: Settings, what: str, ttl_s: float) -> Iterator[None]:
+    """Hold the rollout's claim in the enhancer app's ledger while the block runs (at most
+    `ttl_s` seconds: a client killed meanwhile blocks the others no longer). Raises
+    Img2ImgError (one line) when another client holds it."""
+    token = uuid.uuid4().hex
+    r = _endpoint(settings, "POST", "/rollout/claim", params={"token": token, "what": what, "ttl_s": ttl_s})
+    if r.status_code != 200:
+        raise Img2ImgError(f"the endpoint answered /rollout/claim with {r.status_code}: {r.text[:200]}")
+    if r.json().get("held_by"):
+        raise Img2ImgError(r.json()["held_by"])
+    try:
+        yield
+    finally:
+        try:
+            _endpoint(settings, "DELETE", "/rollout/claim", params={"token": token})
+        except Img2ImgError:  # the claim expires by itself
+            pass
+
+
 def start(settings: Settings, mode: str, model: str, percent: float = 0.0, sample: float = 0.0,
-          limits: Limits | None = None, wait_s: float = 300) -> dict[str, Any]:
+          limits: Limits | None = None, wait_s: float = 300, steps: list[float] | None = None,
+          interval_s: float = 0.0) -> dict[str, Any]:
     """Start a `mode` ("canary": `percent` 0-100 of requests answered by the challenger;
     "shadow": a `sample` 0-1 share mirrored to it) with challenger `model` (NAME@alias or
     NAME/VERSION of the served model's registered name) -> the plan as data. Opens the
-    rollout's MLflow run. Raises Img2ImgError (one line) when no champion is deployed, a rollout
-    is already running, the model or version is unknown, the challenger is the served version or
-    another registered model, or the share is out of range."""
+    rollout's MLflow run. A canary with `steps` (percent, increasing; serving.rollout_steps)
+    starts at the first and moves to the next every `interval_s` seconds while the guards hold.
+    Raises Img2ImgError (one line) when no champion is deployed, a rollout is already running or
+    being started or ended by another client, the model or version is unknown, the challenger is
+    the served version or another registered model, or the share is out of range."""
+    if steps:
+        percent = steps[0]
+    check_share(percent if mode == "canary" else None, sample if mode == "shadow" else None)
+    _enhancer(_apps(settings))
+    with claimed(settings, f"starting a {mode} of {model}", 2 * wait_s + 120):
+        return _start(settings, mode, model, percent, sample, limits, wait_s, steps or [], interval_s)
+
+
+def _start(settings: Settings, mode: str, model: str, percent: float, sample: float, limits: Limits | None,
+           wait_s: float, steps: list[float], interval_s: float) -> dict[str, Any]:
     from registry.loading import version_run_id  # deferred: torch and MLflow (as serving.deploy)
 
-    check_share(percent if mode == "canary" else None, sample if mode == "shadow" else None)
     apps = _apps(settings)
     uc = _enhancer(apps).setdefault("user_config", {})
     running = parse_plan(uc.get("rollout"))
@@ -68,13 +113,14 @@ def start(settings: Settings, mode: str, model: str, percent: float = 0.0, sampl
     if version == champion:
         raise Img2ImgError(f"{name} v{version} is the served champion; pick another version as the challenger")
     challenger = copy.deepcopy(apps[APP_NAME])
-    challenger.update(name=CHALLENGER_APP, route_prefix=None)
+    challenger.update(name=CHALLENGER_APP, route_prefix=None, import_path=CHALLENGER_IMPORT_PATH)
     (dep,) = [d for d in challenger["deployments"] if d.get("name") == DEPLOYMENT]
     dep["user_config"].pop("rollout", None)
     dep["user_config"].update(model_version=version, model_run_id=version_run_id(settings.mlflow_uri, name, version))
     plan = {"id": uuid.uuid4().hex[:12], "mode": mode, "state": mode, "name": name, "version": version,
             "champion_version": champion, "app": CHALLENGER_APP, "percent": float(percent if mode == "canary" else 0),
             "sample": float(sample if mode == "shadow" else 0), "limits": (limits or Limits()).model_dump(),
+            "steps": steps if mode == "canary" else [], "interval_s": float(interval_s if mode == "canary" else 0),
             "tracking_uri": settings.mlflow_uri}
     apps[CHALLENGER_APP] = challenger
     _put(settings, list(apps.values()))  # the challenger first: the ingress asks for its handle
@@ -98,13 +144,11 @@ def status(settings: Settings) -> dict[str, Any]:
     reason, per-version requests, errors, p50/p95 and the shadow comparison; {"state": "none"}
     when there has been none. Raises Img2ImgError when no enhancer is deployed or it is down."""
     _enhancer(_apps(settings))
-    key = settings.serve_api_key
-    headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
+    r = _endpoint(settings, "GET", "/rollout")
     try:
-        r = httpx.get(settings.serve_url.rstrip("/") + "/rollout", headers=headers, timeout=30)
         body = r.json()
-    except (httpx.HTTPError, ValueError) as e:
-        raise Img2ImgError(f"the endpoint at {settings.serve_url} did not answer /rollout ({type(e).__name__})") from None
+    except ValueError:
+        raise Img2ImgError(f"the endpoint at {settings.serve_url} answered /rollout with no JSON") from None
     if r.status_code != 200:
         raise Img2ImgError(f"the endpoint answered /rollout with {r.status_code}: {body.get('error', '')}")
     return body
@@ -117,7 +161,13 @@ def end(settings: Settings, decision: str, wait_s: float = 300) -> dict[str, Any
     in flight finish; a request the challenger app loses while it stops is answered by the
     champion), then the challenger app is removed and the MLflow run closed with the numbers and
     decision. -> the final status. Raises Img2ImgError when no rollout is running, or on promoting
-    one that aborted itself."""
+    one that aborted itself, or while another client starts or ends one."""
+    _enhancer(_apps(settings))
+    with claimed(settings, f"{decision.rstrip('e')}ing the rollout", 2 * wait_s + 120):
+        return _end(settings, decision, wait_s)
+
+
+def _end(settings: Settings, decision: str, wait_s: float) -> dict[str, Any]:
     from registry.loading import version_run_id
     from registry.models import make_champion
 

@@ -15,40 +15,59 @@ MODEL_HELP = "the challenger: NAME@alias or NAME/VERSION of the served model"
 DEFAULT = Limits()
 
 
-def _limits(max_error_rate: float, max_p95_ratio: float, min_requests: int, window: int) -> Limits:
+def _limits(max_error_rate: float, max_p95_ratio: float, min_requests: int, window: int,
+            max_sharpness_change: float = DEFAULT.max_sharpness_change) -> Limits:
     from pydantic import ValidationError
 
     from cluster.errors import Img2ImgError
 
     try:
         return Limits(max_error_rate=max_error_rate, max_p95_ratio=max_p95_ratio, min_requests=min_requests,
-                      window=window)
+                      window=window, max_sharpness_change=max_sharpness_change)
     except ValidationError as e:
         err = e.errors()[0]
         raise Img2ImgError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
 
 
 def canary(model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
-           percent: float = typer.Option(10.0, "--percent", help="share of /enhance requests the challenger answers, 0-100"),
+           percent: float = typer.Option(None, "--percent", help="share of /enhance requests the challenger "
+                                         "answers, 0-100 [default: 10, or the first of --steps]"),
+           steps: str = typer.Option(None, "--steps", help="move the share up step by step, e.g. 5,25,50,100 "
+                                     "(percent, increasing), unattended, while the limits hold"),
+           interval: str = typer.Option("10m", "--interval", help="time at each step before the next, e.g. 30s, 10m, 1h"),
            max_error_rate: float = typer.Option(DEFAULT.max_error_rate, help="abort above this challenger error rate (0-1)"),
            max_p95_ratio: float = typer.Option(DEFAULT.max_p95_ratio, help="abort when the challenger's p95 latency "
                                                "exceeds this many times the champion's (+0.25 s)"),
            min_requests: int = typer.Option(DEFAULT.min_requests, help="challenger requests needed before judging"),
-           window: int = typer.Option(DEFAULT.window, help="judge over the challenger's last N requests")):
+           window: int = typer.Option(DEFAULT.window, help="judge over the challenger's last N requests"),
+           max_sharpness_change: float = typer.Option(DEFAULT.max_sharpness_change, help="--steps pause while the "
+                                                      "challenger's output sharpness is more than this many times "
+                                                      "above or below the champion's")):
     """Send a share of live requests to a challenger (each answer says which version answered:
     X-Model-Version); aborts itself back to the champion when the challenger breaches the limits.
+    With --steps the share moves up every --interval by itself.
 
-    Example: `img2img serve canary --model photos/4 --percent 10`
+    Example: `img2img serve canary --model photos/4 --steps 5,25,50,100 --interval 10m`
     """
+    from cluster.errors import Img2ImgError
+    from serving.rollout_steps import parse_interval, parse_steps
     from serving.rollouts import start
 
     parse_ref(model)
+    stepped = parse_steps(steps) if steps is not None else []
+    interval_s = parse_interval(interval)
+    if stepped and percent is not None and percent != stepped[0]:
+        raise Img2ImgError(f"--percent {percent:g} differs from the first of --steps ({stepped[0]:g}); give one")
+    percent = stepped[0] if stepped else (10.0 if percent is None else percent)
     check_share(percent, None)
-    limits = _limits(max_error_rate, max_p95_ratio, min_requests, window)
+    limits = _limits(max_error_rate, max_p95_ratio, min_requests, window, max_sharpness_change)
     with console.status("starting the challenger beside the champion"):
-        plan = start(get_settings(), "canary", model, percent=percent, limits=limits)
+        plan = start(get_settings(), "canary", model, percent=percent, limits=limits, steps=stepped,
+                     interval_s=interval_s)
+    more = (f", moving to {', '.join(f'{s:g}%' for s in stepped[1:])} every {interval_s:g} s while the limits hold"
+            if len(stepped) > 1 else "")
     console.print(f"Canary: {plan['name']} v{plan['version']} answers {plan['percent']:g}% of requests, "
-                  f"v{plan['champion_version']} the rest. Watch: img2img serve rollout status")
+                  f"v{plan['champion_version']} the rest{more}. Watch: img2img serve rollout status")
 
 
 def shadow(model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
@@ -103,6 +122,13 @@ def status(as_json: bool = json_option()):
     if st["mode"] == "shadow":
         mean = "-" if c["psnr_mean_db"] is None else f"{c['psnr_mean_db']:.1f} dB"
         console.print(f"output agreement: {c['pairs']} pairs, {c['identical']} identical, PSNR mean {mean}")
+    if c.get("sharpness_ratio") is not None:
+        console.print(f"output sharpness (Laplacian variance): champion {c['champion_sharpness']:.2e}, challenger "
+                      f"{c['challenger_sharpness']:.2e} (ratio {c['sharpness_ratio']:.2f})", highlight=False)
+    if st.get("steps"):
+        s = st["steps"]
+        console.print(f"step {s['step']} of {s['of']} ({', '.join(f'{p:g}%' for p in s['steps'])}); "
+                      f"next: {s['next_move']}", highlight=False)
     if st["fallbacks"]:
         console.print(f"{st['fallbacks']} challenger failure(s) answered by the champion")
     if st["reason"]:

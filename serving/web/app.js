@@ -28,7 +28,7 @@
   };
   const state = {
     file: null, name: "photo", beforeUrl: null, afterUrl: null, w: 0, h: 0,
-    zoom: 1, fit: true, pos: 50, xhr: null, timer: null, pending: null, modelError: false,
+    zoom: 1, fit: true, pos: 50, xhr: null, timer: null, pending: null, modelError: false, rollout: null,
   };
 
   // ---- API key (only when the endpoint asks for one) ----
@@ -199,6 +199,7 @@
     state.pending = null;
     const params = new URLSearchParams({ format: $("format").value });
     if (!$("direction-box").hidden) params.set("direction", $("direction").value);
+    if (!$("version-box").hidden && $("version").value) params.set("version", $("version").value);
     const xhr = new XMLHttpRequest();
     state.xhr = xhr;
     xhr.open("POST", "enhance?" + params);
@@ -285,7 +286,9 @@
     state.name = stem(file.name);
     $("download").href = state.afterUrl;
     $("download").download = `${state.name}-enhanced.${ext}`;
-    const by = modelName ? ` by ${modelName} v${modelVersion}` : "";
+    const role = state.rollout && state.rollout.challenger_version === modelVersion ? " (the challenger)"
+      : state.rollout && state.rollout.champion_version === modelVersion ? " (the champion)" : "";
+    const by = modelName ? ` by ${modelName} v${modelVersion}${role}` : "";
     const orig = beforeOk ? `${before.naturalWidth} × ${before.naturalHeight} px`
       : "not shown (this browser cannot display its format)";
     $("sizes").textContent = `Original ${orig}; enhanced ${state.w} × ${state.h} px${by}, ` +
@@ -484,5 +487,50 @@
   });
   window.addEventListener("resize", () => state.fit && applyZoom());
 
+  // ---- A rollout in progress (GET /rollout): share, per-version numbers, output comparison ----
+  const LIVE = ["canary", "shadow"];
+  const ms = (s) => (typeof s === "number" ? `${Math.round(s * 1000)} ms` : "–");
+  const num = (x, digits = 2) => (typeof x === "number" ? x.toFixed(digits) : "–");
+  function renderRollout(r) {
+    const live = LIVE.includes(r.state);
+    state.rollout = live ? r : null;
+    $("rollout").hidden = r.state === "none";
+    $("version-box").hidden = !live;
+    if (!live) $("version").value = "";
+    if (r.state === "none") return;
+    const share = r.mode === "canary" ? `the challenger answers ${r.percent}% of requests`
+      : `${Math.round(r.sample * 100)}% of requests are mirrored to the challenger`;
+    const step = r.steps ? `; step ${r.steps.step} of ${r.steps.of} (${r.steps.steps.join("%, ")}%), next: ${r.steps.next_move}` : "";
+    const ended = live ? "" : ` Ended (${r.decided_by}): ${r.reason}`;
+    $("rollout-summary").textContent = `${r.mode} of ${r.model}: champion v${r.champion_version}, challenger ` +
+      `v${r.challenger_version}, ${r.state}; ${share}${step}.${ended}`;
+    const c = r.comparison || {};
+    $("rollout-rows").replaceChildren(...["champion", "challenger"].map((role) => {
+      const s = r[role] || {};
+      const tr = document.createElement("tr");
+      for (const text of [`${role} v${r[role + "_version"]}`, s.requests, s.errors, ms(s.p50_s), ms(s.p95_s),
+        typeof c[role + "_sharpness"] === "number" ? c[role + "_sharpness"].toExponential(2) : "–"]) {
+        const td = document.createElement("td");
+        td.textContent = String(text);
+        tr.append(td);
+      }
+      return tr;
+    }));
+    const parts = [];
+    if (r.mode === "shadow") parts.push(`${c.pairs} mirrored pairs, ${c.identical} identical, PSNR of the challenger's ` +
+      `output against the champion's: mean ${num(c.psnr_mean_db)} dB, min ${num(c.psnr_min_db)} dB`);
+    if (typeof c.sharpness_ratio === "number") parts.push(`challenger/champion output sharpness ${num(c.sharpness_ratio)}`);
+    if (r.fallbacks) parts.push(`${r.fallbacks} challenger failure(s) answered by the champion`);
+    $("rollout-compare").textContent = parts.join("; ");
+  }
+  async function loadRollout() {
+    try {
+      const r = await fetch("rollout", { cache: "no-store", headers: authHeaders() });
+      if (r.ok) renderRollout(await r.json());
+    } catch (e) { /* the model panel reports an unreachable endpoint */ }
+    setTimeout(loadRollout, 5000);
+  }
+
   loadModel();
+  loadRollout();
 })();

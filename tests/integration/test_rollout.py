@@ -84,7 +84,7 @@ def wait_status(settings, done, timeout=180):
 
     deadline = time.time() + timeout
     while not done(st := status(settings)):
-        assert time.time() < deadline, st
+        assert time.time() < deadline, str(st)
         time.sleep(1)
     return st
 
@@ -96,6 +96,10 @@ def wait_status(settings, done, timeout=180):
     (["shadow", "--model", f"{NAME}/2", "--sample", "1.5"], "--sample must be between 0 and 1"),
     (["canary", "--model", f"{NAME}/99"], "no version '99'"),
     (["canary", "--model", "no-such-model/2"], "no-such-model"),
+    (["canary", "--model", f"{NAME}/2", "--steps", "50,25"], "--steps must increase"),
+    (["canary", "--model", f"{NAME}/2", "--steps", "5,x"], "--steps must be percentages"),
+    (["canary", "--model", f"{NAME}/2", "--steps", "5,50", "--interval", "0"], "--interval must be"),
+    (["canary", "--model", f"{NAME}/2", "--steps", "5,50", "--percent", "30"], "differs from the first of --steps"),
     (["rollout", "promote"], "no rollout is running"),
     (["rollout", "abort"], "no rollout is running"),
 ])
@@ -202,3 +206,115 @@ def test_promote_under_load_drops_nothing_and_the_registry_keeps_the_old_champio
     card = MlflowClient(settings.mlflow_uri).get_model_version(NAME, "2").description
     assert f"promoted after a live rollout: MLflow run {st['run_id']}" in card
     assert rollback(settings, NAME)[0] == "1"  # the history kept v1
+
+
+def served_version(settings) -> str:
+    from serving.deploy import status
+
+    return str(status(settings)["version"])
+
+
+def challenger(settings) -> str:
+    """v1 or v2, whichever is not served (the promote test makes v2 the champion)."""
+    return f"{NAME}/{'1' if served_version(settings) == '2' else '2'}"
+
+
+def test_two_clients_starting_a_rollout_at_once_end_well(served):
+    """Both start a canary at the same moment: one starts it, the other gets one line naming it."""
+    from cluster.errors import Img2ImgError
+    from serving.rollouts import end, start
+
+    settings = served
+    gate = threading.Barrier(2)
+
+    def client(_):
+        gate.wait()
+        try:
+            return start(settings, "canary", challenger(settings), percent=20)
+        except Img2ImgError as e:
+            return e
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(client, range(2)))
+    started = [r for r in results if isinstance(r, dict)]
+    refused = [str(r) for r in results if isinstance(r, Img2ImgError)]
+    assert len(started) == 1 and len(refused) == 1, results
+    assert "another client is starting a canary" in refused[0] or "already running" in refused[0]
+    assert "\n" not in refused[0]
+    assert {r.status_code for r in many(settings.serve_url, 10)} == {200}
+    assert end(settings, "abort")["id"] == started[0]["id"]
+
+
+def test_a_stepped_canary_moves_its_share_by_itself_and_compares_the_outputs(served):
+    from serving.rollout import Limits
+    from serving.rollouts import end, start
+
+    settings = served
+    ref = challenger(settings)
+    start(settings, "canary", ref, steps=[20, 60], interval_s=2,
+          limits=Limits(min_requests=3, max_sharpness_change=1000))
+    deadline = time.time() + 240
+    while (st := wait_status(settings, lambda s: True))["percent"] < 60:
+        assert time.time() < deadline, str(st)
+        assert {r.status_code for r in many(settings.serve_url, 12, parallel=3)} == {200}
+    assert st["state"] == "canary" and st["steps"]["step"] == 2 and "promote or abort" in st["steps"]["next_move"]
+    share = np.mean([r.headers["x-model-version"] == ref.split("/")[1] for r in many(settings.serve_url, 60)])
+    assert share > 0.4, share  # 60% now, not the first step's 20%
+    c = wait_status(settings, lambda s: s["comparison"]["sharpness_ratio"] is not None)["comparison"]
+    assert c["champion_sharpness"] > 0 and c["challenger_sharpness"] > 0
+    final = end(settings, "abort")
+    run = MlflowClient(settings.mlflow_uri).get_run(final["run_id"])
+    assert run.data.metrics["challenger_percent"] == 60 and "output_sharpness_ratio" in run.data.metrics
+
+
+def test_the_web_page_shows_the_rollout_and_sends_a_photo_to_either_version(served, tmp_path):
+    """Headless Chromium (as tests/integration/test_web.py): during a canary the page shows the
+    share and both versions' numbers, and "Answered by" sends the same photo to each version."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    from serving.rollouts import end, start
+
+    settings = served
+    ref = challenger(settings)
+    new, old = ref.split("/")[1], served_version(settings)
+    start(settings, "canary", ref, percent=50)
+    assert {r.status_code for r in many(settings.serve_url, 10)} == {200}
+    path = tmp_path / "photo.png"
+    path.write_bytes(BODY)
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=os.environ.get("IMG2IMG_CHROMIUM") or shutil.which("chromium"))
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(180_000)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(settings.serve_url + "/")
+            page.wait_for_selector(f"#rollout-summary:has-text('challenger v{new}')")
+            assert "answers 50% of requests" in page.inner_text("#rollout-summary")
+            rows = page.inner_text("#rollout-rows")
+            assert f"champion v{old}" in rows and f"challenger v{new}" in rows
+            for version, expected in (("challenger", f"v{new} (the challenger)"), ("champion", f"v{old} (the champion)")):
+                page.select_option("#version", version)
+                page.set_input_files("#file", [])
+                page.set_input_files("#file", str(path))
+                page.wait_for_selector(f"#sizes:has-text('{expected}')")
+        finally:
+            browser.close()
+    assert not errors, errors
+    end(settings, "abort")
+
+
+def test_the_rollout_ledger_goes_with_the_app(served):
+    """`serve rm` leaves no ledger replica behind (the fixture redeploys what was served before)."""
+    from serving.deploy import remove, replica_pids
+    from serving.rollout_ledger import LEDGER_DEPLOYMENT
+
+    settings = served
+    assert len(replica_pids(settings, deployment=LEDGER_DEPLOYMENT)) == 1
+    assert remove(settings)
+    deadline = time.time() + 120
+    while replica_pids(settings, deployment=LEDGER_DEPLOYMENT):
+        assert time.time() < deadline
+        time.sleep(1)
