@@ -246,7 +246,11 @@ def run(search: SearchSpec, settings: Settings | None = None):
         client.set_tag(search.run_id, TAG_PHASE, "registering")
         best = next((r for r in rows if r["best"] and r["run_id"]), None)
         if best is None:
-            raise Img2ImgError("no trial reported a val PSNR with a checkpoint; see the trials' runs")
+            late = search.time_budget_s and fit_s >= search.time_budget_s
+            raise Img2ImgError("no trial reported a val PSNR with a checkpoint"
+                               + (f" within the search's --time-budget of {search.time_budget_s:g} s (give it more "
+                                  "time, or report more often: --checkpoint-every)" if late else "")
+                               + "; see the trials' runs")
         mlflow.log_metric(f"best_{METRIC}", best["best_val_psnr"])
         mlflow.set_tags({"best_trial": best["trial"], "best_run_id": best["run_id"],
                          "best_params": json.dumps(best["params"])})
