@@ -276,12 +276,20 @@ def stop(client, settings: Settings, job_id: str, wait_s: float = 30) -> str:
 
 
 def _mark_killed(settings: Settings, run_id: str) -> None:
+    """End the job's run KILLED, and its child runs still RUNNING (a search's trials, whose
+    processes ended with the job's)."""
     try:
         ml = MlflowClient(settings.mlflow_uri)
-        if ml.get_run(run_id).info.status in ("RUNNING", "SCHEDULED"):
+        run = ml.get_run(run_id)
+        if run.info.status in ("RUNNING", "SCHEDULED"):
             ml.set_tag(run_id, "stopped", "stopped by the user")
             ml.set_tag(run_id, TAG_PHASE, "stopped")
             ml.set_terminated(run_id, status="KILLED")
+        children = ml.search_runs([run.info.experiment_id], max_results=1000,
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{run_id}' and attributes.status = 'RUNNING'")
+        for child in children:
+            ml.set_tag(child.info.run_id, "stopped", "the job was stopped")
+            ml.set_terminated(child.info.run_id, status="KILLED")
     except Exception:
         log.warning("could not mark MLflow run %s KILLED", run_id)
 

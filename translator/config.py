@@ -62,6 +62,10 @@ class TrainConfig:
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"{f.name} must be a finite number, got {value}")
+            # counts and widths (layers, blocks, filters, pool size) and loss weights are never negative
+            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if numeric and value < 0 and (isinstance(value, int) or f.name.startswith("lambda_")):
+                raise ValueError(f"{f.name} must be at least 0, got {value}")
         if self.augment not in AUGMENTATIONS:
             raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
         if not 0 <= self.ema_decay < 1:

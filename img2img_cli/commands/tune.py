@@ -20,7 +20,12 @@ def tune(
                                      "uniform(low,high), randint(low,high), choice(v1,v2,...), grid(v1,v2,...)"),
     trials: int = typer.Option(4, help="samples drawn from the space (each grid key multiplies them)"),
     scheduler: str = typer.Option("asha", help="asha: stop trials whose val PSNR falls behind at a rung; "
-                                  "fifo: run every trial to its end"),
+                                  "pbt: Population Based Training (the bottom trials continue from the top ones' "
+                                  "checkpoints with mutated values); fifo: run every trial to its end"),
+    perturbation_interval: int = typer.Option(None, help="PBT: steps between perturbations "
+                                              "(default: a quarter of the trials' steps)"),
+    time_budget: str = typer.Option(None, help="the whole search's time: 90s, 30m, 1h; then every trial stops "
+                                    "and the best so far is registered"),
     max_concurrent: int = typer.Option(1, help="trials running at once; the job reserves that many trials' CPUs"),
     grace_steps: int = typer.Option(None, help="ASHA: steps every trial runs before it can be stopped "
                                     "(default: a quarter of the trials' steps)"),
@@ -31,7 +36,7 @@ def tune(
     cpus_per_worker: float = typer.Option(1.0, help="CPUs reserved per worker (fractions allowed)"),
     epochs: int = typer.Option(None, help="each trial's passes over the training split"),
     max_steps: int = typer.Option(None, help="each trial's optimiser steps"),
-    time_budget: float = typer.Option(None, help="each trial's seconds of training"),
+    trial_time_budget: float = typer.Option(None, help="each trial's seconds of training"),
     batch_size: int = typer.Option(None, help="per-worker batch size (default: the variant's)"),
     image_size: int = typer.Option(None, help="training crop size (default: the variant's)"),
     lr: float = typer.Option(None, help="learning rate when lr is not searched (default: the variant's)"),
@@ -55,21 +60,23 @@ def tune(
     --search 'nf=choice(16,32)' --trials 4 --max-steps 200 --follow`
     """
     from cluster.errors import Img2ImgError
-    from jobs.search.spec import SearchSpec, check_search_options
+    from jobs.search.spec import SearchSpec, check_search_options, parse_budget
 
     check_options(workers=workers_per_trial, cpus_per_worker=cpus_per_worker, epochs=epochs, max_steps=max_steps,
-                  time_budget_s=time_budget, precision=precision, checkpoint_every=checkpoint_every)
-    check_search_options(trials, scheduler, max_concurrent, grace_steps, reduction_factor)
+                  time_budget_s=trial_time_budget, precision=precision, checkpoint_every=checkpoint_every)
+    search_budget_s = parse_budget(time_budget)
+    check_search_options(trials, scheduler, max_concurrent, grace_steps, reduction_factor, perturbation_interval)
     if not resume and not dataset:
         raise Img2ImgError("give --dataset (or --resume SEARCH_ID)")
     base = dict(dataset=dataset or "", variant=variant, config=parse_overrides(set_), workers=workers_per_trial,
                 use_gpu=gpu, cpus_per_worker=cpus_per_worker, epochs=epochs, max_steps=max_steps,
-                time_budget_s=time_budget, batch_size=batch_size, image_size=image_size, lr=lr,
+                time_budget_s=trial_time_budget, batch_size=batch_size, image_size=image_size, lr=lr,
                 experiment=experiment, model_name=model_name, checkpoint_every=checkpoint_every,
                 precision=precision)
     spec = SearchSpec(base=base, space=search, trials=trials,
                       scheduler=scheduler, max_concurrent=max_concurrent, grace_steps=grace_steps,
-                      reduction_factor=reduction_factor, promote=promote, resume=resume)
+                      reduction_factor=reduction_factor, promote=promote, resume=resume,
+                      perturbation_interval=perturbation_interval, time_budget_s=search_budget_s)
     if not resume:
         spec.validate()  # the space against the variant, before any service is contacted
     # deferred: imports mlflow, ray, torch (seconds of every CLI start)

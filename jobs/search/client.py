@@ -14,6 +14,7 @@ from cluster.admission import DATA_CPUS, Footprint, check_options
 from cluster.errors import Img2ImgError
 from cluster.services import require_mlflow
 from cluster.settings import Settings
+from jobs.search.space import combinations
 from jobs.search.spec import SearchSpec
 from jobs.training.client import admit, job_client, preflight, submit_job
 from registry.tracking import TAG_PHASE, experiment_id
@@ -30,6 +31,21 @@ def footprint(search: SearchSpec) -> Footprint:
                      gpus_per_worker=1.0 if spec.use_gpu else 0.0, data_cpus=k * DATA_CPUS)
 
 
+def check_trials_fit(search: SearchSpec, manifest) -> None:
+    """Every combination of the space's candidates (`jobs.search.space.combinations`) against
+    the dataset, as `img2img train` checks its request (`jobs.training.driver.check_fit`): crops
+    the stored images allow, enough rows for a batch. Raises Img2ImgError naming the trial."""
+    from jobs.training.driver import check_fit
+
+    for combo in combinations(search.dims()):
+        try:
+            check_fit(search.trial_spec(combo), manifest)
+        except Img2ImgError as e:
+            values = ", ".join(f"{k}={v}" for k, v in combo.items())
+            raise Img2ImgError(f"--search: the trial {values} cannot train on dataset {search.train.dataset!r}: "
+                               f"{e}") from None
+
+
 def start_search_run(search: SearchSpec, settings: Settings, manifest) -> tuple[str, str]:
     """The search's parent MLflow run (its id is the search id): the space, the scheduler, the
     trials' common options. -> (run id, its URL)."""
@@ -42,7 +58,8 @@ def start_search_run(search: SearchSpec, settings: Settings, manifest) -> tuple[
                                   TAG_PHASE: "submitted"})
     params = {"space": json.dumps(search.space), "scheduler": search.scheduler, "trials": search.trials,
               "max_concurrent": search.max_concurrent, "reduction_factor": search.reduction_factor,
-              "grace_steps": search.grace_steps, "variant": spec.variant, "dataset": spec.dataset,
+              "grace_steps": search.grace_steps, "perturbation_interval": search.perturbation_interval,
+              "search_time_budget_s": search.time_budget_s, "variant": spec.variant, "dataset": spec.dataset,
               "dataset_sha256": manifest.sha256, "workers_per_trial": spec.workers,
               "cpus_per_worker": spec.cpus_per_worker, "max_steps": spec.max_steps, "epochs": spec.epochs,
               "time_budget_s": spec.time_budget_s, "registered_model": spec.registered_name,
@@ -84,6 +101,7 @@ def submit(search: SearchSpec, settings: Settings, priority: str = "normal",
     search.validate()
     spec = search.train
     manifest, plan = preflight(spec, settings)
+    check_trials_fit(search, manifest)
     fp = footprint(search)
     admit(settings, fp)
     job_client(settings)

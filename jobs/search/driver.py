@@ -17,7 +17,9 @@ import logging
 import math
 import os
 import sys
+import tempfile
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import mlflow
@@ -33,6 +35,8 @@ from cluster.errors import Img2ImgError
 from cluster.services import driver_args
 from cluster.settings import Settings, get_settings
 from cluster.storage import arrow_errors, arrow_filesystem
+from jobs.search import pbt
+from jobs.search.plot import series, trials_png
 from jobs.search.space import trial_overrides
 from jobs.search.spec import METRIC, SearchSpec
 from jobs.search.trials import PARENT_TAG, TAG_OUTCOME, TAG_TRIAL, TrialTable, outcome, ranked
@@ -44,6 +48,7 @@ log = logging.getLogger("img2img.search")
 TRIAL_CPUS = 0.01
 STATE_SAVE_S = 5
 TAG_SEARCH = "search_run_id"  # on the registered version and on every child run: the search's parent run
+TAG_CLONED_FROM = "search_cloned_from"  # on a PBT trial's run started from a checkpoint: that checkpoint's trial
 
 
 def searches_path(settings: Settings, search_id: str) -> str:
@@ -59,22 +64,45 @@ def run_trial(config: dict, search_json: str) -> None:
     overrides = trial_overrides(config, search.dims())
     spec = search.trial_spec(overrides)
     job = training.plan_job(spec, settings)
-    spec.run_id, _ = start_run(spec, settings, job.manifest, job.plan)
-    client = MlflowClient(settings.mlflow_uri)
+    origin = pbt.restored_from() if search.scheduler == "pbt" else None
+    if origin:  # PBT: a clone of another trial's latest checkpoint (or, resumed, this trial's own)
+        job.resume_from = origin["checkpoint"]
     trial_id = tune.get_context().get_trial_id()
-    for k, v in {PARENT_TAG: search.run_id, TAG_TRIAL: trial_id, TAG_SEARCH: search.run_id}.items():
-        client.set_tag(spec.run_id, k, v)
+    end_earlier_starts(settings, search.run_id, trial_id, origin)
+    tags = {PARENT_TAG: search.run_id, TAG_TRIAL: trial_id, TAG_SEARCH: search.run_id}
+    if origin:
+        tags.update({"search_start_step": str(origin.get("step")), "resumed_from_checkpoint": origin["checkpoint"]})
+        if origin["trial"] != trial_id:
+            tags[TAG_CLONED_FROM] = origin["trial"]
+    spec.run_id, _ = start_run(spec, settings, job.manifest, job.plan, tags=tags)
+    client = MlflowClient(settings.mlflow_uri)
     client.log_param(spec.run_id, "search_values", json.dumps(overrides))
-    with arrow_errors(settings):
-        trainer = training.build_trainer(spec, settings, job, callbacks=[TuneReportCallback()])
     try:
-        trainer.fit()
+        with arrow_errors(settings):
+            if search.scheduler == "pbt":
+                pbt.fit_reporting_checkpoints(lambda cbs: training.build_trainer(spec, settings, job, callbacks=cbs),
+                                              trial_id, spec.run_id)
+            else:
+                training.build_trainer(spec, settings, job, callbacks=[TuneReportCallback()]).fit()
     except Exception as e:
         client.set_tag(spec.run_id, TAG_OUTCOME, "failed")
         client.set_terminated(spec.run_id, status="FAILED")
         raise Img2ImgError(f"trial {trial_id} failed: {training._root_cause(e)}") from None
     client.set_tag(spec.run_id, TAG_PHASE, "done")
     client.set_terminated(spec.run_id, status="FINISHED")
+
+
+def end_earlier_starts(settings: Settings, search_id: str, trial_id: str, origin: dict | None) -> None:
+    """A trial starting again (PBT replaced it by a clone; `--resume` restarted it) ends its
+    earlier child run, left RUNNING when Tune stopped it, KILLED with why."""
+    client = MlflowClient(settings.mlflow_uri)
+    exp = client.get_run(search_id).info.experiment_id
+    why = (f"perturbed (PBT continued it from trial {origin['trial']}'s checkpoint at step {origin.get('step')})"
+           if origin and origin["trial"] != trial_id else "interrupted (the trial started again)")
+    for run in client.search_runs([exp], filter_string=f"tags.`{PARENT_TAG}` = '{search_id}' and "
+                                  f"tags.`{TAG_TRIAL}` = '{trial_id}' and attributes.status = 'RUNNING'"):
+        client.set_tag(run.info.run_id, TAG_OUTCOME, why)
+        client.set_terminated(run.info.run_id, status="KILLED")
 
 
 def child_runs(settings: Settings, search_id: str, latest: bool = True):
@@ -135,12 +163,21 @@ def summarise(search: SearchSpec, settings: Settings, grid, total_steps: int) ->
 def register_best(search: SearchSpec, settings: Settings, row: dict, grid_result, fit_s: float, started: float):
     """Register the best trial's best checkpoint as a version of the model, logged to its child
     run (`jobs.training.driver.register`), tagged with the search run. -> (version, metrics)."""
-    spec = search.trial_spec(row["params"], run_id=row["run_id"])
-    job = training.plan_job(spec, settings)
     best = row["best"]
+    run_id, params = row["run_id"], row["params"]
+    # PBT: the best report may come from an earlier start of the trial, in a run of its own
+    # (its checkpoints are under checkpoints/RUN/), with the values it had then.
+    parts = best["checkpoint_path"].split("/")
+    if len(parts) > 3 and parts[1] == "checkpoints" and parts[2] != run_id:
+        run_id = parts[2]
+        params = json.loads(MlflowClient(settings.mlflow_uri).get_run(run_id).data.params.get("search_values") or "{}")
+    spec = search.trial_spec(params, run_id=run_id)
+    job = training.plan_job(spec, settings)
     checkpoint = Checkpoint(path=best["checkpoint_path"], filesystem=arrow_filesystem(settings))
     result = SimpleNamespace(best_checkpoints=[(checkpoint, best)], metrics=grid_result.metrics or {})
     version, metrics = training.register(spec, settings, job, result, fit_s, started)
+    if row["status"] != "finished":  # registering ended its run FINISHED; it was stopped (by ASHA, PBT or the budget)
+        MlflowClient(settings.mlflow_uri).set_terminated(run_id, status="KILLED")
     if version is not None:
         MlflowClient(settings.mlflow_uri).set_model_version_tag(spec.registered_name, str(version), TAG_SEARCH,
                                                                 search.run_id)
@@ -162,15 +199,17 @@ def make_tuner(search: SearchSpec, settings: Settings, total_steps: int, grace: 
         if not tune.Tuner.can_restore(path, storage_filesystem=fs):
             raise Img2ImgError(f"search {search.resume} has no Tune state to resume in the store ({path})")
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs)
-    scheduler = (ASHAScheduler(time_attr="step", max_t=total_steps, grace_period=grace,
-                               reduction_factor=search.reduction_factor)
-                 if search.scheduler == "asha" else FIFOScheduler())
+    if search.scheduler == "asha":
+        scheduler = ASHAScheduler(time_attr="step", max_t=total_steps, grace_period=grace,
+                                  reduction_factor=search.reduction_factor)
+    else:
+        scheduler = pbt.scheduler(search, total_steps) if search.scheduler == "pbt" else FIFOScheduler()
     table = TrialTable(settings.mlflow_uri, search.run_id, [d.key for d in search.dims()], total_steps)
     return tune.Tuner(
         trainable,
         param_space={d.key: d.tune_domain() for d in search.dims()},
         tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler, num_samples=search.trials,
-                                    max_concurrent_trials=search.max_concurrent),
+                                    max_concurrent_trials=search.max_concurrent, time_budget_s=search.time_budget_s),
         run_config=tune.RunConfig(name=search.run_id, storage_path=f"{settings.bucket}/searches",
                                   storage_filesystem=fs, callbacks=[table], verbose=1),
     )
@@ -200,13 +239,18 @@ def run(search: SearchSpec, settings: Settings | None = None):
     mlflow.set_tracking_uri(settings.mlflow_uri)
     with mlflow.start_run(run_id=search.run_id):
         mlflow.log_dict({"trials": table}, "trials.json")
+        log_plot(search, grid, rows)
         mlflow.log_metrics({"trials_finished": sum(r["status"] == "finished" for r in rows),
                             "trials_stopped_early": sum(r["status"] == "stopped early" for r in rows),
                             "trials_failed": sum(r["status"] == "failed" for r in rows), "time_search_s": fit_s})
         client.set_tag(search.run_id, TAG_PHASE, "registering")
         best = next((r for r in rows if r["best"] and r["run_id"]), None)
         if best is None:
-            raise Img2ImgError("no trial reported a val PSNR with a checkpoint; see the trials' runs")
+            late = search.time_budget_s and fit_s >= search.time_budget_s
+            raise Img2ImgError("no trial reported a val PSNR with a checkpoint"
+                               + (f" within the search's --time-budget of {search.time_budget_s:g} s (give it more "
+                                  "time, or report more often: --checkpoint-every)" if late else "")
+                               + "; see the trials' runs")
         mlflow.log_metric(f"best_{METRIC}", best["best_val_psnr"])
         mlflow.set_tags({"best_trial": best["trial"], "best_run_id": best["run_id"],
                          "best_params": json.dumps(best["params"])})
@@ -219,6 +263,19 @@ def run(search: SearchSpec, settings: Settings | None = None):
     print(json.dumps({"search_id": search.run_id, "registered_model": base.registered_name, "version": version,
                       "trials": table}))
     return version, rows
+
+
+def log_plot(search: SearchSpec, grid, rows: list[dict]) -> None:
+    """`trials.png` on the search's (active) parent run: val PSNR against time, stopped vs
+    finished (`jobs.search.plot`). A plot that cannot be drawn is logged, not fatal."""
+    try:
+        png = trials_png(series(grid, rows), f"search {search.run_id} ({search.scheduler})")
+        with tempfile.TemporaryDirectory(prefix="img2img-plot-") as d:
+            path = Path(d, "trials.png")
+            path.write_bytes(png)
+            mlflow.log_artifact(str(path))
+    except Exception:
+        log.exception("could not draw the trials' plot of search %s", search.run_id)
 
 
 def promote_best(search: SearchSpec, settings: Settings, version: str) -> None:
@@ -253,16 +310,36 @@ def main(argv: list[str] | None = None) -> int:
     except Img2ImgError as e:
         print(f"Error: {e}", file=sys.stderr)
         training._mark_ended(settings, search.run_id, str(e))
+        end_cut_off_trials(settings, search.run_id)
         return 1
     except (training.JobStopped, KeyboardInterrupt):
         print("Stopped.", file=sys.stderr)
         if training.STARTED.is_set():
             training._mark_ended(settings, search.run_id, "stopped by the user", status="KILLED")
+            end_cut_off_trials(settings, search.run_id)
         return 143
     except BaseException as e:
         training._mark_ended(settings, search.run_id, f"{type(e).__name__}: {e}")
+        end_cut_off_trials(settings, search.run_id)
         raise
     return 0
+
+
+def end_cut_off_trials(settings: Settings, search_id: str | None) -> None:
+    """The search ended without finishing (stopped: SIGTERM, `training.STOP_REQUESTED`; or
+    failed): its trials' actors die with the driver and never end their runs, so every child
+    run still RUNNING ends KILLED here, tagged with why (`--resume` runs those trials again)."""
+    if not search_id:
+        return
+    why = "the search was stopped" if training.STOP_REQUESTED.is_set() else "the search failed"
+    try:
+        client = MlflowClient(settings.mlflow_uri)
+        for run_id in child_runs(settings, search_id, latest=False):
+            if client.get_run(run_id).info.status == "RUNNING":
+                client.set_tag(run_id, TAG_OUTCOME, f"cut off ({why})")
+                client.set_terminated(run_id, status="KILLED")
+    except Exception:  # the search's own end matters more than this bookkeeping
+        log.exception("could not end the cut-off trials of search %s", search_id)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ class TrialTable(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         row = self._row(trial)
+        row["params"] = {k: trial.config.get(k) for k in self.keys}  # PBT changes them
         row["step"] = int(result.get("step", row["step"]))
         value = result.get(METRIC)
         if isinstance(value, (int, float)) and math.isfinite(value):

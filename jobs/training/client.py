@@ -92,8 +92,10 @@ def preflight(spec: TrainSpec, settings: Settings, resources: dict[str, float] |
     return job.manifest, job.plan
 
 
-def start_run(spec: TrainSpec, settings: Settings, manifest, plan=None) -> tuple[str, str]:
-    """Create the MLflow run up front (so its URL can be shown now) and log the params."""
+def start_run(spec: TrainSpec, settings: Settings, manifest, plan=None, tags: dict | None = None) -> tuple[str, str]:
+    """Create the MLflow run up front (so its URL can be shown now) and log the params. `tags`:
+    more tags the run is created with (a search trial's parent and trial id: a run never exists
+    without them, even if its job is stopped the next moment)."""
     require_mlflow(settings)
     mlflow.set_tracking_uri(settings.mlflow_uri)
     client = MlflowClient(settings.mlflow_uri)
@@ -101,7 +103,7 @@ def start_run(spec: TrainSpec, settings: Settings, manifest, plan=None) -> tuple
     run = client.create_run(exp_id, run_name=f"{spec.variant}-{spec.dataset}",
                             tags={"variant": spec.variant, "dataset": spec.dataset,
                                   **({"resumed_from": spec.resume} if spec.resume else {}),
-                                  **({"parent": spec.parent} if spec.parent else {})})
+                                  **({"parent": spec.parent} if spec.parent else {}), **(tags or {})})
     cfg = spec.variant_config().__dict__
     params = {"variant": spec.variant, "dataset": spec.dataset, "dataset_sha256": manifest.sha256,
               "workers": spec.workers, "device": "gpu" if spec.use_gpu else "cpu",

@@ -70,6 +70,16 @@ def plan_for(spec: TrainSpec, manifest: Manifest) -> TrainPlan:
                      time_budget_s=spec.time_budget_s)
 
 
+def check_fit(spec: TrainSpec, manifest: Manifest) -> TrainPlan:
+    """The request against the dataset (`manifest`): its training crops against the networks and
+    the stored images, then the rows/workers/batch arithmetic. -> the plan; raises Img2ImgError."""
+    if manifest.image_size:
+        check_crop(spec, manifest.image_size, f"dataset {spec.dataset!r}")
+    else:  # sizes kept at ingest: every random crop must fit in the smallest training image
+        check_crop(spec, manifest.min_side("train"), f"dataset {spec.dataset!r}", square=False)
+    return plan_for(spec, manifest)
+
+
 def plan_job(spec: TrainSpec, settings: Settings, resources: dict[str, float] | None = None,
              where: str = "") -> JobPlan:
     """The planning step, the same at submission (`jobs.training.client.preflight`) and in the driver:
@@ -80,11 +90,7 @@ def plan_job(spec: TrainSpec, settings: Settings, resources: dict[str, float] | 
     resume = read_resume(spec, settings) if spec.resume else None
     spec.validate()
     manifest = check_dataset(Storage(settings), spec.dataset, spec.variant)
-    if manifest.image_size:
-        check_crop(spec, manifest.image_size, f"dataset {spec.dataset!r}")
-    else:  # sizes kept at ingest: every random crop must fit in the smallest training image
-        check_crop(spec, manifest.min_side("train"), f"dataset {spec.dataset!r}", square=False)
-    plan = plan_for(spec, manifest)
+    plan = check_fit(spec, manifest)
     if resources is not None:
         check_resources(spec, resources, where or settings.ray_address)
     return JobPlan(manifest, plan, Cadence.parse(spec.checkpoint_every), check_resume(spec, plan, resume))

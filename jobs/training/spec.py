@@ -65,7 +65,8 @@ class TrainSpec:
     def validate(self) -> None:
         """Raise Img2ImgError (one line, naming the option) for a request that cannot train:
         config values the variant refuses or cannot build its networks with (tried on PyTorch's
-        meta device: no memory, milliseconds), non-finite numbers, a name MLflow cannot register."""
+        meta device: no memory, milliseconds; a layer without weights counts as not built),
+        non-finite numbers, a name MLflow cannot register."""
         check_options(workers=self.workers, cpus_per_worker=self.cpus_per_worker, epochs=self.epochs,
                       max_steps=self.max_steps, time_budget_s=self.time_budget_s, precision=self.precision,
                       checkpoint_every=self.checkpoint_every, stall_timeout_s=self.stall_timeout_s)
@@ -76,11 +77,17 @@ class TrainSpec:
         try:
             with warnings.catch_warnings():  # e.g. "zero-element tensors" before the real error
                 warnings.simplefilter("ignore")
-                get_variant(self.variant).on_meta(cfg)
+                variant = get_variant(self.variant).on_meta(cfg)
         except Exception as e:  # e.g. --set width=0: "groups must be a positive integer"
             first = (str(e).strip().splitlines() or [""])[0]
             raise Img2ImgError(f"{self.variant} cannot be built with these settings ({type(e).__name__}: {first}); "
                                f"check the --set values") from None
+        # A zero width (e.g. --set nf=0) builds layers without weights, which only fail at the first step.
+        empty = next((f"{net}.{name}" for net, m in variant.networks().items()
+                      for name, p in m.named_parameters() if p.numel() == 0), None)
+        if empty:
+            raise Img2ImgError(f"{self.variant} cannot be built with these settings ({empty} would have no "
+                               f"weights: a width of 0?); check the --set values")
         check_model_name(self.registered_name, "--model-name" if self.model_name else "the dataset name")
 
     def variant_config(self):

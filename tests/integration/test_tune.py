@@ -131,7 +131,10 @@ def test_a_stopped_search_resumes_without_rerunning_finished_trials(stack, blur_
     time.sleep(15)  # Tune saves the search's state every 5 s (jobs.search.driver.STATE_SAVE_S)
     assert stop(client, settings, out["job_id"]) == "stopped"
     assert ml.get_run(search_id).info.status == "KILLED"
-    finished = {r.data.tags["search_trial"] for r in _children(settings, search_id) if r.info.status == "FINISHED"}
+    cut_off = _children(settings, search_id)
+    finished = {r.data.tags["search_trial"] for r in cut_off if r.info.status == "FINISHED"}
+    # the trial cut off mid-way does not stay RUNNING: it ends KILLED with the search
+    assert {r.info.status for r in cut_off} <= {"FINISHED", "KILLED"}, [(r.info.run_id, r.info.status) for r in cut_off]
 
     again = submit(SearchSpec(base={}, space=[], resume=search_id), settings)
     assert again["search_id"] == search_id
@@ -146,3 +149,49 @@ def test_a_stopped_search_resumes_without_rerunning_finished_trials(stack, blur_
     assert all(r.info.status != "RUNNING" for r in children)
     with pytest.raises(Img2ImgError, match="has finished; nothing to resume"):
         submit(SearchSpec(base={}, space=[], resume=search_id), settings)
+
+
+def test_pbt_clones_a_trial_from_the_other_trials_checkpoint(stack, blur_dataset):
+    """A 2-trial PBT search (both at once, a perturbation every 6 steps): the trial behind is
+    stopped and continues from the other's latest checkpoint, in a new child run tagged with
+    the trial it was cloned from, training on from that checkpoint's step (not from step 1);
+    its earlier run ends KILLED; the search ends with the best registered and a plot."""
+    from mlflow.tracking import MlflowClient
+
+    from jobs.search.client import submit
+    from jobs.search.spec import SearchSpec
+    from jobs.training.client import job_client
+
+    settings, ml = stack, MlflowClient(stack.mlflow_uri)
+    client = job_client(settings)
+    base = dict(dataset=blur_dataset, variant="autoencoder", config={"nf": 16}, workers=1, cpus_per_worker=0.5,
+                image_size=64, batch_size=8, max_steps=STEPS, checkpoint_every="6", experiment="integration-tune",
+                model_name="test-tune-pbt")
+    out = submit(SearchSpec(base=base, space=[f"lr=grid(3e-3,{BAD_LR})"], trials=1, scheduler="pbt", max_concurrent=2,
+                            perturbation_interval=6), settings)
+    status = wait_job(client, out["job_id"], timeout=1500)
+    logs = client.get_job_logs(out["job_id"])
+    assert status == "SUCCEEDED", logs[-4000:]
+    children = _children(settings, out["search_id"])
+    trials = {r.data.tags["search_trial"] for r in children}
+    assert len(trials) == 2
+    clones = [r for r in children if r.data.tags.get("search_cloned_from")]
+    assert clones, (logs[-3000:], [(r.data.tags, r.info.status) for r in children])
+    for clone in clones:
+        donor = clone.data.tags["search_cloned_from"]
+        assert donor in trials and donor != clone.data.tags["search_trial"]
+        donor_runs = {r.info.run_id for r in children if r.data.tags["search_trial"] == donor}
+        checkpoint_run = clone.data.tags["resumed_from_checkpoint"].split("/")[2]
+        assert checkpoint_run in donor_runs  # a real checkpoint of the donor trial's training run
+        start = int(clone.data.tags["search_start_step"])
+        steps = [m.step for m in ml.get_metric_history(clone.info.run_id, "train_loss")]
+        assert start >= 6 and steps and min(steps) > start, (start, steps)  # trained on from there
+    replaced = [r for r in children if r.data.tags.get("search_outcome", "").startswith("perturbed")]
+    assert replaced and all(r.info.status == "KILLED" for r in replaced)
+    assert all(r.info.status != "RUNNING" for r in children)
+    parent = ml.get_run(out["search_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags.get("registered_version")
+    assert parent.data.params["scheduler"] == "pbt"
+    artifacts = {a.path for a in ml.list_artifacts(out["search_id"])}
+    assert {"trials.json", "trials.png"} <= artifacts
+

@@ -93,6 +93,10 @@ def test_check_space_accepts(text, spec_kw):
     ("lr=loguniform(1e-4,1e-3)", {"lr": 1e-3}, "also fixed by --lr"),
     ("batch_size=choice(4,8)", {"batch_size": 4}, "also fixed by --batch-size"),
     ("image_size=choice(4,64)", {}, "image_size=4 is refused"),
+    ("nf=choice(16,0)", {}, "nf=0 is refused: autoencoder cannot be built"),
+    ("nf=randint(0,16)", {}, "nf=0 is refused: autoencoder cannot be built"),
+    ("image_size=choice(64,72)", {}, "image_size=72 is refused: autoencoder cannot train on 72 px crops"),
+    ("loss=choice(l2,l3)", {}, "loss=l3 is refused"),
 ])
 def test_check_space_refuses(text, spec_kw, message):
     with pytest.raises(Img2ImgError) as e:
@@ -101,9 +105,43 @@ def test_check_space_refuses(text, spec_kw, message):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("variant, space, message", [
+    # trains only at a training step (the dry run on the meta device), not at the Config's checks
+    ("pix2pix", ["gan_mode=choice(lsgan,bogus)"], "gan_mode=bogus is refused: pix2pix cannot train"),
+    ("dualgan", ["n_critic=choice(1,0)", "netG=choice(unet_32)"], "n_critic=0 is refused"),
+    # each value trains alone, not together: a 5-layer PatchGAN has nothing left of 32 px crops
+    ("cyclegan", ["n_layers_D=choice(3,5)", "image_size=choice(256,32)"],
+     "the trial n_layers_D=5, image_size=32 is refused"),
+])
+def test_check_space_tries_every_trial_on_the_meta_device(variant, space, message):
+    with pytest.raises(Img2ImgError) as e:
+        check_space(parse_space(space), TrainSpec(dataset="photos", variant=variant))
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_combinations_of_the_candidates():
+    from jobs.search.space import combinations
+
+    dims = parse_space(["nf=choice(8,16)", "lr=loguniform(1e-4,1e-3)"])
+    assert combinations(dims) == [{"nf": 8, "lr": 1e-4}, {"nf": 8, "lr": 1e-3}, {"nf": 16, "lr": 1e-4},
+                                  {"nf": 16, "lr": 1e-3}]
+    assert combinations(dims, limit=3) == [{"nf": 8, "lr": 1e-4}, {"nf": 16, "lr": 1e-4}, {"nf": 8, "lr": 1e-4},
+                                           {"nf": 8, "lr": 1e-3}]
+
+
+def test_a_fixed_value_the_variant_refuses_is_refused_before_the_space():
+    search = SearchSpec(base={"dataset": "photos", "variant": "autoencoder", "config": {"nf": "0"}},
+                        space=["lr=loguniform(1e-4,1e-3)"])
+    with pytest.raises(Img2ImgError, match="autoencoder cannot be built with these settings"):
+        search.validate()
+
+
 @pytest.mark.parametrize("kw, message", [
     ({"trials": 0}, "--trials must be at least 1"),
-    ({"scheduler": "pbt"}, "--scheduler must be one of asha, fifo"),
+    ({"scheduler": "sgd"}, "--scheduler must be one of asha, pbt, fifo"),
+    ({"perturbation_interval": 0}, "--perturbation-interval must be at least 1 step"),
+    ({"time_budget_s": 0}, "--time-budget must be a positive duration"),
+    ({"time_budget_s": float("inf")}, "--time-budget must be a positive duration"),
     ({"max_concurrent": 0}, "--max-concurrent must be at least 1"),
     ({"grace_steps": 0}, "--grace-steps must be at least 1"),
     ({"reduction_factor": 1}, "--reduction-factor must be at least 2"),
@@ -130,7 +168,13 @@ def test_trial_spec_sets_the_trial_values_over_the_common_ones():
     (["--search", "lr=normal(0,1)"], "unknown distribution"),
     ([], "at least one --search"),
     (["--search", "lr=choice(1e-3)", "--trials", "0"], "--trials must be at least 1"),
-    (["--search", "lr=choice(1e-3)", "--scheduler", "pbt"], "--scheduler must be one of"),
+    (["--search", "lr=choice(1e-3)", "--scheduler", "sgd"], "--scheduler must be one of"),
+    (["--search", "lr=choice(1e-3)", "--set", "nf=0"], "autoencoder cannot be built with these settings"),
+    (["--search", "nf=choice(16,0)"], "nf=0 is refused"),
+    (["--search", "lr=choice(1e-3)", "--time-budget", "1x"], "--time-budget '1x' is not a duration"),
+    (["--search", "lr=choice(1e-3)", "--time-budget", "0m"], "--time-budget must be a positive duration"),
+    (["--search", "lr=choice(1e-3)", "--perturbation-interval", "0"], "--perturbation-interval must be at least 1"),
+    (["--search", "lr=choice(1e-3,2e-3)", "--scheduler", "pbt"], "--scheduler pbt evolves a population"),
 ])
 def test_tune_cli_refuses_before_any_service(cli, args, message):
     """No stack runs here: each refusal comes before anything is contacted."""
@@ -185,3 +229,126 @@ def test_trials_table_ranks_best_first():
     text = console.export_text()
     assert text.index("t1") < text.index("t0") < text.index("t2")
     assert "lr=0.003" in text and "21.25" in text and "stopped early" in text
+
+
+@pytest.mark.parametrize("text, seconds", [("90", 90.0), ("90s", 90.0), ("30m", 1800.0), ("1h", 3600.0),
+                                           ("1.5h", 5400.0), (" 2M ", 120.0), (None, None), (45.0, 45.0)])
+def test_search_time_budget(text, seconds):
+    from jobs.search.spec import parse_budget
+
+    assert parse_budget(text) == seconds
+
+
+@pytest.mark.parametrize("text, message", [("1x", "is not a duration"), ("h", "is not a duration"),
+                                           ("-5m", "is not a duration"), ("0", "must be a positive duration"),
+                                           ("0h", "must be a positive duration"), ("1e999", "is not a duration")])
+def test_search_time_budget_refused(text, message):
+    from jobs.search.spec import parse_budget
+
+    with pytest.raises(Img2ImgError, match=message):
+        parse_budget(text)
+
+
+def _pbt(space, **kw) -> SearchSpec:
+    base = {"dataset": "photos", "variant": "autoencoder", "config": {"nf": "16"}, "max_steps": 24}
+    return SearchSpec(base=base, space=space, scheduler="pbt", **{"trials": 2, "max_concurrent": 2, **kw})
+
+
+@pytest.mark.parametrize("space, kw, message", [
+    (["lr=loguniform(1e-4,1e-2)"], {"max_concurrent": 1}, "needs at least 2 trials and --max-concurrent at least "
+                                                          "their number (2), got --max-concurrent 1"),
+    (["lr=loguniform(1e-4,1e-2)"], {"trials": 1, "max_concurrent": 1}, "needs at least 2 trials"),
+    (["lr=grid(1e-3,2e-3)"], {"max_concurrent": 3}, "their number (4)"),
+    (["beta1=uniform(0.5,0.9)", "image_size=choice(32,64)"], {}, None),
+])
+def test_pbt_needs_the_whole_population_at_once(space, kw, message):
+    search = _pbt(space, **kw)
+    if message is None:
+        search.validate()
+        return
+    with pytest.raises(Img2ImgError) as e:
+        search.validate()
+    assert message in str(e.value)
+
+
+def test_pbt_refuses_a_key_that_changes_the_networks():
+    search = SearchSpec(base={"dataset": "photos", "variant": "autoencoder", "max_steps": 24},
+                        space=["lr=loguniform(1e-4,1e-2)", "nf=choice(8,16)"], scheduler="pbt", trials=2,
+                        max_concurrent=2)
+    with pytest.raises(Img2ImgError, match="nf changes the networks .* search it with --scheduler asha or fifo"):
+        search.validate()
+
+
+def test_pbt_scheduler_mutates_the_searched_keys_within_their_ranges():
+    """Tune's own explore step (`ray.tune.schedulers.pbt._explore`, what PBT runs when it clones
+    a trial) with the search's mutations and clipping: every value stays in the space that was
+    checked before submission, of its type; the keys that were not searched are untouched."""
+    import random
+
+    from ray.tune.schedulers.pbt import _explore
+
+    from jobs.search import pbt
+
+    search = _pbt(["lr=loguniform(1e-4,1e-2)", "ema_decay=uniform(0.9,0.999)", "batch_size=randint(4,8)",
+                   "augment=choice(hflip,d4)", "beta1=grid(0.5,0.9)"], max_concurrent=4)
+    search.validate()
+    scheduler = pbt.scheduler(search, total_steps=24)
+    assert scheduler._perturbation_interval == 6 and scheduler._time_attr == "step"
+    mutations = scheduler._hyperparam_mutations
+    assert set(mutations) == {"lr", "ema_decay", "batch_size", "augment", "beta1"}
+    assert mutations["augment"] == ["hflip", "d4"] and mutations["beta1"] == [0.5, 0.9]
+    random.seed(0)
+    config = {"lr": 1e-2, "ema_decay": 0.999, "batch_size": 8, "augment": "d4", "beta1": 0.9, "other": 1}
+    seen = set()
+    for _ in range(200):
+        new, _ = _explore(config, mutations, scheduler._resample_probability, (1.2, 0.8),
+                          scheduler._custom_explore_fn)
+        assert 1e-4 <= new["lr"] <= 1e-2 and 0.9 <= new["ema_decay"] <= 0.999
+        assert isinstance(new["batch_size"], int) and 4 <= new["batch_size"] <= 8
+        assert new["augment"] in ("hflip", "d4") and new["beta1"] in (0.5, 0.9) and new["other"] == 1
+        seen.add(new["lr"])
+        config = new
+    assert len(seen) > 10  # it does explore
+    assert _pbt(["lr=loguniform(1e-4,1e-2)"], perturbation_interval=5).dims()  # an explicit interval is kept
+    assert pbt.scheduler(_pbt(["lr=loguniform(1e-4,1e-2)"], perturbation_interval=5), 24)._perturbation_interval == 5
+
+
+def test_pbt_trials_keep_every_checkpoint():
+    """A clone starts from the donor's latest checkpoint, which need not be among its best."""
+    assert _pbt(["lr=loguniform(1e-4,1e-2)"]).trial_spec({"lr": 1e-3}).keep_checkpoints is None
+    asha = SearchSpec(base={"dataset": "photos"}, space=["lr=loguniform(1e-4,1e-2)"])
+    assert asha.trial_spec({"lr": 1e-3}).keep_checkpoints == 2
+
+
+def test_the_trials_plot_draws_each_trial_against_time():
+    """From Tune's per-trial history (`Result.metrics_dataframe`): time is counted from the
+    search's first report, NaN reports are left out, each curve keeps its trial's outcome."""
+    import io
+    from types import SimpleNamespace
+
+    import pandas as pd
+    from PIL import Image
+
+    from jobs.search.plot import series, trials_png
+
+    grid = [SimpleNamespace(metrics_dataframe=pd.DataFrame({"timestamp": [100, 110, 120], "trial_id": "a_00000",
+                                                            "val_psnr": [20.0, float("nan"), 22.5]}), path="p0"),
+            SimpleNamespace(metrics_dataframe=pd.DataFrame({"timestamp": [130], "trial_id": "a_00001",
+                                                            "val_psnr": [12.0]}), path="p1"),
+            SimpleNamespace(metrics_dataframe=None, path="p2")]
+    rows = [{"trial": "a_00000", "status": "finished"}, {"trial": "a_00001", "status": "stopped early"}]
+    curves = series(grid, rows)
+    assert curves == [{"trial": "a_00000", "status": "finished", "t": [0.0, 20.0], "psnr": [20.0, 22.5]},
+                      {"trial": "a_00001", "status": "stopped early", "t": [30.0], "psnr": [12.0]}]
+    image = Image.open(io.BytesIO(trials_png(curves, "search x")))
+    assert image.format == "PNG" and image.size == (800, 450)
+    assert len(image.convert("RGB").getcolors(maxcolors=1 << 16) or []) > 20  # lines, labels, legend: not a blank canvas
+    Image.open(io.BytesIO(trials_png([]))).verify()  # no trial reported: still a plot
+
+
+def test_a_setting_that_may_be_unset_is_searched_as_its_type():
+    """nafnet's `lr: float | None` (None: its preset's) takes a float range like any float."""
+    check_space(parse_space(["lr=loguniform(5e-4,4e-3)", "width=randint(8,16)"]),
+                TrainSpec(dataset="photos", variant="nafnet"))
+    with pytest.raises(Img2ImgError, match="width is a int, uniform draws floats"):
+        check_space(parse_space(["width=uniform(8,16)"]), TrainSpec(dataset="photos", variant="nafnet"))

@@ -38,3 +38,38 @@ def test_a_run_ends_killed_once_sigterm_arrived_whatever_error_follows(run, stop
     got = client.get_run(run_id)
     assert got.info.status == status
     assert tag in got.data.tags
+
+
+@pytest.mark.parametrize("stopped, why", [(True, "cut off (the search was stopped)"),
+                                          (False, "cut off (the search failed)")])
+def test_a_search_ending_early_ends_its_running_trials_killed(run, stopped, why):
+    """The trials' actors die with the search's driver and never end their runs themselves."""
+    from jobs.search.driver import end_cut_off_trials
+    from jobs.search.trials import PARENT_TAG, TAG_OUTCOME
+
+    settings, client, search_id = run
+    exp = client.get_run(search_id).info.experiment_id
+    running, done = (client.create_run(exp, tags={PARENT_TAG: search_id}).info.run_id for _ in range(2))
+    client.set_terminated(done, status="FINISHED")
+    other = client.create_run(exp).info.run_id  # not a trial of this search
+    if stopped:
+        driver.STOP_REQUESTED.set()
+    end_cut_off_trials(settings, search_id)
+    assert client.get_run(running).info.status == "KILLED"
+    assert client.get_run(running).data.tags[TAG_OUTCOME] == why
+    assert client.get_run(done).info.status == "FINISHED" and client.get_run(other).info.status == "RUNNING"
+
+
+def test_jobs_stop_ends_the_runs_of_a_jobs_trials_too(run):
+    """`img2img jobs stop` marks the job's run KILLED once its processes are gone, and its child
+    runs still RUNNING (a search's trials), in case the driver could not."""
+    from jobs.manage import _mark_killed
+    from jobs.search.trials import PARENT_TAG
+
+    settings, client, search_id = run
+    exp = client.get_run(search_id).info.experiment_id
+    trial = client.create_run(exp, tags={PARENT_TAG: search_id}).info.run_id
+    other = client.create_run(exp).info.run_id
+    _mark_killed(settings, search_id)
+    assert client.get_run(search_id).info.status == "KILLED" and client.get_run(trial).info.status == "KILLED"
+    assert client.get_run(other).info.status == "RUNNING"

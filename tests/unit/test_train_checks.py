@@ -197,7 +197,17 @@ def test_a_followed_job_that_did_not_succeed_is_an_error_naming_its_status():
     (dict(time_budget_s=float("inf")), "--time-budget must be a positive number of seconds, got inf"),
     (dict(time_budget_s=float("nan")), "--time-budget must be a positive number of seconds, got nan"),
     (dict(config={"width": 0}), r"nafnet cannot be built with these settings \(ValueError: groups must be"),
-    (dict(config={"width": -4}), r"nafnet cannot be built with these settings \(RuntimeError: .*negative"),
+    (dict(config={"width": -4}), "width must be at least 0, got -4"),
+    # a zero width builds layers without weights, which only fail at the first training step
+    (dict(variant="autoencoder", config={"nf": 0}), r"autoencoder cannot be built .*G\.\S+ would have no weights"),
+    (dict(variant="pix2pix", config={"ngf": 0}), r"pix2pix cannot be built .*G\.\S+ would have no weights"),
+    (dict(variant="pix2pix", config={"ndf": 0}), r"pix2pix cannot be built .*D\.\S+ would have no weights"),
+    (dict(variant="cyclegan", config={"n_blocks": -1}), "n_blocks must be at least 0, got -1"),
+    (dict(variant="pix2pix", config={"n_layers_D": -1}), "n_layers_D must be at least 0, got -1"),
+    (dict(variant="cyclegan", config={"pool_size": -1}), "pool_size must be at least 0, got -1"),
+    (dict(variant="pix2pix", config={"lambda_l1": -1}), "lambda_l1 must be at least 0, got -1"),
+    (dict(variant="dualgan", config={"clip": 0}), "clip must be > 0 when gradient_penalty is 0"),
+    (dict(variant="dualgan", config={"gradient_penalty": -1}), "gradient_penalty must be 0"),
     (dict(model_name="bad/name"), "--model-name 'bad/name' cannot name a registered model: .*'/' or ':'"),
     (dict(model_name="a:b"), "--model-name 'a:b' cannot name a registered model"),
 ])
@@ -210,9 +220,9 @@ def test_requests_that_cannot_train_or_register_are_refused_before_submission(kw
 
 
 def test_settings_no_crop_can_train_are_blamed_not_the_crop():
-    """pix2pix with --set ngf=0 builds (zero-channel layers) but no training step runs at any
-    size: the fix is the --set value, not another --image-size."""
-    spec = TrainSpec(dataset="d", variant="pix2pix", config={"ngf": 0})
+    """pix2pix with --set gan_mode=bogus builds but no training step runs at any size: the fix
+    is the --set value, not another --image-size."""
+    spec = TrainSpec(dataset="d", variant="pix2pix", config={"gan_mode": "bogus"})
     spec.validate()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -234,3 +234,20 @@ def test_nafnet_learning_rate_follows_the_preset_unless_set():
     assert make_config(nafnet, {"preset": "gopro"}).lr == 1e-3
     assert make_config(nafnet, {"preset": "width32", "lr": "5e-4"}).lr == 5e-4
     assert make_config(nafnet, {"lr": "1e-3"}).lr == 1e-3
+
+
+def test_a_checkpoint_brings_the_moments_not_the_hyper_parameters():
+    """A resumed run, or a PBT trial cloned from another's checkpoint, trains with its own lr and
+    betas: the checkpoint's optimiser state brings the moments and the step."""
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    donor = build_variant("autoencoder", {"nf": 4, "batch_size": 2, "lr": 1e-3, "beta1": 0.5})
+    donor.training_step({"input": x, "target": x})
+    clone = build_variant("autoencoder", {"nf": 4, "batch_size": 2, "lr": 3e-4, "beta1": 0.9})
+    clone.load_state_dict(donor.state_dict())
+    group = clone.opts["G"].param_groups[0]
+    assert clone.lr == pytest.approx(3e-4) and group["initial_lr"] == pytest.approx(3e-4)
+    assert group["betas"][0] == 0.9 and clone.step == donor.step == 1
+    moments = donor.opts["G"].state_dict()["state"][0]["exp_avg"]
+    assert torch.equal(clone.opts["G"].state_dict()["state"][0]["exp_avg"], moments)
+    clone.training_step({"input": x, "target": x})
+    assert clone.lr == pytest.approx(3e-4)

@@ -306,8 +306,9 @@ class Variant:
         }
 
     def load_state_dict(self, state: dict[str, Any], with_optimizers: bool = True) -> None:
-        """Restore a `state_dict()`. with_optimizers=False (registration, `--init-from`) takes
-        the weights only; a checkpoint's EMA then also becomes the generator's starting weights,
+        """Restore a `state_dict()`: weights, the optimisers' moments and the step; the optimisers'
+        hyper-parameters (lr, betas, weight decay) stay the ones of this variant's config.
+        with_optimizers=False (registration, `--init-from`) takes the weights only; a checkpoint's EMA then also becomes the generator's starting weights,
         since the EMA is what was validated and registered. Raises ValueError for another variant."""
         if state.get("variant", self.name) != self.name:
             raise ValueError(f"checkpoint is a {state['variant']!r}, not a {self.name!r}")
@@ -325,7 +326,13 @@ class Variant:
                 self.ema.n_averaged.fill_(1)
         if with_optimizers:
             for key, sd in state.get("opts", {}).items():
+                # The checkpoint brings the moments; the hyper-parameters (lr, betas, weight decay)
+                # stay this config's, so a resumed run (or a PBT clone) trains with the values asked for.
+                mine = [{"initial_lr": g["lr"], **{k: v for k, v in g.items() if k != "params"}}
+                        for g in self.opts[key].param_groups]
                 self.opts[key].load_state_dict(sd)
+                for group, hyper in zip(self.opts[key].param_groups, mine):
+                    group.update(hyper)
             if state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
         self.step = int(state.get("step", 0))

@@ -37,6 +37,10 @@ class DualGANConfig(TrainConfig):
     def validate(self):
         super().validate()
         unet_depth(self.netG)
+        if self.gradient_penalty < 0:
+            raise ValueError(f"gradient_penalty must be 0 (clip the critics) or > 0, got {self.gradient_penalty}")
+        if self.gradient_penalty == 0 and not self.clip > 0:
+            raise ValueError(f"clip must be > 0 when gradient_penalty is 0, got {self.clip}")
 
 
 class DualGAN(Variant):
