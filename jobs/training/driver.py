@@ -33,7 +33,7 @@ from cluster.services import driver_args
 from cluster.settings import Settings, get_settings
 from cluster.storage import Storage, arrow_errors, arrow_filesystem, arrow_unavailable
 from jobs.data.stream import load_dataset
-from jobs.training.crops import check_crop
+from jobs.training.crops import check_crop, scale_problem
 from jobs.training.finetune import adopt
 from jobs.training.plan import Cadence, TrainPlan, check_capacity, make_plan
 from jobs.training.preempt import requeue_self
@@ -80,8 +80,11 @@ def plan_job(spec: TrainSpec, settings: Settings, resources: dict[str, float] | 
     resume = read_resume(spec, settings) if spec.resume else None
     spec.validate()
     manifest = check_dataset(Storage(settings), spec.dataset, spec.variant)
-    if manifest.image_size:
-        check_crop(spec, manifest.image_size, f"dataset {spec.dataset!r}")
+    problem = scale_problem(spec, manifest.scale, f"dataset {spec.dataset!r}")
+    if problem:
+        raise Img2ImgError(problem)
+    if manifest.image_size:  # the HR side for super-resolution pairs: training crops are of the input
+        check_crop(spec, manifest.image_size // manifest.scale, f"dataset {spec.dataset!r}")
     else:  # sizes kept at ingest: every random crop must fit in the smallest training image
         check_crop(spec, manifest.min_side("train"), f"dataset {spec.dataset!r}", square=False)
     plan = plan_for(spec, manifest)
