@@ -3,7 +3,7 @@ measured CPU latency per OUTPUT megapixel of its generator at 2x and 4x, against
 restorer (`nafnet` tiny) run on a bicubic upscale of the input (the other way to make an upscaler
 out of what the platform had).
 
-Usage: python benchmarks/sr_cost.py [--side 128] [--runs 3] [--threads 2]
+Usage: python -m benchmarks.sr_cost [--side 128] [--runs 3] [--threads 2]
 Untrained networks (latency does not depend on the weights); fp32, torch, no tiling; the input
 is SIDE x SIDE and the output SIDE*scale a side. Multiply-adds are counted per conv/linear layer
 with forward hooks.
