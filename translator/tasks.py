@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from translator import degrade
 
-TASKS = ("deblur", "colorize", "sketch", "restore")
+TASKS = ("deblur", "colorize", "sketch", "restore", "upscale")
 
 
 def _leaf_task() -> dict[type, str]:
