@@ -8,7 +8,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,8 @@ from serving.client import client_timeout, enhance_bytes
 from serving.deploy import deploy
 from serving.options import Scaling
 from translator import degrade, images
-from translator.metrics import SetTally, psnr, squared_error, ssim
+from translator.metrics import SetTally, baseline, psnr, squared_error, ssim
+from translator.variants import get_variant
 
 # pix2pix's 256-deep U-Net is made for 256 px; 64 px crops need unet_64 (and fewer filters for a CPU).
 PIX2PIX_CPU = {"netG": "unet_64", "ngf": 32, "ndf": 32}
@@ -129,9 +130,12 @@ def _ensure_model(settings: Settings, dataset: str, variant: str, budget_s: floa
         return model, None, same_data
     if existing:
         say(f"model {model}'s {len(existing)} version(s) were trained on an older {dataset}: training a new one")
+    scale = degrade.scale_of(dataset_degradation(settings, dataset))  # super-resolution: 96 px crops hold 96/N
     spec = TrainSpec(dataset=dataset, variant=variant, workers=2, cpus_per_worker=1.0, epochs=None,
-                     time_budget_s=budget_s, model_name=model, experiment="demo", image_size=64,
+                     time_budget_s=budget_s, model_name=model, experiment="demo", image_size=min(64, 96 // scale),
                      checkpoint_every="30s")  # a few validations to watch in a 2-5 minute run
+    if scale > 1 and "scale" in {f.name for f in fields(get_variant(variant).Config)}:
+        spec.config = {"scale": str(scale)}  # a same-size --variant is refused by the scale check instead
     if variant == "pix2pix":
         spec.config = dict(PIX2PIX_CPU)
         spec.batch_size = 8
@@ -172,21 +176,32 @@ def _score(a: np.ndarray, ref: np.ndarray) -> tuple[float, float, float]:
     return float(psnr(t(a), t(ref))), float(ssim(t(a), t(ref))), float(squared_error(t(a), t(ref)))
 
 
+def _bicubic(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """HxWx3 [0, 1] -> its bicubic upscale to `size` (`translator.metrics.baseline`); itself when the
+    sizes agree."""
+    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None] * 2 - 1
+    return ((baseline(t, size)[0].permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1).astype(np.float32)
+
+
 def dataset_degradation(settings: Settings, dataset: str) -> str:
     return read_manifest(Storage(settings), dataset).degradation
 
 
 def enhance_held_out(settings: Settings, dataset: str, result: DemoResult, say) -> None:
     """Degrade each held-out photo as the dataset was, enhance it through `POST /enhance`, score
-    input and output against the original, and write an input | output | original grid per photo."""
+    input and output against the original, and write an input | output | original grid per photo.
+    A super-resolution input (`down:N`) is scored and shown as its bicubic upscale."""
     result.out_dir.mkdir(parents=True, exist_ok=True)
     timeout = client_timeout(settings.serve_url)  # asked once, not once a photo
     spec = dataset_degradation(settings, dataset)
     inp, outp = result.task.input_label, result.task.output_label
     for i, path in enumerate(_held_out_photos(settings, dataset)):
         clean = _photo(path)
+        n = degrade.scale_of(spec)  # super-resolution: the original cut to a multiple of n, its input n times smaller
+        clean = clean[:clean.shape[0] - clean.shape[0] % n, :clean.shape[1] - clean.shape[1] % n]
         degraded = degrade.apply(spec, clean, seed=1000 + i)
-        if np.abs(degraded - clean).max() < 0.5 / 255:  # e.g. a grey photo made grey: nothing to undo, PSNR infinite
+        # e.g. a grey photo made grey: nothing to undo, PSNR infinite
+        if degraded.shape == clean.shape and np.abs(degraded - clean).max() < 0.5 / 255:
             result.skipped.append(path.name)
             say(f"{path.name}: `{spec}` leaves it unchanged; skipped")
             continue
@@ -195,6 +210,7 @@ def enhance_held_out(settings: Settings, dataset: str, result: DemoResult, say) 
         enhanced = images.to_array(Image.open(io.BytesIO(data)))
         if enhanced.shape != clean.shape:
             raise Img2ImgError(f"the endpoint returned {enhanced.shape[:2]} for a {clean.shape[:2]} image")
+        degraded = _bicubic(degraded, clean.shape[:2])  # super-resolution: scored and shown as bicubic
         ip, iss, ise = _score(degraded, clean)
         op, os_, ose = _score(enhanced, clean)
         result.rows.append({"photo": path.name, "input_psnr": ip, "output_psnr": op, "input_ssim": iss,
@@ -228,6 +244,8 @@ def verdict(task: DemoTask, variant: str, mean: dict[str, float], budget_s: floa
     else:
         text = (f"Honestly: this model makes the photos worse ({gain:.2f} dB, SSIM {sgain:+.4f}){within}; "
                 "train longer (`--budget`) or with more data.")
+    if task.name == "upscale":
+        text += " The input column is its bicubic upscale: the gain is the model's over bicubic."
     if task.name == "sketch":
         text += (" A line drawing keeps almost nothing of the photo's colour, so the input's PSNR is very low and "
                  "a gain in PSNR mostly means plausible average colours; judge the grids.")
@@ -259,7 +277,7 @@ def write_report(result: DemoResult, variant: str, settings: Settings, budget_s:
 def run_demo(settings: Settings, variant: str | None = None, quick: bool = False, out_dir: Path = Path("demo-output"),
              budget_s: float | None = None, say: Callable[[str], None] = print, task: str = DEFAULT_TASK,
              crops: int | None = None) -> DemoResult:
-    """The whole path for `task` (deblur | colorize | sketch | restore): ingest the sample photos
+    """The whole path for `task` (deblur | colorize | sketch | restore | upscale): ingest the sample photos
     degraded with the task's spec, train `variant` (default: the task's) for `budget_s` seconds
     (default 300, quick 120), promote, deploy, enhance the held-out photos, write grids and
     report.md to `out_dir`. `crops` per photo overrides the ingest size (default 64, quick 32).

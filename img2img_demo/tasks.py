@@ -42,6 +42,9 @@ DEMO_TASKS = {
     "sketch": DemoTask("sketch", "edges", "edges", "pix2pix", "sketch", "generated"),
     # Thin white strokes: nafnet's residual output fills them from their neighbours.
     "restore": DemoTask("restore", "scratches:12", "scratches:12", "nafnet", "damaged", "restored"),
+    # 4x super-resolution: the input is a quarter of the photo's size; it is shown and scored as its
+    # bicubic upscale (the baseline), so the report compares bicubic, the model and the original.
+    "upscale": DemoTask("upscale", "down:4", "down:4", "srvgg", "bicubic", "upscaled"),
 }
 DEFAULT_TASK = "deblur"
 

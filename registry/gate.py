@@ -48,14 +48,20 @@ def metric_value(metrics: dict, metric: str) -> float | None:
 
 
 def promotion_objections(candidate: str, champion: str | None, score: dict[str, dict], metric: str,
-                         where: str) -> list[str]:
+                         where: str, scales: dict[str, int] | None = None) -> list[str]:
     """The promotion rule (pure): why `candidate` should not become champion, [] when nothing
     stands against it. `score`: {version: metrics on the evaluation set `where`}; `metric`
     (psnr | ssim | gain_db, higher is better; unpaired models by their cycle_ metric).
     Objections: the candidate's score is not a finite number (nan/inf: its training diverged);
     its output is worse than its input (gain_db < 0); it scores below the current `champion` on
-    `metric` (a tie is no objection)."""
+    `metric` (a tie is no objection); `scales` ({version: output/input scale}, when given) differ
+    between candidate and champion (a 4x model does not replace a 2x one: clients would get images
+    of another size, and their scores are not on the same task)."""
     reasons = []
+    scales = scales or {}
+    if champion not in (None, candidate) and scales.get(candidate, 1) != scales.get(champion, 1):
+        reasons.append(f"v{candidate} makes {scales.get(candidate, 1)}x images and champion v{champion} "
+                       f"{scales.get(champion, 1)}x: the gate compares models of one scale only")
     value = metric_value(score[candidate], metric)
     if value is not None and not math.isfinite(value):
         reasons.append(f"v{candidate} has {metric} {value} on {where}: not a number to rank (its training diverged)")

@@ -66,6 +66,7 @@ class LoadedModel:
     def info(self) -> dict:
         return {"name": self.name, "version": self.version, "variant": self.variant,
                 "task": task_for_spec(self.degradation), "degradation": self.degradation, "multiple": self.multiple,
+                "scale": self.descriptor.scale,
                 "metrics": self.metrics, "psnr_definition": self.psnr_definition, "device": self.runtime.device, **self.runtime.info(),
                 "small_images": ({"max_pixels": self.small_pixels, **self.small_runtime.info()}
                                  if self.small_runtime else None),

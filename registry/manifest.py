@@ -66,6 +66,7 @@ class Manifest:
     splits: dict[str, list[Shard]] = field(default_factory=dict)
     skipped: list[dict[str, str]] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
+    scale: int = 1  # target size / input size: 1, or N for N-times super-resolution pairs
 
     @property
     def counts(self) -> dict[str, int]:

@@ -31,6 +31,7 @@ from registry import refs
 from registry.gate import Decision, Refused, check_metric, metric_value, promotion_objections
 from registry.manifest import read_manifest
 from registry.tracking import SOURCE_EVAL, TRUSTED_SOURCES, as_stored, describe_source, upsert
+from translator.descriptor import GeneratorDescriptor
 from translator.metrics import PSNR_DEFINITION
 from translator.variants import VARIANTS
 
@@ -259,7 +260,8 @@ def promote(settings: Settings, name: str, version: str | None = None, best: boo
     shown = [v for v in score if best or v in (candidate.version, current)]
     decision = Decision(name, candidate.version, current, dataset, split, metric,
                         {v: score[v] for v in shown}, {v: source[v] for v in shown})
-    reasons = promotion_objections(candidate.version, current, score, metric, f"{dataset}/{split}")
+    scales = {v.version: GeneratorDescriptor.from_tags(v.tags).scale for v in pool}
+    reasons = promotion_objections(candidate.version, current, score, metric, f"{dataset}/{split}", scales)
     if reasons and not force:
         raise Refused(f"{'; '.join(reasons)}; pass --force to promote it anyway", decision)
     decision.warnings += [f"promoted although {why}" for why in reasons]

@@ -231,7 +231,7 @@ class Enhancer(RolloutReplica):
         headers = {"X-Model-Name": model.name, "X-Model-Version": model.version, "X-Model-Variant": model.variant,
                    "X-Model-Runtime": net.name, "X-Model-Threads": str(net.threads),
                    "X-Model-Precision": "fp32" if decoded.high_bit else net.precision,
-                   "X-Direction": direction, "X-Input-Frames": str(decoded.frames),
+                   "X-Direction": direction, "X-Input-Frames": str(decoded.frames), "X-Scale": str(decoded.scale),
                    "X-Bit-Depth": str(decoded.bits if media in ("image/png", "image/tiff") else 8),
                    "Server-Timing": server_timing(stages)}
         return Response(content=data, media_type=media, headers=headers)
@@ -247,7 +247,7 @@ class Enhancer(RolloutReplica):
             return await on_compute_thread(enhance_alone, body, max_pixels, model, direction, fmt, tile, overlap,
                                            deadline, cancelled)
         t0 = time.perf_counter()
-        decoded = await on_compute_thread(codec.decode, body, max_pixels)
+        decoded = await on_compute_thread(codec.decode, body, max_pixels, codec.DEPLOY_COMMAND, model.descriptor.scale)
         codec.check_output(fmt, decoded)
         t1 = time.perf_counter()
         net, tiles, plan = await on_compute_thread(split_for, model, direction, decoded, tile, overlap)

@@ -71,7 +71,8 @@ def enhance_locally(settings: Settings, model: str, files: list[Path], out_dir: 
         loaded.net(direction)  # refuse a direction the model lacks before touching any file
     for src in todo:
         try:
-            decoded = codec.decode(src.read_bytes(), max_pixels, f"img2img enhance --local --model {model}")
+            decoded = codec.decode(src.read_bytes(), max_pixels, f"img2img enhance --local --model {model}",
+                                   loaded.descriptor.scale)  # a super-resolution model's output is checked too
             codec.check_output(fmt, decoded)
             data, _ = codec.encode(loaded.enhance(decoded.tensor, precise=decoded.high_bit, direction=direction),
                                    decoded, fmt)

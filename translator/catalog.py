@@ -30,6 +30,8 @@ CATALOG: dict[str, VariantInfo] = {
                                "translator.variants.autoencoder:Autoencoder"),
     "pix2pix": VariantInfo(True, "paired domain translation: sketches, maps, colourisation",
                            "translator.variants.pix2pix:Pix2Pix"),
+    "srvgg": VariantInfo(True, "super-resolution 2x/3x/4x, --set scale=N (Real-ESRGAN's compact SRVGG net)",
+                         "translator.variants.srvgg:SRVGG"),
     "cyclegan": VariantInfo(False, "unpaired domain translation, both directions",
                             "translator.variants.cyclegan:CycleGAN"),
     "dualgan": VariantInfo(False, "unpaired translation with dual WGAN critics",

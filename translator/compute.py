@@ -89,7 +89,7 @@ def split_for(model: LoadedModel, direction: str, decoded: codec.DecodedImage, t
     in [-1, 1], the plan `tiling.merge` needs): what both request paths do before the model."""
     image = decoded.tensor
     net = model.net(direction, image.shape[-2] * image.shape[-1])
-    return (net, *tiling.split(image, tile, overlap, model.multiple))
+    return (net, *tiling.split(image, tile, overlap, model.multiple, model.descriptor.scale))
 
 
 def enhance_alone(body: bytes, max_pixels: int, model: LoadedModel, direction: str, fmt: str, tile: int,
@@ -103,7 +103,7 @@ def enhance_alone(body: bytes, max_pixels: int, model: LoadedModel, direction: s
     `raise_with`: the command an over-limit refusal names (`codec.decode`)."""
     tiling.stop_if(cancelled)  # its client left while it waited for the compute thread
     t0 = time.perf_counter()
-    decoded = codec.decode(body, max_pixels, raise_with)
+    decoded = codec.decode(body, max_pixels, raise_with, model.descriptor.scale)
     codec.check_output(fmt, decoded)
     t1 = time.perf_counter()
     net, tiles, plan = split_for(model, direction, decoded, tile, overlap)

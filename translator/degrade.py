@@ -1,14 +1,15 @@
 """Composable, seeded image degradations described by spec strings.
 
 A spec is a leaf `NAME` or `NAME:ARG` from the table `DEGRADATIONS` (e.g. `gaussian:1.5`,
-`random_gaussian:0.5-3`, `resize:4`, `jpeg:30`, `gray`; `rules()` lists each leaf with its
+`random_gaussian:0.5-3`, `resize:4`, `down:4`, `jpeg:30`, `gray`; `rules()` lists each leaf with its
 allowed range), or a composition of specs:
 
     mix(a,b,...)              one of them, chosen at random per image
     chain(a,b,...)            all of them, in order
 
-Images are float32 HxWx3 numpy arrays in [0, 1]. `parse(spec)` returns a callable
-`degradation(image, rng)`; `apply(spec, image, seed)` is the seeded one-shot form. A new leaf is
+Images are float32 HxWx3 numpy arrays in [0, 1]. Every leaf keeps the image's size except `down:N`
+(super-resolution pairs), which returns it N times smaller; `scale_of(spec)` is the product of a
+spec's `down` factors (1 without any). `parse(spec)` returns a callable `degradation(image, rng)`; `apply(spec, image, seed)` is the seeded one-shot form. A new leaf is
 one `Degradation` entry in `DEGRADATIONS` (its class, argument parser, rule, help and task).
 """
 
@@ -88,6 +89,21 @@ class Resize:
         small = (max(1, round(w / self.factor)), max(1, round(h / self.factor)))
         down = _resize_channels(image, small, Image.Resampling.BOX)
         return np.clip(_resize_channels(down, (w, h), Image.Resampling.BICUBIC), 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Down:
+    """Shrink by the whole factor N, bicubic (PIL's, which widens its kernel by N when reducing:
+    antialiased, like MATLAB's `imresize`, the usual way super-resolution pairs are made, e.g.
+    DIV2K's bicubic track). An HxW image gives floor(H/N) x floor(W/N); callers that want exact
+    N-times pairs crop the target to a multiple of N first (ingest does)."""
+
+    factor: int
+
+    def __call__(self, image, rng):
+        h, w = image.shape[:2]
+        small = (max(1, w // self.factor), max(1, h // self.factor))
+        return np.clip(_resize_channels(image, small, Image.Resampling.BICUBIC), 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -211,6 +227,7 @@ class Scratches:
 
 MAX_SIGMA = 20.0  # px: a kernel of 161 taps; far blurrier than any restoration task, and still fast
 MAX_RESIZE = 32.0  # a 256 px image shrinks to 8 px
+MAX_DOWN = 8  # super-resolution scales people train: 2, 3, 4 (8 for the brave)
 MAX_NOISE = 255.0  # std in 0-255 units: beyond it the image is noise
 MAX_SCRATCHES = 1000
 NUMBER = re.compile(r"(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")  # plain decimals: no sign, inf, nan or `1_0`
@@ -284,6 +301,9 @@ DEGRADATIONS: dict[str, Degradation] = {
     "resize": Degradation(
         Resize, lambda a, t: Resize(_number(a, t, "the factor F in resize:F (down by F, back up)", 1, MAX_RESIZE)),
         "resize:F (1 < F <= 32)", "down by F (area), back up bicubic", "deblur"),
+    "down": Degradation(
+        Down, lambda a, t: Down(int(_number(a, t, "the scale N in down:N", 2, MAX_DOWN, low_open=False, whole=True))),
+        "down:N (whole number 2-8)", "shrink by N, bicubic: the input of an N-times super-resolution pair", "upscale"),
     "noise": Degradation(
         Noise, lambda a, t: Noise(_number(a, t, "the std in noise:STD (0-255 units)", 0, MAX_NOISE)),
         "noise:STD (0 < STD <= 255)", "additive Gaussian noise, std in 0-255 units", "restore"),
@@ -337,6 +357,16 @@ def _split_args(body: str, spec: str) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
+def _scale(node) -> int:
+    if isinstance(node, Down):
+        return node.factor
+    if isinstance(node, Chain):
+        return int(np.prod([_scale(step) for step in node.steps]))
+    if isinstance(node, Mix):
+        return _scale(node.options[0])  # parse checks that every option has the same
+    return 1
+
+
 def parse(spec: str):
     """Spec string -> degradation callable `(image, rng) -> image`."""
     spec = spec.strip()
@@ -345,12 +375,27 @@ def parse(spec: str):
         parts = [parse(p) for p in _split_args(m[2], spec)]
         if not parts:
             raise DegradationError(f"{m[1]}() needs at least one degradation")
-        return Mix(tuple(parts)) if m[1] == "mix" else Chain(tuple(parts))
+        scales = sorted({_scale(p) for p in parts})
+        if m[1] == "mix" and len(scales) > 1:  # pairs of two scales in one dataset
+            raise DegradationError(f"degradation {spec!r}: the options of a mix(...) shrink by different factors "
+                                   f"({', '.join(f'{s}x' for s in scales)}); a dataset has one scale")
+        node = Mix(tuple(parts)) if m[1] == "mix" else Chain(tuple(parts))
+        if _scale(node) > MAX_DOWN:
+            raise DegradationError(f"degradation {spec!r}: its down:N steps shrink by {_scale(node)}x in all; "
+                                   f"at most {MAX_DOWN}x")
+        return node
     if not spec:
         raise DegradationError("empty degradation spec")
     if re.match(r"(mix|chain)\(", spec):  # opened but not closed at the end
         raise DegradationError(f"unbalanced parentheses in {spec!r}")
     return _leaf(spec)
+
+
+def scale_of(spec: str) -> int:
+    """How many times smaller than the target a spec's input is (the super-resolution scale): the
+    product of its `down:N` factors, 1 for a same-size spec. Raises DegradationError for a spec that
+    does not parse or a `mix` whose options shrink by different factors."""
+    return _scale(parse(spec))
 
 
 def apply(spec: str, image: np.ndarray, seed: int) -> np.ndarray:

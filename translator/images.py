@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -339,6 +339,8 @@ def write_picture(pixels: np.ndarray, like: Picture, fmt: str = "png",
     source in a format other than TIFF."""
     pil_fmt, media = WRITE_FORMATS[fmt.lower()]
     pixels = np.clip(pixels, 0.0, 1.0)
+    if like.alpha is not None and like.alpha.shape[:2] != pixels.shape[:2]:  # an upscaler's output
+        like = replace(like, alpha=resize_alpha(like.alpha, pixels.shape[:2]))
     if like.gray:
         pixels = pixels @ LUMA
     icc = _profile_fits(like.icc_profile, like.gray)
@@ -362,6 +364,16 @@ def write_picture(pixels: np.ndarray, like: Picture, fmt: str = "png",
     if like.exif:
         kwargs["exif"] = b"Exif\x00\x00" + like.exif if pil_fmt in ("JPEG", "WEBP") else like.exif
     return encode(img, pil_fmt, **kwargs), media
+
+
+def resize_alpha(alpha: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An HxW alpha plane (any numeric dtype) resized to `size` (H, W) by its own bicubic pass (the
+    colour went through the model; transparency is not the model's to invent), clipped to the
+    plane's own range and returned in its dtype."""
+    h, w = size
+    out = np.asarray(Image.fromarray(alpha.astype(np.float32), mode="F").resize((w, h), Image.Resampling.BICUBIC))
+    out = np.clip(out, float(alpha.min()), float(alpha.max()))
+    return np.rint(out).astype(alpha.dtype) if np.issubdtype(alpha.dtype, np.integer) else out.astype(alpha.dtype)
 
 
 def picture_tensor(pic: Picture) -> torch.Tensor:

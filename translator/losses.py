@@ -95,6 +95,14 @@ def pixel_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor
     return PIXEL_LOSSES[name].fn
 
 
+def pixel_and_l1(name: str, fake: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the `name` loss of `fake` against `target`, their L1) as float32 0-dim tensors; the L1 is the
+    loss itself when `name` is "l1" (a paired restorer logs both). ValueError for an unknown name."""
+    fake, target = fake.float(), target.float()
+    l1 = F.l1_loss(fake, target)
+    return (l1 if name == "l1" else pixel_loss(name)(fake, target)), l1
+
+
 class ImagePool:
     """Keeps up to `size` generated images; returns a mix of new and older fakes so the
     discriminator sees a history of generators, not only the latest (Shrivastava et al.)."""

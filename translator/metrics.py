@@ -7,6 +7,8 @@ trimmed at each border, as scikit-image does), averaged over channels.
 Per set (`SetTally`, definition `PSNR_DEFINITION`): PSNR of the pooled MSE, i.e. the squared
 error summed over every pixel value of every image of the set, divided by their number, then
 10*log10(1 / MSE); the gain is the output's pooled PSNR minus the input's on the same images.
+For super-resolution (a target N times the input's size) the input is scored as its bicubic
+upscale to the target's size (`baseline`): "input PSNR" is bicubic's, and the gain is over bicubic.
 The per-image mean of PSNR (BasicSR, most papers) is not used: PSNR is unbounded where input
 and target are identical (a flat crop the degradation leaves unchanged), so one such pair adds
 ~120 dB to the input's mean and an invisible change of the model costs 40-60 dB of "gain".
@@ -79,6 +81,17 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> t
 def to_unit(x: torch.Tensor) -> torch.Tensor:
     """[-1, 1] -> [0, 1], clamped (what users see after saving)."""
     return ((x.float() + 1) / 2).clamp(0, 1)
+
+
+def baseline(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """What an input is scored as against a target of `size` (H, W): the input itself when the
+    sizes agree, else its bicubic upscale to `size` (PyTorch's bicubic, a=-0.75, no antialias,
+    half-pixel centres: the usual super-resolution baseline), clamped to [-1, 1].
+    (N, C, h, w) float in [-1, 1] -> (N, C, H, W) float32."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    up = F.interpolate(x.float(), size=tuple(size), mode="bicubic", align_corners=False)
+    return up.clamp(-1, 1)
 
 
 @dataclass

@@ -7,6 +7,7 @@ the model trained on it learns to undo that spec, so the spec names the model's 
     noise, jpeg, holes, scratches         -> restore   (with blur as well: still restore)
     gray                                  -> colorize  (with damage as well: colorize+restore)
     edges                                 -> sketch    (a line drawing keeps nothing else to restore)
+    down (with anything else)             -> upscale   (super-resolution: the output is N times larger)
 
 Each leaf's task is its `task` in `translator.degrade.DEGRADATIONS`; `task_for_spec(spec)` is
 the one place leaves combine into a task; `GET /model`, the web page and
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from translator import degrade
 
-TASKS = ("deblur", "colorize", "sketch", "restore")
+TASKS = ("deblur", "colorize", "sketch", "restore", "upscale")
 
 
 def _leaf_task() -> dict[type, str]:
@@ -41,7 +42,8 @@ def task_for_spec(spec: str | None) -> str | None:
             (e.g. ``"mix(gaussian:1.5,resize:4)"``), or None/"" for datasets that were not
             synthesised (aligned or unaligned pairs the user brought).
     Returns:
-        ``"deblur"``, ``"colorize"``, ``"sketch"``, ``"restore"``, or ``"colorize+restore"`` for grey
+        ``"deblur"``, ``"colorize"``, ``"sketch"``, ``"restore"``, ``"upscale"`` (any spec with
+        ``down:N``: the model's output is N times larger than its input), or ``"colorize+restore"`` for grey
         damaged inputs; None when `spec` is None or empty; the raw `spec` itself when it does
         not parse (a spec from a newer version, say), so callers can still show something true.
         Never raises.
@@ -58,6 +60,8 @@ def task_for_spec(spec: str | None) -> str | None:
         return str(spec)
     if "sketch" in found:
         return "sketch"
+    if "upscale" in found:  # blur, noise or JPEG around a shrink: blind super-resolution
+        return "upscale"
     if "restore" in found:
         found.discard("deblur")  # blur among other damage: restoration is the broader name
     return "+".join(t for t in ("colorize", "restore", "deblur") if t in found)

@@ -44,7 +44,10 @@ def ingest(
                                 "e.g. 'mix(gaussian:3,resize:4)'"),
     copies: int = typer.Option(1, help="synth: degraded versions per photo"),
     direction: str = typer.Option("AtoB", help="aligned: which side is the input (AtoB | BtoA)"),
-    size: int = typer.Option(256, help="resize shorter side then centre-crop to SIZE x SIZE (0 = keep each whole image)"),
+    scale: int = typer.Option(None, help="super-resolution LR/ + HR/ folders: HR size / LR size (default: the first "
+                              "pair's); pairs of another ratio are skipped. synth: set by the spec's down:N"),
+    size: int = typer.Option(256, help="resize shorter side then centre-crop to SIZE x SIZE (0 = keep each whole image); "
+                             "super-resolution: the HR crop, the LR one is SIZE/N"),
     crops: int = typer.Option(0, help="cut N random SIZE x SIZE crops per photo instead of one centre crop (not with --size 0)"),
     val_fraction: float = typer.Option(0.1, help="share of source images held out for validation"),
     seed: int = typer.Option(0, help="seed for splits, crops and degradations (recorded in the manifest)"),
@@ -65,7 +68,7 @@ def ingest(
     if src is not None and sample:
         raise Img2ImgError("give either a SRC or --sample, not both")
     opts = IngestOptions(name=name, kind=kind, degrade=degrade, copies=copies,
-                         direction=direction, size=size or None, crops=crops, val_fraction=val_fraction,
+                         direction=direction, scale=scale, size=size or None, crops=crops, val_fraction=val_fraction,
                          seed=seed, shard_rows=shard_rows)
     settings = get_settings()
     with console.status("checking the source and planning shards"):
@@ -151,7 +154,7 @@ def show(name: str,
         print_json(describe(m))
     else:
         console.print(f"[bold]{m.name}[/]  kind={m.kind} ({m.source_kind})  source={m.source}", highlight=False)
-        console.print(f"created {m.created}  size={m.image_size}  degradation={m.degradation}  seed={m.seed}"
+        console.print(f"created {m.created}  size={m.image_size}  scale={m.scale}  degradation={m.degradation}  seed={m.seed}"
                       + (f"  direction={direction} (input is the {direction[0]} side)" if direction else ""),
                       highlight=False)
         console.print(f"sha256 {m.sha256}", highlight=False)

@@ -15,7 +15,8 @@ from translator.catalog import variant_names
 
 def demo(
     task: str = typer.Option(DEFAULT_TASK, help="deblur (blur/resize -> sharp, nafnet) | colorize (grey -> colour, "
-                             "pix2pix) | sketch (line drawing -> photo, pix2pix) | restore (scratched -> clean, nafnet)"),
+                             "pix2pix) | sketch (line drawing -> photo, pix2pix) | restore (scratched -> clean, nafnet) | "
+                             "upscale (4x super-resolution against bicubic, srvgg)"),
     variant: str = typer.Option(None, help=" | ".join(variant_names(paired=True)) + " (default: the task's)"),
     quick: bool = typer.Option(False, "--quick", help="small dataset and a 2-minute training budget (CI)"),
     budget: float = typer.Option(None, help="training budget in seconds (default 300, quick 120)"),

@@ -75,6 +75,8 @@ def eval_(
         return
     title = (f"{summary['model']} v{summary['version']} ({summary['variant']}) on {summary['dataset']}/"
              f"{summary['split']}: {summary['images']} images in {summary['seconds']:.0f}s")
-    console.print(table(title, ["metric", "output", "input", "gain"], metrics_rows(summary)))
+    scale = summary.get("scale", 1)  # super-resolution: the input is scored as its bicubic upscale
+    inp = f"input (bicubic {scale}x)" if scale > 1 else "input"
+    console.print(table(title, ["metric", "output", inp, "gain"], metrics_rows(summary)))
     console.print(f"MLflow evaluation run: {summary['run_id']}"
                   + ("" if summary.get("limit") else f" (tags eval.{summary['dataset']}.* set on the version)"))

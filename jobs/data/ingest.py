@@ -34,9 +34,16 @@ from datetime import datetime, timezone
 from cluster.errors import Img2ImgError
 from cluster.settings import Settings
 from cluster.storage import Conflict, Storage
-from jobs.data.plan import IngestOptions, ShardPlan, plan_rows, plan_shards, unmatched  # noqa: F401 (re-export)
+from jobs.data.plan import (  # noqa: F401 (re-export)
+    IngestOptions,
+    ShardPlan,
+    plan_rows,
+    plan_shards,
+    super_resolution,
+    unmatched,
+)
 from jobs.data.sources import SourceFile, list_sample, scan_source
-from jobs.data.worker import build_shard
+from jobs.data.worker import build_shard, pair_scale
 from registry.manifest import (
     PAIRED_KINDS,
     Manifest,
@@ -46,6 +53,7 @@ from registry.manifest import (
     read_manifest,
     verify_shard,
 )
+from translator import degrade
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +215,18 @@ def prepare(src: str | None, opts: IngestOptions, settings: Settings, overwrite:
     else:
         files, skipped = scan_source(src, settings)
     plans = plan_shards(files, opts)
+    if opts.kind == "synth":
+        opts.scale = degrade.scale_of(opts.degrade)
+    elif super_resolution(files, opts):
+        opts.scale = opts.scale or pair_scale(plans, settings)
+        if opts.size is not None and opts.size % opts.scale:
+            raise Img2ImgError(f"--size {opts.size} is the HR crop: with {opts.scale}x pairs it must be a multiple "
+                               f"of {opts.scale}")
+        if opts.direction == "BtoA":
+            raise Img2ImgError("--direction BtoA would make HR the input of LR/ + HR/ pairs; drop it")
+    elif opts.kind == "aligned" and opts.scale not in (None, 1):
+        raise Img2ImgError(f"--scale {opts.scale} needs LR/ + HR/ folders (super-resolution pairs); this "
+                           "source has none")
     return IngestPlan(src, opts, files, plans, skipped + unmatched(files, opts), overwrite, replaces)
 
 
@@ -257,7 +277,7 @@ def run(plan: IngestPlan, settings: Settings, workers: int = 2,
         name=opts.name, kind=PAIRED_KINDS[opts.kind], source_kind=opts.kind,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         source=opts.source_label or src or "sample:scikit-image", image_size=opts.size,
-        degradation=opts.degrade if opts.kind == "synth" else None, seed=opts.seed,
+        degradation=opts.degrade if opts.kind == "synth" else None, seed=opts.seed, scale=opts.scale or 1,
         options={k: v for k, v in asdict(opts).items() if k not in ("name", "source_label")},
         splits=splits, skipped=skipped)
     own = [k for p in plans for k in (p.path, p.marker)]

@@ -18,10 +18,12 @@ DEFAULT_DEGRADE = "gaussian:1.5"
 NAME_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 ALIGNED_LAYOUTS = ("side-by-side A|B images (width twice the height) in any folders; "
                    "A/ + B/ folders holding files of the same names; "
+                   "LR/ + HR/ folders of super-resolution pairs (HR N times the LR size) holding files of the same names; "
                    "trainA/ + trainB/ (optionally testA/ + testB/ for validation) holding files of the same names")
 # (input folder, target folder, split) of the aligned folder layouts, lower-cased
 PAIR_FOLDERS = (("a", "b", "train"), ("traina", "trainb", "train"), ("testa", "testb", "val"),
-                ("vala", "valb", "val"))
+                ("vala", "valb", "val"), ("lr", "hr", "train"))
+MAX_SCALE = degrade.MAX_DOWN
 
 
 @dataclass
@@ -37,6 +39,9 @@ class IngestOptions:
     seed: int = 0
     shard_rows: int = 256
     source_label: str | None = None  # what the manifest records as the source, when not the path itself
+    # target size / input size. synth: the spec's (`degrade.scale_of`); LR/ + HR/ folders: given, or
+    # the first pair's ratio (`jobs.data.ingest.prepare` settles it); 1 for every other layout.
+    scale: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind == "synth" and self.degrade is None:
@@ -64,6 +69,19 @@ class IngestOptions:
                                  ("--crops", self.crops, 0)):
             if value < low:
                 raise Img2ImgError(f"{flag} must be at least {low} (got {value})")
+        if self.scale is not None and not 1 <= self.scale <= MAX_SCALE:
+            raise Img2ImgError(f"--scale must be a whole number from 1 to {MAX_SCALE} (got {self.scale})")
+        if self.kind == "synth":
+            spec_scale = degrade.scale_of(self.degrade)
+            if self.scale is not None and self.scale != spec_scale:
+                raise Img2ImgError(f"--scale {self.scale} does not match --degrade {self.degrade!r}, whose down:N "
+                                   f"steps make {spec_scale}x pairs; drop --scale (the spec sets it)")
+            if spec_scale > 1 and self.size is not None and self.size % spec_scale:
+                raise Img2ImgError(f"--size {self.size} is the high-resolution crop: with a {spec_scale}x "
+                                   f"degradation it must be a multiple of {spec_scale} (e.g. "
+                                   f"--size {self.size - self.size % spec_scale or spec_scale})")
+        elif self.kind == "unaligned" and self.scale not in (None, 1):
+            raise Img2ImgError("--scale applies to --kind synth and LR/ + HR/ folders only; drop it")
         if self.size is not None and self.size < 8:
             raise Img2ImgError(f"--size must be at least 8 pixels, or 0 to keep the size (got {self.size})")
         if self.size is None and self.crops:  # random crops of the whole image would all be the whole image
@@ -200,6 +218,11 @@ def plan_rows(files: list[SourceFile], opts: IngestOptions) -> dict[tuple[str, s
             for k in range(copies):
                 out.setdefault((split, None), []).append(Row(f"{key}#{c}#{k}", fs, c, k))
     return out
+
+
+def super_resolution(files: list[SourceFile], opts: IngestOptions) -> bool:
+    """True for an aligned ingest from LR/ + HR/ folders (super-resolution pairs)."""
+    return opts.kind == "aligned" and {"lr", "hr"} <= {_top(f) for f in files}
 
 
 def unmatched(files: list[SourceFile], opts: IngestOptions) -> list[dict[str, str]]:

@@ -31,8 +31,23 @@ def _decode(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32) / 255.0
 
 
+def pair_scale(input_shape: tuple[int, ...], target_shape: tuple[int, ...]) -> int:
+    """N when the target (HxWxC) is exactly N times the input's height and width (a super-resolution
+    pair, as ingest stores it), 1 for a same-size pair. Raises ValueError for any other sizes."""
+    (h, w), (th, tw) = input_shape[:2], target_shape[:2]
+    n = th // h if h else 0
+    if n < 1 or (th, tw) != (n * h, n * w):
+        raise ValueError(f"stored pair is {h}x{w} -> {th}x{tw}: the target must be the input's size or a whole "
+                         "multiple of it")
+    return n
+
+
 class DecodeBatch:
     """numpy batch of PNG bytes -> float32 NCHW in [-1, 1], cropped to `image_size`.
+
+    `image_size` is the INPUT crop's side; the target of an N-times super-resolution pair is cut at
+    the same place N times larger (N from the two stored sizes, `pair_scale`), so every input pixel
+    stays aligned with its N x N target block through crops, flips and turns.
 
     Training (augment=True): a random crop and a random horizontal flip, the same for the input
     and target of a pair (pix2pix's augmentation); with `rotate`, also a random multiple of 90
@@ -65,7 +80,8 @@ class DecodeBatch:
             flip = self.augment and self.rng.random() < 0.5
             turns = int(self.rng.integers(0, 4)) if self.augment and self.rotate else 0
             for c, arr in zip(self.columns, decoded):
-                arr = arr[top:top + h, left:left + w]
+                n = pair_scale(decoded[0].shape, arr.shape)  # 1, or the target's N of an N-times SR pair
+                arr = arr[n * top:n * (top + h), n * left:n * (left + w)]
                 if flip:
                     arr = arr[:, ::-1]
                 if turns:

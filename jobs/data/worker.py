@@ -119,10 +119,12 @@ def _degrade(img: Picture, spec: str, seed: int) -> Picture:
     alpha is carried unchanged."""
     colour, alpha = _colour(img)
     out = degrade.apply(spec, colour, seed)
+    if alpha is not None and out.shape[:2] != alpha.shape[:2]:  # down:N: alpha shrinks by its own pass
+        alpha = np.clip(_resize(alpha, (out.shape[1], out.shape[0])), 0.0, 1.0)
     if isinstance(img, Image.Image):
         res = images.from_array(out).convert("L" if img.mode in ("L", "LA") else "RGB")
         if alpha is not None:
-            res.putalpha(img.getchannel("A"))
+            res.putalpha(Image.fromarray((alpha[..., 0] * 255 + 0.5).astype(np.uint8), "L"))
         return res
     out = (out @ images.LUMA)[..., None] if img.shape[2] in (1, 2) else out
     return np.concatenate([out, alpha], -1).astype(np.float32) if alpha is not None else out
@@ -145,14 +147,65 @@ def common_scale(a: Picture, scale_a: int | None, b: Picture, scale_b: int | Non
     return rescale(a, scale_a / common), rescale(b, scale_b / common)
 
 
+def _load_pair(row: Row, settings: Settings, cache: dict) -> tuple[Picture, Picture]:
+    """The two files of an aligned row on one level scale; both float when either is 16-bit."""
+    (a, scale_a), (b, scale_b) = (_load(f, settings, cache) for f in row.files)
+    a, b = common_scale(a, scale_a, b, scale_b)
+    if isinstance(a, np.ndarray) != isinstance(b, np.ndarray):  # one 16-bit file: both go float
+        a, b = (np.asarray(x, np.float32).reshape(x.height, x.width, -1) / 255.0
+                if isinstance(x, Image.Image) else x for x in (a, b))
+    return a, b
+
+
+def _sr_pair(lr: Picture, hr: Picture, n: int) -> Picture:
+    """The HR side of an LR/HR pair at exactly n times the LR's size. SkipFile when its size is
+    not n times the LR's within 1 px (rounding when the HR was shrunk); a 1 px excess is cropped,
+    a 1 px shortfall resized."""
+    (w, h), (hw, hh) = _size(lr), _size(hr)
+    if abs(hw - n * w) > 1 or abs(hh - n * h) > 1:
+        ratio = f"{hw / w:.2f}x{hh / h:.2f}" if w and h else "?"
+        raise SkipFile(f"LR {w}x{h} and HR {hw}x{hh} are not a {n}x pair (ratio {ratio}); the dataset's scale is "
+                       f"{n}: HR must be {n} times the LR size, within 1 px")
+    if (hw, hh) == (n * w, n * h):
+        return hr
+    if hw >= n * w and hh >= n * h:
+        return _crop(hr, (0, 0, n * w, n * h))
+    return _resize(hr, (n * w, n * h))
+
+
+def _sr_crop(lr: Picture, hr: Picture, n: int, opts: IngestOptions, crop: int, seed: int) -> list[Picture]:
+    """LR/HR pair -> [LR crop, HR crop]: the LR crop is (size / n) px (centre, or the crop-th random
+    one), the HR crop the n-times box at the same place (aligned pixel for pixel). Never resized
+    (that would change the pair's own degradation), except an LR shorter than its crop, which is
+    upscaled to it, and the HR with it."""
+    if opts.size is None:
+        return [lr, hr]
+    side = opts.size // n
+    if min(_size(lr)) < side:
+        lr = _resize_for(lr, side, 0)
+        hr = _resize(hr, tuple(n * v for v in _size(lr)), reducing_gap=3.0)
+    left, top, right, bottom = _fit(lr, side, opts.crops, crop, seed)
+    return [_crop(lr, (left, top, right, bottom)), _crop(hr, (n * left, n * top, n * right, n * bottom))]
+
+
+def pair_scale(plans: list[ShardPlan], settings: Settings) -> int:
+    """The whole scale of LR/ + HR/ pairs from the first planned pair's image sizes (headers only);
+    1 when no row is planned or its LR is not smaller."""
+    row = next((r for p in plans for r in p.rows if len(r.files) == 2), None)
+    if row is None:
+        return 1
+    (w, _), (hw, _) = (Image.open(io.BytesIO(f.read(settings))).size for f in row.files)
+    return max(1, min(round(hw / max(w, 1)), degrade.MAX_DOWN))
+
+
 def _row_images(row: Row, opts: IngestOptions, settings: Settings, cache: dict) -> list[Image.Image]:
     seed = stable_seed(opts.seed, row.key)
+    n = opts.scale or 1
+    if len(row.files) == 2 and n > 1:  # LR/ HR/ folders: super-resolution pairs
+        a, b = _load_pair(row, settings, cache)
+        return _sr_crop(a, _sr_pair(a, b, n), n, opts, row.crop, seed)
     if len(row.files) == 2:  # aligned A/ B/ folders
-        (a, scale_a), (b, scale_b) = (_load(f, settings, cache) for f in row.files)
-        a, b = common_scale(a, scale_a, b, scale_b)
-        if isinstance(a, np.ndarray) != isinstance(b, np.ndarray):  # one 16-bit file: both go float
-            a, b = (np.asarray(x, np.float32).reshape(x.height, x.width, -1) / 255.0
-                    if isinstance(x, Image.Image) else x for x in (a, b))
+        a, b = _load_pair(row, settings, cache)
         b = _resize(b, _size(a)) if _size(b) != _size(a) else b
         pair = [a, b]
     else:
@@ -170,6 +223,11 @@ def _row_images(row: Row, opts: IngestOptions, settings: Settings, cache: dict) 
         pair.reverse()
     pair = [_resize_for(im, opts.size, opts.crops) for im in pair]
     box = _fit(pair[0], opts.size, opts.crops, row.crop, seed)
+    if box is None and n > 1:  # a whole image shrunk by n: its target cut to a multiple of n first
+        w, h = _size(pair[0])
+        box = (0, 0, w - w % n, h - h % n)
+        if box[2] < n or box[3] < n:
+            raise SkipFile(f"{w}x{h} is smaller than one {n}x{n} block of the {n}x shrink")
     pair = [_crop(im, box) if box else im for im in pair]
     if opts.kind == "synth":
         pair = [_degrade(pair[0], opts.degrade, seed), pair[0]]

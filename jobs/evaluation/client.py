@@ -33,6 +33,10 @@ def prepare(settings: Settings, ref: str, dataset: str, split: str = "val", limi
                            f"(it has {', '.join(f'{s}: {n}' for s, n in manifest.counts.items()) or 'none'})")
     variant = v.tags.get("variant", "")
     descriptor = GeneratorDescriptor.from_tags(v.tags)
+    if manifest.kind == "paired" and descriptor.scale != manifest.scale:
+        raise Img2ImgError(f"{v.name}/{v.version} makes images {descriptor.scale}x its input's size, but dataset "
+                           f"{dataset!r} holds {'same-size pairs' if manifest.scale == 1 else f'{manifest.scale}x pairs'}"
+                           "; score it on a dataset of its own scale")
     checkpoint = None
     if manifest.kind != "paired":
         if not descriptor.two_way:
@@ -50,7 +54,7 @@ def prepare(settings: Settings, ref: str, dataset: str, split: str = "val", limi
     # the same admission as training: its Scorer actors and read tasks need their CPUs alike
     admit(settings, footprint(workers, cpus_per_worker, bool(gpu)))
     return EvalSpec(model=v.name, version=v.version, dataset=dataset, split=split, limit=limit, variant=variant,
-                    multiple=descriptor.size_multiple, model_uri=f"models:/{v.name}/{v.version}",
+                    multiple=descriptor.size_multiple, scale=descriptor.scale, model_uri=f"models:/{v.name}/{v.version}",
                     checkpoint=checkpoint, kind=manifest.kind, dataset_sha256=manifest.sha256, splits=splits,
                     workers=workers, cpus_per_worker=cpus_per_worker, use_gpu=bool(gpu))
 

@@ -43,7 +43,15 @@ from jobs.evaluation.spec import MARK, EvalSpec
 from registry.manifest import read_manifest
 from registry.tracking import RunLogger, eval_tags, experiment_id, upsert, write_model_card
 from translator import images, tiling
-from translator.metrics import PSNR_DEFINITION, SetTally, psnr, squared_error, ssim, to_unit
+from translator.metrics import (
+    PSNR_DEFINITION,
+    SetTally,
+    baseline,
+    psnr,
+    squared_error,
+    ssim,
+    to_unit,
+)
 from translator.precision import strict_fp32
 from translator.variants import build_variant
 
@@ -101,7 +109,8 @@ class Scorer:
             self.reverse = (lambda x: variant.translate(x, reverse=True, fp32=True)) if variant.reverse_key else None
 
     def _enhance(self, fn, x):
-        return tiling.enhance(fn, x, tile=self.spec.tile, overlap=self.spec.overlap, multiple=self.spec.multiple)
+        return tiling.enhance(fn, x, tile=self.spec.tile, overlap=self.spec.overlap, multiple=self.spec.multiple,
+                              scale=self.spec.scale)
 
     def __call__(self, batch: dict) -> dict:
         def tensor(png: bytes):
@@ -118,10 +127,11 @@ class Scorer:
                 x, y = tensor(batch["input"][i]), tensor(batch["target"][i])
                 out = self._enhance(self.forward, x).cpu()
                 p, s = score(out, y)
-                ip, is_ = score(x, y)
+                base = baseline(x, y.shape[-2:])  # super-resolution: the input's bicubic upscale
+                ip, is_ = score(base, y)
                 row = {"domain": "", "psnr": p, "ssim": s, "input_psnr": ip, "input_ssim": is_, "gain_db": p - ip,
                        "sse": float(squared_error(to_unit(out), to_unit(y))[0]),
-                       "input_sse": float(squared_error(to_unit(x), to_unit(y))[0])}
+                       "input_sse": float(squared_error(to_unit(base), to_unit(y))[0])}
                 thumbs = [x, out, y]
             else:
                 x, domain = tensor(batch["image"][i]), str(batch["domain"][i])
@@ -227,7 +237,7 @@ def run(spec: EvalSpec, settings=None, echo=print) -> dict:
     logger.image(_grid(rows, keys[0]), "eval/best_worst.png")
     client.set_terminated(run_id)
     summary = {"model": spec.model, "version": spec.version, "variant": spec.variant, "dataset": spec.dataset,
-               "split": spec.split, "dataset_sha256": spec.dataset_sha256, "kind": spec.kind, "images": len(rows),
+               "split": spec.split, "dataset_sha256": spec.dataset_sha256, "kind": spec.kind, "images": len(rows), "scale": spec.scale,
                "limit": spec.limit, "metrics": means, "psnr_def": PSNR_DEFINITION, "seconds": round(seconds, 2), "run_id": run_id,
                "worst": sorted(rows, key=lambda r: r[keys[0]])[0]["key"]}
     if not spec.limit:  # a partial score must not stand in for the dataset's in the promotion gate

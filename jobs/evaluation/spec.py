@@ -24,6 +24,7 @@ class EvalSpec:
     limit: int | None = None
     variant: str = ""
     multiple: int = 1
+    scale: int = 1  # the generator's output size / input size (its descriptor's); the dataset's too
     model_uri: str = ""  # models:/NAME/VERSION (paired scoring loads this)
     checkpoint: str | None = None  # bucket/checkpoints/RUN/checkpoint_x (needed for the reverse generator)
     kind: str = "paired"  # the dataset's kind

@@ -14,7 +14,7 @@ import warnings
 
 from cluster.errors import Img2ImgError
 from jobs.training.spec import TrainSpec
-from translator.variants import get_variant
+from translator.variants import get_variant, variant_names
 
 MIN_SIZE = 8  # TrainConfig.validate's floor
 TRIES = 8  # candidate sizes tried each way when looking for a fix (each a few milliseconds)
@@ -120,6 +120,27 @@ def _crop_problem(spec: TrainSpec, stored: int | None, dataset: str, square: boo
         # no size trains: the settings are the problem (e.g. --set ngf=0), not the crop
         return f"{reason}, and no other crop size trains either: check the --set values"
     return f"{reason}; {fix or 'choose another --image-size'}"
+
+
+def scale_problem(spec: TrainSpec, data_scale: int, dataset: str = "the dataset") -> str | None:
+    """None when the variant's output/input scale (its descriptor's, e.g. `--set scale=4`) is the
+    dataset's (manifest `scale`: 1 for same-size pairs, N for N-times super-resolution pairs), else
+    one line naming the fix."""
+    cls = get_variant(spec.variant)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scale = cls.on_meta(spec.variant_config()).descriptor.scale
+    if scale == data_scale:
+        return None
+    if data_scale > 1 and scale == 1:
+        sr = [n for n in variant_names(paired=True) if "scale" in {f.name for f in dataclasses.fields(get_variant(n).Config)}]
+        return (f"{dataset} holds {data_scale}x super-resolution pairs, and {spec.variant} makes images of its "
+                f"input's size; use {' or '.join(f'--variant {n}' for n in sr)} --set scale={data_scale}")
+    if data_scale == 1:
+        return (f"{spec.variant} with scale {scale} makes images {scale}x larger, but {dataset} holds same-size "
+                f"pairs; ingest pairs with down:{scale} (e.g. --degrade down:{scale}) or LR/ + HR/ folders")
+    return (f"{spec.variant} with scale {scale} makes {scale}x images, but {dataset} holds {data_scale}x pairs "
+            f"(its manifest's scale); use --set scale={data_scale}")
 
 
 def check_crop(spec: TrainSpec, stored: int | None, dataset: str = "the dataset", square: bool = True) -> None:

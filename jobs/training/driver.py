@@ -33,7 +33,7 @@ from cluster.services import driver_args
 from cluster.settings import Settings, get_settings
 from cluster.storage import Storage, arrow_errors, arrow_filesystem, arrow_unavailable
 from jobs.data.stream import load_dataset
-from jobs.training.crops import check_crop
+from jobs.training.crops import check_crop, scale_problem
 from jobs.training.finetune import adopt
 from jobs.training.plan import Cadence, TrainPlan, check_capacity, make_plan
 from jobs.training.preempt import requeue_self
@@ -72,9 +72,13 @@ def plan_for(spec: TrainSpec, manifest: Manifest) -> TrainPlan:
 
 def check_fit(spec: TrainSpec, manifest: Manifest) -> TrainPlan:
     """The request against the dataset (`manifest`): its training crops against the networks and
-    the stored images, then the rows/workers/batch arithmetic. -> the plan; raises Img2ImgError."""
-    if manifest.image_size:
-        check_crop(spec, manifest.image_size, f"dataset {spec.dataset!r}")
+    the stored images (a super-resolution dataset's scale against the variant's first), then the
+    rows/workers/batch arithmetic. -> the plan; raises Img2ImgError."""
+    problem = scale_problem(spec, manifest.scale, f"dataset {spec.dataset!r}")
+    if problem:
+        raise Img2ImgError(problem)
+    if manifest.image_size:  # the HR side for super-resolution pairs: training crops are of the input
+        check_crop(spec, manifest.image_size // manifest.scale, f"dataset {spec.dataset!r}")
     else:  # sizes kept at ingest: every random crop must fit in the smallest training image
         check_crop(spec, manifest.min_side("train"), f"dataset {spec.dataset!r}", square=False)
     return plan_for(spec, manifest)

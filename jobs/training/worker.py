@@ -31,7 +31,7 @@ from jobs.training.preempt import PREEMPT_POLL_S, requested
 from jobs.training.spec import TrainSpec
 from registry.tracking import RunLogger, record_start
 from translator import images, tiling
-from translator.metrics import PSNR_DEFINITION, SetTally, to_unit
+from translator.metrics import PSNR_DEFINITION, SetTally, baseline, to_unit
 from translator.precision import training_precision
 from translator.variants import build_variant
 
@@ -162,7 +162,9 @@ def validate(variant, paired: bool, world: int, rank: int = 0, max_samples: int 
     scores those `val_owner` gives it; the sums are all-reduced: Ray Train's own split,
     `streaming_split(equal=True)`, drops the rows that do not divide evenly), whole images
     through the tiled path, in fp32 whatever precision training uses. PSNR is that of the
-    pooled MSE over the set (`translator.metrics.SetTally`), SSIM the per-image mean.
+    pooled MSE over the set (`translator.metrics.SetTally`), SSIM the per-image mean; scored at
+    the target's size, so for super-resolution the input's numbers are its bicubic upscale's
+    (`translator.metrics.baseline`).
     -> ({"val_psnr", "val_ssim", ("val_input_psnr", "val_input_ssim", "val_gain_db",
     "val_unchanged", "val_improved_share" (when some pair changed): paired), "val_images": rows
     scored}, samples)
@@ -187,8 +189,9 @@ def validate(variant, paired: bool, world: int, rank: int = 0, max_samples: int 
             x = batch[cols[0]].to(variant.device)
             if paired:
                 y = batch["target"].to(variant.device)
-                out = tiling.enhance(forward, x, tile=tiling.TILE, overlap=tiling.OVERLAP, multiple=variant.multiple)
-                tally.add(to_unit(out), to_unit(y), to_unit(x))
+                out = tiling.enhance(forward, x, tile=tiling.TILE, overlap=tiling.OVERLAP, multiple=variant.multiple,
+                                     scale=variant.scale)
+                tally.add(to_unit(out), to_unit(y), to_unit(baseline(x, y.shape[-2:])))  # SR: bicubic is the input
             else:  # cycle consistency: x -> other domain -> back
                 rev = stream == "val_b"
                 mid = tiling.enhance(lambda t, r=rev: forward(t, r), x, multiple=variant.multiple)

@@ -291,7 +291,12 @@
     const by = modelName ? ` by ${modelName} v${modelVersion}${role}` : "";
     const orig = beforeOk ? `${before.naturalWidth} × ${before.naturalHeight} px`
       : "not shown (this browser cannot display its format)";
-    $("sizes").textContent = `Original ${orig}; enhanced ${state.w} × ${state.h} px${by}, ` +
+    // A super-resolution model answers larger than it was sent: "before" is the original shown
+    // enlarged to the result's size (smooth or nearest, switchable), so both halves line up.
+    const scale = beforeOk && before.naturalWidth ? state.w / before.naturalWidth : 1;
+    $("before-filter").hidden = !(scale > 1.01);
+    const shown = scale > 1.01 ? `, shown enlarged ${scale.toFixed(scale % 1 ? 2 : 0)}× to the result's size` : "";
+    $("sizes").textContent = `Original ${orig}${shown}; enhanced ${state.w} × ${state.h} px${by}, ` +
       `${(blob.size / 1024).toFixed(0)} KiB, in ${secs.toFixed(1)} s.`;
     $("result").hidden = false;
     state.fit = true;
@@ -453,6 +458,12 @@
     $("compare").hidden = sideBySide();
     $("sidebyside").hidden = !sideBySide();
     applyZoom();
+  });
+  $("before-filter").addEventListener("click", () => {
+    const nearest = $("before-filter").getAttribute("aria-pressed") !== "true";
+    $("before-filter").setAttribute("aria-pressed", String(nearest));
+    $("before-filter").textContent = nearest ? "Before: nearest" : "Before: smooth";
+    $("viewport").classList.toggle("nearest", nearest);
   });
   function fitZoom() {
     const avail = $("viewport").clientWidth - 16;

@@ -187,12 +187,14 @@ def test_a_request_alone_runs_one_tile_per_pass_on_a_cpu(device, largest_pass):
     from PIL import Image
 
     from translator.compute import enhance_alone
+    from translator.descriptor import GeneratorDescriptor
 
     net = _Runtime()
     net.device = device
 
     class Model:
         multiple = 1
+        descriptor = GeneratorDescriptor()  # same size: scale 1
 
         def net(self, direction, pixels=None):
             return net
@@ -209,15 +211,18 @@ def test_output_formats_refuse_sizes_they_cannot_hold_before_the_model_runs():
     from translator.images import Picture
 
     class Decoded:  # only the shape matters to the check (8-bit samples: any format holds them)
-        def __init__(self, h, w):
+        def __init__(self, h, w, scale=1):
             self.tensor = torch.zeros(1, 3, h, w)
             self.picture = Picture(np.zeros((1, 1, 3), np.float32))
+            self.scale = scale  # the model's: the output is scale times each side
 
     for fmt, side in (("webp", 16383), ("WEBP", 16383), ("jpeg", 65535), ("jpg", 65535)):
         codec.check_output(fmt, Decoded(8, side))
         with pytest.raises(codec.RequestError, match=f"at most {side} px") as e:
             codec.check_output(fmt, Decoded(side + 1, 8))
         assert e.value.status == 400
+    with pytest.raises(codec.RequestError, match="at most 16383 px"):  # a 4x model's output is what must fit
+        codec.check_output("webp", Decoded(8, 4096, scale=4))
     codec.check_output("png", Decoded(8, 70000))  # PNG and TIFF hold any size the pixel limit lets in
     with pytest.raises(codec.RequestError, match="unknown format 'gif'"):
         codec.check_format("gif")

@@ -55,6 +55,7 @@ def test_demo_names_never_collide_and_deblur_keeps_its_own():
     assert demo_task("deblur").dataset(False) == "demo-photos" and demo_task("deblur").dataset(True) == "demo-photos-quick"
     assert {demo_task("colorize").variant, demo_task("sketch").variant} == {"pix2pix"}
     assert {demo_task("deblur").variant, demo_task("restore").variant} == {"nafnet"}
+    assert demo_task("upscale").variant == "srvgg" and degrade.scale_of(demo_task("upscale").spec) == 4
 
 
 @pytest.mark.parametrize("args, message", [

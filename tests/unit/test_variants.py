@@ -22,11 +22,13 @@ def batch_for(variant, n=2, size=32, seed=0):
     coarse = torch.rand(n, 3, 4, 4, generator=g) * 2 - 1
     x = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
     y = -0.8 * x.roll(1, dims=-1)  # a learnable, deterministic mapping of smooth images
+    if variant.scale != 1:  # super-resolution: the target is `scale` times the input's size
+        y = torch.nn.functional.interpolate(y, size=(size * variant.scale,) * 2, mode="bilinear", align_corners=False)
     return {"input": x, "target": y} if variant.paired else {"a": x, "b": y}
 
 
 def test_registry_lists_all_five_variants_and_rejects_unknown():
-    assert set(VARIANTS) == {"autoencoder", "pix2pix", "cyclegan", "dualgan", "nafnet"}
+    assert set(VARIANTS) == {"autoencoder", "pix2pix", "cyclegan", "dualgan", "nafnet", "srvgg"}
     with pytest.raises(ValueError, match="unknown variant 'vae'"):
         get_variant("vae")
 
@@ -38,8 +40,8 @@ def test_generator_keeps_shape_and_range(name, batch_size):
     v.eval()
     x = torch.rand(batch_size, 3, 32, 32) * 2 - 1
     y = v.translate(x)
-    assert y.shape == x.shape
-    if name != "nafnet":  # tanh output; nafnet adds a residual to its input
+    assert y.shape == (batch_size, 3, 32 * v.scale, 32 * v.scale)
+    if name not in ("nafnet", "srvgg"):  # tanh output; nafnet and srvgg add a residual to their input
         assert y.abs().max() <= 1.0
     if not v.paired:
         assert v.translate(x, reverse=True).shape == x.shape

@@ -104,7 +104,7 @@ class Variant:
     generator_key: ClassVar[str] = "G"
     reverse_key: ClassVar[str | None] = None  # unpaired: the B->A generator
     smoke: ClassVar[Smoke | None] = None
-    scale: ClassVar[int] = 1  # output size / input size
+    scale: int = 1  # output size / input size (a super-resolution variant sets it per instance)
     in_channels: ClassVar[int] = 3
     out_channels: ClassVar[int] = 3
     bf16_safe: ClassVar[bool] = True
@@ -163,7 +163,8 @@ class Variant:
         variant = cls.on_meta(config)
         variant.optimize = lambda opt_name, loss: None  # shapes are all we check
         x = torch.zeros(variant.config.batch_size, cls.in_channels, size, size, device="meta")
-        y = torch.zeros(variant.config.batch_size, cls.out_channels, size * cls.scale, size * cls.scale, device="meta")
+        n = variant.scale  # an instance's own (a super-resolution variant's config sets it)
+        y = torch.zeros(variant.config.batch_size, cls.out_channels, size * n, size * n, device="meta")
         batch = {"input": x, "target": y} if cls.paired else {"a": x, "b": y}
         try:
             with warnings.catch_warnings():  # e.g. "target size differs" before the real error

@@ -14,10 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from translator.config import TrainConfig
-from translator.losses import check_loss, pixel_loss
+from translator.losses import check_loss, pixel_and_l1
 from translator.nets.nafnet import NAFNet
 from translator.variants.base import Smoke, Variant
 
@@ -83,9 +82,6 @@ class NAFNetVariant(Variant):
                                        weight_decay=c.weight_decay)}
 
     def train_step(self, batch):
-        fake = self.nets["G"](batch["input"]).float()
-        target = batch["target"].float()
-        l1 = F.l1_loss(fake, target)
-        loss = l1 if self.config.loss == "l1" else pixel_loss(self.config.loss)(fake, target)
+        loss, l1 = pixel_and_l1(self.config.loss, self.nets["G"](batch["input"]), batch["target"])
         self.optimize("G", loss)
         return {"loss": loss.detach(), "l1": l1.detach()}
