@@ -135,15 +135,38 @@ def footprint(spec: BatchSpec) -> Footprint:
     return Footprint(spec.workers, spec.cpus_per_worker, 1.0 if spec.use_gpu else 0.0)
 
 
+def _same_key(req: Request) -> str:
+    """What makes two batches the same job: their output location (which also names a local
+    run's staging prefix)."""
+    return f"s3://{req.dst.bucket}/{req.dst.prefix}"
+
+
+def running_same(settings: Settings, req: Request, but: str | None = None) -> str | None:
+    """The id of a batch job not yet ended (queued or running) that writes where `req` writes,
+    other than `but`; None when there is none."""
+    key = _same_key(req)
+    for job in job_client(settings).list_jobs():
+        meta = job.metadata or {}
+        status = str(job.status).split(".")[-1]
+        if meta.get("img2img") == "batch" and meta.get("writes") == key and status in ("PENDING", "RUNNING") \
+                and job.submission_id != but:
+            return job.submission_id
+    return None
+
+
 def submit(settings: Settings, req: Request, priority: str = "normal", queue_timeout_s: float | None = None,
            progress: Progress | None = None) -> str:
     """Upload a local input, then submit the job (it waits its turn in the cluster's queue).
-    -> the job id."""
+    -> the job id. Raises Img2ImgError when the same batch (the same output location) is
+    queued or running already: the two would share, and one delete, the staged files."""
+    if other := running_same(settings, req):
+        raise Img2ImgError(f"the same batch (into {req.local_dst or req.dst}) is already queued or running as job "
+                           f"{other}; follow it with: img2img jobs status {other} --follow")
     if req.local_src is not None:
         upload(settings, req.local_src, req.src, progress)
     entrypoint = f"python -m jobs.batch.driver --spec {shlex.quote(req.spec.to_json())}"
     metadata = {"img2img": "batch", "model": f"{req.spec.model}/{req.spec.version}",
-                "dataset": str(req.local_src or req.src)}
+                "dataset": str(req.local_src or req.src), "writes": _same_key(req)}
     return submit_job(settings, entrypoint=entrypoint, metadata=metadata, footprint=footprint(req.spec),
                       priority=priority, queue_timeout_s=queue_timeout_s)
 
@@ -175,10 +198,10 @@ def download(settings: Settings, req: Request, progress: Progress | None = None)
     return len(present)
 
 
-def clean_staging(settings: Settings, req: Request) -> int:
+def clean_staging(settings: Settings, req: Request, job_id: str | None = None) -> int:
     """Delete the staging prefix of a local input/output once the job succeeded and its
     outputs are downloaded (a failed or stopped job keeps it: the re-run reuses it). -> objects
-    deleted."""
-    if req.staging is None:
+    deleted. Kept while another batch into the same place is queued or running."""
+    if req.staging is None or running_same(settings, req, but=job_id):
         return 0
     return Storage(settings).delete_prefix(req.staging)

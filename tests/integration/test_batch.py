@@ -16,7 +16,12 @@ import pytest
 from PIL import Image
 
 from cluster.storage import Storage
-from tests.integration.conftest import encoded, endpoint_restored, register_tiny_autoencoder
+from tests.integration.conftest import (
+    encoded,
+    endpoint_restored,
+    register_tiny_autoencoder,
+    wait_job,
+)
 from tests.videos import synthetic_video
 
 MODEL = "batch-tiny"
@@ -162,3 +167,27 @@ def test_batch_outputs_are_the_bytes_post_enhance_answers_and_a_video_is_refused
                 assert r.status_code in (400, 415), (rel, r.status_code)
             else:
                 assert r.status_code == 200 and r.content == store.get_bytes(f"scans-out/{_png(rel)}"), rel
+
+
+def test_the_same_batch_twice_at_once_is_refused_and_keeps_the_staged_files(stack, batch_model, first_run, tmp_path):
+    """Two identical local commands at once would share one staging prefix, and the first to end
+    would delete what the other still reads: the second is refused, naming the first."""
+    from cluster.errors import Img2ImgError
+    from jobs.batch import client
+    from jobs.manage import stop
+    from jobs.training.client import job_client
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(first_run[0]["a.png"])
+    req = client.prepare(stack, str(tmp_path / "in"), str(tmp_path / "out"), f"{MODEL}/{batch_model}")
+    job = client.submit(stack, req)
+    try:
+        with pytest.raises(Img2ImgError, match=f"already queued or running as job {job}"):
+            client.submit(stack, client.prepare(stack, str(tmp_path / "in"), str(tmp_path / "out"),
+                                                f"{MODEL}/{batch_model}"))
+        assert client.clean_staging(stack, req) == 0  # another's job still needs them
+        assert Storage(stack).list(req.staging)
+    finally:
+        stop(job_client(stack), stack, job)
+    assert wait_job(job_client(stack), job, timeout=300) == "STOPPED"  # a queued one ends at its turn
+    assert client.clean_staging(stack, req) > 0
