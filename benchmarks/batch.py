@@ -28,8 +28,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# run as a file: the repository first, and not this folder (its queue.py would shadow the stdlib's)
-sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
+sys.path.insert(0, str(ROOT))  # run as a file
 
 
 def batch_rate(settings, model: str, workers: int) -> dict:

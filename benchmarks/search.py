@@ -17,8 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-# The repository instead of benchmarks/ itself, whose queue.py would shadow the standard library's.
-sys.path[0] = str(Path(__file__).resolve().parents[1])
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import report, settings_with_stack  # noqa: E402
 from benchmarks.quality import SIGMA, ensure, held_out_photos, model_fn, score, to_8bit  # noqa: E402
 

@@ -2,7 +2,7 @@
 at a time, each reserving its whole footprint) vs the same N jobs run one after another by hand
 (submit, wait for the end, submit the next). Prints both makespans and their ratio.
 
-    python -m benchmarks.queue --jobs 5 --dataset blur
+    python -m benchmarks.job_queue --jobs 5 --dataset blur
 
 Each job: tiny autoencoder, 2 workers sized so that only one job fits the cluster at a time
 (footprint = 2 x cpus-per-worker + 1 data CPU + 0.5 driver CPU: pass --cpus-per-worker so that
