@@ -80,8 +80,10 @@ def _ensure_dataset(settings: Settings, name: str, task: DemoTask, quick: bool, 
     as the model's training pairs were."""
     spec = task.quick_spec if quick else task.spec
     # Random 96 px crops at the photos' own resolution: the scale the held-out photos are enhanced at.
+    # scale as ingest settles it (the spec's), so that the options compare equal to a manifest's
     opts = IngestOptions(name=name, degrade=spec, size=96, crops=crops or (32 if quick else 64), val_fraction=0.2,
-                         seed=0, source_label="sample:scikit-image (colour photos)" if task.colour_only else None)
+                         seed=0, source_label="sample:scikit-image (colour photos)" if task.colour_only else None,
+                         scale=degrade.scale_of(spec))
     storage = Storage(settings)
     overwrite = False
     if storage.exists(manifest_key(name)):
