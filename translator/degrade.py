@@ -342,13 +342,10 @@ def _leaf(token: str):
 def _split_args(body: str, spec: str) -> list[str]:
     parts, depth, start = [], 0, 0
     for i, ch in enumerate(body):
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-            if depth < 0:
-                raise DegradationError(f"unbalanced parentheses in {spec!r}")
-        elif ch == "," and depth == 0:
+        depth += (ch == "(") - (ch == ")")
+        if depth < 0:
+            break
+        if ch == "," and depth == 0:
             parts.append(body[start:i])
             start = i + 1
     if depth:

@@ -41,6 +41,7 @@ from jobs.search.space import trial_overrides
 from jobs.search.spec import METRIC, SearchSpec
 from jobs.search.trials import PARENT_TAG, TAG_OUTCOME, TAG_TRIAL, TrialTable, outcome, ranked
 from jobs.training import driver as training
+from jobs.training import stopping
 from jobs.training.client import start_run
 from registry.tracking import TAG_PHASE
 
@@ -222,14 +223,14 @@ def run(search: SearchSpec, settings: Settings | None = None):
     started = time.time()
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
-        training._on_stop()
+        stopping.on_stop()
     base = search.train
     job = training.plan_job(base, settings, ray.cluster_resources(), "this Ray cluster")
     total = job.plan.total_steps
     grace = search.grace_steps or max(1, total // 4)
     client = MlflowClient(settings.mlflow_uri)
     client.set_tag(search.run_id, TAG_PHASE, "training")
-    training.STARTED.set()
+    stopping.STARTED.set()
     t_fit = time.time()
     grid = make_tuner(search, settings, total, grace).fit()
     fit_s = time.time() - t_fit
@@ -302,36 +303,36 @@ def main(argv: list[str] | None = None) -> int:
     spec_json, deadline = driver_args("img2img hyper-parameter search driver", argv)
     search = SearchSpec.from_json(spec_json)
     settings = get_settings()
-    training._on_stop()
+    stopping.on_stop()
     try:
         check_deadline(deadline)
-        training._check_not_cancelled(settings, search.run_id)
+        stopping.check_not_cancelled(settings, search.run_id)
         run(search, settings)
     except Img2ImgError as e:
         print(f"Error: {e}", file=sys.stderr)
-        training._mark_ended(settings, search.run_id, str(e))
+        stopping.mark_ended(settings, search.run_id, str(e))
         end_cut_off_trials(settings, search.run_id)
         return 1
-    except (training.JobStopped, KeyboardInterrupt):
+    except (stopping.JobStopped, KeyboardInterrupt):
         print("Stopped.", file=sys.stderr)
-        if training.STARTED.is_set():
-            training._mark_ended(settings, search.run_id, "stopped by the user", status="KILLED")
+        if stopping.STARTED.is_set():
+            stopping.mark_ended(settings, search.run_id, "stopped by the user", status="KILLED")
             end_cut_off_trials(settings, search.run_id)
         return 143
     except BaseException as e:
-        training._mark_ended(settings, search.run_id, f"{type(e).__name__}: {e}")
+        stopping.mark_ended(settings, search.run_id, f"{type(e).__name__}: {e}")
         end_cut_off_trials(settings, search.run_id)
         raise
     return 0
 
 
 def end_cut_off_trials(settings: Settings, search_id: str | None) -> None:
-    """The search ended without finishing (stopped: SIGTERM, `training.STOP_REQUESTED`; or
+    """The search ended without finishing (stopped: SIGTERM, `stopping.STOP_REQUESTED`; or
     failed): its trials' actors die with the driver and never end their runs, so every child
     run still RUNNING ends KILLED here, tagged with why (`--resume` runs those trials again)."""
     if not search_id:
         return
-    why = "the search was stopped" if training.STOP_REQUESTED.is_set() else "the search failed"
+    why = "the search was stopped" if stopping.STOP_REQUESTED.is_set() else "the search failed"
     try:
         client = MlflowClient(settings.mlflow_uri)
         for run_id in child_runs(settings, search_id, latest=False):

@@ -12,9 +12,7 @@ import json
 import logging
 import os
 import re
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +36,7 @@ from jobs.training.finetune import adopt
 from jobs.training.plan import Cadence, TrainPlan, check_capacity, make_plan
 from jobs.training.preempt import requeue_self
 from jobs.training.spec import TrainSpec
+from jobs.training.stopping import STARTED, JobStopped, check_not_cancelled, mark_ended, on_stop
 from jobs.training.watch import Watch
 from jobs.training.worker import STATE_FILE, WorkerJob, train_loop_per_worker
 from registry.manifest import Manifest, check_dataset, stream_rows
@@ -278,7 +277,7 @@ def run(spec: TrainSpec, settings: Settings | None = None):
         # Our own cluster only: the Jobs API puts its GCS address in RAY_ADDRESS; without an
         # explicit address ray.init() scans the machine and fails when another stack runs beside.
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
-        _on_stop()  # ray.init replaced our SIGTERM handler with its own sys.exit
+        on_stop()  # ray.init replaced our SIGTERM handler with its own sys.exit
     job = plan_job(spec, settings, ray.cluster_resources(), "this Ray cluster")
     _set_phase(settings, spec.run_id, "starting")  # rank 0 sets "training" once the workers run
     STARTED.set()
@@ -337,78 +336,28 @@ def _set_phase(settings: Settings, run_id: str | None, phase: str) -> None:
         log.warning("could not set the MLflow phase tag of run %s", run_id)
 
 
-# Set once this driver has started work (phase "starting"): a SIGTERM before that is Ray ending
-# a job stopped while it was queued, whose run `jobs stop` has already marked (or whose run
-# belongs to its copy handed back to Ray behind a higher priority): leave the run alone then.
-STARTED = threading.Event()
-# Set on SIGTERM: whatever the JobStopped raised then turns into on its way out (Tune and Ray Train
-# wrap an exception raised inside them in their own), the job was stopped, not failed.
-STOP_REQUESTED = threading.Event()
-
-
-def _stopped(signum, frame):  # `img2img jobs stop`: the Jobs API sends SIGTERM first
-    STOP_REQUESTED.set()
-    raise JobStopped()
-
-
-def _check_not_cancelled(settings: Settings, run_id: str | None) -> None:
-    """A job stopped while it was queued has its run KILLED already: end before doing anything."""
-    if not run_id:
-        return
-    try:
-        killed = MlflowClient(settings.mlflow_uri).get_run(run_id).info.status == "KILLED"
-    except Exception:
-        return
-    if killed:
-        raise JobStopped()
-
-
-def _on_stop() -> None:
-    signal.signal(signal.SIGTERM, _stopped)
-
-
 def main(argv: list[str] | None = None) -> int:
     spec_json, deadline = driver_args("img2img training job driver", argv)
     spec = TrainSpec.from_json(spec_json)
     settings = get_settings()
-    _on_stop()
+    on_stop()
     try:
         check_deadline(deadline)
-        _check_not_cancelled(settings, spec.run_id)
+        check_not_cancelled(settings, spec.run_id)
         run(spec, settings)
     except Img2ImgError as e:
         print(f"Error: {e}", file=sys.stderr)
-        _mark_ended(settings, spec.run_id, str(e))
+        mark_ended(settings, spec.run_id, str(e))
         return 1
     except (JobStopped, KeyboardInterrupt):
         print("Stopped.", file=sys.stderr)
         if STARTED.is_set():
-            _mark_ended(settings, spec.run_id, "stopped by the user", status="KILLED")
+            mark_ended(settings, spec.run_id, "stopped by the user", status="KILLED")
         return 143
     except BaseException as e:
-        _mark_ended(settings, spec.run_id, f"{type(e).__name__}: {e}")
+        mark_ended(settings, spec.run_id, f"{type(e).__name__}: {e}")
         raise
     return 0
-
-
-class JobStopped(BaseException):
-    """SIGTERM from the Jobs API (a BaseException, so generic `except Exception` lets it through)."""
-
-
-def _mark_ended(settings: Settings, run_id: str | None, reason: str, status: str = "FAILED") -> None:
-    """End the MLflow run FAILED (with the error as a tag) or KILLED (stopped). After the job
-    received SIGTERM the run ends KILLED whatever error the stop surfaced as."""
-    if not run_id:
-        return
-    if STOP_REQUESTED.is_set():
-        reason, status = "stopped by the user", "KILLED"
-    try:
-        client = MlflowClient(settings.mlflow_uri)
-        client.set_tag(run_id, "error" if status == "FAILED" else "stopped", reason[:500])
-        client.set_tag(run_id, TAG_PHASE, "failed" if status == "FAILED" else "stopped")
-        client.set_terminated(run_id, status=status)
-    except Exception:  # the job's own error matters more than this bookkeeping
-        log.exception("could not mark MLflow run %s %s", run_id, status)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cluster.settings import Settings
-from jobs.training import driver
+from jobs.training import stopping
 
 
 @pytest.fixture
@@ -17,7 +17,7 @@ def run(tmp_path):
     exp = client.create_experiment("stops", artifact_location=str(tmp_path / "artifacts"))
     settings = Settings(state_dir=tmp_path, s3_endpoint="store:9000", mlflow_uri=uri, ray_address="http://ray:8265")
     yield settings, client, client.create_run(exp).info.run_id
-    driver.STOP_REQUESTED.clear()
+    stopping.STOP_REQUESTED.clear()
 
 
 @pytest.mark.parametrize("stopped, status, tag", [
@@ -27,14 +27,14 @@ def run(tmp_path):
 def test_a_run_ends_killed_once_sigterm_arrived_whatever_error_follows(run, stopped, status, tag):
     settings, client, run_id = run
     previous = signal.getsignal(signal.SIGTERM)
-    driver._on_stop()
+    stopping.on_stop()
     try:
         if stopped:
-            with pytest.raises(driver.JobStopped):
+            with pytest.raises(stopping.JobStopped):
                 signal.raise_signal(signal.SIGTERM)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    driver._mark_ended(settings, run_id, "TuneError: The Ray Tune run failed")  # what the stop was wrapped in
+    stopping.mark_ended(settings, run_id, "TuneError: The Ray Tune run failed")  # what the stop was wrapped in
     got = client.get_run(run_id)
     assert got.info.status == status
     assert tag in got.data.tags
@@ -53,7 +53,7 @@ def test_a_search_ending_early_ends_its_running_trials_killed(run, stopped, why)
     client.set_terminated(done, status="FINISHED")
     other = client.create_run(exp).info.run_id  # not a trial of this search
     if stopped:
-        driver.STOP_REQUESTED.set()
+        stopping.STOP_REQUESTED.set()
     end_cut_off_trials(settings, search_id)
     assert client.get_run(running).info.status == "KILLED"
     assert client.get_run(running).data.tags[TAG_OUTCOME] == why
