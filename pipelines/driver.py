@@ -169,8 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     status, outcome, error = run_steps(ctx, args.run_id, args.force)
     if spec.notify.webhook:  # before the run ends: `pipeline status` shows the delivery with the outcome
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        job_id = record.tags(settings.mlflow_uri, args.run_id).get(record.JOB, "")
-        payload = notify.summary(spec.title, job_id, args.run_id, status, outcome, error, spec.model_name,
+        payload = notify.summary(spec.title, own_job_id(), args.run_id, status, outcome, error, spec.model_name,
                                  ctx.outputs)
         record.set_tags(settings.mlflow_uri, args.run_id, {record.NOTIFIED: notify.send(spec.notify.webhook, payload)})
     record.end_pipeline(settings.mlflow_uri, args.run_id, status, outcome, error)

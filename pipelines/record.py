@@ -80,10 +80,6 @@ def start_step(mlflow_uri: str, parent: str, step: str, key: str) -> str:
     return run.info.run_id
 
 
-def tags(mlflow_uri: str, run_id: str) -> dict[str, str]:
-    return _client(mlflow_uri).get_run(run_id).data.tags
-
-
 def set_tags(mlflow_uri: str, run_id: str, tags: dict) -> None:
     _client(mlflow_uri).log_batch(run_id, tags=[RunTag(k, str(v)[:7900]) for k, v in tags.items()])
 

@@ -79,7 +79,7 @@ def batch(
         summary = client.follow(settings, job_id, progress)
         if req.local_dst:
             client.download(settings, req, progress)
-        client.clean_staging(settings, req, job_id)
+        client.clean_staging(settings, req)
     if as_json:
         console.print_json(json.dumps(summary))
         return

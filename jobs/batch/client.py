@@ -141,15 +141,14 @@ def _same_key(req: Request) -> str:
     return f"s3://{req.dst.bucket}/{req.dst.prefix}"
 
 
-def running_same(settings: Settings, req: Request, but: str | None = None) -> str | None:
-    """The id of a batch job not yet ended (queued or running) that writes where `req` writes,
-    other than `but`; None when there is none."""
+def running_same(settings: Settings, req: Request) -> str | None:
+    """The id of a batch job not yet ended (queued or running) that writes where `req` writes;
+    None when there is none."""
     key = _same_key(req)
     for job in job_client(settings).list_jobs():
         meta = job.metadata or {}
         status = str(job.status).split(".")[-1]
-        if meta.get("img2img") == "batch" and meta.get("writes") == key and status in ("PENDING", "RUNNING") \
-                and job.submission_id != but:
+        if meta.get("img2img") == "batch" and meta.get("writes") == key and status in ("PENDING", "RUNNING"):
             return job.submission_id
     return None
 
@@ -198,10 +197,10 @@ def download(settings: Settings, req: Request, progress: Progress | None = None)
     return len(present)
 
 
-def clean_staging(settings: Settings, req: Request, job_id: str | None = None) -> int:
+def clean_staging(settings: Settings, req: Request) -> int:
     """Delete the staging prefix of a local input/output once the job succeeded and its
     outputs are downloaded (a failed or stopped job keeps it: the re-run reuses it). -> objects
     deleted. Kept while another batch into the same place is queued or running."""
-    if req.staging is None or running_same(settings, req, but=job_id):
+    if req.staging is None or running_same(settings, req):
         return 0
     return Storage(settings).delete_prefix(req.staging)
