@@ -1,6 +1,8 @@
 """What a request brings besides its parameters: the API key (checked against the sha256 digest
-in the replica's config) and the image body, read within the size limit (413 before a byte of
-an announced oversize body is read; a body without Content-Length is capped as it arrives)."""
+in the replica's config) and the image body, read within the size limit (an announced oversize
+body is refused 413 before the client sends it where the client waits for `100 Continue`, and
+read to its end without keeping a byte where it is on its way anyway; a body without
+Content-Length is capped as it arrives)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,10 @@ import hmac
 from fastapi import Request
 
 from translator import codec
+
+# Set by the stack's HAProxy on `Expect: 100-continue` (cluster/ingress.py): Serve then leaves the
+# body unread, and the client sends none of it until the app reads it.
+HELD_BACK_HEADER = "x-request-disconnect-disabled"
 
 
 def max_body_bytes(max_pixels: int) -> int:
@@ -35,7 +41,9 @@ async def read_body(request: Request, max_pixels: int) -> bytes:
     another content type, 400 for a multipart body without `file`."""
     limit = max_body_bytes(max_pixels)
     length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:  # refused unread: a huge upload never fills memory
+    if length.isdigit() and int(length) > limit:  # refused on its length: a huge upload never fills memory
+        if HELD_BACK_HEADER not in request.headers:
+            await discard(request)
         raise codec.RequestError(413, f"request body of {int(length) / 1e6:.0f} MB is over this endpoint's "
                                       f"{limit / 1e6:.0f} MB limit")
     ctype = request.headers.get("content-type", "")
@@ -53,3 +61,15 @@ async def read_body(request: Request, max_pixels: int) -> bytes:
         if len(body) > limit:
             raise codec.RequestError(413, f"request body is over this endpoint's {limit / 1e6:.0f} MB limit")
     return bytes(body)
+
+
+async def discard(request: Request) -> int:
+    """Read `request`'s body to its end, keeping none of it -> its length in bytes. A body the
+    client is sending anyway (it did not wait for `100 Continue`) is read before it is refused:
+    a server that answers and closes with request bytes still unread resets the connection
+    (TCP RST), and the client can lose the answer it had not read yet (nginx's lingering close
+    does the same). Raises starlette.requests.ClientDisconnect if the client goes away."""
+    n = 0
+    async for chunk in request.stream():
+        n += len(chunk)
+    return n

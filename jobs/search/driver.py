@@ -39,7 +39,7 @@ from jobs.search import pbt
 from jobs.search.plot import series, trials_png
 from jobs.search.space import trial_overrides
 from jobs.search.spec import METRIC, SearchSpec
-from jobs.search.trials import PARENT_TAG, TAG_OUTCOME, TAG_TRIAL, TrialTable, outcome, ranked
+from jobs.search.trials import PARENT_TAG, TAG_OUTCOME, TAG_TRIAL, TrialTable, outcome, ranked, run_status
 from jobs.training import driver as training
 from jobs.training import stopping
 from jobs.training.client import start_run
@@ -151,8 +151,8 @@ def summarise(search: SearchSpec, settings: Settings, grid, total_steps: int) ->
                      **({"error": training._root_cause(result.error)} if result.error is not None else {})})
         if run_id:
             client.set_tag(run_id, TAG_OUTCOME, status)
-            if client.get_run(run_id).info.status == "RUNNING":  # a trial Tune stopped never ends its run
-                client.set_terminated(run_id, status="KILLED" if status == "stopped early" else "FAILED")
+            if final := run_status(client.get_run(run_id).info.status, status):
+                client.set_terminated(run_id, status=final)
     counted = {r["run_id"] for r in rows}
     for run_id in set(child_runs(settings, search.run_id, latest=False)) - counted:  # starts cut off by a stop
         if client.get_run(run_id).info.status == "RUNNING":

@@ -29,6 +29,17 @@ def outcome(last_step: int, total_steps: int, error: bool) -> str:
     return "finished" if last_step >= total_steps else "stopped early"
 
 
+def run_status(current: str, trial_outcome: str) -> str | None:
+    """The MLflow status a trial's child run ends with, given its status now and the trial's
+    `outcome`; None to leave it. A trial Tune stopped never ends its own run (RUNNING), or ends it
+    FAILED when the stop reached its training mid-step as an error: stopped early is KILLED."""
+    if trial_outcome == "stopped early" and current in ("RUNNING", "FAILED"):
+        return "KILLED"
+    if current == "RUNNING":
+        return "FAILED"
+    return None
+
+
 class TrialTable(tune.Callback):
     """Tune callback: one row per trial (`rows`: {"trial", "params", "status", "step",
     "val_psnr" (latest, dB), "best_val_psnr" (dB), "samples_per_s"}), published as the parent

@@ -196,6 +196,20 @@ def test_trial_outcome(last_step, total, error, expected):
     assert outcome(last_step, total, error) == expected
 
 
+@pytest.mark.parametrize("current, trial_outcome, expected", [
+    ("RUNNING", "stopped early", "KILLED"),  # Tune stopped it: its run never ended
+    ("FAILED", "stopped early", "KILLED"),  # the stop reached its training as an error
+    ("RUNNING", "failed", "FAILED"),
+    ("FAILED", "failed", None),
+    ("FINISHED", "finished", None),
+    ("KILLED", "stopped early", None),
+])
+def test_a_trial_stopped_early_ends_its_run_killed_however_the_stop_reached_it(current, trial_outcome, expected):
+    from jobs.search.trials import run_status
+
+    assert run_status(current, trial_outcome) == expected
+
+
 def test_best_row_is_the_best_report_with_a_checkpoint():
     """Tune's per-trial history (`Result.metrics_dataframe`): reports without a checkpoint or
     without a val PSNR cannot be registered, the best of the others is."""
