@@ -1,10 +1,24 @@
-"""Training samples/s per variant: the Ray Train job (2 DDP workers, and 1) vs a bare
-single-process PyTorch loop over the same model and in-memory data (ratio = Ray overhead).
-Then (alone with `--bookkeeping`) the share of a job spent validating and checkpointing,
-every epoch (`--checkpoint-every epoch`) vs the default cadence (`auto`)."""
+"""Training samples/s per variant, like with like: the Ray Train job against a bare PyTorch loop
+of the SAME precision and memory format (what `translator.precision.training_precision("auto")`
+picks on this machine), the same batch per worker and the same model, over one in-memory batch.
+
+- 1 worker (1 CPU) against a bare single-process loop with 1 thread;
+- 2 workers (1 CPU each) against a bare DDP loop: 2 processes, 1 thread each, gloo, the same
+  networks wrapped in torch's DistributedDataParallel (the all-reduce is data parallelism's own
+  cost, not the platform's); a bare 2-thread loop at twice the batch is printed beside it.
+
+The job's rate is its steady one: samples between its first logged step past WARMUP_STEPS and
+its last in-loop log, over the wall-clock time between them (MLflow timestamps), so start-up,
+validation and checkpoints are left out as the bare loop leaves out its warm-up. The job's own
+per-step profile (MLflow metrics `time_data_s`, `time_step_s`, `time_sync_s`, `time_log_s`)
+says where the rest goes. Then (alone with `--bookkeeping`) the share of a job spent validating
+and checkpointing, every epoch (`--checkpoint-every epoch`) vs the default cadence (`auto`).
+
+`--variants pix2pix,dualgan` runs some variants only."""
 
 from __future__ import annotations
 
+import socket
 import sys
 import time
 from pathlib import Path
@@ -20,27 +34,104 @@ CASES = {
     "cyclegan": dict(config={"ngf": 16, "ndf": 16, "n_blocks": 6}, batch=2),
     "dualgan": dict(config={"netG": "unet_64", "ngf": 16, "ndf": 16}, batch=2),
 }
-STEPS = 30
+STEPS = 30  # timed steps of a bare loop, after WARMUP_STEPS
+WARMUP_STEPS = 10
+JOB_STEPS = 80
+
+
+def _batch(variant, batch: int):
+    import torch
+
+    x = torch.rand(batch, 3, 64, 64) * 2 - 1
+    return {"input": x, "target": x.flip(-1)} if variant.paired else {"a": x, "b": x.flip(-1)}
+
+
+def _build(variant: str, config: dict):
+    """The variant as a job builds it on this machine's CPU: same precision and memory format."""
+    from translator.precision import training_precision
+    from translator.variants import build_variant
+
+    amp, channels_last = training_precision("auto", "cpu")
+    return build_variant(variant, config, amp=amp, channels_last=channels_last)
+
+
+def precision_label() -> str:
+    from translator.precision import training_precision
+
+    amp, channels_last = training_precision("auto", "cpu")
+    return f"{amp or 'fp32'}{' channels_last' if channels_last else ''}"
 
 
 def bare_loop(variant: str, config: dict, batch: int, threads: int = 1) -> float:
+    """samples/s of one process with `threads` torch threads."""
     import torch
 
-    from translator.variants import build_variant
-
     torch.set_num_threads(threads)
-    v = build_variant(variant, config)
-    x = torch.rand(batch, 3, 64, 64) * 2 - 1
-    data = {"input": x, "target": x.flip(-1)} if v.paired else {"a": x, "b": x.flip(-1)}
-    for _ in range(3):
+    v = _build(variant, config)
+    data = _batch(v, batch)
+    for _ in range(WARMUP_STEPS):
         v.training_step(data)
-    t0 = time.time()
+    t0 = time.perf_counter()
     for _ in range(STEPS):
         v.training_step(data)
-    return STEPS * batch / (time.time() - t0)
+    return STEPS * batch / (time.perf_counter() - t0)
 
 
-def ray_job(settings, dataset: str, variant: str, config: dict, batch: int, workers: int) -> float:
+def _ddp_process(rank: int, world: int, port: int, variant: str, config: dict, batch: int, out) -> None:
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.manual_seed(rank)
+    v = _build(variant, config)
+    v.wrap_networks(DistributedDataParallel)  # what ray.train.torch.prepare_model does on a CPU
+    data = _batch(v, batch)
+    for _ in range(WARMUP_STEPS):
+        v.training_step(data)
+    dist.barrier()
+    t0 = time.perf_counter()
+    for _ in range(STEPS):
+        v.training_step(data)
+    dist.barrier()
+    if rank == 0:
+        out.put(STEPS * batch * world / (time.perf_counter() - t0))
+    dist.destroy_process_group()
+
+
+def bare_ddp(variant: str, config: dict, batch: int, world: int = 2) -> float:
+    """samples/s of `world` processes (1 thread each) training the variant under torch DDP (gloo)."""
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    mp.start_processes(_ddp_process, args=(world, port, variant, config, batch, out), nprocs=world,
+                       start_method="spawn", join=True)
+    return out.get(timeout=10)
+
+
+def steady_rate(history) -> float:
+    """samples/s between the first logged step past WARMUP_STEPS and the last in-loop log, from
+    the MLflow history of the `samples` metric (the first entry per step: a later one at the same
+    step is the validation's)."""
+    first: dict[int, object] = {}
+    for m in sorted(history, key=lambda m: m.timestamp):
+        first.setdefault(m.step, m)
+    points = [first[s] for s in sorted(first) if s >= WARMUP_STEPS and first[s].value > 0]
+    if len(points) < 2:
+        return float("nan")
+    a, b = points[0], points[-1]
+    return (b.value - a.value) / max((b.timestamp - a.timestamp) / 1000, 1e-9)
+
+
+def ray_job(settings, dataset: str, variant: str, config: dict, batch: int, workers: int) -> dict:
+    """One job of JOB_STEPS steps (1 CPU a worker) -> {"rate": steady samples/s, "ms": {part:
+    ms per step}} with the parts of the job's loop (data wait, the step, the workers' sync,
+    logging)."""
     from mlflow.tracking import MlflowClient
 
     from jobs.manage import wait
@@ -48,14 +139,19 @@ def ray_job(settings, dataset: str, variant: str, config: dict, batch: int, work
     from jobs.training.spec import TrainSpec
 
     spec = TrainSpec(dataset=dataset, variant=variant, config=config, workers=workers, cpus_per_worker=1.0,
-                     batch_size=batch, image_size=64, epochs=2, checkpoint_every="epoch", experiment="benchmarks",
+                     batch_size=batch, image_size=64, max_steps=JOB_STEPS, epochs=10_000, experiment="benchmarks",
                      model_name=f"bench-{variant}", keep_checkpoints=1)
     out = submit(spec, settings)
     status = wait(job_client(settings), out["job_id"], follow=False)
     if status != "SUCCEEDED":
         raise RuntimeError(f"{variant} job {status}")
-    history = MlflowClient(settings.mlflow_uri).get_metric_history(out["run_id"], "samples_per_s")
-    return max(m.value for m in history)  # the second epoch: workers warm
+    ml = MlflowClient(settings.mlflow_uri)
+    m = ml.get_run(out["run_id"]).data.metrics
+    steps = max(m.get("steps_run", JOB_STEPS), 2)
+    ms = {part: 1000 * m.get(f"time_{part}_s", float("nan")) / steps for part in ("data", "step", "sync", "log")}
+    first = m.get("time_first_batch_s", 0.0)
+    ms["data"] = 1000 * (m.get("time_data_s", float("nan")) - first) / (steps - 1)  # past the stream's start-up
+    return {"rate": steady_rate(ml.get_metric_history(out["run_id"], "samples")), "ms": ms, "first_batch_s": first}
 
 
 BOOKKEEPING_STEPS = 96
@@ -129,20 +225,35 @@ def main() -> None:
         bookkeeping(settings, steps=int(sys.argv[sys.argv.index("--steps") + 1]) if "--steps" in sys.argv
                     else BOOKKEEPING_STEPS)
         return
-    rows = []
-    for variant, case in CASES.items():
+    only = sys.argv[sys.argv.index("--variants") + 1].split(",") if "--variants" in sys.argv else list(CASES)
+    rows, profile = [], []
+    for variant in only:
+        case = CASES[variant]
         dataset = "bench-paired" if variant in ("nafnet", "autoencoder", "pix2pix") else "bench-unpaired"
-        bare = bare_loop(variant, case["config"], case["batch"])
-        bare2 = bare_loop(variant, case["config"], case["batch"] * 2, threads=2)
-        two = ray_job(settings, dataset, variant, case["config"], case["batch"], 2)
-        one = ray_job(settings, dataset, variant, case["config"], case["batch"], 1) if variant in ("nafnet", "autoencoder") else float("nan")
-        rows.append([variant, bare, bare2, one, two, two / bare2])
-    bookkeeping(settings)
-    report("train_throughput", "Training throughput (samples/s, 64 px, CPU)",
-           ["variant", "bare loop 1 thread", "bare loop 2 threads", "Ray Train 1 worker", "Ray Train 2 workers",
-            "Ray 2w / bare 2t"], rows,
-           notes="Ray numbers are epoch samples/s reported by the job (streaming from S3, DDP all-reduce); "
-                 "bare loops reuse one in-memory batch. 1-worker runs only for nafnet and autoencoder.")
+        b = case["batch"]
+        bare1, ddp, bare2t = (bare_loop(variant, case["config"], b), bare_ddp(variant, case["config"], b),
+                              bare_loop(variant, case["config"], 2 * b, threads=2))
+        one = ray_job(settings, dataset, variant, case["config"], b, 1)
+        two = ray_job(settings, dataset, variant, case["config"], b, 2)
+        rows.append([variant, b, bare1, one["rate"], one["rate"] / bare1, ddp, two["rate"], two["rate"] / ddp, bare2t])
+        for workers, job, bare in ((1, one, bare1), (2, two, ddp)):
+            profile.append([variant, workers, 1000 * b * workers / bare, job["first_batch_s"], *job["ms"].values(),
+                            1000 * b * workers / job["rate"]])
+    report("train_throughput", f"Training throughput, like with like (samples/s, 64 px, CPU, {precision_label()})",
+           ["variant", "batch per worker", "bare loop 1 thread", "job 1 worker", "job / bare",
+            "bare DDP 2x1 thread", "job 2 workers", "job / bare DDP", "bare loop 2 threads, 2x batch"], rows,
+           notes=f"Every loop trains in {precision_label()} (what jobs pick on this CPU). Bare loops reuse one "
+                 f"in-memory batch ({STEPS} steps after {WARMUP_STEPS}); the job streams its dataset from the "
+                 f"object store, {JOB_STEPS} steps, its steady rate past step {WARMUP_STEPS}.")
+    report("train_profile", "Where a job's step goes (ms per step, 64 px, CPU)",
+           ["variant", "workers", "bare loop step", "job: first batch (s)", "job: data wait", "job: training step", "job: workers' sync",
+            "job: logging", "job: wall per step"], profile,
+           notes="The job's own MLflow metrics time_data_s (less time_first_batch_s, the stream's start-up, "
+                 "shown in seconds), time_step_s, time_sync_s, time_log_s over its steps; "
+                 "the bare loop's step is 1 thread (1 worker) or the bare DDP loop (2 workers). Wall per step "
+                 "is from the job's steady rate.")
+    if "--variants" not in sys.argv:
+        bookkeeping(settings)
 
 
 if __name__ == "__main__":

@@ -20,15 +20,25 @@ from registry.manifest import Manifest, dataset_prefix, read_manifest
 from translator.images import read_picture
 
 
-def _decode(png: bytes) -> np.ndarray:
-    """PNG bytes -> HxWx3 float32 in [0, 1]: 8-bit shards as before, 16-bit ones (from 16-bit
-    sources) with their full precision. Ingest stores 16-bit shards on the full 0-65535 scale
-    (both sides of a pair on one scale), so every 16-bit PNG is divided by 65535, never by its
-    own largest value (that would brighten a blurred input whose peak fell below a power of 2)."""
+def _decode_pixels(png: bytes) -> np.ndarray:
+    """PNG bytes -> HxWx3: uint8 for an 8-bit shard, float32 in [0, 1] for a 16-bit one (from
+    16-bit sources, full precision). Ingest stores 16-bit shards on the full 0-65535 scale (both
+    sides of a pair on one scale), so every 16-bit PNG is divided by 65535, never by its own
+    largest value (that would brighten a blurred input whose peak fell below a power of 2)."""
     if png[24:25] == b"\x10":  # IHDR bit depth 16
         pic = read_picture(png)
         return (pic.pixels * np.float32(pic.scale / 65535)).astype(np.float32)
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32) / 255.0
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def _unit(pixels: np.ndarray) -> np.ndarray:
+    """`_decode_pixels`' array -> float32 in [0, 1]."""
+    return pixels.astype(np.float32) / 255.0 if pixels.dtype == np.uint8 else pixels
+
+
+def _decode(png: bytes) -> np.ndarray:
+    """PNG bytes -> HxWx3 float32 in [0, 1] (8- or 16-bit shards, `_decode_pixels`)."""
+    return _unit(_decode_pixels(png))
 
 
 def pair_scale(input_shape: tuple[int, ...], target_shape: tuple[int, ...]) -> int:
@@ -75,7 +85,9 @@ class DecodeBatch:
         self.rng = np.random.default_rng()
         out: dict[str, list] = {c: [] for c in self.columns}
         for i in range(len(batch["key"])):
-            decoded = [_decode(batch[c][i]) for c in self.columns]
+            # uint8 until cropped: converting the whole stored image to float first cost 7-34% of the
+            # pipeline's pairs/s (benchmarks/decode_formats.py)
+            decoded = [_decode_pixels(batch[c][i]) for c in self.columns]
             top, left, h, w = self._box(*decoded[0].shape[:2])
             flip = self.augment and self.rng.random() < 0.5
             turns = int(self.rng.integers(0, 4)) if self.augment and self.rotate else 0
@@ -86,7 +98,7 @@ class DecodeBatch:
                     arr = arr[:, ::-1]
                 if turns:
                     arr = np.rot90(arr, turns, axes=(0, 1))
-                out[c].append(arr.transpose(2, 0, 1))
+                out[c].append(_unit(arr.transpose(2, 0, 1)))
         result = {c: np.stack(v).astype(np.float32) * 2.0 - 1.0 for c, v in out.items()}
         result["key"] = np.asarray(batch["key"])
         return result
@@ -135,14 +147,15 @@ def read_parquet_v1(paths: list[str], filesystem):
 
 def load_dataset(name: str, split: str = "train", settings: Settings | None = None, *,
                  image_size: int | None = None, augment: bool | None = None, domain: str | None = None,
-                 batch_size: int = 16, rotate: bool = False, decode: bool = True):
+                 batch_size: int = 16, rotate: bool = False, decode: bool = True, repeat: int = 1):
     """-> ray.data.Dataset of {"key", "input", "target"} (paired) or {"key", "image"} for one
     domain ("a" or "b") of an unpaired dataset; images float32 NCHW in [-1, 1].
     augment (default: on for "train"): random crops and flips; `rotate` adds 90-degree turns.
     Without `image_size`, images keep their stored size; for a dataset ingested with `--size 0`
     (sizes vary) every batch then holds one image, whatever `batch_size` says. decode=False: the
     stored PNG bytes as they are (decode them with `DecodeBatch` where they are used, e.g. after
-    choosing which rows a worker keeps)."""
+    choosing which rows a worker keeps). repeat: each pass over the stream reads every row this
+    many times (each time with its own random crop), so a small split makes fewer, longer passes."""
 
     settings = settings or get_settings()
     storage = Storage(settings)
@@ -153,7 +166,7 @@ def load_dataset(name: str, split: str = "train", settings: Settings | None = No
         raise Img2ImgError(f"dataset {name!r} is paired: it has no domains")
     paths = check_shards(storage, manifest, split, domain)
     columns = ["input", "target"] if manifest.kind == "paired" else ["image"]
-    ds = read_parquet_v1(paths, arrow_filesystem(settings)).select_columns(["key", *columns])
+    ds = read_parquet_v1(paths * max(1, repeat), arrow_filesystem(settings)).select_columns(["key", *columns])
     if not decode:
         return ds
     decoder = DecodeBatch(columns, image_size, split == "train" if augment is None else augment, rotate)

@@ -166,15 +166,31 @@ def val_streams(manifest: Manifest) -> list[str]:
     return [stream for stream, n in stream_rows(manifest, "val").items() if n > 0]
 
 
+# Rows a worker's pass over a training stream should hold at least. Each pass is a new Ray Data
+# execution whose start-up the workers wait for; a split of a few hundred rows made a pass every
+# 1-2 s at 64 px and that wait 15-30% of a CPU job's step (benchmarks/train_throughput.py).
+PASS_ROWS_PER_WORKER = 1024
+
+
+def reads_per_pass(rows: int, workers: int) -> int:
+    """How many times a pass over a training stream of `rows` rows reads each row (each time a new
+    random crop) so that every one of `workers` workers gets PASS_ROWS_PER_WORKER rows or more; 1
+    for a split that large already."""
+    return max(1, -(-PASS_ROWS_PER_WORKER * workers // max(rows, 1)))
+
+
 def datasets_for(spec: TrainSpec, manifest: Manifest, settings: Settings, image_size: int,
                  rotate: bool = False) -> dict:
     """The job's Ray Data streams: train (random crops of `image_size`, flips, and 90-degree
     turns with `rotate`) per domain, and the `val_streams` (whole stored images, PNG bytes)."""
     load = lambda split, **kw: load_dataset(spec.dataset, split, settings, **kw)  # noqa: E731
+    rows = stream_rows(manifest, "train")
     if manifest.kind == "paired":
-        out = {"train": load("train", image_size=image_size, rotate=rotate).randomize_block_order()}
+        out = {"train": load("train", image_size=image_size, rotate=rotate,
+                             repeat=reads_per_pass(rows["train"], spec.workers)).randomize_block_order()}
     else:
-        out = {f"train_{d}": load("train", image_size=image_size, domain=d, rotate=rotate).randomize_block_order()
+        out = {f"train_{d}": load("train", image_size=image_size, domain=d, rotate=rotate,
+                                  repeat=reads_per_pass(rows[f"train_{d}"], spec.workers)).randomize_block_order()
                for d in "ab"}
     for stream in val_streams(manifest):
         # undecoded: every worker reads every val row and decodes only the ones it scores (train_loop.validate)

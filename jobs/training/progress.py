@@ -148,7 +148,8 @@ def read(tracking_uri: str, run_id: str, status: str = "RUNNING", message: str =
             snap.budget_s, snap.budget_used_s = budget, max(used, 0.0)
         snap.eta_s = left if snap.eta_s is None else min(snap.eta_s, left)
     snap.extra = {k: v for k, v in m.items() if k in ("steps_run", "epochs_run", "samples_run", "time_fit_s",
-                                                       "time_job_s", "time_bookkeeping_s", "time_train_s")}
+                                                       "time_job_s", "time_bookkeeping_s", "time_train_s",
+                                                       "time_data_s")}
     return snap
 
 

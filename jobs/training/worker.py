@@ -76,6 +76,12 @@ class EmptyShardError(RuntimeError):
     """A worker's pass over its shard of a training stream produced no rows."""
 
 
+# Rows asked of Ray Data's iterator at a time (then cut into training batches here): its cost per
+# batch it hands over is fixed, and a GAN's batch of 2-4 paid it on every step
+# (benchmarks/train_throughput.py's profile).
+FETCH_ROWS = 32
+
+
 def cycle_batches(iterator, columns: list[str], batch_size: int, stream: str, rank: int):
     """Endless full batches from a worker's shard, repeating it (each pass is a new Ray Data
     epoch: a fresh shuffle and fresh random crops) and carrying the rows a pass leaves over into
@@ -86,8 +92,8 @@ def cycle_batches(iterator, columns: list[str], batch_size: int, stream: str, ra
     have = 0
     while True:
         rows_this_pass = 0
-        for batch in iterator.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=False,
-                                           local_shuffle_buffer_size=batch_size * 4):
+        for batch in iterator.iter_batches(batch_size=max(batch_size, FETCH_ROWS), batch_format="numpy",
+                                           drop_last=False, local_shuffle_buffer_size=max(batch_size, FETCH_ROWS) * 4):
             n = len(batch[columns[0]])
             rows_this_pass += n
             for c in columns:
@@ -299,6 +305,10 @@ def train_loop_per_worker(cfg: dict) -> None:
     # --time-budget counts training time, from when the workers start (not the job's start-up).
     deadline = time.time() + spec.time_budget_s if spec.time_budget_s else None
     t_train = t_book = 0.0
+    # Where the loop's time goes (rank 0's; logged at the end): waiting for the next batch, the
+    # training step, logging and preemption polls, the per-step agreement of the workers.
+    t_data = t_step = t_log = t_sync = 0.0
+    t_first_batch = None  # the dataset stream's start-up, inside t_data
     last_book = last_log = time.time()
     window_t, window_steps = time.time(), 0
     logs: dict = {}
@@ -309,8 +319,12 @@ def train_loop_per_worker(cfg: dict) -> None:
         if spec.fail_at_step and rank == 0 and variant.step == spec.fail_at_step:
             _fail_once(spec)
         t0 = time.time()
-        logs = variant.training_step(next(batches))
-        t_train += time.time() - t0
+        batch = next(batches)
+        t1 = time.time()
+        t_first_batch = t1 - t0 if t_first_batch is None else t_first_batch
+        logs = variant.training_step(batch)
+        t2 = time.time()
+        t_data, t_step, t_train = t_data + t1 - t0, t_step + t2 - t1, t_train + t2 - t0
         window_steps += 1
         step = variant.step
         now = time.time()
@@ -322,8 +336,10 @@ def train_loop_per_worker(cfg: dict) -> None:
         asked = False
         if logger and now - last_poll >= PREEMPT_POLL_S:  # a higher-priority job asks for our CPUs
             asked, last_poll = requested(logger.client, logger.run_id) is not None, now
+        t3 = time.time()
         due, out_of_time, preempted = _any_worker([_due(cadence, step, steps_per_epoch, now - last_book),
                                                    deadline is not None and now > deadline, asked], world)
+        t_log, t_sync = t_log + t3 - t2, t_sync + time.time() - t3
         last = step >= total_steps or out_of_time or preempted
         if not (due or last):
             continue
@@ -349,4 +365,5 @@ def train_loop_per_worker(cfg: dict) -> None:
         metrics.update(epoch=variant.step // steps_per_epoch, step=variant.step, samples=0, lr=variant.lr)
         _report(variant, metrics, spec, rank, variant.step // steps_per_epoch)
     if logger:
-        logger.metrics({"time_train_s": t_train, "time_bookkeeping_s": t_book}, variant.step)
+        logger.metrics({"time_train_s": t_train, "time_bookkeeping_s": t_book, "time_data_s": t_data,
+                        "time_first_batch_s": t_first_batch or 0.0, "time_step_s": t_step, "time_log_s": t_log, "time_sync_s": t_sync}, variant.step)

@@ -89,3 +89,19 @@ def test_cadence_parses(text, expected):
 def test_bad_cadence_is_one_line_error(text):
     with pytest.raises(Img2ImgError, match="--checkpoint-every"):
         Cadence.parse(text)
+
+
+@pytest.mark.parametrize("rows, workers, reads", [
+    (200, 2, 11),  # a small split: each pass reads it 11 times, 1100 rows a worker
+    (3, 1, 342),
+    (2048, 2, 1),  # large enough already
+    (50_000, 4, 1),
+    (0, 1, 1024),  # never a division by zero (an empty split is refused before training)
+])
+def test_a_small_split_makes_fewer_longer_passes(rows, workers, reads):
+    from jobs.training.driver import PASS_ROWS_PER_WORKER, reads_per_pass
+
+    assert reads_per_pass(rows, workers) == reads
+    if rows:
+        assert rows * reads >= PASS_ROWS_PER_WORKER * workers  # every worker gets a full pass's rows
+        assert rows * (reads - 1) < PASS_ROWS_PER_WORKER * workers or reads == 1  # no more than needed
