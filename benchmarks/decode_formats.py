@@ -6,8 +6,8 @@ the stored size, centre-cut square, with a Gaussian-blurred input beside it. Per
 at one stored size and one training crop; one thread (PIL decodes on one core; torch is set to
 1 thread), the same pairs over and over for at least SECONDS s.
 
-- `png` (what ingest stores, compress level 6) through the job's own `DecodeBatch`;
-- `png, crop before float`: the same bytes, cropped in uint8 before the float conversion;
+- `png` (what ingest stores, compress level 6) through the job's own `DecodeBatch` (crop, flip, stack);
+- `png`, the bare path: the same bytes decoded, cropped in uint8, converted to float;
 - `png level 1`: faster to write, larger;
 - `webp lossless` (PIL, method 0: fastest encode);
 - `raw uint8`: the pixels as bytes (no decode, a reshape);
@@ -97,8 +97,8 @@ def measure(stored: int, crop: int) -> list[list]:
     batch = {"key": np.array([str(i) for i in range(len(png))]), "input": np.array([p[0] for p in png], dtype=object),
              "target": np.array([p[1] for p in png], dtype=object)}
     job = DecodeBatch(["input", "target"], crop, augment=True)
-    rows.append(["png (ingest's)", stored, crop, "DecodeBatch (float, then crop)", rate(lambda: job(batch), len(png)),
-                 sum(len(a) + len(b) for a, b in png) / len(png) / 1e3])
+    rows.append(["png (ingest's)", stored, crop, "DecodeBatch (the job's: crop in uint8, flip, float)",
+                 rate(lambda: job(batch), len(png)), sum(len(a) + len(b) for a, b in png) / len(png) / 1e3])
 
     def decoded(data, decode):
         return lambda: [crop_float(decode(x), crop, rng) for pair in data for x in pair]

@@ -39,7 +39,15 @@ from jobs.search import pbt
 from jobs.search.plot import series, trials_png
 from jobs.search.space import trial_overrides
 from jobs.search.spec import METRIC, SearchSpec
-from jobs.search.trials import PARENT_TAG, TAG_OUTCOME, TAG_TRIAL, TrialTable, outcome, ranked, run_status
+from jobs.search.trials import (
+    PARENT_TAG,
+    TAG_OUTCOME,
+    TAG_TRIAL,
+    TrialTable,
+    outcome,
+    ranked,
+    run_status,
+)
 from jobs.training import driver as training
 from jobs.training import stopping
 from jobs.training.client import start_run

@@ -170,13 +170,17 @@ def val_streams(manifest: Manifest) -> list[str]:
 # execution whose start-up the workers wait for; a split of a few hundred rows made a pass every
 # 1-2 s at 64 px and that wait 15-30% of a CPU job's step (benchmarks/train_throughput.py).
 PASS_ROWS_PER_WORKER = 1024
+# Each read of a shard is a Ray Data read task (an object store GET): a pass makes at most this many.
+MAX_SHARD_READS = 64
 
 
-def reads_per_pass(rows: int, workers: int) -> int:
-    """How many times a pass over a training stream of `rows` rows reads each row (each time a new
-    random crop) so that every one of `workers` workers gets PASS_ROWS_PER_WORKER rows or more; 1
-    for a split that large already."""
-    return max(1, -(-PASS_ROWS_PER_WORKER * workers // max(rows, 1)))
+def reads_per_pass(rows: int, workers: int, shards: int = 1) -> int:
+    """How many times a pass over a training stream of `rows` rows in `shards` shard files reads
+    each row (each time a new random crop) so that every one of `workers` workers gets
+    PASS_ROWS_PER_WORKER rows or more, within MAX_SHARD_READS shard reads a pass; 1 for a split
+    that large already."""
+    needed = -(-PASS_ROWS_PER_WORKER * workers // max(rows, 1))
+    return max(1, min(needed, MAX_SHARD_READS // max(shards, 1)))
 
 
 def datasets_for(spec: TrainSpec, manifest: Manifest, settings: Settings, image_size: int,
@@ -185,12 +189,13 @@ def datasets_for(spec: TrainSpec, manifest: Manifest, settings: Settings, image_
     turns with `rotate`) per domain, and the `val_streams` (whole stored images, PNG bytes)."""
     load = lambda split, **kw: load_dataset(spec.dataset, split, settings, **kw)  # noqa: E731
     rows = stream_rows(manifest, "train")
+    reads = lambda stream, domain=None: reads_per_pass(  # noqa: E731
+        rows[stream], spec.workers, len(manifest.shards("train", domain)))
     if manifest.kind == "paired":
-        out = {"train": load("train", image_size=image_size, rotate=rotate,
-                             repeat=reads_per_pass(rows["train"], spec.workers)).randomize_block_order()}
+        out = {"train": load("train", image_size=image_size, rotate=rotate, repeat=reads("train")).randomize_block_order()}
     else:
         out = {f"train_{d}": load("train", image_size=image_size, domain=d, rotate=rotate,
-                                  repeat=reads_per_pass(rows[f"train_{d}"], spec.workers)).randomize_block_order()
+                                  repeat=reads(f"train_{d}", d)).randomize_block_order()
                for d in "ab"}
     for stream in val_streams(manifest):
         # undecoded: every worker reads every val row and decodes only the ones it scores (train_loop.validate)

@@ -366,4 +366,5 @@ def train_loop_per_worker(cfg: dict) -> None:
         _report(variant, metrics, spec, rank, variant.step // steps_per_epoch)
     if logger:
         logger.metrics({"time_train_s": t_train, "time_bookkeeping_s": t_book, "time_data_s": t_data,
-                        "time_first_batch_s": t_first_batch or 0.0, "time_step_s": t_step, "time_log_s": t_log, "time_sync_s": t_sync}, variant.step)
+                        "time_first_batch_s": t_first_batch or 0.0, "time_step_s": t_step, "time_log_s": t_log,
+                        "time_sync_s": t_sync}, variant.step)

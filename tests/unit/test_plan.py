@@ -91,17 +91,20 @@ def test_bad_cadence_is_one_line_error(text):
         Cadence.parse(text)
 
 
-@pytest.mark.parametrize("rows, workers, reads", [
-    (200, 2, 11),  # a small split: each pass reads it 11 times, 1100 rows a worker
-    (3, 1, 342),
-    (2048, 2, 1),  # large enough already
-    (50_000, 4, 1),
-    (0, 1, 1024),  # never a division by zero (an empty split is refused before training)
+@pytest.mark.parametrize("rows, workers, shards, reads", [
+    (200, 2, 1, 11),  # a small split: each pass reads it 11 times, 1100 rows a worker
+    (200, 2, 4, 11),
+    (3, 1, 1, 64),  # capped: 64 shard reads a pass at most (192 rows a pass, not 3)
+    (40, 2, 8, 8),  # capped by the shards: 8 x 8 = 64 reads
+    (2048, 2, 1, 1),  # large enough already
+    (50_000, 4, 200, 1),
+    (0, 1, 1, 64),  # never a division by zero (an empty split is refused before training)
 ])
-def test_a_small_split_makes_fewer_longer_passes(rows, workers, reads):
-    from jobs.training.driver import PASS_ROWS_PER_WORKER, reads_per_pass
+def test_a_small_split_makes_fewer_longer_passes(rows, workers, shards, reads):
+    from jobs.training.driver import MAX_SHARD_READS, PASS_ROWS_PER_WORKER, reads_per_pass
 
-    assert reads_per_pass(rows, workers) == reads
-    if rows:
+    assert reads_per_pass(rows, workers, shards) == reads
+    assert reads == 1 or shards * reads <= MAX_SHARD_READS
+    if rows and shards * reads < MAX_SHARD_READS:
         assert rows * reads >= PASS_ROWS_PER_WORKER * workers  # every worker gets a full pass's rows
         assert rows * (reads - 1) < PASS_ROWS_PER_WORKER * workers or reads == 1  # no more than needed
