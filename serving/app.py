@@ -39,7 +39,7 @@ from starlette.requests import ClientDisconnect
 
 from cluster.errors import Img2ImgError
 from registry.loading import LoadedModel, load_and_measure
-from serving.body import authorised, read_body
+from serving.body import authorised, discard, read_body
 from serving.configs import DEPLOYMENT
 from serving.limits import cancel_on_disconnect, compute_too_slow, upload_too_slow
 from serving.options import DEFAULTS as OPTIONS
@@ -145,19 +145,29 @@ class Enhancer(RolloutReplica):
             return error(400, str(e))
         return None
 
+    async def _refuse(self, request: Request, response: Response) -> Response:
+        """`response` to a request refused before its body was read, once that body, if it is on
+        its way, has been read and dropped within the upload limit (serving.body.discard: an
+        answer sent over unread bytes can be lost to a reset connection)."""
+        try:
+            await asyncio.wait_for(discard(request), timeout=self.options.upload_timeout_s)
+        except (ClientDisconnect, TimeoutError, asyncio.TimeoutError):
+            pass  # the answer goes out all the same
+        return response
+
     @api.post("/enhance")
     async def enhance(self, request: Request, format: str = "png", tile: int | None = None,
                       overlap: int | None = None, direction: str = "AtoB", version: str | None = None):
         if not authorised(request, self._key_sha256()):
-            return error(401, "missing or wrong API key (Authorization: Bearer KEY)")
+            return await self._refuse(request, error(401, "missing or wrong API key (Authorization: Bearer KEY)"))
         model = self.model  # requests in flight keep the model they started with
         tile = self.options.tile if tile is None else tile
         overlap = self.options.overlap if overlap is None else overlap
         refused = self._refusal(model, format, tile, overlap, direction)
         if refused is not None:
-            return refused
+            return await self._refuse(request, refused)
         if version not in (None, "champion", "challenger"):
-            return error(400, f"version must be champion or challenger, got {version[:40]!r}")
+            return await self._refuse(request, error(400, f"version must be champion or challenger, got {version[:40]!r}"))
         upload_limit = self.options.upload_timeout_s
         try:  # the upload has its own limit: a slow uplink is not the image's fault
             body = await asyncio.wait_for(read_body(request, self.options.max_pixels), timeout=upload_limit)

@@ -42,8 +42,7 @@ async def read_body(request: Request, max_pixels: int) -> bytes:
     limit = max_body_bytes(max_pixels)
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:  # refused on its length: a huge upload never fills memory
-        if HELD_BACK_HEADER not in request.headers:
-            await discard(request)
+        await discard(request)
         raise codec.RequestError(413, f"request body of {int(length) / 1e6:.0f} MB is over this endpoint's "
                                       f"{limit / 1e6:.0f} MB limit")
     ctype = request.headers.get("content-type", "")
@@ -54,21 +53,29 @@ async def read_body(request: Request, max_pixels: int) -> bytes:
             raise codec.RequestError(400, "multipart request without a 'file' field")
         return await upload.read()
     if ctype and not (ctype.startswith("image/") or ctype.startswith("application/octet-stream")):
+        await discard(request)
         raise codec.RequestError(415, f"content type {ctype!r} is not an image: send image/* or multipart 'file'")
-    body = bytearray()
+    body, over = bytearray(), False
     async for chunk in request.stream():  # a body without Content-Length is capped as it arrives
+        if over:
+            continue  # past the limit: read to its end, kept nowhere (`discard`)
         body += chunk
         if len(body) > limit:
-            raise codec.RequestError(413, f"request body is over this endpoint's {limit / 1e6:.0f} MB limit")
+            body, over = bytearray(), True
+    if over:
+        raise codec.RequestError(413, f"request body is over this endpoint's {limit / 1e6:.0f} MB limit")
     return bytes(body)
 
 
 async def discard(request: Request) -> int:
-    """Read `request`'s body to its end, keeping none of it -> its length in bytes. A body the
-    client is sending anyway (it did not wait for `100 Continue`) is read before it is refused:
-    a server that answers and closes with request bytes still unread resets the connection
-    (TCP RST), and the client can lose the answer it had not read yet (nginx's lingering close
-    does the same). Raises starlette.requests.ClientDisconnect if the client goes away."""
+    """Before refusing a request whose body is on its way: read that body to its end, keeping
+    none of it -> its length in bytes (0 when the client holds it back for `100 Continue`, or it
+    was read already). A server that answers and closes with request bytes still unread resets
+    the connection (TCP RST), and the client can lose the answer it had not read yet (nginx's
+    lingering close does the same). Raises starlette.requests.ClientDisconnect if the client
+    goes away."""
+    if HELD_BACK_HEADER in request.headers or getattr(request, "_stream_consumed", False):
+        return 0
     n = 0
     async for chunk in request.stream():
         n += len(chunk)
