@@ -12,8 +12,8 @@ limit and the speed each replica measures when it loads the model): past it the 
 JSON 504 marked `X-Time-Limit-S` (clients do not retry it), never a dropped connection, and the
 request's computation stops at its next tile pass. It stops there too when its client goes away
 (a closed tab, a Ctrl-C), so the replica is free for the next request. A body announced over
-the size limit is refused 413 on its Content-Length, never decoded or kept (serving/body.py). Planned replica stops (downscale,
-redeploy, `serve rm`) wait `graceful_shutdown_timeout_s`, longer than that limit, so accepted
+the size limit is refused 413 on its Content-Length, never decoded or kept (serving/body.py).
+Planned replica stops (downscale, redeploy, `serve rm`) wait `graceful_shutdown_timeout_s`, longer than that limit, so accepted
 requests finish. Unpaired models serve `?direction=AtoB|BtoA`.
 
 Here: the routes and the replica's state (its parsed user_config, serving.options). Their parts:

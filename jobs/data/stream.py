@@ -99,7 +99,7 @@ class DecodeBatch:
                 if turns:
                     arr = np.rot90(arr, turns, axes=(0, 1))
                 out[c].append(_unit(arr.transpose(2, 0, 1)))
-        result = {c: np.stack(v).astype(np.float32) * 2.0 - 1.0 for c, v in out.items()}
+        result = {c: np.stack(v) * np.float32(2.0) - np.float32(1.0) for c, v in out.items()}  # float32 already
         result["key"] = np.asarray(batch["key"])
         return result
 

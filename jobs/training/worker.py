@@ -90,10 +90,11 @@ def cycle_batches(iterator, columns: list[str], batch_size: int, stream: str, ra
     -> {column: float32 tensor (batch_size, C, H, W)}"""
     pending: dict[str, list[np.ndarray]] = {c: [] for c in columns}
     have = 0
+    fetch = max(batch_size, FETCH_ROWS)
     while True:
         rows_this_pass = 0
-        for batch in iterator.iter_batches(batch_size=max(batch_size, FETCH_ROWS), batch_format="numpy",
-                                           drop_last=False, local_shuffle_buffer_size=max(batch_size, FETCH_ROWS) * 4):
+        for batch in iterator.iter_batches(batch_size=fetch, batch_format="numpy", drop_last=False,
+                                           local_shuffle_buffer_size=fetch * 4):
             n = len(batch[columns[0]])
             rows_this_pass += n
             for c in columns:
