@@ -92,6 +92,7 @@ TAG_TOTAL_STEPS = "img2img.total_steps"
 TAG_STEPS_PER_EPOCH = "img2img.steps_per_epoch"
 TAG_STARTS = "img2img.worker_starts"  # 1 on the first start; each worker-group restart adds one
 TAG_RESTORED = "img2img.restored_step"  # the step of the checkpoint the latest start restored
+TAG_CHECKPOINT = "img2img.checkpoint_step"  # the step of the latest checkpoint Ray Train holds: a restart resumes there
 TAG_TIME_BUDGET = "img2img.time_budget_s"
 TAG_TRAINING_SINCE = "img2img.training_since"  # epoch seconds when the workers first started training
 TAG_PREEMPT_REQUEST = "img2img.preempt_request"  # the Ray id of a job that asks this run to stop at a checkpoint

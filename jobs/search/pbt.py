@@ -36,11 +36,28 @@ from jobs.search.spec import SearchSpec
 CLONE_FILE = "clone.json"  # in a PBT trial's Tune checkpoint: {"checkpoint", "trial", "run_id", "step"}
 
 
+class LastStepKept(PopulationBasedTraining):
+    """Tune's PBT, except that a trial's report at its last step (`last_step`) is never a
+    perturbation point: a clone of a donor's final checkpoint has no step left to train, so
+    exploiting there would only replace a finished trial with a copy of another. Its earlier
+    reports still rank it and make it a donor."""
+
+    def __init__(self, *, last_step: int, **kwargs):
+        super().__init__(**kwargs)
+        self.last_step = last_step
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if result.get("step", 0) >= self.last_step:
+            return self.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
+
 def scheduler(search: SearchSpec, total_steps: int) -> PopulationBasedTraining:
     """Tune's PBT over the searched keys, perturbing every `search.perturbation_interval` steps
-    (default: a quarter of the trials' steps)."""
+    (default: a quarter of the trials' steps), never at the trials' last step `total_steps`."""
     dims = search.dims()
-    return PopulationBasedTraining(
+    return LastStepKept(
+        last_step=total_steps,
         time_attr="step", perturbation_interval=search.perturbation_interval or max(1, total_steps // 4),
         hyperparam_mutations=pbt_mutations(dims), custom_explore_fn=functools.partial(clip_to_space, dims=dims))
 

@@ -33,6 +33,7 @@ from cluster.storage import Storage, arrow_errors, arrow_filesystem, arrow_unava
 from jobs.data.stream import load_dataset
 from jobs.training.crops import check_crop, scale_problem
 from jobs.training.finetune import adopt
+from jobs.training.held import TagHeldCheckpoint
 from jobs.training.plan import Cadence, TrainPlan, check_capacity, make_plan
 from jobs.training.preempt import requeue_self
 from jobs.training.spec import TrainSpec
@@ -207,7 +208,8 @@ def build_trainer(spec: TrainSpec, settings: Settings, job: JobPlan, callbacks: 
     """Trainer construction: a TorchTrainer running `train_loop_per_worker` on `spec.workers`
     workers over the dataset's streams, keeping the `keep_checkpoints` best by val PSNR in the
     store under checkpoints/<run id>/. `callbacks`: Ray Train user callbacks (a search trial
-    passes Tune's `TuneReportCallback`, which hands every report to Tune's scheduler)."""
+    passes Tune's `TuneReportCallback`, which hands every report to Tune's scheduler); a run with
+    an MLflow run id also gets `TagHeldCheckpoint` (the step a restart resumes from, on the run)."""
     cfg = spec.variant_config()
     datasets = datasets_for(spec, job.manifest, settings, cfg.image_size, cfg.augment == "d4")
     # Only the training streams are split: Ray Train's split drops the rows that do not divide
@@ -231,7 +233,8 @@ def build_trainer(spec: TrainSpec, settings: Settings, job: JobPlan, callbacks: 
             # controller_failure_limit bounds how often Ray retries STARTING the worker group
             # (unbounded by default: an unplaceable job would stay RUNNING forever).
             failure_config=FailureConfig(max_failures=spec.max_failures, controller_failure_limit=2),
-            callbacks=callbacks),
+            # after Tune's: a trial's scheduler hears of a report before MLflow does
+            callbacks=[*(callbacks or []), *([TagHeldCheckpoint(settings.mlflow_uri, spec.run_id)] if spec.run_id else [])]),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=split),
     )

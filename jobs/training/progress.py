@@ -19,6 +19,7 @@ from rich.text import Text
 
 from jobs.training.plan import UNLIMITED_STEPS
 from registry.tracking import (
+    TAG_CHECKPOINT,
     TAG_NODE_LOST,
     TAG_PHASE,
     TAG_PREEMPTED,
@@ -60,6 +61,7 @@ class Snapshot:
     budget_used_s: float | None = None  # training time spent of that budget
     starts: int = 0
     restored: str | None = None
+    checkpoint_step: int | None = None  # the latest checkpoint Ray Train holds: a restart resumes there
     preempted: str | None = None  # the latest preemption (MLflow tag TAG_PREEMPTED)
     node_lost: str | None = None  # the latest lost Ray node (jobs.training.watch.TAG_NODE_LOST)
     message: str = ""
@@ -69,7 +71,8 @@ class Snapshot:
 
     def fields(self) -> list[str]:
         """The line's fields, most important first: status, step (of the total or of the time
-        budget), val PSNR and gain, ETA; then loss, epoch, samples/s, elapsed."""
+        budget), val PSNR and gain, ETA; then loss, epoch, samples/s, elapsed; while it runs, the
+        step of the checkpoint a restart would resume from."""
         parts = [f"{self.status.lower()}/{self.phase}"]
         if self.budget_s and self.budget_used_s is not None:
             # the time budget ends this run first: a step total it will never reach would mislead
@@ -90,6 +93,8 @@ class Snapshot:
         if self.samples_per_s is not None:
             parts.append(f"{self.samples_per_s:.1f} samples/s")
         parts.append(f"elapsed {_hms(self.elapsed_s)}")
+        if self.checkpoint_step is not None and self.status not in TERMINAL:
+            parts.append(f"checkpoint at step {self.checkpoint_step}")
         return parts
 
     def line(self, width: int | None = None) -> str:
@@ -132,6 +137,7 @@ def read(tracking_uri: str, run_id: str, status: str = "RUNNING", message: str =
     snap.elapsed_s = max(0.0, end - run.info.start_time / 1000) if run.info.start_time else 0.0
     snap.starts = int(tags.get(TAG_STARTS, "0"))
     snap.restored = tags.get(TAG_RESTORED)
+    snap.checkpoint_step = int(tags[TAG_CHECKPOINT]) if TAG_CHECKPOINT in tags else None
     snap.preempted = tags.get(TAG_PREEMPTED)
     snap.node_lost = tags.get(TAG_NODE_LOST)
     snap.error = tags.get("error")

@@ -21,16 +21,19 @@ import time
 import ray
 from mlflow.tracking import MlflowClient
 
-from registry.tracking import TAG_NODE_LOST, TAG_PHASE, TAG_STARTS
+from registry.tracking import TAG_CHECKPOINT, TAG_NODE_LOST, TAG_PHASE, TAG_STARTS
 
 log = logging.getLogger("img2img.train")
 
 
-def lost_line(node: dict, step: int, remaining_cpus: float) -> str:
+def lost_line(node: dict, step: int, remaining_cpus: float, checkpoint_step: int | None = None) -> str:
     """The one line a user sees for a lost node: which, at which step, what happens next.
-    node: a `ray.nodes()` entry (NodeID, NodeManagerAddress); remaining_cpus: alive CPUs."""
+    node: a `ray.nodes()` entry (NodeID, NodeManagerAddress); remaining_cpus: alive CPUs;
+    checkpoint_step: the run's TAG_CHECKPOINT (None: no checkpoint yet, a restart begins again)."""
+    where = (f"the checkpoint at step {checkpoint_step}" if checkpoint_step is not None
+             else "the beginning (no checkpoint yet)")
     return (f"node {node.get('NodeID', '?')[:12]} ({node.get('NodeManagerAddress', '?')}) lost at step {step}; "
-            f"Ray Train restarts the workers from the last checkpoint (within --max-failures) if the remaining "
+            f"Ray Train restarts the workers from {where} (within --max-failures) if the remaining "
             f"{remaining_cpus:g} CPUs hold them")
 
 
@@ -57,7 +60,8 @@ class Watch(threading.Thread):
                 run = self.client.get_run(self.run_id)
                 step = int(run.data.metrics.get("step", 0))
                 now = (step, run.data.tags.get(TAG_STARTS))
-                self._check_nodes(step)
+                held = run.data.tags.get(TAG_CHECKPOINT)
+                self._check_nodes(step, int(held) if held else None)
             except Exception:  # MLflow or the GCS busy for a moment: the next poll decides
                 log.debug("watch poll failed", exc_info=True)
                 continue
@@ -74,12 +78,13 @@ class Watch(threading.Thread):
                 _thread.interrupt_main()
                 return
 
-    def _check_nodes(self, step: int) -> None:
+    def _check_nodes(self, step: int, checkpoint_step: int | None) -> None:
         nodes = ray.nodes()
         alive = {n["NodeID"]: n for n in nodes if n.get("Alive")}
         for node_id, node in list(self._alive.items()):
             if node_id not in alive:
-                line = lost_line(node, step, sum(n.get("Resources", {}).get("CPU", 0) for n in alive.values()))
+                cpus = sum(n.get("Resources", {}).get("CPU", 0) for n in alive.values())
+                line = lost_line(node, step, cpus, checkpoint_step)
                 log.warning(line)
                 print(f"WARNING: {line}", flush=True)
                 self.client.set_tag(self.run_id, TAG_NODE_LOST, line)

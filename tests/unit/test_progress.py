@@ -17,6 +17,14 @@ def test_line_shows_step_val_gain_eta_first_then_loss_epoch_rate_elapsed():
                                  "ETA 1:02:05 | loss 0.0312 | epoch 5.0 | 12.3 samples/s | elapsed 1:15")
 
 
+def test_a_running_job_shows_the_step_a_restart_resumes_from_and_a_finished_one_does_not():
+    import dataclasses
+
+    running = dataclasses.replace(_running(), checkpoint_step=36)
+    assert running.line().endswith("| elapsed 1:15 | checkpoint at step 36")
+    assert "checkpoint" not in dataclasses.replace(running, status="SUCCEEDED").line()
+
+
 @pytest.mark.parametrize("columns", [40, 60, 80, 200])
 def test_live_line_keeps_every_field_whole_at_any_width(columns):
     """The live display breaks between fields: nothing is cut at 60 or 80 columns."""
@@ -87,9 +95,11 @@ def test_a_binding_time_budget_replaces_the_unreachable_step_total():
 def test_a_lost_node_is_told_once_before_the_restore_from_its_checkpoint():
     from jobs.training.watch import lost_line
 
-    line = lost_line({"NodeID": "d3528d0d51a1bef3", "NodeManagerAddress": "10.0.0.7"}, 12, 4.0)
-    assert line == ("node d3528d0d51a1 (10.0.0.7) lost at step 12; Ray Train restarts the workers from the last "
-                    "checkpoint (within --max-failures) if the remaining 4 CPUs hold them")
+    node = {"NodeID": "d3528d0d51a1bef3", "NodeManagerAddress": "10.0.0.7"}
+    line = lost_line(node, 12, 4.0, 8)
+    assert line == ("node d3528d0d51a1 (10.0.0.7) lost at step 12; Ray Train restarts the workers from the "
+                    "checkpoint at step 8 (within --max-failures) if the remaining 4 CPUs hold them")
+    assert "from the beginning (no checkpoint yet)" in lost_line(node, 3, 4.0, None)
     a = Snapshot(phase="training", starts=1, step=12)
     b = Snapshot(phase="training", starts=1, step=12, node_lost=line)
     assert events(a, b) == [line] and events(b, b) == []

@@ -366,3 +366,27 @@ def test_a_setting_that_may_be_unset_is_searched_as_its_type():
                 TrainSpec(dataset="photos", variant="nafnet"))
     with pytest.raises(Img2ImgError, match="width is a int, uniform draws floats"):
         check_space(parse_space(["width=uniform(8,16)"]), TrainSpec(dataset="photos", variant="nafnet"))
+
+
+def test_pbt_never_perturbs_a_trial_at_its_last_step():
+    """A trial's report at the last step is not a perturbation point (a clone of a donor's final
+    checkpoint would have no step left to train); the same report one interval earlier is."""
+    from ray.tune.experiment import Trial
+
+    from jobs.search import pbt
+
+    scheduler = pbt.scheduler(_pbt(["lr=loguniform(1e-4,1e-2)"], perturbation_interval=6), total_steps=24)
+    scheduler.set_search_properties(metric="val_psnr", mode="max", config={})
+    trial = Trial("img2img-trial", config={"lr": 1e-3}, stub=True)
+    from ray.tune.schedulers.pbt import _PBTTrialState
+
+    class Controller:  # what PBT asks of Tune's controller for a population of one
+        def get_trials(self):
+            return [trial]
+
+    scheduler._trial_state[trial] = state = _PBTTrialState(trial)
+    trial.set_status(Trial.RUNNING)
+    assert scheduler.on_trial_result(Controller(), trial, {"step": 18, "val_psnr": 20.0}) == scheduler.CONTINUE
+    assert state.last_perturbation_time == 18 and state.last_score == 20.0  # a perturbation point
+    assert scheduler.on_trial_result(Controller(), trial, {"step": 24, "val_psnr": 21.0}) == scheduler.CONTINUE
+    assert state.last_perturbation_time == 18 and state.last_score == 20.0  # the last step is not
