@@ -175,23 +175,27 @@ PASS_ROWS_PER_WORKER = 1024
 MAX_SHARD_READS = 64
 
 
-def reads_per_pass(rows: int, workers: int, shards: int = 1) -> int:
+def reads_per_pass(rows: int, workers: int, shards: int = 1, job_rows: int | None = None) -> int:
     """How many times a pass over a training stream of `rows` rows in `shards` shard files reads
     each row (each time a new random crop) so that every one of `workers` workers gets
-    PASS_ROWS_PER_WORKER rows or more, within MAX_SHARD_READS shard reads a pass; 1 for a split
-    that large already."""
+    PASS_ROWS_PER_WORKER rows or more, within MAX_SHARD_READS shard reads a pass, and never more
+    than the `job_rows` rows the whole job consumes (steps x batch x workers; None: unbounded,
+    a time budget ends it); 1 for a split that large already."""
     needed = -(-PASS_ROWS_PER_WORKER * workers // max(rows, 1))
+    if job_rows is not None:  # a short job: reading more than it trains on only delays its first step
+        needed = min(needed, -(-job_rows // max(rows, 1)))
     return max(1, min(needed, MAX_SHARD_READS // max(shards, 1)))
 
 
 def datasets_for(spec: TrainSpec, manifest: Manifest, settings: Settings, image_size: int,
-                 rotate: bool = False) -> dict:
+                 rotate: bool = False, job_rows: int | None = None) -> dict:
     """The job's Ray Data streams: train (random crops of `image_size`, flips, and 90-degree
-    turns with `rotate`) per domain, and the `val_streams` (whole stored images, PNG bytes)."""
+    turns with `rotate`) per domain, and the `val_streams` (whole stored images, PNG bytes).
+    job_rows: the rows one stream's whole job consumes (`reads_per_pass`)."""
     load = lambda split, **kw: load_dataset(spec.dataset, split, settings, **kw)  # noqa: E731
     rows = stream_rows(manifest, "train")
     reads = lambda stream, domain=None: reads_per_pass(  # noqa: E731
-        rows[stream], spec.workers, len(manifest.shards("train", domain)))
+        rows[stream], spec.workers, len(manifest.shards("train", domain)), job_rows)
     if manifest.kind == "paired":
         out = {"train": load("train", image_size=image_size, rotate=rotate, repeat=reads("train")).randomize_block_order()}
     else:
@@ -211,7 +215,9 @@ def build_trainer(spec: TrainSpec, settings: Settings, job: JobPlan, callbacks: 
     passes Tune's `TuneReportCallback`, which hands every report to Tune's scheduler); a run with
     an MLflow run id also gets `TagHeldCheckpoint` (the step a restart resumes from, on the run)."""
     cfg = spec.variant_config()
-    datasets = datasets_for(spec, job.manifest, settings, cfg.image_size, cfg.augment == "d4")
+    plan = job.plan
+    job_rows = plan.total_steps * plan.samples_per_step if plan.bounded else None
+    datasets = datasets_for(spec, job.manifest, settings, cfg.image_size, cfg.augment == "d4", job_rows)
     # Only the training streams are split: Ray Train's split drops the rows that do not divide
     # evenly, and validation must score every row (each worker picks its own: train_loop.validate).
     split = [k for k in datasets if k.startswith("train")]

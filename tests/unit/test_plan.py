@@ -108,3 +108,16 @@ def test_a_small_split_makes_fewer_longer_passes(rows, workers, shards, reads):
     if rows and shards * reads < MAX_SHARD_READS:
         assert rows * reads >= PASS_ROWS_PER_WORKER * workers  # every worker gets a full pass's rows
         assert rows * (reads - 1) < PASS_ROWS_PER_WORKER * workers or reads == 1  # no more than needed
+
+
+
+@pytest.mark.parametrize("rows, workers, job_rows, reads", [
+    (12, 2, 32, 3),  # 4 steps x batch 4 x 2 workers: 3 reads of 12 rows hold all 32
+    (12, 2, 12, 1),
+    (12, 2, 10**9, 64),  # a long job: the pass-size rule alone
+    (200, 2, None, 11),  # time budget only: unbounded
+])
+def test_a_short_job_never_reads_more_rows_a_pass_than_it_trains_on(rows, workers, job_rows, reads):
+    from jobs.training.driver import reads_per_pass
+
+    assert reads_per_pass(rows, workers, 1, job_rows) == reads
