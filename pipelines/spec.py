@@ -26,6 +26,8 @@ from pydantic import (
 
 from cluster.errors import Img2ImgError
 from pipelines.notify import check_webhook
+from serving.rollout import Limits
+from serving.rollout_steps import parse_interval, parse_steps
 
 STEPS = ("ingest", "train", "evaluate", "gate", "deploy", "promote")
 
@@ -82,6 +84,56 @@ class GateStep(_Strict):
     force: bool = False
 
 
+class DeployStep(_Strict):
+    """How the candidate reaches the endpoint (only when the endpoint serves this model):
+    `rollout: swap` (default) replaces the served version at once (`serve reload`);
+    `rollout: canary` runs a stepped canary (`serve canary --steps S --interval I`) and waits for
+    it: promoted once its last step has held for `interval` within its guards, aborted (the
+    champion kept, the pipeline ending with the reason) when a guard is breached or it has not
+    promoted within `timeout` (e.g. no traffic reached the challenger). `limits`: the canary's
+    guards (`serving.rollout.Limits`: min_requests, max_error_rate, max_p95_ratio,
+    max_sharpness_change, ...), as `serve canary`'s flags."""
+
+    rollout: Literal["swap", "canary"] = "swap"
+    steps: str = "10,50,100"
+    interval: str = "10m"
+    timeout: str = "2h"
+    limits: Limits = Field(default_factory=Limits)
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, value: str) -> str:
+        _one_line(parse_steps, value, "--steps")
+        return value
+
+    @field_validator("interval", "timeout")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        _one_line(parse_interval, value, "--interval")
+        return value
+
+    @property
+    def interval_s(self) -> float:
+        return parse_interval(self.interval)
+
+    @property
+    def timeout_s(self) -> float:
+        return parse_interval(self.timeout)
+
+    @property
+    def shares(self) -> list[float]:
+        return parse_steps(self.steps)
+
+
+def _one_line(parse, value: str, flag: str) -> None:
+    """`parse(value)`, its Img2ImgError as the ValueError pydantic reports (the field named by
+    the caller's line number, not the CLI's `flag`)."""
+    try:
+        parse(value)
+    except Img2ImgError as e:
+        raise ValueError(str(e).replace(f"{flag} ", "", 1)) from None
+
+
 class Notify(_Strict):
     """Who hears of the pipeline's decision: `webhook` (an http(s) URL, or `env:NAME` for a URL kept
     in that environment variable on the cluster) receives a JSON summary when a run ends
@@ -110,6 +162,7 @@ class PipelineSpec(_Strict):
     train: TrainStep = Field(default_factory=TrainStep)
     evaluate: EvaluateStep = Field(default_factory=EvaluateStep)
     gate: GateStep = Field(default_factory=GateStep)
+    deploy: DeployStep = Field(default_factory=DeployStep)
     notify: Notify = Field(default_factory=Notify)
     code_version: str = ""  # filled by the client: part of every step's cache key
     _origin: str = PrivateAttr("the pipeline")  # the file's name, or "flags"

@@ -9,10 +9,12 @@ what earlier steps produced (dataset sha256, version, scores) to the later ones.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cluster.errors import Img2ImgError
+from cluster.services import poll_until
 from cluster.settings import Settings
 from cluster.storage import Storage
 from jobs.data.ingest import IngestOptions, ingest
@@ -238,11 +240,81 @@ def run_deploy(ctx: Context) -> dict:
     if not st or st.get("model") != ctx.spec.model_name:
         served = f"{st.get('model')}" if st else "nothing"
         return {"deployed": "no", "reason": f"the endpoint serves {served}, not {ctx.spec.model_name}: left alone"}
-    out = redeploy_model(ctx.settings, f"{ctx.spec.model_name}/{_candidate(ctx)}")
+    candidate = _candidate(ctx)
+    if ctx.spec.deploy.rollout == "canary" and str(st.get("version")) != candidate:
+        return run_canary(ctx, candidate)
+    out = redeploy_model(ctx.settings, f"{ctx.spec.model_name}/{candidate}")
     return {"deployed": "yes", "version": out["version"]}
 
 
+CANARY_POLL_S = 5.0  # how often the deploy step reads a canary's status (GET /rollout)
+
+
+def canary_verdict(st: dict, interval_s: float, now: float) -> str | None:
+    """What a stepped canary's status (`serving.rollouts.status`) means for the pipeline:
+    "abort" once it aborted itself (a guard breached), "promote" once its last step has held
+    for `interval_s` seconds (`now`: epoch seconds) and the challenger answered at least the
+    rollout's `min_requests` there with the guards intact (as every earlier step), else None."""
+    if st.get("state") == "aborted":
+        return "abort"
+    steps = st.get("steps") or {}
+    if st.get("state") != "canary" or not steps or steps.get("step") != steps.get("of"):
+        return None
+    reached = (steps.get("taken") or [{}])[-1].get("at")
+    judged = (st.get("challenger") or {}).get("requests", 0) - steps.get("base_requests", 0)
+    needed = (st.get("limits") or {}).get("min_requests", 10)
+    return "promote" if reached is not None and now - reached >= interval_s and judged >= needed else None
+
+
+def run_canary(ctx: Context, candidate: str) -> dict:
+    """deploy with `rollout: canary`: a stepped canary of `candidate` beside the served champion
+    (`serving.rollouts.start`), read every CANARY_POLL_S seconds. Its last step held for the
+    interval -> promoted (the challenger becomes champion and serves every request); a breached
+    guard, or no promotion within the timeout -> aborted, and the pipeline ends keeping the
+    champion (Kept, with the reason). A pipeline stopped meanwhile aborts the canary first."""
+    from serving import rollouts  # deferred like serving.deploy's own imports of the registry
+
+    d, name = ctx.spec.deploy, ctx.spec.model_name
+    champion = alias_version(ctx.settings, name, CHAMPION) or ""
+    plan = rollouts.start(ctx.settings, "canary", f"{name}/{candidate}", limits=d.limits, steps=d.shares,
+                          interval_s=d.interval_s)
+    log.info("canary of %s v%s started: %s%% of requests, steps %s every %s", name, candidate, plan["percent"],
+             d.steps, d.interval)
+    seen: dict = {}
+
+    def decided() -> bool:
+        seen["status"] = rollouts.status(ctx.settings)
+        seen["verdict"] = canary_verdict(seen["status"], d.interval_s, time.time())
+        return seen["verdict"] is not None
+
+    try:
+        poll_until(decided, d.timeout_s, interval_s=CANARY_POLL_S)
+    except BaseException:  # stopped or failed while it ran: the champion alone serves again
+        rollouts.end(ctx.settings, "abort")
+        raise
+    st = seen.get("status") or {}
+    out = {"candidate": candidate, "champion": champion, "rollout_id": st.get("id", ""),
+           "challenger_requests": str((st.get("challenger") or {}).get("requests", 0))}
+    if seen.get("verdict") == "promote":
+        rollouts.end(ctx.settings, "promote")
+        return {**out, "deployed": "yes", "version": candidate, "rollout": "promoted"}
+    why = (st.get("reason") or "a guard was breached") if seen.get("verdict") == "abort" else (
+        f"not promoted within {d.timeout} ({(st.get('steps') or {}).get('next_move', 'no status')})")
+    rollouts.end(ctx.settings, "abort")
+    line = f"kept champion v{champion}: the canary of v{candidate} aborted: {why}"
+    raise Kept(line, {**out, "deployed": "no", "rollout": "aborted", "reason": why, "decision": "keep",
+                      "outcome": line})
+
+
+def deploy_inputs(ctx: Context) -> dict:
+    """deploy: the candidate and how it rolls out."""
+    return {**rollout_inputs(ctx), "rollout": ctx.spec.deploy.model_dump()}
+
+
 def run_promote(ctx: Context) -> dict:
+    deploy = ctx.outputs.get("deploy") or {}
+    if deploy.get("rollout") == "promoted":  # the canary made it champion already
+        return {"champion": deploy["version"], "previous": deploy.get("champion", ""), "changed": "true"}
     decision = promote(ctx.settings, ctx.spec.model_name, version=_candidate(ctx), metric=ctx.spec.gate.metric,
                        force=ctx.spec.gate.force, evaluate=ctx.evaluator())
     return {"champion": decision.new, "previous": decision.previous or "", "changed": str(decision.changed).lower()}
@@ -253,6 +325,6 @@ STEP_FUNCS = {
     "train": (train_inputs, run_train),
     "evaluate": (evaluate_inputs, run_evaluate),
     "gate": (gate_inputs, run_gate),
-    "deploy": (rollout_inputs, run_deploy),
+    "deploy": (deploy_inputs, run_deploy),
     "promote": (rollout_inputs, run_promote),
 }

@@ -76,7 +76,8 @@ class Stepper:
 
     def summary(self, state: str, now: float) -> dict[str, Any]:
         """-> {steps, step (1-based), of, percent, next_percent, next_at (epoch seconds or None),
-        next_in_s, interval_s, held, taken: [{percent, at}], next_move (one line for people)}."""
+        next_in_s, interval_s, held, taken: [{percent, at}], base_requests (the challenger's
+        request count when this step began), next_move (one line for people)}."""
         last = self.index + 1 >= len(self.steps)
         nxt = None if last else self.steps[self.index + 1]
         next_at = None if last else self.started_at + self.interval_s
@@ -91,4 +92,4 @@ class Stepper:
         return {"steps": self.steps, "step": self.index + 1, "of": len(self.steps), "percent": self.percent,
                 "next_percent": nxt, "next_at": next_at,
                 "next_in_s": None if next_at is None else max(0.0, next_at - now), "interval_s": self.interval_s, "held": self.held,
-                "taken": self.taken, "next_move": move}
+                "taken": self.taken, "base_requests": self.base_requests, "next_move": move}

@@ -290,3 +290,64 @@ def test_a_driver_started_without_a_client_records_its_own_run(stack, cli, first
     status = json.loads(cli("pipeline", "status", job, "--json").output)
     assert (status["id"], status["name"], status["state"]) == (job, "pipe-cron", "FINISHED"), status
     assert [s["step"] for s in status["steps"]] == ["deploy"]
+
+
+def test_a_canary_deploy_promotes_under_traffic_and_a_failing_candidate_keeps_the_champion(stack, cli, blur_dataset,
+                                                                                            tmp_path):
+    """deploy with `rollout: canary` on the served model: under live traffic the candidate steps
+    50% -> 100%, holds, and is promoted (champion, served); a candidate that fails every request
+    aborts its canary by itself, and the pipeline ends FINISHED keeping the champion, with the
+    reason. Every request of both runs is answered 200."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    import numpy as np
+    from mlflow.tracking import MlflowClient
+
+    from registry.models import CHAMPION, alias_version
+    from serving.deploy import deploy
+    from serving.deploy import status as serve_status
+    from serving.options import Scaling
+    from tests.integration.conftest import encoded, endpoint_restored, register_tiny_autoencoder
+
+    name = "pipe-canary"
+    assert [register_tiny_autoencoder(stack, name, seed) for seed in (1, 2)] == ["1", "2"]
+    MlflowClient(stack.mlflow_uri).set_registered_model_alias(name, CHAMPION, "1")
+    body = encoded(Image.fromarray(np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8)))
+    spec = {"name": "pipe-canary", "dataset": blur_dataset, "model": name, "steps": ["deploy", "promote"],
+            "deploy": {"rollout": "canary", "steps": "50,100", "interval": "3s", "timeout": "4m",
+                       "limits": {"min_requests": 3, "max_sharpness_change": 1000}}}
+    path = _write(tmp_path, spec)
+
+    def run_under_load() -> tuple[dict, set]:
+        r = cli("pipeline", "run", path, "--detach")
+        assert r.exit_code == 0, r.output
+        codes, deadline = set(), time.time() + 400
+        with ThreadPoolExecutor(3) as pool:
+            while (status := _status(cli))["state"] in ("QUEUED", "RUNNING"):
+                assert time.time() < deadline, status
+                answers = pool.map(lambda _: httpx.post(stack.serve_url + "/enhance", content=body, timeout=120,
+                                                        headers={"Content-Type": "image/png"}), range(6))
+                codes |= {a.status_code for a in answers}
+        return status, codes
+
+    with endpoint_restored(stack):
+        deploy(stack, f"{name}@champion", scaling=Scaling(min_replicas=1, max_replicas=1), wait_s=300)
+        status, codes = run_under_load()
+        assert status["state"] == "FINISHED" and codes == {200}, (status, codes)
+        steps = {s["step"]: s for s in status["steps"]}
+        assert steps["deploy"]["outputs"]["rollout"] == "promoted", steps["deploy"]
+        assert f"{name} v2 is champion" in status["outcome"] and "(unchanged)" not in status["outcome"]
+        assert alias_version(stack, name, CHAMPION) == "2" and str(serve_status(stack)["version"]) == "2"
+
+        client = MlflowClient(stack.mlflow_uri)  # v3: a version whose model files do not exist
+        run = client.create_run(client.get_experiment_by_name("integration").experiment_id)
+        client.log_text(run.info.run_id, "no weights here", "model/README.txt")
+        client.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+        status, codes = run_under_load()
+        assert status["state"] == "FINISHED" and codes == {200}, (status, codes)
+        assert status["outcome"].startswith("kept champion v2: the canary of v3 aborted: "), status["outcome"]
+        assert "error rate" in status["outcome"]
+        assert [s["step"] for s in status["steps"]] == ["deploy"]  # promote never ran
+        assert alias_version(stack, name, CHAMPION) == "2" and str(serve_status(stack)["version"]) == "2"

@@ -184,3 +184,29 @@ def test_a_slow_shadow_challenger_is_not_aborted_for_latency_a_slow_canary_one_i
             ledger.record("champion", 0.1, True)
             ledger.record_pair(0.1, 5.0, True, 30.0) if mode == "shadow" else ledger.record("challenger", 5.0, True)
         assert (ledger.state == "aborted") == aborted, ledger.summary()["reason"]
+
+
+def test_a_pipeline_promotes_a_canary_only_once_its_last_step_held_judged_and_aborts_with_it():
+    """pipelines.steps.canary_verdict on the ledger's own status: wait through the steps, wait
+    at the last step for its interval AND min_requests challenger answers there, then promote;
+    a breached guard at any step -> abort."""
+    from pipelines.steps import canary_verdict
+
+    clock = Clock()
+    ledger = Ledger(clock)
+    ledger.begin(stepped(steps=[50, 100], percent=50.0))
+    feed(ledger, 3)
+    assert canary_verdict(ledger.summary(), 600, clock.now) is None  # first step
+    clock.now += 601
+    feed(ledger, 1)  # moves to the last step (100%); 1 challenger answer there
+    assert ledger.percent == 100 and canary_verdict(ledger.summary(), 600, clock.now) is None  # just reached
+    clock.now += 601
+    assert canary_verdict(ledger.summary(), 600, clock.now) is None  # held long enough, judged on too little
+    feed(ledger, 2)
+    assert canary_verdict(ledger.summary(), 600, clock.now) == "promote"
+
+    failing = Ledger(clock)
+    failing.begin(stepped(steps=[50, 100], percent=50.0))
+    feed(failing, 3, ok=False)
+    assert failing.summary()["state"] == "aborted" and canary_verdict(failing.summary(), 600, clock.now) == "abort"
+    assert canary_verdict({"state": "none"}, 600, clock.now) is None
