@@ -290,7 +290,10 @@ def run_canary(ctx: Context, candidate: str) -> dict:
     try:
         poll_until(decided, d.timeout_s, interval_s=CANARY_POLL_S)
     except BaseException:  # stopped or failed while it ran: the champion alone serves again
-        rollouts.end(ctx.settings, "abort")
+        try:
+            rollouts.end(ctx.settings, "abort")
+        except Exception as e:  # the original failure is the one to report
+            log.warning("could not abort the canary (%s); end it with: img2img serve rollout abort", e)
         raise
     st = seen.get("status") or {}
     out = {"candidate": candidate, "champion": champion, "rollout_id": st.get("id", ""),

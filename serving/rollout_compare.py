@@ -73,6 +73,32 @@ def compare_outputs(champion: bytes, challenger: bytes) -> tuple[float | None, f
             None if x is None else sharpness(x), None if y is None else sharpness(y))
 
 
+TRIPLET_HEIGHT = 192  # pixels: each image of a triplet is scaled to this height (a record, not a full view)
+
+
+def triplet(before: bytes, champion: bytes, challenger: bytes, labels: list[str], height: int = TRIPLET_HEIGHT):
+    """One mirrored request side by side: its input, the champion's and the challenger's answers
+    (encoded images of any format Pillow reads, any bit depth; alpha dropped), each scaled to
+    `height` pixels high with its aspect kept, under `labels` (3 captions) -> an RGB PIL image;
+    None when one of them cannot be decoded."""
+    from PIL import Image
+
+    from translator.images import grid
+
+    shown = []
+    for data in (before, champion, challenger):
+        try:
+            im = Image.open(io.BytesIO(data))
+            im.load()
+        except Exception:
+            return None
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey: to 8 bits for the record
+            im = Image.fromarray((np.asarray(im, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8))
+        im = im.convert("RGB")
+        shown.append(im.resize((max(1, round(im.width * height / im.height)), height), Image.Resampling.BICUBIC))
+    return grid([shown], labels=labels)
+
+
 def _mean(values) -> float | None:
     return float(np.mean(values)) if len(values) else None
 

@@ -118,6 +118,20 @@ def close_run(tracking_uri: str | None, run_id: str | None, summary: dict[str, A
     c.set_terminated(run_id, "FINISHED")
 
 
+def log_triplet(tracking_uri: str | None, run_id: str | None, image, name: str) -> None:
+    """Store one before | champion | challenger image (`serving.rollout_compare.triplet`) in the
+    rollout's run as `triplets/NAME.png`. Nothing without a run; an MLflow error is logged, never
+    the request's concern."""
+    if not tracking_uri or not run_id or image is None:
+        return
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri).log_image(run_id, image, f"triplets/{name}.png")
+    except Exception:
+        log.exception("could not store a rollout triplet in MLflow")
+
+
 def cite_rollout(tracking_uri: str, name: str, version: str, run_id: str | None) -> None:
     """Tag `name` v`version` with the rollout run that promoted it and rewrite its model card,
     which cites that run."""

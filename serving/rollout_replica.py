@@ -11,6 +11,7 @@ import asyncio
 import logging
 import random
 import time
+import uuid
 from typing import Any
 
 from fastapi.responses import Response
@@ -18,9 +19,11 @@ from ray import serve
 
 from serving.configs import DEPLOYMENT
 from serving.rollout import LIVE, Plan, mirrored, parse_plan, route
-from serving.rollout_compare import compare_outputs, output_sharpness
+from serving.rollout_compare import compare_outputs, output_sharpness, triplet
+from serving.rollout_ledger import log_triplet
 
 log = logging.getLogger("img2img.serve")
+TRIPLETS_PER_REPLICA = 4  # before | champion | challenger images each ingress replica stores per shadow
 VERSIONS = ("champion", "challenger")  # what a request may ask for by name (?version=)
 
 
@@ -36,6 +39,8 @@ class RolloutReplica:
         self.ledger = None  # the handle while a plan is followed
         self.challenger = None
         self.background: set[asyncio.Task] = set()  # mirrored requests and ledger answers in flight
+        self.triplets: dict[str, int] = {}  # rollout id -> triplets this replica has stored
+        self.replica_tag = uuid.uuid4().hex[:6]  # names this replica's triplets apart from the others'
 
     def follow_rollout(self, value: dict[str, Any] | None) -> None:
         """Apply the user_config's `rollout` value (None: no rollout). Raises Img2ImgError for a
@@ -109,6 +114,12 @@ class RolloutReplica:
                                   if status == 200 else (None, None, None))
         if self.ledger is not None:
             self._follow(self.ledger.record_pair.remote(champion_s, seconds, ok, psnr, sharp_a, sharp_b))
+        plan = self.plan
+        if status == 200 and plan is not None and self.triplets.get(plan.id, 0) < TRIPLETS_PER_REPLICA:
+            n = self.triplets[plan.id] = self.triplets.get(plan.id, 0) + 1
+            labels = ["before", f"champion v{plan.champion_version}", f"challenger v{plan.version}"]
+            image = await asyncio.to_thread(triplet, args[0], champion_out, content, labels)
+            await asyncio.to_thread(log_triplet, plan.tracking_uri, plan.run_id, image, f"{self.replica_tag}-{n:02d}")
 
     def _record(self, role: str, seconds: float, ok: bool, fallback: bool = False, output: bytes | None = None) -> None:
         """Report one answer to the ledger; `output`: its image, whose sharpness is measured off

@@ -166,6 +166,14 @@ def test_shadow_leaves_every_answer_the_champions_while_the_comparison_fills(ser
     other = np.asarray(Image.open(io.BytesIO(reference)))
     assert other.shape == (32, 32, 3) and st["comparison"]["identical"] == 0
     assert 0 < st["comparison"]["psnr_mean_db"] < 100  # two different networks: their outputs differ
+    # a few before | champion | challenger images are kept in the rollout's run (4 per ingress replica)
+    ml, deadline = MlflowClient(settings.mlflow_uri), time.time() + 60
+    while len(triplets := ml.list_artifacts(st["run_id"], "triplets")) < 4:
+        assert time.time() < deadline, triplets
+        time.sleep(1)
+    assert len(triplets) == 4 and all(t.path.endswith(".png") for t in triplets)  # one replica: 4, not 30
+    image = Image.open(ml.download_artifacts(st["run_id"], triplets[0].path))
+    assert image.mode == "RGB" and image.width > 3 * image.height // 2  # three images side by side
     end(settings, "abort")
 
 

@@ -210,3 +210,37 @@ def test_a_pipeline_promotes_a_canary_only_once_its_last_step_held_judged_and_ab
     feed(failing, 3, ok=False)
     assert failing.summary()["state"] == "aborted" and canary_verdict(failing.summary(), 600, clock.now) == "abort"
     assert canary_verdict({"state": "none"}, 600, clock.now) is None
+
+
+def _png(array: np.ndarray, mode: str | None = None) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(array, mode).save(out, "PNG") if mode else Image.fromarray(array).save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("before, answer", [
+    (np.full((40, 60, 3), 90, np.uint8), np.full((40, 60, 3), 200, np.uint8)),  # 8-bit RGB, same size
+    (np.full((20, 30, 3), 90, np.uint8), np.full((40, 60, 3), 200, np.uint8)),  # super-resolution: 2x answers
+    (np.full((40, 60, 4), 90, np.uint8), np.full((40, 60, 4), 200, np.uint8)),  # RGBA
+    (np.full((40, 60), 30000, np.uint16), np.full((40, 60), 60000, np.uint16)),  # 16-bit grey
+])
+def test_a_shadow_triplet_shows_input_and_both_answers_side_by_side_at_one_height(before, answer):
+    """serving.rollout_compare.triplet: before | champion | challenger, each scaled to the same
+    height with its aspect kept, whatever the format and bit depth; captions above."""
+    from serving.rollout_compare import triplet
+
+    image = triplet(_png(before), _png(answer), _png(answer), ["before", "champion v1", "challenger v2"], height=64)
+    assert image.mode == "RGB" and image.height > 64  # the images and a caption row
+    pixels = np.asarray(image)
+    row = pixels[-4 - 32]  # a line through the middle of the three images
+    widths = [(row == v).all(axis=-1).sum() for v in (np.unique(row.reshape(-1, 3), axis=0))]
+    assert max(widths) >= 2 * 96  # two answers of 96 px (60 x 64/40) in the answer's colour
+    assert image.width >= 3 * 96
+
+
+def test_a_triplet_with_an_undecodable_part_is_none():
+    from serving.rollout_compare import triplet
+
+    good = _png(np.zeros((8, 8, 3), np.uint8))
+    assert triplet(b"not an image", good, good, ["a", "b", "c"]) is None
+    assert triplet(good, good, b"", ["a", "b", "c"]) is None
