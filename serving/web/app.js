@@ -190,7 +190,20 @@
     $("progress").hidden = true;
   }
   // -> a Promise of {ok, text}, settled when this photo is done, failed, or replaced by another.
-  function enhance(file, label = "") {
+  // During a rollout "both" sends it to the champion, then to the challenger, and shows the two
+  // answers against each other (the champion's on the left, where "before" usually is).
+  async function enhance(file, label = "") {
+    if ($("version-box").hidden || $("version").value !== "both") {
+      return send(file, label, $("version-box").hidden ? "" : $("version").value, null);
+    }
+    const first = await send(file, `${label}Champion: `, "champion", null);
+    if (!first.ok) return first;
+    const second = await send(file, `${label}Challenger: `, "challenger", first);
+    return second.ok ? { ...second, text: `${second.text} (champion and challenger side by side)` } : second;
+  }
+  // One request. `version`: "", "champion" or "challenger"; `against`: the champion's answer
+  // ({blob, version}) to show instead of the original, or null.
+  function send(file, label, version, against) {
     let settle;
     const done = new Promise((resolve) => { settle = resolve; });
     if (state.xhr) state.xhr.abort();
@@ -199,7 +212,7 @@
     state.pending = null;
     const params = new URLSearchParams({ format: $("format").value });
     if (!$("direction-box").hidden) params.set("direction", $("direction").value);
-    if (!$("version-box").hidden && $("version").value) params.set("version", $("version").value);
+    if (version) params.set("version", version);
     const xhr = new XMLHttpRequest();
     state.xhr = xhr;
     xhr.open("POST", "enhance?" + params);
@@ -234,9 +247,10 @@
       const secs = (performance.now() - t0) / 1000;
       $("elapsed").textContent = "";
       if (xhr.status === 200) {
-        const ok = await showResult(file, xhr.response, secs, xhr.getResponseHeader("X-Model-Name"),
-          xhr.getResponseHeader("X-Model-Version"));
-        settle({ ok, text: `enhanced in ${secs.toFixed(1)} s`, blob: xhr.response });
+        const answeredBy = xhr.getResponseHeader("X-Model-Version");
+        const ok = await showResult(file, xhr.response, secs, xhr.getResponseHeader("X-Model-Name"), answeredBy,
+          against);
+        settle({ ok, text: `enhanced in ${secs.toFixed(1)} s`, blob: xhr.response, version: answeredBy });
       } else {
         if (xhr.status === 401 || xhr.status === 403) state.pending = file;
         const body = await xhr.response.text();
@@ -265,9 +279,13 @@
       img.src = url;
     });
   }
-  async function showResult(file, blob, secs, modelName, modelVersion) {
+  async function showResult(file, blob, secs, modelName, modelVersion, against) {
     for (const u of [state.beforeUrl, state.afterUrl]) if (u) URL.revokeObjectURL(u);
-    state.beforeUrl = URL.createObjectURL(file);
+    state.beforeUrl = URL.createObjectURL(against ? against.blob : file);
+    const [left, right] = against ? [`Champion v${against.version}`, `Challenger v${modelVersion}`] : ["Before", "After"];
+    $("tag-left").textContent = $("caption-left").textContent = left;
+    $("tag-right").textContent = $("caption-right").textContent = right;
+    $("result-title").textContent = against ? "Champion / challenger" : "Before / after";
     state.afterUrl = URL.createObjectURL(blob);
     const [beforeOk, afterOk] = await Promise.all([
       loadImage($("before-img"), state.beforeUrl), loadImage($("after-img"), state.afterUrl)]);
@@ -296,8 +314,11 @@
     const scale = beforeOk && before.naturalWidth ? state.w / before.naturalWidth : 1;
     $("before-filter").hidden = !(scale > 1.01);
     const shown = scale > 1.01 ? `, shown enlarged ${scale.toFixed(scale % 1 ? 2 : 0)}× to the result's size` : "";
-    $("sizes").textContent = `Original ${orig}${shown}; enhanced ${state.w} × ${state.h} px${by}, ` +
-      `${(blob.size / 1024).toFixed(0)} KiB, in ${secs.toFixed(1)} s.`;
+    $("sizes").textContent = against
+      ? `Left: the champion's answer (v${against.version}); right: the challenger's${by}, ${state.w} × ${state.h} px, ` +
+        `${(blob.size / 1024).toFixed(0)} KiB, in ${secs.toFixed(1)} s.`
+      : `Original ${orig}${shown}; enhanced ${state.w} × ${state.h} px${by}, ` +
+        `${(blob.size / 1024).toFixed(0)} KiB, in ${secs.toFixed(1)} s.`;
     $("result").hidden = false;
     state.fit = true;
     setPos(50);

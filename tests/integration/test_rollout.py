@@ -308,6 +308,17 @@ def test_the_web_page_shows_the_rollout_and_sends_a_photo_to_either_version(serv
                 page.set_input_files("#file", [])
                 page.set_input_files("#file", str(path))
                 page.wait_for_selector(f"#sizes:has-text('{expected}')")
+            # both: the champion's answer on the left, the challenger's on the right, labelled
+            page.select_option("#version", "both")
+            page.set_input_files("#file", [])
+            page.set_input_files("#file", str(path))
+            page.wait_for_selector("#sizes:has-text(\"Left: the champion's answer\")")
+            assert page.inner_text("#tag-left") == f"Champion v{old}"
+            assert page.inner_text("#tag-right") == f"Challenger v{new}"
+            assert page.inner_text("#result-title") == "Champion / challenger"
+            assert f"v{new} (the challenger)" in page.inner_text("#sizes")
+            left, right = (page.evaluate(f"document.getElementById('{i}').src") for i in ("before-img", "after-img"))
+            assert left.startswith("blob:") and right.startswith("blob:") and left != right
         finally:
             browser.close()
     assert not errors, errors
