@@ -23,6 +23,7 @@ serving/body.py (API key, body limits), serving/page.py (web files), serving/res
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -78,6 +79,17 @@ def _reserved_cpus() -> float | None:
         return None
 
 
+BACKGROUND_NICE = 10  # CFS then gives a contended CPU about 10:1 to the champion's nice-0 threads
+
+
+def lower_priority() -> None:
+    """Run on the compute thread: it, and the threads it starts afterwards (torch's intra-op
+    pool), at nice BACKGROUND_NICE. Linux keeps a nice value per thread and a new thread takes
+    its creator's; raising it needs no privilege (lowering it back would)."""
+    tid = threading.get_native_id()
+    os.setpriority(os.PRIO_PROCESS, tid, max(BACKGROUND_NICE, os.getpriority(os.PRIO_PROCESS, tid)))
+
+
 @serve.deployment(name=DEPLOYMENT, ray_actor_options={"num_cpus": SCALING.num_cpus},
                   max_ongoing_requests=SCALING.ongoing_limit(OPTIONS))
 @serve.ingress(api)
@@ -98,10 +110,14 @@ class Enhancer(RolloutReplica):
         # Freed activations stay in the process: page-faulting them back in cost 25-30% of a
         # 256x256 pass (translator/allocator.py).
         self.retains_freed_memory = retain_freed_memory()
+        self.in_background = False  # whether the compute thread runs at BACKGROUND_NICE
 
     def reconfigure(self, config: dict) -> None:
         self.follow_rollout(config.get("rollout"))  # the rollout's plan is not a replica option
         served, options = parse_user_config({k: v for k, v in config.items() if k != "rollout"})
+        if options.background and not self.in_background:  # before the model load starts torch's threads
+            compute_thread().submit(lower_priority).result()
+            self.in_background = True
         self.run_tiles.set_max_batch_size(options.max_batch_size)
         self.run_tiles.set_batch_wait_timeout_s(options.batch_wait_timeout_s)
         # Intra-op threads match the CPUs this replica reserved (floor, at least 1).

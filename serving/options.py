@@ -143,7 +143,8 @@ class ReplicaOptions(Options):
     a replica given none uses DEFAULT_REQUEST_TIMEOUT_S). upload_timeout_s: seconds the body may
     take to arrive before the request is answered 408; generous, for phones on weak uplinks: 900 s
     carries a 24 MP camera JPEG (about 12 MB) at 0.1 Mbit/s, and the largest body the default
-    72 MP limit admits (577 MB: 16-bit RGBA, 8 bytes a pixel, plus 1 MB) at 5.2 Mbit/s."""
+    72 MP limit admits (577 MB: 16-bit RGBA, 8 bytes a pixel, plus 1 MB) at 5.2 Mbit/s.
+    background: set by a shadow rollout on its challenger only (no CLI option)."""
 
     tile: Annotated[int, Flag("--tile", "default tile size for large images")] = TILE
     overlap: Annotated[int, Flag("--overlap", "default tile overlap")] = OVERLAP
@@ -173,6 +174,9 @@ class ReplicaOptions(Options):
     upload_timeout_s: Annotated[float, Field(gt=0), Flag(
         "--upload-timeout", "seconds a request's body may take to arrive before it is answered 408 "
         "(compute is timed from then on)", unit="seconds")] = 900.0
+    # A shadow's challenger: its computations run at a lower OS priority (nice +10), so on CPUs it
+    # shares with the champion the mirrored requests take what the champion leaves (serving.rollouts).
+    background: bool = False
 
     @model_validator(mode="after")
     def _tiling(self) -> ReplicaOptions:

@@ -117,6 +117,8 @@ def _start(settings: Settings, mode: str, model: str, percent: float, sample: fl
     (dep,) = [d for d in challenger["deployments"] if d.get("name") == DEPLOYMENT]
     dep["user_config"].pop("rollout", None)
     dep["user_config"].update(model_version=version, model_run_id=version_run_id(settings.mlflow_uri, name, version))
+    if mode == "shadow":  # no user waits for a shadow's answers: the champion comes first on shared CPUs
+        dep["user_config"]["background"] = True
     plan = {"id": uuid.uuid4().hex[:12], "mode": mode, "state": mode, "name": name, "version": version,
             "champion_version": champion, "app": CHALLENGER_APP, "percent": float(percent if mode == "canary" else 0),
             "sample": float(sample if mode == "shadow" else 0), "limits": (limits or Limits()).model_dump(),

@@ -189,3 +189,31 @@ def test_deploy_refuses_bad_runtime_options_before_touching_the_cluster(kw, mess
 
     with pytest.raises(Img2ImgError, match=message):  # `kw`: the options as `serve deploy` takes them
         deploy(get_settings(), "photos@champion", ReplicaOptions.from_flags(kw), Scaling.from_flags(kw))
+
+
+def test_a_background_compute_thread_and_the_threads_it_starts_run_at_lower_priority():
+    """serving.app.lower_priority (a shadow's challenger): the compute thread and the threads it
+    starts later (torch's intra-op pool) run at nice BACKGROUND_NICE; the rest of the process
+    (the champion's threads, in a shared replica) keeps its priority."""
+    import os
+    import threading
+
+    from serving.app import BACKGROUND_NICE, lower_priority
+
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before, seen = nice(), {}
+
+    def compute():
+        lower_priority()
+        seen["compute"] = nice()
+        child = threading.Thread(target=lambda: seen.__setitem__("started_later", nice()))
+        child.start()
+        child.join()
+
+    thread = threading.Thread(target=compute)
+    thread.start()
+    thread.join()
+    assert seen == {"compute": max(BACKGROUND_NICE, before), "started_later": max(BACKGROUND_NICE, before)}
+    assert nice() == before
