@@ -71,3 +71,24 @@ def test_cli_refuses_an_unknown_format_in_one_line(cli, tmp_path):
     r = cli("models", "export", "photos@champion", "--format", "tflite", "-o", tmp_path / "x")
     assert r.exit_code == 1
     assert "Error: --format must be onnx or torchscript, got 'tflite'" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("fmt", export.FORMATS)
+def test_a_4x_super_resolution_network_exports_with_parity_at_its_scale(fmt, tmp_path):
+    """srvgg at scale 4 (the smoke config is 2x): the exported file returns 4x the input's size
+    for sizes it was not exported at, within export.TOLERANCE of PyTorch."""
+    torch.manual_seed(0)
+    v = build_variant("srvgg", {**TINY["srvgg"], "scale": 4})
+    with torch.no_grad():
+        for p in v.generator.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    v.eval()
+    assert v.descriptor.scale == 4
+    result = export.export(v.generator, fmt, tmp_path / f"g{export.SUFFIX[fmt]}", v.multiple,
+                           metadata={"variant": "srvgg"}, descriptor=v.descriptor)
+    assert result.max_abs_diff <= export.TOLERANCE
+    x = export._sample(2, 19, 27, 3, seed=4)
+    y = export.load_runner(result.path, fmt)(x)
+    assert y.shape == (2, 3, 76, 108)
+    with torch.no_grad():
+        assert (y - v.generator(x)).abs().max() <= export.TOLERANCE

@@ -140,3 +140,27 @@ def test_bad_inputs_get_their_status_not_an_exception():
     with pytest.raises(codec.RequestError) as e:
         codec.encode(torch.zeros(1, 3, 4, 4), codec.decode(good.getvalue(), 10_000), "gif")
     assert e.value.status == 400
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_an_upscaled_16bit_png_keeps_its_depth_icc_exif_and_orientation(scale):
+    """Super-resolution output (`scale` x the input, as a model returns it) of a 16-bit PNG with
+    an sRGB profile, EXIF and an orientation tag: 16 bits, the profile and EXIF kept, the size
+    scale x the displayed size, the bicubic upscale's values where the 'model' is bicubic."""
+    import torch.nn.functional as F
+
+    arr = np.random.default_rng(6).integers(0, 65536, (9, 13, 3), dtype=np.uint16)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed rotated 90 degrees clockwise: 9 x 13 stored -> 13 x 9 displayed
+    exif[0x010F] = "Sensor"
+    src = images._add_png_chunks(png16(arr), SRGB, exif.tobytes().removeprefix(b"Exif\x00\x00"))
+    decoded = codec.decode(src, 16_000_000, scale=scale)
+    x = decoded.tensor
+    out = F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)  # a bicubic 'model'
+    data, media = codec.encode(out, decoded, "png")
+    img = Image.open(io.BytesIO(data))
+    assert media == "image/png" and img.size == (9 * scale, 13 * scale)  # (width, height) as displayed
+    assert img.info["icc_profile"] == SRGB and img.getexif()[0x010F] == "Sensor" and 0x0112 not in img.getexif()
+    got = read16(data)
+    assert got.dtype == np.uint16 and got.shape == (13 * scale, 9 * scale, 3)
+    assert len(np.unique(got)) > 256  # 16-bit levels, not an 8-bit image widened
