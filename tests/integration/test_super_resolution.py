@@ -165,3 +165,53 @@ def test_enhance_local_upscales_too(stack, sr_model, tmp_path):
                            max_pixels=MAX_PIXELS)
     assert done[0].error is None and Image.open(done[0].output).size == (74, 106)
     assert done[1].output is None and "on the output" in done[1].error
+
+
+def test_a_4x_network_is_served_at_four_times_the_size_tiled_as_untiled(stack, tmp_path):
+    """A 4x srvgg (untrained weights nudged off bicubic, registered with its descriptor: the
+    serving path, not training, is under test; training at 4x is the 2x code with scale=4): an
+    odd-sized photo comes back at exactly 4x, `X-Scale: 4`, `GET /model` says 4, the tiled answer
+    equals the untiled one, and the output pixel limit is checked at 4x."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from registry.tracking import log_generator
+    from serving.deploy import deploy
+    from serving.options import ReplicaOptions, Scaling
+    from translator.descriptor import DESCRIPTOR_TAG
+    from translator.variants import build_variant
+
+    torch.manual_seed(4)
+    v = build_variant("srvgg", {"scale": 4, "num_feat": 8, "num_conv": 2})
+    with torch.no_grad():
+        for p in v.generator.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(stack.mlflow_uri)
+    try:
+        mlflow.set_experiment("integration")
+        with mlflow.start_run():
+            version = str(log_generator(v.generator, v.multiple, "srvgg", {}, "test-sr4").registered_model_version)
+    finally:
+        mlflow.set_tracking_uri(before)
+    client = MlflowClient(stack.mlflow_uri)
+    client.set_model_version_tag("test-sr4", version, DESCRIPTOR_TAG, v.descriptor.to_json())
+    client.set_model_version_tag("test-sr4", version, "variant", "srvgg")
+    odd = Image.fromarray(np.random.default_rng(3).integers(0, 256, (19, 23, 3), dtype=np.uint8))  # 23 x 19
+    post = lambda img, **params: httpx.post(stack.serve_url + "/enhance", params=params, content=encoded(img),  # noqa: E731
+                                            headers={"Content-Type": "image/png"}, timeout=120)
+    with endpoint_restored(stack):
+        deploy(stack, f"test-sr4/{version}", ReplicaOptions(max_pixels=MAX_PIXELS),
+               Scaling(min_replicas=1, max_replicas=1), wait_s=300)
+        info = httpx.get(stack.serve_url + "/model", timeout=60).json()
+        assert info["scale"] == 4 and info["version"] == version
+        r = post(odd)
+        assert r.status_code == 200 and r.headers["X-Scale"] == "4", r.text
+        out = Image.open(io.BytesIO(r.content))
+        assert out.size == (92, 76)
+        tiled = post(odd, tile=16, overlap=4)
+        diff = np.abs(np.asarray(Image.open(io.BytesIO(tiled.content)), np.int16) - np.asarray(out, np.int16))
+        levels = 1 if info["precision"] == "fp32" else 2
+        assert tiled.status_code == 200 and diff.max() <= levels, (info["runtime"], info["precision"], diff.max())
+        r = post(Image.new("RGB", (30, 30)))  # 900 px in, 14,400 out: over the 10,000 limit at 4x only
+        assert r.status_code == 413 and "120x120" in r.json()["error"] and "on the output" in r.json()["error"]
