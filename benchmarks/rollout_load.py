@@ -19,7 +19,7 @@ from collections import Counter
 
 from benchmarks.common import percentile, run_together
 
-ROW_KEYS = ("rollout-none", "rollout-shadow", "rollout-canary", "rollout-canary-kill", "rollout-promote")
+ROW_KEYS = ("rollout-none", "rollout-shadow-equal", "rollout-shadow", "rollout-canary", "rollout-canary-kill", "rollout-promote")
 
 
 def copy_of_champion(settings, model: str) -> str:
@@ -68,7 +68,7 @@ def load(url: str, body: bytes, seconds: float, concurrency: int, during=None) -
 
 
 def rollout_rows(settings, model: str, challenger: str | None, seconds: float, concurrency: int, body: bytes) -> dict:
-    """The five rows (ROW_KEYS) as [scenario, outcome, p50 ms, p95 ms, images/s, failures]."""
+    """The six rows (ROW_KEYS) as [scenario, outcome, p50 ms, p95 ms, images/s, failures]."""
     from registry.refs import resolve
     from serving.configs import CHALLENGER_APP
     from serving.deploy import deploy, replica_pids
@@ -87,12 +87,14 @@ def rollout_rows(settings, model: str, challenger: str | None, seconds: float, c
 
     row("rollout-none", f"champion v{champion} alone, {seconds:.0f} s at c={concurrency} (p50/p95: the champion's)",
         load(url, body, seconds, concurrency))
-    start(settings, "shadow", challenger, sample=0.2)
-    r = load(url, body, seconds, concurrency)
-    st = status(settings)
-    row("rollout-shadow", f"same, shadow of {challenger} at 20% sampling", r,
-        f"; {st['comparison']['pairs']} mirrored, challenger p50 {(st['challenger']['p50_s'] or 0) * 1e3:.0f} ms")
-    end(settings, "abort")
+    for key, background in (("rollout-shadow-equal", False), ("rollout-shadow", True)):
+        start(settings, "shadow", challenger, sample=0.2, background=background)
+        r = load(url, body, seconds, concurrency)
+        st = status(settings)
+        how = "its challenger at nice +10 (the default)" if background else "its challenger at the champion's priority"
+        row(key, f"same, shadow of {challenger} at 20% sampling, {how}", r,
+            f"; {st['comparison']['pairs']} mirrored, challenger p50 {(st['challenger']['p50_s'] or 0) * 1e3:.0f} ms")
+        end(settings, "abort")
     start(settings, "canary", challenger, percent=10)
     r = load(url, body, seconds, concurrency)
     row("rollout-canary", f"same, canary of {challenger} at 10%", r,

@@ -78,12 +78,14 @@ def claimed(settings: Settings, what: str, ttl_s: float) -> Iterator[None]:
 
 def start(settings: Settings, mode: str, model: str, percent: float = 0.0, sample: float = 0.0,
           limits: Limits | None = None, wait_s: float = 300, steps: list[float] | None = None,
-          interval_s: float = 0.0) -> dict[str, Any]:
+          interval_s: float = 0.0, background: bool = True) -> dict[str, Any]:
     """Start a `mode` ("canary": `percent` 0-100 of requests answered by the challenger;
     "shadow": a `sample` 0-1 share mirrored to it) with challenger `model` (NAME@alias or
     NAME/VERSION of the served model's registered name) -> the plan as data. Opens the
     rollout's MLflow run. A canary with `steps` (percent, increasing; serving.rollout_steps)
     starts at the first and moves to the next every `interval_s` seconds while the guards hold.
+    A shadow's challenger computes at a lower OS priority (`background`, ReplicaOptions.background;
+    False: at the champion's, as the benchmark's comparison row).
     Raises Img2ImgError (one line) when no champion is deployed, a rollout is already running or
     being started or ended by another client, the model or version is unknown, the challenger is
     the served version or another registered model, or the share is out of range."""
@@ -92,11 +94,11 @@ def start(settings: Settings, mode: str, model: str, percent: float = 0.0, sampl
     check_share(percent if mode == "canary" else None, sample if mode == "shadow" else None)
     _enhancer(_apps(settings))
     with claimed(settings, f"starting a {mode} of {model}", 2 * wait_s + 120):
-        return _start(settings, mode, model, percent, sample, limits, wait_s, steps or [], interval_s)
+        return _start(settings, mode, model, percent, sample, limits, wait_s, steps or [], interval_s, background)
 
 
 def _start(settings: Settings, mode: str, model: str, percent: float, sample: float, limits: Limits | None,
-           wait_s: float, steps: list[float], interval_s: float) -> dict[str, Any]:
+           wait_s: float, steps: list[float], interval_s: float, background: bool = True) -> dict[str, Any]:
     from registry.loading import version_run_id  # deferred: torch and MLflow (as serving.deploy)
 
     apps = _apps(settings)
@@ -117,7 +119,7 @@ def _start(settings: Settings, mode: str, model: str, percent: float, sample: fl
     (dep,) = [d for d in challenger["deployments"] if d.get("name") == DEPLOYMENT]
     dep["user_config"].pop("rollout", None)
     dep["user_config"].update(model_version=version, model_run_id=version_run_id(settings.mlflow_uri, name, version))
-    if mode == "shadow":  # no user waits for a shadow's answers: the champion comes first on shared CPUs
+    if mode == "shadow" and background:  # no user waits for a shadow's answers: the champion comes first
         dep["user_config"]["background"] = True
     plan = {"id": uuid.uuid4().hex[:12], "mode": mode, "state": mode, "name": name, "version": version,
             "champion_version": champion, "app": CHALLENGER_APP, "percent": float(percent if mode == "canary" else 0),
