@@ -233,6 +233,14 @@ class Ledger:
             self.comparison.add_sharpness("champion", champion_sharpness)
         return self.record("challenger", challenger_s, ok, sharpness=challenger_sharpness)
 
+    def record_many(self, events: list[tuple]) -> str:
+        """Several requests in the order they were answered, as an ingress replica batches them
+        (serving/rollout_replica.py): each ("one", *`record`'s arguments) or ("pair",
+        *`record_pair`'s arguments). -> the state after the last."""
+        for kind, *args in events:
+            (self.record_pair if kind == "pair" else self.record)(*args)
+        return self.state
+
     def claim(self, token: str, what: str, ttl_s: float) -> str | None:
         """Let the client holding `token` start or end a rollout (`what` it does, for the others)
         for at most `ttl_s` seconds -> None when granted (free, expired or already its own),

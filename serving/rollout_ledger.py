@@ -45,6 +45,10 @@ class RolloutLedger:
         return self._watch(self.ledger.record_pair, champion_s, challenger_s, ok, psnr_db,
                            champion_sharpness, challenger_sharpness)
 
+    async def record_many(self, events: list[tuple]) -> dict:
+        """A replica's batch of answers (serving.rollout.Ledger.record_many) -> the view after it."""
+        return self._watch(self.ledger.record_many, events)
+
     async def claim(self, token: str, what: str, ttl_s: float) -> str | None:
         return self.ledger.claim(token, what, ttl_s)
 

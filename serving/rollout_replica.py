@@ -23,6 +23,7 @@ from serving.rollout_compare import compare_outputs, output_sharpness, triplet
 from serving.rollout_ledger import log_triplet
 
 log = logging.getLogger("img2img.serve")
+FLUSH_S, FLUSH_MAX = 0.1, 64  # a replica's answers reach the ledger in batches (`_push`)
 TRIPLETS_PER_REPLICA = 4  # before | champion | challenger images each ingress replica stores per shadow
 VERSIONS = ("champion", "challenger")  # what a request may ask for by name (?version=)
 
@@ -40,12 +41,16 @@ class RolloutReplica:
         self.challenger = None
         self.background: set[asyncio.Task] = set()  # mirrored requests and ledger answers in flight
         self.triplets: dict[str, int] = {}  # rollout id -> triplets this replica has stored
+        self.pending: list[tuple] = []  # answers not yet sent to the ledger (`_push`)
+        self.flush_due = False
         self.replica_tag = uuid.uuid4().hex[:6]  # names this replica's triplets apart from the others'
 
     def follow_rollout(self, value: dict[str, Any] | None) -> None:
         """Apply the user_config's `rollout` value (None: no rollout). Raises Img2ImgError for a
         malformed plan. Runs in Serve's thread pool (a sync reconfigure), so it may wait."""
         plan = parse_plan(value)
+        if plan is None or self.plan is None or plan.id != self.plan.id:  # answers of another rollout
+            self.pending = []
         if plan is None or self.ledger_handle is None:
             self.plan = self.routing = self.ledger = self.challenger = None
             return
@@ -112,8 +117,7 @@ class RolloutReplica:
         ok = status is not None and status < 500
         psnr, sharp_a, sharp_b = (await asyncio.to_thread(compare_outputs, champion_out, content)
                                   if status == 200 else (None, None, None))
-        if self.ledger is not None:
-            self._follow(self.ledger.record_pair.remote(champion_s, seconds, ok, psnr, sharp_a, sharp_b))
+        self._push(("pair", champion_s, seconds, ok, psnr, sharp_a, sharp_b))
         plan = self.plan
         if status == 200 and plan is not None and self.triplets.get(plan.id, 0) < TRIPLETS_PER_REPLICA:
             n = self.triplets[plan.id] = self.triplets.get(plan.id, 0) + 1
@@ -127,10 +131,33 @@ class RolloutReplica:
         if self.ledger is None:
             return
 
+        if output is None:
+            self._push(("one", role, seconds, ok, fallback, None))
+            return
+
         async def report():
-            sharp = await asyncio.to_thread(output_sharpness, output) if output else None
-            self._follow(self.ledger.record.remote(role, seconds, ok, fallback, sharp))
+            sharp = await asyncio.to_thread(output_sharpness, output)
+            self._push(("one", role, seconds, ok, fallback, sharp))
         self._spawn(report())
+
+    def _push(self, event: tuple) -> None:
+        """Queue one answer for the ledger. Answers go in batches (`RolloutLedger.record_many`),
+        at most FLUSH_S seconds after the first of a batch or at FLUSH_MAX of them: one call to
+        the ledger per request cost the champion up to a third of its throughput on 2 cores."""
+        if self.ledger is None:
+            return
+        self.pending.append(event)
+        if len(self.pending) >= FLUSH_MAX:
+            self._flush()
+        elif not self.flush_due:
+            self.flush_due = True
+            asyncio.get_running_loop().call_later(FLUSH_S, self._flush)
+
+    def _flush(self) -> None:
+        self.flush_due = False
+        events, self.pending = self.pending, []
+        if events and self.ledger is not None:
+            self._follow(self.ledger.record_many.remote(events))
 
     def _follow(self, response) -> None:
         async def view():

@@ -244,3 +244,29 @@ def test_a_triplet_with_an_undecodable_part_is_none():
     good = _png(np.zeros((8, 8, 3), np.uint8))
     assert triplet(b"not an image", good, good, ["a", "b", "c"]) is None
     assert triplet(good, good, b"", ["a", "b", "c"]) is None
+
+
+def test_a_batch_of_answers_counts_as_the_same_answers_one_by_one():
+    """Ledger.record_many (what an ingress replica sends every 0.1 s): the same numbers, the
+    same automatic abort and the same stepped canary as recording each answer on its own."""
+    events = []
+    for i in range(12):
+        events.append(("one", "champion", 0.1, True, False, 0.01))
+        events.append(("one", "challenger", 0.1, i < 6, i >= 6, 0.01))  # the challenger starts failing
+    one_by_one, batched = Ledger(Clock()), Ledger(Clock())
+    for ledger in (one_by_one, batched):
+        ledger.begin(stepped(steps=[50, 100], percent=50.0, interval_s=0))
+    for _kind, *args in events:
+        one_by_one.record(*args)
+    assert batched.record_many(events[:10]) == "canary"
+    assert batched.record_many(events[10:]) == "aborted"
+    a, b = one_by_one.summary(), batched.summary()
+    for s in (a, b):
+        s.pop("ended_at")
+        s["steps"].pop("taken")
+        s["steps"].pop("next_at")
+    assert a == b and "error rate" in b["reason"]
+    shadow = Ledger(Clock())
+    shadow.begin(stepped(mode="shadow", state="shadow", steps=[], percent=0.0, sample=1.0))
+    assert shadow.record_many([("pair", 0.1, 0.2, True, 30.0, 0.01, 0.02)] * 3) == "shadow"
+    assert shadow.summary()["comparison"]["pairs"] == 3
