@@ -23,6 +23,7 @@ from serving.rollout_compare import compare_outputs, output_sharpness, triplet
 from serving.rollout_ledger import log_triplet
 
 log = logging.getLogger("img2img.serve")
+MAX_MIRRORS_IN_FLIGHT = 8  # per ingress replica: past this a shadow skips mirroring (no unbounded backlog)
 FLUSH_S, FLUSH_MAX = 0.1, 64  # a replica's answers reach the ledger in batches (`_push`)
 TRIPLETS_PER_REPLICA = 4  # before | champion | challenger images each ingress replica stores per shadow
 VERSIONS = ("champion", "challenger")  # what a request may ask for by name (?version=)
@@ -42,6 +43,7 @@ class RolloutReplica:
         self.background: set[asyncio.Task] = set()  # mirrored requests and ledger answers in flight
         self.triplets: dict[str, int] = {}  # rollout id -> triplets this replica has stored
         self.pending: list[tuple] = []  # answers not yet sent to the ledger (`_push`)
+        self.mirrors_in_flight = 0  # a shadow's requests this replica sent the challenger, not yet answered
         self.flush_due = False
         self.replica_tag = uuid.uuid4().hex[:6]  # names this replica's triplets apart from the others'
 
@@ -97,7 +99,8 @@ class RolloutReplica:
         if plan is None and not fallback:
             return
         ok = response.status_code == 200
-        if ok and mirrored(plan, random.random()):
+        # best effort: a challenger that cannot keep up gets fewer mirrors, never a growing queue
+        if ok and mirrored(plan, random.random()) and self.mirrors_in_flight < MAX_MIRRORS_IN_FLIGHT:
             self._record("champion", seconds, True, fallback)
             self._spawn(self._mirror(args, bytes(response.body), seconds, limit))
             return
@@ -108,11 +111,14 @@ class RolloutReplica:
 
     async def _mirror(self, args: tuple, champion_out: bytes, champion_s: float, limit: float) -> None:
         t0 = time.perf_counter()
+        self.mirrors_in_flight += 1
         try:
             status, content, _, _ = await asyncio.wait_for(self.challenger.answer.remote(*args), timeout=limit)
         except Exception as e:  # never the client's concern: counted as the challenger's error
             log.warning("shadow request failed on the challenger (%s)", type(e).__name__)
             status, content = None, b""
+        finally:
+            self.mirrors_in_flight -= 1
         seconds = time.perf_counter() - t0
         ok = status is not None and status < 500
         psnr, sharp_a, sharp_b = (await asyncio.to_thread(compare_outputs, champion_out, content)
