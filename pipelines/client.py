@@ -20,6 +20,7 @@ from cluster.storage import Storage
 from jobs.data.sources import scan_source
 from jobs.evaluation.client import footprint as eval_footprint
 from jobs.training.client import admit, code_version, job_client, package_dir, runtime_env
+from jobs.training.finetune import resolve_init
 from pipelines import record
 from pipelines.spec import PipelineSpec, check_force
 from pipelines.steps import ingest_options, train_spec
@@ -55,8 +56,14 @@ def check(spec: PipelineSpec, settings: Settings) -> None:
         raise Img2ImgError(f"{_at(spec, 'evaluate.dataset')}: dataset {spec.evaluate.dataset!r} does not exist "
                            "(see `img2img data ls`)")
     if "train" in spec.steps:
+        train = train_spec(spec, spec.train.init_from or "")
+        if train.init_from:  # the parent's variant and config, as `train --init-from` adopts them
+            try:
+                resolve_init(train, settings)
+            except Img2ImgError as e:
+                raise Img2ImgError(f"{_at(spec, 'train.init_from')}: {e}") from None
         try:
-            train_spec(spec).validate()
+            train.validate()
         except Img2ImgError as e:
             raise Img2ImgError(f"{_at(spec, 'train')}: {e}") from None
 

@@ -26,6 +26,7 @@ from pydantic import (
 
 from cluster.errors import Img2ImgError
 from pipelines.notify import check_webhook
+from registry.refs import parse_ref
 from serving.rollout import Limits
 from serving.rollout_steps import parse_interval, parse_steps
 
@@ -48,7 +49,9 @@ class IngestStep(_Strict):
 
 
 class TrainStep(_Strict):
-    """`train`'s options; `finetune: true` starts from the model's champion (`--init-from`)."""
+    """`train`'s options; `finetune: true` starts from the model's champion, `init_from` from any
+    version `img2img train` registered (`NAME@alias` or `NAME/VERSION`, of this model or another):
+    both are `train --init-from`, whose variant and config the run adopts."""
 
     variant: str = "nafnet"
     workers: int = Field(2, ge=1)
@@ -64,6 +67,20 @@ class TrainStep(_Strict):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     experiment: str = "img2img"
     finetune: bool = False
+    init_from: str | None = None
+
+    @field_validator("init_from")
+    @classmethod
+    def _init_from(cls, value: str | None) -> str | None:
+        if value is not None:
+            _one_line(parse_ref, value, "init_from")
+        return value
+
+    @model_validator(mode="after")
+    def _one_parent(self) -> TrainStep:
+        if self.finetune and self.init_from:
+            raise ValueError("give finetune: true (start from the model's champion) or init_from: NAME@alias, not both")
+        return self
 
 
 class EvaluateStep(_Strict):

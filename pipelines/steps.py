@@ -26,7 +26,7 @@ from jobs.training.spec import TrainSpec
 from pipelines.spec import PipelineSpec
 from registry.gate import metric_value, promotion_objections
 from registry.manifest import manifest_key, read_manifest
-from registry.models import CHAMPION, alias_version, eval_set, promote, scores, versions
+from registry.models import CHAMPION, alias_version, eval_set, promote, resolve, scores, versions
 from serving.deploy import redeploy_model
 from serving.deploy import status as serve_status
 
@@ -85,6 +85,11 @@ def _data_sha(ctx: Context) -> str:
 
 
 def _parent(ctx: Context) -> str:
+    """NAME/VERSION the train step starts from ("": from scratch): `init_from` resolved now (an
+    alias moves, the cache key must not), or the model's champion for `finetune: true`."""
+    if ctx.spec.train.init_from:
+        v = resolve(ctx.settings, ctx.spec.train.init_from)
+        return f"{v.name}/{v.version}"
     if not ctx.spec.train.finetune:
         return ""
     v = alias_version(ctx.settings, ctx.spec.model_name, CHAMPION)

@@ -17,7 +17,7 @@ pipeline_app = typer.Typer(help="Pipelines: ingest, train, evaluate, gate, deplo
                                 "resumable cluster job.", no_args_is_help=True)
 
 TRAIN_FLAGS = ("variant", "workers", "cpus_per_worker", "epochs", "max_steps", "time_budget_s", "batch_size",
-               "image_size", "lr")
+               "image_size", "lr", "init_from")
 
 
 def _flags_spec(source, dataset, model, degrade, size, crops, finetune, eval_dataset, eval_split, sets, train,
@@ -113,6 +113,8 @@ def run(
     lr: float = typer.Option(None, help="train: learning rate"),
     set_: list[str] = typer.Option([], "--set", help="train: variant hyper-parameter key=value (repeatable)"),
     finetune: bool = typer.Option(False, "--finetune", help="train: start from the model's champion"),
+    init_from: str = typer.Option(None, "--init-from", help="train: start from this registered version "
+                                                            "(NAME@alias | NAME/VERSION)"),
     eval_dataset: str = typer.Option(None, help="evaluate: dataset (default: the model's evaluation set)"),
     eval_split: str = typer.Option(None, help="evaluate: val | train | all"),
     webhook: str = typer.Option(None, help="POST a JSON summary of the decision here when the run ends: an http(s) "
@@ -128,7 +130,7 @@ def run(
     """
     check_force(force)
     train = dict(zip(TRAIN_FLAGS, (variant, workers, cpus_per_worker, epochs, max_steps, time_budget, batch_size,
-                                   image_size, lr), strict=True))
+                                   image_size, lr, init_from), strict=True))
     if file is not None:
         given = [k for k, v in {**train, "source": source, "dataset": dataset, "model": model}.items() if v]
         if given or set_ or finetune or webhook:

@@ -351,3 +351,74 @@ def test_a_canary_deploy_promotes_under_traffic_and_a_failing_candidate_keeps_th
         assert "error rate" in status["outcome"]
         assert [s["step"] for s in status["steps"]] == ["deploy"]  # promote never ran
         assert alias_version(stack, name, CHAMPION) == "2" and str(serve_status(stack)["version"]) == "2"
+
+
+def test_scheduled_runs_serve_a_better_candidate_and_keep_the_champion_against_a_worse_one(stack, cli, demo_run,
+                                                                                          photos, tmp_path):
+    """Two schedules on photos in the object store, each the whole pipeline up to the served model.
+    One fine-tunes the demo's trained nafnet (`init_from`): better than the served champion, it is
+    promoted and the endpoint answers with it. The other trains 6 steps from scratch: worse than
+    its input, the gate keeps the champion, which the endpoint goes on serving."""
+    import httpx
+    import numpy as np
+    from mlflow.tracking import MlflowClient
+
+    from cluster.storage import Storage
+    from registry.models import CHAMPION, alias_version
+    from serving.deploy import deploy
+    from serving.deploy import status as serve_status
+    from serving.options import Scaling
+    from tests.integration.conftest import encoded, endpoint_restored, register_tiny_autoencoder
+
+    name, store, files = "pipe-sched", Storage(stack), sorted(photos.iterdir())
+    assert register_tiny_autoencoder(stack, name, seed=1) == "1"  # untrained: far worse than its input
+    MlflowClient(stack.mlflow_uri).set_registered_model_alias(name, CHAMPION, "1")
+    body = encoded(Image.fromarray(np.random.default_rng(5).integers(0, 256, (32, 32, 3), dtype=np.uint8)))
+
+    def served() -> str:
+        r = httpx.post(stack.serve_url + "/enhance", content=body, headers={"Content-Type": "image/png"}, timeout=120)
+        assert r.status_code == 200, r.text
+        return r.headers["x-model-version"]
+
+    def scheduled_run(prefix: str, train: dict):
+        for f in files[:2]:
+            store.put_bytes(prefix + f.name, f.read_bytes())
+        source = f"s3://{stack.bucket}/{prefix}"
+        spec = {**_spec(photos, force=False), "name": prefix.strip("/").rsplit("/")[-1], "source": source,
+                "dataset": name, "model": name, "train": train}
+        r = cli("pipeline", "schedule", _write(tmp_path, spec), "--on-new-data", source, "--debounce", "2",
+                "--poll", "2")
+        assert r.exit_code == 0, r.output
+        sid = next(s["id"] for s in json.loads(cli("pipeline", "schedules", "--json").output)
+                   if s["name"] == spec["name"])
+        try:
+            run = _wait_for_run(stack, spec["name"], 1)[0]
+        finally:
+            assert cli("pipeline", "unschedule", sid).exit_code == 0
+        return run, json.loads(cli("pipeline", "status", run.job_id, "--json").output)
+
+    tiny = {"workers": 1, "cpus_per_worker": 0.5, "batch_size": 2, "image_size": 64, "experiment": "integration"}
+    with endpoint_restored(stack):
+        deploy(stack, f"{name}@champion", scaling=Scaling(min_replicas=1, max_replicas=1), wait_s=300)
+        assert served() == "1"
+
+        run, status = scheduled_run("incoming/pipe-better/", {
+            **tiny, "init_from": f"{demo_run.model}/{demo_run.version}", "max_steps": 2, "checkpoint_every": "2"})
+        assert run.state == "FINISHED", status
+        steps = {s["step"]: s for s in status["steps"]}
+        assert list(steps) == ["ingest", "train", "evaluate", "gate", "deploy", "promote"], status
+        candidate = steps["train"]["outputs"]["version"]
+        assert candidate == "2" and steps["train"]["outputs"]["parent"] == f"{demo_run.model}/{demo_run.version}"
+        assert steps["gate"]["outputs"]["decision"] == "promote", steps["gate"]
+        assert steps["deploy"]["outputs"] == {"deployed": "yes", "version": "2"}, steps["deploy"]
+        assert alias_version(stack, name, CHAMPION) == "2" and str(serve_status(stack)["version"]) == "2"
+        assert served() == "2"
+
+        run, status = scheduled_run("incoming/pipe-worse/", {
+            **tiny, "variant": "autoencoder", "max_steps": 6, "checkpoint_every": "6", "set": {"nf": 8}})
+        assert run.state == "FINISHED", status  # a refusal is a decision, not a failure
+        steps = {s["step"]: s for s in status["steps"]}
+        assert list(steps) == ["ingest", "train", "evaluate", "gate"], status
+        assert steps["train"]["outputs"]["version"] == "3" and steps["gate"]["outputs"]["decision"] == "keep"
+        assert status["outcome"].startswith("kept champion v2: candidate v3 scored "), status["outcome"]
+        assert alias_version(stack, name, CHAMPION) == "2" and served() == "2"
