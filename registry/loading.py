@@ -186,7 +186,7 @@ def load(tracking_uri: str, name: str, version: str, device: str | None = None, 
     onnx_file = None
     if runtime in ("onnx", "auto") and device == "cpu" and tags.get("export_onnx"):
         onnx_file = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=tags["export_onnx"])
-    rt = build(generator, multiple, runtime, threads, device, memory_format, precision, onnx_file)
+    rt = build(generator, multiple, runtime, threads, device, memory_format, precision, onnx_file, descriptor)
     small, choice = None, None
     if runtime == "auto" and rt.name == "onnx":
         # Which is faster depends on the model, the CPU (native bf16 or not), the threads and the

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from translator import MEMORY_FORMATS, PRECISIONS, RUNTIMES, export
+from translator.descriptor import GeneratorDescriptor
 from translator.precision import cpu_flags, cpu_has_native_bf16  # noqa: F401  (re-exported)
 
 ONE_8BIT_LEVEL = 2.0 / 255.0
@@ -202,12 +203,14 @@ def torch_runtime(generator: torch.nn.Module, threads: int, device: str = "cpu",
 
 
 def onnx_runtime(generator: torch.nn.Module, multiple: int, threads: int, device: str = "cpu",
-                 onnx_file: Path | None = None) -> Runtime:
+                 onnx_file: Path | None = None, descriptor: GeneratorDescriptor | None = None) -> Runtime:
     """The generator on ONNX Runtime: from `onnx_file` (an export logged to the registry) or
-    exported here (parity-checked against PyTorch first; see translator.export)."""
+    exported here (parity-checked against PyTorch first; see translator.export). `descriptor`:
+    what the generator is (its scale above all: without it the export is taken as same-size and a
+    super-resolution network's output is cut to the input's size)."""
     if onnx_file is None:
         with tempfile.TemporaryDirectory() as d:
-            result = export.export(generator.cpu(), "onnx", Path(d) / "model.onnx", multiple)
+            result = export.export(generator.cpu(), "onnx", Path(d) / "model.onnx", multiple, descriptor=descriptor)
             data = result.path.read_bytes()
         check = {"exported_here": True, "max_abs_diff": result.max_abs_diff}
     else:
@@ -226,9 +229,10 @@ def onnx_runtime(generator: torch.nn.Module, multiple: int, threads: int, device
 
 def build(generator: torch.nn.Module, multiple: int, runtime: str = "torch", threads: int | None = None,
           device: str = "cpu", memory_format: str = "channels_last", precision: str = "auto",
-          onnx_file: Path | None = None) -> Runtime:
+          onnx_file: Path | None = None, descriptor: GeneratorDescriptor | None = None) -> Runtime:
     """A Runtime of kind `runtime` (auto | torch | onnx) with `threads` intra-op threads (None: all
-    CPUs). Raises ValueError for an unknown runtime, memory format or precision."""
+    CPUs); `descriptor` (`translator.descriptor`): the generator's scale and channels, which an
+    ONNX export needs. Raises ValueError for an unknown runtime, memory format or precision."""
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be auto, torch or onnx, got {runtime!r}")
     if runtime == "auto":  # the measured best per device; GPU defaults await the GPU check
@@ -237,5 +241,5 @@ def build(generator: torch.nn.Module, multiple: int, runtime: str = "torch", thr
     if runtime == "onnx":
         if device == "cpu":
             torch.set_num_threads(threads)  # tiling and the codec still use torch
-        return onnx_runtime(generator, multiple, threads, device, onnx_file)
+        return onnx_runtime(generator, multiple, threads, device, onnx_file, descriptor)
     return torch_runtime(generator, threads, device, memory_format, precision)

@@ -201,10 +201,11 @@ def test_a_4x_network_is_served_at_four_times_the_size_tiled_as_untiled(stack, t
     post = lambda img, **params: httpx.post(stack.serve_url + "/enhance", params=params, content=encoded(img),  # noqa: E731
                                             headers={"Content-Type": "image/png"}, timeout=120)
     with endpoint_restored(stack):
-        deploy(stack, f"test-sr4/{version}", ReplicaOptions(max_pixels=MAX_PIXELS),
+        # ONNX Runtime, exported at load: an export must keep the 4x output (the 2x test serves `auto`)
+        deploy(stack, f"test-sr4/{version}", ReplicaOptions(max_pixels=MAX_PIXELS, runtime="onnx"),
                Scaling(min_replicas=1, max_replicas=1), wait_s=300)
         info = httpx.get(stack.serve_url + "/model", timeout=60).json()
-        assert info["scale"] == 4 and info["version"] == version
+        assert info["scale"] == 4 and info["version"] == version and info["runtime"] == "onnx", info
         r = post(odd)
         assert r.status_code == 200 and r.headers["X-Scale"] == "4", r.text
         out = Image.open(io.BytesIO(r.content))

@@ -27,6 +27,24 @@ def test_srvgg_output_is_scale_times_any_input(scale, h, w):
     assert type(v).dry_run(v.config, 24) is None  # a training step on 24 px inputs, 24*scale targets
 
 
+@pytest.mark.parametrize("scale", [2, 4])
+@pytest.mark.parametrize("kw", [dict(runtime="torch", memory_format="contiguous", precision="fp32"),
+                                dict(runtime="torch", memory_format="channels_last", precision="bf16"),
+                                dict(runtime="onnx")])
+def test_every_runtime_returns_the_upscaled_image(scale, kw):
+    """What serving runs: each runtime, ONNX exported on the spot included, gives the network's
+    own scale x scale larger output, not one cut to the input's size."""
+    from translator import runtime
+
+    v = build_variant("srvgg", {**TINY, "scale": scale})
+    x = torch.rand(1, 3, 19, 23) * 2 - 1
+    with torch.inference_mode():
+        want = v.generator.float()(x)
+    got = runtime.build(v.generator, v.multiple, threads=1, descriptor=v.descriptor, **kw).run(x)
+    assert got.shape == (1, 3, 19 * scale, 23 * scale)
+    assert (got - want).abs().max() <= (runtime.ONE_8BIT_LEVEL * 4 if kw.get("precision") == "bf16" else 1e-4)
+
+
 @pytest.mark.parametrize("bad", [{"scale": "1"}, {"scale": "5"}, {"scale": "2.5"}, {"num_feat": "0"}])
 def test_srvgg_refuses_settings_it_cannot_build(bad):
     with pytest.raises((ConfigError, ValueError)):
