@@ -10,7 +10,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ["data_stream.py", "decode_formats.py", "train_throughput.py", "serve_latency.py", "ingress_overhead.py", "quality.py", "search.py", "tasks.py", "reliability.py", "large_photos.py",
-           "multinode.py", "photos_to_served.py"]
+           "multinode.py", "photos_to_served.py", "upscale.py"]
 
 
 def main() -> int:
