@@ -9,7 +9,7 @@
 5. the object store restarted in the middle of an ingest, then the same command re-run:
    manifest checksum against an uninterrupted ingest, duplicate rows;
 6. rollouts (benchmarks/rollout_load.py): the champion's p50/p95 with no rollout, a 20% shadow
-   and a 10% canary side by side; a canary whose challenger is SIGKILLed and a promotion, both
+   and a 10% canary side by side, saturated and paced at half capacity; a canary whose challenger is SIGKILLed and a promotion, both
    under load: client-visible failures.
 
 Runs against the configured stack (started if it is the embedded one) and a registered model.

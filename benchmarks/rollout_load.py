@@ -1,7 +1,8 @@
 """The rollout rows of benchmarks/reliability.py: the champion's latency under the same
-closed-loop load with no rollout, a 20% shadow and a 10% canary, measured back to back in one
-run; then a canary whose challenger replica is SIGKILLed under load, and a promotion under
-load (client-visible failures).
+closed-loop load (the endpoint saturated) with no rollout, a 20% shadow and a 10% canary, and
+paced at half the measured capacity (an endpoint with CPU to spare, as one runs) with no
+rollout and a 20% shadow, measured back to back in one run; then a canary whose challenger
+replica is SIGKILLed under load, and a promotion under load (client-visible failures).
 
 The challenger is `--challenger NAME/VERSION`, or else a copy of the champion's weights
 registered as a new version of the same model (tagged `benchmark`), so both versions cost the
@@ -19,7 +20,9 @@ from collections import Counter
 
 from benchmarks.common import percentile, run_together
 
-ROW_KEYS = ("rollout-none", "rollout-shadow-equal", "rollout-shadow", "rollout-canary", "rollout-canary-kill", "rollout-promote")
+ROW_KEYS = ("rollout-none", "rollout-none-paced", "rollout-shadow-equal", "rollout-shadow", "rollout-shadow-paced",
+            "rollout-canary", "rollout-canary-kill", "rollout-promote")
+PACED_SHARE = 0.5  # the paced rows send at this share of the closed loop's measured capacity
 
 
 def copy_of_champion(settings, model: str) -> str:
@@ -38,18 +41,30 @@ def copy_of_champion(settings, model: str) -> str:
     return f"{name}/{new.version}"
 
 
-def load(url: str, body: bytes, seconds: float, concurrency: int, during=None) -> dict:
+def load(url: str, body: bytes, seconds: float, concurrency: int, during=None, rate: float | None = None) -> dict:
     """`concurrency` threads posting `body` for `seconds` (and `during()` run once in another
-    thread) -> {n, failures, statuses, p50_ms/p95_ms per answering version, share per version}."""
+    thread) -> {n, failures, statuses, p50_ms/p95_ms per answering version, share per version}.
+    Closed loop (each thread sends its next request when the last is answered), or paced at
+    `rate` requests/s in all (each thread on its own fixed schedule, staggered; a late answer
+    makes the next request late, not the schedule denser): an endpoint below its capacity."""
     import httpx
 
     answers: list[tuple[str, str | None, float]] = []
     lock = threading.Lock()
-    t_end = time.monotonic() + seconds
+    t_start = time.monotonic()
+    t_end = t_start + seconds
+    slots = iter(range(concurrency))
 
     def worker():
+        with lock:
+            slot = next(slots)
+        interval = concurrency / rate if rate else 0.0
+        due = t_start + slot * interval / concurrency
         with httpx.Client(timeout=300) as client:
             while time.monotonic() < t_end:
+                if rate:
+                    time.sleep(max(0.0, due - time.monotonic()))
+                    due += interval
                 t0 = time.perf_counter()
                 try:
                     r = client.post(url + "/enhance", content=body, headers={"Content-Type": "image/png"})
@@ -68,7 +83,7 @@ def load(url: str, body: bytes, seconds: float, concurrency: int, during=None) -
 
 
 def rollout_rows(settings, model: str, challenger: str | None, seconds: float, concurrency: int, body: bytes) -> dict:
-    """The six rows (ROW_KEYS) as [scenario, outcome, p50 ms, p95 ms, images/s, failures]."""
+    """The rows (ROW_KEYS) as [scenario, outcome, p50 ms, p95 ms, images/s, failures]."""
     from registry.refs import resolve
     from serving.configs import CHALLENGER_APP
     from serving.deploy import deploy, replica_pids
@@ -85,15 +100,25 @@ def rollout_rows(settings, model: str, challenger: str | None, seconds: float, c
                      f"{extra}", p50, p95, r["rate"], r["failures"]]
         print(key, r, flush=True)
 
-    row("rollout-none", f"champion v{champion} alone, {seconds:.0f} s at c={concurrency} (p50/p95: the champion's)",
-        load(url, body, seconds, concurrency))
+    r = load(url, body, seconds, concurrency)
+    row("rollout-none", f"champion v{champion} alone, {seconds:.0f} s at c={concurrency} (p50/p95: the champion's)", r)
+    rate = PACED_SHARE * r["rate"]
+    paced = f"paced at {rate:.0f} requests/s ({PACED_SHARE:.0%} of the closed loop's capacity)"
+    row("rollout-none-paced", f"champion v{champion} alone, {paced}", load(url, body, seconds, concurrency, rate=rate))
     for key, background in (("rollout-shadow-equal", False), ("rollout-shadow", True)):
         start(settings, "shadow", challenger, sample=0.2, background=background)
         r = load(url, body, seconds, concurrency)
         st = status(settings)
-        how = "its challenger at nice +10 (the default)" if background else "its challenger at the champion's priority"
+        how = "its challenger under SCHED_IDLE (the default)" if background else "its challenger at the champion's priority"
         row(key, f"same, shadow of {challenger} at 20% sampling, {how}", r,
             f"; {st['comparison']['pairs']} mirrored, challenger p50 {(st['challenger']['p50_s'] or 0) * 1e3:.0f} ms")
+        if background:
+            before = st["comparison"]["pairs"]
+            r = load(url, body, seconds, concurrency, rate=rate)
+            st = status(settings)
+            row("rollout-shadow-paced", f"same shadow (SCHED_IDLE), {paced}", r,
+                f"; {st['comparison']['pairs'] - before} mirrored, challenger p50 "
+                f"{(st['challenger']['p50_s'] or 0) * 1e3:.0f} ms")
         end(settings, "abort")
     start(settings, "canary", challenger, percent=10)
     r = load(url, body, seconds, concurrency)

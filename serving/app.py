@@ -79,15 +79,20 @@ def _reserved_cpus() -> float | None:
         return None
 
 
-BACKGROUND_NICE = 10  # CFS then gives a contended CPU about 10:1 to the champion's nice-0 threads
-
-
 def lower_priority() -> None:
-    """Run on the compute thread: it, and the threads it starts afterwards (torch's intra-op
-    pool), at nice BACKGROUND_NICE. Linux keeps a nice value per thread and a new thread takes
-    its creator's; raising it needs no privilege (lowering it back would)."""
-    tid = threading.get_native_id()
-    os.setpriority(os.PRIO_PROCESS, tid, max(BACKGROUND_NICE, os.getpriority(os.PRIO_PROCESS, tid)))
+    """Every thread of this process, and every thread started afterwards (torch's intra-op pool,
+    the event loop's executors), under SCHED_IDLE: they get a CPU only when nothing else wants
+    it. For a replica that serves only a shadow's challenger: its model, codec, comparison AND
+    its Serve/Ray threads (which receive each mirrored request) yield to the champion's. Not a
+    nice value: Ray starts every worker at nice 15 (its `worker_niceness`), so a "nice 10" changes
+    nothing and nice can add at most 4 levels (a 2.4:1 share). Linux keeps the policy per thread
+    and a new thread takes its creator's; a process may switch its own threads to SCHED_IDLE
+    without privilege."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setscheduler(int(tid), os.SCHED_IDLE, os.sched_param(0))
+        except ProcessLookupError:  # the thread ended meanwhile
+            pass
 
 
 @serve.deployment(name=DEPLOYMENT, ray_actor_options={"num_cpus": SCALING.num_cpus},
@@ -110,13 +115,13 @@ class Enhancer(RolloutReplica):
         # Freed activations stay in the process: page-faulting them back in cost 25-30% of a
         # 256x256 pass (translator/allocator.py).
         self.retains_freed_memory = retain_freed_memory()
-        self.in_background = False  # whether the compute thread runs at BACKGROUND_NICE
+        self.in_background = False  # whether this replica runs under SCHED_IDLE (lower_priority)
 
     def reconfigure(self, config: dict) -> None:
         self.follow_rollout(config.get("rollout"))  # the rollout's plan is not a replica option
         served, options = parse_user_config({k: v for k, v in config.items() if k != "rollout"})
         if options.background and not self.in_background:  # before the model load starts torch's threads
-            compute_thread().submit(lower_priority).result()
+            lower_priority()
             self.in_background = True
         self.run_tiles.set_max_batch_size(options.max_batch_size)
         self.run_tiles.set_batch_wait_timeout_s(options.batch_wait_timeout_s)

@@ -174,7 +174,7 @@ class ReplicaOptions(Options):
     upload_timeout_s: Annotated[float, Field(gt=0), Flag(
         "--upload-timeout", "seconds a request's body may take to arrive before it is answered 408 "
         "(compute is timed from then on)", unit="seconds")] = 900.0
-    # A shadow's challenger: its computations run at a lower OS priority (nice +10), so on CPUs it
+    # A shadow's challenger: its computations run at the lowest OS priority (SCHED_IDLE), so on CPUs it
     # shares with the champion the mirrored requests take what the champion leaves (serving.rollouts).
     background: bool = False
 

@@ -176,6 +176,7 @@ class Ledger:
         self.comparison = Comparison()
         self.stepper: Stepper | None = None
         self.fallbacks = 0
+        self.skipped = 0  # a shadow's sampled requests not mirrored: the challenger had too many in flight
         self.started_at = clock()
         self.claimed: dict[str, Any] | None = None
 
@@ -235,9 +236,13 @@ class Ledger:
 
     def record_many(self, events: list[tuple]) -> str:
         """Several requests in the order they were answered, as an ingress replica batches them
-        (serving/rollout_replica.py): each ("one", *`record`'s arguments) or ("pair",
-        *`record_pair`'s arguments). -> the state after the last."""
+        (serving/rollout_replica.py): each ("one", *`record`'s arguments), ("pair",
+        *`record_pair`'s arguments) or ("skip",): a shadow's sampled request that was not
+        mirrored (the challenger was behind). -> the state after the last."""
         for kind, *args in events:
+            if kind == "skip":
+                self.skipped += 1
+                continue
             (self.record_pair if kind == "pair" else self.record)(*args)
         return self.state
 
@@ -267,7 +272,7 @@ class Ledger:
                 "model": p.name, "champion_version": p.champion_version, "challenger_version": p.version,
                 "percent": self.percent, "sample": p.sample, "reason": self.reason, "decided_by": self.decided_by,
                 "run_id": p.run_id, "started_at": self.started_at, "ended_at": self.ended_at,
-                "limits": p.limits.model_dump(), "fallbacks": self.fallbacks,
+                "limits": p.limits.model_dump(), "fallbacks": self.fallbacks, "skipped": self.skipped,
                 "champion": self.champion.summary(), "challenger": self.challenger.summary(),
                 "comparison": self.comparison.summary(),
                 "steps": None if self.stepper is None else self.stepper.summary(self.state, self.clock())}

@@ -21,9 +21,10 @@ from serving.configs import DEPLOYMENT
 from serving.rollout import LIVE, Plan, mirrored, parse_plan, route
 from serving.rollout_compare import compare_outputs, output_sharpness, triplet
 from serving.rollout_ledger import log_triplet
+from translator.compute import on_compute_thread
 
 log = logging.getLogger("img2img.serve")
-MAX_MIRRORS_IN_FLIGHT = 8  # per ingress replica: past this a shadow skips mirroring (no unbounded backlog)
+MAX_MIRRORS_IN_FLIGHT = 2  # per ingress replica: past this a shadow skips mirroring (no unbounded backlog)
 FLUSH_S, FLUSH_MAX = 0.1, 64  # a replica's answers reach the ledger in batches (`_push`)
 TRIPLETS_PER_REPLICA = 4  # before | champion | challenger images each ingress replica stores per shadow
 VERSIONS = ("champion", "challenger")  # what a request may ask for by name (?version=)
@@ -31,7 +32,8 @@ VERSIONS = ("champion", "challenger")  # what a request may ask for by name (?ve
 
 class RolloutReplica:
     """Mixed into the Enhancer deployment: `follow_rollout` (from reconfigure),
-    `routes_to_challenger`, `ask_challenger`, `after_champion`, `rollout_summary`. `ledger`: the
+    `routes_to_challenger`, `ask_challenger`, `after_champion`, `rollout_summary`; on the
+    challenger, `answer` and `shadow_answer` (the ingress asks them). `ledger`: the
     app's RolloutLedger handle (None in the challenger's app, which takes no rollout)."""
 
     def __init__(self, ledger=None):
@@ -99,33 +101,51 @@ class RolloutReplica:
         if plan is None and not fallback:
             return
         ok = response.status_code == 200
-        # best effort: a challenger that cannot keep up gets fewer mirrors, never a growing queue
-        if ok and mirrored(plan, random.random()) and self.mirrors_in_flight < MAX_MIRRORS_IN_FLIGHT:
+        # best effort: a challenger that cannot keep up gets fewer mirrors (counted as skipped),
+        # never a growing queue in the ingress's router
+        sampled = ok and mirrored(plan, random.random())
+        if sampled and self.mirrors_in_flight < MAX_MIRRORS_IN_FLIGHT:
             self._record("champion", seconds, True, fallback)
             self._spawn(self._mirror(args, bytes(response.body), seconds, limit))
             return
+        if sampled:
+            self._push(("skip",))
         share = plan.percent / max(1e-9, 100 - plan.percent) if plan is not None and plan.state == "canary" else 0
         sampled = ok and random.random() < share
         self._record("champion", seconds, response.status_code < 500, fallback,
                      output=bytes(response.body) if sampled else None)
 
+    async def shadow_answer(self, body: bytes, fmt: str, tile: int, overlap: int, direction: str,
+                            champion_out: bytes, keep_output: bool) -> tuple:
+        """A shadow's mirrored request, answered AND compared with the champion's answer
+        `champion_out` here, on the challenger: decoding both outputs and measuring them then
+        costs the challenger's (lower-priority) process, not the champion's ingress.
+        -> (HTTP status, PSNR dB of this answer against the champion's, the champion's
+        sharpness, this answer's sharpness, this answer's bytes when `keep_output` else b"");
+        the measures are None unless the status is 200 (`rollout_compare.compare_outputs`)."""
+        status, content, _, _ = await self.answer(body, fmt, tile, overlap, direction)
+        # on the compute thread: in a shadow's challenger, it runs at the lowest priority
+        measures = (await on_compute_thread(compare_outputs, champion_out, content) if status == 200
+                    else (None, None, None))
+        return (status, *measures, content if keep_output and status == 200 else b"")
+
     async def _mirror(self, args: tuple, champion_out: bytes, champion_s: float, limit: float) -> None:
         t0 = time.perf_counter()
+        plan = self.plan
+        keep = plan is not None and self.triplets.get(plan.id, 0) < TRIPLETS_PER_REPLICA
         self.mirrors_in_flight += 1
         try:
-            status, content, _, _ = await asyncio.wait_for(self.challenger.answer.remote(*args), timeout=limit)
+            status, psnr, sharp_a, sharp_b, content = await asyncio.wait_for(
+                self.challenger.shadow_answer.remote(*args, champion_out, keep), timeout=limit)
         except Exception as e:  # never the client's concern: counted as the challenger's error
             log.warning("shadow request failed on the challenger (%s)", type(e).__name__)
-            status, content = None, b""
+            status = psnr = sharp_a = sharp_b = None
         finally:
             self.mirrors_in_flight -= 1
         seconds = time.perf_counter() - t0
         ok = status is not None and status < 500
-        psnr, sharp_a, sharp_b = (await asyncio.to_thread(compare_outputs, champion_out, content)
-                                  if status == 200 else (None, None, None))
         self._push(("pair", champion_s, seconds, ok, psnr, sharp_a, sharp_b))
-        plan = self.plan
-        if status == 200 and plan is not None and self.triplets.get(plan.id, 0) < TRIPLETS_PER_REPLICA:
+        if status == 200 and keep and self.triplets.get(plan.id, 0) < TRIPLETS_PER_REPLICA:
             n = self.triplets[plan.id] = self.triplets.get(plan.id, 0) + 1
             labels = ["before", f"champion v{plan.champion_version}", f"challenger v{plan.version}"]
             image = await asyncio.to_thread(triplet, args[0], champion_out, content, labels)

@@ -121,7 +121,8 @@ def status(as_json: bool = json_option()):
     c = st["comparison"]
     if st["mode"] == "shadow":
         mean = "-" if c["psnr_mean_db"] is None else f"{c['psnr_mean_db']:.1f} dB"
-        console.print(f"output agreement: {c['pairs']} pairs, {c['identical']} identical, PSNR mean {mean}")
+        skipped = f"; {st['skipped']} sampled requests skipped (the challenger was behind)" if st.get("skipped") else ""
+        console.print(f"output agreement: {c['pairs']} pairs, {c['identical']} identical, PSNR mean {mean}{skipped}")
     if c.get("sharpness_ratio") is not None:
         console.print(f"output sharpness (Laplacian variance): champion {c['champion_sharpness']:.2e}, challenger "
                       f"{c['challenger_sharpness']:.2e} (ratio {c['sharpness_ratio']:.2f})", highlight=False)

@@ -161,7 +161,9 @@ def test_shadow_leaves_every_answer_the_champions_while_the_comparison_fills(ser
     answers = many(settings.serve_url, 30, parallel=3)
     assert all(r.status_code == 200 and r.content == reference and r.headers["x-model-version"] == "1"
                for r in answers)
-    st = wait_status(settings, lambda s: s["comparison"]["pairs"] >= 30)
+    # every request was sampled: each one compared, or skipped while the (lowest-priority) challenger was behind
+    st = wait_status(settings, lambda s: s["comparison"]["pairs"] + s["skipped"] >= 30)
+    assert st["comparison"]["pairs"] + st["skipped"] == 30 and st["comparison"]["pairs"] >= 4, st
     assert st["mode"] == "shadow" and st["challenger"]["errors"] == 0 and st["challenger"]["p50_s"] > 0
     other = np.asarray(Image.open(io.BytesIO(reference)))
     assert other.shape == (32, 32, 3) and st["comparison"]["identical"] == 0

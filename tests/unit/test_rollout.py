@@ -175,6 +175,34 @@ def test_comparison_separates_identical_pairs():
         "pairs": 4, "identical": 1, "psnr_mean_db": 35.0, "psnr_min_db": 30.0}
 
 
+@pytest.mark.parametrize("reply,keep,expected", [
+    ((200, "b"), False, (200, "measured", b"")),
+    ((200, "b"), True, (200, "measured", "b")),
+    ((500, b'{"error": "internal error"}'), True, (500, (None, None, None), b"")),
+    ((413, b'{"error": "too large"}'), False, (413, (None, None, None), b"")),
+])
+def test_a_shadow_request_is_measured_on_the_challenger_and_returns_its_image_only_when_kept(reply, keep, expected):
+    """The challenger answers a mirrored request and compares its answer with the champion's
+    itself (the ingress only forwards), sending its image back only for a triplet."""
+    import asyncio
+
+    from serving.rollout_compare import compare_outputs
+    from serving.rollout_replica import RolloutReplica
+
+    images = {"a": png(np.full((8, 8, 3), 100, np.uint8)), "b": png(np.full((8, 8, 3), 90, np.uint8))}
+    status, body = reply[0], images.get(reply[1], reply[1])
+
+    class Challenger(RolloutReplica):
+        async def answer(self, *args):
+            return status, body, "image/png", {}
+
+    out = asyncio.run(Challenger().shadow_answer(b"input", "png", 0, 0, "ab", images["a"], keep))
+    want_status, measures, image = expected
+    measures = compare_outputs(images["a"], images["b"]) if measures == "measured" else measures
+    assert out == (want_status, *measures, images.get(image, image))
+    assert status != 200 or out[1] == pytest.approx(10 * math.log10(255 ** 2 / 100))
+
+
 @pytest.mark.parametrize("apps", [{}, {"other": {"deployments": []}}, {"enhancer": {"deployments": [{"name": "X"}]}}])
 def test_a_rollout_without_a_deployed_champion_is_refused(apps):
     from serving.rollouts import _enhancer

@@ -269,4 +269,8 @@ def test_a_batch_of_answers_counts_as_the_same_answers_one_by_one():
     shadow = Ledger(Clock())
     shadow.begin(stepped(mode="shadow", state="shadow", steps=[], percent=0.0, sample=1.0))
     assert shadow.record_many([("pair", 0.1, 0.2, True, 30.0, 0.01, 0.02)] * 3) == "shadow"
-    assert shadow.summary()["comparison"]["pairs"] == 3
+    assert shadow.summary()["comparison"]["pairs"] == 3 and shadow.summary()["skipped"] == 0
+    # sampled requests the ingress did not mirror (the challenger was behind) are counted, nothing else changes
+    assert shadow.record_many([("skip",), ("one", "champion", 0.1, True, False, None), ("skip",)]) == "shadow"
+    s = shadow.summary()
+    assert (s["skipped"], s["comparison"]["pairs"], s["challenger"]["requests"], s["champion"]["requests"]) == (2, 3, 3, 1)

@@ -191,29 +191,36 @@ def test_deploy_refuses_bad_runtime_options_before_touching_the_cluster(kw, mess
         deploy(get_settings(), "photos@champion", ReplicaOptions.from_flags(kw), Scaling.from_flags(kw))
 
 
-def test_a_background_compute_thread_and_the_threads_it_starts_run_at_lower_priority():
-    """serving.app.lower_priority (a shadow's challenger): the compute thread and the threads it
-    starts later (torch's intra-op pool) run at nice BACKGROUND_NICE; the rest of the process
-    (the champion's threads, in a shared replica) keeps its priority."""
+def test_a_background_replica_runs_every_thread_under_sched_idle():
+    """serving.app.lower_priority (a shadow's challenger, in its own process): the threads that
+    exist (the event loop's, Ray's) and those started afterwards (torch's intra-op pool) all run
+    under SCHED_IDLE; other processes keep their policy."""
+    import json
     import os
-    import threading
+    import subprocess
+    import sys
 
-    from serving.app import BACKGROUND_NICE, lower_priority
-
-    def nice() -> int:
-        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-    before, seen = nice(), {}
-
-    def compute():
-        lower_priority()
-        seen["compute"] = nice()
-        child = threading.Thread(target=lambda: seen.__setitem__("started_later", nice()))
-        child.start()
-        child.join()
-
-    thread = threading.Thread(target=compute)
-    thread.start()
-    thread.join()
-    assert seen == {"compute": max(BACKGROUND_NICE, before), "started_later": max(BACKGROUND_NICE, before)}
-    assert nice() == before
+    code = """
+import json, os, threading
+from serving.app import lower_priority
+policy = lambda: os.sched_getscheduler(threading.get_native_id())
+seen, go = {}, threading.Event()
+def early():
+    go.wait()
+    seen["started_before"] = policy()
+t = threading.Thread(target=early)
+t.start()
+lower_priority()
+go.set()
+t.join()
+later = threading.Thread(target=lambda: seen.__setitem__("started_after", policy()))
+later.start()
+later.join()
+seen["main"] = policy()
+print(json.dumps(seen))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen == {"started_before": os.SCHED_IDLE, "started_after": os.SCHED_IDLE, "main": os.SCHED_IDLE}
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE
