@@ -121,13 +121,15 @@ class RolloutReplica:
         `champion_out` here, on the challenger: decoding both outputs and measuring them then
         costs the challenger's (lower-priority) process, not the champion's ingress.
         -> (HTTP status, PSNR dB of this answer against the champion's, the champion's
-        sharpness, this answer's sharpness, this answer's bytes when `keep_output` else b"");
-        the measures are None unless the status is 200 (`rollout_compare.compare_outputs`)."""
+        sharpness, this answer's sharpness, this answer's bytes when `keep_output` else b"",
+        seconds the comparison took: not part of the answer's latency); the measures are None
+        unless the status is 200 (`rollout_compare.compare_outputs`)."""
         status, content, _, _ = await self.answer(body, fmt, tile, overlap, direction)
+        t0 = time.perf_counter()
         # on the compute thread: in a shadow's challenger, it runs at the lowest priority
         measures = (await on_compute_thread(compare_outputs, champion_out, content) if status == 200
                     else (None, None, None))
-        return (status, *measures, content if keep_output and status == 200 else b"")
+        return (status, *measures, content if keep_output and status == 200 else b"", time.perf_counter() - t0)
 
     async def _mirror(self, args: tuple, champion_out: bytes, champion_s: float, limit: float) -> None:
         t0 = time.perf_counter()
@@ -135,14 +137,15 @@ class RolloutReplica:
         keep = plan is not None and self.triplets.get(plan.id, 0) < TRIPLETS_PER_REPLICA
         self.mirrors_in_flight += 1
         try:
-            status, psnr, sharp_a, sharp_b, content = await asyncio.wait_for(
+            status, psnr, sharp_a, sharp_b, content, compare_s = await asyncio.wait_for(
                 self.challenger.shadow_answer.remote(*args, champion_out, keep), timeout=limit)
         except Exception as e:  # never the client's concern: counted as the challenger's error
             log.warning("shadow request failed on the challenger (%s)", type(e).__name__)
             status = psnr = sharp_a = sharp_b = None
+            compare_s = 0.0
         finally:
             self.mirrors_in_flight -= 1
-        seconds = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0 - compare_s  # the challenger's answer, as a user would wait for it
         ok = status is not None and status < 500
         self._push(("pair", champion_s, seconds, ok, psnr, sharp_a, sharp_b))
         if status == 200 and keep and self.triplets.get(plan.id, 0) < TRIPLETS_PER_REPLICA:

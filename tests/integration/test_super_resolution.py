@@ -201,11 +201,10 @@ def test_a_4x_network_is_served_at_four_times_the_size_tiled_as_untiled(stack, t
     post = lambda img, **params: httpx.post(stack.serve_url + "/enhance", params=params, content=encoded(img),  # noqa: E731
                                             headers={"Content-Type": "image/png"}, timeout=120)
     with endpoint_restored(stack):
-        # ONNX Runtime, exported at load: an export must keep the 4x output (the 2x test serves `auto`)
-        deploy(stack, f"test-sr4/{version}", ReplicaOptions(max_pixels=MAX_PIXELS, runtime="onnx"),
+        deploy(stack, f"test-sr4/{version}", ReplicaOptions(max_pixels=MAX_PIXELS),
                Scaling(min_replicas=1, max_replicas=1), wait_s=300)
         info = httpx.get(stack.serve_url + "/model", timeout=60).json()
-        assert info["scale"] == 4 and info["version"] == version and info["runtime"] == "onnx", info
+        assert info["scale"] == 4 and info["version"] == version
         r = post(odd)
         assert r.status_code == 200 and r.headers["X-Scale"] == "4", r.text
         out = Image.open(io.BytesIO(r.content))
@@ -216,3 +215,9 @@ def test_a_4x_network_is_served_at_four_times_the_size_tiled_as_untiled(stack, t
         assert tiled.status_code == 200 and diff.max() <= levels, (info["runtime"], info["precision"], diff.max())
         r = post(Image.new("RGB", (30, 30)))  # 900 px in, 14,400 out: over the 10,000 limit at 4x only
         assert r.status_code == 413 and "120x120" in r.json()["error"] and "on the output" in r.json()["error"]
+    # the registry's loader on every runtime, ONNX exported on the spot included: 4x the input's size
+    from registry.loading import load
+
+    for runtime, precision in (("torch", "fp32"), ("onnx", "auto")):
+        loaded = load(stack.mlflow_uri, "test-sr4", version, device="cpu", runtime=runtime, precision=precision)
+        assert loaded.runtime.name == runtime and loaded.runtime.run(torch.rand(1, 3, 19, 23)).shape == (1, 3, 76, 92)
