@@ -196,7 +196,9 @@ def export(generator: nn.Module, fmt: str, path: str | Path, multiple: int = 1,
     """Export `generator` (eval mode, CPU, float32) to `path` in `fmt` (onnx | torchscript),
     check it on `sizes` against PyTorch and return the differences. `descriptor` (what the
     registered generator is, `translator.descriptor`) gives the size multiple, the scale and the
-    input channels; without one: `multiple` as given, scale 1, the first convolution's channels.
+    input channels; without one: `multiple` as given, the first convolution's channels, and the
+    scale the generator shows on the example input (a super-resolution network is never taken
+    for a same-size one and its output cut to the input's size).
 
     Raises ExportError for an unknown format, a failed export, or a max abs difference above
     `tolerance` (the file is removed then, so no unchecked export is left behind).
@@ -207,8 +209,11 @@ def export(generator: nn.Module, fmt: str, path: str | Path, multiple: int = 1,
     scale, channels = 1, _in_channels(generator)
     if descriptor is not None:
         multiple, scale, channels = descriptor.size_multiple, descriptor.scale, descriptor.in_channels
-    module = PadToMultiple(generator.float().cpu().eval(), multiple, scale).eval()
     example = _sample(1, max(64, multiple), max(64, multiple), channels, seed=123)
+    if descriptor is None:
+        with torch.inference_mode():
+            scale = max(1, generator.float().cpu().eval()(example).shape[-1] // example.shape[-1])
+    module = PadToMultiple(generator.float().cpu().eval(), multiple, scale).eval()
     meta = {"multiple": str(multiple), "layout": "NCHW float32 in [-1, 1], any N/H/W", **(metadata or {})}
     with torch.inference_mode(False), torch.no_grad():
         if fmt == "onnx":

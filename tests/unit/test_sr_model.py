@@ -45,6 +45,15 @@ def test_every_runtime_returns_the_upscaled_image(scale, kw):
     assert (got - want).abs().max() <= (runtime.ONE_8BIT_LEVEL * 4 if kw.get("precision") == "bf16" else 1e-4)
 
 
+@pytest.mark.parametrize("scale", [2, 4])
+def test_an_export_without_a_descriptor_keeps_the_networks_scale(tmp_path, scale):
+    from translator import export
+
+    v = build_variant("srvgg", {**TINY, "scale": scale})
+    runner = export.load_runner(export.export(v.generator, "onnx", tmp_path / "m.onnx").path, "onnx")
+    assert runner(torch.rand(1, 3, 19, 23) * 2 - 1).shape == (1, 3, 19 * scale, 23 * scale)
+
+
 @pytest.mark.parametrize("bad", [{"scale": "1"}, {"scale": "5"}, {"scale": "2.5"}, {"num_feat": "0"}])
 def test_srvgg_refuses_settings_it_cannot_build(bad):
     with pytest.raises((ConfigError, ValueError)):
