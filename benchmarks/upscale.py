@@ -87,7 +87,7 @@ def latency_rows(settings, name: str, version: str, sides: list[int], runs: int)
 def main() -> None:
     from img2img_demo.run import run_demo
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--budget", type=float, default=300, help="training seconds (the demo's default, 300)")
     parser.add_argument("--side", default="128,256", help="input sides (px) the latency is measured at")
     parser.add_argument("--runs", type=int, default=3, help="timed calls per runtime and side (best is kept)")

@@ -209,11 +209,12 @@ def export(generator: nn.Module, fmt: str, path: str | Path, multiple: int = 1,
     scale, channels = 1, _in_channels(generator)
     if descriptor is not None:
         multiple, scale, channels = descriptor.size_multiple, descriptor.scale, descriptor.in_channels
+    net = generator.float().cpu().eval()
     example = _sample(1, max(64, multiple), max(64, multiple), channels, seed=123)
     if descriptor is None:
         with torch.inference_mode():
-            scale = max(1, generator.float().cpu().eval()(example).shape[-1] // example.shape[-1])
-    module = PadToMultiple(generator.float().cpu().eval(), multiple, scale).eval()
+            scale = max(1, net(example).shape[-1] // example.shape[-1])
+    module = PadToMultiple(net, multiple, scale).eval()
     meta = {"multiple": str(multiple), "layout": "NCHW float32 in [-1, 1], any N/H/W", **(metadata or {})}
     with torch.inference_mode(False), torch.no_grad():
         if fmt == "onnx":
