@@ -21,6 +21,7 @@ from cluster.queue_view import QueueEntry, queue_view
 from cluster.services import poll_until
 from cluster.settings import Settings
 from jobs.training.progress import follow, read, strip_ansi, write_raw
+from jobs.training.stopping import end_cut_off_children
 from registry.tracking import TAG_PHASE
 
 log = logging.getLogger(__name__)
@@ -265,6 +266,7 @@ def stop(client, settings: Settings, job_id: str, wait_s: float = 30) -> str:
     queued = info["status"] == "PENDING"
     if queued and info.get("run_id"):
         _mark_killed(settings, info["run_id"])  # first: the driver leaves a run it finds KILLED alone
+    asked_ms = int(time.time() * 1000)
     client.stop_job(job_id)
     if not queued:  # one budget for both: the driver ends (Ray's SIGTERM, then SIGKILL), then its actors
         deadline = time.time() + wait_s
@@ -273,13 +275,14 @@ def stop(client, settings: Settings, job_id: str, wait_s: float = 30) -> str:
         if ray_job:
             poll_until(lambda: not _live_actors(settings, ray_job), max(deadline - time.time(), 1), interval_s=0.5)
     if info.get("run_id"):
-        _mark_killed(settings, info["run_id"])
+        _mark_killed(settings, info["run_id"], since_ms=asked_ms)
     return "cancelled" if queued else "stopped"
 
 
-def _mark_killed(settings: Settings, run_id: str) -> None:
-    """End the job's run KILLED, and its child runs still RUNNING (a search's trials, whose
-    processes ended with the job's)."""
+def _mark_killed(settings: Settings, run_id: str, since_ms: int | None = None) -> None:
+    """End the job's run KILLED, and its child runs (a search's trials, whose processes ended
+    with the job's) still RUNNING or ended FAILED at or after `since_ms`, when the stop was asked
+    for (ms since the epoch): the stop reached their training as an error."""
     try:
         ml = MlflowClient(settings.mlflow_uri)
         run = ml.get_run(run_id)
@@ -287,11 +290,7 @@ def _mark_killed(settings: Settings, run_id: str) -> None:
             ml.set_tag(run_id, "stopped", "stopped by the user")
             ml.set_tag(run_id, TAG_PHASE, "stopped")
             ml.set_terminated(run_id, status="KILLED")
-        children = ml.search_runs([run.info.experiment_id], max_results=1000,
-                                  filter_string=f"tags.`mlflow.parentRunId` = '{run_id}' and attributes.status = 'RUNNING'")
-        for child in children:
-            ml.set_tag(child.info.run_id, "stopped", "the job was stopped")
-            ml.set_terminated(child.info.run_id, status="KILLED")
+        end_cut_off_children(ml, run_id, since_ms, {"stopped": "the job was stopped"})
     except Exception:
         log.warning("could not mark MLflow run %s KILLED", run_id)
 

@@ -336,17 +336,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def end_cut_off_trials(settings: Settings, search_id: str | None) -> None:
     """The search ended without finishing (stopped: SIGTERM, `stopping.STOP_REQUESTED`; or
-    failed): its trials' actors die with the driver and never end their runs, so every child
-    run still RUNNING ends KILLED here, tagged with why (`--resume` runs those trials again)."""
+    failed): its trials' actors die with the driver and never end their runs, or end them FAILED
+    when the stop reached their training mid-step, so every child run still RUNNING, or ended
+    FAILED since the stop came, ends KILLED here, tagged with why (`--resume` runs those again)."""
     if not search_id:
         return
-    why = "the search was stopped" if stopping.STOP_REQUESTED.is_set() else "the search failed"
+    stopped = stopping.STOP_REQUESTED.is_set()
+    why = "the search was stopped" if stopped else "the search failed"
+    since = stopping.STOP_REQUESTED_AT_MS[0] if stopped and stopping.STOP_REQUESTED_AT_MS else None
     try:
-        client = MlflowClient(settings.mlflow_uri)
-        for run_id in child_runs(settings, search_id, latest=False):
-            if client.get_run(run_id).info.status == "RUNNING":
-                client.set_tag(run_id, TAG_OUTCOME, f"cut off ({why})")
-                client.set_terminated(run_id, status="KILLED")
+        stopping.end_cut_off_children(MlflowClient(settings.mlflow_uri), search_id, since,
+                                      {TAG_OUTCOME: f"cut off ({why})"})
     except Exception:  # the search's own end matters more than this bookkeeping
         log.exception("could not end the cut-off trials of search %s", search_id)
 

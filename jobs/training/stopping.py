@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 
 from mlflow.tracking import MlflowClient
 
@@ -22,9 +23,11 @@ STARTED = threading.Event()
 # Set on SIGTERM: whatever the JobStopped raised then turns into on its way out (Tune and Ray Train
 # wrap an exception raised inside them in their own), the job was stopped, not failed.
 STOP_REQUESTED = threading.Event()
+STOP_REQUESTED_AT_MS: list[int] = []  # when SIGTERM came (ms since the epoch, MLflow's clock)
 
 
 def _stopped(signum, frame):  # `img2img jobs stop`: the Jobs API sends SIGTERM first
+    STOP_REQUESTED_AT_MS[:] = [int(time.time() * 1000)]
     STOP_REQUESTED.set()
     raise JobStopped()
 
@@ -65,3 +68,22 @@ def mark_ended(settings: Settings, run_id: str | None, reason: str, status: str 
         log.exception("could not mark MLflow run %s %s", run_id, status)
 
 
+
+
+def end_cut_off_children(client: MlflowClient, parent_run_id: str, since_ms: int | None, tags: dict) -> int:
+    """End KILLED, with `tags` (e.g. {"stopped": why}), every child run of `parent_run_id` (a search's
+    trials) that a stop cut off: still RUNNING (its process died with the job's), or ended
+    FAILED at or after `since_ms` (ms since the epoch; the stop reached its training mid-step
+    as an error before anyone looked). -> how many were ended. Raises MlflowException."""
+    parent = client.get_run(parent_run_id)
+    flt = f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
+    ended = 0
+    for child in client.search_runs([parent.info.experiment_id], filter_string=flt, max_results=1000):
+        info = child.info
+        failed_by_stop = (info.status == "FAILED" and since_ms is not None and (info.end_time or 0) >= since_ms)
+        if info.status == "RUNNING" or failed_by_stop:
+            for key, value in tags.items():
+                client.set_tag(info.run_id, key, value)
+            client.set_terminated(info.run_id, status="KILLED")
+            ended += 1
+    return ended

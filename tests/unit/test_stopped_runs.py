@@ -18,6 +18,7 @@ def run(tmp_path):
     settings = Settings(state_dir=tmp_path, s3_endpoint="store:9000", mlflow_uri=uri, ray_address="http://ray:8265")
     yield settings, client, client.create_run(exp).info.run_id
     stopping.STOP_REQUESTED.clear()
+    stopping.STOP_REQUESTED_AT_MS.clear()
 
 
 @pytest.mark.parametrize("stopped, status, tag", [
@@ -73,3 +74,32 @@ def test_jobs_stop_ends_the_runs_of_a_jobs_trials_too(run):
     _mark_killed(settings, search_id)
     assert client.get_run(search_id).info.status == "KILLED" and client.get_run(trial).info.status == "KILLED"
     assert client.get_run(other).info.status == "RUNNING"
+
+
+@pytest.mark.parametrize("via", ["driver", "jobs stop"])
+def test_a_trial_the_stop_failed_ends_killed_and_one_that_failed_before_stays_failed(run, via):
+    """A trial whose training saw the stop as an error ends its own run FAILED, possibly before
+    anyone looks: a stop turns the ones that ended FAILED after it was asked for into KILLED
+    (`--resume` runs them again) and leaves a trial that had failed on its own FAILED."""
+    import time
+
+    from jobs.manage import _mark_killed
+    from jobs.search.driver import end_cut_off_trials
+    from jobs.search.trials import PARENT_TAG
+
+    settings, client, search_id = run
+    exp = client.get_run(search_id).info.experiment_id
+    failed_before = client.create_run(exp, tags={PARENT_TAG: search_id}).info.run_id
+    client.set_terminated(failed_before, status="FAILED")
+    time.sleep(0.01)
+    asked = int(time.time() * 1000)
+    failed_by_stop = client.create_run(exp, tags={PARENT_TAG: search_id}).info.run_id
+    client.set_terminated(failed_by_stop, status="FAILED", end_time=asked + 5)
+    if via == "driver":
+        stopping.STOP_REQUESTED_AT_MS[:] = [asked]
+        stopping.STOP_REQUESTED.set()
+        end_cut_off_trials(settings, search_id)
+    else:
+        _mark_killed(settings, search_id, since_ms=asked)
+    assert client.get_run(failed_by_stop).info.status == "KILLED"
+    assert client.get_run(failed_before).info.status == "FAILED"
