@@ -9,6 +9,8 @@ import types
 import typing
 from typing import Any
 
+from translator import degrade
+
 
 class ConfigError(ValueError):
     """An unknown key or a value of the wrong type in a variant config."""
@@ -16,6 +18,7 @@ class ConfigError(ValueError):
 
 LR_POLICIES = ("constant", "linear", "cosine")
 AUGMENTATIONS = ("hflip", "d4")
+DEGRADE_SOURCES = ("stored", "auto")  # TrainConfig.degrade's values besides a spec
 
 
 @dataclasses.dataclass
@@ -37,7 +40,12 @@ class TrainConfig:
       all 8 orientations, BasicSR's for paired restoration, where a photo's "up" does not matter);
     - `ema_decay`: 0 (off) or the decay in (0, 1) of an exponential moving average of the
       generator's weights (Polyak averaging; the EMA copy is what validation scores and what is
-      registered and served; its decay warms up as min(decay, (1 + n) / (10 + n)) after n updates).
+      registered and served; its decay warms up as min(decay, (1 + n) / (10 + n)) after n updates);
+    - `degrade`: where a paired dataset's training inputs come from: `stored` (the ingested pairs
+      as they are), a degradation spec (`translator.degrade`, e.g. `random_gaussian:0.5-3`:
+      synthesised from each training crop's target with a fresh random draw every time, so a few
+      photos give endless distinct pairs), or `auto` (the dataset's own spec when it was
+      synthesised with `--degrade`, else `stored`). Validation always scores the stored pairs.
 
     The defaults are the pix2pix/CycleGAN papers' (Adam 2e-4, beta1 0.5, batch 1, 256 px crops);
     a variant's config restates only what differs.
@@ -55,6 +63,7 @@ class TrainConfig:
     image_size: int = 256
     augment: str = "hflip"
     ema_decay: float = 0.0
+    degrade: str = "stored"
 
     def validate(self) -> None:
         """Raise ValueError for values no variant can train with; subclasses extend it."""
@@ -68,6 +77,11 @@ class TrainConfig:
                 raise ValueError(f"{f.name} must be at least 0, got {value}")
         if self.augment not in AUGMENTATIONS:
             raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
+        if self.degrade not in DEGRADE_SOURCES:
+            try:
+                degrade.parse(self.degrade)
+            except degrade.DegradationError as e:
+                raise ValueError(f"degrade must be {' or '.join(DEGRADE_SOURCES)} or a degradation spec: {e}") from None
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be 0 (off) or in (0, 1), got {self.ema_decay}")
         if self.lr_policy not in LR_POLICIES:

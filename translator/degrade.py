@@ -1,7 +1,7 @@
 """Composable, seeded image degradations described by spec strings.
 
 A spec is a leaf `NAME` or `NAME:ARG` from the table `DEGRADATIONS` (e.g. `gaussian:1.5`,
-`random_gaussian:0.5-3`, `resize:4`, `down:4`, `jpeg:30`, `gray`; `rules()` lists each leaf with its
+`random_gaussian:0.5-3`, `resize:4`, `down:4`, `jpeg:30`, `second_order`, `gray`; `rules()` lists each leaf with its
 allowed range), or a composition of specs:
 
     mix(a,b,...)              one of them, chosen at random per image
@@ -15,13 +15,14 @@ one `Degradation` entry in `DEGRADATIONS` (its class, argument parser, rule, hel
 
 from __future__ import annotations
 
-import io
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from translator.second_order import SecondOrder, jpeg, resize
 
 
 class DegradationError(ValueError):
@@ -56,13 +57,6 @@ def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def _resize_channels(image: np.ndarray, size: tuple[int, int], resample) -> np.ndarray:
-    """Resize a float HxWxC image channel by channel in PIL's float mode (no 8-bit rounding)."""
-    chans = [np.asarray(Image.fromarray(image[..., c].astype(np.float32), mode="F").resize(size, resample))
-             for c in range(image.shape[2])]
-    return np.stack(chans, axis=-1)
-
-
 @dataclass(frozen=True)
 class Gaussian:
     sigma: float
@@ -87,8 +81,8 @@ class Resize:
     def __call__(self, image, rng):
         h, w = image.shape[:2]
         small = (max(1, round(w / self.factor)), max(1, round(h / self.factor)))
-        down = _resize_channels(image, small, Image.Resampling.BOX)
-        return np.clip(_resize_channels(down, (w, h), Image.Resampling.BICUBIC), 0.0, 1.0)
+        down = resize(image, small, Image.Resampling.BOX)
+        return np.clip(resize(down, (w, h), Image.Resampling.BICUBIC), 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -103,7 +97,7 @@ class Down:
     def __call__(self, image, rng):
         h, w = image.shape[:2]
         small = (max(1, w // self.factor), max(1, h // self.factor))
-        return np.clip(_resize_channels(image, small, Image.Resampling.BICUBIC), 0.0, 1.0)
+        return np.clip(resize(image, small, Image.Resampling.BICUBIC), 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -120,9 +114,7 @@ class Jpeg:
     quality: int
 
     def __call__(self, image, rng):
-        buf = io.BytesIO()
-        Image.fromarray((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)).save(buf, "JPEG", quality=self.quality)
-        return np.asarray(Image.open(buf).convert("RGB"), dtype=np.float32) / 255.0
+        return jpeg(image, self.quality)
 
 
 @dataclass(frozen=True)
@@ -310,6 +302,9 @@ DEGRADATIONS: dict[str, Degradation] = {
     "jpeg": Degradation(
         Jpeg, lambda a, t: Jpeg(int(_number(a, t, "the quality Q in jpeg:Q", 1, 100, low_open=False, whole=True))),
         "jpeg:Q (whole number 1-100)", "JPEG re-encode at quality Q", "restore"),
+    "second_order": Degradation(
+        SecondOrder, _no_argument(SecondOrder), "second_order",
+        "Real-ESRGAN's blur, resize, noise and JPEG, twice, each stage at random (Wang et al. 2021)", "restore"),
     "gray": Degradation(
         Gray, _no_argument(Gray), "gray", "colour -> luminance (ITU-R BT.601), for colourisation", "colorize"),
     "edges": Degradation(

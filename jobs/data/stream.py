@@ -17,7 +17,12 @@ from cluster.errors import Img2ImgError
 from cluster.settings import Settings, get_settings
 from cluster.storage import Storage, arrow_filesystem
 from registry.manifest import Manifest, dataset_prefix, read_manifest
+from translator import degrade as degradations
 from translator.images import read_picture
+
+# Target pixels of context kept on each side of a crop, where the stored image has them, when its
+# input is synthesised: the blur at the crop's edge then sees real neighbours, not a mirror.
+SYNTH_MARGIN = 16
 
 
 def _decode_pixels(png: bytes) -> np.ndarray:
@@ -63,10 +68,17 @@ class DecodeBatch:
     and target of a pair (pix2pix's augmentation); with `rotate`, also a random multiple of 90
     degrees, so each crop is seen in any of its 8 orientations (the dihedral group D4, BasicSR's
     `augment(hflip=True, rotation=True)` for paired restoration). Validation: a centre crop.
+
+    `degrade` (a spec of `translator.degrade`, training only): the stored input is not read; the
+    input is synthesised from the target's crop (with up to `SYNTH_MARGIN` px of its surroundings)
+    by a fresh random draw of the spec every time, rounded to 8-bit levels like a stored PNG's.
     """
 
-    def __init__(self, columns: list[str], image_size: int | None, augment: bool, rotate: bool = False):
+    def __init__(self, columns: list[str], image_size: int | None, augment: bool, rotate: bool = False,
+                 degrade: str | None = None):
         self.columns, self.image_size, self.augment, self.rotate = columns, image_size, augment, rotate
+        self.degradation = degradations.parse(degrade) if degrade and augment else None
+        self.scale = degradations.scale_of(degrade) if self.degradation else 1
         self.rng = None  # created per call: a pickled generator would repeat the same crops
 
     def _box(self, h: int, w: int) -> tuple[int, int, int, int]:
@@ -81,19 +93,31 @@ class DecodeBatch:
             top, left = (h - s) // 2, (w - s) // 2
         return top, left, s, s
 
+    def _synthesise(self, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A stored target (HxWx3, uint8 or float32) -> (input crop, target crop): the spec drawn
+        afresh on the crop and its margin, the input cut from the result at the crop's place."""
+        n, m = self.scale, SYNTH_MARGIN // self.scale  # m: the margin in input pixels
+        h, w = target.shape[0] // n, target.shape[1] // n  # the input's grid
+        top, left, ch, cw = self._box(h, w)
+        t0, l0 = max(0, top - m), max(0, left - m)
+        b0, r0 = min(h, top + ch + m), min(w, left + cw + m)
+        region = _unit(target[n * t0:n * b0, n * l0:n * r0])
+        made = np.clip(self.degradation(region, self.rng), 0.0, 1.0)[top - t0:top - t0 + ch, left - l0:left - l0 + cw]
+        if target.dtype == np.uint8:  # what a stored 8-bit PNG input holds
+            made = np.round(made * 255) / np.float32(255)
+        return made.astype(np.float32), target[n * top:n * (top + ch), n * left:n * (left + cw)]
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.rng = np.random.default_rng()
         out: dict[str, list] = {c: [] for c in self.columns}
         for i in range(len(batch["key"])):
-            # uint8 until cropped: converting the whole stored image to float first cost 7-34% of the
-            # pipeline's pairs/s (benchmarks/decode_formats.py)
-            decoded = [_decode_pixels(batch[c][i]) for c in self.columns]
-            top, left, h, w = self._box(*decoded[0].shape[:2])
             flip = self.augment and self.rng.random() < 0.5
             turns = int(self.rng.integers(0, 4)) if self.augment and self.rotate else 0
-            for c, arr in zip(self.columns, decoded):
-                n = pair_scale(decoded[0].shape, arr.shape)  # 1, or the target's N of an N-times SR pair
-                arr = arr[n * top:n * (top + h), n * left:n * (left + w)]
+            if self.degradation is not None:
+                crops = self._synthesise(_decode_pixels(batch["target"][i]))
+            else:
+                crops = self._cut([_decode_pixels(batch[c][i]) for c in self.columns])
+            for c, arr in zip(self.columns, crops):
                 if flip:
                     arr = arr[:, ::-1]
                 if turns:
@@ -102,6 +126,17 @@ class DecodeBatch:
         result = {c: np.stack(v) * np.float32(2.0) - np.float32(1.0) for c, v in out.items()}  # float32 already
         result["key"] = np.asarray(batch["key"])
         return result
+
+    def _cut(self, decoded: list[np.ndarray]) -> list[np.ndarray]:
+        """The stored images of a row (uint8 until cropped: converting the whole stored image to
+        float first cost 7-34% of the pipeline's pairs/s, benchmarks/decode_formats.py) -> their
+        crops at one place, a super-resolution target's N times larger."""
+        top, left, h, w = self._box(*decoded[0].shape[:2])
+        out = []
+        for arr in decoded:
+            n = pair_scale(decoded[0].shape, arr.shape)  # 1, or the target's N of an N-times SR pair
+            out.append(arr[n * top:n * (top + h), n * left:n * (left + w)])
+        return out
 
 
 def check_shards(storage: Storage, manifest: Manifest, split: str, domain: str | None = None) -> list[str]:
@@ -147,7 +182,8 @@ def read_parquet_v1(paths: list[str], filesystem):
 
 def load_dataset(name: str, split: str = "train", settings: Settings | None = None, *,
                  image_size: int | None = None, augment: bool | None = None, domain: str | None = None,
-                 batch_size: int = 16, rotate: bool = False, decode: bool = True, repeat: int = 1):
+                 batch_size: int = 16, rotate: bool = False, decode: bool = True, repeat: int = 1,
+                 degrade: str | None = None):
     """-> ray.data.Dataset of {"key", "input", "target"} (paired) or {"key", "image"} for one
     domain ("a" or "b") of an unpaired dataset; images float32 NCHW in [-1, 1].
     augment (default: on for "train"): random crops and flips; `rotate` adds 90-degree turns.
@@ -155,7 +191,9 @@ def load_dataset(name: str, split: str = "train", settings: Settings | None = No
     (sizes vary) every batch then holds one image, whatever `batch_size` says. decode=False: the
     stored PNG bytes as they are (decode them with `DecodeBatch` where they are used, e.g. after
     choosing which rows a worker keeps). repeat: each pass over the stream reads every row this
-    many times (each time with its own random crop), so a small split makes fewer, longer passes."""
+    many times (each time with its own random crop), so a small split makes fewer, longer passes.
+    degrade: a paired training stream's inputs synthesised from its targets with this spec
+    (`DecodeBatch`; resolve the variant's `degrade` setting with `synthesis` first)."""
 
     settings = settings or get_settings()
     storage = Storage(settings)
@@ -169,7 +207,29 @@ def load_dataset(name: str, split: str = "train", settings: Settings | None = No
     ds = read_parquet_v1(paths * max(1, repeat), arrow_filesystem(settings)).select_columns(["key", *columns])
     if not decode:
         return ds
-    decoder = DecodeBatch(columns, image_size, split == "train" if augment is None else augment, rotate)
+    decoder = DecodeBatch(columns, image_size, split == "train" if augment is None else augment, rotate, degrade)
     if image_size is None and manifest.image_size is None:
         batch_size = 1  # whole images of an `--size 0` dataset differ in size: one a batch, never stacked
     return ds.map_batches(decoder, batch_format="numpy", batch_size=batch_size)
+
+
+def synthesis(setting: str, manifest: Manifest) -> str | None:
+    """A variant's `degrade` setting (`translator.config.TrainConfig`) for this dataset -> the spec
+    its training inputs are synthesised with, or None for the stored inputs: `stored` -> None;
+    `auto` -> the spec a synthetic paired dataset was ingested with (manifest `degradation`), else
+    None; a spec -> itself. Raises Img2ImgError for a spec on an unpaired dataset or one whose
+    scale (`translator.degrade.scale_of`) is not the dataset's."""
+    if setting == "stored":
+        return None
+    if setting == "auto":
+        return manifest.degradation if manifest.kind == "paired" and manifest.degradation else None
+    if manifest.kind != "paired":
+        raise Img2ImgError(f"--set degrade={setting} synthesises a paired dataset's inputs from its targets, and "
+                           f"dataset {manifest.name!r} is unpaired; drop it")
+    scale = degradations.scale_of(setting)
+    if scale != manifest.scale:
+        made = f"inputs {scale}x smaller than their targets" if scale > 1 else "inputs of their targets' size"
+        held = f"{manifest.scale}x super-resolution pairs" if manifest.scale > 1 else "same-size pairs"
+        raise Img2ImgError(f"--set degrade={setting} makes {made}, and dataset {manifest.name!r} holds {held}; "
+                           "use a spec of the dataset's scale")
+    return setting

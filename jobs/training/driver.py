@@ -30,7 +30,7 @@ from cluster.errors import Img2ImgError
 from cluster.services import driver_args
 from cluster.settings import Settings, get_settings
 from cluster.storage import Storage, arrow_errors, arrow_filesystem, arrow_unavailable
-from jobs.data.stream import load_dataset
+from jobs.data.stream import load_dataset, synthesis
 from jobs.training.crops import check_crop, scale_problem
 from jobs.training.finetune import adopt
 from jobs.training.held import TagHeldCheckpoint
@@ -77,6 +77,7 @@ def check_fit(spec: TrainSpec, manifest: Manifest) -> TrainPlan:
     problem = scale_problem(spec, manifest.scale, f"dataset {spec.dataset!r}")
     if problem:
         raise Img2ImgError(problem)
+    synthesis(spec.variant_config().degrade, manifest)  # a spec the dataset cannot take is refused now
     if manifest.image_size:  # the HR side for super-resolution pairs: training crops are of the input
         check_crop(spec, manifest.image_size // manifest.scale, f"dataset {spec.dataset!r}")
     else:  # sizes kept at ingest: every random crop must fit in the smallest training image
@@ -190,14 +191,17 @@ def reads_per_pass(rows: int, workers: int, shards: int = 1, job_rows: int | Non
 def datasets_for(spec: TrainSpec, manifest: Manifest, settings: Settings, image_size: int,
                  rotate: bool = False, job_rows: int | None = None) -> dict:
     """The job's Ray Data streams: train (random crops of `image_size`, flips, and 90-degree
-    turns with `rotate`) per domain, and the `val_streams` (whole stored images, PNG bytes).
+    turns with `rotate`; inputs synthesised afresh when the variant's `degrade` says so) per
+    domain, and the `val_streams` (whole stored images, PNG bytes).
     job_rows: the rows one stream's whole job consumes (`reads_per_pass`)."""
     load = lambda split, **kw: load_dataset(spec.dataset, split, settings, **kw)  # noqa: E731
     rows = stream_rows(manifest, "train")
     reads = lambda stream, domain=None: reads_per_pass(  # noqa: E731
         rows[stream], spec.workers, len(manifest.shards("train", domain)), job_rows)
     if manifest.kind == "paired":
-        out = {"train": load("train", image_size=image_size, rotate=rotate, repeat=reads("train")).randomize_block_order()}
+        made = synthesis(spec.variant_config().degrade, manifest)
+        out = {"train": load("train", image_size=image_size, rotate=rotate, repeat=reads("train"),
+                             degrade=made).randomize_block_order()}
     else:
         out = {f"train_{d}": load("train", image_size=image_size, domain=d, rotate=rotate,
                                   repeat=reads(f"train_{d}", d)).randomize_block_order()
@@ -271,8 +275,10 @@ def register(spec: TrainSpec, settings: Settings, job: JobPlan, result, fit_s: f
                 "run_id": spec.run_id, "multiple": str(variant.multiple), "step": str(variant.step),
                 DESCRIPTOR_TAG: variant.descriptor.to_json(),  # what the generator is: serving, export, eval read it
                 "psnr_def": PSNR_DEFINITION}  # how its val_psnr / val_gain_db were computed
-        if job.manifest.degradation:  # what the model learned to undo, and so its task (GET /model shows it)
-            tags.update({"degradation": job.manifest.degradation, "task": task_for_spec(job.manifest.degradation)})
+        # what the model learned to undo (the spec drawn in training, else the dataset's), and so its task
+        learned = synthesis(spec.variant_config().degrade, job.manifest) or job.manifest.degradation
+        if learned:
+            tags.update({"degradation": learned, "task": task_for_spec(learned)})
         # unpaired variants validate by cycle consistency: tag those as cycle metrics
         tags.update({(k if paired else k.replace("val_", "val_cycle_", 1)): f"{v:.4f}"
                      for k, v in metrics.items() if k.startswith("val_") and k != "val_images"})

@@ -27,7 +27,8 @@ def test_gaussian_blur_matches_scipy_reflect(sigma):
                                   "mix(chain(resize:2,jpeg:50),random_gaussian:1-2)",
                                   # the other translations: colourisation, sketches, damaged photos
                                   "gray", "edges", "edges:2", "holes:0.2", "scratches:8",
-                                  "chain(gray,noise:5)", "mix(holes:0.1,scratches:4)"])
+                                  "chain(gray,noise:5)", "mix(holes:0.1,scratches:4)",
+                                  "second_order", "mix(second_order,random_gaussian:0.5-3)"])
 def test_degradations_are_seeded_shape_preserving_and_degrade(spec):
     img = photo(64, 64)
     a, b = degrade.apply(spec, img, seed=7), degrade.apply(spec, img, seed=7)
@@ -45,7 +46,25 @@ def test_random_degradations_vary_with_seed():
     assert len(picks) == 2
 
 
-@pytest.mark.parametrize("bad", ["", "blur:2", "gaussian:x", "gaussian:-1", "mix(gaussian:1", "jpeg:0",
+def test_second_order_draws_a_different_chain_each_time_and_its_kernels_are_real_blurs():
+    from translator import second_order
+
+    img = photo(64, 64)
+    assert len({degrade.apply("second_order", img, seed=s).tobytes() for s in range(6)}) == 6
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        k = second_order.random_kernel(rng, second_order.FIRST.sigma)
+        assert k.shape == (21, 21) and abs(k.sum() - 1) < 1e-9 and k.min() >= 0
+        assert k[10, 10] == k.max()  # centred, peaked in the middle
+    # an isotropic Gaussian kernel through the FFT convolution is the separable blur
+    g = degrade.gaussian_kernel(1.5)
+    iso = np.zeros((21, 21))
+    r = len(g) // 2
+    iso[10 - r:11 + r, 10 - r:11 + r] = np.outer(g, g)
+    assert np.abs(second_order.convolve(img, iso) - degrade.gaussian_blur(img, 1.5)).max() < 1e-5
+
+
+@pytest.mark.parametrize("bad", ["", "blur:2", "second_order:2", "gaussian:x", "gaussian:-1", "mix(gaussian:1", "jpeg:0",
                                  "random_gaussian:3-1", "mix()"])
 def test_bad_specs_are_refused_clearly(bad):
     with pytest.raises(degrade.DegradationError):

@@ -19,6 +19,8 @@ from translator.tasks import TASKS, task_for_spec
     ("holes:0.2", "restore"),
     ("scratches:12", "restore"),
     ("mix(holes:0.1,scratches:8)", "restore"),
+    ("second_order", "restore"),
+    ("mix(second_order,random_gaussian:0.5-3)", "restore"),
     ("gray", "colorize"),
     ("chain(gray,scratches:8)", "colorize+restore"),  # an old damaged black-and-white print
     ("edges", "sketch"),

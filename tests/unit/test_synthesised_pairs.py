@@ -1,0 +1,125 @@
+"""Training inputs synthesised on the fly (`--set degrade=SPEC|auto|stored`): each training crop's
+input is made from its target by a fresh draw of the spec, with real context at the crop's edge,
+in the dataset's scale; validation keeps the stored pairs."""
+
+import io
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cluster.errors import Img2ImgError
+from jobs.data.stream import SYNTH_MARGIN, DecodeBatch, synthesis
+from translator import degrade
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _unique(h: int, w: int) -> np.ndarray:
+    """Every pixel different (red: row, green: column), so a crop shows where it was cut."""
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    return np.stack([rows * 3, cols * 3, (rows * 7 + cols * 5) % 256], axis=-1).astype(np.uint8)
+
+
+def _batch(inputs: list[np.ndarray], targets: list[np.ndarray]) -> dict:
+    return {"key": np.array([str(i) for i in range(len(targets))]),
+            "input": np.array([_png(x) for x in inputs], dtype=object),
+            "target": np.array([_png(t) for t in targets], dtype=object)}
+
+
+def _where(crop: np.ndarray, full: np.ndarray) -> tuple[int, int]:
+    """(top, left) of an unflipped, unturned `crop` in `full` (both HxWx3 uint8)."""
+    hits = np.argwhere((full[..., 0] == crop[0, 0, 0]) & (full[..., 1] == crop[0, 0, 1]))
+    assert len(hits) == 1
+    return tuple(int(v) for v in hits[0])
+
+
+def _hwc_u8(x: np.ndarray) -> np.ndarray:
+    return np.round((x.transpose(1, 2, 0) + 1) / 2 * 255).astype(np.uint8)
+
+
+def test_the_input_is_the_spec_applied_to_the_targets_crop_with_its_surroundings_not_the_stored_input():
+    h, w, s = 80, 72, 24
+    target = _unique(h, w)
+    stored = np.zeros_like(target)  # never read for training
+    n = 16
+    out = DecodeBatch(["input", "target"], s, augment=True, degrade="gaussian:1.5")(_batch([stored] * n, [target] * n))
+    assert out["input"].shape == out["target"].shape == (n, 3, s, s)
+    whole = degrade.apply("gaussian:1.5", target.astype(np.float32) / 255, seed=0)
+    inside = 0
+    for x, y in zip(out["input"], out["target"]):
+        inp, tgt = _hwc_u8(x), _hwc_u8(y)
+        if tgt[0, 0, 1] > tgt[0, -1, 1]:  # flipped (green counts columns): flip both back
+            inp, tgt = inp[:, ::-1], tgt[:, ::-1]
+        t, l = _where(tgt, target)
+        assert np.array_equal(tgt, target[t:t + s, l:l + s])
+        assert inp.mean() > 10  # made from the target, not the stored zeros
+        if min(t, l) >= SYNTH_MARGIN and t + s + SYNTH_MARGIN <= h and l + s + SYNTH_MARGIN <= w:
+            # the blur at the crop's edge saw the real neighbours: as if the whole photo was blurred
+            assert np.abs(inp.astype(int) - np.round(whole[t:t + s, l:l + s] * 255)).max() <= 1
+            inside += 1
+    assert inside > 0
+
+
+def test_each_pass_draws_the_spec_afresh():
+    target = _unique(40, 40)
+    decode = DecodeBatch(["input", "target"], 40, augment=True, degrade="random_gaussian:0.5-3")
+    a, b = (decode(_batch([target] * 4, [target] * 4))["input"] for _ in range(2))
+    sharpness = lambda x: np.abs(np.diff(x, axis=-1)).mean(axis=(1, 2, 3))  # noqa: E731
+    assert len({round(float(v), 6) for v in np.concatenate([sharpness(a), sharpness(b)])}) >= 7  # a sigma each
+
+
+def test_super_resolution_inputs_are_cut_at_the_targets_place_in_the_datasets_scale():
+    n, s = 2, 10
+    target = _unique(64, 56)
+    out = DecodeBatch(["input", "target"], s, augment=True, degrade="down:2")(
+        _batch([np.zeros((32, 28, 3), np.uint8)] * 8, [target] * 8))
+    assert out["input"].shape == (8, 3, s, s) and out["target"].shape == (8, 3, n * s, n * s)
+    for x, y in zip(out["input"], out["target"]):  # a 2x shrink of the target crop, turned alike
+        small = degrade.apply("down:2", (y.transpose(1, 2, 0) + 1) / 2, seed=0)
+        assert np.abs((x.transpose(1, 2, 0) + 1) / 2 - small).mean() < 0.03
+
+
+def test_validation_scores_the_stored_pairs():
+    target, stored = _unique(32, 32), np.full((32, 32, 3), 7, np.uint8)
+    out = DecodeBatch(["input", "target"], 16, augment=False, degrade="gaussian:2")(_batch([stored], [target]))
+    assert np.all(_hwc_u8(out["input"][0]) == 7)
+
+
+SYNTH = SimpleNamespace(name="d", kind="paired", degradation="random_gaussian:1-2.5", scale=1)
+FOLDERS = SimpleNamespace(name="d", kind="paired", degradation=None, scale=1)
+SR = SimpleNamespace(name="d", kind="paired", degradation=None, scale=4)
+UNPAIRED = SimpleNamespace(name="d", kind="unpaired", degradation=None, scale=1)
+
+
+@pytest.mark.parametrize("setting, manifest, made", [
+    ("stored", SYNTH, None),
+    ("auto", SYNTH, "random_gaussian:1-2.5"),
+    ("auto", FOLDERS, None),
+    ("auto", UNPAIRED, None),
+    ("mix(gaussian:2,jpeg:40)", FOLDERS, "mix(gaussian:2,jpeg:40)"),
+    ("chain(gaussian:1,down:4)", SR, "chain(gaussian:1,down:4)"),
+    ("gaussian:1", UNPAIRED, "is unpaired"),
+    ("down:2", FOLDERS, "inputs 2x smaller than their targets, and dataset 'd' holds same-size pairs"),
+    ("gaussian:1", SR, "inputs of their targets' size, and dataset 'd' holds 4x super-resolution pairs"),
+])
+def test_the_setting_resolves_per_dataset_or_is_refused_with_the_reason(setting, manifest, made):
+    if made and " " in made:
+        with pytest.raises(Img2ImgError, match=made):
+            synthesis(setting, manifest)
+    else:
+        assert synthesis(setting, manifest) == made
+
+
+@pytest.mark.parametrize("value", ["blur", "gaussian:0", "mix(", ""])
+def test_a_spec_that_does_not_parse_is_refused_by_the_config(value):
+    from translator.variants import get_variant
+
+    cfg = get_variant("nafnet").Config(degrade=value)
+    with pytest.raises(ValueError, match="degrade must be stored or auto or a degradation spec"):
+        cfg.validate()
