@@ -23,6 +23,7 @@ from cluster.errors import Img2ImgError
 from cluster.preemption import PREEMPTIBLE, check_preempt
 from cluster.services import cluster_resources, poll_until, require, require_mlflow  # noqa: F401  (re-exported)
 from cluster.settings import Settings
+from jobs.data.stream import synthesis
 from jobs.training.driver import plan_job, run
 from jobs.training.finetune import resolve_init
 from jobs.training.preempt import preempt_for
@@ -110,6 +111,9 @@ def start_run(spec: TrainSpec, settings: Settings, manifest, plan=None, tags: di
               "cpus_per_worker": spec.cpus_per_worker, "epochs": spec.epochs, "max_steps": spec.max_steps,
               "code_version": code_version(), "registered_model": spec.registered_name}
     params.update({f"cfg.{k}": v for k, v in cfg.items()})
+    # where the training inputs come from, `degrade` resolved for this dataset (`auto` names its spec)
+    made = synthesis(cfg["degrade"], manifest)
+    params["training_inputs"] = f"drawn afresh: {made}" if made else "stored"
     if plan is not None:
         params.update(steps_per_epoch=plan.steps_per_epoch, total_steps=plan.total_steps,
                       checkpoint_every=spec.checkpoint_every, time_budget_s=spec.time_budget_s)

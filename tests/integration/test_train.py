@@ -105,6 +105,8 @@ def test_resume_continues_from_the_checkpoint_step(stack, trained):
     (["--set", "lr=fast"], "lr must be float"),
     (["--gpu"], "GPU"),
     (["--workers", "0"], "--workers must be at least 1"),
+    (["--set", "degrade=blur"], "degrade must be stored or auto or a degradation spec"),
+    (["--set", "degrade=down:2"], "makes inputs 2x smaller than their targets, and dataset 'blur' holds same-size"),
 ])
 def test_bad_options_fail_before_submission(stack, blur_dataset, cli, args, message):
     base = {"--dataset": "blur"}
@@ -114,6 +116,18 @@ def test_bad_options_fail_before_submission(stack, blur_dataset, cli, args, mess
     result = cli(*argv, *args)
     assert result.exit_code == 1
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_a_run_drawing_its_inputs_afresh_says_so_and_its_model_says_what_it_learned(stack, trained):
+    """pix2pix trained with `--set degrade=auto` on the Gaussian 1.5 dataset: the run records the
+    spec its inputs were drawn with, and the registered version the degradation it undoes."""
+    job = trained["pix2pix"]
+    assert job["status"] == "SUCCEEDED", job["logs"][-3000:]
+    client = MlflowClient(stack.mlflow_uri)
+    params = client.get_run(job["run_id"]).data.params
+    assert params["cfg.degrade"] == "auto" and params["training_inputs"] == "drawn afresh: gaussian:1.5"
+    version = next(v for v in client.search_model_versions("name='test-pix2pix'") if v.run_id == job["run_id"])
+    assert version.tags["degradation"] == "gaussian:1.5" and version.tags["task"] == "deblur"
 
 
 def test_jobs_cli_lists_and_shows(stack, trained, cli):
