@@ -1,7 +1,9 @@
 """Two Ray nodes on one machine: the `stack` fixture's head plus a second raylet started with
-`img2img stack join` (its own state dir, 2 CPUs). A 2-worker `--spread` training puts one
-worker on each node; the second node's raylet is SIGKILLed mid-run and the job must still end
-SUCCEEDED at the requested step count, after Ray Train restored a checkpoint at a step above 0."""
+`img2img stack join` (its own state dir, 2 CPUs). An evaluation's Scorer actors run on both
+nodes. A 2-worker `--spread` training puts one worker on each node; the second node's raylet is
+SIGKILLed mid-run and the job must still end SUCCEEDED at the requested step count, after Ray
+Train restored a checkpoint at a step above 0. Two Serve replicas, one on each node: the joined
+node dies under 30 s of load through the retrying client and no request is lost."""
 
 from __future__ import annotations
 
@@ -12,11 +14,14 @@ import subprocess
 import sys
 import time
 
+import httpx
+import numpy as np
 import psutil
 import pytest
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
-from tests.integration.conftest import wait_job
+from tests.integration.conftest import endpoint_restored, register_tiny_autoencoder, wait_job
 
 JOIN_CPUS = 2
 MAX_STEPS = 120
@@ -27,12 +32,11 @@ def _cli(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedPro
                           timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def second_node(stack, tmp_path_factory):
+def _joined(stack, tmp_path_factory, name: str):
     """A worker node joined to the stack's head with `stack join`; left (and its processes gone)
-    at teardown. -> (its env, its state dir)."""
+    at teardown. Yields (its env, its state dir)."""
     keys = json.loads((stack.state_path / "credentials.json").read_text())
-    root = tmp_path_factory.mktemp("node2") / "state"
+    root = tmp_path_factory.mktemp(name) / "state"
     env = {**os.environ, "IMG2IMG_STATE_DIR": str(root), "IMG2IMG_S3_ACCESS_KEY": keys["access_key"],
            "IMG2IMG_S3_SECRET_KEY": keys["secret_key"]}
     env.pop("RAY_AUTH_TOKEN", None)
@@ -43,6 +47,18 @@ def second_node(stack, tmp_path_factory):
         yield env, root
     finally:
         _cli(env, "stack", "leave", timeout=120)
+
+
+@pytest.fixture(scope="module")
+def second_node(stack, tmp_path_factory):
+    """The module's joined node (the training test kills it). -> (its env, its state dir)."""
+    yield from _joined(stack, tmp_path_factory, "node2")
+
+
+@pytest.fixture
+def fresh_node(stack, tmp_path_factory):
+    """A node joined for one test. -> (its env, its state dir)."""
+    yield from _joined(stack, tmp_path_factory, "node3")
 
 
 def _nodes(env: dict) -> list[dict]:
@@ -85,6 +101,28 @@ def _train_workers_under(raylet: psutil.Process) -> list[psutil.Process]:
         except psutil.Error:  # a worker that exited (or a zombie) meanwhile
             continue
     return found
+
+
+def _actor_nodes(settings, ray_job_id: str, class_part: str) -> list[str]:
+    """Node ids of the job's actors (alive or dead) whose class name contains `class_part`."""
+    r = httpx.get(settings.ray_address.rstrip("/") + "/api/v0/actors",
+                  params={"detail": "true", "limit": 10000, "filter_keys": "job_id", "filter_predicates": "=",
+                          "filter_values": ray_job_id}, headers=settings.ray_auth_headers(), timeout=30)
+    rows = ((r.json().get("data") or {}).get("result") or {}).get("result") or []
+    return [a["node_id"] for a in rows if class_part in str(a.get("class_name", ""))]
+
+
+def test_an_evaluation_scores_on_both_nodes(stack, blur_dataset, second_node):
+    """Ray Data places the Scorer actors with SPREAD: 2 workers, one on each node."""
+    from jobs.evaluation.client import evaluate
+    from jobs.training.client import job_client
+
+    version = register_tiny_autoencoder(stack, "test-multinode-eval", seed=3)
+    out = evaluate(stack, f"test-multinode-eval/{version}", blur_dataset, "val", workers=2, cpus_per_worker=1.0)
+    assert out["images"] > 0 and out["metrics"]["psnr"] > 0
+    ray_job = job_client(stack).get_job_info(out["job_id"]).job_id
+    nodes = _actor_nodes(stack, ray_job, "Scorer")
+    assert len(nodes) >= 2 and len(set(nodes)) == 2, nodes
 
 
 def test_training_survives_losing_a_node_from_its_last_checkpoint(stack, blur_dataset, second_node):
@@ -161,3 +199,52 @@ def test_a_run_whose_step_stops_moving_ends_with_the_reason(stack, blur_dataset)
     assert status == "FAILED" and run.info.status == "FAILED"
     assert run.data.tags["error"].startswith("stalled: no training step for 30s at step "), run.data.tags["error"]
     assert ended_after < 300, f"ended {ended_after:.0f}s after the workers froze (stall timeout 30s)"
+
+
+def _node_processes(root) -> list[psutil.Process]:
+    """The joined node's raylet and every process under it (its workers, Serve replicas)."""
+    raylet = _raylet(root)
+    return [raylet, *raylet.children(recursive=True)]
+
+
+def test_replicas_on_both_nodes_lose_no_request_when_a_node_dies(stack, fresh_node, tmp_path):
+    """Two replicas, one on each node (Serve spreads them); 30 s of requests through the retrying
+    client, the joined node's processes all SIGKILLed 8 s in: every request answers, and Serve
+    brings the endpoint back to 2 replicas on the surviving node."""
+    from serving.client import enhance_files
+    from serving.deploy import deploy, replica_pids
+    from serving.options import Scaling
+
+    _, root = fresh_node
+    settings = stack
+    version = register_tiny_autoencoder(settings, "test-multinode-serve", seed=4)
+    with endpoint_restored(settings):
+        deploy(settings, f"test-multinode-serve/{version}", scaling=Scaling(min_replicas=2, max_replicas=2,
+                                                                             num_cpus=0.5), wait_s=240)
+        on_node = {p.pid for p in _node_processes(root)}
+        pids = replica_pids(settings)
+        assert len(pids) == 2 and len(on_node & set(pids)) == 1, (pids, "one replica on each node")
+        files = []
+        for i in range(8):
+            files.append(tmp_path / f"{i}.png")
+            Image.fromarray(np.random.default_rng(i).integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(files[-1])
+        t0, killed, results = time.time(), [], []
+
+        def kill_node(outcome):
+            if not killed and time.time() - t0 > 8:
+                victims = _node_processes(root)
+                for p in victims:
+                    try:
+                        p.kill()
+                    except psutil.Error:
+                        pass
+                killed.append(len(victims))
+
+        while time.time() - t0 < 30:
+            results += enhance_files(files, tmp_path / "out", settings.serve_url, parallel=4, on_done=kill_node)
+        assert killed, "the node was never killed"
+        assert results and [r.error for r in results if r.error] == []
+        deadline = time.time() + 180  # the controller replaces the lost replica on the head
+        while len(replica_pids(settings)) < 2 and time.time() < deadline:
+            time.sleep(2)
+        assert len(replica_pids(settings)) == 2
