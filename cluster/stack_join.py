@@ -14,7 +14,8 @@ import logging
 import os
 import re
 import subprocess
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -41,9 +42,26 @@ class NodeInfo:
     gpus: float
     admission_cpus: float
     workers: int  # Ray worker processes (tasks and actors) running on it now
+    running: dict[str, int] = field(default_factory=dict)  # what they run: {actor or task name: count}
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def describe_running(self) -> str:
+        """e.g. "2 RayTrainWorker, 1 ServeReplica:img2img:Enhancer"; "-" when idle."""
+        return ", ".join(f"{n} {name}" for name, n in sorted(self.running.items())) or "-"
+
+
+def running_name(cmdline: list[str]) -> str | None:
+    """What a Ray worker process runs, from its process title (`ray::NAME.method`): the actor or
+    task name, innermost for Ray Data's wrappers (`MapWorker(MapBatches(Scorer))` -> `Scorer`);
+    None for an idle worker."""
+    title = (cmdline[0].split() or [""])[0] if cmdline else ""
+    if not title.startswith("ray::"):
+        return None
+    name = title[len("ray::"):].split(".")[0]
+    name = name.rsplit("(", 1)[-1].rstrip(")")
+    return None if name in ("", "IDLE") else name
 
 
 def _summary(url: str, headers: dict) -> list[dict]:
@@ -70,11 +88,12 @@ def list_nodes(url: str, headers: dict) -> list[NodeInfo]:
         raylet = entry.get("raylet") or {}
         res = raylet.get("resourcesTotal") or {}
         workers = [w for w in entry.get("workers") or [] if w.get("cmdline")]
+        names = [n for n in (running_name(w["cmdline"]) for w in workers) if n]
         out.append(NodeInfo(node_id=raylet.get("nodeId", ""), ip=raylet.get("nodeManagerAddress", entry.get("ip", "")),
                             head=bool(raylet.get("isHeadNode")), alive=raylet.get("state") == "ALIVE",
                             cpus=float(res.get("CPU", 0)), gpus=float(res.get("GPU", 0)),
                             admission_cpus=float(res.get("img2imgCpu", res.get(admission.RESOURCE, 0))),
-                            workers=len(workers)))
+                            workers=len(workers), running=dict(Counter(names))))
     return sorted(out, key=lambda n: (not n.head, not n.alive, n.node_id))
 
 

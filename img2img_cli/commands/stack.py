@@ -81,14 +81,15 @@ def _nodes(url: str, headers: dict) -> list:
 
 def _print_nodes(nodes: list) -> None:
     rows = [[n.node_id[:12], n.ip, "head" if n.head else "worker", f"{n.cpus:g}", f"{n.gpus:g}", n.workers,
-             "[green]alive[/]" if n.alive else "[red]dead[/]"] for n in nodes]
-    print_table("Ray nodes", ["node", "ip", "role", "CPUs", "GPUs", "workers", "state"], rows, ids=["node"])
+             n.describe_running(), "[green]alive[/]" if n.alive else "[red]dead[/]"] for n in nodes]
+    print_table("Ray nodes", ["node", "ip", "role", "CPUs", "GPUs", "workers", "running", "state"], rows,
+                ids=["node"])
 
 
 @stack_app.command()
 def status(as_json: bool = json_option()):
     """Show each service (url, pid, health, embedded or external) and the Ray nodes (CPUs, GPUs,
-    alive or dead); exit 1 if a service is unhealthy. In a state dir that `stack join`ed a head:
+    what runs on each, alive or dead); exit 1 if a service is unhealthy. In a state dir that `stack join`ed a head:
     this node and the head's nodes.
 
     Example: `img2img stack status --json`

@@ -224,6 +224,8 @@ def test_replicas_on_both_nodes_lose_no_request_when_a_node_dies(stack, fresh_no
         on_node = {p.pid for p in _node_processes(root)}
         pids = replica_pids(settings)
         assert len(pids) == 2 and len(on_node & set(pids)) == 1, (pids, "one replica on each node")
+        running = {n["head"]: n["running"] for n in _nodes(fresh_node[0]) if n["alive"]}  # as `stack status` shows
+        assert all(any(k.startswith("ServeReplica:") for k in running[head]) for head in (True, False)), running
         files = []
         for i in range(8):
             files.append(tmp_path / f"{i}.png")
