@@ -132,7 +132,8 @@ def train(settings, dataset: str, variant: str, minutes: float, model_name: str,
     from jobs.training.spec import TrainSpec
 
     spec = TrainSpec(dataset=dataset, variant=variant, workers=2, cpus_per_worker=1.0, epochs=100_000,
-                     time_budget_s=minutes * 60, image_size=64, model_name=model_name, experiment="quality",
+                     time_budget_s=minutes * 60, image_size=None if "image_size" in (config or {}) else 64,
+                     model_name=model_name, experiment="quality",
                      resume=resume, config=dict(config or {}))
     out = submit(spec, settings)
     if wait(job_client(settings), out["job_id"], follow=False) != "SUCCEEDED":
