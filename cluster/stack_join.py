@@ -41,8 +41,8 @@ class NodeInfo:
     cpus: float
     gpus: float
     admission_cpus: float
-    workers: int  # Ray worker processes (tasks and actors) running on it now
-    running: dict[str, int] = field(default_factory=dict)  # what they run: {actor or task name: count}
+    workers: int  # live Ray actors on it now
+    running: dict[str, int] = field(default_factory=dict)  # what they are: {actor class: count}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,16 +52,23 @@ class NodeInfo:
         return ", ".join(f"{n} {name}" for name, n in sorted(self.running.items())) or "-"
 
 
-def running_name(cmdline: list[str]) -> str | None:
-    """What a Ray worker process runs, from its process title (`ray::NAME.method`): the actor or
-    task name, innermost for Ray Data's wrappers (`MapWorker(MapBatches(Scorer))` -> `Scorer`);
-    None for an idle worker."""
-    title = (cmdline[0].split() or [""])[0] if cmdline else ""
-    if not title.startswith("ray::"):
-        return None
-    name = title[len("ray::"):].split(".")[0]
-    name = name.rsplit("(", 1)[-1].rstrip(")")
-    return None if name in ("", "IDLE") else name
+def running_name(class_name: str) -> str | None:
+    """What a live Ray actor runs, by its class name, innermost for Ray Data's wrappers
+    (`MapWorker(MapBatches(Scorer))` -> `Scorer`); None for a nameless one."""
+    name = (class_name or "").rsplit("(", 1)[-1].rstrip(")").strip()
+    return name or None
+
+
+def _live_actors(url: str, headers: dict) -> list[dict]:
+    """The cluster's ALIVE actors ({"class_name", "node_id", ...}) from the state API; [] when it
+    does not answer (the node table is still worth showing)."""
+    try:
+        r = httpx.get(url.rstrip("/") + "/api/v0/actors",
+                      params={"detail": "true", "limit": 10000, "filter_keys": "state", "filter_predicates": "=",
+                              "filter_values": "ALIVE"}, headers=headers, timeout=10)
+        return ((r.json().get("data") or {}).get("result") or {}).get("result") or []
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return []
 
 
 def _summary(url: str, headers: dict) -> list[dict]:
@@ -82,18 +89,23 @@ def _summary(url: str, headers: dict) -> list[dict]:
 
 
 def list_nodes(url: str, headers: dict) -> list[NodeInfo]:
-    """Every node the head knows (alive and dead), the head first. Raises Img2ImgError (see `_summary`)."""
+    """Every node the head knows (alive and dead), the head first, with its live actors by class.
+    Raises Img2ImgError (see `_summary`)."""
     out = []
+    by_node: dict[str, Counter] = {}
+    for actor in _live_actors(url, headers):
+        name = running_name(str(actor.get("class_name", "")))
+        if name:
+            by_node.setdefault(actor.get("node_id", ""), Counter())[name] += 1
     for entry in _summary(url, headers):
         raylet = entry.get("raylet") or {}
         res = raylet.get("resourcesTotal") or {}
-        workers = [w for w in entry.get("workers") or [] if w.get("cmdline")]
-        names = [n for n in (running_name(w["cmdline"]) for w in workers) if n]
+        running = by_node.get(raylet.get("nodeId", ""), Counter())
         out.append(NodeInfo(node_id=raylet.get("nodeId", ""), ip=raylet.get("nodeManagerAddress", entry.get("ip", "")),
                             head=bool(raylet.get("isHeadNode")), alive=raylet.get("state") == "ALIVE",
                             cpus=float(res.get("CPU", 0)), gpus=float(res.get("GPU", 0)),
                             admission_cpus=float(res.get("img2imgCpu", res.get(admission.RESOURCE, 0))),
-                            workers=len(workers), running=dict(Counter(names))))
+                            workers=sum(running.values()), running=dict(running)))
     return sorted(out, key=lambda n: (not n.head, not n.alive, n.node_id))
 
 

@@ -82,7 +82,7 @@ def _nodes(url: str, headers: dict) -> list:
 def _print_nodes(nodes: list) -> None:
     rows = [[n.node_id[:12], n.ip, "head" if n.head else "worker", f"{n.cpus:g}", f"{n.gpus:g}", n.workers,
              n.describe_running(), "[green]alive[/]" if n.alive else "[red]dead[/]"] for n in nodes]
-    print_table("Ray nodes", ["node", "ip", "role", "CPUs", "GPUs", "workers", "running", "state"], rows,
+    print_table("Ray nodes", ["node", "ip", "role", "CPUs", "GPUs", "actors", "running", "state"], rows,
                 ids=["node"])
 
 
