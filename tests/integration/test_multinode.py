@@ -221,9 +221,12 @@ def test_replicas_on_both_nodes_lose_no_request_when_a_node_dies(stack, fresh_no
     with endpoint_restored(settings):
         deploy(settings, f"test-multinode-serve/{version}", scaling=Scaling(min_replicas=2, max_replicas=2,
                                                                              num_cpus=0.5), wait_s=240)
+        # the endpoint's earlier replicas (another model's) drain for up to their graceful shutdown
+        deadline = time.time() + 150
+        while len(pids := replica_pids(settings)) != 2 and time.time() < deadline:
+            time.sleep(2)
         on_node = {p.pid for p in _node_processes(root)}
-        pids = replica_pids(settings)
-        assert len(pids) == 2 and len(on_node & set(pids)) == 1, (pids, "one replica on each node")
+        assert len(pids) == 2 and len(on_node & set(pids)) == 1, (pids, on_node, "one replica on each node")
         running = {n["head"]: n["running"] for n in _nodes(fresh_node[0]) if n["alive"]}  # as `stack status` shows
         assert all(any(k.startswith("ServeReplica:") for k in running[head]) for head in (True, False)), running
         files = []
