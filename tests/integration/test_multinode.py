@@ -212,16 +212,21 @@ def test_replicas_on_both_nodes_lose_no_request_when_a_node_dies(stack, fresh_no
     client, the joined node's processes all SIGKILLed 8 s in: every request answers, and Serve
     brings the endpoint back to 2 replicas on the surviving node."""
     from serving.client import enhance_files
-    from serving.deploy import deploy, replica_pids
+    from serving.deploy import deploy, remove, replica_pids
     from serving.options import Scaling
 
     _, root = fresh_node
     settings = stack
     version = register_tiny_autoencoder(settings, "test-multinode-serve", seed=4)
     with endpoint_restored(settings):
+        # new replicas, placed now that there are two nodes: a running endpoint would keep its replica
+        # on the head and only add one (a model change reconfigures replicas in place)
+        remove(settings)
+        deadline = time.time() + 150
+        while replica_pids(settings) and time.time() < deadline:
+            time.sleep(2)
         deploy(settings, f"test-multinode-serve/{version}", scaling=Scaling(min_replicas=2, max_replicas=2,
                                                                              num_cpus=0.5), wait_s=240)
-        # the endpoint's earlier replicas (another model's) drain for up to their graceful shutdown
         deadline = time.time() + 150
         while len(pids := replica_pids(settings)) != 2 and time.time() < deadline:
             time.sleep(2)
