@@ -98,12 +98,15 @@ def add_noise(image: np.ndarray, rng: np.random.Generator, stage: Stage) -> np.n
 
 
 def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    """HxWx3 float in [0, 1] -> its JPEG round trip at `quality` (1-100, PIL's encoder), float32."""
     buf = io.BytesIO()
     Image.fromarray((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)).save(buf, "JPEG", quality=quality)
     return np.asarray(Image.open(buf).convert("RGB"), dtype=np.float32) / 255.0
 
 
 def run_stage(image: np.ndarray, rng: np.random.Generator, stage: Stage) -> np.ndarray:
+    """One pass of `stage`: blur (with its probability), resize (up/down/keep; the size may change),
+    noise, JPEG. HxWx3 float32 in [0, 1] in and out."""
     h, w = image.shape[:2]
     if rng.random() < stage.blur_prob:
         image = convolve(image, random_kernel(rng, stage.sigma))
