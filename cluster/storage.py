@@ -31,7 +31,6 @@ from cluster.errors import Img2ImgError
 from cluster.settings import Settings, get_settings
 
 AUTH_CODES = {"SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "InvalidToken"}
-BUCKET_TAKEN = {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}
 
 
 class Conflict(Img2ImgError):
@@ -151,8 +150,12 @@ class Storage:
             try:
                 self.client.make_bucket(self.bucket)
             except S3Error as e:
-                if e.code not in BUCKET_TAKEN or not self.client.bucket_exists(self.bucket):
-                    raise
+                # Ours already (another client of these keys won the race): done, even while the
+                # winner's create is still settling and bucket_exists says no. Any other refusal
+                # (a server's own conflict code, a busy moment) is fine when the bucket is there now.
+                if e.code == "BucketAlreadyOwnedByYou" or self.client.bucket_exists(self.bucket):
+                    return
+                raise
 
     def check(self) -> None:
         """Raise unless the endpoint answers, accepts the keys and has the bucket."""
