@@ -239,6 +239,8 @@ def job_summary(client, settings: Settings, job_id: str) -> dict:
                 info["preempted"] = snap.preempted
             if snap.node_lost:
                 info["node_lost"] = snap.node_lost
+            if snap.waiting:  # the worker group waits for Ray to place it
+                info["waiting"] = snap.waiting
             if snap.checkpoint_step is not None:  # the step a restart resumes from
                 info["checkpoint_step"] = snap.checkpoint_step
             if snap.starts > 1:  # Ray Train restarted the workers (a node or worker lost)

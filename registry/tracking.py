@@ -98,6 +98,7 @@ TAG_TRAINING_SINCE = "img2img.training_since"  # epoch seconds when the workers 
 TAG_PREEMPT_REQUEST = "img2img.preempt_request"  # the Ray id of a job that asks this run to stop at a checkpoint
 TAG_PREEMPTED = "img2img.preempted"  # "preempted by ID, re-queued, resumes at step N", set when it did
 TAG_NODE_LOST = "img2img.node_lost"  # "node ID (IP) lost at step N; ..." for the latest Ray node the job lost
+TAG_WAITING = "img2img.waiting_for_workers"  # while Ray cannot place the worker group yet: what it waits for
 TAG_WARNINGS = "img2img.warnings"  # the job's verdicts on what it registered (e.g. worse than its input), one a line
 
 

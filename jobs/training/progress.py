@@ -28,6 +28,7 @@ from registry.tracking import (
     TAG_TIME_BUDGET,
     TAG_TOTAL_STEPS,
     TAG_TRAINING_SINCE,
+    TAG_WAITING,
     TAG_WARNINGS,
 )
 
@@ -64,6 +65,7 @@ class Snapshot:
     checkpoint_step: int | None = None  # the latest checkpoint Ray Train holds: a restart resumes there
     preempted: str | None = None  # the latest preemption (MLflow tag TAG_PREEMPTED)
     node_lost: str | None = None  # the latest lost Ray node (jobs.training.watch.TAG_NODE_LOST)
+    waiting: str | None = None  # while Ray cannot place the worker group yet (TAG_WAITING)
     message: str = ""
     error: str | None = None  # the job's own one-line reason when it failed (MLflow tag `error`)
     warnings: list[str] = field(default_factory=list)  # the job's verdicts, e.g. worse than its input (TAG_WARNINGS)
@@ -73,7 +75,8 @@ class Snapshot:
         """The line's fields, most important first: status, step (of the total or of the time
         budget), val PSNR and gain, ETA; then loss, epoch, samples/s, elapsed; while it runs, the
         step of the checkpoint a restart would resume from."""
-        parts = [f"{self.status.lower()}/{self.phase}"]
+        # while the workers wait for Ray to place them there is no step rate: no ETA either
+        parts = [f"{self.status.lower()}/{'waiting for workers' if self.waiting else self.phase}"]
         if self.budget_s and self.budget_used_s is not None:
             # the time budget ends this run first: a step total it will never reach would mislead
             used = min(self.budget_used_s / self.budget_s, 1.0)
@@ -85,7 +88,7 @@ class Snapshot:
         if self.val_psnr is not None:
             gain = f" ({self.val_gain_db:+.2f} vs input)" if self.val_gain_db is not None else ""
             parts.append(f"val PSNR {self.val_psnr:.2f} dB{gain}")
-        if self.eta_s is not None and self.status not in TERMINAL:
+        if self.eta_s is not None and self.status not in TERMINAL and not self.waiting:
             parts.append(f"ETA {_hms(self.eta_s)}")
         if self.loss is not None:
             parts.append(f"{self.loss_name} {self.loss:.4f}")
@@ -140,6 +143,7 @@ def read(tracking_uri: str, run_id: str, status: str = "RUNNING", message: str =
     snap.checkpoint_step = int(tags[TAG_CHECKPOINT]) if TAG_CHECKPOINT in tags else None
     snap.preempted = tags.get(TAG_PREEMPTED)
     snap.node_lost = tags.get(TAG_NODE_LOST)
+    snap.waiting = tags.get(TAG_WAITING) if status not in TERMINAL else None
     snap.error = tags.get("error")
     snap.warnings = [w for w in tags.get(TAG_WARNINGS, "").split("\n") if w]
     budget = float(tags[TAG_TIME_BUDGET]) if TAG_TIME_BUDGET in tags else None
@@ -168,6 +172,10 @@ def events(before: Snapshot | None, now: Snapshot) -> list[str]:
         out.append(now.preempted)
     if now.node_lost and now.node_lost != before.node_lost:
         out.append(now.node_lost)
+    if now.waiting and not before.waiting:
+        out.append(now.waiting)
+    elif before.waiting and not now.waiting and now.status not in TERMINAL:
+        out.append("the cluster placed the workers: training goes on")
     if now.starts > max(before.starts, 1) and now.preempted and now.restored not in (None, "none"):
         out.append(f"resumed after the preemption from the checkpoint at step {now.restored}")
     elif now.starts > max(before.starts, 1):

@@ -98,10 +98,28 @@ def test_a_lost_node_is_told_once_before_the_restore_from_its_checkpoint():
     node = {"NodeID": "d3528d0d51a1bef3", "NodeManagerAddress": "10.0.0.7"}
     line = lost_line(node, 12, 4.0, 8)
     assert line == ("node d3528d0d51a1 (10.0.0.7) lost at step 12; Ray Train restarts the workers from the "
-                    "checkpoint at step 8 (within --max-failures) if the remaining 4 CPUs hold them")
+                    "checkpoint at step 8 (within --max-failures) once the cluster, 4 CPUs alive, can place them")
     assert "from the beginning (no checkpoint yet)" in lost_line(node, 3, 4.0, None)
     a = Snapshot(phase="training", starts=1, step=12)
     b = Snapshot(phase="training", starts=1, step=12, node_lost=line)
     assert events(a, b) == [line] and events(b, b) == []
     c = Snapshot(phase="training", starts=2, step=8, restored="8", node_lost=line)
     assert events(b, c) == ["worker group restarted (start 2); restored the checkpoint at step 8"]
+
+
+def test_workers_waiting_for_capacity_are_told_with_no_eta_and_then_their_placement():
+    """After a node loss the nodes left may not hold the workers: Ray keeps their placement group
+    pending; the line says what they wait for instead of an ETA that only grows."""
+    import dataclasses
+
+    from jobs.training.watch import waiting_line
+
+    line = waiting_line([{"CPU": 2.0}] * 4, 8.0, 6.5, since=0.0)
+    assert line == ("waiting since 00:00:00 UTC for 4 worker(s) x 2 CPUs (8 CPUs; 6.5 of the 8 alive CPUs free): "
+                    "Ray starts them when a node joins or another job ends, within the queue timeout")
+    assert "x their CPUs (3 CPUs" in waiting_line([{"CPU": 1.0}, {"CPU": 2.0}], 8.0, 0.0, since=0.0)
+    before = dataclasses.replace(_running(), checkpoint_step=36)
+    waiting = dataclasses.replace(before, waiting=line)
+    assert waiting.line().startswith("running/waiting for workers | step 40/120") and "ETA" not in waiting.line()
+    assert events(before, waiting) == [line] and events(waiting, waiting) == []
+    assert events(waiting, before) == ["the cluster placed the workers: training goes on"]
