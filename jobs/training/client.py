@@ -139,14 +139,15 @@ def package_dir(name: str) -> Path:
     raise Img2ImgError(f"cannot find the {name!r} package to send with the job")
 
 
-def runtime_env(settings: Settings) -> dict:
-    """Our code travels with the job; only non-secret settings do (keys stay on the cluster)."""
+def runtime_env(settings: Settings, placement_timeout_s: float = WORKER_START_TIMEOUT_S) -> dict:
+    """Our code travels with the job; only non-secret settings do (keys stay on the cluster).
+    placement_timeout_s: how long Ray Train waits for the cluster to place a worker group (at
+    the start, and at every restart after a lost worker or node) before it counts a failed start."""
     # job_env's RAY_API_SERVER_ADDRESS: Ray Train's own actors (PlacementGroupCleaner) query the
     # state API with no address; without it they scan the machine and fail beside another Ray.
     env = {**settings.job_env(), "PYTHONUNBUFFERED": "1",
-           # Starting the worker group may take this long (a busy small machine needs over a
-           # minute); the job retries it twice (see jobs.training.driver), then fails with Ray's reason.
-           "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(WORKER_START_TIMEOUT_S)}
+           # the job retries a failed start twice (see jobs.training.driver), then fails with Ray's reason
+           "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": f"{max(placement_timeout_s, WORKER_START_TIMEOUT_S):.0f}"}
     return {"py_modules": [str(package_dir(p)) for p in PACKAGES], "env_vars": env}
 
 
@@ -168,11 +169,13 @@ def submit_job(settings: Settings, *, entrypoint: str, metadata: dict, footprint
     reserved, so it waits QUEUED (Ray: PENDING) until it fits. With `preempt`, the lower-priority
     training jobs it needs room from are asked to checkpoint and re-queue (`jobs.training.preempt`); their
     ids are appended to `preempting`. -> the Ray submission id."""
-    check_options(priority, queue_timeout_s)
+    timeout_s = check_options(priority, queue_timeout_s)
     check_preempt(priority, preempt)
     cap = admit(settings, footprint)
     client = job_client(settings)
-    job_id = admission.submit(client, entrypoint=entrypoint, runtime_env=runtime_env(settings),
+    # Workers that the cluster cannot place yet (a node lost, a job's workers spread over nodes)
+    # wait in Ray's placement-group queue as long as the job would wait in the admission queue.
+    job_id = admission.submit(client, entrypoint=entrypoint, runtime_env=runtime_env(settings, timeout_s),
                               metadata=metadata, footprint=footprint, priority=priority,
                               queue_timeout_s=queue_timeout_s, cap=cap)
     if preempt:
