@@ -138,13 +138,15 @@ def _all_reduce(values: dict[str, float], world: int) -> dict[str, float]:
     return dict(zip(keys, t.cpu().tolist()))
 
 
-def _any_worker(flags: list[bool], world: int) -> list[bool]:
-    """Each flag OR-ed over the workers (one collective), so all take the same branch."""
+def _any_worker(flags: list[bool], world: int, share: float = 0.0) -> tuple[list[bool], float]:
+    """Each flag OR-ed over the workers and the largest `share` (one collective), so all take
+    the same branch and set the same LR. -> (flags, share)."""
     if world == 1:
-        return flags
-    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=_reduce_device())
+        return flags, share
+    t = torch.tensor([1.0 if f else 0.0 for f in flags] + [share], dtype=torch.float64, device=_reduce_device())
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return [bool(v) for v in t.cpu().tolist()]
+    values = t.cpu().tolist()
+    return [bool(v) for v in values[:-1]], values[-1]
 
 
 # Column captions of the MLflow sample grids: unpaired rows come from domain A (then B), each
@@ -338,8 +340,13 @@ def train_loop_per_worker(cfg: dict) -> None:
         if logger and now - last_poll >= PREEMPT_POLL_S:  # a higher-priority job asks for our CPUs
             asked, last_poll = requested(logger.client, logger.run_id) is not None, now
         t3 = time.time()
-        due, out_of_time, preempted = _any_worker([_due(cadence, step, steps_per_epoch, now - last_book),
-                                                   deadline is not None and now > deadline, asked], world)
+        # the share of --time-budget used: the LR schedule ends with the budget, not the step total
+        used = 1.0 - (deadline - now) / spec.time_budget_s if deadline is not None else 0.0
+        (due, out_of_time, preempted), used = _any_worker(
+            [_due(cadence, step, steps_per_epoch, now - last_book), deadline is not None and now > deadline, asked],
+            world, used)
+        if deadline is not None:
+            variant.set_budget_used(used)
         t_log, t_sync = t_log + t3 - t2, t_sync + time.time() - t3
         last = step >= total_steps or out_of_time or preempted
         if not (due or last):

@@ -199,6 +199,21 @@ def test_lr_schedules():
     assert n.opts["G"].param_groups[0]["lr"] == pytest.approx(0.5 * n.config.lr)  # cosine half-way
 
 
+@pytest.mark.parametrize("policy, used, factor", [("cosine", 0.5, 0.5), ("cosine", 1.0, 0.0), ("cosine", 0.0, 1.0),
+                                                  ("linear", 0.25, 1.0), ("linear", 0.75, 0.5), ("constant", 0.9, 1.0)])
+def test_a_time_budget_that_ends_the_run_drives_the_lr_schedule(policy, used, factor):
+    """A run its --time-budget ends far before its step total anneals by the budget's share used,
+    not by a step count it will never reach."""
+    n = build_variant("nafnet", {**TINY["nafnet"], "lr_policy": policy, "decay_start": 0.5})
+    n.set_total_steps(1_000_000)
+    n.set_budget_used(used)
+    assert n.opts["G"].param_groups[0]["lr"] == pytest.approx(factor * n.config.lr)
+    n.set_total_steps(4)
+    n.step = 3  # the step count, when further along than the budget, still wins
+    n.set_budget_used(0.0)
+    assert n.lr <= n.config.lr * (1.0 if policy == "constant" else 0.5 + 1e-9)
+
+
 def test_ema_is_the_inference_network_and_survives_checkpoints():
     """ema_decay > 0: validation, registration and serving see the weights' moving average; a
     resumed run keeps averaging; a weights-only load (registration, --init-from) starts from it."""

@@ -51,12 +51,14 @@ def unwrap(module: nn.Module) -> nn.Module:
     return module
 
 
-def lr_factor(policy: str, step: int, total: int | None, decay_start: float) -> float:
-    """Multiplier on the base LR: `constant`, `linear` (constant, then linear to zero from
-    `decay_start` of the run: the pix2pix/CycleGAN schedule) or `cosine` (NAFNet)."""
-    if policy == "constant" or not total:
+def lr_factor(policy: str, step: int, total: int | None, decay_start: float, elapsed: float = 0.0) -> float:
+    """Multiplier on the base LR, in [0, 1]: `constant`, `linear` (constant, then linear to zero
+    from `decay_start` of the run: the pix2pix/CycleGAN schedule) or `cosine` (NAFNet). The run's
+    progress is the larger of step / total and `elapsed`, the share of a time budget used (0-1),
+    so a run that its time budget ends still anneals to zero by its end."""
+    if policy == "constant" or (not total and not elapsed):
         return 1.0
-    progress = min(step / total, 1.0)
+    progress = min(max(step / total if total else 0.0, elapsed), 1.0)
     if policy == "linear":
         if progress <= decay_start:
             return 1.0
@@ -127,6 +129,7 @@ class Variant:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         self.step = 0
         self.total_steps: int | None = None
+        self.budget_used = 0.0  # the share (0-1) of the run's time budget used: see `set_budget_used`
         # config.ema_decay > 0: a Polyak average of the generator's weights, updated after every
         # step; it is the inference network (validation, registration, serving), never trained.
         decay = float(getattr(config, "ema_decay", 0.0) or 0.0)
@@ -233,9 +236,17 @@ class Variant:
         self.total_steps = total
         self._apply_lr()
 
+    def set_budget_used(self, share: float) -> None:
+        """Lets `linear`/`cosine` LR policies follow a time budget that ends the run before its step
+        total: `share` of it is used (0-1; the same on every data-parallel worker, or their
+        weights drift apart)."""
+        self.budget_used = min(max(float(share), 0.0), 1.0)
+        self._apply_lr()
+
     def _apply_lr(self) -> None:
         cfg = self.config
-        factor = lr_factor(cfg.lr_policy, self.step, self.total_steps, getattr(cfg, "decay_start", 0.5))
+        factor = lr_factor(cfg.lr_policy, self.step, self.total_steps, getattr(cfg, "decay_start", 0.5),
+                           self.budget_used)
         for opt in self.opts.values():
             for group in opt.param_groups:
                 group.setdefault("initial_lr", group["lr"])
