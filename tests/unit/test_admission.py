@@ -136,3 +136,19 @@ def test_a_split_reservation_round_trips_and_counts_the_whole_cluster_for_preemp
     cap = Capacity(((2.0, 8.0), (0.0, 2.0)))
     assert [j.submission_id for j, _ in victims(client, t, cap)] == ["raysubmit_low"]
     assert victims(client, t, Capacity(((0.0, 8.0), (0.0, 2.0)))) == []  # 10 free: it fits already
+
+
+def test_the_queue_counts_the_whole_cluster_for_a_split_job_and_the_largest_node_for_others():
+    from types import SimpleNamespace
+
+    from cluster.queue_view import queue_view
+
+    def pending(job_id, ticket):
+        return SimpleNamespace(status="JobStatus.PENDING", submission_id=job_id, start_time=None,
+                               metadata={"img2img_admission": ticket.to_json()})
+
+    split = Ticket(Footprint(4, 2.0), submitted=1.0, worker_resources={RESOURCE: 2.0})
+    whole = Ticket(Footprint(2, 1.0), submitted=2.0)
+    client = SimpleNamespace(list_jobs=lambda: [pending("raysubmit_a", split), pending("raysubmit_b", whole)])
+    entries = queue_view(client, Capacity(((5.0, 8.0), (0.0, 2.0))), now=10.0)
+    assert [(e.job_id, e.needs, e.free) for e in entries] == [("raysubmit_a", 9.5, 5.0), ("raysubmit_b", 3.5, 3.0)]
