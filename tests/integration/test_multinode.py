@@ -3,7 +3,8 @@
 nodes. A 2-worker `--spread` training puts one worker on each node; the second node's raylet is
 SIGKILLed mid-run and the job must still end SUCCEEDED at the requested step count, after Ray
 Train restored a checkpoint at a step above 0. Two Serve replicas, one on each node: the joined
-node dies under 30 s of load through the retrying client and no request is lost."""
+node dies under 30 s of load through the retrying client and no request is lost. A training job
+bigger than the head (its workers reserve their CPUs in their placement group) runs on both nodes."""
 
 from __future__ import annotations
 
@@ -258,3 +259,45 @@ def test_replicas_on_both_nodes_lose_no_request_when_a_node_dies(stack, fresh_no
         while len(replica_pids(settings)) < 2 and time.time() < deadline:
             time.sleep(2)
         assert len(replica_pids(settings)) == 2
+
+
+def test_a_job_bigger_than_any_node_trains_across_nodes(stack, blur_dataset, fresh_node):
+    """4 workers x 2 CPUs + 1.5 = 9.5 admission CPUs: more than the 8-CPU head, within the head and
+    the 2-CPU node together. It is admitted with its reservation split (the entrypoint holds the
+    data and driver share, each worker its 2 CPUs in Ray Train's placement group), runs a worker
+    on each node and ends SUCCEEDED at its max_steps. Last in the module: the head and this test's
+    own node are the only live nodes (the module's node was killed above)."""
+    from cluster.admission import RESOURCE, Ticket, capacity
+    from jobs.training.client import cluster_resources, job_client, submit
+    from jobs.training.spec import TrainSpec
+
+    _, root = fresh_node
+    deadline = time.time() + 180  # both dashboard reports that admission reads list the node
+
+    def seen() -> tuple[float, float]:
+        return capacity(stack.ray_address, stack.ray_auth_headers()).total, cluster_resources(stack).get("CPU", 0.0)
+
+    while seen() != (8 + JOIN_CPUS, 8 + JOIN_CPUS) and time.time() < deadline:
+        time.sleep(2)
+    assert seen() == (8 + JOIN_CPUS, 8 + JOIN_CPUS), seen()
+    client, mlflow = job_client(stack), MlflowClient(stack.mlflow_uri)
+    spec = TrainSpec(dataset=blur_dataset, variant="autoencoder", config={"nf": 8}, image_size=32, batch_size=2,
+                     lr=1e-3, max_steps=12, checkpoint_every="6", log_every=1, workers=4, cpus_per_worker=2,
+                     model_name="test-multinode-big", experiment="integration")
+    sub = submit(spec, stack)
+    ticket = Ticket.from_metadata(client.get_job_info(sub["job_id"]).metadata)
+    assert ticket.resources == {RESOURCE: 1.5} and ticket.worker_resources == {RESOURCE: 2.0}, ticket
+    raylet = _raylet(root)
+    on_node: list[psutil.Process] = []
+    deadline = time.time() + 900
+    while (status := str(client.get_job_status(sub["job_id"])).split(".")[-1]) not in (
+            "SUCCEEDED", "FAILED", "STOPPED") and time.time() < deadline:
+        on_node = on_node or _train_workers_under(raylet)
+        time.sleep(1)
+    logs = client.get_job_logs(sub["job_id"])
+    assert status == "SUCCEEDED", logs[-4000:]
+    assert "bigger than one node: its 4 workers reserve" in logs
+    assert on_node, "no training worker was placed on the joined node"
+    nodes = _actor_nodes(stack, client.get_job_info(sub["job_id"]).job_id, "RayTrainWorker")
+    assert len(nodes) >= 4 and len(set(nodes)) == 2, nodes  # one start: 4; a restarted group adds its own
+    assert int(mlflow.get_run(sub["run_id"]).data.metrics["steps_run"]) == 12
