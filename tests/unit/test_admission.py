@@ -152,3 +152,11 @@ def test_the_queue_counts_the_whole_cluster_for_a_split_job_and_the_largest_node
     client = SimpleNamespace(list_jobs=lambda: [pending("raysubmit_a", split), pending("raysubmit_b", whole)])
     entries = queue_view(client, Capacity(((5.0, 8.0), (0.0, 2.0))), now=10.0)
     assert [(e.job_id, e.needs, e.free) for e in entries] == [("raysubmit_a", 9.5, 5.0), ("raysubmit_b", 3.5, 3.0)]
+
+
+def test_a_split_jobs_workers_wait_for_room_up_to_its_queue_timeout_in_all():
+    from jobs.training.client import WORKER_START_TIMEOUT_S, split_start_timeout
+    from jobs.training.driver import START_RETRIES
+
+    assert split_start_timeout(86400) * (START_RETRIES + 1) == 86400  # three tries of 8 h for the default day
+    assert split_start_timeout(60) == WORKER_START_TIMEOUT_S  # never less than a single-node job's
