@@ -301,3 +301,42 @@ def test_a_job_bigger_than_any_node_trains_across_nodes(stack, blur_dataset, fre
     nodes = _actor_nodes(stack, client.get_job_info(sub["job_id"]).job_id, "RayTrainWorker")
     assert len(nodes) >= 4 and len(set(nodes)) == 2, nodes  # one start: 4; a restarted group adds its own
     assert int(mlflow.get_run(sub["run_id"]).data.metrics["steps_run"]) == 12
+
+
+def test_a_job_bigger_than_any_node_waits_for_its_workers_while_the_cluster_is_busy(stack, blur_dataset,
+                                                                                     fresh_node):
+    """The same 9.5-CPU job submitted while a 5.5-CPU job trains on the head: Ray admits its
+    entrypoint (1.5), its placement group waits past a single-node job's start timeout (120 s)
+    without failing, and it trains once the first job ends, SUCCEEDED at its max_steps."""
+    from cluster.admission import capacity
+    from jobs.training.client import WORKER_START_TIMEOUT_S, cluster_resources, job_client, submit
+    from jobs.training.spec import TrainSpec
+    from registry.tracking import TAG_PHASE
+
+    deadline = time.time() + 180
+    while (capacity(stack.ray_address, stack.ray_auth_headers()).total, cluster_resources(stack).get("CPU")) != (
+            8 + JOIN_CPUS, 8 + JOIN_CPUS) and time.time() < deadline:
+        time.sleep(2)
+    client, mlflow = job_client(stack), MlflowClient(stack.mlflow_uri)
+    tiny = dict(dataset=blur_dataset, variant="autoencoder", config={"nf": 8}, image_size=32, batch_size=2, lr=1e-3,
+                checkpoint_every="6", log_every=1, cpus_per_worker=2, experiment="integration")
+    first = submit(TrainSpec(**tiny, workers=2, max_steps=100_000, time_budget_s=WORKER_START_TIMEOUT_S + 90,
+                             model_name="test-multinode-first"), stack)
+    deadline = time.time() + 300
+    while mlflow.get_run(first["run_id"]).data.tags.get(TAG_PHASE) != "training" and time.time() < deadline:
+        assert str(client.get_job_status(first["job_id"])).endswith(("RUNNING", "PENDING"))
+        time.sleep(1)
+    big = submit(TrainSpec(**tiny, workers=4, max_steps=12, model_name="test-multinode-big"), stack)
+    submitted = time.time()
+    while str(client.get_job_status(first["job_id"])).split(".")[-1] not in ("SUCCEEDED", "FAILED", "STOPPED"):
+        status = str(client.get_job_status(big["job_id"])).split(".")[-1]
+        assert status in ("PENDING", "RUNNING"), client.get_job_logs(big["job_id"])[-3000:]
+        assert "step" not in mlflow.get_run(big["run_id"]).data.metrics  # no worker before the room is free
+        time.sleep(2)
+    waited = time.time() - submitted
+    assert wait_job(client, first["job_id"], timeout=60) == "SUCCEEDED"
+    status = wait_job(client, big["job_id"], timeout=900)
+    logs = client.get_job_logs(big["job_id"])
+    assert status == "SUCCEEDED", logs[-4000:]
+    assert waited > WORKER_START_TIMEOUT_S and "WorkerGroupStartupTimeoutError" not in logs, (waited, logs[-3000:])
+    assert int(mlflow.get_run(big["run_id"]).data.metrics["steps_run"]) == 12
