@@ -9,6 +9,16 @@ manifests): the driver's reservation must not hold real CPUs, or its own workers
 could not get them. Serve replicas reserve the same resource beside their CPUs, so jobs and
 replicas never count on the same CPUs.
 
+A training job bigger than the cluster's largest node (its footprint in admission CPUs is more
+than any one node advertises) cannot be reserved on one node, so its reservation is split
+(`worker_reservation`): the entrypoint reserves only its data and driver share, and each of its
+workers reserves `cpus_per_worker` admission CPUs (and its GPU) beside its real ones in Ray
+Train's placement group, which Ray's GCS places, all bundles at once, once the cluster has them
+free on some nodes. Ray Train gives every worker the same resources, so a job's workers are
+either all in the entrypoint reservation or all in the placement group. Such a job is RUNNING
+while its placement group waits; Ray Train waits for it up to the job's --queue-timeout
+(`RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S`, jobs/training/client.py).
+
 Order: Ray admits waiting jobs first come, first served among jobs of the same footprint; a
 smaller job may start ahead of a bigger one that does not fit yet (Ray backfills). A job of a
 higher `--priority` goes ahead of queued lower ones: those (which hold nothing yet) are handed
@@ -84,11 +94,22 @@ class Footprint:
     def gpus(self) -> float:
         return self.workers * self.gpus_per_worker
 
-    def resources(self) -> dict[str, float]:
-        """The entrypoint resources Ray admits the job with."""
+    def resources(self, split: bool = False) -> dict[str, float]:
+        """The entrypoint resources Ray admits the job with: the whole footprint, or with `split`
+        only the data and driver share (the workers reserve theirs: `worker_resources`)."""
+        if split:
+            return {RESOURCE: round(self.data_cpus + self.driver_cpus, 4)}
         out = {RESOURCE: round(self.cpus, 4)}
         if self.gpus:
             out[GPU_RESOURCE] = round(self.gpus, 4)
+        return out
+
+    def worker_resources(self) -> dict[str, float]:
+        """What one worker reserves in its placement group bundle when the reservation is split:
+        its CPUs (and GPUs) in admission resources."""
+        out = {RESOURCE: round(self.cpus_per_worker, 4)}
+        if self.gpus_per_worker:
+            out[GPU_RESOURCE] = round(self.gpus_per_worker, 4)
         return out
 
     def describe(self) -> str:
@@ -109,6 +130,13 @@ class Ticket:
     submitted: float = 0.0
     ticket: str = ""
     resources: dict | None = None  # what was reserved through Ray (entrypoint resources)
+    # what each worker reserves in Ray Train's placement group (a split reservation); None: none
+    worker_resources: dict | None = None
+
+    @property
+    def split(self) -> bool:
+        """Whether the workers reserve their own share across nodes (see the module doc)."""
+        return bool(self.worker_resources)
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "footprint": asdict(self.footprint)})
@@ -213,11 +241,13 @@ def capacity(ray_address: str, headers: dict, wait_s: float = REPORT_WAIT_S) -> 
 
 
 def check_fits(fp: Footprint, resources: dict[str, float], where: str, serve_cpus: float = 0.0,
-               largest_node: float | None = None) -> None:
+               largest_node: float | None = None, across_nodes: bool = False) -> None:
     """Refuse a job that can never start: its footprint `fp` is more than the cluster at `where`
     has (`resources`: its totals, {"CPU": 8.0, "GPU": 1.0}; {} skips the check), or than a node
     has (`largest_node`, admission CPUs: the reservation is held on one node), or than Serve
-    replicas (`serve_cpus`) leave. Raises Img2ImgError naming the numbers and the fix."""
+    replicas (`serve_cpus`) leave. `across_nodes`: the job may split its reservation over nodes
+    (`worker_reservation`: training), so only its data and driver share, and each worker, must
+    fit the largest node. Raises Img2ImgError naming the numbers and the fix."""
     if not resources:
         return
     total = resources.get("CPU", 0)
@@ -235,7 +265,15 @@ def check_fits(fp: Footprint, resources: dict[str, float], where: str, serve_cpu
                            f"--cpus-per-worker {fp.cpus_per_worker:g} = {cpus:g} would leave {max(left, 0):g} for "
                            f"reading the data ({fp.data_cpus:g}) and the job's driver ({fp.driver_cpus:g}): the job "
                            f"could never start; use fewer --workers or a smaller --cpus-per-worker{fix}")
-    if largest_node is not None and largest_node < fp.cpus:
+    if largest_node is not None and across_nodes:
+        if largest_node < fp.cpus_per_worker:
+            raise Img2ImgError(f"--cpus-per-worker {fp.cpus_per_worker:g}: a worker runs on one node, but the largest "
+                               f"node of the cluster at {where} has {largest_node:g} CPUs; use a smaller "
+                               "--cpus-per-worker and more --workers")
+        if largest_node < fp.data_cpus + fp.driver_cpus:
+            raise Img2ImgError(f"the job's driver and data reading need {fp.data_cpus + fp.driver_cpus:g} CPUs on "
+                               f"one node, but the largest node of the cluster at {where} has {largest_node:g}")
+    elif largest_node is not None and largest_node < fp.cpus:
         raise Img2ImgError(f"the job needs {fp.describe()} reserved on one node, but the largest node of the cluster "
                            f"at {where} has {largest_node:g}; use fewer --workers or a smaller --cpus-per-worker")
     if fp.gpus and resources.get("GPU", 0) < fp.gpus:
@@ -243,14 +281,28 @@ def check_fits(fp: Footprint, resources: dict[str, float], where: str, serve_cpu
                            f"has {int(resources.get('GPU', 0))} GPU(s); use --cpu or add GPU nodes")
 
 
-def entrypoint_resources(fp: Footprint, cap: Capacity | None) -> dict[str, float]:
-    """What to reserve through Ray: the footprint in admission resources, or nothing on a
-    cluster whose nodes advertise none (started without them: no queue, as before)."""
+def worker_reservation(fp: Footprint, cap: Capacity | None) -> dict[str, float]:
+    """What each worker of a training job reserves in Ray Train's placement group: {} when the
+    footprint `fp` fits the cluster's largest node (`cap`; None: no admission resources), so the
+    entrypoint reserves all of it; else `Footprint.worker_resources` (the split of the module
+    doc), GPU admission only on a cluster whose nodes advertise it."""
+    if cap is None or fp.cpus <= cap.largest:
+        return {}
+    res = fp.worker_resources()
+    if not cap.gpus:
+        res.pop(GPU_RESOURCE, None)
+    return res
+
+
+def entrypoint_resources(fp: Footprint, cap: Capacity | None, split: bool = False) -> dict[str, float]:
+    """What to reserve through Ray: the footprint in admission resources (with `split`, only
+    its data and driver share), or nothing on a cluster whose nodes advertise none (started
+    without them: no queue, as before)."""
     if cap is None:
         log.warning("the Ray cluster advertises no %r: jobs are not queued (restart it with `img2img stack up`)",
                     RESOURCE)
         return {}
-    res = fp.resources()
+    res = fp.resources(split)
     if not cap.gpus:
         res.pop(GPU_RESOURCE, None)
     return res
@@ -283,15 +335,18 @@ def ray_submit(client, *, entrypoint: str, runtime_env: dict | None, metadata: d
 
 def submit(client, *, entrypoint: str, runtime_env: dict, metadata: dict, footprint: Footprint,
            priority: str = "normal", queue_timeout_s: float | None = None, cap: Capacity | None = None,
-           ticket: Ticket | None = None) -> str:
+           ticket: Ticket | None = None, worker_resources: dict | None = None) -> str:
     """Submit a job through Ray Jobs with its whole footprint reserved (see the module doc) and
     its admission record in its metadata; a higher-priority job then sends the queued lower ones
-    behind it (`requeue_behind`). -> the Ray submission id. Raises Img2ImgError if Ray refuses."""
+    behind it (`requeue_behind`). `worker_resources`: what each worker reserves itself in Ray
+    Train's placement group (`worker_reservation`); the entrypoint then reserves only the data
+    and driver share. -> the Ray submission id. Raises Img2ImgError if Ray refuses."""
     timeout = check_options(priority, queue_timeout_s)
     ticket = ticket or Ticket(footprint, priority, timeout, time.time())
     job_id = new_job_id()
     ticket.ticket = ticket.ticket or job_id
-    ticket.resources = entrypoint_resources(footprint, cap) or None
+    ticket.worker_resources = dict(worker_resources) if worker_resources and cap is not None else None
+    ticket.resources = entrypoint_resources(footprint, cap, ticket.split) or None
     try:
         ray_submit(client, entrypoint=f"{entrypoint} {deadline_args(ticket)}", runtime_env=runtime_env,
                    metadata={**metadata, META_KEY: ticket.to_json()}, resources=ticket.resources, job_id=job_id)

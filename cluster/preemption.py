@@ -34,13 +34,14 @@ def check_preempt(priority: str, preempt: bool) -> None:
 def victims(client, ticket: Ticket, cap: Capacity | None, asked=frozenset()) -> list:
     """The RUNNING preemptible jobs of a lower priority than `ticket` to stop so that its
     footprint fits: lowest priority first, then the most recently started (the least work to
-    redo), as few as make room on one node. [] when it fits already, when the cluster advertises
+    redo), as few as make room on one node (for a job whose reservation is split over nodes,
+    `Ticket.split`: in the whole cluster). [] when it fits already, when the cluster advertises
     no admission resources, or when stopping all of them would still not make room (stopping
     some would then only cost work). `asked`: jobs already asked to stop (skipped).
     -> [(JobDetails, Ticket)]"""
     if cap is None:
         return []
-    needs, free = ticket.footprint.cpus, cap.largest_free
+    needs, free = ticket.footprint.cpus, (cap.free if ticket.split else cap.largest_free)
     if free >= needs:
         return []
     rank = PRIORITIES.index(ticket.priority)

@@ -33,7 +33,6 @@ def queue_view(client, cap: Capacity | None, now: float | None = None, cancelled
     (stopped while queued: Ray ends them when their turn comes) are left out."""
     now = time.time() if now is None else now
     out: list[QueueEntry] = []
-    free = cap.largest_free if cap else 0.0
     jobs = client.list_jobs()
     running = sorted((j for j in jobs if job_status(j) == "RUNNING" and Ticket.from_metadata(j.metadata)),
                      key=lambda j: j.start_time or 0)
@@ -43,6 +42,8 @@ def queue_view(client, cap: Capacity | None, now: float | None = None, cancelled
         if job.submission_id in skip:
             continue
         needs = t.footprint.cpus
+        # a split reservation (admission.worker_reservation) takes CPUs on several nodes: count them all
+        free = (cap.free if t.split else cap.largest_free) if cap else 0.0
         out.append(QueueEntry(job.submission_id, t.ticket or job.submission_id, len(out) + 1, t.priority,
                               now - (t.submitted or now), needs, max(free, 0.0), ahead))
         ahead = job.submission_id

@@ -70,8 +70,9 @@ def check(spec: PipelineSpec, settings: Settings) -> None:
 
 def check_nested(spec: PipelineSpec, cap: admission.Capacity | None, extra: float = 0.0) -> None:
     """Refuse a pipeline whose step jobs could never be admitted beside the pipeline's own
-    reservation (`PIPELINE_CPUS`, plus `extra`: a schedule's) on the cluster's largest node: it
-    would wait forever."""
+    reservation (`PIPELINE_CPUS`, plus `extra`: a schedule's) on the cluster's largest node (a
+    train step bigger than that node splits its reservation over nodes: it must fit the whole
+    cluster, each worker and its data and driver share one node): it would wait forever."""
     if cap is None:
         return
     steps = []
@@ -83,6 +84,14 @@ def check_nested(spec: PipelineSpec, cap: admission.Capacity | None, extra: floa
         steps.append(("evaluate", eval_footprint(e.workers, e.cpus_per_worker, False)))
     held = PIPELINE_CPUS + extra
     for name, fp in steps:
+        if name == "train" and fp.cpus > cap.largest:  # split over nodes (admission.worker_reservation)
+            if fp.cpus + held > cap.total or max(fp.cpus_per_worker, fp.data_cpus + fp.driver_cpus + held) > cap.largest:
+                raise Img2ImgError(
+                    f"the train step needs {fp.describe()} across the cluster's nodes (each worker on one node), and "
+                    f"the pipeline's own job{' and its schedule hold' if extra else ' holds'} {held:g} beside it: "
+                    f"{fp.cpus + held:g} CPUs, but the cluster has {cap.total:g} CPUs and its largest node "
+                    f"{cap.largest:g}; give the step fewer workers or a smaller cpus_per_worker")
+            continue
         if fp.cpus + held > cap.largest:
             raise Img2ImgError(
                 f"the {name} step needs {fp.describe()} reserved on one node, and the pipeline's own job"

@@ -24,7 +24,7 @@ from cluster.preemption import PREEMPTIBLE, check_preempt
 from cluster.services import cluster_resources, poll_until, require, require_mlflow  # noqa: F401  (re-exported)
 from cluster.settings import Settings
 from jobs.data.stream import synthesis
-from jobs.training.driver import plan_job, run
+from jobs.training.driver import START_RETRIES, plan_job, run
 from jobs.training.finetune import resolve_init
 from jobs.training.preempt import preempt_for
 from jobs.training.spec import TrainSpec
@@ -141,8 +141,8 @@ def package_dir(name: str) -> Path:
 
 def runtime_env(settings: Settings, placement_timeout_s: float = WORKER_START_TIMEOUT_S) -> dict:
     """Our code travels with the job; only non-secret settings do (keys stay on the cluster).
-    placement_timeout_s: how long Ray Train waits for the cluster to place a worker group (at
-    the start, and at every restart after a lost worker or node) before it counts a failed start."""
+    placement_timeout_s: how long Ray Train waits, per try, for the cluster to place a worker
+    group (at the start, and at every restart after a lost worker or node); see `placement_timeout`."""
     # job_env's RAY_API_SERVER_ADDRESS: Ray Train's own actors (PlacementGroupCleaner) query the
     # state API with no address; without it they scan the machine and fail beside another Ray.
     env = {**settings.job_env(), "PYTHONUNBUFFERED": "1",
@@ -151,33 +151,46 @@ def runtime_env(settings: Settings, placement_timeout_s: float = WORKER_START_TI
     return {"py_modules": [str(package_dir(p)) for p in PACKAGES], "env_vars": env}
 
 
-def admit(settings: Settings, footprint: Footprint):
+def placement_timeout(queue_timeout_s: float) -> float:
+    """Ray Train's worker-group start timeout (seconds, per try). Workers the cluster cannot
+    place yet (a job whose workers reserve their own CPUs across nodes,
+    `cluster.admission.worker_reservation`; the nodes left after a node loss) wait in Ray's
+    placement-group queue as a queued job waits for admission: all tries together up to
+    `queue_timeout_s`, never less than WORKER_START_TIMEOUT_S a try (a busy small machine needs
+    over a minute)."""
+    return max(float(WORKER_START_TIMEOUT_S), queue_timeout_s / (START_RETRIES + 1))
+
+
+def admit(settings: Settings, footprint: Footprint, across_nodes: bool = False):
     """The one capacity check before any cluster job is submitted: refuse a `footprint` that
-    could never start here (see `cluster.admission.check_fits`). -> the cluster's admission
-    Capacity (None when its nodes advertise none)."""
+    could never start here (see `cluster.admission.check_fits`; `across_nodes`: a training job,
+    which may split its reservation over nodes). -> the cluster's admission Capacity (None when
+    its nodes advertise none)."""
     cap = capacity(settings.ray_address, settings.ray_auth_headers())
     check_fits(footprint, cluster_resources(settings), settings.ray_address, serve_cpus(settings),
-               cap.largest if cap else None)
+               cap.largest if cap else None, across_nodes)
     return cap
 
 
 def submit_job(settings: Settings, *, entrypoint: str, metadata: dict, footprint: Footprint,
                priority: str = "normal", queue_timeout_s: float | None = None, preempt: bool = False,
-               preempting: list | None = None) -> str:
+               preempting: list | None = None, worker_resources: dict | None = None) -> str:
     """Every cluster job (training, evaluation, the gate's evaluation, batch, search) is
     submitted here: checked by `admit`, then handed to Ray Jobs with its whole footprint
-    reserved, so it waits QUEUED (Ray: PENDING) until it fits. With `preempt`, the lower-priority
-    training jobs it needs room from are asked to checkpoint and re-queue (`jobs.training.preempt`); their
-    ids are appended to `preempting`. -> the Ray submission id."""
-    timeout_s = check_options(priority, queue_timeout_s)
+    reserved, so it waits QUEUED (Ray: PENDING) until it fits. `worker_resources`: a training
+    job bigger than one node (`cluster.admission.worker_reservation`, also in its spec): the
+    entrypoint reserves its data and driver share and Ray Train's placement group the workers'.
+    With `preempt`, the lower-priority training jobs it needs room from are asked to checkpoint
+    and re-queue (`jobs.training.preempt`); their ids are appended to `preempting`. -> the Ray
+    submission id."""
+    timeout = check_options(priority, queue_timeout_s)
     check_preempt(priority, preempt)
-    cap = admit(settings, footprint)
+    cap = admit(settings, footprint, across_nodes=bool(worker_resources))
     client = job_client(settings)
-    # Workers that the cluster cannot place yet (a node lost, a job's workers spread over nodes)
-    # wait in Ray's placement-group queue as long as the job would wait in the admission queue.
-    job_id = admission.submit(client, entrypoint=entrypoint, runtime_env=runtime_env(settings, timeout_s),
+    env = runtime_env(settings, placement_timeout(timeout))
+    job_id = admission.submit(client, entrypoint=entrypoint, runtime_env=env,
                               metadata=metadata, footprint=footprint, priority=priority,
-                              queue_timeout_s=queue_timeout_s, cap=cap)
+                              queue_timeout_s=queue_timeout_s, cap=cap, worker_resources=worker_resources)
     if preempt:
         (preempting if preempting is not None else []).extend(preempt_for(settings, client, job_id, cap))
     return job_id
@@ -194,7 +207,9 @@ def submit(spec: TrainSpec, settings: Settings, priority: str = "normal", queue_
     check_preempt(priority, preempt)
     manifest, plan = preflight(spec, settings)
     footprint = Footprint(spec.workers, spec.cpus_per_worker, 1.0 if spec.use_gpu else 0.0)
-    admit(settings, footprint)
+    cap = admit(settings, footprint, across_nodes=True)
+    # bigger than the largest node: the workers reserve their share in their placement group
+    spec.worker_resources = admission.worker_reservation(footprint, cap)
     job_client(settings)
     spec.run_id, url = start_run(spec, settings, manifest, plan)
     entrypoint = f"python -m jobs.training.driver --spec {shlex.quote(spec.to_json())}"
@@ -204,7 +219,7 @@ def submit(spec: TrainSpec, settings: Settings, priority: str = "normal", queue_
     try:
         job_id = submit_job(settings, entrypoint=entrypoint, metadata=metadata, footprint=footprint,
                             priority=priority, queue_timeout_s=queue_timeout_s, preempt=preempt,
-                            preempting=preempting)
+                            preempting=preempting, worker_resources=spec.worker_resources)
     except Img2ImgError:
         MlflowClient(settings.mlflow_uri).set_terminated(spec.run_id, status="FAILED")
         raise

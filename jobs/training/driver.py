@@ -49,6 +49,7 @@ from translator.variants import get_variant
 
 log = logging.getLogger("img2img.train")
 METRIC = "val_psnr"
+START_RETRIES = 2  # Ray Train's tries at starting the worker group after the first (controller_failure_limit)
 
 
 @dataclass
@@ -233,7 +234,7 @@ def build_trainer(spec: TrainSpec, settings: Settings, job: JobPlan, callbacks: 
         train_loop_config=worker_job.to_loop_config(),
         # SPREAD: one worker per node where it can (DDP across machines); PACK (Ray's default) fills a node first
         scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=spec.use_gpu,
-                                     resources_per_worker={"CPU": spec.cpus_per_worker},
+                                     resources_per_worker={"CPU": spec.cpus_per_worker, **spec.worker_resources},
                                      placement_strategy="SPREAD" if spec.spread else "PACK"),
         run_config=RunConfig(
             name=spec.run_id, storage_path=f"{settings.bucket}/checkpoints",
@@ -242,7 +243,7 @@ def build_trainer(spec: TrainSpec, settings: Settings, job: JobPlan, callbacks: 
                                                checkpoint_score_order="max"),
             # controller_failure_limit bounds how often Ray retries STARTING the worker group
             # (unbounded by default: an unplaceable job would stay RUNNING forever).
-            failure_config=FailureConfig(max_failures=spec.max_failures, controller_failure_limit=2),
+            failure_config=FailureConfig(max_failures=spec.max_failures, controller_failure_limit=START_RETRIES),
             # after Tune's: a trial's scheduler hears of a report before MLflow does
             callbacks=[*(callbacks or []), *([TagHeldCheckpoint(settings.mlflow_uri, spec.run_id)] if spec.run_id else [])]),
         datasets=datasets,
@@ -316,6 +317,9 @@ def run(spec: TrainSpec, settings: Settings | None = None):
         on_stop()  # ray.init replaced our SIGTERM handler with its own sys.exit
     job = plan_job(spec, settings, ray.cluster_resources(), "this Ray cluster")
     _set_phase(settings, spec.run_id, "starting")  # rank 0 sets "training" once the workers run
+    if spec.worker_resources:  # a split reservation: Ray places the workers when the nodes have room
+        print(f"bigger than one node: its {spec.workers} workers reserve {spec.worker_resources} each in Ray "
+              "Train's placement group; they start once the cluster has that free", flush=True)
     STARTED.set()
     with arrow_errors(settings):  # the datasets' shard footers are read here, through the store
         trainer = build_trainer(spec, settings, job)

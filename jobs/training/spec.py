@@ -51,6 +51,9 @@ class TrainSpec:
     keep_checkpoints: int = 2
     max_failures: int = 2
     spread: bool = False  # --spread: workers on as many nodes as possible (Ray's SPREAD placement)
+    # admission resources each worker reserves in its placement group (a job bigger than one node:
+    # cluster.admission.worker_reservation); set at submission, {}: the entrypoint reserved them
+    worker_resources: dict = field(default_factory=dict)
     stall_timeout_s: float | None = 1800.0  # --stall-timeout: end the run after this long without a step; 0: never
     log_every: int = 10
     checkpoint_every: str = "auto"  # validate + checkpoint cadence: steps ("200"), "5m", "30s", "epoch", "auto"

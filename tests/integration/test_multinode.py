@@ -3,7 +3,9 @@
 nodes. A 2-worker `--spread` training puts one worker on each node; the second node's raylet is
 SIGKILLed mid-run and the job must still end SUCCEEDED at the requested step count, after Ray
 Train restored a checkpoint at a step above 0. Two Serve replicas, one on each node: the joined
-node dies under 30 s of load through the retrying client and no request is lost."""
+node dies under 30 s of load through the retrying client and no request is lost. A training job
+bigger than the head (its workers reserve their CPUs in their placement group) runs on both nodes;
+when its node dies it waits for capacity, then resumes on a node that joins."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 import httpx
 import numpy as np
@@ -258,3 +261,71 @@ def test_replicas_on_both_nodes_lose_no_request_when_a_node_dies(stack, fresh_no
         while len(replica_pids(settings)) < 2 and time.time() < deadline:
             time.sleep(2)
         assert len(replica_pids(settings)) == 2
+
+
+def test_a_job_bigger_than_any_node_trains_across_nodes_and_waits_for_a_node_after_losing_one(
+        stack, blur_dataset, fresh_node, tmp_path_factory):
+    """4 workers x 2 CPUs + 1.5 = 9.5 admission CPUs: more than the 8-CPU head, within the head and
+    the 2-CPU node together. It is admitted with its reservation split (the entrypoint holds the
+    data and driver share, each worker its 2 CPUs in Ray Train's placement group) and runs a
+    worker on each node. The node is SIGKILLed mid-run: the head alone cannot hold the workers
+    and their data, so the job waits for capacity, saying so, instead of failing; a node joins
+    and the job resumes from its checkpoint and ends SUCCEEDED at its max_steps. Last in the
+    module: the head and this test's own nodes are the only live nodes (the module's node was
+    killed above)."""
+    from cluster.admission import RESOURCE, Ticket, capacity
+    from jobs.manage import job_summary
+    from jobs.training.client import cluster_resources, job_client, submit
+    from jobs.training.spec import TrainSpec
+    from registry.tracking import TAG_CHECKPOINT, TAG_RESTORED, TAG_WAITING
+
+    _, root = fresh_node
+
+    def seen() -> tuple[float, float]:  # both dashboard reports that admission reads list the nodes
+        return capacity(stack.ray_address, stack.ray_auth_headers()).total, cluster_resources(stack).get("CPU", 0.0)
+
+    deadline = time.time() + 180
+    while seen() != (8 + JOIN_CPUS, 8 + JOIN_CPUS) and time.time() < deadline:
+        time.sleep(2)
+    assert seen() == (8 + JOIN_CPUS, 8 + JOIN_CPUS), seen()
+    client, mlflow = job_client(stack), MlflowClient(stack.mlflow_uri)
+    steps = 60
+    spec = TrainSpec(dataset=blur_dataset, variant="autoencoder", config={"nf": 8}, image_size=32, batch_size=2,
+                     lr=1e-3, max_steps=steps, checkpoint_every="4", log_every=1, workers=4, cpus_per_worker=2,
+                     stall_timeout_s=600, model_name="test-multinode-big", experiment="integration")
+    sub = submit(spec, stack)
+    ticket = Ticket.from_metadata(client.get_job_info(sub["job_id"]).metadata)
+    assert ticket.resources == {RESOURCE: 1.5} and ticket.worker_resources == {RESOURCE: 2.0}, ticket
+    raylet = _raylet(root)
+    on_node: list[psutil.Process] = []
+    held, deadline = None, time.time() + 600
+    while not (on_node and held) and time.time() < deadline:  # a worker on the node, a checkpoint held
+        assert str(client.get_job_status(sub["job_id"])).endswith(("RUNNING", "PENDING")), client.get_job_logs(
+            sub["job_id"])[-3000:]
+        on_node = on_node or _train_workers_under(raylet)
+        held = mlflow.get_run(sub["run_id"]).data.tags.get(TAG_CHECKPOINT)
+        time.sleep(1)
+    assert on_node, "no training worker was placed on the joined node"
+    assert "bigger than one node: its 4 workers reserve" in client.get_job_logs(sub["job_id"])
+    step = int(mlflow.get_run(sub["run_id"]).data.metrics.get("step", 0))
+    assert held and step < steps, f"step {step}, checkpoint {held}: too late to lose the node mid-run"
+    os.kill(raylet.pid, signal.SIGKILL)
+
+    deadline = time.time() + 300  # Ray's health checks, Ray Train's restart, then a pending placement
+    while TAG_WAITING not in (tags := mlflow.get_run(sub["run_id"]).data.tags) and time.time() < deadline:
+        assert str(client.get_job_status(sub["job_id"])).endswith("RUNNING"), client.get_job_logs(
+            sub["job_id"])[-3000:]
+        time.sleep(2)
+    assert tags.get(TAG_WAITING, "").startswith("waiting since "), tags
+    info = job_summary(client, stack, sub["job_id"])
+    assert info["status"] == "RUNNING" and info["waiting"] == tags[TAG_WAITING], info
+    assert "waiting for workers" in info["progress"] and "ETA" not in info["progress"], info["progress"]
+
+    with contextmanager(_joined)(stack, tmp_path_factory, "node4"):  # capacity comes back
+        status = wait_job(client, sub["job_id"], timeout=900)
+        logs = client.get_job_logs(sub["job_id"])
+        assert status == "SUCCEEDED", logs[-4000:]
+    run = mlflow.get_run(sub["run_id"])
+    assert int(run.data.metrics["steps_run"]) == steps
+    assert int(held) <= int(run.data.tags[TAG_RESTORED]) < steps  # resumed from its checkpoint, not step 0
+    assert TAG_WAITING not in run.data.tags  # cleared once the workers were placed

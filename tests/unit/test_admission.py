@@ -15,6 +15,7 @@ from cluster.admission import (
     check_options,
     entrypoint_resources,
     node_resources,
+    worker_reservation,
 )
 from cluster.errors import Img2ImgError
 
@@ -95,3 +96,67 @@ def test_preempt_needs_a_priority_with_something_below_it(priority, preempt, ref
             check_preempt(priority, preempt)
     else:
         check_preempt(priority, preempt)
+
+
+def test_a_job_bigger_than_the_largest_node_splits_its_reservation_over_nodes():
+    """4 x 2 CPUs + 1.5 = 9.5 > the 8-CPU head: the entrypoint keeps the data and driver share, each
+    worker reserves its 2 CPUs in its placement group; a job that fits one node is not split."""
+    cap = Capacity(((0.0, 8.0), (0.0, 2.0)))
+    big, small = Footprint(4, 2.0), Footprint(2, 2.0)
+    per_worker = worker_reservation(big, cap)
+    assert per_worker == {RESOURCE: 2.0}
+    assert entrypoint_resources(big, cap, split=True) == {RESOURCE: 1.5}
+    assert worker_reservation(small, cap) == {} and worker_reservation(big, None) == {}
+    gpu = Footprint(3, 3.0, gpus_per_worker=1.0)
+    assert worker_reservation(gpu, Capacity(((0.0, 8.0), (0.0, 4.0)), gpus=3.0)) == {RESOURCE: 3.0, "img2img_gpu": 1.0}
+    assert worker_reservation(gpu, Capacity(((0.0, 8.0), (0.0, 4.0)))) == {RESOURCE: 3.0}
+    # across nodes, only the whole cluster and each worker's node bound it
+    check_fits(big, {"CPU": 10.0}, "http://ray", 0.0, 8.0, across_nodes=True)
+    with pytest.raises(Img2ImgError, match="has 10 CPUs; --workers 5 x --cpus-per-worker 2 = 10 would leave 0"):
+        check_fits(Footprint(5, 2.0), {"CPU": 10.0}, "http://ray", 0.0, 8.0, across_nodes=True)
+    with pytest.raises(Img2ImgError, match="a worker runs on one node, but the largest node .* has 8 CPUs"):
+        check_fits(Footprint(2, 9.0), {"CPU": 20.0}, "http://ray", 0.0, 8.0, across_nodes=True)
+    with pytest.raises(Img2ImgError, match="reserved on one node, but the largest node"):  # not a training job
+        check_fits(big, {"CPU": 10.0}, "http://ray", 0.0, 8.0)
+
+
+def test_a_split_reservation_round_trips_and_counts_the_whole_cluster_for_preemption():
+    from types import SimpleNamespace
+
+    from cluster.preemption import PREEMPTIBLE, victims
+
+    t = Ticket(Footprint(4, 2.0), "high", 60.0, 1.0, "raysubmit_x", {RESOURCE: 1.5}, {RESOURCE: 2.0})
+    back = Ticket.from_metadata({"img2img_admission": t.to_json()})
+    assert back == t and back.split and not Ticket(Footprint(1, 1.0)).split
+    low = Ticket(Footprint(2, 1.0), "low", submitted=0.0)
+    job = SimpleNamespace(status="JobStatus.RUNNING", submission_id="raysubmit_low", start_time=1,
+                          metadata={PREEMPTIBLE: "true", "img2img_admission": low.to_json()})
+    client = SimpleNamespace(list_jobs=lambda: [job])
+    # 6 free on the head and 2 on the node: 8 of 9.5 in the whole cluster; stopping the 3.5 job makes room
+    cap = Capacity(((2.0, 8.0), (0.0, 2.0)))
+    assert [j.submission_id for j, _ in victims(client, t, cap)] == ["raysubmit_low"]
+    assert victims(client, t, Capacity(((0.0, 8.0), (0.0, 2.0)))) == []  # 10 free: it fits already
+
+
+def test_the_queue_counts_the_whole_cluster_for_a_split_job_and_the_largest_node_for_others():
+    from types import SimpleNamespace
+
+    from cluster.queue_view import queue_view
+
+    def pending(job_id, ticket):
+        return SimpleNamespace(status="JobStatus.PENDING", submission_id=job_id, start_time=None,
+                               metadata={"img2img_admission": ticket.to_json()})
+
+    split = Ticket(Footprint(4, 2.0), submitted=1.0, worker_resources={RESOURCE: 2.0})
+    whole = Ticket(Footprint(2, 1.0), submitted=2.0)
+    client = SimpleNamespace(list_jobs=lambda: [pending("raysubmit_a", split), pending("raysubmit_b", whole)])
+    entries = queue_view(client, Capacity(((5.0, 8.0), (0.0, 2.0))), now=10.0)
+    assert [(e.job_id, e.needs, e.free) for e in entries] == [("raysubmit_a", 9.5, 5.0), ("raysubmit_b", 3.5, 3.0)]
+
+
+def test_a_jobs_workers_wait_for_room_up_to_its_queue_timeout_in_all():
+    from jobs.training.client import WORKER_START_TIMEOUT_S, placement_timeout
+    from jobs.training.driver import START_RETRIES
+
+    assert placement_timeout(86400) * (START_RETRIES + 1) == 86400  # three tries of 8 h for the default day
+    assert placement_timeout(60) == WORKER_START_TIMEOUT_S  # never less than a single-node job's

@@ -161,7 +161,17 @@ def test_a_step_that_cannot_fit_beside_the_pipeline_is_refused_with_the_numbers(
         check_nested(spec, cap)
     need = workers * cpus + 1.5
     assert str(e.value).startswith(f"the train step needs {need:g} CPUs"), str(e.value)
-    assert f"{need + 0.25:g} CPUs, but the largest node of the cluster has 4" in str(e.value)
+    # bigger than the node: it would split over nodes, and the whole cluster is too small
+    assert f"{need + 0.25:g} CPUs, but the cluster has 4 CPUs and its largest node 4" in str(e.value)
+
+
+def test_a_train_step_bigger_than_a_node_is_checked_against_the_whole_cluster():
+    from pipelines.client import check_nested
+
+    cap = Capacity(((0.0, 8.0), (0.0, 2.0)))  # 4 x 2 + 1.5 = 9.5 > 8: split over both nodes
+    check_nested(parse({"dataset": "blur", "train": {"workers": 4, "cpus_per_worker": 2.0}}), cap)
+    with pytest.raises(Img2ImgError, match="10.25 CPUs, but the cluster has 10 CPUs and its largest node 8"):
+        check_nested(parse({"dataset": "blur", "train": {"workers": 4, "cpus_per_worker": 2.125}}), cap)
 
 
 @pytest.mark.parametrize("args,message", [
