@@ -76,8 +76,10 @@ def one(variant: str, factors: set[str], steps: int) -> dict:
     out: dict = {}
 
     def loop() -> None:
+        w0 = time.perf_counter()
         for i in range(WARMUP_STEPS):
             v.training_step(batch(i))
+        out["warm_ms"] = 1000 * (time.perf_counter() - w0) / WARMUP_STEPS  # a job's time_step_s counts these too
         f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         t0, c0 = time.perf_counter(), time.thread_time()
         for i in range(steps):
@@ -126,7 +128,7 @@ def main() -> None:
             r = best[case]
             rel = f"  x{base / r['ms']:.2f} of bare" if base else ""
             print(f"{variant:12s} {case:36s} {r['ms']:7.1f} ms/step {r['cpu_ms']:7.1f} cpu ms/step "
-                  f"{r['faults']:7.0f} faults/step{rel}", flush=True)
+                  f"{r['faults']:7.0f} faults/step {r['warm_ms']:7.1f} ms/warm-up step{rel}", flush=True)
 
 
 if __name__ == "__main__":

@@ -270,7 +270,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(spec.cpus_per_worker)))
     # Freed activations stay in the process instead of being page-faulted back in on every step
-    # (translator/allocator.py): 3-14% of a 64 px CPU step (benchmarks/step_gap.py).
+    # (translator/allocator.py): up to 12% of a 64 px CPU step (benchmarks/step_gap.py).
     retain_freed_memory()
     torch.manual_seed(spec.seed + rank)
     device = ray.train.torch.get_device()
