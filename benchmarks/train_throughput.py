@@ -1,6 +1,8 @@
 """Training samples/s per variant, like with like: the Ray Train job against a bare PyTorch loop
 of the SAME precision and memory format (what `translator.precision.training_precision("auto")`
-picks on this machine), the same batch per worker and the same model, over one in-memory batch.
+picks on this machine), the same allocator setting (`translator.allocator.retain_freed_memory`,
+which the job's workers use), the same batch per worker and the same model, over one in-memory
+batch.
 
 - 1 worker (1 CPU) against a bare single-process loop with 1 thread;
 - 2 workers (1 CPU each) against a bare DDP loop: 2 processes, 1 thread each, gloo, the same
@@ -47,9 +49,13 @@ def _batch(variant, batch: int):
 
 
 def _build(variant: str, config: dict):
-    """The variant as a job builds it on this machine's CPU: same precision and memory format."""
+    """The variant as a job builds it on this machine's CPU: same precision, memory format and
+    allocator setting (freed memory kept in the process, as the job's workers keep it)."""
+    from translator.allocator import retain_freed_memory
     from translator.precision import training_precision
     from translator.variants import build_variant
+
+    retain_freed_memory()
 
     amp, channels_last = training_precision("auto", "cpu")
     return build_variant(variant, config, amp=amp, channels_last=channels_last)
