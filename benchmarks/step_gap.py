@@ -1,4 +1,4 @@
-"""Why a training job's step is slower than the bare loop's (issue #40), without Ray: the variant
+"""Why a training job's step is slower than the bare loop's, without Ray: the variant
 built as `benchmarks/train_throughput.py` builds it (same precision and memory format, 1 thread),
 its `training_step` timed with and without each way the job's step differs from the bare loop's.
 

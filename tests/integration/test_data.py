@@ -244,7 +244,7 @@ def test_interrupted_overwrite_keeps_the_old_dataset_and_resumes_to_the_same_dat
     deadline = time.time() + 60
     while len(s.list(dataset_prefix("resumed") + "_ingest/")) < 3 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
-    assert proc.poll() is None, "the ingest ended before it could be interrupted: give it more work"
+    assert proc.poll() is None, f"the ingest ended (exit {proc.returncode}) before it was interrupted: {proc.stderr.read()}"
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: the CLI and its worker processes
     try:
         _, err = proc.communicate(timeout=60)
@@ -283,7 +283,7 @@ def test_ctrl_c_stops_an_ingest_at_once_keeps_finished_shards_and_it_resumes(sta
     deadline = time.time() + 300
     while markers() < 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
-    assert proc.poll() is None, "the ingest ended before it could be interrupted: give it more work"
+    assert proc.poll() is None, f"the ingest ended (exit {proc.returncode}) before it was interrupted: {proc.stderr.read()}"
     finished = markers()
     signalled = time.monotonic()
     (os.killpg if to_group else os.kill)(proc.pid, signal.SIGINT)

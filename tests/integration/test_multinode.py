@@ -273,13 +273,25 @@ def test_a_job_bigger_than_any_node_trains_across_nodes_and_waits_for_a_node_aft
     and the job resumes from its checkpoint and ends SUCCEEDED at its max_steps. Last in the
     module: the head and this test's own nodes are the only live nodes (the module's node was
     killed above)."""
+    from serving.deploy import remove, replica_pids
+
+    _, root = fresh_node
+    with endpoint_restored(stack):
+        # the shared endpoint's replica reserves admission CPUs on the head: with it there, the
+        # head holds 2 of the 4 workers beside the entrypoint, and the 4 could never be placed
+        remove(stack)
+        deadline = time.time() + 150
+        while replica_pids(stack) and time.time() < deadline:
+            time.sleep(2)
+        _bigger_than_any_node(stack, blur_dataset, root, tmp_path_factory)
+
+
+def _bigger_than_any_node(stack, blur_dataset, root, tmp_path_factory) -> None:
     from cluster.admission import RESOURCE, Ticket, capacity
     from jobs.manage import job_summary
     from jobs.training.client import cluster_resources, job_client, submit
     from jobs.training.spec import TrainSpec
     from registry.tracking import TAG_CHECKPOINT, TAG_RESTORED, TAG_WAITING
-
-    _, root = fresh_node
 
     def seen() -> tuple[float, float]:  # both dashboard reports that admission reads list the nodes
         return capacity(stack.ray_address, stack.ray_auth_headers()).total, cluster_resources(stack).get("CPU", 0.0)
