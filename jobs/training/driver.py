@@ -32,10 +32,10 @@ from cluster.settings import Settings, get_settings
 from cluster.storage import Storage, arrow_errors, arrow_filesystem, arrow_unavailable
 from jobs.data.stream import load_dataset, synthesis
 from jobs.training.crops import check_crop, scale_problem
-from jobs.training.finetune import adopt
 from jobs.training.held import TagHeldCheckpoint
 from jobs.training.plan import Cadence, TrainPlan, check_capacity, make_plan
 from jobs.training.preempt import requeue_self
+from jobs.training.resume import check_resume, read_resume
 from jobs.training.spec import TrainSpec
 from jobs.training.stopping import STARTED, JobStopped, check_not_cancelled, mark_ended, on_stop
 from jobs.training.watch import Watch
@@ -105,60 +105,6 @@ def plan_job(spec: TrainSpec, settings: Settings, resources: dict[str, float] | 
 def check_resources(spec: TrainSpec, resources: dict[str, float], where: str, serve_cpus: float = 0.0) -> None:
     """`jobs.training.plan.check_capacity` for a training request (raises Img2ImgError with the fix)."""
     check_capacity(spec.workers, spec.cpus_per_worker, spec.use_gpu, resources, where, serve_cpus)
-
-
-def read_resume(spec: TrainSpec, settings: Settings) -> tuple[str, dict]:
-    """The newest checkpoint of run `spec.resume` and its meta.json ({} if unreadable), after
-    `apply_resume` has filled the spec from it. Raises Img2ImgError (see `apply_resume`)."""
-    path = latest_checkpoint(settings, spec.resume)
-    try:
-        meta = json.loads(Storage(settings).get_bytes(path.split("/", 1)[1] + "/meta.json"))
-    except Exception:
-        meta = {}
-    apply_resume(spec, meta)
-    return path, meta
-
-
-def apply_resume(spec: TrainSpec, meta: dict) -> None:
-    """--resume continues a run with its networks and optimisers, so, as `--init-from` does, the
-    checkpoint's variant and config (`meta`: its meta.json) fill what the request leaves unset
-    (`spec.variant` "" and absent `--set` keys); settings that change no network (lr, batch
-    size, crops, schedule) may differ. Raises Img2ImgError for another variant, a different
-    architecture, or an unknown variant with none given."""
-    run, had = spec.resume, meta.get("variant")
-    if not had:
-        if not spec.variant:
-            raise Img2ImgError(f"run {run}'s checkpoint does not record its variant; pass --variant")
-        return
-    adopt(spec, had, meta.get("config") or {}, f"--resume {run}", "the checkpoint")
-
-
-def check_resume(spec: TrainSpec, plan: TrainPlan, resume: tuple[str, dict] | None) -> str | None:
-    """The checkpoint --resume continues from (refused now if already at the end)."""
-    if resume is None:
-        return None
-    path, meta = resume
-    step = int(meta.get("step", 0) or 0)
-    if step >= plan.total_steps:
-        raise Img2ImgError(f"run {spec.resume}'s last checkpoint is at step {step}, but this request stops at step "
-                           f"{plan.total_steps}; raise --max-steps/--epochs above {step}")
-    return path
-
-
-def checkpoint_prefix(settings: Settings, run_id: str) -> str:
-    return f"{settings.bucket}/checkpoints/{run_id}"
-
-
-def latest_checkpoint(settings: Settings, run_id: str) -> str:
-    """Path (`bucket/checkpoints/RUN/checkpoint_...`) of the newest checkpoint an earlier run
-    stored (for --resume; the workers open it with the store's filesystem)."""
-    storage = Storage(settings)
-    dirs = sorted({o.key.split("/")[2] for o in storage.list(f"checkpoints/{run_id}/")
-                   if o.key.split("/")[2].startswith("checkpoint_") and o.key.endswith("state.pt")})
-    if not dirs:
-        raise Img2ImgError(f"run {run_id!r} has no checkpoint to resume from (see `img2img jobs ls` for run ids "
-                           "of finished jobs)")
-    return f"{checkpoint_prefix(settings, run_id)}/{dirs[-1]}"
 
 
 def val_streams(manifest: Manifest) -> list[str]:

@@ -14,8 +14,9 @@ import torch
 from cluster.errors import Img2ImgError
 from jobs.manage import outcome_error
 from jobs.training.crops import crop_problem
-from jobs.training.driver import apply_resume, val_streams
+from jobs.training.driver import val_streams
 from jobs.training.plan import Cadence, make_plan
+from jobs.training.resume import apply_resume
 from jobs.training.spec import TrainSpec
 from jobs.training.worker import WorkerJob
 from registry.manifest import Manifest, Shard

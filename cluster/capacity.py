@@ -1,0 +1,84 @@
+"""The cluster's admission capacity as the Ray dashboard reports it: the admission resource
+(`img2img_cpu`, and `img2img_gpu`) each live node advertises, and how much of it is reserved
+(`cluster.admission` reserves it; `cluster.queue_view` and the clients read it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+import tenacity
+
+from cluster.errors import Img2ImgError
+
+RESOURCE, GPU_RESOURCE = "img2img_cpu", "img2img_gpu"
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")  # the dashboard's JSON camel-cases resource names
+    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Admission CPUs (and GPUs) of the cluster's live nodes: `per_node` [(reserved, total)]."""
+
+    per_node: tuple[tuple[float, float], ...]
+    gpus: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return sum(t for _, t in self.per_node)
+
+    @property
+    def free(self) -> float:
+        return sum(max(t - u, 0.0) for u, t in self.per_node)
+
+    @property
+    def largest(self) -> float:
+        return max((t for _, t in self.per_node), default=0.0)
+
+    @property
+    def largest_free(self) -> float:
+        return max((t - u for u, t in self.per_node), default=0.0)
+
+
+REPORT_WAIT_S = 30.0  # a head that has just started reports its nodes' resources after a few seconds
+
+
+class _NoReport(Exception):  # the dashboard did not answer, or its report lists no node yet
+    pass
+
+
+def _load_report(ray_address: str, headers: dict) -> dict:
+    url = ray_address.rstrip("/") + "/api/cluster_status"
+    try:
+        report = httpx.get(url, params={"format": "0"}, headers=headers, timeout=10).json()[
+            "data"]["clusterStatus"]["loadMetricsReport"]
+    except Exception as e:
+        raise _NoReport(f"{type(e).__name__}: {e}") from None
+    if not report.get("usageByNode"):
+        raise _NoReport("no node reported yet")
+    return report
+
+
+def capacity(ray_address: str, headers: dict, wait_s: float = REPORT_WAIT_S) -> Capacity | None:
+    """The cluster's admission resources from the dashboard; None when its nodes advertise none
+    (started without them: no queue). Read again for up to `wait_s` s while the dashboard does not
+    answer or lists no node yet (a fresh head): a job submitted unreserved would start beside
+    others and starve them. Raises Img2ImgError when it still cannot be read."""
+    try:
+        report = tenacity.Retrying(retry=tenacity.retry_if_exception_type(_NoReport),
+                                   stop=tenacity.stop_after_delay(wait_s), wait=tenacity.wait_fixed(1),
+                                   reraise=True)(_load_report, ray_address, headers)
+    except _NoReport as e:
+        raise Img2ImgError(f"the Ray dashboard at {ray_address} did not report the cluster's resources within "
+                           f"{wait_s:.0f} s ({e}), so the job cannot be queued safely; try again") from None
+    nodes = []
+    for usage in report["usageByNode"].values():
+        used, total = usage.get(_camel(RESOURCE)) or usage.get(RESOURCE) or (0.0, 0.0)
+        nodes.append((float(used), float(total)))
+    if not any(t for _, t in nodes):
+        return None
+    gpu = (report.get("usage") or {}).get(_camel(GPU_RESOURCE)) or (0.0, 0.0)  # (used, total)
+    return Capacity(tuple(nodes), float(gpu[1]))
