@@ -4,6 +4,7 @@ free ports under a temp state dir, once per session, and stop it at the end."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 from pathlib import Path
 
@@ -27,6 +28,16 @@ def stack_env(state_dir: Path) -> dict[str, str]:
         "IMG2IMG_SERVE_URL": f"http://127.0.0.1:{free_port()}",
         "IMG2IMG_RAY_NUM_CPUS": "8",
     }
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_reaches_children():
+    """Each test starts with Ctrl-C (SIGINT) handled as Python's default, never ignored: an ignored
+    SIGINT is inherited through exec by every CLI a test starts, which then cannot be
+    interrupted (and something the suite runs earlier, in-process, can leave it ignored)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
 
 
 @pytest.fixture(scope="session")

@@ -233,9 +233,7 @@ def test_interrupted_overwrite_keeps_the_old_dataset_and_resumes_to_the_same_dat
     assert cli("data", "ingest", first, "--name", "resumed", "--size", "32").exit_code == 0
     s = Storage(stack)
     old = read_manifest(s, "resumed")
-    # one row a shard: 120 shards, so the ingest is still running when the poll (slow on a loaded
-    # machine) sees the first ones finished
-    args = [str(src), "--name", "resumed", "--size", "32", "--copies", "3", "--shard-rows", "1", "--workers", "1",
+    args = [str(src), "--name", "resumed", "--size", "32", "--copies", "3", "--shard-rows", "4", "--workers", "1",
             "--overwrite"]
     proc = subprocess.Popen([sys.executable, "-m", "img2img_cli", "data", "ingest", *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy(),
@@ -273,8 +271,7 @@ def test_ctrl_c_stops_an_ingest_at_once_keeps_finished_shards_and_it_resumes(sta
     for i in range(60):
         photo(200 + i, (256, 256)).save(src / f"{i:02d}.png")
     name = "ctrl-c-group" if to_group else "ctrl-c-cli"
-    # one row a shard (240): still running when the poll, slow on a loaded machine, sees two finished
-    args = [str(src), "--name", name, "--size", "96", "--copies", "4", "--shard-rows", "1", "--workers", "2"]
+    args = [str(src), "--name", name, "--size", "96", "--copies", "4", "--shard-rows", "8", "--workers", "2"]
     proc = subprocess.Popen([sys.executable, "-m", "img2img_cli", "data", "ingest", *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy(),
                             start_new_session=True, text=True)
