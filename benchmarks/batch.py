@@ -12,7 +12,8 @@ local temp folder), then for each worker count W:
   batch runs it), and the local files sent by `serving.client.enhance_files` with 2 x W requests
   in flight, outputs written locally; images/s over the loop's wall time (the deploy, i.e. the
   model load, not included).
-The ratio is batch / endpoint images/s; the steady ratio, batch steady / endpoint. NOTE: it redeploys the stack's endpoint with the benchmarked model.
+The ratio is batch / endpoint images/s; the steady ratio, batch steady / endpoint. NOTE: it removes the stack's endpoint
+before each batch run and redeploys it with the benchmarked model for the endpoint run.
 
 Run (a stack up, a registered model): `python benchmarks/batch.py --model NAME/VERSION [--images 24] [--size 256]`
 """
@@ -33,7 +34,9 @@ sys.path.insert(0, str(ROOT))  # run as a file
 
 def batch_rate(settings, model: str, workers: int) -> dict:
     from jobs.batch import client
+    from serving.deploy import remove
 
+    remove(settings)  # the endpoint's replicas would hold CPUs the batch job's workers need (equal CPUs)
     out = f"bench-batch/out-{workers}w-{int(time.time())}/"
     req = client.prepare(settings, f"s3://{settings.bucket}/bench-batch/in/", f"s3://{settings.bucket}/{out}",
                          model, workers=workers)

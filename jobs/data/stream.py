@@ -2,12 +2,17 @@
 
 Shards are read straight from S3 through a pyarrow filesystem built from the settings; PNG
 decoding and random crop/flip augmentation run in `map_batches`, beside training, so nothing
-is downloaded in full first.
+is downloaded in full first. A training split whose decoded pixels fit a share of the cluster's
+object store memory is decoded ONCE and kept there (`load_dataset`'s `cache_bytes`): every pass
+then only crops, flips and converts, instead of decoding every PNG again on the CPUs the
+training shares (`benchmarks/decode_formats.py`: a 256 px pair decodes at ~270-360 pairs/s per
+core, its crop from decoded pixels at ~50,000).
 """
 
 from __future__ import annotations
 
 import io
+import logging
 
 import numpy as np
 import ray.data
@@ -19,6 +24,8 @@ from cluster.storage import Storage, arrow_filesystem
 from registry.manifest import Manifest, dataset_prefix, read_manifest
 from translator import degrade as degradations
 from translator.images import read_picture
+
+log = logging.getLogger("jobs.data.stream")
 
 # Target pixels of context kept on each side of a crop, where the stored image has them, when its
 # input is synthesised: the blur at the crop's edge then sees real neighbours, not a mirror.
@@ -34,6 +41,12 @@ def _decode_pixels(png: bytes) -> np.ndarray:
         pic = read_picture(png)
         return (pic.pixels * np.float32(pic.scale / 65535)).astype(np.float32)
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def _pixels(value) -> np.ndarray:
+    """A stored image as a stream row holds it -> HxWx3 pixels: PNG bytes are decoded
+    (`_decode_pixels`); a cached stream's rows are already decoded and pass as they are."""
+    return value if isinstance(value, np.ndarray) and value.ndim == 3 else _decode_pixels(value)
 
 
 def _unit(pixels: np.ndarray) -> np.ndarray:
@@ -75,7 +88,7 @@ class DecodeBatch:
     """
 
     def __init__(self, columns: list[str], image_size: int | None, augment: bool, rotate: bool = False,
-                 degrade: str | None = None):
+                 degrade: str | None = None, cache_bytes: int = 0):
         self.columns, self.image_size, self.augment, self.rotate = columns, image_size, augment, rotate
         self.degradation = degradations.parse(degrade) if degrade and augment else None
         self.scale = degradations.scale_of(degrade) if self.degradation else 1
@@ -114,9 +127,9 @@ class DecodeBatch:
             flip = self.augment and self.rng.random() < 0.5
             turns = int(self.rng.integers(0, 4)) if self.augment and self.rotate else 0
             if self.degradation is not None:
-                crops = self._synthesise(_decode_pixels(batch["target"][i]))
+                crops = self._synthesise(_pixels(batch["target"][i]))
             else:
-                crops = self._cut([_decode_pixels(batch[c][i]) for c in self.columns])
+                crops = self._cut([_pixels(batch[c][i]) for c in self.columns])
             for c, arr in zip(self.columns, crops):
                 if flip:
                     arr = arr[:, ::-1]
@@ -137,6 +150,35 @@ class DecodeBatch:
             n = pair_scale(decoded[0].shape, arr.shape)  # 1, or the target's N of an N-times SR pair
             out.append(arr[n * top:n * (top + h), n * left:n * (left + w)])
         return out
+
+
+class DecodeRows:
+    """numpy batch of PNG bytes -> the same rows decoded (`_decode_pixels`: HxWx3 uint8 for an
+    8-bit shard, float32 in [0, 1] for a 16-bit one), what a cached stream keeps in the object
+    store; `DecodeBatch` crops them as it crops PNG bytes."""
+
+    def __init__(self, columns: list[str]):
+        self.columns = columns
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {c: [_decode_pixels(v) for v in batch[c]] for c in self.columns}
+        return {"key": np.asarray(batch["key"]), **out}
+
+
+def decoded_bytes(manifest: Manifest, split: str, columns: list[str], domain: str | None = None) -> int | None:
+    """Bytes of a split's `columns` decoded at 8 bits (rows x stored side^2 x 3 each; a
+    super-resolution input counted at its target's size, an overestimate); None for a dataset
+    that kept its images' own sizes (`--size 0`), whose size the manifest does not give."""
+    if manifest.image_size is None:
+        return None
+    rows = sum(s.rows for s in manifest.shards(split, domain))
+    return rows * len(columns) * manifest.image_size ** 2 * 3
+
+
+def cache_budget(share: float = 0.2) -> int:
+    """`share` of the Ray cluster's object store memory in bytes (0 when Ray does not say): what
+    one training stream's decoded pixels may hold (`load_dataset`'s `cache_bytes`)."""
+    return int(share * float(ray.cluster_resources().get("object_store_memory", 0)))
 
 
 def check_shards(storage: Storage, manifest: Manifest, split: str, domain: str | None = None) -> list[str]:
@@ -183,7 +225,7 @@ def read_parquet_v1(paths: list[str], filesystem):
 def load_dataset(name: str, split: str = "train", settings: Settings | None = None, *,
                  image_size: int | None = None, augment: bool | None = None, domain: str | None = None,
                  batch_size: int = 16, rotate: bool = False, decode: bool = True, repeat: int = 1,
-                 degrade: str | None = None):
+                 degrade: str | None = None, cache_bytes: int = 0):
     """-> ray.data.Dataset of {"key", "input", "target"} (paired) or {"key", "image"} for one
     domain ("a" or "b") of an unpaired dataset; images float32 NCHW in [-1, 1].
     augment (default: on for "train"): random crops and flips; `rotate` adds 90-degree turns.
@@ -193,7 +235,10 @@ def load_dataset(name: str, split: str = "train", settings: Settings | None = No
     choosing which rows a worker keeps). repeat: each pass over the stream reads every row this
     many times (each time with its own random crop), so a small split makes fewer, longer passes.
     degrade: a paired training stream's inputs synthesised from its targets with this spec
-    (`DecodeBatch`; resolve the variant's `degrade` setting with `synthesis` first)."""
+    (`DecodeBatch`; resolve the variant's `degrade` setting with `synthesis` first).
+    cache_bytes: when the split's decoded pixels (`decoded_bytes`) fit in it, they are decoded
+    once, here, and kept in Ray's object store for the dataset's life (`cache_budget` gives a
+    share of it); every read then crops from them. 0: every read decodes the PNGs again."""
 
     settings = settings or get_settings()
     storage = Storage(settings)
@@ -204,10 +249,15 @@ def load_dataset(name: str, split: str = "train", settings: Settings | None = No
         raise Img2ImgError(f"dataset {name!r} is paired: it has no domains")
     paths = check_shards(storage, manifest, split, domain)
     columns = ["input", "target"] if manifest.kind == "paired" else ["image"]
-    ds = read_parquet_v1(paths * max(1, repeat), arrow_filesystem(settings)).select_columns(["key", *columns])
     if not decode:
-        return ds
+        return read_parquet_v1(paths * max(1, repeat), arrow_filesystem(settings)).select_columns(["key", *columns])
     decoder = DecodeBatch(columns, image_size, split == "train" if augment is None else augment, rotate, degrade)
+    # a synthesised input is never read: only the targets are worth keeping
+    needed = ["target"] if decoder.degradation is not None else columns
+    size = decoded_bytes(manifest, split, needed, domain)
+    ds = _decoded_once(paths, settings, needed, size, cache_bytes, repeat) if size and size <= cache_bytes else None
+    if ds is None:
+        ds = read_parquet_v1(paths * max(1, repeat), arrow_filesystem(settings)).select_columns(["key", *columns])
     if image_size is None and manifest.image_size is None:
         batch_size = 1  # whole images of an `--size 0` dataset differ in size: one a batch, never stacked
     return ds.map_batches(decoder, batch_format="numpy", batch_size=batch_size)
@@ -233,3 +283,21 @@ def synthesis(setting: str, manifest: Manifest) -> str | None:
         raise Img2ImgError(f"--set degrade={setting} makes {made}, and dataset {manifest.name!r} holds {held}; "
                            "use a spec of the dataset's scale")
     return setting
+
+
+def _decoded_once(paths: list[str], settings: Settings, columns: list[str], estimate: int, cache_bytes: int,
+                  repeat: int):
+    """The split's rows decoded once and kept in the object store, read `repeat` times a pass
+    (Dataset.union of the one materialized copy) -> Dataset, or None when the decoded rows came
+    out over twice `cache_bytes` (16-bit shards decode to float32, 4 bytes a channel): the
+    stream then decodes on every read, as without a cache."""
+    base = read_parquet_v1(paths, arrow_filesystem(settings)).select_columns(["key", *columns])
+    base = base.map_batches(DecodeRows(columns), batch_format="numpy", batch_size=16).materialize()
+    held = base.size_bytes()
+    if held > 2 * max(cache_bytes, estimate):
+        log.warning("decoded training rows take %.0f MB, over the cache's %.0f MB: decoding on every read",
+                    held / 1e6, cache_bytes / 1e6)
+        return None
+    log.info("training rows decoded once: %.0f MB kept in the object store, read %d time(s) a pass",
+             held / 1e6, max(1, repeat))
+    return base.union(*[base] * (max(1, repeat) - 1)) if repeat > 1 else base

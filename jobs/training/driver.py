@@ -30,7 +30,7 @@ from cluster.errors import Img2ImgError
 from cluster.services import driver_args
 from cluster.settings import Settings, get_settings
 from cluster.storage import Storage, arrow_errors, arrow_filesystem, arrow_unavailable
-from jobs.data.stream import load_dataset, synthesis
+from jobs.data.stream import cache_budget, load_dataset, synthesis
 from jobs.training.crops import check_crop, scale_problem
 from jobs.training.held import TagHeldCheckpoint
 from jobs.training.plan import Cadence, TrainPlan, check_capacity, make_plan
@@ -148,10 +148,11 @@ def datasets_for(spec: TrainSpec, manifest: Manifest, settings: Settings, image_
     if manifest.kind == "paired":
         made = synthesis(spec.variant_config().degrade, manifest)
         out = {"train": load("train", image_size=image_size, rotate=rotate, repeat=reads("train"),
-                             degrade=made).randomize_block_order()}
-    else:
+                             degrade=made, cache_bytes=cache_budget()).randomize_block_order()}
+    else:  # two streams share the cache's budget
         out = {f"train_{d}": load("train", image_size=image_size, domain=d, rotate=rotate,
-                                  repeat=reads(f"train_{d}", d)).randomize_block_order()
+                                  repeat=reads(f"train_{d}", d), cache_bytes=cache_budget() // 2
+                                  ).randomize_block_order()
                for d in "ab"}
     for stream in val_streams(manifest):
         # undecoded: every worker reads every val row and decodes only the ones it scores (train_loop.validate)

@@ -315,12 +315,17 @@ def ray_client(stack):
     ray.shutdown()
 
 
-def test_stream_shapes_ranges_and_each_pair_once_per_epoch_across_two_workers(stack, cli, ray_client):
+@pytest.mark.parametrize("cache_bytes,repeat", [(0, 1), (10**9, 1), (10**9, 2)],
+                         ids=["png-each-read", "decoded-once", "decoded-once-read-twice"])
+def test_stream_shapes_ranges_and_each_pair_once_per_epoch_across_two_workers(stack, cli, ray_client, cache_bytes,
+                                                                              repeat):
+    """The same stream whether each read decodes the PNGs or crops the pixels decoded once and
+    kept in the object store: every pair `repeat` times a pass, split between two workers."""
     import ray
 
     from jobs.data.stream import load_dataset
 
-    ds = load_dataset("sample", "train", stack, image_size=32, batch_size=4)
+    ds = load_dataset("sample", "train", stack, image_size=32, batch_size=4, cache_bytes=cache_bytes, repeat=repeat)
     batch = ds.take_batch(4)
     assert batch["input"].shape == (4, 3, 32, 32) and batch["target"].dtype == np.float32
     assert -1.0 <= batch["input"].min() and batch["input"].max() <= 1.0
@@ -333,7 +338,7 @@ def test_stream_shapes_ranges_and_each_pair_once_per_epoch_across_two_workers(st
     for _epoch in range(2):
         splits = ds.streaming_split(2, equal=False)
         keys = [k for ks in ray.get([consume.remote(s) for s in splits]) for k in ks]
-        assert len(keys) == n and len(set(keys)) == n
+        assert len(keys) == n * repeat and len(set(keys)) == n
 
 
 def test_whole_images_of_different_sizes_stream_for_validation(stack, cli, ray_client, tmp_path):

@@ -83,8 +83,11 @@ def _png(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def test_paired_crops_cut_and_flip_input_and_target_alike():
-    from jobs.data.stream import DecodeBatch
+@pytest.mark.parametrize("cached", [False, True], ids=["png-each-read", "decoded-once"])
+def test_paired_crops_cut_and_flip_input_and_target_alike(cached):
+    """The same crops and flips whether a read decodes the stored PNGs or crops the pixels a
+    cached stream decoded once (`DecodeRows`)."""
+    from jobs.data.stream import DecodeBatch, DecodeRows
 
     h, w, s = 24, 40, 16
     # red counts rows, green columns: every pixel unique, so a crop's position and a flip show
@@ -94,6 +97,9 @@ def test_paired_crops_cut_and_flip_input_and_target_alike():
     n = 64
     batch = {"key": np.array([f"k{i}" for i in range(n)]), "input": np.array([_png(src)] * n, dtype=object),
              "target": np.array([_png(target)] * n, dtype=object)}
+    if cached:
+        batch = DecodeRows(["input", "target"])(batch)
+        assert batch["input"][0].dtype == np.uint8 and batch["input"][0].shape == (h, w, 3)
     out = DecodeBatch(["input", "target"], s, augment=True)(batch)
     assert out["input"].shape == out["target"].shape == (n, 3, s, s) and out["input"].dtype == np.float32
     np.testing.assert_allclose(out["target"], -out["input"], atol=1e-6)  # same crop, same flip
@@ -108,6 +114,19 @@ def test_paired_crops_cut_and_flip_input_and_target_alike():
     assert flips == {False, True} and len(boxes) > 8  # random crops and flips, not one fixed cut
     val = DecodeBatch(["input", "target"], s, augment=False)(batch)
     np.testing.assert_allclose(val["input"][0].transpose(1, 2, 0), full[4:20, 12:28], atol=1e-6)  # centre crop
+
+
+def test_a_cache_is_sized_from_the_manifest():
+    from jobs.data.stream import decoded_bytes
+    from registry.manifest import Manifest, Shard
+
+    shards = {"train": [Shard("train/a.parquet", 10, "x", 1), Shard("train/b.parquet", 6, "y", 1)],
+              "val": [Shard("val/a.parquet", 3, "z", 1)]}
+    m = Manifest("d", "paired", "synth", "", "", 64, None, 0, splits=shards)
+    assert decoded_bytes(m, "train", ["input", "target"]) == 16 * 2 * 64 * 64 * 3
+    assert decoded_bytes(m, "val", ["target"]) == 3 * 64 * 64 * 3
+    m.image_size = None  # --size 0: sizes vary, nothing to size a cache by
+    assert decoded_bytes(m, "train", ["input", "target"]) is None
 
 
 def test_d4_augmentation_turns_input_and_target_alike_through_all_eight_orientations():
