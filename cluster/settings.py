@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     mlflow_uri: str = Field("http://127.0.0.1:5000", validation_alias=_alias("MLFLOW_URI", "MLFLOW_TRACKING_URI"))
     ray_address: str = Field("http://127.0.0.1:8265", description="Ray dashboard / Jobs API")
     ray_num_cpus: int = Field(4, description="logical CPUs of the embedded Ray head")
+    decode_cache_share: float = Field(0.2, ge=0, le=0.8, description="share of the Ray cluster's object store "
+                                      "memory a training split's decoded pixels may take to be decoded once and "
+                                      "kept there (0: decode the PNGs on every read; docs/training.md)")
     serve_url: str = Field("http://127.0.0.1:8000", description="Ray Serve HTTP endpoint")
     serve_api_key: SecretStr | None = Field(None, description="required on /enhance when set")
     serve_ingress: Literal["auto", "haproxy", "proxy"] = Field(
@@ -124,6 +127,7 @@ class Settings(BaseSettings):
         return {"IMG2IMG_S3_ENDPOINT": self.s3_endpoint, "IMG2IMG_S3_SECURE": str(self.s3_secure).lower(),
                 "IMG2IMG_BUCKET": self.bucket, "IMG2IMG_MLFLOW_URI": self.mlflow_uri,
                 "IMG2IMG_S3_MAX_ATTEMPTS": str(self.s3_max_attempts),
+                "IMG2IMG_DECODE_CACHE_SHARE": str(self.decode_cache_share),
                 "RAY_API_SERVER_ADDRESS": self.ray_address}
 
     def ray_token_file(self) -> Path | None:

@@ -175,9 +175,10 @@ def decoded_bytes(manifest: Manifest, split: str, columns: list[str], domain: st
     return rows * len(columns) * manifest.image_size ** 2 * 3
 
 
-def cache_budget(share: float = 0.2) -> int:
-    """`share` of the Ray cluster's object store memory in bytes (0 when Ray does not say): what
-    one training stream's decoded pixels may hold (`load_dataset`'s `cache_bytes`)."""
+def cache_budget(share: float) -> int:
+    """`share` (0-1; the setting IMG2IMG_DECODE_CACHE_SHARE) of the Ray cluster's object store
+    memory in bytes (0 when Ray does not say): what one training stream's decoded pixels may hold
+    (`load_dataset`'s `cache_bytes`)."""
     return int(share * float(ray.cluster_resources().get("object_store_memory", 0)))
 
 
@@ -298,6 +299,7 @@ def _decoded_once(paths: list[str], settings: Settings, columns: list[str], esti
         log.warning("decoded training rows take %.0f MB, over the cache's %.0f MB: decoding on every read",
                     held / 1e6, cache_bytes / 1e6)
         return None
-    log.info("training rows decoded once: %.0f MB kept in the object store, read %d time(s) a pass",
-             held / 1e6, max(1, repeat))
+    # printed, not logged: job drivers log warnings only, and this belongs in the job's log
+    print(f"training rows decoded once: {held / 1e6:.0f} MB kept in the object store, read {max(1, repeat)} "
+          "time(s) a pass", flush=True)
     return base.union(*[base] * (max(1, repeat) - 1)) if repeat > 1 else base

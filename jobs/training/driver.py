@@ -145,14 +145,14 @@ def datasets_for(spec: TrainSpec, manifest: Manifest, settings: Settings, image_
     rows = stream_rows(manifest, "train")
     reads = lambda stream, domain=None: reads_per_pass(  # noqa: E731
         rows[stream], spec.workers, len(manifest.shards("train", domain)), job_rows)
+    cache = cache_budget(settings.decode_cache_share)  # decoded once when a split fits (load_dataset)
     if manifest.kind == "paired":
         made = synthesis(spec.variant_config().degrade, manifest)
         out = {"train": load("train", image_size=image_size, rotate=rotate, repeat=reads("train"),
-                             degrade=made, cache_bytes=cache_budget()).randomize_block_order()}
-    else:  # two streams share the cache's budget
+                             degrade=made, cache_bytes=cache).randomize_block_order()}
+    else:  # the two domains' streams share the budget
         out = {f"train_{d}": load("train", image_size=image_size, domain=d, rotate=rotate,
-                                  repeat=reads(f"train_{d}", d), cache_bytes=cache_budget() // 2
-                                  ).randomize_block_order()
+                                  repeat=reads(f"train_{d}", d), cache_bytes=cache // 2).randomize_block_order()
                for d in "ab"}
     for stream in val_streams(manifest):
         # undecoded: every worker reads every val row and decodes only the ones it scores (train_loop.validate)

@@ -324,6 +324,7 @@ def test_job_environment_carries_no_secret():
     env = s.job_env()
     assert env["IMG2IMG_S3_ENDPOINT"] == "store:9000" and env["IMG2IMG_MLFLOW_URI"] == "http://mlflow:5000"
     assert env["RAY_API_SERVER_ADDRESS"] == "http://ray:8265"
+    assert env["IMG2IMG_DECODE_CACHE_SHARE"] == "0.2"  # the driver sizes its decode cache with it
     assert not any("not-logged" in v for v in env.values())
 
 
