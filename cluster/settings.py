@@ -212,3 +212,18 @@ def get_settings(**overrides) -> Settings:
         raise Img2ImgError("configuration error: " + "; ".join(problems)) from None
     settings.apply_mlflow_env()
     return settings
+
+
+def _apply_mlflow_env_on_import() -> None:
+    """Every process of ours imports this module (CLIs, job drivers, Ray Train workers, Serve
+    replicas), and some of them call MLflow without building settings first (a worker's run
+    logger, a replica loading its model): the credentials of an MLflow with basic auth reach
+    them here, read from the state dir like the S3 keys. A bad configuration is reported by
+    `get_settings` where it is used, not here."""
+    try:
+        Settings().apply_mlflow_env()
+    except (ValidationError, OSError, ValueError, KeyError):
+        pass
+
+
+_apply_mlflow_env_on_import()

@@ -213,6 +213,25 @@ print("PROBE " + json.dumps(ray.get(probe.options(scheduling_strategy=NodeAffini
 '''
 
 
+def test_a_tiny_training_through_the_exposed_stack(exposed, monkeypatch):
+    """`img2img data ingest` and `img2img train --max-steps 2` as a user runs them: the job's
+    processes reach S3 and MLflow at the host (its runtime env) and register the model."""
+    from mlflow.tracking import MlflowClient
+
+    env, s, _ = exposed
+    r = img2img(env, "data", "ingest", "--sample", "--name", "tiny", "--size", "32", "--crops", "1", timeout=200)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = img2img(env, "train", "--dataset", "tiny", "--variant", "autoencoder", "--set", "nf=8", "--image-size", "32",
+                "--batch-size", "4", "--cpus-per-worker", "0.5", "--workers", "1", "--max-steps", "2", "--follow",
+                timeout=400)
+    assert r.returncode == 0 and "SUCCEEDED" in r.stdout, r.stdout + r.stderr
+    user, password = s.mlflow_credentials()
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+    versions = MlflowClient(at(s.mlflow_uri, HOST)).search_model_versions("name='tiny'")
+    assert [v.version for v in versions] == ["1"]
+
+
 def test_down_stops_every_process_of_the_stack(exposed):
     env, s, _ = exposed
     state = json.loads((s.state_path / "stack.json").read_text())
