@@ -68,15 +68,20 @@ def exposure_lines(settings: Settings, host: str, gcs_port: int | None) -> list[
     dashboard = _with_host(settings.ray_address, host)
     creds = settings.state_path / CREDENTIALS_FILE
     serve_host = urlparse(settings.serve_url).hostname
+    elsewhere = "not started by this stack: other machines use it there as configured"
     lines = [
         f"Ray: dashboard / Jobs API {dashboard} (listening on 0.0.0.0) and GCS {host}:{gcs_port} (Ray listens on "
         f"every interface), both with token auth ({settings.ray_token_path}); other machines join with "
-        f"`img2img stack join --head {dashboard}`",
+        f"`img2img stack join --head {dashboard}`"
+        if settings.is_local(settings.ray_address) else f"Ray: {settings.ray_address} ({elsewhere})",
         f"S3: http://{host}:{s3_port} (a forwarder bound to {host} only, to the S3 API on 127.0.0.1), "
-        f"access keys required ({creds})",
+        f"access keys required ({creds})"
+        if settings.is_local(settings.s3_endpoint) else f"S3: {settings.s3_url} ({elsewhere})",
         f"MLflow: http://{host}:{mlflow_port} (listening on 0.0.0.0, Host header {host}:{mlflow_port}, "
-        f"127.0.0.1:{mlflow_port} or localhost:{mlflow_port}), basic auth (user and password in {creds})",
-        "Loopback only (127.0.0.1): the S3 store's master, volume, filer and gRPC ports (no auth)",
+        f"127.0.0.1:{mlflow_port} or localhost:{mlflow_port}), basic auth (user and password in {creds})"
+        if settings.is_local(settings.mlflow_uri) else f"MLflow: {settings.mlflow_uri} ({elsewhere})",
+        "Loopback only (127.0.0.1): the S3 store's master, volume, filer and gRPC ports (no auth)"
+        if settings.is_local(settings.s3_endpoint) else "Loopback only (127.0.0.1): nothing of the S3 store runs here",
     ]
     if serve_host == host:
         lines.append(f"Serve endpoint: {settings.serve_url} (IMG2IMG_SERVE_URL names {host}; "

@@ -118,3 +118,11 @@ def test_exposure_lines_say_where_and_how_and_name_no_secret(state):
     assert not any("not-logged" in line for line in lines)
     on_host = exposure_lines(s.model_copy(update={"serve_url": "http://10.0.0.5:8400"}), "10.0.0.5", 6380)
     assert len(on_host) == 5 and on_host[-1].startswith("Serve endpoint: http://10.0.0.5:8400")
+
+
+def test_exposure_lines_name_services_elsewhere_as_they_are(state):
+    s = Settings(s3_endpoint="https://minio.example:9000", mlflow_uri="http://127.0.0.1:5100",
+                 ray_address="http://127.0.0.1:8300")
+    ray, s3, mlflow, _ = exposure_lines(s, "10.0.0.5", 6380)
+    assert s3 == "S3: https://minio.example:9000 (not started by this stack: other machines use it there as configured)"
+    assert mlflow.startswith("MLflow: http://10.0.0.5:5100") and ray.startswith("Ray: dashboard / Jobs API")
