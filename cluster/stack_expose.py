@@ -141,20 +141,21 @@ class StackExpose:
 
     def mlflow_auth(self, host: str) -> tuple[list[str], dict[str, str]]:
         """The `mlflow server` arguments and environment for its basic-auth app exposed with `host`
-        (the server then listens on 0.0.0.0):
-        the auth config (admin user and password, the users' database) in an ini file of mode 0600
-        under the state dir."""
+        (the server then listens on 0.0.0.0): its config (the users' database under the state
+        dir; no permission for users other than the admin) in an ini file of mode 0600, the admin
+        user and password in the server's environment (MLflow creates that user at its first start
+        against an empty users' database)."""
         from cluster.stack_start import _write_secret
 
         user, password = self._ensure_mlflow_credentials()
         ini = self.root / "mlflow" / "basic_auth.ini"
-        _write_secret(ini, "[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
-                           f"database_uri = sqlite:///{self.root / 'mlflow' / 'basic_auth.db'}\n"
-                           f"admin_username = {user}\nadmin_password = {password}\n"
+        database = f"sqlite:///{self.root / 'mlflow' / 'basic_auth.db'}".replace("%", "%%")  # configparser
+        _write_secret(ini, f"[mlflow]\ndefault_permission = NO_PERMISSIONS\ndatabase_uri = {database}\n"
                            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
         port = self.settings.port_of(self.settings.mlflow_uri)
         args = ["--app-name", "basic-auth", "--allowed-hosts", f"{host}:{port},127.0.0.1:{port},localhost:{port}"]
-        env = {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32)}
+        env = {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_AUTH_ADMIN_USERNAME": user,
+               "MLFLOW_AUTH_ADMIN_PASSWORD": password, "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32)}
         return args, env
 
     def check_mlflow_login(self) -> None:

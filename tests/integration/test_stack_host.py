@@ -78,7 +78,8 @@ def test_up_says_what_is_exposed_where_and_how(exposed):
     creds = json.loads((s.state_path / "credentials.json").read_text())
     assert not any(secret in out for secret in creds.values() if len(secret) > 16)
     assert (s.state_path / "credentials.json").stat().st_mode & 0o777 == 0o600
-    assert (s.state_path / "mlflow" / "basic_auth.ini").stat().st_mode & 0o777 == 0o600
+    ini = s.state_path / "mlflow" / "basic_auth.ini"
+    assert ini.stat().st_mode & 0o777 == 0o600 and creds["mlflow_password"] not in ini.read_text()
 
 
 def test_s3_at_the_host_wants_the_keys_and_nothing_else_of_the_store_is_there(exposed):
@@ -246,3 +247,17 @@ def test_down_stops_every_process_of_the_stack(exposed):
     assert not psutil.pid_exists(gateway) or psutil.Process(gateway).status() == psutil.STATUS_ZOMBIE
     assert refused(HOST, s.port_of(s.s3_hostport)) and refused("127.0.0.1", s.port_of(s.s3_hostport))
     assert "host" not in json.loads((s.state_path / "stack.json").read_text())
+
+
+def test_up_again_with_another_mlflow_password_is_refused(exposed):
+    """MLflow keeps the admin made at its first start: a different IMG2IMG_MLFLOW_PASSWORD at a
+    later `stack up --host` is one line naming the users' database (after the previous test's down)."""
+    env, s, _ = exposed
+    try:
+        r = img2img({**env, "IMG2IMG_MLFLOW_USERNAME": "img2img-admin", "IMG2IMG_MLFLOW_PASSWORD": "not-the-one"},
+                    "stack", "up", "--host", HOST)
+        assert r.returncode == 1 and r.stderr.startswith(f"Error: MLflow at {s.mlflow_uri} refuses user "
+                                                         "'img2img-admin' (HTTP 401)"), r.stdout + r.stderr
+        assert "basic_auth.db" in r.stderr and "not-the-one" not in r.stderr
+    finally:
+        assert img2img(env, "stack", "down", timeout=120).returncode == 0
