@@ -42,6 +42,8 @@ class Settings(BaseSettings):
                                  "with exponential backoff (docs/object-store.md)")
     bucket: str = Field("img2img", description="bucket for datasets, checkpoints and MLflow artifacts")
     mlflow_uri: str = Field("http://127.0.0.1:5000", validation_alias=_alias("MLFLOW_URI", "MLFLOW_TRACKING_URI"))
+    mlflow_username: SecretStr | None = Field(None, description="MLflow basic-auth user (stack up --host)")
+    mlflow_password: SecretStr | None = Field(None, description="MLflow basic-auth password (stack up --host)")
     ray_address: str = Field("http://127.0.0.1:8265", description="Ray dashboard / Jobs API")
     ray_num_cpus: int = Field(4, description="logical CPUs of the embedded Ray head")
     decode_cache_share: float = Field(0.2, ge=0, le=0.8, description="share of the Ray cluster's object store "
@@ -62,6 +64,10 @@ class Settings(BaseSettings):
                      "secret": "IMG2IMG_S3_SECRET_KEY or AWS_SECRET_ACCESS_KEY"}
             raise ValueError(f"the S3 {have} key is set but the {lack} key is not: set {names[lack]} too, "
                              "or unset both to use the pair `img2img stack up` generated")
+        if bool(self.mlflow_username) != bool(self.mlflow_password):
+            have, lack = (("password", "username") if self.mlflow_password else ("username", "password"))
+            raise ValueError(f"the MLflow {have} is set but the {lack} is not: set IMG2IMG_MLFLOW_{lack.upper()} "
+                             "too, or unset both to use the pair `img2img stack up --host` generated")
         return self
 
     # ---- derived values -----------------------------------------------------------------
@@ -93,6 +99,47 @@ class Settings(BaseSettings):
             return data["access_key"], data["secret_key"]
         return None
 
+    def mlflow_credentials(self) -> tuple[str, str] | None:
+        """(username, password) for an MLflow server with basic auth: from the environment
+        (IMG2IMG_MLFLOW_USERNAME/PASSWORD), else the pair
+        `stack up --host` generated in the state dir's credentials file; None when neither has one."""
+        if self.mlflow_username and self.mlflow_password:
+            return self.mlflow_username.get_secret_value(), self.mlflow_password.get_secret_value()
+        path = self.state_path / CREDENTIALS_FILE
+        if path.exists():
+            data = json.loads(path.read_text())
+            if data.get("mlflow_username") and data.get("mlflow_password"):
+                return data["mlflow_username"], data["mlflow_password"]
+        return None
+
+    def apply_mlflow_env(self) -> None:
+        """Put `mlflow_credentials()` into this process's environment as MLFLOW_TRACKING_USERNAME /
+        MLFLOW_TRACKING_PASSWORD, which MLflow's REST client sends as basic auth (a server without
+        auth ignores them). Nothing changes when there are none."""
+        creds = self.mlflow_credentials()
+        if creds:
+            os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = creds
+
+    def exposed_host(self) -> str | None:
+        """The address `img2img stack up --host` exposed this state dir's stack on, as recorded
+        in its stack.json while the stack runs; None for a stack on loopback only."""
+        path = self.state_path / "stack.json"
+        try:
+            return json.loads(path.read_text()).get("host") or None
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    def exposed(self, url_or_hostport: str) -> str:
+        """`url_or_hostport` with its host replaced by the exposed host when it names loopback and
+        the stack is exposed (how other machines reach the same service); else unchanged."""
+        host = self.exposed_host()
+        if not host or not self.is_local(url_or_hostport):
+            return url_or_hostport
+        if "://" in url_or_hostport:
+            parsed = urlparse(url_or_hostport)
+            return parsed._replace(netloc=f"{host}:{parsed.port}" if parsed.port else host).geturl()
+        return f"{host}:{self.port_of(url_or_hostport)}"
+
     def is_local(self, url_or_hostport: str) -> bool:
         host = urlparse(url_or_hostport if "://" in url_or_hostport else f"x://{url_or_hostport}").hostname
         return host in LOCAL_HOSTS
@@ -123,12 +170,15 @@ class Settings(BaseSettings):
         """The non-secret settings every process on the cluster needs to reach the stores (Ray
         workers, jobs): IMG2IMG_* variables (keys stay on the cluster: never put them here), and
         the Ray address its internals use when they look the cluster up with no address (else:
-        "Found multiple active Ray instances" with two stacks side by side)."""
-        return {"IMG2IMG_S3_ENDPOINT": self.s3_endpoint, "IMG2IMG_S3_SECURE": str(self.s3_secure).lower(),
-                "IMG2IMG_BUCKET": self.bucket, "IMG2IMG_MLFLOW_URI": self.mlflow_uri,
+        "Found multiple active Ray instances" with two stacks side by side). On a stack exposed
+        with `stack up --host ADDR`, the loopback addresses are given at ADDR, so that processes
+        on every node reach the same services."""
+        return {"IMG2IMG_S3_ENDPOINT": self.exposed(self.s3_endpoint),
+                "IMG2IMG_S3_SECURE": str(self.s3_secure).lower(),
+                "IMG2IMG_BUCKET": self.bucket, "IMG2IMG_MLFLOW_URI": self.exposed(self.mlflow_uri),
                 "IMG2IMG_S3_MAX_ATTEMPTS": str(self.s3_max_attempts),
                 "IMG2IMG_DECODE_CACHE_SHARE": str(self.decode_cache_share),
-                "RAY_API_SERVER_ADDRESS": self.ray_address}
+                "RAY_API_SERVER_ADDRESS": self.exposed(self.ray_address)}
 
     def ray_token_file(self) -> Path | None:
         """The file holding the token `ray_auth_headers` sends to the Ray dashboard / Jobs API
@@ -152,9 +202,11 @@ class Settings(BaseSettings):
 
 
 def get_settings(**overrides) -> Settings:
-    """The settings from the environment and `.env`; a bad value raises Img2ImgError naming it."""
+    """The settings from the environment and `.env`, with the MLflow credentials (if any) put into
+    this process's environment for MLflow's client (`Settings.apply_mlflow_env`); a bad value
+    raises Img2ImgError naming it."""
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as e:
         problems = []
         for err in e.errors():
@@ -162,3 +214,20 @@ def get_settings(**overrides) -> Settings:
             msg = err["msg"].removeprefix("Value error, ")
             problems.append(f"IMG2IMG_{where.upper()}: {msg}" if where else msg)
         raise Img2ImgError("configuration error: " + "; ".join(problems)) from None
+    settings.apply_mlflow_env()
+    return settings
+
+
+def _apply_mlflow_env_on_import() -> None:
+    """Every process of ours imports this module (CLIs, job drivers, Ray Train workers, Serve
+    replicas), and some of them call MLflow without building settings first (a worker's run
+    logger, a replica loading its model): the credentials of an MLflow with basic auth reach
+    them here, read from the state dir like the S3 keys. A bad configuration is reported by
+    `get_settings` where it is used, not here."""
+    try:
+        Settings().apply_mlflow_env()
+    except (ValidationError, OSError, ValueError, KeyError):
+        pass
+
+
+_apply_mlflow_env_on_import()

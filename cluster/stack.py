@@ -21,6 +21,7 @@ from cluster.errors import Img2ImgError
 from cluster.files import write_atomic
 from cluster.services import http_status, poll_until
 from cluster.settings import Settings, get_settings
+from cluster.stack_expose import StackExpose
 from cluster.stack_join import StackJoin, list_nodes  # noqa: F401  (re-exported)
 from cluster.stack_start import BIN, WORKER_PORTS, StackStart, free_port, port_free  # noqa: F401  (re-exported)
 from cluster.stack_stop import RAY_COMMAND, StackStop  # noqa: F401  (re-exported)
@@ -43,9 +44,10 @@ def _http_ok(url: str, headers: dict | None = None, timeout: float = 2.0) -> boo
     return http_status(url, headers, timeout) == 200
 
 
-class Stack(StackStart, StackStop, StackJoin):
+class Stack(StackStart, StackStop, StackJoin, StackExpose):
     """The embedded stack under one state dir: its recorded state, health, `up`, `down`
-    (cluster/stack_stop.py), status and logs; starting each service: cluster/stack_start.py."""
+    (cluster/stack_stop.py), status and logs; starting each service: cluster/stack_start.py;
+    exposing it on one more address: cluster/stack_expose.py."""
 
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or get_settings()
@@ -76,8 +78,9 @@ class Stack(StackStart, StackStop, StackJoin):
 
     def gcs_address(self) -> str | None:
         """`host:port` of the embedded Ray head's GCS (for `ray.init` from this machine)."""
-        port = self._load().get("ports", {}).get("gcs")
-        return f"127.0.0.1:{port}" if port else None
+        state = self._load()
+        port = state.get("ports", {}).get("gcs")
+        return f"{state.get('host') or '127.0.0.1'}:{port}" if port else None
 
     @property
     def tmp_dir(self) -> Path:
@@ -133,16 +136,32 @@ class Stack(StackStart, StackStop, StackJoin):
             return
         raise Img2ImgError(f"{name} did not come up within {timeout:.0f}s; last log lines:\n{self.tail(name, 15)}")
 
-    def up(self, progress: Callable[[str], None] = lambda msg: None) -> list[ServiceStatus]:
+    def up(self, progress: Callable[[str], None] = lambda msg: None, host: str | None = None) -> list[ServiceStatus]:
+        """Start every local service not running yet and wait until each is healthy; `host`
+        (validated by `cluster.stack_expose.validate_host`) exposes them on that address too.
+        Raises Img2ImgError: a service that does not come up, a Ray head wanting another token,
+        a `host` other than the one the running stack was started with."""
+        self.check_host(host)
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
         state = self._load()
+        if state.get("host") != host:
+            state.pop("host", None)
+            state.update({"host": host} if host else {})
+            self._save(state)
         s = self.settings
         if s.is_local(s.s3_endpoint) and not self.s3_healthy():
             progress("starting S3 store (SeaweedFS)")
             state["pids"]["s3"] = self._start_s3(state)
             self._save(state)
             self._wait("s3", self.s3_healthy, None, 60)
+        if host and s.is_local(s.s3_endpoint):
+            gateway = Stack(self.gateway_settings(host))
+            if not gateway.s3_healthy():
+                progress(f"starting S3 gateway on {host}")
+                state["pids"]["s3_gateway"] = self._start_s3_gateway(state, host)
+                self._save(state)
+                self._wait("s3-gateway", gateway.s3_healthy, None, 60)
         progress("checking S3 bucket")
         from cluster.storage import Storage
 
@@ -152,9 +171,11 @@ class Stack(StackStart, StackStop, StackJoin):
             Storage(s).check()
         if s.is_local(s.mlflow_uri) and not self.mlflow_healthy():
             progress("starting MLflow server")
-            state["pids"]["mlflow"] = self._start_mlflow()
+            state["pids"]["mlflow"] = self._start_mlflow(host)
             self._save(state)
             self._wait("mlflow", self.mlflow_healthy, None, 120)
+        if host and s.is_local(s.mlflow_uri):
+            self.check_mlflow_login()
         ray_status = http_status(s.ray_address.rstrip("/") + "/api/version", s.ray_auth_headers())
         if ray_status in (401, 403):
             raise Img2ImgError(f"a Ray cluster at {s.ray_address} wants a token this stack does not have: "

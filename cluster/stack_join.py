@@ -153,7 +153,9 @@ class StackJoin:
         `head_url`, authenticated with the head's token, advertising `num_cpus` CPUs (default: the
         machine's) and `gpus` GPUs plus the same admission resources. Workers on it read the S3
         keys from this state dir (copied from IMG2IMG_S3_ACCESS_KEY/SECRET_KEY; keys never come
-        from the head). -> the recorded node. Raises Img2ImgError: bad counts, no token, head
+        from the head), and the MLflow user and password likewise when IMG2IMG_MLFLOW_USERNAME/
+        PASSWORD are set (optional: without them, a process on this node that calls an MLflow
+        with basic auth gets HTTP 401 from it). -> the recorded node. Raises Img2ImgError: bad counts, no token, head
         unreachable or refusing the token, already joined, a head running here, no S3 keys,
         `ray start` failing."""
         from cluster.stack_start import BIN, _write_secret
@@ -180,7 +182,11 @@ class StackJoin:
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
         _write_secret(self.settings.ray_token_path, token)
-        _write_secret(self.root / CREDENTIALS_FILE, json.dumps({"access_key": keys[0], "secret_key": keys[1]}))
+        creds = {"access_key": keys[0], "secret_key": keys[1]}
+        mlflow = self.settings.mlflow_credentials()
+        if mlflow:  # optional: a head exposed with `stack up --host` runs MLflow with basic auth
+            creds.update(mlflow_username=mlflow[0], mlflow_password=mlflow[1])
+        _write_secret(self.root / CREDENTIALS_FILE, json.dumps(creds))
         state["ray_temp_dir"] = str(self._new_ray_temp_dir())
         p = self._ports(state, ["node_manager", "object_manager", "metrics", "agent", "agent_grpc", "runtime_env"])
         ip = node_ip or ("127.0.0.1" if self.settings.is_local(gcs) else None)

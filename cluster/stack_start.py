@@ -100,19 +100,23 @@ class StackStart:
             port = rng.randrange(33000, 55000)
         raise Img2ImgError("no free pair of ports (P, P+10000) for the S3 store's admin service")
 
-    def _start_mlflow(self) -> int:
+    def _start_mlflow(self, host: str | None = None) -> int:
+        """The MLflow server on 127.0.0.1; with `host` (`stack up --host`), its basic-auth app
+        reachable there too (cluster/stack_expose.py)."""
         from cluster.storage import mlflow_server_env
 
         access, secret = self.settings.s3_keys()
         db = self.root / "mlflow" / "mlflow.db"
         db.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1",
+        auth_args, auth_env = self.mlflow_auth(host) if host else ([], {})
+        cmd = [str(BIN / "mlflow"), "server", "--host", "0.0.0.0" if host else "127.0.0.1",
                "--port", str(self.settings.port_of(self.settings.mlflow_uri)),
                "--backend-store-uri", f"sqlite:///{db}",
-               "--artifacts-destination", f"s3://{self.settings.bucket}/mlflow-artifacts", "--workers", "1"]
+               "--artifacts-destination", f"s3://{self.settings.bucket}/mlflow-artifacts", "--workers", "1",
+               *auth_args]
         env = {"MLFLOW_S3_ENDPOINT_URL": self.settings.s3_url, "AWS_ACCESS_KEY_ID": access,
                "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": self.settings.s3_region,
-               **mlflow_server_env(self.settings.s3_max_attempts)}
+               **mlflow_server_env(self.settings.s3_max_attempts), **auth_env}
         return self._spawn("mlflow", cmd, env).pid
 
     def _start_ray(self, state: dict) -> None:
@@ -123,8 +127,12 @@ class StackStart:
         self._save(state)
         p = self._ports(state, ["gcs", "client", "agent", "agent_grpc", "metrics", "runtime_env", "node_manager",
                                 "object_manager"])
-        cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={p['gcs']}",
-               "--dashboard-host=127.0.0.1", f"--dashboard-port={self.settings.port_of(self.settings.ray_address)}",
+        # Exposed (`stack up --host`): the head's node address is the host, the dashboard listens on
+        # every interface (token auth), so loopback clients and other machines both reach it.
+        host = state.get("host")
+        cmd = [str(BIN / "ray"), "start", "--head", f"--node-ip-address={host or '127.0.0.1'}", f"--port={p['gcs']}",
+               f"--dashboard-host={'0.0.0.0' if host else '127.0.0.1'}",
+               f"--dashboard-port={self.settings.port_of(self.settings.ray_address)}",
                "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={self.ray_temp_dir}",
                f"--num-cpus={self.settings.ray_num_cpus}", f"--ray-client-server-port={p['client']}",
                f"--dashboard-agent-listen-port={p['agent']}", f"--dashboard-agent-grpc-port={p['agent_grpc']}",

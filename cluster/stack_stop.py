@@ -75,7 +75,7 @@ class StackStop:
             # wait on each other for 15 s or more: what has not exited after 3 s is killed.
             self._terminate(ray_procs, timeout=3)
             stopped.append("ray")
-        for name in ("mlflow", "s3"):
+        for name in ("mlflow", "s3_gateway", "s3"):
             procs = self._group(state["pids"].get(name))
             if procs:
                 progress(f"stopping {name}")
@@ -86,6 +86,7 @@ class StackStop:
                 self._terminate(procs, timeout=15)
                 stopped.append(name)
             state["pids"].pop(name, None)
+        state.pop("host", None)
         if self.state_file.exists():
             self._save(state)
         self._clean_temp()
@@ -105,6 +106,6 @@ class StackStop:
         shutil.rmtree(self.ray_temp_dir, ignore_errors=True)
         shutil.rmtree(self.haproxy_dir, ignore_errors=True)
         state = self._load()
-        if not any(self._group(state.get("pids", {}).get(n)) for n in ("mlflow", "s3")):
+        if not any(self._group(state.get("pids", {}).get(n)) for n in ("mlflow", "s3_gateway", "s3")):
             shutil.rmtree(self.tmp_dir, ignore_errors=True)
 

@@ -11,6 +11,7 @@ from cluster.cli_utils import console, json_option, print_json, print_table
 from cluster.errors import Img2ImgError
 from cluster.settings import Settings, get_settings
 from cluster.stack import SERVICES, Stack, list_nodes
+from cluster.stack_expose import exposure_lines, validate_host
 
 stack_app = typer.Typer(help="Start, stop and inspect the embedded stack (S3 store, MLflow, Ray head).",
                         no_args_is_help=True)
@@ -33,30 +34,54 @@ def dashboard_access(settings: Settings) -> dict[str, str | None]:
     return {"url": url, "token_file": str(token_file) if token_file else None, "how": how}
 
 
+def _exposed(settings: Settings, url: str) -> dict[str, str]:
+    """{"host", "exposed_url"} for a service of a stack exposed with `stack up --host`, else {}."""
+    host = settings.exposed_host()
+    if not host or not settings.is_local(url):
+        return {}
+    return {"host": host, "exposed_url": settings.exposed(url)}
+
+
 def _print_status(statuses, as_json: bool = False, nodes: list | None = None) -> None:
-    access = dashboard_access(get_settings())
+    settings = get_settings()
+    access = dashboard_access(settings)
     if as_json:
         print_json([{"service": s.name, "url": s.url, "pid": s.pid, "healthy": s.healthy, "managed": s.managed,
-                     "mode": s.detail, **({"dashboard_token_file": access["token_file"],
-                                           "nodes": [n.to_dict() for n in nodes or []]} if s.name == "ray" else {})}
+                     "mode": s.detail, **_exposed(settings, s.url),
+                     **({"dashboard_token_file": access["token_file"],
+                         "nodes": [n.to_dict() for n in nodes or []]} if s.name == "ray" else {})}
                     for s in statuses])
         return
     rows = [[s.name, s.url, s.pid or "-", "[green]yes[/]" if s.healthy else "[red]no[/]", s.detail]
             for s in statuses]
     print_table("img2img stack", ["service", "url", "pid", "healthy", "mode"], rows, ids=["service", "url"])
     console.print(access["how"] + ".", markup=False, highlight=False, soft_wrap=True)
+    host = settings.exposed_host()
+    if host:
+        console.print(f"Exposed on {host}: other machines join with `img2img stack join --head "
+                      f"{settings.exposed(settings.ray_address)}` (docs/adding-machines.md)",
+                      markup=False, highlight=False, soft_wrap=True)
 
 
 @stack_app.command()
-def up():
-    """Start every local service that is not running yet and wait until each is healthy.
+def up(host: str = typer.Option(None, "--host", help="also expose the stack on this IPv4 address of this machine "
+                                "(e.g. 10.0.0.5), every service authenticated: see docs/adding-machines.md")):
+    """Start every local service that is not running yet and wait until each is healthy. With
+    --host ADDR, other machines reach Ray, S3 and MLflow at ADDR (token, access keys, basic auth);
+    the lines printed say what listens where.
 
     Example: `IMG2IMG_STATE_DIR=/tmp/i2i img2img stack up`
     """
+    if host is not None:
+        host = validate_host(host)
     stack = Stack(get_settings())
     with console.status("starting the stack") as spinner:
-        statuses = stack.up(progress=lambda msg: spinner.update(msg))
+        statuses = stack.up(progress=lambda msg: spinner.update(msg), host=host)
     _print_status(statuses)
+    if host:
+        console.print(f"What --host {host} exposes:", markup=False, highlight=False)
+        for line in exposure_lines(stack.settings, host, stack._load().get("ports", {}).get("gcs")):
+            console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"State, logs and data: {stack.root}")
 
 
@@ -128,7 +153,8 @@ def join(head: str = typer.Option(..., "--head", help="the head's Ray dashboard 
                                      "(default: 127.0.0.1 for a head on this machine, else Ray's guess)")):
     """Start a Ray worker node under this state dir that joins a head, so its jobs can use this
     machine's CPUs/GPUs. Needs the head's token and the S3 store's keys (IMG2IMG_S3_ACCESS_KEY,
-    IMG2IMG_S3_SECRET_KEY).
+    IMG2IMG_S3_SECRET_KEY); for a head started with `stack up --host`, also its MLflow user and
+    password (IMG2IMG_MLFLOW_USERNAME, IMG2IMG_MLFLOW_PASSWORD) for the jobs' processes on this node.
 
     Example: `IMG2IMG_STATE_DIR=/tmp/node2 img2img stack join --head http://127.0.0.1:8265 --num-cpus 2 --token-file ~/.local/state/img2img/ray/auth_token`
     """
