@@ -49,7 +49,9 @@ def job_client(settings: Settings):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     require("the Ray Jobs API", settings.ray_address, "/api/version", settings.ray_auth_headers())
     try:
-        return JobSubmissionClient(settings.ray_address)
+        # the token as a header of our own: Ray's token loader caches the first token a process
+        # reads, so a second cluster's client in the same process would send the first's
+        return JobSubmissionClient(settings.ray_address, headers=settings.ray_auth_headers() or None)
     except Exception as e:
         raise Img2ImgError(f"Ray at {settings.ray_address} refused the connection: {str(e).splitlines()[0]}") from None
 

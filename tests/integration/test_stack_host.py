@@ -178,7 +178,9 @@ def test_a_joined_node_reaches_s3_and_mlflow_at_the_host(exposed, tmp_path, monk
         monkeypatch.setenv("RAY_AUTH_MODE", "token")
         monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(s.ray_token_path))
         s.apply_ray_env()  # Ray caches its auth mode: refresh it
-        client = JobSubmissionClient(at(s.ray_address, HOST))
+        # this head's token as our header: Ray's loader caches the first token this process read
+        client = JobSubmissionClient(at(s.ray_address, HOST),
+                                     headers={"Authorization": f"Bearer {s.ray_token_path.read_text().strip()}"})
         job = client.submit_job(entrypoint=f"python {entry}", runtime_env=job_env)
         deadline = time.time() + 240
         while str(client.get_job_status(job)).split(".")[-1] not in ("SUCCEEDED", "FAILED", "STOPPED"):
