@@ -115,7 +115,10 @@ def submit(search: SearchSpec, settings: Settings, priority: str = "normal",
     metadata = {"img2img": "search", "variant": spec.variant, "dataset": spec.dataset, "run_id": search.run_id,
                 "model": spec.registered_name}
     try:
-        job_id = submit_job(settings, entrypoint=entrypoint, metadata=metadata, footprint=fp, priority=priority,
+        # each running trial keeps its own decoded copy of the split (jobs.data.stream): they share the budget
+        trials = settings.model_copy(update={"decode_cache_share": settings.decode_cache_share
+                                             / max(1, search.max_concurrent)})
+        job_id = submit_job(trials, entrypoint=entrypoint, metadata=metadata, footprint=fp, priority=priority,
                             queue_timeout_s=queue_timeout_s)
     except Img2ImgError:
         MlflowClient(settings.mlflow_uri).set_terminated(search.run_id, status="FAILED")
