@@ -228,6 +228,10 @@ def _apply_mlflow_env_on_import() -> None:
         Settings().apply_mlflow_env()
     except (ValidationError, OSError, ValueError, KeyError):
         pass
+    # MLflow's client writes "View run ... at: URL" to stdout whenever it ends a run (`jobs status`
+    # ending a run whose driver was lost, `jobs stop`): that would break `--json` output and
+    # pipes. Our commands say where a run is themselves.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 _apply_mlflow_env_on_import()

@@ -20,6 +20,7 @@ from cluster.errors import Img2ImgError
 from cluster.queue_view import QueueEntry, queue_view
 from cluster.services import poll_until
 from cluster.settings import Settings
+from jobs.driver_lost import end_run, lost_driver, next_step
 from jobs.training.progress import follow, read, strip_ansi, write_raw
 from jobs.training.stopping import end_cut_off_children
 from registry.tracking import TAG_PHASE
@@ -77,7 +78,9 @@ def follow_progress(client, settings: Settings, job_id: str, run_id: str, say=No
                 return job_status()
         if status == "PENDING":
             return "QUEUED", queue_line(client, settings, current[0])
-        return status, strip_ansi(info.message or "")
+        message = strip_ansi(info.message or "")
+        lost = lost_driver(message) if status == "FAILED" else None
+        return status, end_run(settings.mlflow_uri, info.metadata or {}, lost) if lost else message
 
     return follow(settings.mlflow_uri, run_id, job_status, say=say, live=live)
 
@@ -212,16 +215,22 @@ def job_info(client, job_id: str) -> dict:
     except Exception:
         raise Img2ImgError(f"no job {job_id!r} on this cluster ; list them with: img2img jobs ls") from None
     # Ray's message on failure embeds 20,000 characters of coloured log: keep its last lines.
-    lines = [ln for ln in strip_ansi(info.message or "").splitlines() if ln.strip()]
+    raw, status, meta = strip_ansi(info.message or ""), str(info.status).split(".")[-1], info.metadata or {}
+    lines = [ln for ln in raw.splitlines() if ln.strip()]
     message = lines[0] if len(lines) <= 1 else "\n".join([lines[0].split(",")[0] + ":", *lines[-3:]])
-    return {"job_id": job_id, "status": str(info.status).split(".")[-1], "message": message,
-            **(info.metadata or {})}
+    lost = lost_driver(raw) if status == "FAILED" else None
+    if lost:  # Ray's words are an actor's obituary: say what it means for the job, and what next
+        message = f"{lost}; {next_step(meta, None)}"
+    return {"job_id": job_id, "status": status, "message": message, **({"driver_lost": lost} if lost else {}),
+            **meta}
 
 
 def job_summary(client, settings: Settings, job_id: str) -> dict:
     """job_info plus the progress line read from the job's MLflow run (when it has one), and its
     place in the queue while it waits."""
     info = job_info(client, admission.current_id(client, job_id))
+    if info.get("driver_lost"):  # nobody of the job is left to end its run: the first reader does
+        info["error"] = info["message"] = end_run(settings.mlflow_uri, info, info.pop("driver_lost"))
     if info["status"] == "PENDING":
         info["queue"] = queue_line(client, settings, info["job_id"])
     if info.get("img2img") == "search" and info.get("run_id"):

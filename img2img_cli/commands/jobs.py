@@ -53,6 +53,8 @@ def status(job_id: str, follow: bool = typer.Option(False, "--follow", "-f", hel
         return
     warnings = info.pop("warnings", [])
     for k, v in info.items():
+        if k == "message" and v == info.get("error"):  # said once, as the error
+            continue
         console.print(f"{k:>18}: {v}", markup=False, highlight=False, soft_wrap=True)
     status, message = info["status"], info.get("error") or info.get("message") or ""
     if follow and status not in TERMINAL:

@@ -35,15 +35,15 @@ def _cli(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedPro
                           timeout=timeout)
 
 
-def _joined(stack, tmp_path_factory, name: str):
-    """A worker node joined to the stack's head with `stack join`; left (and its processes gone)
-    at teardown. Yields (its env, its state dir)."""
+def _joined(stack, tmp_path_factory, name: str, cpus: int = JOIN_CPUS):
+    """A worker node of `cpus` CPUs joined to the stack's head with `stack join`; left (and its
+    processes gone) at teardown. Yields (its env, its state dir)."""
     keys = json.loads((stack.state_path / "credentials.json").read_text())
     root = tmp_path_factory.mktemp(name) / "state"
     env = {**os.environ, "IMG2IMG_STATE_DIR": str(root), "IMG2IMG_S3_ACCESS_KEY": keys["access_key"],
            "IMG2IMG_S3_SECRET_KEY": keys["secret_key"]}
     env.pop("RAY_AUTH_TOKEN", None)
-    r = _cli(env, "stack", "join", "--head", stack.ray_address, "--num-cpus", str(JOIN_CPUS),
+    r = _cli(env, "stack", "join", "--head", stack.ray_address, "--num-cpus", str(cpus),
              "--token-file", str(stack.ray_token_path))
     assert r.returncode == 0, r.stdout + r.stderr
     try:
@@ -62,6 +62,13 @@ def second_node(stack, tmp_path_factory):
 def fresh_node(stack, tmp_path_factory):
     """A node joined for one test. -> (its env, its state dir)."""
     yield from _joined(stack, tmp_path_factory, "node3")
+
+
+@pytest.fixture
+def roomy_node(stack, tmp_path_factory):
+    """A node of 3 CPUs joined for one test: room for a 1-worker job's whole reservation (2.5).
+    -> (its env, its state dir)."""
+    yield from _joined(stack, tmp_path_factory, "node5", cpus=3)
 
 
 def _nodes(env: dict) -> list[dict]:
@@ -261,6 +268,70 @@ def test_replicas_on_both_nodes_lose_no_request_when_a_node_dies(stack, fresh_no
         while len(replica_pids(settings)) < 2 and time.time() < deadline:
             time.sleep(2)
         assert len(replica_pids(settings)) == 2
+
+
+def test_a_job_whose_drivers_node_dies_says_so_ends_its_run_and_resumes_from_its_checkpoint(
+        stack, blur_dataset, roomy_node, cli):
+    """The head's admission CPUs all held by a placeholder job, so a 1-worker training (2.5) is
+    admitted on the joined 3-CPU node with its driver there. Every process of that node is
+    SIGKILLed after a checkpoint: Ray ends the job FAILED (it does not restart a driver);
+    `jobs status` says the driver's node was lost and gives the resume command with the
+    checkpoint's step, and the run is ended FAILED with that line. The command, run as given
+    once the head has room, continues from that checkpoint, not from step 0."""
+    from cluster.admission import RESOURCE, capacity
+    from jobs.training.client import job_client, submit
+    from jobs.training.spec import TrainSpec
+    from registry.tracking import TAG_CHECKPOINT
+
+    _, root = roomy_node
+    client, mlflow = job_client(stack), MlflowClient(stack.mlflow_uri)
+    deadline = time.time() + 120
+    while len((cap := capacity(stack.ray_address, stack.ray_auth_headers())).per_node) < 2 and time.time() < deadline:
+        time.sleep(2)
+    used, total = max(cap.per_node, key=lambda n: n[1])  # the head: the largest node
+    assert total - used > 3, cap  # more than the joined node has: the placeholder can only be on the head
+    blocker = client.submit_job(entrypoint="sleep 900", entrypoint_resources={RESOURCE: total - used})
+    try:
+        spec = TrainSpec(dataset=blur_dataset, variant="autoencoder", config={"nf": 8}, image_size=32, batch_size=4,
+                         lr=1e-3, max_steps=MAX_STEPS, checkpoint_every="4", log_every=1, workers=1,
+                         cpus_per_worker=1, model_name="test-multinode-driver", experiment="integration")
+        sub = submit(spec, stack)
+        held, deadline = None, time.time() + 600
+        while not held and time.time() < deadline:
+            assert str(client.get_job_status(sub["job_id"])).endswith(("RUNNING", "PENDING")), client.get_job_logs(
+                sub["job_id"])[-3000:]
+            held = mlflow.get_run(sub["run_id"]).data.tags.get(TAG_CHECKPOINT)
+            time.sleep(1)
+        assert held, "no checkpoint within 600 s"
+        driver_node = client.get_job_info(sub["job_id"]).driver_node_id
+        assert driver_node == next(n["node_id"] for n in _nodes(roomy_node[0]) if not n["head"]), "driver on the head"
+        for p in _node_processes(root):
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        assert wait_job(client, sub["job_id"], timeout=300) == "FAILED"
+
+        r = cli("jobs", "status", sub["job_id"], "--json")
+        assert r.exit_code == 0, r.output
+        info = json.loads(r.stdout)
+        run = mlflow.get_run(sub["run_id"])
+        held = run.data.tags[TAG_CHECKPOINT]  # the last one the run held
+        command = f"img2img train -d {blur_dataset} --resume {sub['run_id']}"
+        assert info["error"].startswith("the node running the job's driver at "), info
+        assert info["error"].endswith(f"resume it from its checkpoint at step {held}: {command}"), info
+        assert run.info.status == "FAILED" and run.data.tags["error"] == info["error"]
+    finally:
+        client.stop_job(blocker)
+
+    # what `img2img train -d DATASET --resume RUN_ID` submits (the variant and config from the checkpoint)
+    resumed = submit(TrainSpec(dataset=blur_dataset, variant="", resume=sub["run_id"], image_size=32, batch_size=4, lr=1e-3,
+                               max_steps=MAX_STEPS, checkpoint_every="4", log_every=1, workers=1, cpus_per_worker=1,
+                               model_name="test-multinode-driver", experiment="integration"), stack)
+    status = wait_job(client, resumed["job_id"], timeout=600)
+    assert status == "SUCCEEDED", client.get_job_logs(resumed["job_id"])[-3000:]
+    steps = [m.step for m in mlflow.get_metric_history(resumed["run_id"], "step")]
+    assert min(steps) > int(held) and max(steps) == MAX_STEPS, steps
 
 
 def test_a_job_bigger_than_any_node_trains_across_nodes_and_waits_for_a_node_after_losing_one(
