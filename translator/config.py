@@ -45,7 +45,10 @@ class TrainConfig:
       as they are), a degradation spec (`translator.degrade`, e.g. `random_gaussian:0.5-3`:
       synthesised from each training crop's target with a fresh random draw every time, so a few
       photos give endless distinct pairs), or `auto` (the dataset's own spec when it was
-      synthesised with `--degrade`, else `stored`). Validation always scores the stored pairs.
+      synthesised with `--degrade`, else `stored`). Validation always scores the stored pairs;
+    - `dead_leaves`: share (0-1) of training crops whose target is a synthetic dead-leaves image
+      (`translator.synthetic`) instead of a stored one, its input synthesised by `degrade` (which
+      must then be a spec): sharp edges and fine texture at every scale, for a few photos.
 
     The defaults are the pix2pix/CycleGAN papers' (Adam 2e-4, beta1 0.5, batch 1, 256 px crops);
     a variant's config restates only what differs.
@@ -64,6 +67,7 @@ class TrainConfig:
     augment: str = "hflip"
     ema_decay: float = 0.0
     degrade: str = "stored"
+    dead_leaves: float = 0.0
 
     def validate(self) -> None:
         """Raise ValueError for values no variant can train with; subclasses extend it."""
@@ -82,6 +86,8 @@ class TrainConfig:
                 degrade.parse(self.degrade)
             except degrade.DegradationError as e:
                 raise ValueError(f"degrade must be {' or '.join(DEGRADE_SOURCES)} or a degradation spec: {e}") from None
+        if not 0 <= self.dead_leaves <= 1:
+            raise ValueError(f"dead_leaves must be a share from 0 to 1, got {self.dead_leaves}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be 0 (off) or in (0, 1), got {self.ema_decay}")
         if self.lr_policy not in LR_POLICIES:

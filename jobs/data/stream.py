@@ -23,6 +23,7 @@ from cluster.settings import Settings, get_settings
 from cluster.storage import Storage, arrow_filesystem
 from registry.manifest import Manifest, dataset_prefix, read_manifest
 from translator import degrade as degradations
+from translator import synthetic
 from translator.images import read_picture
 
 log = logging.getLogger("jobs.data.stream")
@@ -85,12 +86,15 @@ class DecodeBatch:
     `degrade` (a spec of `translator.degrade`, training only): the stored input is not read; the
     input is synthesised from the target's crop (with up to `SYNTH_MARGIN` px of its surroundings)
     by a fresh random draw of the spec every time, rounded to 8-bit levels like a stored PNG's.
+    `dead_leaves` (0-1, with `degrade`): that share of the crops has a synthetic dead-leaves image
+    (`translator.synthetic`) as its target instead of the stored one, cut and degraded the same way.
     """
 
     def __init__(self, columns: list[str], image_size: int | None, augment: bool, rotate: bool = False,
-                 degrade: str | None = None, cache_bytes: int = 0):
+                 degrade: str | None = None, dead_leaves: float = 0.0):
         self.columns, self.image_size, self.augment, self.rotate = columns, image_size, augment, rotate
         self.degradation = degradations.parse(degrade) if degrade and augment else None
+        self.dead_leaves = dead_leaves if self.degradation is not None else 0.0
         self.scale = degradations.scale_of(degrade) if self.degradation else 1
         self.rng = None  # created per call: a pickled generator would repeat the same crops
 
@@ -127,7 +131,10 @@ class DecodeBatch:
             flip = self.augment and self.rng.random() < 0.5
             turns = int(self.rng.integers(0, 4)) if self.augment and self.rotate else 0
             if self.degradation is not None:
-                crops = self._synthesise(_pixels(batch["target"][i]))
+                stored = _pixels(batch["target"][i])
+                if self.dead_leaves and self.rng.random() < self.dead_leaves:
+                    stored = self._leaves(stored)
+                crops = self._synthesise(stored)
             else:
                 crops = self._cut([_pixels(batch[c][i]) for c in self.columns])
             for c, arr in zip(self.columns, crops):
@@ -139,6 +146,16 @@ class DecodeBatch:
         result = {c: np.stack(v) * np.float32(2.0) - np.float32(1.0) for c, v in out.items()}  # float32 already
         result["key"] = np.asarray(batch["key"])
         return result
+
+    def _leaves(self, stored: np.ndarray) -> np.ndarray:
+        """A dead-leaves target in place of `stored` (HxWx3): uint8 (what an 8-bit PNG holds) at
+        the size one crop and its margin take (the whole of `stored`'s size without a crop size)."""
+        n = self.scale
+        side = max(stored.shape[:2]) if self.image_size is None else n * (self.image_size + 2 * (SYNTH_MARGIN // n))
+        img = synthetic.dead_leaves(side, self.rng)
+        if self.image_size is None:
+            img = img[:stored.shape[0], :stored.shape[1]]
+        return np.round(img * 255).astype(np.uint8)
 
     def _cut(self, decoded: list[np.ndarray]) -> list[np.ndarray]:
         """The stored images of a row (uint8 until cropped: converting the whole stored image to
@@ -226,7 +243,7 @@ def read_parquet_v1(paths: list[str], filesystem):
 def load_dataset(name: str, split: str = "train", settings: Settings | None = None, *,
                  image_size: int | None = None, augment: bool | None = None, domain: str | None = None,
                  batch_size: int = 16, rotate: bool = False, decode: bool = True, repeat: int = 1,
-                 degrade: str | None = None, cache_bytes: int = 0):
+                 degrade: str | None = None, cache_bytes: int = 0, dead_leaves: float = 0.0):
     """-> ray.data.Dataset of {"key", "input", "target"} (paired) or {"key", "image"} for one
     domain ("a" or "b") of an unpaired dataset; images float32 NCHW in [-1, 1].
     augment (default: on for "train"): random crops and flips; `rotate` adds 90-degree turns.
@@ -236,7 +253,8 @@ def load_dataset(name: str, split: str = "train", settings: Settings | None = No
     choosing which rows a worker keeps). repeat: each pass over the stream reads every row this
     many times (each time with its own random crop), so a small split makes fewer, longer passes.
     degrade: a paired training stream's inputs synthesised from its targets with this spec
-    (`DecodeBatch`; resolve the variant's `degrade` setting with `synthesis` first).
+    (`DecodeBatch`; resolve the variant's `degrade` setting with `synthesis` first), and with it
+    `dead_leaves`, the share of crops whose target is a dead-leaves image (`DecodeBatch`).
     cache_bytes: when the split's decoded pixels (`decoded_bytes`) fit in it, they are decoded
     once, here, and kept in Ray's object store for the dataset's life (`cache_budget` gives a
     share of it); every read then crops from them. 0: every read decodes the PNGs again."""
@@ -252,7 +270,8 @@ def load_dataset(name: str, split: str = "train", settings: Settings | None = No
     columns = ["input", "target"] if manifest.kind == "paired" else ["image"]
     if not decode:
         return read_parquet_v1(paths * max(1, repeat), arrow_filesystem(settings)).select_columns(["key", *columns])
-    decoder = DecodeBatch(columns, image_size, split == "train" if augment is None else augment, rotate, degrade)
+    decoder = DecodeBatch(columns, image_size, split == "train" if augment is None else augment, rotate, degrade,
+                          dead_leaves)
     # a synthesised input is never read: only the targets are worth keeping
     needed = ["target"] if decoder.degradation is not None else columns
     size = decoded_bytes(manifest, split, needed, domain)

@@ -78,7 +78,12 @@ def check_fit(spec: TrainSpec, manifest: Manifest) -> TrainPlan:
     problem = scale_problem(spec, manifest.scale, f"dataset {spec.dataset!r}")
     if problem:
         raise Img2ImgError(problem)
-    synthesis(spec.variant_config().degrade, manifest)  # a spec the dataset cannot take is refused now
+    cfg = spec.variant_config()
+    made = synthesis(cfg.degrade, manifest)  # a spec the dataset cannot take is refused now
+    if cfg.dead_leaves and not made:
+        raise Img2ImgError(f"--set dead_leaves={cfg.dead_leaves:g} mixes dead-leaves images into inputs synthesised "
+                           f"while training, and this run reads dataset {spec.dataset!r}'s stored inputs; add "
+                           "--set degrade=SPEC (e.g. degrade=random_gaussian:0.5-3)")
     if manifest.image_size:  # the HR side for super-resolution pairs: training crops are of the input
         check_crop(spec, manifest.image_size // manifest.scale, f"dataset {spec.dataset!r}")
     else:  # sizes kept at ingest: every random crop must fit in the smallest training image
@@ -147,9 +152,10 @@ def datasets_for(spec: TrainSpec, manifest: Manifest, settings: Settings, image_
         rows[stream], spec.workers, len(manifest.shards("train", domain)), job_rows)
     cache = cache_budget(settings.decode_cache_share)  # decoded once when a split fits (load_dataset)
     if manifest.kind == "paired":
-        made = synthesis(spec.variant_config().degrade, manifest)
+        cfg = spec.variant_config()
+        made = synthesis(cfg.degrade, manifest)
         out = {"train": load("train", image_size=image_size, rotate=rotate, repeat=reads("train"),
-                             degrade=made, cache_bytes=cache).randomize_block_order()}
+                             degrade=made, cache_bytes=cache, dead_leaves=cfg.dead_leaves).randomize_block_order()}
     else:  # the two domains' streams share the budget
         out = {f"train_{d}": load("train", image_size=image_size, domain=d, rotate=rotate,
                                   repeat=reads(f"train_{d}", d), cache_bytes=cache // 2).randomize_block_order()

@@ -123,3 +123,35 @@ def test_a_spec_that_does_not_parse_is_refused_by_the_config(value):
     cfg = get_variant("nafnet").Config(degrade=value)
     with pytest.raises(ValueError, match="degrade must be stored or auto or a degradation spec"):
         cfg.validate()
+
+
+@pytest.mark.parametrize("spec, scale", [("gaussian:1.5", 1), ("down:2", 2)])
+def test_dead_leaves_replace_the_share_of_targets_asked_and_are_degraded_like_photos(spec, scale):
+    """`--set dead_leaves=1`: every target is a synthetic image (never a cut of the stored photo),
+    its input the spec applied to it; 0: every target is the photo's."""
+    s, target = 24, _unique(80, 72)
+    batch = _batch([np.zeros((80 // scale, 72 // scale, 3), np.uint8)] * 8, [target] * 8)
+    leaves = DecodeBatch(["input", "target"], s, augment=True, degrade=spec, dead_leaves=1.0)(batch)
+    photos = DecodeBatch(["input", "target"], s, augment=True, degrade=spec, dead_leaves=0.0)(batch)
+    assert leaves["input"].shape == (8, 3, s, s) and leaves["target"].shape == (8, 3, scale * s, scale * s)
+    for y in photos["target"]:
+        tgt = _hwc_u8(y)
+        tgt = tgt[:, ::-1] if tgt[0, 0, 1] > tgt[0, -1, 1] else tgt
+        _where(tgt, target)  # a cut of the photo
+    colours = set()
+    for x, y in zip(leaves["input"], leaves["target"]):
+        tgt = _hwc_u8(y)
+        colours |= {tuple(c) for c in tgt.reshape(-1, 3)}
+        assert not any(np.array_equal(tgt[:, ::d], target[t:t + scale * s, l:l + scale * s])
+                       for d in (1, -1) for t in range(0, 80 - scale * s + 1) for l in range(0, 72 - scale * s + 1))
+        made = degrade.apply(spec, (y.transpose(1, 2, 0) + 1) / 2, seed=0)
+        # the input is the spec applied to the target (with its margin: the borders differ a little)
+        assert np.abs((x.transpose(1, 2, 0) + 1) / 2 - made)[2:-2, 2:-2].mean() < 0.03
+    assert len(colours) > 50  # many disks of random colours, not a few flat patches
+
+
+def test_dead_leaves_need_inputs_synthesised_while_training():
+    from translator.variants import get_variant
+
+    with pytest.raises(ValueError, match="dead_leaves must be a share from 0 to 1"):
+        get_variant("nafnet").Config(dead_leaves=1.5).validate()
