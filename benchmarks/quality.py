@@ -78,6 +78,13 @@ def to_8bit(img: np.ndarray) -> np.ndarray:
 
 
 # ---- data and scoring -------------------------------------------------------------------------
+def held_out_names(settings, dataset: str) -> list[str]:
+    """The file names of `held_out_photos`, in its order."""
+    from img2img_demo.run import _held_out_photos
+
+    return [p.name for p in _held_out_photos(settings, dataset)]
+
+
 def held_out_photos(settings, dataset: str) -> list[np.ndarray]:
     """256x256 centre crops, at native resolution, of the photos in the dataset's val split."""
     from img2img_demo.run import _held_out_photos
@@ -186,13 +193,16 @@ def blind(settings, args, config: dict, lever: str, suffix: str) -> None:
     config = {"degrade": MIX, **config}
     _, version = train(settings, BLIND_DATASET, "nafnet", minutes, "quality-blind", config=config)
     run = model_fn(settings, "quality-blind", version)
-    rows = []
+    rows, per_photo = [], []
+    names = held_out_names(settings, BLIND_DATASET)
     for spec in BLIND_TESTS:
         degraded = [to_8bit(degrade.apply(spec, c, seed=i)) for i, c in enumerate(cleans)]
         classical = classical_rows(spec, degraded, cleans)
-        model = score([run(d) for d in degraded], cleans)
+        outputs = [run(d) for d in degraded]
+        model = score(outputs, cleans)
         rows += [[spec, "input", *score(degraded, cleans), "-"], *[[spec, *r, "-"] for r in classical],
                  [spec, f"nafnet-tiny, blind{lever}", *model, f"{model[0] - max(r[1] for r in classical):+.2f}"]]
+        per_photo += _per_photo(spec, names, degraded, outputs, cleans)
     report(f"quality_blind{suffix}", f"One blind nafnet ({minutes:g} min, 2 workers) vs classical methods that know "
            f"the degradation ({len(cleans)} held-out photos x {TEST_SIZE}px)",
            ["degradation", "method", "PSNR dB", "SSIM", "model - best classical dB"], rows,
@@ -200,6 +210,34 @@ def blind(settings, args, config: dict, lever: str, suffix: str) -> None:
                  f"{', '.join(f'{k}={v}' for k, v in config.items())}; inputs rounded to 8 bits. The classical "
                  "methods are given the true kernel (the resize: the best Gaussian PSF) and their constants are "
                  "picked on these very photos; the model only ever saw training pairs.")
+    report(f"quality_blind_per_photo{suffix}", f"The blind nafnet per held-out photo{lever}",
+           ["degradation", "photo", "input dB", "Wiener dB", "model dB", "model detail / clean", "Wiener detail / clean"],
+           per_photo, notes="PSNR per photo (the pooled table averages the squared errors). Detail: the mean squared "
+                            "difference of neighbouring pixels, as a multiple of the clean photo's (above 1: "
+                            "over-sharpened).")
+
+
+def _hf_energy(img: np.ndarray) -> float:
+    """Mean squared difference of horizontally neighbouring pixels: how much fine detail an image has."""
+    return float(np.mean(np.diff(img, axis=1) ** 2))
+
+
+def _per_photo(spec: str, names: list[str], degraded: list[np.ndarray], outputs: list[np.ndarray],
+               cleans: list[np.ndarray]) -> list[list]:
+    """[degradation, photo, input dB, Wiener dB (a Gaussian: true kernel, the pooled score's K), model dB,
+    the model's and Wiener's fine detail as a multiple of the clean photo's] per held-out photo."""
+    if spec.startswith("gaussian:"):
+        sigma = float(spec.split(":")[1])
+        k = max(K_GRID, key=lambda k: score([wiener(d, sigma, k) for d in degraded], cleans)[0])
+        restored = [wiener(d, sigma, k) for d in degraded]
+    else:
+        restored = [None] * len(degraded)
+    rows = []
+    for name, d, o, w, c in zip(names, degraded, outputs, restored, cleans):
+        detail = _hf_energy(c)
+        rows.append([spec, name, score([d], [c])[0], score([w], [c])[0] if w is not None else "-", score([o], [c])[0],
+                     _hf_energy(o) / detail, _hf_energy(w) / detail if w is not None else "-"])
+    return rows
 
 
 def _key_value(text: str) -> str:
