@@ -251,6 +251,7 @@ def test_export_logged_to_registry_then_served_with_onnx_runtime(stack, cli, dem
     --runtime onnx` then serves from that file, and its images match the torch runtime's."""
     from cluster.settings import get_settings
     from serving.deploy import deploy
+    from translator.runtime import DISPLACE_BF16
 
     model = f"{demo_run.model}@champion"
     rng = np.random.default_rng(5)
@@ -260,15 +261,22 @@ def test_export_logged_to_registry_then_served_with_onnx_runtime(stack, cli, dem
     # GET /model of one is judged by its own timings and one reply by itself.
     info = httpx.get(stack.serve_url + "/model", timeout=30).json()
     choice = info["runtime_choice"]
-    # bf16 competes only where it is 10% faster than torch fp32; then the fastest wins
-    eligible = {size: {rt: ms for rt, ms in choice[size].items()
-                       if rt != "torch bf16" or ms * 1.1 <= choice[size]["torch fp32"]}
-                for size in ("256x256", "512x512")}
-    fastest = {size: min(eligible[size], key=eligible[size].get) for size in eligible}
+    # the fastest wins, except that bf16 (a candidate only where it stays within one 8-bit level)
+    # keeps a size unless another runtime is DISPLACE_BF16 x faster; GET /model rounds to 0.1 ms,
+    # so a time within that of the margin may go either way
+    def allowed(times: dict[str, float]) -> set[str]:
+        fastest = min(times, key=times.get)
+        bf16 = times.get("torch bf16")
+        if bf16 is None or fastest == "torch bf16":
+            return {fastest}
+        edge = times[fastest] * DISPLACE_BF16 - bf16
+        return {"torch bf16"} if edge > 0.15 else {fastest} if edge < -0.15 else {fastest, "torch bf16"}
+
     assert {"onnx fp32", "torch fp32"} <= set(choice["256x256"])
-    assert f"{info['runtime']} {info['precision']}" == fastest["512x512"]
+    assert f"{info['runtime']} {info['precision']}" in allowed(choice["512x512"]), choice
     small = info["small_images"]
-    assert (f"{small['runtime']} {small['precision']}" if small else fastest["512x512"]) == fastest["256x256"]
+    small_choice = f"{small['runtime']} {small['precision']}" if small else f"{info['runtime']} {info['precision']}"
+    assert small_choice in allowed(choice["256x256"]), choice
     auto_reply = post(stack.serve_url, body)
     assert f"{auto_reply.headers['x-model-runtime']} {auto_reply.headers['x-model-precision']}" in choice["256x256"]
     r = cli("serve", "deploy", "--model", model, "--runtime", "torch", "--max-batch-size", "4")
