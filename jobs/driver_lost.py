@@ -59,6 +59,11 @@ def lost_driver(message: str) -> str | None:
     return f"the node running the job's driver{_node(message)} was lost (Ray Jobs does not restart a driver)"
 
 
+def lost_line(lost: str, meta: dict, checkpoint_step: int | None = None) -> str:
+    """The whole line a user sees: what happened (`lost_driver`) and what continues the work."""
+    return f"{lost}; {next_step(meta, checkpoint_step)}"
+
+
 def end_run(tracking_uri: str, meta: dict, lost: str) -> str:
     """A job whose driver was lost (`lost`, from `lost_driver`), with Ray metadata `meta`: end its
     MLflow run (meta run_id) FAILED, the line as its `error` tag, while it is still RUNNING, and
@@ -68,12 +73,12 @@ def end_run(tracking_uri: str, meta: dict, lost: str) -> str:
     more than this bookkeeping."""
     run_id = meta.get("run_id")
     if not run_id:
-        return f"{lost}; {next_step(meta, None)}"
+        return lost_line(lost, meta)
     try:
         client = MlflowClient(tracking_uri)
         run = client.get_run(run_id)
         held = run.data.tags.get(TAG_CHECKPOINT)
-        line = f"{lost}; {next_step(meta, int(held) if held is not None else None)}"
+        line = lost_line(lost, meta, int(held) if held is not None else None)
         if run.info.status == "RUNNING":
             client.set_tag(run_id, "error", line[:500])
             client.set_tag(run_id, TAG_PHASE, "failed")
@@ -83,4 +88,4 @@ def end_run(tracking_uri: str, meta: dict, lost: str) -> str:
         return line
     except Exception:
         log.exception("could not end MLflow run %s of a job whose driver was lost", run_id)
-        return f"{lost}; {next_step(meta, None)}"
+        return lost_line(lost, meta)

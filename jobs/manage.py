@@ -20,7 +20,7 @@ from cluster.errors import Img2ImgError
 from cluster.queue_view import QueueEntry, queue_view
 from cluster.services import poll_until
 from cluster.settings import Settings
-from jobs.driver_lost import end_run, lost_driver, next_step
+from jobs.driver_lost import end_run, lost_driver, lost_line
 from jobs.training.progress import follow, read, strip_ansi, write_raw
 from jobs.training.stopping import end_cut_off_children
 from registry.tracking import TAG_PHASE
@@ -220,7 +220,7 @@ def job_info(client, job_id: str) -> dict:
     message = lines[0] if len(lines) <= 1 else "\n".join([lines[0].split(",")[0] + ":", *lines[-3:]])
     lost = lost_driver(raw) if status == "FAILED" else None
     if lost:  # Ray's words are an actor's obituary: say what it means for the job, and what next
-        message = f"{lost}; {next_step(meta, None)}"
+        message = lost_line(lost, meta)
     return {"job_id": job_id, "status": status, "message": message, **({"driver_lost": lost} if lost else {}),
             **meta}
 
