@@ -192,3 +192,18 @@ def test_down_leaves_no_process_of_the_stack_behind(stack, tmp_path, monkeypatch
         time.sleep(0.5)
     assert ours() == []
     assert stack.mlflow_uri != other.mlflow_uri and Stack(stack).ray_healthy()  # the session stack runs on
+
+
+def test_ending_a_run_writes_nothing_to_stdout(stack, capfd):
+    """MLflow's client prints "View run ... at: URL" when it ends a run on a tracking server; in
+    our processes (every one imports cluster.settings) it must not, or `--json` output and pipes
+    of the commands that end runs (`jobs status` of a lost driver, `jobs stop`) break."""
+    from mlflow.tracking import MlflowClient
+
+    from registry.tracking import experiment_id
+
+    client = MlflowClient(stack.mlflow_uri)
+    run = client.create_run(experiment_id(client, "integration"))
+    capfd.readouterr()
+    client.set_terminated(run.info.run_id, status="KILLED")
+    assert capfd.readouterr().out == ""
