@@ -41,6 +41,7 @@ from jobs.search.space import trial_overrides
 from jobs.search.spec import METRIC, SearchSpec
 from jobs.search.trials import (
     PARENT_TAG,
+    TAG_COUNTED_STEP,
     TAG_OUTCOME,
     TAG_TRIAL,
     TrialTable,
@@ -159,6 +160,7 @@ def summarise(search: SearchSpec, settings: Settings, grid, total_steps: int) ->
                      **({"error": training._root_cause(result.error)} if result.error is not None else {})})
         if run_id:
             client.set_tag(run_id, TAG_OUTCOME, status)
+            client.set_tag(run_id, TAG_COUNTED_STEP, str(int(metrics.get("step", 0) or 0)))
             if final := run_status(client.get_run(run_id).info.status, status):
                 client.set_terminated(run_id, status=final)
     counted = {r["run_id"] for r in rows}
