@@ -155,10 +155,10 @@ def datasets_for(spec: TrainSpec, manifest: Manifest, settings: Settings, image_
         cfg = spec.variant_config()
         made = synthesis(cfg.degrade, manifest)
         out = {"train": load("train", image_size=image_size, rotate=rotate, repeat=reads("train"),
-                             degrade=made, cache_bytes=cache, dead_leaves=cfg.dead_leaves).randomize_block_order()}
+                             degrade=made, cache_bytes=cache, dead_leaves=cfg.dead_leaves, shuffle=True)}
     else:  # the two domains' streams share the budget
         out = {f"train_{d}": load("train", image_size=image_size, domain=d, rotate=rotate,
-                                  repeat=reads(f"train_{d}", d), cache_bytes=cache // 2).randomize_block_order()
+                                  repeat=reads(f"train_{d}", d), cache_bytes=cache // 2, shuffle=True)
                for d in "ab"}
     for stream in val_streams(manifest):
         # undecoded: every worker reads every val row and decodes only the ones it scores (train_loop.validate)

@@ -315,17 +315,33 @@ def ray_client(stack):
     ray.shutdown()
 
 
-@pytest.mark.parametrize("cache_bytes,repeat", [(0, 1), (10**9, 1), (10**9, 2)],
-                         ids=["png-each-read", "decoded-once", "decoded-once-read-twice"])
+def _operators(ds) -> list[str]:
+    """The dataset's logical operators, source first (one input chain)."""
+    names, op = [], ds._logical_plan.dag
+    while op is not None:
+        names.append(op.name)
+        op = op.input_dependencies[0] if op.input_dependencies else None
+    return names[::-1]
+
+
+@pytest.mark.parametrize("cache_bytes,repeat,shuffle", [(0, 1, False), (10**9, 1, False), (0, 2, True), (10**9, 2, True)],
+                         ids=["png-each-read", "decoded-once", "png-each-read-twice-shuffled",
+                              "decoded-once-read-twice-shuffled"])
 def test_stream_shapes_ranges_and_each_pair_once_per_epoch_across_two_workers(stack, cli, ray_client, cache_bytes,
-                                                                              repeat):
+                                                                              repeat, shuffle):
     """The same stream whether each read decodes the PNGs or crops the pixels decoded once and
-    kept in the object store: every pair `repeat` times a pass, split between two workers."""
+    kept in the object store: every pair `repeat` times a pass, split between two workers. A
+    shuffled training stream (what jobs read) reorders before it crops, never after: a reorder of
+    the crops is an all-to-all that holds the first batch until the whole pass is cropped."""
     import ray
 
     from jobs.data.stream import load_dataset
 
-    ds = load_dataset("sample", "train", stack, image_size=32, batch_size=4, cache_bytes=cache_bytes, repeat=repeat)
+    ds = load_dataset("sample", "train", stack, image_size=32, batch_size=4, cache_bytes=cache_bytes, repeat=repeat,
+                      shuffle=shuffle)
+    ops = _operators(ds)
+    assert ops[-1] == "MapBatches(DecodeBatch)", ops  # the crops stream straight to the workers
+    assert ("RandomizeBlockOrder" in ops) == (shuffle and cache_bytes > 0), ops  # reorders the cached pixels
     batch = ds.take_batch(4)
     assert batch["input"].shape == (4, 3, 32, 32) and batch["target"].dtype == np.float32
     assert -1.0 <= batch["input"].min() and batch["input"].max() <= 1.0
