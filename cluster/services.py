@@ -76,6 +76,24 @@ def require_ray(settings: Settings) -> None:
     require("the Ray dashboard", settings.ray_address, "/api/version", settings.ray_auth_headers())
 
 
+def job_client(settings: Settings):
+    """A Ray JobSubmissionClient for the configured cluster, with Ray's auth token found for you.
+    Raises Img2ImgError when the Ray Jobs API does not answer or refuses the connection."""
+    from ray.job_submission import JobSubmissionClient
+
+    settings.apply_ray_env()
+    for chatty in ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk",  # upload, websocket
+                   "ray._private.runtime_env.packaging"):  # "Creating a file package for local module"
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    require("the Ray Jobs API", settings.ray_address, "/api/version", settings.ray_auth_headers())
+    try:
+        # the token as a header of our own: Ray's token loader caches the first token a process
+        # reads, so a second cluster's client in the same process would send the first's
+        return JobSubmissionClient(settings.ray_address, headers=settings.ray_auth_headers() or None)
+    except Exception as e:
+        raise Img2ImgError(f"Ray at {settings.ray_address} refused the connection: {str(e).splitlines()[0]}") from None
+
+
 def require_endpoint(url: str) -> None:
     require("the endpoint", url, "/-/healthz", hint="is it deployed? (`img2img serve status`)")
 

@@ -8,21 +8,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import mlflow.pytorch
 import numpy as np
 import tenacity
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
-from mlflow.pytorch import get_default_pip_requirements
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 from PIL import Image
 
-import translator
 from cluster.errors import Img2ImgError
-from translator.metrics import PSNR_DEFINITION
-from translator.nets.twoway import TwoWayGenerator
 
 log = logging.getLogger(__name__)
 ALREADY_EXISTS = ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS")
@@ -125,6 +120,7 @@ def model_signature():
 def model_requirements() -> list[str]:
     """What the logged model needs, pinned to this job's versions. Given explicitly because
     mlflow's inference imports the model in a subprocess: seconds of every job on a small machine."""
+    from mlflow.pytorch import get_default_pip_requirements  # noqa: I001  (torch: only when a model is logged)
     # torch without its local `+cpu` label (no index serves it), and cloudpickle
     pinned = [r.split("+")[0] for r in get_default_pip_requirements()]
     return [*pinned, f"numpy=={np.__version__}"]
@@ -137,6 +133,13 @@ def log_generator(generator, multiple: int, variant: str, config: dict, register
 
     An unpaired variant passes its B->A generator as `reverse`: both are logged as one
     `TwoWayGenerator` (forward = A->B, as before), so the endpoint can serve either direction."""
+    # torch, mlflow.pytorch and the translator load here, not with the module: the CLI's job and
+    # registry commands import this module, and answer in a second without torch
+    import mlflow.pytorch
+
+    import translator
+    from translator.nets.twoway import TwoWayGenerator
+
     size = max(multiple, 32)
     example = np.zeros((1, 3, size, size), dtype=np.float32)
     generator = generator.cpu().eval()
@@ -173,6 +176,7 @@ def eval_tags(summary: dict) -> dict[str, str]:
     what they were computed on (split, dataset sha256, image count, MLflow run, `source`: who
     computed them, SOURCE_EVAL by default; `psnr_def`: the set-PSNR definition, always the
     current `translator.metrics.PSNR_DEFINITION`)."""
+    from translator.metrics import PSNR_DEFINITION
     prefix = f"eval.{summary['dataset']}."
     tags = {prefix + k: f"{v:.4f}" for k, v in as_stored(summary["metrics"]).items()}
     tags.update({prefix + "split": summary["split"], prefix + "sha256": summary["dataset_sha256"],

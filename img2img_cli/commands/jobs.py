@@ -20,9 +20,9 @@ def ls(as_json: bool = json_option()):
 
     Example: `img2img jobs ls --json`
     """
-    # deferred: imports mlflow, ray, torch (seconds of every CLI start)
+    # deferred: imports mlflow and ray (a second of every CLI start)
+    from cluster.services import job_client
     from jobs.manage import job_rows
-    from jobs.training.client import job_client
 
     settings = get_settings()
     rows = job_rows(job_client(settings), settings)
@@ -41,9 +41,9 @@ def status(job_id: str, follow: bool = typer.Option(False, "--follow", "-f", hel
 
     Example: `img2img jobs status raysubmit_abc123 --follow` (or `--json` for scripts)
     """
-    # deferred: imports mlflow, ray, torch (seconds of every CLI start)
+    # deferred: imports mlflow and ray (a second of every CLI start)
+    from cluster.services import job_client
     from jobs.manage import TERMINAL, follow_progress, job_info, job_summary, outcome_error, wait
-    from jobs.training.client import job_client
 
     settings = get_settings()
     client = job_client(settings)
@@ -84,9 +84,9 @@ def logs(job_id: str, follow: bool = typer.Option(False, "--follow", "-f", help=
 
     Example: `img2img jobs logs raysubmit_abc123 --follow`
     """
-    # deferred: imports mlflow, ray, torch (seconds of every CLI start)
+    # deferred: imports mlflow and ray (a second of every CLI start)
+    from cluster.services import job_client
     from jobs.manage import job_info, outcome_error, wait
-    from jobs.training.client import job_client
     from jobs.training.progress import write_raw
 
     client = job_client(get_settings())
@@ -108,9 +108,9 @@ def stop(job_id: str):
 
     Example: `img2img jobs stop raysubmit_abc123`
     """
-    # deferred: imports mlflow, ray, torch (seconds of every CLI start)
+    # deferred: imports mlflow and ray (a second of every CLI start)
+    from cluster.services import job_client
     from jobs.manage import stop as stop_job
-    from jobs.training.client import job_client
 
     settings = get_settings()
     outcome = stop_job(job_client(settings), settings, job_id)

@@ -15,13 +15,12 @@ import mlflow
 import ray
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
-from ray.job_submission import JobSubmissionClient
 
 from cluster import admission
 from cluster.admission import Footprint, capacity, check_fits, check_options
 from cluster.errors import Img2ImgError
 from cluster.preemption import PREEMPTIBLE, check_preempt
-from cluster.services import cluster_resources, poll_until, require, require_mlflow  # noqa: F401  (re-exported)
+from cluster.services import cluster_resources, job_client, poll_until, require, require_mlflow  # noqa: F401  (re-exported)
 from cluster.settings import Settings
 from jobs.data.stream import synthesis
 from jobs.training.driver import START_RETRIES, plan_job, run
@@ -39,21 +38,6 @@ from registry.tracking import (
 log = logging.getLogger(__name__)
 PACKAGES = ("cluster", "registry", "jobs", "translator", "serving")
 WORKER_START_TIMEOUT_S = 120
-
-
-def job_client(settings: Settings):
-    """A JobSubmissionClient for the configured cluster, with Ray's auth token found for you."""
-    settings.apply_ray_env()
-    for chatty in ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk",  # upload, websocket
-                   "ray._private.runtime_env.packaging"):  # "Creating a file package for local module"
-        logging.getLogger(chatty).setLevel(logging.WARNING)
-    require("the Ray Jobs API", settings.ray_address, "/api/version", settings.ray_auth_headers())
-    try:
-        # the token as a header of our own: Ray's token loader caches the first token a process
-        # reads, so a second cluster's client in the same process would send the first's
-        return JobSubmissionClient(settings.ray_address, headers=settings.ray_auth_headers() or None)
-    except Exception as e:
-        raise Img2ImgError(f"Ray at {settings.ray_address} refused the connection: {str(e).splitlines()[0]}") from None
 
 
 def serve_cpus(settings: Settings) -> float:
