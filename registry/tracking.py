@@ -133,8 +133,8 @@ def log_generator(generator, multiple: int, variant: str, config: dict, register
 
     An unpaired variant passes its B->A generator as `reverse`: both are logged as one
     `TwoWayGenerator` (forward = A->B, as before), so the endpoint can serve either direction."""
-    # torch, mlflow.pytorch and the translator load here, not with the module: the CLI's job and
-    # registry commands import this module, and answer in a second without torch
+    # torch, mlflow.pytorch and the translator load here, not with the module: the CLI's job
+    # commands import this module, and answer in about 2 s instead of 4 without torch
     import mlflow.pytorch
 
     import translator
