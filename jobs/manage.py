@@ -213,7 +213,7 @@ def job_info(client, job_id: str) -> dict:
     try:
         info = client.get_job_info(job_id)
     except Exception:
-        raise Img2ImgError(f"no job {job_id!r} on this cluster ; list them with: img2img jobs ls") from None
+        raise Img2ImgError(f"no job {job_id!r} on this cluster; list them with: img2img jobs ls") from None
     # Ray's message on failure embeds 20,000 characters of coloured log: keep its last lines.
     raw, status, meta = strip_ansi(info.message or ""), str(info.status).split(".")[-1], info.metadata or {}
     lines = [ln for ln in raw.splitlines() if ln.strip()]
