@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 TAG_TRIALS = "search_trials"  # JSON list of rows (see `TrialTable.rows`), on the parent run
 TAG_TRIAL = "search_trial"  # on a child run: its Tune trial id
 TAG_OUTCOME = "search_outcome"  # on a child run: finished | stopped early | failed
-# On a child run: the last step whose report the search counted. A trial the scheduler stops
+# On a trial's latest child run (an earlier start ended by PBT or a resume has none): the last
+# step whose report the search counted. A trial the scheduler stops
 # keeps training until Tune's stop reaches it, so its run may log a report or two past this step;
 # those arrive after the decision and are not ranked.
 TAG_COUNTED_STEP = "search_counted_step"
