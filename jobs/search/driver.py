@@ -152,15 +152,16 @@ def summarise(search: SearchSpec, settings: Settings, grid, total_steps: int) ->
         metrics = result.metrics or {}
         trial_id = metrics.get("trial_id") or os.path.basename(str(result.path)).split("_")[1]
         best = best_row(result)
-        status = outcome(int(metrics.get("step", 0) or 0), total_steps, result.error is not None)
+        step = int(metrics.get("step", 0) or 0)  # the last step Tune counted
+        status = outcome(step, total_steps, result.error is not None)
         run_id = runs.get(trial_id)
         rows.append({"trial": trial_id, "run_id": run_id, "params": trial_overrides(result.config or {}, search.dims()),
-                     "status": status, "step": int(metrics.get("step", 0) or 0),
+                     "status": status, "step": step,
                      "best_val_psnr": best[METRIC] if best else None, "best": best,
                      **({"error": training._root_cause(result.error)} if result.error is not None else {})})
         if run_id:
             client.set_tag(run_id, TAG_OUTCOME, status)
-            client.set_tag(run_id, TAG_COUNTED_STEP, str(int(metrics.get("step", 0) or 0)))
+            client.set_tag(run_id, TAG_COUNTED_STEP, str(step))
             if final := run_status(client.get_run(run_id).info.status, status):
                 client.set_terminated(run_id, status=final)
     counted = {r["run_id"] for r in rows}
