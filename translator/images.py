@@ -13,12 +13,15 @@ from __future__ import annotations
 import io
 import zlib
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from translator import samples
+
+if TYPE_CHECKING:
+    import torch
 
 HIGH_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
@@ -73,6 +76,8 @@ def from_array(arr: np.ndarray) -> Image.Image:
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
     """PIL -> 1x3xHxW float32 in [-1, 1]."""
+    import torch  # here, not at the top: the data pipeline's decode tasks use this module without torch
+
     arr = to_array(img)
     return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0) * 2 - 1
 
@@ -378,6 +383,8 @@ def resize_alpha(alpha: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def picture_tensor(pic: Picture) -> torch.Tensor:
     """Picture -> 1x3xHxW float32 in [-1, 1] (the network's input)."""
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(pic.pixels)).permute(2, 0, 1).unsqueeze(0) * 2 - 1
 
 

@@ -43,13 +43,19 @@ def test_cli_help_lists_the_registry_without_importing_torch():
     assert out.strip() == "False"
 
 
-def test_the_job_commands_load_without_torch():
-    """`jobs ls | status | logs | stop` import what this loads: without torch they answer in about
-    2 s instead of 4 on 2 cores (torch came through registry.tracking and jobs.training.client)."""
-    code = ("import sys, jobs.manage, jobs.training.progress, cluster.services, img2img_cli.commands.jobs; "
-            "print(sorted(m for m in ('torch', 'jobs.training.driver', 'jobs.data.stream') if m in sys.modules))")
+@pytest.mark.parametrize("what, modules", [
+    # `jobs ls | status | logs | stop`: about 2 s instead of 4 on 2 cores without torch (it came
+    # through registry.tracking and jobs.training.client)
+    ("the job commands", "jobs.manage, jobs.training.progress, cluster.services, img2img_cli.commands.jobs"),
+    # every job's Ray Data tasks (decode and crop, ingest) start in fresh worker processes: torch
+    # there cost each training job's first batch 2-4 s (benchmarks/RESULTS.md)
+    ("the data pipeline's tasks", "jobs.data.stream, jobs.data.worker"),
+])
+def test_what_needs_no_model_loads_without_torch(what, modules):
+    code = (f"import sys, {modules}; "
+            "print(sorted(m for m in ('torch', 'jobs.training.driver') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    assert out.strip() == "[]", what
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
