@@ -21,7 +21,7 @@ from collections import Counter
 from benchmarks.common import percentile, run_together
 
 ROW_KEYS = ("rollout-none", "rollout-none-paced", "rollout-shadow-equal", "rollout-shadow", "rollout-shadow-paced",
-            "rollout-canary", "rollout-canary-kill", "rollout-promote")
+            "rollout-canary", "rollout-canary-kill", "rollout-promote", "rollout-none-paced-1", "rollout-shadow-paced-1")
 PACED_SHARE = 0.5  # the paced rows send at this share of the closed loop's measured capacity
 
 
@@ -143,5 +143,41 @@ def rollout_rows(settings, model: str, challenger: str | None, seconds: float, c
         from registry.models import rollback
 
         rollback(settings, resolve(settings.mlflow_uri, model)[0])
+    rows.update(paced_on_one_replica(settings, model, challenger, champion, url, body, seconds, concurrency))
     deploy(settings, model)
+    return rows
+
+
+def paced_on_one_replica(settings, model: str, challenger: str, champion: str, url: str, body: bytes,
+                         seconds: float, concurrency: int, rounds: int = 2) -> dict:
+    """The paced rows again with ONE champion replica, which is what the standard deployment
+    (1-2 replicas, 2 ongoing requests each) settles at under half its load: no rollout and a 20%
+    SCHED_IDLE shadow, interleaved for `rounds` rounds (the champion's p50/p95 averaged over
+    them). -> rows "rollout-none-paced-1" and "rollout-shadow-paced-1"."""
+    from serving.deploy import deploy
+    from serving.options import Scaling
+    from serving.rollouts import end, start, status
+
+    deploy(settings, model, scaling=Scaling(min_replicas=1, max_replicas=1), wait_s=300)
+    load(url, body, 5, concurrency)  # warm
+    rate = PACED_SHARE * load(url, body, seconds / 2, concurrency)["rate"]
+    runs: dict[str, list[dict]] = {"none": [], "shadow": []}
+    mirrored = 0
+    for _ in range(rounds):
+        runs["none"].append(load(url, body, seconds, concurrency, rate=rate))
+        start(settings, "shadow", challenger, sample=0.2, background=True)
+        runs["shadow"].append(load(url, body, seconds, concurrency, rate=rate))
+        mirrored += status(settings)["comparison"]["pairs"]
+        end(settings, "abort")
+    rows = {}
+    for key, label, extra in (
+            ("none", f"champion v{champion} alone, 1 replica, paced at {rate:.0f} requests/s ({PACED_SHARE:.0%} of "
+                     f"its capacity), {rounds} rounds interleaved with the next row", ""),
+            ("shadow", f"same, 1 replica, shadow of {challenger} at 20% sampling under SCHED_IDLE", f"; {mirrored} mirrored")):
+        rs = runs[key]
+        p50, p95 = (sum(r["ms"].get(champion, (float("nan"),) * 2)[i] for r in rs) / len(rs) for i in (0, 1))
+        statuses = sum((Counter(r["statuses"]) for r in rs), Counter())
+        rows[f"rollout-{key}-paced-1"] = [label, f"{dict(statuses)}{extra}", p50, p95,
+                                          sum(r["rate"] for r in rs) / len(rs), sum(r["failures"] for r in rs)]
+        print(key, "1 replica", rows[f"rollout-{key}-paced-1"], flush=True)
     return rows
