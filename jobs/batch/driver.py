@@ -40,6 +40,7 @@ from jobs.entry import marked_main
 from registry.loading import load
 from registry.tracking import RunLogger, experiment_id
 from translator import codec
+from translator.allocator import retain_freed_memory
 from translator.compute import enhance_alone
 from translator.video import VIDEO_SUFFIXES
 
@@ -61,6 +62,7 @@ class Enhancer:
         settings = get_settings()
         threads = max(1, int(self.spec.cpus_per_worker))
         torch.set_num_threads(threads)
+        retain_freed_memory()  # as an endpoint replica does (translator/allocator.py)
         self.model = load(settings.mlflow_uri, self.spec.model, self.spec.version,
                           device="cuda" if self.spec.use_gpu and torch.cuda.is_available() else "cpu",
                           runtime=self.spec.runtime, threads=threads, precision=self.spec.precision)

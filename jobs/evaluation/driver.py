@@ -43,6 +43,7 @@ from jobs.evaluation.spec import MARK, EvalSpec
 from registry.manifest import read_manifest
 from registry.tracking import RunLogger, eval_tags, experiment_id, upsert, write_model_card
 from translator import images, tiling
+from translator.allocator import retain_freed_memory
 from translator.metrics import (
     PSNR_DEFINITION,
     SetTally,
@@ -93,6 +94,7 @@ class Scorer:
         self.spec = EvalSpec(**spec)
         self.device = torch.device("cuda" if self.spec.use_gpu and torch.cuda.is_available() else "cpu")
         torch.set_num_threads(max(1, int(self.spec.cpus_per_worker)))
+        retain_freed_memory()  # as an endpoint replica does (translator/allocator.py)
         if self.spec.kind == "paired":  # the registered model itself
             mlflow.set_tracking_uri(get_settings().mlflow_uri)  # an actor does not inherit the driver's
             net = mlflow.pytorch.load_model(self.spec.model_uri, map_location=self.device).eval()
