@@ -102,6 +102,9 @@ def deploy(settings: Settings, model: str = "", replica: ReplicaOptions = DEFAUL
             "runtime": replica.runtime, "threads": replica.threads, **limits}
 
 
+REPORT_LAG_S = 10.0  # how long a refusal waits for the capacity report to catch up (see replica_reservation)
+
+
 def replica_reservation(settings: Settings, num_cpus: float, min_replicas: int) -> dict:
     """Replicas reserve the admission resource beside their CPUs (cluster.admission), so jobs and
     replicas never count on the same CPUs. Refuses (Img2ImgError) a deploy whose `min_replicas`
@@ -113,11 +116,22 @@ def replica_reservation(settings: Settings, num_cpus: float, min_replicas: int) 
     held = (current or {}).get("replicas", 0) * float(num_cpus)  # this app's replicas give theirs back
     need = min_replicas * num_cpus
     if need > cap.free + held:
+        # The dashboard's report still shows a job's reservation 1-1.5 s after the job has ended
+        # (measured): read it again for a few seconds before refusing, so a deploy right after a
+        # job is not refused for CPUs no one holds any more.
+        cap = poll_until(lambda: _fits(settings, need - held), REPORT_LAG_S) or cap
+    if need > cap.free + held:
         raise Img2ImgError(f"--min-replicas {min_replicas} x --num-cpus {num_cpus:g} = {need:g} CPUs, but only "
                            f"{cap.free + held:g} of the cluster's {cap.total:g} are not reserved by jobs "
                            "(see `img2img jobs ls`); deploying would starve them: wait for them, stop one "
                            "(`img2img jobs stop ID`), or ask for fewer replicas / CPUs")
     return {"resources": {admission.RESOURCE: float(num_cpus)}}
+
+
+def _fits(settings: Settings, cpus: float) -> admission.Capacity | None:
+    """The cluster's admission capacity when it has `cpus` unreserved, else None."""
+    cap = admission.capacity(settings.ray_address, settings.ray_auth_headers())
+    return cap if cap is not None and cap.free >= cpus else None
 
 
 def size_time_limits(settings: Settings, wait_s: float = 120) -> dict:

@@ -182,14 +182,20 @@ def test_3_rows_1_val_row_2_workers_trains_what_it_reports_with_live_progress(st
     """3 rows over 2 workers (1 each, batch 4: the rows repeat), 1 val row (validated by both
     workers), --max-steps 10 before --epochs 5: the job runs and reports exactly 10 steps,
     --follow shows progress lines (not Ray's logs), and no temp files are left behind."""
+    from cluster.admission import RESOURCE, capacity
     from cluster.stack import Stack
+    from serving.deploy import replica_reservation
 
     stack_tmp = Stack(stack).tmp_dir
     before = _leftovers(stack_tmp, Path("/tmp"))
+    free_before = capacity(stack.ray_address, stack.ray_auth_headers()).free  # CPUs no job of this test holds
     result = cli("train", "--dataset", "rows-3", *AE, "--workers", "2", "--epochs", "5", "--max-steps", "10",
                  "--checkpoint-every", "5", "--follow")
     out = result.output
     assert result.exit_code == 0, out[-3000:]
+    # Serve replicas may take the CPUs the job has just given back at once, though the dashboard's
+    # report counts them for seconds after the job ended
+    assert replica_reservation(stack, free_before, 1) == {"resources": {RESOURCE: free_before}}
     assert "SUCCEEDED" in out and "repeats them" in out
     assert "ends after 10 steps (--max-steps, before --epochs ends it)" in out  # the limit that ends it, named
     assert re.search(r"step 10/10 \(100%\) \| val PSNR [0-9.]+ dB \([+-][0-9.]+ vs input\) \| loss [0-9.]+ \| "
