@@ -151,7 +151,7 @@ def rollout_rows(settings, model: str, challenger: str | None, seconds: float, c
 def paced_on_one_replica(settings, model: str, challenger: str, champion: str, url: str, body: bytes,
                          seconds: float, concurrency: int, rounds: int = 2) -> dict:
     """The paced rows again with ONE champion replica, which is what the standard deployment
-    (1-2 replicas, 2 ongoing requests each) settles at under half its load: no rollout and a 20%
+    (1-2 replicas, the autoscaler aiming at 2 ongoing requests a replica) settles at under half its load: no rollout and a 20%
     SCHED_IDLE shadow, interleaved for `rounds` rounds (the champion's p50/p95 averaged over
     them). -> rows "rollout-none-paced-1" and "rollout-shadow-paced-1"."""
     from serving.deploy import deploy
