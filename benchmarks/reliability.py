@@ -306,8 +306,9 @@ def _previous_rows() -> dict:
     if not path.exists():
         return {}
     rows = json.loads(path.read_text()).get("rows", [])
-    # a run with the rollout rows, one from before the 1-replica paced rows, or one from before any
-    for keys in (ROWS, ROWS[:-2], SCENARIOS[:-1]):
+    # a full run, one from before the 1-replica paced rows, one from before any rollout row, or an
+    # `--only rollout` run with or without the 1-replica rows (told apart by their row count)
+    for keys in (ROWS, ROWS[:-2], SCENARIOS[:-1], ROW_KEYS, ROW_KEYS[:-2]):
         if len(rows) == len(keys):
             return dict(zip(keys, rows))
     return {}
