@@ -39,7 +39,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 
-from cluster.capacity import GPU_RESOURCE, RESOURCE, Capacity, capacity  # noqa: F401  (re-exported)
+from cluster.capacity import GPU_RESOURCE, RESOURCE, Capacity, capacity, confirmed  # noqa: F401  (re-exported)
 from cluster.errors import Img2ImgError
 
 log = logging.getLogger(__name__)

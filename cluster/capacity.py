@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
@@ -82,3 +83,23 @@ def capacity(ray_address: str, headers: dict, wait_s: float = REPORT_WAIT_S) -> 
         return None
     gpu = (report.get("usage") or {}).get(_camel(GPU_RESOURCE)) or (0.0, 0.0)  # (used, total)
     return Capacity(tuple(nodes), float(gpu[1]))
+
+
+# The report trails the cluster: it still counts a job's reservation 1.5-4.5 s after the job has
+# ended (measured on the 2-core machine), so a "not enough" is read again for this long.
+REPORT_LAG_S = 10.0
+REPORT_READ_S = 2.0  # each of those reads waits at most this long for a dashboard that does not answer
+
+
+def confirmed(ray_address: str, headers: dict, enough: Callable[[Capacity], bool], first: Capacity,
+              wait_s: float = REPORT_LAG_S) -> Capacity | None:
+    """`first` when it is `enough`; else the report read again every 0.5 s until a read is
+    `enough` or `wait_s` seconds have passed, so nobody acts on CPUs that a job which has just
+    ended still holds in the report. -> the last read (None: the cluster advertises no admission
+    resources any more). Raises Img2ImgError as `capacity` does."""
+    if enough(first):
+        return first
+    return tenacity.Retrying(retry=tenacity.retry_if_result(lambda c: c is not None and not enough(c)),
+                             stop=tenacity.stop_after_delay(wait_s), wait=tenacity.wait_fixed(0.5),
+                             retry_error_callback=lambda state: state.outcome.result())(
+        capacity, ray_address, headers, REPORT_READ_S)

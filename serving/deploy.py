@@ -102,10 +102,6 @@ def deploy(settings: Settings, model: str = "", replica: ReplicaOptions = DEFAUL
             "runtime": replica.runtime, "threads": replica.threads, **limits}
 
 
-REPORT_LAG_S = 10.0  # how long a refusal waits for the capacity report to catch up (see replica_reservation)
-REPORT_READ_S = 2.0  # each of those reads waits this long for a dashboard that does not answer
-
-
 def replica_reservation(settings: Settings, num_cpus: float, min_replicas: int) -> dict:
     """Replicas reserve the admission resource beside their CPUs (cluster.admission), so jobs and
     replicas never count on the same CPUs. Refuses (Img2ImgError) a deploy whose `min_replicas`
@@ -116,20 +112,10 @@ def replica_reservation(settings: Settings, num_cpus: float, min_replicas: int) 
     current = status(settings)
     held = (current or {}).get("replicas", 0) * float(num_cpus)  # this app's replicas give theirs back
     need = min_replicas * num_cpus
-    if need > cap.free + held:
-        # The dashboard's report still counts a job's reservation 1.5-4.5 s after the job has
-        # ended (measured): read it again for a while before refusing, so a deploy right after a
-        # job is not refused for CPUs no one holds any more. The refusal says what the last read said.
-        reads = [cap]
-
-        def fits() -> bool:
-            reads.append(admission.capacity(settings.ray_address, settings.ray_auth_headers(), wait_s=REPORT_READ_S))
-            return reads[-1] is None or need <= reads[-1].free + held
-
-        poll_until(fits, REPORT_LAG_S)
-        cap = reads[-1]
-        if cap is None:  # the cluster now advertises no admission resources
-            return {}
+    # a refusal is confirmed first: the report may still count a job that has just ended
+    cap = admission.confirmed(settings.ray_address, settings.ray_auth_headers(), lambda c: need <= c.free + held, cap)
+    if cap is None:  # the cluster now advertises no admission resources
+        return {}
     if need > cap.free + held:
         raise Img2ImgError(f"--min-replicas {min_replicas} x --num-cpus {num_cpus:g} = {need:g} CPUs, but only "
                            f"{cap.free + held:g} of the cluster's {cap.total:g} are not reserved by jobs "

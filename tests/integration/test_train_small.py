@@ -194,8 +194,8 @@ def test_3_rows_1_val_row_2_workers_trains_what_it_reports_with_live_progress(st
     out = result.output
     assert result.exit_code == 0, out[-3000:]
     # Serve replicas may take the CPUs the job has just given back at once, though the dashboard's
-    # report counts them for seconds after the job ended
-    # (one replica more than the endpoint has: the ones it has give theirs back in the count)
+    # report counts them for seconds after the job ended (asked: one replica more than the
+    # endpoint has, as the ones it has give theirs back in the count)
     replicas = (status(stack) or {}).get("replicas", 0)
     assert replica_reservation(stack, free_before, replicas + 1) == {"resources": {RESOURCE: free_before}}
     assert "SUCCEEDED" in out and "repeats them" in out
