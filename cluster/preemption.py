@@ -15,9 +15,13 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
+
+import tenacity
 
 from cluster import admission
 from cluster.admission import PRIORITIES, Capacity, Ticket
+from cluster.capacity import REPORT_LAG_S
 from cluster.errors import Img2ImgError
 
 log = logging.getLogger(__name__)
@@ -31,6 +35,41 @@ def check_preempt(priority: str, preempt: bool) -> None:
                            "use --priority high")
 
 
+def _room(ticket: Ticket, cap: Capacity) -> float:
+    """Admission CPUs `ticket` can use: the whole cluster's free ones for a split reservation, else one node's."""
+    return cap.free if ticket.split else cap.largest_free
+
+
+def settled(client, job_id: str, ticket: Ticket, cap: Capacity, reread: Callable[[], Capacity | None],
+            lag_s: float = REPORT_LAG_S) -> Capacity | None:
+    """The capacity to choose victims by for Ray job `job_id`, just submitted with `ticket`,
+    which did not fit by `cap` (read before it was submitted).
+
+    The dashboard's report trails the cluster: it still counts a job's reservation for a few
+    seconds after that job has ended (`cluster.capacity.REPORT_LAG_S`). While a job has ended
+    within `lag_s` seconds (the Jobs API's end times), `cap` may count CPUs nobody holds, so
+    the report is read again (`reread`, every 0.5 s) until it cannot. Reading after the
+    submission is safe: a job that is still PENDING holds no reservation of its own.
+    -> None when `job_id` fits after all (Ray admitted it, or a read shows the room, which Ray
+    then admits it to): nobody needs to stop; else the last read (None when the cluster
+    stopped advertising admission resources)."""
+    last_end = max((j.end_time or 0) / 1000 for j in client.list_jobs()) if lag_s > 0 else 0.0
+    stale_for = last_end + lag_s - time.time()
+
+    def look(c: Capacity | None):
+        if admission.job_status(client.get_job_info(job_id)) != "PENDING" or c is None \
+                or _room(ticket, c) >= ticket.footprint.cpus:
+            return None
+        return c
+
+    first = look(cap)
+    if first is None or stale_for <= 0:
+        return first
+    return tenacity.Retrying(retry=tenacity.retry_if_result(lambda c: c is not None),
+                             stop=tenacity.stop_after_delay(stale_for), wait=tenacity.wait_fixed(0.5),
+                             retry_error_callback=lambda state: state.outcome.result())(lambda: look(reread()))
+
+
 def victims(client, ticket: Ticket, cap: Capacity | None, asked=frozenset()) -> list:
     """The RUNNING preemptible jobs of a lower priority than `ticket` to stop so that its
     footprint fits: lowest priority first, then the most recently started (the least work to
@@ -41,7 +80,7 @@ def victims(client, ticket: Ticket, cap: Capacity | None, asked=frozenset()) -> 
     -> [(JobDetails, Ticket)]"""
     if cap is None:
         return []
-    needs, free = ticket.footprint.cpus, (cap.free if ticket.split else cap.largest_free)
+    needs, free = ticket.footprint.cpus, _room(ticket, cap)
     if free >= needs:
         return []
     rank = PRIORITIES.index(ticket.priority)

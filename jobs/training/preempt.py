@@ -20,8 +20,9 @@ from mlflow.tracking import MlflowClient
 from ray.job_submission import JobSubmissionClient
 
 from cluster.admission import Capacity, Ticket, capacity
+from cluster.capacity import REPORT_READ_S
 from cluster.errors import Img2ImgError
-from cluster.preemption import own_job, requeue_copy, victims
+from cluster.preemption import own_job, requeue_copy, settled, victims
 from cluster.settings import Settings
 from registry.tracking import TAG_PHASE, TAG_PREEMPT_REQUEST, TAG_PREEMPTED
 
@@ -38,6 +39,11 @@ def preempt_for(settings: Settings, client, job_id: str, cap: Capacity | None) -
         return []
     if cap is None:  # the dashboard did not answer at submission (a busy head): ask once more
         cap = capacity(settings.ray_address, settings.ray_auth_headers())
+    if cap is not None:  # not a job that has just ended, still counted in the report
+        cap = settled(client, job_id, ticket, cap,
+                      lambda: capacity(settings.ray_address, settings.ray_auth_headers(), REPORT_READ_S))
+        if cap is None:
+            return []
     ml = MlflowClient(settings.mlflow_uri)
     asked = set()
     for job in client.list_jobs():  # already asked by another preempting job: its room is on its way

@@ -138,6 +138,39 @@ def test_a_split_reservation_round_trips_and_counts_the_whole_cluster_for_preemp
     assert victims(client, t, Capacity(((0.0, 8.0), (0.0, 2.0)))) == []  # 10 free: it fits already
 
 
+FULL, ROOM = Capacity(((4.0, 4.0),)), Capacity(((0.0, 4.0),))
+
+
+@pytest.mark.parametrize("ended_s_ago, statuses, reads, want, reads_done", [
+    # a job ended 1 s ago and the report still counts it: the next read shows the room -> nobody stops
+    (1.0, ["PENDING"] * 3, [FULL, ROOM], None, 2),
+    # Ray admits the job while the report still lags -> nobody stops
+    (1.0, ["PENDING", "PENDING", "RUNNING"], [FULL, FULL, FULL], None, 2),
+    # no job has ended for longer than the report's lag: the read at submission is the truth
+    (60.0, ["PENDING"], [], FULL, 0),
+    # still full once the lag has passed: the victims are chosen by the last read
+    (0.5, ["PENDING"] * 10, [FULL] * 10, FULL, None),
+], ids=["report-catches-up", "ray-admits-it", "nothing-ended-lately", "really-full"])
+def test_preemption_waits_out_the_reports_lag_only_after_a_job_has_just_ended(ended_s_ago, statuses, reads, want,
+                                                                              reads_done):
+    """A --preempt job submitted seconds after another ended must not stop a running job for
+    CPUs that the dashboard's report still counts for the ended one."""
+    import time
+    from types import SimpleNamespace
+
+    from cluster.preemption import settled
+
+    ended = SimpleNamespace(status="JobStatus.SUCCEEDED", end_time=int((time.time() - ended_s_ago) * 1000))
+    statuses, pending_reads = iter(statuses), list(reads)
+    client = SimpleNamespace(list_jobs=lambda: [ended, SimpleNamespace(status="JobStatus.RUNNING", end_time=None)],
+                             get_job_info=lambda _: SimpleNamespace(status=f"JobStatus.{next(statuses)}"))
+    t = Ticket(Footprint(2, 1.0), "high", submitted=0.0)
+    got = settled(client, "raysubmit_new", t, FULL, lambda: pending_reads.pop(0), lag_s=1.5)
+    assert got == want
+    if reads_done is not None:
+        assert len(reads) - len(pending_reads) == reads_done
+
+
 def test_the_queue_counts_the_whole_cluster_for_a_split_job_and_the_largest_node_for_others():
     from types import SimpleNamespace
 
