@@ -35,7 +35,7 @@ def main() -> None:
     from cluster.stack import Stack
     from cluster.storage import Storage
     from jobs.data.ingest import IngestOptions, ingest
-    from jobs.data.stream import DecodeBatch, load_dataset, read_parquet_v1
+    from jobs.data.stream import DecodeBatch, load_dataset, read_parquet_v1, task_rows
     from registry.manifest import dataset_prefix, manifest_key, read_manifest
 
     settings = settings_with_stack()
@@ -55,7 +55,8 @@ def main() -> None:
         for _ in range(2):  # the first pass warms caches and worker processes
             s3 = load_dataset(NAME, "train", settings, image_size=96, augment=True)
             disk = read_parquet_v1([str(local)], None).select_columns(["key", "input", "target"])  # same reader
-            disk = disk.map_batches(DecodeBatch(["input", "target"], 96, True), batch_format="numpy", batch_size=16)
+            disk = disk.map_batches(DecodeBatch(["input", "target"], 96, True), batch_format="numpy",
+                                    batch_size=task_rows(96))  # the rows a task that load_dataset makes
             s3_rates.append(_consume_rate(s3, workers))
             disk_rates.append(_consume_rate(disk, workers))
         rows.append([workers, max(s3_rates), max(disk_rates), max(s3_rates) / max(disk_rates)])

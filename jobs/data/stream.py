@@ -30,25 +30,26 @@ log = logging.getLogger("jobs.data.stream")
 
 # Ray Data runs each `map_batches` task at a fixed cost of about 15 ms of CPU (scheduling, the
 # block's metadata and stats: a `top` sample found 15% of a core for ~9 tasks a second) beside
-# the work itself; a 64 px crop is ~0.1 ms of work, so
-# 16-row tasks spent most of the data pipeline's CPU on the fixed cost, on the cores the training
-# workers use (benchmarks/RESULTS.md, "Rows a crop task makes": 64-row tasks trained a 2-worker
-# autoencoder job 5-9% faster). Small crops therefore go in larger tasks: about TASK_PIXELS output
-# pixels a task, between MIN_TASK_ROWS and MAX_TASK_ROWS rows (large crops keep small blocks,
-# whose object-store bytes and first-batch wait grow with the rows).
+# the work itself; a 64 px crop is ~0.1 ms of work, so 16-row tasks spent most of the data
+# pipeline's CPU on the fixed cost, on the cores the training workers use (benchmarks/RESULTS.md,
+# "Rows a crop task makes"). Small crops therefore go in larger tasks: about TASK_PIXELS output
+# pixels a task (the target's, for super-resolution), between MIN_TASK_ROWS and MAX_TASK_ROWS
+# rows (large crops keep small blocks, whose object-store bytes and first-batch wait grow with
+# the rows). A decoded-once split stays in blocks of MIN_TASK_ROWS, each reordered on its own
+# every pass: a crop task gathers several of them, so batches mix as many stored runs as before.
 TASK_PIXELS = 64 * 64 * 64
 MIN_TASK_ROWS, MAX_TASK_ROWS = 16, 64
-# A decoded-once split is kept in blocks of a crop task's rows (each task then reads one block),
-# but never over this many bytes a block: rows of large stored images stay few a block.
-CACHE_BLOCK_BYTES = 32 * 2**20
 
 
-def task_rows(image_size: int | None) -> int:
-    """Rows one crop/decode task of a stream makes for crops of `image_size` px (None: images of
-    their stored size) -> an int in [MIN_TASK_ROWS, MAX_TASK_ROWS]; 64 px -> 64, 128 px -> 16."""
+def task_rows(image_size: int | None, scale: int = 1) -> int:
+    """Rows one crop/decode task of a stream makes for input crops of `image_size` px (None:
+    images of their stored size) whose targets are `scale` times larger -> an int in
+    [MIN_TASK_ROWS, MAX_TASK_ROWS]; 64 px -> 64, 96 px -> 28, 128 px -> 16, 32 px at 4x -> 16."""
     if not image_size:
         return MIN_TASK_ROWS
-    return max(MIN_TASK_ROWS, min(MAX_TASK_ROWS, TASK_PIXELS // (image_size * image_size)))
+    side = image_size * max(1, scale)
+    return max(MIN_TASK_ROWS, min(MAX_TASK_ROWS, TASK_PIXELS // (side * side)))
+
 
 # Target pixels of context kept on each side of a crop, where the stored image has them, when its
 # input is synthesised: the blur at the crop's edge then sees real neighbours, not a mirror.
@@ -273,7 +274,7 @@ def load_dataset(name: str, split: str = "train", settings: Settings | None = No
     augment (default: on for "train"): random crops and flips; `rotate` adds 90-degree turns.
     Without `image_size`, images keep their stored size; for a dataset ingested with `--size 0`
     (sizes vary) every batch then holds one image, whatever `batch_size` says. batch_size: the
-    rows one crop/decode task makes (default `task_rows(image_size)`). decode=False: the
+    rows one crop/decode task makes (default `task_rows(image_size, the dataset's scale)`). decode=False: the
     stored PNG bytes as they are (decode them with `DecodeBatch` where they are used, e.g. after
     choosing which rows a worker keeps). repeat: each pass over the stream reads every row this
     many times (each time with its own random crop), so a small split makes fewer, longer passes.
@@ -307,12 +308,8 @@ def load_dataset(name: str, split: str = "train", settings: Settings | None = No
     # a synthesised input is never read: only the targets are worth keeping
     needed = ["target"] if decoder.degradation is not None else columns
     size = decoded_bytes(manifest, split, needed, domain)
-    batch_size = batch_size or task_rows(image_size)
-    ds = None
-    if size and size <= cache_bytes:
-        row_bytes = len(needed) * manifest.image_size ** 2 * 3  # `decoded_bytes`' arithmetic, one row
-        ds = _decoded_once(paths, settings, needed, size, cache_bytes, repeat,
-                           max(1, min(batch_size, CACHE_BLOCK_BYTES // row_bytes)))
+    batch_size = batch_size or task_rows(image_size, manifest.scale)
+    ds = _decoded_once(paths, settings, needed, size, cache_bytes, repeat) if size and size <= cache_bytes else None
     if ds is None:
         ds = read_parquet_v1(paths * max(1, repeat), arrow_filesystem(settings),
                              shuffle_files=shuffle).select_columns(["key", *columns])
@@ -346,14 +343,13 @@ def synthesis(setting: str, manifest: Manifest) -> str | None:
 
 
 def _decoded_once(paths: list[str], settings: Settings, columns: list[str], estimate: int, cache_bytes: int,
-                  repeat: int, rows: int = MIN_TASK_ROWS):
+                  repeat: int):
     """The split's rows decoded once and kept in the object store, read `repeat` times a pass
     (Dataset.union of the one materialized copy) -> Dataset, or None when the decoded rows came
     out over twice `cache_bytes` (16-bit shards decode to float32, 4 bytes a channel): the
     stream then decodes on every read, as without a cache."""
     base = read_parquet_v1(paths, arrow_filesystem(settings)).select_columns(["key", *columns])
-    # blocks of the crop tasks' rows: each crop task then reads one block
-    base = base.map_batches(DecodeRows(columns), batch_format="numpy", batch_size=rows).materialize()
+    base = base.map_batches(DecodeRows(columns), batch_format="numpy", batch_size=MIN_TASK_ROWS).materialize()
     held = base.size_bytes()
     if held > 2 * max(cache_bytes, estimate):
         log.warning("decoded training rows take %.0f MB, over the cache's %.0f MB: decoding on every read",

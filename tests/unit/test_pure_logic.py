@@ -129,12 +129,13 @@ def test_a_cache_is_sized_from_the_manifest():
     assert decoded_bytes(m, "train", ["input", "target"]) is None
 
 
-@pytest.mark.parametrize("crop, rows", [(32, 64), (64, 64), (96, 28), (128, 16), (512, 16), (None, 16)])
-def test_small_crops_are_made_in_larger_tasks(crop, rows):
+@pytest.mark.parametrize("crop, scale, rows", [(32, 1, 64), (64, 1, 64), (96, 1, 28), (128, 1, 16), (512, 1, 16),
+                                             (None, 1, 16), (32, 4, 16), (16, 2, 64)])
+def test_small_crops_are_made_in_larger_tasks(crop, scale, rows):
     """Each Ray Data task has a fixed CPU cost: 64 px crops go 64 to a task, large ones stay at 16."""
     from jobs.data.stream import task_rows
 
-    assert task_rows(crop) == rows
+    assert task_rows(crop, scale) == rows
 
 
 def test_d4_augmentation_turns_input_and_target_alike_through_all_eight_orientations():
