@@ -52,8 +52,9 @@ def settled(client, job_id: str, ticket: Ticket, cap: Capacity, reread: Callable
     submission is safe: a job that is still PENDING holds no reservation of its own.
     -> None when `job_id` fits after all (Ray admitted it, or a read shows the room, which Ray
     then admits it to): nobody needs to stop; else the last read (None when the cluster
-    stopped advertising admission resources)."""
-    last_end = max((j.end_time or 0) / 1000 for j in client.list_jobs()) if lag_s > 0 else 0.0
+    stopped advertising admission resources). Waits at most `lag_s` s (plus one read). Raises
+    Img2ImgError when `reread` does (`cluster.capacity.capacity`: the dashboard unreadable)."""
+    last_end = max(((j.end_time or 0) / 1000 for j in client.list_jobs()), default=0.0) if lag_s > 0 else 0.0
     stale_for = last_end + lag_s - time.time()
 
     def look(c: Capacity | None):
