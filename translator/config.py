@@ -48,7 +48,11 @@ class TrainConfig:
       synthesised with `--degrade`, else `stored`). Validation always scores the stored pairs;
     - `dead_leaves`: share (0-1) of training crops whose target is a synthetic dead-leaves image
       (`translator.synthetic`) instead of a stored one, its input synthesised by `degrade` (which
-      must then be a spec): sharp edges and fine texture at every scale, for a few photos.
+      must then be a spec): sharp edges and fine texture at every scale, for a few photos;
+    - `color_jitter`: strength in [0, 1) of random brightness, contrast and saturation changes of
+      each training crop's target before its input is synthesised (`translator.photometric`,
+      torchvision's ColorJitter factors; `degrade` must then be a spec): more colours and
+      exposures from the same photos.
 
     The defaults are the pix2pix/CycleGAN papers' (Adam 2e-4, beta1 0.5, batch 1, 256 px crops);
     a variant's config restates only what differs.
@@ -68,6 +72,7 @@ class TrainConfig:
     ema_decay: float = 0.0
     degrade: str = "stored"
     dead_leaves: float = 0.0
+    color_jitter: float = 0.0
 
     def validate(self) -> None:
         """Raise ValueError for values no variant can train with; subclasses extend it."""
@@ -88,6 +93,8 @@ class TrainConfig:
                 raise ValueError(f"degrade must be {' or '.join(DEGRADE_SOURCES)} or a degradation spec: {e}") from None
         if not 0 <= self.dead_leaves <= 1:
             raise ValueError(f"dead_leaves must be a share from 0 to 1, got {self.dead_leaves}")
+        if not 0 <= self.color_jitter < 1:
+            raise ValueError(f"color_jitter must be in [0, 1), got {self.color_jitter}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be 0 (off) or in (0, 1), got {self.ema_decay}")
         if self.lr_policy not in LR_POLICIES:

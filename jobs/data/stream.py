@@ -23,7 +23,7 @@ from cluster.settings import Settings, get_settings
 from cluster.storage import Storage, arrow_filesystem
 from registry.manifest import Manifest, dataset_prefix, read_manifest
 from translator import degrade as degradations
-from translator import synthetic
+from translator import photometric, synthetic
 from translator.images import read_picture
 
 log = logging.getLogger("jobs.data.stream")
@@ -111,13 +111,17 @@ class DecodeBatch:
     by a fresh random draw of the spec every time, rounded to 8-bit levels like a stored PNG's.
     `dead_leaves` (0-1, with `degrade`): that share of the crops has a synthetic dead-leaves image
     (`translator.synthetic`) as its target instead of the stored one, cut and degraded the same way.
+    `color_jitter` ([0, 1), with `degrade`): the target's crop and margin get random brightness,
+    contrast and saturation factors in [1 - j, 1 + j] (`translator.photometric`) before the input
+    is synthesised from them, and the target is the jittered crop, rounded like a stored PNG.
     """
 
     def __init__(self, columns: list[str], image_size: int | None, augment: bool, rotate: bool = False,
-                 degrade: str | None = None, dead_leaves: float = 0.0):
+                 degrade: str | None = None, dead_leaves: float = 0.0, color_jitter: float = 0.0):
         self.columns, self.image_size, self.augment, self.rotate = columns, image_size, augment, rotate
         self.degradation = degradations.parse(degrade) if degrade and augment else None
         self.dead_leaves = dead_leaves if self.degradation is not None else 0.0
+        self.color_jitter = color_jitter if self.degradation is not None else 0.0
         self.scale = degradations.scale_of(degrade) if self.degradation else 1
         self.rng = None  # created per call: a pickled generator would repeat the same crops
 
@@ -142,10 +146,16 @@ class DecodeBatch:
         t0, l0 = max(0, top - m), max(0, left - m)
         b0, r0 = min(h, top + ch + m), min(w, left + cw + m)
         region = _unit(target[n * t0:n * b0, n * l0:n * r0])
+        crop = target[n * top:n * (top + ch), n * left:n * (left + cw)]
+        if self.color_jitter:
+            region = photometric.color_jitter(region, self.color_jitter, self.rng)
+            crop = region[n * (top - t0):n * (top - t0 + ch), n * (left - l0):n * (left - l0 + cw)]
+            if target.dtype == np.uint8:
+                crop = np.round(crop * 255) / np.float32(255)
         made = np.clip(self.degradation(region, self.rng), 0.0, 1.0)[top - t0:top - t0 + ch, left - l0:left - l0 + cw]
         if target.dtype == np.uint8:  # what a stored 8-bit PNG input holds
             made = np.round(made * 255) / np.float32(255)
-        return made.astype(np.float32), target[n * top:n * (top + ch), n * left:n * (left + cw)]
+        return made.astype(np.float32), crop
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.rng = np.random.default_rng()
@@ -268,7 +278,8 @@ def read_parquet_v1(paths: list[str], filesystem, shuffle_files: bool = False):
 def load_dataset(name: str, split: str = "train", settings: Settings | None = None, *,
                  image_size: int | None = None, augment: bool | None = None, domain: str | None = None,
                  batch_size: int | None = None, rotate: bool = False, decode: bool = True, repeat: int = 1,
-                 degrade: str | None = None, cache_bytes: int = 0, dead_leaves: float = 0.0, shuffle: bool = False):
+                 degrade: str | None = None, cache_bytes: int = 0, dead_leaves: float = 0.0, color_jitter: float = 0.0,
+                 shuffle: bool = False):
     """-> ray.data.Dataset of {"key", "input", "target"} (paired) or {"key", "image"} for one
     domain ("a" or "b") of an unpaired dataset; images float32 NCHW in [-1, 1].
     augment (default: on for "train"): random crops and flips; `rotate` adds 90-degree turns.
@@ -280,7 +291,8 @@ def load_dataset(name: str, split: str = "train", settings: Settings | None = No
     many times (each time with its own random crop), so a small split makes fewer, longer passes.
     degrade: a paired training stream's inputs synthesised from its targets with this spec
     (`DecodeBatch`; resolve the variant's `degrade` setting with `synthesis` first), and with it
-    `dead_leaves`, the share of crops whose target is a dead-leaves image (`DecodeBatch`).
+    `dead_leaves`, the share of crops whose target is a dead-leaves image, and `color_jitter`, the
+    strength of the targets' brightness/contrast/saturation jitter (`DecodeBatch`).
     cache_bytes: when the split's decoded pixels (`decoded_bytes`) fit in it, they are decoded
     once, here, and kept in Ray's object store for the dataset's life (`cache_budget` gives a
     share of it); every read then crops from them. 0: every read decodes the PNGs again.
@@ -304,7 +316,7 @@ def load_dataset(name: str, split: str = "train", settings: Settings | None = No
     if not decode:
         return read_parquet_v1(paths * max(1, repeat), arrow_filesystem(settings)).select_columns(["key", *columns])
     decoder = DecodeBatch(columns, image_size, split == "train" if augment is None else augment, rotate, degrade,
-                          dead_leaves)
+                          dead_leaves, color_jitter)
     # a synthesised input is never read: only the targets are worth keeping
     needed = ["target"] if decoder.degradation is not None else columns
     size = decoded_bytes(manifest, split, needed, domain)

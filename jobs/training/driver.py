@@ -80,10 +80,11 @@ def check_fit(spec: TrainSpec, manifest: Manifest) -> TrainPlan:
         raise Img2ImgError(problem)
     cfg = spec.variant_config()
     made = synthesis(cfg.degrade, manifest)  # a spec the dataset cannot take is refused now
-    if cfg.dead_leaves and not made:
-        raise Img2ImgError(f"--set dead_leaves={cfg.dead_leaves:g} mixes dead-leaves images into inputs synthesised "
-                           f"while training, and this run reads dataset {spec.dataset!r}'s stored inputs; add "
-                           "--set degrade=SPEC (e.g. degrade=random_gaussian:0.5-3)")
+    for key, what in (("dead_leaves", "mixes dead-leaves images into"), ("color_jitter", "jitters the colours of")):
+        if getattr(cfg, key) and not made:
+            raise Img2ImgError(f"--set {key}={getattr(cfg, key):g} {what} inputs synthesised while training, and this "
+                               f"run reads dataset {spec.dataset!r}'s stored inputs; add --set degrade=SPEC "
+                               "(e.g. degrade=random_gaussian:0.5-3)")
     if manifest.image_size:  # the HR side for super-resolution pairs: training crops are of the input
         check_crop(spec, manifest.image_size // manifest.scale, f"dataset {spec.dataset!r}")
     else:  # sizes kept at ingest: every random crop must fit in the smallest training image
@@ -158,7 +159,8 @@ def datasets_for(spec: TrainSpec, manifest: Manifest, settings: Settings, image_
         cfg = spec.variant_config()
         made = synthesis(cfg.degrade, manifest)
         out = {"train": load("train", image_size=image_size, rotate=rotate, repeat=reads("train"),
-                             degrade=made, cache_bytes=cache, dead_leaves=cfg.dead_leaves, shuffle=True)}
+                             degrade=made, cache_bytes=cache, dead_leaves=cfg.dead_leaves,
+                             color_jitter=cfg.color_jitter, shuffle=True)}
     else:  # the two domains' streams share the budget
         out = {f"train_{d}": load("train", image_size=image_size, domain=d, rotate=rotate,
                                   repeat=reads(f"train_{d}", d), cache_bytes=cache // 2, shuffle=True)

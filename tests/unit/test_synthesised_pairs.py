@@ -159,3 +159,41 @@ def test_dead_leaves_need_inputs_synthesised_while_training():
 
     with pytest.raises(ValueError, match="dead_leaves must be a share from 0 to 1"):
         get_variant("nafnet").Config(dead_leaves=1.5).validate()
+
+
+@pytest.mark.parametrize("spec, scale", [("gaussian:1.5", 1), ("down:2", 2)])
+def test_color_jitter_changes_the_target_and_the_input_is_made_from_the_jittered_target(spec, scale):
+    """`--set color_jitter=0.5`: the targets are no longer the stored photo's colours, and each
+    input is the spec applied to ITS target (a pair never mixes a jittered and a plain image)."""
+    s, target = 24, _unique(80, 72)
+    batch = _batch([np.zeros((80 // scale, 72 // scale, 3), np.uint8)] * 8, [target] * 8)
+    out = DecodeBatch(["input", "target"], s, augment=True, degrade=spec, color_jitter=0.5)(batch)
+    assert out["input"].shape == (8, 3, s, s) and out["target"].shape == (8, 3, scale * s, scale * s)
+    cuts = 0
+    for x, y in zip(out["input"], out["target"]):
+        tgt = _hwc_u8(y)
+        try:
+            _where(tgt[:, ::-1] if tgt[0, 0, 1] > tgt[0, -1, 1] else tgt, target)
+            cuts += 1
+        except AssertionError:
+            pass
+        made = degrade.apply(spec, (y.transpose(1, 2, 0) + 1) / 2, seed=0)
+        assert np.abs((x.transpose(1, 2, 0) + 1) / 2 - made)[2:-2, 2:-2].mean() < 0.03
+    assert cuts < 8  # jittered targets are not plain cuts of the photo
+
+
+@pytest.mark.parametrize("key", ["dead_leaves", "color_jitter"])
+def test_settings_that_work_on_synthesised_inputs_are_refused_on_stored_ones(key):
+    from jobs.training.driver import check_fit
+    from jobs.training.spec import TrainSpec
+    from registry.manifest import Manifest, Shard
+
+    manifest = Manifest("d", "paired", "synth", "now", "here", 32, None, 0,
+                        splits={"train": [Shard("train/p.parquet", 4, "0", 1)], "val": []})
+    spec = TrainSpec(dataset="d", variant="nafnet", image_size=16, config={key: 0.3, "degrade": "stored"})
+    with pytest.raises(Img2ImgError, match=rf"--set {key}=0.3 .* add --set degrade=SPEC"):
+        check_fit(spec, manifest)
+    with pytest.raises(ValueError, match=f"{key} must be"):
+        from translator.variants import get_variant
+
+        get_variant("nafnet").Config(**{key: 1.5}).validate()
