@@ -91,6 +91,19 @@ REPORT_LAG_S = 10.0
 REPORT_READ_S = 2.0  # each of those reads waits at most this long for a dashboard that does not answer
 
 
+REREAD_EVERY_S = 0.5
+
+
+def reread_while_short(read: Callable[[], Capacity | None], short: Callable[[Capacity], bool],
+                       wait_s: float) -> Capacity | None:
+    """`read()` again every REREAD_EVERY_S s while its result is `short` (and not None), for at
+    most `wait_s` s: the one wait on the report's lag that `confirmed` (deploys) and
+    `cluster.preemption.settled` (preemption) share. -> the last read. Raises what `read` raises."""
+    return tenacity.Retrying(retry=tenacity.retry_if_result(lambda c: c is not None and short(c)),
+                             stop=tenacity.stop_after_delay(wait_s), wait=tenacity.wait_fixed(REREAD_EVERY_S),
+                             retry_error_callback=lambda state: state.outcome.result())(read)
+
+
 def confirmed(ray_address: str, headers: dict, enough: Callable[[Capacity], bool], first: Capacity,
               wait_s: float = REPORT_LAG_S) -> Capacity | None:
     """`first` when it is `enough`; else the report read again every 0.5 s until a read is
@@ -99,7 +112,4 @@ def confirmed(ray_address: str, headers: dict, enough: Callable[[Capacity], bool
     resources any more). Raises Img2ImgError as `capacity` does."""
     if enough(first):
         return first
-    return tenacity.Retrying(retry=tenacity.retry_if_result(lambda c: c is not None and not enough(c)),
-                             stop=tenacity.stop_after_delay(wait_s), wait=tenacity.wait_fixed(0.5),
-                             retry_error_callback=lambda state: state.outcome.result())(
-        capacity, ray_address, headers, REPORT_READ_S)
+    return reread_while_short(lambda: capacity(ray_address, headers, REPORT_READ_S), lambda c: not enough(c), wait_s)

@@ -17,11 +17,9 @@ import re
 import time
 from collections.abc import Callable
 
-import tenacity
-
 from cluster import admission
 from cluster.admission import PRIORITIES, Capacity, Ticket
-from cluster.capacity import REPORT_LAG_S
+from cluster.capacity import REPORT_LAG_S, reread_while_short
 from cluster.errors import Img2ImgError
 
 log = logging.getLogger(__name__)
@@ -66,9 +64,8 @@ def settled(client, job_id: str, ticket: Ticket, cap: Capacity, reread: Callable
     first = look(cap)
     if first is None or stale_for <= 0:
         return first
-    return tenacity.Retrying(retry=tenacity.retry_if_result(lambda c: c is not None),
-                             stop=tenacity.stop_after_delay(stale_for), wait=tenacity.wait_fixed(0.5),
-                             retry_error_callback=lambda state: state.outcome.result())(lambda: look(reread()))
+    # `look` maps "fits" to None, which ends the re-reading; any other read is still short
+    return reread_while_short(lambda: look(reread()), lambda c: True, stale_for)
 
 
 def victims(client, ticket: Ticket, cap: Capacity | None, asked=frozenset()) -> list:
