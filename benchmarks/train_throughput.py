@@ -13,7 +13,7 @@ The job's rate is its steady one: samples between its first logged step past WAR
 its last in-loop log, over the wall-clock time between them (MLflow timestamps), so start-up,
 validation and checkpoints are left out as the bare loop leaves out its warm-up; like the bare
 loops', it is the best of 2 runs (the stack's own processes only ever slow a run down). The job's own
-per-step profile (MLflow metrics `time_data_s`, `time_step_s`, `time_sync_s`, `time_log_s`)
+per-step profile (MLflow metrics `time_data_s`, `time_step_s`, `time_step_cpu_s`, `time_sync_s`, `time_log_s`)
 says where the rest goes. Then (alone with `--bookkeeping`) the share of a job spent validating
 and checkpointing, every epoch (`--checkpoint-every epoch`) vs the default cadence (`auto`).
 
@@ -69,8 +69,9 @@ def precision_label() -> str:
     return f"{amp or 'fp32'}{' channels_last' if channels_last else ''}"
 
 
-def bare_loop(variant: str, config: dict, batch: int, threads: int = 1) -> float:
-    """samples/s of one process with `threads` torch threads."""
+def bare_loop(variant: str, config: dict, batch: int, threads: int = 1) -> tuple[float, float]:
+    """-> (samples/s, CPU ms a step of the stepping thread) of one process with `threads` torch
+    threads (with 2 threads the CPU ms leaves the second thread's out)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -78,10 +79,10 @@ def bare_loop(variant: str, config: dict, batch: int, threads: int = 1) -> float
     data = _batch(v, batch)
     for _ in range(WARMUP_STEPS):
         v.training_step(data)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     for _ in range(STEPS):
         v.training_step(data)
-    return STEPS * batch / (time.perf_counter() - t0)
+    return STEPS * batch / (time.perf_counter() - t0), 1000 * (time.thread_time() - c0) / STEPS
 
 
 def _ddp_process(rank: int, world: int, port: int, variant: str, config: dict, batch: int, out) -> None:
@@ -98,17 +99,19 @@ def _ddp_process(rank: int, world: int, port: int, variant: str, config: dict, b
     for _ in range(WARMUP_STEPS):
         v.training_step(data)
     dist.barrier()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     for _ in range(STEPS):
         v.training_step(data)
+    cpu_ms = 1000 * (time.thread_time() - c0) / STEPS
     dist.barrier()
     if rank == 0:
-        out.put(STEPS * batch * world / (time.perf_counter() - t0))
+        out.put((STEPS * batch * world / (time.perf_counter() - t0), cpu_ms))
     dist.destroy_process_group()
 
 
-def bare_ddp(variant: str, config: dict, batch: int, world: int = 2) -> float:
-    """samples/s of `world` processes (1 thread each) training the variant under torch DDP (gloo)."""
+def bare_ddp(variant: str, config: dict, batch: int, world: int = 2) -> tuple[float, float]:
+    """-> (samples/s, rank 0's stepping thread's CPU ms a step) of `world` processes (1 thread
+    each) training the variant under torch DDP (gloo)."""
     import torch.multiprocessing as mp
 
     with socket.socket() as s:
@@ -137,8 +140,8 @@ def steady_rate(history) -> float:
 
 def ray_job(settings, dataset: str, variant: str, config: dict, batch: int, workers: int) -> dict:
     """One job of JOB_STEPS steps (1 CPU a worker) -> {"rate": steady samples/s, "ms": {part:
-    ms per step}} with the parts of the job's loop (data wait, the step, the workers' sync,
-    logging)."""
+    ms per step}} with the parts of the job's loop (data wait, the step, the CPU its thread used
+    in the step, the workers' sync, logging)."""
     from mlflow.tracking import MlflowClient
 
     from jobs.manage import wait
@@ -155,7 +158,8 @@ def ray_job(settings, dataset: str, variant: str, config: dict, batch: int, work
     ml = MlflowClient(settings.mlflow_uri)
     m = ml.get_run(out["run_id"]).data.metrics
     steps = max(m.get("steps_run", JOB_STEPS), 2)
-    ms = {part: 1000 * m.get(f"time_{part}_s", float("nan")) / steps for part in ("data", "step", "sync", "log")}
+    ms = {part: 1000 * m.get(f"time_{part}_s", float("nan")) / steps
+          for part in ("data", "step", "step_cpu", "sync", "log")}
     first = m.get("time_first_batch_s", 0.0)
     ms["data"] = 1000 * (m.get("time_data_s", float("nan")) - first) / (steps - 1)  # past the stream's start-up
     return {"rate": steady_rate(ml.get_metric_history(out["run_id"], "samples")), "ms": ms, "first_batch_s": first}
@@ -239,9 +243,9 @@ def main() -> None:
         dataset = "bench-paired" if variant in ("nafnet", "autoencoder", "pix2pix") else "bench-unpaired"
         b = case["batch"]
         # the best of 2 runs: the stack's own processes share the cores and only ever slow a run down
-        bare1 = max(bare_loop(variant, case["config"], b) for _ in range(2))
-        ddp = max(bare_ddp(variant, case["config"], b) for _ in range(2))
-        bare2t = max(bare_loop(variant, case["config"], 2 * b, threads=2) for _ in range(2))
+        (bare1, bare1_cpu), (ddp, ddp_cpu) = (max(f(variant, case["config"], b) for _ in range(2))
+                                              for f in (bare_loop, bare_ddp))
+        bare2t = max(bare_loop(variant, case["config"], 2 * b, threads=2)[0] for _ in range(2))
         # the job's rate, like the bare loops', is the best of 2 runs
         one = max((ray_job(settings, dataset, variant, case["config"], b, 1) for _ in range(2)), key=lambda r: r["rate"])
         two = max((ray_job(settings, dataset, variant, case["config"], b, 2) for _ in range(2)), key=lambda r: r["rate"])
@@ -249,9 +253,9 @@ def main() -> None:
         png = ray_job(settings.model_copy(update={"decode_cache_share": 0.0}), dataset, variant, case["config"], b, 2)
         rows.append([variant, b, bare1, one["rate"], one["rate"] / bare1, ddp, two["rate"], two["rate"] / ddp, bare2t,
                      png["rate"], png["rate"] / ddp])
-        for workers, job, bare in ((1, one, bare1), (2, two, ddp)):
-            profile.append([variant, workers, 1000 * b * workers / bare, job["first_batch_s"], *job["ms"].values(),
-                            1000 * b * workers / job["rate"]])
+        for workers, job, bare, bare_cpu in ((1, one, bare1, bare1_cpu), (2, two, ddp, ddp_cpu)):
+            profile.append([variant, workers, 1000 * b * workers / bare, bare_cpu, job["first_batch_s"],
+                            *job["ms"].values(), 1000 * b * workers / job["rate"]])
     report("train_throughput", f"Training throughput, like with like (samples/s, 64 px, CPU, {precision_label()})",
            ["variant", "batch per worker", "bare loop 1 thread", "job 1 worker", "job / bare",
             "bare DDP 2x1 thread", "job 2 workers", "job / bare DDP", "bare loop 2 threads, 2x batch",
@@ -263,12 +267,14 @@ def main() -> None:
                  "is decoded once and kept in Ray's object store (IMG2IMG_DECODE_CACHE_SHARE), the last two columns "
                  "the same job decoding the PNGs on every read (the share set to 0).")
     report("train_profile", "Where a job's step goes (ms per step, 64 px, CPU)",
-           ["variant", "workers", "bare loop step", "job: first batch (s)", "job: data wait", "job: training step", "job: workers' sync",
-            "job: logging", "job: wall per step"], profile,
+           ["variant", "workers", "bare loop step", "bare loop step CPU", "job: first batch (s)", "job: data wait",
+            "job: training step", "job: training step CPU", "job: workers' sync", "job: logging", "job: wall per step"],
+           profile,
            notes="The job's own MLflow metrics time_data_s (less time_first_batch_s, the stream's start-up, "
-                 "shown in seconds), time_step_s, time_sync_s, time_log_s over its steps; "
-                 "the bare loop's step is 1 thread (1 worker) or the bare DDP loop (2 workers). Wall per step "
-                 "is from the job's steady rate.")
+                 "shown in seconds), time_step_s, time_step_cpu_s, time_sync_s, time_log_s over its steps; "
+                 "the bare loop's step is 1 thread (1 worker) or the bare DDP loop (2 workers, rank 0). A step's "
+                 "CPU is its thread's CPU time (time.thread_time): wall minus CPU is time the thread waited, for "
+                 "a core another process held or for the all-reduce. Wall per step is from the job's steady rate.")
     if "--variants" not in sys.argv:
         bookkeeping(settings)
 

@@ -313,8 +313,9 @@ def train_loop_per_worker(cfg: dict) -> None:
     deadline = time.time() + spec.time_budget_s if spec.time_budget_s else None
     t_train = t_book = 0.0
     # Where the loop's time goes (rank 0's; logged at the end): waiting for the next batch, the
-    # training step, logging and preemption polls, the per-step agreement of the workers.
-    t_data = t_step = t_log = t_sync = 0.0
+    # training step, logging and preemption polls, the per-step agreement of the workers; and the
+    # CPU the step's own thread used (wall minus CPU: waiting for a core, or for the all-reduce).
+    t_data = t_step = t_log = t_sync = cpu_step = 0.0
     t_first_batch = None  # the dataset stream's start-up, inside t_data
     last_book = last_log = time.time()
     window_t, window_steps = time.time(), 0
@@ -327,11 +328,12 @@ def train_loop_per_worker(cfg: dict) -> None:
             _fail_once(spec)
         t0 = time.time()
         batch = next(batches)
-        t1 = time.time()
+        t1, c1 = time.time(), time.thread_time()
         t_first_batch = t1 - t0 if t_first_batch is None else t_first_batch
         logs = variant.training_step(batch)
         t2 = time.time()
         t_data, t_step, t_train = t_data + t1 - t0, t_step + t2 - t1, t_train + t2 - t0
+        cpu_step += time.thread_time() - c1
         window_steps += 1
         step = variant.step
         now = time.time()
@@ -379,4 +381,4 @@ def train_loop_per_worker(cfg: dict) -> None:
     if logger:
         logger.metrics({"time_train_s": t_train, "time_bookkeeping_s": t_book, "time_data_s": t_data,
                         "time_first_batch_s": t_first_batch or 0.0, "time_step_s": t_step, "time_log_s": t_log,
-                        "time_sync_s": t_sync}, variant.step)
+                        "time_sync_s": t_sync, "time_step_cpu_s": cpu_step}, variant.step)

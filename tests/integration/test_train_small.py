@@ -216,6 +216,8 @@ def test_3_rows_1_val_row_2_workers_trains_what_it_reports_with_live_progress(st
     assert (m["steps_run"], m["epochs_run"], m["samples_run"]) == (10, 10 / 8, 10 * 4 * 2)
     assert [x.step for x in ml.get_metric_history(run_id, "val_psnr")] == [5, 10]
     assert 0 < m["time_bookkeeping_s"] < m["time_fit_s"]
+    # the step's own thread's CPU, beside its wall time (the rest: waiting for a core or the all-reduce)
+    assert 0 < m["time_step_cpu_s"] <= m["time_step_s"] + 0.05
     # a load like `serve deploy`/`reload`/`enhance --local` do, then nothing of ours is left over
     from registry.loading import load
 
