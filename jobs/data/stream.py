@@ -149,9 +149,9 @@ class DecodeBatch:
         crop = target[n * top:n * (top + ch), n * left:n * (left + cw)]
         if self.color_jitter:
             region = photometric.color_jitter(region, self.color_jitter, self.rng)
+            if target.dtype == np.uint8:  # the jittered photo on 8-bit levels, as a stored one is
+                region = np.round(region * 255) / np.float32(255)
             crop = region[n * (top - t0):n * (top - t0 + ch), n * (left - l0):n * (left - l0 + cw)]
-            if target.dtype == np.uint8:
-                crop = np.round(crop * 255) / np.float32(255)
         made = np.clip(self.degradation(region, self.rng), 0.0, 1.0)[top - t0:top - t0 + ch, left - l0:left - l0 + cw]
         if target.dtype == np.uint8:  # what a stored 8-bit PNG input holds
             made = np.round(made * 255) / np.float32(255)

@@ -80,11 +80,16 @@ def check_fit(spec: TrainSpec, manifest: Manifest) -> TrainPlan:
         raise Img2ImgError(problem)
     cfg = spec.variant_config()
     made = synthesis(cfg.degrade, manifest)  # a spec the dataset cannot take is refused now
-    for key, what in (("dead_leaves", "mixes dead-leaves images into"), ("color_jitter", "jitters the colours of")):
-        if getattr(cfg, key) and not made:
-            raise Img2ImgError(f"--set {key}={getattr(cfg, key):g} {what} inputs synthesised while training, and this "
-                               f"run reads dataset {spec.dataset!r}'s stored inputs; add --set degrade=SPEC "
-                               "(e.g. degrade=random_gaussian:0.5-3)")
+    for key, what in (("dead_leaves", "puts dead-leaves images among the targets"),
+                      ("color_jitter", "jitters the targets' colours")):
+        if not getattr(cfg, key) or made:
+            continue
+        if manifest.kind != "paired":
+            raise Img2ImgError(f"--set {key}={getattr(cfg, key):g} {what} of a paired dataset, whose inputs are "
+                               f"synthesised from them while training; dataset {spec.dataset!r} is unpaired: drop it")
+        raise Img2ImgError(f"--set {key}={getattr(cfg, key):g} {what} and synthesises the inputs from them while "
+                           f"training, and this run reads dataset {spec.dataset!r}'s stored inputs; add "
+                           "--set degrade=SPEC (e.g. degrade=random_gaussian:0.5-3)")
     if manifest.image_size:  # the HR side for super-resolution pairs: training crops are of the input
         check_crop(spec, manifest.image_size // manifest.scale, f"dataset {spec.dataset!r}")
     else:  # sizes kept at ingest: every random crop must fit in the smallest training image

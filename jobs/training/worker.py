@@ -314,7 +314,8 @@ def train_loop_per_worker(cfg: dict) -> None:
     t_train = t_book = 0.0
     # Where the loop's time goes (rank 0's; logged at the end): waiting for the next batch, the
     # training step, logging and preemption polls, the per-step agreement of the workers; and the
-    # CPU the step's own thread used (wall minus CPU: waiting for a core, or for the all-reduce).
+    # CPU the step's own thread used (on a 1-thread CPU worker, wall minus CPU is time it waited for
+    # a core or the all-reduce; torch's other threads and a GPU's are not in it).
     t_data = t_step = t_log = t_sync = cpu_step = 0.0
     t_first_batch = None  # the dataset stream's start-up, inside t_data
     last_book = last_log = time.time()

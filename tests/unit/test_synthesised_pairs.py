@@ -182,18 +182,61 @@ def test_color_jitter_changes_the_target_and_the_input_is_made_from_the_jittered
     assert cuts < 8  # jittered targets are not plain cuts of the photo
 
 
+@pytest.mark.parametrize("spec, scale, dtype", [("gaussian:1.5", 1, np.uint8), ("down:2", 2, np.uint8),
+                                                ("down:4", 4, np.float32), ("gaussian:1.5", 1, np.float32)])
+def test_a_jittered_pair_is_cut_and_made_exactly_as_a_plain_one(monkeypatch, spec, scale, dtype):
+    """With the jitter itself replaced by the identity, `color_jitter` changes nothing: the same
+    crop place, the same input made from the same (8-bit-rounded, for a uint8 photo) target,
+    at every scale and for 16-bit (float) photos too: the pair cannot drift apart."""
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (64, 56, 3), dtype=np.uint8)
+    if dtype == np.float32:
+        photo = (photo / 255 + rng.uniform(0, 1 / 512, photo.shape)).astype(np.float32)
+    seeded = np.random.default_rng
+    monkeypatch.setattr("jobs.data.stream.np.random.default_rng", lambda seed=None: seeded(5 if seed is None else seed))
+    monkeypatch.setattr("jobs.data.stream.photometric.color_jitter", lambda img, strength, rng: img)
+    plain = DecodeBatch(["input", "target"], 16 // scale * 2, augment=True, degrade=spec)
+    jittered = DecodeBatch(["input", "target"], 16 // scale * 2, augment=True, degrade=spec, color_jitter=0.5)
+    batch = {"key": np.array(["0", "1", "2"]), "input": np.array([None] * 3, dtype=object),
+             "target": np.array([photo] * 3, dtype=object)}
+    a, b = plain(batch), jittered(batch)
+    for name in ("input", "target"):
+        np.testing.assert_array_equal(a[name], b[name])
+
+
+@pytest.mark.parametrize("kind, config, message", [
+    ("paired", {"degrade": "stored"}, r"reads dataset 'd''s stored inputs; add --set degrade=SPEC \(e.g. degrade=random_gaussian:0.5-3\)"),
+    ("unpaired", {}, r"dataset 'd' is unpaired: drop it"),
+])
 @pytest.mark.parametrize("key", ["dead_leaves", "color_jitter"])
-def test_settings_that_work_on_synthesised_inputs_are_refused_on_stored_ones(key):
+def test_settings_that_work_on_synthesised_inputs_are_refused_where_none_are(key, kind, config, message):
     from jobs.training.driver import check_fit
     from jobs.training.spec import TrainSpec
     from registry.manifest import Manifest, Shard
 
-    manifest = Manifest("d", "paired", "synth", "now", "here", 32, None, 0,
-                        splits={"train": [Shard("train/p.parquet", 4, "0", 1)], "val": []})
-    spec = TrainSpec(dataset="d", variant="nafnet", image_size=16, config={key: 0.3, "degrade": "stored"})
-    with pytest.raises(Img2ImgError, match=rf"--set {key}=0.3 .* add --set degrade=SPEC"):
+    domains = (None,) if kind == "paired" else ("a", "b")
+    manifest = Manifest("d", kind, "synth", "now", "here", 32, None, 0,
+                        splits={"train": [Shard(f"train/{d}.parquet", 4, "0", 1, d) for d in domains], "val": []})
+    variant = "nafnet" if kind == "paired" else "cyclegan"
+    spec = TrainSpec(dataset="d", variant=variant, image_size=16, config={key: 0.3, **config})
+    with pytest.raises(Img2ImgError, match=rf"^--set {key}=0.3 .*{message}$"):
         check_fit(spec, manifest)
     with pytest.raises(ValueError, match=f"{key} must be"):
         from translator.variants import get_variant
 
         get_variant("nafnet").Config(**{key: 1.5}).validate()
+
+
+def test_a_jittered_8_bit_pairs_input_is_the_spec_applied_to_its_own_rounded_target():
+    """The jittered photo is put on 8-bit levels BEFORE the input is made from it, as a stored
+    photo is: away from the crop's edge every input pixel is exactly round(spec(target)), not
+    one level off (made from the unrounded jitter: 9% of pixels were)."""
+    photo = np.random.default_rng(0).integers(0, 256, (64, 56, 3), dtype=np.uint8)
+    batch = {"key": np.array([str(i) for i in range(16)]), "input": np.array([None] * 16, dtype=object),
+             "target": np.array([photo] * 16, dtype=object)}
+    out = DecodeBatch(["input", "target"], 24, augment=True, degrade="gaussian:1.5", color_jitter=0.5)(batch)
+    r = 6  # beyond the 1.5 px Gaussian's reach, the margin around the crop does not matter
+    for x, y in zip(out["input"], out["target"]):
+        target = (y.transpose(1, 2, 0) + 1) / 2
+        made = np.round(np.clip(degrade.apply("gaussian:1.5", target.astype(np.float32), seed=0), 0, 1) * 255)
+        np.testing.assert_array_equal(np.round((x.transpose(1, 2, 0) + 1) / 2 * 255)[r:-r, r:-r], made[r:-r, r:-r])
