@@ -105,6 +105,21 @@ def test_overfits_a_tiny_fixed_batch(name, fast):
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
+def test_channels_last_gradients_have_their_parameters_strides(name):
+    """DistributedDataParallel aliases each gradient to its bucket only when the two have the same
+    strides; otherwise it warns in every multi-worker job's log ("Grad strides do not match bucket
+    view strides ... may impair performance") and copies the gradient every step. NAFNet's
+    (1, C, 1, 1) beta and gamma were given channels_last strides their gradients never have."""
+    torch.manual_seed(0)
+    v = build_variant(name, tiny(name), amp="bf16", channels_last=True)
+    v.training_step(batch_for(v))
+    for key, net in v.nets.items():
+        for pname, p in net.named_parameters():
+            if p.grad is not None:
+                assert p.grad.stride() == p.stride(), (key, pname, tuple(p.shape), p.stride(), p.grad.stride())
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
 def test_state_dict_round_trip_gives_identical_outputs(name):
     torch.manual_seed(0)
     a = build_variant(name, tiny(name))

@@ -68,6 +68,20 @@ def lr_factor(policy: str, step: int, total: int | None, decay_start: float, ela
     raise ValueError(f"unknown lr_policy {policy!r}")
 
 
+def _placed(net: nn.Module, device: torch.device, memory_format: torch.memory_format) -> nn.Module:
+    """`net` on `device` in `memory_format`. A (1, C, 1, 1) parameter (NAFNet's beta and gamma) is
+    the same memory in either layout, but channels_last gives it strides (C, 1, C, C) that its
+    gradients never have; torch's DistributedDataParallel then warns in every job's log ("Grad
+    strides do not match bucket view strides ... may impair performance") and copies those
+    gradients every step, so such parameters keep the plain strides."""
+    net = net.to(device, memory_format=memory_format)
+    if memory_format == torch.channels_last:
+        for p in net.parameters():
+            if p.dim() == 4 and p.shape[0] == 1 and p.shape[2] == p.shape[3] == 1:
+                p.data = p.data.clone(memory_format=torch.contiguous_format)
+    return net
+
+
 class Variant:
     """The contract between a translator variant and everything that trains or serves it.
 
@@ -123,7 +137,7 @@ class Variant:
             raise ValueError(f"amp must be bf16, fp16 or None, got {amp!r}")
         self.amp = amp if self.device.type == "cuda" or amp == "bf16" else None
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.nets: dict[str, nn.Module] = {k: v.to(self.device, memory_format=self.memory_format)
+        self.nets: dict[str, nn.Module] = {k: _placed(v, self.device, self.memory_format)
                                            for k, v in self.build_networks().items()}
         self.opts: dict[str, torch.optim.Optimizer] = self.build_optimizers()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
