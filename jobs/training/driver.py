@@ -85,9 +85,9 @@ def check_fit(spec: TrainSpec, manifest: Manifest) -> TrainPlan:
         if not getattr(cfg, key) or made:
             continue
         if manifest.kind != "paired":
-            raise Img2ImgError(f"--set {key}={getattr(cfg, key):g} {what} of a paired dataset, whose inputs are "
-                               f"synthesised from them while training; dataset {spec.dataset!r} is unpaired: drop it")
-        raise Img2ImgError(f"--set {key}={getattr(cfg, key):g} {what} and synthesises the inputs from them while "
+            raise Img2ImgError(f"--set {key}={getattr(cfg, key):g} {what} of a paired dataset, from which its "
+                               f"inputs are synthesised while training; dataset {spec.dataset!r} is unpaired: drop it")
+        raise Img2ImgError(f"--set {key}={getattr(cfg, key):g} {what}, from which the inputs are synthesised while "
                            f"training, and this run reads dataset {spec.dataset!r}'s stored inputs; add "
                            "--set degrade=SPEC (e.g. degrade=random_gaussian:0.5-3)")
     if manifest.image_size:  # the HR side for super-resolution pairs: training crops are of the input
