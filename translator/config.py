@@ -52,7 +52,10 @@ class TrainConfig:
     - `color_jitter`: strength in [0, 1) of random brightness, contrast and saturation changes of
       each training crop's target before its input is synthesised (`translator.photometric`,
       torchvision's ColorJitter factors; `degrade` must then be a spec): more colours and
-      exposures from the same photos.
+      exposures from the same photos;
+    - `multiscale`: in [0, 1); each training crop is cut from its photo downscaled by a factor
+      drawn uniformly from [1 - multiscale, 1] before its input is synthesised (`degrade` must
+      then be a spec): the same photos' detail at more scales.
 
     The defaults are the pix2pix/CycleGAN papers' (Adam 2e-4, beta1 0.5, batch 1, 256 px crops);
     a variant's config restates only what differs.
@@ -73,6 +76,7 @@ class TrainConfig:
     degrade: str = "stored"
     dead_leaves: float = 0.0
     color_jitter: float = 0.0
+    multiscale: float = 0.0
 
     def validate(self) -> None:
         """Raise ValueError for values no variant can train with; subclasses extend it."""
@@ -95,6 +99,8 @@ class TrainConfig:
             raise ValueError(f"dead_leaves must be a share from 0 to 1, got {self.dead_leaves}")
         if not 0 <= self.color_jitter < 1:
             raise ValueError(f"color_jitter must be in [0, 1), got {self.color_jitter}")
+        if not 0 <= self.multiscale < 1:
+            raise ValueError(f"multiscale must be in [0, 1), got {self.multiscale}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be 0 (off) or in (0, 1), got {self.ema_decay}")
         if self.lr_policy not in LR_POLICIES:

@@ -114,14 +114,20 @@ class DecodeBatch:
     `color_jitter` ([0, 1), with `degrade`): the target's crop and margin get random brightness,
     contrast and saturation factors in [1 - j, 1 + j] (`translator.photometric`) before the input
     is synthesised from them, and the target is the jittered crop, rounded like a stored PNG.
+    `multiscale` ([0, 1), with `degrade`): each crop is cut from its photo downscaled by a factor
+    drawn uniformly from [1 - multiscale, 1] (Pillow's antialiased bicubic, of the crop's region
+    only; an 8-bit photo stays on 8-bit levels), the factor raised where the photo would
+    otherwise be smaller than a crop; the input is then synthesised from that downscaled photo.
     """
 
     def __init__(self, columns: list[str], image_size: int | None, augment: bool, rotate: bool = False,
-                 degrade: str | None = None, dead_leaves: float = 0.0, color_jitter: float = 0.0):
+                 degrade: str | None = None, dead_leaves: float = 0.0, color_jitter: float = 0.0,
+                 multiscale: float = 0.0):
         self.columns, self.image_size, self.augment, self.rotate = columns, image_size, augment, rotate
         self.degradation = degradations.parse(degrade) if degrade and augment else None
         self.dead_leaves = dead_leaves if self.degradation is not None else 0.0
         self.color_jitter = color_jitter if self.degradation is not None else 0.0
+        self.multiscale = multiscale if self.degradation is not None else 0.0
         self.scale = degradations.scale_of(degrade) if self.degradation else 1
         self.rng = None  # created per call: a pickled generator would repeat the same crops
 
@@ -139,23 +145,40 @@ class DecodeBatch:
 
     def _synthesise(self, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A stored target (HxWx3, uint8 or float32) -> (input crop, target crop): the spec drawn
-        afresh on the crop and its margin, the input cut from the result at the crop's place."""
+        afresh on the crop and its margin, the input cut from the result at the crop's place
+        (with `multiscale`, all of it in the photo downscaled by this crop's factor)."""
         n, m = self.scale, SYNTH_MARGIN // self.scale  # m: the margin in input pixels
-        h, w = target.shape[0] // n, target.shape[1] // n  # the input's grid
+        full = self._downscaled_size(target.shape[:2])  # (H, W) of the photo this crop is cut from
+        h, w = full[0] // n, full[1] // n  # the input's grid
         top, left, ch, cw = self._box(h, w)
         t0, l0 = max(0, top - m), max(0, left - m)
         b0, r0 = min(h, top + ch + m), min(w, left + cw + m)
-        region = _unit(target[n * t0:n * b0, n * l0:n * r0])
-        crop = target[n * top:n * (top + ch), n * left:n * (left + cw)]
+        if full == target.shape[:2]:
+            pixels = target[n * t0:n * b0, n * l0:n * r0]
+        else:  # only the crop's region of the downscaled photo is made
+            fy, fx = target.shape[0] / full[0], target.shape[1] / full[1]
+            pixels = _resized(target, (n * l0 * fx, n * t0 * fy, n * r0 * fx, n * b0 * fy), (n * (r0 - l0), n * (b0 - t0)))
+        region = _unit(pixels)
+        at = (slice(n * (top - t0), n * (top - t0 + ch)), slice(n * (left - l0), n * (left - l0 + cw)))
+        crop = pixels[at]
         if self.color_jitter:
             region = photometric.color_jitter(region, self.color_jitter, self.rng)
             if target.dtype == np.uint8:  # the jittered photo on 8-bit levels, as a stored one is
                 region = np.round(region * 255) / np.float32(255)
-            crop = region[n * (top - t0):n * (top - t0 + ch), n * (left - l0):n * (left - l0 + cw)]
+            crop = region[at]
         made = np.clip(self.degradation(region, self.rng), 0.0, 1.0)[top - t0:top - t0 + ch, left - l0:left - l0 + cw]
         if target.dtype == np.uint8:  # what a stored 8-bit PNG input holds
             made = np.round(made * 255) / np.float32(255)
         return made.astype(np.float32), crop
+
+    def _downscaled_size(self, shape: tuple[int, int]) -> tuple[int, int]:
+        """(H, W) of a photo of `shape` after this crop's `multiscale` factor: `shape` itself
+        without it; never smaller than one crop (in the target's pixels) on either side."""
+        if not self.multiscale:
+            return shape
+        f = self.rng.uniform(1 - self.multiscale, 1)
+        least = 0 if self.image_size is None else self.scale * self.image_size
+        return tuple(min(side, max(least, int(side * f))) for side in shape)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.rng = np.random.default_rng()
@@ -200,6 +223,18 @@ class DecodeBatch:
             n = pair_scale(decoded[0].shape, arr.shape)  # 1, or the target's N of an N-times SR pair
             out.append(arr[n * top:n * (top + h), n * left:n * (left + w)])
         return out
+
+
+def _resized(pixels: np.ndarray, box: tuple[float, float, float, float], size: tuple[int, int]) -> np.ndarray:
+    """The `box` (left, top, right, bottom, in `pixels`' coordinates, fractions allowed) of an
+    HxWx3 image resampled to `size` (width, height) with Pillow's antialiased bicubic filter:
+    uint8 in, uint8 out (rounded, as a stored 8-bit photo is); float32 per channel, clipped to
+    [0, 1] (the bicubic filter overshoots at edges)."""
+    if pixels.dtype == np.uint8:
+        return np.asarray(Image.fromarray(np.ascontiguousarray(pixels)).resize(size, Image.Resampling.BICUBIC, box=box))
+    channels = [np.asarray(Image.fromarray(np.ascontiguousarray(pixels[..., c], np.float32), "F")
+                           .resize(size, Image.Resampling.BICUBIC, box=box)) for c in range(pixels.shape[2])]
+    return np.clip(np.stack(channels, -1), 0.0, 1.0)
 
 
 class DecodeRows:
@@ -279,7 +314,7 @@ def load_dataset(name: str, split: str = "train", settings: Settings | None = No
                  image_size: int | None = None, augment: bool | None = None, domain: str | None = None,
                  batch_size: int | None = None, rotate: bool = False, decode: bool = True, repeat: int = 1,
                  degrade: str | None = None, cache_bytes: int = 0, dead_leaves: float = 0.0, color_jitter: float = 0.0,
-                 shuffle: bool = False):
+                 multiscale: float = 0.0, shuffle: bool = False):
     """-> ray.data.Dataset of {"key", "input", "target"} (paired) or {"key", "image"} for one
     domain ("a" or "b") of an unpaired dataset; images float32 NCHW in [-1, 1].
     augment (default: on for "train"): random crops and flips; `rotate` adds 90-degree turns.
@@ -291,8 +326,9 @@ def load_dataset(name: str, split: str = "train", settings: Settings | None = No
     many times (each time with its own random crop), so a small split makes fewer, longer passes.
     degrade: a paired training stream's inputs synthesised from its targets with this spec
     (`DecodeBatch`; resolve the variant's `degrade` setting with `synthesis` first), and with it
-    `dead_leaves`, the share of crops whose target is a dead-leaves image, and `color_jitter`, the
-    strength of the targets' brightness/contrast/saturation jitter (`DecodeBatch`).
+    `dead_leaves`, the share of crops whose target is a dead-leaves image, `color_jitter`, the
+    strength of the targets' brightness/contrast/saturation jitter, and `multiscale`, how far
+    below 1 the factor a crop's photo is downscaled by may go (`DecodeBatch`).
     cache_bytes: when the split's decoded pixels (`decoded_bytes`) fit in it, they are decoded
     once, here, and kept in Ray's object store for the dataset's life (`cache_budget` gives a
     share of it); every read then crops from them. 0: every read decodes the PNGs again.
@@ -316,7 +352,7 @@ def load_dataset(name: str, split: str = "train", settings: Settings | None = No
     if not decode:
         return read_parquet_v1(paths * max(1, repeat), arrow_filesystem(settings)).select_columns(["key", *columns])
     decoder = DecodeBatch(columns, image_size, split == "train" if augment is None else augment, rotate, degrade,
-                          dead_leaves, color_jitter)
+                          dead_leaves, color_jitter, multiscale)
     # a synthesised input is never read: only the targets are worth keeping
     needed = ["target"] if decoder.degradation is not None else columns
     size = decoded_bytes(manifest, split, needed, domain)

@@ -81,7 +81,8 @@ def check_fit(spec: TrainSpec, manifest: Manifest) -> TrainPlan:
     cfg = spec.variant_config()
     made = synthesis(cfg.degrade, manifest)  # a spec the dataset cannot take is refused now
     for key, what in (("dead_leaves", "puts dead-leaves images among the targets"),
-                      ("color_jitter", "jitters the targets' colours")):
+                      ("color_jitter", "jitters the targets' colours"),
+                      ("multiscale", "downscales the targets")):
         if not getattr(cfg, key) or made:
             continue
         if manifest.kind != "paired":
@@ -165,7 +166,7 @@ def datasets_for(spec: TrainSpec, manifest: Manifest, settings: Settings, image_
         made = synthesis(cfg.degrade, manifest)
         out = {"train": load("train", image_size=image_size, rotate=rotate, repeat=reads("train"),
                              degrade=made, cache_bytes=cache, dead_leaves=cfg.dead_leaves,
-                             color_jitter=cfg.color_jitter, shuffle=True)}
+                             color_jitter=cfg.color_jitter, multiscale=cfg.multiscale, shuffle=True)}
     else:  # the two domains' streams share the budget
         out = {f"train_{d}": load("train", image_size=image_size, domain=d, rotate=rotate,
                                   repeat=reads(f"train_{d}", d), cache_bytes=cache // 2, shuffle=True)

@@ -32,6 +32,13 @@ def _batch(inputs: list[np.ndarray], targets: list[np.ndarray]) -> dict:
             "target": np.array([_png(t) for t in targets], dtype=object)}
 
 
+def _decoded(photo: np.ndarray, n: int) -> dict:
+    """A batch of `n` rows of a decoded-once stream (the rows' pixels stacked, in the photo's own
+    dtype), whose stored inputs are never read."""
+    return {"key": np.array([str(i) for i in range(n)]), "input": np.zeros(n),
+            "target": np.stack([photo] * n)}
+
+
 def _where(crop: np.ndarray, full: np.ndarray) -> tuple[int, int]:
     """(top, left) of an unflipped, unturned `crop` in `full` (both HxWx3 uint8)."""
     hits = np.argwhere((full[..., 0] == crop[0, 0, 0]) & (full[..., 1] == crop[0, 0, 1]))
@@ -197,8 +204,7 @@ def test_a_jittered_pair_is_cut_and_made_exactly_as_a_plain_one(monkeypatch, spe
     monkeypatch.setattr("jobs.data.stream.photometric.color_jitter", lambda img, strength, rng: img)
     plain = DecodeBatch(["input", "target"], 16 // scale * 2, augment=True, degrade=spec)
     jittered = DecodeBatch(["input", "target"], 16 // scale * 2, augment=True, degrade=spec, color_jitter=0.5)
-    batch = {"key": np.array(["0", "1", "2"]), "input": np.array([None] * 3, dtype=object),
-             "target": np.array([photo] * 3, dtype=object)}
+    batch = _decoded(photo, 3)
     a, b = plain(batch), jittered(batch)
     for name in ("input", "target"):
         np.testing.assert_array_equal(a[name], b[name])
@@ -208,7 +214,7 @@ def test_a_jittered_pair_is_cut_and_made_exactly_as_a_plain_one(monkeypatch, spe
     ("paired", {"degrade": "stored"}, r"reads dataset 'd''s stored inputs; add --set degrade=SPEC \(e.g. degrade=random_gaussian:0.5-3\)"),
     ("unpaired", {}, r"dataset 'd' is unpaired: drop it"),
 ])
-@pytest.mark.parametrize("key", ["dead_leaves", "color_jitter"])
+@pytest.mark.parametrize("key", ["dead_leaves", "color_jitter", "multiscale"])
 def test_settings_that_work_on_synthesised_inputs_are_refused_where_none_are(key, kind, config, message):
     from jobs.training.driver import check_fit
     from jobs.training.spec import TrainSpec
@@ -232,11 +238,73 @@ def test_a_jittered_8_bit_pairs_input_is_the_spec_applied_to_its_own_rounded_tar
     photo is: away from the crop's edge every input pixel is exactly round(spec(target)), not
     one level off (made from the unrounded jitter: 9% of pixels were)."""
     photo = np.random.default_rng(0).integers(0, 256, (64, 56, 3), dtype=np.uint8)
-    batch = {"key": np.array([str(i) for i in range(16)]), "input": np.array([None] * 16, dtype=object),
-             "target": np.array([photo] * 16, dtype=object)}
+    batch = _decoded(photo, 16)
     out = DecodeBatch(["input", "target"], 24, augment=True, degrade="gaussian:1.5", color_jitter=0.5)(batch)
     r = 6  # beyond the 1.5 px Gaussian's reach, the margin around the crop does not matter
     for x, y in zip(out["input"], out["target"]):
         target = (y.transpose(1, 2, 0) + 1) / 2
+        np.testing.assert_allclose(target * 255, np.round(target * 255), atol=1e-3)  # a photo's 8-bit levels
         made = np.round(np.clip(degrade.apply("gaussian:1.5", target.astype(np.float32), seed=0), 0, 1) * 255)
         np.testing.assert_array_equal(np.round((x.transpose(1, 2, 0) + 1) / 2 * 255)[r:-r, r:-r], made[r:-r, r:-r])
+
+
+def _ramp(h: int, w: int, dtype) -> np.ndarray:
+    """Red rises 2 levels a column, green 2 a row: a downscaled ramp is a steeper ramp (bicubic
+    resampling keeps straight lines), so a crop's slope tells the factor it was downscaled by."""
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    arr = np.stack([2 * cols, 2 * rows, np.full_like(rows, 100)], axis=-1).astype(np.float32)
+    return arr.astype(np.uint8) if dtype == np.uint8 else arr / np.float32(255)
+
+
+def _slopes(y: np.ndarray) -> tuple[float, float]:
+    """(levels a column in red, levels a row in green) between pixels 6 and 18 of a 24 px target
+    crop (CHW in [-1, 1]; a photo's border bends its ramp at the crop's edge), the crop turned
+    back to red rising left to right."""
+    img = (y.transpose(1, 2, 0) + 1) / 2 * 255
+    if img[0, 0, 0] > img[0, -1, 0]:
+        img = img[:, ::-1]
+    return float((img[:, 18, 0] - img[:, 6, 0]).mean() / 12), float((img[18, :, 1] - img[6, :, 1]).mean() / 12)
+
+
+@pytest.mark.parametrize("spec, scale, dtype", [("gaussian:1.5", 1, np.uint8), ("gaussian:1.5", 1, np.float32),
+                                                ("down:2", 2, np.uint8)])
+def test_multiscale_cuts_each_crop_from_the_photo_downscaled_and_makes_its_input_from_that(spec, scale, dtype):
+    """`--set multiscale=0.5`: each target is a crop of the photo downscaled by its own factor in
+    [0.5, 1] (a ramp 2 levels a pixel becomes 2-4), the same factor on both axes, and the input is
+    the spec applied to THAT target, at every scale; without it every crop keeps the photo's scale."""
+    n, s = 48, 24 // scale
+    photo = _ramp(120, 120, dtype)
+    batch = _decoded(photo, n)
+    plain = DecodeBatch(["input", "target"], s, augment=True, degrade=spec)(batch)
+    assert all(np.allclose(_slopes(y), 2, atol=0.01) for y in plain["target"])
+    out = DecodeBatch(["input", "target"], s, augment=True, degrade=spec, multiscale=0.5)(batch)
+    assert out["input"].shape == (n, 3, s, s) and out["target"].shape == (n, 3, scale * s, scale * s)
+    slopes = [_slopes(y) for y in out["target"]]
+    for across, down in slopes:
+        assert 1.95 <= across <= 4.1 and abs(across - down) < 0.1
+    assert max(a for a, _ in slopes) > 3.2 and min(a for a, _ in slopes) < 2.5  # factors across the range
+    r = 6  # beyond the spec's reach, the margin around the crop does not matter
+    for x, y in zip(out["input"], out["target"]):
+        made = np.clip(degrade.apply(spec, (y.transpose(1, 2, 0) + 1) / 2, seed=0), 0, 1)
+        got = (x.transpose(1, 2, 0) + 1) / 2
+        assert np.abs(got - made)[r // scale:-r // scale, r // scale:-r // scale].max() <= 1.01 / 255
+
+
+def test_multiscale_never_shrinks_a_photo_below_one_crop():
+    """A 32 px photo and 24 px crops: factors below 0.75 are raised to it, never an error."""
+    photo = _ramp(32, 32, np.uint8)
+    batch = _decoded(photo, 32)
+    out = DecodeBatch(["input", "target"], 24, augment=True, degrade="gaussian:1", multiscale=0.9)(batch)
+    assert out["target"].shape == (32, 3, 24, 24)
+    slopes = [_slopes(y)[0] for y in out["target"]]
+    assert max(slopes) <= 2 * 32 / 24 + 0.05 and max(slopes) > 2.5
+
+
+def test_multiscale_leaves_validation_and_stored_inputs_alone():
+    photo = _ramp(40, 40, np.uint8)
+    batch = {"key": np.array(["0"]), "input": np.array([_png(photo)], dtype=object),
+             "target": np.array([_png(photo)], dtype=object)}
+    val = DecodeBatch(["input", "target"], 24, augment=False, degrade="gaussian:1", multiscale=0.5)(batch)
+    stored = DecodeBatch(["input", "target"], 24, augment=True, multiscale=0.5)(batch)
+    for out in (val, stored):
+        assert np.allclose(_slopes(out["target"][0]), 2, atol=0.01)
