@@ -114,10 +114,11 @@ class DecodeBatch:
     `color_jitter` ([0, 1), with `degrade`): the target's crop and margin get random brightness,
     contrast and saturation factors in [1 - j, 1 + j] (`translator.photometric`) before the input
     is synthesised from them, and the target is the jittered crop, rounded like a stored PNG.
-    `multiscale` ([0, 1), with `degrade`): each crop is cut from its photo downscaled by a factor
-    drawn uniformly from [1 - multiscale, 1] (Pillow's antialiased bicubic, of the crop's region
-    only; an 8-bit photo stays on 8-bit levels), the factor raised where the photo would
-    otherwise be smaller than a crop; the input is then synthesised from that downscaled photo.
+    `multiscale` ([0, 1), with `degrade` and `image_size`): each crop is cut from its photo
+    downscaled by a factor drawn uniformly from [1 - multiscale, 1], the same on both axes (Pillow's
+    antialiased bicubic, `_resized`; an 8-bit photo stays on 8-bit levels), the factor raised
+    where the photo's short side would otherwise be smaller than a crop; the input is then
+    synthesised from that downscaled photo.
     """
 
     def __init__(self, columns: list[str], image_size: int | None, augment: bool, rotate: bool = False,
@@ -127,7 +128,8 @@ class DecodeBatch:
         self.degradation = degradations.parse(degrade) if degrade and augment else None
         self.dead_leaves = dead_leaves if self.degradation is not None else 0.0
         self.color_jitter = color_jitter if self.degradation is not None else 0.0
-        self.multiscale = multiscale if self.degradation is not None else 0.0
+        # whole images (no image_size) keep their size: a batch of them is stacked as one array
+        self.multiscale = multiscale if self.degradation is not None and image_size else 0.0
         self.scale = degradations.scale_of(degrade) if self.degradation else 1
         self.rng = None  # created per call: a pickled generator would repeat the same crops
 
@@ -155,7 +157,7 @@ class DecodeBatch:
         b0, r0 = min(h, top + ch + m), min(w, left + cw + m)
         if full == target.shape[:2]:
             pixels = target[n * t0:n * b0, n * l0:n * r0]
-        else:  # only the crop's region of the downscaled photo is made
+        else:  # only the crop's region of the downscaled photo is resampled
             fy, fx = target.shape[0] / full[0], target.shape[1] / full[1]
             pixels = _resized(target, (n * l0 * fx, n * t0 * fy, n * r0 * fx, n * b0 * fy), (n * (r0 - l0), n * (b0 - t0)))
         region = _unit(pixels)
@@ -172,13 +174,14 @@ class DecodeBatch:
         return made.astype(np.float32), crop
 
     def _downscaled_size(self, shape: tuple[int, int]) -> tuple[int, int]:
-        """(H, W) of a photo of `shape` after this crop's `multiscale` factor: `shape` itself
-        without it; never smaller than one crop (in the target's pixels) on either side."""
+        """(H, W) of a photo of `shape` after this crop's `multiscale` factor, one factor for both
+        sides, raised so that the short side keeps one crop (in the target's pixels); `shape`
+        itself without it, or where the factor rounds to the photo's own size."""
         if not self.multiscale:
             return shape
-        f = self.rng.uniform(1 - self.multiscale, 1)
-        least = 0 if self.image_size is None else self.scale * self.image_size
-        return tuple(min(side, max(least, int(side * f))) for side in shape)
+        least = self.scale * self.image_size
+        f = max(self.rng.uniform(1 - self.multiscale, 1), least / min(shape))
+        return tuple(min(side, max(least, round(side * f))) for side in shape)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.rng = np.random.default_rng()
@@ -227,14 +230,18 @@ class DecodeBatch:
 
 def _resized(pixels: np.ndarray, box: tuple[float, float, float, float], size: tuple[int, int]) -> np.ndarray:
     """The `box` (left, top, right, bottom, in `pixels`' coordinates, fractions allowed) of an
-    HxWx3 image resampled to `size` (width, height) with Pillow's antialiased bicubic filter:
-    uint8 in, uint8 out (rounded, as a stored 8-bit photo is); float32 per channel, clipped to
-    [0, 1] (the bicubic filter overshoots at edges)."""
-    if pixels.dtype == np.uint8:
-        return np.asarray(Image.fromarray(np.ascontiguousarray(pixels)).resize(size, Image.Resampling.BICUBIC, box=box))
-    channels = [np.asarray(Image.fromarray(np.ascontiguousarray(pixels[..., c], np.float32), "F")
-                           .resize(size, Image.Resampling.BICUBIC, box=box)) for c in range(pixels.shape[2])]
-    return np.clip(np.stack(channels, -1), 0.0, 1.0)
+    HxWx3 photo (uint8, or float32 in [0, 1]) resampled to `size` (width, height) with Pillow's
+    antialiased bicubic filter, each channel in float32: the same pixels as that region of the
+    whole photo resized (the filter's reach around the box is kept), clipped to [0, 1] (bicubic
+    overshoots at edges); a uint8 photo's result rounded back to uint8, as a stored one is."""
+    reach = int(np.ceil(2 * max((box[2] - box[0]) / size[0], (box[3] - box[1]) / size[1]))) + 1  # bicubic: 2 px out
+    x0, y0 = max(0, int(box[0]) - reach), max(0, int(box[1]) - reach)
+    x1, y1 = min(pixels.shape[1], int(np.ceil(box[2])) + reach), min(pixels.shape[0], int(np.ceil(box[3])) + reach)
+    part = _unit(pixels[y0:y1, x0:x1])
+    shifted = (box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0)
+    out = np.clip(np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(part[..., c]), "F").resize(
+        size, Image.Resampling.BICUBIC, box=shifted)) for c in range(part.shape[2])], -1), 0.0, 1.0)
+    return np.round(out * 255).astype(np.uint8) if pixels.dtype == np.uint8 else out
 
 
 class DecodeRows:

@@ -285,26 +285,72 @@ def test_multiscale_cuts_each_crop_from_the_photo_downscaled_and_makes_its_input
     assert max(a for a, _ in slopes) > 3.2 and min(a for a, _ in slopes) < 2.5  # factors across the range
     r = 6  # beyond the spec's reach, the margin around the crop does not matter
     for x, y in zip(out["input"], out["target"]):
+        if dtype == np.uint8:  # the downscaled 8-bit photo is on 8-bit levels, as a stored one is
+            np.testing.assert_allclose((y + 1) / 2 * 255, np.round((y + 1) / 2 * 255), atol=1e-3)
         made = np.clip(degrade.apply(spec, (y.transpose(1, 2, 0) + 1) / 2, seed=0), 0, 1)
         got = (x.transpose(1, 2, 0) + 1) / 2
         assert np.abs(got - made)[r // scale:-r // scale, r // scale:-r // scale].max() <= 1.01 / 255
 
 
-def test_multiscale_never_shrinks_a_photo_below_one_crop():
-    """A 32 px photo and 24 px crops: factors below 0.75 are raised to it, never an error."""
-    photo = _ramp(32, 32, np.uint8)
-    batch = _decoded(photo, 32)
-    out = DecodeBatch(["input", "target"], 24, augment=True, degrade="gaussian:1", multiscale=0.9)(batch)
-    assert out["target"].shape == (32, 3, 24, 24)
-    slopes = [_slopes(y)[0] for y in out["target"]]
-    assert max(slopes) <= 2 * 32 / 24 + 0.05 and max(slopes) > 2.5
+@pytest.mark.parametrize("h, w, spec, scale", [(32, 32, "gaussian:1", 1), (40, 120, "gaussian:1", 1),
+                                             (120, 40, "gaussian:1", 1), (30, 56, "down:2", 2)])
+def test_multiscale_downscales_both_sides_alike_and_never_below_one_crop(h, w, spec, scale):
+    """24 px target crops of a photo whose short side is 24-40 px: a factor that would leave the
+    short side under one crop is raised to the smallest that keeps it, the same factor on the long
+    side (the photo is never squeezed), never an error, at every scale."""
+    out = DecodeBatch(["input", "target"], 24 // scale, augment=True, degrade=spec, multiscale=0.9)(
+        _decoded(_ramp(h, w, np.uint8), 32))
+    assert out["input"].shape == (32, 3, 24 // scale, 24 // scale) and out["target"].shape == (32, 3, 24, 24)
+    slopes = [_slopes(y) for y in out["target"]]
+    for across, down in slopes:
+        assert abs(across - down) < 0.1 and across <= 2 * min(h, w) / 24 + 0.1
+    assert max(a for a, _ in slopes) > 2 * min(h, w) / 24 - 0.1  # the clamp is reached
 
 
-def test_multiscale_leaves_validation_and_stored_inputs_alone():
+def test_a_tiny_multiscale_keeps_the_photos_own_pixels_where_the_factor_rounds_to_its_size():
+    photo = _unique(80, 72)
+    out = DecodeBatch(["input", "target"], 24, augment=True, degrade="gaussian:1", multiscale=1e-6)(_decoded(photo, 8))
+    for y in out["target"]:
+        tgt = _hwc_u8(y)
+        t, l = _where(tgt[:, ::-1] if tgt[0, 0, 1] > tgt[0, -1, 1] else tgt, photo)  # a plain cut, not resampled
+        assert t >= 0 and l >= 0
+
+
+def test_multiscale_leaves_validation_stored_inputs_and_whole_images_alone():
     photo = _ramp(40, 40, np.uint8)
     batch = {"key": np.array(["0"]), "input": np.array([_png(photo)], dtype=object),
              "target": np.array([_png(photo)], dtype=object)}
     val = DecodeBatch(["input", "target"], 24, augment=False, degrade="gaussian:1", multiscale=0.5)(batch)
     stored = DecodeBatch(["input", "target"], 24, augment=True, multiscale=0.5)(batch)
-    for out in (val, stored):
+    whole = DecodeBatch(["input", "target"], None, augment=True, degrade="gaussian:1", multiscale=0.5)(batch)
+    assert whole["target"].shape == (1, 3, 40, 40)
+    for out in (val, stored, whole):
         assert np.allclose(_slopes(out["target"][0]), 2, atol=0.01)
+
+
+@pytest.mark.parametrize("value", [1, 1.5, -0.1])
+def test_multiscale_outside_0_to_1_is_refused(value):
+    from translator.variants import get_variant
+
+    with pytest.raises(ValueError, match=r"multiscale must be (in \[0, 1\)|at least 0)"):
+        get_variant("nafnet").Config(multiscale=value).validate()
+
+
+def test_the_job_hands_every_synthesis_setting_to_its_training_stream(monkeypatch):
+    """`--set multiscale/color_jitter/dead_leaves`: what the run was asked for is what its
+    training stream's `DecodeBatch` gets (a setting dropped on the way would train without it)."""
+    from jobs.training import driver
+    from jobs.training.spec import TrainSpec
+    from registry.manifest import Manifest, Shard
+
+    calls = []
+    monkeypatch.setattr(driver, "load_dataset", lambda name, split, settings, **kw: calls.append((split, kw)))
+    monkeypatch.setattr(driver, "cache_budget", lambda share: 0)
+    manifest = Manifest("d", "paired", "synth", "now", "here", 32, None, 0,
+                        splits={"train": [Shard("train/0.parquet", 4, "0", 1, None)], "val": []})
+    config = {"degrade": "gaussian:1", "multiscale": 0.4, "color_jitter": 0.2, "dead_leaves": 0.1}
+    driver.datasets_for(TrainSpec(dataset="d", variant="nafnet", image_size=16, config=config), manifest,
+                        SimpleNamespace(decode_cache_share=0.1), 16)
+    (split, kw), = calls
+    assert split == "train" and kw["degrade"] == "gaussian:1"
+    assert (kw["multiscale"], kw["color_jitter"], kw["dead_leaves"]) == (0.4, 0.2, 0.1)
