@@ -34,8 +34,9 @@ def main() -> None:
 
     from cluster.stack import Stack
     from cluster.storage import Storage
+    from jobs.data.decode import DecodeBatch
     from jobs.data.ingest import IngestOptions, ingest
-    from jobs.data.stream import DecodeBatch, load_dataset, read_parquet_v1, task_rows
+    from jobs.data.stream import load_dataset, read_parquet_v1, task_rows
     from registry.manifest import dataset_prefix, manifest_key, read_manifest
 
     settings = settings_with_stack()

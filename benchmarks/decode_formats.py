@@ -89,7 +89,7 @@ def rate(fn, n_pairs: int) -> float:
 
 
 def measure(stored: int, crop: int) -> list[list]:
-    from jobs.data.stream import DecodeBatch
+    from jobs.data.decode import DecodeBatch
 
     rng = np.random.default_rng(0)
     rows = []

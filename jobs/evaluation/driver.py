@@ -37,7 +37,8 @@ from PIL import Image
 from cluster.errors import Img2ImgError
 from cluster.settings import get_settings
 from cluster.storage import Storage, arrow_filesystem
-from jobs.data.stream import _decode, check_shards, read_parquet_v1
+from jobs.data.decode import _decode
+from jobs.data.stream import check_shards, read_parquet_v1
 from jobs.entry import marked_main
 from jobs.evaluation.spec import MARK, EvalSpec
 from registry.manifest import read_manifest

@@ -25,7 +25,7 @@ import torch
 
 from cluster.settings import get_settings
 from cluster.storage import Storage, arrow_filesystem
-from jobs.data.stream import DecodeBatch
+from jobs.data.decode import DecodeBatch
 from jobs.training.plan import Cadence, TrainPlan
 from jobs.training.preempt import PREEMPT_POLL_S, requested
 from jobs.training.spec import TrainSpec

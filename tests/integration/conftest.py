@@ -125,7 +125,7 @@ def untrained_val_psnr(settings, dataset: str, variant: str, **spec_kw) -> float
     import torch
 
     from cluster.storage import Storage
-    from jobs.data.stream import _decode
+    from jobs.data.decode import _decode
     from jobs.training.spec import TrainSpec
     from registry.manifest import dataset_prefix, read_manifest
     from translator import tiling

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from jobs.data.decode import _decode
 from jobs.data.plan import IngestOptions, Row
 from jobs.data.sources import SourceFile
-from jobs.data.stream import _decode
 from jobs.data.worker import _png, _row_images
 from translator import images
 

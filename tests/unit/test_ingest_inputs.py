@@ -122,7 +122,7 @@ def test_common_scale_leaves_equal_scales_and_8bit_alone():
 
 
 def test_png_roundtrip_of_scaled_side_is_16bit():
-    from jobs.data.stream import _decode
+    from jobs.data.decode import _decode
 
     lo, _ = common_scale(np.full((4, 4, 3), 0.25, np.float32), 4095, np.zeros((4, 4, 3), np.float32), 8191)
     assert abs(_decode(_png(lo)).mean() - 0.25 * 4095 / 8191) < 1e-4
@@ -132,7 +132,7 @@ def test_png_roundtrip_of_scaled_side_is_16bit():
 def test_16bit_synth_pair_decodes_on_one_scale(tmp_path):
     """A blurred 16-bit input peaks lower than its clean target; training must read both on the
     stored 0-65535 scale, not each normalised by its own peak (which would brighten one side)."""
-    from jobs.data.stream import _decode
+    from jobs.data.decode import _decode
 
     img = np.full((32, 32, 3), 20000, np.uint16)
     img[16, 16] = 40000  # one bright pixel: the blur pulls the peak below 32767

@@ -87,7 +87,7 @@ def _png(arr: np.ndarray) -> bytes:
 def test_paired_crops_cut_and_flip_input_and_target_alike(cached):
     """The same crops and flips whether a read decodes the stored PNGs or crops the pixels a
     cached stream decoded once (`DecodeRows`)."""
-    from jobs.data.stream import DecodeBatch, DecodeRows
+    from jobs.data.decode import DecodeBatch, DecodeRows
 
     h, w, s = 24, 40, 16
     # red counts rows, green columns: every pixel unique, so a crop's position and a flip show
@@ -139,7 +139,7 @@ def test_small_crops_are_made_in_larger_tasks(crop, scale, rows):
 
 
 def test_d4_augmentation_turns_input_and_target_alike_through_all_eight_orientations():
-    from jobs.data.stream import DecodeBatch
+    from jobs.data.decode import DecodeBatch
 
     s = 12
     rows, cols = np.meshgrid(np.arange(s), np.arange(s), indexing="ij")

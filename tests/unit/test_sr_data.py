@@ -70,8 +70,8 @@ def test_down_is_listed_in_the_rules():
 # ---- LR/HR folders: the size ratio is checked, pairs are cut aligned ---------------------------
 from PIL import Image  # noqa: E402
 
+from jobs.data.decode import DecodeBatch, pair_scale  # noqa: E402
 from jobs.data.plan import IngestOptions  # noqa: E402
-from jobs.data.stream import DecodeBatch, pair_scale  # noqa: E402
 from jobs.data.worker import SkipFile, _sr_crop, _sr_pair  # noqa: E402
 
 

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from cluster.errors import Img2ImgError
-from jobs.data.stream import SYNTH_MARGIN, DecodeBatch, synthesis
+from jobs.data.decode import SYNTH_MARGIN, DecodeBatch
+from jobs.data.stream import synthesis
 from translator import degrade
 
 
@@ -58,7 +59,7 @@ def test_the_input_is_the_spec_applied_to_the_targets_crop_with_its_surroundings
     # seeded (each call draws a fresh generator): about 15% of random 24 px crops of 80x72 clear
     # the margin, so 16 unseeded crops missed it in 7% of runs
     seeded = np.random.default_rng
-    monkeypatch.setattr("jobs.data.stream.np.random.default_rng", lambda seed=None: seeded(0 if seed is None else seed))
+    monkeypatch.setattr("jobs.data.decode.np.random.default_rng", lambda seed=None: seeded(0 if seed is None else seed))
     out = DecodeBatch(["input", "target"], s, augment=True, degrade="gaussian:1.5")(_batch([stored] * n, [target] * n))
     assert out["input"].shape == out["target"].shape == (n, 3, s, s)
     whole = degrade.apply("gaussian:1.5", target.astype(np.float32) / 255, seed=0)
@@ -200,8 +201,8 @@ def test_a_jittered_pair_is_cut_and_made_exactly_as_a_plain_one(monkeypatch, spe
     if dtype == np.float32:
         photo = (photo / 255 + rng.uniform(0, 1 / 512, photo.shape)).astype(np.float32)
     seeded = np.random.default_rng
-    monkeypatch.setattr("jobs.data.stream.np.random.default_rng", lambda seed=None: seeded(5 if seed is None else seed))
-    monkeypatch.setattr("jobs.data.stream.photometric.color_jitter", lambda img, strength, rng: img)
+    monkeypatch.setattr("jobs.data.decode.np.random.default_rng", lambda seed=None: seeded(5 if seed is None else seed))
+    monkeypatch.setattr("jobs.data.decode.photometric.color_jitter", lambda img, strength, rng: img)
     plain = DecodeBatch(["input", "target"], 16 // scale * 2, augment=True, degrade=spec)
     jittered = DecodeBatch(["input", "target"], 16 // scale * 2, augment=True, degrade=spec, color_jitter=0.5)
     batch = _decoded(photo, 3)

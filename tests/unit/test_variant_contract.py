@@ -49,7 +49,7 @@ def test_cli_help_lists_the_registry_without_importing_torch():
     ("the job commands", "jobs.manage, jobs.training.progress, cluster.services, img2img_cli.commands.jobs"),
     # every job's Ray Data tasks (decode and crop, ingest) start in fresh worker processes: torch
     # there cost each training job's first batch 2-4 s (benchmarks/RESULTS.md)
-    ("the data pipeline's tasks", "jobs.data.stream, jobs.data.worker"),
+    ("the data pipeline's tasks", "jobs.data.stream, jobs.data.decode, jobs.data.worker"),
 ])
 def test_what_needs_no_model_loads_without_torch(what, modules):
     code = (f"import sys, {modules}; "
