@@ -77,9 +77,10 @@ def convolve(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return out[2 * r:2 * r + h, 2 * r:2 * r + w].astype(np.float32)
 
 
-def resize(image: np.ndarray, size: tuple[int, int], resample) -> np.ndarray:
-    """HxWxC float -> size (w, h), channel by channel in PIL's float mode (no 8-bit rounding)."""
-    return np.stack([np.asarray(Image.fromarray(image[..., c].astype(np.float32), mode="F").resize(size, resample))
+def resize(image: np.ndarray, size: tuple[int, int], resample, box=None) -> np.ndarray:
+    """HxWxC float -> size (w, h), channel by channel in PIL's float mode (no 8-bit rounding);
+    `box` (left, top, right, bottom, fractions allowed): only that region of `image` is resampled."""
+    return np.stack([np.asarray(Image.fromarray(image[..., c].astype(np.float32), mode="F").resize(size, resample, box=box))
                      for c in range(image.shape[2])], axis=-1)
 
 

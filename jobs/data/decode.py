@@ -15,6 +15,7 @@ from PIL import Image
 from translator import degrade as degradations
 from translator import photometric, synthetic
 from translator.images import read_picture
+from translator.second_order import resize
 
 # Target pixels of context kept on each side of a crop, where the stored image has them, when its
 # input is synthesised: the blur at the crop's edge then sees real neighbours, not a mirror.
@@ -204,8 +205,7 @@ def _resized(pixels: np.ndarray, box: tuple[float, float, float, float], size: t
     x1, y1 = min(pixels.shape[1], int(np.ceil(box[2])) + reach), min(pixels.shape[0], int(np.ceil(box[3])) + reach)
     part = _unit(pixels[y0:y1, x0:x1])
     shifted = (box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0)
-    out = np.clip(np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(part[..., c]), "F").resize(
-        size, Image.Resampling.BICUBIC, box=shifted)) for c in range(part.shape[2])], -1), 0.0, 1.0)
+    out = np.clip(resize(part, size, Image.Resampling.BICUBIC, box=shifted), 0.0, 1.0)
     return np.round(out * 255).astype(np.uint8) if pixels.dtype == np.uint8 else out
 
 
