@@ -29,7 +29,7 @@ from jobs.manage import follow_progress, outcome_error
 from jobs.training.client import job_client, submit
 from jobs.training.spec import TrainSpec
 from registry.manifest import manifest_key, read_manifest
-from registry.models import promote, versions
+from registry.models import client, promote, versions
 from serving.client import client_timeout, enhance_bytes
 from serving.deploy import deploy
 from serving.options import Scaling
@@ -46,7 +46,8 @@ class DemoResult:
     """What a demo run made. rows: one dict per held-out photo with `photo` and the PSNR (dB) and
     SSIM of the degraded input and of the model's output against the original (`input_psnr`,
     `output_psnr`, `input_ssim`, `output_ssim`), its pixel values and squared errors (`values`,
-    `input_sse`, `output_sse`); photos the degradation leaves unchanged are in `skipped`."""
+    `input_sse`, `output_sse`); photos the degradation leaves unchanged are in `skipped`; `config`:
+    the `--set` pairs the model was trained with (on top of its variant's defaults)."""
 
     dataset: str
     model: str
@@ -55,6 +56,7 @@ class DemoResult:
     out_dir: Path = Path("demo-output")
     task: DemoTask = field(default_factory=lambda: demo_task(DEFAULT_TASK))
     skipped: list[str] = field(default_factory=list)
+    config: dict[str, str] = field(default_factory=dict)
 
     @property
     def mean(self) -> dict[str, float]:
@@ -109,38 +111,74 @@ def _ensure_dataset(settings: Settings, name: str, task: DemoTask, quick: bool, 
         ingest(tmp, opts, settings, overwrite=overwrite)
 
 
-def trained_on(existing: list, sha256: str) -> list[str]:
-    """The versions (numbers, as strings) of `existing` (registry.models.VersionInfo) trained on the
-    dataset whose manifest sha256 is `sha256` (their `dataset_sha256` tag): the only ones a re-run
-    may reuse and promote; versions of an earlier spec of the same dataset name are left alone."""
-    return [v.version for v in existing if v.tags.get("dataset_sha256") == sha256]
-
-
-def _ensure_model(settings: Settings, dataset: str, variant: str, budget_s: float, say) -> tuple[str, str | None,
-                                                                                                 list[str]]:
-    """(registered model name, the version trained now or None, the versions trained on this very
-    dataset (same manifest sha256): when there are some, they are reused and nothing is trained)."""
-    model = f"{dataset}-{variant}"
+def _same_setting(logged: str | None, wanted: str) -> bool:
+    """A run's logged `cfg.KEY` param against a `--set` value: equal as text or as numbers."""
+    if logged is None:
+        return False
     try:
-        existing = versions(settings, model)
-    except Img2ImgError:  # not registered yet
-        existing = []
-    same_data = trained_on(existing, read_manifest(Storage(settings), dataset).sha256)
-    if same_data:
-        say(f"model {model} already has {len(same_data)} version(s) trained on this dataset: reusing them "
-            "(delete the model to retrain)")
-        return model, None, same_data
-    if existing:
-        say(f"model {model}'s {len(existing)} version(s) were trained on an older {dataset}: training a new one")
-    scale = degrade.scale_of(dataset_degradation(settings, dataset))  # super-resolution: 96 px crops hold 96/N
+        return logged == wanted or float(logged) == float(wanted)
+    except ValueError:
+        return False
+
+
+def trained_on(existing: list, sha256: str, config: dict[str, str] | None = None,
+               params_of: Callable[[str], dict[str, str]] = lambda run_id: {}) -> list[str]:
+    """The versions (numbers, as strings) of `existing` (registry.models.VersionInfo) trained on the
+    dataset whose manifest sha256 is `sha256` (their `dataset_sha256` tag) with every `config`
+    setting (`--set KEY=VALUE`, against the `cfg.KEY` params `params_of(run_id)` returns): the only
+    ones a re-run may reuse and promote; versions of an earlier spec of the same dataset name, or
+    trained with other settings, are left alone."""
+    config = config or {}
+    found = []
+    for v in existing:
+        if v.tags.get("dataset_sha256") != sha256:
+            continue
+        params = params_of(v.run_id) if config else {}
+        if all(_same_setting(params.get(f"cfg.{k}"), str(value)) for k, value in config.items()):
+            found.append(v.version)
+    return found
+
+
+def demo_train_spec(dataset: str, variant: str, budget_s: float, scale: int,
+                    recipe: dict[str, str] | None = None) -> TrainSpec:
+    """The training the demo submits: `variant` on `dataset` for `budget_s` seconds, 2 CPU workers,
+    64 px crops (96/N px for an N-times super-resolution dataset, `scale` N), with the CPU settings
+    of its kind (pix2pix's small networks, the super-resolution scale) and then `recipe` (the task's
+    `--set` pairs, `DemoTask.train_config`) in its config."""
     spec = TrainSpec(dataset=dataset, variant=variant, workers=2, cpus_per_worker=1.0, epochs=None,
-                     time_budget_s=budget_s, model_name=model, experiment="demo", image_size=min(64, 96 // scale),
-                     checkpoint_every="30s")  # a few validations to watch in a 2-5 minute run
+                     time_budget_s=budget_s, model_name=f"{dataset}-{variant}", experiment="demo",
+                     image_size=min(64, 96 // scale), checkpoint_every="30s")  # a few validations in 2-5 minutes
     if scale > 1 and "scale" in {f.name for f in fields(get_variant(variant).Config)}:
         spec.config = {"scale": str(scale)}  # a same-size --variant is refused by the scale check instead
     if variant == "pix2pix":
         spec.config = dict(PIX2PIX_CPU)
         spec.batch_size = 8
+    spec.config = {**spec.config, **(recipe or {})}
+    return spec
+
+
+def _ensure_model(settings: Settings, dataset: str, variant: str, budget_s: float, say,
+                  recipe: dict[str, str] | None = None) -> tuple[str, str | None, list[str], dict[str, str]]:
+    """(registered model name, the version trained now or None, the versions trained on this very
+    dataset (same manifest sha256) with the same settings: when there are some, they are reused
+    and nothing is trained, the `--set` config the versions were trained with).
+    `recipe`: the task's `--set` pairs (`demo_train_spec`)."""
+    scale = degrade.scale_of(dataset_degradation(settings, dataset))  # super-resolution: 96 px crops hold 96/N
+    spec = demo_train_spec(dataset, variant, budget_s, scale, recipe)
+    model = spec.model_name
+    try:
+        existing = versions(settings, model)
+    except Img2ImgError:  # not registered yet
+        existing = []
+    params_of = lambda run_id: client(settings).get_run(run_id).data.params  # noqa: E731
+    same = trained_on(existing, read_manifest(Storage(settings), dataset).sha256, spec.config, params_of)
+    if same:
+        say(f"model {model} already has {len(same)} version(s) trained on this dataset with these settings: "
+            "reusing them (delete the model to retrain)")
+        return model, None, same, spec.config
+    if existing:
+        say(f"model {model}'s {len(existing)} version(s) were trained on an older {dataset} or with other "
+            "settings: training a new one")
     out = submit(spec, settings)
     say(f"training {variant} for ~{budget_s:.0f}s: job {out['job_id']}, MLflow run {out['run_url']}")
     snap = follow_progress(job_client(settings), settings, out["job_id"], out["run_id"], say=say)
@@ -151,7 +189,7 @@ def _ensure_model(settings: Settings, dataset: str, variant: str, budget_s: floa
     if not trained:
         raise Img2ImgError(f"training job {out['job_id']} registered no version of {model}; "
                            f"see `img2img jobs logs {out['job_id']}`")
-    return model, trained[0].version, [trained[0].version]
+    return model, trained[0].version, [trained[0].version], spec.config
 
 
 def _held_out_photos(settings: Settings, dataset: str) -> list[Path]:
@@ -254,13 +292,17 @@ def verdict(task: DemoTask, variant: str, mean: dict[str, float], budget_s: floa
     return text
 
 
-def write_report(result: DemoResult, variant: str, settings: Settings, budget_s: float | None = None) -> Path:
+def write_report(result: DemoResult, variant: str, settings: Settings, budget_s: float | None = None,
+                 config: dict[str, str] | None = None) -> Path:
+    """report.md in the result's folder: the held-out table, the `--set` pairs the model was trained
+    with (`config`, on top of the variant's defaults), and `verdict`'s paragraph. -> its path."""
     m = result.mean
     spec = dataset_degradation(settings, result.dataset)
     inp, outp = result.task.input_label, result.task.output_label
     lines = [f"# img2img demo: {result.task.name} with {variant} on `{result.dataset}`", "",
              f"Model `{result.model}` v{result.version}, served at {settings.serve_url}. Held-out sample photos "
              f"(never seen in training), degraded with `{spec}`, enhanced through `POST /enhance`.", "",
+             *([f"Trained with `{' '.join(f'--set {k}={v}' for k, v in config.items())}`.", ""] if config else []),
              f"Each PNG here is {inp} | {outp} | original. PSNR (dB) and SSIM are against the original; "
              "the set's PSNR is that of the pooled MSE over all photos (docs/metrics.md).", "",
              f"| photo | {inp} PSNR | {outp} PSNR | {inp} SSIM | {outp} SSIM |", "|---|---|---|---|---|"]
@@ -292,7 +334,8 @@ def run_demo(settings: Settings, variant: str | None = None, quick: bool = False
     Stack(settings).up(progress=say)
     dataset = the_task.dataset(quick)
     _ensure_dataset(settings, dataset, the_task, quick, say, crops)
-    model, trained, same_data = _ensure_model(settings, dataset, variant, budget_s, say)
+    model, trained, same_data, config = _ensure_model(settings, dataset, variant, budget_s, say,
+                                                      the_task.train_config(variant))
     # The demo shows whatever it trained (even a model worse than its input): forced, with the reason
     # said; reusing earlier versions, it shows the best of those trained on this very data.
     decision = promote(settings, model, version=trained, best=trained is None, force=True, among=same_data,
@@ -303,8 +346,8 @@ def run_demo(settings: Settings, variant: str | None = None, quick: bool = False
     say(f"promoted {model} v{version} to champion")
     say("deploying the Serve endpoint `enhancer`")
     deploy(settings, f"{model}@champion", scaling=Scaling(min_replicas=1, max_replicas=2))
-    result = DemoResult(dataset, model, version, out_dir=out_dir, task=the_task)
+    result = DemoResult(dataset, model, version, out_dir=out_dir, task=the_task, config=config)
     enhance_held_out(settings, dataset, result, say)
-    write_report(result, variant, settings, budget_s if trained is not None else None)
+    write_report(result, variant, settings, budget_s if trained is not None else None, config)
     say(f"done in {time.time() - t0:.0f}s")
     return result

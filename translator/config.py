@@ -64,6 +64,9 @@ class TrainConfig:
     # Settings that change which crop sizes the networks accept, with the values they take
     # (e.g. {"netG": UNETS}): the training job's size check suggests them as fixes.
     SIZE_SETTINGS: typing.ClassVar[dict[str, tuple[str, ...]]] = {}
+    # Settings of the training data, not of the networks: a run started from another run's
+    # networks on new data (`--init-from`) does not take them from it.
+    DATA_SETTINGS: typing.ClassVar[tuple[str, ...]] = ("degrade", "dead_leaves", "color_jitter", "multiscale")
 
     lr: float = 2e-4
     beta1: float = 0.5

@@ -17,7 +17,8 @@ def demo(
     task: str = typer.Option(DEFAULT_TASK, help="deblur (blur/resize -> sharp, nafnet) | colorize (grey -> colour, "
                              "pix2pix) | sketch (line drawing -> photo, pix2pix) | restore (scratched -> clean, nafnet) | "
                              "upscale (4x super-resolution against bicubic, srvgg)"),
-    variant: str = typer.Option(None, help=" | ".join(variant_names(paired=True)) + " (default: the task's)"),
+    variant: str = typer.Option(None, help=" | ".join(variant_names(paired=True)) + " (default: the task's; "
+                                "another variant trains with its own defaults, not the task's recipe)"),
     quick: bool = typer.Option(False, "--quick", help="small dataset and a 2-minute training budget (CI)"),
     budget: float = typer.Option(None, help="training budget in seconds (default 300, quick 120)"),
     out: Path = typer.Option(Path("demo-output"), "--out", "-o", help="where the grids and report go"),
@@ -55,7 +56,9 @@ def demo(
     console.print(f"  curl -s --data-binary @photo.jpg -H 'Content-Type: image/jpeg' {settings.serve_url}/enhance -o sharp.png")
     console.print("  img2img enhance my_photos/*.jpg -o sharp/")
     console.print(f"  img2img models ls {result.model}    img2img jobs ls    img2img serve status")
-    console.print(f"  img2img train --dataset {result.dataset} --epochs 50 --follow")
+    recipe = "".join(f" --set {k}={v}" for k, v in result.config.items())  # train as the demo did
+    console.print(f"  img2img train --dataset {result.dataset} --variant {variant or result.task.variant} "
+                  f"--epochs 50{recipe} --follow", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -2,7 +2,8 @@
 
 Resolved on the client, before anything is submitted: the version, its training checkpoint in
 the object store (all networks, so GANs keep their discriminators), and its variant config,
-which fills every setting the user left unset. The new run must build exactly the same
+which fills every setting the user left unset except those of its training data
+(`network_config`). The new run must build exactly the same
 networks (same parameter names and shapes) or it is refused here with the first difference.
 """
 
@@ -13,7 +14,7 @@ from cluster.settings import Settings
 from cluster.storage import Storage
 from jobs.training.spec import TrainSpec
 from registry.models import client, resolve
-from translator.config import ConfigError
+from translator.config import ConfigError, TrainConfig
 from translator.variants import get_variant
 
 
@@ -60,6 +61,14 @@ def adopt(spec: TrainSpec, had_variant: str, had_config: dict, flag: str, source
                            "drop the --set options that change the network")
 
 
+def network_config(config: dict) -> dict:
+    """An earlier run's config without the settings of its training data (`TrainConfig.DATA_SETTINGS`:
+    where its inputs came from, jitter, dead leaves, multi-scale): what a new run started from its
+    networks on other data (`--init-from`) takes from it. A parent trained on inputs drawn afresh
+    with a Gaussian blur would otherwise redraw them on a dataset of real pairs."""
+    return {k: v for k, v in config.items() if k not in TrainConfig.DATA_SETTINGS}
+
+
 def resolve_init(spec: TrainSpec, settings: Settings) -> None:
     """Fill `spec.init_path`, `spec.parent`, the variant and the config from `spec.init_from`.
     Raises Img2ImgError (before submission) if the model, its checkpoint or a matching
@@ -73,7 +82,7 @@ def resolve_init(spec: TrainSpec, settings: Settings) -> None:
     if not parent_variant:
         raise Img2ImgError(f"{ref} has no variant tag; it was not registered by `img2img train`")
     run = client(settings).get_run(parent.run_id)
-    parent_cfg = {k[4:]: v for k, v in run.data.params.items() if k.startswith("cfg.")}
+    parent_cfg = network_config({k[4:]: v for k, v in run.data.params.items() if k.startswith("cfg.")})
     adopt(spec, parent_variant, parent_cfg, f"--init-from {spec.init_from}", "the parent")
     path = run.data.tags.get("checkpoint", "")
     bucket, _, key = path.partition("/")

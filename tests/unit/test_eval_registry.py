@@ -64,6 +64,21 @@ def test_architecture_difference_is_named():
         architecture("nafnet", {"no_such_key": 1})
 
 
+def test_a_run_from_a_parent_takes_its_network_settings_but_not_those_of_its_training_data():
+    """A parent trained on inputs drawn afresh (the demo's recipe) fine-tuned on a dataset of real
+    pairs trains on those pairs: `degrade` and the other data settings stay the new run's."""
+    from jobs.training.finetune import adopt, network_config
+    from jobs.training.spec import TrainSpec
+
+    parent = {"width": "8", "loss": "l1_fft", "lr": "0.002", "degrade": "auto", "color_jitter": "0.3",
+              "dead_leaves": "0.2", "multiscale": "0.3"}
+    spec = TrainSpec(dataset="real-pairs", variant="", config={"lr": "0.0005"})
+    adopt(spec, "nafnet", network_config(parent), "--init-from m/1", "the parent")
+    cfg = spec.variant_config()
+    assert (cfg.width, cfg.loss, cfg.lr) == (8, "l1_fft", 0.0005)  # the network and loss kept, --set wins
+    assert (cfg.degrade, cfg.color_jitter, cfg.dead_leaves, cfg.multiscale) == ("stored", 0.0, 0.0, 0.0)
+
+
 def _png(seed, size=24):
     import numpy as np
     from PIL import Image
@@ -156,6 +171,23 @@ def test_a_demo_rerun_reuses_only_versions_trained_on_the_current_data():
         v.version = str(i + 1)
     assert trained_on(existing, "new") == ["2", "3"]
     assert trained_on(existing, "newer") == []
+
+
+def test_a_demo_rerun_reuses_only_versions_trained_with_the_same_settings():
+    """A version trained before the task had its recipe (cfg.loss=l1) is not reused by a demo
+    that trains with it; logged numbers compare as numbers (0.30 is 0.3)."""
+    from img2img_demo.run import trained_on
+
+    params = {"r1": {"cfg.loss": "l1", "cfg.color_jitter": "0.0", "cfg.degrade": "stored"},
+              "r2": {"cfg.loss": "l1_fft", "cfg.color_jitter": "0.30", "cfg.degrade": "auto"},
+              "r3": {"cfg.loss": "l1_fft"}}  # a setting not logged at all: not the same training
+    existing = [_version({"dataset_sha256": "new"}) for _ in params]
+    for i, (v, run) in enumerate(zip(existing, params)):
+        v.version, v.run_id = str(i + 1), run
+    recipe = {"loss": "l1_fft", "color_jitter": "0.3", "degrade": "auto"}
+    assert trained_on(existing, "new", recipe, params.__getitem__) == ["2"]
+    assert trained_on(existing, "new", {}, params.__getitem__) == ["1", "2", "3"]  # no settings asked: any
+    assert trained_on(existing, "old", recipe, params.__getitem__) == []
 
 
 def test_numbers_of_the_older_psnr_definition_are_never_compared():

@@ -96,3 +96,40 @@ def test_demo_verdict_says_the_training_budget_it_had(budget_s, says):
     text = verdict(demo_task("deblur"), "nafnet", mean, budget_s)
     assert "improves the degraded photos by 2.00 dB" in text
     assert (says in text) if says else "minute" not in text
+
+
+
+@pytest.mark.parametrize("name", list(DEMO_TASKS))
+@pytest.mark.parametrize("quick", [False, True])
+def test_every_demo_training_fits_the_dataset_the_demo_ingests(name, quick):
+    """What the demo submits for its own variant (its CPU settings and the task's recipe) passes
+    the checks a training job makes against the dataset: the config, the crops against the 96 px
+    stored ones, settings that need inputs drawn afresh against a dataset made with a spec."""
+    from img2img_demo.run import demo_train_spec
+    from jobs.training.driver import check_fit
+    from registry.manifest import Manifest, Shard
+
+    task = demo_task(name)
+    spec_text = task.quick_spec if quick else task.spec
+    scale = degrade.scale_of(spec_text)
+    manifest = Manifest(task.dataset(quick), "paired", "synth", "now", "sample", 96, spec_text, 0, scale=scale,
+                        splits={"train": [Shard("train/0.parquet", 64, "0", 1)], "val": [Shard("val/0.parquet", 16, "0", 1)]})
+    train = demo_train_spec(task.dataset(quick), task.variant, 300, scale, task.train_config(task.variant))
+    train.validate()
+    plan = check_fit(train, manifest)
+    assert plan.total_steps is None or plan.total_steps > 0
+
+
+def test_deblur_demo_trains_nafnet_with_the_blind_recipe_and_other_variants_with_their_defaults():
+    from img2img_demo.run import demo_train_spec
+
+    task = demo_task("deblur")
+    assert task.train_config("nafnet") == {"loss": "l1_fft", "color_jitter": "0.3", "degrade": "auto"}
+    assert task.train_config("autoencoder") == {}  # the recipe was measured for nafnet only
+    assert demo_task("colorize").train_config("pix2pix") == {}
+    # the recipe goes on top of a kind's CPU settings, it does not replace them
+    assert demo_train_spec("demo-photos", "nafnet", 300, 1, task.train_config("nafnet")).config == {
+        "loss": "l1_fft", "color_jitter": "0.3", "degrade": "auto"}
+    assert demo_train_spec("demo-colorize", "pix2pix", 300, 1, {"ngf": "16"}).config == {
+        "netG": "unet_64", "ngf": "16", "ndf": 32}
+    assert demo_train_spec("demo-upscale", "srvgg", 300, 4).config == {"scale": "4"}
