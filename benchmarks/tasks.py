@@ -72,7 +72,9 @@ def main() -> None:
                               say=lambda m, n=task.name: print(f"[{n}] {m}", flush=True))
         m = result.mean
         spec = task.quick_spec if args.quick else task.spec
-        rows.append([task.name, task.variant, f"`{spec}`", f"{budget:g} s", len(result.rows),
+        trained = " ".join(f"{k}={v}" for k, v in result.config.items())  # the task's recipe, its CPU settings
+        rows.append([task.name, f"{task.variant} ({trained})" if trained else task.variant, f"`{spec}`",
+                     f"{budget:g} s", len(result.rows),
                      m["input_psnr"], f"{m['input_ssim']:.4f}", m["output_psnr"], f"{m['output_ssim']:.4f}",
                      m["output_psnr"] - m["input_psnr"], f"{m['output_ssim'] - m['input_ssim']:+.4f}",
                      f"{time.time() - t0:.0f} s"])
