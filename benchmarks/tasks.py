@@ -5,8 +5,8 @@ input-vs-target and output-vs-target PSNR/SSIM on the held-out sample photos, pl
 Usage: python benchmarks/tasks.py [--tasks deblur,colorize,sketch,restore] [--budget 300] [--quick]
 Each task is the real demo path on the configured stack (ingest, a 2-worker training job of
 `--budget` seconds, promotion, deployment, POST /enhance at the photos' own resolution). A task
-whose model already exists on the stack is reused (the demo's rule): use a fresh stack
-(IMG2IMG_STATE_DIR) to measure from scratch.
+whose model already has a version trained on the same data with the same settings is reused (the
+demo's rule): use a fresh stack (IMG2IMG_STATE_DIR) to measure from scratch.
 """
 
 from __future__ import annotations

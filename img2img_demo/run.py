@@ -4,6 +4,7 @@ so re-running is cheap and Ctrl-C leaves nothing half-written."""
 from __future__ import annotations
 
 import io
+import shlex
 import shutil
 import tempfile
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from cluster.errors import Img2ImgError
@@ -34,6 +36,7 @@ from serving.client import client_timeout, enhance_bytes
 from serving.deploy import deploy
 from serving.options import Scaling
 from translator import degrade, images
+from translator.config import make_config
 from translator.metrics import SetTally, baseline, psnr, squared_error, ssim
 from translator.variants import get_variant
 
@@ -46,8 +49,8 @@ class DemoResult:
     """What a demo run made. rows: one dict per held-out photo with `photo` and the PSNR (dB) and
     SSIM of the degraded input and of the model's output against the original (`input_psnr`,
     `output_psnr`, `input_ssim`, `output_ssim`), its pixel values and squared errors (`values`,
-    `input_sse`, `output_sse`); photos the degradation leaves unchanged are in `skipped`; `config`:
-    the `--set` pairs the model was trained with (on top of its variant's defaults)."""
+    `input_sse`, `output_sse`); photos the degradation leaves unchanged are in `skipped`;
+    `train_flags`: the `img2img train` options (after `--dataset`) the model was trained with."""
 
     dataset: str
     model: str
@@ -56,7 +59,7 @@ class DemoResult:
     out_dir: Path = Path("demo-output")
     task: DemoTask = field(default_factory=lambda: demo_task(DEFAULT_TASK))
     skipped: list[str] = field(default_factory=list)
-    config: dict[str, str] = field(default_factory=dict)
+    train_flags: str = ""
 
     @property
     def mean(self) -> dict[str, float]:
@@ -111,32 +114,38 @@ def _ensure_dataset(settings: Settings, name: str, task: DemoTask, quick: bool, 
         ingest(tmp, opts, settings, overwrite=overwrite)
 
 
-def _same_setting(logged: str | None, wanted: str) -> bool:
-    """A run's logged `cfg.KEY` param against a `--set` value: equal as text or as numbers."""
-    if logged is None:
-        return False
+def trained_config(variant: str, params: dict[str, str]) -> dict | None:
+    """The whole config a run trained `variant` with, rebuilt from its logged `cfg.KEY` params as
+    `--init-from` rebuilds a parent's (every field, defaults included); None when they no longer
+    make a valid config (a setting since renamed or refused)."""
+    logged = {k[4:]: v for k, v in params.items() if k.startswith("cfg.")}
     try:
-        return logged == wanted or float(logged) == float(wanted)
-    except ValueError:
-        return False
+        return make_config(get_variant(variant).Config, logged).__dict__
+    except (ValueError, TypeError):  # ConfigError is a ValueError
+        return None
 
 
-def trained_on(existing: list, sha256: str, config: dict[str, str] | None = None,
-               params_of: Callable[[str], dict[str, str]] = lambda run_id: {}) -> list[str]:
+def trained_on(existing: list, sha256: str, wanted: dict | None = None,
+               config_of: Callable[[object], dict | None] = lambda version: None) -> list[str]:
     """The versions (numbers, as strings) of `existing` (registry.models.VersionInfo) trained on the
-    dataset whose manifest sha256 is `sha256` (their `dataset_sha256` tag) with every `config`
-    setting (`--set KEY=VALUE`, against the `cfg.KEY` params `params_of(run_id)` returns): the only
-    ones a re-run may reuse and promote; versions of an earlier spec of the same dataset name, or
-    trained with other settings, are left alone."""
-    config = config or {}
-    found = []
-    for v in existing:
-        if v.tags.get("dataset_sha256") != sha256:
-            continue
-        params = params_of(v.run_id) if config else {}
-        if all(_same_setting(params.get(f"cfg.{k}"), str(value)) for k, value in config.items()):
-            found.append(v.version)
-    return found
+    dataset whose manifest sha256 is `sha256` (their `dataset_sha256` tag) and, when `wanted` (a
+    resolved variant config's fields) is given, with exactly that config (`config_of(version)`:
+    the config its run trained with, or None when unknown): the only ones a re-run may reuse and
+    promote; versions of an earlier spec of the same dataset name, or trained with other
+    settings, are left alone."""
+    return [v.version for v in existing if v.tags.get("dataset_sha256") == sha256
+            and (wanted is None or config_of(v) == wanted)]
+
+
+def demo_train_flags(spec: TrainSpec) -> str:
+    """The `img2img train` options (after `--dataset`) that train as `spec` does: its variant,
+    crop size, batch size when set, and `--set` pairs, each shell-quoted."""
+    flags = ["--variant", spec.variant, "--image-size", str(spec.image_size)]
+    if spec.batch_size:
+        flags += ["--batch-size", str(spec.batch_size)]
+    for key, value in spec.config.items():
+        flags += ["--set", f"{key}={value}"]
+    return " ".join(shlex.quote(f) for f in flags)
 
 
 def demo_train_spec(dataset: str, variant: str, budget_s: float, scale: int,
@@ -158,11 +167,11 @@ def demo_train_spec(dataset: str, variant: str, budget_s: float, scale: int,
 
 
 def _ensure_model(settings: Settings, dataset: str, variant: str, budget_s: float, say,
-                  recipe: dict[str, str] | None = None) -> tuple[str, str | None, list[str], dict[str, str]]:
+                  recipe: dict[str, str] | None = None) -> tuple[str, str | None, list[str], str]:
     """(registered model name, the version trained now or None, the versions trained on this very
-    dataset (same manifest sha256) with the same settings: when there are some, they are reused
-    and nothing is trained, the `--set` config the versions were trained with).
-    `recipe`: the task's `--set` pairs (`demo_train_spec`)."""
+    dataset (same manifest sha256) with the same whole config: when there are some, they are
+    reused and nothing is trained, the `img2img train` options they were trained with
+    (`demo_train_flags`)). `recipe`: the task's `--set` pairs (`demo_train_spec`)."""
     scale = degrade.scale_of(dataset_degradation(settings, dataset))  # super-resolution: 96 px crops hold 96/N
     spec = demo_train_spec(dataset, variant, budget_s, scale, recipe)
     model = spec.model_name
@@ -170,12 +179,18 @@ def _ensure_model(settings: Settings, dataset: str, variant: str, budget_s: floa
         existing = versions(settings, model)
     except Img2ImgError:  # not registered yet
         existing = []
-    params_of = lambda run_id: client(settings).get_run(run_id).data.params  # noqa: E731
-    same = trained_on(existing, read_manifest(Storage(settings), dataset).sha256, spec.config, params_of)
+    def config_of(version) -> dict | None:
+        try:
+            return trained_config(variant, client(settings).get_run(version.run_id).data.params)
+        except MlflowException:  # its run deleted: what it was trained with is unknown
+            return None
+
+    same = trained_on(existing, read_manifest(Storage(settings), dataset).sha256, spec.variant_config().__dict__,
+                      config_of)
     if same:
         say(f"model {model} already has {len(same)} version(s) trained on this dataset with these settings: "
             "reusing them (delete the model to retrain)")
-        return model, None, same, spec.config
+        return model, None, same, demo_train_flags(spec)
     if existing:
         say(f"model {model}'s {len(existing)} version(s) were trained on an older {dataset} or with other "
             "settings: training a new one")
@@ -189,7 +204,7 @@ def _ensure_model(settings: Settings, dataset: str, variant: str, budget_s: floa
     if not trained:
         raise Img2ImgError(f"training job {out['job_id']} registered no version of {model}; "
                            f"see `img2img jobs logs {out['job_id']}`")
-    return model, trained[0].version, [trained[0].version], spec.config
+    return model, trained[0].version, [trained[0].version], demo_train_flags(spec)
 
 
 def _held_out_photos(settings: Settings, dataset: str) -> list[Path]:
@@ -292,17 +307,17 @@ def verdict(task: DemoTask, variant: str, mean: dict[str, float], budget_s: floa
     return text
 
 
-def write_report(result: DemoResult, variant: str, settings: Settings, budget_s: float | None = None,
-                 config: dict[str, str] | None = None) -> Path:
-    """report.md in the result's folder: the held-out table, the `--set` pairs the model was trained
-    with (`config`, on top of the variant's defaults), and `verdict`'s paragraph. -> its path."""
+def write_report(result: DemoResult, variant: str, settings: Settings, budget_s: float | None = None) -> Path:
+    """report.md in the result's folder: the held-out table, the `img2img train` options the model
+    was trained with (`result.train_flags`), and `verdict`'s paragraph. -> its path."""
     m = result.mean
     spec = dataset_degradation(settings, result.dataset)
     inp, outp = result.task.input_label, result.task.output_label
     lines = [f"# img2img demo: {result.task.name} with {variant} on `{result.dataset}`", "",
              f"Model `{result.model}` v{result.version}, served at {settings.serve_url}. Held-out sample photos "
              f"(never seen in training), degraded with `{spec}`, enhanced through `POST /enhance`.", "",
-             *([f"Trained with `{' '.join(f'--set {k}={v}' for k, v in config.items())}`.", ""] if config else []),
+             *([f"Trained with `img2img train --dataset {result.dataset} {result.train_flags}`.", ""]
+               if result.train_flags else []),
              f"Each PNG here is {inp} | {outp} | original. PSNR (dB) and SSIM are against the original; "
              "the set's PSNR is that of the pooled MSE over all photos (docs/metrics.md).", "",
              f"| photo | {inp} PSNR | {outp} PSNR | {inp} SSIM | {outp} SSIM |", "|---|---|---|---|---|"]
@@ -334,10 +349,11 @@ def run_demo(settings: Settings, variant: str | None = None, quick: bool = False
     Stack(settings).up(progress=say)
     dataset = the_task.dataset(quick)
     _ensure_dataset(settings, dataset, the_task, quick, say, crops)
-    model, trained, same_data, config = _ensure_model(settings, dataset, variant, budget_s, say,
-                                                      the_task.train_config(variant))
+    model, trained, same_data, flags = _ensure_model(settings, dataset, variant, budget_s, say,
+                                                     the_task.train_config(variant))
     # The demo shows whatever it trained (even a model worse than its input): forced, with the reason
-    # said; reusing earlier versions, it shows the best of those trained on this very data.
+    # said; reusing earlier versions, it shows the best of those trained on this very data with
+    # these very settings.
     decision = promote(settings, model, version=trained, best=trained is None, force=True, among=same_data,
                        evaluate=lambda ref, ds, split: evaluate(settings, ref, ds, split))
     version = decision.new
@@ -346,8 +362,8 @@ def run_demo(settings: Settings, variant: str | None = None, quick: bool = False
     say(f"promoted {model} v{version} to champion")
     say("deploying the Serve endpoint `enhancer`")
     deploy(settings, f"{model}@champion", scaling=Scaling(min_replicas=1, max_replicas=2))
-    result = DemoResult(dataset, model, version, out_dir=out_dir, task=the_task, config=config)
+    result = DemoResult(dataset, model, version, out_dir=out_dir, task=the_task, train_flags=flags)
     enhance_held_out(settings, dataset, result, say)
-    write_report(result, variant, settings, budget_s if trained is not None else None, config)
+    write_report(result, variant, settings, budget_s if trained is not None else None)
     say(f"done in {time.time() - t0:.0f}s")
     return result

@@ -56,9 +56,9 @@ def demo(
     console.print(f"  curl -s --data-binary @photo.jpg -H 'Content-Type: image/jpeg' {settings.serve_url}/enhance -o sharp.png")
     console.print("  img2img enhance my_photos/*.jpg -o sharp/")
     console.print(f"  img2img models ls {result.model}    img2img jobs ls    img2img serve status")
-    recipe = "".join(f" --set {k}={v}" for k, v in result.config.items())  # train as the demo did
-    console.print(f"  img2img train --dataset {result.dataset} --variant {variant or result.task.variant} "
-                  f"--epochs 50{recipe} --follow", highlight=False, soft_wrap=True)
+    # longer, as the demo trained
+    console.print(f"  img2img train --dataset {result.dataset} {result.train_flags} --epochs 50 --follow",
+                  highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -2,8 +2,8 @@
 
 Resolved on the client, before anything is submitted: the version, its training checkpoint in
 the object store (all networks, so GANs keep their discriminators), and its variant config,
-which fills every setting the user left unset except those of its training data
-(`network_config`). The new run must build exactly the same
+which fills every setting the user left unset, except those of its training data when the
+new run trains on another dataset (`network_config`). The new run must build exactly the same
 networks (same parameter names and shapes) or it is refused here with the first difference.
 """
 
@@ -64,9 +64,18 @@ def adopt(spec: TrainSpec, had_variant: str, had_config: dict, flag: str, source
 def network_config(config: dict) -> dict:
     """An earlier run's config without the settings of its training data (`TrainConfig.DATA_SETTINGS`:
     where its inputs came from, jitter, dead leaves, multi-scale): what a new run started from its
-    networks on other data (`--init-from`) takes from it. A parent trained on inputs drawn afresh
-    with a Gaussian blur would otherwise redraw them on a dataset of real pairs."""
+    networks on another dataset (`--init-from`) takes from it. A parent trained on inputs drawn
+    afresh with a Gaussian blur would otherwise redraw them on a dataset of real pairs; on the
+    parent's own dataset (a pipeline's `finetune: true`) they are kept."""
     return {k: v for k, v in config.items() if k not in TrainConfig.DATA_SETTINGS}
+
+
+def inherited_config(params: dict[str, str], dataset: str) -> dict[str, str]:
+    """What a run on `dataset` started from a parent takes from the parent run's MLflow `params`:
+    its config (the `cfg.KEY` params), all of it on the parent's own dataset (its `dataset`
+    param), else `network_config` of it."""
+    config = {k[4:]: v for k, v in params.items() if k.startswith("cfg.")}
+    return config if params.get("dataset") == dataset else network_config(config)
 
 
 def resolve_init(spec: TrainSpec, settings: Settings) -> None:
@@ -82,8 +91,8 @@ def resolve_init(spec: TrainSpec, settings: Settings) -> None:
     if not parent_variant:
         raise Img2ImgError(f"{ref} has no variant tag; it was not registered by `img2img train`")
     run = client(settings).get_run(parent.run_id)
-    parent_cfg = network_config({k[4:]: v for k, v in run.data.params.items() if k.startswith("cfg.")})
-    adopt(spec, parent_variant, parent_cfg, f"--init-from {spec.init_from}", "the parent")
+    adopt(spec, parent_variant, inherited_config(run.data.params, spec.dataset), f"--init-from {spec.init_from}",
+          "the parent")
     path = run.data.tags.get("checkpoint", "")
     bucket, _, key = path.partition("/")
     if not key or bucket != settings.bucket or not Storage(settings).exists(f"{key}/state.pt"):

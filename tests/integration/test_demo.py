@@ -19,7 +19,7 @@ def test_quick_demo_enhances_held_out_photos(demo_run):
     assert m["output_psnr"] > m["input_psnr"] + 0.1
     assert "improves the degraded photos" in report
     # trained with the task's recipe, its inputs drawn afresh with the dataset's own spec
-    assert "Trained with `--set loss=l1_fft --set color_jitter=0.3 --set degrade=auto`." in report
+    assert "Trained with `img2img train --dataset demo-photos-quick --variant nafnet --image-size 64 --set loss=l1_fft --set color_jitter=0.3 --set degrade=auto`." in report
 
 
 def test_demo_reuses_what_exists(demo_run, stack, tmp_path):
@@ -45,7 +45,7 @@ def test_demo_reuses_what_exists(demo_run, stack, tmp_path):
         assert again.version == demo_run.version  # no retraining, same champion, the old-data version left alone
         assert time.time() - t0 < 120
         report = (tmp_path / "again" / "report.md").read_text()  # reused: trained with these very settings
-        assert "Trained with `--set loss=l1_fft --set color_jitter=0.3 --set degrade=auto`." in report
+        assert "Trained with `img2img train --dataset demo-photos-quick --variant nafnet --image-size 64 --set loss=l1_fft --set color_jitter=0.3 --set degrade=auto`." in report
         assert "minutes of CPU training" not in report  # nothing trained now
     finally:
         client.delete_model_version(demo_run.model, old)

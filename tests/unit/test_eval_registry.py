@@ -66,17 +66,21 @@ def test_architecture_difference_is_named():
 
 def test_a_run_from_a_parent_takes_its_network_settings_but_not_those_of_its_training_data():
     """A parent trained on inputs drawn afresh (the demo's recipe) fine-tuned on a dataset of real
-    pairs trains on those pairs: `degrade` and the other data settings stay the new run's."""
-    from jobs.training.finetune import adopt, network_config
+    pairs trains on those pairs: `degrade` and the other data settings stay the new run's; on the
+    parent's own dataset they are the parent's."""
+    from jobs.training.finetune import adopt, inherited_config
     from jobs.training.spec import TrainSpec
 
     parent = {"width": "8", "loss": "l1_fft", "lr": "0.002", "degrade": "auto", "color_jitter": "0.3",
               "dead_leaves": "0.2", "multiscale": "0.3"}
+    params = {"dataset": "demo-photos", "variant": "nafnet", **{f"cfg.{k}": v for k, v in parent.items()}}
     spec = TrainSpec(dataset="real-pairs", variant="", config={"lr": "0.0005"})
-    adopt(spec, "nafnet", network_config(parent), "--init-from m/1", "the parent")
+    adopt(spec, "nafnet", inherited_config(params, "real-pairs"), "--init-from m/1", "the parent")
     cfg = spec.variant_config()
     assert (cfg.width, cfg.loss, cfg.lr) == (8, "l1_fft", 0.0005)  # the network and loss kept, --set wins
     assert (cfg.degrade, cfg.color_jitter, cfg.dead_leaves, cfg.multiscale) == ("stored", 0.0, 0.0, 0.0)
+    # on the parent's own dataset (a pipeline's scheduled fine-tune) the data settings are kept
+    assert inherited_config(params, "demo-photos") == parent
 
 
 def _png(seed, size=24):
@@ -173,21 +177,33 @@ def test_a_demo_rerun_reuses_only_versions_trained_on_the_current_data():
     assert trained_on(existing, "newer") == []
 
 
-def test_a_demo_rerun_reuses_only_versions_trained_with_the_same_settings():
-    """A version trained before the task had its recipe (cfg.loss=l1) is not reused by a demo
-    that trains with it; logged numbers compare as numbers (0.30 is 0.3)."""
-    from img2img_demo.run import trained_on
+def test_a_demo_rerun_reuses_only_versions_trained_with_the_same_whole_config():
+    """A version is reused only if the config its run logged (`cfg.*`, every field, rebuilt as
+    `--init-from` rebuilds it) is the one the demo would train with now: not one trained before
+    the task had its recipe, nor one with a setting the recipe no longer sets, nor one whose
+    params no longer make a config; logged numbers and lists compare by value."""
+    from img2img_demo.run import trained_config, trained_on
+    from jobs.training.spec import TrainSpec
 
-    params = {"r1": {"cfg.loss": "l1", "cfg.color_jitter": "0.0", "cfg.degrade": "stored"},
-              "r2": {"cfg.loss": "l1_fft", "cfg.color_jitter": "0.30", "cfg.degrade": "auto"},
-              "r3": {"cfg.loss": "l1_fft"}}  # a setting not logged at all: not the same training
+    now = TrainSpec(dataset="d", variant="nafnet", image_size=64,
+                    config={"loss": "l1_fft", "color_jitter": "0.3", "degrade": "auto"}).variant_config().__dict__
+    logged = {k: str(v) for k, v in now.items()}  # as MLflow keeps params: text, lists as "[1, 1, 1, 1]"
+    params = {"same": {f"cfg.{k}": v for k, v in logged.items()},
+              "before the recipe": {f"cfg.{k}": v for k, v in {**logged, "loss": "l1", "color_jitter": "0.0",
+                                                                  "degrade": "stored"}.items()},
+              "extra setting": {f"cfg.{k}": v for k, v in {**logged, "multiscale": "0.3"}.items()},
+              "2e-3 as 0.0020": {f"cfg.{k}": v for k, v in {**logged, "lr": "0.0020"}.items()},
+              "renamed setting": {**{f"cfg.{k}": v for k, v in logged.items()}, "cfg.no_such": "1"},
+              "no params": {}}
+    assert trained_config("nafnet", params["same"]) == now
+    assert trained_config("nafnet", params["renamed setting"]) is None
     existing = [_version({"dataset_sha256": "new"}) for _ in params]
     for i, (v, run) in enumerate(zip(existing, params)):
         v.version, v.run_id = str(i + 1), run
-    recipe = {"loss": "l1_fft", "color_jitter": "0.3", "degrade": "auto"}
-    assert trained_on(existing, "new", recipe, params.__getitem__) == ["2"]
-    assert trained_on(existing, "new", {}, params.__getitem__) == ["1", "2", "3"]  # no settings asked: any
-    assert trained_on(existing, "old", recipe, params.__getitem__) == []
+    config_of = lambda v: trained_config("nafnet", params[v.run_id])  # noqa: E731
+    assert trained_on(existing, "new", now, config_of) == ["1", "4"]
+    assert trained_on(existing, "old", now, config_of) == []
+    assert trained_on(existing, "new") == [str(i + 1) for i in range(len(params))]  # data only
 
 
 def test_numbers_of_the_older_psnr_definition_are_never_compared():

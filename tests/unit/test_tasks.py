@@ -105,7 +105,7 @@ def test_every_demo_training_fits_the_dataset_the_demo_ingests(name, quick):
     """What the demo submits for its own variant (its CPU settings and the task's recipe) passes
     the checks a training job makes against the dataset: the config, the crops against the 96 px
     stored ones, settings that need inputs drawn afresh against a dataset made with a spec."""
-    from img2img_demo.run import demo_train_spec
+    from img2img_demo.run import demo_train_flags, demo_train_spec
     from jobs.training.driver import check_fit
     from registry.manifest import Manifest, Shard
 
@@ -118,6 +118,27 @@ def test_every_demo_training_fits_the_dataset_the_demo_ingests(name, quick):
     train.validate()
     plan = check_fit(train, manifest)
     assert plan.total_steps is None or plan.total_steps > 0
+    # the command the report and the CLI print trains the same config, and fits too
+    again = _spec_from_flags(task.dataset(quick), demo_train_flags(train))
+    assert again.variant_config().__dict__ == train.variant_config().__dict__
+    check_fit(again, manifest)
+
+
+def _spec_from_flags(dataset: str, flags: str):
+    """A TrainSpec from `img2img train` options as a shell splits them (the ones the demo prints)."""
+    import shlex
+
+    from jobs.training.spec import TrainSpec
+    from translator.config import parse_overrides
+
+    args, spec = shlex.split(flags), TrainSpec(dataset=dataset, variant="")
+    sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+    for flag, attr, kind in (("--variant", "variant", str), ("--image-size", "image_size", int),
+                             ("--batch-size", "batch_size", int)):
+        if flag in args:
+            setattr(spec, attr, kind(args[args.index(flag) + 1]))
+    spec.config = parse_overrides(sets)
+    return spec
 
 
 def test_deblur_demo_trains_nafnet_with_the_blind_recipe_and_other_variants_with_their_defaults():

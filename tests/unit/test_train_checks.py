@@ -135,6 +135,15 @@ def test_resume_without_variant_takes_the_checkpoints_variant_and_config():
     assert cfg.lr == 1e-4  # what changes no network may differ
 
 
+def test_resume_keeps_the_runs_data_settings():
+    """Resuming continues the same run: unlike --init-from on another dataset, the inputs drawn
+    afresh and the jitter are the checkpoint's."""
+    spec = TrainSpec(dataset="blur", variant="", resume="run1")
+    apply_resume(spec, _meta("nafnet", degrade="auto", color_jitter=0.3, multiscale=0.2))
+    cfg = spec.variant_config()
+    assert (cfg.degrade, cfg.color_jitter, cfg.multiscale) == ("auto", 0.3, 0.2)
+
+
 @pytest.mark.parametrize("variant, config, message", [
     ("nafnet", {}, "--resume run1 trained pix2pix; it cannot be used as nafnet (drop --variant, or pass "
                    "--variant pix2pix)"),
