@@ -32,6 +32,7 @@ from jobs.training.client import job_client, submit
 from jobs.training.spec import TrainSpec
 from registry.manifest import manifest_key, read_manifest
 from registry.models import client, promote, versions
+from registry.tracking import logged_config
 from serving.client import client_timeout, enhance_bytes
 from serving.deploy import deploy
 from serving.options import Scaling
@@ -118,9 +119,8 @@ def trained_config(variant: str, params: dict[str, str]) -> dict | None:
     """The whole config a run trained `variant` with, rebuilt from its logged `cfg.KEY` params as
     `--init-from` rebuilds a parent's (every field, defaults included); None when they no longer
     make a valid config (a setting since renamed or refused)."""
-    logged = {k[4:]: v for k, v in params.items() if k.startswith("cfg.")}
     try:
-        return make_config(get_variant(variant).Config, logged).__dict__
+        return make_config(get_variant(variant).Config, logged_config(params)).__dict__
     except (ValueError, TypeError):  # ConfigError is a ValueError
         return None
 

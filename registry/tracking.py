@@ -203,12 +203,18 @@ def _fmt_metrics(m: dict) -> str:
     return ", ".join(parts)
 
 
+def logged_config(params: dict[str, str]) -> dict[str, str]:
+    """A training run's variant config as its MLflow params keep it: the `cfg.KEY` params, keyed by
+    KEY, values as logged text (lists as "[1, 1]", None as "None"), sorted by key."""
+    return {k[4:]: v for k, v in sorted(params.items()) if k.startswith("cfg.")}
+
+
 def model_card(name: str, version: str, tags: dict, params: dict) -> str:
     """The short markdown card kept in a registered version's description: variant, config,
     dataset (name, sha256, degradation), parent, steps, training time, device, validation and
     evaluation results, the rollout run that promoted it, and a warning if the model makes images
     worse than its input."""
-    cfg = {k[4:]: v for k, v in sorted(params.items()) if k.startswith("cfg.")}
+    cfg = logged_config(params)
     cycle = tags.get("val_cycle_psnr") is not None
     val = {k[4:]: tags[k] for k in tags if k.startswith("val_") and k[4:] in
            ("psnr", "ssim", "input_psnr", "gain_db", "cycle_psnr", "cycle_ssim")}

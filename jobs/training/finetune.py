@@ -14,6 +14,7 @@ from cluster.settings import Settings
 from cluster.storage import Storage
 from jobs.training.spec import TrainSpec
 from registry.models import client, resolve
+from registry.tracking import logged_config
 from translator.config import ConfigError, TrainConfig
 from translator.variants import get_variant
 
@@ -74,7 +75,7 @@ def inherited_config(params: dict[str, str], dataset: str) -> dict[str, str]:
     """What a run on `dataset` started from a parent takes from the parent run's MLflow `params`:
     its config (the `cfg.KEY` params), all of it on the parent's own dataset (its `dataset`
     param), else `network_config` of it."""
-    config = {k[4:]: v for k, v in params.items() if k.startswith("cfg.")}
+    config = logged_config(params)
     return config if params.get("dataset") == dataset else network_config(config)
 
 
