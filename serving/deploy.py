@@ -163,12 +163,16 @@ def load_failure(status: int, body: dict, name: str, version: str, cid: str | No
 
 
 def wait_for_model(settings: Settings, name: str, version: str, timeout: float, cid: str | None = None) -> None:
-    """Return once GET /model reports `name` v`version` (and, given `cid`, that exact config);
-    raise Img2ImgError when the app fails to deploy or `timeout` seconds pass."""
+    """Return once GET /model reports `name` v`version` (and, given `cid`, that exact config).
+    Another client may declare the app meanwhile (a second `serve deploy`, the first one's
+    time-limit sizing, a rollout): while the app it declares serves the same model and version,
+    the wait follows it to that config; once it declares another model, or the app is removed,
+    it fails at once. Raises Img2ImgError then, when the app fails to deploy, or when `timeout`
+    seconds pass."""
     last = ""
 
     def served() -> bool:
-        nonlocal last
+        nonlocal last, cid
         try:
             r = httpx.get(settings.serve_url.rstrip("/") + "/model", timeout=5)
             info = r.json() if r.status_code == 200 else {}
@@ -186,6 +190,14 @@ def wait_for_model(settings: Settings, name: str, version: str, timeout: float, 
             lines = [line.strip() for line in str(app.get("message") or "").splitlines() if line.strip()]
             # Serve's message is a traceback: its last line is the error (e.g. a missing module)
             raise Img2ImgError(f"Serve app failed to deploy: {(lines[-1] if lines else 'no reason given')[:300]}")
+        if cid is not None and app.get("config_id") != cid:  # declared again since: by whom, with what?
+            if not app:
+                raise Img2ImgError(f"the enhancer app was removed while it started {name} v{version} "
+                                   "(another client ran `img2img serve rm`?)")
+            if (app.get("model"), str(app.get("version"))) != (name, str(version)):
+                raise Img2ImgError(f"another client deployed {app.get('model')} v{app.get('version')} while "
+                                   f"{name} v{version} started; it serves that model now")
+            cid = app["config_id"]
         return False
 
     if poll_until(served, timeout, interval_s=1):
@@ -222,6 +234,9 @@ def redeploy_model(settings: Settings, model: str, wait_s: float = 300) -> dict:
 
 
 def status(settings: Settings) -> dict | None:
+    """The declared enhancer app, or None when none is: {config_id (the digest its replicas report
+    once they apply it), status, message, deployment_status, replicas (RUNNING), autoscaling,
+    model, version, url, request_timeout_s, graceful_shutdown_timeout_s}."""
     state = _request(settings, "GET")
     app = (state.get("applications") or {}).get(APP_NAME)
     if not app:
@@ -230,7 +245,8 @@ def status(settings: Settings) -> dict | None:
     cfg = next((d for d in (app.get("deployed_app_config") or {}).get("deployments", [])
                 if d.get("name") == DEPLOYMENT), {})
     replicas = [r for r in dep.get("replicas", []) if r.get("state") == "RUNNING"]
-    return {"status": app.get("status"), "message": app.get("message", ""), "deployment_status": dep.get("status"),
+    uc = cfg.get("user_config")
+    return {"config_id": config_id(uc) if uc else None, "status": app.get("status"), "message": app.get("message", ""), "deployment_status": dep.get("status"),
             "replicas": len(replicas), "autoscaling": cfg.get("autoscaling_config", {}),
             "model": cfg.get("user_config", {}).get("model_name"),
             "version": cfg.get("user_config", {}).get("model_version"), "url": settings.serve_url,

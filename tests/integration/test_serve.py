@@ -6,6 +6,7 @@ import io
 import json
 import platform
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
@@ -175,6 +176,50 @@ def test_api_key_required_when_configured(stack, cli, demo_run, monkeypatch):
     finally:
         monkeypatch.delenv("IMG2IMG_SERVE_API_KEY")
         deploy(get_settings(), f"{demo_run.model}@champion", wait_s=120)
+
+
+def test_two_clients_deploying_at_once_both_end_well(stack, demo_run):
+    """Two `serve deploy`s at once (two demos, two teammates): the one whose declaration another
+    replaced returns once the endpoint serves the model it asked for, even though its own options
+    never start (the last declaration wins, and is re-sized once it answers); one whose model another
+    client replaced fails at once, naming what serves now, not after waiting out its wait_s.
+    The first client's options need new replica processes (malloc defaults) and another config
+    (tile 256), so the second's declaration always lands before the first's could be served."""
+    from cluster.services import poll_until
+    from cluster.settings import get_settings
+    from serving.deploy import deploy, status
+    from serving.options import ReplicaOptions
+    from tests.integration.conftest import endpoint_restored
+
+    settings = get_settings()
+    ref = f"{demo_run.model}@champion"
+    champion = registry.alias_version(stack, demo_run.model, "champion")
+    other = _new_version(stack, demo_run.model, {})
+
+    def at_once(first_ref: str):
+        """Client 1 deploys `first_ref` with other replica processes; client 2 deploys the champion
+        with the defaults the moment client 1's declaration is in. -> (client 1's future, client 2's result)."""
+        before = status(settings)["config_id"]
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(deploy, settings, first_ref, ReplicaOptions(tile=256), wait_s=240,
+                                retain_freed_memory=False)
+            assert poll_until(lambda: status(settings)["config_id"] != before, 60, interval_s=0.05)
+            return first, deploy(settings, ref, wait_s=240)
+
+    with endpoint_restored(settings):
+        first, second = at_once(ref)
+        assert first.result()["version"] == second["version"] == champion
+        st = status(settings)
+        assert st["status"] == "RUNNING" and st["version"] == champion
+        assert st["request_timeout_s"] == second["request_timeout_s"]  # client 2's, sized from the replica's speed
+        assert httpx.get(stack.serve_url + "/model", timeout=30).json()["config_id"] == st["config_id"]
+
+        first, second = at_once(f"{demo_run.model}/{other}")
+        with pytest.raises(Img2ImgError, match=rf"another client deployed {demo_run.model} v{champion} while "
+                                               rf"{demo_run.model} v{other} started"):
+            first.result()
+        assert second["version"] == champion and status(settings)["version"] == champion
+        assert post(stack.serve_url, png(Image.new("RGB", (16, 16)))).status_code == 200
 
 
 def test_promote_rollback_refusal_and_reload(stack, cli, demo_run):
