@@ -206,7 +206,10 @@ def wait_for_model(settings: Settings, name: str, version: str, timeout: float, 
 
 
 def redeploy_model(settings: Settings, model: str, wait_s: float = 300) -> dict:
-    """Swap the served model, keeping the running app's other options (user_config update)."""
+    """Swap the served model, keeping the running app's other options (user_config update), and
+    wait up to `wait_s` seconds for it as `deploy` does (another client's declaration meanwhile:
+    see wait_for_model). -> {model, version[, request_timeout_s, graceful_shutdown_timeout_s,
+    seconds_per_megapixel]}. Raises Img2ImgError when no enhancer app is deployed."""
     st = status(settings)
     if not st:
         raise Img2ImgError("no enhancer app is deployed; deploy one with: img2img serve deploy --model NAME@champion")
@@ -214,7 +217,7 @@ def redeploy_model(settings: Settings, model: str, wait_s: float = 300) -> dict:
 
     name, version = resolve(settings.mlflow_uri, model)
     state = _request(settings, "GET")
-    apps = []
+    apps, cid = [], None
     for app_name, app in (state.get("applications") or {}).items():
         cfg = app.get("deployed_app_config")
         if not cfg:
@@ -222,13 +225,14 @@ def redeploy_model(settings: Settings, model: str, wait_s: float = 300) -> dict:
         if app_name == APP_NAME:
             for d in cfg.get("deployments", []):
                 if d.get("name") == DEPLOYMENT:
-                    d.setdefault("user_config", {}).update(
-                        model_name=name, model_version=version,
-                        model_run_id=version_run_id(settings.mlflow_uri, name, version))
+                    uc = d.setdefault("user_config", {})
+                    uc.update(model_name=name, model_version=version,
+                              model_run_id=version_run_id(settings.mlflow_uri, name, version))
+                    cid = config_id(uc)
         apps.append(cfg)
     _put(settings, apps)
     if wait_s:
-        wait_for_model(settings, name, version, wait_s)
+        wait_for_model(settings, name, version, wait_s, cid)
         return {"model": name, "version": version, **size_time_limits(settings, wait_s)}
     return {"model": name, "version": version}
 
