@@ -60,7 +60,9 @@ def deploy(settings: Settings, model: str = "", replica: ReplicaOptions = DEFAUL
     `retain_freed_memory=False` starts replicas with glibc's malloc defaults
     (translator/allocator.py; the benchmarks' baseline rows). Waits up to `wait_s` seconds
     (0: not at all) for the endpoint to serve it. -> {model, version, url, autoscaling,
-    runtime, threads, request_timeout_s, graceful_shutdown_timeout_s[, seconds_per_megapixel]}.
+    runtime, threads, declared_by_another (another client declared the same deployment while this
+    one started: its time limits stand), request_timeout_s, graceful_shutdown_timeout_s[,
+    seconds_per_megapixel]}.
     Raises Img2ImgError, before the running app is touched, for a reservation the cluster cannot
     place, an unknown model, or replicas that would starve queued jobs (a config Serve refuses
     would leave the app DEPLOY_FAILED with no replica)."""
@@ -94,12 +96,18 @@ def deploy(settings: Settings, model: str = "", replica: ReplicaOptions = DEFAUL
     _put(settings, [*_other_apps(settings), app])
     limits = {"request_timeout_s": dep["user_config"]["request_timeout_s"],
               "graceful_shutdown_timeout_s": dep["graceful_shutdown_timeout_s"]}
+    followed = False
     if wait_s:
-        wait_for_model(settings, name, version, wait_s, config_id(dep["user_config"]))
-        if sized:
-            limits = size_time_limits(settings, wait_s)
+        followed = wait_for_model(settings, name, version, wait_s, dep)
+        if followed:  # another client declared the same: its limits (sized, or its own) stand
+            now = (status(settings) or {}).get("deployment") or dep
+            limits = {"request_timeout_s": now.get("user_config", {}).get("request_timeout_s", limits["request_timeout_s"]),
+                      "graceful_shutdown_timeout_s": now.get("graceful_shutdown_timeout_s",
+                                                             limits["graceful_shutdown_timeout_s"])}
+        elif sized:
+            limits = size_time_limits(settings, wait_s, dep)
     return {"model": name, "version": version, "url": settings.serve_url, "autoscaling": dep["autoscaling_config"],
-            "runtime": replica.runtime, "threads": replica.threads, **limits}
+            "runtime": replica.runtime, "threads": replica.threads, "declared_by_another": followed, **limits}
 
 
 def replica_reservation(settings: Settings, num_cpus: float, min_replicas: int) -> dict:
@@ -124,10 +132,12 @@ def replica_reservation(settings: Settings, num_cpus: float, min_replicas: int) 
     return {"resources": {admission.RESOURCE: float(num_cpus)}}
 
 
-def size_time_limits(settings: Settings, wait_s: float = 120) -> dict:
+def size_time_limits(settings: Settings, wait_s: float = 120, declared: dict | None = None) -> dict:
     """Re-size the running deployment's request limit and graceful shutdown from the speed its
     replica measured (GET /model) -> the limits now in force. A lightweight update: replicas
-    keep running; only their user_config and shutdown timeout change."""
+    keep running; only their user_config and shutdown timeout change. Given `declared` (the
+    deployment this client just waited for), raises Img2ImgError, touching nothing, when another
+    client has declared something else since (`superseded`)."""
     try:
         info = httpx.get(settings.serve_url.rstrip("/") + "/model", timeout=10).json()
     except (httpx.HTTPError, ValueError):
@@ -139,11 +149,13 @@ def size_time_limits(settings: Settings, wait_s: float = 120) -> dict:
     if dep is None:
         raise Img2ImgError("no enhancer app is deployed (`img2img serve deploy` first)")
     uc = dep.setdefault("user_config", {})
+    if declared is not None and not same_intent(declared, dep):
+        raise superseded(declared["user_config"]["model_name"], str(declared["user_config"]["model_version"]), dep)
     limit, grace = time_limits(int(uc.get("max_pixels", DEFAULTS.max_pixels)), info.get("seconds_per_megapixel"))
     if (uc.get("request_timeout_s"), dep.get("graceful_shutdown_timeout_s")) != (limit, grace):
         uc["request_timeout_s"], dep["graceful_shutdown_timeout_s"] = limit, grace
         _put(settings, apps)
-        wait_for_model(settings, uc["model_name"], str(uc["model_version"]), wait_s, config_id(uc))
+        wait_for_model(settings, uc["model_name"], str(uc["model_version"]), wait_s, dep)
     return {"request_timeout_s": limit, "graceful_shutdown_timeout_s": grace,
             "seconds_per_megapixel": info.get("seconds_per_megapixel")}
 
@@ -162,26 +174,56 @@ def load_failure(status: int, body: dict, name: str, version: str, cid: str | No
     return None
 
 
-def wait_for_model(settings: Settings, name: str, version: str, timeout: float, cid: str | None = None) -> None:
-    """Return once GET /model reports `name` v`version` (and, given `cid`, that exact config).
-    Another client may declare the app meanwhile (a second `serve deploy`, the first one's
-    time-limit sizing, a rollout): while the app it declares serves the same model and version,
-    the wait follows it to that config; once it declares another model, or the app is removed,
-    it fails at once. Raises Img2ImgError then, when the app fails to deploy, or when `timeout`
-    seconds pass."""
-    last = ""
+def same_intent(ours: dict, theirs: dict) -> bool:
+    """Whether the deployment `theirs` (as the Serve API lists it: the keys its client set, Ray's
+    `exclude_unset`) declares what `ours` asked for: equal but for the time limits that
+    `size_time_limits` re-writes (user_config.request_timeout_s, graceful_shutdown_timeout_s), a
+    version as a number or a string alike."""
+    def intent(dep: dict) -> dict:
+        uc = {k: v for k, v in (dep.get("user_config") or {}).items() if k != "request_timeout_s"}
+        uc["model_version"] = str(uc.get("model_version"))
+        return {**{k: v for k, v in dep.items() if k != "graceful_shutdown_timeout_s"}, "user_config": uc}
+
+    return intent(ours) == intent(theirs)
+
+
+def superseded(name: str, version: str, theirs: dict | None) -> Img2ImgError:
+    """The one-line error for a change to `name` v`version` whose declaration another client
+    replaced with the deployment `theirs` (None: the app was removed)."""
+    uc = (theirs or {}).get("user_config")
+    if not uc:
+        return Img2ImgError(f"the enhancer app was removed while {name} v{version} started "
+                            "(another client ran `img2img serve rm`?)")
+    if (uc.get("model_name"), str(uc.get("model_version"))) != (name, str(version)):
+        return Img2ImgError(f"another client deployed {uc.get('model_name')} v{uc.get('model_version')} while "
+                            f"{name} v{version} started; it serves that model now")
+    return Img2ImgError(f"another client deployed {name} v{version} with other options while this change "
+                        "started; theirs are in force (see `img2img serve status`)")
+
+
+def wait_for_model(settings: Settings, name: str, version: str, timeout: float, declared: dict | None = None) -> bool:
+    """Return once GET /model reports `name` v`version` (and, given `declared`, the deployment this
+    client PUT, the digest of its user_config: `config_id`). Another client may declare the app
+    meanwhile (a second `serve deploy`, the first one's time-limit sizing): while what it declares
+    is `same_intent` as ours, the wait follows it; otherwise it fails at once, naming what now
+    serves. -> True when the config served is another client's (then its time limits stand).
+    Raises Img2ImgError then, when the replica cannot load the model, when the app fails to
+    deploy, or when `timeout` seconds pass."""
+    last, followed = "", False
+    cid = config_id(declared["user_config"]) if declared else None
 
     def served() -> bool:
-        nonlocal last, cid
+        nonlocal last, cid, declared, followed
         try:
             r = httpx.get(settings.serve_url.rstrip("/") + "/model", timeout=5)
-            info = r.json() if r.status_code == 200 else {}
+            body = r.json()
+            failed = load_failure(r.status_code, body, name, version, cid)
+            if failed:  # the replica applied this config but could not load the model: no use waiting
+                raise Img2ImgError(f"the endpoint could not load {name} v{version}: {failed}")
+            info = body if r.status_code == 200 and isinstance(body, dict) else {}
             if (info.get("version") == str(version) and info.get("name") == name
                     and (cid is None or info.get("config_id") == cid)):
                 return True
-            failed = load_failure(r.status_code, r.json(), name, version, cid)
-            if failed:  # the replica applied this config but could not load the model: no use waiting
-                raise Img2ImgError(f"the endpoint could not load {name} v{version}: {failed}")
             last = r.text[:200]
         except (httpx.HTTPError, ValueError) as e:
             last = type(e).__name__
@@ -190,18 +232,15 @@ def wait_for_model(settings: Settings, name: str, version: str, timeout: float, 
             lines = [line.strip() for line in str(app.get("message") or "").splitlines() if line.strip()]
             # Serve's message is a traceback: its last line is the error (e.g. a missing module)
             raise Img2ImgError(f"Serve app failed to deploy: {(lines[-1] if lines else 'no reason given')[:300]}")
-        if cid is not None and app.get("config_id") != cid:  # declared again since: by whom, with what?
-            if not app:
-                raise Img2ImgError(f"the enhancer app was removed while it started {name} v{version} "
-                                   "(another client ran `img2img serve rm`?)")
-            if (app.get("model"), str(app.get("version"))) != (name, str(version)):
-                raise Img2ImgError(f"another client deployed {app.get('model')} v{app.get('version')} while "
-                                   f"{name} v{version} started; it serves that model now")
-            cid = app["config_id"]
+        if declared is not None and app.get("config_id") != cid:  # declared again since: by whom, with what?
+            theirs = app.get("deployment") if app.get("status") != "DELETING" else None
+            if not theirs or not same_intent(declared, theirs):
+                raise superseded(name, version, theirs)
+            declared, cid, followed = theirs, app["config_id"], True
         return False
 
     if poll_until(served, timeout, interval_s=1):
-        return
+        return followed
     raise Img2ImgError(f"the endpoint did not serve {name} v{version} within {timeout:.0f}s (last: {last})")
 
 
@@ -217,7 +256,7 @@ def redeploy_model(settings: Settings, model: str, wait_s: float = 300) -> dict:
 
     name, version = resolve(settings.mlflow_uri, model)
     state = _request(settings, "GET")
-    apps, cid = [], None
+    apps, declared = [], None
     for app_name, app in (state.get("applications") or {}).items():
         cfg = app.get("deployed_app_config")
         if not cfg:
@@ -228,18 +267,22 @@ def redeploy_model(settings: Settings, model: str, wait_s: float = 300) -> dict:
                     uc = d.setdefault("user_config", {})
                     uc.update(model_name=name, model_version=version,
                               model_run_id=version_run_id(settings.mlflow_uri, name, version))
-                    cid = config_id(uc)
+                    declared = d
         apps.append(cfg)
     _put(settings, apps)
     if wait_s:
-        wait_for_model(settings, name, version, wait_s, cid)
-        return {"model": name, "version": version, **size_time_limits(settings, wait_s)}
+        if wait_for_model(settings, name, version, wait_s, declared):  # another client's limits stand
+            now = (status(settings) or {}).get("deployment") or {}
+            return {"model": name, "version": version,
+                    "request_timeout_s": now.get("user_config", {}).get("request_timeout_s"),
+                    "graceful_shutdown_timeout_s": now.get("graceful_shutdown_timeout_s")}
+        return {"model": name, "version": version, **size_time_limits(settings, wait_s, declared)}
     return {"model": name, "version": version}
 
 
 def status(settings: Settings) -> dict | None:
     """The declared enhancer app, or None when none is: {config_id (the digest its replicas report
-    once they apply it), status, message, deployment_status, replicas (RUNNING), autoscaling,
+    once they apply it), deployment (as declared), status, message, deployment_status, replicas (RUNNING), autoscaling,
     model, version, url, request_timeout_s, graceful_shutdown_timeout_s}."""
     state = _request(settings, "GET")
     app = (state.get("applications") or {}).get(APP_NAME)
@@ -250,7 +293,7 @@ def status(settings: Settings) -> dict | None:
                 if d.get("name") == DEPLOYMENT), {})
     replicas = [r for r in dep.get("replicas", []) if r.get("state") == "RUNNING"]
     uc = cfg.get("user_config")
-    return {"config_id": config_id(uc) if uc else None, "status": app.get("status"), "message": app.get("message", ""), "deployment_status": dep.get("status"),
+    return {"config_id": config_id(uc) if uc else None, "deployment": cfg or None, "status": app.get("status"), "message": app.get("message", ""), "deployment_status": dep.get("status"),
             "replicas": len(replicas), "autoscaling": cfg.get("autoscaling_config", {}),
             "model": cfg.get("user_config", {}).get("model_name"),
             "version": cfg.get("user_config", {}).get("model_version"), "url": settings.serve_url,

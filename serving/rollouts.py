@@ -22,7 +22,6 @@ from cluster.settings import Settings
 from registry.refs import resolve
 from serving.configs import APP_NAME, CHALLENGER_APP, CHALLENGER_IMPORT_PATH, DEPLOYMENT
 from serving.deploy import _put, _request, wait_for_model
-from serving.options import config_id
 from serving.rollout import LIVE, Limits, check_share, parse_plan
 from serving.rollout_ledger import cite_rollout, close_run, open_run
 
@@ -43,8 +42,11 @@ def _enhancer(apps: dict[str, dict]) -> dict:
     return dep
 
 
-def _wait_applied(settings: Settings, uc: dict, wait_s: float) -> None:
-    wait_for_model(settings, uc["model_name"], str(uc["model_version"]), wait_s, config_id(uc))
+def _wait_applied(settings: Settings, dep: dict, wait_s: float) -> None:
+    """Wait until the enhancer serves the deployment `dep` this client declared (another client's
+    different declaration meanwhile fails it at once: serving.deploy.wait_for_model)."""
+    uc = dep["user_config"]
+    wait_for_model(settings, uc["model_name"], str(uc["model_version"]), wait_s, dep)
 
 
 def _endpoint(settings: Settings, method: str, path: str, **kwargs) -> httpx.Response:
@@ -135,7 +137,7 @@ def _start(settings: Settings, mode: str, model: str, percent: float, sample: fl
     plan["run_id"] = open_run(settings.mlflow_uri, name, champion, version, plan)
     uc["rollout"] = parse_plan(plan).model_dump()
     _put(settings, list(apps.values()))
-    _wait_applied(settings, uc, wait_s)
+    _wait_applied(settings, _enhancer(apps), wait_s)
     return uc["rollout"]
 
 
@@ -194,7 +196,7 @@ def _end(settings: Settings, decision: str, wait_s: float) -> dict[str, Any]:
     uc["rollout"] = plan.model_copy(update={"state": ended, "reason": reason,
                                             "decided_by": "automatic" if auto else "user"}).model_dump()
     _put(settings, list(apps.values()))  # the challenger app stays until the ingress has moved
-    _wait_applied(settings, uc, wait_s)
+    _wait_applied(settings, _enhancer(apps), wait_s)
     _put(settings, [a for n, a in apps.items() if n != CHALLENGER_APP])
     final = status(settings)
     close_run(settings.mlflow_uri, plan.run_id, final)

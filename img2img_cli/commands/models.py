@@ -241,8 +241,9 @@ def reload_serving(settings: Settings, name: str, version: str) -> str:
     try:
         redeploy_model(settings, f"{name}/{version}")
     except Img2ImgError as e:
-        raise Img2ImgError(f"the endpoint still serves {name} v{st['version']}: reloading v{version} failed ({e}); "
-                           f"retry with: img2img serve reload --model {name}@champion") from None
+        raise Img2ImgError(f"reloading the endpoint (it served {name} v{st['version']}) to v{version} failed ({e}); "
+                           f"see what it serves with `img2img serve status`; retry with: "
+                           f"img2img serve reload --model {name}@champion") from None
     return f"The endpoint now serves {name} v{version} (was v{st['version']}; swapped with no request dropped)."
 
 

@@ -73,6 +73,9 @@ def deploy(model: str = typer.Option(..., "--model", "-m", help="NAME@champion, 
                   f"({out['runtime']}, {out['threads']} thread(s) per replica)")
     console.print(f"Requests time out after {out['request_timeout_s']:.0f} s (JSON 504); planned replica stops "
                   f"wait up to {out['graceful_shutdown_timeout_s']:.0f} s for requests in flight.")
+    if out.get("declared_by_another"):
+        console.print("Another client deployed the same model and options meanwhile; its declaration is the "
+                      "one in force.")
     console.print(f"Web page (drop a photo, compare before/after): {out['url']}/")
     console.print(f"Try: curl -s --data-binary @photo.jpg -H 'Content-Type: image/jpeg' {out['url']}/enhance -o out.png")
 

@@ -6,6 +6,7 @@ import io
 import json
 import platform
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -179,46 +180,55 @@ def test_api_key_required_when_configured(stack, cli, demo_run, monkeypatch):
 
 
 def test_two_clients_deploying_at_once_both_end_well(stack, demo_run):
-    """Two `serve deploy`s at once (two demos, two teammates): the one whose declaration another
-    replaced returns once the endpoint serves the model it asked for, even though its own options
-    never start (the last declaration wins, and is re-sized once it answers); one whose model another
-    client replaced fails at once, naming what serves now, not after waiting out its wait_s.
-    The first client's options need new replica processes (malloc defaults) and another config
-    (tile 256), so the second's declaration always lands before the first's could be served."""
+    """Two `serve deploy`s at once (two demos, two teammates); the last declaration is in force.
+    The same deploy twice in two threads: both return, the endpoint serving the one sized time
+    limit. Then, made deterministic, a client whose declaration another replaced before its wait
+    saw it served: it follows one that asks for the same up to the time limits, and fails at once
+    with one line naming what serves for another model or other options, never after waiting out
+    its wait_s."""
     from cluster.services import poll_until
     from cluster.settings import get_settings
-    from serving.deploy import deploy, status
-    from serving.options import ReplicaOptions
+    from serving.deploy import deploy, status, wait_for_model
+    from serving.options import DEFAULTS, ReplicaOptions
     from tests.integration.conftest import endpoint_restored
 
     settings = get_settings()
-    ref = f"{demo_run.model}@champion"
-    champion = registry.alias_version(stack, demo_run.model, "champion")
-    other = _new_version(stack, demo_run.model, {})
-
-    def at_once(first_ref: str):
-        """Client 1 deploys `first_ref` with other replica processes; client 2 deploys the champion
-        with the defaults the moment client 1's declaration is in. -> (client 1's future, client 2's result)."""
-        before = status(settings)["config_id"]
-        with ThreadPoolExecutor(1) as pool:
-            first = pool.submit(deploy, settings, first_ref, ReplicaOptions(tile=256), wait_s=240,
-                                retain_freed_memory=False)
-            assert poll_until(lambda: status(settings)["config_id"] != before, 60, interval_s=0.05)
-            return first, deploy(settings, ref, wait_s=240)
+    model, ref = demo_run.model, f"{demo_run.model}@champion"
+    champion = registry.alias_version(stack, model, "champion")
+    other = _new_version(stack, model, {})
 
     with endpoint_restored(settings):
-        first, second = at_once(ref)
-        assert first.result()["version"] == second["version"] == champion
+        deploy(settings, ref, ReplicaOptions(request_timeout_s=200), wait_s=240)  # a config neither client asks for
+        before = status(settings)["config_id"]
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(deploy, settings, ref, wait_s=240)
+            assert poll_until(lambda: status(settings)["config_id"] != before, 60, interval_s=0.05)
+            second = deploy(settings, ref, wait_s=240)
+            first = first.result()
+        assert first["version"] == second["version"] == champion
         st = status(settings)
         assert st["status"] == "RUNNING" and st["version"] == champion
-        assert st["request_timeout_s"] == second["request_timeout_s"]  # client 2's, sized from the replica's speed
+        assert st["request_timeout_s"] == second["request_timeout_s"] != 200  # sized from the replica's speed
         assert httpx.get(stack.serve_url + "/model", timeout=30).json()["config_id"] == st["config_id"]
 
-        first, second = at_once(f"{demo_run.model}/{other}")
-        with pytest.raises(Img2ImgError, match=rf"another client deployed {demo_run.model} v{champion} while "
-                                               rf"{demo_run.model} v{other} started"):
-            first.result()
-        assert second["version"] == champion and status(settings)["version"] == champion
+        for version, options, says in [
+                (champion, ReplicaOptions(request_timeout_s=200), None),
+                (other, DEFAULTS, f"another client deployed {model} v{champion} while {model} v{other} started; "
+                                  "it serves that model now"),
+                (champion, ReplicaOptions(tile=256), f"another client deployed {model} v{champion} with other "
+                                                     "options while this change started")]:
+            deploy(settings, f"{model}/{version}", options, wait_s=0)  # client 1 declares,
+            declared = status(settings)["deployment"]
+            deploy(settings, ref, wait_s=240)  # client 2 declares the defaults and is served,
+            t0 = time.monotonic()  # then client 1's wait looks
+            if says is None:
+                assert wait_for_model(settings, model, version, 240, declared) is True  # followed client 2's
+            else:
+                with pytest.raises(Img2ImgError) as error:
+                    wait_for_model(settings, model, version, 240, declared)
+                assert str(error.value).startswith(says), error.value
+            assert time.monotonic() - t0 < 120  # at once: its wait_s was 240
+            assert status(settings)["version"] == champion
         assert post(stack.serve_url, png(Image.new("RGB", (16, 16)))).status_code == 200
 
 

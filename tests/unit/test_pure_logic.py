@@ -271,6 +271,51 @@ def test_deploy_stops_waiting_when_the_replica_reports_this_versions_load_error(
     assert load_failure(503, {"error": "model not loaded: no model configured yet"}, "m", "3", cid) is None
 
 
+def _declared(**uc) -> dict:
+    """A deployment as `serve deploy` PUTs it (model m v1, default options, plus `uc`)."""
+    return {"name": "Enhancer", "graceful_shutdown_timeout_s": 80.0,
+            "autoscaling_config": {"min_replicas": 1, "max_replicas": 2},
+            "ray_actor_options": {"num_cpus": 1.0, "resources": {"img2img_admission": 1.0}},
+            "user_config": {"model_name": "m", "model_version": "1", "tile": 512, "request_timeout_s": 60.0, **uc}}
+
+
+@pytest.mark.parametrize("theirs, same", [
+    (_declared(), True),
+    # the time limits sizing re-writes; a version as a number; a count as a float
+    ({**_declared(request_timeout_s=7.0), "graceful_shutdown_timeout_s": 67.0}, True),
+    (_declared(model_version=1), True),
+    ({**_declared(), "ray_actor_options": {"num_cpus": 1, "resources": {"img2img_admission": 1}}}, True),
+    ({**_declared(), "max_ongoing_requests": 16}, False),
+    (_declared(model_version="2"), False),
+    (_declared(tile=256), False),
+    (_declared(api_key_sha256="ab12"), False),
+    (_declared(rollout={"id": "x", "state": "canary"}), False),
+    ({**_declared(), "autoscaling_config": {"min_replicas": 1, "max_replicas": 4}}, False),
+    ({**_declared(), "ray_actor_options": {"num_cpus": 1.0, "resources": {"img2img_admission": 1.0},
+                                          "runtime_env": {"env_vars": {"X": "0"}}}}, False),
+    ({**_declared(), "ray_actor_options": {"num_cpus": 2.0}}, False),
+])
+def test_a_wait_follows_another_clients_declaration_only_when_it_asks_for_the_same(theirs, same):
+    """`serve deploy` follows a declaration another client made meanwhile only when it serves the
+    same model with the same options, up to the time limits sizing sets; else it fails at once."""
+    from serving.deploy import same_intent
+
+    assert same_intent(_declared(), theirs) is same
+
+
+@pytest.mark.parametrize("theirs, says", [
+    (None, "the enhancer app was removed while m v1 started"),
+    ({"user_config": None}, "the enhancer app was removed while m v1 started"),
+    (_declared(model_version="3"), "another client deployed m v3 while m v1 started; it serves that model now"),
+    (_declared(tile=256), "another client deployed m v1 with other options while this change started; theirs"),
+])
+def test_a_superseded_change_says_what_replaced_it_in_one_line(theirs, says):
+    from serving.deploy import superseded
+
+    msg = str(superseded("m", "1", theirs))
+    assert msg.startswith(says) and "\n" not in msg
+
+
 # ---- registry: the promotion rule ------------------------------------------------------------
 def test_promotion_rule():
     from registry.models import promotion_objections
