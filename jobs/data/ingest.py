@@ -68,7 +68,12 @@ class IngestResult:
 
 # ---- the whole ingest ---------------------------------------------------------------------------
 def _fingerprint(files: list[SourceFile], opts: IngestOptions) -> str:
-    data = json.dumps({"opts": asdict(opts), "files": [f.key for f in files]}, sort_keys=True)
+    """sha256 hex of what this ingest reads and how: the options and each file's key, place and
+    stamp (size, modification time). The same for a re-run over unchanged files (a killed run
+    resumes); different for another folder, or an edited file, with the same names, so two such
+    ingests never write the same shards, nor reuse each other's."""
+    data = json.dumps({"opts": asdict(opts), "files": [[f.key, f.bucket, f.location, f.stamp] for f in files]},
+                      sort_keys=True)
     return hashlib.sha256(data.encode()).hexdigest()
 
 

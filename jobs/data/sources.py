@@ -23,6 +23,7 @@ class SourceFile:
     key: str  # path relative to the source root, '/'-separated: names records and matches A/B
     location: str  # local path, or object key when bucket is set
     bucket: str | None = None
+    stamp: str = ""  # size and modification time: another file at the same key is another ingest
 
     def read(self, settings: Settings) -> bytes:
         if self.bucket is None:
@@ -38,7 +39,17 @@ def sample_dir() -> Path:
 
 def list_sample() -> list[SourceFile]:
     root = sample_dir()
-    return [SourceFile(name, str(root / name)) for name in SAMPLE_PHOTOS if (root / name).exists()]
+    return [SourceFile(name, str(root / name), stamp=_stamp(root / name)) for name in SAMPLE_PHOTOS
+            if (root / name).exists()]
+
+
+def _stamp(path: Path) -> str:
+    """"SIZE@MTIME_NS" of a local file; "" when it cannot be read (reading it reports why)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return ""
+    return f"{st.st_size}@{st.st_mtime_ns}"
 
 
 def scan_source(src: str, settings: Settings) -> tuple[list[SourceFile], list[dict[str, str]]]:
@@ -50,7 +61,7 @@ def scan_source(src: str, settings: Settings) -> tuple[list[SourceFile], list[di
 
     Raises Img2ImgError if the folder / bucket does not exist or holds no image.
     """
-    keys: list[tuple[str, str]] = []  # (key relative to src, location)
+    keys: list[tuple[str, str, str]] = []  # (key relative to src, location, stamp)
     bucket = None
     if src.startswith("s3://"):
         bucket, _, prefix = src[5:].partition("/")
@@ -59,7 +70,8 @@ def scan_source(src: str, settings: Settings) -> tuple[list[SourceFile], list[di
         prefix = prefix.rstrip("/") + "/" if prefix else ""
         storage = Storage(settings, bucket=bucket)
         storage.check()
-        keys = [(o.key[len(prefix):], o.key) for o in storage.list(prefix)]
+        keys = [(o.key[len(prefix):], o.key, f"{o.size}@{o.last_modified.isoformat() if o.last_modified else ''}")
+                for o in storage.list(prefix)]
     else:
         root = Path(src).expanduser()
         if not root.exists():
@@ -71,10 +83,10 @@ def scan_source(src: str, settings: Settings) -> tuple[list[SourceFile], list[di
             for d in sorted(d for d in dirnames if d.startswith(".")):
                 hidden_dirs.append((Path(dirpath) / d).relative_to(root).as_posix() + "/")
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # do not descend
-            keys += [((Path(dirpath) / n).relative_to(root).as_posix(), str(Path(dirpath) / n)) for n in names]
-        keys += [(d, "") for d in hidden_dirs]
+            keys += [((Path(dirpath) / n).relative_to(root).as_posix(), str(Path(dirpath) / n), "") for n in names]
+        keys += [(d, "", "") for d in hidden_dirs]
     files, skipped, hidden = [], [], set()
-    for key, location in keys:
+    for key, location, stamp in keys:
         parts = key.split("/")
         at = next((i for i, part in enumerate(parts) if part.startswith(".")), None)
         if at is not None:  # a hidden folder is reported once, not file by file
@@ -87,7 +99,7 @@ def scan_source(src: str, settings: Settings) -> tuple[list[SourceFile], list[di
         elif Path(key).suffix.lower() not in IMAGE_SUFFIXES:
             skipped.append({"file": key, "reason": f"not an image file (suffix {Path(key).suffix or 'none'!r})"})
         else:
-            files.append(SourceFile(key, location, bucket))
+            files.append(SourceFile(key, location, bucket, stamp or (_stamp(Path(location)) if bucket is None else "")))
     if not files:
         raise Img2ImgError(f"no images found under {src} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}; "
                            "hidden files and folders are skipped)")

@@ -158,8 +158,11 @@ def test_the_same_ingest_run_by_four_processes_at_once_gives_one_dataset(stack, 
     assert read_manifest(Storage(stack), name).counts == {"train": 44, "val": 4}
 
 
-def test_different_ingests_of_one_name_at_once_leave_exactly_one_of_them(stack, tmp_path):
-    sources = [photos(tmp_path / f"src{i}", 20 + 4 * i, seed=10 + i) for i in range(4)]
+@pytest.mark.parametrize("same_names", [False, True], ids=["other-names", "same-names-other-pixels"])
+def test_different_ingests_of_one_name_at_once_leave_exactly_one_of_them(stack, tmp_path, same_names):
+    """Four folders into one dataset name at once; with `same_names` every folder holds 24 files
+    named alike (00.png ...), other pixels: the names alone must not make them one ingest."""
+    sources = [photos(tmp_path / f"src{i}", 24 if same_names else 20 + 4 * i, seed=10 + i) for i in range(4)]
     name = fresh("race-diff")
     results = ingest_at_once(sources, name)
     assert_one_whole_dataset(stack, name, results)

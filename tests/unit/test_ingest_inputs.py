@@ -174,3 +174,29 @@ def test_manifest_min_side_is_the_smallest_training_image_or_unknown():
     assert manifest(96).min_side("test") is None
     restored = Manifest.from_json(manifest(64, 80).to_json())
     assert restored.min_side() == 64
+
+
+def test_an_ingest_of_other_files_under_the_same_names_is_another_ingest(tmp_path):
+    """A re-run over the same, unchanged files has the same fingerprint (a killed run resumes its
+    shards); another folder, or an edited file, under the same names does not, so two such ingests
+    of one dataset at once never write the same shards and a resume never reuses another's."""
+    import os
+
+    from jobs.data.ingest import _fingerprint
+    from jobs.data.sources import scan_source
+
+    def folder(name: str, value: int):
+        for i in range(3):
+            (tmp_path / name).mkdir(exist_ok=True)
+            (tmp_path / name / f"img{i}.png").write_bytes(_png(np.full((8, 8, 3), value + i, np.uint8)))
+        return str(tmp_path / name)
+
+    opts = IngestOptions(name="d", degrade="gaussian:1")
+    a, b = folder("a", 10), folder("b", 20)
+    fa = _fingerprint(scan_source(a, None)[0], opts)
+    assert _fingerprint(scan_source(a, None)[0], opts) == fa
+    assert _fingerprint(scan_source(b, None)[0], opts) != fa
+    edited = tmp_path / "a" / "img1.png"
+    edited.write_bytes(_png(np.full((8, 8, 3), 99, np.uint8)))
+    os.utime(edited, ns=(1, 1))
+    assert _fingerprint(scan_source(a, None)[0], opts) != fa
