@@ -10,8 +10,9 @@ class Img2ImgError(Exception):
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:
     """`; did you mean 'a' or 'b'?` naming the `known` names closest to a mistyped `name`
-    (difflib's ratio >= 0.6, at most 3), or "" when none is close."""
-    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
+    (difflib's ratio >= 0.6, at most 3), or "" when none is close. `name` itself is never
+    suggested: a listing read as another client deleted it may still hold it."""
+    close = difflib.get_close_matches(name, [k for k in known if k != name], n=3, cutoff=0.6)
     return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 

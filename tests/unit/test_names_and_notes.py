@@ -15,6 +15,7 @@ from registry.manifest import Manifest, Shard
     ("blurr", ["blur", "blurry", "x"], "; did you mean 'blurry' or 'blur'?"),
     ("zzz", ["myphotos", "blur"], ""),  # nothing close: no guess
     ("photos", [], ""),
+    ("ds1", ["ds1", "ds2"], "; did you mean 'ds2'?"),  # listed as another client deleted it: not itself
 ])
 def test_did_you_mean_names_the_closest_known_names(typed, known, suggestion):
     assert did_you_mean(typed, known) == suggestion
