@@ -70,7 +70,7 @@ def scan_source(src: str, settings: Settings) -> tuple[list[SourceFile], list[di
         prefix = prefix.rstrip("/") + "/" if prefix else ""
         storage = Storage(settings, bucket=bucket)
         storage.check()
-        keys = [(o.key[len(prefix):], o.key, f"{o.size}@{o.last_modified.isoformat() if o.last_modified else ''}")
+        keys = [(o.key[len(prefix):], o.key, f"{o.size}@{o.modified.isoformat() if o.modified else ''}")
                 for o in storage.list(prefix)]
     else:
         root = Path(src).expanduser()
