@@ -80,6 +80,7 @@ class ObjectInfo:
     key: str
     size: int
     modified: datetime | None
+    etag: str = ""  # the store's content tag ("" when it gave none)
 
 
 class Storage:
@@ -242,7 +243,7 @@ class Storage:
 
     def list(self, prefix: str = "", recursive: bool = True) -> list[ObjectInfo]:
         with self.errors(prefix):
-            return [ObjectInfo(o.object_name, o.size or 0, o.last_modified)
+            return [ObjectInfo(o.object_name, o.size or 0, o.last_modified, (o.etag or "").strip('"'))
                     for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=recursive)]
 
     def delete(self, key: str) -> None:

@@ -23,7 +23,7 @@ class SourceFile:
     key: str  # path relative to the source root, '/'-separated: names records and matches A/B
     location: str  # local path, or object key when bucket is set
     bucket: str | None = None
-    stamp: str = ""  # size and modification time: another file at the same key is another ingest
+    stamp: str = ""  # size, modification time (and ETag): another file at the same key is another ingest
 
     def read(self, settings: Settings) -> bytes:
         if self.bucket is None:
@@ -70,7 +70,7 @@ def scan_source(src: str, settings: Settings) -> tuple[list[SourceFile], list[di
         prefix = prefix.rstrip("/") + "/" if prefix else ""
         storage = Storage(settings, bucket=bucket)
         storage.check()
-        keys = [(o.key[len(prefix):], o.key, f"{o.size}@{o.modified.isoformat() if o.modified else ''}")
+        keys = [(o.key[len(prefix):], o.key, f"{o.size}@{o.modified.isoformat() if o.modified else ''}@{o.etag}")
                 for o in storage.list(prefix)]
     else:
         root = Path(src).expanduser()
