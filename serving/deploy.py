@@ -100,14 +100,21 @@ def deploy(settings: Settings, model: str = "", replica: ReplicaOptions = DEFAUL
     if wait_s:
         followed = wait_for_model(settings, name, version, wait_s, dep)
         if followed:  # another client declared the same: its limits (sized, or its own) stand
-            now = (status(settings) or {}).get("deployment") or dep
-            limits = {"request_timeout_s": now.get("user_config", {}).get("request_timeout_s", limits["request_timeout_s"]),
-                      "graceful_shutdown_timeout_s": now.get("graceful_shutdown_timeout_s",
-                                                             limits["graceful_shutdown_timeout_s"])}
+            limits = limits_in_force(settings, dep)
         elif sized:
             limits = size_time_limits(settings, wait_s, dep)
     return {"model": name, "version": version, "url": settings.serve_url, "autoscaling": dep["autoscaling_config"],
             "runtime": replica.runtime, "threads": replica.threads, "declared_by_another": followed, **limits}
+
+
+def limits_in_force(settings: Settings, declared: dict) -> dict:
+    """{request_timeout_s, graceful_shutdown_timeout_s} (seconds) of the enhancer as declared now,
+    each falling back to the deployment `declared` where the declaration does not say."""
+    now = (status(settings) or {}).get("deployment") or {}
+    return {"request_timeout_s": now.get("user_config", {}).get(
+                "request_timeout_s", declared.get("user_config", {}).get("request_timeout_s")),
+            "graceful_shutdown_timeout_s": now.get("graceful_shutdown_timeout_s",
+                                                   declared.get("graceful_shutdown_timeout_s"))}
 
 
 def replica_reservation(settings: Settings, num_cpus: float, min_replicas: int) -> dict:
@@ -272,10 +279,7 @@ def redeploy_model(settings: Settings, model: str, wait_s: float = 300) -> dict:
     _put(settings, apps)
     if wait_s:
         if wait_for_model(settings, name, version, wait_s, declared):  # another client's limits stand
-            now = (status(settings) or {}).get("deployment") or {}
-            return {"model": name, "version": version,
-                    "request_timeout_s": now.get("user_config", {}).get("request_timeout_s"),
-                    "graceful_shutdown_timeout_s": now.get("graceful_shutdown_timeout_s")}
+            return {"model": name, "version": version, **limits_in_force(settings, declared)}
         return {"model": name, "version": version, **size_time_limits(settings, wait_s, declared)}
     return {"model": name, "version": version}
 
