@@ -28,6 +28,7 @@ from cluster.services import require_mlflow
 from cluster.settings import Settings
 from cluster.storage import Storage
 from registry import refs
+from registry.claims import champion_claim
 from registry.gate import Decision, Refused, check_metric, metric_value, promotion_objections
 from registry.manifest import read_manifest
 from registry.tracking import SOURCE_EVAL, TRUSTED_SOURCES, as_stored, describe_source, upsert
@@ -272,22 +273,36 @@ def promote(settings: Settings, name: str, version: str | None = None, best: boo
     return decision
 
 
-def make_champion(settings: Settings, name: str, version: str, current: str | None) -> None:
+def make_champion(settings: Settings, name: str, version: str, current: str | None, *,
+                  check_current: bool = True) -> None:
     """Point `champion` at `version`, pushing the `current` champion (None: there is none) onto
     the history that `rollback` walks back (the gate is the caller's: `promote` scores offline,
-    a rollout judges live requests)."""
+    a rollout judges live requests, against the version it served: `check_current=False`). Raises
+    Img2ImgError, changing nothing, when another client is changing this model's champion, or (with
+    `check_current`) has changed it since `current` was read."""
     c = client(settings)
-    if current is not None and current != version:
-        history = [v for v in _history(model_tags(settings, name)) if v not in (current, version)]
-        history.append(current)
-        upsert(c.set_registered_model_tag, name, HISTORY, json.dumps(history))
-        upsert(c.set_registered_model_alias, name, PREVIOUS, current)
-    upsert(c.set_registered_model_alias, name, CHAMPION, version)
+    with champion_claim(settings, name, f"promoting v{version}"):
+        now = alias_version(settings, name, CHAMPION)
+        if check_current and now != current:
+            raise Img2ImgError(f"the champion of {name!r} is v{now} now, not v{current} as when v{version} was "
+                               "judged against it (another client changed it); nothing changed: run this again")
+        if current is not None and current != version:
+            history = [v for v in _history(model_tags(settings, name)) if v not in (current, version)]
+            history.append(current)
+            upsert(c.set_registered_model_tag, name, HISTORY, json.dumps(history))
+            upsert(c.set_registered_model_alias, name, PREVIOUS, current)
+        upsert(c.set_registered_model_alias, name, CHAMPION, version)
 
 
 def rollback(settings: Settings, name: str) -> tuple[str, str | None, list[str]]:
     """Move `champion` to the most recent former champion (which leaves the history, so the next
-    rollback goes one further back) -> (new champion, demoted version, history left)."""
+    rollback goes one further back) -> (new champion, demoted version, history left). Raises
+    Img2ImgError when there is none, or when another client is changing the champion."""
+    with champion_claim(settings, name, "rolling back"):
+        return _rollback(settings, name)
+
+
+def _rollback(settings: Settings, name: str) -> tuple[str, str | None, list[str]]:
     c = client(settings)
     existing = {v.version for v in versions(settings, name)}
     current = alias_version(settings, name, CHAMPION)

@@ -188,7 +188,7 @@ def _end(settings: Settings, decision: str, wait_s: float) -> dict[str, Any]:
         raise Img2ImgError(f"this rollout aborted itself ({live.get('reason')}); end it with: img2img serve rollout abort")
     reason = live.get("reason") if auto else f"{decision}d by a user"
     if decision == "promote":
-        make_champion(settings, plan.name, plan.version, plan.champion_version)
+        make_champion(settings, plan.name, plan.version, plan.champion_version, check_current=False)
         cite_rollout(settings.mlflow_uri, plan.name, plan.version, plan.run_id)
         uc.update(model_version=plan.version,
                   model_run_id=version_run_id(settings.mlflow_uri, plan.name, plan.version))

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
@@ -170,3 +171,69 @@ def test_different_ingests_of_one_name_at_once_leave_exactly_one_of_them(stack, 
     winners = [str(src) for src, r in zip(sources, results) if r.returncode == 0]
     assert manifest.source in winners  # the dataset is one of them, whole
     assert len(winners) == 1  # different content: exactly one run can say it made the dataset
+
+
+def _champion_state(stack, name: str) -> tuple[str, list[str]]:
+    import json
+
+    from registry.models import CHAMPION, HISTORY, alias_version, model_tags
+
+    return alias_version(stack, name, CHAMPION), json.loads(model_tags(stack, name).get(HISTORY, "[]"))
+
+
+def _at_the_same_instant(name: str, *actions: str) -> list[subprocess.CompletedProcess]:
+    """Each of `actions` (`rollback`, or `promote:VERSION:JUDGED_AGAINST`) on model `name` in its own
+    process, all started at one instant once every process has imported what it needs (a CLI's
+    start-up time would keep them apart); a refusal exits 1 with its `Error:` line, as the CLI does."""
+    script = ("import sys, time\n"
+              "from cluster.errors import Img2ImgError\nfrom cluster.settings import get_settings\n"
+              "from registry.models import make_champion, rollback\n"
+              "settings, name, action, at = get_settings(), sys.argv[1], sys.argv[2], float(sys.argv[3])\n"
+              "time.sleep(max(0.0, at - time.time()))\n"
+              "try:\n"
+              "    if action == 'rollback':\n        print(rollback(settings, name))\n"
+              "    else:\n        _, version, current = action.split(':')\n"
+              "        make_champion(settings, name, version, current)\n"
+              "except Img2ImgError as e:\n    sys.exit(f'Error: {e}')\n")
+    at = str(time.time() + 8)
+    procs = [subprocess.Popen([sys.executable, "-c", script, name, a, at], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=os.environ.copy()) for a in actions]
+    return [subprocess.CompletedProcess(p.args, p.wait(timeout=300), *p.communicate()) for p in procs]
+
+
+def test_two_champion_changes_at_once_never_lose_one_another(stack):
+    """Two rollbacks at once (what `models rollback` calls), then a promotion and a rollback at once,
+    started at one instant in separate processes: each either happens whole, one after the other,
+    or is refused with one `Error:` line; the champion and its history always say what the
+    successful ones did (no promotion lost, no rollback two steps at once)."""
+    from registry.models import make_champion
+    from tests.integration.conftest import register_tiny_autoencoder
+
+    name = fresh("race-champion")
+    for seed in (1, 2, 3, 4):
+        register_tiny_autoencoder(stack, name, seed=seed)
+    make_champion(stack, name, "1", None)
+    make_champion(stack, name, "2", "1")
+    make_champion(stack, name, "3", "2")
+    assert _champion_state(stack, name) == ("3", ["1", "2"])
+    results = _at_the_same_instant(name, "rollback", "rollback")
+    done = [r for r in results if r.returncode == 0]
+    for r in results:
+        if r.returncode:
+            lines = [line for line in r.stderr.splitlines() if line.strip()]
+            assert r.returncode == 1 and len(lines) == 1 and "another client is changing the champion" in lines[0], r
+    assert done and _champion_state(stack, name) == {1: ("2", ["1"]), 2: ("1", [])}[len(done)]
+    # (new champion, demoted, history left): one step each, 3 -> 2, then 2 -> 1
+    assert sorted(r.stdout.split("[")[0] for r in done) == ["('1', '2', ", "('2', '3', "][2 - len(done):]
+
+    make_champion(stack, name, "3", _champion_state(stack, name)[0])  # champion 3 again, history ending in 2 or 1
+    before = _champion_state(stack, name)
+    promoted, rolled = _at_the_same_instant(name, "promote:4:3", "rollback")
+    for r in (promoted, rolled):
+        assert r.returncode == 0 or ("another client" in r.stderr and len(r.stderr.strip().splitlines()) == 1), r
+    assert promoted.returncode == 0 or rolled.returncode == 0
+    history = before[1]
+    expected = {(True, True): ("3", history),  # promoted, then rolled back (a rollback first refuses the promotion)
+                (True, False): ("4", history + ["3"]),
+                (False, True): (history[-1], history[:-1])}
+    assert _champion_state(stack, name) == expected[promoted.returncode == 0, rolled.returncode == 0], (promoted, rolled)
