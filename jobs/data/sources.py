@@ -83,7 +83,8 @@ def scan_source(src: str, settings: Settings) -> tuple[list[SourceFile], list[di
             for d in sorted(d for d in dirnames if d.startswith(".")):
                 hidden_dirs.append((Path(dirpath) / d).relative_to(root).as_posix() + "/")
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # do not descend
-            keys += [((Path(dirpath) / n).relative_to(root).as_posix(), str(Path(dirpath) / n), "") for n in names]
+            keys += [((Path(dirpath) / n).relative_to(root).as_posix(), str(Path(dirpath) / n),
+                      _stamp(Path(dirpath) / n)) for n in names]
         keys += [(d, "", "") for d in hidden_dirs]
     files, skipped, hidden = [], [], set()
     for key, location, stamp in keys:
@@ -99,7 +100,7 @@ def scan_source(src: str, settings: Settings) -> tuple[list[SourceFile], list[di
         elif Path(key).suffix.lower() not in IMAGE_SUFFIXES:
             skipped.append({"file": key, "reason": f"not an image file (suffix {Path(key).suffix or 'none'!r})"})
         else:
-            files.append(SourceFile(key, location, bucket, stamp or (_stamp(Path(location)) if bucket is None else "")))
+            files.append(SourceFile(key, location, bucket, stamp))
     if not files:
         raise Img2ImgError(f"no images found under {src} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}; "
                            "hidden files and folders are skipped)")
