@@ -152,8 +152,10 @@ class Settings(BaseSettings):
         return self.state_path / "ray" / "auth_token"
 
     def ray_env(self) -> dict[str, str]:
-        """Environment a Ray client needs to talk to our cluster (token auth stays on)."""
-        env = {}
+        """Environment a Ray client needs to talk to our cluster (token auth stays on), with usage
+        stats off in the client as the stack starts Ray (`--disable-usage-stats`): else a driver
+        started here polls a Prometheus at localhost:9090 every 10 s for Ray Data's usage report."""
+        env = {"RAY_USAGE_STATS_ENABLED": "0"}
         if "RAY_AUTH_TOKEN" not in os.environ and self.ray_token_path.exists():
             env["RAY_AUTH_MODE"] = "token"
             env["RAY_AUTH_TOKEN_PATH"] = str(self.ray_token_path)

@@ -303,16 +303,27 @@ def test_ctrl_c_stops_an_ingest_at_once_keeps_finished_shards_and_it_resumes(sta
     assert objects_of(s, name) == referenced(s, name)
 
 
-@pytest.fixture(scope="module")
-def ray_client(stack):
+def _connect(settings) -> None:
     import ray
 
     from cluster.stack import Stack
 
-    stack.apply_ray_env()
-    ray.init(address=Stack(stack).gcs_address(), log_to_driver=False)
-    yield
-    ray.shutdown()
+    settings.apply_ray_env()
+    ray.init(address=Stack(settings).gcs_address(), log_to_driver=False)
+
+
+@pytest.fixture(scope="module")
+def ray_driver(stack):
+    """Runs a check in a Ray driver of its own, a child process connected to the stack's head:
+    Ray ends a driver whose raylet or GCS goes away (exit 1, nothing printed), which in the pytest
+    process would end the whole run without a word; in a child it fails the check that was
+    running. -> run(fn, *args): fn(*args)'s result, or its exception re-raised here."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_connect,
+                             initargs=(stack,)) as pool:
+        yield lambda fn, *args: pool.submit(fn, *args).result(timeout=600)
 
 
 def _operators(ds) -> list[str]:
@@ -324,28 +335,20 @@ def _operators(ds) -> list[str]:
     return names[::-1]
 
 
-@pytest.mark.parametrize("cache_bytes,repeat,shuffle", [(0, 1, False), (10**9, 1, False), (0, 2, True), (10**9, 2, True)],
-                         ids=["png-each-read", "decoded-once", "png-each-read-twice-shuffled",
-                              "decoded-once-read-twice-shuffled"])
-def test_stream_shapes_ranges_and_each_pair_once_per_epoch_across_two_workers(stack, cli, ray_client, cache_bytes,
-                                                                              repeat, shuffle):
-    """The same stream whether each read decodes the PNGs or crops the pixels decoded once and
-    kept in the object store: every pair `repeat` times a pass, split between two workers. A
-    shuffled training stream (what jobs read) reorders before it crops, never after: a reorder of
-    the crops is an all-to-all that holds the first batch until the whole pass is cropped."""
+def _stream_pass(settings, cache_bytes: int, repeat: int, shuffle: bool) -> None:
     import ray
 
     from jobs.data.stream import load_dataset
 
-    ds = load_dataset("sample", "train", stack, image_size=32, batch_size=4, cache_bytes=cache_bytes, repeat=repeat,
-                      shuffle=shuffle)
+    ds = load_dataset("sample", "train", settings, image_size=32, batch_size=4, cache_bytes=cache_bytes,
+                      repeat=repeat, shuffle=shuffle)
     ops = _operators(ds)
     assert ops[-1] == "MapBatches(DecodeBatch)", ops  # the crops stream straight to the workers
     assert ("RandomizeBlockOrder" in ops) == (shuffle and cache_bytes > 0), ops  # reorders the cached pixels
     batch = ds.take_batch(4)
     assert batch["input"].shape == (4, 3, 32, 32) and batch["target"].dtype == np.float32
     assert -1.0 <= batch["input"].min() and batch["input"].max() <= 1.0
-    n = read_manifest(Storage(stack), "sample").counts["train"]
+    n = read_manifest(Storage(settings), "sample").counts["train"]
 
     @ray.remote(num_cpus=0.5)
     def consume(split):
@@ -357,18 +360,34 @@ def test_stream_shapes_ranges_and_each_pair_once_per_epoch_across_two_workers(st
         assert len(keys) == n * repeat and len(set(keys)) == n
 
 
-def test_whole_images_of_different_sizes_stream_for_validation(stack, cli, ray_client, tmp_path):
-    """--size 0 keeps each photo's own size: the val stream (what training validates on) must
-    not try to stack them into one batch."""
+@pytest.mark.parametrize("cache_bytes,repeat,shuffle", [(0, 1, False), (10**9, 1, False), (0, 2, True), (10**9, 2, True)],
+                         ids=["png-each-read", "decoded-once", "png-each-read-twice-shuffled",
+                              "decoded-once-read-twice-shuffled"])
+def test_stream_shapes_ranges_and_each_pair_once_per_epoch_across_two_workers(stack, cli, ray_driver, cache_bytes,
+                                                                              repeat, shuffle):
+    """The same stream whether each read decodes the PNGs or crops the pixels decoded once and
+    kept in the object store: every pair `repeat` times a pass, split between two workers. A
+    shuffled training stream (what jobs read) reorders before it crops, never after: a reorder of
+    the crops is an all-to-all that holds the first batch until the whole pass is cropped."""
+    ray_driver(_stream_pass, stack, cache_bytes, repeat, shuffle)
+
+
+def _val_shapes(settings, name: str) -> set:
     from jobs.data.stream import load_dataset
 
+    return {row["input"].shape for row in load_dataset(name, "val", settings, augment=False).iter_rows()}
+
+
+def test_whole_images_of_different_sizes_stream_for_validation(stack, cli, ray_driver, tmp_path):
+    """--size 0 keeps each photo's own size: the val stream (what training validates on) must
+    not try to stack them into one batch."""
     src = tmp_path / "sizes"
     src.mkdir()
     for i, size in enumerate([(64, 48), (80, 64), (96, 72), (72, 96)]):
         photo(i, size).save(src / f"{i}.png")
     r = cli("data", "ingest", src, "--name", "whole", "--size", "0", "--val-fraction", "0.5")
     assert r.exit_code == 0, r.output
-    shapes = {row["input"].shape for row in load_dataset("whole", "val", stack, augment=False).iter_rows()}
+    shapes = ray_driver(_val_shapes, stack, "whole")
     assert len(shapes) == 2  # two held-out photos, each at its own size
     assert shapes <= {(3, 48, 64), (3, 64, 80), (3, 72, 96), (3, 96, 72)}
     r = cli("data", "ingest", src, "--name", "whole8", "--size", "0", "--crops", "8")
@@ -403,13 +422,18 @@ def test_crops_larger_than_a_kept_size_image_are_refused_before_submission(stack
     plan_job(TrainSpec(dataset="kept", variant="nafnet", image_size=smallest), stack)  # the suggested fix is accepted
 
 
-def test_unpaired_stream_yields_one_domain(stack, ray_client):
+def _unpaired_batch(settings) -> tuple:
     from jobs.data.stream import load_dataset
 
-    batch = load_dataset("h2z", "train", stack, image_size=32, domain="b").take_batch(3)
-    assert set(batch) == {"key", "image"} and batch["image"].shape == (3, 3, 32, 32)
+    batch = load_dataset("h2z", "train", settings, image_size=32, domain="b").take_batch(3)
     with pytest.raises(Img2ImgError, match="unpaired"):
-        load_dataset("h2z", "train", stack)
+        load_dataset("h2z", "train", settings)
+    return set(batch), batch["image"].shape
+
+
+def test_unpaired_stream_yields_one_domain(stack, ray_driver):
+    keys, shape = ray_driver(_unpaired_batch, stack)
+    assert keys == {"key", "image"} and shape == (3, 3, 32, 32)
 
 
 def test_the_colorize_demo_dataset_names_its_source_not_a_temporary_folder(stack):
