@@ -122,6 +122,20 @@ def close_run(tracking_uri: str | None, run_id: str | None, summary: dict[str, A
     c.set_terminated(run_id, "FINISHED")
 
 
+def fail_run(tracking_uri: str | None, run_id: str | None, reason: str) -> None:
+    """End a rollout's run FAILED with `reason` (tag, at most 5,000 characters), when it is still
+    RUNNING: a rollout that never started serving has no numbers to log."""
+    if not tracking_uri or not run_id:
+        return
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(tracking_uri)
+    if c.get_run(run_id).info.status != "RUNNING":
+        return
+    c.set_tag(run_id, "reason", reason[:5000])
+    c.set_terminated(run_id, "FAILED")
+
+
 def log_triplet(tracking_uri: str | None, run_id: str | None, image, name: str) -> None:
     """Store one before | champion | challenger image (`serving.rollout_compare.triplet`) in the
     rollout's run as `triplets/NAME.png`. Nothing without a run; an MLflow error is logged, never

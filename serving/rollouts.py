@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import httpx
@@ -19,11 +19,12 @@ import httpx
 from cluster.errors import Img2ImgError
 from cluster.services import poll_until
 from cluster.settings import Settings
+from registry.claims import champion_claim
 from registry.refs import resolve
 from serving.configs import APP_NAME, CHALLENGER_APP, CHALLENGER_IMPORT_PATH, DEPLOYMENT
 from serving.deploy import _put, _request, wait_for_model
 from serving.rollout import LIVE, Limits, check_share, parse_plan
-from serving.rollout_ledger import cite_rollout, close_run, open_run
+from serving.rollout_ledger import cite_rollout, close_run, fail_run, open_run
 
 NOT_DEPLOYED = "no enhancer app is deployed; deploy the champion first: img2img serve deploy --model NAME@champion"
 
@@ -136,9 +137,28 @@ def _start(settings: Settings, mode: str, model: str, percent: float, sample: fl
                            f"(status {_app_status(settings, CHALLENGER_APP)}); the champion serves alone")
     plan["run_id"] = open_run(settings.mlflow_uri, name, champion, version, plan)
     uc["rollout"] = parse_plan(plan).model_dump()
-    _put(settings, list(apps.values()))
-    _wait_applied(settings, _enhancer(apps), wait_s)
+    try:
+        _put(settings, list(apps.values()))
+        _wait_applied(settings, _enhancer(apps), wait_s)
+    except BaseException as e:  # Ctrl-C included: no rollout run is left RUNNING for ever
+        try:
+            _abandon(settings, plan, str(e) or type(e).__name__)
+        except Exception:  # Serve or MLflow unreachable too: the first error is the one to report
+            pass
+        raise
     return uc["rollout"]
+
+
+def _abandon(settings: Settings, plan: dict[str, Any], reason: str) -> None:
+    """A start that failed once its run was open. When the enhancer as declared now runs this
+    plan, the rollout is live: it and its run are left for `rollout promote|abort`. Otherwise the
+    challenger app goes and the run ends FAILED, saying why."""
+    apps = _apps(settings)
+    running = parse_plan(((apps.get(APP_NAME) and _enhancer(apps)) or {}).get("user_config", {}).get("rollout"))
+    if running is not None and running.id == plan["id"]:
+        return
+    _put(settings, [a for n, a in apps.items() if n != CHALLENGER_APP])
+    fail_run(settings.mlflow_uri, plan["run_id"], f"the rollout did not start: {reason}")
 
 
 def _app_status(settings: Settings, name: str) -> str | None:
@@ -187,17 +207,22 @@ def _end(settings: Settings, decision: str, wait_s: float) -> dict[str, Any]:
     if decision == "promote" and auto:
         raise Img2ImgError(f"this rollout aborted itself ({live.get('reason')}); end it with: img2img serve rollout abort")
     reason = live.get("reason") if auto else f"{decision}d by a user"
-    if decision == "promote":
-        make_champion(settings, plan.name, plan.version, plan.champion_version, check_current=False)
-        cite_rollout(settings.mlflow_uri, plan.name, plan.version, plan.run_id)
-        uc.update(model_version=plan.version,
-                  model_run_id=version_run_id(settings.mlflow_uri, plan.name, plan.version))
-    ended = {"promote": "promoted", "abort": "aborted"}[decision]
-    uc["rollout"] = plan.model_copy(update={"state": ended, "reason": reason,
-                                            "decided_by": "automatic" if auto else "user"}).model_dump()
-    _put(settings, list(apps.values()))  # the challenger app stays until the ingress has moved
-    _wait_applied(settings, _enhancer(apps), wait_s)
-    _put(settings, [a for n, a in apps.items() if n != CHALLENGER_APP])
+    # a promotion holds the model's champion claim until the ingress serves it: a rollback
+    # meanwhile is refused, so its reload cannot land before this swap
+    with (champion_claim(settings, plan.name, f"promoting the {plan.mode}'s v{plan.version}", ttl_s=wait_s + 120)
+          if decision == "promote" else nullcontext()):
+        if decision == "promote":
+            make_champion(settings, plan.name, plan.version, plan.champion_version, check_current=False)
+            cite_rollout(settings.mlflow_uri, plan.name, plan.version, plan.run_id)
+            uc.update(model_version=plan.version,
+                      model_run_id=version_run_id(settings.mlflow_uri, plan.name, plan.version))
+        ended = {"promote": "promoted", "abort": "aborted"}[decision]
+        uc["rollout"] = plan.model_copy(update={"state": ended, "reason": reason,
+                                                "decided_by": "automatic" if auto else "user"}).model_dump()
+        _put(settings, list(apps.values()))  # the challenger app stays until the ingress has moved
+        _wait_applied(settings, _enhancer(apps), wait_s)
+    # the apps as declared now, not as read before the wait: another app's deploy meanwhile stays
+    _put(settings, [a for n, a in _apps(settings).items() if n != CHALLENGER_APP])
     final = status(settings)
     close_run(settings.mlflow_uri, plan.run_id, final)
     return final

@@ -223,6 +223,11 @@ def set_eval(
     console.print(f"{name}: versions are now compared on {dataset}/{split}")
 
 
+RELOAD_WAIT_S = 300
+# a reload waits for its replicas, then may wait as long again to size the time limits
+RELOAD_CLAIM_S = 2 * RELOAD_WAIT_S + 120
+
+
 def reload_serving(settings: Settings, name: str, version: str) -> str:
     """Swap the endpoint to `name` v`version` when it serves another version of `name` (the
     `serve reload` path: new replicas' model loaded beside the old, no request dropped) -> one line
@@ -239,7 +244,7 @@ def reload_serving(settings: Settings, name: str, version: str) -> str:
     if str(st["version"]) == version:
         return f"The endpoint already serves {name} v{version}."
     try:
-        redeploy_model(settings, f"{name}/{version}")
+        redeploy_model(settings, f"{name}/{version}", wait_s=RELOAD_WAIT_S)
     except Img2ImgError as e:
         raise Img2ImgError(f"reloading the endpoint (it served {name} v{st['version']}) to v{version} failed ({e}); "
                            f"see what it serves with `img2img serve status`; retry with: "
@@ -258,17 +263,21 @@ def rollback(name: str,
     """
     name = parse_name(name, "img2img models rollback")
     # deferred: imports mlflow, torch (seconds of every CLI start)
+    from registry.claims import champion_claim
     from registry.models import rollback as do_rollback
 
     settings = get_settings()
-    new, old, left = do_rollback(settings, name)
-    console.print(f"{name}: champion rolled back to v{new}" + (f" (from v{old})" if old else ""))
-    console.print("Former champions left to roll back to: " + (", ".join(f"v{v}" for v in reversed(left))
-                                                               if left else "none"))
-    if no_reload:
-        err_console.print(f"The endpoint was not reloaded (--no-reload); swap it in with: "
-                          f"img2img serve reload --model {name}@champion", highlight=False)
-        return
-    with console.status(f"reloading the endpoint to {name} v{new}"):
-        line = reload_serving(settings, name, new)
+    # the claim spans the reload too: a second rollback's reload can never land before this one's
+    what, ttl_s = ("rolling back", 60) if no_reload else ("rolling back and reloading the endpoint", RELOAD_CLAIM_S)
+    with champion_claim(settings, name, what, ttl_s=ttl_s):
+        new, old, left = do_rollback(settings, name)
+        console.print(f"{name}: champion rolled back to v{new}" + (f" (from v{old})" if old else ""))
+        console.print("Former champions left to roll back to: " + (", ".join(f"v{v}" for v in reversed(left))
+                                                                   if left else "none"))
+        if no_reload:
+            err_console.print(f"The endpoint was not reloaded (--no-reload); swap it in with: "
+                              f"img2img serve reload --model {name}@champion", highlight=False)
+            return
+        with console.status(f"reloading the endpoint to {name} v{new}"):
+            line = reload_serving(settings, name, new)
     console.print(line, highlight=False)

@@ -4,8 +4,11 @@ ingest and lookups give, and the commands of docs/your-own-photos.md run as writ
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -13,6 +16,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from cluster.errors import Img2ImgError
+from cluster.services import poll_until
+from cluster.storage import Storage
 from registry import models as registry
 from tests.integration.conftest import endpoint_restored, new_version
 
@@ -79,6 +85,13 @@ def served(stack) -> str:
     return httpx.get(stack.serve_url + "/model", timeout=30).json()["version"]
 
 
+def _read_or_nothing(stack, key: str) -> bytes:
+    try:
+        return Storage(stack).get_bytes(key)
+    except Img2ImgError:  # not there (yet, or any more)
+        return b""
+
+
 def test_rollback_rolls_serving_back(stack, cli, endpoint, demo_run):
     model = demo_run.model
     champion = registry.alias_version(stack, model, "champion")
@@ -88,11 +101,21 @@ def test_rollback_rolls_serving_back(stack, cli, endpoint, demo_run):
     assert cli("models", "promote", model, newer, "--force").exit_code == 0
     assert cli("serve", "reload", "--model", f"{model}@champion").exit_code == 0
     assert served(stack) == newer
-    # The endpoint serves this model: rollback swaps it back, and says so.
+    # The endpoint serves this model: rollback swaps it back, and says so. It holds the champion
+    # claim until the endpoint serves it: a second rollback meanwhile is refused, so its reload can
+    # never land before this one's and leave the endpoint serving a version that is not the champion.
+    first = subprocess.Popen([sys.executable, "-m", "img2img_cli", "models", "rollback", model], text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy())
+    claim = f"registry/claims/{model}.json"
+    assert poll_until(lambda: b"reloading" in _read_or_nothing(stack, claim)
+                      and registry.alias_version(stack, model, "champion") == champion, 120, interval_s=0.1)
     r = cli("models", "rollback", model)
-    assert r.exit_code == 0, r.output
-    assert f"The endpoint now serves {model} v{champion} (was v{newer}" in r.output
-    assert served(stack) == champion
+    assert r.exit_code == 1 and "(rolling back and reloading the endpoint); run this again once it has finished, by" \
+        in " ".join(r.output.split()), r.output
+    out, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, out
+    assert f"The endpoint now serves {model} v{champion} (was v{newer}" in out
+    assert served(stack) == champion and not Storage(stack).exists(claim)
     # --no-reload moves the alias only, says so, and `serve status` then warns.
     assert cli("models", "promote", model, newer, "--force").exit_code == 0
     assert cli("serve", "reload", "--model", f"{model}@champion").exit_code == 0

@@ -17,6 +17,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from cluster.errors import Img2ImgError
+from cluster.services import poll_until
+from cluster.storage import Storage
 from tests.integration.conftest import encoded, endpoint_restored, register_tiny_autoencoder
 
 pytestmark = pytest.mark.integration
@@ -204,11 +207,18 @@ def test_promote_under_load_drops_nothing_and_the_registry_keeps_the_old_champio
 
     settings = served
     start(settings, "canary", f"{NAME}/2", percent=30)
-    with Load(settings.serve_url) as load:
+    with Load(settings.serve_url) as load, ThreadPoolExecutor(1) as pool:
         time.sleep(3)
-        st = end(settings, "promote")
+        promoting = pool.submit(end, settings, "promote")
+        # the champion claim is held until the ingress serves v2: a rollback meanwhile is refused
+        claim = f"registry/claims/{NAME}.json"
+        assert poll_until(lambda: b"promoting the canary" in _read_or_nothing(settings, claim), 120, interval_s=0.05)
+        with pytest.raises(Img2ImgError, match="another client is changing the champion"):
+            rollback(settings, NAME)
+        st = promoting.result(timeout=600)
         time.sleep(3)
     assert st["state"] == "promoted" and load.answers and {s for s, _ in load.answers} == {200}
+    assert not Storage(settings).exists(claim)
     assert alias_version(settings, NAME, "champion") == "2"
     assert {r.headers["x-model-version"] for r in many(settings.serve_url, 20)} == {"2"}
     run = MlflowClient(settings.mlflow_uri).get_run(st["run_id"])
@@ -216,6 +226,40 @@ def test_promote_under_load_drops_nothing_and_the_registry_keeps_the_old_champio
     card = MlflowClient(settings.mlflow_uri).get_model_version(NAME, "2").description
     assert f"promoted after a live rollout: MLflow run {st['run_id']}" in card
     assert rollback(settings, NAME)[0] == "1"  # the history kept v1
+
+
+def _read_or_nothing(settings, key: str) -> bytes:
+    try:
+        return Storage(settings).get_bytes(key)
+    except Img2ImgError:  # not there (yet, or any more)
+        return b""
+
+
+def test_a_start_that_fails_once_its_run_is_open_ends_the_run_and_the_challenger(served, monkeypatch):
+    """Serve refusing the plan's declaration (one PUT made to fail here): no rollout runs, the
+    challenger app is gone, and the rollout's MLflow run ends FAILED with the reason, not RUNNING."""
+    import serving.rollouts as rollouts
+
+    settings, puts, real_put = served, [], rollouts._put
+
+    def put(s, apps):
+        puts.append(apps)
+        if len(puts) == 2:  # the plan's: the challenger app has started, the run is open
+            raise Img2ImgError("Ray Serve API answered 503: injected")
+        return real_put(s, apps)
+
+    monkeypatch.setattr(rollouts, "_put", put)
+    with pytest.raises(Img2ImgError, match="injected"):
+        rollouts.start(settings, "canary", challenger(settings), percent=20)
+    monkeypatch.undo()
+    assert rollouts.CHALLENGER_APP not in rollouts._apps(settings)
+    run = MlflowClient(settings.mlflow_uri).search_runs(
+        [MlflowClient(settings.mlflow_uri).get_experiment_by_name("rollouts").experiment_id],
+        order_by=["attributes.start_time DESC"], max_results=1)[0]
+    assert run.info.status == "FAILED" and "did not start" in run.data.tags["reason"] and "injected" in run.data.tags["reason"]
+    assert {r.status_code for r in many(settings.serve_url, 6)} == {200}
+    assert rollouts.start(settings, "canary", challenger(settings), percent=20)["state"] == "canary"  # nothing left held
+    assert rollouts.end(settings, "abort")["state"] == "aborted"
 
 
 def served_version(settings) -> str:
