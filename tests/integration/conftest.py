@@ -102,6 +102,18 @@ def register_tiny_autoencoder(settings, name: str, seed: int, nf: int = 4) -> st
     return version
 
 
+def champion_claim_text(settings, model: str) -> bytes:
+    """The body of `model`'s champion claim in the store (registry/claims.py), b"" when none is held."""
+    from cluster.errors import Img2ImgError
+    from cluster.storage import Storage
+    from registry.claims import PREFIX
+
+    try:
+        return Storage(settings).get_bytes(f"{PREFIX}{model}.json")
+    except Img2ImgError:  # not there (yet, or any more)
+        return b""
+
+
 def new_version(settings, model: str, tags: dict) -> str:
     """Another version of `model` registered from its v1's run (the same weights), with `tags`
     over v1's; -> its version."""

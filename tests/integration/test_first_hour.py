@@ -16,11 +16,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from cluster.errors import Img2ImgError
 from cluster.services import poll_until
-from cluster.storage import Storage
 from registry import models as registry
-from tests.integration.conftest import endpoint_restored, new_version
+from tests.integration.conftest import champion_claim_text, endpoint_restored, new_version
 
 pytestmark = pytest.mark.integration
 DOC = Path(__file__).resolve().parents[2] / "docs" / "your-own-photos.md"
@@ -85,13 +83,6 @@ def served(stack) -> str:
     return httpx.get(stack.serve_url + "/model", timeout=30).json()["version"]
 
 
-def _read_or_nothing(stack, key: str) -> bytes:
-    try:
-        return Storage(stack).get_bytes(key)
-    except Img2ImgError:  # not there (yet, or any more)
-        return b""
-
-
 def test_rollback_rolls_serving_back(stack, cli, endpoint, demo_run):
     model = demo_run.model
     champion = registry.alias_version(stack, model, "champion")
@@ -106,8 +97,7 @@ def test_rollback_rolls_serving_back(stack, cli, endpoint, demo_run):
     # never land before this one's and leave the endpoint serving a version that is not the champion.
     first = subprocess.Popen([sys.executable, "-m", "img2img_cli", "models", "rollback", model], text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy())
-    claim = f"registry/claims/{model}.json"
-    assert poll_until(lambda: b"reloading" in _read_or_nothing(stack, claim)
+    assert poll_until(lambda: b"reloading" in champion_claim_text(stack, model)
                       and registry.alias_version(stack, model, "champion") == champion, 120, interval_s=0.1)
     r = cli("models", "rollback", model)
     assert r.exit_code == 1 and "(rolling back and reloading the endpoint); run this again once it has finished, by" \
@@ -115,7 +105,7 @@ def test_rollback_rolls_serving_back(stack, cli, endpoint, demo_run):
     out, _ = first.communicate(timeout=600)
     assert first.returncode == 0, out
     assert f"The endpoint now serves {model} v{champion} (was v{newer}" in out
-    assert served(stack) == champion and not Storage(stack).exists(claim)
+    assert served(stack) == champion and champion_claim_text(stack, model) == b""
     # --no-reload moves the alias only, says so, and `serve status` then warns.
     assert cli("models", "promote", model, newer, "--force").exit_code == 0
     assert cli("serve", "reload", "--model", f"{model}@champion").exit_code == 0

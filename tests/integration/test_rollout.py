@@ -19,8 +19,12 @@ from PIL import Image
 
 from cluster.errors import Img2ImgError
 from cluster.services import poll_until
-from cluster.storage import Storage
-from tests.integration.conftest import encoded, endpoint_restored, register_tiny_autoencoder
+from tests.integration.conftest import (
+    champion_claim_text,
+    encoded,
+    endpoint_restored,
+    register_tiny_autoencoder,
+)
 
 pytestmark = pytest.mark.integration
 NAME = "rollout-tiny"
@@ -211,14 +215,13 @@ def test_promote_under_load_drops_nothing_and_the_registry_keeps_the_old_champio
         time.sleep(3)
         promoting = pool.submit(end, settings, "promote")
         # the champion claim is held until the ingress serves v2: a rollback meanwhile is refused
-        claim = f"registry/claims/{NAME}.json"
-        assert poll_until(lambda: b"promoting the canary" in _read_or_nothing(settings, claim), 120, interval_s=0.05)
+        assert poll_until(lambda: b"promoting the canary" in champion_claim_text(settings, NAME), 120, interval_s=0.05)
         with pytest.raises(Img2ImgError, match="another client is changing the champion"):
             rollback(settings, NAME)
         st = promoting.result(timeout=600)
         time.sleep(3)
     assert st["state"] == "promoted" and load.answers and {s for s, _ in load.answers} == {200}
-    assert not Storage(settings).exists(claim)
+    assert champion_claim_text(settings, NAME) == b""
     assert alias_version(settings, NAME, "champion") == "2"
     assert {r.headers["x-model-version"] for r in many(settings.serve_url, 20)} == {"2"}
     run = MlflowClient(settings.mlflow_uri).get_run(st["run_id"])
@@ -226,13 +229,6 @@ def test_promote_under_load_drops_nothing_and_the_registry_keeps_the_old_champio
     card = MlflowClient(settings.mlflow_uri).get_model_version(NAME, "2").description
     assert f"promoted after a live rollout: MLflow run {st['run_id']}" in card
     assert rollback(settings, NAME)[0] == "1"  # the history kept v1
-
-
-def _read_or_nothing(settings, key: str) -> bytes:
-    try:
-        return Storage(settings).get_bytes(key)
-    except Img2ImgError:  # not there (yet, or any more)
-        return b""
 
 
 def test_a_start_that_fails_once_its_run_is_open_ends_the_run_and_the_challenger(served, monkeypatch):
