@@ -304,7 +304,15 @@ def run_canary(ctx: Context, candidate: str) -> dict:
     out = {"candidate": candidate, "champion": champion, "rollout_id": st.get("id", ""),
            "challenger_requests": str((st.get("challenger") or {}).get("requests", 0))}
     if seen.get("verdict") == "promote":
-        rollouts.end(ctx.settings, "promote")
+        try:
+            rollouts.end(ctx.settings, "promote")
+        except Img2ImgError as e:  # e.g. a rollback holds the champion claim: the canary must not run on
+            try:
+                rollouts.end(ctx.settings, "abort")
+                then = f"it was aborted: v{champion} serves alone"
+            except Img2ImgError as e2:
+                then = f"aborting it failed too ({e2}); see img2img serve rollout status"
+            raise Img2ImgError(f"the canary of v{candidate} held, but promoting it failed ({e}); {then}") from None
         return {**out, "deployed": "yes", "version": candidate, "rollout": "promoted"}
     why = (st.get("reason") or "a guard was breached") if seen.get("verdict") == "abort" else (
         f"not promoted within {d.timeout} ({(st.get('steps') or {}).get('next_move', 'no status')})")

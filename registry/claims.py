@@ -50,13 +50,19 @@ def champion_claim(settings: Settings, name: str, what: str, ttl_s: float = 60.0
     try:
         storage.put_if(key, body, None)
     except Conflict:
+        held, until = {}, 0.0
         try:
             data, etag = storage.get_versioned(key)
-            held = json.loads(data)
-        except (Img2ImgError, ValueError):  # released meanwhile, or unreadable: the other is done or gone
-            held, etag = {"until": 0}, None
-        if float(held.get("until", 0)) > time.time():
-            raise _busy(name, str(held.get("what", "a promotion or rollback")), float(held["until"])) from None
+        except Img2ImgError:  # released meanwhile: the other is done
+            etag = None
+        else:
+            try:
+                held = json.loads(data)
+                until = float(held.get("until", 0))
+            except (ValueError, TypeError, AttributeError):  # not a claim any client wrote: taken over
+                held, until = {}, 0.0
+        if time.time() < until < time.time() + 86400 * 365:  # a year on: not a claim any client wrote
+            raise _busy(name, str(held.get("what", "a promotion or rollback")), until) from None
         try:  # an expired claim: its client died; only one of those taking it over wins
             storage.put_if(key, body, etag)
         except Conflict:
@@ -69,5 +75,5 @@ def champion_claim(settings: Settings, name: str, what: str, ttl_s: float = 60.0
         try:
             if json.loads(storage.get_bytes(key)).get("token") == token:
                 storage.delete(key)
-        except (Img2ImgError, ValueError):  # gone already; or the store is down: it expires
+        except (Img2ImgError, ValueError, AttributeError):  # gone already; or the store is down: it expires
             pass

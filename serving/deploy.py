@@ -251,7 +251,13 @@ def wait_for_model(settings: Settings, name: str, version: str, timeout: float, 
     raise Img2ImgError(f"the endpoint did not serve {name} v{version} within {timeout:.0f}s (last: {last})")
 
 
-def redeploy_model(settings: Settings, model: str, wait_s: float = 300) -> dict:
+RELOAD_WAIT_S = 300
+# a reload waits for its replicas, then may wait as long again to size the time limits: the
+# champion claim held over a reload (registry/claims.py) lasts that, and 2 minutes more
+RELOAD_CLAIM_S = 2 * RELOAD_WAIT_S + 120
+
+
+def redeploy_model(settings: Settings, model: str, wait_s: float = RELOAD_WAIT_S) -> dict:
     """Swap the served model, keeping the running app's other options (user_config update), and
     wait up to `wait_s` seconds for it as `deploy` does (another client's declaration meanwhile:
     see wait_for_model). -> {model, version[, request_timeout_s, graceful_shutdown_timeout_s,

@@ -131,34 +131,42 @@ def _start(settings: Settings, mode: str, model: str, percent: float, sample: fl
             "tracking_uri": settings.mlflow_uri}
     apps[CHALLENGER_APP] = challenger
     _put(settings, list(apps.values()))  # the challenger first: the ingress asks for its handle
-    if not poll_until(lambda: _app_status(settings, CHALLENGER_APP) == "RUNNING", wait_s, interval_s=1):
-        _put(settings, [a for n, a in apps.items() if n != CHALLENGER_APP])
-        raise Img2ImgError(f"the challenger {name} v{version} did not start within {wait_s:.0f}s "
-                           f"(status {_app_status(settings, CHALLENGER_APP)}); the champion serves alone")
-    plan["run_id"] = open_run(settings.mlflow_uri, name, champion, version, plan)
-    uc["rollout"] = parse_plan(plan).model_dump()
     try:
+        if not poll_until(lambda: _app_status(settings, CHALLENGER_APP) == "RUNNING", wait_s, interval_s=1):
+            raise Img2ImgError(f"the challenger {name} v{version} did not start within {wait_s:.0f}s "
+                               f"(status {_app_status(settings, CHALLENGER_APP)}); the champion serves alone")
+        plan["run_id"] = open_run(settings.mlflow_uri, name, champion, version, plan)
+        uc["rollout"] = parse_plan(plan).model_dump()
         _put(settings, list(apps.values()))
         _wait_applied(settings, _enhancer(apps), wait_s)
-    except BaseException as e:  # Ctrl-C included: no rollout run is left RUNNING for ever
+    except BaseException as e:  # Ctrl-C included: no challenger app or rollout run is left behind unnamed
         try:
-            _abandon(settings, plan, str(e) or type(e).__name__)
+            live = _abandon(settings, plan, str(e) or type(e).__name__)
         except Exception:  # Serve or MLflow unreachable too: the first error is the one to report
-            pass
+            live = False
+        if live and isinstance(e, Img2ImgError):
+            raise Img2ImgError(f"{e}; the {mode} of {name} v{version} was declared and runs: end it with "
+                               "img2img serve rollout abort") from None
         raise
     return uc["rollout"]
 
 
-def _abandon(settings: Settings, plan: dict[str, Any], reason: str) -> None:
-    """A start that failed once its run was open. When the enhancer as declared now runs this
-    plan, the rollout is live: it and its run are left for `rollout promote|abort`. Otherwise the
-    challenger app goes and the run ends FAILED, saying why."""
+def _abandon(settings: Settings, plan: dict[str, Any], reason: str) -> bool:
+    """A start that failed after its challenger app was declared -> whether the rollout is live:
+    when the enhancer as declared now runs this plan, it and its run are left for `rollout
+    promote|abort`. Otherwise the challenger app goes (from the apps as declared now) and the run,
+    if open, ends FAILED, saying why."""
     apps = _apps(settings)
-    running = parse_plan(((apps.get(APP_NAME) and _enhancer(apps)) or {}).get("user_config", {}).get("rollout"))
+    try:
+        uc = _enhancer(apps).get("user_config", {}) if APP_NAME in apps else {}
+        running = parse_plan(uc.get("rollout"))
+    except (Img2ImgError, TypeError, ValueError):  # no Enhancer deployment, or a plan that does not parse: not ours
+        running = None
     if running is not None and running.id == plan["id"]:
-        return
+        return True
     _put(settings, [a for n, a in apps.items() if n != CHALLENGER_APP])
-    fail_run(settings.mlflow_uri, plan["run_id"], f"the rollout did not start: {reason}")
+    fail_run(settings.mlflow_uri, plan.get("run_id"), f"the rollout did not start: {reason}")
+    return False
 
 
 def _app_status(settings: Settings, name: str) -> str | None:
@@ -221,8 +229,8 @@ def _end(settings: Settings, decision: str, wait_s: float) -> dict[str, Any]:
                                                 "decided_by": "automatic" if auto else "user"}).model_dump()
         _put(settings, list(apps.values()))  # the challenger app stays until the ingress has moved
         _wait_applied(settings, _enhancer(apps), wait_s)
-    # the apps as declared now, not as read before the wait: another app's deploy meanwhile stays
-    _put(settings, [a for n, a in _apps(settings).items() if n != CHALLENGER_APP])
+        # the apps as declared now, not as read before the wait: another app's deploy meanwhile stays
+        _put(settings, [a for n, a in _apps(settings).items() if n != CHALLENGER_APP])
     final = status(settings)
     close_run(settings.mlflow_uri, plan.run_id, final)
     return final

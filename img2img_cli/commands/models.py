@@ -19,7 +19,7 @@ from cluster.settings import Settings, get_settings
 from img2img_cli.commands.eval import progress_bar
 from registry.gate import Refused, check_metric
 from registry.refs import parse_name, parse_ref
-from serving.deploy import redeploy_model, status
+from serving.deploy import RELOAD_CLAIM_S, RELOAD_WAIT_S, redeploy_model, status
 
 models_app = typer.Typer(help="List registered models, promote a version to champion, roll back, "
                               "choose the evaluation set.", no_args_is_help=True)
@@ -221,11 +221,6 @@ def set_eval(
 
     set_eval_set(get_settings(), name, dataset, split)
     console.print(f"{name}: versions are now compared on {dataset}/{split}")
-
-
-RELOAD_WAIT_S = 300
-# a reload waits for its replicas, then may wait as long again to size the time limits
-RELOAD_CLAIM_S = 2 * RELOAD_WAIT_S + 120
 
 
 def reload_serving(settings: Settings, name: str, version: str) -> str:

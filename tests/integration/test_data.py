@@ -316,8 +316,9 @@ def _connect(settings) -> None:
 def ray_driver(stack):
     """Runs a check in a Ray driver of its own, a child process connected to the stack's head:
     Ray ends a driver whose raylet or GCS goes away (exit 1, nothing printed), which in the pytest
-    process would end the whole run without a word; in a child it fails the check that was
-    running. -> run(fn, *args): fn(*args)'s result, or its exception re-raised here."""
+    process would end the whole run without a word; in a child it fails the check that was running
+    (and this module's later ones, BrokenProcessPool). -> run(fn, *args): fn(*args)'s result, or
+    its exception re-raised here."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
