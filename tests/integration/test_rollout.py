@@ -232,11 +232,15 @@ def test_promote_under_load_drops_nothing_and_the_registry_keeps_the_old_champio
 
 
 def test_a_start_that_fails_once_its_run_is_open_ends_the_run_and_the_challenger(served, monkeypatch):
-    """Serve refusing the plan's declaration (one PUT made to fail here): no rollout runs, the
-    challenger app is gone, and the rollout's MLflow run ends FAILED with the reason, not RUNNING."""
+    """A challenger that does not start in time, then Serve refusing the plan's declaration (one
+    PUT made to fail here): no rollout runs, the challenger app is gone, and the rollout's MLflow
+    run ends FAILED with the reason, not RUNNING."""
     import serving.rollouts as rollouts
 
     settings, puts, real_put = served, [], rollouts._put
+    with pytest.raises(Img2ImgError, match="did not start within 0s"):  # a challenger given no time to start
+        rollouts.start(settings, "canary", challenger(settings), percent=20, wait_s=0.2)
+    assert rollouts.CHALLENGER_APP not in rollouts._apps(settings)
 
     def put(s, apps):
         puts.append(apps)
