@@ -97,15 +97,21 @@ def open_run(tracking_uri: str, name: str, champion: str, challenger: str, plan:
     return run.info.run_id
 
 
-def close_run(tracking_uri: str | None, run_id: str | None, summary: dict[str, Any]) -> None:
-    """Log a rollout's per-version numbers (`summary`: serving.rollout.Ledger.summary) and its
-    decision, reason and who took it to its run, and end the run (once: an ended run is left)."""
+def _running(tracking_uri: str | None, run_id: str | None):
+    """An MlflowClient when the run exists and is still RUNNING (ended once, left as it is), else None."""
     if not tracking_uri or not run_id:
-        return
+        return None
     from mlflow.tracking import MlflowClient
 
     c = MlflowClient(tracking_uri)
-    if c.get_run(run_id).info.status != "RUNNING":
+    return c if c.get_run(run_id).info.status == "RUNNING" else None
+
+
+def close_run(tracking_uri: str | None, run_id: str | None, summary: dict[str, Any]) -> None:
+    """Log a rollout's per-version numbers (`summary`: serving.rollout.Ledger.summary) and its
+    decision, reason and who took it to its run, and end the run (once: an ended run is left)."""
+    c = _running(tracking_uri, run_id)
+    if c is None:
         return
     for role in ("champion", "challenger"):
         for key, value in summary[role].items():
@@ -125,12 +131,8 @@ def close_run(tracking_uri: str | None, run_id: str | None, summary: dict[str, A
 def fail_run(tracking_uri: str | None, run_id: str | None, reason: str) -> None:
     """End a rollout's run FAILED with `reason` (tag, at most 5,000 characters), when it is still
     RUNNING: a rollout that never started serving has no numbers to log."""
-    if not tracking_uri or not run_id:
-        return
-    from mlflow.tracking import MlflowClient
-
-    c = MlflowClient(tracking_uri)
-    if c.get_run(run_id).info.status != "RUNNING":
+    c = _running(tracking_uri, run_id)
+    if c is None:
         return
     c.set_tag(run_id, "reason", reason[:5000])
     c.set_terminated(run_id, "FAILED")

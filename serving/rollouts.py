@@ -164,9 +164,14 @@ def _abandon(settings: Settings, plan: dict[str, Any], reason: str) -> bool:
         running = None
     if running is not None and running.id == plan["id"]:
         return True
-    _put(settings, [a for n, a in apps.items() if n != CHALLENGER_APP])
+    _drop_challenger(settings, apps)
     fail_run(settings.mlflow_uri, plan.get("run_id"), f"the rollout did not start: {reason}")
     return False
+
+
+def _drop_challenger(settings: Settings, apps: dict[str, dict]) -> None:
+    """Declare `apps` (read just before: another client's deploy meanwhile stays) without the challenger."""
+    _put(settings, [a for n, a in apps.items() if n != CHALLENGER_APP])
 
 
 def _app_status(settings: Settings, name: str) -> str | None:
@@ -230,7 +235,7 @@ def _end(settings: Settings, decision: str, wait_s: float) -> dict[str, Any]:
         _put(settings, list(apps.values()))  # the challenger app stays until the ingress has moved
         _wait_applied(settings, _enhancer(apps), wait_s)
         # the apps as declared now, not as read before the wait: another app's deploy meanwhile stays
-        _put(settings, [a for n, a in _apps(settings).items() if n != CHALLENGER_APP])
+        _drop_challenger(settings, _apps(settings))
     final = status(settings)
     close_run(settings.mlflow_uri, plan.run_id, final)
     return final
